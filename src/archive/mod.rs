@@ -1,0 +1,488 @@
+//! The archive pipeline: the stack of filters every stored object passes through.
+//!
+//! Writing (the order of pgBackRest's filter groups):
+//! `source → SHA-256 + size of raw bytes → compress → SHA-256 + size of stored bytes → writers`.
+//! Reading is the mirror image, and [`unpack`] fails on a mismatch of either
+//! digest, naming the object, the expected and the actual value.
+//!
+//! Memory is bounded: a few chunks of [`CHUNK`] bytes are in flight per stage,
+//! whatever the size of the stream. Reading the source, compressing and
+//! writing run on separate threads so `pg_dump` never waits on compression.
+
+mod codec;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Kind, Result};
+use crate::model::Compression;
+use crate::storage::ObjectWriter;
+
+pub use codec::{Decoder, Encoder};
+
+/// Bytes read from the source at a time.
+pub const CHUNK: usize = 256 * 1024;
+/// Chunks queued between two stages.
+const QUEUE: usize = 4;
+
+/// Size and digest of an object, before and after compression.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectDigest {
+    pub raw_size: u64,
+    pub raw_sha256: String,
+    pub stored_size: u64,
+    pub stored_sha256: String,
+}
+
+/// Called with the number of raw bytes that went through, for progress.
+pub type OnBytes = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A writer that takes part in [`store`], with the storage name for messages.
+pub struct Destination {
+    pub storage: String,
+    pub writer: Box<dyn ObjectWriter>,
+}
+
+/// What became of one destination.
+#[derive(Debug)]
+pub struct Delivery {
+    pub storage: String,
+    pub result: Result<()>,
+}
+
+/// Streams `source` through the pipeline into every destination.
+///
+/// Fails as a whole (aborting every writer) when the source or compression
+/// fails. A destination that fails on its own is aborted and reported in its
+/// [`Delivery`] while the others carry on: one full disk must not cost the copy
+/// on another storage. `label` names the object in messages.
+pub async fn store<R: Read + Send + 'static>(
+    source: R,
+    compression: Compression,
+    destinations: Vec<Destination>,
+    label: &str,
+    on_bytes: OnBytes,
+) -> Result<(ObjectDigest, Vec<Delivery>)> {
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(QUEUE);
+    let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
+
+    // Stage 1: drain the source as fast as it produces.
+    let reader = std::thread::Builder::new()
+        .name("archive-read".into())
+        .spawn(move || read_chunks(source, raw_tx))
+        .map_err(|e| Error::internal(format!("cannot start a reader thread: {e}")))?;
+
+    // Stage 2: hash, compress, hash.
+    let compressor = std::thread::Builder::new()
+        .name("archive-compress".into())
+        .spawn(move || compress_chunks(raw_rx, compression, stored_tx, on_bytes))
+        .map_err(|e| Error::internal(format!("cannot start a compression thread: {e}")))?;
+
+    // Stage 3: every destination gets every stored chunk.
+    let mut live: Vec<(String, Option<Box<dyn ObjectWriter>>, Result<()>)> = destinations
+        .into_iter()
+        .map(|d| (d.storage, Some(d.writer), Ok(())))
+        .collect();
+    while let Some(chunk) = stored_rx.recv().await {
+        for (_, slot, result) in live.iter_mut() {
+            if let Some(writer) = slot
+                && let Err(e) = writer.write(&chunk).await
+            {
+                if let Some(w) = slot.take() {
+                    let _ = w.abort().await;
+                }
+                *result = Err(e);
+            }
+        }
+        if live.iter().all(|(_, slot, _)| slot.is_none()) {
+            break;
+        }
+    }
+    drop(stored_rx);
+
+    let read = reader
+        .join()
+        .map_err(|_| Error::internal("the reader thread panicked"))?;
+    let compressed = compressor
+        .join()
+        .map_err(|_| Error::internal("the compression thread panicked"))?;
+    let outcome = match (read, compressed) {
+        (Err(e), _) => Err(Error::io(Kind::Tool, format!("reading {label}"), e)),
+        (Ok(()), Err(e)) => Err(e.context(format!("compressing {label}"))),
+        (Ok(()), Ok(digest)) => Ok(digest),
+    };
+    let digest = match outcome {
+        Ok(digest) => digest,
+        Err(e) => {
+            for (_, slot, _) in live {
+                if let Some(w) = slot {
+                    let _ = w.abort().await;
+                }
+            }
+            return Err(e);
+        }
+    };
+
+    let mut deliveries = Vec::with_capacity(live.len());
+    for (storage, slot, result) in live {
+        let result = match (slot, result) {
+            (Some(writer), Ok(())) => match writer.finish().await {
+                Ok(size) if size == digest.stored_size => Ok(()),
+                Ok(size) => Err(Error::integrity(format!(
+                    "storage {storage}: {label} has {size} bytes, {} were written",
+                    digest.stored_size
+                ))),
+                Err(e) => Err(e),
+            },
+            (_, Err(e)) => Err(e),
+            (None, Ok(())) => Err(Error::internal("a writer vanished")),
+        };
+        deliveries.push(Delivery { storage, result });
+    }
+    Ok((digest, deliveries))
+}
+
+fn read_chunks<R: Read>(
+    mut source: R,
+    tx: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+) -> std::io::Result<()> {
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        // Fill whole chunks: a pipe hands out at most 64 KiB per read.
+        while filled < CHUNK {
+            match source.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        chunk.truncate(filled);
+        if tx.send(Ok(chunk)).is_err() {
+            // The compressor stopped (every destination failed): stop reading.
+            return Ok(());
+        }
+    }
+}
+
+fn compress_chunks(
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    compression: Compression,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    on_bytes: OnBytes,
+) -> Result<ObjectDigest> {
+    let mut raw = Hashed::default();
+    let mut stored = Hashed::default();
+    let mut encoder = Encoder::new(compression).map_err(|e| Error::internal(e.to_string()))?;
+    let send = |bytes: Vec<u8>, stored: &mut Hashed| -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        stored.update(&bytes);
+        tx.blocking_send(bytes).is_ok()
+    };
+    for chunk in rx {
+        let Ok(chunk) = chunk else { break };
+        raw.update(&chunk);
+        on_bytes(chunk.len() as u64);
+        encoder
+            .write_all(&chunk)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        if !send(encoder.take_output(), &mut stored) {
+            return Err(Error::storage("every storage failed"));
+        }
+    }
+    let tail = encoder
+        .finish()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    if !send(tail, &mut stored) {
+        return Err(Error::storage("every storage failed"));
+    }
+    Ok(ObjectDigest {
+        raw_size: raw.size,
+        raw_sha256: raw.hex(),
+        stored_size: stored.size,
+        stored_sha256: stored.hex(),
+    })
+}
+
+/// Reads a stored object from `source`, checks it against `expected` and writes
+/// the raw bytes to `sink`. Blocking: run it on a blocking thread.
+///
+/// When the sink fails first (a consumer such as `pg_restore` gave up), the rest
+/// of the stored bytes are still read and checked, so a corrupt archive is
+/// reported as what it is rather than as the consumer's complaint about it.
+pub fn unpack(
+    source: impl Read,
+    compression: Compression,
+    expected: &ObjectDigest,
+    sink: &mut dyn Write,
+    label: &str,
+    on_bytes: &dyn Fn(u64),
+) -> Result<()> {
+    let mut stored = HashingReader {
+        inner: source,
+        hashed: Hashed::default(),
+        on_bytes,
+    };
+    let mut decode_error = None;
+    let mut sink_error = None;
+    let raw = {
+        let decoder = Decoder::new(compression, &mut stored)
+            .map_err(|e| Error::internal(format!("{label}: {e}")))?;
+        let mut raw = HashingReader {
+            inner: decoder,
+            hashed: Hashed::default(),
+            on_bytes: &|_| {},
+        };
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match raw.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(e) = sink.write_all(&buf[..n]) {
+                        sink_error = Some(e);
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    decode_error = Some(e);
+                    break;
+                }
+            }
+        }
+        raw.hashed
+    };
+    // A storage read error surfaces here as an I/O error of the stored stream.
+    std::io::copy(&mut stored, &mut std::io::sink())
+        .map_err(|e| Error::io(Kind::Storage, format!("reading {label}"), e))?;
+    let stored = stored.hashed;
+    if stored.size != expected.stored_size || stored.hex() != expected.stored_sha256 {
+        return Err(Error::integrity(format!(
+            "{label} is corrupt: stored size {} sha256 {}, the manifest says size {} sha256 {}",
+            stored.size,
+            stored.hex(),
+            expected.stored_size,
+            expected.stored_sha256
+        ))
+        .with_hint(
+            "restore another backup; verify the others with `backup list` and a test restore",
+        ));
+    }
+    if let Some(e) = decode_error {
+        // A storage read error is reported above; what remains is the decoder's.
+        return Err(Error::integrity(format!(
+            "{label} could not be decompressed although its stored digest matches: {e}"
+        )));
+    }
+    if let Some(e) = sink_error {
+        return Err(Error::io(
+            Kind::Tool,
+            format!("writing {label} to its consumer"),
+            e,
+        ));
+    }
+    if raw.size != expected.raw_size || raw.hex() != expected.raw_sha256 {
+        return Err(Error::integrity(format!(
+            "{label} is corrupt: decompressed size {} sha256 {}, the manifest says size {} sha256 {}",
+            raw.size,
+            raw.hex(),
+            expected.raw_size,
+            expected.raw_sha256
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Hashed {
+    sha: Sha256,
+    size: u64,
+}
+
+impl Hashed {
+    fn update(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    fn hex(&self) -> String {
+        hex(&self.sha.clone().finalize())
+    }
+}
+
+struct HashingReader<'a, R> {
+    inner: R,
+    hashed: Hashed,
+    on_bytes: &'a dyn Fn(u64),
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hashed.update(&buf[..n]);
+        (self.on_bytes)(n as u64);
+        Ok(n)
+    }
+}
+
+/// Lowercase hexadecimal, as `sha256sum` prints it.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
+}
+
+/// SHA-256 of a byte slice, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Key, MemoryStorage, Storage};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn sample() -> Vec<u8> {
+        // Compressible but not trivially: 1.5 MiB spans several chunks.
+        (0..1_500_000u64)
+            .map(|i| ((i * 7919) % 251) as u8 ^ (i / 4096) as u8)
+            .collect()
+    }
+
+    async fn store_one(
+        storage: &MemoryStorage,
+        key: &Key,
+        c: Compression,
+        data: Vec<u8>,
+    ) -> ObjectDigest {
+        let writer = storage.writer(key).await.unwrap();
+        let dest = vec![Destination {
+            storage: "mem".into(),
+            writer,
+        }];
+        let (digest, deliveries) = store(
+            std::io::Cursor::new(data),
+            c,
+            dest,
+            "test object",
+            Arc::new(|_| {}),
+        )
+        .await
+        .unwrap();
+        assert!(deliveries.iter().all(|d| d.result.is_ok()));
+        digest
+    }
+
+    #[test]
+    fn round_trip_for_every_compression() {
+        runtime().block_on(async {
+            let data = sample();
+            for c in [
+                Compression::Zstd(3),
+                Compression::Gzip(6),
+                Compression::None,
+            ] {
+                let storage = MemoryStorage::new("mem");
+                let key = Key::new("j/i/data").unwrap();
+                let digest = store_one(&storage, &key, c, data.clone()).await;
+                assert_eq!(digest.raw_size, data.len() as u64);
+                assert_eq!(digest.raw_sha256, sha256_hex(&data));
+                let stored = storage.get(&key).unwrap();
+                assert_eq!(digest.stored_sha256, sha256_hex(&stored));
+                if c != Compression::None {
+                    assert!(digest.stored_size < digest.raw_size, "{c}");
+                }
+                let mut out = Vec::new();
+                unpack(&stored[..], c, &digest, &mut out, "obj", &|_| {}).unwrap();
+                assert_eq!(out, data, "{c}");
+            }
+        });
+    }
+
+    #[test]
+    fn a_flipped_byte_is_named_as_corruption() {
+        runtime().block_on(async {
+            for c in [
+                Compression::Zstd(3),
+                Compression::Gzip(6),
+                Compression::None,
+            ] {
+                let storage = MemoryStorage::new("mem");
+                let key = Key::new("j/i/data").unwrap();
+                let digest = store_one(&storage, &key, c, sample()).await;
+                let mut stored = storage.get(&key).unwrap();
+                let middle = stored.len() / 2;
+                stored[middle] ^= 0x40;
+                let err = unpack(
+                    &stored[..],
+                    c,
+                    &digest,
+                    &mut Vec::new(),
+                    "j/i/data",
+                    &|_| {},
+                )
+                .unwrap_err();
+                assert_eq!(err.kind(), Kind::Integrity, "{c}: {err}");
+                assert!(
+                    err.message().starts_with("j/i/data is corrupt"),
+                    "{c}: {err}"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn a_failing_source_aborts_every_writer() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("pg_dump went away"));
+                }
+                self.0 -= 1;
+                buf.fill(7);
+                Ok(buf.len())
+            }
+        }
+        runtime().block_on(async {
+            let storage = MemoryStorage::new("mem");
+            let key = Key::new("j/i/data").unwrap();
+            let writer = storage.writer(&key).await.unwrap();
+            let dest = vec![Destination {
+                storage: "mem".into(),
+                writer,
+            }];
+            let err = store(
+                Failing(20),
+                Compression::Zstd(3),
+                dest,
+                "data",
+                Arc::new(|_| {}),
+            )
+            .await
+            .unwrap_err();
+            assert!(err.message().contains("pg_dump went away"), "{err}");
+            assert!(storage.get(&key).is_none());
+        });
+    }
+}

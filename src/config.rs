@@ -1,0 +1,589 @@
+//! Job files: TOML parsed into raw structs, then validated into [`crate::model`].
+//!
+//! Two stages, as in ripgrep's flags: the raw structs only mirror the file
+//! (`deny_unknown_fields`, every value wrapped in `Spanned` so errors can name
+//! the line); [`validate`] is the one place that checks references, reads
+//! secrets and applies defaults. Errors name the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use jiff::tz::TimeZone;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    BackupJob, Compression, Config, Database, Job, JobKind, Origin, Secret, StorageKind,
+    StorageSpec,
+};
+
+/// The file name looked for when neither `--config` nor `$BACKUP_CONFIG` is set.
+pub const DEFAULT_PATH: &str = "backup.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    databases: BTreeMap<String, Spanned<RawDatabase>>,
+    #[serde(default)]
+    storages: BTreeMap<String, Spanned<RawStorage>>,
+    #[serde(default)]
+    jobs: BTreeMap<String, Spanned<RawJob>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Spanned<String>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    pg_bin_dir: Option<Spanned<PathBuf>>,
+}
+
+// Flat rather than an internally tagged enum: serde buffers tagged enums, which
+// loses the spans that let errors name a line. `validate_storage` checks that
+// each key belongs to the declared type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    path: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    database: Option<Spanned<String>>,
+    storages: Option<Spanned<Vec<Spanned<String>>>>,
+    compression: Option<Spanned<String>>,
+    compression_level: Option<Spanned<i64>>,
+}
+
+/// One parsed file, kept with its text so spans turn into line numbers.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn origin<T>(&self, spanned: &Spanned<T>) -> Origin {
+        let line = self.text[..spanned.span().start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        Origin {
+            file: self.path.clone(),
+            line,
+        }
+    }
+
+    fn error<T>(&self, at: &Spanned<T>, message: impl std::fmt::Display) -> Error {
+        Error::config(format!("{}: {message}", self.origin(at)))
+    }
+}
+
+/// Where to read the configuration: `--config`, else `$BACKUP_CONFIG`, else
+/// `./backup.toml`. The caller resolves the first two (clap reads the env var).
+pub fn load(path: Option<&Path>) -> Result<Config> {
+    let path = path.unwrap_or(Path::new(DEFAULT_PATH));
+    let files = config_files(path)?;
+    let mut sources = Vec::with_capacity(files.len());
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| Error::io(crate::error::Kind::Config, file.display(), e))?;
+        sources.push(Source { path: file, text });
+    }
+    let parsed = sources
+        .iter()
+        .map(|s| parse(s).map(|raw| (s, raw)))
+        .collect::<Result<Vec<_>>>()?;
+    validate(parsed, &|name| std::env::var(name).ok())
+}
+
+/// A file is itself; a directory is every `*.toml` in it, in name order.
+fn config_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::io(crate::error::Kind::Config, path.display(), e).with_hint(
+            "pass --config PATH or set BACKUP_CONFIG to a job file or a directory of them",
+        )
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| Error::io(crate::error::Kind::Config, path.display(), e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(crate::error::Kind::Config, path.display(), e))?;
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::config(format!(
+            "{}: no *.toml files in this directory",
+            path.display()
+        )));
+    }
+    Ok(files)
+}
+
+fn parse(source: &Source) -> Result<RawFile> {
+    toml::from_str(&source.text).map_err(|e| {
+        let at = match e.span() {
+            Some(span) => {
+                let before = &source.text[..span.start.min(source.text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("{}:{line}:{column}", source.path.display())
+            }
+            None => source.path.display().to_string(),
+        };
+        let message = e.message().replace("unknown field", "unknown key");
+        Error::config(format!("{at}: {message}"))
+            .with_hint("see the job file format in README.md; keys are case-sensitive")
+    })
+}
+
+/// Secrets and the environment come in through `env`, so tests need not touch
+/// the process environment.
+type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
+    let mut config = Config::default();
+    let mut seen: BTreeMap<String, Origin> = BTreeMap::new();
+    let mut check_unique = |section: &str, name: &str, origin: Origin| -> Result<()> {
+        let key = format!("{section}.{name}");
+        if let Some(first) = seen.get(&key) {
+            return Err(Error::config(format!(
+                "{origin}: [{key}] is declared twice (first at {first})"
+            )));
+        }
+        seen.insert(key, origin);
+        Ok(())
+    };
+
+    // Databases and storages first: jobs in any file may refer to them.
+    for (source, raw) in &files {
+        for (name, db) in &raw.databases {
+            check_unique("databases", name, source.origin(db))?;
+            let db = validate_database(source, name, db, env)?;
+            config.databases.insert(name.clone(), Arc::new(db));
+        }
+        for (name, storage) in &raw.storages {
+            check_unique("storages", name, source.origin(storage))?;
+            let spec = validate_storage(source, name, storage)?;
+            config.storages.insert(name.clone(), Arc::new(spec));
+        }
+    }
+    for (source, raw) in &files {
+        let timezone = match &raw.timezone {
+            Some(zone) => TimeZone::get(zone.get_ref()).map_err(|_| {
+                source
+                    .error(
+                        zone,
+                        format!("timezone '{}' is not a known time zone", zone.get_ref()),
+                    )
+                    .with_hint("use an IANA name such as \"Asia/Tokyo\" or \"UTC\"")
+            })?,
+            None => TimeZone::system(),
+        };
+        for (name, job) in &raw.jobs {
+            check_unique("jobs", name, source.origin(job))?;
+            let job = validate_job(source, name, job, timezone.clone(), &config)?;
+            config.jobs.insert(name.clone(), job);
+        }
+    }
+    Ok(config)
+}
+
+fn validate_database(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawDatabase>,
+    env: EnvLookup,
+) -> Result<Database> {
+    let db = raw.get_ref();
+    let url = db.url.get_ref();
+    let parsed = tokio_postgres::Config::from_str(url).map_err(|e| {
+        source
+            .error(
+                &db.url,
+                format!("[databases.{name}] url is not a valid connection string: {e}"),
+            )
+            .with_hint("write a libpq URI such as postgresql://user@host:5432/dbname")
+    })?;
+    if parsed.get_password().is_some() {
+        return Err(source
+            .error(
+                &db.url,
+                format!("[databases.{name}] url contains a password"),
+            )
+            .with_hint(
+                "move it to password_env or password_file: a password in a url ends up in \
+                 process listings and logs",
+            ));
+    }
+    let (password, password_from) = match (&db.password_env, &db.password_file) {
+        (Some(_), Some(file)) => {
+            return Err(source.error(
+                file,
+                format!("[databases.{name}] sets both password_env and password_file; keep one"),
+            ));
+        }
+        (Some(var), None) => match env(var.get_ref()) {
+            Some(value) => (
+                Some(Secret::new(value)),
+                Some(format!("env {}", var.get_ref())),
+            ),
+            None => {
+                return Err(source
+                    .error(
+                        var,
+                        format!(
+                            "[databases.{name}] password_env: environment variable {} is not set",
+                            var.get_ref()
+                        ),
+                    )
+                    .with_hint(format!("export {} before running backup", var.get_ref())));
+            }
+        },
+        (None, Some(file)) => {
+            let path = file.get_ref();
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                let e = Error::io(crate::error::Kind::Config, path.display(), e);
+                source.error(
+                    file,
+                    format!("[databases.{name}] password_file: {}", e.message()),
+                )
+            })?;
+            let value = text.trim_end_matches(['\n', '\r']).to_owned();
+            (
+                Some(Secret::new(value)),
+                Some(format!("file {}", path.display())),
+            )
+        }
+        (None, None) => (None, None),
+    };
+    Ok(Database {
+        name: name.to_owned(),
+        url: url.clone(),
+        password,
+        password_from,
+        pg_bin_dir: db.pg_bin_dir.as_ref().map(|p| p.get_ref().clone()),
+    })
+}
+
+fn validate_storage(source: &Source, name: &str, raw: &Spanned<RawStorage>) -> Result<StorageSpec> {
+    let storage = raw.get_ref();
+    let kind = match storage.kind.get_ref().as_str() {
+        "local" => {
+            let path = storage.path.as_ref().ok_or_else(|| {
+                source.error(
+                    raw,
+                    format!("[storages.{name}] type = \"local\" needs a path"),
+                )
+            })?;
+            if !path.get_ref().is_absolute() {
+                return Err(source
+                    .error(path, format!("[storages.{name}] path must be absolute"))
+                    .with_hint("a relative path would depend on the directory backup runs in"));
+            }
+            StorageKind::Local {
+                path: path.get_ref().clone(),
+            }
+        }
+        other => {
+            return Err(source
+                .error(
+                    &storage.kind,
+                    format!("[storages.{name}] type '{other}' is not supported"),
+                )
+                .with_hint("supported storage types: local"));
+        }
+    };
+    Ok(StorageSpec {
+        name: name.to_owned(),
+        kind,
+    })
+}
+
+fn validate_job(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawJob>,
+    timezone: TimeZone,
+    config: &Config,
+) -> Result<Job> {
+    let job = raw.get_ref();
+    let kind = match job.kind.get_ref().as_str() {
+        "backup" => JobKind::Backup(validate_backup_job(source, name, raw, config)?),
+        other => {
+            return Err(source
+                .error(
+                    &job.kind,
+                    format!("[jobs.{name}] type '{other}' is not supported"),
+                )
+                .with_hint("supported job types: backup"));
+        }
+    };
+    Ok(Job {
+        name: name.to_owned(),
+        timezone,
+        origin: source.origin(raw),
+        kind,
+    })
+}
+
+fn validate_backup_job(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawJob>,
+    config: &Config,
+) -> Result<BackupJob> {
+    let job = raw.get_ref();
+    let database_name = job
+        .database
+        .as_ref()
+        .ok_or_else(|| source.error(raw, format!("[jobs.{name}] a backup job needs `database`")))?;
+    let database = config
+        .databases
+        .get(database_name.get_ref())
+        .cloned()
+        .ok_or_else(|| {
+            source
+                .error(
+                    database_name,
+                    format!(
+                        "[jobs.{name}] database = '{}': no such database is declared",
+                        database_name.get_ref()
+                    ),
+                )
+                .with_hint(declared("databases", config.databases.keys()))
+        })?;
+    let names = job.storages.as_ref().ok_or_else(|| {
+        source.error(
+            raw,
+            format!("[jobs.{name}] a backup job needs `storages = [\"...\"]`"),
+        )
+    })?;
+    if names.get_ref().is_empty() {
+        return Err(source.error(names, format!("[jobs.{name}] storages is empty")));
+    }
+    let mut storages: Vec<Arc<StorageSpec>> = Vec::new();
+    for storage in names.get_ref() {
+        let spec = config
+            .storages
+            .get(storage.get_ref())
+            .cloned()
+            .ok_or_else(|| {
+                source
+                    .error(
+                        storage,
+                        format!(
+                            "[jobs.{name}] storages: '{}' is not a declared storage",
+                            storage.get_ref()
+                        ),
+                    )
+                    .with_hint(declared("storages", config.storages.keys()))
+            })?;
+        if storages.iter().any(|s| s.name == spec.name) {
+            return Err(source.error(
+                storage,
+                format!("[jobs.{name}] storages lists '{}' twice", spec.name),
+            ));
+        }
+        storages.push(spec);
+    }
+    let compression = validate_compression(source, name, job)?;
+    Ok(BackupJob {
+        database,
+        storages,
+        compression,
+    })
+}
+
+fn validate_compression(source: &Source, name: &str, job: &RawJob) -> Result<Compression> {
+    let algorithm = job
+        .compression
+        .as_ref()
+        .map_or("zstd", |c| c.get_ref().as_str());
+    let level = job.compression_level.as_ref();
+    let out_of_range = |range: &str| {
+        let at = level.expect("only called with a level");
+        source.error(
+            at,
+            format!(
+                "[jobs.{name}] compression_level {} is outside {range}",
+                at.get_ref()
+            ),
+        )
+    };
+    match algorithm {
+        "zstd" => match level.map(|l| *l.get_ref()) {
+            None => Ok(Compression::Zstd(Compression::DEFAULT_ZSTD_LEVEL)),
+            Some(l @ 1..=19) => Ok(Compression::Zstd(l as i32)),
+            Some(_) => Err(out_of_range("1..=19 for zstd")),
+        },
+        "gzip" => match level.map(|l| *l.get_ref()) {
+            None => Ok(Compression::Gzip(Compression::DEFAULT_GZIP_LEVEL)),
+            Some(l @ 1..=9) => Ok(Compression::Gzip(l as u32)),
+            Some(_) => Err(out_of_range("1..=9 for gzip")),
+        },
+        "none" => match level {
+            None => Ok(Compression::None),
+            Some(l) => Err(source.error(
+                l,
+                format!(
+                    "[jobs.{name}] compression_level makes no sense with compression = \"none\""
+                ),
+            )),
+        },
+        other => {
+            let at = job
+                .compression
+                .as_ref()
+                .expect("a named algorithm comes from the file");
+            Err(source
+                .error(
+                    at,
+                    format!("[jobs.{name}] compression '{other}' is not supported"),
+                )
+                .with_hint("use \"zstd\" (default), \"gzip\" or \"none\""))
+        }
+    }
+}
+
+fn declared<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() {
+        format!("the configuration declares no {what}")
+    } else {
+        format!("declared {what}: {}", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+timezone = "Asia/Tokyo"
+
+[databases.app]
+url = "postgresql://app@127.0.0.1:5432/app"
+password_env = "APP_DB_PASSWORD"
+
+[storages.disk]
+type = "local"
+path = "/var/backups/app"
+
+[jobs.nightly]
+type = "backup"
+database = "app"
+storages = ["disk"]
+compression = "gzip"
+"#;
+
+    fn check(text: &str) -> Result<Config> {
+        let source = Source {
+            path: PathBuf::from("jobs/app.toml"),
+            text: text.to_owned(),
+        };
+        let raw = parse(&source)?;
+        validate(vec![(&source, raw)], &|name| {
+            (name == "APP_DB_PASSWORD").then(|| "s3cret-from-env".to_owned())
+        })
+    }
+
+    fn error_of(text: &str) -> String {
+        match check(text) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => format!("{e}\nhint: {}", e.hint().unwrap_or("")),
+        }
+    }
+
+    #[test]
+    fn a_good_file_resolves_every_reference() {
+        let config = check(GOOD).unwrap();
+        let (job, backup) = config.backup_job("nightly").unwrap();
+        assert_eq!(job.timezone.iana_name(), Some("Asia/Tokyo"));
+        assert_eq!(job.origin.line, 12);
+        assert_eq!(
+            backup.database.password.as_ref().unwrap().expose(),
+            "s3cret-from-env"
+        );
+        assert_eq!(backup.storages[0].name, "disk");
+        assert_eq!(backup.compression, Compression::Gzip(6));
+        assert!(!format!("{config:?}").contains("s3cret-from-env"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let text = GOOD.replace(
+            "compression = \"gzip\"",
+            "compression = \"gzip\"\ncolour = \"blue\"",
+        );
+        let err = error_of(&text);
+        assert!(err.contains("jobs/app.toml:17"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn reference_to_an_undeclared_database_names_the_line() {
+        let err = error_of(&GOOD.replace("database = \"app\"", "database = \"ap\""));
+        assert!(
+            err.starts_with("jobs/app.toml:14: [jobs.nightly] database = 'ap'"),
+            "{err}"
+        );
+        assert!(err.contains("declared databases: app"), "{err}");
+    }
+
+    #[test]
+    fn unset_password_env_is_an_error() {
+        let err = error_of(&GOOD.replace("APP_DB_PASSWORD", "NOT_SET_ANYWHERE"));
+        assert!(err.contains("NOT_SET_ANYWHERE"), "{err}");
+        assert!(err.contains("jobs/app.toml:6"), "{err}");
+    }
+
+    #[test]
+    fn password_in_url_is_refused_without_echoing_it() {
+        let err = error_of(&GOOD.replace("app@127", "app:topsecret@127"));
+        assert!(err.contains("url contains a password"), "{err}");
+        assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (from, to, expect) in [
+            ("\"gzip\"", "\"lz4\"", "compression 'lz4'"),
+            ("\"Asia/Tokyo\"", "\"Mars/Olympus\"", "Mars/Olympus"),
+            ("/var/backups/app", "relative/dir", "must be absolute"),
+            ("type = \"local\"", "type = \"ftp\"", "type 'ftp'"),
+            (
+                "storages = [\"disk\"]",
+                "storages = [\"disk\", \"disk\"]",
+                "twice",
+            ),
+        ] {
+            let err = error_of(&GOOD.replace(from, to));
+            assert!(err.contains(expect), "{from} -> {to}: {err}");
+        }
+    }
+
+    #[test]
+    fn compression_defaults_to_zstd_level_3() {
+        let config = check(&GOOD.replace("compression = \"gzip\"", "")).unwrap();
+        let (_, backup) = config.backup_job("nightly").unwrap();
+        assert_eq!(backup.compression, Compression::Zstd(3));
+    }
+}

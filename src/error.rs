@@ -1,0 +1,238 @@
+//! The one error type of `backup`, and the exit codes it maps to.
+//!
+//! Error policy (after rustic_core and pgBackRest):
+//! - every failure has a [`Kind`]; the kind alone decides the process exit code,
+//!   and the table in README.md documents each code;
+//! - messages are lowercase and name what failed (job, object, database, file);
+//! - a suggested fix goes in `hint`, printed on its own `hint:` line;
+//! - `temporary` says whether trying again may help (a dropped connection, a
+//!   throttled request); the retry layer retries those and nothing else;
+//! - secrets never reach a message: callers pass names, not values.
+
+use std::fmt;
+
+/// What went wrong, in the operator's terms. Each kind is one exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A bug or an unexpected condition in `backup` itself.
+    Internal,
+    /// The job file is malformed, inconsistent or refers to something missing.
+    Config,
+    /// PostgreSQL could not be reached, refused the login, or a query failed.
+    Database,
+    /// The storage backend could not read, write, list or delete.
+    Storage,
+    /// Data does not match what was recorded: digest, size or row counts.
+    Integrity,
+    /// The requested backup, object or job does not exist.
+    NotFound,
+    /// An external tool (`pg_dump`, `pg_restore`, ...) is missing, too old or failed.
+    Tool,
+    /// The operation was refused to protect data (non-empty target, no confirmation).
+    Refused,
+    /// A command-line value could not be understood.
+    Usage,
+}
+
+impl Kind {
+    /// The process exit code for this kind (documented in README.md).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Kind::Internal => 1,
+            Kind::Usage => 2,
+            Kind::Config => 3,
+            Kind::Database => 4,
+            Kind::Storage => 5,
+            Kind::Integrity => 6,
+            Kind::NotFound => 7,
+            Kind::Tool => 8,
+            Kind::Refused => 9,
+        }
+    }
+}
+
+/// An error with its kind, a specific message, an optional hint and cause.
+pub struct Error {
+    kind: Kind,
+    message: String,
+    hint: Option<String>,
+    temporary: bool,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            hint: None,
+            temporary: false,
+            source: None,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(Kind::Internal, message)
+    }
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::new(Kind::Config, message)
+    }
+    pub fn database(message: impl Into<String>) -> Self {
+        Error::new(Kind::Database, message)
+    }
+    pub fn storage(message: impl Into<String>) -> Self {
+        Error::new(Kind::Storage, message)
+    }
+    pub fn integrity(message: impl Into<String>) -> Self {
+        Error::new(Kind::Integrity, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::new(Kind::NotFound, message)
+    }
+    pub fn tool(message: impl Into<String>) -> Self {
+        Error::new(Kind::Tool, message)
+    }
+    pub fn refused(message: impl Into<String>) -> Self {
+        Error::new(Kind::Refused, message)
+    }
+    pub fn usage(message: impl Into<String>) -> Self {
+        Error::new(Kind::Usage, message)
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Marks the error as one that may go away if the operation is tried again.
+    pub fn temporary(mut self) -> Self {
+        self.temporary = true;
+        self
+    }
+
+    /// Prefixes the message with context, keeping kind, hint and cause.
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+    pub fn is_temporary(&self) -> bool {
+        self.temporary
+    }
+    pub fn exit_code(&self) -> u8 {
+        self.kind.exit_code()
+    }
+
+    /// An I/O error on `what` (a path or object), temporary when the kind of
+    /// failure suggests a retry could succeed.
+    pub fn io(kind: Kind, what: impl fmt::Display, err: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let temporary = matches!(
+            err.kind(),
+            K::Interrupted
+                | K::TimedOut
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::WouldBlock
+        );
+        let hint = match err.kind() {
+            K::StorageFull => Some("free space on the device or point the storage elsewhere"),
+            K::PermissionDenied => Some("check the ownership and mode of the path"),
+            _ => None,
+        };
+        let mut e = Error::new(kind, format!("{what}: {}", io_message(&err)));
+        e.temporary = temporary;
+        e.hint = hint.map(str::to_owned);
+        e.with_source(err)
+    }
+}
+
+/// `std::io::Error`'s Display starts with a capital and appends "(os error N)".
+fn io_message(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(hint) = &self.hint {
+            d.field("hint", hint);
+        }
+        if self.temporary {
+            d.field("temporary", &true);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let kinds = [
+            Kind::Internal,
+            Kind::Usage,
+            Kind::Config,
+            Kind::Database,
+            Kind::Storage,
+            Kind::Integrity,
+            Kind::NotFound,
+            Kind::Tool,
+            Kind::Refused,
+        ];
+        let mut codes: Vec<u8> = kinds.iter().map(|k| k.exit_code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), kinds.len());
+    }
+
+    #[test]
+    fn io_errors_are_lowercase_without_os_code() {
+        let err = std::io::Error::from_raw_os_error(28); // ENOSPC
+        let e = Error::io(Kind::Storage, "/backups/x", err);
+        assert_eq!(e.message(), "/backups/x: no space left on device");
+        assert!(e.hint().is_some());
+    }
+}

@@ -1,0 +1,298 @@
+//! The validated model of a configuration: what the rest of `backup` works with.
+//!
+//! Values here have passed validation in [`crate::config`]: every reference
+//! resolves, every secret has been read, every zone exists. Nothing below this
+//! module parses text from the user again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use crate::error::{Error, Result};
+
+/// A password or key. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value itself. Call only where it is handed to a driver or a child's
+    /// environment, never where it could be formatted.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a value came from, so errors can point at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A PostgreSQL database declared under `[databases.NAME]`.
+#[derive(Clone)]
+pub struct Database {
+    pub name: String,
+    /// The libpq connection string as written, without a password in it.
+    pub url: String,
+    pub password: Option<Secret>,
+    /// Where the password came from, for display: `env APP_DB_PASSWORD`.
+    pub password_from: Option<String>,
+    /// Where `pg_dump`, `pg_restore` and `pg_dumpall` are looked up first.
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_from", &self.password_from)
+            .field("pg_bin_dir", &self.pg_bin_dir)
+            .finish()
+    }
+}
+
+/// A storage declared under `[storages.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageSpec {
+    pub name: String,
+    pub kind: StorageKind,
+}
+
+/// The backends. S3 and Azure arrive as further variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageKind {
+    Local { path: PathBuf },
+}
+
+impl fmt::Display for StorageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageKind::Local { path } => write!(f, "local {}", path.display()),
+        }
+    }
+}
+
+/// How the archive is compressed before it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "algorithm", content = "level")]
+pub enum Compression {
+    Zstd(i32),
+    Gzip(u32),
+    None,
+}
+
+impl Compression {
+    pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+    pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+
+    /// The file name suffix for a stored object, without the dot.
+    pub fn extension(self) -> Option<&'static str> {
+        match self {
+            Compression::Zstd(_) => Some("zst"),
+            Compression::Gzip(_) => Some("gz"),
+            Compression::None => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Zstd(_) => "zstd",
+            Compression::Gzip(_) => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Compression::Zstd(level) => write!(f, "zstd (level {level})"),
+            Compression::Gzip(level) => write!(f, "gzip (level {level})"),
+            Compression::None => f.write_str("none"),
+        }
+    }
+}
+
+/// A job declared under `[jobs.NAME]`.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    /// The zone for times shown to the operator and for `--at` without a zone.
+    pub timezone: TimeZone,
+    pub origin: Origin,
+    pub kind: JobKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum JobKind {
+    Backup(BackupJob),
+}
+
+impl JobKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Backup(_) => "backup",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupJob {
+    pub database: Arc<Database>,
+    /// In the order declared; the first is where restores read by default.
+    pub storages: Vec<Arc<StorageSpec>>,
+    pub compression: Compression,
+}
+
+/// A whole validated configuration, possibly merged from several files.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub databases: BTreeMap<String, Arc<Database>>,
+    pub storages: BTreeMap<String, Arc<StorageSpec>>,
+    pub jobs: BTreeMap<String, Job>,
+}
+
+impl Config {
+    pub fn job(&self, name: &str) -> Result<&Job> {
+        self.jobs.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+            Error::not_found(format!("no job named '{name}'")).with_hint(if known.is_empty() {
+                "the configuration declares no jobs".to_owned()
+            } else {
+                format!("jobs in the configuration: {}", known.join(", "))
+            })
+        })
+    }
+
+    pub fn backup_job(&self, name: &str) -> Result<(&Job, &BackupJob)> {
+        let job = self.job(name)?;
+        match &job.kind {
+            JobKind::Backup(b) => Ok((job, b)),
+        }
+    }
+}
+
+/// The identity of one backup: its UTC start time, `20261122T030000Z`, plus a
+/// `-N` suffix when two runs of a job start in the same second. Sorts as text.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct BackupId(String);
+
+impl BackupId {
+    pub fn from_start(started_at: Timestamp, suffix: u32) -> Self {
+        let base = started_at.strftime("%Y%m%dT%H%M%SZ").to_string();
+        if suffix == 0 {
+            BackupId(base)
+        } else {
+            BackupId(format!("{base}-{suffix}"))
+        }
+    }
+
+    /// Accepts what `from_start` produces, and nothing that could escape a path.
+    pub fn parse(text: &str) -> Result<Self> {
+        let (base, suffix) = match text.split_once('-') {
+            Some((b, s)) => (b, Some(s)),
+            None => (text, None),
+        };
+        let base_ok = base.len() == 16
+            && base.as_bytes()[8] == b'T'
+            && base.ends_with('Z')
+            && base[..8].bytes().all(|b| b.is_ascii_digit())
+            && base[9..15].bytes().all(|b| b.is_ascii_digit());
+        let suffix_ok =
+            suffix.is_none_or(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+        if base_ok && suffix_ok {
+            Ok(BackupId(text.to_owned()))
+        } else {
+            Err(Error::usage(format!("'{text}' is not a backup id"))
+                .with_hint("backup ids look like 20261122T030000Z; `backup list` shows them"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The source of the current time. Logic takes a `&dyn Clock` so tests can pin it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let db = Database {
+            name: "app".into(),
+            url: "postgresql://app@db/app".into(),
+            password: Some(Secret::new("hunter2")),
+            password_from: Some("env APP_DB_PASSWORD".into()),
+            pg_bin_dir: None,
+        };
+        let shown = format!("{db:?} {:?}", Secret::new("hunter2"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn backup_ids_sort_by_time_and_round_trip() {
+        let t: Timestamp = "2026-11-22T03:00:00Z".parse().unwrap();
+        let a = BackupId::from_start(t, 0);
+        let b = BackupId::from_start(t, 1);
+        assert_eq!(a.as_str(), "20261122T030000Z");
+        assert_eq!(b.as_str(), "20261122T030000Z-1");
+        assert!(a < b);
+        assert_eq!(BackupId::parse(b.as_str()).unwrap(), b);
+        for bad in [
+            "../x",
+            "20261122T030000",
+            "20261122T030000Z-",
+            "20261122X030000Z",
+            "",
+        ] {
+            assert!(BackupId::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Where archives live: one trait, a backend per kind of storage.
+//!
+//! The contract every backend keeps (and `tests/storage_conformance.rs` checks):
+//! - nothing is visible under a key until its writer's `finish` succeeds;
+//!   `abort`, or dropping an unfinished writer, leaves nothing behind;
+//! - `reader` streams, so no object is ever held in memory whole;
+//! - `list` returns every key under a prefix, however many;
+//! - errors say whether they are temporary (see [`crate::error`]).
+
+mod local;
+mod memory;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::io::AsyncRead;
+
+use crate::error::{Error, Result};
+use crate::model::{StorageKind, StorageSpec};
+
+pub use local::LocalStorage;
+pub use memory::MemoryStorage;
+
+/// A validated object key: `/`-separated, relative, no `.` or `..` segments.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+impl Key {
+    pub fn new(key: impl Into<String>) -> Result<Key> {
+        let key = key.into();
+        let valid = !key.is_empty()
+            && !key.starts_with('/')
+            && !key.ends_with('/')
+            && key.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && !segment.contains(['\\', '\0'])
+            });
+        if valid {
+            Ok(Key(key))
+        } else {
+            Err(Error::internal(format!(
+                "'{key}' is not a valid object key"
+            )))
+        }
+    }
+
+    /// Joins a relative part onto this key, validating the result.
+    pub fn join(&self, part: &str) -> Result<Key> {
+        Key::new(format!("{}/{part}", self.0))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The last segment, the object's file name.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An object found by `list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: Key,
+    pub size: u64,
+}
+
+/// What a backend can do beyond the basics, so callers can adapt or refuse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Objects can be made immutable for a retention period (S3 Object Lock, ...).
+    pub object_lock: bool,
+}
+
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// The name from the job file, used in messages.
+    fn name(&self) -> &str;
+    fn capabilities(&self) -> Capabilities;
+    /// Starts writing `key`; nothing is visible there until `finish`.
+    async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>>;
+    /// Streams the object; a missing object is a [`crate::error::Kind::NotFound`].
+    async fn reader(&self, key: &Key) -> Result<ObjectReader>;
+    /// Every object whose key starts with `prefix/`, in key order.
+    async fn list(&self, prefix: &Key) -> Result<Vec<ObjectInfo>>;
+    /// Deletes `key`; deleting a missing object is not an error.
+    async fn delete(&self, key: &Key) -> Result<()>;
+}
+
+#[async_trait]
+pub trait ObjectWriter: Send {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()>;
+    /// Makes the object visible, durably. Returns its size.
+    async fn finish(self: Box<Self>) -> Result<u64>;
+    /// Discards everything written; nothing is left under the key.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// Opens the backend a storage spec describes.
+pub fn open(spec: &StorageSpec) -> Result<Arc<dyn Storage>> {
+    match &spec.kind {
+        StorageKind::Local { path } => Ok(Arc::new(LocalStorage::new(&spec.name, path))),
+    }
+}
+
+/// Reads a whole small object (manifests, reports) into memory.
+pub async fn read_small(storage: &dyn Storage, key: &Key, limit: u64) -> Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let reader = storage.reader(key).await?;
+    let mut buf = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| {
+            Error::io(
+                crate::error::Kind::Storage,
+                format!("{}: {key}", storage.name()),
+                e,
+            )
+        })?;
+    if buf.len() as u64 > limit {
+        return Err(Error::integrity(format!(
+            "{}: {key} is larger than {limit} bytes, which no valid object of its kind is",
+            storage.name()
+        )));
+    }
+    Ok(buf)
+}
+
+/// Writes a whole small object in one go.
+pub async fn write_small(storage: &dyn Storage, key: &Key, bytes: &[u8]) -> Result<()> {
+    let mut writer = storage.writer(key).await?;
+    if let Err(e) = writer.write(bytes).await {
+        let _ = writer.abort().await;
+        return Err(e);
+    }
+    writer.finish().await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in ["", "/abs", "a/../b", "..", "a//b", "a/./b", "a/", "a\\b"] {
+            assert!(Key::new(bad).is_err(), "{bad:?}");
+        }
+        let key = Key::new("job/20261122T030000Z").unwrap();
+        assert_eq!(
+            key.join("manifest.json").unwrap().as_str(),
+            "job/20261122T030000Z/manifest.json"
+        );
+        assert!(key.join("../x").is_err());
+        assert_eq!(key.file_name(), "20261122T030000Z");
+    }
+}
