@@ -199,6 +199,16 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
         };
         for (name, job) in &raw.jobs {
             check_unique("jobs", name, source.origin(job))?;
+            if !is_job_name(name) {
+                return Err(source
+                    .error(
+                        job,
+                        format!("[jobs.{name}]: a job name is used in storage paths"),
+                    )
+                    .with_hint(
+                        "use letters, digits, '-', '_' and '.', starting with a letter or digit",
+                    ));
+            }
             let job = validate_job(source, name, job, timezone.clone(), &config)?;
             config.jobs.insert(name.clone(), job);
         }
@@ -461,6 +471,16 @@ fn validate_compression(source: &Source, name: &str, job: &RawJob) -> Result<Com
                 .with_hint("use \"zstd\" (default), \"gzip\" or \"none\""))
         }
     }
+}
+
+fn is_job_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name != "reports"
 }
 
 fn declared<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> String {

@@ -5,7 +5,14 @@
 //! → {`model`, `config`, `error`}.
 
 pub mod archive;
+pub mod catalog;
+pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod error;
+pub mod jobs;
 pub mod model;
+pub mod pg;
+pub mod report;
 pub mod storage;
+pub mod time;

@@ -58,13 +58,23 @@ pub struct Delivery {
 /// fails. A destination that fails on its own is aborted and reported in its
 /// [`Delivery`] while the others carry on: one full disk must not cost the copy
 /// on another storage. `label` names the object in messages.
-pub async fn store<R: Read + Send + 'static>(
+///
+/// `source_done` is awaited once the source is exhausted and before any writer
+/// finishes: it says whether the producer (a `pg_dump`) succeeded. A producer
+/// that died mid-stream closes its output like one that finished, so only its
+/// exit status tells them apart, and nothing may become visible before that.
+pub async fn store<R, F>(
     source: R,
     compression: Compression,
     destinations: Vec<Destination>,
     label: &str,
     on_bytes: OnBytes,
-) -> Result<(ObjectDigest, Vec<Delivery>)> {
+    source_done: F,
+) -> Result<(ObjectDigest, Vec<Delivery>)>
+where
+    R: Read + Send + 'static,
+    F: std::future::Future<Output = Result<()>>,
+{
     let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(QUEUE);
     let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
 
@@ -108,10 +118,22 @@ pub async fn store<R: Read + Send + 'static>(
     let compressed = compressor
         .join()
         .map_err(|_| Error::internal("the compression thread panicked"))?;
-    let outcome = match (read, compressed) {
-        (Err(e), _) => Err(Error::io(Kind::Tool, format!("reading {label}"), e)),
-        (Ok(()), Err(e)) => Err(e.context(format!("compressing {label}"))),
-        (Ok(()), Ok(digest)) => Ok(digest),
+    let produced = source_done.await;
+    // The most telling failure first: when every storage failed, the producer's
+    // complaint about its closed output is only a consequence.
+    let all_failed = !live.is_empty() && live.iter().all(|(_, slot, _)| slot.is_none());
+    let outcome = if all_failed {
+        let first = std::mem::replace(&mut live[0].2, Ok(()));
+        Err(first
+            .err()
+            .unwrap_or_else(|| Error::storage("every storage failed")))
+    } else {
+        match (produced, read, compressed) {
+            (Err(e), _, _) => Err(e),
+            (Ok(()), Err(e), _) => Err(Error::io(Kind::Tool, format!("reading {label}"), e)),
+            (Ok(()), Ok(()), Err(e)) => Err(e.context(format!("compressing {label}"))),
+            (Ok(()), Ok(()), Ok(digest)) => Ok(digest),
+        }
     };
     let digest = match outcome {
         Ok(digest) => digest,
@@ -386,6 +408,7 @@ mod tests {
             dest,
             "test object",
             Arc::new(|_| {}),
+            async { Ok(()) },
         )
         .await
         .unwrap();
@@ -478,10 +501,38 @@ mod tests {
                 dest,
                 "data",
                 Arc::new(|_| {}),
+                async { Ok(()) },
             )
             .await
             .unwrap_err();
             assert!(err.message().contains("pg_dump went away"), "{err}");
+            assert!(storage.get(&key).is_none());
+        });
+    }
+
+    #[test]
+    fn a_producer_that_failed_after_a_clean_eof_leaves_nothing() {
+        runtime().block_on(async {
+            let storage = MemoryStorage::new("mem");
+            let key = Key::new("j/i/data").unwrap();
+            let writer = storage.writer(&key).await.unwrap();
+            let dest = vec![Destination {
+                storage: "mem".into(),
+                writer,
+            }];
+            let killed = async { Err(Error::tool("pg_dump was killed by signal 9")) };
+            let source = std::io::Cursor::new(sample());
+            let err = store(
+                source,
+                Compression::Zstd(3),
+                dest,
+                "data",
+                Arc::new(|_| {}),
+                killed,
+            )
+            .await
+            .unwrap_err();
+            assert!(err.message().contains("signal 9"), "{err}");
             assert!(storage.get(&key).is_none());
         });
     }

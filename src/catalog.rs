@@ -1,0 +1,352 @@
+//! The catalog is the storage: manifests beside the data say what exists.
+//!
+//! ```text
+//! <job>/<backup-id>/data.dump.<ext>     pg_dump archive (custom format), compressed
+//! <job>/<backup-id>/globals.sql.<ext>   roles and tablespaces
+//! <job>/<backup-id>/manifest.json       written last: its presence means "complete"
+//! <job>/reports/<run-id>.json           one record per run
+//! ```
+//!
+//! A fresh host with the job file and the storage can list and restore every
+//! backup; nothing local matters.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::archive::ObjectDigest;
+use crate::error::{Error, Result};
+use crate::model::{BackupId, Compression};
+use crate::pg::TableRows;
+use crate::storage::{Key, Storage};
+
+/// The manifest format this version writes and the newest it reads.
+pub const FORMAT: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+/// A manifest larger than this is not one of ours (a table list of millions).
+const MANIFEST_LIMIT: u64 = 64 << 20;
+
+/// What an object in a backup holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The `pg_dump` custom-format archive.
+    Data,
+    /// `pg_dumpall --globals-only`: roles and tablespaces.
+    Globals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestObject {
+    /// The object's name inside the backup directory (`data.dump.zst`).
+    pub key: String,
+    pub role: Role,
+    #[serde(flatten)]
+    pub digest: ObjectDigest,
+}
+
+/// `manifest.json`: written once, last, never rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: BackupId,
+    pub job: String,
+    /// The `[databases.NAME]` of the job file.
+    pub database: String,
+    /// The database's name on the server.
+    pub dbname: String,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    /// The data is as of this instant: the start of the exported snapshot.
+    pub snapshot_at: Timestamp,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    /// `zstd`, `gzip` or `none`.
+    pub compression: String,
+    pub encryption: Option<String>,
+    pub objects: Vec<ManifestObject>,
+    pub tables: Vec<TableRows>,
+    /// Things an operator should know that did not fail the backup.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+impl Manifest {
+    pub fn object(&self, role: Role) -> Option<&ManifestObject> {
+        self.objects.iter().find(|o| o.role == role)
+    }
+
+    pub fn compression(&self) -> Result<Compression> {
+        match self.compression.as_str() {
+            "zstd" => Ok(Compression::Zstd(Compression::DEFAULT_ZSTD_LEVEL)),
+            "gzip" => Ok(Compression::Gzip(Compression::DEFAULT_GZIP_LEVEL)),
+            "none" => Ok(Compression::None),
+            other => Err(Error::integrity(format!(
+                "backup {}: unknown compression '{other}' in its manifest",
+                self.id
+            ))),
+        }
+    }
+
+    pub fn raw_size(&self) -> u64 {
+        self.objects.iter().map(|o| o.digest.raw_size).sum()
+    }
+
+    pub fn stored_size(&self) -> u64 {
+        self.objects.iter().map(|o| o.digest.stored_size).sum()
+    }
+
+    pub fn duration(&self) -> jiff::SignedDuration {
+        self.finished_at.duration_since(self.started_at)
+    }
+}
+
+/// `<job>`: everything of one job lives under it.
+pub fn job_prefix(job: &str) -> Result<Key> {
+    Key::new(job)
+}
+
+/// `<job>/<backup-id>`.
+pub fn backup_prefix(job: &str, id: &BackupId) -> Result<Key> {
+    job_prefix(job)?.join(id.as_str())
+}
+
+/// The name of an object of `role` stored with `compression`.
+pub fn object_name(role: Role, compression: Compression) -> String {
+    let base = match role {
+        Role::Data => "data.dump",
+        Role::Globals => "globals.sql",
+    };
+    match compression.extension() {
+        Some(ext) => format!("{base}.{ext}"),
+        None => base.to_owned(),
+    }
+}
+
+/// Backups of a job found in one storage, newest first, and what could not be read.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub backups: Vec<Manifest>,
+    /// Manifests that exist but could not be read: never silently skipped.
+    pub unreadable: Vec<String>,
+}
+
+/// Reads every complete backup of `job` in `storage`.
+pub async fn list(storage: &dyn Storage, job: &str) -> Result<Listing> {
+    let prefix = job_prefix(job)?;
+    let objects = storage.list(&prefix).await?;
+    let mut listing = Listing::default();
+    for object in objects {
+        let rest = &object.key.as_str()[prefix.as_str().len() + 1..];
+        let Some((id, MANIFEST)) = rest.split_once('/') else {
+            continue;
+        };
+        if BackupId::parse(id).is_err() {
+            continue;
+        }
+        match read_manifest(storage, &object.key).await {
+            Ok(m) => listing.backups.push(m),
+            Err(e) => listing.unreadable.push(e.to_string()),
+        }
+    }
+    listing.backups.sort_by(|a, b| b.id.cmp(&a.id));
+    Ok(listing)
+}
+
+pub async fn read_manifest(storage: &dyn Storage, key: &Key) -> Result<Manifest> {
+    let bytes = crate::storage::read_small(storage, key, MANIFEST_LIMIT).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::integrity(format!(
+            "storage {}: {key} is not a valid manifest: {e}",
+            storage.name()
+        ))
+    })?;
+    if manifest.format > FORMAT {
+        return Err(Error::integrity(format!(
+            "storage {}: {key} has format {}, this version reads up to {FORMAT}",
+            storage.name(),
+            manifest.format
+        ))
+        .with_hint("upgrade backup to read it"));
+    }
+    Ok(manifest)
+}
+
+/// Which backup a restore wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Latest,
+    Id(BackupId),
+    /// The newest backup whose data is as of this instant or earlier.
+    At(Timestamp),
+}
+
+/// Picks the backup `selector` names from `backups` (newest first). Never falls
+/// back to a newer backup than asked for.
+/// `zone` is the job's, for times in messages.
+pub fn select<'a>(
+    backups: &'a [Manifest],
+    selector: &Selector,
+    job: &str,
+    zone: &jiff::tz::TimeZone,
+) -> Result<&'a Manifest> {
+    if backups.is_empty() {
+        return Err(
+            Error::not_found(format!("job {job} has no complete backups"))
+                .with_hint(format!("run `backup run {job}` first, or check --storage")),
+        );
+    }
+    let found = match selector {
+        Selector::Latest => backups
+            .iter()
+            .max_by(|a, b| a.snapshot_at.cmp(&b.snapshot_at)),
+        Selector::Id(id) => backups.iter().find(|m| &m.id == id),
+        Selector::At(at) => backups
+            .iter()
+            .filter(|m| m.snapshot_at <= *at)
+            .max_by(|a, b| a.snapshot_at.cmp(&b.snapshot_at)),
+    };
+    found.ok_or_else(|| {
+        let oldest = backups
+            .iter()
+            .min_by(|a, b| a.snapshot_at.cmp(&b.snapshot_at));
+        let oldest = oldest.map_or(String::new(), |m| {
+            format!(
+                "{} (data as of {})",
+                m.id,
+                crate::time::show(m.snapshot_at, zone)
+            )
+        });
+        match selector {
+            Selector::Id(id) => Error::not_found(format!("job {job} has no complete backup {id}"))
+                .with_hint(format!(
+                    "`backup list --job {job}` shows the backups there are"
+                )),
+            _ => Error::not_found(format!(
+                "no backup of job {job} is as old as the requested time; the oldest is {oldest}"
+            ))
+            .with_hint("pick a later time: a restore never uses data newer than asked for"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str, snapshot: &str) -> Manifest {
+        let at: Timestamp = snapshot.parse().unwrap();
+        Manifest {
+            format: FORMAT,
+            id: BackupId::parse(id).unwrap(),
+            job: "nightly".into(),
+            database: "app".into(),
+            dbname: "app".into(),
+            server_version: "15.18".into(),
+            pg_dump_version: "pg_dump (PostgreSQL) 15.18".into(),
+            snapshot_at: at,
+            started_at: at,
+            finished_at: at,
+            compression: "zstd".into(),
+            encryption: None,
+            objects: vec![],
+            tables: vec![],
+            warnings: vec![],
+        }
+    }
+
+    fn backups() -> Vec<Manifest> {
+        vec![
+            manifest("20240121T030000Z", "2024-01-21T03:00:01Z"),
+            manifest("20240120T030000Z", "2024-01-20T03:00:01Z"),
+            manifest("20240119T030000Z", "2024-01-19T03:00:01Z"),
+        ]
+    }
+
+    fn pick(b: &[Manifest], selector: Selector) -> Result<String> {
+        select(b, &selector, "nightly", &jiff::tz::TimeZone::UTC).map(|m| m.id.to_string())
+    }
+
+    fn at(t: &str) -> Selector {
+        Selector::At(t.parse().unwrap())
+    }
+
+    #[test]
+    fn at_picks_the_newest_backup_not_after_the_time() {
+        let b = backups();
+        assert_eq!(
+            pick(&b, at("2024-01-20T14:30:00Z")).unwrap(),
+            "20240120T030000Z"
+        );
+        assert_eq!(
+            pick(&b, at("2024-01-20T03:00:01Z")).unwrap(),
+            "20240120T030000Z"
+        );
+        assert_eq!(
+            pick(&b, at("2024-01-20T03:00:00Z")).unwrap(),
+            "20240119T030000Z"
+        );
+        assert_eq!(
+            pick(&b, at("2030-01-01T00:00:00Z")).unwrap(),
+            "20240121T030000Z"
+        );
+    }
+
+    #[test]
+    fn at_before_the_first_backup_names_the_oldest() {
+        let err = pick(&backups(), at("2024-01-01T00:00:00Z")).unwrap_err();
+        assert_eq!(err.kind(), crate::error::Kind::NotFound);
+        assert!(
+            err.message()
+                .contains("20240119T030000Z (data as of 2024-01-19 03:00:01 UTC)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn latest_and_id() {
+        let b = backups();
+        assert_eq!(pick(&b, Selector::Latest).unwrap(), "20240121T030000Z");
+        let id = BackupId::parse("20240119T030000Z").unwrap();
+        assert_eq!(pick(&b, Selector::Id(id)).unwrap(), "20240119T030000Z");
+        let missing = BackupId::parse("20240101T030000Z").unwrap();
+        assert!(pick(&b, Selector::Id(missing)).is_err());
+        let none = pick(&[], Selector::Latest).unwrap_err();
+        assert!(none.message().contains("no complete backups"));
+    }
+
+    #[test]
+    fn object_names_carry_the_compression() {
+        assert_eq!(
+            object_name(Role::Data, Compression::Zstd(3)),
+            "data.dump.zst"
+        );
+        assert_eq!(
+            object_name(Role::Globals, Compression::Gzip(6)),
+            "globals.sql.gz"
+        );
+        assert_eq!(object_name(Role::Data, Compression::None), "data.dump");
+    }
+
+    #[test]
+    fn listing_skips_incomplete_backups() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let storage = crate::storage::MemoryStorage::new("mem");
+            let m = manifest("20240120T030000Z", "2024-01-20T03:00:01Z");
+            let dir = backup_prefix("nightly", &m.id).unwrap();
+            storage.put(&dir.join("data.dump.zst").unwrap(), b"x".to_vec());
+            storage.put(
+                &dir.join(MANIFEST).unwrap(),
+                serde_json::to_vec(&m).unwrap(),
+            );
+            let half =
+                backup_prefix("nightly", &BackupId::parse("20240121T030000Z").unwrap()).unwrap();
+            storage.put(&half.join("data.dump.zst").unwrap(), b"x".to_vec());
+            let listing = list(&storage, "nightly").await.unwrap();
+            assert_eq!(listing.backups, vec![m]);
+            assert!(listing.unreadable.is_empty());
+        });
+    }
+}

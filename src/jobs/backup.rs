@@ -1,0 +1,298 @@
+//! A backup: `pg_dump` of one exported snapshot, streamed through the archive
+//! pipeline into every storage of the job, then the manifest, last.
+//!
+//! The whole story, in order:
+//! 1. connect, check `pg_dump` is not older than the server;
+//! 2. export a `REPEATABLE READ` snapshot and note when it began (`snapshot_at`);
+//! 3. stream `pg_dump --snapshot` into the storages while counting every table's
+//!    rows in the same snapshot;
+//! 4. store roles and tablespaces (`pg_dumpall --globals-only`);
+//! 5. write `manifest.json`. Only now does the backup exist.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use crate::archive::{self, Delivery, Destination};
+use crate::catalog::{self, Manifest, ManifestObject, Role};
+use crate::error::{Error, Result};
+use crate::model::{BackupId, BackupJob, Clock, Job};
+use crate::pg::{self, command};
+use crate::report::Progress;
+use crate::storage::{Key, Storage};
+
+/// What a backup run produced.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    pub manifest: Manifest,
+    /// Storages that hold the complete backup.
+    pub stored_in: Vec<String>,
+    /// Storages that failed, with why. Non-empty means the run failed in part.
+    pub failed: Vec<(String, Error)>,
+}
+
+pub async fn run(
+    job: &Job,
+    spec: &BackupJob,
+    storages: &[Arc<dyn Storage>],
+    clock: &dyn Clock,
+    progress: Arc<dyn Progress>,
+) -> Result<BackupOutcome> {
+    let started_at = clock.now();
+    let db = &spec.database;
+    let conn = pg::connect(db, None).await?;
+    let server = pg::server_version(&conn).await?;
+    let pg_dump = pg::tool_path(db, "pg_dump", server.major);
+    let pg_dump_version = pg::require_tool_at_least(&pg_dump, &server)?;
+
+    let id = unused_id(storages, &job.name, started_at).await?;
+    let prefix = catalog::backup_prefix(&job.name, &id)?;
+    tracing::info!(
+        "job {}: backing up database {} ({}, PostgreSQL {}) as {id}",
+        job.name,
+        db.name,
+        conn.dbname,
+        server.text
+    );
+
+    let snapshot = pg::export_snapshot(&conn).await?;
+    let data_name = catalog::object_name(Role::Data, spec.compression);
+    let mut child = pg::spawn(
+        &pg_dump,
+        command::pg_dump_args(&db.url, &snapshot.id),
+        db,
+        Stdio::null(),
+        Stdio::piped(),
+    )?;
+    let stdout = child
+        .child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::internal("pg_dump has no stdout"))?;
+    let destinations = open_writers(storages, &prefix.join(&data_name)?).await?;
+    let label = format!("{}/{data_name}", prefix);
+    progress.begin(&format!("dump {}", conn.dbname), None);
+    let on_bytes = {
+        let progress = progress.clone();
+        Arc::new(move |n| progress.advance(n))
+    };
+    let dumped = async {
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .map_err(|e| Error::internal(format!("waiting for pg_dump: {e}")))?
+    };
+    let (stored, tables) = tokio::join!(
+        archive::store(
+            stdout,
+            spec.compression,
+            destinations,
+            &label,
+            on_bytes,
+            dumped
+        ),
+        pg::row_counts(&conn),
+    );
+    progress.end();
+    let (data_digest, deliveries) = stored?;
+    let tables = tables?;
+    pg::end_snapshot(&conn).await?;
+
+    let mut failed = Vec::new();
+    let mut healthy = keep_delivered(storages, deliveries, &mut failed);
+    let mut objects = vec![ManifestObject {
+        key: data_name,
+        role: Role::Data,
+        digest: data_digest,
+    }];
+    let mut warnings = Vec::new();
+    if !healthy.is_empty()
+        && let Some((object, deliveries)) =
+            dump_globals(&job.name, spec, &server, &healthy, &prefix, &mut warnings).await?
+    {
+        healthy = keep_delivered(&healthy, deliveries, &mut failed);
+        objects.push(object);
+    }
+
+    let manifest = Manifest {
+        format: catalog::FORMAT,
+        id,
+        job: job.name.clone(),
+        database: db.name.clone(),
+        dbname: conn.dbname.clone(),
+        server_version: server.text,
+        pg_dump_version,
+        snapshot_at: snapshot.at,
+        started_at,
+        finished_at: clock.now(),
+        compression: spec.compression.name().to_owned(),
+        encryption: None,
+        objects,
+        tables,
+        warnings,
+    };
+    let stored_in = publish(&healthy, &prefix, &manifest, &mut failed).await?;
+    if stored_in.is_empty() {
+        let (storage, e) = failed.into_iter().next().unwrap_or_else(|| {
+            (
+                String::new(),
+                Error::internal("no storage took the backup and none failed"),
+            )
+        });
+        return Err(e.context(format!(
+            "job {}: backup failed in storage {storage}",
+            job.name
+        )));
+    }
+    Ok(BackupOutcome {
+        manifest,
+        stored_in,
+        failed,
+    })
+}
+
+/// Writes the manifest, the last step: from here on the backup exists.
+async fn publish(
+    storages: &[Arc<dyn Storage>],
+    prefix: &Key,
+    manifest: &Manifest,
+    failed: &mut Vec<(String, Error)>,
+) -> Result<Vec<String>> {
+    let body = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| Error::internal(format!("cannot encode the manifest: {e}")))?;
+    let key = prefix.join(catalog::MANIFEST)?;
+    let mut stored_in = Vec::new();
+    for storage in storages {
+        match crate::storage::write_small(storage.as_ref(), &key, &body).await {
+            Ok(()) => stored_in.push(storage.name().to_owned()),
+            Err(e) => failed.push((storage.name().to_owned(), e)),
+        }
+    }
+    Ok(stored_in)
+}
+
+/// The first id not used yet in any of the job's storages: two runs in the
+/// same second get `-1`, `-2`, ...
+async fn unused_id(
+    storages: &[Arc<dyn Storage>],
+    job: &str,
+    at: jiff::Timestamp,
+) -> Result<BackupId> {
+    for suffix in 0..1000 {
+        let id = BackupId::from_start(at, suffix);
+        let prefix = catalog::backup_prefix(job, &id)?;
+        let mut used = false;
+        for storage in storages {
+            used |= !storage.list(&prefix).await?.is_empty();
+        }
+        if !used {
+            return Ok(id);
+        }
+    }
+    Err(Error::internal(format!(
+        "job {job}: 1000 backups started in the same second"
+    )))
+}
+
+async fn open_writers(storages: &[Arc<dyn Storage>], key: &Key) -> Result<Vec<Destination>> {
+    let mut out = Vec::with_capacity(storages.len());
+    for storage in storages {
+        let writer = storage.writer(key).await?;
+        out.push(Destination {
+            storage: storage.name().to_owned(),
+            writer,
+        });
+    }
+    Ok(out)
+}
+
+/// The storages whose delivery worked; the others go to `failed`.
+fn keep_delivered(
+    storages: &[Arc<dyn Storage>],
+    deliveries: Vec<Delivery>,
+    failed: &mut Vec<(String, Error)>,
+) -> Vec<Arc<dyn Storage>> {
+    let mut healthy = Vec::new();
+    for delivery in deliveries {
+        match delivery.result {
+            Ok(()) => {
+                if let Some(s) = storages.iter().find(|s| s.name() == delivery.storage) {
+                    healthy.push(s.clone());
+                }
+            }
+            Err(e) => {
+                tracing::error!("storage {}: {e}", delivery.storage);
+                failed.push((delivery.storage, e));
+            }
+        }
+    }
+    healthy
+}
+
+/// Roles and tablespaces. A role that may not read them (no superuser, a
+/// managed service) is normal: fall back to leaving out role passwords, then
+/// to leaving globals out, and say so in the manifest's warnings.
+async fn dump_globals(
+    job: &str,
+    spec: &BackupJob,
+    server: &pg::ServerVersion,
+    storages: &[Arc<dyn Storage>],
+    prefix: &Key,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(ManifestObject, Vec<Delivery>)>> {
+    let db = &spec.database;
+    let pg_dumpall = pg::tool_path(db, "pg_dumpall", server.major);
+    let name = catalog::object_name(Role::Globals, spec.compression);
+    let key = prefix.join(&name)?;
+    let mut first_error = None;
+    for without_passwords in [false, true] {
+        let args = command::pg_dumpall_globals_args(&db.url, without_passwords);
+        let attempt = async {
+            let mut child = pg::spawn(&pg_dumpall, args, db, Stdio::null(), Stdio::piped())?;
+            let stdout = child
+                .child
+                .stdout
+                .take()
+                .ok_or_else(|| Error::internal("pg_dumpall has no stdout"))?;
+            let destinations = open_writers(storages, &key).await?;
+            let done = async {
+                tokio::task::spawn_blocking(move || child.wait())
+                    .await
+                    .map_err(|e| Error::internal(format!("waiting for pg_dumpall: {e}")))?
+            };
+            archive::store(
+                stdout,
+                spec.compression,
+                destinations,
+                &format!("{prefix}/{name}"),
+                Arc::new(|_| {}),
+                done,
+            )
+            .await
+        };
+        match attempt.await {
+            Ok((digest, deliveries)) => {
+                if let Some(e) = first_error {
+                    let warning = format!("role passwords are not in this backup: {e}");
+                    tracing::warn!("job {job}: {warning}");
+                    warnings.push(warning);
+                }
+                let object = ManifestObject {
+                    key: name,
+                    role: Role::Globals,
+                    digest,
+                };
+                return Ok(Some((object, deliveries)));
+            }
+            Err(e) if e.kind() == crate::error::Kind::Tool => {
+                if !pg::is_permission_error(&e) || without_passwords {
+                    let warning = format!("roles and tablespaces are not in this backup: {e}");
+                    tracing::warn!("job {job}: {warning}");
+                    warnings.push(warning);
+                    return Ok(None);
+                }
+                first_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}

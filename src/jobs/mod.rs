@@ -1,0 +1,6 @@
+//! One file per kind of job. Each takes what it needs (the validated job, open
+//! storages, a clock, a progress handle) and returns what happened; the engine
+//! decides when they run and records the outcome.
+
+pub mod backup;
+pub mod restore;

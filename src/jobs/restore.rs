@@ -1,0 +1,401 @@
+//! A restore: plan first (which backup, which storage, what happens to the
+//! target), then carry the plan out and prove the result against the manifest.
+//!
+//! Storage reader → stored SHA-256 → decompress → raw SHA-256 → `pg_restore`,
+//! streamed into its stdin; with `--jobs N > 1` spooled to a temporary file
+//! first, because a parallel `pg_restore` must seek. Afterwards every table's
+//! row count is compared with the manifest; any difference fails the restore.
+
+use std::fmt;
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+use crate::archive;
+use crate::catalog::{self, Manifest, Role, Selector};
+use crate::error::{Error, Result};
+use crate::model::{BackupJob, Job};
+use crate::pg::{self, command::RestoreFlags};
+use crate::report::Progress;
+use crate::storage::Storage;
+use crate::time;
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub selector: Selector,
+    pub target_db: String,
+    /// Read from this storage; by default the first of the job's storages that
+    /// has the backup.
+    pub storage: Option<String>,
+    pub flags: RestoreFlags,
+}
+
+/// Everything a restore will do, decided before anything is touched.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub job: String,
+    pub timezone: TimeZone,
+    pub backup: Manifest,
+    pub storage: String,
+    pub target_db: String,
+    pub requested_at: Option<Timestamp>,
+    /// `None`: the target does not exist and will be created.
+    pub target: Option<TargetState>,
+    pub flags: RestoreFlags,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetState {
+    /// What the existing target holds; `None` when it is empty.
+    pub contents: Option<String>,
+}
+
+impl RestorePlan {
+    /// Whether carrying the plan out replaces objects that exist now.
+    pub fn overwrites(&self) -> bool {
+        matches!(&self.target, Some(TargetState { contents: Some(_) }))
+    }
+}
+
+impl fmt::Display for RestorePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.backup;
+        writeln!(f, "restore plan for job {}:", self.job)?;
+        writeln!(f, "  backup:    {} from storage {}", b.id, self.storage)?;
+        writeln!(
+            f,
+            "  data as of {}",
+            time::show(b.snapshot_at, &self.timezone)
+        )?;
+        if let Some(at) = self.requested_at {
+            writeln!(
+                f,
+                "  requested  {} ({} after the backup's snapshot)",
+                time::show(at, &self.timezone),
+                time::show_duration(at.duration_since(b.snapshot_at))
+            )?;
+        }
+        writeln!(
+            f,
+            "  source:    database {} on PostgreSQL {}, {} tables, {} raw",
+            b.dbname,
+            b.server_version,
+            b.tables.len(),
+            crate::report::bytes_human(b.raw_size())
+        )?;
+        match &self.target {
+            None => writeln!(
+                f,
+                "  target:    database {} (will be created)",
+                self.target_db
+            )?,
+            Some(TargetState { contents: None }) => writeln!(
+                f,
+                "  target:    database {} (exists, empty)",
+                self.target_db
+            )?,
+            Some(TargetState {
+                contents: Some(what),
+            }) => writeln!(
+                f,
+                "  target:    database {} (exists: {what}; objects in the backup are dropped and re-created)",
+                self.target_db
+            )?,
+        }
+        let mut how = vec![if self.flags.jobs > 1 {
+            format!(
+                "{} parallel jobs (spooled to a temporary file)",
+                self.flags.jobs
+            )
+        } else {
+            "streamed, 1 job".to_owned()
+        }];
+        if self.flags.no_owner {
+            how.push("no owner".to_owned());
+        }
+        if self.flags.no_acl {
+            how.push("no privileges".to_owned());
+        }
+        writeln!(f, "  restore:   {}", how.join(", "))?;
+        write!(
+            f,
+            "  then:      compare the row counts of {} tables with the manifest",
+            b.tables.len()
+        )
+    }
+}
+
+/// Decides what a restore will do, refusing what it must not do.
+pub async fn plan(
+    job: &Job,
+    spec: &BackupJob,
+    storages: &[Arc<dyn Storage>],
+    request: &RestoreRequest,
+) -> Result<RestorePlan> {
+    let candidates: Vec<&Arc<dyn Storage>> = match &request.storage {
+        Some(name) => {
+            let found = storages.iter().find(|s| s.name() == name).ok_or_else(|| {
+                Error::usage(format!(
+                    "job {} does not store backups in storage '{name}'",
+                    job.name
+                ))
+                .with_hint(format!(
+                    "the job's storages: {}",
+                    storages
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            vec![found]
+        }
+        None => storages.iter().collect(),
+    };
+    // The backup is chosen from the first storage that answers; the union of
+    // all would pick a backup some storage lacks and hide a failing one.
+    let mut last_error = None;
+    let mut chosen = None;
+    for storage in candidates {
+        let listing = match catalog::list(storage.as_ref(), &job.name).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("storage {}: {e}", storage.name());
+                last_error = Some(e);
+                continue;
+            }
+        };
+        for problem in &listing.unreadable {
+            tracing::warn!("{problem}");
+        }
+        match catalog::select(
+            &listing.backups,
+            &request.selector,
+            &job.name,
+            &job.timezone,
+        ) {
+            Ok(m) => {
+                chosen = Some((m.clone(), storage.name().to_owned()));
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let (backup, storage) = match chosen {
+        Some(c) => c,
+        None => return Err(last_error.unwrap_or_else(|| Error::internal("no storage to read"))),
+    };
+
+    let admin = pg::connect(&spec.database, Some("postgres")).await?;
+    let target = if pg::database_exists(&admin, &request.target_db).await? {
+        let conn = pg::connect(&spec.database, Some(&request.target_db)).await?;
+        Some(TargetState {
+            contents: pg::describe_contents(&conn).await?,
+        })
+    } else {
+        None
+    };
+    let plan = RestorePlan {
+        job: job.name.clone(),
+        timezone: job.timezone.clone(),
+        backup,
+        storage,
+        target_db: request.target_db.clone(),
+        requested_at: match request.selector {
+            Selector::At(at) => Some(at),
+            _ => None,
+        },
+        target,
+        flags: request.flags,
+    };
+    if plan.overwrites() && !plan.flags.clean {
+        let what = plan
+            .target
+            .as_ref()
+            .and_then(|t| t.contents.clone())
+            .unwrap_or_default();
+        return Err(Error::refused(format!(
+            "database {} exists and is not empty ({what}); nothing was changed",
+            plan.target_db
+        ))
+        .with_hint("restore into a new --target-db, or pass --clean to drop and re-create the backup's objects"));
+    }
+    Ok(plan)
+}
+
+/// What a finished restore proved.
+#[derive(Debug)]
+pub struct RestoreOutcome {
+    pub tables_checked: usize,
+    pub rows_checked: i64,
+}
+
+/// Carries out a plan. Any failure after `pg_restore` started leaves a target
+/// that must not be trusted, and the error says so.
+pub async fn execute(
+    plan: &RestorePlan,
+    spec: &BackupJob,
+    storage: &Arc<dyn Storage>,
+    progress: Arc<dyn Progress>,
+) -> Result<RestoreOutcome> {
+    let db = &spec.database;
+    let admin = pg::connect(db, Some("postgres")).await?;
+    let server = pg::server_version(&admin).await?;
+    let pg_restore = pg::tool_path(db, "pg_restore", server.major);
+    let version = pg::require_tool_at_least(&pg_restore, &server)?;
+    let archive_major = pg::command::parse_tool_version(&plan.backup.pg_dump_version).unwrap_or(0);
+    let restore_major = pg::command::parse_tool_version(&version).unwrap_or(0);
+    if restore_major < archive_major {
+        return Err(Error::tool(format!(
+            "{} is version {restore_major}, older than the pg_dump {archive_major} that wrote backup {}",
+            pg_restore.display(),
+            plan.backup.id
+        ))
+        .with_hint(format!("install postgresql-client-{archive_major} or set pg_bin_dir")));
+    }
+    if plan.target.is_none() {
+        tracing::info!("creating database {}", plan.target_db);
+        pg::create_database(&admin, &plan.target_db).await?;
+    }
+    drop(admin);
+
+    let untrusted = |e: Error| {
+        e.context(format!("restore of backup {} into {}", plan.backup.id, plan.target_db)).with_hint(
+            format!(
+                "the content of database {} must not be trusted: drop it, or restore again with --clean",
+                plan.target_db
+            ),
+        )
+    };
+    restore_data(plan, db, storage, &pg_restore, progress)
+        .await
+        .map_err(untrusted)?;
+    check_row_counts(plan, db).await.map_err(untrusted)
+}
+
+async fn restore_data(
+    plan: &RestorePlan,
+    db: &crate::model::Database,
+    storage: &Arc<dyn Storage>,
+    pg_restore: &std::path::Path,
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
+    let object = plan.backup.object(Role::Data).ok_or_else(|| {
+        Error::integrity(format!(
+            "backup {}: the manifest lists no data object",
+            plan.backup.id
+        ))
+    })?;
+    let key = catalog::backup_prefix(&plan.job, &plan.backup.id)?.join(&object.key)?;
+    let label = format!("{key} in storage {}", storage.name());
+    let compression = plan.backup.compression()?;
+    let digest = object.digest.clone();
+    let url = pg::command::with_dbname(&db.url, &plan.target_db);
+    let reader = storage.reader(&key).await?;
+    let source = tokio_util::io::SyncIoBridge::new(reader);
+    progress.begin(
+        &format!("restore {}", plan.backup.id),
+        Some(digest.stored_size),
+    );
+
+    let result = if plan.flags.jobs > 1 {
+        let progress_ = progress.clone();
+        let label_ = label.clone();
+        let spool = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
+            let mut file = tempfile::Builder::new()
+                .prefix("backup-restore-")
+                .suffix(".dump")
+                .tempfile()
+                .map_err(|e| {
+                    Error::io(crate::error::Kind::Internal, "creating a spool file", e).with_hint(
+                        "set TMPDIR to a directory with room for the uncompressed archive",
+                    )
+                })?;
+            let mut sink = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
+            archive::unpack(source, compression, &digest, &mut sink, &label_, &|n| {
+                progress_.advance(n)
+            })?;
+            sink.flush().map_err(|e| {
+                Error::io(crate::error::Kind::Internal, "writing the spool file", e)
+            })?;
+            drop(sink);
+            Ok(file)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("spooling task failed: {e}")))?;
+        progress.end();
+        let spool = spool?;
+        let args = pg::command::pg_restore_args(&url, plan.flags, Some(spool.path()));
+        let child = pg::spawn(pg_restore, args, db, Stdio::null(), Stdio::null())?;
+        // The spool file goes when `spool` drops, after pg_restore is done with it.
+        let result = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .map_err(|e| Error::internal(format!("waiting for pg_restore: {e}")))?;
+        drop(spool);
+        result
+    } else {
+        let args = pg::command::pg_restore_args(&url, plan.flags, None);
+        let mut child = pg::spawn(pg_restore, args, db, Stdio::piped(), Stdio::null())?;
+        let stdin = child
+            .child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::internal("pg_restore has no stdin"))?;
+        let progress_ = progress.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut sink = stdin;
+            let streamed = archive::unpack(source, compression, &digest, &mut sink, &label, &|n| {
+                progress_.advance(n)
+            });
+            drop(sink);
+            let restored = child.wait();
+            match (streamed, restored) {
+                // A corrupt archive explains pg_restore's failure, not the reverse.
+                (Err(e), _) if e.kind() != crate::error::Kind::Tool => Err(e),
+                (_, Err(e)) => Err(e),
+                (Err(e), Ok(())) => Err(e),
+                (Ok(()), Ok(())) => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| Error::internal(format!("restore task failed: {e}")))?;
+        progress.end();
+        result
+    };
+    result
+}
+
+async fn check_row_counts(
+    plan: &RestorePlan,
+    db: &crate::model::Database,
+) -> Result<RestoreOutcome> {
+    let conn = pg::connect(db, Some(&plan.target_db)).await?;
+    let mut mismatches = Vec::new();
+    let mut rows_checked = 0;
+    for table in &plan.backup.tables {
+        match pg::count_rows(&conn, &table.schema, &table.name).await {
+            Ok(n) if n == table.rows => rows_checked += n,
+            Ok(n) => mismatches.push(format!(
+                "{}.{}: {n} rows, the backup has {}",
+                table.schema, table.name, table.rows
+            )),
+            Err(e) => mismatches.push(format!("{}.{}: {}", table.schema, table.name, e.message())),
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(Error::integrity(format!(
+            "{} of {} tables differ from the backup: {}",
+            mismatches.len(),
+            plan.backup.tables.len(),
+            mismatches.join("; ")
+        )));
+    }
+    Ok(RestoreOutcome {
+        tables_checked: plan.backup.tables.len(),
+        rows_checked,
+    })
+}

@@ -1,0 +1,498 @@
+//! Talking to PostgreSQL: connections, versions, snapshots, row counts, and the
+//! client programs (`pg_dump`, `pg_dumpall`, `pg_restore`) run as children.
+
+pub mod command;
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::{Error, Kind, Result};
+use crate::model::Database;
+
+/// A table and its exact row count in the backup's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableRows {
+    pub schema: String,
+    pub name: String,
+    pub rows: i64,
+}
+
+/// The server a job's database lives on.
+#[derive(Debug, Clone)]
+pub struct ServerVersion {
+    pub major: u32,
+    /// As the server reports it: `15.18 (Debian 15.18-0+deb12u1)`.
+    pub text: String,
+}
+
+/// An open connection. Dropping it closes the connection.
+pub struct Connection {
+    pub client: Client,
+    pub dbname: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects to `dbname` (or the database the url names) of a declared database.
+pub async fn connect(db: &Database, dbname: Option<&str>) -> Result<Connection> {
+    let mut config = tokio_postgres::Config::from_str(&db.url)
+        .map_err(|e| Error::config(format!("database {}: invalid url: {e}", db.name)))?;
+    apply_libpq_defaults(&mut config);
+    if let Some(dbname) = dbname {
+        config.dbname(dbname);
+    }
+    if let Some(password) = &db.password {
+        config.password(password.expose());
+    } else if let Ok(password) = std::env::var("PGPASSWORD") {
+        config.password(password);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("backup");
+    let target = config.get_dbname().unwrap_or("").to_owned();
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| connect_error(db, &target, e))?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    Ok(Connection {
+        client,
+        dbname: target,
+        task,
+    })
+}
+
+/// libpq fills in what a url leaves out; tokio-postgres does not, so do it here
+/// the same way, so the children (which use libpq) and we reach the same server.
+fn apply_libpq_defaults(config: &mut tokio_postgres::Config) {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if config.get_hosts().is_empty() {
+        let host = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned());
+        config.host(&host);
+    }
+    if config.get_ports().is_empty()
+        && let Some(port) = env("PGPORT").and_then(|p| p.parse().ok())
+    {
+        config.port(port);
+    }
+    if config.get_user().is_none()
+        && let Some(user) = env("PGUSER").or_else(|| env("USER"))
+    {
+        config.user(&user);
+    }
+    if config.get_dbname().is_none() {
+        let dbname = env("PGDATABASE").or_else(|| config.get_user().map(str::to_owned));
+        if let Some(dbname) = dbname {
+            config.dbname(&dbname);
+        }
+    }
+}
+
+fn connect_error(db: &Database, dbname: &str, e: tokio_postgres::Error) -> Error {
+    let (message, hint) = match e.as_db_error() {
+        Some(d) if d.code().code() == "28P01" || d.code().code() == "28000" => (
+            d.message().to_owned(),
+            if db.password_from.is_some() {
+                format!(
+                    "check the password in {} and the role in [databases.{}] url",
+                    db.password_from.as_deref().unwrap_or(""),
+                    db.name
+                )
+            } else {
+                format!(
+                    "set password_env or password_file in [databases.{}]",
+                    db.name
+                )
+            },
+        ),
+        Some(d) if d.code().code() == "3D000" => (
+            d.message().to_owned(),
+            "check the database name in the url".to_owned(),
+        ),
+        Some(d) => (
+            d.message().to_owned(),
+            "see the server log for details".to_owned(),
+        ),
+        None => (
+            source_chain(&e),
+            "is the server running and reachable at the url's host and port?".to_owned(),
+        ),
+    };
+    Error::database(format!(
+        "database {} ({dbname}): cannot connect: {message}",
+        db.name
+    ))
+    .with_hint(hint)
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A query error with the database named.
+pub fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
+    let message = match e.as_db_error() {
+        Some(d) => d.message().to_owned(),
+        None => source_chain(&e),
+    };
+    let err = Error::database(format!("{what}: {message}"));
+    if e.as_db_error().is_none() {
+        err.temporary()
+    } else {
+        err
+    }
+}
+
+pub async fn server_version(conn: &Connection) -> Result<ServerVersion> {
+    let row = conn
+        .client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("reading the server version", e))?;
+    let num: i32 = row.get(0);
+    Ok(ServerVersion {
+        major: (num / 10000) as u32,
+        text: row.get(1),
+    })
+}
+
+/// An exported snapshot held open by a `REPEATABLE READ` transaction.
+pub struct Snapshot {
+    pub id: String,
+    /// The transaction's start: the data is as of this moment.
+    pub at: Timestamp,
+}
+
+/// Opens the transaction whose snapshot `pg_dump` will share. The transaction
+/// must stay open until `pg_dump` has imported it; [`end_snapshot`] closes it.
+pub async fn export_snapshot(conn: &Connection) -> Result<Snapshot> {
+    conn.client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(|e| query_error("starting the snapshot transaction", e))?;
+    let row = conn
+        .client
+        .query_one(
+            "SELECT pg_export_snapshot(), \
+             to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("exporting a snapshot", e))?;
+    let at: String = row.get(1);
+    let at = at
+        .parse()
+        .map_err(|e| Error::internal(format!("server sent an unreadable time '{at}': {e}")))?;
+    Ok(Snapshot { id: row.get(0), at })
+}
+
+pub async fn end_snapshot(conn: &Connection) -> Result<()> {
+    conn.client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| query_error("ending the snapshot", e))
+}
+
+/// The user tables `pg_dump` dumps the data of: ordinary and partitioned tables
+/// outside the system schemas, not owned by an extension.
+const USER_TABLES: &str = "\
+SELECT n.nspname, c.relname, c.relkind = 'p' \
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE c.relkind IN ('r', 'p') \
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                  AND d.objid = c.oid AND d.deptype = 'e') \
+ORDER BY 1, 2";
+
+/// Exact row counts of every user table, in the connection's current snapshot.
+/// A partitioned parent is skipped: its partitions are counted themselves.
+pub async fn row_counts(conn: &Connection) -> Result<Vec<TableRows>> {
+    let tables = conn
+        .client
+        .query(USER_TABLES, &[])
+        .await
+        .map_err(|e| query_error(&format!("listing the tables of {}", conn.dbname), e))?;
+    let mut out = Vec::with_capacity(tables.len());
+    for row in tables {
+        let (schema, name, partitioned): (String, String, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        if partitioned {
+            continue;
+        }
+        let rows = count_rows(conn, &schema, &name).await?;
+        out.push(TableRows { schema, name, rows });
+    }
+    Ok(out)
+}
+
+pub async fn count_rows(conn: &Connection, schema: &str, name: &str) -> Result<i64> {
+    let sql = format!(
+        "SELECT count(*) FROM {}.{}",
+        quote_ident(schema),
+        quote_ident(name)
+    );
+    let row = conn.client.query_one(&sql, &[]).await.map_err(|e| {
+        query_error(
+            &format!("counting rows of {schema}.{name} in {}", conn.dbname),
+            e,
+        )
+    })?;
+    Ok(row.get(0))
+}
+
+/// What an existing database holds, or `None` when it is empty enough to
+/// restore into (nothing but the default `public` schema and `plpgsql`).
+pub async fn describe_contents(conn: &Connection) -> Result<Option<String>> {
+    let row = conn
+        .client
+        .query_one(
+            "SELECT \
+              (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+                  AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')), \
+              (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql'), \
+              (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(&format!("inspecting database {}", conn.dbname), e))?;
+    let (relations, extensions, functions): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    if relations == 0 && extensions == 0 && functions == 0 {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{relations} tables, views or sequences, {extensions} extensions, {functions} functions"
+    )))
+}
+
+pub async fn database_exists(conn: &Connection, name: &str) -> Result<bool> {
+    let row = conn
+        .client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| query_error(&format!("looking up database {name}"), e))?;
+    Ok(row.is_some())
+}
+
+pub async fn create_database(conn: &Connection, name: &str) -> Result<()> {
+    conn.client
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+        .await
+        .map_err(|e| {
+            query_error(&format!("creating database {name}"), e)
+                .with_hint("the role in the url needs CREATEDB, or create the database first")
+        })
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Which program to run for `tool` when the server is `server_major`: the
+/// database's `pg_bin_dir`, else Debian's versioned directory of that major
+/// (or the nearest newer one), else whatever `PATH` finds.
+pub fn tool_path(db: &Database, tool: &str, server_major: u32) -> PathBuf {
+    if let Some(dir) = &db.pg_bin_dir {
+        return dir.join(tool);
+    }
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major: u32 = e.file_name().to_str()?.parse().ok()?;
+            let path = e.path().join("bin").join(tool);
+            (major >= server_major && path.is_file()).then_some((major, path))
+        })
+        .collect();
+    candidates.sort();
+    candidates
+        .into_iter()
+        .next()
+        .map_or_else(|| PathBuf::from(tool), |(_, p)| p)
+}
+
+/// Runs `tool --version`; returns the major version and the line it printed.
+pub fn tool_version(path: &Path) -> Result<(u32, String)> {
+    let output = Command::new(path).arg("--version").output().map_err(|e| {
+        Error::tool(format!("cannot run {}: {e}", path.display())).with_hint(
+            "install the PostgreSQL client programs (Debian: postgresql-client) \
+             or set pg_bin_dir in the [databases.*] section",
+        )
+    })?;
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let major = command::parse_tool_version(&text).ok_or_else(|| {
+        Error::tool(format!(
+            "{} --version printed '{text}', not a PostgreSQL version",
+            path.display()
+        ))
+    })?;
+    Ok((major, text))
+}
+
+/// Refuses a client program older than the server: `pg_dump` cannot dump a
+/// newer server, and an old `pg_restore` cannot read a newer archive.
+pub fn require_tool_at_least(path: &Path, server: &ServerVersion) -> Result<String> {
+    let (major, text) = tool_version(path)?;
+    if major < server.major {
+        return Err(Error::tool(format!(
+            "{} is version {major}, older than the server ({})",
+            path.display(),
+            server.text
+        ))
+        .with_hint(format!(
+            "install postgresql-client-{} or point pg_bin_dir at its bin directory",
+            server.major
+        )));
+    }
+    Ok(text)
+}
+
+/// A running client program, with the tail of its stderr kept for messages.
+pub struct ClientProgram {
+    pub name: String,
+    pub child: Child,
+    stderr_tail: Arc<Mutex<Vec<u8>>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How much of a child's stderr is kept for the error message.
+const STDERR_TAIL: usize = 8 * 1024;
+
+/// Spawns `program args` with `PGPASSWORD` set only in the child's environment.
+pub fn spawn(
+    program: &Path,
+    args: Vec<OsString>,
+    db: &Database,
+    stdin: Stdio,
+    stdout: Stdio,
+) -> Result<ClientProgram> {
+    let name = program.file_name().map_or_else(
+        || program.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::piped());
+    if let Some(password) = &db.password {
+        cmd.env("PGPASSWORD", password.expose());
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::tool(format!("cannot start {}: {e}", program.display()))
+            .with_hint("install the PostgreSQL client programs or set pg_bin_dir")
+    })?;
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let stderr_thread = child.stderr.take().map(|mut stderr| {
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                t.extend_from_slice(&buf[..n]);
+                if t.len() > STDERR_TAIL {
+                    let cut = t.len() - STDERR_TAIL;
+                    t.drain(..cut);
+                }
+            }
+        })
+    });
+    Ok(ClientProgram {
+        name,
+        child,
+        stderr_tail: tail,
+        stderr_thread,
+    })
+}
+
+impl ClientProgram {
+    /// Waits for the child and turns a failure into an error quoting its stderr.
+    pub fn wait(mut self) -> Result<()> {
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::tool(format!("waiting for {}: {e}", self.name)))?;
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let stderr = self.stderr();
+        if status.success() {
+            if !stderr.is_empty() {
+                tracing::warn!("{} said: {stderr}", self.name);
+            }
+            return Ok(());
+        }
+        Err(Error::tool(format!(
+            "{} {}{}",
+            self.name,
+            describe_status(status),
+            quoted(&stderr)
+        )))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    pub fn stderr(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&tail).trim().to_owned()
+    }
+}
+
+fn quoted(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("failed with exit code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "failed".to_owned(),
+    }
+}
+
+/// Whether a failed child's message says it lacked a privilege.
+pub fn is_permission_error(err: &Error) -> bool {
+    err.kind() == Kind::Tool && err.message().contains("permission denied")
+}

@@ -1,0 +1,230 @@
+//! What operators see of a run: progress while it runs, a record when it ends.
+//!
+//! [`Progress`] has three faces (after rustic_core): a bar on a terminal, log
+//! lines otherwise, nothing at all. Jobs report bytes without knowing which.
+//! [`RunRecord`]s are stored as `<job>/reports/<run-id>.json`, the audit trail.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::storage::{Key, Storage};
+
+pub trait Progress: Send + Sync {
+    /// A new phase: `label` says what moves, `total` how many bytes if known.
+    fn begin(&self, label: &str, total: Option<u64>);
+    fn advance(&self, bytes: u64);
+    fn end(&self);
+}
+
+/// A bar on a terminal, log lines elsewhere.
+pub fn for_stderr() -> std::sync::Arc<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        std::sync::Arc::new(Bar::default())
+    } else {
+        std::sync::Arc::new(LogLines::default())
+    }
+}
+
+/// Shows nothing.
+pub struct Hidden;
+
+impl Progress for Hidden {
+    fn begin(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+    fn end(&self) {}
+}
+
+#[derive(Default)]
+pub struct Bar {
+    bar: Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Progress for Bar {
+    fn begin(&self, label: &str, total: Option<u64>) {
+        let bar = match total {
+            Some(total) => indicatif::ProgressBar::new(total).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            ),
+            None => indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            ),
+        };
+        bar.set_message(label.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        *self.bar.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar);
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(bar) = &*self.bar.lock().unwrap_or_else(|p| p.into_inner()) {
+            bar.inc(bytes);
+        }
+    }
+
+    fn end(&self) {
+        if let Some(bar) = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// One log line every [`LogLines::EVERY`], for logs and CI.
+#[derive(Default)]
+pub struct LogLines {
+    state: Mutex<Option<LogState>>,
+}
+
+struct LogState {
+    label: String,
+    total: Option<u64>,
+    done: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl LogLines {
+    const EVERY: Duration = Duration::from_secs(10);
+}
+
+impl Progress for LogLines {
+    fn begin(&self, label: &str, total: Option<u64>) {
+        let now = Instant::now();
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(LogState {
+            label: label.to_owned(),
+            total,
+            done: 0,
+            started: now,
+            last: now,
+        });
+    }
+
+    fn advance(&self, bytes: u64) {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = guard.as_mut() else { return };
+        s.done += bytes;
+        if s.last.elapsed() >= Self::EVERY {
+            s.last = Instant::now();
+            let rate = s.done as f64 / s.started.elapsed().as_secs_f64().max(0.001);
+            let of = s
+                .total
+                .map_or(String::new(), |t| format!(" of {}", bytes_human(t)));
+            tracing::info!(
+                "{}: {}{of} ({}/s)",
+                s.label,
+                bytes_human(s.done),
+                bytes_human(rate as u64)
+            );
+        }
+    }
+
+    fn end(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// `1.5 GiB`, `300 KiB`, `12 B`.
+pub fn bytes_human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The durable record of one run of a job, written whether it worked or not.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub format: u32,
+    pub run_id: String,
+    pub job: String,
+    /// `backup`, `restore`, ...
+    pub kind: String,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub succeeded: bool,
+    /// The error message when it failed; never a secret.
+    pub error: Option<String>,
+    /// Free-form facts of the run: backup id, sizes, target database, ...
+    pub details: serde_json::Value,
+}
+
+impl RunRecord {
+    /// `<job>/reports/<run-id>.json`.
+    pub fn key(&self) -> Result<Key> {
+        Key::new(format!("{}/reports/{}.json", self.job, self.run_id))
+    }
+
+    /// A run id: the start time to the microsecond plus the kind, unique enough
+    /// for one job and readable in a listing.
+    pub fn run_id(started_at: Timestamp, kind: &str) -> String {
+        format!("{}-{kind}", started_at.strftime("%Y%m%dT%H%M%S%.6fZ")).replace('.', "")
+    }
+
+    /// Stores the record in every storage given; a failure is logged, not fatal:
+    /// the run's own outcome is what the caller reports.
+    pub async fn store(&self, storages: &[std::sync::Arc<dyn Storage>]) {
+        let body = match serde_json::to_vec_pretty(self) {
+            Ok(b) => b,
+            Err(e) => return tracing::warn!("cannot encode the run record: {e}"),
+        };
+        let key = match self.key() {
+            Ok(k) => k,
+            Err(e) => return tracing::warn!("{e}"),
+        };
+        for storage in storages {
+            if let Err(e) = crate::storage::write_small(storage.as_ref(), &key, &body).await {
+                tracing::warn!(
+                    "cannot store the run record in storage {}: {e}",
+                    storage.name()
+                );
+            }
+        }
+    }
+}
+
+/// Prints `error: ...` and `hint: ...` the way every command does.
+pub fn print_error(err: &Error) {
+    eprintln!("error: {err}");
+    if let Some(hint) = err.hint() {
+        eprintln!("hint: {hint}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(bytes_human(12), "12 B");
+        assert_eq!(bytes_human(1536), "1.5 KiB");
+        assert_eq!(bytes_human(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn run_ids_sort_by_time() {
+        let a = RunRecord::run_id("2026-11-22T03:00:00.000001Z".parse().unwrap(), "backup");
+        let b = RunRecord::run_id("2026-11-22T03:00:00.5Z".parse().unwrap(), "backup");
+        assert_eq!(a, "20261122T030000000001Z-backup");
+        assert!(a < b);
+        assert!(Key::new(format!("job/reports/{a}.json")).is_ok());
+    }
+}
