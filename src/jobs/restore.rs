@@ -102,7 +102,8 @@ impl fmt::Display for RestorePlan {
                 contents: Some(what),
             }) => writeln!(
                 f,
-                "  target:    database {} (exists: {what}; objects in the backup are dropped and re-created)",
+                "  target:    database {} (exists: {what}; it is dropped and re-created empty, \
+                 keeping its owner, encoding, settings and grants)",
                 self.target_db
             )?,
         }
@@ -222,7 +223,23 @@ pub async fn plan(
             "database {} exists and is not empty ({what}); nothing was changed",
             plan.target_db
         ))
-        .with_hint("restore into a new --target-db, or pass --clean to drop and re-create the backup's objects"));
+        .with_hint(
+            "restore into a new --target-db, or pass --clean to drop and re-create the database",
+        ));
+    }
+    if plan.overwrites() {
+        let sessions = pg::other_sessions(&admin, &plan.target_db).await?;
+        if !sessions.is_empty() {
+            return Err(Error::refused(format!(
+                "database {} has {} other session(s) connected: {}; nothing was changed",
+                plan.target_db,
+                sessions.len(),
+                sessions.join(", ")
+            ))
+            .with_hint(
+                "stop the applications that use it: --clean drops and re-creates the database",
+            ));
+        }
     }
     Ok(plan)
 }
@@ -260,6 +277,17 @@ pub async fn execute(
     if plan.target.is_none() {
         tracing::info!("creating database {}", plan.target_db);
         pg::create_database(&admin, &plan.target_db).await?;
+    } else if plan.overwrites() {
+        let props = pg::database_properties(&admin, &plan.target_db).await?;
+        tracing::info!("dropping and re-creating database {}", plan.target_db);
+        pg::recreate_database(&admin, &plan.target_db, &props)
+            .await
+            .map_err(|e| {
+                e.with_hint(format!(
+                    "database {} may be gone: restore again into it once the cause is fixed",
+                    plan.target_db
+                ))
+            })?;
     }
     drop(admin);
 

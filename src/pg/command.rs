@@ -9,7 +9,8 @@ use std::path::Path;
 /// Options of a restore that reach `pg_restore`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RestoreFlags {
-    /// Drop objects before re-creating them (`--clean --if-exists`).
+    /// Replace an existing target: the restore drops and re-creates the
+    /// database itself, so `pg_restore` always starts from an empty one.
     pub clean: bool,
     /// Parallel jobs; above 1 `pg_restore` needs a seekable file.
     pub jobs: u32,
@@ -50,10 +51,6 @@ pub fn pg_restore_args(url: &str, flags: RestoreFlags, input: Option<&Path>) -> 
         // half-restored with only a count of "errors ignored" to show for it.
         "--exit-on-error".into(),
     ];
-    if flags.clean {
-        args.push("--clean".into());
-        args.push("--if-exists".into());
-    }
     if flags.jobs > 1 {
         args.push(format!("--jobs={}", flags.jobs).into());
     }
@@ -184,14 +181,9 @@ mod tests {
         ));
         assert_eq!(
             &all[3..],
-            [
-                "--clean",
-                "--if-exists",
-                "--jobs=4",
-                "--no-owner",
-                "--no-acl",
-                "/tmp/spool.dump"
-            ]
+            // No --clean: the restore re-creates the database instead, because
+            // pg_restore --clean cannot drop partitions' inherited constraints.
+            ["--jobs=4", "--no-owner", "--no-acl", "/tmp/spool.dump"]
         );
     }
 

@@ -33,17 +33,11 @@ pub struct ServerVersion {
     pub text: String,
 }
 
-/// An open connection. Dropping it closes the connection.
+/// An open connection. Dropping it closes the connection: the driver task
+/// sends Terminate and ends once the client is gone.
 pub struct Connection {
     pub client: Client,
     pub dbname: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Connects to `dbname` (or the database the url names) of a declared database.
@@ -68,7 +62,7 @@ pub async fn connect(db: &Database, dbname: Option<&str>) -> Result<Connection> 
         .connect(NoTls)
         .await
         .map_err(|e| connect_error(db, &target, e))?;
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("connection closed: {e}");
         }
@@ -76,7 +70,6 @@ pub async fn connect(db: &Database, dbname: Option<&str>) -> Result<Connection> 
     Ok(Connection {
         client,
         dbname: target,
-        task,
     })
 }
 
@@ -313,6 +306,161 @@ pub async fn create_database(conn: &Connection, name: &str) -> Result<()> {
             query_error(&format!("creating database {name}"), e)
                 .with_hint("the role in the url needs CREATEDB, or create the database first")
         })
+}
+
+/// What a database is besides its contents: kept when `--clean` drops and
+/// re-creates it, since a pg_dump archive restored without `--create` does not
+/// carry them.
+#[derive(Debug, Clone)]
+pub struct DatabaseProperties {
+    pub owner: String,
+    encoding: String,
+    collate: String,
+    ctype: String,
+    /// `GRANT`/`REVOKE` and `ALTER ... SET` statements to re-apply.
+    statements: Vec<String>,
+}
+
+/// GUCs whose stored value is already a list in SQL syntax and must not be quoted again.
+const LIST_SETTINGS: &[&str] = &[
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "local_preload_libraries",
+];
+
+pub async fn database_properties(admin: &Connection, name: &str) -> Result<DatabaseProperties> {
+    let what = |e| query_error(&format!("reading the properties of database {name}"), e);
+    let row = admin
+        .client
+        .query_one(
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype, \
+                    datacl IS NOT NULL FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(what)?;
+    let ident = quote_ident(name);
+    let mut statements = Vec::new();
+    let has_acl: bool = row.get(4);
+    if has_acl {
+        statements.push(format!("REVOKE ALL ON DATABASE {ident} FROM PUBLIC"));
+        let grants = admin
+            .client
+            .query(
+                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
+                        a.privilege_type, a.is_grantable \
+                 FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
+                &[&name],
+            )
+            .await
+            .map_err(what)?;
+        for g in grants {
+            let (grantee, privilege, grantable): (String, String, bool) =
+                (g.get(0), g.get(1), g.get(2));
+            let option = if grantable { " WITH GRANT OPTION" } else { "" };
+            statements.push(format!(
+                "GRANT {privilege} ON DATABASE {ident} TO {grantee}{option}"
+            ));
+        }
+    }
+    let settings = admin
+        .client
+        .query(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE quote_ident(pg_get_userbyid(s.setrole)) END, \
+                    unnest(s.setconfig) \
+             FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(what)?;
+    for s in settings {
+        let (role, setting): (Option<String>, String) = (s.get(0), s.get(1));
+        let Some((key, value)) = setting.split_once('=') else {
+            continue;
+        };
+        let value = if LIST_SETTINGS.contains(&key) {
+            value.to_owned()
+        } else {
+            quote_literal(value)
+        };
+        let scope = role.map_or(String::new(), |r| format!("ROLE {r} IN "));
+        statements.push(format!(
+            "ALTER {scope}DATABASE {ident} SET {} TO {value}",
+            quote_ident(key)
+        ));
+    }
+    Ok(DatabaseProperties {
+        owner: row.get(0),
+        encoding: row.get(1),
+        collate: row.get(2),
+        ctype: row.get(3),
+        statements,
+    })
+}
+
+/// Other sessions connected to `name`, as `user (application)`.
+///
+/// A backend whose client just closed (our own look at the target, say) lingers
+/// for a moment, so sessions must persist for a second to count.
+pub async fn other_sessions(admin: &Connection, name: &str) -> Result<Vec<String>> {
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        let rows = admin
+            .client
+            .query(
+                "SELECT coalesce(usename, '?') || coalesce(' (' || nullif(application_name, '') || ')', '') \
+                 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await
+            .map_err(|e| query_error(&format!("listing sessions of database {name}"), e))?;
+        sessions = rows.iter().map(|r| r.get(0)).collect();
+        if sessions.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(sessions)
+}
+
+/// Drops `name` and creates it again, empty, with the same properties.
+pub async fn recreate_database(
+    admin: &Connection,
+    name: &str,
+    props: &DatabaseProperties,
+) -> Result<()> {
+    let ident = quote_ident(name);
+    admin
+        .client
+        .batch_execute(&format!("DROP DATABASE {ident}"))
+        .await
+        .map_err(|e| {
+            query_error(&format!("dropping database {name}"), e)
+                .with_hint("stop the applications connected to it and try again")
+        })?;
+    let create = format!(
+        "CREATE DATABASE {ident} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+        quote_ident(&props.owner),
+        quote_literal(&props.encoding),
+        quote_literal(&props.collate),
+        quote_literal(&props.ctype)
+    );
+    admin
+        .client
+        .batch_execute(&create)
+        .await
+        .map_err(|e| query_error(&format!("re-creating database {name} (it was dropped)"), e))?;
+    for statement in &props.statements {
+        admin.client.batch_execute(statement).await.map_err(|e| {
+            query_error(&format!("re-applying `{statement}` to database {name}"), e)
+        })?;
+    }
+    Ok(())
+}
+
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 pub fn quote_ident(name: &str) -> String {

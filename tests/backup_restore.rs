@@ -1,0 +1,546 @@
+//! End to end against a real PostgreSQL: back up, list, restore, and the ways
+//! each can go wrong. Every test starts its own cluster (tests/common).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{Cluster, Setup};
+
+fn backup_ok(setup: &Setup) -> String {
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let listed = setup.list();
+    listed[0]["id"].as_str().unwrap().to_owned()
+}
+
+fn restore(setup: &Setup, args: &[&str]) -> common::Run {
+    let mut all = vec!["restore", "--job", "nightly"];
+    all.extend_from_slice(args);
+    setup.backup(&all)
+}
+
+#[test]
+fn backup_then_restore_reproduces_every_table_and_definition() {
+    let setup = Setup::new("", "");
+    let id = backup_ok(&setup);
+
+    let files = setup.stored_files();
+    for name in ["data.dump.zst", "globals.sql.zst", "manifest.json"] {
+        assert!(files.contains(&format!("nightly/{id}/{name}")), "{files:?}");
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("nightly/reports/") && f.ends_with("-backup.json")),
+        "{files:?}"
+    );
+
+    let manifest = setup.manifest(&id);
+    assert_eq!(manifest["format"], 1);
+    assert_eq!(manifest["compression"], "zstd");
+    let rows = |schema: &str, name: &str| {
+        manifest["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["schema"] == schema && t["name"] == name)
+            .map(|t| t["rows"].as_i64().unwrap())
+    };
+    assert_eq!(rows("app", "events"), Some(120_000));
+    assert_eq!(rows("app", "users"), Some(5_000));
+    assert_eq!(rows("billing", "invoices_2023"), Some(428));
+    assert_eq!(rows("Audit Log", "Entries"), Some(2));
+    assert_eq!(
+        rows("billing", "invoices"),
+        None,
+        "a partitioned parent is counted through its partitions"
+    );
+
+    // Roles travel in globals.sql.
+    let globals = std::fs::read(
+        setup
+            .backups
+            .join("nightly")
+            .join(&id)
+            .join("globals.sql.zst"),
+    )
+    .unwrap();
+    let globals = String::from_utf8(zstd::decode_all(&globals[..]).unwrap()).unwrap();
+    assert!(globals.contains("CREATE ROLE app_reader"), "{globals}");
+
+    let source = setup.cluster.table_digests("app");
+    assert!(source.len() >= 6, "{source:?}");
+    for (target, jobs) in [("restored", "1"), ("restored_parallel", "4")] {
+        let run = restore(&setup, &["--latest", "--target-db", target, "--jobs", jobs]);
+        assert!(run.ok(), "{}", run.all());
+        assert!(
+            run.stdout.contains("match the backup's row counts"),
+            "{}",
+            run.all()
+        );
+        assert_eq!(
+            setup.cluster.table_digests(target),
+            source,
+            "table contents differ after --jobs {jobs}"
+        );
+        assert_eq!(
+            setup.cluster.schema_dump(target),
+            setup.cluster.schema_dump("app"),
+            "definitions differ"
+        );
+    }
+    let seq = setup
+        .cluster
+        .psql("restored", "SELECT last_value FROM billing.invoice_number");
+    assert_eq!(seq, "1800");
+    // The spool file of --jobs 4 is gone.
+    let spool = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("backup-restore-")
+        })
+        .count();
+    assert_eq!(spool, 0, "spool files left in the temp dir");
+}
+
+#[test]
+fn gzip_and_uncompressed_backups_restore_too() {
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    cluster.psql(
+        "app",
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 20000) g",
+    );
+    let source = cluster.table_digests("app");
+    let gzip = Setup::with_cluster(cluster, "", "compression = \"gzip\"");
+    let id = backup_ok(&gzip);
+    assert!(
+        gzip.stored_files()
+            .contains(&format!("nightly/{id}/data.dump.gz"))
+    );
+    let run = restore(&gzip, &["--id", &id, "--target-db", "from_gzip"]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(gzip.cluster.table_digests("from_gzip"), source);
+
+    let plain = Setup::with_cluster(gzip.cluster, "", "compression = \"none\"");
+    let id = backup_ok(&plain);
+    assert!(
+        plain
+            .stored_files()
+            .contains(&format!("nightly/{id}/data.dump"))
+    );
+    let run = restore(&plain, &["--latest", "--target-db", "from_plain"]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(plain.cluster.table_digests("from_plain"), source);
+}
+
+#[test]
+fn writes_during_the_backup_keep_parity_with_the_manifest() {
+    let setup = Setup::new("", "");
+    let c = &setup.cluster;
+    c.psql("app", "CREATE TABLE app.ticks (id bigserial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp(), pad text)");
+    let script = setup.work.path().join("insert.sql");
+    std::fs::write(&script, "INSERT INTO app.ticks (pad) SELECT repeat('x', 200) FROM generate_series(1, 20);\nUPDATE app.users SET bio = md5(random()::text) WHERE id = 1 + (random() * 4999)::int;\n").unwrap();
+    let mut writer = std::process::Command::new(c.bindir.join("pgbench"))
+        .args([
+            "-n",
+            "-c",
+            "2",
+            "-T",
+            "20",
+            "-f",
+            script.to_str().unwrap(),
+            &c.url("app"),
+        ])
+        .env("PGPASSWORD", common::PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start pgbench");
+    // Let the writers get going before the snapshot.
+    let started = std::time::Instant::now();
+    while c.psql("app", "SELECT count(*) FROM app.ticks") == "0" && started.elapsed().as_secs() < 10
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = setup.backup(&["run", "nightly"]);
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert!(run.ok(), "{}", run.all());
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    let manifest = setup.manifest(&id);
+    let in_manifest = manifest["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ticks")
+        .unwrap()["rows"]
+        .as_i64()
+        .unwrap();
+    let now: i64 = c
+        .psql("app", "SELECT count(*) FROM app.ticks")
+        .parse()
+        .unwrap();
+    assert!(
+        in_manifest > 0 && in_manifest < now,
+        "writes ran during the backup: {in_manifest} in the manifest, {now} now"
+    );
+
+    // The restore compares every table with the manifest and fails on any difference.
+    let run = restore(&setup, &["--latest", "--target-db", "restored"]);
+    assert!(run.ok(), "{}", run.all());
+    let restored: i64 = c
+        .psql("restored", "SELECT count(*) FROM app.ticks")
+        .parse()
+        .unwrap();
+    assert_eq!(restored, in_manifest);
+}
+
+#[test]
+fn restore_at_picks_the_newest_backup_not_after_the_time() {
+    let setup = Setup::new("", "");
+    let first = backup_ok(&setup);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    setup.cluster.psql(
+        "app",
+        "INSERT INTO \"Audit Log\".\"Entries\" VALUES ('after the first backup', now())",
+    );
+    let second = backup_ok(&setup);
+    assert_ne!(first, second);
+
+    let snapshot = |id: &str| {
+        setup.manifest(id)["snapshot_at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    let (t1, t2) = (snapshot(&first), snapshot(&second));
+    // A whole second after the first snapshot and before the second.
+    let between = jiff::Timestamp::from_second(t1.as_second() + 1).unwrap();
+    assert!(t1 < between && between < t2, "{t1} {between} {t2}");
+    let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+    let local = between
+        .to_zoned(tokyo.clone())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let utc = between
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+
+    let run = restore(
+        &setup,
+        &["--at", &format!("{local} JST"), "--target-db", "at_between"],
+    );
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("selected backup {first}")),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("before the requested"), "{}", run.all());
+    assert_eq!(
+        setup.cluster.psql(
+            "at_between",
+            "SELECT count(*) FROM \"Audit Log\".\"Entries\""
+        ),
+        "2"
+    );
+
+    // Every documented form of the same instant selects the same backup.
+    for at in [
+        format!("{local} +09:00"),
+        format!("{local} Asia/Tokyo"),
+        local.clone(),
+        format!("{utc} UTC"),
+        between.to_string(),
+    ] {
+        let run = restore(
+            &setup,
+            &["--at", &at, "--target-db", "never_created", "--dry-run"],
+        );
+        assert!(run.ok(), "{at}: {}", run.all());
+        assert!(
+            run.stderr.contains(&format!("selected backup {first}")),
+            "{at}: {}",
+            run.all()
+        );
+        assert!(
+            run.stdout.contains("dry run: nothing was changed"),
+            "{}",
+            run.all()
+        );
+    }
+    assert_eq!(
+        setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'never_created'"
+        ),
+        "0"
+    );
+
+    let before = jiff::Timestamp::from_second(t1.as_second() - 3600)
+        .unwrap()
+        .to_string();
+    let run = restore(&setup, &["--at", &before, "--target-db", "too_early"]);
+    assert_eq!(run.code, 7, "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("the oldest is {first}")),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("hint:"), "{}", run.all());
+}
+
+#[test]
+fn a_flipped_byte_in_the_archive_fails_the_restore_and_names_the_object() {
+    let setup = Setup::new("", "");
+    let id = backup_ok(&setup);
+    let path = setup
+        .backups
+        .join("nightly")
+        .join(&id)
+        .join("data.dump.zst");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    for jobs in ["1", "3"] {
+        let target = format!("corrupt_{jobs}");
+        let run = restore(
+            &setup,
+            &["--latest", "--target-db", &target, "--jobs", jobs],
+        );
+        assert_eq!(run.code, 6, "{}", run.all());
+        assert!(
+            run.stderr.contains(&format!("nightly/{id}/data.dump.zst")),
+            "{}",
+            run.all()
+        );
+        assert!(run.stderr.contains("is corrupt"), "{}", run.all());
+        assert!(run.stderr.contains("must not be trusted"), "{}", run.all());
+    }
+}
+
+/// A `pg_dump` that streams part of a dump and is then killed.
+fn dying_pg_dump(dir: &Path, bindir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n{real} \"$@\" | head -c 200000\nkill -9 $$\n",
+        real = bindir.join("pg_dump").display()
+    );
+    let path = dir.join("pg_dump");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for tool in ["pg_dumpall", "pg_restore"] {
+        std::os::unix::fs::symlink(bindir.join(tool), dir.join(tool)).unwrap();
+    }
+}
+
+#[test]
+fn a_killed_pg_dump_fails_the_run_and_leaves_nothing_listed() {
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    let wrappers = cluster.dir.path().join("wrappers");
+    dying_pg_dump(&wrappers, &cluster.bindir);
+    let setup = Setup::with_cluster(
+        cluster,
+        &format!("pg_bin_dir = \"{}\"", wrappers.display()),
+        "",
+    );
+    let run = setup.backup(&["run", "nightly"]);
+    assert_eq!(run.code, 8, "{}", run.all());
+    assert!(
+        run.stderr.contains("pg_dump was killed by signal 9"),
+        "{}",
+        run.all()
+    );
+    assert!(setup.list().is_empty());
+    let files = setup.stored_files();
+    assert!(
+        files.iter().all(|f| f.starts_with("nightly/reports/")),
+        "only the run record may remain: {files:?}"
+    );
+    let record = std::fs::read_to_string(setup.backups.join(&files[0])).unwrap();
+    assert!(record.contains("\"succeeded\": false"), "{record}");
+}
+
+#[test]
+fn a_pg_dump_older_than_the_server_is_refused_with_a_hint() {
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    let old = cluster.dir.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(
+        old.join("pg_dump"),
+        "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(old.join("pg_dump"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let setup = Setup::with_cluster(cluster, &format!("pg_bin_dir = \"{}\"", old.display()), "");
+    let run = setup.backup(&["run", "nightly"]);
+    assert_eq!(run.code, 8, "{}", run.all());
+    assert!(
+        run.stderr.contains("is version 9, older than the server"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("hint: install postgresql-client-"),
+        "{}",
+        run.all()
+    );
+}
+
+#[test]
+fn an_existing_non_empty_target_is_refused_without_clean_and_left_untouched() {
+    let setup = Setup::new("", "");
+    backup_ok(&setup);
+    let c = &setup.cluster;
+    c.create_db("precious");
+    c.psql("precious", "CREATE TABLE app_data (id int, note text); INSERT INTO app_data VALUES (1, 'keep me'), (2, 'me too')");
+    let before = c.table_digests("precious");
+
+    let run = restore(&setup, &["--latest", "--target-db", "precious"]);
+    assert_eq!(run.code, 9, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("database precious exists and is not empty"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("nothing was changed"), "{}", run.all());
+    assert!(
+        run.stderr.contains("hint:") && run.stderr.contains("--clean"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(c.table_digests("precious"), before);
+
+    // A session on the target blocks --clean: dropping under a running app is refused.
+    let mut session = std::process::Command::new(c.bindir.join("psql"))
+        .args(["-X", "-d", &c.url("precious"), "-c", "SELECT pg_sleep(30)"])
+        .env("PGPASSWORD", common::PASSWORD)
+        .env("PGAPPNAME", "still-running-app")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while c.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'still-running-app'",
+    ) == "0"
+    {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the session did not appear"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = restore(&setup, &["--latest", "--target-db", "precious", "--clean"]);
+    let _ = session.kill();
+    let _ = session.wait();
+    assert_eq!(run.code, 9, "{}", run.all());
+    assert!(run.stderr.contains("still-running-app"), "{}", run.all());
+    assert_eq!(c.table_digests("precious"), before);
+
+    // With --clean the database is replaced by exactly the backup, keeping what
+    // belongs to the database itself: owner, settings, grants.
+    c.psql("precious", "ALTER DATABASE precious SET work_mem = '64MB'");
+    c.psql(
+        "precious",
+        "ALTER DATABASE precious SET search_path = app, public",
+    );
+    c.psql("precious", "REVOKE CONNECT ON DATABASE precious FROM PUBLIC; GRANT CONNECT ON DATABASE precious TO app_reader");
+    let properties = |c: &Cluster| {
+        c.psql("postgres", "SELECT (SELECT array_agg(a::text ORDER BY a::text) FROM unnest(d.datacl) a)::text || ' ' || (SELECT array_agg(x ORDER BY x)::text FROM pg_db_role_setting s, unnest(s.setconfig) x WHERE s.setdatabase = d.oid) FROM pg_database d WHERE datname = 'precious'")
+    };
+    let kept = properties(c);
+    c.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'still-running-app'");
+    while c.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'precious'",
+    ) != "0"
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = restore(&setup, &["--latest", "--target-db", "precious", "--clean"]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(c.table_digests("precious"), c.table_digests("app"));
+    assert_eq!(properties(c), kept);
+    assert!(
+        kept.contains("app_reader=c/") && kept.contains("search_path=app, public"),
+        "{kept}"
+    );
+    // And again, in parallel: rolling back twice is normal on a bad day.
+    let run = restore(
+        &setup,
+        &[
+            "--latest",
+            "--target-db",
+            "precious",
+            "--clean",
+            "--jobs",
+            "2",
+        ],
+    );
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(c.table_digests("precious"), c.table_digests("app"));
+}
+
+#[test]
+fn a_wrong_password_is_a_clear_error_that_never_shows_the_password() {
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    let setup = Setup::with_cluster(cluster, "", "");
+    let wrong = "Wr0ng-Passw0rd-7e1f";
+    std::fs::write(&setup.cluster.password_file, wrong).unwrap();
+
+    let run = setup.backup(&["run", "nightly"]);
+    assert_eq!(run.code, 4, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("password authentication failed for user \"postgres\""),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("hint: check the password in file"),
+        "{}",
+        run.all()
+    );
+    let check = setup.backup(&["config", "check"]);
+    assert!(check.ok(), "{}", check.all());
+    let restore = restore(&setup, &["--latest", "--target-db", "x"]);
+    for output in [&run, &check, &restore] {
+        assert!(
+            !output.all().contains(wrong),
+            "the password leaked: {}",
+            output.all()
+        );
+    }
+    for file in setup.stored_files() {
+        let text = std::fs::read_to_string(setup.backups.join(&file)).unwrap_or_default();
+        assert!(!text.contains(wrong), "the password leaked into {file}");
+    }
+}
+
+#[test]
+fn an_unknown_key_in_a_job_file_names_the_key_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    std::fs::write(&path, "timezone = \"UTC\"\n\n[databases.app]\nurl = \"postgresql://app@127.0.0.1/app\"\n\n[storages.disk]\ntype = \"local\"\npath = \"/tmp/x\"\n\n[jobs.nightly]\ntype = \"backup\"\ndatabase = \"app\"\nstorages = [\"disk\"]\ncompresion = \"zstd\"\n").unwrap();
+    let run = common::run_backup(&path, &["config", "check"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    let expected = format!("{}:14:1: unknown key `compresion`", path.display());
+    assert!(run.stderr.contains(&expected), "{}", run.all());
+    let run = common::run_backup(&path, &["run", "nightly"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+}

@@ -1,0 +1,391 @@
+//! The shared test harness: a throwaway PostgreSQL cluster per test, and the
+//! `backup` binary run the way an operator runs it.
+//!
+//! A cluster is `initdb` in a temp dir, on a free port on 127.0.0.1, with its
+//! socket in the temp dir; it is stopped and removed on drop. Nothing depends
+//! on a server someone left running. As root (CI), the server runs as the
+//! `postgres` user, since PostgreSQL refuses to run as root.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const PASSWORD: &str = "harness-pw-5d1c0b";
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub bindir: PathBuf,
+    pub password_file: PathBuf,
+    run_as: Option<String>,
+}
+
+/// The newest server installed under /usr/lib/postgresql, or `PG_BINDIR`.
+pub fn server_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server not installed: run scripts/test, which installs it")
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .expect("no initdb under /usr/lib/postgresql/*/bin: run scripts/test")
+        .1
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let bindir = server_bindir();
+        let dir = tempfile::Builder::new()
+            .prefix("backup-test-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let run_as = (unsafe { libc::geteuid() } == 0).then(|| "postgres".to_owned());
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+        if run_as.is_some() {
+            chown_to_postgres(dir.path());
+            chown_to_postgres(&password_file);
+        }
+        let data = dir.path().join("data");
+        let server = |program: &str, args: &[&str]| server_output(&run_as, &bindir, program, args);
+        let pwfile = format!("--pwfile={}", password_file.display());
+        let out = server(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                &pwfile,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = dir.path().join("server.log");
+        let mut last_error = String::new();
+        // A port can be taken between choosing and binding it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+                dir.path().display()
+            );
+            let out = server(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-o",
+                    &options,
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            );
+            if out.status.success() {
+                return Cluster {
+                    dir,
+                    port,
+                    bindir,
+                    password_file,
+                    run_as,
+                };
+            }
+            last_error = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        panic!("could not start PostgreSQL: {last_error}");
+    }
+
+    /// A libpq URI for `db` as the superuser over TCP (password required).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL with psql; panics on any error; returns unaligned, tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.psql_output(db, &["-c", sql]);
+        assert!(
+            out.status.success(),
+            "psql failed on {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn psql_output(&self, db: &str, args: &[&str]) -> Output {
+        Command::new(self.bindir.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(db),
+            ])
+            .args(args)
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql")
+    }
+
+    pub fn create_db(&self, name: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+    }
+
+    /// Creates `db` and loads every `fixtures/*.sql` into it, in name order.
+    pub fn load_fixtures(&self, db: &str) {
+        self.create_db(db);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        files.sort();
+        for file in files {
+            let out = self.psql_output(db, &["-f", file.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "loading {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Every user table's row count and a digest of all its rows, by `schema.table`.
+    pub fn table_digests(&self, db: &str) -> BTreeMap<String, String> {
+        let tables = self.psql(db, "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1");
+        tables
+            .lines()
+            .map(|t| {
+                let digest = self.psql(db, &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM {t} x"));
+                (t.to_owned(), digest)
+            })
+            .collect()
+    }
+
+    /// The schema as pg_dump prints it, for comparing two databases' definitions.
+    pub fn schema_dump(&self, db: &str) -> String {
+        let out = Command::new(self.bindir.join("pg_dump"))
+            .args(["--schema-only", "--no-password", "-d", &self.url(db)])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .expect("run pg_dump");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // pg_dump 15.14+ brackets its output with a random \restrict key.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = server_output(
+            &self.run_as,
+            &self.bindir,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap_or(""),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}
+
+/// Runs a server program, as `run_as` when given (the server refuses root).
+fn server_output(run_as: &Option<String>, bindir: &Path, program: &str, args: &[&str]) -> Output {
+    let path = bindir.join(program);
+    let mut cmd = match run_as {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(&path);
+            c
+        }
+        None => Command::new(&path),
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+fn chown_to_postgres(path: &Path) {
+    let out = Command::new("chown")
+        .args(["postgres:postgres", path.to_str().unwrap()])
+        .output()
+        .expect("chown");
+    assert!(
+        out.status.success(),
+        "chown {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A job file and a backup directory for one test.
+pub struct Setup {
+    pub cluster: Cluster,
+    pub work: tempfile::TempDir,
+    pub config: PathBuf,
+    pub backups: PathBuf,
+}
+
+impl Setup {
+    /// A cluster with the fixture loaded into `app` and a job `nightly` backing
+    /// it up to a local directory. `extra_db` and `extra_job` add TOML lines to
+    /// the `[databases.app]` and `[jobs.nightly]` tables.
+    pub fn new(extra_db: &str, extra_job: &str) -> Setup {
+        let cluster = Cluster::start();
+        cluster.load_fixtures("app");
+        Setup::with_cluster(cluster, extra_db, extra_job)
+    }
+
+    pub fn with_cluster(cluster: Cluster, extra_db: &str, extra_job: &str) -> Setup {
+        let work = tempfile::Builder::new()
+            .prefix("backup-test-")
+            .tempdir()
+            .unwrap();
+        let backups = work.path().join("backups");
+        let config = work.path().join("backup.toml");
+        std::fs::write(&config, format!(
+            "timezone = \"Asia/Tokyo\"\n\n[databases.app]\nurl = \"{}\"\npassword_file = \"{}\"\n{extra_db}\n\n[storages.disk]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.nightly]\ntype = \"backup\"\ndatabase = \"app\"\nstorages = [\"disk\"]\n{extra_job}\n",
+            cluster.url("app"), cluster.password_file.display(), backups.display()
+        )).unwrap();
+        Setup {
+            cluster,
+            work,
+            config,
+            backups,
+        }
+    }
+
+    /// Runs `backup --config <job file> ARGS`, never on a terminal.
+    pub fn backup(&self, args: &[&str]) -> Run {
+        run_backup(&self.config, args)
+    }
+
+    /// The manifests of complete backups, as `backup list --json` prints them.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let run = self.backup(&["--json", "list", "--job", "nightly"]);
+        assert!(run.ok(), "{}", run.all());
+        serde_json::from_str(&run.stdout).expect("list --json prints JSON")
+    }
+
+    pub fn manifest(&self, id: &str) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(self.backups.join("nightly").join(id).join("manifest.json"))
+                .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Every file under the backup directory, relative to it.
+    pub fn stored_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.backups.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    out.push(
+                        e.path()
+                            .strip_prefix(&self.backups)
+                            .unwrap()
+                            .display()
+                            .to_string(),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+    pub fn all(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+pub fn run_backup(config: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_backup"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("BACKUP_CONFIG")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backup");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
