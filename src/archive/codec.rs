@@ -68,7 +68,8 @@ impl Write for Encoder {
 /// A pull decoder over a stored stream.
 pub enum Decoder<R: Read> {
     Zstd(zstd::stream::read::Decoder<'static, io::BufReader<R>>),
-    Gzip(flate2::read::GzDecoder<R>),
+    // Boxed: the gzip state is four times the size of the others.
+    Gzip(Box<flate2::read::GzDecoder<R>>),
     None(R),
 }
 
@@ -76,7 +77,7 @@ impl<R: Read> Decoder<R> {
     pub fn new(compression: Compression, source: R) -> io::Result<Self> {
         Ok(match compression {
             Compression::Zstd(_) => Decoder::Zstd(zstd::stream::read::Decoder::new(source)?),
-            Compression::Gzip(_) => Decoder::Gzip(flate2::read::GzDecoder::new(source)),
+            Compression::Gzip(_) => Decoder::Gzip(Box::new(flate2::read::GzDecoder::new(source))),
             Compression::None => Decoder::None(source),
         })
     }

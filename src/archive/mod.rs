@@ -91,22 +91,19 @@ where
         .map_err(|e| Error::internal(format!("cannot start a compression thread: {e}")))?;
 
     // Stage 3: every destination gets every stored chunk.
-    let mut live: Vec<(String, Option<Box<dyn ObjectWriter>>, Result<()>)> = destinations
+    let mut outlets: Vec<Outlet> = destinations
         .into_iter()
-        .map(|d| (d.storage, Some(d.writer), Ok(())))
+        .map(|d| Outlet {
+            storage: d.storage,
+            writer: Some(d.writer),
+            failure: None,
+        })
         .collect();
     while let Some(chunk) = stored_rx.recv().await {
-        for (_, slot, result) in live.iter_mut() {
-            if let Some(writer) = slot
-                && let Err(e) = writer.write(&chunk).await
-            {
-                if let Some(w) = slot.take() {
-                    let _ = w.abort().await;
-                }
-                *result = Err(e);
-            }
+        for outlet in outlets.iter_mut() {
+            outlet.write(&chunk).await;
         }
-        if live.iter().all(|(_, slot, _)| slot.is_none()) {
+        if outlets.iter().all(|o| o.writer.is_none()) {
             break;
         }
     }
@@ -121,11 +118,11 @@ where
     let produced = source_done.await;
     // The most telling failure first: when every storage failed, the producer's
     // complaint about its closed output is only a consequence.
-    let all_failed = !live.is_empty() && live.iter().all(|(_, slot, _)| slot.is_none());
+    let all_failed = !outlets.is_empty() && outlets.iter().all(|o| o.writer.is_none());
     let outcome = if all_failed {
-        let first = std::mem::replace(&mut live[0].2, Ok(()));
-        Err(first
-            .err()
+        Err(outlets[0]
+            .failure
+            .take()
             .unwrap_or_else(|| Error::storage("every storage failed")))
     } else {
         match (produced, read, compressed) {
@@ -138,8 +135,8 @@ where
     let digest = match outcome {
         Ok(digest) => digest,
         Err(e) => {
-            for (_, slot, _) in live {
-                if let Some(w) = slot {
+            for outlet in outlets {
+                if let Some(w) = outlet.writer {
                     let _ = w.abort().await;
                 }
             }
@@ -147,23 +144,47 @@ where
         }
     };
 
-    let mut deliveries = Vec::with_capacity(live.len());
-    for (storage, slot, result) in live {
-        let result = match (slot, result) {
-            (Some(writer), Ok(())) => match writer.finish().await {
+    let mut deliveries = Vec::with_capacity(outlets.len());
+    for outlet in outlets {
+        let result = match (outlet.writer, outlet.failure) {
+            (_, Some(e)) => Err(e),
+            (Some(writer), None) => match writer.finish().await {
                 Ok(size) if size == digest.stored_size => Ok(()),
                 Ok(size) => Err(Error::integrity(format!(
-                    "storage {storage}: {label} has {size} bytes, {} were written",
-                    digest.stored_size
+                    "storage {}: {label} has {size} bytes, {} were written",
+                    outlet.storage, digest.stored_size
                 ))),
                 Err(e) => Err(e),
             },
-            (_, Err(e)) => Err(e),
-            (None, Ok(())) => Err(Error::internal("a writer vanished")),
+            (None, None) => Err(Error::internal("a writer vanished")),
         };
-        deliveries.push(Delivery { storage, result });
+        deliveries.push(Delivery {
+            storage: outlet.storage,
+            result,
+        });
     }
     Ok((digest, deliveries))
+}
+
+/// One destination while the stream runs: a writer until it fails, then its error.
+struct Outlet {
+    storage: String,
+    writer: Option<Box<dyn ObjectWriter>>,
+    failure: Option<Error>,
+}
+
+impl Outlet {
+    async fn write(&mut self, chunk: &[u8]) {
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        if let Err(e) = writer.write(chunk).await {
+            if let Some(w) = self.writer.take() {
+                let _ = w.abort().await;
+            }
+            self.failure = Some(e);
+        }
+    }
 }
 
 fn read_chunks<R: Read>(

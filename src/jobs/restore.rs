@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -16,8 +17,9 @@ use jiff::tz::TimeZone;
 
 use crate::archive;
 use crate::catalog::{self, Manifest, Role, Selector};
+use crate::error::Kind;
 use crate::error::{Error, Result};
-use crate::model::{BackupJob, Job};
+use crate::model::{BackupJob, Database, Job};
 use crate::pg::{self, command::RestoreFlags};
 use crate::report::Progress;
 use crate::storage::Storage;
@@ -307,9 +309,9 @@ pub async fn execute(
 
 async fn restore_data(
     plan: &RestorePlan,
-    db: &crate::model::Database,
+    db: &Database,
     storage: &Arc<dyn Storage>,
-    pg_restore: &std::path::Path,
+    pg_restore: &Path,
     progress: Arc<dyn Progress>,
 ) -> Result<()> {
     let object = plan.backup.object(Role::Data).ok_or_else(|| {
@@ -319,88 +321,120 @@ async fn restore_data(
         ))
     })?;
     let key = catalog::backup_prefix(&plan.job, &plan.backup.id)?.join(&object.key)?;
-    let label = format!("{key} in storage {}", storage.name());
-    let compression = plan.backup.compression()?;
-    let digest = object.digest.clone();
+    let stream = Stream {
+        source: tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?),
+        compression: plan.backup.compression()?,
+        digest: object.digest.clone(),
+        label: format!("{key} in storage {}", storage.name()),
+    };
     let url = pg::command::with_dbname(&db.url, &plan.target_db);
-    let reader = storage.reader(&key).await?;
-    let source = tokio_util::io::SyncIoBridge::new(reader);
     progress.begin(
         &format!("restore {}", plan.backup.id),
-        Some(digest.stored_size),
+        Some(object.digest.stored_size),
     );
-
     let result = if plan.flags.jobs > 1 {
-        let progress_ = progress.clone();
-        let label_ = label.clone();
-        let spool = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
-            let mut file = tempfile::Builder::new()
-                .prefix("backup-restore-")
-                .suffix(".dump")
-                .tempfile()
-                .map_err(|e| {
-                    Error::io(crate::error::Kind::Internal, "creating a spool file", e).with_hint(
-                        "set TMPDIR to a directory with room for the uncompressed archive",
-                    )
-                })?;
-            let mut sink = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
-            archive::unpack(source, compression, &digest, &mut sink, &label_, &|n| {
-                progress_.advance(n)
-            })?;
-            sink.flush().map_err(|e| {
-                Error::io(crate::error::Kind::Internal, "writing the spool file", e)
-            })?;
-            drop(sink);
-            Ok(file)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("spooling task failed: {e}")))?;
-        progress.end();
-        let spool = spool?;
-        let args = pg::command::pg_restore_args(&url, plan.flags, Some(spool.path()));
-        let child = pg::spawn(pg_restore, args, db, Stdio::null(), Stdio::null())?;
-        // The spool file goes when `spool` drops, after pg_restore is done with it.
-        let result = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .map_err(|e| Error::internal(format!("waiting for pg_restore: {e}")))?;
-        drop(spool);
-        result
+        restore_spooled(stream, plan.flags, &url, db, pg_restore, progress.clone()).await
     } else {
-        let args = pg::command::pg_restore_args(&url, plan.flags, None);
-        let mut child = pg::spawn(pg_restore, args, db, Stdio::piped(), Stdio::null())?;
-        let stdin = child
-            .child
-            .stdin
-            .take()
-            .ok_or_else(|| Error::internal("pg_restore has no stdin"))?;
-        let progress_ = progress.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut sink = stdin;
-            let streamed = archive::unpack(source, compression, &digest, &mut sink, &label, &|n| {
-                progress_.advance(n)
-            });
-            drop(sink);
-            let restored = child.wait();
-            match (streamed, restored) {
-                // A corrupt archive explains pg_restore's failure, not the reverse.
-                (Err(e), _) if e.kind() != crate::error::Kind::Tool => Err(e),
-                (_, Err(e)) => Err(e),
-                (Err(e), Ok(())) => Err(e),
-                (Ok(()), Ok(())) => Ok(()),
-            }
-        })
-        .await
-        .map_err(|e| Error::internal(format!("restore task failed: {e}")))?;
-        progress.end();
-        result
+        restore_streamed(stream, plan.flags, &url, db, pg_restore, progress.clone()).await
     };
+    progress.end();
     result
 }
 
-async fn check_row_counts(
-    plan: &RestorePlan,
-    db: &crate::model::Database,
-) -> Result<RestoreOutcome> {
+/// A stored object on its way out of storage.
+struct Stream {
+    source: tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>,
+    compression: crate::model::Compression,
+    digest: archive::ObjectDigest,
+    label: String,
+}
+
+impl Stream {
+    /// Verifies and decompresses into `sink`. Blocking.
+    fn unpack_into(self, sink: &mut dyn Write, progress: &dyn Progress) -> Result<()> {
+        let on_bytes = |n| progress.advance(n);
+        archive::unpack(
+            self.source,
+            self.compression,
+            &self.digest,
+            sink,
+            &self.label,
+            &on_bytes,
+        )
+    }
+}
+
+/// Straight into `pg_restore`'s stdin: no temporary file, one job.
+async fn restore_streamed(
+    stream: Stream,
+    flags: RestoreFlags,
+    url: &str,
+    db: &Database,
+    pg_restore: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
+    let args = pg::command::pg_restore_args(url, flags, None);
+    let mut child = pg::spawn(pg_restore, args, db, Stdio::piped(), Stdio::null())?;
+    let mut stdin = child
+        .child
+        .stdin
+        .take()
+        .ok_or_else(|| Error::internal("pg_restore has no stdin"))?;
+    tokio::task::spawn_blocking(move || {
+        let streamed = stream.unpack_into(&mut stdin, progress.as_ref());
+        drop(stdin);
+        let restored = child.wait();
+        match (streamed, restored) {
+            // A corrupt archive explains pg_restore's failure, not the reverse.
+            (Err(e), _) if e.kind() != Kind::Tool => Err(e),
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| Error::internal(format!("restore task failed: {e}")))?
+}
+
+/// Through a temporary file, because a parallel `pg_restore` must seek. The
+/// archive is verified whole before `pg_restore` sees a byte of it.
+async fn restore_spooled(
+    stream: Stream,
+    flags: RestoreFlags,
+    url: &str,
+    db: &Database,
+    pg_restore: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
+    let spool = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
+        let mut file = tempfile::Builder::new()
+            .prefix("backup-restore-")
+            .suffix(".dump")
+            .tempfile()
+            .map_err(|e| {
+                Error::io(Kind::Internal, "creating a spool file", e)
+                    .with_hint("set TMPDIR to a directory with room for the uncompressed archive")
+            })?;
+        let mut sink = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
+        stream.unpack_into(&mut sink, progress.as_ref())?;
+        sink.flush()
+            .map_err(|e| Error::io(Kind::Internal, "writing the spool file", e))?;
+        drop(sink);
+        Ok(file)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("spooling task failed: {e}")))??;
+    let args = pg::command::pg_restore_args(url, flags, Some(spool.path()));
+    let child = pg::spawn(pg_restore, args, db, Stdio::null(), Stdio::null())?;
+    let result = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .map_err(|e| Error::internal(format!("waiting for pg_restore: {e}")))?;
+    // Removed only now that pg_restore is done with it.
+    drop(spool);
+    result
+}
+
+async fn check_row_counts(plan: &RestorePlan, db: &Database) -> Result<RestoreOutcome> {
     let conn = pg::connect(db, Some(&plan.target_db)).await?;
     let mut mismatches = Vec::new();
     let mut rows_checked = 0;

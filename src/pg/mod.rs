@@ -275,7 +275,9 @@ pub async fn describe_contents(conn: &Connection) -> Result<Option<String>> {
                   AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')), \
               (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql'), \
               (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))",
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass \
+                                  AND d.objid = p.oid AND d.deptype = 'e'))",
             &[],
         )
         .await
