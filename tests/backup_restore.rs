@@ -95,17 +95,12 @@ fn backup_then_restore_reproduces_every_table_and_definition() {
         .cluster
         .psql("restored", "SELECT last_value FROM billing.invoice_number");
     assert_eq!(seq, "1800");
-    // The spool file of --jobs 4 is gone.
-    let spool = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("backup-restore-")
-        })
-        .count();
-    assert_eq!(spool, 0, "spool files left in the temp dir");
+    // The spool file of --jobs 4 went to $TMPDIR and is gone.
+    assert_eq!(
+        setup.temp_files(),
+        Vec::<String>::new(),
+        "spool files left behind"
+    );
 }
 
 #[test]
@@ -327,6 +322,7 @@ fn a_flipped_byte_in_the_archive_fails_the_restore_and_names_the_object() {
         assert!(run.stderr.contains("is corrupt"), "{}", run.all());
         assert!(run.stderr.contains("must not be trusted"), "{}", run.all());
     }
+    assert_eq!(setup.temp_files(), Vec::<String>::new(), "a failed restore left its spool file");
 }
 
 /// A `pg_dump` that streams part of a dump and is then killed.
@@ -543,4 +539,12 @@ fn an_unknown_key_in_a_job_file_names_the_key_file_and_line() {
     assert!(run.stderr.contains(&expected), "{}", run.all());
     let run = common::run_backup(&path, &["run", "nightly"]);
     assert_eq!(run.code, 3, "{}", run.all());
+}
+
+#[test]
+fn the_example_job_file_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/example.toml");
+    let run = common::run_backup_with(&example, &["config", "check"], &[("APP_DB_PASSWORD", "x")]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stdout.contains("job nightly (backup)"), "{}", run.all());
 }

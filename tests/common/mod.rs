@@ -312,9 +312,22 @@ impl Setup {
         }
     }
 
-    /// Runs `backup --config <job file> ARGS`, never on a terminal.
+    /// Runs `backup --config <job file> ARGS`, never on a terminal, with a
+    /// temp dir of this test's own (see [`Setup::temp_files`]).
     pub fn backup(&self, args: &[&str]) -> Run {
-        run_backup(&self.config, args)
+        let tmp = self.work.path().join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        run_backup_with(&self.config, args, &[("TMPDIR", tmp.to_str().unwrap())])
+    }
+
+    /// What the runs of this test left in their temp dir.
+    pub fn temp_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.work.path().join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     /// The manifests of complete backups, as `backup list --json` prints them.
@@ -374,10 +387,15 @@ impl Run {
 }
 
 pub fn run_backup(config: &Path, args: &[&str]) -> Run {
+    run_backup_with(config, args, &[])
+}
+
+pub fn run_backup_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_backup"))
         .arg("--config")
         .arg(config)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("BACKUP_CONFIG")
         .env_remove("PGPASSWORD")
         .stdin(Stdio::null())
