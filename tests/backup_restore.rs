@@ -322,7 +322,11 @@ fn a_flipped_byte_in_the_archive_fails_the_restore_and_names_the_object() {
         assert!(run.stderr.contains("is corrupt"), "{}", run.all());
         assert!(run.stderr.contains("must not be trusted"), "{}", run.all());
     }
-    assert_eq!(setup.temp_files(), Vec::<String>::new(), "a failed restore left its spool file");
+    assert_eq!(
+        setup.temp_files(),
+        Vec::<String>::new(),
+        "a failed restore left its spool file"
+    );
 }
 
 /// A `pg_dump` that streams part of a dump and is then killed.
@@ -555,28 +559,53 @@ fn a_role_that_may_not_read_role_passwords_still_gets_a_backup_with_a_warning() 
     cluster.load_fixtures("app");
     // Plain SELECT grants, as a least-privilege backup role has them
     // (pg_read_all_data would include pg_authid).
-    cluster.psql("app", &format!("CREATE ROLE dumper LOGIN PASSWORD '{}'", common::PASSWORD));
-    cluster.psql("app", "GRANT USAGE ON SCHEMA app, billing, \"Audit Log\" TO dumper; \
+    cluster.psql(
+        "app",
+        &format!("CREATE ROLE dumper LOGIN PASSWORD '{}'", common::PASSWORD),
+    );
+    cluster.psql(
+        "app",
+        "GRANT USAGE ON SCHEMA app, billing, \"Audit Log\" TO dumper; \
         GRANT SELECT ON ALL TABLES IN SCHEMA app, billing, \"Audit Log\" TO dumper; \
-        GRANT SELECT ON ALL SEQUENCES IN SCHEMA app, billing TO dumper");
+        GRANT SELECT ON ALL SEQUENCES IN SCHEMA app, billing TO dumper",
+    );
     let setup = Setup::with_cluster(cluster, "", "");
-    let config = std::fs::read_to_string(&setup.config).unwrap().replace("postgresql://postgres@", "postgresql://dumper@");
+    let config = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("postgresql://postgres@", "postgresql://dumper@");
     std::fs::write(&setup.config, config).unwrap();
 
     let id = backup_ok(&setup);
     let manifest = setup.manifest(&id);
     let warnings = manifest["warnings"].to_string();
-    assert!(warnings.contains("role passwords are not in this backup"), "{warnings}");
-    let globals = std::fs::read(setup.backups.join("nightly").join(&id).join("globals.sql.zst")).unwrap();
+    assert!(
+        warnings.contains("role passwords are not in this backup"),
+        "{warnings}"
+    );
+    let globals = std::fs::read(
+        setup
+            .backups
+            .join("nightly")
+            .join(&id)
+            .join("globals.sql.zst"),
+    )
+    .unwrap();
     let globals = String::from_utf8(zstd::decode_all(&globals[..]).unwrap()).unwrap();
     assert!(globals.contains("CREATE ROLE app_reader"), "{globals}");
-    assert!(!globals.contains("SCRAM-SHA-256$"), "no password hashes without the privilege");
+    assert!(
+        !globals.contains("SCRAM-SHA-256$"),
+        "no password hashes without the privilege"
+    );
 }
 
 /// Runs `backup ARGS` on a pseudo-terminal (util-linux `script`), typing `answer`.
 fn on_terminal(setup: &Setup, args: &str, answer: &str) -> common::Run {
     use std::io::Write;
-    let command = format!("{} --config {} {args}", env!("CARGO_BIN_EXE_backup"), setup.config.display());
+    let command = format!(
+        "{} --config {} {args}",
+        env!("CARGO_BIN_EXE_backup"),
+        setup.config.display()
+    );
     let mut child = std::process::Command::new("script")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .stdin(std::process::Stdio::piped())
@@ -584,7 +613,12 @@ fn on_terminal(setup: &Setup, args: &str, answer: &str) -> common::Run {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("util-linux script");
-    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     common::Run {
         code: out.status.code().unwrap_or(-1),
@@ -597,20 +631,91 @@ fn on_terminal(setup: &Setup, args: &str, answer: &str) -> common::Run {
 fn on_a_terminal_restore_asks_first_and_anything_but_the_answer_cancels() {
     let setup = Setup::new("", "");
     backup_ok(&setup);
-    let run = on_terminal(&setup, "restore --job nightly --latest --target-db asked", "no\n");
+    let run = on_terminal(
+        &setup,
+        "restore --job nightly --latest --target-db asked",
+        "no\n",
+    );
     assert_eq!(run.code, 9, "{}", run.all());
     assert!(run.stdout.contains("type yes to continue"), "{}", run.all());
-    assert!(run.stdout.contains("restore cancelled; nothing was changed"), "{}", run.all());
-    assert_eq!(setup.cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'asked'"), "0");
+    assert!(
+        run.stdout
+            .contains("restore cancelled; nothing was changed"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'asked'"
+        ),
+        "0"
+    );
 
-    let run = on_terminal(&setup, "restore --job nightly --latest --target-db asked", "yes\n");
+    let run = on_terminal(
+        &setup,
+        "restore --job nightly --latest --target-db asked",
+        "yes\n",
+    );
     assert!(run.ok(), "{}", run.all());
-    assert_eq!(setup.cluster.psql("asked", "SELECT count(*) FROM app.events"), "120000");
+    assert_eq!(
+        setup
+            .cluster
+            .psql("asked", "SELECT count(*) FROM app.events"),
+        "120000"
+    );
 
     // Replacing a database asks for its name, not a reflexive "yes".
-    let run = on_terminal(&setup, "restore --job nightly --latest --target-db asked --clean", "yes\n");
+    let run = on_terminal(
+        &setup,
+        "restore --job nightly --latest --target-db asked --clean",
+        "yes\n",
+    );
     assert_eq!(run.code, 9, "{}", run.all());
-    assert!(run.stdout.contains("type asked to continue"), "{}", run.all());
-    let run = on_terminal(&setup, "restore --job nightly --latest --target-db asked --clean", "asked\n");
+    assert!(
+        run.stdout.contains("type asked to continue"),
+        "{}",
+        run.all()
+    );
+    let run = on_terminal(
+        &setup,
+        "restore --job nightly --latest --target-db asked --clean",
+        "asked\n",
+    );
     assert!(run.ok(), "{}", run.all());
+}
+
+#[test]
+fn a_full_disk_fails_the_backup_clearly_and_leaves_nothing_that_looks_complete() {
+    let setup = Setup::new("", "compression = \"none\"");
+    std::fs::create_dir_all(&setup.backups).unwrap();
+    // A 1 MiB file system of its own, in a private mount namespace (root or
+    // not): the uncompressed dump is several MiB.
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {dir} || exit 99\n\
+         {bin} --config {config} run nightly; echo \"exit=$?\"\n\
+         cd {dir} && find . -type f | sort",
+        dir = setup.backups.display(),
+        bin = env!("CARGO_BIN_EXE_backup"),
+        config = setup.config.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .output()
+        .expect("util-linux unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "cannot mount a tmpfs here: {stderr}"
+    );
+    assert!(stdout.contains("exit=5"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("no space left on device"), "{stderr}");
+    assert!(stderr.contains("hint: free space"), "{stderr}");
+    let files: Vec<&str> = stdout.lines().filter(|l| l.starts_with("./")).collect();
+    assert!(
+        files.iter().all(|f| f.starts_with("./nightly/reports/")),
+        "half-written files left: {files:?}"
+    );
 }
