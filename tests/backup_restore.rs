@@ -719,3 +719,35 @@ fn a_full_disk_fails_the_backup_clearly_and_leaves_nothing_that_looks_complete()
         "half-written files left: {files:?}"
     );
 }
+
+#[test]
+fn a_restore_onto_a_server_without_the_roles_says_how_to_proceed() {
+    let setup = Setup::new("", "");
+    backup_ok(&setup);
+    let c = &setup.cluster;
+    c.psql("app", "REVOKE ALL ON SCHEMA app FROM app_reader; REVOKE ALL ON ALL TABLES IN SCHEMA app FROM app_reader; DROP ROLE app_reader");
+    let run = restore(&setup, &["--latest", "--target-db", "no_roles"]);
+    assert_eq!(run.code, 8, "{}", run.all());
+    assert!(
+        run.stderr.contains("role \"app_reader\" does not exist"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("hint: the backup's roles are missing"),
+        "{}",
+        run.all()
+    );
+    let run = restore(
+        &setup,
+        &[
+            "--latest",
+            "--target-db",
+            "no_roles",
+            "--clean",
+            "--no-owner",
+            "--no-acl",
+        ],
+    );
+    assert!(run.ok(), "{}", run.all());
+}

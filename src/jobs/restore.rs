@@ -294,17 +294,36 @@ pub async fn execute(
     drop(admin);
 
     let untrusted = |e: Error| {
-        e.context(format!("restore of backup {} into {}", plan.backup.id, plan.target_db)).with_hint(
-            format!(
-                "the content of database {} must not be trusted: drop it, or restore again with --clean",
-                plan.target_db
-            ),
-        )
+        let cause = cause_hint(&e).map_or(String::new(), |h| format!("{h}; "));
+        let hint = format!(
+            "{cause}the content of database {} must not be trusted: drop it, or restore again with --clean",
+            plan.target_db
+        );
+        e.context(format!(
+            "restore of backup {} into {}",
+            plan.backup.id, plan.target_db
+        ))
+        .with_hint(hint)
     };
     restore_data(plan, db, storage, &pg_restore, progress)
         .await
         .map_err(untrusted)?;
     check_row_counts(plan, db).await.map_err(untrusted)
+}
+
+/// A fix for the failures of `pg_restore` that have a usual cause.
+fn cause_hint(e: &Error) -> Option<&'static str> {
+    let m = e.message();
+    if m.contains("role \"") && m.contains("does not exist") {
+        Some(
+            "the backup's roles are missing on this server: create them from the backup's \
+             globals.sql, or pass --no-owner --no-acl",
+        )
+    } else if m.contains("permission denied") {
+        Some("the role in the url lacks a privilege the backup needs; try --no-owner --no-acl")
+    } else {
+        None
+    }
 }
 
 async fn restore_data(
