@@ -136,8 +136,11 @@ pub async fn list(storage: &dyn Storage, job: &str) -> Result<Listing> {
     let objects = storage.list(&prefix).await?;
     let mut listing = Listing::default();
     for object in objects {
-        let rest = &object.key.as_str()[prefix.as_str().len() + 1..];
-        let Some((id, MANIFEST)) = rest.split_once('/') else {
+        let rest = object.key.as_str().strip_prefix(prefix.as_str());
+        let Some((id, MANIFEST)) = rest
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|r| r.split_once('/'))
+        else {
             continue;
         };
         if BackupId::parse(id).is_err() {
