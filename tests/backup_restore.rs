@@ -59,15 +59,7 @@ fn backup_then_restore_reproduces_every_table_and_definition() {
     );
 
     // Roles travel in globals.sql.
-    let globals = std::fs::read(
-        setup
-            .backups
-            .join("nightly")
-            .join(&id)
-            .join("globals.sql.zst"),
-    )
-    .unwrap();
-    let globals = String::from_utf8(zstd::decode_all(&globals[..]).unwrap()).unwrap();
+    let globals = setup.globals(&id);
     assert!(globals.contains("CREATE ROLE app_reader"), "{globals}");
 
     let source = setup.cluster.table_digests("app");
@@ -582,15 +574,7 @@ fn a_role_that_may_not_read_role_passwords_still_gets_a_backup_with_a_warning() 
         warnings.contains("role passwords are not in this backup"),
         "{warnings}"
     );
-    let globals = std::fs::read(
-        setup
-            .backups
-            .join("nightly")
-            .join(&id)
-            .join("globals.sql.zst"),
-    )
-    .unwrap();
-    let globals = String::from_utf8(zstd::decode_all(&globals[..]).unwrap()).unwrap();
+    let globals = setup.globals(&id);
     assert!(globals.contains("CREATE ROLE app_reader"), "{globals}");
     assert!(
         !globals.contains("SCRAM-SHA-256$"),

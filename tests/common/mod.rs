@@ -344,6 +344,17 @@ impl Setup {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// The roles and tablespaces a backup stored, decompressed.
+    pub fn globals(&self, id: &str) -> String {
+        let path = self
+            .backups
+            .join("nightly")
+            .join(id)
+            .join("globals.sql.zst");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        String::from_utf8(zstd::decode_all(&bytes[..]).unwrap()).unwrap()
+    }
+
     /// Every file under the backup directory, relative to it.
     pub fn stored_files(&self) -> Vec<String> {
         let mut out = Vec::new();
