@@ -39,14 +39,18 @@ impl Engine {
         }
     }
 
-    fn storages_of(&self, spec: &BackupJob) -> Result<Vec<Arc<dyn Storage>>> {
-        spec.storages.iter().map(|s| storage::open(s)).collect()
+    async fn storages_of(&self, spec: &BackupJob) -> Result<Vec<Arc<dyn Storage>>> {
+        let mut storages = Vec::with_capacity(spec.storages.len());
+        for s in &spec.storages {
+            storages.push(storage::open(s).await?);
+        }
+        Ok(storages)
     }
 
     /// Runs one job now and stores its run record.
     pub async fn run_backup(&self, name: &str) -> Result<BackupOutcome> {
         let (job, spec) = self.config.backup_job(name)?;
-        let storages = self.storages_of(spec)?;
+        let storages = self.storages_of(spec).await?;
         let started_at = self.clock.now();
         let outcome = backup::run(
             job,
@@ -88,7 +92,7 @@ impl Engine {
         for job in jobs {
             let JobKind::Backup(spec) = &job.kind;
             let mut listed: Vec<ListedBackup> = Vec::new();
-            for storage in self.storages_of(spec)? {
+            for storage in self.storages_of(spec).await? {
                 let listing = catalog::list(storage.as_ref(), &job.name).await?;
                 for problem in listing.unreadable {
                     tracing::warn!("{problem}");
@@ -111,7 +115,7 @@ impl Engine {
 
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {
         let (job, spec) = self.config.backup_job(job)?;
-        let storages = self.storages_of(spec)?;
+        let storages = self.storages_of(spec).await?;
         restore::plan(job, spec, &storages, request).await
     }
 
@@ -119,7 +123,7 @@ impl Engine {
     /// what was restored, when, from which backup.
     pub async fn restore(&self, plan: &RestorePlan) -> Result<RestoreOutcome> {
         let (job, spec) = self.config.backup_job(&plan.job)?;
-        let storages = self.storages_of(spec)?;
+        let storages = self.storages_of(spec).await?;
         let storage = storages
             .iter()
             .find(|s| s.name() == plan.storage)

@@ -78,20 +78,97 @@ impl fmt::Debug for Database {
 pub struct StorageSpec {
     pub name: String,
     pub kind: StorageKind,
+    /// How hard remote requests are retried; unused by local disks.
+    pub retry: crate::storage::retry::Retry,
 }
 
-/// The backends. S3 and Azure arrive as further variants.
+/// The backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageKind {
     Local { path: PathBuf },
+    S3(S3Spec),
+    Azure(AzureSpec),
 }
 
 impl fmt::Display for StorageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StorageKind::Local { path } => write!(f, "local {}", path.display()),
+            StorageKind::S3(s3) => {
+                write!(f, "s3://{}", s3.bucket)?;
+                if let Some(prefix) = &s3.prefix {
+                    write!(f, "/{prefix}")?;
+                }
+                if let Some(endpoint) = &s3.endpoint {
+                    write!(f, " at {endpoint}")?;
+                }
+                Ok(())
+            }
+            StorageKind::Azure(az) => {
+                write!(f, "azure {}/{}", az.account, az.container)?;
+                if let Some(prefix) = &az.prefix {
+                    write!(f, "/{prefix}")?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// An S3 bucket (AWS, MinIO or another S3-compatible service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Spec {
+    pub bucket: String,
+    /// Prepended to every key, without slashes at either end.
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub path_style: bool,
+    /// Static keys from the job file's `*_env` / `*_file`; `None` means the
+    /// standard AWS credential chain.
+    pub keys: Option<S3Keys>,
+    pub storage_class: Option<String>,
+    pub sse: Option<Sse>,
+    /// The size of the first parts; grown later so any object fits.
+    pub part_size: u64,
+    pub parts_in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Keys {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+/// Server-side encryption asked of S3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    Aes256,
+    Kms { key_id: Option<String> },
+}
+
+/// A container in an Azure Blob Storage account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSpec {
+    pub account: String,
+    pub container: String,
+    pub prefix: Option<String>,
+    /// The account's blob endpoint, e.g. Azurite's `http://127.0.0.1:10000/devstoreaccount1`.
+    pub endpoint: Option<String>,
+    pub auth: AzureAuth,
+    pub block_size: u64,
+    pub blocks_in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AzureAuth {
+    /// Managed identity, workload identity or the Azure CLI's login.
+    EntraId,
+    SasToken(Secret),
+    /// The account key, from which short-lived SAS tokens are signed locally.
+    AccountKey(Secret),
+    ConnectionString(Secret),
 }
 
 /// How the archive is compressed before it is stored.

@@ -131,9 +131,61 @@ pub fn show_duration(d: SignedDuration) -> String {
     parts.join(" ")
 }
 
+/// Parses a duration written as a number and a unit, or several in a row:
+/// `"500ms"`, `"30s"`, `"5m"`, `"24h"`, `"30d"`, `"1h30m"`. Spaces are allowed
+/// between the parts. Returns `None` for anything else, so callers can name the key.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = std::time::Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => std::time::Duration::from_millis(1),
+            "s" | "sec" | "secs" => std::time::Duration::from_secs(1),
+            "m" | "min" | "mins" => std::time::Duration::from_secs(60),
+            "h" | "hour" | "hours" => std::time::Duration::from_secs(3_600),
+            "d" | "day" | "days" => std::time::Duration::from_secs(86_400),
+            "w" | "week" | "weeks" => std::time::Duration::from_secs(7 * 86_400),
+            _ => return None,
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_units_and_compounds() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h 30m"), Some(Duration::from_secs(5_400)));
+        assert_eq!(
+            parse_duration("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        for bad in ["", "5", "m", "5x", "-5s", "5 s s", "1.5h"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 
     fn tokyo() -> TimeZone {
         TimeZone::get("Asia/Tokyo").unwrap()

@@ -9,6 +9,9 @@
 
 mod local;
 mod memory;
+pub mod resume;
+pub mod retry;
+mod s3;
 
 use std::fmt;
 use std::pin::Pin;
@@ -22,6 +25,7 @@ use crate::model::{StorageKind, StorageSpec};
 
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
+pub use s3::S3Storage;
 
 /// A validated object key: `/`-separated, relative, no `.` or `..` segments.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,6 +102,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn list(&self, prefix: &Key) -> Result<Vec<ObjectInfo>>;
     /// Deletes `key`; deleting a missing object is not an error.
     async fn delete(&self, key: &Key) -> Result<()>;
+    /// Deletes several keys, in batches where the backend has them.
+    async fn delete_many(&self, keys: &[Key]) -> Result<()> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -109,11 +120,27 @@ pub trait ObjectWriter: Send {
     async fn abort(self: Box<Self>) -> Result<()>;
 }
 
-/// Opens the backend a storage spec describes.
-pub fn open(spec: &StorageSpec) -> Result<Arc<dyn Storage>> {
+/// Opens the backend a storage spec describes. Remote backends resolve their
+/// credentials here, so a missing one fails before any work starts.
+pub async fn open(spec: &StorageSpec) -> Result<Arc<dyn Storage>> {
     match &spec.kind {
         StorageKind::Local { path } => Ok(Arc::new(LocalStorage::new(&spec.name, path))),
+        StorageKind::S3(s3) => Ok(Arc::new(
+            S3Storage::connect(&spec.name, s3, spec.retry).await?,
+        )),
+        StorageKind::Azure(_) => Err(Error::config(format!(
+            "storage {}: azure is not built yet",
+            spec.name
+        ))),
     }
+}
+
+/// The size of part `index` (from 0) of a multipart upload whose first parts are
+/// `base` bytes: doubled after every `per_step` parts, up to `max`, so a stream
+/// of unknown length never runs out of parts, while small objects keep small parts.
+pub fn part_size(base: u64, index: u32, per_step: u32, max: u64) -> u64 {
+    let doublings = (index / per_step.max(1)).min(16);
+    base.saturating_mul(1 << doublings).min(max.max(base))
 }
 
 /// Reads a whole small object (manifests, reports) into memory.
@@ -154,6 +181,22 @@ pub async fn write_small(storage: &dyn Storage, key: &Key, bytes: &[u8]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_grow_so_five_tebibytes_fit_in_ten_thousand() {
+        let base = 16 << 20;
+        let max = 5 << 30;
+        assert_eq!(part_size(base, 0, 1000, max), base);
+        assert_eq!(part_size(base, 999, 1000, max), base);
+        assert_eq!(part_size(base, 1000, 1000, max), 2 * base);
+        let total: u64 = (0..10_000).map(|i| part_size(base, i, 1000, max)).sum();
+        assert!(total >= 5 << 40, "{total}");
+        assert_eq!(
+            part_size(base, 9_999, 1000, max),
+            max,
+            "within S3's part limit"
+        );
+    }
 
     #[test]
     fn keys_cannot_escape_the_root() {

@@ -14,11 +14,13 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod storage;
+
 use crate::error::{Error, Result};
 use crate::model::{
-    BackupJob, Compression, Config, Database, Job, JobKind, Origin, Secret, StorageKind,
-    StorageSpec,
+    BackupJob, Compression, Config, Database, Job, JobKind, Origin, Secret, StorageSpec,
 };
+use storage::{RawStorage, validate_storage};
 
 /// The file name looked for when neither `--config` nor `$BACKUP_CONFIG` is set.
 pub const DEFAULT_PATH: &str = "backup.toml";
@@ -42,17 +44,6 @@ struct RawDatabase {
     password_env: Option<Spanned<String>>,
     password_file: Option<Spanned<PathBuf>>,
     pg_bin_dir: Option<Spanned<PathBuf>>,
-}
-
-// Flat rather than an internally tagged enum: serde buffers tagged enums, which
-// loses the spans that let errors name a line. `validate_storage` checks that
-// each key belongs to the declared type.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStorage {
-    #[serde(rename = "type")]
-    kind: Spanned<String>,
-    path: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,7 +172,7 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
         }
         for (name, storage) in &raw.storages {
             check_unique("storages", name, source.origin(storage))?;
-            let spec = validate_storage(source, name, storage)?;
+            let spec = validate_storage(source, name, storage, env)?;
             config.storages.insert(name.clone(), Arc::new(spec));
         }
     }
@@ -243,87 +234,21 @@ fn validate_database(
                  process listings and logs",
             ));
     }
-    let (password, password_from) = match (&db.password_env, &db.password_file) {
-        (Some(_), Some(file)) => {
-            return Err(source.error(
-                file,
-                format!("[databases.{name}] sets both password_env and password_file; keep one"),
-            ));
-        }
-        (Some(var), None) => match env(var.get_ref()) {
-            Some(value) => (
-                Some(Secret::new(value)),
-                Some(format!("env {}", var.get_ref())),
-            ),
-            None => {
-                return Err(source
-                    .error(
-                        var,
-                        format!(
-                            "[databases.{name}] password_env: environment variable {} is not set",
-                            var.get_ref()
-                        ),
-                    )
-                    .with_hint(format!("export {} before running backup", var.get_ref())));
-            }
-        },
-        (None, Some(file)) => {
-            let path = file.get_ref();
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                let e = Error::io(crate::error::Kind::Config, path.display(), e);
-                source.error(
-                    file,
-                    format!("[databases.{name}] password_file: {}", e.message()),
-                )
-            })?;
-            let value = text.trim_end_matches(['\n', '\r']).to_owned();
-            (
-                Some(Secret::new(value)),
-                Some(format!("file {}", path.display())),
-            )
-        }
-        (None, None) => (None, None),
-    };
+    let (password, password_from) = read_secret(
+        source,
+        &format!("databases.{name}"),
+        "password",
+        &db.password_env,
+        &db.password_file,
+        env,
+    )?
+    .unzip();
     Ok(Database {
         name: name.to_owned(),
         url: url.clone(),
         password,
         password_from,
         pg_bin_dir: db.pg_bin_dir.as_ref().map(|p| p.get_ref().clone()),
-    })
-}
-
-fn validate_storage(source: &Source, name: &str, raw: &Spanned<RawStorage>) -> Result<StorageSpec> {
-    let storage = raw.get_ref();
-    let kind = match storage.kind.get_ref().as_str() {
-        "local" => {
-            let path = storage.path.as_ref().ok_or_else(|| {
-                source.error(
-                    raw,
-                    format!("[storages.{name}] type = \"local\" needs a path"),
-                )
-            })?;
-            if !path.get_ref().is_absolute() {
-                return Err(source
-                    .error(path, format!("[storages.{name}] path must be absolute"))
-                    .with_hint("a relative path would depend on the directory backup runs in"));
-            }
-            StorageKind::Local {
-                path: path.get_ref().clone(),
-            }
-        }
-        other => {
-            return Err(source
-                .error(
-                    &storage.kind,
-                    format!("[storages.{name}] type '{other}' is not supported"),
-                )
-                .with_hint("supported storage types: local"));
-        }
-    };
-    Ok(StorageSpec {
-        name: name.to_owned(),
-        kind,
     })
 }
 
@@ -481,6 +406,49 @@ fn is_job_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name != "reports"
+}
+
+/// Reads a secret named by `<key>_env` or `<key>_file` (at most one of them).
+/// Returns the value and where it came from ("env X", "file Y"), for messages.
+fn read_secret(
+    source: &Source,
+    section: &str,
+    key: &str,
+    env_name: &Option<Spanned<String>>,
+    file: &Option<Spanned<PathBuf>>,
+    env: EnvLookup,
+) -> Result<Option<(Secret, String)>> {
+    match (env_name, file) {
+        (Some(_), Some(file)) => Err(source.error(
+            file,
+            format!("[{section}] sets both {key}_env and {key}_file; keep one"),
+        )),
+        (Some(var), None) => match env(var.get_ref()) {
+            Some(value) => Ok(Some((Secret::new(value), format!("env {}", var.get_ref())))),
+            None => Err(source
+                .error(
+                    var,
+                    format!(
+                        "[{section}] {key}_env: environment variable {} is not set",
+                        var.get_ref()
+                    ),
+                )
+                .with_hint(format!("export {} before running backup", var.get_ref()))),
+        },
+        (None, Some(file)) => {
+            let path = file.get_ref();
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                let e = Error::io(crate::error::Kind::Config, path.display(), e);
+                source.error(file, format!("[{section}] {key}_file: {}", e.message()))
+            })?;
+            let value = text.trim_end_matches(['\n', '\r']).to_owned();
+            Ok(Some((
+                Secret::new(value),
+                format!("file {}", path.display()),
+            )))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 fn declared<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> String {

@@ -1,0 +1,84 @@
+# The S3 and Azure Blob servers the test suite and the benchmark run against,
+# installed at pinned versions under target/tools/ and started on 127.0.0.1.
+# Source it (after pg.sh, for apt_install and free_port); it defines functions only.
+#
+#   ensure_moto / ensure_azurite      install if missing
+#   start_moto DIR / start_azurite DIR
+#       start on a free port, logs in DIR, wait until it answers, and export
+#       BACKUP_TEST_S3_ENDPOINT / BACKUP_TEST_AZURE_ENDPOINT for the tests
+#   stop_test_servers                 stop what start_* started
+
+MOTO_VERSION=5.2.5
+AZURITE_VERSION=3.35.0
+TOOLS_DIR=${TOOLS_DIR:-$PWD/target/tools}
+MOTO_VENV=$TOOLS_DIR/moto-$MOTO_VERSION
+AZURITE_DIR=$TOOLS_DIR/azurite-$AZURITE_VERSION
+_TEST_SERVER_PIDS=()
+
+ensure_moto() {
+    if [ -x "$MOTO_VENV/bin/moto_server" ]; then return; fi
+    echo "installing moto[server]==$MOTO_VERSION (the S3 server for tests) into $MOTO_VENV..."
+    command -v python3 >/dev/null || apt_install python3
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        apt_install python3-venv
+    fi
+    rm -rf "$MOTO_VENV"
+    python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+}
+
+ensure_azurite() {
+    if [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then return; fi
+    echo "installing azurite@$AZURITE_VERSION (the Azure Blob server for tests) into $AZURITE_DIR..."
+    command -v npm >/dev/null || apt_install nodejs npm
+    mkdir -p "$AZURITE_DIR"
+    npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
+}
+
+# _wait_http NAME URL LOG: until anything answers on URL (any HTTP status).
+_wait_http() {
+    local name=$1 url=$2 log=$3 i
+    for i in $(seq 1 100); do
+        if curl -s -o /dev/null "$url"; then return 0; fi
+        sleep 0.2
+    done
+    echo "error: $name did not start; its log ($log):" >&2
+    tail -n 30 "$log" >&2
+    return 1
+}
+
+start_moto() {
+    local dir=$1 port
+    mkdir -p "$dir"
+    port=$(free_port)
+    "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+    _TEST_SERVER_PIDS+=($!)
+    _wait_http moto "http://127.0.0.1:$port/" "$dir/moto.log"
+    export BACKUP_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+}
+
+start_azurite() {
+    local dir=$1 port
+    mkdir -p "$dir/azurite"
+    port=$(free_port)
+    # --skipApiVersionCheck: the official SDK sends an API version newer than
+    # Azurite knows. --disableTelemetry: no outbound calls.
+    "$AZURITE_DIR/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$port" \
+        --location "$dir/azurite" --disableTelemetry --skipApiVersionCheck --silent \
+        >"$dir/azurite.log" 2>&1 &
+    _TEST_SERVER_PIDS+=($!)
+    _wait_http azurite "http://127.0.0.1:$port/devstoreaccount1" "$dir/azurite.log"
+    # No trailing '/': the SDK appends paths to it.
+    export BACKUP_TEST_AZURE_ENDPOINT="http://127.0.0.1:$port/devstoreaccount1"
+}
+
+stop_test_servers() {
+    local pid
+    for pid in "${_TEST_SERVER_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${_TEST_SERVER_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    _TEST_SERVER_PIDS=()
+}

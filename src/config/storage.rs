@@ -1,0 +1,534 @@
+//! `[storages.NAME]` sections: one flat table whose keys depend on `type`.
+//!
+//! Flat rather than an internally tagged enum: serde buffers tagged enums, which
+//! loses the spans that let errors name a line. So the raw struct holds every
+//! key of every type, and [`validate_storage`] refuses a key that does not belong
+//! to the declared type, naming it.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{EnvLookup, Source, read_secret};
+use crate::error::Result;
+use crate::model::{AzureAuth, AzureSpec, S3Keys, S3Spec, Sse, StorageKind, StorageSpec};
+use crate::storage::retry::Retry;
+
+const MIB: u64 = 1024 * 1024;
+/// S3's limits on a multipart upload's parts (all but the last).
+const S3_MIN_PART: u64 = 5 * MIB;
+const S3_MAX_PART: u64 = 5 * 1024 * MIB;
+/// Azure's largest block.
+const AZURE_MAX_BLOCK: u64 = 4000 * MIB;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStorage {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    path: Option<Spanned<PathBuf>>,
+    prefix: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
+    region: Option<Spanned<String>>,
+    path_style: Option<Spanned<bool>>,
+    access_key_id_env: Option<Spanned<String>>,
+    access_key_id_file: Option<Spanned<PathBuf>>,
+    secret_access_key_env: Option<Spanned<String>>,
+    secret_access_key_file: Option<Spanned<PathBuf>>,
+    session_token_env: Option<Spanned<String>>,
+    session_token_file: Option<Spanned<PathBuf>>,
+    storage_class: Option<Spanned<String>>,
+    sse: Option<Spanned<String>>,
+    kms_key_id: Option<Spanned<String>>,
+    part_size: Option<Spanned<Size>>,
+    parts_in_flight: Option<Spanned<i64>>,
+    account: Option<Spanned<String>>,
+    container: Option<Spanned<String>>,
+    access_key_env: Option<Spanned<String>>,
+    access_key_file: Option<Spanned<PathBuf>>,
+    sas_token_env: Option<Spanned<String>>,
+    sas_token_file: Option<Spanned<PathBuf>>,
+    connection_string_env: Option<Spanned<String>>,
+    connection_string_file: Option<Spanned<PathBuf>>,
+    block_size: Option<Spanned<Size>>,
+    blocks_in_flight: Option<Spanned<i64>>,
+    retry_attempts: Option<Spanned<i64>>,
+    retry_max_time: Option<Spanned<String>>,
+    request_timeout: Option<Spanned<String>>,
+}
+
+/// A byte count: an integer, or a string with a unit ("16MiB", "8 MB").
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(i64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> Option<u64> {
+        match self {
+            Size::Bytes(n) => u64::try_from(*n).ok(),
+            Size::Text(text) => parse_size(text),
+        }
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let value: u64 = text[..digits].parse().ok()?;
+    let unit = match text[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    value.checked_mul(unit)
+}
+
+/// The keys each type accepts beyond `type`.
+const LOCAL_KEYS: &[&str] = &["path"];
+const REMOTE_KEYS: &[&str] = &[
+    "prefix",
+    "endpoint",
+    "retry_attempts",
+    "retry_max_time",
+    "request_timeout",
+];
+const S3_KEYS: &[&str] = &[
+    "bucket",
+    "region",
+    "path_style",
+    "access_key_id_env",
+    "access_key_id_file",
+    "secret_access_key_env",
+    "secret_access_key_file",
+    "session_token_env",
+    "session_token_file",
+    "storage_class",
+    "sse",
+    "kms_key_id",
+    "part_size",
+    "parts_in_flight",
+];
+const AZURE_KEYS: &[&str] = &[
+    "account",
+    "container",
+    "access_key_env",
+    "access_key_file",
+    "sas_token_env",
+    "sas_token_file",
+    "connection_string_env",
+    "connection_string_file",
+    "block_size",
+    "blocks_in_flight",
+];
+
+impl RawStorage {
+    /// Every optional key that is set, with its span, for the per-type check.
+    fn set_keys(&self) -> Vec<(&'static str, std::ops::Range<usize>)> {
+        macro_rules! keys {
+            ($($field:ident),* $(,)?) => {{
+                let mut set = Vec::new();
+                $(if let Some(v) = &self.$field {
+                    set.push((stringify!($field), v.span()));
+                })*
+                set
+            }};
+        }
+        keys!(
+            path,
+            prefix,
+            endpoint,
+            bucket,
+            region,
+            path_style,
+            access_key_id_env,
+            access_key_id_file,
+            secret_access_key_env,
+            secret_access_key_file,
+            session_token_env,
+            session_token_file,
+            storage_class,
+            sse,
+            kms_key_id,
+            part_size,
+            parts_in_flight,
+            account,
+            container,
+            access_key_env,
+            access_key_file,
+            sas_token_env,
+            sas_token_file,
+            connection_string_env,
+            connection_string_file,
+            block_size,
+            blocks_in_flight,
+            retry_attempts,
+            retry_max_time,
+            request_timeout,
+        )
+    }
+}
+
+pub(super) fn validate_storage(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawStorage>,
+    env: EnvLookup,
+) -> Result<StorageSpec> {
+    let storage = raw.get_ref();
+    let section = format!("storages.{name}");
+    let kind_name = storage.kind.get_ref().as_str();
+    let allowed: Vec<&str> = match kind_name {
+        "local" => LOCAL_KEYS.to_vec(),
+        "s3" => [REMOTE_KEYS, S3_KEYS].concat(),
+        "azure" => [REMOTE_KEYS, AZURE_KEYS].concat(),
+        other => {
+            return Err(source
+                .error(
+                    &storage.kind,
+                    format!("[{section}] type '{other}' is not supported"),
+                )
+                .with_hint("supported storage types: local, s3, azure"));
+        }
+    };
+    for (key, span) in storage.set_keys() {
+        if !allowed.contains(&key) {
+            let at = Spanned::new(span, ());
+            return Err(source
+                .error(
+                    &at,
+                    format!("[{section}] `{key}` does not apply to type = \"{kind_name}\""),
+                )
+                .with_hint(format!(
+                    "keys of a {kind_name} storage: type, {}",
+                    allowed.join(", ")
+                )));
+        }
+    }
+    let v = Validator {
+        source,
+        section: &section,
+        raw,
+    };
+    let kind = match kind_name {
+        "local" => {
+            let path = v.required(&storage.path, "path")?;
+            if !path.get_ref().is_absolute() {
+                return Err(source
+                    .error(path, format!("[{section}] path must be absolute"))
+                    .with_hint("a relative path would depend on the directory backup runs in"));
+            }
+            StorageKind::Local {
+                path: path.get_ref().clone(),
+            }
+        }
+        "s3" => StorageKind::S3(validate_s3(&v, storage, env)?),
+        _ => StorageKind::Azure(validate_azure(&v, storage, env)?),
+    };
+    Ok(StorageSpec {
+        name: name.to_owned(),
+        kind,
+        retry: validate_retry(&v, storage)?,
+    })
+}
+
+/// Shared checks, so every message names the section and the line alike.
+struct Validator<'a> {
+    source: &'a Source,
+    section: &'a str,
+    raw: &'a Spanned<RawStorage>,
+}
+
+impl Validator<'_> {
+    fn required<'v, T>(&self, value: &'v Option<Spanned<T>>, key: &str) -> Result<&'v Spanned<T>> {
+        value.as_ref().ok_or_else(|| {
+            let kind = self.raw.get_ref().kind.get_ref();
+            self.source.error(
+                self.raw,
+                format!("[{}] type = \"{kind}\" needs `{key}`", self.section),
+            )
+        })
+    }
+
+    fn error<T>(&self, at: &Spanned<T>, message: impl std::fmt::Display) -> crate::error::Error {
+        self.source
+            .error(at, format!("[{}] {message}", self.section))
+    }
+
+    fn count(
+        &self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        default: usize,
+        max: usize,
+    ) -> Result<usize> {
+        match value {
+            None => Ok(default),
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(n @ 1..) if n <= max => Ok(n),
+                _ => Err(self.error(n, format!("{key} must be between 1 and {max}"))),
+            },
+        }
+    }
+
+    fn size(
+        &self,
+        value: &Option<Spanned<Size>>,
+        key: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64> {
+        let Some(size) = value else {
+            return Ok(default);
+        };
+        match size.get_ref().bytes() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            Some(_) => Err(self.error(
+                size,
+                format!(
+                    "{key} must be between {} and {}",
+                    crate::report::bytes_human(min),
+                    crate::report::bytes_human(max)
+                ),
+            )),
+            None => Err(self.error(size, format!("{key} is not a size")).with_hint(
+                "write bytes as an integer or with a unit: \"16MiB\", \"8 MiB\", \"64MB\"",
+            )),
+        }
+    }
+
+    fn duration(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Result<Option<std::time::Duration>> {
+        let Some(text) = value else {
+            return Ok(None);
+        };
+        match crate::time::parse_duration(text.get_ref()) {
+            Some(d) if !d.is_zero() => Ok(Some(d)),
+            _ => Err(self
+                .error(
+                    text,
+                    format!("{key} = '{}' is not a duration", text.get_ref()),
+                )
+                .with_hint("write a number and a unit: \"30s\", \"5m\", \"1h\"")),
+        }
+    }
+
+    /// A prefix without slashes at either end, whose segments are valid in keys.
+    fn prefix(&self, value: &Option<Spanned<String>>) -> Result<Option<String>> {
+        let Some(prefix) = value else {
+            return Ok(None);
+        };
+        let trimmed = prefix.get_ref().trim_matches('/');
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        crate::storage::Key::new(trimmed).map_err(|_| {
+            self.error(
+                prefix,
+                format!("prefix '{}' is not a valid path", prefix.get_ref()),
+            )
+            .with_hint("use '/'-separated names without empty, '.' or '..' segments")
+        })?;
+        Ok(Some(trimmed.to_owned()))
+    }
+
+    fn endpoint(&self, value: &Option<Spanned<String>>) -> Result<Option<String>> {
+        let Some(endpoint) = value else {
+            return Ok(None);
+        };
+        let text = endpoint.get_ref().trim_end_matches('/');
+        if !(text.starts_with("https://") || text.starts_with("http://")) {
+            return Err(self
+                .error(
+                    endpoint,
+                    format!("endpoint '{}' is not an http(s) URL", endpoint.get_ref()),
+                )
+                .with_hint("write the scheme too, e.g. \"http://127.0.0.1:9000\""));
+        }
+        Ok(Some(text.to_owned()))
+    }
+}
+
+fn validate_s3(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<S3Spec> {
+    let bucket = v.required(&raw.bucket, "bucket")?.get_ref().clone();
+    let section = v.section;
+    let secret = |key, env_name, file| read_secret(v.source, section, key, env_name, file, env);
+    let id = secret(
+        "access_key_id",
+        &raw.access_key_id_env,
+        &raw.access_key_id_file,
+    )?;
+    let key = secret(
+        "secret_access_key",
+        &raw.secret_access_key_env,
+        &raw.secret_access_key_file,
+    )?;
+    let token = secret(
+        "session_token",
+        &raw.session_token_env,
+        &raw.session_token_file,
+    )?;
+    let keys = match (id, key) {
+        (Some((id, _)), Some((key, _))) => Some(S3Keys {
+            access_key_id: id.expose().to_owned(),
+            secret_access_key: key,
+            session_token: token.map(|(t, _)| t),
+        }),
+        (None, None) if token.is_none() => None,
+        _ => {
+            return Err(v
+                .source
+                .error(
+                    v.raw,
+                    format!(
+                        "[{section}] static S3 keys need both access_key_id_* and secret_access_key_*"
+                    ),
+                )
+                .with_hint(
+                    "set both, or neither to use the AWS credential chain (environment, \
+                     profile, web identity, instance metadata)",
+                ));
+        }
+    };
+    let sse = match &raw.sse {
+        None => {
+            if let Some(kms) = &raw.kms_key_id {
+                return Err(v.error(kms, "kms_key_id needs sse = \"aws:kms\""));
+            }
+            None
+        }
+        Some(sse) => match sse.get_ref().as_str() {
+            "AES256" => {
+                if let Some(kms) = &raw.kms_key_id {
+                    return Err(v.error(kms, "kms_key_id needs sse = \"aws:kms\", not \"AES256\""));
+                }
+                Some(Sse::Aes256)
+            }
+            "aws:kms" => Some(Sse::Kms {
+                key_id: raw.kms_key_id.as_ref().map(|k| k.get_ref().clone()),
+            }),
+            other => {
+                return Err(v
+                    .error(sse, format!("sse '{other}' is not supported"))
+                    .with_hint("use \"AES256\" or \"aws:kms\""));
+            }
+        },
+    };
+    Ok(S3Spec {
+        bucket,
+        prefix: v.prefix(&raw.prefix)?,
+        region: raw.region.as_ref().map(|r| r.get_ref().clone()),
+        endpoint: v.endpoint(&raw.endpoint)?,
+        path_style: raw.path_style.as_ref().is_some_and(|p| *p.get_ref()),
+        keys,
+        storage_class: raw.storage_class.as_ref().map(|c| c.get_ref().clone()),
+        sse,
+        part_size: v.size(
+            &raw.part_size,
+            "part_size",
+            16 * MIB,
+            S3_MIN_PART,
+            S3_MAX_PART,
+        )?,
+        parts_in_flight: v.count(&raw.parts_in_flight, "parts_in_flight", 2, 64)?,
+    })
+}
+
+fn validate_azure(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<AzureSpec> {
+    let section = v.section;
+    let secret = |key, env_name, file| read_secret(v.source, section, key, env_name, file, env);
+    let key = secret("access_key", &raw.access_key_env, &raw.access_key_file)?;
+    let sas = secret("sas_token", &raw.sas_token_env, &raw.sas_token_file)?;
+    let conn = secret(
+        "connection_string",
+        &raw.connection_string_env,
+        &raw.connection_string_file,
+    )?;
+    let auth = match (key, sas, conn) {
+        (None, None, None) => AzureAuth::EntraId,
+        (Some((key, _)), None, None) => AzureAuth::AccountKey(key),
+        (None, Some((sas, _)), None) => AzureAuth::SasToken(sas),
+        (None, None, Some((conn, _))) => AzureAuth::ConnectionString(conn),
+        _ => {
+            return Err(v
+                .source
+                .error(
+                    v.raw,
+                    format!("[{section}] sets more than one of access_key_*, sas_token_*, connection_string_*"),
+                )
+                .with_hint("keep one; with none, Entra ID (managed identity, workload identity, Azure CLI) is used"));
+        }
+    };
+    let account = match (&raw.account, &auth) {
+        (Some(account), _) => account.get_ref().clone(),
+        // A connection string names its account.
+        (None, AzureAuth::ConnectionString(_)) => String::new(),
+        (None, _) => v.required(&raw.account, "account")?.get_ref().clone(),
+    };
+    Ok(AzureSpec {
+        account,
+        container: v.required(&raw.container, "container")?.get_ref().clone(),
+        prefix: v.prefix(&raw.prefix)?,
+        endpoint: v.endpoint(&raw.endpoint)?,
+        auth,
+        block_size: v.size(
+            &raw.block_size,
+            "block_size",
+            8 * MIB,
+            1024,
+            AZURE_MAX_BLOCK,
+        )?,
+        blocks_in_flight: v.count(&raw.blocks_in_flight, "blocks_in_flight", 2, 64)?,
+    })
+}
+
+fn validate_retry(v: &Validator, raw: &RawStorage) -> Result<Retry> {
+    let default = Retry::default();
+    let attempts = v.count(
+        &raw.retry_attempts,
+        "retry_attempts",
+        default.attempts as usize,
+        100,
+    )?;
+    Ok(Retry {
+        attempts: attempts as u32,
+        max_time: v
+            .duration(&raw.retry_max_time, "retry_max_time")?
+            .unwrap_or(default.max_time),
+        attempt_timeout: v
+            .duration(&raw.request_timeout, "request_timeout")?
+            .unwrap_or(default.attempt_timeout),
+        ..default
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("16MiB"), Some(16 * MIB));
+        assert_eq!(parse_size("8 MiB"), Some(8 * MIB));
+        assert_eq!(parse_size("64MB"), Some(64_000_000));
+        assert_eq!(parse_size("1024"), Some(1024));
+        for bad in ["", "MiB", "16 mb", "1.5GiB", "-1"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Downloads that survive a dropped connection: a reader that, when the body
+//! of a GET fails or stalls part-way, asks again from the byte it had reached.
+//!
+//! A restore of a large backup reads one object for a long time; without this a
+//! reset connection an hour in would fail the restore. The resumed request goes
+//! through the same [`Retry`] policy as every other request, and a resume that
+//! makes no progress counts against the attempt budget, so a server that always
+//! fails at the same byte still ends in an error.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::mpsc;
+
+use super::ObjectReader;
+use super::retry::Retry;
+use crate::error::{Error, Result};
+
+/// A backend's way to open one object from a byte offset (an HTTP Range request).
+#[async_trait]
+pub trait OpenAt: Send + Sync + 'static {
+    async fn open_at(&self, offset: u64) -> Result<ObjectReader>;
+}
+
+/// Chunks handed from the download task to the reader; with 64 KiB chunks this
+/// bounds the read-ahead at 256 KiB.
+const QUEUE: usize = 4;
+const CHUNK: usize = 64 * 1024;
+
+/// Opens the object (retrying the first request) and returns a reader that
+/// resumes on failures mid-stream. `what` names the object in messages.
+pub async fn open(source: Arc<dyn OpenAt>, retry: Retry, what: String) -> Result<ObjectReader> {
+    let first = retry.run(&what, || source.open_at(0)).await?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(download(source, first, retry, what, tx));
+    Ok(Box::pin(Resuming {
+        rx,
+        current: Bytes::new(),
+    }))
+}
+
+async fn download(
+    source: Arc<dyn OpenAt>,
+    mut reader: ObjectReader,
+    retry: Retry,
+    what: String,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+) {
+    let mut offset = 0u64;
+    let mut stalled_resumes = 0u32;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let failure = match tokio::time::timeout(retry.attempt_timeout, reader.read(&mut buf)).await
+        {
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) => {
+                offset += n as u64;
+                stalled_resumes = 0;
+                if tx
+                    .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
+                    return; // the reader was dropped
+                }
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no data for the length of request_timeout".to_owned(),
+        };
+        // Anything that breaks a body part-way is the network's doing; the
+        // reopened request reports a permanent cause (a deleted object) itself.
+        stalled_resumes += 1;
+        if stalled_resumes > retry.attempts {
+            let error = Error::storage(format!(
+                "{what}: the download failed at byte {offset} {} times without progress: {failure}",
+                retry.attempts
+            ));
+            let _ = tx.send(Err(io::Error::other(error))).await;
+            return;
+        }
+        tracing::warn!(object = %what, offset, error = %failure, "download interrupted, resuming");
+        match retry.run(&what, || source.open_at(offset)).await {
+            Ok(next) => reader = next,
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::other(e))).await;
+                return;
+            }
+        }
+    }
+}
+
+struct Resuming {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl AsyncRead for Resuming {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.current.is_empty() {
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())), // end of object
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(chunk))) => self.current = chunk,
+            }
+        }
+        let n = self.current.len().min(out.remaining());
+        let chunk = self.current.split_to(n);
+        out.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Serves `data`, but every body it hands out breaks after `break_after` bytes.
+    struct Flaky {
+        data: Vec<u8>,
+        break_after: usize,
+        opens: Mutex<Vec<u64>>,
+    }
+
+    #[async_trait]
+    impl OpenAt for Flaky {
+        async fn open_at(&self, offset: u64) -> Result<ObjectReader> {
+            self.opens.lock().unwrap().push(offset);
+            let start = offset as usize;
+            let end = (start + self.break_after).min(self.data.len());
+            let body = std::io::Cursor::new(self.data[start..end].to_vec());
+            let broken = end < self.data.len();
+            let tail: ObjectReader = if broken {
+                Box::pin(FailingRead)
+            } else {
+                Box::pin(tokio::io::empty())
+            };
+            Ok(Box::pin(body.chain(tail)))
+        }
+    }
+
+    struct FailingRead;
+    impl AsyncRead for FailingRead {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::Error::from(io::ErrorKind::ConnectionReset)))
+        }
+    }
+
+    fn retry() -> Retry {
+        Retry {
+            attempts: 3,
+            first_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            ..Retry::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_is_resumed_from_its_offset() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let source = Arc::new(Flaky {
+            data: data.clone(),
+            break_after: 100_000,
+            opens: Mutex::default(),
+        });
+        let mut reader = open(source.clone(), retry(), "obj".into()).await.unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "bytes differ after resuming");
+        assert_eq!(*source.opens.lock().unwrap(), vec![0, 100_000, 200_000]);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_progresses_fails_after_the_budget() {
+        let source = Arc::new(Flaky {
+            data: vec![7; 1000],
+            break_after: 0,
+            opens: Mutex::default(),
+        });
+        let mut reader = open(source, retry(), "obj".into()).await.unwrap();
+        let err = reader.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert!(err.to_string().contains("without progress"), "{err}");
+    }
+}

@@ -1,0 +1,689 @@
+//! Amazon S3 and S3-compatible services (MinIO, Ceph, moto) through aws-sdk-s3.
+//!
+//! Writes stream as a multipart upload: the writer fills one part at a time,
+//! sends it while filling the next, and keeps at most `parts_in_flight` parts
+//! being sent, so memory stays at part size × (in flight + 1). Each part is
+//! retried from its buffer by the shared [`Retry`] layer (the SDK's own retries
+//! are off, so there is one policy with one budget). The upload is completed in
+//! `finish` and aborted on any failure, on `abort` and on drop: an unfinished
+//! backup leaves no object, and no parts billed forever. An object smaller than
+//! one part is sent with a single PUT.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
+    StorageClass,
+};
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::resume::{self, OpenAt};
+use super::retry::Retry;
+use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage, part_size};
+use crate::error::{Error, Kind, Result};
+use crate::model::{S3Spec, Sse};
+
+/// S3 allows at most this many parts in one upload.
+const MAX_PARTS: u32 = 10_000;
+/// Parts sent at one size before the size doubles: with 16 MiB parts the first
+/// 1,000 parts hold 16 GiB, and nine doublings reach 5 TiB, S3's object limit.
+const PARTS_PER_STEP: u32 = 1_000;
+/// S3's largest part.
+const MAX_PART_SIZE: u64 = 5 << 30;
+/// DeleteObjects takes at most this many keys.
+const DELETE_BATCH: usize = 1_000;
+
+#[derive(Clone)]
+pub struct S3Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    client: Client,
+    spec: S3Spec,
+    retry: Retry,
+}
+
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The spec's Debug redacts its keys.
+        f.debug_struct("S3Storage")
+            .field("name", &self.inner.name)
+            .field("spec", &self.inner.spec)
+            .finish()
+    }
+}
+
+impl S3Storage {
+    /// Builds the client: static keys from the job file, else the standard AWS
+    /// chain (environment, profile, web identity, ECS/instance metadata).
+    pub async fn connect(name: &str, spec: &S3Spec, retry: Retry) -> Result<S3Storage> {
+        use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
+
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .build(),
+            );
+        if let Some(region) = &spec.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(keys) = &spec.keys {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                keys.access_key_id.clone(),
+                keys.secret_access_key.expose().to_owned(),
+                keys.session_token.as_ref().map(|t| t.expose().to_owned()),
+                None,
+                "job file",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(spec.path_style);
+        if let Some(endpoint) = &spec.endpoint {
+            config = config.endpoint_url(endpoint);
+            if shared.region().is_none() {
+                // S3-compatibles ignore the region, but the signer needs one.
+                config = config.region(Region::new("us-east-1"));
+            }
+        } else if shared.region().is_none() {
+            return Err(Error::config(format!(
+                "storage {name}: no AWS region for bucket {}",
+                spec.bucket
+            ))
+            .with_hint("set region = \"...\" in the storage, or AWS_REGION in the environment"));
+        }
+        Ok(S3Storage {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                client: Client::from_conf(config.build()),
+                spec: spec.clone(),
+                retry,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn full_key(&self, key: &str) -> String {
+        match &self.spec.prefix {
+            Some(prefix) => format!("{prefix}/{key}"),
+            None => key.to_owned(),
+        }
+    }
+
+    fn what(&self, action: &str, key: &str) -> String {
+        format!("storage {}: {action} {key}", self.name)
+    }
+
+    /// Turns an SDK error into ours: the backend's code and message, whether a
+    /// retry may help, and a hint for the failures an operator can fix.
+    fn error<E>(
+        &self,
+        what: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let code = err.code().unwrap_or_default().to_owned();
+        let detail = match (&err, err.message()) {
+            (SdkError::ServiceError(_), Some(message)) if !code.is_empty() => {
+                format!("{code}: {message}")
+            }
+            (SdkError::ServiceError(_), _) if !code.is_empty() => code.clone(),
+            (SdkError::ServiceError(_), _) => match status {
+                Some(status) => format!("HTTP {status}"),
+                None => "the service returned an error".to_owned(),
+            },
+            (SdkError::DispatchFailure(_), _) => format!(
+                "could not reach the service: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&err)
+            ),
+            (SdkError::TimeoutError(_), _) => "the request timed out".to_owned(),
+            (SdkError::ResponseError(_), _) => "the response was cut off or malformed".to_owned(),
+            _ => aws_sdk_s3::error::DisplayErrorContext(&err).to_string(),
+        };
+        let message = format!("{what}: {detail}");
+        let temporary = match &err {
+            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+            SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout() || d.is_other(),
+            SdkError::ServiceError(_) => {
+                matches!(status, Some(408 | 429 | 500..=599))
+                    || matches!(
+                        code.as_str(),
+                        "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable"
+                    )
+            }
+            _ => false,
+        };
+        let not_found = matches!(code.as_str(), "NoSuchKey" | "NoSuchBucket" | "NotFound")
+            || (status == Some(404) && code != "NoSuchUpload");
+        let mut error = Error::new(
+            if not_found {
+                Kind::NotFound
+            } else {
+                Kind::Storage
+            },
+            message,
+        );
+        if temporary {
+            error = error.temporary();
+        }
+        let hint = match (code.as_str(), status) {
+            ("NoSuchBucket", _) => Some(format!(
+                "create the bucket {} or fix `bucket` in the job file",
+                self.spec.bucket
+            )),
+            (
+                "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken",
+                _,
+            ) => Some(
+                "the credentials were rejected: check the access key id and secret (or the \
+                 session token's expiry)"
+                    .to_owned(),
+            ),
+            ("AccessDenied", _) | (_, Some(403)) => Some(format!(
+                "the credentials lack permission: allow s3:PutObject, s3:GetObject, \
+                 s3:ListBucket, s3:DeleteObject and s3:AbortMultipartUpload on bucket {}",
+                self.spec.bucket
+            )),
+            _ if matches!(&err, SdkError::DispatchFailure(_)) => Some(
+                "check `endpoint`, the network path to it, and that credentials can be found \
+                 (static keys in the job file, or the AWS credential chain)"
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+        match hint {
+            Some(hint) => error.with_hint(hint),
+            None => error,
+        }
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes) -> Result<()> {
+        let what = self.what("upload", key);
+        let full = self.full_key(key);
+        self.retry
+            .run(&what, || async {
+                let mut put = self
+                    .client
+                    .put_object()
+                    .bucket(&self.spec.bucket)
+                    .key(&full)
+                    .body(ByteStream::from(body.clone()));
+                if let Some(class) = &self.spec.storage_class {
+                    put = put.storage_class(StorageClass::from(class.as_str()));
+                }
+                match &self.spec.sse {
+                    Some(Sse::Aes256) => {
+                        put = put.server_side_encryption(ServerSideEncryption::Aes256)
+                    }
+                    Some(Sse::Kms { key_id }) => {
+                        put = put
+                            .server_side_encryption(ServerSideEncryption::AwsKms)
+                            .set_ssekms_key_id(key_id.clone())
+                    }
+                    None => {}
+                }
+                put.send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error(&what, e))
+            })
+            .await
+    }
+
+    async fn create_upload(&self, key: &str) -> Result<String> {
+        let what = self.what("start upload of", key);
+        let full = self.full_key(key);
+        let output = self
+            .retry
+            .run(&what, || async {
+                let mut create = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.spec.bucket)
+                    .key(&full);
+                if let Some(class) = &self.spec.storage_class {
+                    create = create.storage_class(StorageClass::from(class.as_str()));
+                }
+                match &self.spec.sse {
+                    Some(Sse::Aes256) => {
+                        create = create.server_side_encryption(ServerSideEncryption::Aes256)
+                    }
+                    Some(Sse::Kms { key_id }) => {
+                        create = create
+                            .server_side_encryption(ServerSideEncryption::AwsKms)
+                            .set_ssekms_key_id(key_id.clone())
+                    }
+                    None => {}
+                }
+                create.send().await.map_err(|e| self.error(&what, e))
+            })
+            .await?;
+        output
+            .upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::storage(format!("{what}: the service returned no upload id")))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Bytes,
+    ) -> Result<CompletedPart> {
+        let what = format!("{} (part {number})", self.what("upload", key));
+        let full = self.full_key(key);
+        let output = self
+            .retry
+            .run(&what, || async {
+                self.client
+                    .upload_part()
+                    .bucket(&self.spec.bucket)
+                    .key(&full)
+                    .upload_id(upload_id)
+                    .part_number(number as i32)
+                    .body(ByteStream::from(body.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| self.error(&what, e))
+            })
+            .await?;
+        Ok(CompletedPart::builder()
+            .part_number(number as i32)
+            .set_e_tag(output.e_tag().map(str::to_owned))
+            .set_checksum_crc32(output.checksum_crc32().map(str::to_owned))
+            .set_checksum_crc32_c(output.checksum_crc32_c().map(str::to_owned))
+            .set_checksum_crc64_nvme(output.checksum_crc64_nvme().map(str::to_owned))
+            .set_checksum_sha1(output.checksum_sha1().map(str::to_owned))
+            .set_checksum_sha256(output.checksum_sha256().map(str::to_owned))
+            .build())
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<()> {
+        let what = self.what("complete upload of", key);
+        let full = self.full_key(key);
+        let upload = CompletedMultipartUpload::builder()
+            .set_parts(Some(parts))
+            .build();
+        self.retry
+            .run(&what, || async {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.spec.bucket)
+                    .key(&full)
+                    .upload_id(upload_id)
+                    .multipart_upload(upload.clone())
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error(&what, e))
+            })
+            .await
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        let what = self.what("abort upload of", key);
+        let full = self.full_key(key);
+        let result = self
+            .retry
+            .run(&what, || async {
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.spec.bucket)
+                    .key(&full)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error(&what, e))
+            })
+            .await;
+        match result {
+            // Already aborted or completed elsewhere: nothing is left.
+            Err(e) if e.message().contains("NoSuchUpload") => Ok(()),
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(S3Writer {
+            inner: self.inner.clone(),
+            key: key.as_str().to_owned(),
+            buf: BytesMut::new(),
+            upload: None,
+            parts: Vec::new(),
+            in_flight: JoinSet::new(),
+            next_part: 1,
+            size: 0,
+        }))
+    }
+
+    async fn reader(&self, key: &Key) -> Result<ObjectReader> {
+        let source = Arc::new(Get {
+            inner: self.inner.clone(),
+            key: key.as_str().to_owned(),
+        });
+        let what = self.inner.what("download", key.as_str());
+        resume::open(source, self.inner.retry, what).await
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {
+        let inner = &self.inner;
+        let what = inner.what("list", prefix.as_str());
+        let full_prefix = format!("{}/", inner.full_key(prefix.as_str()));
+        let strip = inner.spec.prefix.as_ref().map_or(0, |p| p.len() + 1);
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = inner
+                .retry
+                .run(&what, || async {
+                    inner
+                        .client
+                        .list_objects_v2()
+                        .bucket(&inner.spec.bucket)
+                        .prefix(&full_prefix)
+                        .set_continuation_token(token.clone())
+                        .send()
+                        .await
+                        .map_err(|e| inner.error(&what, e))
+                })
+                .await?;
+            for object in page.contents() {
+                let Some(full) = object.key() else { continue };
+                // Keys that are not ours (written by another tool) are skipped.
+                match full.get(strip..).map(Key::new) {
+                    Some(Ok(key)) => objects.push(ObjectInfo {
+                        key,
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                    }),
+                    _ => {
+                        tracing::debug!(key = full, "skipping a key that is not a valid object key")
+                    }
+                }
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<()> {
+        let inner = &self.inner;
+        let what = inner.what("delete", key.as_str());
+        let full = inner.full_key(key.as_str());
+        inner
+            .retry
+            .run(&what, || async {
+                inner
+                    .client
+                    .delete_object()
+                    .bucket(&inner.spec.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| inner.error(&what, e))
+            })
+            .await
+    }
+
+    async fn delete_many(&self, keys: &[Key]) -> Result<()> {
+        let inner = &self.inner;
+        for batch in keys.chunks(DELETE_BATCH) {
+            let what = inner.what(
+                &format!("delete {} objects from", batch.len()),
+                batch.first().map_or("", |k| k.as_str()),
+            );
+            let objects = batch
+                .iter()
+                .map(|k| {
+                    ObjectIdentifier::builder()
+                        .key(inner.full_key(k.as_str()))
+                        .build()
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::internal(format!("{what}: {e}")))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::internal(format!("{what}: {e}")))?;
+            let output = inner
+                .retry
+                .run(&what, || async {
+                    inner
+                        .client
+                        .delete_objects()
+                        .bucket(&inner.spec.bucket)
+                        .delete(delete.clone())
+                        .send()
+                        .await
+                        .map_err(|e| inner.error(&what, e))
+                })
+                .await?;
+            if let Some(failed) = output.errors().first() {
+                return Err(Error::storage(format!(
+                    "{what}: {} of them could not be deleted, first {}: {}",
+                    output.errors().len(),
+                    failed.key().unwrap_or("?"),
+                    failed
+                        .message()
+                        .or(failed.code())
+                        .unwrap_or("no reason given")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A GET from a byte offset, for the resuming reader.
+struct Get {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+#[async_trait]
+impl OpenAt for Get {
+    async fn open_at(&self, offset: u64) -> Result<ObjectReader> {
+        let inner = &self.inner;
+        let what = inner.what("download", &self.key);
+        let mut get = inner
+            .client
+            .get_object()
+            .bucket(&inner.spec.bucket)
+            .key(inner.full_key(&self.key));
+        if offset > 0 {
+            get = get.range(format!("bytes={offset}-"));
+        }
+        let output = get.send().await.map_err(|e| inner.error(&what, e))?;
+        Ok(Box::pin(output.body.into_async_read()))
+    }
+}
+
+struct S3Writer {
+    inner: Arc<Inner>,
+    key: String,
+    buf: BytesMut,
+    /// The multipart upload, once more than one part's worth was written.
+    upload: Option<String>,
+    parts: Vec<CompletedPart>,
+    in_flight: JoinSet<Result<CompletedPart>>,
+    next_part: u32,
+    size: u64,
+}
+
+impl S3Writer {
+    fn current_part_size(&self) -> usize {
+        part_size(
+            self.inner.spec.part_size,
+            self.next_part - 1,
+            PARTS_PER_STEP,
+            MAX_PART_SIZE,
+        ) as usize
+    }
+
+    /// Sends the first `len` buffered bytes as the next part, waiting first if
+    /// the in-flight limit is reached.
+    async fn send_part(&mut self, len: usize) -> Result<()> {
+        if self.next_part > MAX_PARTS {
+            return Err(Error::storage(format!(
+                "{}: the object needs more than {MAX_PARTS} parts",
+                self.inner.what("upload", &self.key)
+            ))
+            .with_hint("raise part_size in the storage's settings"));
+        }
+        let upload_id = match &self.upload {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.inner.create_upload(&self.key).await?;
+                self.upload = Some(id.clone());
+                id
+            }
+        };
+        while self.in_flight.len() >= self.inner.spec.parts_in_flight {
+            self.collect_one().await?;
+        }
+        let body = self.buf.split_to(len).freeze();
+        let number = self.next_part;
+        self.next_part += 1;
+        let inner = self.inner.clone();
+        let key = self.key.clone();
+        self.in_flight
+            .spawn(async move { inner.upload_part(&key, &upload_id, number, body).await });
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<()> {
+        match self.in_flight.join_next().await {
+            Some(Ok(Ok(part))) => {
+                self.parts.push(part);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(join)) => Err(Error::internal(format!(
+                "{}: a part upload stopped: {join}",
+                self.inner.what("upload", &self.key)
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    async fn complete(&mut self) -> Result<u64> {
+        if self.upload.is_none() {
+            let body = std::mem::take(&mut self.buf).freeze();
+            self.inner.put_object(&self.key, body).await?;
+            return Ok(self.size);
+        }
+        if !self.buf.is_empty() {
+            self.send_part(self.buf.len()).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.sort_by_key(|p| p.part_number());
+        let upload_id = self.upload.clone().unwrap_or_default();
+        self.inner
+            .complete_upload(&self.key, &upload_id, parts)
+            .await?;
+        self.upload = None;
+        Ok(self.size)
+    }
+
+    async fn discard(&mut self) -> Result<()> {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        match self.upload.take() {
+            Some(id) => self.inner.abort_upload(&self.key, &id).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(chunk);
+        self.size += chunk.len() as u64;
+        loop {
+            let part = self.current_part_size();
+            // Keep a full part back until more arrives: the last part may be
+            // short, but only the last, and an object of exactly one part then
+            // goes as a single PUT.
+            if self.buf.len() <= part {
+                return Ok(());
+            }
+            self.send_part(part).await?;
+        }
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        match self.complete().await {
+            Ok(size) => Ok(size),
+            Err(e) => {
+                if let Err(abort) = self.discard().await {
+                    tracing::warn!(error = %abort, "could not abort a failed upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.discard().await
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // Dropped unfinished (a cancelled task, a panic): abort in the
+        // background so the parts are not kept, and billed, forever.
+        if let Some(upload_id) = self.upload.take() {
+            self.in_flight.abort_all();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let inner = self.inner.clone();
+                let key = self.key.clone();
+                runtime.spawn(async move {
+                    if let Err(e) = inner.abort_upload(&key, &upload_id).await {
+                        tracing::warn!(error = %e, "could not abort an abandoned upload");
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The S3 and Azure Blob servers `scripts/test` starts (moto and Azurite on
+//! 127.0.0.1), and storage specs pointing at them. Tests that need a server
+//! fail with a clear message when it is missing: they are never skipped.
+
+use backup::model::{AzureAuth, AzureSpec, S3Keys, S3Spec, Secret, StorageKind, StorageSpec};
+use backup::storage::retry::Retry;
+
+/// moto accepts any keys; these are what the test job files use too.
+pub const S3_ACCESS_KEY_ID: &str = "backup-test-key";
+pub const S3_SECRET_ACCESS_KEY: &str = "backup-test-secret-8b2f";
+/// Azurite's well-known development account.
+pub const AZURE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+fn required(var: &str, server: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: this test needs the {server} server that scripts/test starts; \
+             run scripts/test, or start it yourself and export {var}"
+        )
+    })
+}
+
+pub fn s3_endpoint() -> String {
+    required("BACKUP_TEST_S3_ENDPOINT", "S3 (moto)")
+}
+
+pub fn azure_endpoint() -> String {
+    required("BACKUP_TEST_AZURE_ENDPOINT", "Azure Blob (Azurite)")
+}
+
+/// A name unique to this process and call, valid as a bucket or container name.
+pub fn unique_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Retries quick enough for tests that expect to exhaust them.
+pub fn test_retry() -> Retry {
+    Retry {
+        attempts: 6,
+        first_delay: std::time::Duration::from_millis(20),
+        max_delay: std::time::Duration::from_millis(200),
+        max_time: std::time::Duration::from_secs(60),
+        attempt_timeout: std::time::Duration::from_secs(60),
+    }
+}
+
+pub fn s3_spec_at(endpoint: &str, bucket: &str, part_size: u64) -> S3Spec {
+    S3Spec {
+        bucket: bucket.to_owned(),
+        prefix: Some("conformance".to_owned()),
+        region: Some("us-east-1".to_owned()),
+        endpoint: Some(endpoint.to_owned()),
+        path_style: true,
+        keys: Some(S3Keys {
+            access_key_id: S3_ACCESS_KEY_ID.to_owned(),
+            secret_access_key: Secret::new(S3_SECRET_ACCESS_KEY),
+            session_token: None,
+        }),
+        storage_class: None,
+        sse: None,
+        part_size,
+        parts_in_flight: 2,
+    }
+}
+
+/// Creates a bucket on the test S3 server and returns its name.
+pub async fn create_bucket(tag: &str) -> String {
+    let bucket = unique_name(tag);
+    let spec = s3_spec_at(&s3_endpoint(), &bucket, 5 << 20);
+    let client = s3_client(&spec).await;
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+    bucket
+}
+
+async fn s3_client(spec: &S3Spec) -> aws_sdk_s3::Client {
+    let keys = spec.keys.as_ref().expect("test specs carry keys");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(spec.endpoint.clone().expect("test endpoint"))
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            keys.access_key_id.clone(),
+            keys.secret_access_key.expose().to_owned(),
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Multipart uploads still open in a bucket (none after a clean abort).
+pub async fn open_uploads(bucket: &str) -> usize {
+    let spec = s3_spec_at(&s3_endpoint(), bucket, 5 << 20);
+    let out = s3_client(&spec)
+        .await
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list multipart uploads");
+    out.uploads().len()
+}
+
+pub fn s3_storage_spec(name: &str, endpoint: &str, bucket: &str) -> StorageSpec {
+    StorageSpec {
+        name: name.to_owned(),
+        kind: StorageKind::S3(s3_spec_at(endpoint, bucket, 5 << 20)),
+        retry: test_retry(),
+    }
+}
+
+pub fn azure_spec_at(endpoint: &str, container: &str, block_size: u64) -> AzureSpec {
+    AzureSpec {
+        account: AZURE_ACCOUNT.to_owned(),
+        container: container.to_owned(),
+        prefix: Some("conformance".to_owned()),
+        endpoint: Some(endpoint.to_owned()),
+        auth: AzureAuth::AccountKey(Secret::new(AZURE_KEY)),
+        block_size,
+        blocks_in_flight: 2,
+    }
+}

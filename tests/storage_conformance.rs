@@ -1,0 +1,285 @@
+//! One conformance suite run against every storage backend: memory, local,
+//! S3 (moto) and Azure Blob (Azurite). A backend passes when it keeps the
+//! contract in `src/storage/mod.rs`, whatever it is built on.
+
+mod common;
+
+use std::sync::Arc;
+
+use backup::error::Kind;
+use backup::storage::{Key, ObjectInfo, Storage};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use common::servers;
+
+const MIB: u64 = 1 << 20;
+
+/// A backend under test and the part (or block) size it was opened with, so
+/// the suite can write objects of exactly one part and one part plus a byte.
+struct Backend {
+    storage: Arc<dyn Storage>,
+    part: u64,
+    /// Keeps a local backend's directory alive for the test.
+    _dir: Option<tempfile::TempDir>,
+    bucket: Option<String>,
+}
+
+/// Deterministic bytes that do not compress to nothing and differ per seed.
+fn data(len: u64, seed: u64) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+fn key(text: &str) -> Key {
+    Key::new(text).expect("valid key")
+}
+
+async fn put(storage: &dyn Storage, k: &Key, bytes: &[u8]) -> u64 {
+    let mut writer = storage.writer(k).await.expect("writer");
+    // Uneven chunks, as the pipeline hands them over.
+    for chunk in bytes.chunks(200_003) {
+        writer.write(chunk).await.expect("write");
+    }
+    writer.finish().await.expect("finish")
+}
+
+async fn get(storage: &dyn Storage, k: &Key) -> Vec<u8> {
+    let mut reader = storage.reader(k).await.expect("reader");
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).await.expect("read");
+    bytes
+}
+
+async fn keys_under(storage: &dyn Storage, prefix: &str) -> Vec<ObjectInfo> {
+    storage.list(&key(prefix)).await.expect("list")
+}
+
+async fn round_trips_keep_every_byte(b: Backend) {
+    let sizes = [0, 1, b.part, b.part + 1, 50 * MIB];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let k = key(&format!("rt/obj-{size}"));
+        let bytes = data(size, i as u64);
+        let written = put(b.storage.as_ref(), &k, &bytes).await;
+        assert_eq!(written, size, "finish reports the size of {k}");
+        let read = get(b.storage.as_ref(), &k).await;
+        assert_eq!(read.len() as u64, size, "length of {k}");
+        assert_eq!(sha(&read), sha(&bytes), "sha256 of {k}");
+    }
+    let listed = keys_under(b.storage.as_ref(), "rt").await;
+    let sizes_listed: Vec<u64> = listed.iter().map(|o| o.size).collect();
+    assert_eq!(listed.len(), sizes.len(), "{listed:?}");
+    for size in sizes {
+        assert!(sizes_listed.contains(&size), "size {size} in {listed:?}");
+    }
+}
+
+async fn abort_and_drop_leave_nothing(b: Backend) {
+    let k = key("gone/aborted");
+    let mut writer = b.storage.writer(&k).await.unwrap();
+    writer
+        .write(&data(2 * b.part + 10, 1))
+        .await
+        .expect("write several parts");
+    writer.abort().await.expect("abort");
+
+    let k2 = key("gone/dropped");
+    let mut writer = b.storage.writer(&k2).await.unwrap();
+    writer.write(&data(2 * b.part + 10, 2)).await.unwrap();
+    drop(writer);
+
+    assert!(keys_under(b.storage.as_ref(), "gone").await.is_empty());
+    for k in [&k, &k2] {
+        let err = b.storage.reader(k).await.err().expect("nothing to read");
+        assert_eq!(err.kind(), Kind::NotFound, "{err}");
+    }
+}
+
+async fn listing_pages_through_2500_keys(b: Backend) {
+    use futures::StreamExt;
+    let storage = b.storage.clone();
+    futures::stream::iter(0..2500)
+        .map(|i| {
+            let storage = storage.clone();
+            async move {
+                put(storage.as_ref(), &key(&format!("many/{i:05}")), b"x").await;
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    // A sibling whose name shares the prefix's text must not be listed.
+    put(b.storage.as_ref(), &key("many-not/1"), b"y").await;
+    let listed = keys_under(b.storage.as_ref(), "many").await;
+    assert_eq!(listed.len(), 2500);
+    let expected: Vec<String> = (0..2500).map(|i| format!("many/{i:05}")).collect();
+    let got: Vec<&str> = listed.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(got, expected, "every key once, in key order");
+}
+
+async fn delete_removes_and_tolerates_missing(b: Backend) {
+    let k = key("del/one");
+    put(b.storage.as_ref(), &k, b"bytes").await;
+    b.storage.delete(&k).await.expect("delete");
+    assert!(keys_under(b.storage.as_ref(), "del").await.is_empty());
+    b.storage
+        .delete(&k)
+        .await
+        .expect("deleting a missing key is fine");
+
+    let many: Vec<Key> = (0..5).map(|i| key(&format!("del/many/{i}"))).collect();
+    for k in &many {
+        put(b.storage.as_ref(), k, b"z").await;
+    }
+    b.storage.delete_many(&many).await.expect("delete_many");
+    assert!(keys_under(b.storage.as_ref(), "del").await.is_empty());
+}
+
+async fn a_missing_key_is_not_found(b: Backend) {
+    let err = b
+        .storage
+        .reader(&key("nothing/here"))
+        .await
+        .err()
+        .expect("missing");
+    assert_eq!(err.kind(), Kind::NotFound, "{err}");
+    assert!(err.message().contains("nothing/here"), "{err}");
+    assert!(keys_under(b.storage.as_ref(), "nothing").await.is_empty());
+}
+
+async fn two_writers_at_once(b: Backend) {
+    let (ka, kb) = (key("two/a"), key("two/b"));
+    let (da, db) = (data(3 * b.part + 7, 10), data(2 * b.part + 3, 11));
+    let mut wa = b.storage.writer(&ka).await.unwrap();
+    let mut wb = b.storage.writer(&kb).await.unwrap();
+    let chunk = 300_007;
+    let (mut ca, mut cb) = (da.chunks(chunk), db.chunks(chunk));
+    loop {
+        let (a, bb) = (ca.next(), cb.next());
+        if a.is_none() && bb.is_none() {
+            break;
+        }
+        if let Some(a) = a {
+            wa.write(a).await.unwrap();
+        }
+        if let Some(bb) = bb {
+            wb.write(bb).await.unwrap();
+        }
+    }
+    let (ra, rb) = tokio::join!(wa.finish(), wb.finish());
+    assert_eq!(ra.unwrap(), da.len() as u64);
+    assert_eq!(rb.unwrap(), db.len() as u64);
+    assert_eq!(sha(&get(b.storage.as_ref(), &ka).await), sha(&da));
+    assert_eq!(sha(&get(b.storage.as_ref(), &kb).await), sha(&db));
+}
+
+macro_rules! conformance {
+    ($backend:ident) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn round_trips_keep_every_byte() {
+                super::round_trips_keep_every_byte(backends::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn abort_and_drop_leave_nothing() {
+                super::abort_and_drop_leave_nothing(backends::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn listing_pages_through_2500_keys() {
+                super::listing_pages_through_2500_keys(backends::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn delete_removes_and_tolerates_missing() {
+                super::delete_removes_and_tolerates_missing(backends::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_missing_key_is_not_found() {
+                super::a_missing_key_is_not_found(backends::$backend().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn two_writers_at_once() {
+                super::two_writers_at_once(backends::$backend().await).await;
+            }
+        }
+    };
+}
+
+mod backends {
+    use super::*;
+    use backup::model::{StorageKind, StorageSpec};
+
+    pub async fn memory() -> Backend {
+        Backend {
+            storage: Arc::new(backup::storage::MemoryStorage::new("mem")),
+            part: MIB,
+            _dir: None,
+            bucket: None,
+        }
+    }
+
+    pub async fn local() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        Backend {
+            storage: Arc::new(backup::storage::LocalStorage::new("disk", dir.path())),
+            part: MIB,
+            _dir: Some(dir),
+            bucket: None,
+        }
+    }
+
+    pub async fn s3() -> Backend {
+        let bucket = servers::create_bucket("conformance").await;
+        let part = 5 * MIB; // S3's smallest part
+        let spec = StorageSpec {
+            name: "s3".to_owned(),
+            kind: StorageKind::S3(servers::s3_spec_at(&servers::s3_endpoint(), &bucket, part)),
+            retry: servers::test_retry(),
+        };
+        Backend {
+            storage: backup::storage::open(&spec).await.expect("open s3"),
+            part,
+            _dir: None,
+            bucket: Some(bucket),
+        }
+    }
+}
+
+conformance!(memory);
+conformance!(local);
+conformance!(s3);
+
+/// S3 only: an aborted or dropped multipart upload leaves no upload open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_aborted_uploads_leave_no_parts() {
+    let b = backends::s3().await;
+    let bucket = b.bucket.clone().expect("an s3 backend has a bucket");
+    let mut writer = b.storage.writer(&key("parts/a")).await.unwrap();
+    writer.write(&data(3 * b.part, 5)).await.unwrap();
+    writer.abort().await.unwrap();
+    let mut writer = b.storage.writer(&key("parts/b")).await.unwrap();
+    writer.write(&data(3 * b.part, 6)).await.unwrap();
+    drop(writer);
+    // The drop aborts in the background.
+    for _ in 0..100 {
+        if servers::open_uploads(&bucket).await == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("multipart uploads left open in {bucket}");
+}
