@@ -92,8 +92,18 @@ impl Engine {
         for job in jobs {
             let JobKind::Backup(spec) = &job.kind;
             let mut listed: Vec<ListedBackup> = Vec::new();
-            for storage in self.storages_of(spec).await? {
-                let listing = catalog::list(storage.as_ref(), &job.name).await?;
+            let storages = self.storages_of(spec).await?;
+            let mut unreachable = Vec::new();
+            for storage in &storages {
+                // One storage down must not hide the backups in the others.
+                let listing = match catalog::list(storage.as_ref(), &job.name).await {
+                    Ok(listing) => listing,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        unreachable.push(e);
+                        continue;
+                    }
+                };
                 for problem in listing.unreadable {
                     tracing::warn!("{problem}");
                 }
@@ -106,6 +116,11 @@ impl Engine {
                         }),
                     }
                 }
+            }
+            if unreachable.len() == storages.len()
+                && let Some(e) = unreachable.into_iter().next()
+            {
+                return Err(e);
             }
             listed.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id));
             out.push((job, listed));

@@ -57,6 +57,8 @@ pub struct Error {
     message: String,
     hint: Option<String>,
     temporary: bool,
+    /// Already printed where it happened; only the exit code is left to give.
+    reported: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -69,6 +71,7 @@ impl Error {
             message: message.into(),
             hint: None,
             temporary: false,
+            reported: false,
             source: None,
         }
     }
@@ -115,6 +118,16 @@ impl Error {
     pub fn temporary(mut self) -> Self {
         self.temporary = true;
         self
+    }
+
+    /// Marks the error as printed already, so `main` only turns it into the exit code.
+    pub fn reported(mut self) -> Self {
+        self.reported = true;
+        self
+    }
+
+    pub fn is_reported(&self) -> bool {
+        self.reported
     }
 
     /// Prefixes the message with context, keeping kind, hint and cause.

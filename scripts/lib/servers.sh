@@ -38,6 +38,7 @@ ensure_azurite() {
 # _wait_http NAME URL LOG: until anything answers on URL (any HTTP status).
 _wait_http() {
     local name=$1 url=$2 log=$3 i
+    command -v curl >/dev/null || apt_install curl ca-certificates
     for i in $(seq 1 100); do
         if curl -s -o /dev/null "$url"; then return 0; fi
         sleep 0.2

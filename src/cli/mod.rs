@@ -72,7 +72,9 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            crate::report::print_error(&e);
+            if !e.is_reported() {
+                crate::report::print_error(&e);
+            }
             ExitCode::from(e.exit_code())
         }
     }

@@ -73,7 +73,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     }
     match first_error {
         // Already printed; the exit code is what is left to say.
-        Some(e) => Err(e),
+        Some(e) => Err(e.reported()),
         None => Ok(()),
     }
 }

@@ -44,7 +44,16 @@ pub async fn run(
     let pg_dump = pg::tool_path(db, "pg_dump", server.major);
     let pg_dump_version = pg::require_tool_at_least(&pg_dump, &server)?;
 
-    let id = unused_id(storages, &job.name, started_at).await?;
+    // A storage that cannot be listed or written is reported as failed, and
+    // the backup goes on to the others.
+    let mut failed = Vec::new();
+    let id = unused_id(storages, &job.name, started_at, &mut failed).await?;
+    let storages: Vec<Arc<dyn Storage>> = storages
+        .iter()
+        .filter(|s| !failed.iter().any(|(name, _)| name == s.name()))
+        .cloned()
+        .collect();
+    let storages = storages.as_slice();
     let prefix = catalog::backup_prefix(&job.name, &id)?;
     tracing::info!(
         "job {}: backing up database {} ({}, PostgreSQL {}) as {id}",
@@ -96,7 +105,6 @@ pub async fn run(
     let tables = tables?;
     pg::end_snapshot(&conn).await?;
 
-    let mut failed = Vec::new();
     let mut healthy = keep_delivered(storages, deliveries, &mut failed);
     let mut objects = vec![ManifestObject {
         key: data_name,
@@ -175,13 +183,24 @@ async fn unused_id(
     storages: &[Arc<dyn Storage>],
     job: &str,
     at: jiff::Timestamp,
+    failed: &mut Vec<(String, Error)>,
 ) -> Result<BackupId> {
     for suffix in 0..1000 {
         let id = BackupId::from_start(at, suffix);
         let prefix = catalog::backup_prefix(job, &id)?;
         let mut used = false;
         for storage in storages {
-            used |= !storage.list(&prefix).await?.is_empty();
+            if failed.iter().any(|(name, _)| name == storage.name()) {
+                continue;
+            }
+            match storage.list(&prefix).await {
+                Ok(objects) => used |= !objects.is_empty(),
+                Err(e) => failed.push((storage.name().to_owned(), e)),
+            }
+        }
+        if failed.len() == storages.len() {
+            let (_, e) = failed.remove(0);
+            return Err(e);
         }
         if !used {
             return Ok(id);

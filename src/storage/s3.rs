@@ -167,8 +167,10 @@ impl Inner {
             }
             _ => false,
         };
-        let not_found = matches!(code.as_str(), "NoSuchKey" | "NoSuchBucket" | "NotFound")
-            || (status == Some(404) && code != "NoSuchUpload");
+        // A missing object is NotFound; a missing bucket is a storage that is
+        // set up wrong, which every operation meets, so it stays a storage error.
+        let not_found = matches!(code.as_str(), "NoSuchKey" | "NotFound")
+            || (status == Some(404) && !matches!(code.as_str(), "NoSuchUpload" | "NoSuchBucket"));
         let mut error = Error::new(
             if not_found {
                 Kind::NotFound

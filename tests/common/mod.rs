@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod servers;
 
 use std::collections::BTreeMap;
@@ -296,15 +297,28 @@ impl Setup {
     }
 
     pub fn with_cluster(cluster: Cluster, extra_db: &str, extra_job: &str) -> Setup {
+        Setup::with_storages(cluster, extra_db, "", &["disk"], extra_job)
+    }
+
+    /// Like [`Setup::with_cluster`], with more `[storages.*]` sections (TOML)
+    /// beside `disk`, and the job writing to `storages`.
+    pub fn with_storages(
+        cluster: Cluster,
+        extra_db: &str,
+        extra_storages: &str,
+        storages: &[&str],
+        extra_job: &str,
+    ) -> Setup {
         let work = tempfile::Builder::new()
             .prefix("backup-test-")
             .tempdir()
             .unwrap();
         let backups = work.path().join("backups");
         let config = work.path().join("backup.toml");
+        let names: Vec<String> = storages.iter().map(|s| format!("\"{s}\"")).collect();
         std::fs::write(&config, format!(
-            "timezone = \"Asia/Tokyo\"\n\n[databases.app]\nurl = \"{}\"\npassword_file = \"{}\"\n{extra_db}\n\n[storages.disk]\ntype = \"local\"\npath = \"{}\"\n\n[jobs.nightly]\ntype = \"backup\"\ndatabase = \"app\"\nstorages = [\"disk\"]\n{extra_job}\n",
-            cluster.url("app"), cluster.password_file.display(), backups.display()
+            "timezone = \"Asia/Tokyo\"\n\n[databases.app]\nurl = \"{}\"\npassword_file = \"{}\"\n{extra_db}\n\n[storages.disk]\ntype = \"local\"\npath = \"{}\"\n\n{extra_storages}\n\n[jobs.nightly]\ntype = \"backup\"\ndatabase = \"app\"\nstorages = [{}]\n{extra_job}\n",
+            cluster.url("app"), cluster.password_file.display(), backups.display(), names.join(", ")
         )).unwrap();
         Setup {
             cluster,
@@ -317,9 +331,16 @@ impl Setup {
     /// Runs `backup --config <job file> ARGS`, never on a terminal, with a
     /// temp dir of this test's own (see [`Setup::temp_files`]).
     pub fn backup(&self, args: &[&str]) -> Run {
+        self.backup_with(args, &[])
+    }
+
+    /// [`Setup::backup`] with more environment variables (storage keys).
+    pub fn backup_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let tmp = self.work.path().join("tmp");
         std::fs::create_dir_all(&tmp).unwrap();
-        run_backup_with(&self.config, args, &[("TMPDIR", tmp.to_str().unwrap())])
+        let mut all = vec![("TMPDIR", tmp.to_str().unwrap())];
+        all.extend_from_slice(env);
+        run_backup_with(&self.config, args, &all)
     }
 
     /// What the runs of this test left in their temp dir.

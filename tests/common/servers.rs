@@ -135,3 +135,57 @@ pub fn azure_spec_at(endpoint: &str, container: &str, block_size: u64) -> AzureS
         blocks_in_flight: 2,
     }
 }
+
+/// Every key in a bucket, listed straight from the server (no proxy, no prefix).
+pub async fn bucket_keys(bucket: &str) -> Vec<String> {
+    let spec = s3_spec_at(&s3_endpoint(), bucket, 5 << 20);
+    let client = s3_client(&spec).await;
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .expect("list bucket");
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+        match page.next_continuation_token() {
+            Some(next) => token = Some(next.to_owned()),
+            None => return keys,
+        }
+    }
+}
+
+/// Runs a future to completion from a synchronous test.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// A `[storages.NAME]` section for the test S3 server at `endpoint` (the
+/// server itself, or a proxy in front of it), keys from the environment that
+/// [`s3_env`] sets.
+pub fn s3_section(name: &str, endpoint: &str, bucket: &str, extra: &str) -> String {
+    format!(
+        "[storages.{name}]\ntype = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"prod/db\"\n\
+         region = \"us-east-1\"\nendpoint = \"{endpoint}\"\npath_style = true\n\
+         access_key_id_env = \"TEST_S3_ACCESS_KEY_ID\"\n\
+         secret_access_key_env = \"TEST_S3_SECRET_ACCESS_KEY\"\npart_size = \"5MiB\"\n{extra}\n"
+    )
+}
+
+pub fn s3_env() -> [(&'static str, &'static str); 2] {
+    [
+        ("TEST_S3_ACCESS_KEY_ID", S3_ACCESS_KEY_ID),
+        ("TEST_S3_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY),
+    ]
+}

@@ -1,0 +1,269 @@
+//! End to end through the remote backends: backup, list, `restore --at` via
+//! S3 (moto) and Azure Blob (Azurite), a job writing to two storages, a fresh
+//! host restoring from nothing but the job file, and a flaky or dead network
+//! between `backup` and the server (tests/common/proxy.rs).
+
+mod common;
+
+use common::proxy::{FaultProxy, Faults};
+use common::servers::{self, block_on};
+use common::{Cluster, Setup};
+
+fn s3_setup(endpoint: &str, bucket: &str, storages: &[&str], extra: &str) -> Setup {
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    let section = servers::s3_section("s3", endpoint, bucket, extra);
+    Setup::with_storages(cluster, "", &section, storages, "")
+}
+
+fn run_ok(setup: &Setup, args: &[&str]) -> common::Run {
+    let run = setup.backup_with(args, &servers::s3_env());
+    assert!(run.ok(), "{}", run.all());
+    run
+}
+
+fn listed(setup: &Setup) -> Vec<serde_json::Value> {
+    let run = run_ok(setup, &["--json", "list", "--job", "nightly"]);
+    serde_json::from_str(&run.stdout).expect("list --json prints JSON")
+}
+
+fn id_of(backup: &serde_json::Value) -> String {
+    backup["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn s3_backup_list_restore_at_and_a_fresh_host_restores_everything() {
+    let bucket = block_on(servers::create_bucket("e2e"));
+    let setup = s3_setup(&servers::s3_endpoint(), &bucket, &["s3"], "");
+    run_ok(&setup, &["run", "nightly"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    setup.cluster.psql(
+        "app",
+        "INSERT INTO \"Audit Log\".\"Entries\" VALUES ('after the first backup', now())",
+    );
+    run_ok(&setup, &["run", "nightly"]);
+
+    let backups = listed(&setup);
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let (second, first) = (id_of(&backups[0]), id_of(&backups[1]));
+    assert_eq!(backups[0]["storages"], serde_json::json!(["s3"]));
+    let keys = block_on(servers::bucket_keys(&bucket));
+    for name in ["data.dump.zst", "globals.sql.zst", "manifest.json"] {
+        let key = format!("prod/db/nightly/{first}/{name}");
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+    assert!(
+        !setup.backups.join("nightly").exists(),
+        "nothing went to the local disk"
+    );
+
+    // --at a time between the two snapshots picks the first.
+    let t1: jiff::Timestamp = backups[1]["snapshot_at"].as_str().unwrap().parse().unwrap();
+    let between = jiff::Timestamp::from_second(t1.as_second() + 1).unwrap();
+    let at = between
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap())
+        .strftime("%Y-%m-%d %H:%M:%S JST")
+        .to_string();
+    let run = run_ok(
+        &setup,
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--at",
+            &at,
+            "--target-db",
+            "at_first",
+        ],
+    );
+    assert!(
+        run.stderr.contains(&format!("selected backup {first}")),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        setup
+            .cluster
+            .psql("at_first", "SELECT count(*) FROM \"Audit Log\".\"Entries\""),
+        "2"
+    );
+
+    // A fresh host: only the job file, copied elsewhere, and the credentials.
+    let host = tempfile::tempdir().unwrap();
+    let config = host.path().join("jobs.toml");
+    std::fs::copy(&setup.config, &config).unwrap();
+    let home = host.path().to_str().unwrap();
+    let mut env = servers::s3_env().to_vec();
+    env.extend([("HOME", home), ("TMPDIR", home)]);
+    let run = common::run_backup_with(&config, &["--json", "list"], &env);
+    assert!(run.ok(), "{}", run.all());
+    let fresh: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    let ids: Vec<String> = fresh.iter().map(id_of).collect();
+    assert_eq!(ids, vec![second.clone(), first.clone()]);
+    for (id, db) in [(&first, "fresh_first"), (&second, "fresh_second")] {
+        let run = common::run_backup_with(
+            &config,
+            &["restore", "--job", "nightly", "--id", id, "--target-db", db],
+            &env,
+        );
+        assert!(run.ok(), "{}", run.all());
+    }
+    assert_eq!(
+        setup.cluster.table_digests("fresh_second"),
+        setup.cluster.table_digests("app"),
+        "the newest backup restores to the data as it is now"
+    );
+}
+
+#[test]
+fn two_storages_hold_the_same_backup_and_a_failing_one_is_named() {
+    let bucket = block_on(servers::create_bucket("two"));
+    let setup = s3_setup(&servers::s3_endpoint(), &bucket, &["disk", "s3"], "");
+    run_ok(&setup, &["run", "nightly"]);
+    let backups = listed(&setup);
+    assert_eq!(backups[0]["storages"], serde_json::json!(["disk", "s3"]));
+    let id = id_of(&backups[0]);
+    let disk = std::fs::read(setup.backups.join(format!("nightly/{id}/data.dump.zst"))).unwrap();
+    assert!(!disk.is_empty());
+    for storage in ["s3", "disk"] {
+        let db = format!("from_{storage}");
+        let run = run_ok(
+            &setup,
+            &[
+                "restore",
+                "--job",
+                "nightly",
+                "--latest",
+                "--storage",
+                storage,
+                "--target-db",
+                &db,
+            ],
+        );
+        assert!(run.stderr.contains(storage), "{}", run.all());
+        assert_eq!(
+            setup.cluster.table_digests(&db),
+            setup.cluster.table_digests("app")
+        );
+    }
+
+    // The same job with a bucket that does not exist: the disk copy completes,
+    // the run fails naming the S3 storage, and list shows where the backup is.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        text.replace(
+            &format!("bucket = \"{bucket}\""),
+            "bucket = \"no-such-bucket\"",
+        ),
+    )
+    .unwrap();
+    let run = setup.backup_with(&["run", "nightly"], &servers::s3_env());
+    assert_eq!(run.code, 5, "{}", run.all());
+    assert!(run.stderr.contains("storage s3"), "{}", run.all());
+    assert!(run.stderr.contains("NoSuchBucket"), "{}", run.all());
+    assert!(run.stderr.contains("hint:"), "{}", run.all());
+    let run = setup.backup_with(&["--json", "list", "--job", "nightly"], &servers::s3_env());
+    assert!(
+        run.ok(),
+        "a failing storage does not hide the others: {}",
+        run.all()
+    );
+    assert!(run.stderr.contains("storage s3"), "{}", run.all());
+    let backups: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(backups.len(), 2);
+    assert_eq!(backups[0]["storages"], serde_json::json!(["disk"]));
+}
+
+/// A table of about 60 MB of hex text that compresses only to half.
+fn load_bulk(cluster: &Cluster) {
+    cluster.psql(
+        "app",
+        "CREATE TABLE app.bulk AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) \
+         || md5(random()::text) || md5(random()::text) AS payload \
+         FROM generate_series(1, 420000) g",
+    );
+}
+
+#[test]
+fn a_flaky_network_costs_retries_not_the_backup() {
+    let bucket = block_on(servers::create_bucket("flaky"));
+    let upstream = servers::s3_endpoint();
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            error_500: 0.08,
+            reset: 0.07,
+            cut_response: 0.05,
+        },
+        20261123,
+    );
+    let setup = s3_setup(
+        &proxy.url_for(&upstream),
+        &bucket,
+        &["s3"],
+        "retry_attempts = 10\nretry_max_time = \"2m\"",
+    );
+    load_bulk(&setup.cluster);
+    run_ok(&setup, &["run", "nightly"]);
+    let backups = listed(&setup);
+    let raw = backups[0]["raw_size"].as_u64().unwrap();
+    assert!(raw > 50 << 20, "a 50 MiB backup, got {raw}");
+    run_ok(
+        &setup,
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "copy",
+            "--jobs",
+            "2",
+        ],
+    );
+    assert!(proxy.failed() > 0, "the proxy failed requests");
+    eprintln!(
+        "proxy: {} of {} requests failed",
+        proxy.failed(),
+        proxy.requests()
+    );
+    assert_eq!(
+        setup.cluster.table_digests("copy"),
+        setup.cluster.table_digests("app")
+    );
+}
+
+#[test]
+fn a_dead_network_fails_the_backup_after_the_retry_budget() {
+    let bucket = block_on(servers::create_bucket("dead"));
+    let upstream = servers::s3_endpoint();
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            error_500: 0.5,
+            reset: 0.5,
+            cut_response: 0.0,
+        },
+        7,
+    );
+    let setup = s3_setup(
+        &proxy.url_for(&upstream),
+        &bucket,
+        &["s3"],
+        "retry_attempts = 3\nretry_max_time = \"20s\"",
+    );
+    let started = std::time::Instant::now();
+    let run = setup.backup_with(&["run", "nightly"], &servers::s3_env());
+    assert_eq!(run.code, 5, "{}", run.all());
+    assert!(
+        run.stderr.contains("gave up after 3 attempts"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("hint:"), "{}", run.all());
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    let keys = block_on(servers::bucket_keys(&bucket));
+    assert!(keys.is_empty(), "nothing complete was left: {keys:?}");
+    assert_eq!(block_on(servers::open_uploads(&bucket)), 0);
+}
