@@ -267,3 +267,171 @@ fn a_dead_network_fails_the_backup_after_the_retry_budget() {
     assert!(keys.is_empty(), "nothing complete was left: {keys:?}");
     assert_eq!(block_on(servers::open_uploads(&bucket)), 0);
 }
+
+fn azure_setup(endpoint: &str, container: &str, storage_extra: &str) -> Setup {
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    let section = servers::azure_section("blob", endpoint, container, storage_extra);
+    Setup::with_storages(cluster, "", &section, &["blob"], "")
+}
+
+#[test]
+fn azure_backup_list_restore_at_and_a_fresh_host_restores() {
+    let container = block_on(servers::create_container("e2e"));
+    let setup = azure_setup(&servers::azure_endpoint(), &container, "");
+    let env = servers::azure_env();
+    let ok = |args: &[&str]| {
+        let run = setup.backup_with(args, &env);
+        assert!(run.ok(), "{}", run.all());
+        run
+    };
+    ok(&["run", "nightly"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    setup.cluster.psql(
+        "app",
+        "INSERT INTO \"Audit Log\".\"Entries\" VALUES ('after the first backup', now())",
+    );
+    ok(&["run", "nightly"]);
+    let run = ok(&["--json", "list", "--job", "nightly"]);
+    let backups: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(backups.len(), 2);
+    assert_eq!(backups[0]["storages"], serde_json::json!(["blob"]));
+    let first = id_of(&backups[1]);
+
+    let t1: jiff::Timestamp = backups[1]["snapshot_at"].as_str().unwrap().parse().unwrap();
+    let at = jiff::Timestamp::from_second(t1.as_second() + 1)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d %H:%M:%S UTC")
+        .to_string();
+    let run = ok(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--at",
+        &at,
+        "--target-db",
+        "at_first",
+    ]);
+    assert!(
+        run.stderr.contains(&format!("selected backup {first}")),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        setup
+            .cluster
+            .psql("at_first", "SELECT count(*) FROM \"Audit Log\".\"Entries\""),
+        "2"
+    );
+
+    // A fresh host with the job file, reaching the account by a connection string.
+    let host = tempfile::tempdir().unwrap();
+    let config = host.path().join("jobs.toml");
+    let text = std::fs::read_to_string(&setup.config).unwrap().replace(
+        "access_key_env = \"TEST_AZURE_KEY\"",
+        "connection_string_env = \"TEST_AZURE_CONNECTION\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let connection = format!(
+        "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={};",
+        servers::AZURE_ACCOUNT,
+        servers::AZURE_KEY,
+        servers::azure_endpoint()
+    );
+    let home = host.path().to_str().unwrap();
+    let env = [
+        ("TEST_AZURE_CONNECTION", connection.as_str()),
+        ("HOME", home),
+        ("TMPDIR", home),
+    ];
+    let run = common::run_backup_with(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "fresh",
+        ],
+        &env,
+    );
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(
+        setup.cluster.table_digests("fresh"),
+        setup.cluster.table_digests("app")
+    );
+}
+
+#[test]
+fn a_wrong_azure_key_fails_at_once_with_a_hint_and_never_shows_the_key() {
+    let container = block_on(servers::create_container("badkey"));
+    let setup = azure_setup(&servers::azure_endpoint(), &container, "");
+    let wrong = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk=";
+    let started = std::time::Instant::now();
+    let run = setup.backup_with(&["run", "nightly"], &[("TEST_AZURE_KEY", wrong)]);
+    assert_eq!(run.code, 5, "{}", run.all());
+    assert!(run.stderr.contains("HTTP 403"), "{}", run.all());
+    assert!(
+        run.stderr.contains("hint: the credential was refused"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        !run.stderr.contains("gave up"),
+        "a 403 is not retried: {}",
+        run.all()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    for secret in [wrong, "sig="] {
+        assert!(!run.stderr.contains(secret), "{secret}: {}", run.all());
+        assert!(!run.stdout.contains(secret), "{secret}: {}", run.all());
+    }
+}
+
+#[test]
+fn a_flaky_network_to_azure_costs_retries_not_the_backup() {
+    let container = block_on(servers::create_container("flaky"));
+    let upstream = servers::azure_endpoint();
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            error_500: 0.08,
+            reset: 0.07,
+            cut_response: 0.05,
+        },
+        11,
+    );
+    let setup = azure_setup(
+        &proxy.url_for(&upstream),
+        &container,
+        "retry_attempts = 10\nretry_max_time = \"2m\"",
+    );
+    load_bulk(&setup.cluster);
+    let env = servers::azure_env();
+    let run = setup.backup_with(&["run", "nightly"], &env);
+    assert!(run.ok(), "{}", run.all());
+    let run = setup.backup_with(
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "copy",
+        ],
+        &env,
+    );
+    assert!(run.ok(), "{}", run.all());
+    assert!(proxy.failed() > 0, "the proxy failed requests");
+    eprintln!(
+        "proxy: {} of {} requests failed",
+        proxy.failed(),
+        proxy.requests()
+    );
+    assert_eq!(
+        setup.cluster.table_digests("copy"),
+        setup.cluster.table_digests("app")
+    );
+}

@@ -257,11 +257,32 @@ mod backends {
             bucket: Some(bucket),
         }
     }
+
+    pub async fn azure() -> Backend {
+        let container = servers::create_container("conformance").await;
+        let part = MIB; // small blocks, so the suite crosses block boundaries
+        let spec = StorageSpec {
+            name: "blob".to_owned(),
+            kind: StorageKind::Azure(servers::azure_spec_at(
+                &servers::azure_endpoint(),
+                &container,
+                part,
+            )),
+            retry: servers::test_retry(),
+        };
+        Backend {
+            storage: backup::storage::open(&spec).await.expect("open azure"),
+            part,
+            _dir: None,
+            bucket: None,
+        }
+    }
 }
 
 conformance!(memory);
 conformance!(local);
 conformance!(s3);
+conformance!(azure);
 
 /// S3 only: an aborted or dropped multipart upload leaves no upload open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -488,8 +488,11 @@ compression = "gzip"
             text: text.to_owned(),
         };
         let raw = parse(&source)?;
-        validate(vec![(&source, raw)], &|name| {
-            (name == "APP_DB_PASSWORD").then(|| "s3cret-from-env".to_owned())
+        validate(vec![(&source, raw)], &|name| match name {
+            "APP_DB_PASSWORD" => Some("s3cret-from-env".to_owned()),
+            "S3_ID" => Some("AKIDEXAMPLE".to_owned()),
+            "S3_SECRET" | "AZ_KEY" | "AZ_SAS" => Some("storage-s3cret".to_owned()),
+            _ => None,
         })
     }
 
@@ -573,5 +576,132 @@ compression = "gzip"
         let config = check(&GOOD.replace("compression = \"gzip\"", "")).unwrap();
         let (_, backup) = config.backup_job("nightly").unwrap();
         assert_eq!(backup.compression, Compression::Zstd(3));
+    }
+
+    const REMOTE: &str = r#"
+[storages.s3]
+type = "s3"
+bucket = "backups"
+prefix = "/prod/app/"
+region = "ap-northeast-1"
+endpoint = "http://127.0.0.1:9000/"
+path_style = true
+access_key_id_env = "S3_ID"
+secret_access_key_env = "S3_SECRET"
+sse = "aws:kms"
+kms_key_id = "alias/backups"
+part_size = "64MiB"
+retry_attempts = 4
+retry_max_time = "2m"
+
+[storages.blob]
+type = "azure"
+account = "campbackendstorage"
+container = "database-backups"
+access_key_env = "AZ_KEY"
+block_size = "4 MiB"
+"#;
+
+    fn with_remote(extra: &str) -> String {
+        GOOD.replace(
+            "[jobs.nightly]",
+            &format!("{REMOTE}\n{extra}\n[jobs.nightly]"),
+        )
+        .replace(
+            "storages = [\"disk\"]",
+            "storages = [\"disk\", \"s3\", \"blob\"]",
+        )
+    }
+
+    #[test]
+    fn s3_and_azure_storages_resolve_with_defaults_and_secrets() {
+        use crate::model::{AzureAuth, Sse, StorageKind};
+        let config = check(&with_remote("")).unwrap();
+        let (_, backup) = config.backup_job("nightly").unwrap();
+        let names: Vec<&str> = backup.storages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["disk", "s3", "blob"]);
+        let StorageKind::S3(s3) = &backup.storages[1].kind else {
+            panic!("s3")
+        };
+        assert_eq!(s3.prefix.as_deref(), Some("prod/app"));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.part_size, 64 << 20);
+        assert_eq!(s3.parts_in_flight, 2);
+        assert_eq!(
+            s3.sse,
+            Some(Sse::Kms {
+                key_id: Some("alias/backups".into())
+            })
+        );
+        let keys = s3.keys.as_ref().unwrap();
+        assert_eq!(keys.secret_access_key.expose(), "storage-s3cret");
+        assert_eq!(backup.storages[1].retry.attempts, 4);
+        assert_eq!(backup.storages[1].retry.max_time.as_secs(), 120);
+        let StorageKind::Azure(az) = &backup.storages[2].kind else {
+            panic!("azure")
+        };
+        assert_eq!(az.block_size, 4 << 20);
+        assert!(matches!(az.auth, AzureAuth::AccountKey(_)));
+        assert!(!format!("{config:?}").contains("storage-s3cret"));
+    }
+
+    #[test]
+    fn remote_storage_mistakes_name_the_key() {
+        for (from, to, expect) in [
+            ("bucket = \"backups\"\n", "", "needs `bucket`"),
+            (
+                "part_size = \"64MiB\"",
+                "part_size = \"1MiB\"",
+                "part_size must be between 5.0 MiB",
+            ),
+            (
+                "part_size = \"64MiB\"",
+                "part_size = \"lots\"",
+                "part_size is not a size",
+            ),
+            (
+                "sse = \"aws:kms\"",
+                "sse = \"AES256\"",
+                "kms_key_id needs sse = \"aws:kms\"",
+            ),
+            ("sse = \"aws:kms\"", "sse = \"rot13\"", "sse 'rot13'"),
+            (
+                "retry_max_time = \"2m\"",
+                "retry_max_time = \"soon\"",
+                "not a duration",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:9000/\"",
+                "endpoint = \"127.0.0.1:9000\"",
+                "not an http(s) URL",
+            ),
+            ("secret_access_key_env = \"S3_SECRET\"\n", "", "need both"),
+            (
+                "access_key_env = \"AZ_KEY\"",
+                "access_key_env = \"AZ_KEY\"\nsas_token_env = \"AZ_SAS\"",
+                "more than one",
+            ),
+            (
+                "container = \"database-backups\"",
+                "container = \"database-backups\"\nbucket = \"x\"",
+                "`bucket` does not apply to type = \"azure\"",
+            ),
+            (
+                "path_style = true",
+                "path_style = true\npath = \"/x\"",
+                "`path` does not apply to type = \"s3\"",
+            ),
+            (
+                "access_key_id_env = \"S3_ID\"",
+                "access_key_id_env = \"NOT_SET\"",
+                "NOT_SET is not set",
+            ),
+        ] {
+            let text = with_remote("");
+            assert!(text.contains(from), "{from}");
+            let err = error_of(&text.replace(from, to));
+            assert!(err.contains(expect), "{from} -> {to}: {err}");
+            assert!(!err.contains("storage-s3cret"), "{err}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! - `list` returns every key under a prefix, however many;
 //! - errors say whether they are temporary (see [`crate::error`]).
 
+mod azure;
 mod local;
 mod memory;
 pub mod resume;
@@ -23,6 +24,7 @@ use tokio::io::AsyncRead;
 use crate::error::{Error, Result};
 use crate::model::{StorageKind, StorageSpec};
 
+pub use azure::AzureStorage;
 pub use local::LocalStorage;
 pub use memory::MemoryStorage;
 pub use s3::S3Storage;
@@ -128,10 +130,7 @@ pub async fn open(spec: &StorageSpec) -> Result<Arc<dyn Storage>> {
         StorageKind::S3(s3) => Ok(Arc::new(
             S3Storage::connect(&spec.name, s3, spec.retry).await?,
         )),
-        StorageKind::Azure(_) => Err(Error::config(format!(
-            "storage {}: azure is not built yet",
-            spec.name
-        ))),
+        StorageKind::Azure(az) => Ok(Arc::new(AzureStorage::connect(&spec.name, az, spec.retry)?)),
     }
 }
 

@@ -320,26 +320,55 @@ impl Inner {
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
+        size: u64,
     ) -> Result<()> {
         let what = self.what("complete upload of", key);
         let full = self.full_key(key);
         let upload = CompletedMultipartUpload::builder()
             .set_parts(Some(parts))
             .build();
-        self.retry
-            .run(&what, || async {
-                self.client
-                    .complete_multipart_upload()
-                    .bucket(&self.spec.bucket)
-                    .key(&full)
-                    .upload_id(upload_id)
-                    .multipart_upload(upload.clone())
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.error(&what, e))
+        let mut attempts = 0;
+        let result = self
+            .retry
+            .run(&what, || {
+                attempts += 1;
+                async {
+                    self.client
+                        .complete_multipart_upload()
+                        .bucket(&self.spec.bucket)
+                        .key(&full)
+                        .upload_id(upload_id)
+                        .multipart_upload(upload.clone())
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| self.error(&what, e))
+                }
             })
+            .await;
+        match result {
+            // A retry after a completion whose answer was lost finds the upload
+            // gone: the object is there if it has the size we wrote.
+            Err(e) if attempts > 1 && e.message().contains("NoSuchUpload") => {
+                match self.size_of(&full).await {
+                    Some(found) if found == size => Ok(()),
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn size_of(&self, full: &str) -> Option<u64> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.spec.bucket)
+            .key(full)
+            .send()
             .await
+            .ok()?;
+        head.content_length().and_then(|n| u64::try_from(n).ok())
     }
 
     async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
@@ -621,7 +650,7 @@ impl S3Writer {
         parts.sort_by_key(|p| p.part_number());
         let upload_id = self.upload.clone().unwrap_or_default();
         self.inner
-            .complete_upload(&self.key, &upload_id, parts)
+            .complete_upload(&self.key, &upload_id, parts, self.size)
             .await?;
         self.upload = None;
         Ok(self.size)

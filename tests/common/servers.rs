@@ -189,3 +189,36 @@ pub fn s3_env() -> [(&'static str, &'static str); 2] {
         ("TEST_S3_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY),
     ]
 }
+
+/// Creates a container on the test Azure server and returns its name.
+pub async fn create_container(tag: &str) -> String {
+    let container = unique_name(tag);
+    let spec = StorageSpec {
+        name: "setup".to_owned(),
+        kind: StorageKind::Azure(azure_spec_at(&azure_endpoint(), &container, 8 << 20)),
+        retry: test_retry(),
+    };
+    let StorageKind::Azure(az) = &spec.kind else {
+        unreachable!()
+    };
+    backup::storage::AzureStorage::connect("setup", az, spec.retry)
+        .expect("azure client")
+        .create_container()
+        .await
+        .unwrap_or_else(|e| panic!("create container {container}: {e}"));
+    container
+}
+
+/// A `[storages.NAME]` section for the test Azure server at `endpoint`, with
+/// the account key from the environment that [`azure_env`] sets.
+pub fn azure_section(name: &str, endpoint: &str, container: &str, extra: &str) -> String {
+    format!(
+        "[storages.{name}]\ntype = \"azure\"\naccount = \"{AZURE_ACCOUNT}\"\n\
+         container = \"{container}\"\nprefix = \"prod/db\"\nendpoint = \"{endpoint}\"\n\
+         access_key_env = \"TEST_AZURE_KEY\"\nblock_size = \"1MiB\"\n{extra}\n"
+    )
+}
+
+pub fn azure_env() -> [(&'static str, &'static str); 1] {
+    [("TEST_AZURE_KEY", AZURE_KEY)]
+}

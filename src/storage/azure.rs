@@ -1,0 +1,835 @@
+//! Azure Blob Storage through the official `azure_storage_blob` crate.
+//!
+//! Writes are block blobs staged block by block, at most `blocks_in_flight`
+//! blocks being sent while the next fills, and committed by one block list in
+//! `finish`: before the commit nothing is visible under the key, so an aborted
+//! or dropped writer leaves nothing (Azure discards uncommitted blocks after a
+//! week). An object smaller than one block is a single Put Blob. Every request
+//! goes through the shared [`Retry`] layer; the SDK's own retries are off.
+//!
+//! Credentials: Entra ID (workload identity when its environment is set, else
+//! managed identity, then the Azure CLI), a SAS token, a connection string, or
+//! the account key. The crate cannot sign requests with a key, so with a key
+//! this module signs short-lived account SAS tokens locally and renews them
+//! before they expire; the key itself never leaves the process.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use azure_core::http::{ClientOptions, RetryOptions, StatusCode, Url};
+use azure_storage_blob::models::{
+    BlobClientDownloadOptions, BlobContainerClientListBlobsOptions, BlockBlobClientUploadOptions,
+    BlockLookupList, HttpRange,
+};
+use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+use super::resume::{self, OpenAt};
+use super::retry::Retry;
+use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage, part_size};
+use crate::error::{Error, Kind, Result};
+use crate::model::{AzureAuth, AzureSpec, Secret};
+
+/// A block blob holds at most 50,000 blocks.
+const MAX_BLOCKS: u32 = 50_000;
+/// Blocks sent at one size before it doubles: 8 MiB blocks give 39 GiB per
+/// step, and nine doublings pass Azure's largest blob.
+const BLOCKS_PER_STEP: u32 = 5_000;
+const MAX_BLOCK_SIZE: u64 = 4000 << 20;
+/// How long a locally signed SAS is valid, and how early it is renewed.
+const SAS_LIFETIME: i64 = 2 * 3600;
+const SAS_RENEW_BEFORE: i64 = 15 * 60;
+/// Names per listing page (Azure's default is 5,000).
+const LIST_PAGE: i32 = 1_000;
+/// The service version the SAS is signed for.
+const SAS_VERSION: &str = "2022-11-02";
+/// Azurite's development account, for `UseDevelopmentStorage=true`.
+const DEV_ACCOUNT: &str = "devstoreaccount1";
+const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+#[derive(Clone)]
+pub struct AzureStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    spec: AzureSpec,
+    retry: Retry,
+    access: Access,
+}
+
+impl fmt::Debug for AzureStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The spec's Debug redacts its secrets.
+        f.debug_struct("AzureStorage")
+            .field("name", &self.inner.name)
+            .field("spec", &self.inner.spec)
+            .finish()
+    }
+}
+
+/// How requests are authorized.
+enum Access {
+    /// A client made once: Entra ID, or a SAS token given by the operator.
+    Fixed(Arc<BlobContainerClient>),
+    /// A client carrying a SAS signed here from the account key, re-made
+    /// before the SAS expires.
+    Signed {
+        account: String,
+        key: Secret,
+        container_url: Url,
+        current: Mutex<Option<(Arc<BlobContainerClient>, jiff::Timestamp)>>,
+    },
+}
+
+fn client_options() -> BlobContainerClientOptions {
+    BlobContainerClientOptions {
+        client_options: ClientOptions {
+            // One retry policy for every backend: ours.
+            retry: RetryOptions::none(),
+            ..ClientOptions::default()
+        },
+        ..BlobContainerClientOptions::default()
+    }
+}
+
+impl AzureStorage {
+    pub fn connect(name: &str, spec: &AzureSpec, retry: Retry) -> Result<AzureStorage> {
+        let config = |message: String| Error::config(format!("storage {name}: {message}"));
+        let mut account = spec.account.clone();
+        let mut endpoint = spec.endpoint.clone();
+        let mut auth = spec.auth.clone();
+        if let AzureAuth::ConnectionString(text) = &spec.auth {
+            let parsed = parse_connection_string(text.expose()).map_err(|e| {
+                config(format!("connection string: {e}")).with_hint(
+                    "copy it from the portal's \"Access keys\" page: \
+                     DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...;EndpointSuffix=...",
+                )
+            })?;
+            if account.is_empty() {
+                account = parsed.account.clone();
+            }
+            endpoint = endpoint.or(Some(parsed.endpoint));
+            auth = parsed.auth;
+        }
+        if account.is_empty() {
+            return Err(config("no account name".to_owned())
+                .with_hint("set account = \"...\" in the storage"));
+        }
+        let endpoint =
+            endpoint.unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+        let container_url = Url::parse(&format!(
+            "{}/{}",
+            endpoint.trim_end_matches('/'),
+            spec.container
+        ))
+        .map_err(|e| config(format!("endpoint {endpoint}: {e}")))?;
+        let make = |url: Url, credential: Option<Arc<dyn TokenCredential>>| {
+            BlobContainerClient::new(url, credential, Some(client_options()))
+                .map_err(|e| config(format!("cannot make a client for {endpoint}: {e}")))
+        };
+        let access = match auth {
+            AzureAuth::EntraId => {
+                if container_url.scheme() != "https" {
+                    return Err(config(format!(
+                        "Entra ID needs an https endpoint, not {endpoint}"
+                    ))
+                    .with_hint("use https, or a SAS token or key for a local emulator"));
+                }
+                Access::Fixed(Arc::new(make(container_url, Some(entra_credential()?))?))
+            }
+            AzureAuth::SasToken(sas) => {
+                let mut url = container_url;
+                url.set_query(Some(sas.expose().trim_start_matches('?')));
+                Access::Fixed(Arc::new(make(url, None)?))
+            }
+            AzureAuth::AccountKey(key) => {
+                if azure_core::base64::decode(key.expose()).is_err() {
+                    return Err(config("the account key is not base64".to_owned())
+                        .with_hint("copy key1 or key2 from the storage account's access keys"));
+                }
+                Access::Signed {
+                    account: account.clone(),
+                    key,
+                    container_url,
+                    current: Mutex::new(None),
+                }
+            }
+            AzureAuth::ConnectionString(_) => {
+                return Err(config(
+                    "the connection string has neither AccountKey nor SharedAccessSignature"
+                        .to_owned(),
+                ));
+            }
+        };
+        Ok(AzureStorage {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                spec: AzureSpec {
+                    account,
+                    ..spec.clone()
+                },
+                retry,
+                access,
+            }),
+        })
+    }
+}
+
+impl AzureStorage {
+    /// Creates the container. Not used by backups (operators create containers
+    /// with the permissions they choose); the test suite uses it on Azurite.
+    #[doc(hidden)]
+    pub async fn create_container(&self) -> Result<()> {
+        let what = format!(
+            "storage {}: create container {}",
+            self.inner.name, self.inner.spec.container
+        );
+        let container = self.inner.container().await?;
+        container
+            .create(None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.inner.error(&what, e))
+    }
+}
+
+/// Workload identity where Kubernetes set it up, else managed identity, then
+/// the developer tools (Azure CLI, azd): the order of Azure's own default chain.
+fn entra_credential() -> Result<Arc<dyn TokenCredential>> {
+    let fail =
+        |e: azure_core::Error| Error::config(format!("cannot set up Entra ID credentials: {e}"));
+    if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+        return Ok(azure_identity::WorkloadIdentityCredential::new(None).map_err(fail)?);
+    }
+    let managed: Arc<dyn TokenCredential> =
+        azure_identity::ManagedIdentityCredential::new(None).map_err(fail)?;
+    let tools: Arc<dyn TokenCredential> =
+        azure_identity::DeveloperToolsCredential::new(None).map_err(fail)?;
+    Ok(Arc::new(Chain(vec![managed, tools])))
+}
+
+#[derive(Debug)]
+struct Chain(Vec<Arc<dyn TokenCredential>>);
+
+#[async_trait]
+impl TokenCredential for Chain {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let mut failures = Vec::new();
+        for credential in &self.0 {
+            match credential.get_token(scopes, options.clone()).await {
+                Ok(token) => return Ok(token),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        Err(azure_core::Error::with_message(
+            azure_core::error::ErrorKind::Credential,
+            format!(
+                "no Entra ID credential worked (managed identity, then Azure CLI): {}",
+                failures.join("; ")
+            ),
+        ))
+    }
+}
+
+struct ConnectionString {
+    account: String,
+    endpoint: String,
+    auth: AzureAuth,
+}
+
+fn parse_connection_string(text: &str) -> std::result::Result<ConnectionString, String> {
+    let mut fields = std::collections::BTreeMap::new();
+    for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| "a part without '=' (expected Key=Value;...)".to_owned())?;
+        fields.insert(k.to_owned(), v.to_owned());
+    }
+    if fields.get("UseDevelopmentStorage").map(String::as_str) == Some("true") {
+        return Ok(ConnectionString {
+            account: DEV_ACCOUNT.to_owned(),
+            endpoint: format!("http://127.0.0.1:10000/{DEV_ACCOUNT}"),
+            auth: AzureAuth::AccountKey(Secret::new(DEV_KEY)),
+        });
+    }
+    let account = fields.get("AccountName").cloned().unwrap_or_default();
+    let endpoint = match fields.get("BlobEndpoint") {
+        Some(endpoint) => endpoint.trim_end_matches('/').to_owned(),
+        None => {
+            if account.is_empty() {
+                return Err("neither AccountName nor BlobEndpoint is set".to_owned());
+            }
+            let protocol = fields
+                .get("DefaultEndpointsProtocol")
+                .map_or("https", String::as_str);
+            let suffix = fields
+                .get("EndpointSuffix")
+                .map_or("core.windows.net", String::as_str);
+            format!("{protocol}://{account}.blob.{suffix}")
+        }
+    };
+    let auth = match (
+        fields.get("AccountKey"),
+        fields.get("SharedAccessSignature"),
+    ) {
+        (Some(key), _) => AzureAuth::AccountKey(Secret::new(key.clone())),
+        (None, Some(sas)) => AzureAuth::SasToken(Secret::new(sas.clone())),
+        (None, None) => return Err("neither AccountKey nor SharedAccessSignature is set".into()),
+    };
+    Ok(ConnectionString {
+        account,
+        endpoint,
+        auth,
+    })
+}
+
+/// An account SAS for blob containers and objects, signed with the account key
+/// (https://learn.microsoft.com/rest/api/storageservices/create-account-sas).
+fn account_sas(
+    account: &str,
+    key: &Secret,
+    now: jiff::Timestamp,
+    expiry: jiff::Timestamp,
+    https_only: bool,
+) -> Result<String> {
+    let fmt = |t: jiff::Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    // A few minutes back, for clocks that are a little apart.
+    let start = fmt(now - jiff::SignedDuration::from_mins(5));
+    let expiry = fmt(expiry);
+    let (permissions, services, types) = ("rwdlac", "b", "co");
+    let protocol = if https_only { "https" } else { "https,http" };
+    let to_sign = format!(
+        "{account}\n{permissions}\n{services}\n{types}\n{start}\n{expiry}\n\n{protocol}\n{SAS_VERSION}\n\n"
+    );
+    let core_key = azure_core::credentials::Secret::new(key.expose().to_owned());
+    let signature = azure_core::hmac::hmac_sha256(&to_sign, &core_key)
+        .map_err(|_| Error::config("the account key is not valid base64"))?;
+    let mut query = Url::parse("http://x/").map_err(|e| Error::internal(e.to_string()))?;
+    query
+        .query_pairs_mut()
+        .append_pair("sv", SAS_VERSION)
+        .append_pair("ss", services)
+        .append_pair("srt", types)
+        .append_pair("sp", permissions)
+        .append_pair("st", &start)
+        .append_pair("se", &expiry)
+        .append_pair("spr", protocol)
+        .append_pair("sig", &signature);
+    Ok(query.query().unwrap_or_default().to_owned())
+}
+
+impl Inner {
+    fn full_key(&self, key: &str) -> String {
+        match &self.spec.prefix {
+            Some(prefix) => format!("{prefix}/{key}"),
+            None => key.to_owned(),
+        }
+    }
+
+    fn what(&self, action: &str, key: &str) -> String {
+        format!("storage {}: {action} {key}", self.name)
+    }
+
+    async fn container(&self) -> Result<Arc<BlobContainerClient>> {
+        match &self.access {
+            Access::Fixed(client) => Ok(client.clone()),
+            Access::Signed {
+                account,
+                key,
+                container_url,
+                current,
+            } => {
+                let now = jiff::Timestamp::now();
+                let mut current = current.lock().await;
+                if let Some((client, expires)) = current.as_ref()
+                    && expires.as_second() - now.as_second() > SAS_RENEW_BEFORE
+                {
+                    return Ok(client.clone());
+                }
+                let expires = now + jiff::SignedDuration::from_secs(SAS_LIFETIME);
+                let https_only = container_url.scheme() == "https";
+                let sas = account_sas(account, key, now, expires, https_only)?;
+                let mut url = container_url.clone();
+                url.set_query(Some(&sas));
+                let client = BlobContainerClient::new(url, None, Some(client_options()))
+                    .map_err(|e| Error::config(format!("storage {}: {e}", self.name)))?;
+                let client = Arc::new(client);
+                *current = Some((client.clone(), expires));
+                Ok(client)
+            }
+        }
+    }
+
+    /// Turns an SDK error into ours: status and error code, whether a retry
+    /// may help, a hint for what an operator can fix, and never a SAS.
+    fn error(&self, what: &str, err: azure_core::Error) -> Error {
+        use azure_core::error::ErrorKind as K;
+        let (status, code) = match err.kind() {
+            K::HttpResponse {
+                status, error_code, ..
+            } => (Some(*status), error_code.clone()),
+            _ => (None, None),
+        };
+        let detail = match (status, &code) {
+            (Some(status), Some(code)) => format!("{code} (HTTP {})", u16::from(status)),
+            (Some(status), None) => format!("HTTP {}", u16::from(status)),
+            _ => redact(&format!("{err}")),
+        };
+        let message = format!("{what}: {detail}");
+        let code = code.unwrap_or_default();
+        let temporary = match err.kind() {
+            K::HttpResponse { status, .. } => {
+                let s = u16::from(*status);
+                s == 408 || s == 429 || s >= 500
+            }
+            K::Io | K::Connection => true,
+            _ => false,
+        };
+        let kind = match (status, code.as_str()) {
+            (_, "ContainerNotFound") => Kind::Storage,
+            (Some(StatusCode::NotFound), _) => Kind::NotFound,
+            _ => Kind::Storage,
+        };
+        let mut error = Error::new(kind, message);
+        if temporary {
+            error = error.temporary();
+        }
+        let hint = match (status.map(u16::from), code.as_str()) {
+            (_, "ContainerNotFound") => Some(format!(
+                "create the container {} in account {}, or fix `container` in the job file",
+                self.spec.container, self.spec.account
+            )),
+            (Some(401 | 403), _) => Some(
+                "the credential was refused: check the account key or SAS token (and its \
+                 expiry and permissions r,w,d,l), or, with Entra ID, that the identity has \
+                 the role \"Storage Blob Data Contributor\" on the container"
+                    .to_owned(),
+            ),
+            _ if matches!(err.kind(), K::Credential) => Some(
+                "no Entra ID token: run on Azure with a managed identity, set up workload \
+                 identity, or `az login`; or give access_key_env / sas_token_env"
+                    .to_owned(),
+            ),
+            _ if matches!(err.kind(), K::Io | K::Connection) => {
+                Some("check `endpoint` and the network path to it".to_owned())
+            }
+            _ => None,
+        };
+        match hint {
+            Some(hint) => error.with_hint(hint),
+            None => error,
+        }
+    }
+
+    async fn put_blob(&self, key: &str, body: Bytes) -> Result<()> {
+        let what = self.what("upload", key);
+        let full = self.full_key(key);
+        self.retry
+            .run(&what, || async {
+                let blob = self.container().await?.blob_client(&full);
+                let options = BlockBlobClientUploadOptions {
+                    parallel: std::num::NonZero::new(1),
+                    partition_size: std::num::NonZero::new(body.len().max(1) as u64),
+                    ..Default::default()
+                };
+                blob.upload(body.clone().into(), Some(options))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error(&what, e))
+            })
+            .await
+    }
+
+    async fn stage_block(&self, key: &str, id: Vec<u8>, body: Bytes) -> Result<()> {
+        let what = format!("{} (block {})", self.what("upload", key), block_number(&id));
+        let full = self.full_key(key);
+        self.retry
+            .run(&what, || async {
+                let blob = self.container().await?.blob_client(&full);
+                blob.block_blob_client()
+                    .stage_block(&id, body.len() as u64, body.clone().into(), None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error(&what, e))
+            })
+            .await
+    }
+
+    async fn commit(&self, key: &str, ids: Vec<Vec<u8>>) -> Result<()> {
+        let what = self.what("commit", key);
+        let full = self.full_key(key);
+        self.retry
+            .run(&what, || async {
+                let list = BlockLookupList {
+                    latest: Some(ids.clone()),
+                    ..Default::default()
+                };
+                let content = list
+                    .try_into()
+                    .map_err(|e: azure_core::Error| Error::internal(format!("{what}: {e}")))?;
+                let blob = self.container().await?.blob_client(&full);
+                blob.block_blob_client()
+                    .commit_block_list(content, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.error(&what, e))
+            })
+            .await
+    }
+}
+
+/// Block ids: the block's number, fixed-width so every id has one length (Azure
+/// requires that within a blob).
+fn block_id(number: u32) -> Vec<u8> {
+    format!("block-{number:08}").into_bytes()
+}
+
+fn block_number(id: &[u8]) -> String {
+    String::from_utf8_lossy(id)
+        .trim_start_matches("block-")
+        .trim_start_matches('0')
+        .to_owned()
+}
+
+/// Hides SAS signatures in text that may quote a request URL.
+fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        out.push_str(&rest[..i + 4]);
+        out.push_str("REDACTED");
+        let tail = &rest[i + 4..];
+        let end = tail
+            .find(|c: char| c == '&' || c == ')' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[async_trait]
+impl Storage for AzureStorage {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(AzureWriter {
+            inner: self.inner.clone(),
+            key: key.as_str().to_owned(),
+            buf: BytesMut::new(),
+            ids: Vec::new(),
+            in_flight: JoinSet::new(),
+            size: 0,
+        }))
+    }
+
+    async fn reader(&self, key: &Key) -> Result<ObjectReader> {
+        let source = Arc::new(Download {
+            inner: self.inner.clone(),
+            key: key.as_str().to_owned(),
+        });
+        let what = self.inner.what("download", key.as_str());
+        resume::open(source, self.inner.retry, what).await
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {
+        let inner = &self.inner;
+        let what = inner.what("list", prefix.as_str());
+        let full_prefix = format!("{}/", inner.full_key(prefix.as_str()));
+        let strip = inner.spec.prefix.as_ref().map_or(0, |p| p.len() + 1);
+        let mut objects = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            // One page per request, so a failed page is retried alone.
+            let page = inner
+                .retry
+                .run(&what, || async {
+                    let options = BlobContainerClientListBlobsOptions {
+                        prefix: Some(full_prefix.clone()),
+                        marker: marker.clone(),
+                        maxresults: Some(LIST_PAGE),
+                        ..Default::default()
+                    };
+                    let container = inner.container().await?;
+                    let mut pages = container
+                        .list_blobs(Some(options))
+                        .map_err(|e| inner.error(&what, e))?
+                        .into_pages();
+                    match pages.next().await {
+                        Some(page) => page
+                            .map_err(|e| inner.error(&what, e))?
+                            .into_model()
+                            .map_err(|e| inner.error(&what, e)),
+                        None => Err(Error::storage(format!("{what}: no answer page"))),
+                    }
+                })
+                .await?;
+            for blob in &page.blob_items {
+                let Some(full) = blob.name.as_deref() else {
+                    continue;
+                };
+                match full.get(strip..).map(Key::new) {
+                    Some(Ok(key)) => objects.push(ObjectInfo {
+                        key,
+                        size: blob
+                            .properties
+                            .as_ref()
+                            .and_then(|p| p.content_length)
+                            .unwrap_or(0),
+                    }),
+                    _ => tracing::debug!(
+                        key = full,
+                        "skipping a name that is not a valid object key"
+                    ),
+                }
+            }
+            match page.next_marker {
+                Some(next) if !next.is_empty() => marker = Some(next),
+                _ => break,
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<()> {
+        let inner = &self.inner;
+        let what = inner.what("delete", key.as_str());
+        let full = inner.full_key(key.as_str());
+        let result = inner
+            .retry
+            .run(&what, || async {
+                let blob = inner.container().await?.blob_client(&full);
+                blob.delete(None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| inner.error(&what, e))
+            })
+            .await;
+        match result {
+            Err(e) if e.kind() == Kind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// A download from a byte offset, for the resuming reader.
+struct Download {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+#[async_trait]
+impl OpenAt for Download {
+    async fn open_at(&self, offset: u64) -> Result<ObjectReader> {
+        let inner = &self.inner;
+        let what = inner.what("download", &self.key);
+        let blob = inner
+            .container()
+            .await?
+            .blob_client(&inner.full_key(&self.key));
+        let options = BlobClientDownloadOptions {
+            range: (offset > 0).then(|| HttpRange::from_offset(offset)),
+            // One range request at a time, 4 MiB each: bounded memory, and the
+            // resuming reader handles what breaks.
+            parallel: std::num::NonZero::new(1),
+            partition_size: std::num::NonZero::new(4 << 20),
+            ..Default::default()
+        };
+        let response = blob
+            .download(Some(options))
+            .await
+            .map_err(|e| inner.error(&what, e))?;
+        let name = inner.name.clone();
+        let stream = response.body.map(move |chunk| {
+            chunk.map_err(|e| {
+                std::io::Error::other(format!("storage {name}: {}", redact(&e.to_string())))
+            })
+        });
+        Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+}
+
+struct AzureWriter {
+    inner: Arc<Inner>,
+    key: String,
+    buf: BytesMut,
+    /// Ids of the blocks staged or being staged, in order.
+    ids: Vec<Vec<u8>>,
+    in_flight: JoinSet<Result<()>>,
+    size: u64,
+}
+
+impl AzureWriter {
+    fn current_block_size(&self) -> usize {
+        part_size(
+            self.inner.spec.block_size,
+            self.ids.len() as u32,
+            BLOCKS_PER_STEP,
+            MAX_BLOCK_SIZE,
+        ) as usize
+    }
+
+    async fn send_block(&mut self, len: usize) -> Result<()> {
+        let number = self.ids.len() as u32 + 1;
+        if number > MAX_BLOCKS {
+            return Err(Error::storage(format!(
+                "{}: the object needs more than {MAX_BLOCKS} blocks",
+                self.inner.what("upload", &self.key)
+            ))
+            .with_hint("raise block_size in the storage's settings"));
+        }
+        while self.in_flight.len() >= self.inner.spec.blocks_in_flight {
+            self.collect_one().await?;
+        }
+        let body = self.buf.split_to(len).freeze();
+        let id = block_id(number);
+        self.ids.push(id.clone());
+        let inner = self.inner.clone();
+        let key = self.key.clone();
+        self.in_flight
+            .spawn(async move { inner.stage_block(&key, id, body).await });
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<()> {
+        match self.in_flight.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(join)) => Err(Error::internal(format!(
+                "{}: a block upload stopped: {join}",
+                self.inner.what("upload", &self.key)
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for AzureWriter {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(chunk);
+        self.size += chunk.len() as u64;
+        loop {
+            let block = self.current_block_size();
+            // Keep a full block back until more arrives, so an object of
+            // exactly one block is a single Put Blob.
+            if self.buf.len() <= block {
+                return Ok(());
+            }
+            self.send_block(block).await?;
+        }
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        let result = async {
+            if self.ids.is_empty() {
+                let body = std::mem::take(&mut self.buf).freeze();
+                return self.inner.put_blob(&self.key, body).await;
+            }
+            if !self.buf.is_empty() {
+                let len = self.buf.len();
+                self.send_block(len).await?;
+            }
+            while !self.in_flight.is_empty() {
+                self.collect_one().await?;
+            }
+            let ids = std::mem::take(&mut self.ids);
+            self.inner.commit(&self.key, ids).await
+        }
+        .await;
+        // On failure nothing was committed; staged blocks expire on their own.
+        self.in_flight.abort_all();
+        result.map(|()| self.size)
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_name_account_endpoint_and_credential() {
+        let cs = parse_connection_string(
+            "DefaultEndpointsProtocol=https;AccountName=camp;AccountKey=a2V5PQ==;EndpointSuffix=core.windows.net",
+        )
+        .unwrap();
+        assert_eq!(cs.account, "camp");
+        assert_eq!(cs.endpoint, "https://camp.blob.core.windows.net");
+        assert!(matches!(&cs.auth, AzureAuth::AccountKey(k) if k.expose() == "a2V5PQ=="));
+
+        let cs = parse_connection_string(
+            "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1/;SharedAccessSignature=sv=2022&sig=abc",
+        )
+        .unwrap();
+        assert_eq!(cs.endpoint, "http://127.0.0.1:10000/devstoreaccount1");
+        assert!(matches!(&cs.auth, AzureAuth::SasToken(s) if s.expose() == "sv=2022&sig=abc"));
+
+        let dev = parse_connection_string("UseDevelopmentStorage=true").unwrap();
+        assert_eq!(dev.account, DEV_ACCOUNT);
+        assert!(parse_connection_string("AccountName=x").is_err());
+        assert!(parse_connection_string("garbage").is_err());
+    }
+
+    #[test]
+    fn sas_signatures_are_redacted() {
+        assert_eq!(
+            redact("error sending request for url (http://h/c/b?sv=1&sig=abc%2Fdef&se=2)"),
+            "error sending request for url (http://h/c/b?sv=1&sig=REDACTED&se=2)"
+        );
+        assert_eq!(redact("no secrets"), "no secrets");
+    }
+
+    #[test]
+    fn an_account_sas_carries_its_fields() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let sas = account_sas(
+            DEV_ACCOUNT,
+            &Secret::new(DEV_KEY),
+            now,
+            now + jiff::SignedDuration::from_hours(2),
+            false,
+        )
+        .unwrap();
+        for field in [
+            "sv=2022-11-02",
+            "ss=b",
+            "srt=co",
+            "sp=rwdlac",
+            "spr=https%2Chttp",
+            "sig=",
+        ] {
+            assert!(sas.contains(field), "{field} in {sas}");
+        }
+        assert!(!sas.contains(DEV_KEY));
+    }
+
+    #[test]
+    fn block_ids_have_one_length() {
+        assert_eq!(block_id(1).len(), block_id(49_999).len());
+        assert_eq!(block_number(&block_id(42)), "42");
+    }
+}
