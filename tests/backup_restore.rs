@@ -540,7 +540,15 @@ fn an_unknown_key_in_a_job_file_names_the_key_file_and_line() {
 #[test]
 fn the_example_job_file_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/example.toml");
-    let run = common::run_backup_with(&example, &["config", "check"], &[("APP_DB_PASSWORD", "x")]);
+    let run = common::run_backup_with(
+        &example,
+        &["config", "check"],
+        &[
+            ("APP_DB_PASSWORD", "x"),
+            ("S3_ACCESS_KEY_ID", "id"),
+            ("S3_SECRET_ACCESS_KEY", "secret"),
+        ],
+    );
     assert!(run.ok(), "{}", run.all());
     assert!(run.stdout.contains("job nightly (backup)"), "{}", run.all());
 }

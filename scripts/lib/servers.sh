@@ -83,3 +83,18 @@ stop_test_servers() {
     done
     _TEST_SERVER_PIDS=()
 }
+
+# azurite_create_container CONTAINER: creates a container on the Azurite that
+# start_azurite started, with an account SAS signed from the well-known key.
+azurite_create_container() {
+    local container=$1 account=devstoreaccount1 version=2022-11-02 st se sig hexkey
+    local key="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+    st=$(date -u -d '-5 min' +%Y-%m-%dT%H:%M:%SZ)
+    se=$(date -u -d '+2 hours' +%Y-%m-%dT%H:%M:%SZ)
+    hexkey=$(printf '%s' "$key" | base64 -d | od -An -tx1 | tr -d ' \n')
+    sig=$(printf '%s\nrwdlac\nb\nco\n%s\n%s\n\nhttps,http\n%s\n\n' "$account" "$st" "$se" "$version" \
+        | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$hexkey" -binary | base64 | sed 's/+/%2B/g; s/\//%2F/g; s/=/%3D/g')
+    curl -sf -X PUT -H "x-ms-version: $version" -H "Content-Length: 0" \
+        "$BACKUP_TEST_AZURE_ENDPOINT/$container?restype=container&sv=$version&ss=b&srt=co&sp=rwdlac&st=$st&se=$se&spr=https,http&sig=$sig" \
+        >/dev/null
+}

@@ -31,7 +31,10 @@ use tokio::task::JoinSet;
 
 use super::resume::{self, OpenAt};
 use super::retry::Retry;
-use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage, part_size};
+use super::{
+    Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage, buffer, part_size,
+    take_part,
+};
 use crate::error::{Error, Kind, Result};
 use crate::model::{AzureAuth, AzureSpec, Secret};
 
@@ -700,9 +703,10 @@ impl AzureWriter {
         while self.in_flight.len() >= self.inner.spec.blocks_in_flight {
             self.collect_one().await?;
         }
-        let body = self.buf.split_to(len).freeze();
         let id = block_id(number);
         self.ids.push(id.clone());
+        let next = self.current_block_size();
+        let body = take_part(&mut self.buf, len, next);
         let inner = self.inner.clone();
         let key = self.key.clone();
         self.in_flight
@@ -725,7 +729,8 @@ impl AzureWriter {
 #[async_trait]
 impl ObjectWriter for AzureWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(chunk);
+        let block = self.current_block_size();
+        buffer(&mut self.buf, chunk, block);
         self.size += chunk.len() as u64;
         loop {
             let block = self.current_block_size();

@@ -142,6 +142,27 @@ pub fn part_size(base: u64, index: u32, per_step: u32, max: u64) -> u64 {
     base.saturating_mul(1 << doublings).min(max.max(base))
 }
 
+/// Room past a full part for the chunk that overflows it.
+const PART_SLACK: usize = 1 << 20;
+
+/// Appends `chunk` to a part buffer, which is allocated once at the size of a
+/// part (plus slack), so it never grows by doubling past what the bound allows.
+pub(crate) fn buffer(buf: &mut bytes::BytesMut, chunk: &[u8], part: usize) {
+    if buf.capacity() == 0 {
+        buf.reserve(part + PART_SLACK);
+    }
+    buf.extend_from_slice(chunk);
+}
+
+/// Takes the first `len` bytes of `buf` as a part and leaves `buf` a fresh
+/// buffer holding the rest: the part's memory is freed when its upload ends.
+pub(crate) fn take_part(buf: &mut bytes::BytesMut, len: usize, next_part: usize) -> bytes::Bytes {
+    let mut next = bytes::BytesMut::with_capacity(next_part.max(buf.len() - len) + PART_SLACK);
+    next.extend_from_slice(&buf[len..]);
+    buf.truncate(len);
+    std::mem::replace(buf, next).freeze()
+}
+
 /// Reads a whole small object (manifests, reports) into memory.
 pub async fn read_small(storage: &dyn Storage, key: &Key, limit: u64) -> Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;

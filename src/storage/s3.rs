@@ -25,7 +25,10 @@ use tokio::task::JoinSet;
 
 use super::resume::{self, OpenAt};
 use super::retry::Retry;
-use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage, part_size};
+use super::{
+    Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage, buffer, part_size,
+    take_part,
+};
 use crate::error::{Error, Kind, Result};
 use crate::model::{S3Spec, Sse};
 
@@ -609,9 +612,10 @@ impl S3Writer {
         while self.in_flight.len() >= self.inner.spec.parts_in_flight {
             self.collect_one().await?;
         }
-        let body = self.buf.split_to(len).freeze();
         let number = self.next_part;
         self.next_part += 1;
+        let next = self.current_part_size();
+        let body = take_part(&mut self.buf, len, next);
         let inner = self.inner.clone();
         let key = self.key.clone();
         self.in_flight
@@ -669,7 +673,8 @@ impl S3Writer {
 #[async_trait]
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(chunk);
+        let part = self.current_part_size();
+        buffer(&mut self.buf, chunk, part);
         self.size += chunk.len() as u64;
         loop {
             let part = self.current_part_size();
