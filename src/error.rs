@@ -32,6 +32,8 @@ pub enum Kind {
     Refused,
     /// A command-line value could not be understood.
     Usage,
+    /// SIGINT or SIGTERM stopped the command before it finished.
+    Interrupted,
 }
 
 impl Kind {
@@ -47,6 +49,8 @@ impl Kind {
             Kind::NotFound => 7,
             Kind::Tool => 8,
             Kind::Refused => 9,
+            // What shells report for a command stopped by Ctrl-C (128 + SIGINT).
+            Kind::Interrupted => 130,
         }
     }
 }
@@ -102,6 +106,9 @@ impl Error {
     }
     pub fn usage(message: impl Into<String>) -> Self {
         Error::new(Kind::Usage, message)
+    }
+    pub fn interrupted(message: impl Into<String>) -> Self {
+        Error::new(Kind::Interrupted, message)
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -234,6 +241,7 @@ mod tests {
             Kind::NotFound,
             Kind::Tool,
             Kind::Refused,
+            Kind::Interrupted,
         ];
         let mut codes: Vec<u8> = kinds.iter().map(|k| k.exit_code()).collect();
         codes.sort();

@@ -195,6 +195,7 @@ fn a_flaky_network_costs_retries_not_the_backup() {
             error_500: 0.08,
             reset: 0.07,
             cut_response: 0.05,
+            ..Faults::default()
         },
         20261123,
     );
@@ -244,6 +245,7 @@ fn a_dead_network_fails_the_backup_after_the_retry_budget() {
             error_500: 0.5,
             reset: 0.5,
             cut_response: 0.0,
+            ..Faults::default()
         },
         7,
     );
@@ -400,6 +402,7 @@ fn a_flaky_network_to_azure_costs_retries_not_the_backup() {
             error_500: 0.08,
             reset: 0.07,
             cut_response: 0.05,
+            ..Faults::default()
         },
         11,
     );
@@ -434,4 +437,254 @@ fn a_flaky_network_to_azure_costs_retries_not_the_backup() {
         setup.cluster.table_digests("copy"),
         setup.cluster.table_digests("app")
     );
+}
+
+#[test]
+fn an_interrupted_backup_aborts_its_upload_and_leaves_nothing() {
+    let bucket = block_on(servers::create_bucket("sigterm"));
+    let upstream = servers::s3_endpoint();
+    // A slow network, so the upload is still under way when the signal comes.
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            delay: std::time::Duration::from_millis(300),
+            ..Faults::default()
+        },
+        3,
+    );
+    let setup = s3_setup(&proxy.url_for(&upstream), &bucket, &["s3"], "");
+    load_bulk(&setup.cluster);
+    let child = setup.spawn_backup_with(&["run", "nightly"], &servers::s3_env());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !proxy
+        .request_lines()
+        .iter()
+        .any(|line| line.contains("partNumber="))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no part upload started: {:?}",
+            proxy.request_lines()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on the pid of our own child, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let run = common::Run::from(child.wait_with_output().unwrap());
+
+    assert_eq!(run.code, 130, "{}", run.all());
+    assert!(run.stderr.contains("SIGTERM received"), "{}", run.all());
+    assert!(
+        run.stderr.contains("hint: run the job again"),
+        "{}",
+        run.all()
+    );
+    let keys = block_on(servers::bucket_keys(&bucket));
+    assert!(keys.is_empty(), "nothing was left in the bucket: {keys:?}");
+    assert_eq!(
+        block_on(servers::open_uploads(&bucket)),
+        0,
+        "the multipart upload was aborted before the process exited"
+    );
+    let lines = proxy.request_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("DELETE ") && l.contains("uploadId=")),
+        "an AbortMultipartUpload was sent: {lines:?}"
+    );
+}
+
+#[test]
+fn s3_keys_come_from_files_or_the_aws_credential_chain_and_none_fails_at_once() {
+    let bucket = block_on(servers::create_bucket("creds"));
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    let keys = tempfile::tempdir().unwrap();
+    let (id_file, secret_file) = (keys.path().join("id"), keys.path().join("secret"));
+    std::fs::write(&id_file, format!("{}\n", servers::S3_ACCESS_KEY_ID)).unwrap();
+    std::fs::write(&secret_file, format!("{}\n", servers::S3_SECRET_ACCESS_KEY)).unwrap();
+    let section = servers::s3_section("s3", &servers::s3_endpoint(), &bucket, "")
+        .replace(
+            "access_key_id_env = \"TEST_S3_ACCESS_KEY_ID\"",
+            &format!("access_key_id_file = \"{}\"", id_file.display()),
+        )
+        .replace(
+            "secret_access_key_env = \"TEST_S3_SECRET_ACCESS_KEY\"",
+            &format!("secret_access_key_file = \"{}\"", secret_file.display()),
+        );
+    let setup = Setup::with_storages(cluster, "", &section, &["s3"], "");
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "keys from files: {}", run.all());
+
+    // No keys in the job file: the AWS credential chain, here its environment
+    // variables. HOME has no profile, and instance metadata is off (127.0.0.1 only).
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let chained: String = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with("access_key_id_file") && !l.starts_with("secret_access_key_file")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&setup.config, chained).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_str().unwrap();
+    let no_imds = [("HOME", home), ("AWS_EC2_METADATA_DISABLED", "true")];
+    let mut env = no_imds.to_vec();
+    env.extend([
+        ("AWS_ACCESS_KEY_ID", servers::S3_ACCESS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", servers::S3_SECRET_ACCESS_KEY),
+    ]);
+    let run = setup.backup_with(&["--json", "list", "--job", "nightly"], &env);
+    assert!(run.ok(), "keys from the chain: {}", run.all());
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(listed.len(), 1, "{}", run.all());
+
+    // Nothing anywhere: a configuration error at once, saying what was tried.
+    let started = std::time::Instant::now();
+    let run = setup.backup_with(&["run", "nightly"], &no_imds);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(
+        run.stderr.contains("storage s3: AWS credentials"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("Environment"),
+        "what was tried: {}",
+        run.all()
+    );
+    assert!(
+        run.stderr
+            .contains("hint: give the storage access_key_id_env"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        !run.stderr.contains("gave up"),
+        "not retried: {}",
+        run.all()
+    );
+    assert!(
+        !run.stderr.contains("DispatchFailure"),
+        "no Debug dumps: {}",
+        run.all()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn azure_takes_an_operators_sas_token_and_a_read_only_one_is_refused_at_once() {
+    let container = block_on(servers::create_container("sas"));
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    let section = servers::azure_section("blob", &servers::azure_endpoint(), &container, "")
+        .replace(
+            "access_key_env = \"TEST_AZURE_KEY\"",
+            "sas_token_env = \"TEST_AZURE_SAS\"",
+        );
+    let setup = Setup::with_storages(cluster, "", &section, &["blob"], "");
+    let full = servers::container_sas(&container, "racwdl");
+    let env = [("TEST_AZURE_SAS", full.as_str())];
+    let run = setup.backup_with(&["run", "nightly"], &env);
+    assert!(run.ok(), "{}", run.all());
+    let run = setup.backup_with(
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "copy",
+        ],
+        &env,
+    );
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(
+        setup.cluster.table_digests("copy"),
+        setup.cluster.table_digests("app")
+    );
+
+    // A token that may only read and list: the upload is refused (403), not
+    // retried, and the token's signature appears nowhere.
+    let read_only = servers::container_sas(&container, "rl");
+    let signature = read_only.split("sig=").nth(1).unwrap().to_owned();
+    let run = setup.backup_with(
+        &["run", "nightly"],
+        &[("TEST_AZURE_SAS", read_only.as_str())],
+    );
+    assert_eq!(run.code, 5, "{}", run.all());
+    assert!(run.stderr.contains("HTTP 403"), "{}", run.all());
+    assert!(
+        run.stderr.contains("hint: the credential was refused"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        !run.stderr.contains("gave up"),
+        "a 403 is not retried: {}",
+        run.all()
+    );
+    assert!(!run.stderr.contains(&signature), "{}", run.all());
+    let run = setup.backup_with(&["--json", "list", "--job", "nightly"], &env);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "the refused run left nothing listed: {}",
+        run.all()
+    );
+}
+
+#[test]
+fn entra_id_over_plain_http_is_a_configuration_error() {
+    let container = "never-created";
+    let cluster = Cluster::start();
+    // No key, token or connection string: Entra ID, which must not send a
+    // bearer token over http.
+    let section = servers::azure_section("blob", &servers::azure_endpoint(), container, "")
+        .replace("access_key_env = \"TEST_AZURE_KEY\"\n", "");
+    let setup = Setup::with_storages(cluster, "", &section, &["blob"], "");
+    let run = setup.backup(&["run", "nightly"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(
+        run.stderr.contains("Entra ID needs an https endpoint"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("hint:"), "{}", run.all());
+}
+
+#[test]
+fn a_dead_network_to_azure_fails_the_backup_after_the_retry_budget() {
+    let container = block_on(servers::create_container("dead"));
+    let upstream = servers::azure_endpoint();
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            error_500: 0.5,
+            reset: 0.5,
+            ..Faults::default()
+        },
+        13,
+    );
+    let setup = azure_setup(
+        &proxy.url_for(&upstream),
+        &container,
+        "retry_attempts = 3\nretry_max_time = \"20s\"",
+    );
+    let started = std::time::Instant::now();
+    let run = setup.backup_with(&["run", "nightly"], &servers::azure_env());
+    assert_eq!(run.code, 5, "{}", run.all());
+    assert!(
+        run.stderr.contains("gave up after 3 attempts"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("hint:"), "{}", run.all());
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    let blobs = block_on(servers::container_blobs(&container));
+    assert!(blobs.is_empty(), "nothing complete was left: {blobs:?}");
 }

@@ -11,6 +11,7 @@ use backup::storage::{Key, ObjectInfo, Storage};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use common::proxy::{FaultProxy, Faults};
 use common::servers;
 
 const MIB: u64 = 1 << 20;
@@ -243,11 +244,16 @@ mod backends {
     }
 
     pub async fn s3() -> Backend {
+        s3_at(&servers::s3_endpoint()).await
+    }
+
+    /// An S3 backend reached through `endpoint` (the server, or a proxy to it).
+    pub async fn s3_at(endpoint: &str) -> Backend {
         let bucket = servers::create_bucket("conformance").await;
         let part = 5 * MIB; // S3's smallest part
         let spec = StorageSpec {
             name: "s3".to_owned(),
-            kind: StorageKind::S3(servers::s3_spec_at(&servers::s3_endpoint(), &bucket, part)),
+            kind: StorageKind::S3(servers::s3_spec_at(endpoint, &bucket, part)),
             retry: servers::test_retry(),
         };
         Backend {
@@ -259,15 +265,16 @@ mod backends {
     }
 
     pub async fn azure() -> Backend {
+        azure_at(&servers::azure_endpoint()).await
+    }
+
+    /// An Azure backend reached through `endpoint` (the server, or a proxy to it).
+    pub async fn azure_at(endpoint: &str) -> Backend {
         let container = servers::create_container("conformance").await;
         let part = MIB; // small blocks, so the suite crosses block boundaries
         let spec = StorageSpec {
             name: "blob".to_owned(),
-            kind: StorageKind::Azure(servers::azure_spec_at(
-                &servers::azure_endpoint(),
-                &container,
-                part,
-            )),
+            kind: StorageKind::Azure(servers::azure_spec_at(endpoint, &container, part)),
             retry: servers::test_retry(),
         };
         Backend {
@@ -303,4 +310,107 @@ async fn s3_aborted_uploads_leave_no_parts() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("multipart uploads left open in {bucket}");
+}
+
+/// Writes a small object, one of exactly one part and one of six parts and a
+/// byte through a slow proxy, and returns the request lines of each write and
+/// the most requests that were open at once during the large one.
+fn requests_of_writes(
+    upstream: &str,
+    open: fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Backend>>>,
+) -> (Vec<String>, Vec<String>, Vec<String>, u64) {
+    let proxy = FaultProxy::start(
+        upstream,
+        Faults {
+            // Slow enough that parts overlap whenever the writer lets them.
+            delay: std::time::Duration::from_millis(100),
+            ..Faults::default()
+        },
+        5,
+    );
+    let url = proxy.url_for(upstream);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let b = open(url).await;
+        let mut seen = Vec::new();
+        for (name, size) in [
+            ("shape/small", 1024),
+            ("shape/one-part", b.part),
+            ("shape/large", 6 * b.part + 1),
+        ] {
+            proxy.clear();
+            let bytes = data(size, size);
+            put(b.storage.as_ref(), &key(name), &bytes).await;
+            assert_eq!(sha(&get(b.storage.as_ref(), &key(name)).await), sha(&bytes));
+            let lines: Vec<String> = proxy
+                .request_lines()
+                .into_iter()
+                // Azure escapes the '/' in blob names.
+                .filter(|l| l.replace("%2F", "/").contains(name) && !l.starts_with("GET "))
+                .collect();
+            seen.push((lines, proxy.most_open()));
+        }
+        let (large, most_open) = seen.pop().unwrap();
+        let (one_part, _) = seen.pop().unwrap();
+        let (small, _) = seen.pop().unwrap();
+        (small, one_part, large, most_open)
+    })
+}
+
+#[test]
+fn s3_sends_objects_up_to_one_part_whole_and_larger_ones_in_bounded_parts() {
+    let (small, one_part, large, most_open) = requests_of_writes(&servers::s3_endpoint(), |url| {
+        Box::pin(async move { backends::s3_at(&url).await })
+    });
+    for lines in [&small, &one_part] {
+        assert_eq!(lines.len(), 1, "one PutObject: {lines:?}");
+        assert!(
+            lines[0].starts_with("PUT ") && !lines[0].contains("partNumber"),
+            "{lines:?}"
+        );
+    }
+    let count = |pattern: &str| large.iter().filter(|l| l.contains(pattern)).count();
+    assert_eq!(count("uploads"), 1, "one CreateMultipartUpload: {large:?}");
+    assert_eq!(count("partNumber="), 7, "seven UploadPart: {large:?}");
+    assert_eq!(
+        large
+            .iter()
+            .filter(|l| l.starts_with("POST ") && l.contains("uploadId="))
+            .count(),
+        1,
+        "one CompleteMultipartUpload: {large:?}"
+    );
+    assert_eq!(
+        most_open, 2,
+        "parts_in_flight = 2 parts at once, no more, no fewer"
+    );
+}
+
+#[test]
+fn azure_sends_objects_up_to_one_block_whole_and_larger_ones_in_bounded_blocks() {
+    let (small, one_block, large, most_open) =
+        requests_of_writes(&servers::azure_endpoint(), |url| {
+            Box::pin(async move { backends::azure_at(&url).await })
+        });
+    for lines in [&small, &one_block] {
+        assert_eq!(lines.len(), 1, "one Put Blob: {lines:?}");
+        assert!(
+            lines[0].starts_with("PUT ") && !lines[0].contains("comp=block"),
+            "{lines:?}"
+        );
+    }
+    let count = |pattern: &str| large.iter().filter(|l| l.contains(pattern)).count();
+    assert_eq!(
+        large
+            .iter()
+            .filter(|l| l.contains("comp=block") && !l.contains("comp=blocklist"))
+            .count(),
+        7,
+        "seven Put Block: {large:?}"
+    );
+    assert_eq!(count("comp=blocklist"), 1, "one Put Block List: {large:?}");
+    assert_eq!(
+        most_open, 2,
+        "blocks_in_flight = 2 blocks at once, no more, no fewer"
+    );
 }

@@ -69,13 +69,82 @@ pub fn main() -> ExitCode {
             return ExitCode::from(crate::error::Kind::Internal.exit_code());
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let left_behind = cli.command.left_behind();
+    let result = runtime.block_on(async {
+        let result = tokio::select! {
+            result = dispatch(cli) => result,
+            // Dropping the command's future drops its writers, which abort
+            // their uploads as clean-ups waited for below.
+            signal = interrupted() => Err(match signal {
+                Ok(name) => Error::interrupted(format!("{name} received: {}", left_behind.0))
+                    .with_hint(left_behind.1),
+                Err(e) => e,
+            }),
+        };
+        if !crate::storage::finish_cleanups(CLEANUP_LIMIT).await {
+            tracing::warn!(
+                "some unfinished uploads were still being aborted after {}s; \
+                 they stay in the bucket until a lifecycle rule or a later abort removes them",
+                CLEANUP_LIMIT.as_secs()
+            );
+        }
+        result
+    });
+    // A blocking task may still be feeding a child that was told to stop.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !e.is_reported() {
                 crate::report::print_error(&e);
             }
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// How long the process waits at exit for unfinished uploads to be aborted.
+const CLEANUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Resolves with the name of the first SIGINT or SIGTERM.
+async fn interrupted() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen =
+        |kind| signal(kind).map_err(|e| Error::internal(format!("cannot listen for signals: {e}")));
+    let (mut int, mut term) = (
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::terminate())?,
+    );
+    tokio::select! {
+        _ = int.recv() => Ok("SIGINT"),
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
+impl Command {
+    /// What an interruption of this command leaves, and what to do about it.
+    fn left_behind(&self) -> (String, String) {
+        match self {
+            Command::Run(_) => (
+                "the backup in progress was stopped: it has no manifest, so it is never \
+                 listed or restored, and its unfinished uploads were aborted"
+                    .to_owned(),
+                "run the job again".to_owned(),
+            ),
+            Command::Restore(args) => (
+                format!(
+                    "the restore was stopped; if it had begun, database {} is incomplete",
+                    args.target_db()
+                ),
+                format!(
+                    "drop database {}, or restore again with --clean",
+                    args.target_db()
+                ),
+            ),
+            Command::List(_) | Command::Config(_) => (
+                "nothing was changed".to_owned(),
+                "run the command again".to_owned(),
+            ),
         }
     }
 }

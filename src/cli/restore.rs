@@ -12,6 +12,12 @@ use crate::model::BackupId;
 use crate::pg::command::RestoreFlags;
 use crate::time;
 
+impl Args {
+    pub(super) fn target_db(&self) -> &str {
+        &self.target_db
+    }
+}
+
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["at", "latest", "id"])))]
 pub struct Args {

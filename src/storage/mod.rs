@@ -163,6 +163,33 @@ pub(crate) fn take_part(buf: &mut bytes::BytesMut, len: usize, next_part: usize)
     std::mem::replace(buf, next).freeze()
 }
 
+/// Clean-ups that writers dropped unfinished left running in the background
+/// (an S3 multipart upload to abort). A `Drop` cannot wait, so they are
+/// tracked here and the process waits for them before it exits: an interrupted
+/// or failed run must not leave parts stored, and billed, forever.
+static CLEANUPS: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// Starts a clean-up in the background; false when there is no runtime to run it.
+pub(crate) fn spawn_cleanup(task: impl std::future::Future<Output = ()> + Send + 'static) -> bool {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            CLEANUPS.spawn_on(task, &runtime);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `limit` for every clean-up started so far; false when some
+/// were still running at the limit.
+pub async fn finish_cleanups(limit: std::time::Duration) -> bool {
+    CLEANUPS.close();
+    let done = tokio::time::timeout(limit, CLEANUPS.wait()).await.is_ok();
+    CLEANUPS.reopen();
+    done
+}
+
 /// Reads a whole small object (manifests, reports) into memory.
 pub async fn read_small(storage: &dyn Storage, key: &Key, limit: u64) -> Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;

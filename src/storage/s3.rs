@@ -90,6 +90,9 @@ impl S3Storage {
             ));
         }
         let shared = loader.load().await;
+        if spec.keys.is_none() {
+            resolve_chain(name, &shared, retry).await?;
+        }
         let mut config =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(spec.path_style);
         if let Some(endpoint) = &spec.endpoint {
@@ -116,6 +119,79 @@ impl S3Storage {
     }
 }
 
+/// Asks the AWS credential chain for credentials once, before any work, so a
+/// host without any fails at once with what was tried, not on its first upload.
+async fn resolve_chain(name: &str, shared: &aws_config::SdkConfig, retry: Retry) -> Result<()> {
+    use aws_credential_types::provider::ProvideCredentials;
+    let hint = "give the storage access_key_id_env and secret_access_key_env, or set up the \
+                AWS credential chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile \
+                (AWS_PROFILE), web identity (IRSA on EKS) or an instance role";
+    let Some(provider) = shared.credentials_provider() else {
+        return Err(
+            Error::config(format!("storage {name}: no AWS credential provider")).with_hint(hint),
+        );
+    };
+    let what = format!("storage {name}: AWS credentials");
+    retry
+        .run(&what, || async {
+            provider.provide_credentials().await.map_err(|e| {
+                let error = Error::new(
+                    if credentials_are_missing(&e) {
+                        Kind::Config
+                    } else {
+                        Kind::Storage
+                    },
+                    format!("{what}: {}", causes(&e)),
+                )
+                .with_hint(hint);
+                if credentials_are_missing(&e) {
+                    error
+                } else {
+                    error.temporary()
+                }
+            })
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Whether a credential failure is one no retry can mend: nothing configured,
+/// or a configuration that is wrong (as opposed to a provider that timed out
+/// or answered 503).
+fn credentials_are_missing(e: &aws_credential_types::provider::error::CredentialsError) -> bool {
+    use aws_credential_types::provider::error::CredentialsError as C;
+    matches!(e, C::CredentialsNotLoaded(_) | C::InvalidConfiguration(_))
+}
+
+/// The messages of an error and its sources, joined, each said once: the
+/// SDK's own rendering appends `Debug` dumps that bury the cause.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The credential failure somewhere in an error's sources, if that is what it is.
+fn credentials_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a aws_credential_types::provider::error::CredentialsError> {
+    let mut source = Some(err);
+    while let Some(cause) = source {
+        if let Some(found) = cause.downcast_ref() {
+            return Some(found);
+        }
+        source = cause.source();
+    }
+    None
+}
+
 impl Inner {
     fn full_key(&self, key: &str) -> String {
         match &self.spec.prefix {
@@ -139,6 +215,7 @@ impl Inner {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let status = err.raw_response().map(|r| r.status().as_u16());
+        let credentials = credentials_error(&err);
         let code = err.code().unwrap_or_default().to_owned();
         let detail = match (&err, err.message()) {
             (SdkError::ServiceError(_), Some(message)) if !code.is_empty() => {
@@ -149,17 +226,20 @@ impl Inner {
                 Some(status) => format!("HTTP {status}"),
                 None => "the service returned an error".to_owned(),
             },
-            (SdkError::DispatchFailure(_), _) => format!(
-                "could not reach the service: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&err)
-            ),
+            (SdkError::DispatchFailure(_), _) if credentials.is_some() => {
+                format!("no usable AWS credentials: {}", causes(&err))
+            }
+            (SdkError::DispatchFailure(_), _) => {
+                format!("could not reach the service: {}", causes(&err))
+            }
             (SdkError::TimeoutError(_), _) => "the request timed out".to_owned(),
             (SdkError::ResponseError(_), _) => "the response was cut off or malformed".to_owned(),
-            _ => aws_sdk_s3::error::DisplayErrorContext(&err).to_string(),
+            _ => causes(&err),
         };
         let message = format!("{what}: {detail}");
         let temporary = match &err {
             SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+            _ if credentials.is_some_and(credentials_are_missing) => false,
             SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout() || d.is_other(),
             SdkError::ServiceError(_) => {
                 matches!(status, Some(408 | 429 | 500..=599))
@@ -203,11 +283,14 @@ impl Inner {
                  s3:ListBucket, s3:DeleteObject and s3:AbortMultipartUpload on bucket {}",
                 self.spec.bucket
             )),
-            _ if matches!(&err, SdkError::DispatchFailure(_)) => Some(
-                "check `endpoint`, the network path to it, and that credentials can be found \
-                 (static keys in the job file, or the AWS credential chain)"
+            _ if credentials.is_some() => Some(
+                "check the AWS credential chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, web identity, \
+                 instance role), or give the storage access_key_id_env and secret_access_key_env"
                     .to_owned(),
             ),
+            _ if matches!(&err, SdkError::DispatchFailure(_)) => {
+                Some("check `endpoint` and the network path to it".to_owned())
+            }
             _ => None,
         };
         match hint {
@@ -711,14 +794,19 @@ impl Drop for S3Writer {
         // background so the parts are not kept, and billed, forever.
         if let Some(upload_id) = self.upload.take() {
             self.in_flight.abort_all();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let inner = self.inner.clone();
-                let key = self.key.clone();
-                runtime.spawn(async move {
-                    if let Err(e) = inner.abort_upload(&key, &upload_id).await {
-                        tracing::warn!(error = %e, "could not abort an abandoned upload");
-                    }
-                });
+            let inner = self.inner.clone();
+            let key = self.key.clone();
+            let what = inner.what("abort upload of", &key);
+            let started = super::spawn_cleanup(async move {
+                if let Err(e) = inner.abort_upload(&key, &upload_id).await {
+                    tracing::warn!(error = %e, "could not abort an abandoned upload");
+                }
+            });
+            if !started {
+                tracing::warn!(
+                    "{what}: no runtime left to abort it; a bucket lifecycle rule \
+                     (AbortIncompleteMultipartUpload) removes such uploads"
+                );
             }
         }
     }

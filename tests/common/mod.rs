@@ -336,11 +336,24 @@ impl Setup {
 
     /// [`Setup::backup`] with more environment variables (storage keys).
     pub fn backup_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run::from(self.command(args, env).output().expect("run backup"))
+    }
+
+    /// [`Setup::backup_with`] without waiting: see [`spawn_backup_with`].
+    pub fn spawn_backup_with(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        self.command(args, env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start backup")
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let tmp = self.work.path().join("tmp");
         std::fs::create_dir_all(&tmp).unwrap();
         let mut all = vec![("TMPDIR", tmp.to_str().unwrap())];
         all.extend_from_slice(env);
-        run_backup_with(&self.config, args, &all)
+        backup_command(&self.config, args, &all)
     }
 
     /// What the runs of this test left in their temp dir.
@@ -425,19 +438,31 @@ pub fn run_backup(config: &Path, args: &[&str]) -> Run {
 }
 
 pub fn run_backup_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_backup"))
+    let out = backup_command(config, args, env)
+        .output()
+        .expect("run backup");
+    Run::from(out)
+}
+
+fn backup_command(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_backup"));
+    command
         .arg("--config")
         .arg(config)
         .args(args)
         .envs(env.iter().copied())
         .env_remove("BACKUP_CONFIG")
         .env_remove("PGPASSWORD")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run backup");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        .stdin(Stdio::null());
+    command
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }

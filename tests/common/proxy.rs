@@ -7,6 +7,10 @@
 //! server closes: no response parsing, and a fault hits one request, not a
 //! keep-alive connection's worth. Bounded: a seeded generator decides, and the
 //! proxy stops when dropped.
+//!
+//! It also records each request line and the most requests it had open at
+//! once, so a test can see what a backend sent (one PUT, or a multipart
+//! upload with at most N parts in flight).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +28,20 @@ pub struct Faults {
     pub reset: f64,
     /// Forwarded, but the response is cut after a few KiB with a reset.
     pub cut_response: f64,
+    /// Every request waits this long before it is answered or forwarded: a slow
+    /// network, so a test can act while an upload is under way.
+    pub delay: std::time::Duration,
 }
 
 #[derive(Debug, Default)]
 pub struct Counts {
     pub requests: AtomicU64,
     pub failed: AtomicU64,
+    /// Requests being served right now, and the most there ever were.
+    open: AtomicU64,
+    pub most_open: AtomicU64,
+    /// Request lines (`PUT /bucket/key?partNumber=2&uploadId=… HTTP/1.1`), in arrival order.
+    pub lines: Mutex<Vec<String>>,
 }
 
 pub struct FaultProxy {
@@ -90,6 +102,22 @@ impl FaultProxy {
     pub fn failed(&self) -> u64 {
         self.counts.failed.load(Ordering::SeqCst)
     }
+
+    /// The request lines seen so far, without the trailing ` HTTP/1.1`.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.counts.lines.lock().unwrap().clone()
+    }
+
+    /// The most requests that were open at the same time.
+    pub fn most_open(&self) -> u64 {
+        self.counts.most_open.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the requests seen so far.
+    pub fn clear(&self) {
+        self.counts.lines.lock().unwrap().clear();
+        self.counts.most_open.store(0, Ordering::SeqCst);
+    }
 }
 
 impl Drop for FaultProxy {
@@ -127,6 +155,18 @@ async fn serve(
         None => return Ok(()), // closed without a request
     };
     counts.requests.fetch_add(1, Ordering::SeqCst);
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or_default();
+    counts
+        .lines
+        .lock()
+        .unwrap()
+        .push(line.trim_end_matches(" HTTP/1.1").to_owned());
+    let mut open = Open::new(&counts);
+    let delay = faults.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let fate = {
         let f = *faults.lock().unwrap();
         let roll = rng.lock().unwrap().f64();
@@ -168,27 +208,69 @@ async fn serve(
         Fate::Pass | Fate::Cut => {
             let mut server = TcpStream::connect(upstream).await?;
             server.write_all(&close_after(&head)).await?;
-            if matches!(fate, Fate::Pass) {
-                tokio::io::copy_bidirectional(&mut client, &mut server).await?;
-                return Ok(());
-            }
-            // Relay the rest of the request, then only the start of the answer.
             let (mut client_read, mut client_write) = client.split();
             let (mut server_read, mut server_write) = server.split();
-            let upload = tokio::io::copy(&mut client_read, &mut server_write);
-            let download = async {
-                let mut buf = vec![0u8; 4096];
-                let n = server_read.read(&mut buf).await?;
-                client_write.write_all(&buf[..n]).await
+            let upload = async {
+                tokio::io::copy(&mut client_read, &mut server_write).await?;
+                server_write.shutdown().await
             };
-            tokio::select! {
-                _ = upload => {}
-                r = download => { r?; }
+            // The first bytes of the answer end the request's time as open,
+            // before the client can see them and start another request.
+            let cut = matches!(fate, Fate::Cut);
+            let download = async {
+                let mut first = vec![0u8; 4096];
+                let n = server_read.read(&mut first).await?;
+                open.answered();
+                client_write.write_all(&first[..n]).await?;
+                if !cut {
+                    tokio::io::copy(&mut server_read, &mut client_write).await?;
+                    client_write.shutdown().await?;
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            if cut {
+                // Relay the rest of the request, then only the start of the answer.
+                tokio::select! {
+                    _ = upload => {}
+                    r = download => { r?; }
+                }
+                client.set_zero_linger()?;
+                drop(client);
+                return Ok(());
             }
-            client.set_zero_linger()?;
-            drop(client);
-            Ok(())
+            let (up, down) = tokio::join!(upload, download);
+            up.and(down)
         }
+    }
+}
+
+/// A request counted as open from its head until its answer starts (or it
+/// ends without one).
+struct Open<'a> {
+    counts: &'a Counts,
+    answered: bool,
+}
+
+impl<'a> Open<'a> {
+    fn new(counts: &'a Counts) -> Self {
+        let now = counts.open.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.most_open.fetch_max(now, Ordering::SeqCst);
+        Open {
+            counts,
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self) {
+        if !std::mem::replace(&mut self.answered, true) {
+            self.counts.open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.answered();
     }
 }
 

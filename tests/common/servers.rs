@@ -222,3 +222,51 @@ pub fn azure_section(name: &str, endpoint: &str, container: &str, extra: &str) -
 pub fn azure_env() -> [(&'static str, &'static str); 1] {
     [("TEST_AZURE_KEY", AZURE_KEY)]
 }
+
+/// A service SAS for one container of the test Azure account, with the given
+/// permissions (`"racwdl"`, `"rl"`, ...): the kind of token an operator is
+/// handed for one container. Signed here, independently of the program's own
+/// account-SAS code (https://learn.microsoft.com/rest/api/storageservices/create-service-sas).
+pub fn container_sas(container: &str, permissions: &str) -> String {
+    let version = "2022-11-02";
+    let fmt = |t: jiff::Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = jiff::Timestamp::now();
+    let start = fmt(now - jiff::SignedDuration::from_mins(5));
+    let expiry = fmt(now + jiff::SignedDuration::from_hours(1));
+    let resource = format!("/blob/{AZURE_ACCOUNT}/{container}");
+    // permissions, start, expiry, resource, identifier, IP, protocol, version,
+    // signed resource, snapshot time, encryption scope, then five response headers.
+    let to_sign = format!(
+        "{permissions}\n{start}\n{expiry}\n{resource}\n\n\nhttps,http\n{version}\nc\n\n\n\n\n\n\n"
+    );
+    let key = azure_core::credentials::Secret::new(AZURE_KEY.to_owned());
+    let signature = azure_core::hmac::hmac_sha256(&to_sign, &key).expect("sign the SAS");
+    let mut url = azure_core::http::Url::parse("http://sas/").unwrap();
+    url.query_pairs_mut()
+        .append_pair("sv", version)
+        .append_pair("sp", permissions)
+        .append_pair("st", &start)
+        .append_pair("se", &expiry)
+        .append_pair("spr", "https,http")
+        .append_pair("sr", "c")
+        .append_pair("sig", &signature);
+    url.query().unwrap().to_owned()
+}
+
+/// Every blob under `prod/` in a container (where the test job files put
+/// theirs), listed straight from the server, not through a proxy.
+pub async fn container_blobs(container: &str) -> Vec<String> {
+    use backup::storage::{Key, Storage};
+    let mut spec = azure_spec_at(&azure_endpoint(), container, 8 << 20);
+    spec.prefix = None;
+    let storage =
+        backup::storage::AzureStorage::connect("check", &spec, test_retry()).expect("azure client");
+    let listed = storage
+        .list(&Key::new("prod").unwrap())
+        .await
+        .expect("list container");
+    listed
+        .into_iter()
+        .map(|o| o.key.as_str().to_owned())
+        .collect()
+}
