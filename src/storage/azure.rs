@@ -24,7 +24,7 @@ use azure_storage_blob::models::{
     BlockLookupList, HttpRange,
 };
 use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
@@ -32,8 +32,7 @@ use tokio::task::JoinSet;
 use super::resume::{self, OpenAt};
 use super::retry::Retry;
 use super::{
-    Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage, buffer, part_size,
-    take_part,
+    Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, PartBuffers, Storage, part_size,
 };
 use crate::error::{Error, Kind, Result};
 use crate::model::{AzureAuth, AzureSpec, Secret};
@@ -537,7 +536,7 @@ impl Storage for AzureStorage {
         Ok(Box::new(AzureWriter {
             inner: self.inner.clone(),
             key: key.as_str().to_owned(),
-            buf: BytesMut::new(),
+            buf: PartBuffers::default(),
             ids: Vec::new(),
             in_flight: JoinSet::new(),
             size: 0,
@@ -674,10 +673,11 @@ impl OpenAt for Download {
 struct AzureWriter {
     inner: Arc<Inner>,
     key: String,
-    buf: BytesMut,
+    buf: PartBuffers,
     /// Ids of the blocks staged or being staged, in order.
     ids: Vec<Vec<u8>>,
-    in_flight: JoinSet<Result<()>>,
+    /// Block uploads under way; each gives back its buffer when done.
+    in_flight: JoinSet<Result<Bytes>>,
     size: u64,
 }
 
@@ -706,17 +706,23 @@ impl AzureWriter {
         let id = block_id(number);
         self.ids.push(id.clone());
         let next = self.current_block_size();
-        let body = take_part(&mut self.buf, len, next);
+        let body = self.buf.take(len, next);
         let inner = self.inner.clone();
         let key = self.key.clone();
-        self.in_flight
-            .spawn(async move { inner.stage_block(&key, id, body).await });
+        self.in_flight.spawn(async move {
+            inner.stage_block(&key, id, body.clone()).await?;
+            Ok(body)
+        });
         Ok(())
     }
 
     async fn collect_one(&mut self) -> Result<()> {
         match self.in_flight.join_next().await {
-            Some(Ok(result)) => result,
+            Some(Ok(Ok(body))) => {
+                self.buf.recycle(body);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(e),
             Some(Err(join)) => Err(Error::internal(format!(
                 "{}: a block upload stopped: {join}",
                 self.inner.what("upload", &self.key)
@@ -730,7 +736,7 @@ impl AzureWriter {
 impl ObjectWriter for AzureWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
         let block = self.current_block_size();
-        buffer(&mut self.buf, chunk, block);
+        self.buf.push(chunk, block);
         self.size += chunk.len() as u64;
         loop {
             let block = self.current_block_size();
@@ -746,7 +752,7 @@ impl ObjectWriter for AzureWriter {
     async fn finish(mut self: Box<Self>) -> Result<u64> {
         let result = async {
             if self.ids.is_empty() {
-                let body = std::mem::take(&mut self.buf).freeze();
+                let body = self.buf.take_all();
                 return self.inner.put_blob(&self.key, body).await;
             }
             if !self.buf.is_empty() {

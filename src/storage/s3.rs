@@ -20,14 +20,13 @@ use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
     StorageClass,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::resume::{self, OpenAt};
 use super::retry::Retry;
 use super::{
-    Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage, buffer, part_size,
-    take_part,
+    Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, PartBuffers, Storage, part_size,
 };
 use crate::error::{Error, Kind, Result};
 use crate::model::{S3Spec, Sse};
@@ -496,7 +495,7 @@ impl Storage for S3Storage {
         Ok(Box::new(S3Writer {
             inner: self.inner.clone(),
             key: key.as_str().to_owned(),
-            buf: BytesMut::new(),
+            buf: PartBuffers::default(),
             upload: None,
             parts: Vec::new(),
             in_flight: JoinSet::new(),
@@ -655,11 +654,12 @@ impl OpenAt for Get {
 struct S3Writer {
     inner: Arc<Inner>,
     key: String,
-    buf: BytesMut,
+    buf: PartBuffers,
     /// The multipart upload, once more than one part's worth was written.
     upload: Option<String>,
     parts: Vec<CompletedPart>,
-    in_flight: JoinSet<Result<CompletedPart>>,
+    /// Part uploads under way; each gives back its buffer when done.
+    in_flight: JoinSet<Result<(CompletedPart, Bytes)>>,
     next_part: u32,
     size: u64,
 }
@@ -698,18 +698,23 @@ impl S3Writer {
         let number = self.next_part;
         self.next_part += 1;
         let next = self.current_part_size();
-        let body = take_part(&mut self.buf, len, next);
+        let body = self.buf.take(len, next);
         let inner = self.inner.clone();
         let key = self.key.clone();
-        self.in_flight
-            .spawn(async move { inner.upload_part(&key, &upload_id, number, body).await });
+        self.in_flight.spawn(async move {
+            let part = inner
+                .upload_part(&key, &upload_id, number, body.clone())
+                .await?;
+            Ok((part, body))
+        });
         Ok(())
     }
 
     async fn collect_one(&mut self) -> Result<()> {
         match self.in_flight.join_next().await {
-            Some(Ok(Ok(part))) => {
+            Some(Ok(Ok((part, body)))) => {
                 self.parts.push(part);
+                self.buf.recycle(body);
                 Ok(())
             }
             Some(Ok(Err(e))) => Err(e),
@@ -723,7 +728,7 @@ impl S3Writer {
 
     async fn complete(&mut self) -> Result<u64> {
         if self.upload.is_none() {
-            let body = std::mem::take(&mut self.buf).freeze();
+            let body = self.buf.take_all();
             self.inner.put_object(&self.key, body).await?;
             return Ok(self.size);
         }
@@ -757,7 +762,7 @@ impl S3Writer {
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
         let part = self.current_part_size();
-        buffer(&mut self.buf, chunk, part);
+        self.buf.push(chunk, part);
         self.size += chunk.len() as u64;
         loop {
             let part = self.current_part_size();
