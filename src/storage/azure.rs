@@ -691,7 +691,7 @@ impl AzureWriter {
         ) as usize
     }
 
-    async fn send_block(&mut self, len: usize) -> Result<()> {
+    async fn send_block(&mut self) -> Result<()> {
         let number = self.ids.len() as u32 + 1;
         if number > MAX_BLOCKS {
             return Err(Error::storage(format!(
@@ -705,8 +705,7 @@ impl AzureWriter {
         }
         let id = block_id(number);
         self.ids.push(id.clone());
-        let next = self.current_block_size();
-        let body = self.buf.take(len, next);
+        let body = self.buf.take();
         let inner = self.inner.clone();
         let key = self.key.clone();
         self.in_flight.spawn(async move {
@@ -734,30 +733,30 @@ impl AzureWriter {
 
 #[async_trait]
 impl ObjectWriter for AzureWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        let block = self.current_block_size();
-        self.buf.push(chunk, block);
+    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
         self.size += chunk.len() as u64;
-        loop {
+        while !chunk.is_empty() {
             let block = self.current_block_size();
-            // Keep a full block back until more arrives, so an object of
-            // exactly one block is a single Put Blob.
-            if self.buf.len() <= block {
-                return Ok(());
+            // A full block is sent only once more bytes arrive, so an object
+            // of exactly one block is a single Put Blob.
+            if self.buf.len() >= block {
+                self.send_block().await?;
+                continue;
             }
-            self.send_block(block).await?;
+            let taken = self.buf.fill(chunk, block);
+            chunk = &chunk[taken..];
         }
+        Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {
         let result = async {
             if self.ids.is_empty() {
-                let body = self.buf.take_all();
+                let body = self.buf.take();
                 return self.inner.put_blob(&self.key, body).await;
             }
             if !self.buf.is_empty() {
-                let len = self.buf.len();
-                self.send_block(len).await?;
+                self.send_block().await?;
             }
             while !self.in_flight.is_empty() {
                 self.collect_one().await?;

@@ -145,26 +145,27 @@ pub fn part_size(base: u64, index: u32, per_step: u32, max: u64) -> u64 {
 /// The buffers of one multipart (or block) writer: the part being filled, and
 /// the spare buffers of parts whose upload ended, reused rather than freed.
 ///
-/// Each buffer is allocated once at the size of a part and reused for the whole
-/// object, so a writer holds at most `in flight + 1` of them, and the allocator
-/// never sees a part-sized free and malloc per part: measured with heaptrack and
-/// GNU time, freeing them let glibc keep up to a part's worth more resident.
+/// A buffer holds exactly one part, never more, and is allocated once and reused
+/// for the whole object, so a writer holds at most `in flight + 1` of them. Reuse
+/// also spares the allocator a part-sized free and malloc per part: measured with
+/// heaptrack and GNU time, freeing them let glibc keep up to a part's worth more
+/// resident.
 #[derive(Default)]
 pub(crate) struct PartBuffers {
     filling: bytes::BytesMut,
     spare: Vec<bytes::BytesMut>,
 }
 
-/// Room past a full part for the chunk that overflows it.
-const PART_SLACK: usize = 1 << 20;
-
 impl PartBuffers {
-    /// Appends `chunk` to the part being filled, whose parts are `part` bytes.
-    pub(crate) fn push(&mut self, chunk: &[u8], part: usize) {
+    /// Appends as much of `chunk` as fits in the part being filled, whose size
+    /// is `part`; returns how many bytes it took.
+    pub(crate) fn fill(&mut self, chunk: &[u8], part: usize) -> usize {
         if self.filling.capacity() == 0 {
             self.filling = self.fresh(part);
         }
-        self.filling.extend_from_slice(chunk);
+        let taken = chunk.len().min(part.saturating_sub(self.filling.len()));
+        self.filling.extend_from_slice(&chunk[..taken]);
+        taken
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -175,17 +176,8 @@ impl PartBuffers {
         self.filling.is_empty()
     }
 
-    /// Takes the first `len` bytes as a part; what follows them starts the next
-    /// part, whose size is `next_part`.
-    pub(crate) fn take(&mut self, len: usize, next_part: usize) -> bytes::Bytes {
-        let mut next = self.fresh(next_part);
-        next.extend_from_slice(&self.filling[len..]);
-        self.filling.truncate(len);
-        std::mem::replace(&mut self.filling, next).freeze()
-    }
-
-    /// Takes everything buffered, the last part.
-    pub(crate) fn take_all(&mut self) -> bytes::Bytes {
+    /// Takes the part filled so far; the next `fill` starts a new one.
+    pub(crate) fn take(&mut self) -> bytes::Bytes {
         std::mem::take(&mut self.filling).freeze()
     }
 
@@ -201,11 +193,10 @@ impl PartBuffers {
     /// An empty buffer with room for a part of `size` bytes: a spare if one is
     /// large enough (parts grow), else a new one.
     fn fresh(&mut self, size: usize) -> bytes::BytesMut {
-        let wanted = size + PART_SLACK;
-        self.spare.retain(|b| b.capacity() >= wanted);
+        self.spare.retain(|b| b.capacity() >= size);
         self.spare
             .pop()
-            .unwrap_or_else(|| bytes::BytesMut::with_capacity(wanted))
+            .unwrap_or_else(|| bytes::BytesMut::with_capacity(size))
     }
 }
 
@@ -292,34 +283,32 @@ mod tests {
     }
 
     #[test]
-    fn part_buffers_carry_the_overflow_and_are_reused_not_reallocated() {
+    fn part_buffers_hold_one_part_and_are_reused_not_reallocated() {
         let part = 1024;
         let mut buffers = PartBuffers::default();
-        buffers.push(&[1; 1000], part);
-        buffers.push(&[2; 100], part);
-        let first = buffers.take(part, part);
+        assert_eq!(buffers.fill(&[1; 1000], part), 1000);
+        assert_eq!(buffers.fill(&[2; 100], part), 24, "no more than a part");
+        let first = buffers.take();
         assert_eq!(first.len(), part);
-        assert_eq!(
-            buffers.len(),
-            76,
-            "what passed the part starts the next one"
-        );
         let address = first.as_ptr();
         buffers.recycle(first);
-        buffers.push(&[3; 2000], part);
-        let second = buffers.take(part, part);
-        let third = buffers.take(part, part);
-        assert_eq!(third.as_ptr(), address, "the first part's buffer came back");
-        assert_eq!(&third[..4], &[3; 4], "and holds only new bytes");
-        assert_eq!(second[..76], [2; 76]);
+        assert_eq!(buffers.fill(&[3; 2000], part), part);
+        let second = buffers.take();
+        assert_eq!(
+            second.as_ptr(),
+            address,
+            "the first part's buffer came back"
+        );
+        assert_eq!(second[..], [3; 1024], "holding only new bytes");
 
         // Parts grew: a spare smaller than the new part is dropped, not used.
         buffers.recycle(second);
-        buffers.push(&[4; 10], 4 * part);
-        let _ = buffers.take(buffers.len(), 4 * part);
-        assert!(buffers.spare.iter().all(|b| b.capacity() >= 4 * part));
-        let last = buffers.take_all();
-        assert!(last.is_empty() && buffers.is_empty());
+        assert_eq!(buffers.fill(&[4; 10], 4 * part), 10);
+        assert!(buffers.filling.capacity() >= 4 * part);
+        assert!(buffers.spare.is_empty());
+        let last = buffers.take();
+        assert_eq!(last.len(), 10);
+        assert!(buffers.is_empty());
     }
 
     #[test]

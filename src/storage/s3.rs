@@ -674,9 +674,8 @@ impl S3Writer {
         ) as usize
     }
 
-    /// Sends the first `len` buffered bytes as the next part, waiting first if
-    /// the in-flight limit is reached.
-    async fn send_part(&mut self, len: usize) -> Result<()> {
+    /// Sends the buffered part, waiting first if the in-flight limit is reached.
+    async fn send_part(&mut self) -> Result<()> {
         if self.next_part > MAX_PARTS {
             return Err(Error::storage(format!(
                 "{}: the object needs more than {MAX_PARTS} parts",
@@ -697,8 +696,7 @@ impl S3Writer {
         }
         let number = self.next_part;
         self.next_part += 1;
-        let next = self.current_part_size();
-        let body = self.buf.take(len, next);
+        let body = self.buf.take();
         let inner = self.inner.clone();
         let key = self.key.clone();
         self.in_flight.spawn(async move {
@@ -728,12 +726,12 @@ impl S3Writer {
 
     async fn complete(&mut self) -> Result<u64> {
         if self.upload.is_none() {
-            let body = self.buf.take_all();
+            let body = self.buf.take();
             self.inner.put_object(&self.key, body).await?;
             return Ok(self.size);
         }
         if !self.buf.is_empty() {
-            self.send_part(self.buf.len()).await?;
+            self.send_part().await?;
         }
         while !self.in_flight.is_empty() {
             self.collect_one().await?;
@@ -760,20 +758,21 @@ impl S3Writer {
 
 #[async_trait]
 impl ObjectWriter for S3Writer {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        let part = self.current_part_size();
-        self.buf.push(chunk, part);
+    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
         self.size += chunk.len() as u64;
-        loop {
+        while !chunk.is_empty() {
             let part = self.current_part_size();
-            // Keep a full part back until more arrives: the last part may be
-            // short, but only the last, and an object of exactly one part then
-            // goes as a single PUT.
-            if self.buf.len() <= part {
-                return Ok(());
+            // A full part is sent only once more bytes arrive: the last part
+            // may be short, but only the last, and an object of exactly one
+            // part goes as a single PUT.
+            if self.buf.len() >= part {
+                self.send_part().await?;
+                continue;
             }
-            self.send_part(part).await?;
+            let taken = self.buf.fill(chunk, part);
+            chunk = &chunk[taken..];
         }
+        Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<u64> {
