@@ -414,3 +414,47 @@ fn azure_sends_objects_up_to_one_block_whole_and_larger_ones_in_bounded_blocks()
         "blocks_in_flight = 2 blocks at once, no more, no fewer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_objects_get_the_storage_class_and_encryption_asked_for() {
+    use backup::model::{Sse, StorageKind, StorageSpec};
+    let bucket = servers::create_bucket("options").await;
+    let part = 5 * MIB;
+    let cases = [
+        ("STANDARD_IA", Sse::Aes256, "AES256", None),
+        (
+            "GLACIER_IR",
+            Sse::Kms {
+                key_id: Some("alias/backups".to_owned()),
+            },
+            "aws:kms",
+            Some("alias/backups"),
+        ),
+    ];
+    for (class, sse, expected_sse, expected_key) in cases {
+        let mut s3 = servers::s3_spec_at(&servers::s3_endpoint(), &bucket, part);
+        s3.prefix = Some(class.to_lowercase());
+        s3.storage_class = Some(class.to_owned());
+        s3.sse = Some(sse);
+        let spec = StorageSpec {
+            name: "s3".to_owned(),
+            kind: StorageKind::S3(s3),
+            retry: servers::test_retry(),
+        };
+        let storage = backup::storage::open(&spec).await.expect("open s3");
+        // One single PUT and one multipart upload.
+        for (name, size) in [("small", 10), ("large", 2 * part + 1)] {
+            put(storage.as_ref(), &key(name), &data(size, 3)).await;
+            let full = format!("{}/{name}", class.to_lowercase());
+            let (got_class, got_sse, got_key) = servers::s3_object_options(&bucket, &full).await;
+            assert_eq!(got_class, class, "storage class of {full}");
+            assert_eq!(got_sse, expected_sse, "encryption of {full}");
+            if let Some(expected) = expected_key {
+                assert!(
+                    got_key.as_deref().is_some_and(|k| k.contains(expected)),
+                    "kms key of {full}: {got_key:?}"
+                );
+            }
+        }
+    }
+}

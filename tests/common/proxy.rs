@@ -1,5 +1,5 @@
 //! A fault-injecting HTTP proxy between `backup` and a test server, on
-//! 127.0.0.1: it fails a share of requests with a 500 or a reset connection,
+//! 127.0.0.1: it fails a share of requests with a 500, 503 or 429, a reset connection,
 //! or cuts a response part-way, so the retry layer meets a bad network for real.
 //!
 //! It parses only the request head. Each request gets `Connection: close`, so
@@ -22,7 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// What share of requests (0.0 to 1.0) meets each fault; the rest pass.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
-    /// Answered with `500 Internal Server Error` without reaching the server.
+    /// Answered without reaching the server with an error that says "try again":
+    /// in turn `500 InternalError`, `503 SlowDown` (S3's throttling) and
+    /// `429 TooManyRequests`.
     pub error_500: f64,
     /// The connection is reset (RST) after the request head.
     pub reset: f64,
@@ -185,10 +187,19 @@ async fn serve(
     }
     match fate {
         Fate::Error500 => {
-            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>\
-                        <Message>injected by the test proxy</Message></Error>";
+            const ANSWERS: [(&str, &str); 3] = [
+                ("500 Internal Server Error", "InternalError"),
+                ("503 Slow Down", "SlowDown"),
+                ("429 Too Many Requests", "TooManyRequests"),
+            ];
+            let n = counts.failed.load(Ordering::SeqCst) as usize;
+            let (status, code) = ANSWERS[n % ANSWERS.len()];
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>\
+                 <Message>injected by the test proxy</Message></Error>"
+            );
             let response = format!(
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n\
+                "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );

@@ -270,3 +270,24 @@ pub async fn container_blobs(container: &str) -> Vec<String> {
         .map(|o| o.key.as_str().to_owned())
         .collect()
 }
+
+/// The storage class and server-side encryption S3 reports for a key (full
+/// key, prefix included), as HeadObject returns them.
+pub async fn s3_object_options(bucket: &str, key: &str) -> (String, String, Option<String>) {
+    let spec = s3_spec_at(&s3_endpoint(), bucket, 5 << 20);
+    let head = s3_client(&spec)
+        .await
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("head {key}: {e:?}"));
+    (
+        head.storage_class()
+            .map_or("STANDARD".to_owned(), |c| c.as_str().to_owned()),
+        head.server_side_encryption()
+            .map_or(String::new(), |s| s.as_str().to_owned()),
+        head.ssekms_key_id().map(str::to_owned),
+    )
+}
