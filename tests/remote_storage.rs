@@ -31,51 +31,55 @@ fn id_of(backup: &serde_json::Value) -> String {
     backup["id"].as_str().unwrap().to_owned()
 }
 
-#[test]
-fn s3_backup_list_restore_at_and_a_fresh_host_restores_everything() {
-    let bucket = block_on(servers::create_bucket("e2e"));
-    let setup = s3_setup(&servers::s3_endpoint(), &bucket, &["s3"], "");
-    run_ok(&setup, &["run", "nightly"]);
+/// Two backups with a row inserted between them, then `restore --at` a time
+/// between their snapshots, written with the zone `zone` ("JST" or "UTC"): the
+/// first backup is picked and restores without the row. Returns the backups
+/// as listed, newest first, both on `storage`.
+fn two_backups_then_restore_at_the_first(
+    setup: &Setup,
+    env: &[(&str, &str)],
+    storage: &str,
+    zone: &str,
+) -> Vec<serde_json::Value> {
+    let ok = |args: &[&str]| {
+        let run = setup.backup_with(args, env);
+        assert!(run.ok(), "{}", run.all());
+        run
+    };
+    ok(&["run", "nightly"]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     setup.cluster.psql(
         "app",
         "INSERT INTO \"Audit Log\".\"Entries\" VALUES ('after the first backup', now())",
     );
-    run_ok(&setup, &["run", "nightly"]);
-
-    let backups = listed(&setup);
+    ok(&["run", "nightly"]);
+    let run = ok(&["--json", "list", "--job", "nightly"]);
+    let backups: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(backups.len(), 2, "{backups:?}");
-    let (second, first) = (id_of(&backups[0]), id_of(&backups[1]));
-    assert_eq!(backups[0]["storages"], serde_json::json!(["s3"]));
-    let keys = block_on(servers::bucket_keys(&bucket));
-    for name in ["data.dump.zst", "globals.sql.zst", "manifest.json"] {
-        let key = format!("prod/db/nightly/{first}/{name}");
-        assert!(keys.contains(&key), "{key} in {keys:?}");
+    for backup in &backups {
+        assert_eq!(backup["storages"], serde_json::json!([storage]));
     }
-    assert!(
-        !setup.backups.join("nightly").exists(),
-        "nothing went to the local disk"
-    );
+    let first = id_of(&backups[1]);
 
-    // --at a time between the two snapshots picks the first.
     let t1: jiff::Timestamp = backups[1]["snapshot_at"].as_str().unwrap().parse().unwrap();
-    let between = jiff::Timestamp::from_second(t1.as_second() + 1).unwrap();
-    let at = between
-        .to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap())
-        .strftime("%Y-%m-%d %H:%M:%S JST")
+    let tz = match zone {
+        "JST" => jiff::tz::TimeZone::get("Asia/Tokyo").unwrap(),
+        _ => jiff::tz::TimeZone::UTC,
+    };
+    let at = jiff::Timestamp::from_second(t1.as_second() + 1)
+        .unwrap()
+        .to_zoned(tz)
+        .strftime(&format!("%Y-%m-%d %H:%M:%S {zone}"))
         .to_string();
-    let run = run_ok(
-        &setup,
-        &[
-            "restore",
-            "--job",
-            "nightly",
-            "--at",
-            &at,
-            "--target-db",
-            "at_first",
-        ],
-    );
+    let run = ok(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--at",
+        &at,
+        "--target-db",
+        "at_first",
+    ]);
     assert!(
         run.stderr.contains(&format!("selected backup {first}")),
         "{}",
@@ -86,6 +90,24 @@ fn s3_backup_list_restore_at_and_a_fresh_host_restores_everything() {
             .cluster
             .psql("at_first", "SELECT count(*) FROM \"Audit Log\".\"Entries\""),
         "2"
+    );
+    backups
+}
+
+#[test]
+fn s3_backup_list_restore_at_and_a_fresh_host_restores_everything() {
+    let bucket = block_on(servers::create_bucket("e2e"));
+    let setup = s3_setup(&servers::s3_endpoint(), &bucket, &["s3"], "");
+    let backups = two_backups_then_restore_at_the_first(&setup, &servers::s3_env(), "s3", "JST");
+    let (second, first) = (id_of(&backups[0]), id_of(&backups[1]));
+    let keys = block_on(servers::bucket_keys(&bucket));
+    for name in ["data.dump.zst", "globals.sql.zst", "manifest.json"] {
+        let key = format!("prod/db/nightly/{first}/{name}");
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+    assert!(
+        !setup.backups.join("nightly").exists(),
+        "nothing went to the local disk"
     );
 
     // A fresh host: only the job file, copied elsewhere, and the credentials.
@@ -281,51 +303,7 @@ fn azure_setup(endpoint: &str, container: &str, storage_extra: &str) -> Setup {
 fn azure_backup_list_restore_at_and_a_fresh_host_restores() {
     let container = block_on(servers::create_container("e2e"));
     let setup = azure_setup(&servers::azure_endpoint(), &container, "");
-    let env = servers::azure_env();
-    let ok = |args: &[&str]| {
-        let run = setup.backup_with(args, &env);
-        assert!(run.ok(), "{}", run.all());
-        run
-    };
-    ok(&["run", "nightly"]);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
-    setup.cluster.psql(
-        "app",
-        "INSERT INTO \"Audit Log\".\"Entries\" VALUES ('after the first backup', now())",
-    );
-    ok(&["run", "nightly"]);
-    let run = ok(&["--json", "list", "--job", "nightly"]);
-    let backups: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(backups.len(), 2);
-    assert_eq!(backups[0]["storages"], serde_json::json!(["blob"]));
-    let first = id_of(&backups[1]);
-
-    let t1: jiff::Timestamp = backups[1]["snapshot_at"].as_str().unwrap().parse().unwrap();
-    let at = jiff::Timestamp::from_second(t1.as_second() + 1)
-        .unwrap()
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .strftime("%Y-%m-%d %H:%M:%S UTC")
-        .to_string();
-    let run = ok(&[
-        "restore",
-        "--job",
-        "nightly",
-        "--at",
-        &at,
-        "--target-db",
-        "at_first",
-    ]);
-    assert!(
-        run.stderr.contains(&format!("selected backup {first}")),
-        "{}",
-        run.all()
-    );
-    assert_eq!(
-        setup
-            .cluster
-            .psql("at_first", "SELECT count(*) FROM \"Audit Log\".\"Entries\""),
-        "2"
-    );
+    two_backups_then_restore_at_the_first(&setup, &servers::azure_env(), "blob", "UTC");
 
     // A fresh host with the job file, reaching the account by a connection string.
     let host = tempfile::tempdir().unwrap();

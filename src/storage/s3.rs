@@ -298,32 +298,39 @@ impl Inner {
         }
     }
 
+    /// The storage class, encryption and KMS key every new object gets, in the
+    /// form the SDK's setters take.
+    fn object_options(
+        &self,
+    ) -> (
+        Option<StorageClass>,
+        Option<ServerSideEncryption>,
+        Option<String>,
+    ) {
+        let class = self.spec.storage_class.as_deref().map(StorageClass::from);
+        let (sse, kms_key) = match &self.spec.sse {
+            Some(Sse::Aes256) => (Some(ServerSideEncryption::Aes256), None),
+            Some(Sse::Kms { key_id }) => (Some(ServerSideEncryption::AwsKms), key_id.clone()),
+            None => (None, None),
+        };
+        (class, sse, kms_key)
+    }
+
     async fn put_object(&self, key: &str, body: Bytes) -> Result<()> {
         let what = self.what("upload", key);
         let full = self.full_key(key);
         self.retry
             .run(&what, || async {
-                let mut put = self
-                    .client
+                let (class, sse, kms_key) = self.object_options();
+                self.client
                     .put_object()
                     .bucket(&self.spec.bucket)
                     .key(&full)
-                    .body(ByteStream::from(body.clone()));
-                if let Some(class) = &self.spec.storage_class {
-                    put = put.storage_class(StorageClass::from(class.as_str()));
-                }
-                match &self.spec.sse {
-                    Some(Sse::Aes256) => {
-                        put = put.server_side_encryption(ServerSideEncryption::Aes256)
-                    }
-                    Some(Sse::Kms { key_id }) => {
-                        put = put
-                            .server_side_encryption(ServerSideEncryption::AwsKms)
-                            .set_ssekms_key_id(key_id.clone())
-                    }
-                    None => {}
-                }
-                put.send()
+                    .body(ByteStream::from(body.clone()))
+                    .set_storage_class(class)
+                    .set_server_side_encryption(sse)
+                    .set_ssekms_key_id(kms_key)
+                    .send()
                     .await
                     .map(|_| ())
                     .map_err(|e| self.error(&what, e))
@@ -337,26 +344,17 @@ impl Inner {
         let output = self
             .retry
             .run(&what, || async {
-                let mut create = self
-                    .client
+                let (class, sse, kms_key) = self.object_options();
+                self.client
                     .create_multipart_upload()
                     .bucket(&self.spec.bucket)
-                    .key(&full);
-                if let Some(class) = &self.spec.storage_class {
-                    create = create.storage_class(StorageClass::from(class.as_str()));
-                }
-                match &self.spec.sse {
-                    Some(Sse::Aes256) => {
-                        create = create.server_side_encryption(ServerSideEncryption::Aes256)
-                    }
-                    Some(Sse::Kms { key_id }) => {
-                        create = create
-                            .server_side_encryption(ServerSideEncryption::AwsKms)
-                            .set_ssekms_key_id(key_id.clone())
-                    }
-                    None => {}
-                }
-                create.send().await.map_err(|e| self.error(&what, e))
+                    .key(&full)
+                    .set_storage_class(class)
+                    .set_server_side_encryption(sse)
+                    .set_ssekms_key_id(kms_key)
+                    .send()
+                    .await
+                    .map_err(|e| self.error(&what, e))
             })
             .await?;
         output
