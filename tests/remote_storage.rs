@@ -207,44 +207,54 @@ fn load_bulk(cluster: &Cluster) {
     );
 }
 
-#[test]
-fn a_flaky_network_costs_retries_not_the_backup() {
-    let bucket = block_on(servers::create_bucket("flaky"));
-    let upstream = servers::s3_endpoint();
-    let proxy = FaultProxy::start(
-        &upstream,
-        Faults {
-            error_500: 0.08,
-            reset: 0.07,
-            cut_response: 0.05,
-            ..Faults::default()
-        },
-        20261123,
-    );
-    let setup = s3_setup(
-        &proxy.url_for(&upstream),
-        &bucket,
-        &["s3"],
-        "retry_attempts = 10\nretry_max_time = \"2m\"",
-    );
+/// A bad network: a fifth of the requests fail (error answers, resets, cut
+/// responses), which the retry layer must absorb.
+const FLAKY: Faults = Faults {
+    error_500: 0.08,
+    reset: 0.07,
+    cut_response: 0.05,
+    delay: std::time::Duration::ZERO,
+};
+
+/// No network: every request is answered with an error or reset.
+const DEAD: Faults = Faults {
+    error_500: 0.5,
+    reset: 0.5,
+    cut_response: 0.0,
+    delay: std::time::Duration::ZERO,
+};
+
+/// The retry settings for the two: room to absorb a flaky network, and a
+/// small budget for a dead one.
+const PATIENT: &str = "retry_attempts = 10\nretry_max_time = \"2m\"";
+const BRIEF: &str = "retry_attempts = 3\nretry_max_time = \"20s\"";
+
+/// Backs up the bulk table through a flaky proxy and restores it with
+/// `restore_extra` flags: the copy equals the original.
+fn survives_a_flaky_network(
+    setup: &Setup,
+    proxy: &FaultProxy,
+    env: &[(&str, &str)],
+    restore_extra: &[&str],
+) {
     load_bulk(&setup.cluster);
-    run_ok(&setup, &["run", "nightly"]);
-    let backups = listed(&setup);
+    let run = setup.backup_with(&["run", "nightly"], env);
+    assert!(run.ok(), "{}", run.all());
+    let run = setup.backup_with(&["--json", "list", "--job", "nightly"], env);
+    let backups: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
     let raw = backups[0]["raw_size"].as_u64().unwrap();
     assert!(raw > 50 << 20, "a 50 MiB backup, got {raw}");
-    run_ok(
-        &setup,
-        &[
-            "restore",
-            "--job",
-            "nightly",
-            "--latest",
-            "--target-db",
-            "copy",
-            "--jobs",
-            "2",
-        ],
-    );
+    let mut restore = vec![
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "copy",
+    ];
+    restore.extend_from_slice(restore_extra);
+    let run = setup.backup_with(&restore, env);
+    assert!(run.ok(), "{}", run.all());
     assert!(proxy.failed() > 0, "the proxy failed requests");
     eprintln!(
         "proxy: {} of {} requests failed",
@@ -257,28 +267,11 @@ fn a_flaky_network_costs_retries_not_the_backup() {
     );
 }
 
-#[test]
-fn a_dead_network_fails_the_backup_after_the_retry_budget() {
-    let bucket = block_on(servers::create_bucket("dead"));
-    let upstream = servers::s3_endpoint();
-    let proxy = FaultProxy::start(
-        &upstream,
-        Faults {
-            error_500: 0.5,
-            reset: 0.5,
-            cut_response: 0.0,
-            ..Faults::default()
-        },
-        7,
-    );
-    let setup = s3_setup(
-        &proxy.url_for(&upstream),
-        &bucket,
-        &["s3"],
-        "retry_attempts = 3\nretry_max_time = \"20s\"",
-    );
+/// Backs up through a dead proxy with the [`BRIEF`] budget: the run fails as a
+/// storage error saying it gave up, with a hint, within bounded time.
+fn gives_up_on_a_dead_network(setup: &Setup, env: &[(&str, &str)]) {
     let started = std::time::Instant::now();
-    let run = setup.backup_with(&["run", "nightly"], &servers::s3_env());
+    let run = setup.backup_with(&["run", "nightly"], env);
     assert_eq!(run.code, 5, "{}", run.all());
     assert!(
         run.stderr.contains("gave up after 3 attempts"),
@@ -287,6 +280,24 @@ fn a_dead_network_fails_the_backup_after_the_retry_budget() {
     );
     assert!(run.stderr.contains("hint:"), "{}", run.all());
     assert!(started.elapsed() < std::time::Duration::from_secs(120));
+}
+
+#[test]
+fn a_flaky_network_costs_retries_not_the_backup() {
+    let bucket = block_on(servers::create_bucket("flaky"));
+    let upstream = servers::s3_endpoint();
+    let proxy = FaultProxy::start(&upstream, FLAKY, 20261123);
+    let setup = s3_setup(&proxy.url_for(&upstream), &bucket, &["s3"], PATIENT);
+    survives_a_flaky_network(&setup, &proxy, &servers::s3_env(), &["--jobs", "2"]);
+}
+
+#[test]
+fn a_dead_network_fails_the_backup_after_the_retry_budget() {
+    let bucket = block_on(servers::create_bucket("dead"));
+    let upstream = servers::s3_endpoint();
+    let proxy = FaultProxy::start(&upstream, DEAD, 7);
+    let setup = s3_setup(&proxy.url_for(&upstream), &bucket, &["s3"], BRIEF);
+    gives_up_on_a_dead_network(&setup, &servers::s3_env());
     let keys = block_on(servers::bucket_keys(&bucket));
     assert!(keys.is_empty(), "nothing complete was left: {keys:?}");
     assert_eq!(block_on(servers::open_uploads(&bucket)), 0);
@@ -374,47 +385,9 @@ fn a_wrong_azure_key_fails_at_once_with_a_hint_and_never_shows_the_key() {
 fn a_flaky_network_to_azure_costs_retries_not_the_backup() {
     let container = block_on(servers::create_container("flaky"));
     let upstream = servers::azure_endpoint();
-    let proxy = FaultProxy::start(
-        &upstream,
-        Faults {
-            error_500: 0.08,
-            reset: 0.07,
-            cut_response: 0.05,
-            ..Faults::default()
-        },
-        11,
-    );
-    let setup = azure_setup(
-        &proxy.url_for(&upstream),
-        &container,
-        "retry_attempts = 10\nretry_max_time = \"2m\"",
-    );
-    load_bulk(&setup.cluster);
-    let env = servers::azure_env();
-    let run = setup.backup_with(&["run", "nightly"], &env);
-    assert!(run.ok(), "{}", run.all());
-    let run = setup.backup_with(
-        &[
-            "restore",
-            "--job",
-            "nightly",
-            "--latest",
-            "--target-db",
-            "copy",
-        ],
-        &env,
-    );
-    assert!(run.ok(), "{}", run.all());
-    assert!(proxy.failed() > 0, "the proxy failed requests");
-    eprintln!(
-        "proxy: {} of {} requests failed",
-        proxy.failed(),
-        proxy.requests()
-    );
-    assert_eq!(
-        setup.cluster.table_digests("copy"),
-        setup.cluster.table_digests("app")
-    );
+    let proxy = FaultProxy::start(&upstream, FLAKY, 11);
+    let setup = azure_setup(&proxy.url_for(&upstream), &container, PATIENT);
+    survives_a_flaky_network(&setup, &proxy, &servers::azure_env(), &[]);
 }
 
 #[test]
@@ -639,30 +612,9 @@ fn entra_id_over_plain_http_is_a_configuration_error() {
 fn a_dead_network_to_azure_fails_the_backup_after_the_retry_budget() {
     let container = block_on(servers::create_container("dead"));
     let upstream = servers::azure_endpoint();
-    let proxy = FaultProxy::start(
-        &upstream,
-        Faults {
-            error_500: 0.5,
-            reset: 0.5,
-            ..Faults::default()
-        },
-        13,
-    );
-    let setup = azure_setup(
-        &proxy.url_for(&upstream),
-        &container,
-        "retry_attempts = 3\nretry_max_time = \"20s\"",
-    );
-    let started = std::time::Instant::now();
-    let run = setup.backup_with(&["run", "nightly"], &servers::azure_env());
-    assert_eq!(run.code, 5, "{}", run.all());
-    assert!(
-        run.stderr.contains("gave up after 3 attempts"),
-        "{}",
-        run.all()
-    );
-    assert!(run.stderr.contains("hint:"), "{}", run.all());
-    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    let proxy = FaultProxy::start(&upstream, DEAD, 13);
+    let setup = azure_setup(&proxy.url_for(&upstream), &container, BRIEF);
+    gives_up_on_a_dead_network(&setup, &servers::azure_env());
     let blobs = block_on(servers::container_blobs(&container));
     assert!(blobs.is_empty(), "nothing complete was left: {blobs:?}");
 }
