@@ -69,15 +69,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(crate::error::Kind::Internal.exit_code());
         }
     };
-    let left_behind = cli.command.left_behind();
+    let (left_behind, what_to_do) = cli.command.left_behind();
     let result = runtime.block_on(async {
         let result = tokio::select! {
             result = dispatch(cli) => result,
             // Dropping the command's future drops its writers, which abort
             // their uploads as clean-ups waited for below.
             signal = interrupted() => Err(match signal {
-                Ok(name) => Error::interrupted(format!("{name} received: {}", left_behind.0))
-                    .with_hint(left_behind.1),
+                Ok(name) => Error::interrupted(format!("{name} received: {left_behind}"))
+                    .with_hint(what_to_do),
                 Err(e) => e,
             }),
         };

@@ -134,19 +134,11 @@ async fn resolve_chain(name: &str, shared: &aws_config::SdkConfig, retry: Retry)
     retry
         .run(&what, || async {
             provider.provide_credentials().await.map_err(|e| {
-                let error = Error::new(
-                    if credentials_are_missing(&e) {
-                        Kind::Config
-                    } else {
-                        Kind::Storage
-                    },
-                    format!("{what}: {}", causes(&e)),
-                )
-                .with_hint(hint);
+                let message = format!("{what}: {}", causes(&e));
                 if credentials_are_missing(&e) {
-                    error
+                    Error::config(message).with_hint(hint)
                 } else {
-                    error.temporary()
+                    Error::storage(message).with_hint(hint).temporary()
                 }
             })
         })
