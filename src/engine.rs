@@ -1,26 +1,112 @@
 //! The engine runs jobs and restores: it opens storages, hands each job what it
 //! needs, and leaves a run record in storage whether the run worked or not.
 //!
-//! Scheduling, locks, timeouts and retries of whole runs belong here too as
-//! they arrive; jobs stay ignorant of when and how often they run.
+//! What every run gets, whatever its kind, lives here and not in the jobs:
+//! the job's advisory lock (one runner across replicas), the database's lock
+//! (dumps never meet heavy maintenance), the timeout, the retries, the
+//! cancellation on shutdown, the record, the metrics and the notifications.
+//! Jobs stay ignorant of when, how often and by whom they run.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::catalog::{self, Manifest};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
 use crate::model::{BackupJob, Clock, Config, Job, JobKind};
-use crate::report::{Progress, RunRecord};
+use crate::pg::{DatabaseUse, RunLock};
+use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
 use crate::storage::{self, Storage};
 
 pub struct Engine {
     pub config: Config,
     clock: Arc<dyn Clock>,
     progress: Arc<dyn Progress>,
+    observer: Arc<dyn RunObserver>,
+}
+
+/// One run asked of the engine.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub job: String,
+    pub trigger: Trigger,
+    /// The fire time, for scheduled and caught-up runs: it names the run, so
+    /// two replicas agree on which run they are about.
+    pub scheduled_for: Option<Timestamp>,
+    /// Cancelled when the daemon stops for good.
+    pub cancel: CancellationToken,
+}
+
+impl RunRequest {
+    pub fn manual(job: &str) -> Self {
+        RunRequest {
+            job: job.to_owned(),
+            trigger: Trigger::Manual,
+            scheduled_for: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+/// How a run requested of the engine ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// It ran; its record is stored (when a storage could take it).
+    Done {
+        record: Box<RunRecord>,
+        result: Result<BackupOutcome>,
+    },
+    /// Another process runs or ran it; nothing was recorded here.
+    Elsewhere(String),
+}
+
+/// Sees runs start and end: the daemon's metrics.
+pub trait RunObserver: Send + Sync {
+    fn started(&self, job: &str, kind: &str);
+    fn finished(&self, record: &RunRecord);
+}
+
+struct Unobserved;
+
+impl RunObserver for Unobserved {
+    fn started(&self, _: &str, _: &str) {}
+    fn finished(&self, _: &RunRecord) {}
+}
+
+/// Runs `work`, failing it as timed out if it is not done within `limit`.
+async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>>) -> Result<T> {
+    match limit {
+        None => work.await,
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(Error::timed_out(format!(
+                "timed out after {}: the run was cancelled, its child processes stopped \
+                 and its queries cancelled",
+                crate::time::show_duration(
+                    jiff::SignedDuration::try_from(limit).unwrap_or_default()
+                )
+            )))
+        }),
+    }
+}
+
+/// The outcome of the newest earlier run of the same kind that actually ran,
+/// to tell a recovery from a plain success.
+async fn previous_outcome(storage: &dyn Storage, record: &RunRecord) -> Option<Outcome> {
+    let kind = record.kind.clone();
+    let run_id = record.run_id.clone();
+    report::newest_records(storage, &record.job, 1, move |r| {
+        r.kind == kind && r.run_id != run_id && r.outcome != Outcome::Skipped
+    })
+    .await
+    .ok()?
+    .first()
+    .map(|r| r.outcome)
 }
 
 /// A complete backup as listed: one row even when several storages hold it.
@@ -36,7 +122,17 @@ impl Engine {
             config,
             clock,
             progress,
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    pub fn with_observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     async fn storages_of(&self, spec: &BackupJob) -> Result<Vec<Arc<dyn Storage>>> {
@@ -47,21 +143,179 @@ impl Engine {
         Ok(storages)
     }
 
-    /// Runs one job now and stores its run record.
+    /// Runs one job now, by hand, and stores its run record. A run of the same
+    /// job going on elsewhere (the daemon, another replica) makes this one
+    /// refuse rather than wait.
     pub async fn run_backup(&self, name: &str) -> Result<BackupOutcome> {
-        let (job, spec) = self.config.backup_job(name)?;
-        let storages = self.storages_of(spec).await?;
+        match self.run(RunRequest::manual(name)).await? {
+            RunEnd::Done { result, .. } => result,
+            RunEnd::Elsewhere(reason) => Err(Error::refused(format!("job {name}: {reason}"))
+                .with_hint("wait for that run to finish; `backup status` shows the last runs")),
+        }
+    }
+
+    /// Runs a job the way the engine runs every job: under the job's advisory
+    /// lock, within its timeout, with its retries, stopped by `cancel`, and
+    /// recorded, observed and announced whatever the outcome.
+    pub async fn run(&self, request: RunRequest) -> Result<RunEnd> {
+        let (job, spec) = self.config.backup_job(&request.job)?;
         let started_at = self.clock.now();
-        let outcome = backup::run(
-            job,
-            spec,
-            &storages,
-            self.clock.as_ref(),
-            self.progress.clone(),
-        )
-        .await;
-        let details = match &outcome {
-            Ok(o) => json!({
+        let run_id = RunRecord::run_id(request.scheduled_for.unwrap_or(started_at), "backup");
+        let span = tracing::info_span!("run", job = %job.name, run_id = %run_id);
+        self.run_backup_job(job, spec, request, started_at, run_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_backup_job(
+        &self,
+        job: &Job,
+        spec: &BackupJob,
+        request: RunRequest,
+        started_at: Timestamp,
+        run_id: String,
+    ) -> Result<RunEnd> {
+        let mut record = RunRecord {
+            format: 1,
+            run_id,
+            job: job.name.clone(),
+            kind: "backup".to_owned(),
+            trigger: request.trigger,
+            scheduled_for: request.scheduled_for,
+            started_at,
+            finished_at: started_at,
+            outcome: Outcome::Failed,
+            succeeded: false,
+            attempts: 0,
+            error: None,
+            details: json!({}),
+        };
+        let storages = match self.storages_of(spec).await {
+            Ok(s) => s,
+            Err(e) => return Ok(self.conclude(record, Err(e), &[]).await),
+        };
+        let lock = match RunLock::try_take(&spec.database, &job.name).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                let reason = "another process (a daemon replica or `backup run`) is running this job";
+                tracing::info!("skipped: {reason}");
+                return Ok(RunEnd::Elsewhere(reason.to_owned()));
+            }
+            Err(e) => return Ok(self.conclude(record, Err(e), &storages).await),
+        };
+        // Replicas whose clocks differ may reach the lock one after the other:
+        // the record of the fire time says it was already run.
+        if request.scheduled_for.is_some()
+            && let Some(storage) = storages.first()
+            && let Ok(key) = RunRecord::key_of(&job.name, &record.run_id)
+            && matches!(report::read_record(storage.as_ref(), &key).await, Ok(Some(_)))
+        {
+            let reason = "this fire time was already run by another replica";
+            tracing::info!("skipped: {reason}");
+            return Ok(RunEnd::Elsewhere(reason.to_owned()));
+        }
+        self.observer.started(&job.name, "backup");
+        let attempts = self.attempts(job, spec, &storages, &lock, &request, &mut record);
+        let result = tokio::select! {
+            result = within(job.policy.timeout, attempts) => result,
+            () = request.cancel.cancelled() => Err(Error::interrupted(
+                "stopped by the daemon's shutdown: the backup in progress has no manifest, \
+                 so it is never listed or restored",
+            )),
+        };
+        let result = result.map_err(|e| match e.kind() {
+            Kind::TimedOut => e.with_hint(format!(
+                "the job's timeout is {}; raise `timeout` in [jobs.{}] or find what made the run slow",
+                crate::time::show_duration(jiff::SignedDuration::try_from(
+                    job.policy.timeout.unwrap_or_default()
+                ).unwrap_or_default()),
+                job.name
+            )),
+            _ => e,
+        });
+        let end = self.conclude(record, result, &storages).await;
+        // Held until the record is stored, so another replica sees it.
+        drop(lock);
+        Ok(end)
+    }
+
+    /// The attempts of one run: the first, then up to `retries` more with the
+    /// delay doubling each time. A run that failed in part (some storages
+    /// hold the backup) is not retried: a new run would duplicate it.
+    async fn attempts(
+        &self,
+        job: &Job,
+        spec: &BackupJob,
+        storages: &[Arc<dyn Storage>],
+        lock: &RunLock,
+        request: &RunRequest,
+        record: &mut RunRecord,
+    ) -> Result<BackupOutcome> {
+        let mut delay = job.policy.retry_delay;
+        loop {
+            record.attempts += 1;
+            let attempt = async {
+                lock.use_database(DatabaseUse::Shared, || {
+                    tracing::info!(
+                        "waiting: heavy maintenance holds database {}",
+                        spec.database.name
+                    )
+                })
+                .await?;
+                backup::run(job, spec, storages, self.clock.as_ref(), self.progress.clone()).await
+            };
+            match attempt.await {
+                Err(e) if record.attempts <= job.policy.retries => {
+                    tracing::warn!(
+                        "attempt {} of {} failed: {e}; trying again in {}s",
+                        record.attempts,
+                        job.policy.retries + 1,
+                        delay.as_secs_f64()
+                    );
+                    tokio::select! {
+                        () = self.clock.sleep(delay) => {}
+                        () = request.cancel.cancelled() => return Err(e),
+                    }
+                    delay = delay.saturating_mul(2);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes the record of a finished run, updates the observer and sends
+    /// notifications. None of these can change the run's outcome.
+    async fn conclude(
+        &self,
+        mut record: RunRecord,
+        result: Result<BackupOutcome>,
+        storages: &[Arc<dyn Storage>],
+    ) -> RunEnd {
+        record.finished_at = self.clock.now();
+        record.outcome = match &result {
+            Ok(o) if o.failed.is_empty() => Outcome::Succeeded,
+            Ok(_) => Outcome::Failed,
+            Err(e) if e.kind() == Kind::TimedOut => Outcome::TimedOut,
+            Err(e) if e.kind() == Kind::Interrupted => Outcome::Interrupted,
+            Err(_) => Outcome::Failed,
+        };
+        record.succeeded = record.outcome == Outcome::Succeeded;
+        record.error = match &result {
+            Ok(o) if !o.failed.is_empty() => Some(format!(
+                "{} of {} storage(s) failed: {}",
+                o.failed.len(),
+                o.failed.len() + o.stored_in.len(),
+                o.failed
+                    .iter()
+                    .map(|(s, e)| format!("{s}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if let Ok(o) = &result {
+            record.details = json!({
                 "backup_id": o.manifest.id,
                 "snapshot_at": o.manifest.snapshot_at,
                 "raw_size": o.manifest.raw_size(),
@@ -69,17 +323,56 @@ impl Engine {
                 "tables": o.manifest.tables.len(),
                 "stored_in": o.stored_in,
                 "failed_storages": o.failed.iter().map(|(s, e)| json!({"storage": s, "error": e.to_string()})).collect::<Vec<_>>(),
-            }),
-            Err(_) => json!({}),
+            });
+        }
+        match record.outcome {
+            Outcome::Succeeded => tracing::info!("run {} succeeded", record.run_id),
+            outcome => tracing::warn!(
+                "run {} {}: {}",
+                record.run_id,
+                outcome.name(),
+                record.error.as_deref().unwrap_or("")
+            ),
+        }
+        let previous = match storages.first() {
+            Some(storage) => previous_outcome(storage.as_ref(), &record).await,
+            None => None,
         };
-        let failure = match &outcome {
-            Ok(o) if !o.failed.is_empty() => Some(format!("{} storage(s) failed", o.failed.len())),
-            Ok(_) => None,
-            Err(e) => Some(e.to_string()),
+        record.store(storages).await;
+        self.observer.finished(&record);
+        crate::notify::announce(&self.config.notifiers, &record, previous).await;
+        RunEnd::Done {
+            record: Box::new(record),
+            result,
+        }
+    }
+
+    /// Records a fire time that was not run because the job was still running.
+    pub async fn record_skipped(&self, name: &str, scheduled_for: Timestamp, reason: &str) {
+        let Ok((job, spec)) = self.config.backup_job(name) else {
+            return;
         };
-        self.record(job, "backup", started_at, failure, details, &storages)
-            .await;
-        outcome
+        let now = self.clock.now();
+        let record = RunRecord {
+            format: 1,
+            run_id: RunRecord::run_id(scheduled_for, "backup"),
+            job: job.name.clone(),
+            kind: "backup".to_owned(),
+            trigger: Trigger::Schedule,
+            scheduled_for: Some(scheduled_for),
+            started_at: now,
+            finished_at: now,
+            outcome: Outcome::Skipped,
+            succeeded: false,
+            attempts: 0,
+            error: Some(reason.to_owned()),
+            details: json!({}),
+        };
+        tracing::info!(job = %job.name, "skipped the run due at {scheduled_for}: {reason}");
+        if let Ok(storages) = self.storages_of(spec).await {
+            record.store(&storages).await;
+        }
+        self.observer.finished(&record);
     }
 
     /// Every complete backup of the backup jobs named (all when `None`), newest first.
@@ -179,9 +472,17 @@ impl Engine {
             run_id: RunRecord::run_id(started_at, kind),
             job: job.name.clone(),
             kind: kind.to_owned(),
+            trigger: Trigger::Manual,
+            scheduled_for: None,
             started_at,
             finished_at: self.clock.now(),
+            outcome: if failure.is_none() {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed
+            },
             succeeded: failure.is_none(),
+            attempts: 1,
             error: failure,
             details,
         };

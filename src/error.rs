@@ -34,6 +34,8 @@ pub enum Kind {
     Usage,
     /// SIGINT or SIGTERM stopped the command before it finished.
     Interrupted,
+    /// A run went on past its job's `timeout` and was cancelled.
+    TimedOut,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             Kind::Tool => 8,
             Kind::Refused => 9,
             // What shells report for a command stopped by Ctrl-C (128 + SIGINT).
+            Kind::TimedOut => 10,
             Kind::Interrupted => 130,
         }
     }
@@ -111,6 +114,9 @@ impl Error {
         Error::new(Kind::Interrupted, message)
     }
 
+    pub fn timed_out(message: impl Into<String>) -> Self {
+        Error::new(Kind::TimedOut, message)
+    }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

@@ -216,10 +216,84 @@ impl fmt::Display for Compression {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub name: String,
-    /// The zone for times shown to the operator and for `--at` without a zone.
+    /// The zone for the schedule, times shown to the operator and `--at`
+    /// without a zone: the job's own `timezone`, else the file's.
     pub timezone: TimeZone,
     pub origin: Origin,
     pub kind: JobKind,
+    /// When the daemon runs it; `None` means only `backup run` does.
+    pub schedule: Option<crate::schedule::Schedule>,
+    pub policy: RunPolicy,
+}
+
+/// How the engine runs a job, whatever its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPolicy {
+    pub overlap: Overlap,
+    /// A run still going after this long is cancelled and fails as timed out.
+    pub timeout: Option<std::time::Duration>,
+    /// How many times a failed run is tried again.
+    pub retries: u32,
+    /// The wait before the first retry; doubled before each further one.
+    pub retry_delay: std::time::Duration,
+    pub catch_up: CatchUp,
+}
+
+impl Default for RunPolicy {
+    fn default() -> Self {
+        RunPolicy {
+            overlap: Overlap::Skip,
+            timeout: None,
+            retries: 0,
+            retry_delay: std::time::Duration::from_secs(60),
+            catch_up: CatchUp::None,
+        }
+    }
+}
+
+/// What happens when a run falls due while the previous one still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// The new run is skipped and recorded as skipped.
+    Skip,
+    /// The new run waits for the running one, once: further ones are skipped.
+    Queue,
+}
+
+/// What the daemon does at start for fire times it missed while down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    None,
+    /// One run for the newest missed fire time.
+    Latest,
+}
+
+/// `[daemon]`: how `backup daemon` serves and stops.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonSettings {
+    /// Where `/health/*` and `/metrics` are served.
+    pub listen: Option<std::net::SocketAddr>,
+    /// How long running jobs may finish after SIGTERM before they are cancelled.
+    pub grace: Option<std::time::Duration>,
+}
+
+/// `[notifications.NAME]`: where failures and recoveries are announced.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    pub name: String,
+    pub kind: NotifierKind,
+    /// Webhook URLs carry their token: a secret.
+    pub url: Secret,
+    /// Also announce every success, not only recoveries.
+    pub on_success: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifierKind {
+    /// A JSON document POSTed as is.
+    Webhook,
+    /// Slack's incoming-webhook format (`{"text": ...}`).
+    Slack,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +323,8 @@ pub struct Config {
     pub databases: BTreeMap<String, Arc<Database>>,
     pub storages: BTreeMap<String, Arc<StorageSpec>>,
     pub jobs: BTreeMap<String, Job>,
+    pub daemon: DaemonSettings,
+    pub notifiers: Vec<Arc<Notifier>>,
 }
 
 impl Config {
@@ -321,9 +397,12 @@ impl fmt::Display for BackupId {
     }
 }
 
-/// The source of the current time. Logic takes a `&dyn Clock` so tests can pin it.
+/// The source of the current time, and of waiting for it to pass. Logic takes
+/// a `&dyn Clock` so tests can pin it or move it by hand.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
+    /// Resolves once `duration` has passed on this clock.
+    fn sleep(&self, duration: std::time::Duration) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// The real clock.
@@ -333,6 +412,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::now()
+    }
+
+    fn sleep(&self, duration: std::time::Duration) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
     }
 }
 

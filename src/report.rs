@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::storage::{Key, Storage};
@@ -150,32 +150,110 @@ pub fn bytes_human(bytes: u64) -> String {
 }
 
 /// The durable record of one run of a job, written whether it worked or not.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub format: u32,
     pub run_id: String,
     pub job: String,
     /// `backup`, `restore`, ...
     pub kind: String,
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// The fire time a scheduled or caught-up run was for.
+    #[serde(default)]
+    pub scheduled_for: Option<Timestamp>,
     pub started_at: Timestamp,
     pub finished_at: Timestamp,
+    #[serde(default)]
+    pub outcome: Outcome,
+    /// Kept beside `outcome` for readers of the first records.
     pub succeeded: bool,
+    /// How many times the run was tried (1 without retries).
+    #[serde(default)]
+    pub attempts: u32,
     /// The error message when it failed; never a secret.
     pub error: Option<String>,
     /// Free-form facts of the run: backup id, sizes, target database, ...
     pub details: serde_json::Value,
 }
 
+/// What started a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Schedule,
+    #[default]
+    Manual,
+    CatchUp,
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::CatchUp => "catch-up",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    #[default]
+    Failed,
+    /// Not run: the previous run of the job was still going.
+    Skipped,
+    TimedOut,
+    /// Stopped by SIGTERM or SIGINT.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether a monitor should count this run as a failure.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Interrupted
+        )
+    }
+
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::Skipped,
+        Outcome::TimedOut,
+        Outcome::Interrupted,
+    ];
+}
+
 impl RunRecord {
     /// `<job>/reports/<run-id>.json`.
     pub fn key(&self) -> Result<Key> {
-        Key::new(format!("{}/reports/{}.json", self.job, self.run_id))
+        Self::key_of(&self.job, &self.run_id)
     }
 
     /// A run id: the start time to the microsecond plus the kind, unique enough
     /// for one job and readable in a listing.
     pub fn run_id(started_at: Timestamp, kind: &str) -> String {
         format!("{}-{kind}", started_at.strftime("%Y%m%dT%H%M%S%.6fZ")).replace('.', "")
+    }
+
+    /// The key of the record of `run_id`, for an existence check.
+    pub fn key_of(job: &str, run_id: &str) -> Result<Key> {
+        Key::new(format!("{job}/reports/{run_id}.json"))
     }
 
     /// Stores the record in every storage given; a failure is logged, not fatal:
@@ -198,6 +276,63 @@ impl RunRecord {
             }
         }
     }
+}
+
+/// Reads one stored record; `None` when there is none under that key.
+pub async fn read_record(storage: &dyn Storage, key: &Key) -> Result<Option<RunRecord>> {
+    let mut body = Vec::new();
+    match storage.reader(key).await {
+        Ok(mut reader) => {
+            use tokio::io::AsyncReadExt;
+            // Records are small; a huge object here is not one of ours.
+            (&mut reader)
+                .take(RECORD_LIMIT)
+                .read_to_end(&mut body)
+                .await
+                .map_err(|e| Error::storage(format!("storage {}: reading {key}: {e}", storage.name())))?;
+        }
+        Err(e) if e.kind() == crate::error::Kind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    serde_json::from_slice(&body).map(Some).map_err(|e| {
+        Error::integrity(format!(
+            "storage {}: run record {key} is not readable: {e}",
+            storage.name()
+        ))
+    })
+}
+
+const RECORD_LIMIT: u64 = 1 << 20;
+
+/// The newest run records of `job` that `wanted` accepts, newest first, at most
+/// `limit` of them. Only records needed are read: the listing is of keys.
+pub async fn newest_records(
+    storage: &dyn Storage,
+    job: &str,
+    limit: usize,
+    wanted: impl Fn(&RunRecord) -> bool,
+) -> Result<Vec<RunRecord>> {
+    let prefix = Key::new(format!("{job}/reports"))?;
+    let mut keys: Vec<Key> = storage
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.as_str().ends_with(".json"))
+        .collect();
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys.iter().rev() {
+        if out.len() >= limit {
+            break;
+        }
+        match read_record(storage, key).await {
+            Ok(Some(record)) if wanted(&record) => out.push(record),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    Ok(out)
 }
 
 /// Prints `error: ...` and `hint: ...` the way every command does.

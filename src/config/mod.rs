@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use serde::Deserialize;
@@ -18,8 +19,10 @@ mod storage;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    BackupJob, Compression, Config, Database, Job, JobKind, Origin, Secret, StorageSpec,
+    BackupJob, CatchUp, Compression, Config, Database, Job, JobKind, Notifier, NotifierKind,
+    Origin, Overlap, RunPolicy, Secret, StorageSpec,
 };
+use crate::schedule::Schedule;
 use storage::{RawStorage, validate_storage};
 
 /// The file name looked for when neither `--config` nor `$BACKUP_CONFIG` is set.
@@ -35,6 +38,26 @@ struct RawFile {
     storages: BTreeMap<String, Spanned<RawStorage>>,
     #[serde(default)]
     jobs: BTreeMap<String, Spanned<RawJob>>,
+    daemon: Option<RawDaemon>,
+    #[serde(default)]
+    notifications: BTreeMap<String, Spanned<RawNotification>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    listen: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotification {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    url_env: Option<Spanned<String>>,
+    url_file: Option<Spanned<PathBuf>>,
+    on_success: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +78,13 @@ struct RawJob {
     storages: Option<Spanned<Vec<Spanned<String>>>>,
     compression: Option<Spanned<String>>,
     compression_level: Option<Spanned<i64>>,
+    schedule: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    overlap: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<i64>>,
+    retry_delay: Option<Spanned<String>>,
+    catch_up: Option<Spanned<String>>,
 }
 
 /// One parsed file, kept with its text so spans turn into line numbers.
@@ -177,15 +207,14 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
         }
     }
     for (source, raw) in &files {
+        validate_daemon(source, raw, &mut config)?;
+        for (name, notification) in &raw.notifications {
+            check_unique("notifications", name, source.origin(notification))?;
+            let notifier = validate_notification(source, name, notification, env)?;
+            config.notifiers.push(Arc::new(notifier));
+        }
         let timezone = match &raw.timezone {
-            Some(zone) => TimeZone::get(zone.get_ref()).map_err(|_| {
-                source
-                    .error(
-                        zone,
-                        format!("timezone '{}' is not a known time zone", zone.get_ref()),
-                    )
-                    .with_hint("use an IANA name such as \"Asia/Tokyo\" or \"UTC\"")
-            })?,
+            Some(zone) => zone_of(source, zone)?,
             None => TimeZone::system(),
         };
         for (name, job) in &raw.jobs {
@@ -205,6 +234,95 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
         }
     }
     Ok(config)
+}
+
+fn zone_of(source: &Source, zone: &Spanned<String>) -> Result<TimeZone> {
+    TimeZone::get(zone.get_ref()).map_err(|_| {
+        source
+            .error(
+                zone,
+                format!("timezone '{}' is not a known time zone", zone.get_ref()),
+            )
+            .with_hint("use an IANA name such as \"Asia/Tokyo\" or \"UTC\"")
+    })
+}
+
+fn duration_of(source: &Source, section: &str, key: &str, raw: &Spanned<String>) -> Result<Duration> {
+    crate::time::parse_duration(raw.get_ref()).ok_or_else(|| {
+        source
+            .error(
+                raw,
+                format!("[{section}] {key} = '{}' is not a duration", raw.get_ref()),
+            )
+            .with_hint("write a number and a unit, such as \"90s\", \"30m\", \"2h\" or \"1h30m\"")
+    })
+}
+
+fn validate_daemon(source: &Source, raw: &RawFile, config: &mut Config) -> Result<()> {
+    let Some(daemon) = &raw.daemon else {
+        return Ok(());
+    };
+    if let Some(listen) = &daemon.listen {
+        if config.daemon.listen.is_some() {
+            return Err(source.error(listen, "[daemon] listen is set in two files; keep one"));
+        }
+        let addr = listen.get_ref().parse().map_err(|_| {
+            source
+                .error(
+                    listen,
+                    format!("[daemon] listen = '{}' is not an address", listen.get_ref()),
+                )
+                .with_hint("write an IP address and a port, such as \"127.0.0.1:9187\"")
+        })?;
+        config.daemon.listen = Some(addr);
+    }
+    if let Some(grace) = &daemon.grace {
+        if config.daemon.grace.is_some() {
+            return Err(source.error(grace, "[daemon] grace is set in two files; keep one"));
+        }
+        config.daemon.grace = Some(duration_of(source, "daemon", "grace", grace)?);
+    }
+    Ok(())
+}
+
+fn validate_notification(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawNotification>,
+    env: EnvLookup,
+) -> Result<Notifier> {
+    let n = raw.get_ref();
+    let kind = match n.kind.get_ref().as_str() {
+        "webhook" => NotifierKind::Webhook,
+        "slack" => NotifierKind::Slack,
+        other => {
+            return Err(source
+                .error(
+                    &n.kind,
+                    format!("[notifications.{name}] type '{other}' is not supported"),
+                )
+                .with_hint("use \"webhook\" (a JSON POST) or \"slack\" (an incoming webhook)"));
+        }
+    };
+    let section = format!("notifications.{name}");
+    let (url, _) = read_secret(source, &section, "url", &n.url_env, &n.url_file, env)?
+        .ok_or_else(|| {
+            source
+                .error(raw, format!("[{section}] needs url_env or url_file"))
+                .with_hint("webhook URLs carry a token, so they come from the environment or a file")
+        })?;
+    if !(url.expose().starts_with("https://") || url.expose().starts_with("http://")) {
+        return Err(source.error(
+            raw,
+            format!("[{section}] the url does not start with https:// or http://"),
+        ));
+    }
+    Ok(Notifier {
+        name: name.to_owned(),
+        kind,
+        url,
+        on_success: n.on_success.unwrap_or(false),
+    })
 }
 
 fn validate_database(
@@ -260,6 +378,25 @@ fn validate_job(
     config: &Config,
 ) -> Result<Job> {
     let job = raw.get_ref();
+    let timezone = match &job.timezone {
+        Some(zone) => zone_of(source, zone)?,
+        None => timezone,
+    };
+    let section = format!("jobs.{name}");
+    let schedule = match &job.schedule {
+        Some(expr) => Some(
+            Schedule::parse(expr.get_ref(), timezone.clone()).map_err(|e| {
+                source
+                    .error(expr, format!("[{section}] schedule: {e}"))
+                    .with_hint(
+                        "5 fields: minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\"; \
+                         6 with leading seconds; SAT#1 is the first Saturday, L the last day",
+                    )
+            })?,
+        ),
+        None => None,
+    };
+    let policy = validate_policy(source, &section, job)?;
     let kind = match job.kind.get_ref().as_str() {
         "backup" => JobKind::Backup(validate_backup_job(source, name, raw, config)?),
         other => {
@@ -276,7 +413,57 @@ fn validate_job(
         timezone,
         origin: source.origin(raw),
         kind,
+        schedule,
+        policy,
     })
+}
+
+fn validate_policy(source: &Source, section: &str, job: &RawJob) -> Result<RunPolicy> {
+    let mut policy = RunPolicy::default();
+    if let Some(overlap) = &job.overlap {
+        policy.overlap = match overlap.get_ref().as_str() {
+            "skip" => Overlap::Skip,
+            "queue" => Overlap::Queue,
+            other => {
+                return Err(source
+                    .error(overlap, format!("[{section}] overlap = '{other}' is not known"))
+                    .with_hint("use \"skip\" (default) or \"queue\""));
+            }
+        };
+    }
+    if let Some(catch_up) = &job.catch_up {
+        policy.catch_up = match catch_up.get_ref().as_str() {
+            "none" => CatchUp::None,
+            "latest" => CatchUp::Latest,
+            other => {
+                return Err(source
+                    .error(catch_up, format!("[{section}] catch_up = '{other}' is not known"))
+                    .with_hint("use \"none\" (default) or \"latest\""));
+            }
+        };
+    }
+    if let Some(timeout) = &job.timeout {
+        let d = duration_of(source, section, "timeout", timeout)?;
+        if d.is_zero() {
+            return Err(source.error(timeout, format!("[{section}] timeout must be more than 0")));
+        }
+        policy.timeout = Some(d);
+    }
+    if let Some(retries) = &job.retries {
+        policy.retries = match *retries.get_ref() {
+            n @ 0..=20 => n as u32,
+            n => {
+                return Err(source.error(
+                    retries,
+                    format!("[{section}] retries = {n} is outside 0..=20"),
+                ));
+            }
+        };
+    }
+    if let Some(delay) = &job.retry_delay {
+        policy.retry_delay = duration_of(source, section, "retry_delay", delay)?;
+    }
+    Ok(policy)
 }
 
 fn validate_backup_job(

@@ -77,6 +77,10 @@ pub async fn run(
         .stdout
         .take()
         .ok_or_else(|| Error::internal("pg_dump has no stdout"))?;
+    // A cancelled run (timeout, SIGTERM) drops this future: the dump and the
+    // row counts must stop with it, here and on the server.
+    let _stop_dump = child.stop_on_drop();
+    let cancel_counts = pg::CancelOnDrop::new(&conn);
     let destinations = open_writers(storages, &prefix.join(&data_name)?).await?;
     let label = format!("{}/{data_name}", prefix);
     progress.begin(&format!("dump {}", conn.dbname), None);
@@ -101,6 +105,7 @@ pub async fn run(
         pg::row_counts(&conn),
     );
     progress.end();
+    cancel_counts.disarm();
     let (data_digest, deliveries) = stored?;
     let tables = tables?;
     pg::end_snapshot(&conn).await?;
@@ -271,6 +276,7 @@ async fn dump_globals(
                 .stdout
                 .take()
                 .ok_or_else(|| Error::internal("pg_dumpall has no stdout"))?;
+            let _stop = child.stop_on_drop();
             let destinations = open_writers(storages, &key).await?;
             let done = async {
                 tokio::task::spawn_blocking(move || child.wait())

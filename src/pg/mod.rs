@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +39,111 @@ pub struct ServerVersion {
 pub struct Connection {
     pub client: Client,
     pub dbname: String,
+}
+
+/// Cancels the query running on a connection if dropped before `disarm`: a run
+/// cancelled while counting rows must not leave the count running on the server.
+pub struct CancelOnDrop {
+    token: Option<tokio_postgres::CancelToken>,
+}
+
+impl CancelOnDrop {
+    pub fn new(conn: &Connection) -> Self {
+        CancelOnDrop {
+            token: Some(conn.client.cancel_token()),
+        }
+    }
+
+    pub fn disarm(mut self) {
+        self.token = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                if let Err(e) = token.cancel_query(NoTls).await {
+                    tracing::debug!("cancelling a query: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// What a run holds on its database, on a connection of its own, for as long
+/// as it runs: the job's advisory lock (one runner per job across replicas)
+/// and the database's (dumps share it; heavy maintenance takes it alone).
+pub struct RunLock {
+    conn: Connection,
+    database: String,
+}
+
+/// Whether a run may share its database with dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseUse {
+    /// A dump, or anything that coexists with one.
+    Shared,
+    /// VACUUM FULL, a non-concurrent REINDEX: nothing else may dump meanwhile.
+    Exclusive,
+}
+
+/// An advisory lock key: the first 8 bytes of a SHA-256 of what it stands for.
+pub fn lock_key(what: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(what.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+impl RunLock {
+    /// Takes the lock of `job`, or `None` when another session holds it.
+    pub async fn try_take(db: &Database, job: &str) -> Result<Option<RunLock>> {
+        let conn = connect(db, None).await?;
+        let row = conn
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&lock_key(&format!("backup job {job}"))],
+            )
+            .await
+            .map_err(|e| query_error(&format!("taking the lock of job {job}"), e))?;
+        let taken: bool = row.get(0);
+        Ok(taken.then(|| RunLock {
+            database: conn.dbname.clone(),
+            conn,
+        }))
+    }
+
+    /// Waits until the run may use its database as `mode` says; `on_wait` is
+    /// called once if it has to wait. Polls rather than blocks, so a cancelled
+    /// run leaves no lock request queued on the server.
+    pub async fn use_database(&self, mode: DatabaseUse, on_wait: impl FnOnce()) -> Result<()> {
+        let sql = match mode {
+            DatabaseUse::Shared => "SELECT pg_try_advisory_lock_shared($1)",
+            DatabaseUse::Exclusive => "SELECT pg_try_advisory_lock($1)",
+        };
+        let key = lock_key(&format!("backup database {}", self.database));
+        let mut on_wait = Some(on_wait);
+        loop {
+            let row = self
+                .conn
+                .client
+                .query_one(sql, &[&key])
+                .await
+                .map_err(|e| query_error("taking the database's advisory lock", e))?;
+            if row.get::<_, bool>(0) {
+                return Ok(());
+            }
+            if let Some(f) = on_wait.take() {
+                f();
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
 
 /// Connects to `dbname` (or the database the url names) of a declared database.
@@ -535,6 +641,8 @@ pub struct ClientProgram {
     pub child: Child,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
+    /// Set once `wait` returned: the pid may be reused from then on.
+    reaped: Arc<AtomicBool>,
 }
 
 /// How much of a child's stderr is kept for the error message.
@@ -587,16 +695,61 @@ pub fn spawn(
         child,
         stderr_tail: tail,
         stderr_thread,
+        reaped: Arc::new(AtomicBool::new(false)),
     })
 }
 
+/// Stops a client program when dropped before it was waited for: the run it
+/// belongs to was cancelled (timeout, SIGTERM). SIGTERM first, on which
+/// `pg_dump` and `pg_restore` cancel their queries on the server; SIGKILL if it
+/// is still there a few seconds later.
+pub struct StopOnDrop {
+    name: String,
+    pid: u32,
+    reaped: Arc<AtomicBool>,
+}
+
+impl StopOnDrop {
+    const KILL_AFTER: Duration = Duration::from_secs(5);
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.reaped.load(Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!("stopping {} (pid {})", self.name, self.pid);
+        // The child is not reaped yet, so the pid is still its own.
+        let pid = self.pid as libc::pid_t;
+        // SAFETY: kill(2) takes plain integers and has no memory effects.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let reaped = self.reaped.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(StopOnDrop::KILL_AFTER);
+            if !reaped.load(Ordering::SeqCst) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+    }
+}
+
 impl ClientProgram {
+    /// A guard that stops this program if the guard is dropped before `wait`
+    /// returned.
+    pub fn stop_on_drop(&self) -> StopOnDrop {
+        StopOnDrop {
+            name: self.name.clone(),
+            pid: self.child.id(),
+            reaped: self.reaped.clone(),
+        }
+    }
+
     /// Waits for the child and turns a failure into an error quoting its stderr.
     pub fn wait(mut self) -> Result<()> {
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::tool(format!("waiting for {}: {e}", self.name)))?;
+        let status = self.child.wait();
+        self.reaped.store(true, Ordering::SeqCst);
+        let status = status.map_err(|e| Error::tool(format!("waiting for {}: {e}", self.name)))?;
         if let Some(t) = self.stderr_thread.take() {
             let _ = t.join();
         }
