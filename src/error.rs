@@ -36,6 +36,10 @@ pub enum Kind {
     Interrupted,
     /// A run went on past its job's `timeout` and was cancelled.
     TimedOut,
+    /// `backup check` found something to look at (Nagios WARNING).
+    CheckWarning,
+    /// `backup check` found backups missing or too old (Nagios CRITICAL).
+    CheckCritical,
 }
 
 impl Kind {
@@ -53,6 +57,9 @@ impl Kind {
             Kind::Refused => 9,
             // What shells report for a command stopped by Ctrl-C (128 + SIGINT).
             Kind::TimedOut => 10,
+            // The monitoring-plugin convention, which `check` speaks.
+            Kind::CheckWarning => 1,
+            Kind::CheckCritical => 2,
             Kind::Interrupted => 130,
         }
     }

@@ -2,7 +2,9 @@
 //! One file per command; this one parses, sets up logging and maps errors to
 //! exit codes (the table is in README.md).
 
+mod check;
 mod config;
+mod daemon;
 mod list;
 mod restore;
 mod run;
@@ -51,6 +53,12 @@ enum Command {
     List(list::Args),
     /// Restore a backup into a database.
     Restore(restore::Args),
+    /// Run every scheduled job at its times; serve /health/* and /metrics.
+    Daemon(daemon::Args),
+    /// Jobs, their last and next runs, newest backups.
+    Status(check::StatusArgs),
+    /// For monitors: exit 0 OK, 1 WARNING, 2 CRITICAL, with one summary line.
+    Check(check::CheckArgs),
     /// Work with the configuration.
     #[command(subcommand)]
     Config(config::Command),
@@ -71,7 +79,11 @@ pub fn main() -> ExitCode {
     };
     let (left_behind, what_to_do) = cli.command.left_behind();
     let result = runtime.block_on(async {
-        let result = tokio::select! {
+        // The daemon has its own signal handling: SIGTERM is how it is stopped.
+        let result = if matches!(cli.command, Command::Daemon(_)) {
+            dispatch(cli).await
+        } else {
+            tokio::select! {
             result = dispatch(cli) => result,
             // Dropping the command's future drops its writers, which abort
             // their uploads as clean-ups waited for below.
@@ -80,6 +92,7 @@ pub fn main() -> ExitCode {
                     .with_hint(what_to_do),
                 Err(e) => e,
             }),
+            }
         };
         if !crate::storage::finish_cleanups(CLEANUP_LIMIT).await {
             tracing::warn!(
@@ -141,7 +154,11 @@ impl Command {
                     args.target_db()
                 ),
             ),
-            Command::List(_) | Command::Config(_) => (
+            Command::List(_)
+            | Command::Config(_)
+            | Command::Daemon(_)
+            | Command::Status(_)
+            | Command::Check(_) => (
                 "nothing was changed".to_owned(),
                 "run the command again".to_owned(),
             ),
@@ -157,6 +174,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::List(args) => list::run(&engine, args, cli.json).await,
         Command::Restore(args) => restore::run(&engine, args, cli.json).await,
         Command::Config(command) => config::run(&engine, command, cli.json),
+        Command::Daemon(args) => daemon::run(engine, args, cli.config).await,
+        Command::Status(args) => check::status(&engine, args, cli.json).await,
+        Command::Check(args) => check::check(&engine, args, cli.json).await,
     }
 }
 

@@ -1,0 +1,233 @@
+//! The daemon's metrics, in the Prometheus (OpenMetrics) text format that
+//! `/metrics` serves. prometheus-client keeps the values and writes the text.
+//!
+//! The values come from run records: at start from those in storage, then
+//! from each run as it ends, so a restarted daemon reports the same ages.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::engine::RunObserver;
+use crate::report::{Outcome, RunRecord};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobTypeLabels {
+    job: String,
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    job: String,
+    r#type: String,
+    outcome: String,
+}
+
+type Seconds = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    last_success: Family<JobLabel, Seconds>,
+    last_duration: Family<JobTypeLabels, Seconds>,
+    last_size: Family<JobLabel, Gauge>,
+    runs: Family<RunLabels, Counter>,
+    running: Family<JobLabel, Gauge>,
+    next_run: Family<JobLabel, Seconds>,
+    restore_test_success: Family<JobLabel, Seconds>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            last_success: Family::default(),
+            last_duration: Family::default(),
+            last_size: Family::default(),
+            runs: Family::default(),
+            running: Family::default(),
+            next_run: Family::default(),
+            restore_test_success: Family::default(),
+        };
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the job's newest successful run ended (Unix time)",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "backup_last_run_duration_seconds",
+            "How long the job's newest run took",
+            m.last_duration.clone(),
+        );
+        registry.register(
+            "backup_last_size_bytes",
+            "Stored size of the job's newest successful backup",
+            m.last_size.clone(),
+        );
+        // The text encoder adds `_total` to counters.
+        registry.register(
+            "backup_runs",
+            "Runs since the daemon started, by outcome",
+            m.runs.clone(),
+        );
+        registry.register(
+            "backup_running",
+            "1 while a run of the job is going",
+            m.running.clone(),
+        );
+        registry.register(
+            "backup_next_run_timestamp_seconds",
+            "The job's next fire time (Unix time)",
+            m.next_run.clone(),
+        );
+        registry.register(
+            "backup_restore_test_last_success_timestamp_seconds",
+            "When a restore test of the job's backups last succeeded (Unix time)",
+            m.restore_test_success.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+fn job(name: &str) -> JobLabel {
+    JobLabel {
+        job: name.to_owned(),
+    }
+}
+
+fn unix(t: jiff::Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
+
+impl Metrics {
+    /// Takes in a run record: one read at start, or one just written.
+    pub fn absorb(&self, record: &RunRecord, count_it: bool) {
+        if count_it {
+            self.runs
+                .get_or_create(&RunLabels {
+                    job: record.job.clone(),
+                    r#type: record.kind.clone(),
+                    outcome: record.outcome.name().to_owned(),
+                })
+                .inc();
+        }
+        if record.outcome == Outcome::Skipped {
+            return;
+        }
+        let duration = record.finished_at.duration_since(record.started_at);
+        self.last_duration
+            .get_or_create(&JobTypeLabels {
+                job: record.job.clone(),
+                r#type: record.kind.clone(),
+            })
+            .set(duration.as_secs_f64());
+        if record.outcome == Outcome::Succeeded {
+            let finished = unix(record.finished_at);
+            match record.kind.as_str() {
+                "restore-test" => self
+                    .restore_test_success
+                    .get_or_create(&job(&record.job))
+                    .set(finished),
+                _ => self.last_success.get_or_create(&job(&record.job)).set(finished),
+            };
+            if let Some(size) = record.details["stored_size"].as_i64() {
+                self.last_size.get_or_create(&job(&record.job)).set(size);
+            }
+        }
+    }
+
+    /// Makes every known job show up, with zeros, before its first run.
+    pub fn know_job(&self, name: &str) {
+        let _ = self.running.get_or_create(&job(name));
+        for outcome in Outcome::ALL {
+            let _ = self.runs.get_or_create(&RunLabels {
+                job: name.to_owned(),
+                r#type: "backup".to_owned(),
+                outcome: outcome.name().to_owned(),
+            });
+        }
+    }
+
+    pub fn set_next_run(&self, name: &str, at: Option<jiff::Timestamp>) {
+        match at {
+            Some(at) => {
+                self.next_run.get_or_create(&job(name)).set(unix(at));
+            }
+            None => {
+                self.next_run.remove(&job(name));
+            }
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        text
+    }
+}
+
+impl RunObserver for Metrics {
+    fn started(&self, name: &str, _kind: &str) {
+        self.running.get_or_create(&job(name)).set(1);
+    }
+
+    fn finished(&self, record: &RunRecord) {
+        if record.outcome != Outcome::Skipped {
+            self.running.get_or_create(&job(&record.job)).set(0);
+        }
+        self.absorb(record, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_names_every_metric_an_alert_rule_uses() {
+        let m = Metrics::default();
+        m.know_job("nightly");
+        let record = RunRecord {
+            format: 1,
+            run_id: "r".into(),
+            job: "nightly".into(),
+            kind: "backup".into(),
+            trigger: crate::report::Trigger::Schedule,
+            scheduled_for: None,
+            started_at: "2026-11-24T03:00:00Z".parse().unwrap(),
+            finished_at: "2026-11-24T03:00:30Z".parse().unwrap(),
+            outcome: Outcome::Succeeded,
+            succeeded: true,
+            attempts: 1,
+            error: None,
+            details: serde_json::json!({"stored_size": 1234}),
+        };
+        m.started("nightly", "backup");
+        m.finished(&record);
+        m.set_next_run("nightly", Some("2026-11-25T03:00:00Z".parse().unwrap()));
+        let text = m.encode();
+        for line in [
+            r#"backup_last_success_timestamp_seconds{job="nightly"} 1795489230.0"#,
+            r#"backup_last_run_duration_seconds{job="nightly",type="backup"} 30.0"#,
+            r#"backup_last_size_bytes{job="nightly"} 1234"#,
+            r#"backup_runs_total{job="nightly",type="backup",outcome="succeeded"} 1"#,
+            r#"backup_runs_total{job="nightly",type="backup",outcome="failed"} 0"#,
+            r#"backup_running{job="nightly"} 0"#,
+            r#"backup_next_run_timestamp_seconds{job="nightly"} 1795575600.0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}

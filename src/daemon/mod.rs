@@ -1,0 +1,283 @@
+//! `backup daemon`: runs every scheduled job at its fire times, serves health
+//! and metrics, reloads on SIGHUP and stops cleanly on SIGTERM.
+//!
+//! The scheduling loop is ours, on croner and an injected clock: the
+//! [`scheduler::Scheduler`] decides, this loop waits and starts runs, the
+//! [`Engine`] runs them. Each run is a task; when it ends the loop hears of it
+//! and may start a queued run.
+
+mod http;
+pub mod metrics;
+pub mod scheduler;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Engine, RunRequest};
+use crate::error::{Error, Result};
+use crate::model::{CatchUp, Clock, Config};
+use crate::report::{self, Progress};
+use metrics::Metrics;
+use scheduler::{Decision, Entry, Fire, Scheduler};
+
+/// Where `/health/*` and `/metrics` are served unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
+/// How long running jobs may finish after SIGTERM, unless told otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
+/// The loop looks at the clock at least this often, so a wall-clock jump (NTP,
+/// a resumed VM) delays a run by no more than this.
+const MAX_NAP: Duration = Duration::from_secs(30);
+
+pub struct Options {
+    pub config_path: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub grace: Option<Duration>,
+}
+
+/// What the HTTP handlers and the loop share.
+pub struct Shared {
+    engine: RwLock<Arc<Engine>>,
+    metrics: Arc<Metrics>,
+    health: tokio::sync::Mutex<Option<(std::time::Instant, http::Health)>>,
+}
+
+impl Shared {
+    fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn entries(config: &Config) -> Vec<Entry> {
+    config
+        .jobs
+        .values()
+        .filter_map(|job| {
+            job.schedule.clone().map(|schedule| Entry {
+                job: job.name.clone(),
+                schedule,
+                overlap: job.policy.overlap,
+            })
+        })
+        .collect()
+}
+
+fn engine_for(config: Config, clock: Arc<dyn Clock>, metrics: &Arc<Metrics>) -> Arc<Engine> {
+    let progress: Arc<dyn Progress> = Arc::new(report::Hidden);
+    Arc::new(Engine::new(config, clock, progress).with_observer(metrics.clone()))
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind| {
+        signal(kind).map_err(|e| Error::internal(format!("cannot listen for signals: {e}")))
+    };
+    let (mut term, mut int, mut hup) = (
+        listen(SignalKind::terminate())?,
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::hangup())?,
+    );
+    let scheduled = entries(&config);
+    if scheduled.is_empty() {
+        return Err(
+            Error::config("no job has a schedule, so the daemon would never run anything")
+                .with_hint("add `schedule = \"0 3 * * *\"` to a job, or run jobs with `backup run`"),
+        );
+    }
+    let address = match options.listen.or(config.daemon.listen) {
+        Some(a) => a,
+        None => DEFAULT_LISTEN
+            .parse()
+            .map_err(|e| Error::internal(format!("default address: {e}")))?,
+    };
+    let grace = options.grace.or(config.daemon.grace).unwrap_or(DEFAULT_GRACE);
+
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        engine: RwLock::new(engine_for(config, clock.clone(), &metrics)),
+        metrics: metrics.clone(),
+        health: tokio::sync::Mutex::new(None),
+    });
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        Error::config(format!("cannot listen on {address}: {e}"))
+            .with_hint("pass --listen ADDR or set listen in [daemon]; is another daemon running?")
+    })?;
+    let router = http::router(shared.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("the HTTP server stopped: {e}");
+        }
+    });
+    tracing::info!(
+        "daemon started: {} scheduled job(s); /health and /metrics on http://{address}",
+        scheduled.len()
+    );
+
+    let mut book = Scheduler::default();
+    book.set_jobs(scheduled, clock.now());
+    let engine = shared.engine();
+    absorb_history(&engine, &metrics).await;
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let start = |fire: Fire, engine: Arc<Engine>| {
+        let done = done_tx.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let job = fire.job.clone();
+            let request = RunRequest {
+                job: fire.job,
+                trigger: fire.trigger,
+                scheduled_for: Some(fire.at),
+                cancel,
+            };
+            if let Err(e) = engine.run(request).await {
+                tracing::error!(job = %job, "{e}");
+            }
+            let _ = done.send(job);
+        });
+    };
+    for (name, job) in &engine.config.jobs {
+        if job.policy.catch_up == CatchUp::Latest {
+            let last = last_run_start(&engine, name).await;
+            if let Some(Decision::Start(fire)) = book.catch_up(name, last, clock.now()) {
+                tracing::info!(job = %name, "catching up the run missed at {}", fire.at);
+                start(fire, engine.clone());
+            }
+        }
+    }
+
+    let stop_signal = loop {
+        let now = clock.now();
+        let engine = shared.engine();
+        for decision in book.due(now) {
+            match decision {
+                Decision::Start(fire) => start(fire, engine.clone()),
+                Decision::Skip(fire, reason) => {
+                    let engine = engine.clone();
+                    tasks.spawn(async move { engine.record_skipped(&fire.job, fire.at, reason).await });
+                }
+            }
+        }
+        for name in engine.config.jobs.keys() {
+            metrics.set_next_run(name, book.next_run(name));
+        }
+        let nap = book
+            .next_wake()
+            .map_or(MAX_NAP, |wake| {
+                wake.duration_since(now)
+                    .unsigned_abs()
+                    .min(MAX_NAP)
+            });
+        tokio::select! {
+            () = clock.sleep(nap) => {}
+            Some(job) = done_rx.recv() => {
+                if let Some(fire) = book.finished(&job) {
+                    start(fire, shared.engine());
+                }
+            }
+            _ = hup.recv() => reload(&options, &shared, &mut book, &clock, &metrics).await,
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+
+    tasks.close();
+    let running = tasks.len();
+    tracing::info!(
+        "{stop_signal} received: starting no new runs; {running} running, given up to {}s to finish",
+        grace.as_secs()
+    );
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("the grace period is over: cancelling the runs still going");
+        cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(30), tasks.wait()).await.is_err() {
+            tracing::error!("some runs did not stop within 30s of being cancelled");
+        }
+    }
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// SIGHUP: read the job files again. A file that does not validate changes
+/// nothing: the daemon goes on with what it had, and says why.
+async fn reload(
+    options: &Options,
+    shared: &Shared,
+    book: &mut Scheduler,
+    clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+) {
+    let path = options.config_path.clone();
+    let loaded = tokio::task::spawn_blocking(move || crate::config::load(path.as_deref())).await;
+    let config = match loaded {
+        Ok(Ok(config)) => config,
+        Ok(Err(e)) => {
+            let hint = e.hint().map_or(String::new(), |h| format!(" (hint: {h})"));
+            return tracing::error!(
+                "SIGHUP: the job files do not validate, keeping the previous configuration: {e}{hint}"
+            );
+        }
+        Err(e) => return tracing::error!("SIGHUP: reloading failed: {e}"),
+    };
+    book.set_jobs(entries(&config), clock.now());
+    let jobs = config.jobs.len();
+    for name in config.jobs.keys() {
+        metrics.know_job(name);
+    }
+    *shared.engine.write().unwrap_or_else(|p| p.into_inner()) =
+        engine_for(config, clock.clone(), metrics);
+    *shared.health.lock().await = None;
+    tracing::info!("SIGHUP: configuration reloaded, {jobs} job(s)");
+}
+
+/// When the newest recorded run of a job started: what catch-up compares with.
+async fn last_run_start(engine: &Engine, job: &str) -> Option<Timestamp> {
+    let storage = first_storage(engine, job).await?;
+    report::newest_records(storage.as_ref(), job, 1, |_| true)
+        .await
+        .ok()?
+        .first()
+        .map(|r| r.started_at)
+}
+
+async fn first_storage(engine: &Engine, job: &str) -> Option<Arc<dyn crate::storage::Storage>> {
+    let (_, spec) = engine.config.backup_job(job).ok()?;
+    let first = spec.storages.first()?;
+    match crate::storage::open(first).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(job = %job, "{e}");
+            None
+        }
+    }
+}
+
+/// Seeds the metrics from the records in storage, so ages survive a restart.
+async fn absorb_history(engine: &Engine, metrics: &Metrics) {
+    for name in engine.config.jobs.keys() {
+        metrics.know_job(name);
+        let Some(storage) = first_storage(engine, name).await else {
+            continue;
+        };
+        let newest = report::newest_records(storage.as_ref(), name, 1, |r| {
+            r.outcome != report::Outcome::Skipped
+        });
+        let success = report::newest_records(storage.as_ref(), name, 1, |r| r.succeeded);
+        let (newest, success) = futures::join!(newest, success);
+        // The success first: the newest run's duration is the one to show.
+        for record in success.into_iter().chain(newest).flatten() {
+            metrics.absorb(&record, false);
+        }
+    }
+}
