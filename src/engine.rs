@@ -66,6 +66,13 @@ pub enum RunEnd {
     Elsewhere(String),
 }
 
+/// How an attempt ended, when it did not fail.
+enum Step {
+    Ran(BackupOutcome),
+    /// Not ours to run, with why.
+    Elsewhere(&'static str),
+}
+
 /// Sees runs start and end: the daemon's metrics.
 pub trait RunObserver: Send + Sync {
     fn started(&self, job: &str, kind: &str);
@@ -194,28 +201,8 @@ impl Engine {
             Ok(s) => s,
             Err(e) => return Ok(self.conclude(record, Err(e), &[]).await),
         };
-        let lock = match RunLock::try_take(&spec.database, &job.name).await {
-            Ok(Some(lock)) => lock,
-            Ok(None) => {
-                let reason = "another process (a daemon replica or `backup run`) is running this job";
-                tracing::info!("skipped: {reason}");
-                return Ok(RunEnd::Elsewhere(reason.to_owned()));
-            }
-            Err(e) => return Ok(self.conclude(record, Err(e), &storages).await),
-        };
-        // Replicas whose clocks differ may reach the lock one after the other:
-        // the record of the fire time says it was already run.
-        if request.scheduled_for.is_some()
-            && let Some(storage) = storages.first()
-            && let Ok(key) = RunRecord::key_of(&job.name, &record.run_id)
-            && matches!(report::read_record(storage.as_ref(), &key).await, Ok(Some(_)))
-        {
-            let reason = "this fire time was already run by another replica";
-            tracing::info!("skipped: {reason}");
-            return Ok(RunEnd::Elsewhere(reason.to_owned()));
-        }
-        self.observer.started(&job.name, "backup");
-        let attempts = self.attempts(job, spec, &storages, &lock, &request, &mut record);
+        let mut lock = None;
+        let attempts = self.attempts(job, spec, &storages, &request, &mut record, &mut lock);
         let result = tokio::select! {
             result = within(job.policy.timeout, attempts) => result,
             () = request.cancel.cancelled() => Err(Error::interrupted(
@@ -223,16 +210,22 @@ impl Engine {
                  so it is never listed or restored",
             )),
         };
-        let result = result.map_err(|e| match e.kind() {
-            Kind::TimedOut => e.with_hint(format!(
+        let result = match result {
+            Ok(Step::Elsewhere(reason)) => {
+                tracing::info!("skipped: {reason}");
+                return Ok(RunEnd::Elsewhere(reason.to_owned()));
+            }
+            Ok(Step::Ran(outcome)) => Ok(outcome),
+            Err(e) if e.kind() == Kind::TimedOut => Err(e.with_hint(format!(
                 "the job's timeout is {}; raise `timeout` in [jobs.{}] or find what made the run slow",
-                crate::time::show_duration(jiff::SignedDuration::try_from(
-                    job.policy.timeout.unwrap_or_default()
-                ).unwrap_or_default()),
+                crate::time::show_duration(
+                    jiff::SignedDuration::try_from(job.policy.timeout.unwrap_or_default())
+                        .unwrap_or_default()
+                ),
                 job.name
-            )),
-            _ => e,
-        });
+            ))),
+            Err(e) => Err(e),
+        };
         let end = self.conclude(record, result, &storages).await;
         // Held until the record is stored, so another replica sees it.
         drop(lock);
@@ -247,30 +240,25 @@ impl Engine {
         job: &Job,
         spec: &BackupJob,
         storages: &[Arc<dyn Storage>],
-        lock: &RunLock,
         request: &RunRequest,
         record: &mut RunRecord,
-    ) -> Result<BackupOutcome> {
+        lock: &mut Option<RunLock>,
+    ) -> Result<Step> {
         let mut delay = job.policy.retry_delay;
         loop {
             record.attempts += 1;
-            let attempt = async {
-                lock.use_database(DatabaseUse::Shared, || {
-                    tracing::info!(
-                        "waiting: heavy maintenance holds database {}",
-                        spec.database.name
-                    )
-                })
-                .await?;
-                backup::run(job, spec, storages, self.clock.as_ref(), self.progress.clone()).await
-            };
-            match attempt.await {
+            match self
+                .attempt(job, spec, storages, request, &record.run_id, lock)
+                .await
+            {
                 Err(e) if record.attempts <= job.policy.retries => {
                     tracing::warn!(
-                        "attempt {} of {} failed: {e}; trying again in {}s",
+                        "attempt {} of {} failed: {e}; trying again in {}",
                         record.attempts,
                         job.policy.retries + 1,
-                        delay.as_secs_f64()
+                        crate::time::show_duration(
+                            jiff::SignedDuration::try_from(delay).unwrap_or_default()
+                        )
                     );
                     tokio::select! {
                         () = self.clock.sleep(delay) => {}
@@ -281,6 +269,51 @@ impl Engine {
                 other => return other,
             }
         }
+    }
+
+    /// One attempt. The job's lock is taken by the first attempt that reaches
+    /// the database and kept for the rest of the run.
+    async fn attempt(
+        &self,
+        job: &Job,
+        spec: &BackupJob,
+        storages: &[Arc<dyn Storage>],
+        request: &RunRequest,
+        run_id: &str,
+        lock: &mut Option<RunLock>,
+    ) -> Result<Step> {
+        if lock.is_none() {
+            let Some(taken) = RunLock::try_take(&spec.database, &job.name).await? else {
+                return Ok(Step::Elsewhere(
+                    "another process (a daemon replica or `backup run`) is running this job",
+                ));
+            };
+            // Replicas whose clocks differ may reach the lock one after the
+            // other: the record of the fire time says it was already run.
+            if request.scheduled_for.is_some()
+                && let Some(storage) = storages.first()
+                && let Ok(key) = RunRecord::key_of(&job.name, run_id)
+                && matches!(report::read_record(storage.as_ref(), &key).await, Ok(Some(_)))
+            {
+                return Ok(Step::Elsewhere(
+                    "this fire time was already run by another replica",
+                ));
+            }
+            self.observer.started(&job.name, "backup");
+            *lock = Some(taken);
+        }
+        if let Some(lock) = lock.as_ref() {
+            lock.use_database(DatabaseUse::Shared, || {
+                tracing::info!(
+                    "waiting: heavy maintenance holds database {}",
+                    spec.database.name
+                )
+            })
+            .await?;
+        }
+        backup::run(job, spec, storages, self.clock.as_ref(), self.progress.clone())
+            .await
+            .map(Step::Ran)
     }
 
     /// Writes the record of a finished run, updates the observer and sends
@@ -355,7 +388,8 @@ impl Engine {
         let now = self.clock.now();
         let record = RunRecord {
             format: 1,
-            run_id: RunRecord::run_id(scheduled_for, "backup"),
+            // Its own name: a replica that did run this fire time keeps its record.
+            run_id: format!("{}-skipped", RunRecord::run_id(scheduled_for, "backup")),
             job: job.name.clone(),
             kind: "backup".to_owned(),
             trigger: Trigger::Schedule,

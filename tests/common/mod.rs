@@ -167,6 +167,33 @@ impl Cluster {
             .expect("run psql")
     }
 
+    /// Holds `LOCK TABLE table IN ACCESS EXCLUSIVE MODE` in an open
+    /// transaction until the holder is released or dropped: `pg_dump` waits
+    /// on it, which makes a backup as slow as a test needs.
+    pub fn hold_lock(&self, db: &str, table: &str) -> LockHolder {
+        use std::io::{BufRead, Write};
+        let mut child = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.url(db)])
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start psql");
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;\n\\echo locked").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked", "psql did not take the lock");
+        LockHolder {
+            child,
+            stdin: Some(stdin),
+        }
+    }
+
     pub fn create_db(&self, name: &str) {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
     }
@@ -272,6 +299,33 @@ fn chown_to_postgres(path: &Path) {
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An open transaction holding a table lock; see [`Cluster::hold_lock`].
+pub struct LockHolder {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl LockHolder {
+    pub fn release(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        use std::io::Write;
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "COMMIT;");
+            drop(stdin);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        self.end();
+    }
 }
 
 pub fn fixtures_dir() -> PathBuf {

@@ -1,0 +1,523 @@
+//! `backup daemon`, `status`, `check` and notifications, end to end: the real
+//! binary, a throwaway PostgreSQL, per-second schedules, real signals.
+//!
+//! Schedules, overlap and catch-up rules are unit-tested with made-up times
+//! (src/daemon/scheduler.rs, src/schedule.rs); these tests show that the
+//! daemon built on them does the same against real processes. Waits are
+//! bounded polls, never fixed sleeps that a slow machine could outrun.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Setup;
+use serde_json::Value;
+
+/// A running `backup daemon`, stopped (SIGKILL) if a test fails first.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    fn start(setup: &Setup, name: &str, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let log = setup.work.path().join(format!("{name}.log"));
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["daemon", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let child = Command::new(env!("CARGO_BIN_EXE_backup"))
+            .arg("--config")
+            .arg(&setup.config)
+            .args(&args)
+            .env_remove("BACKUP_CONFIG")
+            .env_remove("PGPASSWORD")
+            .env("BACKUP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start the daemon");
+        let daemon = Daemon {
+            child: Some(child),
+            log,
+            port,
+        };
+        wait_for("the daemon to listen", Duration::from_secs(30), || {
+            get(port, "/health/live").is_some_and(|(status, _)| status == 200)
+        });
+        daemon
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit code; fails the test if it takes over `limit`.
+    fn stop(mut self, limit: Duration) -> i32 {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                panic!("the daemon did not stop within {limit:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `GET path` on 127.0.0.1:port: the status and the body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every run record of job `nightly`, oldest first.
+fn records(setup: &Setup) -> Vec<Value> {
+    let dir = setup.backups.join("nightly").join("reports");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect()
+}
+
+fn with_outcome<'a>(records: &'a [Value], outcome: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["outcome"] == outcome).collect()
+}
+
+/// Backup directories of `nightly`: (id, has a manifest).
+fn backup_dirs(setup: &Setup) -> Vec<(String, bool)> {
+    let mut dirs: Vec<(String, bool)> = std::fs::read_dir(setup.backups.join("nightly"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != "reports" && e.path().is_dir())
+        .map(|e| {
+            let complete = e.path().join("manifest.json").is_file();
+            (e.file_name().to_string_lossy().into_owned(), complete)
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn no_pg_dump_left(setup: &Setup) {
+    wait_for("pg_dump to be gone from the server", Duration::from_secs(20), || {
+        setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+        ) == "0"
+    });
+}
+
+#[test]
+fn a_daemon_runs_its_schedule_and_answers_health_and_metrics() {
+    let setup = Setup::new("", "schedule = \"* * * * * *\"");
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+    wait_for("two scheduled backups", Duration::from_secs(90), || {
+        backup_dirs(&setup).iter().filter(|(_, complete)| *complete).count() >= 2
+    });
+
+    let (status, body) = get(daemon.port, "/health/ready").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get(daemon.port, "/health").unwrap();
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["ready"], true);
+    let checks: Vec<&str> = health["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(checks, ["storage disk", "database app"]);
+
+    let (status, text) = get(daemon.port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let succeeded = metric(
+        &text,
+        r#"backup_runs_total{job="nightly",type="backup",outcome="succeeded"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(succeeded >= 1.0, "{text}");
+    let now = jiff::Timestamp::now().as_second() as f64;
+    let last = metric(&text, r#"backup_last_success_timestamp_seconds{job="nightly"}"#).unwrap();
+    assert!((now - last).abs() < 120.0, "{text}");
+    assert!(metric(&text, r#"backup_last_size_bytes{job="nightly"}"#).unwrap() > 0.0);
+    let next = metric(&text, r#"backup_next_run_timestamp_seconds{job="nightly"}"#).unwrap();
+    assert!(next >= now - 5.0, "{text}");
+    for name in ["backup_running{job=\"nightly\"}", "backup_last_run_duration_seconds{job=\"nightly\",type=\"backup\"}"] {
+        assert!(metric(&text, name).is_some(), "{name} missing:\n{text}");
+    }
+
+    assert_eq!(daemon.stop(Duration::from_secs(90)), 0);
+    let records = records(&setup);
+    assert!(records.iter().all(|r| r["trigger"] == "schedule"), "{records:?}");
+    let complete = backup_dirs(&setup).iter().filter(|(_, c)| *c).count();
+    assert_eq!(complete, with_outcome(&records, "succeeded").len());
+}
+
+#[test]
+fn sigterm_mid_backup_cancels_it_after_the_grace_and_leaves_no_manifest() {
+    let setup = Setup::new("", "schedule = \"* * * * * *\"");
+    let lock = setup.cluster.hold_lock("app", "app.users");
+    let daemon = Daemon::start(&setup, "daemon", &["--grace", "1s"]);
+    wait_for("a backup to be waiting on the lock", Duration::from_secs(60), || {
+        setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
+        ) == "1"
+    });
+    let code = daemon.stop(Duration::from_secs(60));
+    assert_eq!(code, 0);
+    no_pg_dump_left(&setup);
+    lock.release();
+
+    assert!(
+        backup_dirs(&setup).iter().all(|(_, complete)| !complete),
+        "{:?}",
+        backup_dirs(&setup)
+    );
+    let list = setup.list();
+    assert!(list.is_empty(), "{list:?}");
+    let records = records(&setup);
+    let interrupted = with_outcome(&records, "interrupted");
+    assert_eq!(interrupted.len(), 1, "{records:?}");
+    assert!(
+        interrupted[0]["error"].as_str().unwrap().contains("no manifest"),
+        "{records:?}"
+    );
+}
+
+#[test]
+fn a_job_slower_than_its_interval_is_skipped_not_doubled() {
+    let setup = Setup::new("", "schedule = \"* * * * * *\"");
+    let lock = setup.cluster.hold_lock("app", "app.users");
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+    wait_for("three fire times skipped", Duration::from_secs(60), || {
+        with_outcome(&records(&setup), "skipped").len() >= 3
+    });
+    // Only one dump ever waited on the lock: the skipped ones never started.
+    assert_eq!(
+        setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+        ),
+        "1"
+    );
+    lock.release();
+    wait_for("the slow run to finish", Duration::from_secs(60), || {
+        !with_outcome(&records(&setup), "succeeded").is_empty()
+    });
+    assert_eq!(daemon.stop(Duration::from_secs(90)), 0);
+
+    let records = records(&setup);
+    let ran: Vec<&Value> = records.iter().filter(|r| r["outcome"] != "skipped").collect();
+    // Each run that started made one backup dir; no two runs overlapped.
+    assert_eq!(backup_dirs(&setup).len(), ran.len(), "{records:#?}");
+    let mut spans: Vec<(String, String)> = ran
+        .iter()
+        .map(|r| (r["started_at"].as_str().unwrap().to_owned(), r["finished_at"].as_str().unwrap().to_owned()))
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        let (a_end, b_start) = (jiff_ts(&pair[0].1), jiff_ts(&pair[1].0));
+        assert!(a_end <= b_start, "runs overlapped: {pair:?}");
+    }
+    for skipped in with_outcome(&records, "skipped") {
+        assert_eq!(skipped["error"], "the previous run is still going");
+    }
+}
+
+fn jiff_ts(text: &str) -> jiff::Timestamp {
+    text.parse().unwrap()
+}
+
+#[test]
+fn two_daemons_on_the_same_job_files_run_each_fire_time_once() {
+    let setup = Setup::new("", "schedule = \"*/2 * * * * *\"");
+    let a = Daemon::start(&setup, "a", &[]);
+    let b = Daemon::start(&setup, "b", &[]);
+    wait_for("five scheduled runs", Duration::from_secs(120), || {
+        records(&setup).len() >= 5
+    });
+    assert_eq!(a.stop(Duration::from_secs(90)), 0);
+    // With `a` gone, `b` alone must take over.
+    let before = records(&setup).len();
+    wait_for("b to run alone", Duration::from_secs(60), || {
+        records(&setup).len() >= before + 2
+    });
+    let b_log = b.log();
+    assert_eq!(b.stop(Duration::from_secs(90)), 0);
+
+    let records = records(&setup);
+    let ran: Vec<&Value> = records.iter().filter(|r| r["outcome"] != "skipped").collect();
+    let mut per_fire: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &ran {
+        *per_fire.entry(r["scheduled_for"].to_string()).or_default() += 1;
+    }
+    assert!(per_fire.values().all(|n| *n == 1), "{per_fire:?}");
+    // One backup per run: no fire time was dumped by both daemons.
+    assert_eq!(backup_dirs(&setup).len(), ran.len(), "{records:#?}");
+    assert_eq!(
+        with_outcome(&records, "succeeded").len(),
+        ran.len(),
+        "{records:#?}"
+    );
+    let log = format!("{}{b_log}", std::fs::read_to_string(&setup.work.path().join("a.log")).unwrap());
+    assert!(
+        log.contains("skipped: another process") || log.contains("skipped: this fire time was already run"),
+        "neither daemon ever yielded a fire time to the other:\n{log}"
+    );
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_file_keeps_the_old_configuration() {
+    let setup = Setup::new("", "schedule = \"0 3 * * *\"");
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+    let good = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, good.replace("schedule = \"0 3 * * *\"", "schedule = \"0 3 * *\"")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for("the refusal in the log", Duration::from_secs(20), || {
+        daemon.log().contains("keeping the previous configuration")
+    });
+    assert!(daemon.log().contains("4 fields"), "{}", daemon.log());
+    std::fs::write(&setup.config, good.replace("schedule = \"0 3 * * *\"", "schedule = \"* * * * * *\"")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for("a backup on the new schedule", Duration::from_secs(60), || {
+        backup_dirs(&setup).iter().any(|(_, complete)| *complete)
+    });
+    assert_eq!(daemon.stop(Duration::from_secs(90)), 0);
+}
+
+#[test]
+fn a_run_past_its_timeout_fails_as_timed_out_and_stops_pg_dump() {
+    let setup = Setup::new("", "timeout = \"2s\"");
+    let lock = setup.cluster.hold_lock("app", "app.users");
+    let run = setup.backup(&["run", "nightly"]);
+    assert_eq!(run.code, 10, "{}", run.all());
+    assert!(run.stderr.contains("timed out after 2s"), "{}", run.all());
+    assert!(run.stderr.contains("hint: the job's timeout is 2s"), "{}", run.all());
+    no_pg_dump_left(&setup);
+    lock.release();
+    assert!(backup_dirs(&setup).iter().all(|(_, c)| !c));
+    let records = records(&setup);
+    assert_eq!(with_outcome(&records, "timed_out").len(), 1, "{records:?}");
+}
+
+#[test]
+fn retries_try_again_with_backoff_and_record_the_attempts() {
+    // The first attempt fails (no such database), so do the retries; the
+    // record says how many attempts there were.
+    let setup = Setup::new("", "retries = 2\nretry_delay = \"100ms\"");
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, config.replace("/app\"", "/missing\"")).unwrap();
+    let run = setup.backup(&["run", "nightly"]);
+    assert_eq!(run.code, 4, "{}", run.all());
+    assert_eq!(run.stderr.matches("trying again in").count(), 2, "{}", run.all());
+    let records = records(&setup);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["attempts"], 3);
+    assert_eq!(records[0]["outcome"], "failed");
+}
+
+/// Runs `backup check ARGS` and returns its exit code and line.
+fn check(setup: &Setup, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    let run = setup.backup(&all);
+    (run.code, run.stdout.trim().to_owned())
+}
+
+#[test]
+fn check_exit_codes_follow_the_nagios_convention() {
+    let setup = Setup::new("", "schedule = \"0 3 * * *\"");
+    let (code, line) = check(&setup, &[]);
+    assert_eq!((code, line.starts_with("BACKUP CRITICAL - nightly: no complete backup")), (2, true), "{line}");
+
+    assert!(setup.backup(&["run", "nightly"]).ok());
+    let (code, line) = check(&setup, &[]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.starts_with("BACKUP OK - nightly: newest backup"), "{line}");
+
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, line) = check(&setup, &["--max-age", "1s"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("more than 1s (--max-age)"), "{line}");
+
+    let good = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, good.replace("/app\"", "/missing\"")).unwrap();
+    assert_eq!(setup.backup(&["run", "nightly"]).code, 4);
+    std::fs::write(&setup.config, &good).unwrap();
+    let (code, line) = check(&setup, &["--max-age", "1h"]);
+    assert_eq!(code, 1, "{line}");
+    assert!(line.contains("last run failed"), "{line}");
+
+    let status = setup.backup(&["--json", "status"]);
+    assert!(status.ok(), "{}", status.all());
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let job = &status["jobs"][0];
+    assert_eq!(job["last_run"]["outcome"], "failed");
+    assert_eq!(job["last_success"]["outcome"], "succeeded");
+    assert!(job["newest_backup"]["id"].is_string());
+    assert!(job["next_run"].is_string());
+    let text = setup.backup(&["status"]);
+    assert!(text.stdout.contains("restore tested: never"), "{}", text.all());
+}
+
+/// A local HTTP receiver that answers 200 and keeps every request body.
+fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(v) = serde_json::from_slice(&body)
+            {
+                kept.lock().unwrap().push(v);
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, bodies)
+}
+
+#[test]
+fn failures_and_recoveries_reach_a_webhook_and_slack() {
+    let setup = Setup::new("", "");
+    let (hook_url, hook) = receiver();
+    let (slack_url, slack) = receiver();
+    let mut config = std::fs::read_to_string(&setup.config).unwrap();
+    config.push_str(
+        "\n[notifications.ops]\ntype = \"webhook\"\nurl_env = \"HOOK_URL\"\n\n\
+         [notifications.chat]\ntype = \"slack\"\nurl_env = \"SLACK_URL\"\n",
+    );
+    let good = config.clone();
+    std::fs::write(&setup.config, config.replace("/app\"", "/missing\"")).unwrap();
+    let env = [("HOOK_URL", hook_url.as_str()), ("SLACK_URL", slack_url.as_str())];
+    assert_eq!(setup.backup_with(&["run", "nightly"], &env).code, 4);
+    std::fs::write(&setup.config, &good).unwrap();
+    assert!(setup.backup_with(&["run", "nightly"], &env).ok());
+    // Success after success is not announced unless asked for.
+    assert!(setup.backup_with(&["run", "nightly"], &env).ok());
+
+    let hook = hook.lock().unwrap().clone();
+    let events: Vec<&str> = hook.iter().map(|b| b["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["failure", "recovery"], "{hook:#?}");
+    assert_eq!(hook[0]["job"], "nightly");
+    assert!(hook[0]["error"].as_str().unwrap().contains("missing"), "{hook:#?}");
+    let slack = slack.lock().unwrap().clone();
+    assert_eq!(slack.len(), 2, "{slack:#?}");
+    assert!(slack[0]["text"].as_str().unwrap().contains("job nightly failed"), "{slack:#?}");
+    assert!(slack[1]["text"].as_str().unwrap().contains("recovered"), "{slack:#?}");
+}
+
+#[test]
+fn a_dead_notifier_never_changes_the_outcome() {
+    let setup = Setup::new("", "");
+    let mut config = std::fs::read_to_string(&setup.config).unwrap();
+    config.push_str("\n[notifications.ops]\ntype = \"webhook\"\nurl_env = \"HOOK_URL\"\non_success = true\n");
+    std::fs::write(&setup.config, config).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/nobody-listens");
+    let run = setup.backup_with(&["run", "nightly"], &[("HOOK_URL", &url)]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stderr.contains("not sent after 3 tries: cannot connect"), "{}", run.all());
+    assert!(!run.stderr.contains("nobody-listens"), "the URL is a secret: {}", run.all());
+}
+
+#[test]
+fn config_check_prints_the_next_five_runs_in_the_jobs_zone() {
+    let setup = Setup::new("", "schedule = \"0 3 * * SAT#1\"");
+    let run = setup.backup(&["config", "check"]);
+    assert!(run.ok(), "{}", run.all());
+    let runs: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" Sat 03:00:00 +09:00"))
+        .collect();
+    assert_eq!(runs.len(), 5, "{}", run.stdout);
+}
