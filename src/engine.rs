@@ -58,17 +58,21 @@ impl RunRequest {
 #[derive(Debug)]
 pub enum RunEnd {
     /// It ran; its record is stored (when a storage could take it).
-    Done {
-        record: Box<RunRecord>,
-        result: Result<BackupOutcome>,
-    },
+    Done(Box<Finished>),
     /// Another process runs or ran it; nothing was recorded here.
     Elsewhere(String),
 }
 
+/// A run that happened, and what it made.
+#[derive(Debug)]
+pub struct Finished {
+    pub record: RunRecord,
+    pub result: Result<BackupOutcome>,
+}
+
 /// How an attempt ended, when it did not fail.
 enum Step {
-    Ran(BackupOutcome),
+    Ran(Box<BackupOutcome>),
     /// Not ours to run, with why.
     Elsewhere(&'static str),
 }
@@ -155,7 +159,7 @@ impl Engine {
     /// refuse rather than wait.
     pub async fn run_backup(&self, name: &str) -> Result<BackupOutcome> {
         match self.run(RunRequest::manual(name)).await? {
-            RunEnd::Done { result, .. } => result,
+            RunEnd::Done(done) => done.result,
             RunEnd::Elsewhere(reason) => Err(Error::refused(format!("job {name}: {reason}"))
                 .with_hint("wait for that run to finish; `backup status` shows the last runs")),
         }
@@ -215,7 +219,7 @@ impl Engine {
                 tracing::info!("skipped: {reason}");
                 return Ok(RunEnd::Elsewhere(reason.to_owned()));
             }
-            Ok(Step::Ran(outcome)) => Ok(outcome),
+            Ok(Step::Ran(outcome)) => Ok(*outcome),
             Err(e) if e.kind() == Kind::TimedOut => Err(e.with_hint(format!(
                 "the job's timeout is {}; raise `timeout` in [jobs.{}] or find what made the run slow",
                 crate::time::show_duration(
@@ -293,7 +297,10 @@ impl Engine {
             if request.scheduled_for.is_some()
                 && let Some(storage) = storages.first()
                 && let Ok(key) = RunRecord::key_of(&job.name, run_id)
-                && matches!(report::read_record(storage.as_ref(), &key).await, Ok(Some(_)))
+                && matches!(
+                    report::read_record(storage.as_ref(), &key).await,
+                    Ok(Some(_))
+                )
             {
                 return Ok(Step::Elsewhere(
                     "this fire time was already run by another replica",
@@ -311,9 +318,15 @@ impl Engine {
             })
             .await?;
         }
-        backup::run(job, spec, storages, self.clock.as_ref(), self.progress.clone())
-            .await
-            .map(Step::Ran)
+        backup::run(
+            job,
+            spec,
+            storages,
+            self.clock.as_ref(),
+            self.progress.clone(),
+        )
+        .await
+        .map(|o| Step::Ran(Box::new(o)))
     }
 
     /// Writes the record of a finished run, updates the observer and sends
@@ -374,10 +387,7 @@ impl Engine {
         record.store(storages).await;
         self.observer.finished(&record);
         crate::notify::announce(&self.config.notifiers, &record, previous).await;
-        RunEnd::Done {
-            record: Box::new(record),
-            result,
-        }
+        RunEnd::Done(Box::new(Finished { record, result }))
     }
 
     /// Records a fire time that was not run because the job was still running.

@@ -46,7 +46,11 @@ pub fn event_of(outcome: Outcome, previous: Option<Outcome>) -> Option<Event> {
 /// Sends the run's event to every notifier that wants it. Waits for the
 /// deliveries (bounded by the tries and their timeout), so a one-shot command
 /// does not exit before they leave.
-pub async fn announce(notifiers: &[std::sync::Arc<Notifier>], record: &RunRecord, previous: Option<Outcome>) {
+pub async fn announce(
+    notifiers: &[std::sync::Arc<Notifier>],
+    record: &RunRecord,
+    previous: Option<Outcome>,
+) {
     let Some(event) = event_of(record.outcome, previous) else {
         return;
     };
@@ -151,7 +155,10 @@ mod tests {
         assert_eq!(event_of(Failed, None), Some(Event::Failure));
         assert_eq!(event_of(TimedOut, Some(Succeeded)), Some(Event::Failure));
         assert_eq!(event_of(Succeeded, Some(Failed)), Some(Event::Recovery));
-        assert_eq!(event_of(Succeeded, Some(Interrupted)), Some(Event::Recovery));
+        assert_eq!(
+            event_of(Succeeded, Some(Interrupted)),
+            Some(Event::Recovery)
+        );
         assert_eq!(event_of(Succeeded, Some(Succeeded)), Some(Event::Success));
         assert_eq!(event_of(Succeeded, None), Some(Event::Success));
         assert_eq!(event_of(Skipped, Some(Failed)), None);

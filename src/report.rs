@@ -289,7 +289,9 @@ pub async fn read_record(storage: &dyn Storage, key: &Key) -> Result<Option<RunR
                 .take(RECORD_LIMIT)
                 .read_to_end(&mut body)
                 .await
-                .map_err(|e| Error::storage(format!("storage {}: reading {key}: {e}", storage.name())))?;
+                .map_err(|e| {
+                    Error::storage(format!("storage {}: reading {key}: {e}", storage.name()))
+                })?;
         }
         Err(e) if e.kind() == crate::error::Kind::NotFound => return Ok(None),
         Err(e) => return Err(e),

@@ -26,7 +26,12 @@ pub struct Schedule {
 
 impl fmt::Debug for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Schedule({:?} in {})", self.expression, zone_name(&self.zone))
+        write!(
+            f,
+            "Schedule({:?} in {})",
+            self.expression,
+            zone_name(&self.zone)
+        )
     }
 }
 
@@ -35,7 +40,7 @@ impl Schedule {
     /// is croner's reason, for the caller to place in the file.
     pub fn parse(expression: &str, zone: TimeZone) -> Result<Schedule, String> {
         let fields = expression.split_whitespace().count();
-        if !(fields == 5 || fields == 6) && !expression.trim_start().starts_with('@') {
+        if !(fields == 5 || fields == 6 || expression.trim_start().starts_with('@')) {
             return Err(format!(
                 "'{expression}' has {fields} fields; a schedule has 5 (minute hour day month \
                  weekday), or 6 with leading seconds"

@@ -103,7 +103,9 @@ impl Drop for Daemon {
 /// `GET path` on 127.0.0.1:port: the status and the body.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .ok()?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -169,12 +171,16 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
 }
 
 fn no_pg_dump_left(setup: &Setup) {
-    wait_for("pg_dump to be gone from the server", Duration::from_secs(20), || {
-        setup.cluster.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
-        ) == "0"
-    });
+    wait_for(
+        "pg_dump to be gone from the server",
+        Duration::from_secs(20),
+        || {
+            setup.cluster.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+            ) == "0"
+        },
+    );
 }
 
 #[test]
@@ -182,7 +188,11 @@ fn a_daemon_runs_its_schedule_and_answers_health_and_metrics() {
     let setup = Setup::new("", "schedule = \"* * * * * *\"");
     let daemon = Daemon::start(&setup, "daemon", &[]);
     wait_for("two scheduled backups", Duration::from_secs(90), || {
-        backup_dirs(&setup).iter().filter(|(_, complete)| *complete).count() >= 2
+        backup_dirs(&setup)
+            .iter()
+            .filter(|(_, complete)| *complete)
+            .count()
+            >= 2
     });
 
     let (status, body) = get(daemon.port, "/health/ready").unwrap();
@@ -208,18 +218,28 @@ fn a_daemon_runs_its_schedule_and_answers_health_and_metrics() {
     .unwrap_or(0.0);
     assert!(succeeded >= 1.0, "{text}");
     let now = jiff::Timestamp::now().as_second() as f64;
-    let last = metric(&text, r#"backup_last_success_timestamp_seconds{job="nightly"}"#).unwrap();
+    let last = metric(
+        &text,
+        r#"backup_last_success_timestamp_seconds{job="nightly"}"#,
+    )
+    .unwrap();
     assert!((now - last).abs() < 120.0, "{text}");
     assert!(metric(&text, r#"backup_last_size_bytes{job="nightly"}"#).unwrap() > 0.0);
     let next = metric(&text, r#"backup_next_run_timestamp_seconds{job="nightly"}"#).unwrap();
     assert!(next >= now - 5.0, "{text}");
-    for name in ["backup_running{job=\"nightly\"}", "backup_last_run_duration_seconds{job=\"nightly\",type=\"backup\"}"] {
+    for name in [
+        "backup_running{job=\"nightly\"}",
+        "backup_last_run_duration_seconds{job=\"nightly\",type=\"backup\"}",
+    ] {
         assert!(metric(&text, name).is_some(), "{name} missing:\n{text}");
     }
 
     assert_eq!(daemon.stop(Duration::from_secs(90)), 0);
     let records = records(&setup);
-    assert!(records.iter().all(|r| r["trigger"] == "schedule"), "{records:?}");
+    assert!(
+        records.iter().all(|r| r["trigger"] == "schedule"),
+        "{records:?}"
+    );
     let complete = backup_dirs(&setup).iter().filter(|(_, c)| *c).count();
     assert_eq!(complete, with_outcome(&records, "succeeded").len());
 }
@@ -229,12 +249,16 @@ fn sigterm_mid_backup_cancels_it_after_the_grace_and_leaves_no_manifest() {
     let setup = Setup::new("", "schedule = \"* * * * * *\"");
     let lock = setup.cluster.hold_lock("app", "app.users");
     let daemon = Daemon::start(&setup, "daemon", &["--grace", "1s"]);
-    wait_for("a backup to be waiting on the lock", Duration::from_secs(60), || {
-        setup.cluster.psql(
+    wait_for(
+        "a backup to be waiting on the lock",
+        Duration::from_secs(60),
+        || {
+            setup.cluster.psql(
             "postgres",
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
         ) == "1"
-    });
+        },
+    );
     let code = daemon.stop(Duration::from_secs(60));
     assert_eq!(code, 0);
     no_pg_dump_left(&setup);
@@ -251,7 +275,10 @@ fn sigterm_mid_backup_cancels_it_after_the_grace_and_leaves_no_manifest() {
     let interrupted = with_outcome(&records, "interrupted");
     assert_eq!(interrupted.len(), 1, "{records:?}");
     assert!(
-        interrupted[0]["error"].as_str().unwrap().contains("no manifest"),
+        interrupted[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no manifest"),
         "{records:?}"
     );
 }
@@ -279,12 +306,20 @@ fn a_job_slower_than_its_interval_is_skipped_not_doubled() {
     assert_eq!(daemon.stop(Duration::from_secs(90)), 0);
 
     let records = records(&setup);
-    let ran: Vec<&Value> = records.iter().filter(|r| r["outcome"] != "skipped").collect();
+    let ran: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["outcome"] != "skipped")
+        .collect();
     // Each run that started made one backup dir; no two runs overlapped.
     assert_eq!(backup_dirs(&setup).len(), ran.len(), "{records:#?}");
     let mut spans: Vec<(String, String)> = ran
         .iter()
-        .map(|r| (r["started_at"].as_str().unwrap().to_owned(), r["finished_at"].as_str().unwrap().to_owned()))
+        .map(|r| {
+            (
+                r["started_at"].as_str().unwrap().to_owned(),
+                r["finished_at"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     spans.sort();
     for pair in spans.windows(2) {
@@ -318,7 +353,10 @@ fn two_daemons_on_the_same_job_files_run_each_fire_time_once() {
     assert_eq!(b.stop(Duration::from_secs(90)), 0);
 
     let records = records(&setup);
-    let ran: Vec<&Value> = records.iter().filter(|r| r["outcome"] != "skipped").collect();
+    let ran: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["outcome"] != "skipped")
+        .collect();
     let mut per_fire: BTreeMap<String, usize> = BTreeMap::new();
     for r in &ran {
         *per_fire.entry(r["scheduled_for"].to_string()).or_default() += 1;
@@ -331,9 +369,13 @@ fn two_daemons_on_the_same_job_files_run_each_fire_time_once() {
         ran.len(),
         "{records:#?}"
     );
-    let log = format!("{}{b_log}", std::fs::read_to_string(&setup.work.path().join("a.log")).unwrap());
+    let log = format!(
+        "{}{b_log}",
+        std::fs::read_to_string(setup.work.path().join("a.log")).unwrap()
+    );
     assert!(
-        log.contains("skipped: another process") || log.contains("skipped: this fire time was already run"),
+        log.contains("skipped: another process")
+            || log.contains("skipped: this fire time was already run"),
         "neither daemon ever yielded a fire time to the other:\n{log}"
     );
 }
@@ -343,17 +385,27 @@ fn sighup_reloads_and_a_broken_file_keeps_the_old_configuration() {
     let setup = Setup::new("", "schedule = \"0 3 * * *\"");
     let daemon = Daemon::start(&setup, "daemon", &[]);
     let good = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(&setup.config, good.replace("schedule = \"0 3 * * *\"", "schedule = \"0 3 * *\"")).unwrap();
+    std::fs::write(
+        &setup.config,
+        good.replace("schedule = \"0 3 * * *\"", "schedule = \"0 3 * *\""),
+    )
+    .unwrap();
     daemon.signal(libc::SIGHUP);
     wait_for("the refusal in the log", Duration::from_secs(20), || {
         daemon.log().contains("keeping the previous configuration")
     });
     assert!(daemon.log().contains("4 fields"), "{}", daemon.log());
-    std::fs::write(&setup.config, good.replace("schedule = \"0 3 * * *\"", "schedule = \"* * * * * *\"")).unwrap();
+    std::fs::write(
+        &setup.config,
+        good.replace("schedule = \"0 3 * * *\"", "schedule = \"* * * * * *\""),
+    )
+    .unwrap();
     daemon.signal(libc::SIGHUP);
-    wait_for("a backup on the new schedule", Duration::from_secs(60), || {
-        backup_dirs(&setup).iter().any(|(_, complete)| *complete)
-    });
+    wait_for(
+        "a backup on the new schedule",
+        Duration::from_secs(60),
+        || backup_dirs(&setup).iter().any(|(_, complete)| *complete),
+    );
     assert_eq!(daemon.stop(Duration::from_secs(90)), 0);
 }
 
@@ -364,7 +416,11 @@ fn a_run_past_its_timeout_fails_as_timed_out_and_stops_pg_dump() {
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 10, "{}", run.all());
     assert!(run.stderr.contains("timed out after 2s"), "{}", run.all());
-    assert!(run.stderr.contains("hint: the job's timeout is 2s"), "{}", run.all());
+    assert!(
+        run.stderr.contains("hint: the job's timeout is 2s"),
+        "{}",
+        run.all()
+    );
     no_pg_dump_left(&setup);
     lock.release();
     assert!(backup_dirs(&setup).iter().all(|(_, c)| !c));
@@ -381,7 +437,12 @@ fn retries_try_again_with_backoff_and_record_the_attempts() {
     std::fs::write(&setup.config, config.replace("/app\"", "/missing\"")).unwrap();
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 4, "{}", run.all());
-    assert_eq!(run.stderr.matches("trying again in").count(), 2, "{}", run.all());
+    assert_eq!(
+        run.stderr.matches("trying again in").count(),
+        2,
+        "{}",
+        run.all()
+    );
     let records = records(&setup);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["attempts"], 3);
@@ -400,12 +461,22 @@ fn check(setup: &Setup, args: &[&str]) -> (i32, String) {
 fn check_exit_codes_follow_the_nagios_convention() {
     let setup = Setup::new("", "schedule = \"0 3 * * *\"");
     let (code, line) = check(&setup, &[]);
-    assert_eq!((code, line.starts_with("BACKUP CRITICAL - nightly: no complete backup")), (2, true), "{line}");
+    assert_eq!(
+        (
+            code,
+            line.starts_with("BACKUP CRITICAL - nightly: no complete backup")
+        ),
+        (2, true),
+        "{line}"
+    );
 
     assert!(setup.backup(&["run", "nightly"]).ok());
     let (code, line) = check(&setup, &[]);
     assert_eq!(code, 0, "{line}");
-    assert!(line.starts_with("BACKUP OK - nightly: newest backup"), "{line}");
+    assert!(
+        line.starts_with("BACKUP OK - nightly: newest backup"),
+        "{line}"
+    );
 
     std::thread::sleep(Duration::from_millis(2100));
     let (code, line) = check(&setup, &["--max-age", "1s"]);
@@ -429,7 +500,11 @@ fn check_exit_codes_follow_the_nagios_convention() {
     assert!(job["newest_backup"]["id"].is_string());
     assert!(job["next_run"].is_string());
     let text = setup.backup(&["status"]);
-    assert!(text.stdout.contains("restore tested: never"), "{}", text.all());
+    assert!(
+        text.stdout.contains("restore tested: never"),
+        "{}",
+        text.all()
+    );
 }
 
 /// A local HTTP receiver that answers 200 and keeps every request body.
@@ -477,7 +552,10 @@ fn failures_and_recoveries_reach_a_webhook_and_slack() {
     );
     let good = config.clone();
     std::fs::write(&setup.config, config.replace("/app\"", "/missing\"")).unwrap();
-    let env = [("HOOK_URL", hook_url.as_str()), ("SLACK_URL", slack_url.as_str())];
+    let env = [
+        ("HOOK_URL", hook_url.as_str()),
+        ("SLACK_URL", slack_url.as_str()),
+    ];
     assert_eq!(setup.backup_with(&["run", "nightly"], &env).code, 4);
     std::fs::write(&setup.config, &good).unwrap();
     assert!(setup.backup_with(&["run", "nightly"], &env).ok());
@@ -488,25 +566,48 @@ fn failures_and_recoveries_reach_a_webhook_and_slack() {
     let events: Vec<&str> = hook.iter().map(|b| b["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["failure", "recovery"], "{hook:#?}");
     assert_eq!(hook[0]["job"], "nightly");
-    assert!(hook[0]["error"].as_str().unwrap().contains("missing"), "{hook:#?}");
+    assert!(
+        hook[0]["error"].as_str().unwrap().contains("missing"),
+        "{hook:#?}"
+    );
     let slack = slack.lock().unwrap().clone();
     assert_eq!(slack.len(), 2, "{slack:#?}");
-    assert!(slack[0]["text"].as_str().unwrap().contains("job nightly failed"), "{slack:#?}");
-    assert!(slack[1]["text"].as_str().unwrap().contains("recovered"), "{slack:#?}");
+    assert!(
+        slack[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("job nightly failed"),
+        "{slack:#?}"
+    );
+    assert!(
+        slack[1]["text"].as_str().unwrap().contains("recovered"),
+        "{slack:#?}"
+    );
 }
 
 #[test]
 fn a_dead_notifier_never_changes_the_outcome() {
     let setup = Setup::new("", "");
     let mut config = std::fs::read_to_string(&setup.config).unwrap();
-    config.push_str("\n[notifications.ops]\ntype = \"webhook\"\nurl_env = \"HOOK_URL\"\non_success = true\n");
+    config.push_str(
+        "\n[notifications.ops]\ntype = \"webhook\"\nurl_env = \"HOOK_URL\"\non_success = true\n",
+    );
     std::fs::write(&setup.config, config).unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/nobody-listens");
     let run = setup.backup_with(&["run", "nightly"], &[("HOOK_URL", &url)]);
     assert!(run.ok(), "{}", run.all());
-    assert!(run.stderr.contains("not sent after 3 tries: cannot connect"), "{}", run.all());
-    assert!(!run.stderr.contains("nobody-listens"), "the URL is a secret: {}", run.all());
+    assert!(
+        run.stderr
+            .contains("not sent after 3 tries: cannot connect"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        !run.stderr.contains("nobody-listens"),
+        "the URL is a secret: {}",
+        run.all()
+    );
 }
 
 #[test]
@@ -520,4 +621,121 @@ fn config_check_prints_the_next_five_runs_in_the_jobs_zone() {
         .filter(|l| l.contains(" Sat 03:00:00 +09:00"))
         .collect();
     assert_eq!(runs.len(), 5, "{}", run.stdout);
+}
+
+#[test]
+fn dumps_and_heavy_maintenance_never_share_a_database() {
+    let setup = Setup::new("", "");
+    let key = backup::pg::lock_key("backup database app");
+    // Heavy maintenance (here: another session standing in for VACUUM FULL)
+    // holds the database's lock: a backup waits for it, then runs.
+    let heavy = setup.cluster.hold_advisory_lock("app", key);
+    let child = setup.spawn_backup_with(&["run", "nightly"], &[]);
+    wait_for("the backup to wait", Duration::from_secs(30), || {
+        setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backup' AND query LIKE '%advisory_lock_shared%'",
+        ) != "0"
+    });
+    assert!(
+        backup_dirs(&setup).is_empty(),
+        "the dump started under heavy maintenance"
+    );
+    heavy.release();
+    let run = common::Run::from(child.wait_with_output().unwrap());
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("waiting: heavy maintenance holds database app"),
+        "{}",
+        run.all()
+    );
+
+    // The reverse: while a dump runs, the database's lock cannot be taken alone.
+    let table = setup.cluster.hold_lock("app", "app.users");
+    let child = setup.spawn_backup_with(&["run", "nightly"], &[]);
+    wait_for("the dump to start", Duration::from_secs(30), || {
+        setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+        ) == "1"
+    });
+    assert_eq!(
+        setup
+            .cluster
+            .psql("app", &format!("SELECT pg_try_advisory_lock({key})")),
+        "f"
+    );
+    table.release();
+    assert!(common::Run::from(child.wait_with_output().unwrap()).ok());
+}
+
+#[test]
+fn catch_up_runs_the_newest_missed_fire_time_once_after_downtime() {
+    let setup = Setup::new("", "schedule = \"0 3 * * *\"\ncatch_up = \"latest\"");
+    // The job last ran two days ago; the daemon was down since.
+    let now = jiff::Timestamp::now();
+    let then = now - jiff::SignedDuration::from_hours(48);
+    let reports = setup.backups.join("nightly").join("reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    let old = serde_json::json!({
+        "format": 1, "run_id": "20000101T000000000000Z-backup", "job": "nightly", "kind": "backup",
+        "trigger": "schedule", "scheduled_for": then, "started_at": then, "finished_at": then,
+        "outcome": "succeeded", "succeeded": true, "attempts": 1, "error": null, "details": {}
+    });
+    std::fs::write(
+        reports.join("20000101T000000000000Z-backup.json"),
+        old.to_string(),
+    )
+    .unwrap();
+
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+    wait_for("the catch-up run", Duration::from_secs(60), || {
+        records(&setup)
+            .iter()
+            .any(|r| r["trigger"] == "catch-up" && r["outcome"] == "succeeded")
+    });
+    assert_eq!(daemon.stop(Duration::from_secs(60)), 0);
+    let caught: Vec<Value> = records(&setup)
+        .into_iter()
+        .filter(|r| r["trigger"] == "catch-up")
+        .collect();
+    assert_eq!(caught.len(), 1);
+    // It ran for the newest 03:00 in Tokyo that had passed.
+    let fire: jiff::Timestamp = caught[0]["scheduled_for"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let local = fire.to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap());
+    assert_eq!(local.strftime("%H:%M:%S").to_string(), "03:00:00");
+    assert!(fire <= now && now.duration_since(fire) < jiff::SignedDuration::from_hours(24));
+
+    // Started again: the newest fire time is recorded now, nothing to catch up.
+    let daemon = Daemon::start(&setup, "again", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(daemon.stop(Duration::from_secs(60)), 0);
+    let caught = records(&setup)
+        .into_iter()
+        .filter(|r| r["trigger"] == "catch-up")
+        .count();
+    assert_eq!(caught, 1);
+}
+
+#[test]
+fn json_logs_carry_the_job_and_the_run_id() {
+    let setup = Setup::new("", "");
+    let run = setup.backup(&["--log-format", "json", "run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let lines: Vec<Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let run_id = records(&setup)[0]["run_id"].as_str().unwrap().to_owned();
+    let in_span = lines
+        .iter()
+        .filter(|l| l["span"]["job"] == "nightly" && l["span"]["run_id"] == run_id.as_str())
+        .count();
+    assert!(in_span >= 2, "{}", run.stderr);
 }

@@ -185,7 +185,11 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
             None => println!("  last run:       none recorded"),
         }
         match &s.last_success {
-            Some(r) => println!("  last success:   {} ({})", show(r.finished_at), age(now, r.finished_at)),
+            Some(r) => println!(
+                "  last success:   {} ({})",
+                show(r.finished_at),
+                age(now, r.finished_at)
+            ),
             None => println!("  last success:   never"),
         }
         match &s.newest_backup {
@@ -200,7 +204,11 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
             None => println!("  newest backup:  none"),
         }
         match &s.last_restore_test {
-            Some(r) => println!("  restore tested: {} ({})", show(r.finished_at), age(now, r.finished_at)),
+            Some(r) => println!(
+                "  restore tested: {} ({})",
+                show(r.finished_at),
+                age(now, r.finished_at)
+            ),
             None => println!("  restore tested: never"),
         }
         for p in &s.problems {
@@ -221,11 +229,22 @@ enum Status {
 
 /// Judges one job: stale or missing backups are CRITICAL, a failed last run
 /// is WARNING.
-fn judge(job: &Job, s: &JobState, max_age: Option<SignedDuration>, now: Timestamp) -> (Status, String) {
-    let (limit, why) = match (max_age, job.schedule.as_ref().and_then(|sch| sch.longest_gap(now))) {
+fn judge(
+    job: &Job,
+    s: &JobState,
+    max_age: Option<SignedDuration>,
+    now: Timestamp,
+) -> (Status, String) {
+    let (limit, why) = match (
+        max_age,
+        job.schedule.as_ref().and_then(|sch| sch.longest_gap(now)),
+    ) {
         (Some(limit), _) => (limit, "--max-age"),
         (None, Some(gap)) => (gap * 2, "twice the interval"),
-        (None, None) => (SignedDuration::from_hours(48), "default for a job without a schedule"),
+        (None, None) => (
+            SignedDuration::from_hours(48),
+            "default for a job without a schedule",
+        ),
     };
     let mut status = Status::Ok;
     let mut notes = Vec::new();
@@ -253,7 +272,11 @@ fn judge(job: &Job, s: &JobState, max_age: Option<SignedDuration>, now: Timestam
         && r.outcome != "succeeded"
     {
         status = status.max(Status::Warning);
-        notes.push(format!("last run {} {}", r.outcome, age(now, r.finished_at)));
+        notes.push(format!(
+            "last run {} {}",
+            r.outcome,
+            age(now, r.finished_at)
+        ));
     }
     if !s.problems.is_empty() {
         status = status.max(Status::Warning);

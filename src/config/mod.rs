@@ -247,7 +247,12 @@ fn zone_of(source: &Source, zone: &Spanned<String>) -> Result<TimeZone> {
     })
 }
 
-fn duration_of(source: &Source, section: &str, key: &str, raw: &Spanned<String>) -> Result<Duration> {
+fn duration_of(
+    source: &Source,
+    section: &str,
+    key: &str,
+    raw: &Spanned<String>,
+) -> Result<Duration> {
     crate::time::parse_duration(raw.get_ref()).ok_or_else(|| {
         source
             .error(
@@ -305,11 +310,13 @@ fn validate_notification(
         }
     };
     let section = format!("notifications.{name}");
-    let (url, _) = read_secret(source, &section, "url", &n.url_env, &n.url_file, env)?
-        .ok_or_else(|| {
+    let (url, _) =
+        read_secret(source, &section, "url", &n.url_env, &n.url_file, env)?.ok_or_else(|| {
             source
                 .error(raw, format!("[{section}] needs url_env or url_file"))
-                .with_hint("webhook URLs carry a token, so they come from the environment or a file")
+                .with_hint(
+                    "webhook URLs carry a token, so they come from the environment or a file",
+                )
         })?;
     if !(url.expose().starts_with("https://") || url.expose().starts_with("http://")) {
         return Err(source.error(
@@ -426,7 +433,10 @@ fn validate_policy(source: &Source, section: &str, job: &RawJob) -> Result<RunPo
             "queue" => Overlap::Queue,
             other => {
                 return Err(source
-                    .error(overlap, format!("[{section}] overlap = '{other}' is not known"))
+                    .error(
+                        overlap,
+                        format!("[{section}] overlap = '{other}' is not known"),
+                    )
                     .with_hint("use \"skip\" (default) or \"queue\""));
             }
         };
@@ -437,7 +447,10 @@ fn validate_policy(source: &Source, section: &str, job: &RawJob) -> Result<RunPo
             "latest" => CatchUp::Latest,
             other => {
                 return Err(source
-                    .error(catch_up, format!("[{section}] catch_up = '{other}' is not known"))
+                    .error(
+                        catch_up,
+                        format!("[{section}] catch_up = '{other}' is not known"),
+                    )
                     .with_hint("use \"none\" (default) or \"latest\""));
             }
         };

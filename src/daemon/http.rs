@@ -148,10 +148,7 @@ async fn run_checks(shared: &Shared) -> Health {
     }
 }
 
-async fn check(
-    what: String,
-    probe: impl Future<Output = crate::error::Result<()>>,
-) -> Check {
+async fn check(what: String, probe: impl Future<Output = crate::error::Result<()>>) -> Check {
     let error = match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),

@@ -138,7 +138,10 @@ impl Metrics {
                     .restore_test_success
                     .get_or_create(&job(&record.job))
                     .set(finished),
-                _ => self.last_success.get_or_create(&job(&record.job)).set(finished),
+                _ => self
+                    .last_success
+                    .get_or_create(&job(&record.job))
+                    .set(finished),
             };
             if let Some(size) = record.details["stored_size"].as_i64() {
                 self.last_size.get_or_create(&job(&record.job)).set(size);

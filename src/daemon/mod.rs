@@ -79,9 +79,8 @@ fn engine_for(config: Config, clock: Arc<dyn Clock>, metrics: &Arc<Metrics>) -> 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind| {
-        signal(kind).map_err(|e| Error::internal(format!("cannot listen for signals: {e}")))
-    };
+    let listen =
+        |kind| signal(kind).map_err(|e| Error::internal(format!("cannot listen for signals: {e}")));
     let (mut term, mut int, mut hup) = (
         listen(SignalKind::terminate())?,
         listen(SignalKind::interrupt())?,
@@ -91,7 +90,9 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
     if scheduled.is_empty() {
         return Err(
             Error::config("no job has a schedule, so the daemon would never run anything")
-                .with_hint("add `schedule = \"0 3 * * *\"` to a job, or run jobs with `backup run`"),
+                .with_hint(
+                    "add `schedule = \"0 3 * * *\"` to a job, or run jobs with `backup run`",
+                ),
         );
     }
     let address = match options.listen.or(config.daemon.listen) {
@@ -100,7 +101,10 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
             .parse()
             .map_err(|e| Error::internal(format!("default address: {e}")))?,
     };
-    let grace = options.grace.or(config.daemon.grace).unwrap_or(DEFAULT_GRACE);
+    let grace = options
+        .grace
+        .or(config.daemon.grace)
+        .unwrap_or(DEFAULT_GRACE);
 
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
@@ -165,20 +169,18 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
                 Decision::Start(fire) => start(fire, engine.clone()),
                 Decision::Skip(fire, reason) => {
                     let engine = engine.clone();
-                    tasks.spawn(async move { engine.record_skipped(&fire.job, fire.at, reason).await });
+                    tasks.spawn(
+                        async move { engine.record_skipped(&fire.job, fire.at, reason).await },
+                    );
                 }
             }
         }
         for name in engine.config.jobs.keys() {
             metrics.set_next_run(name, book.next_run(name));
         }
-        let nap = book
-            .next_wake()
-            .map_or(MAX_NAP, |wake| {
-                wake.duration_since(now)
-                    .unsigned_abs()
-                    .min(MAX_NAP)
-            });
+        let nap = book.next_wake().map_or(MAX_NAP, |wake| {
+            wake.duration_since(now).unsigned_abs().min(MAX_NAP)
+        });
         tokio::select! {
             () = clock.sleep(nap) => {}
             Some(job) = done_rx.recv() => {
@@ -201,7 +203,10 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("the grace period is over: cancelling the runs still going");
         cancel.cancel();
-        if tokio::time::timeout(Duration::from_secs(30), tasks.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::error!("some runs did not stop within 30s of being cancelled");
         }
     }

@@ -197,7 +197,10 @@ mod tests {
     #[test]
     fn a_job_fires_at_its_times_and_not_before() {
         let mut s = Scheduler::default();
-        s.set_jobs([entry("nightly", "0 3 * * *", Overlap::Skip)], t("2026-11-24T12:00:00Z"));
+        s.set_jobs(
+            [entry("nightly", "0 3 * * *", Overlap::Skip)],
+            t("2026-11-24T12:00:00Z"),
+        );
         assert_eq!(s.next_wake(), Some(t("2026-11-25T03:00:00Z")));
         assert!(s.due(t("2026-11-25T02:59:59Z")).is_empty());
         let d = s.due(t("2026-11-25T03:00:00.2Z"));
@@ -209,7 +212,10 @@ mod tests {
     #[test]
     fn a_job_slower_than_its_interval_is_skipped_not_doubled() {
         let mut s = Scheduler::default();
-        s.set_jobs([entry("fast", "* * * * * *", Overlap::Skip)], t("2026-11-24T12:00:00Z"));
+        s.set_jobs(
+            [entry("fast", "* * * * * *", Overlap::Skip)],
+            t("2026-11-24T12:00:00Z"),
+        );
         assert_eq!(started(&s.due(t("2026-11-24T12:00:01Z"))).len(), 1);
         for second in 2..6 {
             let d = s.due(t(&format!("2026-11-24T12:00:0{second}Z")));
@@ -225,10 +231,16 @@ mod tests {
     #[test]
     fn queue_keeps_one_run_waiting_and_skips_the_rest() {
         let mut s = Scheduler::default();
-        s.set_jobs([entry("q", "* * * * * *", Overlap::Queue)], t("2026-11-24T12:00:00Z"));
+        s.set_jobs(
+            [entry("q", "* * * * * *", Overlap::Queue)],
+            t("2026-11-24T12:00:00Z"),
+        );
         assert_eq!(started(&s.due(t("2026-11-24T12:00:01Z"))).len(), 1);
         assert!(s.due(t("2026-11-24T12:00:02Z")).is_empty(), "queued");
-        assert!(matches!(&s.due(t("2026-11-24T12:00:03Z"))[..], [Decision::Skip(..)]));
+        assert!(matches!(
+            &s.due(t("2026-11-24T12:00:03Z"))[..],
+            [Decision::Skip(..)]
+        ));
         let queued = s.finished("q").expect("the queued run starts");
         assert_eq!(queued.at, t("2026-11-24T12:00:02Z"));
         assert!(s.is_running("q"));
@@ -239,7 +251,10 @@ mod tests {
     #[test]
     fn missed_fire_times_while_suspended_fold_into_the_newest() {
         let mut s = Scheduler::default();
-        s.set_jobs([entry("h", "0 * * * *", Overlap::Skip)], t("2026-11-24T12:30:00Z"));
+        s.set_jobs(
+            [entry("h", "0 * * * *", Overlap::Skip)],
+            t("2026-11-24T12:30:00Z"),
+        );
         let d = s.due(t("2026-11-24T17:10:00Z"));
         assert_eq!(started(&d), [("h".into(), t("2026-11-24T17:00:00Z"))]);
         assert_eq!(s.next_wake(), Some(t("2026-11-24T18:00:00Z")));
@@ -262,7 +277,10 @@ mod tests {
         );
         s.finished("nightly");
         // Ran after the newest fire time: nothing missed. No record: nothing known.
-        assert_eq!(s.catch_up("nightly", Some(t("2026-11-25T03:00:01Z")), now), None);
+        assert_eq!(
+            s.catch_up("nightly", Some(t("2026-11-25T03:00:01Z")), now),
+            None
+        );
         assert_eq!(s.catch_up("nightly", None, now), None);
     }
 
@@ -273,13 +291,22 @@ mod tests {
         s.set_jobs([entry("a", "* * * * * *", Overlap::Skip)], now);
         assert_eq!(started(&s.due(t("2026-11-24T12:00:01Z"))).len(), 1);
         s.set_jobs(
-            [entry("a", "*/2 * * * * *", Overlap::Skip), entry("b", "0 3 * * *", Overlap::Skip)],
+            [
+                entry("a", "*/2 * * * * *", Overlap::Skip),
+                entry("b", "0 3 * * *", Overlap::Skip),
+            ],
             t("2026-11-24T12:00:01.5Z"),
         );
         assert!(s.is_running("a"));
-        assert!(matches!(&s.due(t("2026-11-24T12:00:02Z"))[..], [Decision::Skip(..)]));
+        assert!(matches!(
+            &s.due(t("2026-11-24T12:00:02Z"))[..],
+            [Decision::Skip(..)]
+        ));
         // Removed while running: tracked until it ends, then gone.
-        s.set_jobs([entry("b", "0 3 * * *", Overlap::Skip)], t("2026-11-24T12:00:03Z"));
+        s.set_jobs(
+            [entry("b", "0 3 * * *", Overlap::Skip)],
+            t("2026-11-24T12:00:03Z"),
+        );
         assert!(s.is_running("a"));
         assert_eq!(s.next_run("a"), None);
         s.finished("a");

@@ -171,9 +171,26 @@ impl Cluster {
     /// transaction until the holder is released or dropped: `pg_dump` waits
     /// on it, which makes a backup as slow as a test needs.
     pub fn hold_lock(&self, db: &str, table: &str) -> LockHolder {
+        self.hold(
+            db,
+            &format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;"),
+        )
+    }
+
+    /// Runs `sql` in a psql session kept open until the holder goes.
+    fn hold(&self, db: &str, sql: &str) -> LockHolder {
         use std::io::{BufRead, Write};
         let mut child = Command::new(self.bindir.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.url(db)])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(db),
+            ])
             .env("PGPASSWORD", PASSWORD)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -181,17 +198,27 @@ impl Cluster {
             .spawn()
             .expect("start psql");
         let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;\n\\echo locked").unwrap();
+        writeln!(stdin, "{sql}\n\\echo locked").unwrap();
         stdin.flush().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked", "psql did not take the lock");
+        // Query results (an advisory lock's void) may come first.
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        loop {
+            let mut line = String::new();
+            let n = stdout.read_line(&mut line).unwrap();
+            assert!(n > 0, "psql did not take the lock");
+            if line.trim() == "locked" {
+                break;
+            }
+        }
         LockHolder {
             child,
             stdin: Some(stdin),
         }
+    }
+
+    /// Holds a session-level advisory lock on `key` until released.
+    pub fn hold_advisory_lock(&self, db: &str, key: i64) -> LockHolder {
+        self.hold(db, &format!("BEGIN; SELECT pg_advisory_lock({key});"))
     }
 
     pub fn create_db(&self, name: &str) {
