@@ -739,3 +739,38 @@ fn json_logs_carry_the_job_and_the_run_id() {
         .count();
     assert!(in_span >= 2, "{}", run.stderr);
 }
+
+#[test]
+fn the_job_file_in_the_kubernetes_manifests_is_valid() {
+    let manifest = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/deploy/kubernetes/deployment.yaml"),
+    )
+    .unwrap();
+    let (_, rest) = manifest.split_once("app.toml: |\n").unwrap();
+    let (embedded, _) = rest.split_once("\n---").unwrap();
+    let text: String = embedded
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    std::fs::write(&path, text).unwrap();
+    let run = common::run_backup_with(
+        &path,
+        &["config", "check"],
+        &[
+            ("APP_DB_PASSWORD", "x"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/T/B/x",
+            ),
+        ],
+    );
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stdout.contains("schedule:    0 3 * * *"),
+        "{}",
+        run.all()
+    );
+}
