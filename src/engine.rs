@@ -157,8 +157,16 @@ impl Engine {
     /// Runs one job now, by hand, and stores its run record. A run of the same
     /// job going on elsewhere (the daemon, another replica) makes this one
     /// refuse rather than wait.
-    pub async fn run_backup(&self, name: &str) -> Result<BackupOutcome> {
-        match self.run(RunRequest::manual(name)).await? {
+    pub async fn run_backup(
+        &self,
+        name: &str,
+        cancel: &CancellationToken,
+    ) -> Result<BackupOutcome> {
+        let request = RunRequest {
+            cancel: cancel.clone(),
+            ..RunRequest::manual(name)
+        };
+        match self.run(request).await? {
             RunEnd::Done(done) => done.result,
             RunEnd::Elsewhere(reason) => Err(Error::refused(format!("job {name}: {reason}"))
                 .with_hint("wait for that run to finish; `backup status` shows the last runs")),
@@ -210,7 +218,7 @@ impl Engine {
         let result = tokio::select! {
             result = within(job.policy.timeout, attempts) => result,
             () = request.cancel.cancelled() => Err(Error::interrupted(
-                "stopped by the daemon's shutdown: the backup in progress has no manifest, \
+                "stopped by SIGTERM or SIGINT: the backup in progress has no manifest, \
                  so it is never listed or restored",
             )),
         };

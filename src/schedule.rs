@@ -272,6 +272,59 @@ mod tests {
     }
 
     #[test]
+    fn the_runbook_schedules_keep_their_wall_time_through_a_dst_year() {
+        // A year of New York, both DST changes included: every fire time is at
+        // the wall time asked for, on a day the expression allows, once.
+        let ny = zone("America/New_York");
+        let from = at("2025-12-31 23:59:59", &ny);
+        let until = at("2027-01-01 00:00:00", &ny);
+        let cases: [(&str, fn(&Zoned) -> bool, &str); 4] = [
+            (
+                "0 3 * * SAT#1",
+                |z| z.weekday() == jiff::civil::Weekday::Saturday && z.day() <= 7,
+                "03:00",
+            ),
+            (
+                "0 5 * * WED",
+                |z| z.weekday() == jiff::civil::Weekday::Wednesday,
+                "05:00",
+            ),
+            ("0 */6 * * *", |z| z.hour() % 6 == 0, ""),
+            ("0 4 22-28 * *", |z| (22..=28).contains(&z.day()), "04:00"),
+        ];
+        for (expression, allowed, wall) in cases {
+            let schedule = Schedule::parse(expression, ny.clone()).unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            let mut t = from;
+            let mut count = 0;
+            while let Some(next) = schedule.next_after(t).filter(|n| *n < until) {
+                let local = next.to_zoned(ny.clone());
+                assert!(allowed(&local), "{expression}: {local}");
+                if !wall.is_empty() {
+                    assert_eq!(
+                        local.strftime("%H:%M").to_string(),
+                        wall,
+                        "{expression}: {local}"
+                    );
+                }
+                assert!(
+                    seen.insert(local.strftime("%F %H:%M").to_string()),
+                    "{expression}: twice at {local}"
+                );
+                t = next;
+                count += 1;
+            }
+            let expected = match expression {
+                "0 3 * * SAT#1" => 12,
+                "0 5 * * WED" => 52,
+                "0 */6 * * *" => 365 * 4,
+                _ => 12 * 7,
+            };
+            assert_eq!(count, expected, "{expression}");
+        }
+    }
+
+    #[test]
     fn the_zone_is_read_at_each_fire_time_not_frozen() {
         // Started in winter, a daily 03:00 job is still at 03:00 local in summer.
         let zone = zone("Europe/Berlin");

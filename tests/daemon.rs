@@ -774,3 +774,34 @@ fn the_job_file_in_the_kubernetes_manifests_is_valid() {
         run.all()
     );
 }
+
+#[test]
+fn an_interrupted_backup_run_stops_pg_dump_and_records_it() {
+    let setup = Setup::new("", "");
+    let lock = setup.cluster.hold_lock("app", "app.users");
+    let child = setup.spawn_backup_with(&["run", "nightly"], &[]);
+    wait_for(
+        "the dump to wait on the lock",
+        Duration::from_secs(30),
+        || {
+            setup.cluster.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+            ) == "1"
+        },
+    );
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let run = common::Run::from(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 130, "{}", run.all());
+    assert_eq!(run.stderr.matches("error:").count(), 1, "{}", run.all());
+    assert!(run.stderr.contains("SIGTERM received"), "{}", run.all());
+    no_pg_dump_left(&setup);
+    lock.release();
+    let records = records(&setup);
+    assert_eq!(
+        with_outcome(&records, "interrupted").len(),
+        1,
+        "{records:?}"
+    );
+    assert!(backup_dirs(&setup).iter().all(|(_, complete)| !complete));
+}

@@ -78,20 +78,34 @@ pub fn main() -> ExitCode {
         }
     };
     let (left_behind, what_to_do) = cli.command.left_behind();
+    let is_daemon = matches!(cli.command, Command::Daemon(_));
+    // `run` stops itself when told, so its run record says it was interrupted.
+    let stops_itself = matches!(cli.command, Command::Run(_));
     let result = runtime.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let work = dispatch(cli, cancel.clone());
+        tokio::pin!(work);
         // The daemon has its own signal handling: SIGTERM is how it is stopped.
-        let result = if matches!(cli.command, Command::Daemon(_)) {
-            dispatch(cli).await
+        let result = if is_daemon {
+            work.await
         } else {
             tokio::select! {
-            result = dispatch(cli) => result,
-            // Dropping the command's future drops its writers, which abort
-            // their uploads as clean-ups waited for below.
-            signal = interrupted() => Err(match signal {
-                Ok(name) => Error::interrupted(format!("{name} received: {left_behind}"))
-                    .with_hint(what_to_do),
-                Err(e) => e,
-            }),
+                result = &mut work => result,
+                signal = interrupted() => {
+                    if stops_itself {
+                        cancel.cancel();
+                        if tokio::time::timeout(CLEANUP_LIMIT, &mut work).await.is_err() {
+                            tracing::warn!("the run did not stop in time; no run record was written");
+                        }
+                    }
+                    // Otherwise dropping the command's future drops its writers,
+                    // which abort their uploads as clean-ups waited for below.
+                    Err(match signal {
+                        Ok(name) => Error::interrupted(format!("{name} received: {left_behind}"))
+                            .with_hint(what_to_do),
+                        Err(e) => e,
+                    })
+                }
             }
         };
         if !crate::storage::finish_cleanups(CLEANUP_LIMIT).await {
@@ -166,11 +180,11 @@ impl Command {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<()> {
+async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Result<()> {
     let config = crate::config::load(cli.config.as_deref())?;
     let engine = Engine::new(config, Arc::new(SystemClock), crate::report::for_stderr());
     match cli.command {
-        Command::Run(args) => run::run(&engine, args, cli.json).await,
+        Command::Run(args) => run::run(&engine, args, cli.json, &cancel).await,
         Command::List(args) => list::run(&engine, args, cli.json).await,
         Command::Restore(args) => restore::run(&engine, args, cli.json).await,
         Command::Config(command) => config::run(&engine, command, cli.json),

@@ -14,7 +14,12 @@ pub struct Args {
     jobs: Vec<String>,
 }
 
-pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
+pub async fn run(
+    engine: &Engine,
+    args: Args,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     // Check every name before running anything: a typo must not leave half the
     // list done.
     for name in &args.jobs {
@@ -24,7 +29,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     let mut results = Vec::new();
     for name in &args.jobs {
         let job = engine.config.job(name)?;
-        match engine.run_backup(name).await {
+        match engine.run_backup(name, cancel).await {
             Ok(outcome) => {
                 let m = &outcome.manifest;
                 if json {
@@ -58,6 +63,8 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                     first_error.get_or_insert(e);
                 }
             }
+            // Said once, with what it left behind, by the caller.
+            Err(e) if e.kind() == crate::error::Kind::Interrupted => return Err(e.reported()),
             Err(e) => {
                 if json {
                     results.push(json!({"job": name, "ok": false, "error": e.to_string()}));
