@@ -278,7 +278,8 @@ mod tests {
         let ny = zone("America/New_York");
         let from = at("2025-12-31 23:59:59", &ny);
         let until = at("2027-01-01 00:00:00", &ny);
-        let cases: [(&str, fn(&Zoned) -> bool, &str); 4] = [
+        type Allowed = fn(&Zoned) -> bool;
+        let cases: [(&str, Allowed, &str); 4] = [
             (
                 "0 3 * * SAT#1",
                 |z| z.weekday() == jiff::civil::Weekday::Saturday && z.day() <= 7,
