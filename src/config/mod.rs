@@ -425,35 +425,50 @@ fn validate_job(
     })
 }
 
+/// The value of `raw` among `choices` (the first is the default, as the hint says).
+fn one_of<T: Copy>(
+    source: &Source,
+    section: &str,
+    key: &str,
+    raw: &Spanned<String>,
+    choices: &[(&str, T)],
+) -> Result<T> {
+    match choices.iter().find(|(name, _)| name == raw.get_ref()) {
+        Some((_, value)) => Ok(*value),
+        None => {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            Err(source
+                .error(
+                    raw,
+                    format!("[{section}] {key} = '{}' is not known", raw.get_ref()),
+                )
+                .with_hint(format!(
+                    "use {} (the first is the default)",
+                    names.join(" or ")
+                )))
+        }
+    }
+}
+
 fn validate_policy(source: &Source, section: &str, job: &RawJob) -> Result<RunPolicy> {
     let mut policy = RunPolicy::default();
     if let Some(overlap) = &job.overlap {
-        policy.overlap = match overlap.get_ref().as_str() {
-            "skip" => Overlap::Skip,
-            "queue" => Overlap::Queue,
-            other => {
-                return Err(source
-                    .error(
-                        overlap,
-                        format!("[{section}] overlap = '{other}' is not known"),
-                    )
-                    .with_hint("use \"skip\" (default) or \"queue\""));
-            }
-        };
+        policy.overlap = one_of(
+            source,
+            section,
+            "overlap",
+            overlap,
+            &[("skip", Overlap::Skip), ("queue", Overlap::Queue)],
+        )?;
     }
     if let Some(catch_up) = &job.catch_up {
-        policy.catch_up = match catch_up.get_ref().as_str() {
-            "none" => CatchUp::None,
-            "latest" => CatchUp::Latest,
-            other => {
-                return Err(source
-                    .error(
-                        catch_up,
-                        format!("[{section}] catch_up = '{other}' is not known"),
-                    )
-                    .with_hint("use \"none\" (default) or \"latest\""));
-            }
-        };
+        policy.catch_up = one_of(
+            source,
+            section,
+            "catch_up",
+            catch_up,
+            &[("none", CatchUp::None), ("latest", CatchUp::Latest)],
+        )?;
     }
     if let Some(timeout) = &job.timeout {
         let d = duration_of(source, section, "timeout", timeout)?;
@@ -751,6 +766,78 @@ compression = "gzip"
         let err = error_of(&GOOD.replace("app@127", "app:topsecret@127"));
         assert!(err.contains("url contains a password"), "{err}");
         assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn schedules_and_run_policies_resolve() {
+        let config = check(&GOOD.replace(
+            "compression = \"gzip\"",
+            "schedule = \"0 3 * * SAT#1\"\ntimezone = \"Europe/Berlin\"\ntimeout = \"1h30m\"\n\
+             retries = 3\nretry_delay = \"10s\"\noverlap = \"queue\"\ncatch_up = \"latest\"\n\n\
+             [daemon]\nlisten = \"0.0.0.0:9187\"\ngrace = \"2m\"",
+        ))
+        .unwrap();
+        let job = config.job("nightly").unwrap();
+        assert_eq!(job.timezone.iana_name(), Some("Europe/Berlin"));
+        assert_eq!(job.schedule.as_ref().unwrap().expression(), "0 3 * * SAT#1");
+        assert_eq!(
+            job.policy,
+            RunPolicy {
+                overlap: Overlap::Queue,
+                timeout: Some(Duration::from_secs(5400)),
+                retries: 3,
+                retry_delay: Duration::from_secs(10),
+                catch_up: CatchUp::Latest,
+            }
+        );
+        assert_eq!(config.daemon.listen, Some("0.0.0.0:9187".parse().unwrap()));
+        assert_eq!(config.daemon.grace, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn schedule_and_policy_mistakes_name_the_line() {
+        for (extra, expect) in [
+            (
+                "schedule = \"0 3 * *\"",
+                "app.toml:16: [jobs.nightly] schedule: '0 3 * *' has 4 fields",
+            ),
+            (
+                "schedule = \"0 3 * * FUNDAY\"",
+                "is not a valid cron expression",
+            ),
+            (
+                "overlap = \"parallel\"",
+                "overlap = 'parallel' is not known",
+            ),
+            ("catch_up = \"all\"", "catch_up = 'all' is not known"),
+            ("timeout = \"soon\"", "timeout = 'soon' is not a duration"),
+            ("timeout = \"0s\"", "timeout must be more than 0"),
+            ("retries = 99", "retries = 99 is outside 0..=20"),
+            ("timezone = \"Mars/Base\"", "Mars/Base"),
+        ] {
+            let err = error_of(&GOOD.replace("compression = \"gzip\"", extra));
+            assert!(err.contains(expect), "{extra}: {err}");
+        }
+        let err = error_of(&format!("{GOOD}\n[daemon]\nlisten = \"localhost\"\n"));
+        assert!(
+            err.contains("listen = 'localhost' is not an address"),
+            "{err}"
+        );
+        let err = error_of(&format!("{GOOD}\n[notifications.x]\ntype = \"email\"\n"));
+        assert!(err.contains("type 'email' is not supported"), "{err}");
+        let err = error_of(&format!("{GOOD}\n[notifications.x]\ntype = \"webhook\"\n"));
+        assert!(err.contains("needs url_env or url_file"), "{err}");
+        let err = error_of(&format!(
+            "{GOOD}\n[notifications.x]\ntype = \"webhook\"\nurl_env = \"HOOK\"\n"
+        ));
+        assert!(
+            err.contains("environment variable HOOK is not set"),
+            "{err}"
+        );
+        let err = error_of(&format!(
+            "{GOOD}\n[notifications.x]\ntype = \"slack\"\nurl_file = \"/dev/null\"\n"
+        ));
+        assert!(err.contains("does not start with https://"), "{err}");
     }
 
     #[test]

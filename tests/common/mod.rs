@@ -149,7 +149,17 @@ impl Cluster {
     }
 
     pub fn psql_output(&self, db: &str, args: &[&str]) -> Output {
-        Command::new(self.bindir.join("psql"))
+        self.psql_command(db)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql")
+    }
+
+    /// psql on `db` as the superuser: quiet, unaligned, stopping at the first error.
+    fn psql_command(&self, db: &str) -> Command {
+        let mut command = Command::new(self.bindir.join("psql"));
+        command
             .args([
                 "-X",
                 "-q",
@@ -160,11 +170,8 @@ impl Cluster {
                 "-d",
                 &self.url(db),
             ])
-            .args(args)
-            .env("PGPASSWORD", PASSWORD)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run psql")
+            .env("PGPASSWORD", PASSWORD);
+        command
     }
 
     /// Holds `LOCK TABLE table IN ACCESS EXCLUSIVE MODE` in an open
@@ -180,18 +187,8 @@ impl Cluster {
     /// Runs `sql` in a psql session kept open until the holder goes.
     fn hold(&self, db: &str, sql: &str) -> LockHolder {
         use std::io::{BufRead, Write};
-        let mut child = Command::new(self.bindir.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &self.url(db),
-            ])
-            .env("PGPASSWORD", PASSWORD)
+        let mut child = self
+            .psql_command(db)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
