@@ -249,7 +249,7 @@ async fn reload(
 /// When the newest recorded run of a job started: what catch-up compares with.
 async fn last_run_start(engine: &Engine, job: &str) -> Option<Timestamp> {
     let storage = first_storage(engine, job).await?;
-    report::newest_records(storage.as_ref(), job, 1, |_| true)
+    report::newest_records(storage.as_ref(), job, 1, |r| r.kind == "backup")
         .await
         .ok()?
         .first()

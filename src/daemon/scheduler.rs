@@ -38,6 +38,10 @@ struct Slot {
     queued: Option<Fire>,
 }
 
+fn same_schedule(a: &Schedule, b: &Schedule) -> bool {
+    a.expression() == b.expression() && a.zone().iana_name() == b.zone().iana_name()
+}
+
 #[derive(Default)]
 pub struct Scheduler {
     slots: BTreeMap<String, Slot>,
@@ -58,7 +62,14 @@ impl Scheduler {
         let mut slots = BTreeMap::new();
         for entry in entries {
             let old = self.slots.remove(&entry.job);
-            let next = entry.schedule.next_after(now);
+            // An unchanged schedule keeps its pending fire time: a reload just
+            // after it fell due, before the loop acted on it, must not lose it.
+            let next = match &old {
+                Some(o) if o.next.is_some() && same_schedule(&o.schedule, &entry.schedule) => {
+                    o.next
+                }
+                _ => entry.schedule.next_after(now),
+            };
             let (running, queued) = old.map_or((false, None), |o| (o.running, o.queued));
             slots.insert(
                 entry.job,
@@ -282,6 +293,28 @@ mod tests {
             None
         );
         assert_eq!(s.catch_up("nightly", None, now), None);
+    }
+
+    #[test]
+    fn a_reload_right_after_a_fire_time_does_not_lose_it() {
+        let mut s = Scheduler::default();
+        s.set_jobs(
+            [entry("n", "0 3 * * *", Overlap::Skip)],
+            t("2026-11-24T12:00:00Z"),
+        );
+        // SIGHUP handled at 03:00:00.1, before the loop looked at the clock.
+        s.set_jobs(
+            [entry("n", "0 3 * * *", Overlap::Skip)],
+            t("2026-11-25T03:00:00.1Z"),
+        );
+        let d = s.due(t("2026-11-25T03:00:00.2Z"));
+        assert_eq!(started(&d), [("n".into(), t("2026-11-25T03:00:00Z"))]);
+        // A changed schedule counts from the reload.
+        s.set_jobs(
+            [entry("n", "30 3 * * *", Overlap::Skip)],
+            t("2026-11-25T03:00:01Z"),
+        );
+        assert_eq!(s.next_run("n"), Some(t("2026-11-25T03:30:00Z")));
     }
 
     #[test]
