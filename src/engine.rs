@@ -90,6 +90,9 @@ impl RunObserver for Unobserved {
     fn finished(&self, _: &RunRecord) {}
 }
 
+/// The longest wait between two attempts, however many retries are allowed.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
 /// Runs `work`, failing it as timed out if it is not done within `limit`.
 async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>>) -> Result<T> {
     match limit {
@@ -179,7 +182,11 @@ impl Engine {
     pub async fn run(&self, request: RunRequest) -> Result<RunEnd> {
         let (job, spec) = self.config.backup_job(&request.job)?;
         let started_at = self.clock.now();
-        let run_id = RunRecord::run_id(request.scheduled_for.unwrap_or(started_at), "backup");
+        let mut run_id = RunRecord::run_id(request.scheduled_for.unwrap_or(started_at), "backup");
+        if request.trigger == Trigger::CatchUp {
+            // Beside, not over, the record of the run it makes up for.
+            run_id.push_str("-catch-up");
+        }
         let span = tracing::info_span!("run", job = %job.name, run_id = %run_id);
         self.run_backup_job(job, spec, request, started_at, run_id)
             .instrument(span)
@@ -211,7 +218,7 @@ impl Engine {
         };
         let storages = match self.storages_of(spec).await {
             Ok(s) => s,
-            Err(e) => return Ok(self.conclude(record, Err(e), &[]).await),
+            Err(e) => return Ok(self.conclude(record, Err(e), &[], None).await),
         };
         let mut lock = None;
         let attempts = self.attempts(job, spec, &storages, &request, &mut record, &mut lock);
@@ -238,10 +245,7 @@ impl Engine {
             ))),
             Err(e) => Err(e),
         };
-        let end = self.conclude(record, result, &storages).await;
-        // Held until the record is stored, so another replica sees it.
-        drop(lock);
-        Ok(end)
+        Ok(self.conclude(record, result, &storages, lock).await)
     }
 
     /// The attempts of one run: the first, then up to `retries` more with the
@@ -272,11 +276,15 @@ impl Engine {
                             jiff::SignedDuration::try_from(delay).unwrap_or_default()
                         )
                     );
+                    // Heavy maintenance may use the database while we wait.
+                    if let Some(lock) = lock.as_ref() {
+                        lock.leave_database(DatabaseUse::Shared).await;
+                    }
                     tokio::select! {
                         () = self.clock.sleep(delay) => {}
                         () = request.cancel.cancelled() => return Err(e),
                     }
-                    delay = delay.saturating_mul(2);
+                    delay = delay.saturating_mul(2).min(MAX_RETRY_DELAY);
                 }
                 other => return other,
             }
@@ -294,6 +302,12 @@ impl Engine {
         run_id: &str,
         lock: &mut Option<RunLock>,
     ) -> Result<Step> {
+        // A lock whose session the server ended (a restart, a failover) is
+        // no lock: take it again, as if the run were starting.
+        if lock.as_ref().is_some_and(RunLock::is_lost) {
+            tracing::warn!("the session holding the job's lock was closed; taking the lock again");
+            *lock = None;
+        }
         if lock.is_none() {
             let Some(taken) = RunLock::try_take(&spec.database, &job.name).await? else {
                 return Ok(Step::Elsewhere(
@@ -307,7 +321,7 @@ impl Engine {
                 && let Ok(key) = RunRecord::key_of(&job.name, run_id)
                 && matches!(
                     report::read_record(storage.as_ref(), &key).await,
-                    Ok(Some(_))
+                    Ok(Some(r)) if r.outcome != Outcome::Interrupted
                 )
             {
                 return Ok(Step::Elsewhere(
@@ -317,24 +331,29 @@ impl Engine {
             self.observer.started(&job.name, "backup");
             *lock = Some(taken);
         }
-        if let Some(lock) = lock.as_ref() {
-            lock.use_database(DatabaseUse::Shared, || {
-                tracing::info!(
-                    "waiting: heavy maintenance holds database {}",
-                    spec.database.name
-                )
-            })
-            .await?;
-        }
-        backup::run(
+        let Some(lock) = lock.as_ref() else {
+            return Err(Error::internal("the job's lock vanished"));
+        };
+        lock.use_database(DatabaseUse::Shared, || {
+            tracing::info!(
+                "waiting: heavy maintenance holds database {}",
+                spec.database.name
+            )
+        })
+        .await?;
+        let run = backup::run(
             job,
             spec,
             storages,
             self.clock.as_ref(),
             self.progress.clone(),
-        )
-        .await
-        .map(|o| Step::Ran(Box::new(o)))
+        );
+        // Losing the lock's session mid-run releases the locks on the server:
+        // the run stops rather than go on unprotected.
+        tokio::select! {
+            outcome = run => outcome.map(|o| Step::Ran(Box::new(o))),
+            lost = lock.watch() => Err(lost),
+        }
     }
 
     /// Writes the record of a finished run, updates the observer and sends
@@ -344,6 +363,7 @@ impl Engine {
         mut record: RunRecord,
         result: Result<BackupOutcome>,
         storages: &[Arc<dyn Storage>],
+        lock: Option<RunLock>,
     ) -> RunEnd {
         record.finished_at = self.clock.now();
         record.outcome = match &result {
@@ -393,8 +413,11 @@ impl Engine {
             None => None,
         };
         record.store(storages).await;
+        // Held until the record is stored, so another replica sees it; not a
+        // moment longer, so nothing below delays the job's next run.
+        drop(lock);
         self.observer.finished(&record);
-        crate::notify::announce(&self.config.notifiers, &record, previous).await;
+        crate::notify::spawn(self.config.notifiers.clone(), record.clone(), previous);
         RunEnd::Done(Box::new(Finished { record, result }))
     }
 

@@ -43,9 +43,48 @@ pub fn event_of(outcome: Outcome, previous: Option<Outcome>) -> Option<Event> {
     }
 }
 
-/// Sends the run's event to every notifier that wants it. Waits for the
-/// deliveries (bounded by the tries and their timeout), so a one-shot command
-/// does not exit before they leave.
+/// Deliveries still going; the process waits for them before it exits.
+static SENDING: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// How long the process waits at exit for deliveries: every try of one.
+pub const FINISH_LIMIT: Duration = Duration::from_secs(35);
+
+/// Announces the run in the background: a slow or dead receiver must not
+/// hold the job's lock or delay its next run.
+pub fn spawn(
+    notifiers: Vec<std::sync::Arc<Notifier>>,
+    record: RunRecord,
+    previous: Option<Outcome>,
+) {
+    if notifiers.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            SENDING.spawn_on(
+                async move { announce(&notifiers, &record, previous).await },
+                &runtime,
+            );
+        }
+        Err(_) => tracing::warn!(
+            "notifications for run {} not sent: no runtime",
+            record.run_id
+        ),
+    }
+}
+
+/// Waits up to `limit` for the deliveries started so far; false if some
+/// were still going.
+pub async fn finish(limit: Duration) -> bool {
+    SENDING.close();
+    let done = tokio::time::timeout(limit, SENDING.wait()).await.is_ok();
+    SENDING.reopen();
+    done
+}
+
+/// Sends the run's event to every notifier that wants it, waiting for the
+/// deliveries (bounded by the tries and their timeout).
 pub async fn announce(
     notifiers: &[std::sync::Arc<Notifier>],
     record: &RunRecord,

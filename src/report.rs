@@ -305,6 +305,8 @@ pub async fn read_record(storage: &dyn Storage, key: &Key) -> Result<Option<RunR
 }
 
 const RECORD_LIMIT: u64 = 1 << 20;
+/// How many records a search reads at most, newest first.
+const SCAN_LIMIT: usize = 1000;
 
 /// The newest run records of `job` that `wanted` accepts, newest first, at most
 /// `limit` of them. Only records needed are read: the listing is of keys.
@@ -324,7 +326,9 @@ pub async fn newest_records(
         .collect();
     keys.sort();
     let mut out = Vec::new();
-    for key in keys.iter().rev() {
+    // A bound on the objects read, so a long history of records that do not
+    // match (years of skipped runs) cannot make a search read them all.
+    for key in keys.iter().rev().take(SCAN_LIMIT) {
         if out.len() >= limit {
             break;
         }

@@ -373,6 +373,16 @@ fn two_daemons_on_the_same_job_files_run_each_fire_time_once() {
         "{}{b_log}",
         std::fs::read_to_string(setup.work.path().join("a.log")).unwrap()
     );
+    // Records of one fire time share a key, so count the runs in the logs too.
+    let runs_logged = log
+        .lines()
+        .filter(|l| l.contains("-backup succeeded"))
+        .count();
+    assert_eq!(
+        runs_logged,
+        with_outcome(&records, "succeeded").len(),
+        "{log}"
+    );
     assert!(
         log.contains("skipped: another process")
             || log.contains("skipped: this fire time was already run"),
@@ -688,6 +698,34 @@ fn catch_up_runs_the_newest_missed_fire_time_once_after_downtime() {
         old.to_string(),
     )
     .unwrap();
+    // The newest fire time's run was interrupted by a shutdown: still missed.
+    let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+    let today = now.to_zoned(tokyo.clone()).date();
+    let mut newest_fire = today
+        .at(3, 0, 0, 0)
+        .to_zoned(tokyo.clone())
+        .unwrap()
+        .timestamp();
+    if newest_fire > now {
+        newest_fire = today
+            .yesterday()
+            .unwrap()
+            .at(3, 0, 0, 0)
+            .to_zoned(tokyo)
+            .unwrap()
+            .timestamp();
+    }
+    let interrupted = serde_json::json!({
+        "format": 1, "run_id": "20000102T000000000000Z-backup", "job": "nightly", "kind": "backup",
+        "trigger": "schedule", "scheduled_for": newest_fire, "started_at": newest_fire,
+        "finished_at": newest_fire, "outcome": "interrupted", "succeeded": false, "attempts": 1,
+        "error": "stopped by SIGTERM or SIGINT", "details": {}
+    });
+    std::fs::write(
+        reports.join("20000102T000000000000Z-backup.json"),
+        interrupted.to_string(),
+    )
+    .unwrap();
 
     let daemon = Daemon::start(&setup, "daemon", &[]);
     wait_for("the catch-up run", Duration::from_secs(60), || {
@@ -709,7 +747,18 @@ fn catch_up_runs_the_newest_missed_fire_time_once_after_downtime() {
         .unwrap();
     let local = fire.to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap());
     assert_eq!(local.strftime("%H:%M:%S").to_string(), "03:00:00");
-    assert!(fire <= now && now.duration_since(fire) < jiff::SignedDuration::from_hours(24));
+    assert_eq!(fire, newest_fire);
+    assert!(
+        caught[0]["run_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("-backup-catch-up")
+    );
+    assert_eq!(
+        with_outcome(&records(&setup), "interrupted").len(),
+        1,
+        "the evidence stays"
+    );
 
     // Started again: the newest fire time is recorded now, nothing to catch up.
     let daemon = Daemon::start(&setup, "again", &[]);
@@ -804,4 +853,57 @@ fn an_interrupted_backup_run_stops_pg_dump_and_records_it() {
         "{records:?}"
     );
     assert!(backup_dirs(&setup).iter().all(|(_, complete)| !complete));
+}
+
+#[test]
+fn a_run_whose_lock_session_dies_stops_and_is_retried_under_a_new_lock() {
+    let setup = Setup::new("", "retries = 1\nretry_delay = \"100ms\"");
+    let table = setup.cluster.hold_lock("app", "app.users");
+    let child = setup.spawn_backup_with(&["run", "nightly"], &[]);
+    let dump_waiting = || {
+        setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
+        ) == "1"
+    };
+    wait_for(
+        "the dump to wait on the table",
+        Duration::from_secs(30),
+        dump_waiting,
+    );
+    // The server ends the session that holds the job's lock (a restart, an
+    // administrator): the run must not go on without it.
+    let lock_session = "SELECT pid FROM pg_stat_activity \
+         WHERE application_name = 'backup' AND query LIKE '%advisory_lock_shared%'";
+    let first = setup.cluster.psql("postgres", lock_session);
+    assert!(!first.is_empty());
+    setup
+        .cluster
+        .psql("postgres", &format!("SELECT pg_terminate_backend({first})"));
+    // The retry takes the lock again on a new session, and dumps again.
+    wait_for(
+        "the retry under a new lock",
+        Duration::from_secs(40),
+        || {
+            let now = setup.cluster.psql("postgres", lock_session);
+            !now.is_empty() && now != first && dump_waiting()
+        },
+    );
+    table.release();
+    let run = common::Run::from(child.wait_with_output().unwrap());
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("lost the session holding the job's lock"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("taking the lock again"),
+        "{}",
+        run.all()
+    );
+    let records = records(&setup);
+    assert_eq!(records[0]["attempts"], 2, "{records:?}");
+    assert_eq!(backup_dirs(&setup).iter().filter(|(_, c)| *c).count(), 1);
 }

@@ -108,7 +108,14 @@ pub fn main() -> ExitCode {
                 }
             }
         };
-        if !crate::storage::finish_cleanups(CLEANUP_LIMIT).await {
+        let (uploads, notifications) = tokio::join!(
+            crate::storage::finish_cleanups(CLEANUP_LIMIT),
+            crate::notify::finish(crate::notify::FINISH_LIMIT)
+        );
+        if !notifications {
+            tracing::warn!("some notifications were still being sent at exit");
+        }
+        if !uploads {
             tracing::warn!(
                 "some unfinished uploads were still being aborted after {}s; \
                  they stay in the bucket until a lifecycle rule or a later abort removes them",

@@ -246,14 +246,18 @@ async fn reload(
     tracing::info!("SIGHUP: configuration reloaded, {jobs} job(s)");
 }
 
-/// When the newest recorded run of a job started: what catch-up compares with.
+/// When the newest recorded backup run of a job started: what catch-up
+/// compares with. A run our own shutdown interrupted does not count: it is
+/// what catch-up is for.
 async fn last_run_start(engine: &Engine, job: &str) -> Option<Timestamp> {
     let storage = first_storage(engine, job).await?;
-    report::newest_records(storage.as_ref(), job, 1, |r| r.kind == "backup")
-        .await
-        .ok()?
-        .first()
-        .map(|r| r.started_at)
+    report::newest_records(storage.as_ref(), job, 1, |r| {
+        r.kind == "backup" && r.outcome != report::Outcome::Interrupted
+    })
+    .await
+    .ok()?
+    .first()
+    .map(|r| r.started_at)
 }
 
 async fn first_storage(engine: &Engine, job: &str) -> Option<Arc<dyn crate::storage::Storage>> {

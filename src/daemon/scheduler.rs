@@ -106,6 +106,11 @@ impl Scheduler {
             return None;
         }
         slot.running = true;
+        // Time passed since the book was set up: the regular schedule must not
+        // fire this same time again.
+        if slot.next.is_some_and(|next| next <= missed) {
+            slot.next = slot.schedule.next_after(missed);
+        }
         Some(Decision::Start(Fire {
             job: job.to_owned(),
             at: missed,
@@ -287,6 +292,20 @@ mod tests {
             }))
         );
         s.finished("nightly");
+        // Set up just before a fire time that then passed: caught up, not fired twice.
+        let mut late = Scheduler::default();
+        late.set_jobs(
+            [entry("nightly", "0 3 * * *", Overlap::Skip)],
+            t("2026-11-25T02:59:59Z"),
+        );
+        let d = late.catch_up(
+            "nightly",
+            Some(t("2026-11-24T03:00:01Z")),
+            t("2026-11-25T03:00:02Z"),
+        );
+        assert!(matches!(d, Some(Decision::Start(f)) if f.at == t("2026-11-25T03:00:00Z")));
+        late.finished("nightly");
+        assert!(late.due(t("2026-11-25T03:00:03Z")).is_empty());
         // Ran after the newest fire time: nothing missed. No record: nothing known.
         assert_eq!(
             s.catch_up("nightly", Some(t("2026-11-25T03:00:01Z")), now),

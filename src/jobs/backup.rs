@@ -80,6 +80,8 @@ pub async fn run(
     // A cancelled run (timeout, SIGTERM) drops this future: the dump and the
     // row counts must stop with it, here and on the server.
     let _stop_dump = child.stop_on_drop();
+    // Waited for from now on, whatever happens next, so it is always reaped.
+    let waiting = tokio::task::spawn_blocking(move || child.wait());
     let cancel_counts = pg::CancelOnDrop::new(&conn);
     let destinations = open_writers(storages, &prefix.join(&data_name)?).await?;
     let label = format!("{}/{data_name}", prefix);
@@ -89,7 +91,7 @@ pub async fn run(
         Arc::new(move |n| progress.advance(n))
     };
     let dumped = async {
-        tokio::task::spawn_blocking(move || child.wait())
+        waiting
             .await
             .map_err(|e| Error::internal(format!("waiting for pg_dump: {e}")))?
     };
@@ -277,9 +279,10 @@ async fn dump_globals(
                 .take()
                 .ok_or_else(|| Error::internal("pg_dumpall has no stdout"))?;
             let _stop = child.stop_on_drop();
+            let waiting = tokio::task::spawn_blocking(move || child.wait());
             let destinations = open_writers(storages, &key).await?;
             let done = async {
-                tokio::task::spawn_blocking(move || child.wait())
+                waiting
                     .await
                     .map_err(|e| Error::internal(format!("waiting for pg_dumpall: {e}")))?
             };

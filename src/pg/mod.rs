@@ -100,9 +100,21 @@ pub fn lock_key(what: &str) -> i64 {
 }
 
 impl RunLock {
+    /// How often the lock's session is checked while a run holds it.
+    const WATCH_EVERY: Duration = Duration::from_secs(10);
+
     /// Takes the lock of `job`, or `None` when another session holds it.
     pub async fn try_take(db: &Database, job: &str) -> Result<Option<RunLock>> {
         let conn = connect(db, None).await?;
+        // The session idles for the whole run: a server-wide idle timeout must
+        // not end it (and with it the lock). The setting exists from 14 on.
+        if let Err(e) = conn
+            .client
+            .batch_execute("SET idle_session_timeout = 0")
+            .await
+        {
+            tracing::debug!("idle_session_timeout not set: {e}");
+        }
         let row = conn
             .client
             .query_one(
@@ -116,6 +128,42 @@ impl RunLock {
             database: conn.dbname.clone(),
             conn,
         }))
+    }
+
+    /// Whether the server ended the lock's session, and with it the locks.
+    pub fn is_lost(&self) -> bool {
+        self.conn.client.is_closed()
+    }
+
+    /// Resolves, with an error, once the lock's session stops answering.
+    pub async fn watch(&self) -> Error {
+        loop {
+            tokio::time::sleep(Self::WATCH_EVERY).await;
+            if let Err(e) = self.conn.client.simple_query("SELECT 1").await {
+                return Error::database(format!(
+                    "database {}: lost the session holding the job's lock ({e}); the run was \
+                     stopped so that no other run can start beside it",
+                    self.database
+                ))
+                .with_hint(
+                    "check the server's log for a restart or a terminated session; \
+                     the run is tried again if `retries` allows",
+                )
+                .temporary();
+            }
+        }
+    }
+
+    /// Gives the database's lock back (between attempts).
+    pub async fn leave_database(&self, mode: DatabaseUse) {
+        let sql = match mode {
+            DatabaseUse::Shared => "SELECT pg_advisory_unlock_shared($1)",
+            DatabaseUse::Exclusive => "SELECT pg_advisory_unlock($1)",
+        };
+        let key = lock_key(&format!("backup database {}", self.database));
+        if let Err(e) = self.conn.client.query_one(sql, &[&key]).await {
+            tracing::debug!("releasing the database's lock: {e}");
+        }
     }
 
     /// Waits until the run may use its database as `mode` says; `on_wait` is
