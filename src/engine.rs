@@ -101,9 +101,7 @@ async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>
             Err(Error::timed_out(format!(
                 "timed out after {}: the run was cancelled, its child processes stopped \
                  and its queries cancelled",
-                crate::time::show_duration(
-                    jiff::SignedDuration::try_from(limit).unwrap_or_default()
-                )
+                crate::time::show_std_duration(limit)
             )))
         }),
     }
@@ -201,21 +199,14 @@ impl Engine {
         started_at: Timestamp,
         run_id: String,
     ) -> Result<RunEnd> {
-        let mut record = RunRecord {
-            format: 1,
+        let mut record = RunRecord::begin(
             run_id,
-            job: job.name.clone(),
-            kind: "backup".to_owned(),
-            trigger: request.trigger,
-            scheduled_for: request.scheduled_for,
+            &job.name,
+            "backup",
+            request.trigger,
+            request.scheduled_for,
             started_at,
-            finished_at: started_at,
-            outcome: Outcome::Failed,
-            succeeded: false,
-            attempts: 0,
-            error: None,
-            details: json!({}),
-        };
+        );
         let storages = match self.storages_of(spec).await {
             Ok(s) => s,
             Err(e) => return Ok(self.conclude(record, Err(e), &[], None).await),
@@ -237,10 +228,7 @@ impl Engine {
             Ok(Step::Ran(outcome)) => Ok(*outcome),
             Err(e) if e.kind() == Kind::TimedOut => Err(e.with_hint(format!(
                 "the job's timeout is {}; raise `timeout` in [jobs.{}] or find what made the run slow",
-                crate::time::show_duration(
-                    jiff::SignedDuration::try_from(job.policy.timeout.unwrap_or_default())
-                        .unwrap_or_default()
-                ),
+                crate::time::show_std_duration(job.policy.timeout.unwrap_or_default()),
                 job.name
             ))),
             Err(e) => Err(e),
@@ -272,9 +260,7 @@ impl Engine {
                         "attempt {} of {} failed: {e}; trying again in {}",
                         record.attempts,
                         job.policy.retries + 1,
-                        crate::time::show_duration(
-                            jiff::SignedDuration::try_from(delay).unwrap_or_default()
-                        )
+                        crate::time::show_std_duration(delay)
                     );
                     // Heavy maintenance may use the database while we wait.
                     if let Some(lock) = lock.as_ref() {
@@ -365,16 +351,14 @@ impl Engine {
         storages: &[Arc<dyn Storage>],
         lock: Option<RunLock>,
     ) -> RunEnd {
-        record.finished_at = self.clock.now();
-        record.outcome = match &result {
+        let outcome = match &result {
             Ok(o) if o.failed.is_empty() => Outcome::Succeeded,
             Ok(_) => Outcome::Failed,
             Err(e) if e.kind() == Kind::TimedOut => Outcome::TimedOut,
             Err(e) if e.kind() == Kind::Interrupted => Outcome::Interrupted,
             Err(_) => Outcome::Failed,
         };
-        record.succeeded = record.outcome == Outcome::Succeeded;
-        record.error = match &result {
+        let error = match &result {
             Ok(o) if !o.failed.is_empty() => Some(format!(
                 "{} of {} storage(s) failed: {}",
                 o.failed.len(),
@@ -388,6 +372,7 @@ impl Engine {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
+        record.end(self.clock.now(), outcome, error);
         if let Ok(o) = &result {
             record.details = json!({
                 "backup_id": o.manifest.id,
@@ -427,22 +412,16 @@ impl Engine {
             return;
         };
         let now = self.clock.now();
-        let record = RunRecord {
-            format: 1,
+        let mut record = RunRecord::begin(
             // Its own name: a replica that did run this fire time keeps its record.
-            run_id: format!("{}-skipped", RunRecord::run_id(scheduled_for, "backup")),
-            job: job.name.clone(),
-            kind: "backup".to_owned(),
-            trigger: Trigger::Schedule,
-            scheduled_for: Some(scheduled_for),
-            started_at: now,
-            finished_at: now,
-            outcome: Outcome::Skipped,
-            succeeded: false,
-            attempts: 0,
-            error: Some(reason.to_owned()),
-            details: json!({}),
-        };
+            format!("{}-skipped", RunRecord::run_id(scheduled_for, "backup")),
+            &job.name,
+            "backup",
+            Trigger::Schedule,
+            Some(scheduled_for),
+            now,
+        );
+        record.end(now, Outcome::Skipped, Some(reason.to_owned()));
         tracing::info!(job = %job.name, "skipped the run due at {scheduled_for}: {reason}");
         if let Ok(storages) = self.storages_of(spec).await {
             record.store(&storages).await;
@@ -542,25 +521,22 @@ impl Engine {
         details: serde_json::Value,
         storages: &[Arc<dyn Storage>],
     ) {
-        let record = RunRecord {
-            format: 1,
-            run_id: RunRecord::run_id(started_at, kind),
-            job: job.name.clone(),
-            kind: kind.to_owned(),
-            trigger: Trigger::Manual,
-            scheduled_for: None,
+        let mut record = RunRecord::begin(
+            RunRecord::run_id(started_at, kind),
+            &job.name,
+            kind,
+            Trigger::Manual,
+            None,
             started_at,
-            finished_at: self.clock.now(),
-            outcome: if failure.is_none() {
-                Outcome::Succeeded
-            } else {
-                Outcome::Failed
-            },
-            succeeded: failure.is_none(),
-            attempts: 1,
-            error: failure,
-            details,
+        );
+        record.attempts = 1;
+        record.details = details;
+        let outcome = if failure.is_none() {
+            Outcome::Succeeded
+        } else {
+            Outcome::Failed
         };
+        record.end(self.clock.now(), outcome, failure);
         record.store(storages).await;
     }
 }

@@ -240,6 +240,41 @@ impl Outcome {
 }
 
 impl RunRecord {
+    /// A record of a run just begun: failed until told otherwise, so a run cut
+    /// short never reads as a success.
+    pub fn begin(
+        run_id: String,
+        job: &str,
+        kind: &str,
+        trigger: Trigger,
+        scheduled_for: Option<Timestamp>,
+        started_at: Timestamp,
+    ) -> Self {
+        RunRecord {
+            format: 1,
+            run_id,
+            job: job.to_owned(),
+            kind: kind.to_owned(),
+            trigger,
+            scheduled_for,
+            started_at,
+            finished_at: started_at,
+            outcome: Outcome::Failed,
+            succeeded: false,
+            attempts: 0,
+            error: None,
+            details: serde_json::json!({}),
+        }
+    }
+
+    /// Sets how the run ended; `error` is why, when it did not succeed.
+    pub fn end(&mut self, finished_at: Timestamp, outcome: Outcome, error: Option<String>) {
+        self.finished_at = finished_at;
+        self.outcome = outcome;
+        self.succeeded = outcome == Outcome::Succeeded;
+        self.error = error;
+    }
+
     /// `<job>/reports/<run-id>.json`.
     pub fn key(&self) -> Result<Key> {
         Self::key_of(&self.job, &self.run_id)

@@ -131,6 +131,11 @@ pub fn show_duration(d: SignedDuration) -> String {
     parts.join(" ")
 }
 
+/// [`show_duration`] of a standard library duration.
+pub fn show_std_duration(d: std::time::Duration) -> String {
+    show_duration(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+}
+
 /// Parses a duration written as a number and a unit, or several in a row:
 /// `"500ms"`, `"30s"`, `"5m"`, `"24h"`, `"30d"`, `"1h30m"`. Spaces are allowed
 /// between the parts. Returns `None` for anything else, so callers can name the key.

@@ -437,8 +437,18 @@ fn an_interrupted_backup_aborts_its_upload_and_leaves_nothing() {
         "{}",
         run.all()
     );
+    // Nothing of the backup is left; only the run record saying it was interrupted.
     let keys = block_on(servers::bucket_keys(&bucket));
-    assert!(keys.is_empty(), "nothing was left in the bucket: {keys:?}");
+    assert!(
+        matches!(&keys[..], [record] if record.contains("/nightly/reports/") && record.ends_with("-backup.json")),
+        "nothing but the run record was left in the bucket: {keys:?}"
+    );
+    let record = setup.backup_with(&["--json", "status"], &servers::s3_env());
+    assert!(
+        record.stdout.contains("\"outcome\": \"interrupted\""),
+        "{}",
+        record.all()
+    );
     assert_eq!(
         block_on(servers::open_uploads(&bucket)),
         0,
