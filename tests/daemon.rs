@@ -907,3 +907,29 @@ fn a_run_whose_lock_session_dies_stops_and_is_retried_under_a_new_lock() {
     assert_eq!(records[0]["attempts"], 2, "{records:?}");
     assert_eq!(backup_dirs(&setup).iter().filter(|(_, c)| *c).count(), 1);
 }
+
+#[test]
+fn backup_run_refuses_while_the_job_runs_elsewhere() {
+    let setup = Setup::new("", "");
+    // Another process (a daemon replica) holds the job's lock.
+    let other = setup
+        .cluster
+        .hold_advisory_lock("app", backup::pg::lock_key("backup job nightly"));
+    let run = setup.backup(&["run", "nightly"]);
+    assert_eq!(run.code, 9, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "job nightly: another process (a daemon replica or `backup run`) is running this job"
+        ),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("hint: wait for that run to finish"),
+        "{}",
+        run.all()
+    );
+    assert!(backup_dirs(&setup).is_empty());
+    other.release();
+    assert!(setup.backup(&["run", "nightly"]).ok());
+}

@@ -235,6 +235,15 @@ async fn reload(
         }
         Err(e) => return tracing::error!("SIGHUP: reloading failed: {e}"),
     };
+    let old = shared.engine();
+    if config.daemon.listen != old.config.daemon.listen {
+        tracing::warn!("SIGHUP: [daemon] listen changed; the address changes at the next start");
+    }
+    if entries(&config).is_empty() {
+        return tracing::error!(
+            "SIGHUP: no job in the new files has a schedule, keeping the previous configuration"
+        );
+    }
     book.set_jobs(entries(&config), clock.now());
     let jobs = config.jobs.len();
     for name in config.jobs.keys() {
