@@ -74,8 +74,13 @@ impl Daemon {
     }
 
     /// SIGTERM, then the exit code; fails the test if it takes over `limit`.
-    fn stop(mut self, limit: Duration) -> i32 {
+    fn stop(self, limit: Duration) -> i32 {
         self.signal(libc::SIGTERM);
+        self.wait(limit)
+    }
+
+    /// The exit code, once the daemon exits; fails the test after `limit`.
+    fn wait(mut self, limit: Duration) -> i32 {
         let mut child = self.child.take().unwrap();
         let started = Instant::now();
         loop {
@@ -932,4 +937,67 @@ fn backup_run_refuses_while_the_job_runs_elsewhere() {
     assert!(backup_dirs(&setup).is_empty());
     other.release();
     assert!(setup.backup(&["run", "nightly"]).ok());
+}
+
+#[test]
+fn sigterm_lets_a_running_backup_finish_within_the_grace() {
+    let setup = Setup::new("", "schedule = \"* * * * * *\"");
+    let lock = setup.cluster.hold_lock("app", "app.users");
+    let daemon = Daemon::start(&setup, "daemon", &["--grace", "60s"]);
+    wait_for(
+        "a backup to be waiting on the lock",
+        Duration::from_secs(60),
+        || {
+            setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
+        ) == "1"
+        },
+    );
+    daemon.signal(libc::SIGTERM);
+    wait_for("the shutdown to begin", Duration::from_secs(20), || {
+        daemon
+            .log()
+            .contains("SIGTERM received: starting no new runs; 1 running")
+    });
+    // The run is let go on: once the table is free it completes.
+    lock.release();
+    assert_eq!(daemon.wait(Duration::from_secs(60)), 0);
+    let records = records(&setup);
+    let ran: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["outcome"] != "skipped")
+        .collect();
+    assert_eq!(ran.len(), 1, "{records:#?}");
+    assert_eq!(ran[0]["outcome"], "succeeded", "{records:#?}");
+    assert_eq!(setup.list().len(), 1);
+}
+
+#[test]
+fn a_second_signal_cancels_the_running_backup_at_once() {
+    let setup = Setup::new("", "schedule = \"* * * * * *\"");
+    let lock = setup.cluster.hold_lock("app", "app.users");
+    let daemon = Daemon::start(&setup, "daemon", &["--grace", "10m"]);
+    wait_for(
+        "a backup to be waiting on the lock",
+        Duration::from_secs(60),
+        || {
+            setup.cluster.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
+        ) == "1"
+        },
+    );
+    daemon.signal(libc::SIGINT);
+    wait_for("the shutdown to begin", Duration::from_secs(20), || {
+        daemon
+            .log()
+            .contains("SIGINT received: starting no new runs; 1 running")
+    });
+    // Far inside the 10 minutes of grace.
+    assert_eq!(daemon.stop(Duration::from_secs(30)), 0);
+    no_pg_dump_left(&setup);
+    lock.release();
+    assert_eq!(with_outcome(&records(&setup), "interrupted").len(), 1);
+    assert!(setup.list().is_empty());
 }

@@ -200,8 +200,18 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
         "{stop_signal} received: starting no new runs; {running} running, given up to {}s to finish",
         grace.as_secs()
     );
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        tracing::warn!("the grace period is over: cancelling the runs still going");
+    let finished = tokio::select! {
+        result = tokio::time::timeout(grace, tasks.wait()) => {
+            if result.is_err() {
+                tracing::warn!("the grace period is over: cancelling the runs still going");
+            }
+            result.is_ok()
+        }
+        // A second signal (Ctrl-C twice) means now.
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+    };
+    if !finished {
         cancel.cancel();
         if tokio::time::timeout(Duration::from_secs(30), tasks.wait())
             .await
