@@ -175,16 +175,27 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// How many `pg_dump` sessions the server has.
+fn dumps(setup: &Setup) -> usize {
+    count_dumps(setup, "")
+}
+
+/// How many `pg_dump` sessions wait on a lock (see `Cluster::hold_lock`).
+fn dumps_waiting(setup: &Setup) -> usize {
+    count_dumps(setup, " AND wait_event_type = 'Lock'")
+}
+
+fn count_dumps(setup: &Setup, and: &str) -> usize {
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'{and}");
+    setup.cluster.psql("postgres", &sql).parse().unwrap()
+}
+
 fn no_pg_dump_left(setup: &Setup) {
     wait_for(
         "pg_dump to be gone from the server",
         Duration::from_secs(20),
-        || {
-            setup.cluster.psql(
-                "postgres",
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
-            ) == "0"
-        },
+        || dumps(setup) == 0,
     );
 }
 
@@ -249,21 +260,39 @@ fn a_daemon_runs_its_schedule_and_answers_health_and_metrics() {
     assert_eq!(complete, with_outcome(&records, "succeeded").len());
 }
 
-#[test]
-fn sigterm_mid_backup_cancels_it_after_the_grace_and_leaves_no_manifest() {
+/// A daemon on a per-second schedule whose first backup waits on a table
+/// lock until the returned holder is released.
+fn a_daemon_with_a_blocked_backup(grace: &str) -> (Setup, common::LockHolder, Daemon) {
     let setup = Setup::new("", "schedule = \"* * * * * *\"");
     let lock = setup.cluster.hold_lock("app", "app.users");
-    let daemon = Daemon::start(&setup, "daemon", &["--grace", "1s"]);
+    let daemon = Daemon::start(&setup, "daemon", &["--grace", grace]);
     wait_for(
         "a backup to be waiting on the lock",
         Duration::from_secs(60),
-        || {
-            setup.cluster.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
-        ) == "1"
-        },
+        || dumps_waiting(&setup) == 1,
     );
+    (setup, lock, daemon)
+}
+
+/// Sends `signal` and waits until the daemon says it is shutting down with
+/// one run going.
+fn shut_down_with_one_running(daemon: &Daemon, signal: i32) {
+    daemon.signal(signal);
+    let name = if signal == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    wait_for("the shutdown to begin", Duration::from_secs(20), || {
+        daemon
+            .log()
+            .contains(&format!("{name} received: starting no new runs; 1 running"))
+    });
+}
+
+#[test]
+fn sigterm_mid_backup_cancels_it_after_the_grace_and_leaves_no_manifest() {
+    let (setup, lock, daemon) = a_daemon_with_a_blocked_backup("1s");
     let code = daemon.stop(Duration::from_secs(60));
     assert_eq!(code, 0);
     no_pg_dump_left(&setup);
@@ -297,13 +326,7 @@ fn a_job_slower_than_its_interval_is_skipped_not_doubled() {
         with_outcome(&records(&setup), "skipped").len() >= 3
     });
     // Only one dump ever waited on the lock: the skipped ones never started.
-    assert_eq!(
-        setup.cluster.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
-        ),
-        "1"
-    );
+    assert_eq!(dumps(&setup), 1);
     lock.release();
     wait_for("the slow run to finish", Duration::from_secs(60), || {
         !with_outcome(&records(&setup), "succeeded").is_empty()
@@ -670,10 +693,7 @@ fn dumps_and_heavy_maintenance_never_share_a_database() {
     let table = setup.cluster.hold_lock("app", "app.users");
     let child = setup.spawn_backup_with(&["run", "nightly"], &[]);
     wait_for("the dump to start", Duration::from_secs(30), || {
-        setup.cluster.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
-        ) == "1"
+        dumps(&setup) == 1
     });
     assert_eq!(
         setup
@@ -837,12 +857,7 @@ fn an_interrupted_backup_run_stops_pg_dump_and_records_it() {
     wait_for(
         "the dump to wait on the lock",
         Duration::from_secs(30),
-        || {
-            setup.cluster.psql(
-                "postgres",
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
-            ) == "1"
-        },
+        || dumps(&setup) == 1,
     );
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let run = common::Run::from(child.wait_with_output().unwrap());
@@ -865,12 +880,7 @@ fn a_run_whose_lock_session_dies_stops_and_is_retried_under_a_new_lock() {
     let setup = Setup::new("", "retries = 1\nretry_delay = \"100ms\"");
     let table = setup.cluster.hold_lock("app", "app.users");
     let child = setup.spawn_backup_with(&["run", "nightly"], &[]);
-    let dump_waiting = || {
-        setup.cluster.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
-        ) == "1"
-    };
+    let dump_waiting = || dumps_waiting(&setup) == 1;
     wait_for(
         "the dump to wait on the table",
         Duration::from_secs(30),
@@ -941,25 +951,8 @@ fn backup_run_refuses_while_the_job_runs_elsewhere() {
 
 #[test]
 fn sigterm_lets_a_running_backup_finish_within_the_grace() {
-    let setup = Setup::new("", "schedule = \"* * * * * *\"");
-    let lock = setup.cluster.hold_lock("app", "app.users");
-    let daemon = Daemon::start(&setup, "daemon", &["--grace", "60s"]);
-    wait_for(
-        "a backup to be waiting on the lock",
-        Duration::from_secs(60),
-        || {
-            setup.cluster.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
-        ) == "1"
-        },
-    );
-    daemon.signal(libc::SIGTERM);
-    wait_for("the shutdown to begin", Duration::from_secs(20), || {
-        daemon
-            .log()
-            .contains("SIGTERM received: starting no new runs; 1 running")
-    });
+    let (setup, lock, daemon) = a_daemon_with_a_blocked_backup("60s");
+    shut_down_with_one_running(&daemon, libc::SIGTERM);
     // The run is let go on: once the table is free it completes.
     lock.release();
     assert_eq!(daemon.wait(Duration::from_secs(60)), 0);
@@ -975,25 +968,8 @@ fn sigterm_lets_a_running_backup_finish_within_the_grace() {
 
 #[test]
 fn a_second_signal_cancels_the_running_backup_at_once() {
-    let setup = Setup::new("", "schedule = \"* * * * * *\"");
-    let lock = setup.cluster.hold_lock("app", "app.users");
-    let daemon = Daemon::start(&setup, "daemon", &["--grace", "10m"]);
-    wait_for(
-        "a backup to be waiting on the lock",
-        Duration::from_secs(60),
-        || {
-            setup.cluster.psql(
-            "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
-        ) == "1"
-        },
-    );
-    daemon.signal(libc::SIGINT);
-    wait_for("the shutdown to begin", Duration::from_secs(20), || {
-        daemon
-            .log()
-            .contains("SIGINT received: starting no new runs; 1 running")
-    });
+    let (setup, lock, daemon) = a_daemon_with_a_blocked_backup("10m");
+    shut_down_with_one_running(&daemon, libc::SIGINT);
     // Far inside the 10 minutes of grace.
     assert_eq!(daemon.stop(Duration::from_secs(30)), 0);
     no_pg_dump_left(&setup);
