@@ -202,21 +202,20 @@ mod tests {
     fn the_text_names_every_metric_an_alert_rule_uses() {
         let m = Metrics::default();
         m.know_job("nightly");
-        let record = RunRecord {
-            format: 1,
-            run_id: "r".into(),
-            job: "nightly".into(),
-            kind: "backup".into(),
-            trigger: crate::report::Trigger::Schedule,
-            scheduled_for: None,
-            started_at: "2026-11-24T03:00:00Z".parse().unwrap(),
-            finished_at: "2026-11-24T03:00:30Z".parse().unwrap(),
-            outcome: Outcome::Succeeded,
-            succeeded: true,
-            attempts: 1,
-            error: None,
-            details: serde_json::json!({"stored_size": 1234}),
-        };
+        let mut record = RunRecord::begin(
+            "r".into(),
+            "nightly",
+            "backup",
+            crate::report::Trigger::Schedule,
+            None,
+            "2026-11-24T03:00:00Z".parse().unwrap(),
+        );
+        record.details = serde_json::json!({"stored_size": 1234});
+        record.end(
+            "2026-11-24T03:00:30Z".parse().unwrap(),
+            Outcome::Succeeded,
+            None,
+        );
         m.started("nightly", "backup");
         m.finished(&record);
         m.set_next_run("nightly", Some("2026-11-25T03:00:00Z".parse().unwrap()));

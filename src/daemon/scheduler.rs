@@ -177,10 +177,6 @@ impl Scheduler {
     pub fn is_running(&self, job: &str) -> bool {
         self.slots.get(job).is_some_and(|s| s.running)
     }
-
-    pub fn any_running(&self) -> bool {
-        self.slots.values().any(|s| s.running)
-    }
 }
 
 #[cfg(test)]
