@@ -18,8 +18,9 @@ use tracing::Instrument;
 use crate::catalog::{self, Manifest};
 use crate::error::{Error, Kind, Result};
 use crate::jobs::backup::{self, BackupOutcome};
+use crate::jobs::maintenance::{self, MaintenanceOutcome};
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
-use crate::model::{BackupJob, Clock, Config, Job, JobKind};
+use crate::model::{BackupJob, Clock, Config, Job, JobKind, StorageSpec};
 use crate::pg::{DatabaseUse, RunLock};
 use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
 use crate::storage::{self, Storage};
@@ -67,12 +68,63 @@ pub enum RunEnd {
 #[derive(Debug)]
 pub struct Finished {
     pub record: RunRecord,
-    pub result: Result<BackupOutcome>,
+    pub result: Result<Output>,
+}
+
+/// What a run of each kind of job makes.
+#[derive(Debug)]
+pub enum Output {
+    Backup(Box<BackupOutcome>),
+    Maintenance(MaintenanceOutcome),
+}
+
+impl Output {
+    /// Why a run that returned still failed: a storage, a table.
+    fn failure(&self) -> Option<String> {
+        match self {
+            Output::Backup(o) if o.failed.is_empty() => None,
+            Output::Backup(o) => Some(format!(
+                "{} of {} storage(s) failed: {}",
+                o.failed.len(),
+                o.failed.len() + o.stored_in.len(),
+                o.failed
+                    .iter()
+                    .map(|(s, e)| format!("{s}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            Output::Maintenance(o) => o.failure(),
+        }
+    }
+
+    /// What the run record keeps of it.
+    fn details(&self) -> serde_json::Value {
+        match self {
+            Output::Backup(o) => json!({
+                "backup_id": o.manifest.id,
+                "snapshot_at": o.manifest.snapshot_at,
+                "raw_size": o.manifest.raw_size(),
+                "stored_size": o.manifest.stored_size(),
+                "tables": o.manifest.tables.len(),
+                "stored_in": o.stored_in,
+                "failed_storages": o.failed.iter().map(|(s, e)| json!({"storage": s, "error": e.to_string()})).collect::<Vec<_>>(),
+            }),
+            Output::Maintenance(o) => serde_json::to_value(o).unwrap_or_default(),
+        }
+    }
+}
+
+/// How a job shares its database with dumps.
+fn database_use(job: &Job) -> DatabaseUse {
+    match &job.kind {
+        JobKind::Maintenance(m) if m.is_heavy() => DatabaseUse::Exclusive,
+        _ => DatabaseUse::Shared,
+    }
 }
 
 /// How an attempt ended, when it did not fail.
 enum Step {
-    Ran(Box<BackupOutcome>),
+    Ran(Box<Output>),
     /// Not ours to run, with why.
     Elsewhere(&'static str),
 }
@@ -92,6 +144,14 @@ impl RunObserver for Unobserved {
 
 /// The longest wait between two attempts, however many retries are allowed.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+async fn open_all(specs: &[Arc<StorageSpec>]) -> Result<Vec<Arc<dyn Storage>>> {
+    let mut storages = Vec::with_capacity(specs.len());
+    for s in specs {
+        storages.push(storage::open(s).await?);
+    }
+    Ok(storages)
+}
 
 /// Runs `work`, failing it as timed out if it is not done within `limit`.
 async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>>) -> Result<T> {
@@ -148,11 +208,7 @@ impl Engine {
     }
 
     async fn storages_of(&self, spec: &BackupJob) -> Result<Vec<Arc<dyn Storage>>> {
-        let mut storages = Vec::with_capacity(spec.storages.len());
-        for s in &spec.storages {
-            storages.push(storage::open(s).await?);
-        }
-        Ok(storages)
+        open_all(&spec.storages).await
     }
 
     /// Runs one job now, by hand, and stores its run record. A run of the same
@@ -163,6 +219,16 @@ impl Engine {
         name: &str,
         cancel: &CancellationToken,
     ) -> Result<BackupOutcome> {
+        match self.run_now(name, cancel).await? {
+            Output::Backup(o) => Ok(*o),
+            Output::Maintenance(_) => {
+                Err(Error::internal(format!("job {name} is not a backup job")))
+            }
+        }
+    }
+
+    /// Runs any job now, by hand, as [`Engine::run_backup`] does a backup job.
+    pub async fn run_now(&self, name: &str, cancel: &CancellationToken) -> Result<Output> {
         let request = RunRequest {
             cancel: cancel.clone(),
             ..RunRequest::manual(name)
@@ -178,23 +244,23 @@ impl Engine {
     /// lock, within its timeout, with its retries, stopped by `cancel`, and
     /// recorded, observed and announced whatever the outcome.
     pub async fn run(&self, request: RunRequest) -> Result<RunEnd> {
-        let (job, spec) = self.config.backup_job(&request.job)?;
+        let job = self.config.job(&request.job)?;
         let started_at = self.clock.now();
-        let mut run_id = RunRecord::run_id(request.scheduled_for.unwrap_or(started_at), "backup");
+        let mut run_id =
+            RunRecord::run_id(request.scheduled_for.unwrap_or(started_at), job.kind.name());
         if request.trigger == Trigger::CatchUp {
             // Beside, not over, the record of the run it makes up for.
             run_id.push_str("-catch-up");
         }
         let span = tracing::info_span!("run", job = %job.name, run_id = %run_id);
-        self.run_backup_job(job, spec, request, started_at, run_id)
+        self.run_job(job, request, started_at, run_id)
             .instrument(span)
             .await
     }
 
-    async fn run_backup_job(
+    async fn run_job(
         &self,
         job: &Job,
-        spec: &BackupJob,
         request: RunRequest,
         started_at: Timestamp,
         run_id: String,
@@ -202,23 +268,38 @@ impl Engine {
         let mut record = RunRecord::begin(
             run_id,
             &job.name,
-            "backup",
+            job.kind.name(),
             request.trigger,
             request.scheduled_for,
             started_at,
         );
-        let storages = match self.storages_of(spec).await {
+        // A backup's storages take its data and its records; other jobs'
+        // storages only their records.
+        let storages = match open_all(job.record_storages()).await {
             Ok(s) => s,
             Err(e) => return Ok(self.conclude(record, Err(e), &[], None).await),
         };
+        if storages.is_empty() {
+            tracing::warn!(
+                "job {}: no storage takes its run records; set `reports = \"STORAGE\"` in its file",
+                job.name
+            );
+        }
         let mut lock = None;
-        let attempts = self.attempts(job, spec, &storages, &request, &mut record, &mut lock);
+        let attempts = self.attempts(job, &storages, &request, &mut record, &mut lock);
+        let stopped = match &job.kind {
+            JobKind::Backup(_) => {
+                "stopped by SIGTERM or SIGINT: the backup in progress has no manifest, \
+                 so it is never listed or restored"
+            }
+            JobKind::Maintenance(_) => {
+                "stopped by SIGTERM or SIGINT: the statement running was cancelled; \
+                 the next run plans again"
+            }
+        };
         let result = tokio::select! {
             result = within(job.policy.timeout, attempts) => result,
-            () = request.cancel.cancelled() => Err(Error::interrupted(
-                "stopped by SIGTERM or SIGINT: the backup in progress has no manifest, \
-                 so it is never listed or restored",
-            )),
+            () = request.cancel.cancelled() => Err(Error::interrupted(stopped)),
         };
         let result = match result {
             Ok(Step::Elsewhere(reason)) => {
@@ -242,7 +323,6 @@ impl Engine {
     async fn attempts(
         &self,
         job: &Job,
-        spec: &BackupJob,
         storages: &[Arc<dyn Storage>],
         request: &RunRequest,
         record: &mut RunRecord,
@@ -252,7 +332,7 @@ impl Engine {
         loop {
             record.attempts += 1;
             match self
-                .attempt(job, spec, storages, request, &record.run_id, lock)
+                .attempt(job, storages, request, &record.run_id, lock)
                 .await
             {
                 Err(e) if record.attempts <= job.policy.retries => {
@@ -262,9 +342,9 @@ impl Engine {
                         job.policy.retries + 1,
                         crate::time::show_std_duration(delay)
                     );
-                    // Heavy maintenance may use the database while we wait.
+                    // Others may use the database while we wait.
                     if let Some(lock) = lock.as_ref() {
-                        lock.leave_database(DatabaseUse::Shared).await;
+                        lock.leave_database(database_use(job)).await;
                     }
                     tokio::select! {
                         () = self.clock.sleep(delay) => {}
@@ -282,7 +362,6 @@ impl Engine {
     async fn attempt(
         &self,
         job: &Job,
-        spec: &BackupJob,
         storages: &[Arc<dyn Storage>],
         request: &RunRequest,
         run_id: &str,
@@ -295,7 +374,7 @@ impl Engine {
             *lock = None;
         }
         if lock.is_none() {
-            let Some(taken) = RunLock::try_take(&spec.database, &job.name).await? else {
+            let Some(taken) = RunLock::try_take(job.database(), &job.name).await? else {
                 return Ok(Step::Elsewhere(
                     "another process (a daemon replica or `backup run`) is running this job",
                 ));
@@ -314,26 +393,40 @@ impl Engine {
                     "this fire time was already run by another replica",
                 ));
             }
-            self.observer.started(&job.name, "backup");
+            self.observer.started(&job.name, job.kind.name());
             *lock = Some(taken);
         }
         let Some(lock) = lock.as_ref() else {
             return Err(Error::internal("the job's lock vanished"));
         };
-        lock.use_database(DatabaseUse::Shared, || {
-            tracing::info!(
+        let mode = database_use(job);
+        lock.use_database(mode, || match mode {
+            DatabaseUse::Shared => tracing::info!(
                 "waiting: heavy maintenance holds database {}",
-                spec.database.name
-            )
+                job.database().name
+            ),
+            DatabaseUse::Exclusive => tracing::info!(
+                "waiting: a backup of database {} is running",
+                job.database().name
+            ),
         })
         .await?;
-        let run = backup::run(
-            job,
-            spec,
-            storages,
-            self.clock.as_ref(),
-            self.progress.clone(),
-        );
+        let run = async {
+            match &job.kind {
+                JobKind::Backup(spec) => backup::run(
+                    job,
+                    spec,
+                    storages,
+                    self.clock.as_ref(),
+                    self.progress.clone(),
+                )
+                .await
+                .map(|o| Output::Backup(Box::new(o))),
+                JobKind::Maintenance(spec) => maintenance::run(job, spec, self.clock.as_ref())
+                    .await
+                    .map(Output::Maintenance),
+            }
+        };
         // Losing the lock's session mid-run releases the locks on the server:
         // the run stops rather than go on unprotected.
         tokio::select! {
@@ -347,42 +440,24 @@ impl Engine {
     async fn conclude(
         &self,
         mut record: RunRecord,
-        result: Result<BackupOutcome>,
+        result: Result<Output>,
         storages: &[Arc<dyn Storage>],
         lock: Option<RunLock>,
     ) -> RunEnd {
+        let error = match &result {
+            Ok(o) => o.failure(),
+            Err(e) => Some(e.to_string()),
+        };
         let outcome = match &result {
-            Ok(o) if o.failed.is_empty() => Outcome::Succeeded,
+            Ok(_) if error.is_none() => Outcome::Succeeded,
             Ok(_) => Outcome::Failed,
             Err(e) if e.kind() == Kind::TimedOut => Outcome::TimedOut,
             Err(e) if e.kind() == Kind::Interrupted => Outcome::Interrupted,
             Err(_) => Outcome::Failed,
         };
-        let error = match &result {
-            Ok(o) if !o.failed.is_empty() => Some(format!(
-                "{} of {} storage(s) failed: {}",
-                o.failed.len(),
-                o.failed.len() + o.stored_in.len(),
-                o.failed
-                    .iter()
-                    .map(|(s, e)| format!("{s}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
-            Ok(_) => None,
-            Err(e) => Some(e.to_string()),
-        };
         record.end(self.clock.now(), outcome, error);
         if let Ok(o) = &result {
-            record.details = json!({
-                "backup_id": o.manifest.id,
-                "snapshot_at": o.manifest.snapshot_at,
-                "raw_size": o.manifest.raw_size(),
-                "stored_size": o.manifest.stored_size(),
-                "tables": o.manifest.tables.len(),
-                "stored_in": o.stored_in,
-                "failed_storages": o.failed.iter().map(|(s, e)| json!({"storage": s, "error": e.to_string()})).collect::<Vec<_>>(),
-            });
+            record.details = o.details();
         }
         match record.outcome {
             Outcome::Succeeded => tracing::info!("run {} succeeded", record.run_id),
@@ -408,22 +483,25 @@ impl Engine {
 
     /// Records a fire time that was not run because the job was still running.
     pub async fn record_skipped(&self, name: &str, scheduled_for: Timestamp, reason: &str) {
-        let Ok((job, spec)) = self.config.backup_job(name) else {
+        let Ok(job) = self.config.job(name) else {
             return;
         };
         let now = self.clock.now();
         let mut record = RunRecord::begin(
             // Its own name: a replica that did run this fire time keeps its record.
-            format!("{}-skipped", RunRecord::run_id(scheduled_for, "backup")),
+            format!(
+                "{}-skipped",
+                RunRecord::run_id(scheduled_for, job.kind.name())
+            ),
             &job.name,
-            "backup",
+            job.kind.name(),
             Trigger::Schedule,
             Some(scheduled_for),
             now,
         );
         record.end(now, Outcome::Skipped, Some(reason.to_owned()));
         tracing::info!(job = %job.name, "skipped the run due at {scheduled_for}: {reason}");
-        if let Ok(storages) = self.storages_of(spec).await {
+        if let Ok(storages) = open_all(job.record_storages()).await {
             record.store(&storages).await;
         }
         self.observer.finished(&record);
@@ -431,13 +509,20 @@ impl Engine {
 
     /// Every complete backup of the backup jobs named (all when `None`), newest first.
     pub async fn list(&self, job: Option<&str>) -> Result<Vec<(&Job, Vec<ListedBackup>)>> {
-        let jobs: Vec<&Job> = match job {
-            Some(name) => vec![self.config.job(name)?],
-            None => self.config.jobs.values().collect(),
+        let jobs: Vec<(&Job, &BackupJob)> = match job {
+            Some(name) => vec![self.config.backup_job(name)?],
+            None => self
+                .config
+                .jobs
+                .values()
+                .filter_map(|j| match &j.kind {
+                    JobKind::Backup(spec) => Some((j, spec)),
+                    _ => None,
+                })
+                .collect(),
         };
         let mut out = Vec::new();
-        for job in jobs {
-            let JobKind::Backup(spec) = &job.kind;
+        for (job, spec) in jobs {
             let mut listed: Vec<ListedBackup> = Vec::new();
             let storages = self.storages_of(spec).await?;
             let mut unreachable = Vec::new();

@@ -98,8 +98,9 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
         last_restore_test: None,
         problems: Vec::new(),
     };
-    let JobKind::Backup(spec) = &job.kind;
+    let is_backup = matches!(job.kind, JobKind::Backup(_));
     match engine.list(Some(&job.name)).await {
+        _ if !is_backup => {}
         Ok(listed) => {
             state.newest_backup = listed
                 .into_iter()
@@ -115,7 +116,7 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
         Err(e) => state.problems.push(e.to_string()),
     }
     // Records go to every storage of the job; the first that answers is read.
-    for storage_spec in &spec.storages {
+    for storage_spec in job.record_storages() {
         let storage = match crate::storage::open(storage_spec).await {
             Ok(s) => s,
             Err(e) => {
@@ -125,10 +126,11 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
         };
         let s = storage.as_ref();
         let name = job.name.as_str();
+        let kind = job.kind.name();
         let (last, success, test) = futures::join!(
-            report::newest_records(s, name, 1, |r| r.kind == "backup"
+            report::newest_records(s, name, 1, |r| r.kind == kind
                 && r.outcome != Outcome::Skipped),
-            report::newest_records(s, name, 1, |r| r.kind == "backup" && r.succeeded),
+            report::newest_records(s, name, 1, |r| r.kind == kind && r.succeeded),
             report::newest_records(s, name, 1, |r| r.kind == "restore-test" && r.succeeded),
         );
         match (last, success, test) {
@@ -193,6 +195,7 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
             None => println!("  last success:   never"),
         }
         match &s.newest_backup {
+            _ if s.kind != "backup" => {}
             Some(b) => println!(
                 "  newest backup:  {} (data as of {}, {}; {} stored in {})",
                 b.id,
@@ -204,6 +207,7 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
             None => println!("  newest backup:  none"),
         }
         match &s.last_restore_test {
+            _ if s.kind != "backup" => {}
             Some(r) => println!(
                 "  restore tested: {} ({})",
                 show(r.finished_at),
@@ -228,7 +232,8 @@ enum Status {
 }
 
 /// Judges one job: stale or missing backups are CRITICAL, a failed last run
-/// is WARNING.
+/// is WARNING. For other jobs, whose lateness loses no data, a stale or
+/// missing success is WARNING.
 fn judge(
     job: &Job,
     s: &JobState,
@@ -249,6 +254,25 @@ fn judge(
     let mut status = Status::Ok;
     let mut notes = Vec::new();
     match &s.newest_backup {
+        _ if s.kind != "backup" => match &s.last_success {
+            None => {
+                status = Status::Warning;
+                notes.push("never succeeded".to_owned());
+            }
+            Some(r) => {
+                let old = now.duration_since(r.finished_at);
+                if old > limit {
+                    status = Status::Warning;
+                    notes.push(format!(
+                        "last success {} ago, more than {} ({why})",
+                        show_duration(old),
+                        show_duration(limit)
+                    ));
+                } else {
+                    notes.push(format!("last success {} ago", show_duration(old)));
+                }
+            }
+        },
         None => {
             status = Status::Critical;
             notes.push("no complete backup".to_owned());

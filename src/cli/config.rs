@@ -34,20 +34,41 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
             .jobs
             .values()
             .map(|job| {
-                let JobKind::Backup(b) = &job.kind;
-                json!({
+                let db = job.database();
+                let mut out = json!({
                     "job": job.name, "type": job.kind.name(), "defined_at": job.origin.to_string(),
                     "timezone": job.timezone.iana_name(),
-                    "database": {"name": b.database.name, "url": b.database.url, "password_from": b.database.password_from},
-                    "storages": b.storages.iter().map(|s| json!({"name": s.name, "kind": s.kind.to_string()})).collect::<Vec<_>>(),
-                    "compression": b.compression.to_string(),
+                    "database": {"name": db.name, "url": db.url, "password_from": db.password_from},
                     "schedule": job.schedule.as_ref().map(|s| s.expression()),
                     "next_runs": next_runs(job),
                     "overlap": format!("{:?}", job.policy.overlap).to_lowercase(),
                     "timeout_seconds": job.policy.timeout.map(|t| t.as_secs()),
                     "retries": job.policy.retries,
                     "catch_up": format!("{:?}", job.policy.catch_up).to_lowercase(),
-                })
+                    "records_in": job.record_storages().first().map(|s| &s.name),
+                });
+                match &job.kind {
+                    JobKind::Backup(b) => {
+                        out["storages"] = b
+                            .storages
+                            .iter()
+                            .map(|s| json!({"name": s.name, "kind": s.kind.to_string()}))
+                            .collect();
+                        out["compression"] = json!(b.compression.to_string());
+                    }
+                    JobKind::Maintenance(m) => {
+                        out["tasks"] = m.tasks.iter().map(|t| t.name()).collect();
+                        out["heavy"] = json!(m.is_heavy());
+                        out["all"] = json!(m.targets.all);
+                        out["tables"] = json!(m.targets.tables);
+                        out["exclude"] = json!(m.targets.exclude);
+                        out["lock_timeout_ms"] = json!(m.lock_timeout.as_millis() as u64);
+                        out["lock_retries"] = json!(m.lock_retries);
+                        out["window"] = json!(m.window.map(|w| w.to_string()));
+                        out["reindex_concurrently"] = json!(m.reindex_concurrently);
+                    }
+                }
+                out
             })
             .collect();
         return super::print_json(&json!({"ok": true, "jobs": jobs}));
@@ -70,22 +91,65 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
             }
             None => println!("  schedule:    none (runs only with `backup run`)"),
         }
+        let db = job.database();
+        let password = db
+            .password_from
+            .as_deref()
+            .map_or(String::new(), |p| format!(", password from {p}"));
+        println!("  database:    {} = {}{password}", db.name, db.url);
         match &job.kind {
             JobKind::Backup(b) => {
-                let password = b
-                    .database
-                    .password_from
-                    .as_deref()
-                    .map_or(String::new(), |p| format!(", password from {p}"));
-                println!(
-                    "  database:    {} = {}{password}",
-                    b.database.name, b.database.url
-                );
                 for s in &b.storages {
                     println!("  storage:     {} ({})", s.name, s.kind);
                 }
                 println!("  compression: {}", b.compression);
             }
+            JobKind::Maintenance(m) => {
+                let tasks: Vec<&str> = m.tasks.iter().map(|t| t.name()).collect();
+                println!(
+                    "  tasks:       {}{}",
+                    tasks.join(", "),
+                    if m.is_heavy() {
+                        " (heavy: waits for dumps of the database, and they for it)"
+                    } else {
+                        ""
+                    }
+                );
+                let t = &m.targets;
+                let scope = if t.tables.is_empty() {
+                    "every table".to_owned()
+                } else {
+                    t.tables.join(", ")
+                };
+                let exclude = if t.exclude.is_empty() {
+                    String::new()
+                } else {
+                    format!(" except {}", t.exclude.join(", "))
+                };
+                println!("  tables:      {scope}{exclude}");
+                if t.all {
+                    println!("  targeting:   all = true (every table and index in scope)");
+                } else {
+                    println!(
+                        "  targeting:   dead tuples >= {} and >= {:.0}%, table >= {}, index bloat >= {:.0}%, table bloat >= {:.0}%",
+                        t.min_dead_tuples,
+                        t.min_dead_ratio * 100.0,
+                        crate::report::bytes_human(t.min_table_size),
+                        t.min_index_bloat * 100.0,
+                        t.min_table_bloat * 100.0
+                    );
+                }
+                println!(
+                    "  locks:       lock_timeout {}, {} retries{}",
+                    crate::time::show_std_duration(m.lock_timeout),
+                    m.lock_retries,
+                    m.window.map_or(String::new(), |w| format!(", window {w}"))
+                );
+            }
+        }
+        match job.record_storages().first() {
+            Some(s) => println!("  records:     storage {}", s.name),
+            None => println!("  records:     none kept: no storage in its file (set `reports`)"),
         }
     }
     println!("configuration OK: {} jobs", config.jobs.len());

@@ -5,6 +5,7 @@
 mod check;
 mod config;
 mod daemon;
+mod db;
 mod list;
 mod restore;
 mod run;
@@ -62,6 +63,9 @@ enum Command {
     /// Work with the configuration.
     #[command(subcommand)]
     Config(config::Command),
+    /// Look at a database: sizes, bloat, dead tuples, wraparound, sessions.
+    #[command(subcommand)]
+    Db(db::Command),
 }
 
 pub fn main() -> ExitCode {
@@ -160,8 +164,9 @@ impl Command {
     fn left_behind(&self) -> (String, String) {
         match self {
             Command::Run(_) => (
-                "the backup in progress was stopped: it has no manifest, so it is never \
-                 listed or restored, and its unfinished uploads were aborted"
+                "the job in progress was stopped: a backup has no manifest, so it is never \
+                 listed or restored, and its unfinished uploads were aborted; a maintenance \
+                 statement was cancelled"
                     .to_owned(),
                 "run the job again".to_owned(),
             ),
@@ -179,7 +184,8 @@ impl Command {
             | Command::Config(_)
             | Command::Daemon(_)
             | Command::Status(_)
-            | Command::Check(_) => (
+            | Command::Check(_)
+            | Command::Db(_) => (
                 "nothing was changed".to_owned(),
                 "run the command again".to_owned(),
             ),
@@ -198,6 +204,7 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
         Command::Daemon(args) => daemon::run(engine, args, cli.config).await,
         Command::Status(args) => check::status(&engine, args, cli.json).await,
         Command::Check(args) => check::check(&engine, args, cli.json).await,
+        Command::Db(command) => db::run(&engine, command, cli.json).await,
     }
 }
 

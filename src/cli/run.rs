@@ -2,8 +2,10 @@
 
 use serde_json::json;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Output};
 use crate::error::{Error, Result};
+use crate::jobs::maintenance::{self, MaintenanceOutcome, Plan, StepStatus};
+use crate::model::{Job, JobKind};
 use crate::report::bytes_human;
 use crate::time;
 
@@ -12,6 +14,122 @@ pub struct Args {
     /// The jobs to run, in order.
     #[arg(required = true, value_name = "JOB")]
     jobs: Vec<String>,
+    /// Print what each job would do, and why, without doing it.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// How many tables a text plan names as left alone before it counts the rest.
+const SHOWN_LEFT_ALONE: usize = 20;
+
+fn print_plan(plan: &Plan) {
+    for warning in &plan.warnings {
+        println!("  warning: {warning}");
+    }
+    if plan.steps.is_empty() {
+        println!("  nothing to do");
+    }
+    for (i, step) in plan.steps.iter().enumerate() {
+        println!(
+            "  {:>3}. {} {}{}: {}",
+            i + 1,
+            step.action.name(),
+            step.target(),
+            if step.urgent { " [URGENT]" } else { "" },
+            step.reason
+        );
+    }
+    if !plan.left_alone.is_empty() {
+        println!("  left alone: {} table(s)", plan.left_alone.len());
+        for l in plan.left_alone.iter().take(SHOWN_LEFT_ALONE) {
+            println!("       {}: {}", l.table, l.reason);
+        }
+        if plan.left_alone.len() > SHOWN_LEFT_ALONE {
+            println!(
+                "       ... and {} more (--json lists every one)",
+                plan.left_alone.len() - SHOWN_LEFT_ALONE
+            );
+        }
+    }
+}
+
+/// What `--dry-run` says of one job. Nothing is changed, locked or recorded.
+async fn dry_run(job: &Job, json: bool) -> Result<serde_json::Value> {
+    match &job.kind {
+        JobKind::Maintenance(spec) => {
+            let preview = maintenance::preview(spec).await?;
+            if !json {
+                println!(
+                    "job {}: maintenance plan for database {} (dry run: nothing changed)",
+                    job.name, preview.database
+                );
+                match &preview.plan {
+                    Some(plan) => print_plan(plan),
+                    None => println!("  the server is a standby: a run would do nothing"),
+                }
+            }
+            Ok(json!({"job": job.name, "type": "maintenance", "dry_run": true, "preview": preview}))
+        }
+        JobKind::Backup(spec) => {
+            let storages: Vec<&str> = spec.storages.iter().map(|s| s.name.as_str()).collect();
+            if !json {
+                println!(
+                    "job {}: would back up database {} ({}) to {}, compressed with {} (dry run: nothing done)",
+                    job.name,
+                    spec.database.name,
+                    spec.database.url,
+                    storages.join(", "),
+                    spec.compression
+                );
+            }
+            Ok(json!({
+                "job": job.name, "type": "backup", "dry_run": true,
+                "database": spec.database.name, "storages": storages,
+                "compression": spec.compression.to_string(),
+            }))
+        }
+    }
+}
+
+fn print_maintenance(name: &str, o: &MaintenanceOutcome) {
+    println!(
+        "job {name}: maintenance of database {}: {}",
+        o.database,
+        maintenance::summary(o)
+    );
+    for warning in &o.warnings {
+        println!("  warning: {warning}");
+    }
+    for r in &o.steps {
+        let status = match r.status {
+            StepStatus::Done => "done",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Failed => "FAILED",
+        };
+        let change = match (&r.before, &r.after) {
+            (before, Some(after)) => {
+                let mut parts = Vec::new();
+                if let (Some(b), Some(a)) = (before.dead_tuples, after.dead_tuples) {
+                    parts.push(format!("dead tuples {b} -> {a}"));
+                }
+                if let (Some(b), Some(a)) = (before.total_bytes, after.total_bytes) {
+                    parts.push(format!(
+                        "size {} -> {}",
+                        bytes_human(b.max(0) as u64),
+                        bytes_human(a.max(0) as u64)
+                    ));
+                }
+                parts.join(", ")
+            }
+            _ => r.note.clone().unwrap_or_default(),
+        };
+        println!(
+            "  {status:<8} {} {}: {change} ({:.1}s)",
+            r.step.action.name(),
+            r.step.target(),
+            r.seconds
+        );
+    }
 }
 
 pub async fn run(
@@ -25,12 +143,40 @@ pub async fn run(
     for name in &args.jobs {
         engine.config.job(name)?;
     }
+    if args.dry_run {
+        let mut results = Vec::new();
+        for name in &args.jobs {
+            results.push(dry_run(engine.config.job(name)?, json).await?);
+        }
+        if json {
+            super::print_json(&results)?;
+        }
+        return Ok(());
+    }
     let mut first_error: Option<Error> = None;
     let mut results = Vec::new();
     for name in &args.jobs {
         let job = engine.config.job(name)?;
-        match engine.run_backup(name, cancel).await {
-            Ok(outcome) => {
+        match engine.run_now(name, cancel).await {
+            Ok(Output::Maintenance(outcome)) => {
+                if json {
+                    let mut value = serde_json::to_value(&outcome).unwrap_or_default();
+                    value["job"] = json!(name);
+                    value["type"] = json!("maintenance");
+                    value["ok"] = json!(outcome.failure().is_none());
+                    results.push(value);
+                } else {
+                    print_maintenance(name, &outcome);
+                }
+                if let Some(failure) = outcome.failure() {
+                    let e = Error::database(format!("job {name}: {failure}")).with_hint(
+                        "the run record names each step and its error; the next run plans again",
+                    );
+                    crate::report::print_error(&e);
+                    first_error.get_or_insert(e);
+                }
+            }
+            Ok(Output::Backup(outcome)) => {
                 let m = &outcome.manifest;
                 if json {
                     results.push(json!({

@@ -15,6 +15,7 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod maintenance;
 mod storage;
 
 use crate::error::{Error, Result};
@@ -41,6 +42,8 @@ struct RawFile {
     daemon: Option<RawDaemon>,
     #[serde(default)]
     notifications: BTreeMap<String, Spanned<RawNotification>>,
+    /// The storage for the run records of this file's jobs that have none.
+    reports: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,7 +88,54 @@ struct RawJob {
     retries: Option<Spanned<i64>>,
     retry_delay: Option<Spanned<String>>,
     catch_up: Option<Spanned<String>>,
+    tasks: Option<Spanned<Vec<Spanned<String>>>>,
+    all: Option<Spanned<bool>>,
+    tables: Option<Spanned<Vec<Spanned<String>>>>,
+    exclude: Option<Spanned<Vec<Spanned<String>>>>,
+    min_dead_ratio: Option<Spanned<f64>>,
+    min_dead_tuples: Option<Spanned<i64>>,
+    min_table_size: Option<Spanned<storage::Size>>,
+    min_index_bloat: Option<Spanned<f64>>,
+    min_table_bloat: Option<Spanned<f64>>,
+    lock_timeout: Option<Spanned<String>>,
+    lock_retries: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    reindex_concurrently: Option<Spanned<bool>>,
 }
+
+impl RawJob {
+    /// The keys that only some job types take, each with where it starts in
+    /// the file, when present.
+    fn typed_keys(&self) -> Vec<(&'static str, usize)> {
+        fn at<T>(key: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, usize)> {
+            v.as_ref().map(|s| (key, s.span().start))
+        }
+        [
+            at("storages", &self.storages),
+            at("compression", &self.compression),
+            at("compression_level", &self.compression_level),
+            at("tasks", &self.tasks),
+            at("all", &self.all),
+            at("tables", &self.tables),
+            at("exclude", &self.exclude),
+            at("min_dead_ratio", &self.min_dead_ratio),
+            at("min_dead_tuples", &self.min_dead_tuples),
+            at("min_table_size", &self.min_table_size),
+            at("min_index_bloat", &self.min_index_bloat),
+            at("min_table_bloat", &self.min_table_bloat),
+            at("lock_timeout", &self.lock_timeout),
+            at("lock_retries", &self.lock_retries),
+            at("window", &self.window),
+            at("reindex_concurrently", &self.reindex_concurrently),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// The type-specific keys each job type takes.
+const BACKUP_KEYS: &[&str] = &["storages", "compression", "compression_level"];
 
 /// One parsed file, kept with its text so spans turn into line numbers.
 struct Source {
@@ -95,7 +145,11 @@ struct Source {
 
 impl Source {
     fn origin<T>(&self, spanned: &Spanned<T>) -> Origin {
-        let line = self.text[..spanned.span().start.min(self.text.len())]
+        self.origin_at(spanned.span().start)
+    }
+
+    fn origin_at(&self, offset: usize) -> Origin {
+        let line = self.text[..offset.min(self.text.len())]
             .matches('\n')
             .count()
             + 1;
@@ -217,6 +271,7 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
             Some(zone) => zone_of(source, zone)?,
             None => TimeZone::system(),
         };
+        let reports = reports_storage(source, raw, &config)?;
         for (name, job) in &raw.jobs {
             check_unique("jobs", name, source.origin(job))?;
             if !is_job_name(name) {
@@ -229,7 +284,7 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
                         "use letters, digits, '-', '_' and '.', starting with a letter or digit",
                     ));
             }
-            let job = validate_job(source, name, job, timezone.clone(), &config)?;
+            let job = validate_job(source, name, job, timezone.clone(), &config, &reports)?;
             config.jobs.insert(name.clone(), job);
         }
     }
@@ -377,12 +432,104 @@ fn validate_database(
     })
 }
 
+/// The storage that takes the run records of a file's jobs that have no
+/// storage of their own: `reports = "NAME"`, else the first storage the file
+/// declares, else none.
+fn reports_storage(
+    source: &Source,
+    raw: &RawFile,
+    config: &Config,
+) -> Result<Option<Arc<StorageSpec>>> {
+    if let Some(name) = &raw.reports {
+        return config
+            .storages
+            .get(name.get_ref())
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| {
+                source
+                    .error(
+                        name,
+                        format!(
+                            "reports = '{}': no such storage is declared",
+                            name.get_ref()
+                        ),
+                    )
+                    .with_hint(declared("storages", config.storages.keys()))
+            });
+    }
+    // Tables come out of the parser sorted by name: their place in the text
+    // says which came first.
+    Ok(raw
+        .storages
+        .iter()
+        .min_by_key(|(_, s)| s.span().start)
+        .and_then(|(name, _)| config.storages.get(name).cloned()))
+}
+
+/// Refuses keys that belong to another type of job: a `compression` on a
+/// maintenance job is a mistake the operator should hear about.
+fn check_keys(
+    source: &Source,
+    name: &str,
+    kind: &str,
+    job: &RawJob,
+    allowed: &[&str],
+) -> Result<()> {
+    match job
+        .typed_keys()
+        .into_iter()
+        .find(|(key, _)| !allowed.contains(key))
+    {
+        None => Ok(()),
+        Some((key, at)) => Err(Error::config(format!(
+            "{}: [jobs.{name}] `{key}` does not apply to a {kind} job",
+            source.origin_at(at)
+        ))
+        .with_hint(format!(
+            "a {kind} job takes database, schedule and the run settings, plus: {}",
+            allowed.join(", ")
+        ))),
+    }
+}
+
+/// The database a job names, which must be declared.
+fn job_database(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawJob>,
+    config: &Config,
+) -> Result<Arc<Database>> {
+    let job = raw.get_ref();
+    let kind = job.kind.get_ref();
+    let database_name = job
+        .database
+        .as_ref()
+        .ok_or_else(|| source.error(raw, format!("[jobs.{name}] a {kind} job needs `database`")))?;
+    config
+        .databases
+        .get(database_name.get_ref())
+        .cloned()
+        .ok_or_else(|| {
+            source
+                .error(
+                    database_name,
+                    format!(
+                        "[jobs.{name}] database = '{}': no such database is declared",
+                        database_name.get_ref()
+                    ),
+                )
+                .with_hint(declared("databases", config.databases.keys()))
+        })
+}
+
 fn validate_job(
     source: &Source,
     name: &str,
     raw: &Spanned<RawJob>,
     timezone: TimeZone,
     config: &Config,
+    reports: &Option<Arc<StorageSpec>>,
 ) -> Result<Job> {
     let job = raw.get_ref();
     let timezone = match &job.timezone {
@@ -405,14 +552,27 @@ fn validate_job(
     };
     let policy = validate_policy(source, &section, job)?;
     let kind = match job.kind.get_ref().as_str() {
-        "backup" => JobKind::Backup(validate_backup_job(source, name, raw, config)?),
+        "backup" => {
+            check_keys(source, name, "backup", job, BACKUP_KEYS)?;
+            JobKind::Backup(validate_backup_job(source, name, raw, config)?)
+        }
+        "maintenance" => {
+            check_keys(source, name, "maintenance", job, maintenance::KEYS)?;
+            JobKind::Maintenance(maintenance::validate(
+                source,
+                name,
+                raw,
+                job_database(source, name, raw, config)?,
+                reports.clone(),
+            )?)
+        }
         other => {
             return Err(source
                 .error(
                     &job.kind,
                     format!("[jobs.{name}] type '{other}' is not supported"),
                 )
-                .with_hint("supported job types: backup"));
+                .with_hint("supported job types: backup, maintenance"));
         }
     };
     Ok(Job {
@@ -501,25 +661,7 @@ fn validate_backup_job(
     config: &Config,
 ) -> Result<BackupJob> {
     let job = raw.get_ref();
-    let database_name = job
-        .database
-        .as_ref()
-        .ok_or_else(|| source.error(raw, format!("[jobs.{name}] a backup job needs `database`")))?;
-    let database = config
-        .databases
-        .get(database_name.get_ref())
-        .cloned()
-        .ok_or_else(|| {
-            source
-                .error(
-                    database_name,
-                    format!(
-                        "[jobs.{name}] database = '{}': no such database is declared",
-                        database_name.get_ref()
-                    ),
-                )
-                .with_hint(declared("databases", config.databases.keys()))
-        })?;
+    let database = job_database(source, name, raw, config)?;
     let names = job.storages.as_ref().ok_or_else(|| {
         source.error(
             raw,
@@ -752,6 +894,84 @@ compression = "gzip"
             "{err}"
         );
         assert!(err.contains("declared databases: app"), "{err}");
+    }
+
+    #[test]
+    fn maintenance_jobs_take_their_own_keys_and_defaults() {
+        let text = format!(
+            "{GOOD}\n[storages.archive]\ntype = \"local\"\npath = \"/a\"\n\n\
+             [jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
+             tasks = [\"vacuum-analyze\", \"reindex\"]\ntables = [\"public.*\"]\n\
+             exclude = [\"audit_log\"]\nmin_dead_ratio = 0.2\nmin_table_size = \"10MiB\"\n\
+             lock_timeout = \"2s\"\nwindow = \"22:00-05:00\"\n"
+        );
+        let config = check(&text).unwrap();
+        let job = config.job("tidy").unwrap();
+        let JobKind::Maintenance(m) = &job.kind else {
+            panic!("not a maintenance job")
+        };
+        assert_eq!(
+            m.tasks,
+            [
+                crate::model::Task::VacuumAnalyze,
+                crate::model::Task::Reindex
+            ]
+        );
+        assert!(m.is_heavy(), "reindex waits for dumps");
+        assert_eq!(m.targets.tables, ["public.*"]);
+        assert_eq!(m.targets.min_dead_ratio, 0.2);
+        assert_eq!(m.targets.min_dead_tuples, 1000);
+        assert_eq!(m.targets.min_table_size, 10 << 20);
+        assert_eq!(m.lock_timeout, Duration::from_secs(2));
+        assert_eq!(m.lock_retries, 2);
+        assert_eq!(m.window.unwrap().to_string(), "22:00-05:00");
+        // The file's first storage in the text, not in name order.
+        assert_eq!(job.record_storages()[0].name, "disk");
+        assert_eq!(config.job("nightly").unwrap().database().name, "app");
+    }
+
+    #[test]
+    fn maintenance_mistakes_name_the_key_and_line() {
+        let job = |extra: &str| {
+            format!("{GOOD}\n[jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"app\"\n{extra}\n")
+        };
+        for (extra, expected) in [
+            ("", "a maintenance job needs `tasks`"),
+            ("tasks = []", "tasks is empty"),
+            (
+                "tasks = [\"vacuum\", \"defrag\"]",
+                "task 'defrag' is not known",
+            ),
+            ("tasks = [\"vacuum\", \"vacuum\"]", "lists 'vacuum' twice"),
+            (
+                "tasks = [\"vacuum\"]\ncompression = \"gzip\"",
+                "`compression` does not apply to a maintenance job",
+            ),
+            (
+                "tasks = [\"vacuum\"]\nmin_dead_ratio = 20",
+                "min_dead_ratio = 20 is outside 0..=1",
+            ),
+            (
+                "tasks = [\"vacuum\"]\nwindow = \"2am-5am\"",
+                "is not a time window",
+            ),
+            (
+                "tasks = [\"vacuum\"]\nlock_timeout = \"0s\"",
+                "lock_timeout must be at least 1ms",
+            ),
+            (
+                "tasks = [\"vacuum\"]\ntables = [\"a.b.c\"]",
+                "'a.b.c' is not a table pattern",
+            ),
+        ] {
+            let e = error_of(&job(extra));
+            assert!(e.contains(expected), "{extra}: {e}");
+            assert!(e.starts_with("jobs/app.toml:"), "{e}");
+        }
+        let e = error_of(&GOOD.replace("compression = \"gzip\"", "tasks = [\"vacuum\"]"));
+        assert!(e.contains("`tasks` does not apply to a backup job"), "{e}");
+        let e = error_of(&format!("reports = \"nowhere\"\n{GOOD}"));
+        assert!(e.contains("reports = 'nowhere': no such storage"), "{e}");
     }
 
     #[test]

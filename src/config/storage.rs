@@ -62,13 +62,13 @@ pub(super) struct RawStorage {
 /// A byte count: an integer, or a string with a unit ("16MiB", "8 MB").
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum Size {
+pub(super) enum Size {
     Bytes(i64),
     Text(String),
 }
 
 impl Size {
-    fn bytes(&self) -> Option<u64> {
+    pub(super) fn bytes(&self) -> Option<u64> {
         match self {
             Size::Bytes(n) => u64::try_from(*n).ok(),
             Size::Text(text) => parse_size(text),

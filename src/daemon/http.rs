@@ -17,7 +17,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Shared;
-use crate::model::JobKind;
 
 /// How long a readiness result is reused.
 const CACHE_FOR: Duration = Duration::from_secs(5);
@@ -109,9 +108,8 @@ async fn run_checks(shared: &Shared) -> Health {
     let mut databases = std::collections::BTreeMap::new();
     let mut storages = std::collections::BTreeMap::new();
     for job in config.jobs.values() {
-        let JobKind::Backup(spec) = &job.kind;
-        databases.insert(spec.database.name.clone(), spec.database.clone());
-        for s in &spec.storages {
+        databases.insert(job.database().name.clone(), job.database().clone());
+        for s in job.record_storages() {
             storages.insert(s.name.clone(), s.clone());
         }
     }

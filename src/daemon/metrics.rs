@@ -150,12 +150,12 @@ impl Metrics {
     }
 
     /// Makes every known job show up, with zeros, before its first run.
-    pub fn know_job(&self, name: &str) {
+    pub fn know_job(&self, name: &str, kind: &str) {
         let _ = self.running.get_or_create(&job(name));
         for outcome in Outcome::ALL {
             let _ = self.runs.get_or_create(&RunLabels {
                 job: name.to_owned(),
-                r#type: "backup".to_owned(),
+                r#type: kind.to_owned(),
                 outcome: outcome.name().to_owned(),
             });
         }
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn the_text_names_every_metric_an_alert_rule_uses() {
         let m = Metrics::default();
-        m.know_job("nightly");
+        m.know_job("nightly", "backup");
         let mut record = RunRecord::begin(
             "r".into(),
             "nightly",

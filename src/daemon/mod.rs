@@ -256,8 +256,8 @@ async fn reload(
     }
     book.set_jobs(entries(&config), clock.now());
     let jobs = config.jobs.len();
-    for name in config.jobs.keys() {
-        metrics.know_job(name);
+    for (name, job) in &config.jobs {
+        metrics.know_job(name, job.kind.name());
     }
     *shared.engine.write().unwrap_or_else(|p| p.into_inner()) =
         engine_for(config, clock.clone(), metrics);
@@ -270,8 +270,9 @@ async fn reload(
 /// what catch-up is for.
 async fn last_run_start(engine: &Engine, job: &str) -> Option<Timestamp> {
     let storage = first_storage(engine, job).await?;
+    let kind = engine.config.job(job).ok()?.kind.name();
     report::newest_records(storage.as_ref(), job, 1, |r| {
-        r.kind == "backup" && r.outcome != report::Outcome::Interrupted
+        r.kind == kind && r.outcome != report::Outcome::Interrupted
     })
     .await
     .ok()?
@@ -280,8 +281,7 @@ async fn last_run_start(engine: &Engine, job: &str) -> Option<Timestamp> {
 }
 
 async fn first_storage(engine: &Engine, job: &str) -> Option<Arc<dyn crate::storage::Storage>> {
-    let (_, spec) = engine.config.backup_job(job).ok()?;
-    let first = spec.storages.first()?;
+    let first = engine.config.job(job).ok()?.record_storages().first()?;
     match crate::storage::open(first).await {
         Ok(s) => Some(s),
         Err(e) => {
@@ -293,8 +293,8 @@ async fn first_storage(engine: &Engine, job: &str) -> Option<Arc<dyn crate::stor
 
 /// Seeds the metrics from the records in storage, so ages survive a restart.
 async fn absorb_history(engine: &Engine, metrics: &Metrics) {
-    for name in engine.config.jobs.keys() {
-        metrics.know_job(name);
+    for (name, job) in &engine.config.jobs {
+        metrics.know_job(name, job.kind.name());
         let Some(storage) = first_storage(engine, name).await else {
             continue;
         };

@@ -3,4 +3,5 @@
 //! decides when they run and records the outcome.
 
 pub mod backup;
+pub mod maintenance;
 pub mod restore;

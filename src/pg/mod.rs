@@ -2,6 +2,7 @@
 //! client programs (`pg_dump`, `pg_dumpall`, `pg_restore`) run as children.
 
 pub mod command;
+pub mod stats;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -196,6 +197,24 @@ impl RunLock {
 
 /// Connects to `dbname` (or the database the url names) of a declared database.
 pub async fn connect(db: &Database, dbname: Option<&str>) -> Result<Connection> {
+    open(db, dbname, None).await
+}
+
+/// Warnings and notices the server sent on a connection, in order.
+pub type Notices = tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::error::DbError>;
+
+/// [`connect`], keeping the server's notices: `VACUUM (SKIP_LOCKED)` says
+/// only by a warning that it skipped a table.
+pub async fn connect_with_notices(db: &Database) -> Result<(Connection, Notices)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    Ok((open(db, None, Some(tx)).await?, rx))
+}
+
+async fn open(
+    db: &Database,
+    dbname: Option<&str>,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<tokio_postgres::error::DbError>>,
+) -> Result<Connection> {
     let mut config = tokio_postgres::Config::from_str(&db.url)
         .map_err(|e| Error::config(format!("database {}: invalid url: {e}", db.name)))?;
     apply_libpq_defaults(&mut config);
@@ -212,13 +231,25 @@ pub async fn connect(db: &Database, dbname: Option<&str>) -> Result<Connection> 
     }
     config.application_name("backup");
     let target = config.get_dbname().unwrap_or("").to_owned();
-    let (client, connection) = config
+    let (client, mut connection) = config
         .connect(NoTls)
         .await
         .map_err(|e| connect_error(db, &target, e))?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("connection closed: {e}");
+        // The driver hands notices out as it reads them, before the reply of
+        // the statement that raised them: once a statement has returned, its
+        // notices are in the channel.
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
+                    if let Some(tx) = &notices {
+                        let _ = tx.send(notice);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break tracing::debug!("connection closed: {e}"),
+                None => break,
+            }
         }
     });
     Ok(Connection {

@@ -218,6 +218,15 @@ impl Cluster {
         self.hold(db, &format!("BEGIN; SELECT pg_advisory_lock({key});"))
     }
 
+    /// Holds a shared session-level advisory lock on `key`, as a dump does
+    /// on its database's key.
+    pub fn hold_advisory_lock_shared(&self, db: &str, key: i64) -> LockHolder {
+        self.hold(
+            db,
+            &format!("BEGIN; SELECT pg_advisory_lock_shared({key});"),
+        )
+    }
+
     pub fn create_db(&self, name: &str) {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
     }

@@ -1,0 +1,648 @@
+//! What the server knows about its tables, indexes and sessions: the facts
+//! maintenance picks its work by, and `backup db report` shows.
+//!
+//! Everything here reads catalogs and statistics, never table data, with one
+//! exception: `pgstatindex` (when the pgstattuple extension is installed)
+//! reads an index to measure its bloat exactly.
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::{Connection, query_error};
+use crate::error::Result;
+
+/// One table (or materialized view), with its statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStats {
+    #[serde(skip)]
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// The table, its TOAST and its indexes.
+    pub total_bytes: i64,
+    pub table_bytes: i64,
+    pub index_bytes: i64,
+    pub live_tuples: i64,
+    pub dead_tuples: i64,
+    pub modified_since_analyze: i64,
+    pub last_vacuum: Option<Timestamp>,
+    pub last_autovacuum: Option<Timestamp>,
+    pub last_analyze: Option<Timestamp>,
+    pub last_autoanalyze: Option<Timestamp>,
+    /// The older of the table's and its TOAST table's `age(relfrozenxid)`.
+    pub xid_age: i64,
+    /// The share of the table that is empty space, estimated from
+    /// `pg_stats`; `None` until the table has been analyzed.
+    pub bloat: Option<f64>,
+}
+
+impl TableStats {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Dead tuples as a share of all tuples.
+    pub fn dead_ratio(&self) -> f64 {
+        let all = self.live_tuples + self.dead_tuples;
+        if all <= 0 {
+            0.0
+        } else {
+            self.dead_tuples as f64 / all as f64
+        }
+    }
+
+    pub fn never_analyzed(&self) -> bool {
+        self.last_analyze.is_none() && self.last_autoanalyze.is_none()
+    }
+}
+
+/// One index, with its size and bloat.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexStats {
+    #[serde(skip)]
+    pub oid: u32,
+    #[serde(skip)]
+    pub table_oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub table: String,
+    pub bytes: i64,
+    pub valid: bool,
+    pub method: String,
+    pub scans: i64,
+    /// The share of the index that is empty space; `None` when it cannot be
+    /// told (not a B-tree, partial, or its table never analyzed).
+    pub bloat: Option<f64>,
+    /// Whether `bloat` was measured with pgstattuple rather than estimated.
+    pub bloat_exact: bool,
+    /// Whether another session is building an index on its table right now.
+    #[serde(skip)]
+    pub table_being_indexed: bool,
+}
+
+impl IndexStats {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// An invalid index named like the new or old copy REINDEX CONCURRENTLY
+    /// makes: what a failed or cancelled one leaves behind.
+    pub fn is_reindex_leftover(&self) -> bool {
+        if self.valid {
+            return false;
+        }
+        ["_ccnew", "_ccold"].iter().any(|suffix| {
+            self.name.rfind(suffix).is_some_and(|at| {
+                self.name[at + suffix.len()..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+        })
+    }
+}
+
+/// What the maintenance planner sees of a database.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub database: String,
+    pub tables: Vec<TableStats>,
+    pub indexes: Vec<IndexStats>,
+    pub freeze_max_age: i64,
+    pub freeze_table_age: i64,
+    /// `age(datfrozenxid)` of this database.
+    pub database_xid_age: i64,
+    /// Sizes came from `relpages` because a table's lock was held: they are
+    /// as of the table's last VACUUM or ANALYZE.
+    pub sizes_estimated: bool,
+    /// Whether the pgstattuple extension measured index bloat.
+    pub exact_index_bloat: bool,
+}
+
+fn micros(t: Option<i64>) -> Option<Timestamp> {
+    t.and_then(|us| Timestamp::from_microsecond(us).ok())
+}
+
+/// A timestamp column as microseconds since the epoch, for the driver.
+macro_rules! epoch_us {
+    ($col:literal) => {
+        concat!("(extract(epoch FROM ", $col, ") * 1000000)::int8")
+    };
+}
+
+const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'";
+
+/// Sizes measured (`pg_*_size` takes a lock on each table) or estimated from
+/// `relpages` (no lock; as of the last VACUUM or ANALYZE).
+fn table_query(exact_sizes: bool) -> String {
+    let (total, table, index) = if exact_sizes {
+        (
+            "pg_total_relation_size(c.oid)",
+            "pg_relation_size(c.oid)",
+            "pg_indexes_size(c.oid)",
+        )
+    } else {
+        (
+            "(c.relpages::int8 + coalesce(t.relpages, 0) + coalesce(ix.pages, 0)) * bs.size",
+            "c.relpages::int8 * bs.size",
+            "coalesce(ix.pages, 0) * bs.size",
+        )
+    };
+    format!(
+        "WITH bs AS (SELECT current_setting('block_size')::int8 AS size) \
+         SELECT c.oid, n.nspname::text, c.relname::text, {total}, {table}, {index}, \
+           coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0), coalesce(s.n_mod_since_analyze, 0), \
+           {}, {}, {}, {}, \
+           greatest(age(c.relfrozenxid), age(t.relfrozenxid))::int8, \
+           c.reltuples::float8, c.relpages::int8, bs.size, \
+           coalesce((SELECT (regexp_match(o, '^fillfactor=(\\d+)$'))[1]::int \
+                     FROM unnest(c.reloptions) o WHERE o LIKE 'fillfactor=%'), 100), \
+           st.width, st.columns, \
+           (SELECT count(*) FROM pg_attribute a \
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) \
+         FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         CROSS JOIN bs \
+         LEFT JOIN pg_class t ON t.oid = c.reltoastrelid \
+         LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid \
+         LEFT JOIN LATERAL (SELECT sum(ic.relpages)::int8 AS pages FROM pg_index x \
+                            JOIN pg_class ic ON ic.oid = x.indexrelid WHERE x.indrelid = c.oid) ix ON true \
+         LEFT JOIN LATERAL (SELECT sum(p.avg_width)::int8 AS width, count(*) AS columns FROM pg_stats p \
+                            WHERE p.schemaname = n.nspname AND p.tablename = c.relname \
+                              AND NOT p.inherited) st ON true \
+         WHERE c.relkind IN ('r', 'm') AND c.relpersistence <> 't' AND {SYSTEM_SCHEMAS} \
+         ORDER BY 2, 3",
+        epoch_us!("s.last_vacuum"),
+        epoch_us!("s.last_autovacuum"),
+        epoch_us!("s.last_analyze"),
+        epoch_us!("s.last_autoanalyze"),
+    )
+}
+
+/// Page header and line pointer sizes, and the alignment, of PostgreSQL's
+/// on-disk format (the same on every platform it builds on today).
+const PAGE_HEADER: f64 = 24.0;
+const LINE_POINTER: f64 = 4.0;
+const BTREE_SPECIAL: f64 = 16.0;
+
+fn maxalign(n: f64) -> f64 {
+    (n / 8.0).ceil() * 8.0
+}
+
+/// The share of `actual_pages` a table needs no longer, judged by how many
+/// pages `rows` rows of `row_width` bytes take when packed to `fillfactor`.
+pub fn heap_bloat(
+    rows: f64,
+    row_width: f64,
+    fillfactor: f64,
+    block: f64,
+    actual_pages: f64,
+) -> Option<f64> {
+    if actual_pages <= 0.0 || rows < 0.0 {
+        return None;
+    }
+    // A tuple: 23-byte header, aligned, then the data, aligned, plus its pointer.
+    let tuple = maxalign(23.0) + maxalign(row_width) + LINE_POINTER;
+    let per_page = ((block - PAGE_HEADER) * fillfactor / 100.0 / tuple)
+        .floor()
+        .max(1.0);
+    let needed = (rows / per_page).ceil();
+    Some((1.0 - needed / actual_pages).clamp(0.0, 1.0))
+}
+
+/// The same for a B-tree: leaf tuples of the key's width, pages filled to the
+/// index's fillfactor, one meta page.
+pub fn btree_bloat(
+    rows: f64,
+    key_width: f64,
+    fillfactor: f64,
+    block: f64,
+    actual_pages: f64,
+) -> Option<f64> {
+    if actual_pages <= 1.0 || rows < 0.0 {
+        return None;
+    }
+    let tuple = maxalign(8.0 + key_width) + LINE_POINTER;
+    let per_page = ((block - PAGE_HEADER - BTREE_SPECIAL) * fillfactor / 100.0 / tuple)
+        .floor()
+        .max(1.0);
+    let needed = (rows / per_page).ceil() + 1.0;
+    Some((1.0 - needed / actual_pages).clamp(0.0, 1.0))
+}
+
+/// Index sizes measured or, as for tables, estimated from `relpages`.
+fn index_query(exact_sizes: bool) -> String {
+    let bytes = if exact_sizes {
+        "pg_relation_size(ci.oid)"
+    } else {
+        "ci.relpages::int8 * bs.size"
+    };
+    format!(
+        "WITH bs AS (SELECT current_setting('block_size')::int8 AS size) \
+         SELECT ci.oid, i.indrelid, n.nspname::text, ci.relname::text, ct.relname::text, \
+           {bytes}, i.indisvalid, am.amname::text, coalesce(si.idx_scan, 0), \
+           i.indpred IS NOT NULL, ct.reltuples::float8, bs.size, \
+           coalesce((SELECT (regexp_match(o, '^fillfactor=(\\d+)$'))[1]::int \
+                     FROM unnest(ci.reloptions) o WHERE o LIKE 'fillfactor=%'), 90), \
+           (SELECT sum(st.avg_width)::int8 FROM unnest(i.indkey::int2[]) k(attnum) \
+              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+              JOIN pg_stats st ON st.schemaname = n.nspname AND st.tablename = ct.relname \
+                              AND st.attname = a.attname AND NOT st.inherited), \
+           (SELECT count(*) FROM unnest(i.indkey::int2[]) k(attnum) \
+              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+              JOIN pg_stats st ON st.schemaname = n.nspname AND st.tablename = ct.relname \
+                              AND st.attname = a.attname AND NOT st.inherited), \
+           i.indnatts::int8, \
+           EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.relid = i.indrelid) \
+         FROM pg_index i \
+         JOIN pg_class ci ON ci.oid = i.indexrelid \
+         JOIN pg_class ct ON ct.oid = i.indrelid \
+         JOIN pg_namespace n ON n.oid = ci.relnamespace \
+         JOIN pg_am am ON am.oid = ci.relam \
+         CROSS JOIN bs \
+         LEFT JOIN pg_stat_all_indexes si ON si.indexrelid = i.indexrelid \
+         WHERE ci.relkind = 'i' AND ct.relkind IN ('r', 'm') AND ct.relpersistence <> 't' \
+           AND {SYSTEM_SCHEMAS} \
+         ORDER BY 3, 4"
+    )
+}
+
+fn table_from_row(r: &tokio_postgres::Row) -> TableStats {
+    let width: Option<i64> = r.get(18);
+    let analyzed: i64 = r.get(19);
+    let columns: i64 = r.get(20);
+    let rows: f64 = r.get(14);
+    let block = r.get::<_, i64>(16) as f64;
+    let table_bytes: i64 = r.get(4);
+    let bloat = match width {
+        // Only with every column analyzed: a missing width would read as bloat.
+        Some(w) if columns > 0 && analyzed == columns && rows >= 0.0 => heap_bloat(
+            rows,
+            w as f64,
+            f64::from(r.get::<_, i32>(17)),
+            block,
+            table_bytes as f64 / block,
+        ),
+        _ => None,
+    };
+    TableStats {
+        oid: r.get(0),
+        schema: r.get(1),
+        name: r.get(2),
+        total_bytes: r.get(3),
+        table_bytes,
+        index_bytes: r.get(5),
+        live_tuples: r.get(6),
+        dead_tuples: r.get(7),
+        modified_since_analyze: r.get(8),
+        last_vacuum: micros(r.get(9)),
+        last_autovacuum: micros(r.get(10)),
+        last_analyze: micros(r.get(11)),
+        last_autoanalyze: micros(r.get(12)),
+        xid_age: r.get::<_, Option<i64>>(13).unwrap_or(0),
+        bloat,
+    }
+}
+
+fn index_from_row(r: &tokio_postgres::Row) -> IndexStats {
+    let method: String = r.get(7);
+    let partial: bool = r.get(9);
+    let rows: f64 = r.get(10);
+    let block = r.get::<_, i64>(11) as f64;
+    let width: Option<i64> = r.get(13);
+    let analyzed: i64 = r.get(14);
+    let columns: i64 = r.get(15);
+    let bytes: i64 = r.get(5);
+    // Expressions have no column statistics to go by, nor do partial
+    // indexes a row count.
+    let bloat = match width {
+        Some(w) if method == "btree" && !partial && analyzed == columns && rows >= 0.0 => {
+            btree_bloat(
+                rows,
+                w as f64,
+                f64::from(r.get::<_, i32>(12)),
+                block,
+                bytes as f64 / block,
+            )
+        }
+        _ => None,
+    };
+    IndexStats {
+        oid: r.get(0),
+        table_oid: r.get(1),
+        schema: r.get(2),
+        name: r.get(3),
+        table: r.get(4),
+        bytes,
+        valid: r.get(6),
+        method,
+        scans: r.get(8),
+        bloat,
+        bloat_exact: false,
+        table_being_indexed: r.get(16),
+    }
+}
+
+/// Reads every user table and index of the connection's database, with the
+/// bloat of B-tree indexes measured by pgstattuple when asked and installed.
+/// Waits at most the connection's `lock_timeout` on a locked table, then
+/// takes sizes from the statistics.
+pub async fn inventory(conn: &Connection, exact_index_bloat: bool) -> Result<Inventory> {
+    let what = |w: &str| format!("reading {w} of database {}", conn.dbname);
+    let mut sizes_estimated = false;
+    let mut tables = None;
+    let mut indexes = None;
+    for exact in [true, false] {
+        let both = async {
+            let t = conn.client.query(&table_query(exact), &[]).await?;
+            let i = conn.client.query(&index_query(exact), &[]).await?;
+            Ok::<_, tokio_postgres::Error>((t, i))
+        };
+        match both.await {
+            Ok((t, i)) => {
+                tables = Some(t);
+                indexes = Some(i);
+                break;
+            }
+            // A relation locked by another session: its size is not worth the wait.
+            Err(e) if exact && is_lock_timeout(&e) => {
+                tracing::info!(
+                    "a table of {} is locked; sizes are taken from the statistics instead",
+                    conn.dbname
+                );
+                sizes_estimated = true;
+            }
+            Err(e) => return Err(query_error(&what("table and index statistics"), e)),
+        }
+    }
+    let tables: Vec<TableStats> = tables.iter().flatten().map(table_from_row).collect();
+    let mut indexes: Vec<IndexStats> = indexes.iter().flatten().map(index_from_row).collect();
+    let settings = conn
+        .client
+        .query_one(
+            "SELECT current_setting('autovacuum_freeze_max_age')::int8, \
+                    current_setting('vacuum_freeze_table_age')::int8, \
+                    age(datfrozenxid)::int8, \
+                    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pgstattuple') \
+             FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(&what("settings"), e))?;
+    let has_pgstattuple: bool = settings.get(3);
+    let exact = exact_index_bloat && has_pgstattuple;
+    if exact {
+        for index in indexes
+            .iter_mut()
+            .filter(|i| i.method == "btree" && i.valid)
+        {
+            measure_index(conn, index).await;
+        }
+    }
+    Ok(Inventory {
+        database: conn.dbname.clone(),
+        tables,
+        indexes,
+        freeze_max_age: settings.get(0),
+        freeze_table_age: settings.get(1),
+        database_xid_age: settings.get(2),
+        sizes_estimated,
+        exact_index_bloat: exact,
+    })
+}
+
+/// Measures a B-tree's bloat with `pgstatindex`: how far its leaf pages are
+/// below the fill the index was built with. Keeps the estimate on failure.
+async fn measure_index(conn: &Connection, index: &mut IndexStats) {
+    let row = conn
+        .client
+        .query_one(
+            "SELECT avg_leaf_density, leaf_pages, \
+               coalesce((SELECT (regexp_match(o, '^fillfactor=(\\d+)$'))[1]::int \
+                         FROM unnest(c.reloptions) o WHERE o LIKE 'fillfactor=%'), 90) \
+             FROM pgstatindex($1::oid::regclass), pg_class c WHERE c.oid = $1::oid",
+            &[&index.oid],
+        )
+        .await;
+    match row {
+        Ok(row) => {
+            let density: f64 = row.get(0);
+            let leaves: i64 = row.get(1);
+            let fill: i32 = row.get(2);
+            if density.is_finite() && leaves > 0 {
+                index.bloat = Some((1.0 - density / f64::from(fill)).clamp(0.0, 1.0));
+                index.bloat_exact = true;
+            }
+        }
+        Err(e) => tracing::debug!("pgstatindex on {}: {e}", index.qualified()),
+    }
+}
+
+/// The statistics of one table, re-read after work on it. Waits at most the
+/// connection's `lock_timeout`.
+pub async fn table(conn: &Connection, oid: u32) -> Result<Option<TableStats>> {
+    let sql = table_query(true).replace("ORDER BY 2, 3", "AND c.oid = $1 ORDER BY 2, 3");
+    let rows = conn
+        .client
+        .query(&sql, &[&oid])
+        .await
+        .map_err(|e| query_error("re-reading a table's statistics", e))?;
+    Ok(rows.first().map(table_from_row))
+}
+
+/// The size of one index now, or `None` if it is gone.
+pub async fn index_bytes(conn: &Connection, schema: &str, name: &str) -> Result<Option<i64>> {
+    let qualified = format!(
+        "{}.{}",
+        super::quote_ident(schema),
+        super::quote_ident(name)
+    );
+    let row = conn
+        .client
+        .query_one("SELECT pg_relation_size(to_regclass($1))", &[&qualified])
+        .await
+        .map_err(|e| query_error("measuring an index", e))?;
+    Ok(row.get(0))
+}
+
+/// Whether a statement failed because a lock was not granted in time.
+pub fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// Whether the server is a standby, where VACUUM and REINDEX cannot run.
+pub async fn in_recovery(conn: &Connection) -> Result<bool> {
+    let row = conn
+        .client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(|e| query_error("asking whether the server is a standby", e))?;
+    Ok(row.get(0))
+}
+
+/// Transaction-ID age of one database.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseAge {
+    pub database: String,
+    pub xid_age: i64,
+    /// `xid_age` as a share of `autovacuum_freeze_max_age`.
+    pub of_freeze_max_age: f64,
+}
+
+/// Sessions of one database in one state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sessions {
+    pub database: String,
+    pub state: String,
+    pub count: i64,
+}
+
+/// A statement or transaction going on for long.
+#[derive(Debug, Clone, Serialize)]
+pub struct LongQuery {
+    pub pid: i32,
+    pub user: String,
+    pub database: String,
+    pub state: String,
+    pub running_seconds: f64,
+    pub transaction_seconds: Option<f64>,
+    pub query: String,
+}
+
+pub async fn database_ages(conn: &Connection) -> Result<Vec<DatabaseAge>> {
+    let rows = conn
+        .client
+        .query(
+            "SELECT datname::text, age(datfrozenxid)::int8, \
+                    age(datfrozenxid)::float8 / current_setting('autovacuum_freeze_max_age')::float8 \
+             FROM pg_database WHERE datallowconn ORDER BY 2 DESC, 1",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("reading transaction-ID ages", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| DatabaseAge {
+            database: r.get(0),
+            xid_age: r.get(1),
+            of_freeze_max_age: r.get(2),
+        })
+        .collect())
+}
+
+pub async fn sessions(conn: &Connection) -> Result<Vec<Sessions>> {
+    let rows = conn
+        .client
+        .query(
+            "SELECT coalesce(datname, '')::text, coalesce(state, '')::text, count(*) \
+             FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_stat_activity", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Sessions {
+            database: r.get(0),
+            state: r.get(1),
+            count: r.get(2),
+        })
+        .collect())
+}
+
+/// Statements running, or transactions open, for longer than `minutes`.
+pub async fn long_queries(conn: &Connection, minutes: i32) -> Result<Vec<LongQuery>> {
+    let rows = conn
+        .client
+        .query(
+            "SELECT pid, coalesce(usename, '')::text, coalesce(datname, '')::text, \
+                    coalesce(state, '')::text, \
+                    extract(epoch FROM now() - query_start)::float8, \
+                    extract(epoch FROM now() - xact_start)::float8, \
+                    left(query, 300) \
+             FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+               AND state IS DISTINCT FROM 'idle' \
+               AND (query_start < now() - make_interval(mins => $1) \
+                    OR xact_start < now() - make_interval(mins => $1)) \
+             ORDER BY least(query_start, xact_start)",
+            &[&minutes],
+        )
+        .await
+        .map_err(|e| query_error("reading pg_stat_activity", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| LongQuery {
+            pid: r.get(0),
+            user: r.get(1),
+            database: r.get(2),
+            state: r.get(3),
+            running_seconds: r.get::<_, Option<f64>>(4).unwrap_or(0.0),
+            transaction_seconds: r.get(5),
+            query: r.get(6),
+        })
+        .collect())
+}
+
+/// Sets how long each statement of `conn` waits for a lock.
+pub async fn set_lock_timeout(conn: &Connection, limit: std::time::Duration) -> Result<()> {
+    let ms = limit.as_millis().max(1);
+    conn.client
+        .batch_execute(&format!("SET lock_timeout = '{ms}ms'"))
+        .await
+        .map_err(|e| query_error("setting lock_timeout", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_table_has_no_bloat_and_a_tenth_full_one_has_ninety_percent() {
+        // 100 000 rows of 32 bytes: 24 + 32 + 4 = 60 bytes a tuple, 136 a page.
+        let packed = (100_000.0_f64 / 136.0).ceil();
+        assert_eq!(
+            heap_bloat(100_000.0, 32.0, 100.0, 8192.0, packed),
+            Some(0.0)
+        );
+        let b = heap_bloat(10_000.0, 32.0, 100.0, 8192.0, packed).unwrap();
+        assert!((0.89..0.91).contains(&b), "{b}");
+        assert_eq!(heap_bloat(10.0, 32.0, 100.0, 8192.0, 0.0), None);
+    }
+
+    #[test]
+    fn btree_bloat_counts_the_meta_page_and_the_fillfactor() {
+        // An int4 key: 8 + 4 -> 16, plus 4: 20 bytes; (8192-40)*0.9/20 = 366 a page.
+        let fresh = (100_000.0_f64 / 366.0).ceil() + 1.0;
+        let b = btree_bloat(100_000.0, 4.0, 90.0, 8192.0, fresh).unwrap();
+        assert!(b < 0.01, "{b}");
+        let b = btree_bloat(10_000.0, 4.0, 90.0, 8192.0, fresh).unwrap();
+        assert!((0.88..0.91).contains(&b), "{b}");
+    }
+
+    #[test]
+    fn leftovers_of_reindex_concurrently_are_told_apart() {
+        let index = |name: &str, valid: bool| IndexStats {
+            oid: 1,
+            table_oid: 2,
+            schema: "public".into(),
+            name: name.into(),
+            table: "t".into(),
+            bytes: 0,
+            valid,
+            method: "btree".into(),
+            scans: 0,
+            bloat: None,
+            bloat_exact: false,
+            table_being_indexed: false,
+        };
+        assert!(index("t_pkey_ccnew", false).is_reindex_leftover());
+        assert!(index("t_pkey_ccnew1", false).is_reindex_leftover());
+        assert!(index("t_pkey_ccold", false).is_reindex_leftover());
+        assert!(!index("t_pkey_ccnew", true).is_reindex_leftover());
+        assert!(!index("t_pkey", false).is_reindex_leftover());
+        assert!(!index("t_ccnewer", false).is_reindex_leftover());
+    }
+}
