@@ -109,10 +109,23 @@ impl Output {
                 "stored_in": o.stored_in,
                 "failed_storages": o.failed.iter().map(|(s, e)| json!({"storage": s, "error": e.to_string()})).collect::<Vec<_>>(),
             }),
-            Output::Maintenance(o) => serde_json::to_value(o).unwrap_or_default(),
+            Output::Maintenance(o) => {
+                let mut details = serde_json::to_value(o).unwrap_or_default();
+                // Every step is evidence; the tables left alone, past the
+                // first few hundred, are only a count.
+                if let Some(list) = details["left_alone"].as_array_mut() {
+                    let total = list.len();
+                    list.truncate(LEFT_ALONE_KEPT);
+                    details["left_alone_total"] = json!(total);
+                }
+                details
+            }
         }
     }
 }
+
+/// How many tables left alone a maintenance record names.
+const LEFT_ALONE_KEPT: usize = 200;
 
 /// How a job shares its database with dumps.
 fn database_use(job: &Job) -> DatabaseUse {

@@ -339,7 +339,9 @@ pub async fn read_record(storage: &dyn Storage, key: &Key) -> Result<Option<RunR
     })
 }
 
-const RECORD_LIMIT: u64 = 1 << 20;
+/// A maintenance run of a database with thousands of tables keeps a step
+/// each: a few MiB. Anything bigger is not one of ours.
+const RECORD_LIMIT: u64 = 16 << 20;
 /// How many records a search reads at most, newest first.
 const SCAN_LIMIT: usize = 1000;
 

@@ -260,6 +260,56 @@ fn a_daemon_runs_its_schedule_and_answers_health_and_metrics() {
     assert_eq!(complete, with_outcome(&records, "succeeded").len());
 }
 
+#[test]
+fn a_scheduled_maintenance_job_runs_records_and_shows_in_metrics() {
+    let setup = Setup::new("", "");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(
+        "\n[jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
+         tasks = [\"analyze\"]\nschedule = \"* * * * * *\"\n",
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+    let dir = setup.backups.join("tidy").join("reports");
+    wait_for("two maintenance runs", Duration::from_secs(90), || {
+        std::fs::read_dir(&dir).map_or(0, |d| d.count()) >= 2
+    });
+    let (_, text) = get(daemon.port, "/metrics").unwrap();
+    let succeeded = metric(
+        &text,
+        r#"backup_runs_total{job="tidy",type="maintenance",outcome="succeeded"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(succeeded >= 1.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            r#"backup_last_success_timestamp_seconds{job="tidy"}"#
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert_eq!(daemon.stop(Duration::from_secs(60)), 0);
+    assert!(
+        backup_dirs(&setup).is_empty(),
+        "the backup job has no schedule: only maintenance ran"
+    );
+    let first: Value = serde_json::from_slice(
+        &std::fs::read(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .next()
+                .unwrap()
+                .path(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["kind"], "maintenance");
+    assert_eq!(first["trigger"], "schedule");
+}
+
 /// A daemon on a per-second schedule whose first backup waits on a table
 /// lock until the returned holder is released.
 fn a_daemon_with_a_blocked_backup(grace: &str) -> (Setup, common::LockHolder, Daemon) {

@@ -505,3 +505,23 @@ fn db_report_ranks_the_bloated_table_first_by_dead_tuples() {
         run.all()
     );
 }
+
+#[test]
+fn a_maintenance_run_past_its_timeout_fails_as_timed_out_and_is_recorded() {
+    let setup = setup(
+        BLOATED,
+        "\n[jobs.shrink]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
+         tasks = [\"vacuum-full\"]\ntables = [\"m.*\"]\ntimeout = \"2s\"\n",
+    );
+    // A dump that never ends, as far as the heavy job can tell.
+    let _dump = setup
+        .cluster
+        .hold_advisory_lock_shared("app", backup::pg::lock_key("backup database app"));
+    let child = setup.spawn_backup_with(&["run", "shrink"], &[]);
+    let run = finish(child, Duration::from_secs(60));
+    assert_eq!(run.code, 10, "{}", run.all());
+    assert!(run.stderr.contains("timed out after 2s"), "{}", run.all());
+    let records = records(&setup, "shrink");
+    assert_eq!(records.last().unwrap()["outcome"], "timed_out");
+    assert!(dead_tuples(&setup, "m.bloated") > 70_000);
+}

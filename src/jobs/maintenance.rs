@@ -596,9 +596,31 @@ async fn open(spec: &MaintenanceJob) -> Result<(Connection, Notices, u32, Option
         return Ok((conn, notices, major, None));
     }
     stats::set_lock_timeout(&conn, spec.lock_timeout).await?;
-    let exact = spec.tasks.contains(&Task::Reindex);
-    let inventory = stats::inventory(&conn, exact).await?;
+    let mut inventory = stats::inventory(&conn).await?;
+    if spec.tasks.contains(&Task::Reindex) && inventory.has_pgstattuple && !spec.targets.all {
+        measure_candidates(&conn, &mut inventory, &spec.targets).await;
+    }
     Ok((conn, notices, major, Some(inventory)))
+}
+
+/// Measures, with pgstattuple, the B-trees the plan could rebuild: those of
+/// tables in scope and not too small. Every other index keeps its estimate.
+async fn measure_candidates(conn: &Connection, inv: &mut Inventory, targets: &Targets) {
+    let min = i64::try_from(targets.min_table_size).unwrap_or(i64::MAX);
+    let candidates: std::collections::BTreeSet<u32> = inv
+        .tables
+        .iter()
+        .filter(|t| in_scope(targets, t).is_ok() && t.total_bytes >= min)
+        .map(|t| t.oid)
+        .collect();
+    for index in inv
+        .indexes
+        .iter_mut()
+        .filter(|i| i.method == "btree" && i.valid && candidates.contains(&i.table_oid))
+    {
+        stats::measure_index(conn, index).await;
+    }
+    inv.exact_index_bloat = true;
 }
 
 /// The plan a run would carry out now. Changes nothing.
@@ -964,6 +986,7 @@ mod tests {
             freeze_table_age: 150_000_000,
             database_xid_age: 1000,
             sizes_estimated: false,
+            has_pgstattuple: false,
             exact_index_bloat: false,
         }
     }

@@ -114,7 +114,9 @@ pub struct Inventory {
     /// Sizes came from `relpages` because a table's lock was held: they are
     /// as of the table's last VACUUM or ANALYZE.
     pub sizes_estimated: bool,
-    /// Whether the pgstattuple extension measured index bloat.
+    /// Whether the pgstattuple extension is installed in the database.
+    pub has_pgstattuple: bool,
+    /// Whether pgstattuple measured the bloat of the indexes that matter.
     pub exact_index_bloat: bool,
 }
 
@@ -343,11 +345,10 @@ fn index_from_row(r: &tokio_postgres::Row) -> IndexStats {
     }
 }
 
-/// Reads every user table and index of the connection's database, with the
-/// bloat of B-tree indexes measured by pgstattuple when asked and installed.
-/// Waits at most the connection's `lock_timeout` on a locked table, then
-/// takes sizes from the statistics.
-pub async fn inventory(conn: &Connection, exact_index_bloat: bool) -> Result<Inventory> {
+/// Reads every user table and index of the connection's database. Waits at
+/// most the connection's `lock_timeout` on a locked table, then takes sizes
+/// from the statistics. Index bloat is estimated; [`measure_index`] measures it.
+pub async fn inventory(conn: &Connection) -> Result<Inventory> {
     let what = |w: &str| format!("reading {w} of database {}", conn.dbname);
     let mut sizes_estimated = false;
     let mut tables = None;
@@ -376,7 +377,7 @@ pub async fn inventory(conn: &Connection, exact_index_bloat: bool) -> Result<Inv
         }
     }
     let tables: Vec<TableStats> = tables.iter().flatten().map(table_from_row).collect();
-    let mut indexes: Vec<IndexStats> = indexes.iter().flatten().map(index_from_row).collect();
+    let indexes: Vec<IndexStats> = indexes.iter().flatten().map(index_from_row).collect();
     let settings = conn
         .client
         .query_one(
@@ -389,16 +390,6 @@ pub async fn inventory(conn: &Connection, exact_index_bloat: bool) -> Result<Inv
         )
         .await
         .map_err(|e| query_error(&what("settings"), e))?;
-    let has_pgstattuple: bool = settings.get(3);
-    let exact = exact_index_bloat && has_pgstattuple;
-    if exact {
-        for index in indexes
-            .iter_mut()
-            .filter(|i| i.method == "btree" && i.valid)
-        {
-            measure_index(conn, index).await;
-        }
-    }
     Ok(Inventory {
         database: conn.dbname.clone(),
         tables,
@@ -407,13 +398,16 @@ pub async fn inventory(conn: &Connection, exact_index_bloat: bool) -> Result<Inv
         freeze_table_age: settings.get(1),
         database_xid_age: settings.get(2),
         sizes_estimated,
-        exact_index_bloat: exact,
+        has_pgstattuple: settings.get(3),
+        exact_index_bloat: false,
     })
 }
 
-/// Measures a B-tree's bloat with `pgstatindex`: how far its leaf pages are
-/// below the fill the index was built with. Keeps the estimate on failure.
-async fn measure_index(conn: &Connection, index: &mut IndexStats) {
+/// Measures a B-tree's bloat with `pgstatindex` (pgstattuple): how far its
+/// leaf pages are below the fill the index was built with. It reads the
+/// whole index, so callers measure only what they might rebuild. Keeps the
+/// estimate on failure.
+pub async fn measure_index(conn: &Connection, index: &mut IndexStats) {
     let row = conn
         .client
         .query_one(
