@@ -525,3 +525,38 @@ fn a_maintenance_run_past_its_timeout_fails_as_timed_out_and_is_recorded() {
     assert_eq!(records.last().unwrap()["outcome"], "timed_out");
     assert!(dead_tuples(&setup, "m.bloated") > 70_000);
 }
+
+#[test]
+fn on_a_standby_the_job_does_nothing_and_says_so() {
+    let setup = setup(BLOATED, "");
+    let standby = setup.cluster.standby();
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "\n[databases.replica]\nurl = \"{}\"\npassword_file = \"{}\"\n\
+         \n[jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"replica\"\ntasks = [\"vacuum\", \"reindex\"]\n",
+        standby.url("app"),
+        standby.password_file.display()
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+
+    let run = setup.backup(&["run", "tidy", "--dry-run"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stdout.contains("the server is a standby"),
+        "{}",
+        run.stdout
+    );
+
+    let run = setup.backup(&["run", "tidy"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stdout
+            .contains("database app is a standby: nothing done"),
+        "{}",
+        run.stdout
+    );
+    let records = records(&setup, "tidy");
+    assert_eq!(records[0]["outcome"], "succeeded");
+    assert_eq!(records[0]["details"]["standby"], true);
+    assert!(dead_tuples(&setup, "m.bloated") > 70_000);
+}

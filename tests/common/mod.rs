@@ -90,6 +90,59 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        Cluster::launch(dir, password_file, run_as, bindir)
+    }
+
+    /// A hot standby of this cluster, streaming from it: read-only, in recovery.
+    pub fn standby(&self) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("backup-test-pg-standby-")
+            .tempdir()
+            .expect("temp dir");
+        let password_file = dir.path().join("password");
+        std::fs::copy(&self.password_file, &password_file).unwrap();
+        if self.run_as.is_some() {
+            chown_to_postgres(dir.path());
+            chown_to_postgres(&password_file);
+        }
+        let data = dir.path().join("data");
+        let port = self.port.to_string();
+        let out = server_output(
+            &self.run_as,
+            &self.bindir,
+            "pg_basebackup",
+            &[
+                "-h",
+                self.dir.path().to_str().unwrap(),
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "--no-sync",
+                // A spread checkpoint would take minutes.
+                "--checkpoint=fast",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Cluster::launch(dir, password_file, self.run_as.clone(), self.bindir.clone())
+    }
+
+    /// Starts the server whose data directory is `dir/data`, on a free port.
+    fn launch(
+        dir: tempfile::TempDir,
+        password_file: PathBuf,
+        run_as: Option<String>,
+        bindir: PathBuf,
+    ) -> Cluster {
+        let data = dir.path().join("data");
+        let server = |program: &str, args: &[&str]| server_output(&run_as, &bindir, program, args);
         let log = dir.path().join("server.log");
         let mut last_error = String::new();
         // A port can be taken between choosing and binding it: try a few.
