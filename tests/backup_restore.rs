@@ -551,6 +551,11 @@ fn the_example_job_file_is_valid() {
     );
     assert!(run.ok(), "{}", run.all());
     assert!(run.stdout.contains("job nightly (backup)"), "{}", run.all());
+    assert!(
+        run.stdout.contains("job tidy (maintenance)"),
+        "{}",
+        run.all()
+    );
 }
 
 #[test]
