@@ -91,6 +91,14 @@ fn records(setup: &Setup, job: &str) -> Vec<Value> {
         .collect()
 }
 
+/// What a running dump of `app` holds, as far as other jobs can tell: the
+/// database's advisory lock, shared.
+fn a_running_dump(setup: &Setup) -> common::LockHolder {
+    setup
+        .cluster
+        .hold_advisory_lock_shared("app", backup::pg::lock_key("backup database app"))
+}
+
 /// Waits for a spawned `backup`, killing it and failing after `limit`.
 fn finish(mut child: Child, limit: Duration) -> common::Run {
     let started = Instant::now();
@@ -446,10 +454,7 @@ fn heavy_maintenance_waits_for_a_running_dump_of_its_database() {
         "\n[jobs.shrink]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
          tasks = [\"vacuum-full\"]\ntables = [\"m.*\"]\n",
     );
-    // What a running dump holds: the database's lock, shared.
-    let dump = setup
-        .cluster
-        .hold_advisory_lock_shared("app", backup::pg::lock_key("backup database app"));
+    let dump = a_running_dump(&setup);
     let child = setup.spawn_backup_with(&["run", "shrink"], &[]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -514,9 +519,7 @@ fn a_maintenance_run_past_its_timeout_fails_as_timed_out_and_is_recorded() {
          tasks = [\"vacuum-full\"]\ntables = [\"m.*\"]\ntimeout = \"2s\"\n",
     );
     // A dump that never ends, as far as the heavy job can tell.
-    let _dump = setup
-        .cluster
-        .hold_advisory_lock_shared("app", backup::pg::lock_key("backup database app"));
+    let _dump = a_running_dump(&setup);
     let child = setup.spawn_backup_with(&["run", "shrink"], &[]);
     let run = finish(child, Duration::from_secs(60));
     assert_eq!(run.code, 10, "{}", run.all());

@@ -906,21 +906,7 @@ async fn clean_leftovers(conn: &Connection, notices: &mut Notices, step: &Step) 
     let stem: String = index.chars().take(50).collect();
     for row in rows {
         let name: String = row.get(0);
-        let leftover = IndexStats {
-            oid: 0,
-            table_oid: step.table_oid,
-            schema: step.schema.clone(),
-            name: name.clone(),
-            table: step.table.clone(),
-            bytes: 0,
-            valid: false,
-            method: String::new(),
-            scans: 0,
-            bloat: None,
-            bloat_exact: false,
-            table_being_indexed: false,
-        };
-        if !name.starts_with(&stem) || !leftover.is_reindex_leftover() {
+        if !name.starts_with(&stem) || !stats::is_leftover_name(&name) {
             continue;
         }
         let drop = Step {

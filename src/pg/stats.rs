@@ -88,17 +88,20 @@ impl IndexStats {
     /// An invalid index named like the new or old copy REINDEX CONCURRENTLY
     /// makes: what a failed or cancelled one leaves behind.
     pub fn is_reindex_leftover(&self) -> bool {
-        if self.valid {
-            return false;
-        }
-        ["_ccnew", "_ccold"].iter().any(|suffix| {
-            self.name.rfind(suffix).is_some_and(|at| {
-                self.name[at + suffix.len()..]
-                    .bytes()
-                    .all(|b| b.is_ascii_digit())
-            })
-        })
+        !self.valid && is_leftover_name(&self.name)
     }
+}
+
+/// Whether `name` ends like the copies REINDEX CONCURRENTLY makes:
+/// `_ccnew`, `_ccold`, with a number when the name was taken.
+pub fn is_leftover_name(name: &str) -> bool {
+    ["_ccnew", "_ccold"].iter().any(|suffix| {
+        name.rfind(suffix).is_some_and(|at| {
+            name[at + suffix.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+    })
 }
 
 /// What the maintenance planner sees of a database.
