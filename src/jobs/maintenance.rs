@@ -596,6 +596,13 @@ async fn open(spec: &MaintenanceJob) -> Result<(Connection, Notices, u32, Option
         return Ok((conn, notices, major, None));
     }
     stats::set_lock_timeout(&conn, spec.lock_timeout).await?;
+    // A role's statement_timeout is for the application's queries; a VACUUM
+    // FULL of a big table outlasts it. The job's `timeout` bounds the run
+    // instead (pg_dump turns it off the same way).
+    conn.client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(|e| pg::query_error("setting statement_timeout", e))?;
     let mut inventory = stats::inventory(&conn).await?;
     if spec.tasks.contains(&Task::Reindex) && inventory.has_pgstattuple && !spec.targets.all {
         measure_candidates(&conn, &mut inventory, &spec.targets).await;
