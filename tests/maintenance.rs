@@ -240,7 +240,7 @@ fn vacuum_full_shrinks_and_reindex_rebuilds_bloated_indexes_concurrently() {
         "\n[jobs.shrink]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
          tasks = [\"vacuum-full\"]\ntables = [\"m.shrink\"]\n\
          \n[jobs.rebuild]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
-         tasks = [\"reindex\"]\ntables = [\"m.idx\"]\n",
+         tasks = [\"reindex\"]\ntables = [\"m.idx\"]\nmin_index_bloat = 0.8\n",
     );
     let size = |rel: &str| -> i64 {
         value(&setup, &format!("SELECT pg_total_relation_size('{rel}')"))
@@ -313,14 +313,17 @@ fn a_table_whose_lock_stays_busy_is_skipped_and_named_and_the_rest_is_done() {
     let mut sql = BLOATED.to_vec();
     sql.extend([
         "CREATE TABLE m.busy (id int, payload text) WITH (autovacuum_enabled = off);
-         INSERT INTO m.busy SELECT g, repeat('b', 100) FROM generate_series(1, 50000) g;",
+         INSERT INTO m.busy SELECT g, repeat('b', 100) FROM generate_series(1, 50000) g;
+         CREATE INDEX busy_id ON m.busy (id);",
         "ANALYZE m.busy",
         "DELETE FROM m.busy",
     ]);
     let setup = setup(
         &sql,
         "\n[jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
-         tasks = [\"vacuum\"]\ntables = [\"m.*\"]\nlock_timeout = \"500ms\"\nlock_retries = 1\n",
+         tasks = [\"vacuum\"]\ntables = [\"m.*\"]\nlock_timeout = \"500ms\"\nlock_retries = 1\n\
+         \n[jobs.rebuild]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
+         tasks = [\"reindex\"]\ntables = [\"m.busy\"]\nall = true\nlock_timeout = \"500ms\"\nlock_retries = 1\n",
     );
     let holder = setup.cluster.hold_lock("app", "m.busy");
     let child = setup.spawn_backup_with(&["--json", "run", "tidy"], &[]);
@@ -338,6 +341,18 @@ fn a_table_whose_lock_stays_busy_is_skipped_and_named_and_the_rest_is_done() {
             .as_str()
             .unwrap()
             .contains("held a conflicting lock through 2 tries"),
+        "{busy:#}"
+    );
+    // The note names who holds it.
+    assert!(
+        busy["note"]
+            .as_str()
+            .unwrap()
+            .contains("(psql, user postgres, idle in transaction for")
+            && busy["note"]
+                .as_str()
+                .unwrap()
+                .contains("AccessExclusiveLock)"),
         "{busy:#}"
     );
     assert_eq!(step(&out[0], "vacuum", "bloated")["status"], "done");
@@ -366,6 +381,27 @@ fn a_table_whose_lock_stays_busy_is_skipped_and_named_and_the_rest_is_done() {
     assert_eq!(r["outcome"], "succeeded");
     let busy = step(&r["details"], "vacuum", "busy");
     assert_eq!(busy["status"], "skipped", "{r:#}");
+
+    // REINDEX CONCURRENTLY does not even start while the lock is held, so it
+    // leaves no half-built copy either.
+    let holder = setup.cluster.hold_lock("app", "m.busy");
+    let run = finish(
+        setup.spawn_backup_with(&["--json", "run", "rebuild"], &[]),
+        Duration::from_secs(60),
+    );
+    assert!(run.ok(), "{}", run.all());
+    let out: Value = serde_json::from_str(&run.stdout).unwrap();
+    let s = step(&out[0], "reindex", "busy");
+    assert_eq!(s["status"], "skipped", "{s:#}");
+    assert!(
+        s["note"].as_str().unwrap().contains("AccessExclusiveLock"),
+        "{s:#}"
+    );
+    holder.release();
+    assert_eq!(
+        value(&setup, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "0"
+    );
 }
 
 #[test]
@@ -561,5 +597,51 @@ fn on_a_standby_the_job_does_nothing_and_says_so() {
     let records = records(&setup, "tidy");
     assert_eq!(records[0]["outcome"], "succeeded");
     assert_eq!(records[0]["details"]["standby"], true);
+    assert!(dead_tuples(&setup, "m.bloated") > 70_000);
+}
+
+#[test]
+fn tables_the_role_may_not_maintain_are_left_alone_and_say_whose_they_are() {
+    let mut sql = BLOATED.to_vec();
+    let create = format!(
+        "CREATE ROLE maint LOGIN PASSWORD '{}'; GRANT USAGE ON SCHEMA m TO maint; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA m TO maint; \
+         CREATE TABLE m.mine (id int) WITH (autovacuum_enabled = off); \
+         ALTER TABLE m.mine OWNER TO maint",
+        common::PASSWORD
+    );
+    sql.push(&create);
+    let setup = setup(&sql, "");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "\n[databases.as_maint]\nurl = \"{}\"\npassword_file = \"{}\"\n\
+         \n[jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"as_maint\"\n\
+         tasks = [\"vacuum\"]\ntables = [\"m.*\"]\nall = true\n",
+        setup.cluster.url("app").replace("postgres@", "maint@"),
+        setup.cluster.password_file.display()
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+    let out = json_run(&setup, &["run", "tidy"]);
+    let steps: Vec<&str> = out[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["mine"], "{out:#}");
+    assert_eq!(step(&out[0], "vacuum", "mine")["status"], "done");
+    let reason = out[0]["left_alone"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["table"] == "m.bloated")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("may not maintain it") && reason.contains("(postgres)"),
+        "{reason}"
+    );
     assert!(dead_tuples(&setup, "m.bloated") > 70_000);
 }

@@ -71,7 +71,7 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
         )
     })?;
     let conn = pg::connect(db, None).await?;
-    stats::set_lock_timeout(&conn, LOCK_WAIT).await?;
+    stats::set_lock_timeout(&conn, Some(LOCK_WAIT)).await?;
     let inventory = stats::inventory(&conn).await?;
     let ages = stats::database_ages(&conn).await?;
     let sessions = stats::sessions(&conn).await?;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Clock, Job, MaintenanceJob, Targets, Task};
 use crate::pg::stats::{self, IndexStats, Inventory, TableStats};
 use crate::pg::{self, CancelOnDrop, Connection, Notices, quote_ident};
@@ -61,12 +61,6 @@ impl Action {
             Task::Reindex => Action::Reindex,
         }
     }
-
-    /// Whether the statement has `SKIP_LOCKED` and says so by a warning
-    /// rather than waiting for `lock_timeout`.
-    fn skips_locked(self) -> bool {
-        !matches!(self, Action::Reindex | Action::DropLeftover)
-    }
 }
 
 /// One statement the plan runs.
@@ -94,7 +88,7 @@ impl Step {
         }
     }
 
-    fn sql(&self, server_major: u32, concurrently: bool) -> String {
+    fn sql(&self, concurrently: bool) -> String {
         let table = format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table));
         let index = || {
             format!(
@@ -103,34 +97,62 @@ impl Step {
                 quote_ident(self.index.as_deref().unwrap_or_default())
             )
         };
-        // SKIP_LOCKED and CONCURRENTLY came with PostgreSQL 12.
-        let modern = server_major >= 12;
-        let vacuum = |options: &[&str]| {
-            let mut all: Vec<&str> = options.to_vec();
-            if modern {
-                all.push("SKIP_LOCKED");
-            }
-            if all.is_empty() {
-                format!("VACUUM {table}")
-            } else {
-                format!("VACUUM ({}) {table}", all.join(", "))
-            }
-        };
         match self.action {
-            Action::Vacuum => vacuum(&[]),
-            Action::VacuumAnalyze => vacuum(&["ANALYZE"]),
-            Action::Freeze => vacuum(&["FREEZE"]),
-            Action::VacuumFull => vacuum(&["FULL"]),
-            Action::Analyze if modern => format!("ANALYZE (SKIP_LOCKED) {table}"),
-            Action::Analyze => format!("ANALYZE {table}"),
-            Action::Reindex if modern && concurrently => {
-                format!("REINDEX INDEX CONCURRENTLY {}", index())
-            }
+            Action::Vacuum => format!("VACUUM (SKIP_LOCKED) {table}"),
+            Action::VacuumAnalyze => format!("VACUUM (ANALYZE, SKIP_LOCKED) {table}"),
+            Action::Freeze => format!("VACUUM (FREEZE, SKIP_LOCKED) {table}"),
+            Action::VacuumFull => format!("VACUUM (FULL, SKIP_LOCKED) {table}"),
+            Action::Analyze => format!("ANALYZE (SKIP_LOCKED) {table}"),
+            Action::Reindex if concurrently => format!("REINDEX INDEX CONCURRENTLY {}", index()),
             Action::Reindex => format!("REINDEX INDEX {}", index()),
-            Action::DropLeftover if modern => {
-                format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index())
-            }
-            Action::DropLeftover => format!("DROP INDEX IF EXISTS {}", index()),
+            Action::DropLeftover => format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index()),
+        }
+    }
+
+    /// CONCURRENTLY statements wait, after taking their lock, for every
+    /// transaction older than themselves; a `lock_timeout` would fail them
+    /// late, after the work. They run only when no session holds a
+    /// conflicting lock, and then without a lock timeout: they take only
+    /// SHARE UPDATE EXCLUSIVE, which reads and writes never wait for.
+    fn waits_for_transactions(&self, concurrently: bool) -> bool {
+        match self.action {
+            Action::Reindex => concurrently,
+            Action::DropLeftover => true,
+            _ => false,
+        }
+    }
+
+    /// The lock modes that keep this step's statement from starting.
+    fn conflicting_modes(&self, concurrently: bool) -> &'static [&'static str] {
+        const WITH_SHARE_UPDATE_EXCLUSIVE: &[&str] = &[
+            "ShareUpdateExclusiveLock",
+            "ShareLock",
+            "ShareRowExclusiveLock",
+            "ExclusiveLock",
+            "AccessExclusiveLock",
+        ];
+        const WITH_ACCESS_EXCLUSIVE: &[&str] = &[
+            "AccessShareLock",
+            "RowShareLock",
+            "RowExclusiveLock",
+            "ShareUpdateExclusiveLock",
+            "ShareLock",
+            "ShareRowExclusiveLock",
+            "ExclusiveLock",
+            "AccessExclusiveLock",
+        ];
+        match self.action {
+            Action::VacuumFull => WITH_ACCESS_EXCLUSIVE,
+            // A plain REINDEX blocks writes (SHARE on the table) and takes the
+            // index alone; writers are what it waits for.
+            Action::Reindex if !concurrently => &[
+                "RowExclusiveLock",
+                "ShareUpdateExclusiveLock",
+                "ShareRowExclusiveLock",
+                "ExclusiveLock",
+                "AccessExclusiveLock",
+            ],
+            _ => WITH_SHARE_UPDATE_EXCLUSIVE,
         }
     }
 }
@@ -271,6 +293,15 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
     let mut tables: Vec<&TableStats> = Vec::new();
     for t in &inv.tables {
         match in_scope(targets, t) {
+            // The server would skip it with a mere warning: say why here.
+            Ok(()) if !t.can_vacuum => left_alone.push(LeftAlone {
+                table: t.qualified(),
+                reason: format!(
+                    "the job's role may not maintain it: run the job as its owner ({}), \
+                     the database's owner, or a role with MAINTAIN (PostgreSQL 17)",
+                    t.owner
+                ),
+            }),
             Ok(()) => tables.push(t),
             Err(reason) => left_alone.push(LeftAlone {
                 table: t.qualified(),
@@ -297,14 +328,15 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
             m
         });
     let reindexing = job.tasks.contains(&Task::Reindex);
-    let scoped: std::collections::BTreeSet<u32> = tables.iter().map(|t| t.oid).collect();
+    let scoped: BTreeMap<u32, &TableStats> = tables.iter().map(|t| (t.oid, *t)).collect();
 
-    // Leftovers of a failed REINDEX CONCURRENTLY first: they slow every write
-    // and only get in the way of the rebuild.
+    // Leftovers of a failed REINDEX CONCURRENTLY right after the wraparound
+    // work: they slow every write and get in the way of the rebuild.
+    let mut leftovers = Vec::new();
     for index in inv.indexes.iter().filter(|i| !i.valid) {
-        if !scoped.contains(&index.table_oid) {
+        let Some(table) = scoped.get(&index.table_oid) else {
             continue;
-        }
+        };
         if !index.is_reindex_leftover() {
             warnings.push(format!(
                 "index {} is invalid (a failed CREATE INDEX CONCURRENTLY?): it costs every \
@@ -323,8 +355,16 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
                  right now: left alone",
                 index.qualified()
             ));
+        } else if !table.can_reindex {
+            warnings.push(format!(
+                "index {} is the leftover of a failed REINDEX CONCURRENTLY; only the owner \
+                 of {} ({}) may drop it",
+                index.qualified(),
+                table.qualified(),
+                table.owner
+            ));
         } else {
-            steps.push(Step {
+            leftovers.push(Step {
                 action: Action::DropLeftover,
                 schema: index.schema.clone(),
                 table: index.table.clone(),
@@ -347,7 +387,9 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
                 urgent_age
             ));
         }
-        let small = t.total_bytes < i64::try_from(targets.min_table_size).unwrap_or(i64::MAX);
+        // A size estimated as 0 (never vacuumed nor analyzed) is unknown, not small.
+        let small = !(t.size_estimated && t.total_bytes == 0)
+            && t.total_bytes < i64::try_from(targets.min_table_size).unwrap_or(i64::MAX);
         let mut why_not = Vec::new();
         let before = steps.len();
         for &task in &job.tasks {
@@ -361,8 +403,20 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
                 urgent: is_urgent,
             };
             if task == Task::Reindex {
+                if !t.can_reindex {
+                    why_not.push(format!("reindex: only its owner ({}) may", t.owner));
+                    continue;
+                }
                 for index in indexes_of.get(&t.oid).into_iter().flatten() {
                     if !index.valid {
+                        continue;
+                    }
+                    if index.exclusion && job.reindex_concurrently {
+                        why_not.push(format!(
+                            "index {}: an exclusion constraint's, which REINDEX CONCURRENTLY \
+                             cannot rebuild",
+                            index.name
+                        ));
                         continue;
                     }
                     let reason = if targets.all {
@@ -463,6 +517,8 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
             });
         }
     }
+    let after_urgent = steps.iter().position(|s| !s.urgent).unwrap_or(steps.len());
+    steps.splice(after_urgent..after_urgent, leftovers);
     Plan {
         database: inv.database.clone(),
         steps,
@@ -492,6 +548,9 @@ pub struct Measure {
     pub last_autoanalyze: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bloat: Option<f64>,
+    /// The size is from the statistics: the table's lock was busy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 impl From<&TableStats> for Measure {
@@ -504,7 +563,8 @@ impl From<&TableStats> for Measure {
             last_autovacuum: t.last_autovacuum,
             last_analyze: t.last_analyze,
             last_autoanalyze: t.last_autoanalyze,
-            bloat: None,
+            bloat: t.bloat,
+            estimated: t.size_estimated,
         }
     }
 }
@@ -529,6 +589,9 @@ pub struct StepResult {
     /// Why it was skipped or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// What the server warned while it ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub seconds: f64,
     pub before: Measure,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -588,14 +651,26 @@ pub struct Preview {
 }
 
 /// Connects for maintenance: notices kept, locks waited for at most
-/// `lock_timeout`, and `None` for the inventory on a standby.
-async fn open(spec: &MaintenanceJob) -> Result<(Connection, Notices, u32, Option<Inventory>)> {
+/// `lock_timeout`, and `None` for the inventory on a standby. `measure`
+/// lets pgstattuple read the indexes whose bloat is in doubt.
+async fn open(
+    spec: &MaintenanceJob,
+    measure: bool,
+) -> Result<(Connection, Notices, Option<Inventory>)> {
     let (conn, notices) = pg::connect_with_notices(&spec.database).await?;
-    let major = pg::server_version(&conn).await?.major;
-    if stats::in_recovery(&conn).await? {
-        return Ok((conn, notices, major, None));
+    let version = pg::server_version(&conn).await?;
+    if version.major < 12 {
+        return Err(Error::database(format!(
+            "database {}: maintenance needs PostgreSQL 12 or newer (SKIP_LOCKED, REINDEX \
+             CONCURRENTLY); the server is {}",
+            spec.database.name, version.text
+        ))
+        .with_hint("upgrade the server; PostgreSQL 11 has had no fixes since November 2023"));
     }
-    stats::set_lock_timeout(&conn, spec.lock_timeout).await?;
+    if stats::in_recovery(&conn).await? {
+        return Ok((conn, notices, None));
+    }
+    stats::set_lock_timeout(&conn, Some(spec.lock_timeout)).await?;
     // A role's statement_timeout is for the application's queries; a VACUUM
     // FULL of a big table outlasts it. The job's `timeout` bounds the run
     // instead (pg_dump turns it off the same way).
@@ -604,35 +679,48 @@ async fn open(spec: &MaintenanceJob) -> Result<(Connection, Notices, u32, Option
         .await
         .map_err(|e| pg::query_error("setting statement_timeout", e))?;
     let mut inventory = stats::inventory(&conn).await?;
-    if spec.tasks.contains(&Task::Reindex) && inventory.has_pgstattuple && !spec.targets.all {
+    if measure
+        && spec.tasks.contains(&Task::Reindex)
+        && inventory.has_pgstattuple
+        && !spec.targets.all
+    {
         measure_candidates(&conn, &mut inventory, &spec.targets).await;
     }
-    Ok((conn, notices, major, Some(inventory)))
+    Ok((conn, notices, Some(inventory)))
 }
 
-/// Measures, with pgstattuple, the B-trees the plan could rebuild: those of
-/// tables in scope and not too small. Every other index keeps its estimate.
+/// How far from `min_index_bloat` an estimate must be to decide alone.
+const SURE_ENOUGH: f64 = 0.2;
+
+/// Measures, with pgstattuple, the B-trees whose rebuild is in doubt: those
+/// of tables in scope and not too small whose estimate is unknown or near the
+/// threshold. `pgstatindex` reads the whole index under a lock that a waiting
+/// ALTER would queue the application behind, so clear cases are not read.
 async fn measure_candidates(conn: &Connection, inv: &mut Inventory, targets: &Targets) {
     let min = i64::try_from(targets.min_table_size).unwrap_or(i64::MAX);
     let candidates: std::collections::BTreeSet<u32> = inv
         .tables
         .iter()
-        .filter(|t| in_scope(targets, t).is_ok() && t.total_bytes >= min)
+        .filter(|t| in_scope(targets, t).is_ok() && t.total_bytes >= min && t.can_reindex)
         .map(|t| t.oid)
         .collect();
-    for index in inv
-        .indexes
-        .iter_mut()
-        .filter(|i| i.method == "btree" && i.valid && candidates.contains(&i.table_oid))
-    {
+    let in_doubt = |i: &IndexStats| {
+        i.bloat
+            .is_none_or(|b| (b - targets.min_index_bloat).abs() < SURE_ENOUGH)
+    };
+    for index in inv.indexes.iter_mut().filter(|i| {
+        i.method == "btree" && i.valid && candidates.contains(&i.table_oid) && in_doubt(i)
+    }) {
+        let guard = CancelOnDrop::new(conn);
         stats::measure_index(conn, index).await;
+        guard.disarm();
     }
     inv.exact_index_bloat = true;
 }
 
 /// The plan a run would carry out now. Changes nothing.
 pub async fn preview(spec: &MaintenanceJob) -> Result<Preview> {
-    let (conn, _, _, inventory) = open(spec).await?;
+    let (conn, _, inventory) = open(spec, true).await?;
     Ok(Preview {
         database: conn.dbname.clone(),
         standby: inventory.is_none(),
@@ -646,7 +734,12 @@ pub async fn run(
     spec: &MaintenanceJob,
     clock: &dyn Clock,
 ) -> Result<MaintenanceOutcome> {
-    let (conn, mut notices, major, inventory) = open(spec).await?;
+    let window_open = || {
+        spec.window
+            .is_none_or(|w| w.contains(clock.now(), &job.timezone))
+    };
+    // Outside the window nothing starts: not even reading every index.
+    let (conn, mut notices, inventory) = open(spec, window_open()).await?;
     let Some(inventory) = inventory else {
         tracing::info!(
             "database {} is a standby (in recovery): maintenance runs on the primary; nothing done",
@@ -683,6 +776,7 @@ pub async fn run(
                 .map(|i| Measure {
                     total_bytes: Some(i.bytes),
                     bloat: i.bloat,
+                    estimated: inventory.sizes_estimated,
                     ..Measure::default()
                 })
                 .unwrap_or_default(),
@@ -691,15 +785,18 @@ pub async fn run(
                 .map(|t| Measure::from(*t))
                 .unwrap_or_default(),
         };
-        if let Some(window) = spec.window
-            && (window_closed || !window.contains(clock.now(), &job.timezone))
-        {
+        let sql = step.sql(spec.reindex_concurrently);
+        if window_closed || !window_open() {
             window_closed = true;
             results.push(StepResult {
-                sql: step.sql(major, spec.reindex_concurrently),
+                sql,
                 step,
                 status: StepStatus::Skipped,
-                note: Some(format!("not started: outside the window {window}")),
+                note: Some(format!(
+                    "not started: outside the window {}",
+                    spec.window.map_or(String::new(), |w| w.to_string())
+                )),
+                warnings: Vec::new(),
                 seconds: 0.0,
                 before,
                 after: None,
@@ -707,14 +804,20 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
-        let (status, note) = execute(&conn, &mut notices, spec, &step, major).await;
+        let mut ended = execute(&conn, &mut notices, spec, &step, &window_open).await;
         let seconds = started.elapsed().as_secs_f64();
-        let after = if status == StepStatus::Done {
+        let after = if ended.status == StepStatus::Done {
             measure_after(&conn, &step).await
         } else {
             None
         };
-        match status {
+        if ended.status == StepStatus::Done
+            && let Some(why) = not_done(step.action, &before, after.as_ref(), &ended.warnings)
+        {
+            ended.status = StepStatus::Failed;
+            ended.note = Some(why);
+        }
+        match ended.status {
             StepStatus::Done => tracing::info!(
                 "{} {}: done in {seconds:.1}s",
                 step.action.name(),
@@ -724,14 +827,15 @@ pub async fn run(
                 "{} {}: {}",
                 step.action.name(),
                 step.target(),
-                note.as_deref().unwrap_or("")
+                ended.note.as_deref().unwrap_or("")
             ),
         }
         results.push(StepResult {
-            sql: step.sql(major, spec.reindex_concurrently),
+            sql,
             step,
-            status,
-            note,
+            status: ended.status,
+            note: ended.note,
+            warnings: ended.warnings,
             seconds,
             before,
             after,
@@ -739,11 +843,20 @@ pub async fn run(
     }
     let mut warnings = plan.warnings;
     if window_closed && let Some(window) = spec.window {
-        warnings.push(format!(
-            "the window {window} closed with {} step(s) not started; they are planned again next run",
-            results.iter().filter(|r| r.note.as_deref().is_some_and(|n| n.starts_with("not started"))).count()
-        ));
-        tracing::warn!("{}", warnings.last().map_or("", String::as_str));
+        let not_started = results
+            .iter()
+            .filter(|r| {
+                r.note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("not started"))
+            })
+            .count();
+        let warning = format!(
+            "the window {window} closed with {not_started} step(s) not started; \
+             they are planned again next run"
+        );
+        tracing::warn!("{warning}");
+        warnings.push(warning);
     }
     Ok(MaintenanceOutcome {
         database: plan.database,
@@ -753,6 +866,36 @@ pub async fn run(
         left_alone: plan.left_alone,
         window_closed,
     })
+}
+
+/// Why a VACUUM or ANALYZE that returned did not happen: the server skips,
+/// with only a warning (in the server's language), a table the role may not
+/// maintain. Its statistics say whether it ran whatever the language.
+fn not_done(
+    action: Action,
+    before: &Measure,
+    after: Option<&Measure>,
+    warnings: &[String],
+) -> Option<String> {
+    let after = after?;
+    let (was, is) = match action {
+        Action::Vacuum | Action::VacuumAnalyze | Action::Freeze => {
+            (before.last_vacuum, after.last_vacuum)
+        }
+        Action::Analyze => (before.last_analyze, after.last_analyze),
+        Action::VacuumFull | Action::Reindex | Action::DropLeftover => return None,
+    };
+    if is.is_some() && is > was {
+        return None;
+    }
+    Some(format!(
+        "the server returned without doing it: {}",
+        if warnings.is_empty() {
+            "no reason given".to_owned()
+        } else {
+            warnings.join("; ")
+        }
+    ))
 }
 
 async fn measure_after(conn: &Connection, step: &Step) -> Option<Measure> {
@@ -775,20 +918,32 @@ async fn measure_after(conn: &Connection, step: &Step) -> Option<Measure> {
     })
 }
 
-/// Runs one statement and drains what the server warned meanwhile.
+/// Runs one statement and drains what the server warned meanwhile. `unbounded`
+/// lifts `lock_timeout` for it, and puts it back.
 async fn statement(
     conn: &Connection,
     notices: &mut Notices,
     sql: &str,
+    unbounded: Option<Duration>,
 ) -> (
     std::result::Result<(), tokio_postgres::Error>,
     Vec<tokio_postgres::error::DbError>,
 ) {
     while notices.try_recv().is_ok() {}
+    if unbounded.is_some()
+        && let Err(e) = stats::set_lock_timeout(conn, None).await
+    {
+        tracing::debug!("{e}");
+    }
     // A run cancelled or timed out mid-statement must not leave it running.
     let guard = CancelOnDrop::new(conn);
     let result = conn.client.batch_execute(sql).await;
     guard.disarm();
+    if let Some(limit) = unbounded
+        && let Err(e) = stats::set_lock_timeout(conn, Some(limit)).await
+    {
+        tracing::debug!("{e}");
+    }
     let mut said = Vec::new();
     while let Ok(n) = notices.try_recv() {
         said.push(n);
@@ -796,66 +951,170 @@ async fn statement(
     (result, said)
 }
 
-/// Carries out one step: tries again while its lock is busy, then gives up
-/// on it. Returns how it ended and why.
+/// How one step ended, and what the server warned on the way.
+struct Ended {
+    status: StepStatus,
+    note: Option<String>,
+    warnings: Vec<String>,
+}
+
+/// How one try of a statement went.
+enum Try {
+    Done,
+    Busy,
+    Gone,
+    Failed(String),
+}
+
+/// Sessions holding a lock on the step's table that keeps it from starting,
+/// as `pid 4242 (psql, user app, idle in transaction for 3m 2s, AccessExclusiveLock)`.
+async fn lock_holders(conn: &Connection, step: &Step, concurrently: bool) -> Vec<String> {
+    let modes: Vec<&str> = step.conflicting_modes(concurrently).to_vec();
+    let rows = conn
+        .client
+        .query(
+            "SELECT l.pid, coalesce(nullif(a.application_name, ''), a.backend_type, '?')::text, \
+                    coalesce(a.usename::text, '?'), coalesce(a.state, '?')::text, \
+                    extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start))::float8, \
+                    l.mode::text \
+             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'relation' AND l.relation = $1 AND l.granted \
+               AND l.pid <> pg_backend_pid() AND l.mode = ANY($2) \
+             ORDER BY 1",
+            &[&step.table_oid, &modes],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                let pid: i32 = r.get(0);
+                let app: String = r.get(1);
+                let user: String = r.get(2);
+                let state: String = r.get(3);
+                let seconds: Option<f64> = r.get(4);
+                let mode: String = r.get(5);
+                format!(
+                    "pid {pid} ({app}, user {user}, {state} for {}, {mode})",
+                    crate::time::show_duration(jiff::SignedDuration::from_secs_f64(
+                        seconds.unwrap_or(0.0).max(0.0)
+                    ))
+                )
+            })
+            .collect(),
+        Err(e) => {
+            tracing::debug!("reading pg_locks: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Carries out one step: tries again while its lock is busy (and the window
+/// open), then gives up on it. Never fails the run: how it ended is returned.
 async fn execute(
     conn: &Connection,
     notices: &mut Notices,
     spec: &MaintenanceJob,
     step: &Step,
-    major: u32,
-) -> (StepStatus, Option<String>) {
-    let sql = step.sql(major, spec.reindex_concurrently);
+    window_open: &(dyn Fn() -> bool + Sync),
+) -> Ended {
+    let concurrently = spec.reindex_concurrently;
+    let sql = step.sql(concurrently);
+    let unbounded = step.waits_for_transactions(concurrently);
     let tries = spec.lock_retries + 1;
+    let mut warnings = Vec::new();
+    let ended = |status, note: Option<String>, warnings| Ended {
+        status,
+        note,
+        warnings,
+    };
     for attempt in 1..=tries {
-        let (result, said) = statement(conn, notices, &sql).await;
-        let busy = match &result {
-            Ok(()) => said
+        let outcome = if unbounded && !lock_holders(conn, step, concurrently).await.is_empty() {
+            Try::Busy
+        } else {
+            let (result, said) =
+                statement(conn, notices, &sql, unbounded.then_some(spec.lock_timeout)).await;
+            let busy_warning = said
                 .iter()
-                .any(|n| n.code() == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-            Err(e) => stats::is_lock_timeout(e),
+                .any(|n| n.code() == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+            warnings.extend(
+                said.iter()
+                    .filter(|n| {
+                        n.parsed_severity() == Some(tokio_postgres::error::Severity::Warning)
+                            && n.code() != &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+                    })
+                    .map(|n| n.message().to_owned()),
+            );
+            match result {
+                Ok(()) if busy_warning => Try::Busy,
+                Ok(()) => Try::Done,
+                Err(e) if stats::is_lock_timeout(&e) => Try::Busy,
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    Try::Gone
+                }
+                Err(e) => Try::Failed(pg::query_error(&sql, e).message().to_owned()),
+            }
         };
-        if step.action == Action::Reindex && (busy || result.is_err()) {
+        if step.action == Action::Reindex && matches!(outcome, Try::Failed(_)) {
             clean_leftovers(conn, notices, step).await;
         }
-        match result {
-            Ok(()) if !busy => {
-                if step.action == Action::Reindex {
-                    return check_valid(conn, step).await;
+        match outcome {
+            Try::Done if step.action == Action::Reindex => {
+                let (status, note) = check_valid(conn, step).await;
+                if status != StepStatus::Done {
+                    clean_leftovers(conn, notices, step).await;
                 }
-                return (StepStatus::Done, None);
+                return ended(status, note, warnings);
             }
-            Err(e) if !busy => {
-                return (
-                    StepStatus::Failed,
-                    Some(pg::query_error(&sql, e).message().to_owned()),
+            Try::Done => return ended(StepStatus::Done, None, warnings),
+            Try::Failed(message) => return ended(StepStatus::Failed, Some(message), warnings),
+            Try::Gone => {
+                return ended(
+                    StepStatus::Skipped,
+                    Some("skipped: dropped since the plan was made".to_owned()),
+                    warnings,
                 );
             }
-            _ if attempt < tries => {
+            Try::Busy if attempt < tries => {
+                if !window_open() {
+                    return ended(
+                        StepStatus::Skipped,
+                        Some("skipped: its lock was busy and the window closed".to_owned()),
+                        warnings,
+                    );
+                }
                 tracing::info!(
                     "{} {}: lock busy (try {attempt} of {tries}); trying again",
                     step.action.name(),
                     step.target()
                 );
-                // SKIP_LOCKED gives up at once: wait as long as a lock
-                // wait would have.
-                let pause = if step.action.skips_locked() {
-                    spec.lock_timeout
-                } else {
+                // Statements that waited lock_timeout already have waited;
+                // the others gave up at once, so wait as long here.
+                let waited = step.action == Action::Reindex && !concurrently;
+                tokio::time::sleep(if waited {
                     Duration::from_secs(1)
-                };
-                tokio::time::sleep(pause).await;
+                } else {
+                    spec.lock_timeout
+                })
+                .await;
             }
-            _ => {}
+            Try::Busy => {}
         }
     }
-    (
+    let holders = lock_holders(conn, step, concurrently).await;
+    ended(
         StepStatus::Skipped,
         Some(format!(
             "skipped: another session held a conflicting lock through {tries} tries \
-             (lock_timeout {}); the next run tries again",
-            crate::time::show_std_duration(spec.lock_timeout)
+             (lock_timeout {}){}; the next run tries again",
+            crate::time::show_std_duration(spec.lock_timeout),
+            if holders.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", holders.join("; "))
+            }
         )),
+        warnings,
     )
 }
 
@@ -900,20 +1159,28 @@ async fn check_valid(conn: &Connection, step: &Step) -> (StepStatus, Option<Stri
 /// of this step's index left on its table.
 async fn clean_leftovers(conn: &Connection, notices: &mut Notices, step: &Step) {
     let Some(index) = &step.index else { return };
+    // Not while another session builds an index on the table: its copy is
+    // invalid until it is done.
     let rows = conn
         .client
         .query(
             "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-             WHERE i.indrelid = $1 AND NOT i.indisvalid",
+             WHERE i.indrelid = $1 AND NOT i.indisvalid \
+               AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p \
+                               WHERE p.relid = i.indrelid)",
             &[&step.table_oid],
         )
         .await;
     let Ok(rows) = rows else { return };
-    // Names are cut to 63 bytes before the suffix is added.
-    let stem: String = index.chars().take(50).collect();
+    // Names are cut, in bytes, to fit 63 with the suffix.
+    let mut cut = index.len().min(50);
+    while !index.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let stem = &index[..cut];
     for row in rows {
         let name: String = row.get(0);
-        if !name.starts_with(&stem) || !stats::is_leftover_name(&name) {
+        if !name.starts_with(stem) || !stats::is_leftover_name(&name) {
             continue;
         }
         let drop = Step {
@@ -921,8 +1188,8 @@ async fn clean_leftovers(conn: &Connection, notices: &mut Notices, step: &Step) 
             index: Some(name.clone()),
             ..step.clone()
         };
-        let sql = drop.sql(12, true);
-        match statement(conn, notices, &sql).await.0 {
+        let sql = drop.sql(true);
+        match statement(conn, notices, &sql, None).await.0 {
             Ok(()) => tracing::info!("dropped {}.{name}, left by the failed REINDEX", step.schema),
             Err(e) => tracing::warn!(
                 "could not drop {}.{name}, left by the failed REINDEX: {e}; the next run tries again",
@@ -951,8 +1218,9 @@ mod tests {
     use super::*;
 
     fn table(name: &str, live: i64, dead: i64, bytes: i64) -> TableStats {
+        static NEXT_OID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(16_384);
         TableStats {
-            oid: name.bytes().map(u32::from).sum(),
+            oid: NEXT_OID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             schema: "public".into(),
             name: name.into(),
             total_bytes: bytes,
@@ -967,6 +1235,10 @@ mod tests {
             last_autoanalyze: None,
             xid_age: 1000,
             bloat: None,
+            size_estimated: false,
+            owner: "app".into(),
+            can_vacuum: true,
+            can_reindex: true,
         }
     }
 
@@ -1017,6 +1289,7 @@ mod tests {
             bloat,
             bloat_exact: false,
             table_being_indexed: false,
+            exclusion: false,
         }
     }
 
@@ -1196,7 +1469,7 @@ mod tests {
                 .any(|w| w.contains("orders_broken_idx") && w.contains("invalid"))
         );
         assert_eq!(
-            p.steps[1].sql(15, true),
+            p.steps[1].sql(true),
             "REINDEX INDEX CONCURRENTLY \"public\".\"orders_customer_idx\""
         );
     }
@@ -1210,7 +1483,7 @@ mod tests {
         assert_eq!(p.steps.len(), 1);
         assert_eq!(p.steps[0].table, "emptied");
         assert_eq!(
-            p.steps[0].sql(15, true),
+            p.steps[0].sql(true),
             "VACUUM (FULL, SKIP_LOCKED) \"public\".\"emptied\""
         );
     }
@@ -1229,12 +1502,113 @@ mod tests {
             urgent: false,
         };
         assert_eq!(
-            step.sql(15, true),
+            step.sql(true),
             "VACUUM (ANALYZE, SKIP_LOCKED) \"Sales\".\"Order Lines\""
         );
+    }
+
+    #[test]
+    fn tables_the_role_may_not_maintain_are_left_alone_with_their_owner() {
+        let mut theirs = table("theirs", 100, 900_000, 20 * MB);
+        theirs.can_vacuum = false;
+        theirs.can_reindex = false;
+        theirs.owner = "billing".into();
+        let mut db_owned = table("db_owned", 100, 900_000, 20 * MB);
+        db_owned.can_reindex = false;
+        let inv = inventory(
+            vec![theirs.clone(), db_owned.clone()],
+            vec![index("db_owned_idx", &db_owned, Some(0.9), true)],
+        );
+        let p = plan(&inv, &job(&[Task::Vacuum, Task::Reindex]));
+        let order: Vec<(&str, Action)> = p
+            .steps
+            .iter()
+            .map(|s| (s.table.as_str(), s.action))
+            .collect();
+        assert_eq!(order, [("db_owned", Action::Vacuum)]);
+        let reason = &p
+            .left_alone
+            .iter()
+            .find(|l| l.table == "public.theirs")
+            .unwrap()
+            .reason;
+        assert!(
+            reason.contains("may not maintain it") && reason.contains("(billing)"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn leftovers_come_after_wraparound_work_and_exclusion_indexes_are_not_rebuilt_concurrently() {
+        let mut old = table("old", 1000, 0, 20 * MB);
+        old.xid_age = 300_000_000;
+        let t = table("bookings", 1000, 0, 20 * MB);
+        let mut excl = index("bookings_during_excl", &t, Some(0.9), true);
+        excl.exclusion = true;
+        let inv = inventory(
+            vec![old, t.clone()],
+            vec![excl, index("bookings_idx_ccnew", &t, None, false)],
+        );
+        let p = plan(&inv, &job(&[Task::Vacuum, Task::Reindex]));
+        let order: Vec<(&str, Action)> = p
+            .steps
+            .iter()
+            .map(|s| (s.table.as_str(), s.action))
+            .collect();
         assert_eq!(
-            step.sql(11, true),
-            "VACUUM (ANALYZE) \"Sales\".\"Order Lines\""
+            order,
+            [("old", Action::Vacuum), ("bookings", Action::DropLeftover)]
+        );
+        let mut plain = job(&[Task::Reindex]);
+        plain.reindex_concurrently = false;
+        assert!(
+            plan(&inv, &plain)
+                .steps
+                .iter()
+                .any(|s| s.index.as_deref() == Some("bookings_during_excl"))
+        );
+    }
+
+    #[test]
+    fn a_size_estimated_as_zero_is_unknown_not_small() {
+        let mut fresh = table("fresh", 0, 50_000, 0);
+        fresh.size_estimated = true;
+        let inv = inventory(vec![fresh], vec![]);
+        assert_eq!(plan(&inv, &job(&[Task::Vacuum])).steps.len(), 1);
+    }
+
+    #[test]
+    fn a_vacuum_whose_statistics_did_not_move_was_not_done() {
+        let t0 = Timestamp::UNIX_EPOCH;
+        let t1 = Timestamp::from_second(60).unwrap();
+        let before = Measure {
+            last_vacuum: Some(t0),
+            ..Measure::default()
+        };
+        let moved = Measure {
+            last_vacuum: Some(t1),
+            ..Measure::default()
+        };
+        assert_eq!(not_done(Action::Vacuum, &before, Some(&moved), &[]), None);
+        let why = not_done(
+            Action::Vacuum,
+            &before,
+            Some(&before),
+            &["permission denied to vacuum \"t\", skipping it".into()],
+        );
+        assert!(why.unwrap().contains("permission denied"));
+        assert!(
+            not_done(Action::Analyze, &Measure::default(), Some(&moved), &[]).is_some(),
+            "analyze looks at last_analyze"
+        );
+        assert_eq!(
+            not_done(Action::VacuumFull, &before, Some(&before), &[]),
+            None
+        );
+        assert_eq!(
+            not_done(Action::Vacuum, &before, None, &[]),
+            None,
+            "unmeasured: not judged"
         );
     }
 

@@ -22,6 +22,10 @@ pub struct TableStats {
     pub total_bytes: i64,
     pub table_bytes: i64,
     pub index_bytes: i64,
+    /// The sizes come from `relpages` (as of the last VACUUM or ANALYZE),
+    /// because another session held the table's lock.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub size_estimated: bool,
     pub live_tuples: i64,
     pub dead_tuples: i64,
     pub modified_since_analyze: i64,
@@ -34,6 +38,13 @@ pub struct TableStats {
     /// The share of the table that is empty space, estimated from
     /// `pg_stats`; `None` until the table has been analyzed.
     pub bloat: Option<f64>,
+    pub owner: String,
+    /// Whether our role may VACUUM and ANALYZE it (owns it or the database, or
+    /// has MAINTAIN), and REINDEX it (owns it, or has MAINTAIN).
+    #[serde(skip)]
+    pub can_vacuum: bool,
+    #[serde(skip)]
+    pub can_reindex: bool,
 }
 
 impl TableStats {
@@ -78,6 +89,8 @@ pub struct IndexStats {
     /// Whether another session is building an index on its table right now.
     #[serde(skip)]
     pub table_being_indexed: bool,
+    /// It backs an exclusion constraint: REINDEX CONCURRENTLY cannot rebuild it.
+    pub exclusion: bool,
 }
 
 impl IndexStats {
@@ -142,9 +155,10 @@ const SYSTEM_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schem
 fn table_query(exact_sizes: bool) -> String {
     let (total, table, index) = if exact_sizes {
         (
-            "pg_total_relation_size(c.oid)",
-            "pg_relation_size(c.oid)",
-            "pg_indexes_size(c.oid)",
+            // NULL for a table dropped since the catalog was read.
+            "coalesce(pg_total_relation_size(c.oid), 0)",
+            "coalesce(pg_relation_size(c.oid), 0)",
+            "coalesce(pg_indexes_size(c.oid), 0)",
         )
     } else {
         (
@@ -153,6 +167,7 @@ fn table_query(exact_sizes: bool) -> String {
             "coalesce(ix.pages, 0) * bs.size",
         )
     };
+    let maintain = MAINTAIN;
     format!(
         "WITH bs AS (SELECT current_setting('block_size')::int8 AS size) \
          SELECT c.oid, n.nspname::text, c.relname::text, {total}, {table}, {index}, \
@@ -164,10 +179,14 @@ fn table_query(exact_sizes: bool) -> String {
                      FROM unnest(c.reloptions) o WHERE o LIKE 'fillfactor=%'), 100), \
            st.width, st.columns, \
            (SELECT count(*) FROM pg_attribute a \
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) \
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
+           pg_has_role(c.relowner, 'USAGE') OR pg_has_role(d.datdba, 'USAGE') OR {maintain}, \
+           pg_has_role(c.relowner, 'USAGE') OR {maintain}, \
+           pg_get_userbyid(c.relowner)::text \
          FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          CROSS JOIN bs \
+         CROSS JOIN (SELECT datdba FROM pg_database WHERE datname = current_database()) d \
          LEFT JOIN pg_class t ON t.oid = c.reltoastrelid \
          LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid \
          LEFT JOIN LATERAL (SELECT sum(ic.relpages)::int8 AS pages FROM pg_index x \
@@ -183,6 +202,12 @@ fn table_query(exact_sizes: bool) -> String {
         epoch_us!("s.last_autoanalyze"),
     )
 }
+
+/// The MAINTAIN privilege (PostgreSQL 17) lets a role that owns neither the
+/// table nor the database VACUUM and REINDEX it; older servers do not know
+/// the word, hence the guard.
+const MAINTAIN: &str = "CASE WHEN current_setting('server_version_num')::int >= 170000 \
+     THEN has_table_privilege(c.oid, 'MAINTAIN') ELSE false END";
 
 /// Page header and line pointer sizes, and the alignment, of PostgreSQL's
 /// on-disk format (the same on every platform it builds on today).
@@ -238,7 +263,7 @@ pub fn btree_bloat(
 /// Index sizes measured or, as for tables, estimated from `relpages`.
 fn index_query(exact_sizes: bool) -> String {
     let bytes = if exact_sizes {
-        "pg_relation_size(ci.oid)"
+        "coalesce(pg_relation_size(ci.oid), 0)"
     } else {
         "ci.relpages::int8 * bs.size"
     };
@@ -258,7 +283,8 @@ fn index_query(exact_sizes: bool) -> String {
               JOIN pg_stats st ON st.schemaname = n.nspname AND st.tablename = ct.relname \
                               AND st.attname = a.attname AND NOT st.inherited), \
            i.indnatts::int8, \
-           EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.relid = i.indrelid) \
+           EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.relid = i.indrelid), \
+           i.indisexclusion, ci.relpages::int8 \
          FROM pg_index i \
          JOIN pg_class ci ON ci.oid = i.indexrelid \
          JOIN pg_class ct ON ct.oid = i.indrelid \
@@ -278,16 +304,14 @@ fn table_from_row(r: &tokio_postgres::Row) -> TableStats {
     let columns: i64 = r.get(20);
     let rows: f64 = r.get(14);
     let block = r.get::<_, i64>(16) as f64;
-    let table_bytes: i64 = r.get(4);
+    // Pages and rows as of the same VACUUM or ANALYZE: a table grown since
+    // must not look bloated.
+    let pages = r.get::<_, i64>(15) as f64;
     let bloat = match width {
         // Only with every column analyzed: a missing width would read as bloat.
-        Some(w) if columns > 0 && analyzed == columns && rows >= 0.0 => heap_bloat(
-            rows,
-            w as f64,
-            f64::from(r.get::<_, i32>(17)),
-            block,
-            table_bytes as f64 / block,
-        ),
+        Some(w) if columns > 0 && analyzed == columns && rows >= 0.0 => {
+            heap_bloat(rows, w as f64, f64::from(r.get::<_, i32>(17)), block, pages)
+        }
         _ => None,
     };
     TableStats {
@@ -295,8 +319,9 @@ fn table_from_row(r: &tokio_postgres::Row) -> TableStats {
         schema: r.get(1),
         name: r.get(2),
         total_bytes: r.get(3),
-        table_bytes,
+        table_bytes: r.get(4),
         index_bytes: r.get(5),
+        size_estimated: false,
         live_tuples: r.get(6),
         dead_tuples: r.get(7),
         modified_since_analyze: r.get(8),
@@ -306,6 +331,9 @@ fn table_from_row(r: &tokio_postgres::Row) -> TableStats {
         last_autoanalyze: micros(r.get(12)),
         xid_age: r.get::<_, Option<i64>>(13).unwrap_or(0),
         bloat,
+        owner: r.get(23),
+        can_vacuum: r.get(21),
+        can_reindex: r.get(22),
     }
 }
 
@@ -317,18 +345,12 @@ fn index_from_row(r: &tokio_postgres::Row) -> IndexStats {
     let width: Option<i64> = r.get(13);
     let analyzed: i64 = r.get(14);
     let columns: i64 = r.get(15);
-    let bytes: i64 = r.get(5);
+    let pages = r.get::<_, i64>(18) as f64;
     // Expressions have no column statistics to go by, nor do partial
     // indexes a row count.
     let bloat = match width {
         Some(w) if method == "btree" && !partial && analyzed == columns && rows >= 0.0 => {
-            btree_bloat(
-                rows,
-                w as f64,
-                f64::from(r.get::<_, i32>(12)),
-                block,
-                bytes as f64 / block,
-            )
+            btree_bloat(rows, w as f64, f64::from(r.get::<_, i32>(12)), block, pages)
         }
         _ => None,
     };
@@ -338,13 +360,14 @@ fn index_from_row(r: &tokio_postgres::Row) -> IndexStats {
         schema: r.get(2),
         name: r.get(3),
         table: r.get(4),
-        bytes,
+        bytes: r.get(5),
         valid: r.get(6),
         method,
         scans: r.get(8),
         bloat,
         bloat_exact: false,
         table_being_indexed: r.get(16),
+        exclusion: r.get(17),
     }
 }
 
@@ -353,6 +376,14 @@ fn index_from_row(r: &tokio_postgres::Row) -> IndexStats {
 /// from the statistics. Index bloat is estimated; [`measure_index`] measures it.
 pub async fn inventory(conn: &Connection) -> Result<Inventory> {
     let what = |w: &str| format!("reading {w} of database {}", conn.dbname);
+    let version = super::server_version(conn).await?;
+    if version.major < 12 {
+        return Err(crate::error::Error::database(format!(
+            "database {}: reading its statistics needs PostgreSQL 12 or newer; the server is {}",
+            conn.dbname, version.text
+        ))
+        .with_hint("upgrade the server; PostgreSQL 11 has had no fixes since November 2023"));
+    }
     let mut sizes_estimated = false;
     let mut tables = None;
     let mut indexes = None;
@@ -379,7 +410,10 @@ pub async fn inventory(conn: &Connection) -> Result<Inventory> {
             Err(e) => return Err(query_error(&what("table and index statistics"), e)),
         }
     }
-    let tables: Vec<TableStats> = tables.iter().flatten().map(table_from_row).collect();
+    let mut tables: Vec<TableStats> = tables.iter().flatten().map(table_from_row).collect();
+    for t in &mut tables {
+        t.size_estimated = sizes_estimated;
+    }
     let indexes: Vec<IndexStats> = indexes.iter().flatten().map(index_from_row).collect();
     let settings = conn
         .client
@@ -510,9 +544,10 @@ pub async fn database_ages(conn: &Connection) -> Result<Vec<DatabaseAge>> {
     let rows = conn
         .client
         .query(
+            // template0 and other databases nobody connects to age too.
             "SELECT datname::text, age(datfrozenxid)::int8, \
                     age(datfrozenxid)::float8 / current_setting('autovacuum_freeze_max_age')::float8 \
-             FROM pg_database WHERE datallowconn ORDER BY 2 DESC, 1",
+             FROM pg_database ORDER BY 2 DESC, 1",
             &[],
         )
         .await
@@ -583,9 +618,10 @@ pub async fn long_queries(conn: &Connection, minutes: i32) -> Result<Vec<LongQue
         .collect())
 }
 
-/// Sets how long each statement of `conn` waits for a lock.
-pub async fn set_lock_timeout(conn: &Connection, limit: std::time::Duration) -> Result<()> {
-    let ms = limit.as_millis().max(1);
+/// Sets how long each statement of `conn` waits for a lock; `None`: as long
+/// as it takes.
+pub async fn set_lock_timeout(conn: &Connection, limit: Option<std::time::Duration>) -> Result<()> {
+    let ms = limit.map_or(0, |l| l.as_millis().max(1));
     conn.client
         .batch_execute(&format!("SET lock_timeout = '{ms}ms'"))
         .await
@@ -634,6 +670,7 @@ mod tests {
             bloat: None,
             bloat_exact: false,
             table_being_indexed: false,
+            exclusion: false,
         };
         assert!(index("t_pkey_ccnew", false).is_reindex_leftover());
         assert!(index("t_pkey_ccnew1", false).is_reindex_leftover());
