@@ -519,7 +519,7 @@ fn db_report_ranks_the_bloated_table_first_by_dead_tuples() {
         "Dead tuples, most first",
         "Transaction-ID age",
         "Connections",
-        "Queries running longer than 5 minutes",
+        "Statements or transactions running longer than 5m",
     ] {
         assert!(run.stdout.contains(section), "{section}: {}", run.stdout);
     }
@@ -537,6 +537,18 @@ fn db_report_ranks_the_bloated_table_first_by_dead_tuples() {
             .iter()
             .any(|d| d["database"] == "app")
     );
+
+    // A session idle in its transaction for a second, and a lower bar.
+    let holder = setup.cluster.hold_lock("app", "m.clean");
+    std::thread::sleep(Duration::from_millis(1500));
+    let run = setup.backup(&["db", "report", "--database", "app", "--long", "1s"]);
+    assert!(run.ok(), "{}", run.all());
+    let long = run.stdout.split("running longer than 1s").nth(1).unwrap();
+    assert!(
+        long.contains("idle in transaction") && long.contains("LOCK TABLE m.clean"),
+        "{long}"
+    );
+    holder.release();
 
     let run = setup.backup(&["db", "report", "--database", "nope"]);
     assert_eq!(run.code, 7, "{}", run.all());

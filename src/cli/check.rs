@@ -115,6 +115,13 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
         }
         Err(e) => state.problems.push(e.to_string()),
     }
+    if job.record_storages().is_empty() {
+        state.problems.push(
+            "no storage keeps this job's run records: declare a storage in its file or \
+             set `reports = \"STORAGE\"`"
+                .to_owned(),
+        );
+    }
     // Records go to every storage of the job; the first that answers is read.
     for storage_spec in job.record_storages() {
         let storage = match crate::storage::open(storage_spec).await {

@@ -24,10 +24,16 @@ pub struct ReportArgs {
     /// How many rows each ranking shows (--json lists every one).
     #[arg(long, default_value_t = 15)]
     top: usize,
+    /// Statements or transactions running longer than this are listed.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_long)]
+    long: std::time::Duration,
 }
 
-/// Statements or transactions older than this are listed as long-running.
-const LONG_MINUTES: i32 = 5;
+fn parse_long(text: &str) -> std::result::Result<std::time::Duration, String> {
+    crate::time::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("'{text}' is not a duration such as 5m, 30s or 1h"))
+}
 
 /// How long the report waits on a locked table before it estimates its size.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -75,7 +81,7 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
     let inventory = stats::inventory(&conn).await?;
     let ages = stats::database_ages(&conn).await?;
     let sessions = stats::sessions(&conn).await?;
-    let long = stats::long_queries(&conn, LONG_MINUTES).await?;
+    let long = stats::long_queries(&conn, args.long).await?;
     let now = engine.clock().now();
 
     let mut by_size = inventory.tables.clone();
@@ -105,7 +111,7 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
             "oldest_tables": oldest.iter().take(args.top).collect::<Vec<_>>(),
             "sessions": sessions,
             "long_queries": long,
-            "long_query_minutes": LONG_MINUTES,
+            "long_query_seconds": args.long.as_secs_f64(),
         }));
     }
 
@@ -203,7 +209,7 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
     table(&rows);
     println!("  oldest tables:");
     let mut rows = vec![["TABLE", "AGE"].map(String::from).to_vec()];
-    for t in oldest.iter().take(5) {
+    for t in oldest.iter().take(top) {
         rows.push(vec![t.qualified(), t.xid_age.to_string()]);
     }
     table(&rows);
@@ -219,14 +225,25 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
     }
     table(&rows);
 
-    println!("\nQueries running longer than {LONG_MINUTES} minutes");
+    println!(
+        "\nStatements or transactions running longer than {}",
+        crate::time::show_std_duration(args.long)
+    );
     if long.is_empty() {
         println!("  none");
     } else {
         let mut rows = vec![
-            ["PID", "USER", "DATABASE", "STATE", "RUNNING", "QUERY"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "PID",
+                "USER",
+                "DATABASE",
+                "STATE",
+                "STATEMENT",
+                "TRANSACTION",
+                "QUERY",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
         for q in &long {
             rows.push(vec![
@@ -235,6 +252,9 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                 q.database.clone(),
                 q.state.clone(),
                 show_duration(SignedDuration::from_secs_f64(q.running_seconds)),
+                q.transaction_seconds.map_or("-".to_owned(), |s| {
+                    show_duration(SignedDuration::from_secs_f64(s))
+                }),
                 q.query
                     .split_whitespace()
                     .collect::<Vec<_>>()

@@ -584,8 +584,12 @@ pub async fn sessions(conn: &Connection) -> Result<Vec<Sessions>> {
         .collect())
 }
 
-/// Statements running, or transactions open, for longer than `minutes`.
-pub async fn long_queries(conn: &Connection, minutes: i32) -> Result<Vec<LongQuery>> {
+/// Statements running, or transactions open, for longer than `longer_than`.
+pub async fn long_queries(
+    conn: &Connection,
+    longer_than: std::time::Duration,
+) -> Result<Vec<LongQuery>> {
+    let seconds = longer_than.as_secs_f64();
     let rows = conn
         .client
         .query(
@@ -597,10 +601,10 @@ pub async fn long_queries(conn: &Connection, minutes: i32) -> Result<Vec<LongQue
              FROM pg_stat_activity \
              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
                AND state IS DISTINCT FROM 'idle' \
-               AND (query_start < now() - make_interval(mins => $1) \
-                    OR xact_start < now() - make_interval(mins => $1)) \
+               AND (query_start < now() - make_interval(secs => $1) \
+                    OR xact_start < now() - make_interval(secs => $1)) \
              ORDER BY least(query_start, xact_start)",
-            &[&minutes],
+            &[&seconds],
         )
         .await
         .map_err(|e| query_error("reading pg_stat_activity", e))?;
