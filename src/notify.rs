@@ -108,6 +108,19 @@ pub async fn announce(
     futures::future::join_all(sends).await;
 }
 
+/// The largest `details` a webhook gets whole; a maintenance run of a big
+/// database keeps far more, which the run record has.
+const DETAILS_LIMIT: usize = 32 << 10;
+
+fn details_to_send(details: &serde_json::Value) -> serde_json::Value {
+    let size = details.to_string().len();
+    if size <= DETAILS_LIMIT {
+        details.clone()
+    } else {
+        json!({ "omitted": format!("{size} bytes: read the run record") })
+    }
+}
+
 fn body(kind: NotifierKind, event: Event, record: &RunRecord) -> serde_json::Value {
     let headline = match event {
         Event::Failure => format!(
@@ -145,7 +158,7 @@ fn body(kind: NotifierKind, event: Event, record: &RunRecord) -> serde_json::Val
             "started_at": record.started_at,
             "finished_at": record.finished_at,
             "error": record.error,
-            "details": record.details,
+            "details": details_to_send(&record.details),
         }),
     }
 }
@@ -187,6 +200,15 @@ async fn send(client: &reqwest::Client, notifier: &Notifier, event: Event, recor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_details_stay_in_the_record() {
+        let small = json!({"backup_id": "20261125T030000Z"});
+        assert_eq!(details_to_send(&small), small);
+        let steps: Vec<String> = (0..5000).map(|i| format!("step {i}")).collect();
+        let sent = details_to_send(&json!({ "steps": steps }));
+        assert!(sent["omitted"].as_str().unwrap().ends_with("bytes: read the run record"));
+    }
 
     #[test]
     fn failures_and_recoveries_are_told_apart() {

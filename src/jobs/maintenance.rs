@@ -631,12 +631,20 @@ impl MaintenanceOutcome {
                 )
             })
             .collect();
+        // The record has them all; a message stays readable.
+        const NAMED: usize = 5;
         (!failed.is_empty()).then(|| {
+            let more = failed.len().saturating_sub(NAMED);
             format!(
-                "{} of {} maintenance step(s) failed: {}",
+                "{} of {} maintenance step(s) failed: {}{}",
                 failed.len(),
                 self.steps.len(),
-                failed.join("; ")
+                failed[..failed.len().min(NAMED)].join("; "),
+                if more > 0 {
+                    format!("; and {more} more (see the run record)")
+                } else {
+                    String::new()
+                }
             )
         })
     }
