@@ -207,7 +207,12 @@ mod tests {
         assert_eq!(details_to_send(&small), small);
         let steps: Vec<String> = (0..5000).map(|i| format!("step {i}")).collect();
         let sent = details_to_send(&json!({ "steps": steps }));
-        assert!(sent["omitted"].as_str().unwrap().ends_with("bytes: read the run record"));
+        assert!(
+            sent["omitted"]
+                .as_str()
+                .unwrap()
+                .ends_with("bytes: read the run record")
+        );
     }
 
     #[test]
