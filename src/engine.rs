@@ -232,6 +232,7 @@ impl Engine {
         name: &str,
         cancel: &CancellationToken,
     ) -> Result<BackupOutcome> {
+        self.config.backup_job(name)?;
         match self.run_now(name, cancel).await? {
             Output::Backup(o) => Ok(*o),
             Output::Maintenance(_) => {
@@ -290,7 +291,7 @@ impl Engine {
         // storages only their records.
         let storages = match open_all(job.record_storages()).await {
             Ok(s) => s,
-            Err(e) => return Ok(self.conclude(record, Err(e), &[], None).await),
+            Err(e) => return Ok(self.conclude(record, Err(e), &[], None, None).await),
         };
         if storages.is_empty() {
             tracing::warn!(
@@ -299,7 +300,8 @@ impl Engine {
             );
         }
         let mut lock = None;
-        let attempts = self.attempts(job, &storages, &request, &mut record, &mut lock);
+        let journal = maintenance::Journal::default();
+        let attempts = self.attempts(job, &storages, &request, &mut record, &mut lock, &journal);
         let stopped = match &job.kind {
             JobKind::Backup(_) => {
                 "stopped by SIGTERM or SIGINT: the backup in progress has no manifest, \
@@ -327,7 +329,9 @@ impl Engine {
             ))),
             Err(e) => Err(e),
         };
-        Ok(self.conclude(record, result, &storages, lock).await)
+        Ok(self
+            .conclude(record, result, &storages, lock, journal.details())
+            .await)
     }
 
     /// The attempts of one run: the first, then up to `retries` more with the
@@ -340,12 +344,13 @@ impl Engine {
         request: &RunRequest,
         record: &mut RunRecord,
         lock: &mut Option<RunLock>,
+        journal: &maintenance::Journal,
     ) -> Result<Step> {
         let mut delay = job.policy.retry_delay;
         loop {
             record.attempts += 1;
             match self
-                .attempt(job, storages, request, &record.run_id, lock)
+                .attempt(job, storages, request, &record.run_id, lock, journal)
                 .await
             {
                 Err(e) if record.attempts <= job.policy.retries => {
@@ -379,6 +384,7 @@ impl Engine {
         request: &RunRequest,
         run_id: &str,
         lock: &mut Option<RunLock>,
+        journal: &maintenance::Journal,
     ) -> Result<Step> {
         // A lock whose session the server ended (a restart, a failover) is
         // no lock: take it again, as if the run were starting.
@@ -419,7 +425,7 @@ impl Engine {
                 job.database().name
             ),
             DatabaseUse::Exclusive => tracing::info!(
-                "waiting: a backup of database {} is running",
+                "waiting: a backup of database {} is running (or other maintenance of it)",
                 job.database().name
             ),
         })
@@ -435,9 +441,11 @@ impl Engine {
                 )
                 .await
                 .map(|o| Output::Backup(Box::new(o))),
-                JobKind::Maintenance(spec) => maintenance::run(job, spec, self.clock.as_ref())
-                    .await
-                    .map(Output::Maintenance),
+                JobKind::Maintenance(spec) => {
+                    maintenance::run(job, spec, self.clock.as_ref(), journal)
+                        .await
+                        .map(Output::Maintenance)
+                }
             }
         };
         // Losing the lock's session mid-run releases the locks on the server:
@@ -456,6 +464,7 @@ impl Engine {
         result: Result<Output>,
         storages: &[Arc<dyn Storage>],
         lock: Option<RunLock>,
+        unfinished: Option<serde_json::Value>,
     ) -> RunEnd {
         let error = match &result {
             Ok(o) => o.failure(),
@@ -469,8 +478,14 @@ impl Engine {
             Err(_) => Outcome::Failed,
         };
         record.end(self.clock.now(), outcome, error);
-        if let Ok(o) = &result {
-            record.details = o.details();
+        match &result {
+            Ok(o) => record.details = o.details(),
+            // What a stopped run had done is evidence too.
+            Err(_) => {
+                if let Some(done) = unfinished {
+                    record.details = done;
+                }
+            }
         }
         match record.outcome {
             Outcome::Succeeded => tracing::info!("run {} succeeded", record.run_id),

@@ -236,7 +236,7 @@ fn a_daemon_runs_its_schedule_and_answers_health_and_metrics() {
     let now = jiff::Timestamp::now().as_second() as f64;
     let last = metric(
         &text,
-        r#"backup_last_success_timestamp_seconds{job="nightly"}"#,
+        r#"backup_last_success_timestamp_seconds{job="nightly",type="backup"}"#,
     )
     .unwrap();
     assert!((now - last).abs() < 120.0, "{text}");
@@ -244,7 +244,7 @@ fn a_daemon_runs_its_schedule_and_answers_health_and_metrics() {
     let next = metric(&text, r#"backup_next_run_timestamp_seconds{job="nightly"}"#).unwrap();
     assert!(next >= now - 5.0, "{text}");
     for name in [
-        "backup_running{job=\"nightly\"}",
+        "backup_running{job=\"nightly\",type=\"backup\"}",
         "backup_last_run_duration_seconds{job=\"nightly\",type=\"backup\"}",
     ] {
         assert!(metric(&text, name).is_some(), "{name} missing:\n{text}");
@@ -284,7 +284,7 @@ fn a_scheduled_maintenance_job_runs_records_and_shows_in_metrics() {
     assert!(
         metric(
             &text,
-            r#"backup_last_success_timestamp_seconds{job="tidy"}"#
+            r#"backup_last_success_timestamp_seconds{job="tidy",type="maintenance"}"#
         )
         .is_some(),
         "{text}"

@@ -657,3 +657,51 @@ fn tables_the_role_may_not_maintain_are_left_alone_and_say_whose_they_are() {
     );
     assert!(dead_tuples(&setup, "m.bloated") > 70_000);
 }
+
+#[test]
+fn a_run_stopped_mid_step_records_what_it_did_and_the_next_run_cleans_up() {
+    let setup = setup(
+        BLOATED,
+        "\n[jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
+         tasks = [\"vacuum\", \"reindex\"]\ntables = [\"m.bloated\"]\nall = true\ntimeout = \"4s\"\n",
+    );
+    // An old snapshot: REINDEX CONCURRENTLY builds its copy, then waits for it.
+    let snapshot = setup.cluster.hold_snapshot("postgres");
+    let app_snapshot = setup.cluster.hold_snapshot("app");
+    let run = finish(
+        setup.spawn_backup_with(&["run", "tidy"], &[]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code, 10, "{}", run.all());
+    let records = records(&setup, "tidy");
+    let r = records.last().unwrap();
+    assert_eq!(r["outcome"], "timed_out", "{r:#}");
+    assert_eq!(
+        step(&r["details"], "vacuum", "bloated")["status"],
+        "done",
+        "{r:#}"
+    );
+    let stopped = &r["details"]["stopped_during"];
+    assert_eq!(stopped["action"], "reindex", "{r:#}");
+    assert!(
+        stopped["sql"]
+            .as_str()
+            .unwrap()
+            .starts_with("REINDEX INDEX CONCURRENTLY"),
+        "{r:#}"
+    );
+    // The cancelled REINDEX was stopped on the server, not left waiting.
+    assert_eq!(
+        value(
+            &setup,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'REINDEX%'"
+        ),
+        "0"
+    );
+    drop(snapshot);
+    drop(app_snapshot);
+    let leftovers = "SELECT count(*) FROM pg_index WHERE NOT indisvalid";
+    let out = json_run(&setup, &["run", "tidy"]);
+    assert_eq!(out[0]["ok"], true, "{out:#}");
+    assert_eq!(value(&setup, leftovers), "0");
+}

@@ -247,6 +247,8 @@ fn judge(
     max_age: Option<SignedDuration>,
     now: Timestamp,
 ) -> (Status, String) {
+    // --max-age is about backups; a monthly maintenance job goes by its schedule.
+    let max_age = max_age.filter(|_| s.kind == "backup");
     let (limit, why) = match (
         max_age,
         job.schedule.as_ref().and_then(|sch| sch.longest_gap(now)),

@@ -145,6 +145,9 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                     m.lock_retries,
                     m.window.map_or(String::new(), |w| format!(", window {w}"))
                 );
+                if let Some(timeout) = job.policy.timeout {
+                    println!("  timeout:     {}", crate::time::show_std_duration(timeout));
+                }
             }
         }
         match job.record_storages().first() {

@@ -145,13 +145,24 @@ pub async fn run(
     }
     if args.dry_run {
         let mut results = Vec::new();
+        let mut first_error: Option<Error> = None;
         for name in &args.jobs {
-            results.push(dry_run(engine.config.job(name)?, json).await?);
+            match dry_run(engine.config.job(name)?, json).await {
+                Ok(result) => results.push(result),
+                Err(e) => {
+                    if json {
+                        results.push(json!({"job": name, "ok": false, "error": e.to_string()}));
+                    }
+                    let e = e.context(format!("job {name}"));
+                    crate::report::print_error(&e);
+                    first_error.get_or_insert(e);
+                }
+            }
         }
         if json {
             super::print_json(&results)?;
         }
-        return Ok(());
+        return first_error.map_or(Ok(()), |e| Err(e.reported()));
     }
     let mut first_error: Option<Error> = None;
     let mut results = Vec::new();

@@ -44,7 +44,9 @@ pub(super) fn validate(
             ))
     })?;
     if raw_tasks.get_ref().is_empty() {
-        return Err(source.error(raw_tasks, format!("[{section}] tasks is empty")));
+        return Err(source
+            .error(raw_tasks, format!("[{section}] tasks is empty"))
+            .with_hint(format!("name at least one task: {}", names.join(", "))));
     }
     let mut tasks = Vec::new();
     for t in raw_tasks.get_ref() {

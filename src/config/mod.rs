@@ -550,7 +550,7 @@ fn validate_job(
         ),
         None => None,
     };
-    let policy = validate_policy(source, &section, job)?;
+    let mut policy = validate_policy(source, &section, job)?;
     let kind = match job.kind.get_ref().as_str() {
         "backup" => {
             check_keys(source, name, "backup", job, BACKUP_KEYS)?;
@@ -575,6 +575,15 @@ fn validate_job(
                 .with_hint("supported job types: backup, maintenance"));
         }
     };
+    // Heavy maintenance holds dumps of its database off while it runs, and
+    // REINDEX CONCURRENTLY waits for old transactions without a lock
+    // timeout: something must end it.
+    if let JobKind::Maintenance(m) = &kind
+        && m.is_heavy()
+        && policy.timeout.is_none()
+    {
+        policy.timeout = Some(HEAVY_MAINTENANCE_TIMEOUT);
+    }
     Ok(Job {
         name: name.to_owned(),
         timezone,
@@ -584,6 +593,9 @@ fn validate_job(
         policy,
     })
 }
+
+/// The `timeout` of a `vacuum-full` or `reindex` job that sets none.
+pub const HEAVY_MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// The value of `raw` among `choices` (the first is the default, as the hint says).
 fn one_of<T: Copy>(
@@ -925,6 +937,11 @@ compression = "gzip"
         assert_eq!(m.lock_timeout, Duration::from_secs(2));
         assert_eq!(m.lock_retries, 2);
         assert_eq!(m.window.unwrap().to_string(), "22:00-05:00");
+        assert_eq!(
+            job.policy.timeout,
+            Some(HEAVY_MAINTENANCE_TIMEOUT),
+            "heavy jobs end"
+        );
         // The file's first storage in the text, not in name order.
         assert_eq!(job.record_storages()[0].name, "disk");
         assert_eq!(config.job("nightly").unwrap().database().name, "app");

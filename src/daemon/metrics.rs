@@ -37,11 +37,11 @@ type Seconds = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
     registry: Registry,
-    last_success: Family<JobLabel, Seconds>,
+    last_success: Family<JobTypeLabels, Seconds>,
     last_duration: Family<JobTypeLabels, Seconds>,
     last_size: Family<JobLabel, Gauge>,
     runs: Family<RunLabels, Counter>,
-    running: Family<JobLabel, Gauge>,
+    running: Family<JobTypeLabels, Gauge>,
     next_run: Family<JobLabel, Seconds>,
     restore_test_success: Family<JobLabel, Seconds>,
 }
@@ -99,6 +99,13 @@ impl Default for Metrics {
     }
 }
 
+fn typed(name: &str, kind: &str) -> JobTypeLabels {
+    JobTypeLabels {
+        job: name.to_owned(),
+        r#type: kind.to_owned(),
+    }
+}
+
 fn job(name: &str) -> JobLabel {
     JobLabel {
         job: name.to_owned(),
@@ -138,9 +145,9 @@ impl Metrics {
                     .restore_test_success
                     .get_or_create(&job(&record.job))
                     .set(finished),
-                _ => self
+                kind => self
                     .last_success
-                    .get_or_create(&job(&record.job))
+                    .get_or_create(&typed(&record.job, kind))
                     .set(finished),
             };
             if let Some(size) = record.details["stored_size"].as_i64() {
@@ -151,7 +158,7 @@ impl Metrics {
 
     /// Makes every known job show up, with zeros, before its first run.
     pub fn know_job(&self, name: &str, kind: &str) {
-        let _ = self.running.get_or_create(&job(name));
+        let _ = self.running.get_or_create(&typed(name, kind));
         for outcome in Outcome::ALL {
             let _ = self.runs.get_or_create(&RunLabels {
                 job: name.to_owned(),
@@ -182,13 +189,15 @@ impl Metrics {
 }
 
 impl RunObserver for Metrics {
-    fn started(&self, name: &str, _kind: &str) {
-        self.running.get_or_create(&job(name)).set(1);
+    fn started(&self, name: &str, kind: &str) {
+        self.running.get_or_create(&typed(name, kind)).set(1);
     }
 
     fn finished(&self, record: &RunRecord) {
         if record.outcome != Outcome::Skipped {
-            self.running.get_or_create(&job(&record.job)).set(0);
+            self.running
+                .get_or_create(&typed(&record.job, &record.kind))
+                .set(0);
         }
         self.absorb(record, true);
     }
@@ -221,12 +230,12 @@ mod tests {
         m.set_next_run("nightly", Some("2026-11-25T03:00:00Z".parse().unwrap()));
         let text = m.encode();
         for line in [
-            r#"backup_last_success_timestamp_seconds{job="nightly"} 1795489230.0"#,
+            r#"backup_last_success_timestamp_seconds{job="nightly",type="backup"} 1795489230.0"#,
             r#"backup_last_run_duration_seconds{job="nightly",type="backup"} 30.0"#,
             r#"backup_last_size_bytes{job="nightly"} 1234"#,
             r#"backup_runs_total{job="nightly",type="backup",outcome="succeeded"} 1"#,
             r#"backup_runs_total{job="nightly",type="backup",outcome="failed"} 0"#,
-            r#"backup_running{job="nightly"} 0"#,
+            r#"backup_running{job="nightly",type="backup"} 0"#,
             r#"backup_next_run_timestamp_seconds{job="nightly"} 1795575600.0"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

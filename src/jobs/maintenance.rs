@@ -294,14 +294,26 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
     for t in &inv.tables {
         match in_scope(targets, t) {
             // The server would skip it with a mere warning: say why here.
-            Ok(()) if !t.can_vacuum => left_alone.push(LeftAlone {
-                table: t.qualified(),
-                reason: format!(
-                    "the job's role may not maintain it: run the job as its owner ({}), \
-                     the database's owner, or a role with MAINTAIN (PostgreSQL 17)",
-                    t.owner
-                ),
-            }),
+            Ok(()) if !t.can_vacuum => {
+                if t.xid_age >= urgent_age {
+                    warnings.push(format!(
+                        "table {}: transaction-ID age {} is past autovacuum_freeze_max_age {}: \
+                         wraparound risk, and the job's role may not vacuum it (owner: {})",
+                        t.qualified(),
+                        t.xid_age,
+                        urgent_age,
+                        t.owner
+                    ));
+                }
+                left_alone.push(LeftAlone {
+                    table: t.qualified(),
+                    reason: format!(
+                        "the job's role may not maintain it: run the job as its owner ({}), \
+                         the database's owner, or a role with MAINTAIN (PostgreSQL 17)",
+                        t.owner
+                    ),
+                });
+            }
             Ok(()) => tables.push(t),
             Err(reason) => left_alone.push(LeftAlone {
                 table: t.qualified(),
@@ -355,7 +367,7 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
                  right now: left alone",
                 index.qualified()
             ));
-        } else if !table.can_reindex {
+        } else if !table.owns {
             warnings.push(format!(
                 "index {} is the leftover of a failed REINDEX CONCURRENTLY; only the owner \
                  of {} ({}) may drop it",
@@ -381,10 +393,19 @@ pub fn plan(inv: &Inventory, job: &MaintenanceJob) -> Plan {
         if is_urgent {
             warnings.push(format!(
                 "table {}: transaction-ID age {} is past autovacuum_freeze_max_age {}: \
-                 wraparound risk, vacuumed first",
+                 wraparound risk{}",
                 t.qualified(),
                 t.xid_age,
-                urgent_age
+                urgent_age,
+                if job
+                    .tasks
+                    .iter()
+                    .any(|t| *t != Task::Analyze && *t != Task::Reindex)
+                {
+                    ", so it goes first"
+                } else {
+                    "; this job has no vacuum task to help it"
+                }
             ));
         }
         // A size estimated as 0 (never vacuumed nor analyzed) is unknown, not small.
@@ -650,6 +671,53 @@ impl MaintenanceOutcome {
     }
 }
 
+/// The steps of a run as they end, kept outside the run so that a run
+/// stopped by its timeout or a signal still leaves the record of what it did.
+#[derive(Debug, Default)]
+pub struct Journal {
+    inner: std::sync::Mutex<JournalInner>,
+}
+
+#[derive(Debug, Default)]
+struct JournalInner {
+    finished: Vec<StepResult>,
+    running: Option<(Step, String)>,
+}
+
+impl Journal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JournalInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start(&self, step: &Step, sql: &str) {
+        self.lock().running = Some((step.clone(), sql.to_owned()));
+    }
+
+    fn finish(&self, result: &StepResult) {
+        let mut inner = self.lock();
+        inner.running = None;
+        inner.finished.push(result.clone());
+    }
+
+    /// What a run that did not return did: its finished steps and the one
+    /// it was stopped in. `None` when it stopped before its first step.
+    pub fn details(&self) -> Option<serde_json::Value> {
+        let inner = self.lock();
+        if inner.finished.is_empty() && inner.running.is_none() {
+            return None;
+        }
+        Some(serde_json::json!({
+            "steps": inner.finished,
+            "stopped_during": inner.running.as_ref().map(|(step, sql)| serde_json::json!({
+                "action": step.action,
+                "target": step.target(),
+                "sql": sql,
+                "note": "cancelled: the statement was cancelled on the server",
+            })),
+        }))
+    }
+}
+
 /// What `--dry-run` shows: the plan, or why there is none.
 #[derive(Debug, Clone, Serialize)]
 pub struct Preview {
@@ -664,7 +732,7 @@ pub struct Preview {
 async fn open(
     spec: &MaintenanceJob,
     measure: bool,
-) -> Result<(Connection, Notices, Option<Inventory>)> {
+) -> Result<(Connection, Notices, u32, Option<Inventory>)> {
     let (conn, notices) = pg::connect_with_notices(&spec.database).await?;
     let version = pg::server_version(&conn).await?;
     if version.major < 12 {
@@ -676,7 +744,7 @@ async fn open(
         .with_hint("upgrade the server; PostgreSQL 11 has had no fixes since November 2023"));
     }
     if stats::in_recovery(&conn).await? {
-        return Ok((conn, notices, None));
+        return Ok((conn, notices, version.major, None));
     }
     stats::set_lock_timeout(&conn, Some(spec.lock_timeout)).await?;
     // A role's statement_timeout is for the application's queries; a VACUUM
@@ -694,7 +762,7 @@ async fn open(
     {
         measure_candidates(&conn, &mut inventory, &spec.targets).await;
     }
-    Ok((conn, notices, Some(inventory)))
+    Ok((conn, notices, version.major, Some(inventory)))
 }
 
 /// How far from `min_index_bloat` an estimate must be to decide alone.
@@ -720,15 +788,21 @@ async fn measure_candidates(conn: &Connection, inv: &mut Inventory, targets: &Ta
         i.method == "btree" && i.valid && candidates.contains(&i.table_oid) && in_doubt(i)
     }) {
         let guard = CancelOnDrop::new(conn);
-        stats::measure_index(conn, index).await;
+        let measured = stats::measure_index(conn, index).await;
         guard.disarm();
+        if let Err(e) = measured {
+            // Said once: every other index would fail the same way.
+            let hint = e.hint().map_or(String::new(), |h| format!(" ({h})"));
+            tracing::warn!("index bloat is estimated, not measured: {e}{hint}");
+            return;
+        }
     }
     inv.exact_index_bloat = true;
 }
 
 /// The plan a run would carry out now. Changes nothing.
 pub async fn preview(spec: &MaintenanceJob) -> Result<Preview> {
-    let (conn, _, inventory) = open(spec, true).await?;
+    let (conn, _, _, inventory) = open(spec, true).await?;
     Ok(Preview {
         database: conn.dbname.clone(),
         standby: inventory.is_none(),
@@ -741,13 +815,14 @@ pub async fn run(
     job: &Job,
     spec: &MaintenanceJob,
     clock: &dyn Clock,
+    journal: &Journal,
 ) -> Result<MaintenanceOutcome> {
     let window_open = || {
         spec.window
             .is_none_or(|w| w.contains(clock.now(), &job.timezone))
     };
     // Outside the window nothing starts: not even reading every index.
-    let (conn, mut notices, inventory) = open(spec, window_open()).await?;
+    let (conn, mut notices, major, inventory) = open(spec, window_open()).await?;
     let Some(inventory) = inventory else {
         tracing::info!(
             "database {} is a standby (in recovery): maintenance runs on the primary; nothing done",
@@ -812,6 +887,7 @@ pub async fn run(
             continue;
         }
         let started = Instant::now();
+        journal.start(&step, &sql);
         let mut ended = execute(&conn, &mut notices, spec, &step, &window_open).await;
         let seconds = started.elapsed().as_secs_f64();
         let after = if ended.status == StepStatus::Done {
@@ -819,7 +895,10 @@ pub async fn run(
         } else {
             None
         };
+        // Before 15 the statistics reach other sessions up to half a second
+        // late: a VACUUM just done could look undone.
         if ended.status == StepStatus::Done
+            && major >= 15
             && let Some(why) = not_done(step.action, &before, after.as_ref(), &ended.warnings)
         {
             ended.status = StepStatus::Failed;
@@ -838,7 +917,7 @@ pub async fn run(
                 ended.note.as_deref().unwrap_or("")
             ),
         }
-        results.push(StepResult {
+        let result = StepResult {
             sql,
             step,
             status: ended.status,
@@ -847,7 +926,9 @@ pub async fn run(
             seconds,
             before,
             after,
-        });
+        };
+        journal.finish(&result);
+        results.push(result);
     }
     let mut warnings = plan.warnings;
     if window_closed && let Some(window) = spec.window {
@@ -981,13 +1062,16 @@ async fn lock_holders(conn: &Connection, step: &Step, concurrently: bool) -> Vec
     let rows = conn
         .client
         .query(
-            "SELECT l.pid, coalesce(nullif(a.application_name, ''), a.backend_type, '?')::text, \
+            "SELECT l.pid, coalesce(nullif(a.application_name, ''), a.backend_type, \
+                    'prepared transaction ' || p.gid, '?')::text, \
                     coalesce(a.usename::text, '?'), coalesce(a.state, '?')::text, \
                     extract(epoch FROM now() - coalesce(a.xact_start, a.backend_start))::float8, \
                     l.mode::text \
              FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+             LEFT JOIN pg_prepared_xacts p ON l.pid IS NULL \
+                  AND p.transaction::text = split_part(l.virtualtransaction, '/', 2) \
              WHERE l.locktype = 'relation' AND l.relation = $1 AND l.granted \
-               AND l.pid <> pg_backend_pid() AND l.mode = ANY($2) \
+               AND l.pid IS DISTINCT FROM pg_backend_pid() AND l.mode = ANY($2) \
              ORDER BY 1",
             &[&step.table_oid, &modes],
         )
@@ -996,14 +1080,16 @@ async fn lock_holders(conn: &Connection, step: &Step, concurrently: bool) -> Vec
         Ok(rows) => rows
             .iter()
             .map(|r| {
-                let pid: i32 = r.get(0);
+                // No process holds a prepared transaction's locks.
+                let pid: Option<i32> = r.get(0);
                 let app: String = r.get(1);
                 let user: String = r.get(2);
                 let state: String = r.get(3);
                 let seconds: Option<f64> = r.get(4);
                 let mode: String = r.get(5);
                 format!(
-                    "pid {pid} ({app}, user {user}, {state} for {}, {mode})",
+                    "pid {} ({app}, user {user}, {state} for {}, {mode})",
+                    pid.map_or("-".to_owned(), |p| p.to_string()),
                     crate::time::show_duration(jiff::SignedDuration::from_secs_f64(
                         seconds.unwrap_or(0.0).max(0.0)
                     ))
@@ -1247,6 +1333,7 @@ mod tests {
             owner: "app".into(),
             can_vacuum: true,
             can_reindex: true,
+            owns: true,
         }
     }
 

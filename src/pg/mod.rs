@@ -334,15 +334,20 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 
 /// A query error with the database named.
 pub fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
-    let message = match e.as_db_error() {
-        Some(d) => d.message().to_owned(),
-        None => source_chain(&e),
-    };
-    let err = Error::database(format!("{what}: {message}"));
-    if e.as_db_error().is_none() {
-        err.temporary()
-    } else {
-        err
+    match e.as_db_error() {
+        // The server's DETAIL says which key, which file; its HINT what to do.
+        Some(d) => {
+            let mut message = format!("{what}: {}", d.message());
+            if let Some(detail) = d.detail() {
+                message.push_str(&format!(" ({detail})"));
+            }
+            let err = Error::database(message);
+            match d.hint() {
+                Some(hint) => err.with_hint(hint),
+                None => err,
+            }
+        }
+        None => Error::database(format!("{what}: {}", source_chain(&e))).temporary(),
     }
 }
 

@@ -45,6 +45,9 @@ pub struct TableStats {
     pub can_vacuum: bool,
     #[serde(skip)]
     pub can_reindex: bool,
+    /// Whether our role owns it: what dropping one of its indexes takes.
+    #[serde(skip)]
+    pub owns: bool,
 }
 
 impl TableStats {
@@ -182,7 +185,7 @@ fn table_query(exact_sizes: bool) -> String {
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), \
            pg_has_role(c.relowner, 'USAGE') OR pg_has_role(d.datdba, 'USAGE') OR {maintain}, \
            pg_has_role(c.relowner, 'USAGE') OR {maintain}, \
-           pg_get_userbyid(c.relowner)::text \
+           pg_get_userbyid(c.relowner)::text, pg_has_role(c.relowner, 'USAGE') \
          FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          CROSS JOIN bs \
@@ -207,7 +210,7 @@ fn table_query(exact_sizes: bool) -> String {
 /// table nor the database VACUUM and REINDEX it; older servers do not know
 /// the word, hence the guard.
 const MAINTAIN: &str = "CASE WHEN current_setting('server_version_num')::int >= 170000 \
-     THEN has_table_privilege(c.oid, 'MAINTAIN') ELSE false END";
+     THEN coalesce(has_table_privilege(c.oid, 'MAINTAIN'), false) ELSE false END";
 
 /// Page header and line pointer sizes, and the alignment, of PostgreSQL's
 /// on-disk format (the same on every platform it builds on today).
@@ -334,6 +337,7 @@ fn table_from_row(r: &tokio_postgres::Row) -> TableStats {
         owner: r.get(23),
         can_vacuum: r.get(21),
         can_reindex: r.get(22),
+        owns: r.get(24),
     }
 }
 
@@ -443,8 +447,8 @@ pub async fn inventory(conn: &Connection) -> Result<Inventory> {
 /// Measures a B-tree's bloat with `pgstatindex` (pgstattuple): how far its
 /// leaf pages are below the fill the index was built with. It reads the
 /// whole index, so callers measure only what they might rebuild. Keeps the
-/// estimate on failure.
-pub async fn measure_index(conn: &Connection, index: &mut IndexStats) {
+/// estimate when it cannot measure; an error only when the role may not.
+pub async fn measure_index(conn: &Connection, index: &mut IndexStats) -> Result<()> {
     let row = conn
         .client
         .query_one(
@@ -464,8 +468,18 @@ pub async fn measure_index(conn: &Connection, index: &mut IndexStats) {
                 index.bloat = Some((1.0 - density / f64::from(fill)).clamp(0.0, 1.0));
                 index.bloat_exact = true;
             }
+            Ok(())
         }
-        Err(e) => tracing::debug!("pgstatindex on {}: {e}", index.qualified()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Err(query_error("pgstatindex", e).with_hint(
+                "pgstatindex needs a superuser or a role granted pg_stat_scan_tables: \
+                 GRANT pg_stat_scan_tables TO <the job's role>",
+            ))
+        }
+        Err(e) => {
+            tracing::debug!("pgstatindex on {}: {e}", index.qualified());
+            Ok(())
+        }
     }
 }
 
@@ -507,7 +521,12 @@ pub async fn in_recovery(conn: &Connection) -> Result<bool> {
         .client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
-        .map_err(|e| query_error("asking whether the server is a standby", e))?;
+        .map_err(|e| {
+            query_error(
+                &format!("asking whether the server of {} is a standby", conn.dbname),
+                e,
+            )
+        })?;
     Ok(row.get(0))
 }
 
@@ -629,7 +648,7 @@ pub async fn set_lock_timeout(conn: &Connection, limit: Option<std::time::Durati
     conn.client
         .batch_execute(&format!("SET lock_timeout = '{ms}ms'"))
         .await
-        .map_err(|e| query_error("setting lock_timeout", e))
+        .map_err(|e| query_error(&format!("setting lock_timeout on {}", conn.dbname), e))
 }
 
 #[cfg(test)]

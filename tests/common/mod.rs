@@ -271,6 +271,15 @@ impl Cluster {
         self.hold(db, &format!("BEGIN; SELECT pg_advisory_lock({key});"))
     }
 
+    /// Holds a REPEATABLE READ snapshot open: what REINDEX CONCURRENTLY and
+    /// VACUUM wait for, or work around.
+    pub fn hold_snapshot(&self, db: &str) -> LockHolder {
+        self.hold(
+            db,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class;",
+        )
+    }
+
     /// Holds a shared session-level advisory lock on `key`, as a dump does
     /// on its database's key.
     pub fn hold_advisory_lock_shared(&self, db: &str, key: i64) -> LockHolder {
