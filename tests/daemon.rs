@@ -261,6 +261,35 @@ fn a_daemon_runs_its_schedule_and_answers_health_and_metrics() {
 }
 
 #[test]
+fn metrics_seeded_at_start_take_the_jobs_own_runs_not_a_later_restore() {
+    let setup = Setup::new("", "schedule = \"0 0 1 1 *\"");
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let run = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "restored",
+        "--yes",
+    ]);
+    assert!(run.ok(), "{}", run.all());
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+    let (_, text) = get(daemon.port, "/metrics").unwrap();
+    assert!(
+        metric(
+            &text,
+            r#"backup_last_success_timestamp_seconds{job="nightly",type="backup"}"#
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert!(!text.contains(r#"type="restore""#), "{text}");
+    assert_eq!(daemon.stop(Duration::from_secs(60)), 0);
+}
+
+#[test]
 fn a_scheduled_maintenance_job_runs_records_and_shows_in_metrics() {
     let setup = Setup::new("", "");
     let mut text = std::fs::read_to_string(&setup.config).unwrap();

@@ -298,13 +298,20 @@ async fn absorb_history(engine: &Engine, metrics: &Metrics) {
         let Some(storage) = first_storage(engine, name).await else {
             continue;
         };
+        // The job's own runs, and its restore tests: a manual restore's
+        // success must not read as the job's.
+        let kind = job.kind.name();
         let newest = report::newest_records(storage.as_ref(), name, 1, |r| {
-            r.outcome != report::Outcome::Skipped
+            r.kind == kind && r.outcome != report::Outcome::Skipped
         });
-        let success = report::newest_records(storage.as_ref(), name, 1, |r| r.succeeded);
-        let (newest, success) = futures::join!(newest, success);
+        let success =
+            report::newest_records(storage.as_ref(), name, 1, |r| r.kind == kind && r.succeeded);
+        let tested = report::newest_records(storage.as_ref(), name, 1, |r| {
+            r.kind == "restore-test" && r.succeeded
+        });
+        let (newest, success, tested) = futures::join!(newest, success, tested);
         // The success first: the newest run's duration is the one to show.
-        for record in success.into_iter().chain(newest).flatten() {
+        for record in success.into_iter().chain(newest).chain(tested).flatten() {
             metrics.absorb(&record, false);
         }
     }
