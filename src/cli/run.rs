@@ -143,29 +143,16 @@ pub async fn run(
     for name in &args.jobs {
         engine.config.job(name)?;
     }
+    let mut report = Report::new(json);
     if args.dry_run {
-        let mut results = Vec::new();
-        let mut first_error: Option<Error> = None;
         for name in &args.jobs {
             match dry_run(engine.config.job(name)?, json).await {
-                Ok(result) => results.push(result),
-                Err(e) => {
-                    if json {
-                        results.push(json!({"job": name, "ok": false, "error": e.to_string()}));
-                    }
-                    let e = e.context(format!("job {name}"));
-                    crate::report::print_error(&e);
-                    first_error.get_or_insert(e);
-                }
+                Ok(result) => report.items.push(result),
+                Err(e) => report.failed(name, e),
             }
         }
-        if json {
-            super::print_json(&results)?;
-        }
-        return first_error.map_or(Ok(()), |e| Err(e.reported()));
+        return report.finish();
     }
-    let mut first_error: Option<Error> = None;
-    let mut results = Vec::new();
     for name in &args.jobs {
         let job = engine.config.job(name)?;
         match engine.run_now(name, cancel).await {
@@ -175,22 +162,20 @@ pub async fn run(
                     value["job"] = json!(name);
                     value["type"] = json!("maintenance");
                     value["ok"] = json!(outcome.failure().is_none());
-                    results.push(value);
+                    report.items.push(value);
                 } else {
                     print_maintenance(name, &outcome);
                 }
                 if let Some(failure) = outcome.failure() {
-                    let e = Error::database(format!("job {name}: {failure}")).with_hint(
+                    report.also(Error::database(format!("job {name}: {failure}")).with_hint(
                         "the run record names each step and its error; the next run plans again",
-                    );
-                    crate::report::print_error(&e);
-                    first_error.get_or_insert(e);
+                    ));
                 }
             }
             Ok(Output::Backup(outcome)) => {
                 let m = &outcome.manifest;
                 if json {
-                    results.push(json!({
+                    report.items.push(json!({
                         "job": name, "ok": outcome.failed.is_empty(), "backup": m.id,
                         "snapshot_at": m.snapshot_at, "raw_size": m.raw_size(),
                         "stored_size": m.stored_size(), "stored_in": outcome.stored_in,
@@ -212,32 +197,57 @@ pub async fn run(
                     }
                 }
                 for (storage, e) in outcome.failed {
-                    let e = e.context(format!(
+                    report.also(e.context(format!(
                         "job {name}: storage {storage} does not have backup {}",
                         m.id
-                    ));
-                    crate::report::print_error(&e);
-                    first_error.get_or_insert(e);
+                    )));
                 }
             }
             // Said once, with what it left behind, by the caller.
             Err(e) if e.kind() == crate::error::Kind::Interrupted => return Err(e.reported()),
-            Err(e) => {
-                if json {
-                    results.push(json!({"job": name, "ok": false, "error": e.to_string()}));
-                }
-                let e = e.context(format!("job {name}"));
-                crate::report::print_error(&e);
-                first_error.get_or_insert(e);
-            }
+            Err(e) => report.failed(name, e),
         }
     }
-    if json {
-        super::print_json(&results)?;
+    report.finish()
+}
+
+/// What `run` prints at the end (`--json`) and the first error, which sets
+/// the exit code; every error is printed as it happens.
+struct Report {
+    json: bool,
+    items: Vec<serde_json::Value>,
+    first_error: Option<Error>,
+}
+
+impl Report {
+    fn new(json: bool) -> Self {
+        Report {
+            json,
+            items: Vec::new(),
+            first_error: None,
+        }
     }
-    match first_error {
+
+    /// A job that did not run, or did not finish.
+    fn failed(&mut self, name: &str, e: Error) {
+        if self.json {
+            self.items
+                .push(json!({"job": name, "ok": false, "error": e.to_string()}));
+        }
+        self.also(e.context(format!("job {name}")));
+    }
+
+    /// An error beside a result already reported.
+    fn also(&mut self, e: Error) {
+        crate::report::print_error(&e);
+        self.first_error.get_or_insert(e);
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.json {
+            super::print_json(&self.items)?;
+        }
         // Already printed; the exit code is what is left to say.
-        Some(e) => Err(e.reported()),
-        None => Ok(()),
+        self.first_error.map_or(Ok(()), |e| Err(e.reported()))
     }
 }
