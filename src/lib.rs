@@ -16,6 +16,7 @@ pub mod model;
 pub mod notify;
 pub mod pg;
 pub mod report;
+pub mod retention;
 pub mod schedule;
 pub mod storage;
 pub mod time;
