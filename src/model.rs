@@ -336,6 +336,10 @@ pub struct BackupJob {
     /// In the order declared; the first is where restores read by default.
     pub storages: Vec<Arc<StorageSpec>>,
     pub compression: Compression,
+    /// `retention = { ... }`: what `backup prune` keeps; `None` keeps all.
+    pub retention: Option<crate::retention::Policy>,
+    /// Backups without a manifest older than this are removed by prune.
+    pub incomplete_after: std::time::Duration,
 }
 
 /// `type = "maintenance"`: VACUUM, ANALYZE and REINDEX where statistics say

@@ -101,6 +101,21 @@ struct RawJob {
     lock_retries: Option<Spanned<i64>>,
     window: Option<Spanned<String>>,
     reindex_concurrently: Option<Spanned<bool>>,
+    retention: Option<Spanned<RawRetention>>,
+    incomplete_after: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_last: Option<Spanned<i64>>,
+    keep_hourly: Option<Spanned<i64>>,
+    keep_daily: Option<Spanned<i64>>,
+    keep_weekly: Option<Spanned<i64>>,
+    keep_monthly: Option<Spanned<i64>>,
+    keep_yearly: Option<Spanned<i64>>,
+    max_age: Option<Spanned<String>>,
+    min_keep: Option<Spanned<i64>>,
 }
 
 impl RawJob {
@@ -127,6 +142,8 @@ impl RawJob {
             at("lock_retries", &self.lock_retries),
             at("window", &self.window),
             at("reindex_concurrently", &self.reindex_concurrently),
+            at("retention", &self.retention),
+            at("incomplete_after", &self.incomplete_after),
         ]
         .into_iter()
         .flatten()
@@ -135,7 +152,13 @@ impl RawJob {
 }
 
 /// The type-specific keys each job type takes.
-const BACKUP_KEYS: &[&str] = &["storages", "compression", "compression_level"];
+const BACKUP_KEYS: &[&str] = &[
+    "storages",
+    "compression",
+    "compression_level",
+    "retention",
+    "incomplete_after",
+];
 
 /// One parsed file, kept with its text so spans turn into line numbers.
 struct Source {
@@ -709,11 +732,104 @@ fn validate_backup_job(
         storages.push(spec);
     }
     let compression = validate_compression(source, name, job)?;
+    let retention = match &job.retention {
+        Some(raw) => Some(validate_retention(source, name, raw)?),
+        None => None,
+    };
+    let incomplete_after = match &job.incomplete_after {
+        Some(raw) => duration_of(source, &format!("jobs.{name}"), "incomplete_after", raw)?,
+        None => Duration::from_secs(24 * 3600),
+    };
     Ok(BackupJob {
         database,
         storages,
         compression,
+        retention,
+        incomplete_after,
     })
+}
+
+/// `retention = { ... }`: counts of at least 1, `max_age` long enough for
+/// every bucket rule, and something to keep.
+fn validate_retention(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawRetention>,
+) -> Result<crate::retention::Policy> {
+    use crate::retention::{Bucket, Policy};
+    let r = raw.get_ref();
+    let section = format!("jobs.{name}");
+    let count = |key: &str, v: &Option<Spanned<i64>>| -> Result<u32> {
+        match v {
+            None => Ok(0),
+            Some(n) => match u32::try_from(*n.get_ref()) {
+                Ok(c) if c >= 1 => Ok(c),
+                _ => Err(source
+                    .error(
+                        n,
+                        format!(
+                            "[{section}] retention.{key} = {} must be 1 or more",
+                            n.get_ref()
+                        ),
+                    )
+                    .with_hint(format!("leave {key} out to not use it"))),
+            },
+        }
+    };
+    let mut policy = Policy {
+        keep_last: count("keep_last", &r.keep_last)?,
+        keep_hourly: count("keep_hourly", &r.keep_hourly)?,
+        keep_daily: count("keep_daily", &r.keep_daily)?,
+        keep_weekly: count("keep_weekly", &r.keep_weekly)?,
+        keep_monthly: count("keep_monthly", &r.keep_monthly)?,
+        keep_yearly: count("keep_yearly", &r.keep_yearly)?,
+        max_age: None,
+        min_keep: count("min_keep", &r.min_keep)?,
+    };
+    if let Some(age) = &r.max_age {
+        let d = duration_of(source, &section, "retention.max_age", age)?;
+        if d.is_zero() {
+            return Err(source.error(
+                age,
+                format!("[{section}] retention.max_age must be more than 0"),
+            ));
+        }
+        // A bucket rule that max_age cuts short says one thing and does another.
+        for bucket in Bucket::ALL {
+            let n = policy.count(bucket);
+            if n > 0 && bucket.span(n) > d {
+                return Err(source
+                    .error(
+                        age,
+                        format!(
+                            "[{section}] retention: {} = {n} reaches back {}, but max_age = {} \
+                             deletes everything older",
+                            bucket.key(),
+                            crate::time::show_std_duration(bucket.span(n)),
+                            age.get_ref()
+                        ),
+                    )
+                    .with_hint(format!(
+                        "raise max_age to at least {} or lower {}",
+                        crate::time::show_std_duration(bucket.span(n)),
+                        bucket.key()
+                    )));
+            }
+        }
+        policy.max_age = Some(d);
+    }
+    if policy.is_empty() {
+        return Err(source
+            .error(
+                raw,
+                format!("[{section}] retention keeps nothing by itself"),
+            )
+            .with_hint(
+                "set keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly \
+                 or max_age, e.g. retention = { keep_daily = 30, max_age = \"30d\" }",
+            ));
+    }
+    Ok(policy)
 }
 
 fn validate_compression(source: &Source, name: &str, job: &RawJob) -> Result<Compression> {
@@ -906,6 +1022,49 @@ compression = "gzip"
             "{err}"
         );
         assert!(err.contains("declared databases: app"), "{err}");
+    }
+
+    #[test]
+    fn retention_policies_of_the_seeds_parse_and_mistakes_are_named() {
+        let with =
+            |policy: &str| GOOD.replace("compression = \"gzip\"", &format!("retention = {policy}"));
+        // Shiojiri: 30 days of dailies plus 7 days of 6-hourly backups.
+        let config = check(&with(
+            "{ keep_daily = 30, keep_hourly = 28, max_age = \"30d\" }",
+        ))
+        .unwrap();
+        let (_, job) = config.backup_job("nightly").unwrap();
+        let policy = job.retention.as_ref().unwrap();
+        assert_eq!((policy.keep_daily, policy.keep_hourly), (30, 28));
+        assert_eq!(policy.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(job.incomplete_after, Duration::from_secs(86_400));
+        // camp-backend: 30 days plus 7 days of hourly.
+        assert!(
+            check(&with(
+                "{ keep_daily = 30, keep_hourly = 168, max_age = \"30d\" }"
+            ))
+            .is_ok()
+        );
+        for (policy, expected) in [
+            ("{}", "retention keeps nothing by itself"),
+            ("{ min_keep = 3 }", "retention keeps nothing by itself"),
+            (
+                "{ keep_daily = 0 }",
+                "retention.keep_daily = 0 must be 1 or more",
+            ),
+            (
+                "{ keep_daily = 60, max_age = \"30d\" }",
+                "keep_daily = 60 reaches back 60d, but max_age = 30d",
+            ),
+            (
+                "{ keep_monthly = 12, max_age = \"90d\" }",
+                "keep_monthly = 12 reaches back",
+            ),
+            ("{ keep_forever = true }", "unknown key `keep_forever`"),
+        ] {
+            let e = error_of(&with(policy));
+            assert!(e.contains(expected), "{policy}: {e}");
+        }
     }
 
     #[test]
