@@ -19,6 +19,7 @@ use crate::catalog::{self, Manifest};
 use crate::error::{Error, Kind, Result};
 use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::maintenance::{self, MaintenanceOutcome};
+use crate::jobs::prune;
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
 use crate::model::{BackupJob, Clock, Config, Job, JobKind, StorageSpec};
 use crate::pg::{DatabaseUse, RunLock};
@@ -586,6 +587,72 @@ impl Engine {
             out.push((job, listed));
         }
         Ok(out)
+    }
+
+    /// Plans retention on every storage of a backup job and, unless
+    /// `dry_run`, carries it out and leaves a `prune` record in each storage.
+    /// A storage that cannot be listed comes back as the error beside the
+    /// others' prunes.
+    pub async fn prune(
+        &self,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<(Vec<prune::StoragePrune>, Option<Error>)> {
+        let (job, spec) = self.config.backup_job(name)?;
+        let Some(policy) = &spec.retention else {
+            return Err(
+                Error::usage(format!("job {name} has no retention policy")).with_hint(format!(
+                    "add e.g. retention = {{ keep_daily = 30, max_age = \"30d\" }} to [jobs.{name}]"
+                )),
+            );
+        };
+        let storages = self.storages_of(spec).await?;
+        let mut prunes = Vec::new();
+        let mut unreachable = None;
+        for storage in &storages {
+            let started_at = self.clock.now();
+            let planned = prune::plan(
+                storage.as_ref(),
+                job,
+                spec,
+                policy,
+                &job.timezone,
+                started_at,
+            )
+            .await;
+            let (mut p, stored) = match planned {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = e.context(format!("job {name}: storage {}", storage.name()));
+                    tracing::warn!("{e}");
+                    unreachable.get_or_insert(e);
+                    continue;
+                }
+            };
+            for warning in &p.warnings {
+                tracing::warn!("{warning}");
+            }
+            if !dry_run {
+                prune::execute(storage, name, &mut p, &stored).await;
+                tracing::info!("prune of job {name}: {}", prune::summary(&p));
+                let failure = prune::failure(std::slice::from_ref(&p)).map(|e| e.to_string());
+                let details = serde_json::to_value(&p).unwrap_or_default();
+                self.record(
+                    job,
+                    "prune",
+                    started_at,
+                    failure,
+                    details,
+                    std::slice::from_ref(storage),
+                )
+                .await;
+            }
+            prunes.push(p);
+        }
+        match unreachable {
+            Some(e) if prunes.is_empty() => Err(e),
+            other => Ok((prunes, other)),
+        }
     }
 
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {

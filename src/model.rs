@@ -572,6 +572,16 @@ impl BackupId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The start time the id was made of.
+    pub fn started_at(&self) -> Option<Timestamp> {
+        let base = self.0.get(..16)?;
+        jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", base)
+            .ok()?
+            .to_zoned(TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp())
+    }
 }
 
 impl fmt::Display for BackupId {
@@ -650,6 +660,7 @@ mod tests {
         assert_eq!(b.as_str(), "20261122T030000Z-1");
         assert!(a < b);
         assert_eq!(BackupId::parse(b.as_str()).unwrap(), b);
+        assert_eq!(b.started_at(), Some(t));
         for bad in [
             "../x",
             "20261122T030000",

@@ -7,6 +7,7 @@ mod config;
 mod daemon;
 mod db;
 mod list;
+mod prune;
 mod restore;
 mod run;
 
@@ -54,6 +55,8 @@ enum Command {
     List(list::Args),
     /// Restore a backup into a database.
     Restore(restore::Args),
+    /// Delete what the retention policies no longer keep.
+    Prune(prune::Args),
     /// Run every scheduled job at its times; serve /health/* and /metrics.
     Daemon(daemon::Args),
     /// Jobs, their last and next runs, newest backups.
@@ -180,6 +183,12 @@ impl Command {
                     args.target_db()
                 ),
             ),
+            Command::Prune(_) => (
+                "prune was stopped: each backup it had begun deleting lost its manifest first, \
+                 so none is listed half-deleted"
+                    .to_owned(),
+                "run `backup prune` again to finish".to_owned(),
+            ),
             Command::List(_)
             | Command::Config(_)
             | Command::Daemon(_)
@@ -205,6 +214,7 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
         Command::Status(args) => check::status(&engine, args, cli.json).await,
         Command::Check(args) => check::check(&engine, args, cli.json).await,
         Command::Db(command) => db::run(&engine, command, cli.json).await,
+        Command::Prune(args) => prune::run(&engine, args, cli.json).await,
     }
 }
 

@@ -4,4 +4,5 @@
 
 pub mod backup;
 pub mod maintenance;
+pub mod prune;
 pub mod restore;

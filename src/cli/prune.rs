@@ -1,0 +1,96 @@
+//! `backup prune [--job J] [--dry-run]`: retention, planned and carried out.
+
+use serde_json::json;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::jobs::prune::{self, StoragePrune};
+use crate::model::JobKind;
+use crate::retention::Action;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this job [default: every backup job with a retention policy].
+    #[arg(long, value_name = "JOB")]
+    job: Option<String>,
+    /// Print the plan: every backup, keep or delete, and why. Deletes nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn print(job: &str, p: &StoragePrune, dry_run: bool, zone: &jiff::tz::TimeZone) {
+    println!(
+        "job {job}, storage {}{}",
+        p.storage,
+        if dry_run {
+            " (dry run: nothing deleted)"
+        } else {
+            ""
+        }
+    );
+    if let Some(held) = &p.plan.held {
+        println!("  held: {held}");
+    }
+    for warning in &p.warnings {
+        println!("  warning: {warning}");
+    }
+    for e in &p.plan.entries {
+        let word = match e.action {
+            Action::Keep => "keep  ",
+            Action::Delete if dry_run => "delete",
+            Action::Delete if p.deleted.contains(&e.id) => "DELETED",
+            Action::Delete => "FAILED",
+        };
+        println!(
+            "  {word} {}  {}  {}",
+            e.id,
+            crate::time::show(e.at, zone),
+            e.reasons.join("; ")
+        );
+    }
+    for f in &p.failed {
+        println!("  could not delete {}: {}", f.backup, f.error);
+    }
+}
+
+pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
+    let jobs: Vec<String> = match &args.job {
+        Some(name) => vec![name.clone()],
+        None => engine
+            .config
+            .jobs
+            .values()
+            .filter(|j| matches!(&j.kind, JobKind::Backup(b) if b.retention.is_some()))
+            .map(|j| j.name.clone())
+            .collect(),
+    };
+    if jobs.is_empty() {
+        return Err(
+            Error::usage("no backup job has a retention policy: nothing to prune").with_hint(
+                "add e.g. retention = { keep_daily = 30, max_age = \"30d\" } to a backup job",
+            ),
+        );
+    }
+    let mut out = Vec::new();
+    let mut first_error: Option<Error> = None;
+    for name in &jobs {
+        let job = engine.config.job(name)?;
+        let (prunes, unreachable) = engine.prune(name, args.dry_run).await?;
+        if json {
+            out.push(json!({"job": name, "dry_run": args.dry_run, "storages": prunes}));
+        } else {
+            for p in &prunes {
+                print(name, p, args.dry_run, &job.timezone);
+            }
+        }
+        for e in prune::failure(&prunes).into_iter().chain(unreachable) {
+            let e = e.context(format!("job {name}"));
+            crate::report::print_error(&e);
+            first_error.get_or_insert(e);
+        }
+    }
+    if json {
+        super::print_json(&out)?;
+    }
+    first_error.map_or(Ok(()), |e| Err(e.reported()))
+}

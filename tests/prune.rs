@@ -1,0 +1,313 @@
+//! `backup prune` end to end, on every backend: 40 backups spread over a
+//! month, the survivors exactly the plan's keeps, incomplete backups cleaned,
+//! a delete that fails reported and finished by a second run.
+//!
+//! Which backup each rule keeps is unit- and property-tested in
+//! src/retention.rs; these tests show prune carries a plan out faithfully.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use backup::model::{BackupId, StorageKind, StorageSpec};
+use backup::storage::{Key, Storage};
+use common::servers::{self, block_on};
+use common::{Cluster, Setup};
+use serde_json::{Value, json};
+
+const POLICY: &str =
+    "retention = { keep_last = 3, keep_daily = 7, keep_weekly = 3 }\nincomplete_after = \"24h\"";
+
+/// A manifest like the ones `backup run` writes, for a backup whose data is as of `at`.
+fn manifest(id: &BackupId, at: jiff::Timestamp) -> Value {
+    json!({
+        "format": 1, "id": id, "job": "nightly", "database": "app", "dbname": "app",
+        "server_version": "15", "pg_dump_version": "15",
+        "snapshot_at": at, "started_at": at, "finished_at": at,
+        "compression": "zstd", "encryption": null,
+        "objects": [{"key": "data.dump.zst", "role": "data", "raw_size": 4,
+                     "raw_sha256": "00", "stored_size": 4, "stored_sha256": "00"}],
+        "tables": [], "warnings": [],
+    })
+}
+
+async fn put(storage: &dyn Storage, key: String, bytes: &[u8]) {
+    backup::storage::write_small(storage, &Key::new(key).unwrap(), bytes)
+        .await
+        .unwrap();
+}
+
+/// 40 complete backups, one every 19 hours back from now, an incomplete one
+/// three days old (a run that died) and one an hour old (maybe running).
+/// Returns the ids of the incomplete ones, old then young.
+async fn seed(storage: &dyn Storage) -> (String, String) {
+    let now = jiff::Timestamp::now();
+    for i in 0..40 {
+        let at = now - jiff::SignedDuration::from_hours(19 * i + 1);
+        let id = BackupId::from_start(at, 0);
+        put(storage, format!("nightly/{id}/data.dump.zst"), b"data").await;
+        let m = serde_json::to_vec(&manifest(&id, at)).unwrap();
+        put(storage, format!("nightly/{id}/manifest.json"), &m).await;
+    }
+    let mut incomplete = Vec::new();
+    for hours in [72, 1] {
+        // A second past the hour: never the id of a complete one.
+        let at = now - jiff::SignedDuration::from_secs(hours * 3600 + 1);
+        let id = BackupId::from_start(at, 0);
+        put(storage, format!("nightly/{id}/data.dump.zst"), b"part").await;
+        incomplete.push(id.to_string());
+    }
+    (incomplete[0].clone(), incomplete[1].clone())
+}
+
+/// The backup ids that have any object in `storage`.
+async fn ids_in(storage: &dyn Storage) -> BTreeSet<String> {
+    storage
+        .list(&Key::new("nightly").unwrap())
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.key.as_str().split('/').rev().nth(1).map(str::to_owned))
+        .filter(|id| BackupId::parse(id).is_ok())
+        .collect()
+}
+
+fn prune_json(setup: &Setup, env: &[(&str, &str)], args: &[&str]) -> (common::Run, Value) {
+    let mut all = vec!["--json", "prune", "--job", "nightly"];
+    all.extend_from_slice(args);
+    let run = setup.backup_with(&all, env);
+    let value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+    (run, value)
+}
+
+fn entries(out: &Value, action: &str) -> BTreeSet<String> {
+    out[0]["storages"][0]["plan"]["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no plan in {out:#}"))
+        .iter()
+        .filter(|e| e["action"] == action)
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The whole story on one storage.
+fn prune_leaves_exactly_the_plans_keeps(
+    setup: &Setup,
+    env: &[(&str, &str)],
+    storage: Arc<dyn Storage>,
+) {
+    let (old_incomplete, young_incomplete) = block_on(seed(storage.as_ref()));
+    assert_eq!(block_on(ids_in(storage.as_ref())).len(), 42);
+
+    let (run, plan) = prune_json(setup, env, &["--dry-run"]);
+    assert!(run.ok(), "{}", run.all());
+    let keep = entries(&plan, "keep");
+    let delete = entries(&plan, "delete");
+    assert_eq!(keep.len() + delete.len(), 42);
+    assert!(delete.contains(&old_incomplete), "{plan:#}");
+    assert!(keep.contains(&young_incomplete), "{plan:#}");
+    // 3 last, 7 days (the newest 3 among them), 3 weeks: 7..=13 complete ones.
+    let kept_complete = keep.len() - 1;
+    assert!(
+        (7..=13).contains(&kept_complete),
+        "{kept_complete}: {plan:#}"
+    );
+    assert_eq!(
+        block_on(ids_in(storage.as_ref())).len(),
+        42,
+        "a dry run deletes nothing"
+    );
+
+    let (run, done) = prune_json(setup, env, &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(
+        entries(&done, "keep"),
+        keep,
+        "the plan changed between runs"
+    );
+    assert_eq!(block_on(ids_in(storage.as_ref())), keep);
+    let listed: Vec<Value> = serde_json::from_str(
+        &setup
+            .backup_with(&["--json", "list", "--job", "nightly"], env)
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(listed.len(), kept_complete);
+
+    // Planning again deletes nothing more.
+    let (run, again) = prune_json(setup, env, &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(entries(&again, "delete").is_empty(), "{again:#}");
+}
+
+fn setup_with(section: &str, storage: &str) -> Setup {
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    Setup::with_storages(cluster, "", section, &[storage], POLICY)
+}
+
+#[test]
+fn local_prune_keeps_exactly_the_plan() {
+    let setup = setup_with("", "disk");
+    let spec = StorageSpec {
+        name: "disk".into(),
+        kind: StorageKind::Local {
+            path: setup.backups.clone(),
+        },
+        retry: servers::test_retry(),
+    };
+    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    prune_leaves_exactly_the_plans_keeps(&setup, &[], storage);
+}
+
+#[test]
+fn s3_prune_keeps_exactly_the_plan() {
+    let endpoint = servers::s3_endpoint();
+    let bucket = block_on(servers::create_bucket("prune"));
+    let setup = setup_with(&servers::s3_section("s3", &endpoint, &bucket, ""), "s3");
+    let mut spec = servers::s3_spec_at(&endpoint, &bucket, 5 << 20);
+    spec.prefix = Some("prod/db".into());
+    let spec = StorageSpec {
+        name: "s3".into(),
+        kind: StorageKind::S3(spec),
+        retry: servers::test_retry(),
+    };
+    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    prune_leaves_exactly_the_plans_keeps(&setup, &servers::s3_env(), storage);
+}
+
+#[test]
+fn azure_prune_keeps_exactly_the_plan() {
+    let endpoint = servers::azure_endpoint();
+    let container = block_on(servers::create_container("prune"));
+    let setup = setup_with(
+        &servers::azure_section("blob", &endpoint, &container, ""),
+        "blob",
+    );
+    let mut spec = servers::azure_spec_at(&endpoint, &container, 1 << 20);
+    spec.prefix = Some("prod/db".into());
+    let spec = StorageSpec {
+        name: "blob".into(),
+        kind: StorageKind::Azure(spec),
+        retry: servers::test_retry(),
+    };
+    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    prune_leaves_exactly_the_plans_keeps(&setup, &servers::azure_env(), storage);
+}
+
+/// Makes a file impossible to delete until dropped: immutable for root (who
+/// ignores permissions), a read-only directory for anyone else.
+struct Undeletable(std::path::PathBuf);
+
+impl Undeletable {
+    fn new(file: std::path::PathBuf) -> Undeletable {
+        let ok = if unsafe { libc::geteuid() } == 0 {
+            std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(&file)
+                .status()
+                .is_ok_and(|s| s.success())
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                file.parent().unwrap(),
+                std::fs::Permissions::from_mode(0o555),
+            )
+            .is_ok()
+        };
+        assert!(ok, "could not make {} undeletable", file.display());
+        Undeletable(file)
+    }
+}
+
+impl Drop for Undeletable {
+    fn drop(&mut self) {
+        if unsafe { libc::geteuid() } == 0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.0)
+                .status();
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                self.0.parent().unwrap(),
+                std::fs::Permissions::from_mode(0o755),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_delete_that_fails_exits_non_zero_and_a_second_run_finishes() {
+    let setup = setup_with("", "disk");
+    let spec = StorageSpec {
+        name: "disk".into(),
+        kind: StorageKind::Local {
+            path: setup.backups.clone(),
+        },
+        retry: servers::test_retry(),
+    };
+    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    block_on(seed(storage.as_ref()));
+    let (_, plan) = prune_json(&setup, &[], &["--dry-run"]);
+    let doomed = entries(&plan, "delete")
+        .into_iter()
+        .find(|id| {
+            setup
+                .backups
+                .join("nightly")
+                .join(id)
+                .join("manifest.json")
+                .exists()
+        })
+        .unwrap();
+    let stuck = Undeletable::new(
+        setup
+            .backups
+            .join("nightly")
+            .join(&doomed)
+            .join("data.dump.zst"),
+    );
+
+    let (run, _) = prune_json(&setup, &[], &[]);
+    assert_eq!(run.code, 5, "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("{doomed} in disk")) && run.stderr.contains("hint:"),
+        "{}",
+        run.all()
+    );
+    // Its manifest went first: it is no longer listed as a backup.
+    assert!(
+        !setup
+            .backups
+            .join("nightly")
+            .join(&doomed)
+            .join("manifest.json")
+            .exists()
+    );
+    let listed = setup.backup(&["--json", "list", "--job", "nightly"]).stdout;
+    assert!(!listed.contains(&doomed), "{listed}");
+
+    drop(stuck);
+    let (run, _) = prune_json(&setup, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(!setup.backups.join("nightly").join(&doomed).exists());
+}
+
+#[test]
+fn prune_without_a_policy_says_how_to_write_one() {
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    let setup = Setup::with_cluster(cluster, "", "");
+    let run = setup.backup(&["prune"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("no backup job has a retention policy"),
+        "{}",
+        run.all()
+    );
+    let run = setup.backup(&["prune", "--job", "nightly"]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("keep_daily = 30"), "{}", run.all());
+}
