@@ -330,9 +330,26 @@ impl Engine {
             ))),
             Err(e) => Err(e),
         };
-        Ok(self
+        let end = self
             .conclude(record, result, &storages, lock, journal.details())
-            .await)
+            .await;
+        // A job with a policy prunes after each good backup: never after a
+        // failed one, which is also what retention itself refuses.
+        if let RunEnd::Done(done) = &end
+            && done.record.outcome == Outcome::Succeeded
+            && let JobKind::Backup(spec) = &job.kind
+            && spec.retention.is_some()
+        {
+            match self.prune(&job.name, false).await {
+                Ok((prunes, unreachable)) => {
+                    for e in prune::failure(&prunes).into_iter().chain(unreachable) {
+                        tracing::warn!("prune after the backup: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("prune after the backup: {e}"),
+            }
+        }
+        Ok(end)
     }
 
     /// The attempts of one run: the first, then up to `retries` more with the

@@ -311,3 +311,21 @@ fn prune_without_a_policy_says_how_to_write_one() {
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.stderr.contains("keep_daily = 30"), "{}", run.all());
 }
+
+#[test]
+fn a_good_backup_of_a_job_with_a_policy_prunes_after_itself() {
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    let setup = Setup::with_cluster(cluster, "", "retention = { keep_last = 2 }");
+    for _ in 0..3 {
+        let run = setup.backup(&["run", "nightly"]);
+        assert!(run.ok(), "{}", run.all());
+    }
+    assert_eq!(setup.list().len(), 2);
+    let reports = std::fs::read_dir(setup.backups.join("nightly/reports")).unwrap();
+    let prunes = reports
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-prune.json"))
+        .count();
+    assert_eq!(prunes, 3, "one prune record per backup");
+}
