@@ -22,6 +22,9 @@ use crate::storage::{Key, Storage};
 /// The manifest format this version writes and the newest it reads.
 pub const FORMAT: u32 = 1;
 pub const MANIFEST: &str = "manifest.json";
+/// `<job>/<backup-id>/pin.json`: prune keeps the backup. Beside the manifest,
+/// which is never rewritten.
+pub const PIN: &str = "pin.json";
 /// A manifest larger than this is not one of ours (a table list of millions).
 const MANIFEST_LIMIT: u64 = 64 << 20;
 
@@ -126,6 +129,8 @@ pub fn object_name(role: Role, compression: Compression) -> String {
 #[derive(Debug, Default)]
 pub struct Listing {
     pub backups: Vec<Manifest>,
+    /// Backups with a `pin.json` beside their manifest: prune keeps them.
+    pub pinned: std::collections::BTreeSet<BackupId>,
     /// Manifests that exist but could not be read: never silently skipped.
     pub unreadable: Vec<String>,
 }
@@ -137,13 +142,20 @@ pub async fn list(storage: &dyn Storage, job: &str) -> Result<Listing> {
     let mut listing = Listing::default();
     for object in objects {
         let rest = object.key.as_str().strip_prefix(prefix.as_str());
-        let Some((id, MANIFEST)) = rest
+        let Some((id, name)) = rest
             .and_then(|r| r.strip_prefix('/'))
             .and_then(|r| r.split_once('/'))
         else {
             continue;
         };
-        if BackupId::parse(id).is_err() {
+        let Ok(parsed) = BackupId::parse(id) else {
+            continue;
+        };
+        if name == PIN {
+            listing.pinned.insert(parsed);
+            continue;
+        }
+        if name != MANIFEST {
             continue;
         }
         match read_manifest(storage, &object.key).await {

@@ -21,7 +21,7 @@ use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::maintenance::{self, MaintenanceOutcome};
 use crate::jobs::prune;
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
-use crate::model::{BackupJob, Clock, Config, Job, JobKind, StorageSpec};
+use crate::model::{BackupId, BackupJob, Clock, Config, Job, JobKind, StorageSpec};
 use crate::pg::{DatabaseUse, RunLock};
 use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
 use crate::storage::{self, Storage};
@@ -200,6 +200,8 @@ async fn previous_outcome(storage: &dyn Storage, record: &RunRecord) -> Option<O
 pub struct ListedBackup {
     pub manifest: Manifest,
     pub storages: Vec<String>,
+    /// Why it is pinned, when a storage holds a pin for it.
+    pub pinned: Option<String>,
 }
 
 impl Engine {
@@ -586,11 +588,25 @@ impl Engine {
                     tracing::warn!("{problem}");
                 }
                 for manifest in listing.backups {
+                    let pinned = if listing.pinned.contains(&manifest.id) {
+                        Some(
+                            prune::read_pin(storage.as_ref(), &job.name, &manifest.id)
+                                .await
+                                .map(|p| p.reason)
+                                .unwrap_or_default(),
+                        )
+                    } else {
+                        None
+                    };
                     match listed.iter_mut().find(|l| l.manifest.id == manifest.id) {
-                        Some(l) => l.storages.push(storage.name().to_owned()),
+                        Some(l) => {
+                            l.storages.push(storage.name().to_owned());
+                            l.pinned = l.pinned.take().or(pinned);
+                        }
                         None => listed.push(ListedBackup {
                             manifest,
                             storages: vec![storage.name().to_owned()],
+                            pinned,
                         }),
                     }
                 }
@@ -670,6 +686,49 @@ impl Engine {
             Some(e) if prunes.is_empty() => Err(e),
             other => Ok((prunes, other)),
         }
+    }
+
+    /// Pins a backup in every storage that holds it complete (`reason` set),
+    /// or unpins it (`None`). Returns the storages changed.
+    pub async fn pin(
+        &self,
+        name: &str,
+        id: &BackupId,
+        reason: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let (job, spec) = self.config.backup_job(name)?;
+        let storages = self.storages_of(spec).await?;
+        let mut changed = Vec::new();
+        for storage in &storages {
+            let manifest = catalog::backup_prefix(&job.name, id)?.join(catalog::MANIFEST)?;
+            if catalog::read_manifest(storage.as_ref(), &manifest)
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            let key = prune::pin_key(&job.name, id)?;
+            match reason {
+                Some(reason) => {
+                    let pin = prune::Pin {
+                        pinned_at: self.clock.now(),
+                        reason: reason.to_owned(),
+                    };
+                    let body = serde_json::to_vec_pretty(&pin)
+                        .map_err(|e| Error::internal(format!("cannot encode a pin: {e}")))?;
+                    storage::write_small(storage.as_ref(), &key, &body).await?;
+                }
+                None => storage.delete(&key).await?,
+            }
+            changed.push(storage.name().to_owned());
+        }
+        if changed.is_empty() {
+            return Err(Error::not_found(format!(
+                "job {name} has no complete backup {id} in any of its storages"
+            ))
+            .with_hint(format!("`backup list --job {name}` shows its backups")));
+        }
+        Ok(changed)
     }
 
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {

@@ -329,3 +329,75 @@ fn a_good_backup_of_a_job_with_a_policy_prunes_after_itself() {
         .count();
     assert_eq!(prunes, 3, "one prune record per backup");
 }
+
+#[test]
+fn a_pinned_backup_survives_prune_until_unpinned() {
+    let setup = setup_with("", "disk");
+    let spec = StorageSpec {
+        name: "disk".into(),
+        kind: StorageKind::Local {
+            path: setup.backups.clone(),
+        },
+        retry: servers::test_retry(),
+    };
+    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    block_on(seed(storage.as_ref()));
+    let (_, plan) = prune_json(&setup, &[], &["--dry-run"]);
+    let oldest = entries(&plan, "delete")
+        .into_iter()
+        .find(|id| {
+            setup
+                .backups
+                .join("nightly")
+                .join(id)
+                .join("manifest.json")
+                .exists()
+        })
+        .unwrap();
+
+    let run = setup.backup(&["pin", &oldest, "--job", "nightly", "--reason", "legal hold"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stdout.contains("pinned in disk"), "{}", run.stdout);
+    let run = setup.backup(&["list", "--job", "nightly"]);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains(&oldest))
+        .unwrap()
+        .to_owned();
+    assert!(line.ends_with("pinned: legal hold"), "{line}");
+
+    let (run, done) = prune_json(&setup, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    let entry = done[0]["storages"][0]["plan"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == oldest.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["action"], "keep");
+    assert_eq!(entry["reasons"], json!(["pinned: legal hold"]));
+    assert!(
+        setup
+            .backups
+            .join("nightly")
+            .join(&oldest)
+            .join("manifest.json")
+            .exists()
+    );
+
+    let run = setup.backup(&["unpin", &oldest, "--job", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let (run, _) = prune_json(&setup, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(!setup.backups.join("nightly").join(&oldest).exists());
+
+    let run = setup.backup(&["pin", "20000101T000000Z", "--job", "nightly"]);
+    assert_eq!(run.code, 7, "{}", run.all());
+    assert!(
+        run.stderr.contains("no complete backup 20000101T000000Z"),
+        "{}",
+        run.all()
+    );
+}

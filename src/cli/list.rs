@@ -30,6 +30,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                         "duration_seconds": m.duration().as_secs_f64(),
                         "compression": m.compression, "tables": m.tables.len(),
                         "storages": b.storages, "warnings": m.warnings,
+                        "pinned": b.pinned.is_some(), "pin_reason": b.pinned,
                     })
                 })
             })
@@ -45,8 +46,9 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         "STORED",
         "DURATION",
         "STORAGES",
+        "PINNED",
     ];
-    let mut rows: Vec<[String; 8]> = Vec::new();
+    let mut rows: Vec<[String; 9]> = Vec::new();
     for (job, backups) in &jobs {
         for b in backups {
             let m = &b.manifest;
@@ -59,6 +61,11 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                 bytes_human(m.stored_size()),
                 time::show_duration(m.duration()),
                 b.storages.join(","),
+                match &b.pinned {
+                    Some(r) if r.is_empty() => "pinned".to_owned(),
+                    Some(r) => format!("pinned: {r}"),
+                    None => String::new(),
+                },
             ]);
         }
     }

@@ -7,6 +7,7 @@ mod config;
 mod daemon;
 mod db;
 mod list;
+mod pin;
 mod prune;
 mod restore;
 mod run;
@@ -57,6 +58,10 @@ enum Command {
     Restore(restore::Args),
     /// Delete what the retention policies no longer keep.
     Prune(prune::Args),
+    /// Keep a backup whatever retention says.
+    Pin(pin::PinArgs),
+    /// Let retention decide a pinned backup's fate again.
+    Unpin(pin::UnpinArgs),
     /// Run every scheduled job at its times; serve /health/* and /metrics.
     Daemon(daemon::Args),
     /// Jobs, their last and next runs, newest backups.
@@ -194,7 +199,9 @@ impl Command {
             | Command::Daemon(_)
             | Command::Status(_)
             | Command::Check(_)
-            | Command::Db(_) => (
+            | Command::Db(_)
+            | Command::Pin(_)
+            | Command::Unpin(_) => (
                 "nothing was changed".to_owned(),
                 "run the command again".to_owned(),
             ),
@@ -215,6 +222,8 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
         Command::Check(args) => check::check(&engine, args, cli.json).await,
         Command::Db(command) => db::run(&engine, command, cli.json).await,
         Command::Prune(args) => prune::run(&engine, args, cli.json).await,
+        Command::Pin(args) => pin::pin(&engine, args, cli.json).await,
+        Command::Unpin(args) => pin::unpin(&engine, args, cli.json).await,
     }
 }
 

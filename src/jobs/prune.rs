@@ -13,16 +13,12 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, MANIFEST};
+use crate::catalog::{self, MANIFEST, PIN};
 use crate::error::{Error, Result};
 use crate::model::{BackupId, BackupJob, Job};
 use crate::report::{self, Outcome};
 use crate::retention::{self, Action, Candidate, History, RetentionPlan};
 use crate::storage::{Key, Storage};
-
-/// `<job>/<id>/pin.json`: a backup prune must keep. Beside the manifest,
-/// which is never rewritten.
-pub const PIN: &str = "pin.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pin {
@@ -84,7 +80,7 @@ pub fn pin_key(job: &str, id: &BackupId) -> Result<Key> {
     catalog::backup_prefix(job, id)?.join(PIN)
 }
 
-async fn read_pin(storage: &dyn Storage, job: &str, id: &BackupId) -> Option<Pin> {
+pub async fn read_pin(storage: &dyn Storage, job: &str, id: &BackupId) -> Option<Pin> {
     let key = pin_key(job, id).ok()?;
     let bytes = crate::storage::read_small(storage, &key, 64 << 10)
         .await
