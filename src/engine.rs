@@ -666,7 +666,11 @@ impl Engine {
                 tracing::warn!("{warning}");
             }
             if !dry_run {
-                prune::execute(storage, name, &mut p, &stored).await;
+                let unfinished_before = jiff::SignedDuration::try_from(spec.incomplete_after)
+                    .ok()
+                    .and_then(|d| started_at.checked_sub(d).ok())
+                    .unwrap_or(Timestamp::MIN);
+                prune::execute(storage, name, &mut p, &stored, unfinished_before).await;
                 tracing::info!("prune of job {name}: {}", prune::summary(&p));
                 let failure = prune::failure(std::slice::from_ref(&p)).map(|e| e.to_string());
                 let details = serde_json::to_value(&p).unwrap_or_default();

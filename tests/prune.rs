@@ -401,3 +401,30 @@ fn a_pinned_backup_survives_prune_until_unpinned() {
         run.all()
     );
 }
+
+#[test]
+fn s3_prune_aborts_uploads_a_killed_run_left_open() {
+    let endpoint = servers::s3_endpoint();
+    let bucket = block_on(servers::create_bucket("prune-mpu"));
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    let setup = Setup::with_storages(
+        cluster,
+        "",
+        &servers::s3_section("s3", &endpoint, &bucket, ""),
+        &["s3"],
+        "retention = { keep_last = 3 }\nincomplete_after = \"1s\"",
+    );
+    block_on(servers::start_upload(
+        &bucket,
+        "prod/db/nightly/20261125T000000Z/data.dump.zst",
+    ));
+    // Not ours: another tool's upload beside the job's prefix stays.
+    block_on(servers::start_upload(&bucket, "prod/db/other/x"));
+    assert_eq!(block_on(servers::open_uploads(&bucket)), 2);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (run, out) = prune_json(&setup, &servers::s3_env(), &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(out[0]["storages"][0]["unfinished_cleaned"], 1, "{out:#}");
+    assert_eq!(block_on(servers::open_uploads(&bucket)), 1);
+}

@@ -36,6 +36,10 @@ pub struct StoragePrune {
     pub warnings: Vec<String>,
     pub deleted: Vec<BackupId>,
     pub failed: Vec<Failure>,
+    /// Unfinished uploads (S3 multipart) older than `incomplete_after` removed.
+    pub unfinished_cleaned: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfinished_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,17 +178,21 @@ pub async fn plan(
             warnings,
             deleted: Vec::new(),
             failed: Vec::new(),
+            unfinished_cleaned: 0,
+            unfinished_error: None,
         },
         stored,
     ))
 }
 
-/// Deletes what the plan says: each backup's manifest first, then the rest.
+/// Deletes what the plan says: each backup's manifest first, then the rest;
+/// then the uploads a killed run left unfinished before `unfinished_before`.
 pub async fn execute(
     storage: &Arc<dyn Storage>,
     job: &str,
     prune: &mut StoragePrune,
     stored: &BTreeMap<BackupId, Stored>,
+    unfinished_before: Timestamp,
 ) {
     let doomed: Vec<(BackupId, bool)> = prune
         .plan
@@ -224,6 +232,22 @@ pub async fn execute(
             }
         }
     }
+    if prune.plan.held.is_some() {
+        return;
+    }
+    let cleaned = match catalog::job_prefix(job) {
+        Ok(prefix) => storage.clean_unfinished(&prefix, unfinished_before).await,
+        Err(e) => Err(e),
+    };
+    match cleaned {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!("aborted {n} unfinished upload(s) in {}", storage.name());
+            }
+            prune.unfinished_cleaned = n;
+        }
+        Err(e) => prune.unfinished_error = Some(e.to_string()),
+    }
 }
 
 /// Why a prune that ran must still exit non-zero.
@@ -234,6 +258,11 @@ pub fn failure(prunes: &[StoragePrune]) -> Option<Error> {
             p.failed
                 .iter()
                 .map(move |f| format!("{} in {}: {}", f.backup, p.storage, f.error))
+                .chain(
+                    p.unfinished_error
+                        .iter()
+                        .map(move |e| format!("unfinished uploads in {}: {e}", p.storage)),
+                )
         })
         .collect();
     (!failed.is_empty()).then(|| {

@@ -111,6 +111,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
+    /// Removes what writers under `prefix/` started before `before` and never
+    /// finished nor aborted (a killed process): S3 multipart uploads, Azure
+    /// uncommitted blocks. Returns how many. Backends that leave nothing
+    /// unfinished (a local disk's temp files go with the process) have none.
+    async fn clean_unfinished(&self, prefix: &Key, before: jiff::Timestamp) -> Result<usize> {
+        let _ = (prefix, before);
+        Ok(0)
+    }
 }
 
 #[async_trait]

@@ -567,6 +567,67 @@ impl Storage for S3Storage {
             .await
     }
 
+    async fn clean_unfinished(&self, prefix: &Key, before: jiff::Timestamp) -> Result<usize> {
+        let inner = &self.inner;
+        let what = inner.what("list unfinished uploads under", prefix.as_str());
+        let full_prefix = format!("{}/", inner.full_key(prefix.as_str()));
+        let before = aws_sdk_s3::primitives::DateTime::from_millis(before.as_millisecond());
+        let mut stale: Vec<(String, String)> = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = inner
+                .retry
+                .run(&what, || async {
+                    inner
+                        .client
+                        .list_multipart_uploads()
+                        .bucket(&inner.spec.bucket)
+                        .prefix(&full_prefix)
+                        .set_key_marker(key_marker.clone())
+                        .set_upload_id_marker(id_marker.clone())
+                        .send()
+                        .await
+                        .map_err(|e| inner.error(&what, e))
+                })
+                .await?;
+            for upload in page.uploads() {
+                let old = upload
+                    .initiated()
+                    .is_some_and(|t| t.as_nanos() < before.as_nanos());
+                if let (true, Some(key), Some(id)) = (old, upload.key(), upload.upload_id()) {
+                    stale.push((key.to_owned(), id.to_owned()));
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        for (key, id) in &stale {
+            let what = inner.what("abort the unfinished upload of", key);
+            inner
+                .retry
+                .run(&what, || async {
+                    inner
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&inner.spec.bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| inner.error(&what, e))
+                })
+                .await?;
+        }
+        Ok(stale.len())
+    }
+
     async fn delete_many(&self, keys: &[Key]) -> Result<()> {
         let inner = &self.inner;
         for batch in keys.chunks(DELETE_BATCH) {

@@ -291,3 +291,16 @@ pub async fn s3_object_options(bucket: &str, key: &str) -> (String, String, Opti
         head.ssekms_key_id().map(str::to_owned),
     )
 }
+
+/// Starts a multipart upload of `key` and leaves it open, as a killed run does.
+pub async fn start_upload(bucket: &str, key: &str) {
+    let spec = s3_spec_at(&s3_endpoint(), bucket, 5 << 20);
+    s3_client(&spec)
+        .await
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("create multipart upload");
+}
