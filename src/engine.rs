@@ -77,6 +77,8 @@ pub struct Finished {
 pub enum Output {
     Backup(Box<BackupOutcome>),
     Maintenance(MaintenanceOutcome),
+    /// Each storage's prune, and a storage that could not be listed.
+    Prune(Vec<prune::StoragePrune>, Option<String>),
 }
 
 impl Output {
@@ -95,6 +97,13 @@ impl Output {
                     .join("; ")
             )),
             Output::Maintenance(o) => o.failure(),
+            Output::Prune(prunes, unreachable) => {
+                let failed = prune::failure(prunes).map(|e| e.to_string());
+                match (failed, unreachable) {
+                    (Some(f), Some(u)) => Some(format!("{f}; {u}")),
+                    (f, u) => f.or_else(|| u.clone()),
+                }
+            }
         }
     }
 
@@ -121,6 +130,7 @@ impl Output {
                 }
                 details
             }
+            Output::Prune(prunes, _) => json!({ "storages": prunes }),
         }
     }
 }
@@ -238,7 +248,7 @@ impl Engine {
         self.config.backup_job(name)?;
         match self.run_now(name, cancel).await? {
             Output::Backup(o) => Ok(*o),
-            Output::Maintenance(_) => {
+            Output::Maintenance(_) | Output::Prune(..) => {
                 Err(Error::internal(format!("job {name} is not a backup job")))
             }
         }
@@ -313,6 +323,10 @@ impl Engine {
             JobKind::Maintenance(_) => {
                 "stopped by SIGTERM or SIGINT: the statement running was cancelled; \
                  the next run plans again"
+            }
+            JobKind::Prune(_) => {
+                "stopped by SIGTERM or SIGINT: a backup being deleted lost its manifest \
+                 first, so none is listed half-deleted; the next run finishes"
             }
         };
         let result = tokio::select! {
@@ -465,6 +479,13 @@ impl Engine {
                     maintenance::run(job, spec, self.clock.as_ref(), journal)
                         .await
                         .map(Output::Maintenance)
+                }
+                JobKind::Prune(spec) => {
+                    self.prune(&spec.backup_job, false)
+                        .await
+                        .map(|(prunes, unreachable)| {
+                            Output::Prune(prunes, unreachable.map(|e| e.to_string()))
+                        })
                 }
             }
         };

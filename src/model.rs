@@ -300,6 +300,16 @@ pub enum NotifierKind {
 pub enum JobKind {
     Backup(BackupJob),
     Maintenance(MaintenanceJob),
+    Prune(PruneJob),
+}
+
+/// `type = "prune"`: the retention of a backup job, on a schedule of its own.
+#[derive(Debug, Clone)]
+pub struct PruneJob {
+    pub backup_job: String,
+    /// The backup job's: where its lock is taken and its records go.
+    pub database: Arc<Database>,
+    pub storages: Vec<Arc<StorageSpec>>,
 }
 
 impl JobKind {
@@ -307,6 +317,7 @@ impl JobKind {
         match self {
             JobKind::Backup(_) => "backup",
             JobKind::Maintenance(_) => "maintenance",
+            JobKind::Prune(_) => "prune",
         }
     }
 }
@@ -317,6 +328,7 @@ impl Job {
         match &self.kind {
             JobKind::Backup(b) => &b.database,
             JobKind::Maintenance(m) => &m.database,
+            JobKind::Prune(p) => &p.database,
         }
     }
 
@@ -326,6 +338,7 @@ impl Job {
         match &self.kind {
             JobKind::Backup(b) => &b.storages,
             JobKind::Maintenance(m) => m.reports.as_slice(),
+            JobKind::Prune(p) => &p.storages,
         }
     }
 }

@@ -112,6 +112,26 @@ impl Policy {
     }
 }
 
+/// `keep_last 7, keep_daily 30, max_age 30d, min_keep 3`: the policy in one line.
+pub fn describe(p: &Policy) -> String {
+    let mut parts = Vec::new();
+    if p.keep_last > 0 {
+        parts.push(format!("keep_last {}", p.keep_last));
+    }
+    for bucket in Bucket::ALL {
+        if p.count(bucket) > 0 {
+            parts.push(format!("{} {}", bucket.key(), p.count(bucket)));
+        }
+    }
+    if let Some(age) = p.max_age {
+        parts.push(format!("max_age {}", show(age)));
+    }
+    if p.min_keep > 0 {
+        parts.push(format!("min_keep {}", p.min_keep));
+    }
+    parts.join(", ")
+}
+
 /// One backup as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {

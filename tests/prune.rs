@@ -428,3 +428,41 @@ fn s3_prune_aborts_uploads_a_killed_run_left_open() {
     assert_eq!(out[0]["storages"][0]["unfinished_cleaned"], 1, "{out:#}");
     assert_eq!(block_on(servers::open_uploads(&bucket)), 1);
 }
+
+#[test]
+fn a_prune_job_runs_the_backup_jobs_retention_and_records_it() {
+    let setup = setup_with("", "disk");
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str("\n[jobs.cleanup]\ntype = \"prune\"\nbackup_job = \"nightly\"\n");
+    std::fs::write(&setup.config, text).unwrap();
+    let spec = StorageSpec {
+        name: "disk".into(),
+        kind: StorageKind::Local {
+            path: setup.backups.clone(),
+        },
+        retry: servers::test_retry(),
+    };
+    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    block_on(seed(storage.as_ref()));
+
+    let run = setup.backup(&["run", "cleanup", "--dry-run"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stdout.contains("(dry run: nothing deleted)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(block_on(ids_in(storage.as_ref())).len(), 42);
+
+    let run = setup.backup(&["run", "cleanup"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stdout.contains("DELETED"), "{}", run.stdout);
+    assert!(block_on(ids_in(storage.as_ref())).len() < 42);
+    let records: Vec<String> = std::fs::read_dir(setup.backups.join("cleanup/reports"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].ends_with("-prune.json"), "{records:?}");
+}

@@ -55,6 +55,12 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                             .map(|s| json!({"name": s.name, "kind": s.kind.to_string()}))
                             .collect();
                         out["compression"] = json!(b.compression.to_string());
+                        out["retention"] =
+                            json!(b.retention.as_ref().map(crate::retention::describe));
+                        out["incomplete_after_seconds"] = json!(b.incomplete_after.as_secs());
+                    }
+                    JobKind::Prune(p) => {
+                        out["backup_job"] = json!(p.backup_job);
                     }
                     JobKind::Maintenance(m) => {
                         out["tasks"] = m.tasks.iter().map(|t| t.name()).collect();
@@ -103,7 +109,11 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                     println!("  storage:     {} ({})", s.name, s.kind);
                 }
                 println!("  compression: {}", b.compression);
+                if let Some(r) = &b.retention {
+                    println!("  retention:   {}", crate::retention::describe(r));
+                }
             }
+            JobKind::Prune(p) => println!("  prunes:      job {} by its retention", p.backup_job),
             JobKind::Maintenance(m) => {
                 let tasks: Vec<&str> = m.tasks.iter().map(|t| t.name()).collect();
                 println!(

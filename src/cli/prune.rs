@@ -18,7 +18,7 @@ pub struct Args {
     dry_run: bool,
 }
 
-fn print(job: &str, p: &StoragePrune, dry_run: bool, zone: &jiff::tz::TimeZone) {
+pub(super) fn print(job: &str, p: &StoragePrune, dry_run: bool, zone: &jiff::tz::TimeZone) {
     println!(
         "job {job}, storage {}{}",
         p.storage,

@@ -5,6 +5,7 @@ use serde_json::json;
 use crate::engine::{Engine, Output};
 use crate::error::{Error, Result};
 use crate::jobs::maintenance::{self, MaintenanceOutcome, Plan, StepStatus};
+use crate::jobs::prune;
 use crate::model::{Job, JobKind};
 use crate::report::bytes_human;
 use crate::time;
@@ -54,7 +55,7 @@ fn print_plan(plan: &Plan) {
 }
 
 /// What `--dry-run` says of one job. Nothing is changed, locked or recorded.
-async fn dry_run(job: &Job, json: bool) -> Result<serde_json::Value> {
+async fn dry_run(engine: &Engine, job: &Job, json: bool) -> Result<serde_json::Value> {
     match &job.kind {
         JobKind::Maintenance(spec) => {
             let preview = maintenance::preview(spec).await?;
@@ -69,6 +70,18 @@ async fn dry_run(job: &Job, json: bool) -> Result<serde_json::Value> {
                 }
             }
             Ok(json!({"job": job.name, "type": "maintenance", "dry_run": true, "preview": preview}))
+        }
+        JobKind::Prune(spec) => {
+            let (prunes, unreachable) = engine.prune(&spec.backup_job, true).await?;
+            if !json {
+                for p in &prunes {
+                    super::prune::print(&spec.backup_job, p, true, &job.timezone);
+                }
+            }
+            if let Some(e) = unreachable {
+                return Err(e);
+            }
+            Ok(json!({"job": job.name, "type": "prune", "dry_run": true, "storages": prunes}))
         }
         JobKind::Backup(spec) => {
             let storages: Vec<&str> = spec.storages.iter().map(|s| s.name.as_str()).collect();
@@ -146,7 +159,7 @@ pub async fn run(
     let mut report = Report::new(json);
     if args.dry_run {
         for name in &args.jobs {
-            match dry_run(engine.config.job(name)?, json).await {
+            match dry_run(engine, engine.config.job(name)?, json).await {
                 Ok(result) => report.items.push(result),
                 Err(e) => report.failed(name, e),
             }
@@ -170,6 +183,24 @@ pub async fn run(
                     report.also(Error::database(format!("job {name}: {failure}")).with_hint(
                         "the run record names each step and its error; the next run plans again",
                     ));
+                }
+            }
+            Ok(Output::Prune(prunes, unreachable)) => {
+                let JobKind::Prune(spec) = &job.kind else {
+                    continue;
+                };
+                if json {
+                    report
+                        .items
+                        .push(json!({"job": name, "type": "prune", "storages": prunes}));
+                } else {
+                    for p in &prunes {
+                        super::prune::print(&spec.backup_job, p, false, &job.timezone);
+                    }
+                }
+                let unreachable = unreachable.map(|u| Error::storage(u));
+                for e in prune::failure(&prunes).into_iter().chain(unreachable) {
+                    report.also(e.context(format!("job {name}")));
                 }
             }
             Ok(Output::Backup(outcome)) => {

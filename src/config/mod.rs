@@ -21,7 +21,7 @@ mod storage;
 use crate::error::{Error, Result};
 use crate::model::{
     BackupJob, CatchUp, Compression, Config, Database, Job, JobKind, Notifier, NotifierKind,
-    Origin, Overlap, RunPolicy, Secret, StorageSpec,
+    Origin, Overlap, PruneJob, RunPolicy, Secret, StorageSpec,
 };
 use crate::schedule::Schedule;
 use storage::{RawStorage, validate_storage};
@@ -103,6 +103,7 @@ struct RawJob {
     reindex_concurrently: Option<Spanned<bool>>,
     retention: Option<Spanned<RawRetention>>,
     incomplete_after: Option<Spanned<String>>,
+    backup_job: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +145,7 @@ impl RawJob {
             at("reindex_concurrently", &self.reindex_concurrently),
             at("retention", &self.retention),
             at("incomplete_after", &self.incomplete_after),
+            at("backup_job", &self.backup_job),
         ]
         .into_iter()
         .flatten()
@@ -311,6 +313,7 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
             config.jobs.insert(name.clone(), job);
         }
     }
+    resolve_prune_jobs(&mut config)?;
     Ok(config)
 }
 
@@ -455,6 +458,53 @@ fn validate_database(
     })
 }
 
+/// Points each prune job at its backup job, which must have a retention policy.
+fn resolve_prune_jobs(config: &mut Config) -> Result<()> {
+    let targets: Vec<(String, String, Origin)> = config
+        .jobs
+        .values()
+        .filter_map(|j| match &j.kind {
+            JobKind::Prune(p) => Some((j.name.clone(), p.backup_job.clone(), j.origin.clone())),
+            _ => None,
+        })
+        .collect();
+    for (name, target, origin) in targets {
+        let resolved = match config.jobs.get(&target).map(|j| &j.kind) {
+            Some(JobKind::Backup(b)) if b.retention.is_some() => {
+                (b.database.clone(), b.storages.clone())
+            }
+            Some(JobKind::Backup(_)) => {
+                return Err(Error::config(format!(
+                    "{origin}: [jobs.{name}] backup_job = '{target}' has no retention policy"
+                ))
+                .with_hint(format!(
+                    "add e.g. retention = {{ keep_daily = 30, max_age = \"30d\" }} to [jobs.{target}]"
+                )));
+            }
+            _ => {
+                let backups: Vec<&str> = config
+                    .jobs
+                    .values()
+                    .filter(|j| matches!(j.kind, JobKind::Backup(_)))
+                    .map(|j| j.name.as_str())
+                    .collect();
+                return Err(Error::config(format!(
+                    "{origin}: [jobs.{name}] backup_job = '{target}' is not a backup job"
+                ))
+                .with_hint(format!("backup jobs: {}", backups.join(", "))));
+            }
+        };
+        if let Some(Job {
+            kind: JobKind::Prune(p),
+            ..
+        }) = config.jobs.get_mut(&name)
+        {
+            (p.database, p.storages) = resolved;
+        }
+    }
+    Ok(())
+}
+
 /// The storage that takes the run records of a file's jobs that have no
 /// storage of their own: `reports = "NAME"`, else the first storage the file
 /// declares, else none.
@@ -579,6 +629,28 @@ fn validate_job(
             check_keys(source, name, "backup", job, BACKUP_KEYS)?;
             JobKind::Backup(validate_backup_job(source, name, raw, config)?)
         }
+        "prune" => {
+            check_keys(source, name, "prune", job, &["backup_job"])?;
+            let target = job.backup_job.as_ref().ok_or_else(|| {
+                source
+                    .error(raw, format!("[jobs.{name}] a prune job needs `backup_job`"))
+                    .with_hint(
+                        "name the backup job whose retention it applies: backup_job = \"nightly\"",
+                    )
+            })?;
+            // Resolved once every job is read: the backup job may come later.
+            JobKind::Prune(PruneJob {
+                backup_job: target.get_ref().clone(),
+                database: Arc::new(Database {
+                    name: String::new(),
+                    url: String::new(),
+                    password: None,
+                    password_from: None,
+                    pg_bin_dir: None,
+                }),
+                storages: Vec::new(),
+            })
+        }
         "maintenance" => {
             check_keys(source, name, "maintenance", job, maintenance::KEYS)?;
             JobKind::Maintenance(maintenance::validate(
@@ -595,7 +667,7 @@ fn validate_job(
                     &job.kind,
                     format!("[jobs.{name}] type '{other}' is not supported"),
                 )
-                .with_hint("supported job types: backup, maintenance"));
+                .with_hint("supported job types: backup, maintenance, prune"));
         }
     };
     // Heavy maintenance holds dumps of its database off while it runs, and
@@ -1064,6 +1136,40 @@ compression = "gzip"
         ] {
             let e = error_of(&with(policy));
             assert!(e.contains(expected), "{policy}: {e}");
+        }
+    }
+
+    #[test]
+    fn prune_jobs_point_at_a_backup_job_with_a_policy() {
+        let with_policy = GOOD.replace("compression = \"gzip\"", "retention = { keep_last = 7 }");
+        // The prune job's name sorts before the backup job's: resolved after all are read.
+        let text =
+            format!("{with_policy}\n[jobs.a-prune]\ntype = \"prune\"\nbackup_job = \"nightly\"\n");
+        let config = check(&text).unwrap();
+        let job = config.job("a-prune").unwrap();
+        assert_eq!(job.database().name, "app");
+        assert_eq!(job.record_storages()[0].name, "disk");
+        for (extra, base, expected) in [
+            ("", with_policy.as_str(), "a prune job needs `backup_job`"),
+            (
+                "backup_job = \"nope\"",
+                with_policy.as_str(),
+                "backup_job = 'nope' is not a backup job",
+            ),
+            (
+                "backup_job = \"nightly\"",
+                GOOD,
+                "backup_job = 'nightly' has no retention policy",
+            ),
+            (
+                "backup_job = \"nightly\"\ntasks = [\"vacuum\"]",
+                with_policy.as_str(),
+                "`tasks` does not apply to a prune job",
+            ),
+        ] {
+            let e = error_of(&format!("{base}\n[jobs.tidy]\ntype = \"prune\"\n{extra}\n"));
+            assert!(e.contains(expected), "{extra}: {e}");
+            assert!(e.starts_with("jobs/app.toml:"), "{e}");
         }
     }
 
