@@ -198,7 +198,7 @@ pub async fn run(
                         super::prune::print(&spec.backup_job, p, false, &job.timezone);
                     }
                 }
-                let unreachable = unreachable.map(|u| Error::storage(u));
+                let unreachable = unreachable.map(Error::storage);
                 for e in prune::failure(&prunes).into_iter().chain(unreachable) {
                     report.also(e.context(format!("job {name}")));
                 }
