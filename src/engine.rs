@@ -661,19 +661,25 @@ impl Engine {
             );
         };
         let storages = self.storages_of(spec).await?;
+        // A backup that runs longer than incomplete_after must not lose its
+        // objects under it: while the job's lock is held, no incomplete
+        // backup is deleted. A peek, not a hold: prune never delays a run.
+        let running = match RunLock::try_take(&spec.database, name).await {
+            Ok(Some(_free)) => false,
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot tell whether job {name} is running ({e}); incomplete backups are kept"
+                );
+                true
+            }
+        };
         let mut prunes = Vec::new();
         let mut unreachable = None;
         for storage in &storages {
             let started_at = self.clock.now();
-            let planned = prune::plan(
-                storage.as_ref(),
-                job,
-                spec,
-                policy,
-                &job.timezone,
-                started_at,
-            )
-            .await;
+            let planned =
+                prune::plan(storage.as_ref(), job, spec, policy, started_at, running).await;
             let (mut p, stored) = match planned {
                 Ok(p) => p,
                 Err(e) => {
@@ -687,10 +693,12 @@ impl Engine {
                 tracing::warn!("{warning}");
             }
             if !dry_run {
-                let unfinished_before = jiff::SignedDuration::try_from(spec.incomplete_after)
-                    .ok()
-                    .and_then(|d| started_at.checked_sub(d).ok())
-                    .unwrap_or(Timestamp::MIN);
+                let unfinished_before = (!running).then(|| {
+                    jiff::SignedDuration::try_from(spec.incomplete_after)
+                        .ok()
+                        .and_then(|d| started_at.checked_sub(d).ok())
+                        .unwrap_or(Timestamp::MIN)
+                });
                 prune::execute(storage, name, &mut p, &stored, unfinished_before).await;
                 tracing::info!("prune of job {name}: {}", prune::summary(&p));
                 let failure = prune::failure(std::slice::from_ref(&p)).map(|e| e.to_string());

@@ -154,6 +154,9 @@ pub struct History {
     pub newest_run_failed: Option<String>,
     /// Incomplete backups younger than this may still be running.
     pub incomplete_after: Duration,
+    /// A run of the job is going on now: an incomplete backup of any age may
+    /// be the one it is writing.
+    pub running: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -255,7 +258,15 @@ pub fn plan(history: &History, policy: &Policy, zone: &TimeZone, now: Timestamp)
         }
     }
     for (i, c) in backups.iter().enumerate() {
-        if !c.complete && age(c) < history.incomplete_after {
+        if c.complete {
+            continue;
+        }
+        if history.running {
+            reasons[i].push(
+                "incomplete (no manifest), and a run of the job is going on: it may be writing it"
+                    .to_owned(),
+            );
+        } else if age(c) < history.incomplete_after {
             reasons[i].push(format!(
                 "incomplete (no manifest) but younger than incomplete_after {}: may still be running",
                 show(history.incomplete_after)
@@ -336,6 +347,7 @@ mod tests {
             backups,
             newest_run_failed: None,
             incomplete_after: Duration::from_secs(86_400),
+            running: false,
         }
     }
 
@@ -513,6 +525,22 @@ mod tests {
         );
         assert_eq!(p.deletions().count(), 0);
         assert!(reasons_of(&p, "2026-11-25T11:30:00")[0].contains("may still be running"));
+    }
+
+    #[test]
+    fn an_old_incomplete_backup_is_kept_while_the_job_runs() {
+        let mut long_run = backup("2026-11-23T03:00:00");
+        long_run.complete = false;
+        let mut h = history(vec![long_run, backup("2026-11-22T03:00:00")]);
+        let policy = Policy {
+            keep_last: 1,
+            ..Policy::default()
+        };
+        assert_eq!(plan(&h, &policy, &tokyo(), at(NOW)).deletions().count(), 1);
+        h.running = true;
+        let p = plan(&h, &policy, &tokyo(), at(NOW));
+        assert_eq!(p.deletions().count(), 0);
+        assert!(reasons_of(&p, "2026-11-23T03:00:00")[0].contains("a run of the job is going on"));
     }
 
     #[test]

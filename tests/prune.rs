@@ -466,3 +466,29 @@ fn a_prune_job_runs_the_backup_jobs_retention_and_records_it() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert!(records[0].ends_with("-prune.json"), "{records:?}");
 }
+
+#[test]
+fn while_the_job_runs_no_incomplete_backup_is_deleted_whatever_its_age() {
+    let setup = setup_with("", "disk");
+    let spec = StorageSpec {
+        name: "disk".into(),
+        kind: StorageKind::Local {
+            path: setup.backups.clone(),
+        },
+        retry: servers::test_retry(),
+    };
+    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    let (old_incomplete, _) = block_on(seed(storage.as_ref()));
+    // A backup that has been running for three days holds the job's lock.
+    let running = setup
+        .cluster
+        .hold_advisory_lock("app", backup::pg::lock_key("backup job nightly"));
+    let (run, out) = prune_json(&setup, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(entries(&out, "keep").contains(&old_incomplete), "{out:#}");
+    assert!(block_on(ids_in(storage.as_ref())).contains(&old_incomplete));
+    running.release();
+    let (run, out) = prune_json(&setup, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(entries(&out, "delete").contains(&old_incomplete), "{out:#}");
+}

@@ -98,6 +98,7 @@ async fn history(
     storage: &dyn Storage,
     job: &Job,
     spec: &BackupJob,
+    running: bool,
 ) -> Result<(History, BTreeMap<BackupId, Stored>, Vec<String>)> {
     let stored = stored(storage, &job.name).await?;
     let newest = report::newest_records(storage, &job.name, 1, |r| {
@@ -156,20 +157,22 @@ async fn history(
         backups,
         newest_run_failed,
         incomplete_after: spec.incomplete_after,
+        running,
     };
     Ok((history, stored, warnings))
 }
 
-/// Plans the prune of one storage.
+/// Plans the prune of one storage; `running` says a run of the job is going on.
 pub async fn plan(
     storage: &dyn Storage,
     job: &Job,
     spec: &BackupJob,
     policy: &retention::Policy,
-    zone: &TimeZone,
     now: Timestamp,
+    running: bool,
 ) -> Result<(StoragePrune, BTreeMap<BackupId, Stored>)> {
-    let (history, stored, warnings) = history(storage, job, spec).await?;
+    let zone: &TimeZone = &job.timezone;
+    let (history, stored, warnings) = history(storage, job, spec, running).await?;
     let plan = retention::plan(&history, policy, zone, now);
     Ok((
         StoragePrune {
@@ -186,13 +189,14 @@ pub async fn plan(
 }
 
 /// Deletes what the plan says: each backup's manifest first, then the rest;
-/// then the uploads a killed run left unfinished before `unfinished_before`.
+/// then the uploads a killed run left unfinished before `unfinished_before`
+/// (`None` while a run of the job goes on: they may be its own).
 pub async fn execute(
     storage: &Arc<dyn Storage>,
     job: &str,
     prune: &mut StoragePrune,
     stored: &BTreeMap<BackupId, Stored>,
-    unfinished_before: Timestamp,
+    unfinished_before: Option<Timestamp>,
 ) {
     let doomed: Vec<(BackupId, bool)> = prune
         .plan
@@ -232,9 +236,9 @@ pub async fn execute(
             }
         }
     }
-    if prune.plan.held.is_some() {
+    let Some(unfinished_before) = unfinished_before.filter(|_| prune.plan.held.is_none()) else {
         return;
-    }
+    };
     let cleaned = match catalog::job_prefix(job) {
         Ok(prefix) => storage.clean_unfinished(&prefix, unfinished_before).await,
         Err(e) => Err(e),
