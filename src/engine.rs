@@ -356,7 +356,12 @@ impl Engine {
             && let JobKind::Backup(spec) = &job.kind
             && spec.retention.is_some()
         {
-            match self.prune(&job.name, false).await {
+            // Within the job's timeout and its cancellation, like the run.
+            let pruned = tokio::select! {
+                pruned = within(job.policy.timeout, self.prune(&job.name, false)) => pruned,
+                () = request.cancel.cancelled() => Err(Error::interrupted("prune stopped by a signal")),
+            };
+            match pruned {
                 Ok((prunes, unreachable)) => {
                     for e in prune::failure(&prunes).into_iter().chain(unreachable) {
                         tracing::warn!("prune after the backup: {e}");
@@ -664,9 +669,8 @@ impl Engine {
         // A backup that runs longer than incomplete_after must not lose its
         // objects under it: while the job's lock is held, no incomplete
         // backup is deleted. A peek, not a hold: prune never delays a run.
-        let running = match RunLock::try_take(&spec.database, name).await {
-            Ok(Some(_free)) => false,
-            Ok(None) => true,
+        let running = match crate::pg::job_running(&spec.database, name).await {
+            Ok(running) => running,
             Err(e) => {
                 tracing::warn!(
                     "cannot tell whether job {name} is running ({e}); incomplete backups are kept"
@@ -674,12 +678,13 @@ impl Engine {
                 true
             }
         };
+        let facts = prune::job_facts(&storages, name, running).await;
         let mut prunes = Vec::new();
         let mut unreachable = None;
         for storage in &storages {
             let started_at = self.clock.now();
             let planned =
-                prune::plan(storage.as_ref(), job, spec, policy, started_at, running).await;
+                prune::plan(storage.as_ref(), job, spec, policy, started_at, &facts).await;
             let (mut p, stored) = match planned {
                 Ok(p) => p,
                 Err(e) => {
@@ -734,11 +739,11 @@ impl Engine {
         let mut changed = Vec::new();
         for storage in &storages {
             let manifest = catalog::backup_prefix(&job.name, id)?.join(catalog::MANIFEST)?;
-            if catalog::read_manifest(storage.as_ref(), &manifest)
-                .await
-                .is_err()
-            {
-                continue;
+            match catalog::read_manifest(storage.as_ref(), &manifest).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == Kind::NotFound => continue,
+                // A copy left unpinned by a passing error would be pruned.
+                Err(e) => return Err(e.context(format!("job {name}: storage {}", storage.name()))),
             }
             let key = prune::pin_key(&job.name, id)?;
             match reason {

@@ -74,8 +74,8 @@ impl Bucket {
             Bucket::Hourly => Duration::from_secs(n * 3600),
             Bucket::Daily => days(n),
             Bucket::Weekly => days(7 * n),
-            Bucket::Monthly => days(28 * n),
-            Bucket::Yearly => days(365 * n),
+            Bucket::Monthly => days(31 * n),
+            Bucket::Yearly => days(366 * n),
         }
     }
 
@@ -83,7 +83,8 @@ impl Bucket {
     fn of(self, at: Timestamp, zone: &TimeZone) -> String {
         let z = at.to_zoned(zone.clone());
         let format = match self {
-            Bucket::Hourly => "%Y-%m-%d %H:00",
+            // The offset keeps apart the two 02:30s of an autumn night.
+            Bucket::Hourly => "%Y-%m-%d %H:00 %:z",
             Bucket::Daily => "%Y-%m-%d",
             Bucket::Weekly => "%G-W%V",
             Bucket::Monthly => "%Y-%m",
@@ -131,6 +132,10 @@ pub fn describe(p: &Policy) -> String {
     }
     parts.join(", ")
 }
+
+/// How far ahead of this host's clock a backup may be dated before the clocks
+/// are suspect: the database server's clock dates it.
+const FUTURE_TOLERANCE: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
 /// One backup as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +211,8 @@ pub fn plan(history: &History, policy: &Policy, zone: &TimeZone, now: Timestamp)
     let complete: Vec<usize> = (0..backups.len())
         .filter(|&i| backups[i].complete)
         .collect();
-    let age = |c: &Candidate| now.duration_since(c.at).unsigned_abs();
+    // A backup dated ahead of now (a wrong clock) is 0 old, not |age| old.
+    let age = |c: &Candidate| Duration::try_from(now.duration_since(c.at)).unwrap_or_default();
     let within_max_age = |c: &Candidate| policy.max_age.is_none_or(|m| age(c) <= m);
 
     if let Some(&i) = complete.first() {
@@ -274,9 +280,29 @@ pub fn plan(history: &History, policy: &Policy, zone: &TimeZone, now: Timestamp)
         }
     }
 
-    let held = history.newest_run_failed.as_ref().map(|run| {
-        format!("the job's newest run {run} did not succeed: nothing is deleted until one does")
-    });
+    // Holds, in order: any of them keeps every backup.
+    let future = backups
+        .iter()
+        .find(|c| c.at.duration_since(now) > FUTURE_TOLERANCE);
+    let held = if let Some(c) = future {
+        Some(format!(
+            "backup {} is dated {}, ahead of this host's clock ({}): a clock is wrong, and \
+             \"newest\" cannot be trusted; nothing is deleted until the clocks agree",
+            c.id, c.at, now
+        ))
+    } else if let Some(run) = &history.newest_run_failed {
+        Some(format!(
+            "the job's newest run {run} did not succeed: nothing is deleted until one does"
+        ))
+    } else if let Some(c) = backups.first().filter(|c| !c.complete && !history.running) {
+        Some(format!(
+            "the newest backup {} is incomplete and no run is going on: the last run died \
+             without a record; nothing is deleted until a run succeeds",
+            c.id
+        ))
+    } else {
+        None
+    };
     let entries = backups
         .iter()
         .zip(reasons)
@@ -484,7 +510,7 @@ mod tests {
         let mut backups = dailies();
         backups[0].pinned = Some("legal hold".into()); // 11-16
         backups[2].verified = true; // 11-18
-        backups[9].complete = false; // 11-25: a run that died
+        backups[8].complete = false; // 11-24: a run that died
         let policy = Policy {
             max_age: Some(Duration::from_secs(3600)),
             ..Policy::default()
@@ -493,7 +519,7 @@ mod tests {
         h.incomplete_after = Duration::from_secs(3600);
         let p = plan(&h, &policy, &tokyo(), at(NOW));
         assert_eq!(
-            reasons_of(&p, "2026-11-24T03:00:00"),
+            reasons_of(&p, "2026-11-25T03:00:00"),
             ["newest complete backup"]
         );
         assert_eq!(
@@ -505,7 +531,7 @@ mod tests {
             ["pinned: legal hold"]
         );
         assert_eq!(
-            reasons_of(&p, "2026-11-25T03:00:00"),
+            reasons_of(&p, "2026-11-24T03:00:00"),
             ["incomplete (no manifest) and older than incomplete_after 1h"]
         );
     }
@@ -529,9 +555,10 @@ mod tests {
 
     #[test]
     fn an_old_incomplete_backup_is_kept_while_the_job_runs() {
-        let mut long_run = backup("2026-11-23T03:00:00");
+        // Started before the newest complete one, still going (a lock holds it).
+        let mut long_run = backup("2026-11-22T03:00:00");
         long_run.complete = false;
-        let mut h = history(vec![long_run, backup("2026-11-22T03:00:00")]);
+        let mut h = history(vec![long_run, backup("2026-11-23T03:00:00")]);
         let policy = Policy {
             keep_last: 1,
             ..Policy::default()
@@ -540,7 +567,63 @@ mod tests {
         h.running = true;
         let p = plan(&h, &policy, &tokyo(), at(NOW));
         assert_eq!(p.deletions().count(), 0);
-        assert!(reasons_of(&p, "2026-11-23T03:00:00")[0].contains("a run of the job is going on"));
+        assert!(reasons_of(&p, "2026-11-22T03:00:00")[0].contains("a run of the job is going on"));
+    }
+
+    #[test]
+    fn a_run_that_died_without_a_record_deletes_nothing() {
+        let mut died = backup("2026-11-25T03:00:00");
+        died.complete = false;
+        let mut backups = dailies();
+        backups.pop();
+        backups.push(died);
+        let policy = Policy {
+            keep_last: 1,
+            ..Policy::default()
+        };
+        let p = plan(&history(backups), &policy, &tokyo(), at(NOW));
+        assert_eq!(p.deletions().count(), 0);
+        assert!(
+            p.held
+                .unwrap()
+                .contains("the last run died without a record")
+        );
+    }
+
+    #[test]
+    fn a_backup_dated_in_the_future_holds_every_delete() {
+        let mut backups = dailies();
+        backups.push(backup("2027-11-25T03:00:00"));
+        let policy = Policy {
+            keep_last: 1,
+            ..Policy::default()
+        };
+        let p = plan(&history(backups), &policy, &tokyo(), at(NOW));
+        assert_eq!(p.deletions().count(), 0);
+        assert!(p.held.unwrap().contains("a clock is wrong"));
+    }
+
+    #[test]
+    fn the_two_half_past_twos_of_an_autumn_night_are_two_hours() {
+        let berlin = TimeZone::get("Europe/Berlin").unwrap();
+        let first: Timestamp = "2026-10-25T00:30:00Z".parse().unwrap(); // 02:30 CEST
+        let second: Timestamp = "2026-10-25T01:30:00Z".parse().unwrap(); // 02:30 CET
+        let candidates = [first, second]
+            .map(|t| Candidate {
+                id: BackupId::from_start(t, 0),
+                at: t,
+                complete: true,
+                pinned: None,
+                verified: false,
+            })
+            .to_vec();
+        let policy = Policy {
+            keep_hourly: 2,
+            ..Policy::default()
+        };
+        let now: Timestamp = "2026-10-25T02:00:00Z".parse().unwrap();
+        let p = plan(&history(candidates), &policy, &berlin, now);
+        assert_eq!(p.kept().count(), 2, "{p:#?}");
     }
 
     #[test]
@@ -601,18 +684,19 @@ mod tests {
             )
             .prop_map(|raw| {
                 let now = at(NOW);
-                let mut seen = BTreeSet::new();
+                let mut seen = std::collections::BTreeMap::new();
                 raw.into_iter()
-                    .filter_map(|(minutes, complete, verified, pin)| {
-                        let t = now - jiff::SignedDuration::from_mins(minutes);
-                        let id = BackupId::from_start(t, 0);
-                        seen.insert(id.clone()).then(|| Candidate {
-                            id,
+                    .map(|(minutes, complete, verified, pin)| {
+                        // Coarse times, so some backups share a second: -1, -2 ids.
+                        let t = now - jiff::SignedDuration::from_mins(minutes - minutes % 7);
+                        let n = seen.entry(t).and_modify(|n| *n += 1).or_insert(0u32);
+                        Candidate {
+                            id: BackupId::from_start(t, *n),
                             at: t,
                             complete: complete || minutes % 3 == 0,
                             pinned: (pin == 0).then(|| "kept by hand".to_owned()),
                             verified,
-                        })
+                        }
                     })
                     .collect()
             })
@@ -658,7 +742,7 @@ mod tests {
                 prop_assert_eq!(p.entries.len(), backups.len());
                 let keeps = |id: &BackupId| p.entries.iter().any(|e| &e.id == id && e.action == Action::Keep);
                 let mut complete: Vec<&Candidate> = backups.iter().filter(|c| c.complete).collect();
-                complete.sort_by_key(|c| std::cmp::Reverse(c.at));
+                complete.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
                 if let Some(newest) = complete.first() {
                     prop_assert!(keeps(&newest.id), "newest complete deleted");
                 }
@@ -673,6 +757,38 @@ mod tests {
                 }
                 for e in &p.entries {
                     prop_assert!(!e.reasons.is_empty(), "an entry without a reason");
+                }
+
+                // A reference for every delete: no rule of the policy keeps it.
+                let now = at(NOW);
+                let recent: Vec<&Candidate> = complete
+                    .iter()
+                    .copied()
+                    .filter(|c| policy.max_age.is_none_or(|m| {
+                        Duration::try_from(now.duration_since(c.at)).unwrap_or_default() <= m
+                    }))
+                    .collect();
+                for e in p.deletions() {
+                    let rank = |list: &[&Candidate]| list.iter().position(|c| c.id == e.id);
+                    if let Some(r) = rank(&complete) {
+                        prop_assert!(r >= policy.min_keep as usize, "min_keep broken");
+                    }
+                    let Some(r) = rank(&recent) else { continue };
+                    prop_assert!(r >= policy.keep_last as usize, "keep_last broken");
+                    prop_assert!(policy.max_age.is_none() || policy.keep_last > 0
+                        || Bucket::ALL.iter().any(|b| policy.count(*b) > 0), "max_age alone broken");
+                    for bucket in Bucket::ALL {
+                        let mut newest_of: Vec<(String, BackupId)> = Vec::new();
+                        for c in &recent {
+                            let key = bucket.of(c.at, &tokyo());
+                            if !newest_of.iter().any(|(k, _)| *k == key) {
+                                newest_of.push((key, c.id.clone()));
+                            }
+                        }
+                        newest_of.truncate(policy.count(bucket) as usize);
+                        prop_assert!(!newest_of.iter().any(|(_, id)| *id == e.id),
+                            "{} would keep {}", bucket.key(), e.id);
+                    }
                 }
 
                 // Carrying the plan out and planning again deletes nothing more.

@@ -492,3 +492,58 @@ fn while_the_job_runs_no_incomplete_backup_is_deleted_whatever_its_age() {
     assert!(run.ok(), "{}", run.all());
     assert!(entries(&out, "delete").contains(&old_incomplete), "{out:#}");
 }
+
+#[test]
+fn a_failed_run_recorded_in_one_storage_holds_the_prune_of_all() {
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    let work = tempfile::tempdir().unwrap();
+    let second = work.path().join("second");
+    let setup = Setup::with_storages(
+        cluster,
+        "",
+        &format!(
+            "[storages.disk2]\ntype = \"local\"\npath = \"{}\"\n",
+            second.display()
+        ),
+        &["disk", "disk2"],
+        POLICY,
+    );
+    let mut storages = Vec::new();
+    for (name, path) in [("disk", setup.backups.clone()), ("disk2", second.clone())] {
+        let spec = StorageSpec {
+            name: name.into(),
+            kind: StorageKind::Local { path },
+            retry: servers::test_retry(),
+        };
+        let storage = block_on(backup::storage::open(&spec)).unwrap();
+        block_on(seed(storage.as_ref()));
+        storages.push(storage);
+    }
+    // The newest run failed, and only the second storage could take its record.
+    let now = jiff::Timestamp::now();
+    let run_id = format!("{}-backup", now.strftime("%Y%m%dT%H%M%S%6fZ"));
+    let record = json!({
+        "format": 1, "run_id": run_id, "job": "nightly", "kind": "backup",
+        "trigger": "schedule", "started_at": now, "finished_at": now,
+        "outcome": "failed", "succeeded": false, "attempts": 1,
+        "error": "pg_dump: connection lost", "details": {},
+    });
+    block_on(put(
+        storages[1].as_ref(),
+        format!("nightly/reports/{run_id}.json"),
+        &serde_json::to_vec(&record).unwrap(),
+    ));
+    let (run, out) = prune_json(&setup, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    for storage in out[0]["storages"].as_array().unwrap() {
+        let held = storage["plan"]["held"].as_str().unwrap_or_default();
+        assert!(
+            held.contains(&run_id) && held.contains("(failed)"),
+            "{storage:#}"
+        );
+    }
+    for storage in &storages {
+        assert_eq!(block_on(ids_in(storage.as_ref())).len(), 42);
+    }
+}

@@ -94,28 +94,92 @@ pub async fn read_pin(storage: &dyn Storage, job: &str, id: &BackupId) -> Option
 
 /// What retention needs to know of one storage: its backups, their pins and
 /// restore tests, and whether the job's newest run failed.
+/// What retention must know of the job as a whole, read from every storage:
+/// a failed newest run recorded in only one of them still holds them all.
+#[derive(Debug, Clone, Default)]
+pub struct JobFacts {
+    /// The job's newest backup run, when it did not succeed (or when the
+    /// records cannot be read: then nothing can be trusted to be deleted).
+    pub newest_run_failed: Option<String>,
+    /// Backup ids that passed a restore test, in any storage.
+    pub tested: BTreeSet<String>,
+    /// A run of the job holds its lock now.
+    pub running: bool,
+}
+
+/// Whether a record's name is a backup run's (not a skipped fire time's).
+fn is_backup_run(name: &str) -> bool {
+    name.ends_with("-backup.json") || name.ends_with("-backup-catch-up.json")
+}
+
+/// Reads, from every storage, the job's newest backup run and its restore
+/// tests. Record names carry their time and kind, so nothing is scanned past
+/// them; a record that cannot be read holds the prune rather than be skipped.
+pub async fn job_facts(storages: &[Arc<dyn Storage>], job: &str, running: bool) -> JobFacts {
+    let mut facts = JobFacts {
+        running,
+        ..JobFacts::default()
+    };
+    let mut newest: Option<(String, report::RunRecord)> = None;
+    for storage in storages {
+        let read = async {
+            let prefix = Key::new(format!("{job}/reports"))?;
+            let keys: Vec<Key> = storage
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
+            let last_run = keys.iter().filter(|k| is_backup_run(k.file_name())).max();
+            if let Some(key) = last_run
+                && newest
+                    .as_ref()
+                    .is_none_or(|(name, _)| key.file_name() > name.as_str())
+            {
+                let record = report::read_record(storage.as_ref(), key)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("{key} vanished")))?;
+                newest = Some((key.file_name().to_owned(), record));
+            }
+            for key in keys
+                .iter()
+                .filter(|k| k.file_name().ends_with("-restore-test.json"))
+            {
+                if let Some(r) = report::read_record(storage.as_ref(), key).await?
+                    && r.succeeded
+                    && let Some(id) = r.details["backup_id"].as_str()
+                {
+                    facts.tested.insert(id.to_owned());
+                }
+            }
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = read.await {
+            facts.newest_run_failed.get_or_insert(format!(
+                "(the run records in {} cannot be read: {e})",
+                storage.name()
+            ));
+        }
+    }
+    if let Some((_, r)) = newest
+        && r.outcome != Outcome::Succeeded
+    {
+        facts
+            .newest_run_failed
+            .get_or_insert(format!("{} ({})", r.run_id, r.outcome.name()));
+    }
+    facts
+}
+
 async fn history(
     storage: &dyn Storage,
     job: &Job,
     spec: &BackupJob,
-    running: bool,
+    facts: &JobFacts,
 ) -> Result<(History, BTreeMap<BackupId, Stored>, Vec<String>)> {
     let stored = stored(storage, &job.name).await?;
-    let newest = report::newest_records(storage, &job.name, 1, |r| {
-        r.kind == "backup" && r.outcome != Outcome::Skipped
-    })
-    .await?;
-    let newest_run_failed = newest
-        .first()
-        .filter(|r| r.outcome != Outcome::Succeeded)
-        .map(|r| format!("{} ({})", r.run_id, r.outcome.name()));
-    let tested: BTreeSet<String> = report::newest_records(storage, &job.name, usize::MAX, |r| {
-        r.kind == "restore-test" && r.succeeded
-    })
-    .await?
-    .iter()
-    .filter_map(|r| r.details["backup_id"].as_str().map(str::to_owned))
-    .collect();
+    let newest_run_failed = facts.newest_run_failed.clone();
+    let tested = &facts.tested;
     let mut warnings = Vec::new();
     let mut backups = Vec::new();
     for (id, s) in &stored {
@@ -157,22 +221,22 @@ async fn history(
         backups,
         newest_run_failed,
         incomplete_after: spec.incomplete_after,
-        running,
+        running: facts.running,
     };
     Ok((history, stored, warnings))
 }
 
-/// Plans the prune of one storage; `running` says a run of the job is going on.
+/// Plans the prune of one storage.
 pub async fn plan(
     storage: &dyn Storage,
     job: &Job,
     spec: &BackupJob,
     policy: &retention::Policy,
     now: Timestamp,
-    running: bool,
+    facts: &JobFacts,
 ) -> Result<(StoragePrune, BTreeMap<BackupId, Stored>)> {
     let zone: &TimeZone = &job.timezone;
-    let (history, stored, warnings) = history(storage, job, spec, running).await?;
+    let (history, stored, warnings) = history(storage, job, spec, facts).await?;
     let plan = retention::plan(&history, policy, zone, now);
     Ok((
         StoragePrune {
@@ -205,6 +269,17 @@ pub async fn execute(
         .collect();
     for (id, complete) in doomed {
         let result = async {
+            // A pin written since the listing wins.
+            let pin = pin_key(job, &id)?;
+            match storage.reader(&pin).await {
+                Ok(_) => {
+                    return Err(Error::refused(format!(
+                        "backup {id} was pinned while prune ran: kept"
+                    )));
+                }
+                Err(e) if e.kind() == crate::error::Kind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             if complete {
                 let manifest = catalog::backup_prefix(job, &id)?.join(MANIFEST)?;
                 storage.delete(&manifest).await?;

@@ -195,6 +195,26 @@ impl RunLock {
     }
 }
 
+/// Whether a run of `job` holds its lock now. Only looks: taking the lock,
+/// even for a moment, could make a run starting then skip its fire time.
+pub async fn job_running(db: &Database, job: &str) -> Result<bool> {
+    let conn = connect(db, None).await?;
+    let key = lock_key(&format!("backup job {job}"));
+    // A bigint advisory key shows as classid (high 32 bits), objid (low), objsubid 1.
+    let row = conn
+        .client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks \
+               WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 AND ((classid::int8 << 32) | objid::int8) = $1)",
+            &[&key],
+        )
+        .await
+        .map_err(|e| query_error(&format!("looking for a run of job {job}"), e))?;
+    Ok(row.get(0))
+}
+
 /// Connects to `dbname` (or the database the url names) of a declared database.
 pub async fn connect(db: &Database, dbname: Option<&str>) -> Result<Connection> {
     open(db, dbname, None).await
