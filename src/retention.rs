@@ -294,14 +294,17 @@ pub fn plan(history: &History, policy: &Policy, zone: &TimeZone, now: Timestamp)
         Some(format!(
             "the job's newest run {run} did not succeed: nothing is deleted until one does"
         ))
-    } else if let Some(c) = backups.first().filter(|c| !c.complete && !history.running) {
-        Some(format!(
-            "the newest backup {} is incomplete and no run is going on: the last run died \
-             without a record; nothing is deleted until a run succeeds",
-            c.id
-        ))
     } else {
-        None
+        backups
+            .first()
+            .filter(|c| !c.complete && !history.running)
+            .map(|c| {
+                format!(
+                    "the newest backup {} is incomplete and no run is going on: the last run \
+                     died without a record; nothing is deleted until a run succeeds",
+                    c.id
+                )
+            })
     };
     let entries = backups
         .iter()
