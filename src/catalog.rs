@@ -135,20 +135,24 @@ pub struct Listing {
     pub unreadable: Vec<String>,
 }
 
+/// Splits `<job>/<backup-id>/<name>` into the id and the name; `None` for
+/// anything else under the job (its `reports/`, another tool's files).
+pub fn split_backup_key<'a>(job_prefix: &Key, key: &'a Key) -> Option<(BackupId, &'a str)> {
+    let (id, name) = key
+        .as_str()
+        .strip_prefix(job_prefix.as_str())?
+        .strip_prefix('/')?
+        .split_once('/')?;
+    Some((BackupId::parse(id).ok()?, name))
+}
+
 /// Reads every complete backup of `job` in `storage`.
 pub async fn list(storage: &dyn Storage, job: &str) -> Result<Listing> {
     let prefix = job_prefix(job)?;
     let objects = storage.list(&prefix).await?;
     let mut listing = Listing::default();
     for object in objects {
-        let rest = object.key.as_str().strip_prefix(prefix.as_str());
-        let Some((id, name)) = rest
-            .and_then(|r| r.strip_prefix('/'))
-            .and_then(|r| r.split_once('/'))
-        else {
-            continue;
-        };
-        let Ok(parsed) = BackupId::parse(id) else {
+        let Some((parsed, name)) = split_backup_key(&prefix, &object.key) else {
             continue;
         };
         if name == PIN {

@@ -141,6 +141,18 @@ fn prune_leaves_exactly_the_plans_keeps(
     assert!(entries(&again, "delete").is_empty(), "{again:#}");
 }
 
+/// The job's `disk` storage, opened as `backup` opens it.
+fn local_storage(setup: &Setup) -> Arc<dyn Storage> {
+    let spec = StorageSpec {
+        name: "disk".into(),
+        kind: StorageKind::Local {
+            path: setup.backups.clone(),
+        },
+        retry: servers::test_retry(),
+    };
+    block_on(backup::storage::open(&spec)).unwrap()
+}
+
 fn setup_with(section: &str, storage: &str) -> Setup {
     let cluster = Cluster::start();
     cluster.create_db("app");
@@ -150,14 +162,7 @@ fn setup_with(section: &str, storage: &str) -> Setup {
 #[test]
 fn local_prune_keeps_exactly_the_plan() {
     let setup = setup_with("", "disk");
-    let spec = StorageSpec {
-        name: "disk".into(),
-        kind: StorageKind::Local {
-            path: setup.backups.clone(),
-        },
-        retry: servers::test_retry(),
-    };
-    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    let storage = local_storage(&setup);
     prune_leaves_exactly_the_plans_keeps(&setup, &[], storage);
 }
 
@@ -241,14 +246,7 @@ impl Drop for Undeletable {
 #[test]
 fn a_delete_that_fails_exits_non_zero_and_a_second_run_finishes() {
     let setup = setup_with("", "disk");
-    let spec = StorageSpec {
-        name: "disk".into(),
-        kind: StorageKind::Local {
-            path: setup.backups.clone(),
-        },
-        retry: servers::test_retry(),
-    };
-    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    let storage = local_storage(&setup);
     block_on(seed(storage.as_ref()));
     let (_, plan) = prune_json(&setup, &[], &["--dry-run"]);
     let doomed = entries(&plan, "delete")
@@ -333,14 +331,7 @@ fn a_good_backup_of_a_job_with_a_policy_prunes_after_itself() {
 #[test]
 fn a_pinned_backup_survives_prune_until_unpinned() {
     let setup = setup_with("", "disk");
-    let spec = StorageSpec {
-        name: "disk".into(),
-        kind: StorageKind::Local {
-            path: setup.backups.clone(),
-        },
-        retry: servers::test_retry(),
-    };
-    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    let storage = local_storage(&setup);
     block_on(seed(storage.as_ref()));
     let (_, plan) = prune_json(&setup, &[], &["--dry-run"]);
     let oldest = entries(&plan, "delete")
@@ -435,14 +426,7 @@ fn a_prune_job_runs_the_backup_jobs_retention_and_records_it() {
     let mut text = std::fs::read_to_string(&setup.config).unwrap();
     text.push_str("\n[jobs.cleanup]\ntype = \"prune\"\nbackup_job = \"nightly\"\n");
     std::fs::write(&setup.config, text).unwrap();
-    let spec = StorageSpec {
-        name: "disk".into(),
-        kind: StorageKind::Local {
-            path: setup.backups.clone(),
-        },
-        retry: servers::test_retry(),
-    };
-    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    let storage = local_storage(&setup);
     block_on(seed(storage.as_ref()));
 
     let run = setup.backup(&["run", "cleanup", "--dry-run"]);
@@ -470,14 +454,7 @@ fn a_prune_job_runs_the_backup_jobs_retention_and_records_it() {
 #[test]
 fn while_the_job_runs_no_incomplete_backup_is_deleted_whatever_its_age() {
     let setup = setup_with("", "disk");
-    let spec = StorageSpec {
-        name: "disk".into(),
-        kind: StorageKind::Local {
-            path: setup.backups.clone(),
-        },
-        retry: servers::test_retry(),
-    };
-    let storage = block_on(backup::storage::open(&spec)).unwrap();
+    let storage = local_storage(&setup);
     let (old_incomplete, _) = block_on(seed(storage.as_ref()));
     // A backup that has been running for three days holds the job's lock.
     let running = setup

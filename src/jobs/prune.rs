@@ -61,20 +61,15 @@ async fn stored(storage: &dyn Storage, job: &str) -> Result<BTreeMap<BackupId, S
     let prefix = catalog::job_prefix(job)?;
     let mut out: BTreeMap<BackupId, Stored> = BTreeMap::new();
     for object in storage.list(&prefix).await? {
-        let rest = object.key.as_str().strip_prefix(prefix.as_str());
-        let Some((id, name)) = rest
-            .and_then(|r| r.strip_prefix('/'))
-            .and_then(|r| r.split_once('/'))
-        else {
-            continue;
-        };
         // `reports/` and anything else that is not a backup id is not ours to judge.
-        let Ok(id) = BackupId::parse(id) else {
+        let Some((id, name)) = catalog::split_backup_key(&prefix, &object.key) else {
             continue;
         };
+        let complete = name == MANIFEST;
+        let pinned = name == PIN;
         let entry = out.entry(id).or_default();
-        entry.complete |= name == MANIFEST;
-        entry.pinned |= name == PIN;
+        entry.complete |= complete;
+        entry.pinned |= pinned;
         entry.keys.push(object.key);
     }
     Ok(out)
