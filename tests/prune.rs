@@ -141,6 +141,24 @@ fn prune_leaves_exactly_the_plans_keeps(
     assert!(entries(&again, "delete").is_empty(), "{again:#}");
 }
 
+/// Seeds the job's `disk` storage and returns a complete backup that the
+/// plan deletes.
+fn a_complete_backup_the_plan_deletes(setup: &Setup) -> String {
+    block_on(seed(local_storage(setup).as_ref()));
+    let (_, plan) = prune_json(setup, &[], &["--dry-run"]);
+    entries(&plan, "delete")
+        .into_iter()
+        .find(|id| {
+            setup
+                .backups
+                .join("nightly")
+                .join(id)
+                .join("manifest.json")
+                .exists()
+        })
+        .unwrap()
+}
+
 /// The job's `disk` storage, opened as `backup` opens it.
 fn local_storage(setup: &Setup) -> Arc<dyn Storage> {
     let spec = StorageSpec {
@@ -246,20 +264,7 @@ impl Drop for Undeletable {
 #[test]
 fn a_delete_that_fails_exits_non_zero_and_a_second_run_finishes() {
     let setup = setup_with("", "disk");
-    let storage = local_storage(&setup);
-    block_on(seed(storage.as_ref()));
-    let (_, plan) = prune_json(&setup, &[], &["--dry-run"]);
-    let doomed = entries(&plan, "delete")
-        .into_iter()
-        .find(|id| {
-            setup
-                .backups
-                .join("nightly")
-                .join(id)
-                .join("manifest.json")
-                .exists()
-        })
-        .unwrap();
+    let doomed = a_complete_backup_the_plan_deletes(&setup);
     let stuck = Undeletable::new(
         setup
             .backups
@@ -331,20 +336,7 @@ fn a_good_backup_of_a_job_with_a_policy_prunes_after_itself() {
 #[test]
 fn a_pinned_backup_survives_prune_until_unpinned() {
     let setup = setup_with("", "disk");
-    let storage = local_storage(&setup);
-    block_on(seed(storage.as_ref()));
-    let (_, plan) = prune_json(&setup, &[], &["--dry-run"]);
-    let oldest = entries(&plan, "delete")
-        .into_iter()
-        .find(|id| {
-            setup
-                .backups
-                .join("nightly")
-                .join(id)
-                .join("manifest.json")
-                .exists()
-        })
-        .unwrap();
+    let oldest = a_complete_backup_the_plan_deletes(&setup);
 
     let run = setup.backup(&["pin", &oldest, "--job", "nightly", "--reason", "legal hold"]);
     assert!(run.ok(), "{}", run.all());
