@@ -68,6 +68,10 @@ pub struct Manifest {
     pub encryption: Option<String>,
     pub objects: Vec<ManifestObject>,
     pub tables: Vec<TableRows>,
+    /// The extensions of the database, which a restore must have too.
+    /// Absent in manifests written before it was recorded.
+    #[serde(default)]
+    pub extensions: Vec<crate::pg::Extension>,
     /// Things an operator should know that did not fail the backup.
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -269,6 +273,7 @@ mod tests {
             encryption: None,
             objects: vec![],
             tables: vec![],
+            extensions: vec![],
             warnings: vec![],
         }
     }

@@ -21,6 +21,7 @@ use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::maintenance::{self, MaintenanceOutcome};
 use crate::jobs::prune;
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
+use crate::jobs::restore_test::{self, RestoreTestOutcome};
 use crate::model::{BackupId, BackupJob, Clock, Config, Job, JobKind, StorageSpec};
 use crate::pg::{DatabaseUse, RunLock};
 use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
@@ -79,6 +80,7 @@ pub enum Output {
     Maintenance(MaintenanceOutcome),
     /// Each storage's prune, and a storage that could not be listed.
     Prune(Vec<prune::StoragePrune>, Option<String>),
+    RestoreTest(Box<RestoreTestOutcome>),
 }
 
 impl Output {
@@ -97,6 +99,7 @@ impl Output {
                     .join("; ")
             )),
             Output::Maintenance(o) => o.failure(),
+            Output::RestoreTest(o) => o.failure(),
             Output::Prune(prunes, unreachable) => {
                 let failed = prune::failure(prunes).map(|e| e.to_string());
                 match (failed, unreachable) {
@@ -131,6 +134,7 @@ impl Output {
                 details
             }
             Output::Prune(prunes, _) => json!({ "storages": prunes }),
+            Output::RestoreTest(o) => o.details(),
         }
     }
 }
@@ -196,8 +200,9 @@ async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>
 async fn previous_outcome(storage: &dyn Storage, record: &RunRecord) -> Option<Outcome> {
     let kind = record.kind.clone();
     let run_id = record.run_id.clone();
-    report::newest_records(storage, &record.job, 1, move |r| {
-        r.kind == kind && r.run_id != run_id && r.outcome != Outcome::Skipped
+    let job = record.job.clone();
+    report::newest_records(storage, record.dir(), 1, move |r| {
+        r.kind == kind && r.job == job && r.run_id != run_id && r.outcome != Outcome::Skipped
     })
     .await
     .ok()?
@@ -212,6 +217,8 @@ pub struct ListedBackup {
     pub storages: Vec<String>,
     /// Why it is pinned, when a storage holds a pin for it.
     pub pinned: Option<String>,
+    /// When it last passed a restore test or a drill.
+    pub tested: Option<Timestamp>,
 }
 
 impl Engine {
@@ -248,7 +255,7 @@ impl Engine {
         self.config.backup_job(name)?;
         match self.run_now(name, cancel).await? {
             Output::Backup(o) => Ok(*o),
-            Output::Maintenance(_) | Output::Prune(..) => {
+            Output::Maintenance(_) | Output::Prune(..) | Output::RestoreTest(_) => {
                 Err(Error::internal(format!("job {name} is not a backup job")))
             }
         }
@@ -299,7 +306,8 @@ impl Engine {
             request.trigger,
             request.scheduled_for,
             started_at,
-        );
+        )
+        .of_job(job);
         // A backup's storages take its data and its records; other jobs'
         // storages only their records.
         let storages = match open_all(job.record_storages()).await {
@@ -327,6 +335,10 @@ impl Engine {
             JobKind::Prune(_) => {
                 "stopped by SIGTERM or SIGINT: a backup being deleted lost its manifest \
                  first, so none is listed half-deleted; the next run finishes"
+            }
+            JobKind::RestoreTest(_) => {
+                "stopped by SIGTERM or SIGINT: pg_restore was stopped and the scratch \
+                 database is being dropped; the next run drops it if it is left"
             }
         };
         let result = tokio::select! {
@@ -441,7 +453,7 @@ impl Engine {
             // other: the record of the fire time says it was already run.
             if request.scheduled_for.is_some()
                 && let Some(storage) = storages.first()
-                && let Ok(key) = RunRecord::key_of(&job.name, run_id)
+                && let Ok(key) = RunRecord::key_of(job.records_dir(), run_id)
                 && matches!(
                     report::read_record(storage.as_ref(), &key).await,
                     Ok(Some(r)) if r.outcome != Outcome::Interrupted
@@ -485,6 +497,10 @@ impl Engine {
                         .await
                         .map(Output::Maintenance)
                 }
+                JobKind::RestoreTest(spec) => self
+                    .restore_test(job, spec, storages)
+                    .await
+                    .map(|o| Output::RestoreTest(Box::new(o))),
                 JobKind::Prune(spec) => {
                     self.prune(&spec.backup_job, false)
                         .await
@@ -572,7 +588,8 @@ impl Engine {
             Trigger::Schedule,
             Some(scheduled_for),
             now,
-        );
+        )
+        .of_job(job);
         record.end(now, Outcome::Skipped, Some(reason.to_owned()));
         tracing::info!(job = %job.name, "skipped the run due at {scheduled_for}: {reason}");
         if let Ok(storages) = open_all(job.record_storages()).await {
@@ -613,7 +630,16 @@ impl Engine {
                 for problem in listing.unreadable {
                     tracing::warn!("{problem}");
                 }
+                let tested = match report::record_keys(storage.as_ref(), &job.name).await {
+                    Ok(keys) => report::tested_backups(storage.as_ref(), &keys).await,
+                    Err(e) => Err(e),
+                }
+                .unwrap_or_else(|e| {
+                    tracing::warn!("which backups passed a restore test is unknown: {e}");
+                    Default::default()
+                });
                 for manifest in listing.backups {
+                    let tested = tested.get(manifest.id.as_str()).copied();
                     let pinned = if listing.pinned.contains(&manifest.id) {
                         Some(
                             prune::read_pin(storage.as_ref(), &job.name, &manifest.id)
@@ -628,11 +654,13 @@ impl Engine {
                         Some(l) => {
                             l.storages.push(storage.name().to_owned());
                             l.pinned = l.pinned.take().or(pinned);
+                            l.tested = l.tested.max(tested);
                         }
                         None => listed.push(ListedBackup {
                             manifest,
                             storages: vec![storage.name().to_owned()],
                             pinned,
+                            tested,
                         }),
                     }
                 }
@@ -769,10 +797,38 @@ impl Engine {
         Ok(changed)
     }
 
+    /// The plan of a restore-test job, as `--dry-run` prints it.
+    pub async fn plan_restore_test(&self, name: &str) -> Result<restore_test::RestoreTestPlan> {
+        let job = self.config.job(name)?;
+        let JobKind::RestoreTest(spec) = &job.kind else {
+            return Err(Error::usage(format!(
+                "job {name} is not a restore-test job"
+            )));
+        };
+        let storages = open_all(&spec.storages).await?;
+        let (backup_job, _) = self.config.backup_job(&spec.backup_job)?;
+        restore_test::plan(job, backup_job, spec, &storages, self.clock.now()).await
+    }
+
+    async fn restore_test(
+        &self,
+        job: &Job,
+        spec: &crate::model::RestoreTestJob,
+        storages: &[Arc<dyn Storage>],
+    ) -> Result<RestoreTestOutcome> {
+        let (backup_job, _) = self.config.backup_job(&spec.backup_job)?;
+        let plan = restore_test::plan(job, backup_job, spec, storages, self.clock.now()).await?;
+        let storage = storages
+            .iter()
+            .find(|s| s.name() == plan.storage)
+            .ok_or_else(|| Error::internal(format!("storage {} vanished", plan.storage)))?;
+        restore_test::execute(&plan, &spec.target, storage, self.progress.clone()).await
+    }
+
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {
         let (job, spec) = self.config.backup_job(job)?;
         let storages = self.storages_of(spec).await?;
-        restore::plan(job, spec, &storages, request).await
+        restore::plan(job, &spec.database, &storages, request).await
     }
 
     /// Carries out a restore plan and stores a run record of it: the evidence of
@@ -786,7 +842,7 @@ impl Engine {
             .cloned()
             .ok_or_else(|| Error::internal(format!("storage {} vanished", plan.storage)))?;
         let started_at = self.clock.now();
-        let outcome = restore::execute(plan, spec, &storage, self.progress.clone()).await;
+        let outcome = restore::execute(plan, &spec.database, &storage, self.progress.clone()).await;
         let mut details = json!({
             "backup_id": plan.backup.id,
             "snapshot_at": plan.backup.snapshot_at,

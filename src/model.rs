@@ -61,6 +61,19 @@ pub struct Database {
     pub pg_bin_dir: Option<PathBuf>,
 }
 
+impl Database {
+    /// A placeholder for a reference resolved once every file is read.
+    pub fn unresolved() -> Self {
+        Database {
+            name: String::new(),
+            url: String::new(),
+            password: None,
+            password_from: None,
+            pg_bin_dir: None,
+        }
+    }
+}
+
 impl fmt::Debug for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Database")
@@ -301,6 +314,74 @@ pub enum JobKind {
     Backup(BackupJob),
     Maintenance(MaintenanceJob),
     Prune(PruneJob),
+    RestoreTest(RestoreTestJob),
+}
+
+/// `type = "restore-test"`: restores a backup job's backup into a scratch
+/// database and proves it against the manifest and the user's checks.
+#[derive(Debug, Clone)]
+pub struct RestoreTestJob {
+    pub backup_job: String,
+    /// Which backup: the newest, or the newest at least this old.
+    pub at: TestedBackup,
+    /// The server to restore into: `target`, else the backup job's database.
+    pub target: Arc<Database>,
+    /// `scratch_database`; `None`: `<dbname>_restore_test_<backup id>`.
+    pub scratch_database: Option<String>,
+    pub checks: Vec<Check>,
+    pub keep_on_failure: bool,
+    /// The backup job's: where backups are read and run records go.
+    pub storages: Vec<Arc<StorageSpec>>,
+}
+
+/// Which backup a restore test takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestedBackup {
+    Latest,
+    /// The newest backup whose data is at least this old.
+    OlderThan(std::time::Duration),
+}
+
+/// `checks = [{ sql = "...", equals|min|max = N }]`: a query whose single
+/// value must be as stated.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Check {
+    /// `name`, else the SQL itself.
+    pub name: String,
+    pub sql: String,
+    pub equals: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Check {
+    /// What is expected, as said in messages: `= 3`, `>= 1`, `between 1 and 9`.
+    pub fn expected(&self) -> String {
+        match (self.equals, self.min, self.max) {
+            (Some(e), _, _) => format!("= {}", show_number(e)),
+            (None, Some(lo), Some(hi)) => {
+                format!("between {} and {}", show_number(lo), show_number(hi))
+            }
+            (None, Some(lo), None) => format!(">= {}", show_number(lo)),
+            (None, None, Some(hi)) => format!("<= {}", show_number(hi)),
+            (None, None, None) => "a value".to_owned(),
+        }
+    }
+
+    pub fn accepts(&self, value: f64) -> bool {
+        self.equals.is_none_or(|e| value == e)
+            && self.min.is_none_or(|lo| value >= lo)
+            && self.max.is_none_or(|hi| value <= hi)
+    }
+}
+
+/// A number as people write it: `3`, not `3.0`.
+pub fn show_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
 }
 
 /// `type = "prune"`: the retention of a backup job, on a schedule of its own.
@@ -318,6 +399,7 @@ impl JobKind {
             JobKind::Backup(_) => "backup",
             JobKind::Maintenance(_) => "maintenance",
             JobKind::Prune(_) => "prune",
+            JobKind::RestoreTest(_) => "restore-test",
         }
     }
 }
@@ -329,6 +411,7 @@ impl Job {
             JobKind::Backup(b) => &b.database,
             JobKind::Maintenance(m) => &m.database,
             JobKind::Prune(p) => &p.database,
+            JobKind::RestoreTest(t) => &t.target,
         }
     }
 
@@ -339,6 +422,17 @@ impl Job {
             JobKind::Backup(b) => &b.storages,
             JobKind::Maintenance(m) => m.reports.as_slice(),
             JobKind::Prune(p) => &p.storages,
+            JobKind::RestoreTest(t) => &t.storages,
+        }
+    }
+
+    /// The job whose `reports/` directory holds this job's run records: a
+    /// restore test files its records beside the backups it proves, so the
+    /// storage alone tells which backups restore.
+    pub fn records_dir(&self) -> &str {
+        match &self.kind {
+            JobKind::RestoreTest(t) => &t.backup_job,
+            _ => &self.name,
         }
     }
 }

@@ -155,6 +155,10 @@ pub struct RunRecord {
     pub format: u32,
     pub run_id: String,
     pub job: String,
+    /// For a job that files its records under a backup job (a restore
+    /// test): that job, whose `reports/` holds this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_job: Option<String>,
     /// `backup`, `restore`, ...
     pub kind: String,
     #[serde(default)]
@@ -254,6 +258,7 @@ impl RunRecord {
             format: 1,
             run_id,
             job: job.to_owned(),
+            backup_job: None,
             kind: kind.to_owned(),
             trigger,
             scheduled_for,
@@ -275,9 +280,22 @@ impl RunRecord {
         self.error = error;
     }
 
-    /// `<job>/reports/<run-id>.json`.
+    /// `<job>/reports/<run-id>.json`, or under the backup job it files under.
     pub fn key(&self) -> Result<Key> {
-        Self::key_of(&self.job, &self.run_id)
+        Self::key_of(self.dir(), &self.run_id)
+    }
+
+    /// The job whose `reports/` holds this record.
+    pub fn dir(&self) -> &str {
+        self.backup_job.as_deref().unwrap_or(&self.job)
+    }
+
+    /// A record begun for `job`, filed where that job's records go.
+    pub fn of_job(mut self, job: &crate::model::Job) -> Self {
+        if job.records_dir() != job.name {
+            self.backup_job = Some(job.records_dir().to_owned());
+        }
+        self
     }
 
     /// A run id: the start time to the microsecond plus the kind, unique enough
@@ -337,6 +355,41 @@ pub async fn read_record(storage: &dyn Storage, key: &Key) -> Result<Option<RunR
             storage.name()
         ))
     })
+}
+
+/// The backups of a job that passed a restore test or a drill, with when
+/// they last did, read from the records among `keys` (a listing of the job's
+/// `reports/`). A record that cannot be read is an error: callers that delete
+/// on its strength must not guess.
+pub async fn tested_backups(
+    storage: &dyn Storage,
+    keys: &[Key],
+) -> Result<std::collections::BTreeMap<String, Timestamp>> {
+    let mut tested = std::collections::BTreeMap::new();
+    for key in keys.iter().filter(|k| {
+        let name = k.file_name();
+        name.ends_with("-restore-test.json") || name.ends_with("-drill.json")
+    }) {
+        if let Some(r) = read_record(storage, key).await?
+            && r.succeeded
+            && let Some(id) = r.details["backup_id"].as_str()
+        {
+            let when = tested.entry(id.to_owned()).or_insert(r.finished_at);
+            *when = (*when).max(r.finished_at);
+        }
+    }
+    Ok(tested)
+}
+
+/// The keys under `<job>/reports/`.
+pub async fn record_keys(storage: &dyn Storage, job: &str) -> Result<Vec<Key>> {
+    let prefix = Key::new(format!("{job}/reports"))?;
+    Ok(storage
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect())
 }
 
 /// A maintenance run of a database with thousands of tables keeps a step

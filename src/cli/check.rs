@@ -62,6 +62,9 @@ struct RunSummary {
     finished_at: Timestamp,
     duration_seconds: f64,
     error: Option<String>,
+    /// The backup a restore test or drill restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup_id: Option<String>,
 }
 
 impl From<&RunRecord> for RunSummary {
@@ -74,6 +77,7 @@ impl From<&RunRecord> for RunSummary {
             finished_at: r.finished_at,
             duration_seconds: r.finished_at.duration_since(r.started_at).as_secs_f64(),
             error: r.error.clone(),
+            backup_id: r.details["backup_id"].as_str().map(str::to_owned),
         }
     }
 }
@@ -133,12 +137,16 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
         };
         let s = storage.as_ref();
         let name = job.name.as_str();
+        let dir = job.records_dir();
         let kind = job.kind.name();
         let (last, success, test) = futures::join!(
-            report::newest_records(s, name, 1, |r| r.kind == kind
+            report::newest_records(s, dir, 1, |r| r.job == name
+                && r.kind == kind
                 && r.outcome != Outcome::Skipped),
-            report::newest_records(s, name, 1, |r| r.kind == kind && r.succeeded),
-            report::newest_records(s, name, 1, |r| r.kind == "restore-test" && r.succeeded),
+            report::newest_records(s, dir, 1, |r| r.job == name
+                && r.kind == kind
+                && r.succeeded),
+            report::newest_records(s, dir, 1, |r| r.kind == "restore-test" && r.succeeded),
         );
         match (last, success, test) {
             (Ok(last), Ok(success), Ok(test)) => {
@@ -216,9 +224,10 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
         match &s.last_restore_test {
             _ if s.kind != "backup" => {}
             Some(r) => println!(
-                "  restore tested: {} ({})",
+                "  restore tested: {} ({}), backup {}",
                 show(r.finished_at),
-                age(now, r.finished_at)
+                age(now, r.finished_at),
+                r.backup_id.as_deref().unwrap_or("?")
             ),
             None => println!("  restore tested: never"),
         }

@@ -62,6 +62,13 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                     JobKind::Prune(p) => {
                         out["backup_job"] = json!(p.backup_job);
                     }
+                    JobKind::RestoreTest(t) => {
+                        out["backup_job"] = json!(t.backup_job);
+                        out["at"] = json!(tested_backup(t.at));
+                        out["scratch_database"] = json!(t.scratch_database);
+                        out["checks"] = json!(t.checks);
+                        out["keep_on_failure"] = json!(t.keep_on_failure);
+                    }
                     JobKind::Maintenance(m) => {
                         out["tasks"] = m.tasks.iter().map(|t| t.name()).collect();
                         out["heavy"] = json!(m.is_heavy());
@@ -114,6 +121,19 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                 }
             }
             JobKind::Prune(p) => println!("  prunes:      job {} by its retention", p.backup_job),
+            JobKind::RestoreTest(t) => {
+                println!(
+                    "  tests:       {} backup of job {}, restored into {}",
+                    tested_backup(t.at),
+                    t.backup_job,
+                    t.scratch_database
+                        .as_deref()
+                        .unwrap_or("<dbname>_restore_test_<backup id>")
+                );
+                for c in &t.checks {
+                    println!("  check:       {}: {}", c.name, c.expected());
+                }
+            }
             JobKind::Maintenance(m) => {
                 let tasks: Vec<&str> = m.tasks.iter().map(|t| t.name()).collect();
                 println!(
@@ -167,4 +187,15 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
     }
     println!("configuration OK: {} jobs", config.jobs.len());
     Ok(())
+}
+
+/// `at` as written: "latest", or "newest at least 7d old".
+fn tested_backup(at: crate::model::TestedBackup) -> String {
+    match at {
+        crate::model::TestedBackup::Latest => "the newest".to_owned(),
+        crate::model::TestedBackup::OlderThan(age) => format!(
+            "the newest at least {} old",
+            crate::time::show_std_duration(age)
+        ),
+    }
 }

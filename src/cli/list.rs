@@ -31,6 +31,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                         "compression": m.compression, "tables": m.tables.len(),
                         "storages": b.storages, "warnings": m.warnings,
                         "pinned": b.pinned.is_some(), "pin_reason": b.pinned,
+                        "restore_tested_at": b.tested,
                     })
                 })
             })
@@ -46,9 +47,10 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         "STORED",
         "DURATION",
         "STORAGES",
+        "RESTORE TESTED",
         "PINNED",
     ];
-    let mut rows: Vec<[String; 9]> = Vec::new();
+    let mut rows: Vec<[String; 10]> = Vec::new();
     for (job, backups) in &jobs {
         for b in backups {
             let m = &b.manifest;
@@ -61,6 +63,8 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                 bytes_human(m.stored_size()),
                 time::show_duration(m.duration()),
                 b.storages.join(","),
+                b.tested
+                    .map_or_else(String::new, |t| time::show(t, &job.timezone)),
                 match &b.pinned {
                     Some(r) if r.is_empty() => "pinned".to_owned(),
                     Some(r) => format!("pinned: {r}"),

@@ -78,6 +78,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             jobs: args.jobs,
             no_owner: args.no_owner,
             no_acl: args.no_acl,
+            no_tablespaces: false,
         },
     };
     let plan = engine.plan_restore(&args.job, &request).await?;

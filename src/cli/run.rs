@@ -6,6 +6,7 @@ use crate::engine::{Engine, Output};
 use crate::error::{Error, Result};
 use crate::jobs::maintenance::{self, MaintenanceOutcome, Plan, StepStatus};
 use crate::jobs::prune;
+use crate::jobs::restore_test::RestoreTestOutcome;
 use crate::model::{Job, JobKind};
 use crate::report::bytes_human;
 use crate::time;
@@ -83,6 +84,14 @@ async fn dry_run(engine: &Engine, job: &Job, json: bool) -> Result<serde_json::V
             }
             Ok(json!({"job": job.name, "type": "prune", "dry_run": true, "storages": prunes}))
         }
+        JobKind::RestoreTest(_) => {
+            let plan = engine.plan_restore_test(&job.name).await?;
+            if !json {
+                println!("{plan}");
+                println!("dry run: nothing was changed");
+            }
+            Ok(json!({"job": job.name, "type": "restore-test", "dry_run": true, "plan": plan}))
+        }
         JobKind::Backup(spec) => {
             let storages: Vec<&str> = spec.storages.iter().map(|s| s.name.as_str()).collect();
             if !json {
@@ -145,6 +154,49 @@ fn print_maintenance(name: &str, o: &MaintenanceOutcome) {
     }
 }
 
+/// Prints the checks of a proof, one per line, failures marked.
+pub(super) fn print_checks(checks: &[crate::jobs::proof::CheckResult]) {
+    for c in checks {
+        println!(
+            "  {:<6} {}: expected {}, found {}",
+            if c.passed { "ok" } else { "FAILED" },
+            c.check,
+            c.expected,
+            c.actual
+        );
+    }
+}
+
+fn print_restore_test(name: &str, o: &RestoreTestOutcome) {
+    println!(
+        "job {name}: restore test of backup {} (job {}): {} in {} ({} restored from {}, checks took {:.1}s)",
+        o.backup_id,
+        o.backup_job,
+        if o.failure().is_none() {
+            "passed"
+        } else {
+            "FAILED"
+        },
+        o.scratch_database,
+        bytes_human(o.raw_bytes),
+        o.storage,
+        o.verify_seconds
+    );
+    println!(
+        "  RTO {:.1}s (restore {:.1}s); scratch database {}",
+        o.rto_seconds,
+        o.restore_seconds,
+        if o.kept { "kept" } else { "dropped" }
+    );
+    if let Some(e) = &o.restore_error {
+        println!("  restore FAILED: {e}");
+    }
+    print_checks(&o.proof.checks);
+    for w in &o.warnings {
+        println!("  warning: {w}");
+    }
+}
+
 pub async fn run(
     engine: &Engine,
     args: Args,
@@ -201,6 +253,24 @@ pub async fn run(
                 let unreachable = unreachable.map(Error::storage);
                 for e in prune::failure(&prunes).into_iter().chain(unreachable) {
                     report.also(e.context(format!("job {name}")));
+                }
+            }
+            Ok(Output::RestoreTest(outcome)) => {
+                if json {
+                    let mut value = outcome.details();
+                    value["job"] = json!(name);
+                    value["type"] = json!("restore-test");
+                    value["ok"] = json!(outcome.failure().is_none());
+                    report.items.push(value);
+                } else {
+                    print_restore_test(name, &outcome);
+                }
+                if let Some(failure) = outcome.failure() {
+                    report.also(
+                        Error::integrity(format!("job {name}: {failure}")).with_hint(
+                            "the run record lists every check with what was expected and found",
+                        ),
+                    );
                 }
             }
             Ok(Output::Backup(outcome)) => {

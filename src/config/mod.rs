@@ -16,6 +16,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod maintenance;
+mod restore_test;
+pub use restore_test::MAX_IDENTIFIER;
 mod storage;
 
 use crate::error::{Error, Result};
@@ -104,6 +106,11 @@ struct RawJob {
     retention: Option<Spanned<RawRetention>>,
     incomplete_after: Option<Spanned<String>>,
     backup_job: Option<Spanned<String>>,
+    at: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
+    scratch_database: Option<Spanned<String>>,
+    checks: Option<Vec<restore_test::RawCheck>>,
+    keep_on_failure: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,9 +153,15 @@ impl RawJob {
             at("retention", &self.retention),
             at("incomplete_after", &self.incomplete_after),
             at("backup_job", &self.backup_job),
+            at("at", &self.at),
+            at("target", &self.target),
+            at("scratch_database", &self.scratch_database),
+            at("keep_on_failure", &self.keep_on_failure),
         ]
         .into_iter()
         .flatten()
+        // `checks` is a list of tables, which carry no span of their own.
+        .chain(self.checks.as_ref().map(|_| ("checks", 0)))
         .collect()
     }
 }
@@ -314,6 +327,7 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
         }
     }
     resolve_prune_jobs(&mut config)?;
+    resolve_restore_tests(&mut config)?;
     Ok(config)
 }
 
@@ -505,6 +519,63 @@ fn resolve_prune_jobs(config: &mut Config) -> Result<()> {
     Ok(())
 }
 
+/// Points each restore-test job at its backup job's storages and, without a
+/// `target`, at its database's server.
+fn resolve_restore_tests(config: &mut Config) -> Result<()> {
+    let tests: Vec<(String, String, Origin)> = config
+        .jobs
+        .values()
+        .filter_map(|j| match &j.kind {
+            JobKind::RestoreTest(t) => {
+                Some((j.name.clone(), t.backup_job.clone(), j.origin.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    for (name, target, origin) in tests {
+        let Some(JobKind::Backup(b)) = config.jobs.get(&target).map(|j| &j.kind) else {
+            return Err(Error::config(format!(
+                "{origin}: [jobs.{name}] backup_job = '{target}' is not a backup job"
+            ))
+            .with_hint(declared(
+                "backup jobs",
+                config
+                    .jobs
+                    .values()
+                    .filter(|j| matches!(j.kind, JobKind::Backup(_)))
+                    .map(|j| &j.name),
+            )));
+        };
+        let (database, storages) = (b.database.clone(), b.storages.clone());
+        if let Some(Job {
+            kind: JobKind::RestoreTest(t),
+            ..
+        }) = config.jobs.get_mut(&name)
+        {
+            if t.target.name.is_empty() {
+                t.target = database.clone();
+            }
+            t.storages = storages;
+            // Restoring over the database that was backed up is the one
+            // mistake a restore test must never make.
+            let source_db = tokio_postgres::Config::from_str(&database.url)
+                .ok()
+                .and_then(|c| c.get_dbname().map(str::to_owned));
+            if t.target.url == database.url
+                && t.scratch_database.is_some()
+                && t.scratch_database == source_db
+            {
+                return Err(Error::config(format!(
+                    "{origin}: [jobs.{name}] scratch_database = '{}' is the database job {target} backs up",
+                    t.scratch_database.as_deref().unwrap_or_default()
+                ))
+                .with_hint("a restore test drops its scratch database: name one of its own, or leave it unset"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The storage that takes the run records of a file's jobs that have no
 /// storage of their own: `reports = "NAME"`, else the first storage the file
 /// declares, else none.
@@ -641,15 +712,13 @@ fn validate_job(
             // Resolved once every job is read: the backup job may come later.
             JobKind::Prune(PruneJob {
                 backup_job: target.get_ref().clone(),
-                database: Arc::new(Database {
-                    name: String::new(),
-                    url: String::new(),
-                    password: None,
-                    password_from: None,
-                    pg_bin_dir: None,
-                }),
+                database: Arc::new(Database::unresolved()),
                 storages: Vec::new(),
             })
+        }
+        "restore-test" => {
+            check_keys(source, name, "restore-test", job, restore_test::KEYS)?;
+            JobKind::RestoreTest(restore_test::validate(source, name, raw, config)?)
         }
         "maintenance" => {
             check_keys(source, name, "maintenance", job, maintenance::KEYS)?;
@@ -667,7 +736,7 @@ fn validate_job(
                     &job.kind,
                     format!("[jobs.{name}] type '{other}' is not supported"),
                 )
-                .with_hint("supported job types: backup, maintenance, prune"));
+                .with_hint("supported job types: backup, maintenance, prune, restore-test"));
         }
     };
     // Heavy maintenance holds dumps of its database off while it runs, and

@@ -140,16 +140,18 @@ impl Metrics {
             .set(duration.as_secs_f64());
         if record.outcome == Outcome::Succeeded {
             let finished = unix(record.finished_at);
-            match record.kind.as_str() {
-                "restore-test" => self
-                    .restore_test_success
-                    .get_or_create(&job(&record.job))
-                    .set(finished),
-                kind => self
-                    .last_success
-                    .get_or_create(&typed(&record.job, kind))
-                    .set(finished),
-            };
+            // A restore test proves the backup job's backups: its gauge is
+            // labelled with that job, and the test job has its own success.
+            if record.kind == "restore-test" {
+                self.restore_test_success
+                    .get_or_create(&job(record.dir()))
+                    .set(finished);
+            }
+            if record.kind != "restore-test" || record.job != record.dir() {
+                self.last_success
+                    .get_or_create(&typed(&record.job, &record.kind))
+                    .set(finished);
+            }
             if let Some(size) = record.details["stored_size"].as_i64() {
                 self.last_size.get_or_create(&job(&record.job)).set(size);
             }

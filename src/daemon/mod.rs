@@ -270,9 +270,10 @@ async fn reload(
 /// what catch-up is for.
 async fn last_run_start(engine: &Engine, job: &str) -> Option<Timestamp> {
     let storage = first_storage(engine, job).await?;
-    let kind = engine.config.job(job).ok()?.kind.name();
-    report::newest_records(storage.as_ref(), job, 1, |r| {
-        r.kind == kind && r.outcome != report::Outcome::Interrupted
+    let spec = engine.config.job(job).ok()?;
+    let kind = spec.kind.name();
+    report::newest_records(storage.as_ref(), spec.records_dir(), 1, |r| {
+        r.job == job && r.kind == kind && r.outcome != report::Outcome::Interrupted
     })
     .await
     .ok()?
@@ -301,13 +302,16 @@ async fn absorb_history(engine: &Engine, metrics: &Metrics) {
         // The job's own runs, and its restore tests: a manual restore's
         // success must not read as the job's.
         let kind = job.kind.name();
-        let newest = report::newest_records(storage.as_ref(), name, 1, |r| {
-            r.kind == kind && r.outcome != report::Outcome::Skipped
+        let dir = job.records_dir();
+        let newest = report::newest_records(storage.as_ref(), dir, 1, |r| {
+            r.job == *name && r.kind == kind && r.outcome != report::Outcome::Skipped
         });
-        let success =
-            report::newest_records(storage.as_ref(), name, 1, |r| r.kind == kind && r.succeeded);
-        let tested = report::newest_records(storage.as_ref(), name, 1, |r| {
-            r.kind == "restore-test" && r.succeeded
+        let success = report::newest_records(storage.as_ref(), dir, 1, |r| {
+            r.job == *name && r.kind == kind && r.succeeded
+        });
+        // A backup job's newest passed restore test, whichever job ran it.
+        let tested = report::newest_records(storage.as_ref(), dir, 1, |r| {
+            dir == name && r.kind == "restore-test" && r.succeeded
         });
         let (newest, success, tested) = futures::join!(newest, success, tested);
         // The success first: the newest run's duration is the one to show.

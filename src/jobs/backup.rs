@@ -110,6 +110,7 @@ pub async fn run(
     cancel_counts.disarm();
     let (data_digest, deliveries) = stored?;
     let tables = tables?;
+    let extensions = pg::extensions(&conn).await?;
     pg::end_snapshot(&conn).await?;
 
     let mut healthy = keep_delivered(storages, deliveries, &mut failed);
@@ -142,6 +143,7 @@ pub async fn run(
         encryption: None,
         objects,
         tables,
+        extensions,
         warnings,
     };
     let stored_in = publish(&healthy, &prefix, &manifest, &mut failed).await?;

@@ -4,5 +4,7 @@
 
 pub mod backup;
 pub mod maintenance;
+pub mod proof;
 pub mod prune;
 pub mod restore;
+pub mod restore_test;

@@ -118,13 +118,7 @@ pub async fn job_facts(storages: &[Arc<dyn Storage>], job: &str, running: bool) 
     let mut newest: Option<(String, report::RunRecord)> = None;
     for storage in storages {
         let read = async {
-            let prefix = Key::new(format!("{job}/reports"))?;
-            let keys: Vec<Key> = storage
-                .list(&prefix)
-                .await?
-                .into_iter()
-                .map(|o| o.key)
-                .collect();
+            let keys = report::record_keys(storage.as_ref(), job).await?;
             let last_run = keys.iter().filter(|k| is_backup_run(k.file_name())).max();
             if let Some(key) = last_run
                 && newest
@@ -136,17 +130,11 @@ pub async fn job_facts(storages: &[Arc<dyn Storage>], job: &str, running: bool) 
                     .ok_or_else(|| Error::not_found(format!("{key} vanished")))?;
                 newest = Some((key.file_name().to_owned(), record));
             }
-            for key in keys
-                .iter()
-                .filter(|k| k.file_name().ends_with("-restore-test.json"))
-            {
-                if let Some(r) = report::read_record(storage.as_ref(), key).await?
-                    && r.succeeded
-                    && let Some(id) = r.details["backup_id"].as_str()
-                {
-                    facts.tested.insert(id.to_owned());
-                }
-            }
+            facts.tested.extend(
+                report::tested_backups(storage.as_ref(), &keys)
+                    .await?
+                    .into_keys(),
+            );
             Ok::<_, Error>(())
         };
         if let Err(e) = read.await {

@@ -19,7 +19,8 @@ use crate::archive;
 use crate::catalog::{self, Manifest, Role, Selector};
 use crate::error::Kind;
 use crate::error::{Error, Result};
-use crate::model::{BackupJob, Database, Job};
+use crate::jobs::proof;
+use crate::model::{Database, Job};
 use crate::pg::{self, command::RestoreFlags};
 use crate::report::Progress;
 use crate::storage::Storage;
@@ -135,67 +136,15 @@ impl fmt::Display for RestorePlan {
 /// Decides what a restore will do, refusing what it must not do.
 pub async fn plan(
     job: &Job,
-    spec: &BackupJob,
+    target: &Database,
     storages: &[Arc<dyn Storage>],
     request: &RestoreRequest,
 ) -> Result<RestorePlan> {
-    let candidates: Vec<&Arc<dyn Storage>> = match &request.storage {
-        Some(name) => {
-            let found = storages.iter().find(|s| s.name() == name).ok_or_else(|| {
-                Error::usage(format!(
-                    "job {} does not store backups in storage '{name}'",
-                    job.name
-                ))
-                .with_hint(format!(
-                    "the job's storages: {}",
-                    storages
-                        .iter()
-                        .map(|s| s.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            vec![found]
-        }
-        None => storages.iter().collect(),
-    };
-    // The backup is chosen from the first storage that answers; the union of
-    // all would pick a backup some storage lacks and hide a failing one.
-    let mut last_error = None;
-    let mut chosen = None;
-    for storage in candidates {
-        let listing = match catalog::list(storage.as_ref(), &job.name).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!("storage {}: {e}", storage.name());
-                last_error = Some(e);
-                continue;
-            }
-        };
-        for problem in &listing.unreadable {
-            tracing::warn!("{problem}");
-        }
-        match catalog::select(
-            &listing.backups,
-            &request.selector,
-            &job.name,
-            &job.timezone,
-        ) {
-            Ok(m) => {
-                chosen = Some((m.clone(), storage.name().to_owned()));
-                break;
-            }
-            Err(e) => last_error = Some(e),
-        }
-    }
-    let (backup, storage) = match chosen {
-        Some(c) => c,
-        None => return Err(last_error.unwrap_or_else(|| Error::internal("no storage to read"))),
-    };
-
-    let admin = pg::connect(&spec.database, Some("postgres")).await?;
+    let (backup, storage) =
+        choose(job, storages, request.storage.as_deref(), &request.selector).await?;
+    let admin = pg::connect(target, Some("postgres")).await?;
     let target = if pg::database_exists(&admin, &request.target_db).await? {
-        let conn = pg::connect(&spec.database, Some(&request.target_db)).await?;
+        let conn = pg::connect(target, Some(&request.target_db)).await?;
         Some(TargetState {
             contents: pg::describe_contents(&conn).await?,
         })
@@ -246,6 +195,61 @@ pub async fn plan(
     Ok(plan)
 }
 
+/// The backup `selector` names, and the storage it is read from: the first
+/// of `storages` (or the one named `only`) that answers and has it.
+pub async fn choose(
+    job: &Job,
+    storages: &[Arc<dyn Storage>],
+    only: Option<&str>,
+    selector: &Selector,
+) -> Result<(Manifest, String)> {
+    let candidates: Vec<&Arc<dyn Storage>> = match only {
+        Some(name) => {
+            let found = storages.iter().find(|s| s.name() == name).ok_or_else(|| {
+                Error::usage(format!(
+                    "job {} does not store backups in storage '{name}'",
+                    job.name
+                ))
+                .with_hint(format!(
+                    "the job's storages: {}",
+                    storages
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            vec![found]
+        }
+        None => storages.iter().collect(),
+    };
+    // The backup is chosen from the first storage that answers; the union of
+    // all would pick a backup some storage lacks and hide a failing one.
+    let mut last_error = None;
+    let mut chosen = None;
+    for storage in candidates {
+        let listing = match catalog::list(storage.as_ref(), &job.name).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("storage {}: {e}", storage.name());
+                last_error = Some(e);
+                continue;
+            }
+        };
+        for problem in &listing.unreadable {
+            tracing::warn!("{problem}");
+        }
+        match catalog::select(&listing.backups, selector, &job.name, &job.timezone) {
+            Ok(m) => {
+                chosen = Some((m.clone(), storage.name().to_owned()));
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    chosen.ok_or_else(|| last_error.unwrap_or_else(|| Error::internal("no storage to read")))
+}
+
 /// What a finished restore proved.
 #[derive(Debug)]
 pub struct RestoreOutcome {
@@ -257,25 +261,12 @@ pub struct RestoreOutcome {
 /// that must not be trusted, and the error says so.
 pub async fn execute(
     plan: &RestorePlan,
-    spec: &BackupJob,
+    db: &Database,
     storage: &Arc<dyn Storage>,
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreOutcome> {
-    let db = &spec.database;
     let admin = pg::connect(db, Some("postgres")).await?;
-    let server = pg::server_version(&admin).await?;
-    let pg_restore = pg::tool_path(db, "pg_restore", server.major);
-    let version = pg::require_tool_at_least(&pg_restore, &server)?;
-    let archive_major = pg::command::parse_tool_version(&plan.backup.pg_dump_version).unwrap_or(0);
-    let restore_major = pg::command::parse_tool_version(&version).unwrap_or(0);
-    if restore_major < archive_major {
-        return Err(Error::tool(format!(
-            "{} is version {restore_major}, older than the pg_dump {archive_major} that wrote backup {}",
-            pg_restore.display(),
-            plan.backup.id
-        ))
-        .with_hint(format!("install postgresql-client-{archive_major} or set pg_bin_dir")));
-    }
+    let pg_restore = pg_restore_for(&admin, db, &plan.backup).await?;
     if plan.target.is_none() {
         tracing::info!("creating database {}", plan.target_db);
         pg::create_database(&admin, &plan.target_db).await?;
@@ -305,10 +296,45 @@ pub async fn execute(
         ))
         .with_hint(hint)
     };
-    restore_data(plan, db, storage, &pg_restore, progress)
+    load(plan, db, storage, &pg_restore, progress)
         .await
         .map_err(untrusted)?;
-    check_row_counts(plan, db).await.map_err(untrusted)
+    let conn = pg::connect(db, Some(&plan.target_db))
+        .await
+        .map_err(untrusted)?;
+    let proof = proof::prove(&conn, &plan.backup, &[])
+        .await
+        .map_err(untrusted)?;
+    if let Some(failure) = proof.failure() {
+        return Err(untrusted(Error::integrity(failure)));
+    }
+    Ok(RestoreOutcome {
+        tables_checked: plan.backup.tables.len(),
+        rows_checked: proof.rows,
+    })
+}
+
+/// The `pg_restore` to use on the server `admin` is connected to: no older
+/// than the server, nor than the `pg_dump` that wrote `backup`.
+pub async fn pg_restore_for(
+    admin: &pg::Connection,
+    db: &Database,
+    backup: &Manifest,
+) -> Result<std::path::PathBuf> {
+    let server = pg::server_version(admin).await?;
+    let pg_restore = pg::tool_path(db, "pg_restore", server.major);
+    let version = pg::require_tool_at_least(&pg_restore, &server)?;
+    let archive_major = pg::command::parse_tool_version(&backup.pg_dump_version).unwrap_or(0);
+    let restore_major = pg::command::parse_tool_version(&version).unwrap_or(0);
+    if restore_major < archive_major {
+        return Err(Error::tool(format!(
+            "{} is version {restore_major}, older than the pg_dump {archive_major} that wrote backup {}",
+            pg_restore.display(),
+            backup.id
+        ))
+        .with_hint(format!("install postgresql-client-{archive_major} or set pg_bin_dir")));
+    }
+    Ok(pg_restore)
 }
 
 /// A fix for the failures of `pg_restore` that have a usual cause.
@@ -326,7 +352,9 @@ fn cause_hint(e: &Error) -> Option<&'static str> {
     }
 }
 
-async fn restore_data(
+/// Streams the backup's data object into `pg_restore` on the plan's target,
+/// verifying both digests on the way.
+pub async fn load(
     plan: &RestorePlan,
     db: &Database,
     storage: &Arc<dyn Storage>,
@@ -399,6 +427,8 @@ async fn restore_streamed(
         .stdin
         .take()
         .ok_or_else(|| Error::internal("pg_restore has no stdin"))?;
+    // A cancelled restore (timeout, SIGTERM) stops pg_restore with it.
+    let _stop = child.stop_on_drop();
     tokio::task::spawn_blocking(move || {
         let streamed = stream.unpack_into(&mut stdin, progress.as_ref());
         drop(stdin);
@@ -445,38 +475,11 @@ async fn restore_spooled(
     .map_err(|e| Error::internal(format!("spooling task failed: {e}")))??;
     let args = pg::command::pg_restore_args(url, flags, Some(spool.path()));
     let child = pg::spawn(pg_restore, args, db, Stdio::null(), Stdio::null())?;
+    let _stop = child.stop_on_drop();
     let result = tokio::task::spawn_blocking(move || child.wait())
         .await
         .map_err(|e| Error::internal(format!("waiting for pg_restore: {e}")))?;
     // Removed only now that pg_restore is done with it.
     drop(spool);
     result
-}
-
-async fn check_row_counts(plan: &RestorePlan, db: &Database) -> Result<RestoreOutcome> {
-    let conn = pg::connect(db, Some(&plan.target_db)).await?;
-    let mut mismatches = Vec::new();
-    let mut rows_checked = 0;
-    for table in &plan.backup.tables {
-        match pg::count_rows(&conn, &table.schema, &table.name).await {
-            Ok(n) if n == table.rows => rows_checked += n,
-            Ok(n) => mismatches.push(format!(
-                "{}.{}: {n} rows, the backup has {}",
-                table.schema, table.name, table.rows
-            )),
-            Err(e) => mismatches.push(format!("{}.{}: {}", table.schema, table.name, e.message())),
-        }
-    }
-    if !mismatches.is_empty() {
-        return Err(Error::integrity(format!(
-            "{} of {} tables differ from the backup: {}",
-            mismatches.len(),
-            plan.backup.tables.len(),
-            mismatches.join("; ")
-        )));
-    }
-    Ok(RestoreOutcome {
-        tables_checked: plan.backup.tables.len(),
-        rows_checked,
-    })
 }

@@ -16,6 +16,9 @@ pub struct RestoreFlags {
     pub jobs: u32,
     pub no_owner: bool,
     pub no_acl: bool,
+    /// Put every table in the default tablespace (a drill's fresh cluster
+    /// has none of the source's).
+    pub no_tablespaces: bool,
 }
 
 /// `pg_dump` writing a custom-format archive of one exported snapshot to stdout.
@@ -59,6 +62,9 @@ pub fn pg_restore_args(url: &str, flags: RestoreFlags, input: Option<&Path>) -> 
     }
     if flags.no_acl {
         args.push("--no-acl".into());
+    }
+    if flags.no_tablespaces {
+        args.push("--no-tablespaces".into());
     }
     if let Some(input) = input {
         args.push(input.as_os_str().to_owned());
@@ -172,6 +178,7 @@ mod tests {
         let all = strings(pg_restore_args(
             "postgresql://db/t",
             RestoreFlags {
+                no_tablespaces: false,
                 clean: true,
                 jobs: 4,
                 no_owner: true,

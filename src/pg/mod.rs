@@ -27,6 +27,13 @@ pub struct TableRows {
     pub rows: i64,
 }
 
+/// An extension installed in a database, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Extension {
+    pub name: String,
+    pub version: String,
+}
+
 /// The server a job's database lives on.
 #[derive(Debug, Clone)]
 pub struct ServerVersion {
@@ -455,6 +462,56 @@ pub async fn row_counts(conn: &Connection) -> Result<Vec<TableRows>> {
         out.push(TableRows { schema, name, rows });
     }
     Ok(out)
+}
+
+/// The tables [`row_counts`] counts: user tables that are not partitioned parents.
+pub async fn user_tables(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let rows = conn
+        .client
+        .query(USER_TABLES, &[])
+        .await
+        .map_err(|e| query_error(&format!("listing the tables of {}", conn.dbname), e))?;
+    Ok(rows
+        .iter()
+        .filter(|r| !r.get::<_, bool>(2))
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Every extension installed in the connection's database, `plpgsql` included.
+pub async fn extensions(conn: &Connection) -> Result<Vec<Extension>> {
+    let rows = conn
+        .client
+        .query(
+            "SELECT extname::text, extversion FROM pg_extension ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(&format!("listing the extensions of {}", conn.dbname), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Extension {
+            name: r.get(0),
+            version: r.get(1),
+        })
+        .collect())
+}
+
+/// The first column of the first row `sql` returns, as text; `None` for no
+/// row or NULL. The simple protocol takes any statement and gives text.
+pub async fn single_value(conn: &Connection, sql: &str) -> Result<Option<String>> {
+    let messages = conn
+        .client
+        .simple_query(sql)
+        .await
+        .map_err(|e| query_error(&format!("running `{sql}`"), e))?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .flatten())
 }
 
 pub async fn count_rows(conn: &Connection, schema: &str, name: &str) -> Result<i64> {
@@ -902,4 +959,36 @@ fn describe_status(status: ExitStatus) -> String {
 /// Whether a failed child's message says it lacked a privilege.
 pub fn is_permission_error(err: &Error) -> bool {
     err.kind() == Kind::Tool && err.message().contains("permission denied")
+}
+
+/// Drops database `name`, ending any session still connected to it (from
+/// PostgreSQL 13; older servers need it idle).
+pub async fn drop_database(admin: &Connection, name: &str) -> Result<()> {
+    let server = server_version(admin).await?;
+    let force = if server.major >= 13 {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    admin
+        .client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {}{force}",
+            quote_ident(name)
+        ))
+        .await
+        .map_err(|e| query_error(&format!("dropping database {name}"), e))
+}
+
+/// The comment on database `name`, when it exists: `Some(None)` for none.
+pub async fn database_comment(admin: &Connection, name: &str) -> Result<Option<Option<String>>> {
+    let row = admin
+        .client
+        .query_opt(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| query_error(&format!("looking up database {name}"), e))?;
+    Ok(row.map(|r| r.get(0)))
 }

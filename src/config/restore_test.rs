@@ -1,0 +1,152 @@
+//! `type = "restore-test"` jobs: which backup, restored where, checked how.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{RawJob, Source, declared, duration_of};
+use crate::error::Result;
+use crate::model::{Check, Config, Database, RestoreTestJob, TestedBackup};
+
+/// The keys a restore-test job takes beyond the common ones.
+pub(super) const KEYS: &[&str] = &[
+    "backup_job",
+    "at",
+    "target",
+    "scratch_database",
+    "checks",
+    "keep_on_failure",
+];
+
+/// One `checks = [{ ... }]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheck {
+    name: Option<String>,
+    sql: Spanned<String>,
+    equals: Option<Number>,
+    min: Option<Number>,
+    max: Option<Number>,
+}
+
+/// TOML keeps integers and floats apart; a check compares either.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    fn value(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+/// The longest name PostgreSQL keeps whole; a longer one is cut silently.
+pub const MAX_IDENTIFIER: usize = 63;
+
+pub(super) fn validate(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawJob>,
+    config: &Config,
+) -> Result<RestoreTestJob> {
+    let job = raw.get_ref();
+    let section = format!("jobs.{name}");
+    let backup_job = job.backup_job.as_ref().ok_or_else(|| {
+        source
+            .error(
+                raw,
+                format!("[{section}] a restore-test job needs `backup_job`"),
+            )
+            .with_hint("name the backup job whose backups it restores: backup_job = \"nightly\"")
+    })?;
+    let at = match &job.at {
+        None => TestedBackup::Latest,
+        Some(at) if at.get_ref() == "latest" => TestedBackup::Latest,
+        Some(at) => TestedBackup::OlderThan(
+            duration_of(source, &section, "at", at)
+                .map_err(|e| e.with_hint("write \"latest\" (the default) or an age such as \"7d\": the newest backup at least that old"))?,
+        ),
+    };
+    let target = match &job.target {
+        None => None,
+        Some(t) => Some(config.databases.get(t.get_ref()).cloned().ok_or_else(|| {
+            source
+                .error(
+                    t,
+                    format!(
+                        "[{section}] target = '{}': no such database is declared",
+                        t.get_ref()
+                    ),
+                )
+                .with_hint(declared("databases", config.databases.keys()))
+        })?),
+    };
+    let scratch_database = match &job.scratch_database {
+        None => None,
+        Some(s) => {
+            let text = s.get_ref();
+            if text.is_empty() || text.len() > MAX_IDENTIFIER {
+                return Err(source
+                    .error(
+                        s,
+                        format!(
+                            "[{section}] scratch_database = '{text}' must be 1 to {MAX_IDENTIFIER} bytes long"
+                        ),
+                    )
+                    .with_hint("PostgreSQL cuts longer names, which could name another database"));
+            }
+            Some(text.clone())
+        }
+    };
+    let mut checks = Vec::new();
+    for c in job.checks.as_deref().unwrap_or_default() {
+        let sql = c.sql.get_ref().trim();
+        if sql.is_empty() {
+            return Err(source
+                .error(&c.sql, format!("[{section}] a check has an empty `sql`"))
+                .with_hint(
+                    "write a query that returns one number, e.g. SELECT count(*) FROM users",
+                ));
+        }
+        if c.equals.is_some() && (c.min.is_some() || c.max.is_some()) {
+            return Err(source
+                .error(
+                    &c.sql,
+                    format!("[{section}] a check takes `equals`, or `min` and/or `max`, not both"),
+                )
+                .with_hint("e.g. { sql = \"SELECT count(*) FROM users\", min = 1 }"));
+        }
+        if c.equals.is_none() && c.min.is_none() && c.max.is_none() {
+            return Err(source
+                .error(
+                    &c.sql,
+                    format!("[{section}] the check '{sql}' says nothing to compare with"),
+                )
+                .with_hint("add equals = N, min = N or max = N"));
+        }
+        checks.push(Check {
+            name: c.name.clone().unwrap_or_else(|| sql.to_owned()),
+            sql: sql.to_owned(),
+            equals: c.equals.map(Number::value),
+            min: c.min.map(Number::value),
+            max: c.max.map(Number::value),
+        });
+    }
+    Ok(RestoreTestJob {
+        backup_job: backup_job.get_ref().clone(),
+        at,
+        // Until resolved: the backup job's database, once every job is read.
+        target: target.unwrap_or_else(|| Arc::new(Database::unresolved())),
+        scratch_database,
+        checks,
+        keep_on_failure: job.keep_on_failure.as_ref().is_some_and(|k| *k.get_ref()),
+        storages: Vec::new(),
+    })
+}
