@@ -19,9 +19,9 @@ use crate::catalog::{self, Manifest};
 use crate::error::{Error, Kind, Result};
 use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::maintenance::{self, MaintenanceOutcome};
-use crate::jobs::prune;
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
 use crate::jobs::restore_test::{self, RestoreTestOutcome};
+use crate::jobs::{prune, verify};
 use crate::model::{BackupId, BackupJob, Clock, Config, Job, JobKind, StorageSpec};
 use crate::pg::{DatabaseUse, RunLock};
 use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
@@ -208,6 +208,14 @@ async fn previous_outcome(storage: &dyn Storage, record: &RunRecord) -> Option<O
     .ok()?
     .first()
     .map(|r| r.outcome)
+}
+
+/// Which backups `backup verify` reads.
+#[derive(Debug, Clone)]
+pub enum VerifySelection {
+    Latest,
+    Id(BackupId),
+    All,
 }
 
 /// A complete backup as listed: one row even when several storages hold it.
@@ -823,6 +831,122 @@ impl Engine {
             .find(|s| s.name() == plan.storage)
             .ok_or_else(|| Error::internal(format!("storage {} vanished", plan.storage)))?;
         restore_test::execute(&plan, &spec.target, storage, self.progress.clone()).await
+    }
+
+    /// Reads back and checks the backups `which` names in every storage of
+    /// job `name` (or only `only`), and records the result.
+    pub async fn verify(
+        &self,
+        name: &str,
+        which: &VerifySelection,
+        only: Option<&str>,
+    ) -> Result<Vec<verify::BackupCheck>> {
+        let (job, spec) = self.config.backup_job(name)?;
+        let mut storages = self.storages_of(spec).await?;
+        if let Some(only) = only {
+            storages.retain(|s| s.name() == only);
+            if storages.is_empty() {
+                return Err(Error::usage(format!(
+                    "job {name} does not store backups in storage '{only}'"
+                ))
+                .with_hint(format!(
+                    "the job's storages: {}",
+                    spec.storages
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let started_at = self.clock.now();
+        let mut listings = Vec::new();
+        let mut checks = Vec::new();
+        for storage in &storages {
+            match catalog::list(storage.as_ref(), name).await {
+                Ok(listing) => {
+                    for problem in &listing.unreadable {
+                        checks.push(verify::BackupCheck {
+                            backup_id: String::new(),
+                            storage: storage.name().to_owned(),
+                            objects: vec![verify::ObjectCheck {
+                                key: catalog::MANIFEST.to_owned(),
+                                role: None,
+                                stored_size: 0,
+                                raw_size: 0,
+                                archive_entries: None,
+                                error: Some(problem.to_string()),
+                            }],
+                        });
+                    }
+                    listings.push((storage.clone(), listing.backups));
+                }
+                Err(e) => return Err(e.context(format!("job {name}: storage {}", storage.name()))),
+            }
+        }
+        let wanted: Option<BackupId> = match which {
+            VerifySelection::All => None,
+            VerifySelection::Id(id) => Some(id.clone()),
+            VerifySelection::Latest => Some(
+                listings
+                    .iter()
+                    .flat_map(|(_, b)| b.iter().map(|m| m.id.clone()))
+                    .max()
+                    .ok_or_else(|| {
+                        Error::not_found(format!("job {name} has no complete backups"))
+                            .with_hint(format!("run `backup run {name}` first"))
+                    })?,
+            ),
+        };
+        let mut tools: std::collections::BTreeMap<u32, std::path::PathBuf> = Default::default();
+        for (storage, backups) in &listings {
+            let selected: Vec<&Manifest> = backups
+                .iter()
+                .filter(|m| wanted.as_ref().is_none_or(|id| &m.id == id))
+                .collect();
+            if let Some(id) = &wanted
+                && selected.is_empty()
+            {
+                checks.push(verify::missing(storage.name(), id.as_str()));
+            }
+            for manifest in selected {
+                let major =
+                    crate::pg::command::parse_tool_version(&manifest.pg_dump_version).unwrap_or(0);
+                let pg_restore = match tools.get(&major) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = verify::pg_restore_for_archives(&spec.database, major)?;
+                        tools.insert(major, p.clone());
+                        p
+                    }
+                };
+                tracing::info!(
+                    "verifying backup {} in storage {}",
+                    manifest.id,
+                    storage.name()
+                );
+                checks.push(
+                    verify::verify_backup(storage, manifest, &pg_restore, &self.progress).await,
+                );
+            }
+        }
+        if checks.is_empty() {
+            return Err(
+                Error::not_found(format!("job {name} has no complete backups"))
+                    .with_hint(format!("run `backup run {name}` first")),
+            );
+        }
+        let failure = verify::failure(&checks);
+        self.record(
+            job,
+            "verify",
+            started_at,
+            failure,
+            json!({ "backups": checks }),
+            &storages,
+        )
+        .await;
+        Ok(checks)
     }
 
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {

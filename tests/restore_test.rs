@@ -171,3 +171,107 @@ checks = [{ name = "at least a million users", sql = "SELECT count(*) FROM app.u
     );
     assert_eq!(databases(&setup), before, "dropped on failure too");
 }
+
+/// The stored data object of backup `id`.
+fn data_object(setup: &Setup, id: &str) -> std::path::PathBuf {
+    setup.backups.join("nightly").join(id).join("data.dump.zst")
+}
+
+#[test]
+fn verify_passes_a_good_backup_and_names_a_flipped_or_truncated_object() {
+    let setup = setup_with("");
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+
+    let good = setup.backup(&["verify", "--job", "nightly"]);
+    assert!(good.ok(), "{}", good.all());
+    assert!(
+        good.stdout
+            .contains(&format!("backup {id} in storage disk: ok")),
+        "{}",
+        good.all()
+    );
+    assert!(
+        good.stdout.contains("a pg_dump archive of"),
+        "{}",
+        good.all()
+    );
+    assert_eq!(newest_record(&setup, "verify")["outcome"], "succeeded");
+
+    // One flipped byte in the middle of the stored object.
+    let path = data_object(&setup, &id);
+    let original = std::fs::read(&path).unwrap();
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    std::fs::write(&path, &flipped).unwrap();
+    let bad = setup.backup(&["verify", "--job", "nightly", "--id", &id]);
+    assert_eq!(bad.code, 6, "{}", bad.all());
+    assert!(
+        bad.stderr
+            .contains(&format!("backup {id} in storage disk: data.dump.zst"))
+            && bad.stderr.contains("stored size"),
+        "{}",
+        bad.all()
+    );
+    let record = newest_record(&setup, "verify");
+    assert_eq!(record["outcome"], "failed");
+    assert!(
+        record["error"].as_str().unwrap().contains("data.dump.zst"),
+        "{record:#}"
+    );
+
+    // Cut short.
+    std::fs::write(&path, &original[..original.len() / 3]).unwrap();
+    let cut = setup.backup(&["--json", "verify", "--job", "nightly", "--all"]);
+    assert_eq!(cut.code, 6, "{}", cut.all());
+    let json: Value = serde_json::from_str(&cut.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    let object = &json["backups"][0]["objects"][0];
+    assert_eq!(object["key"], "data.dump.zst");
+    assert!(
+        object["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("stored size {}", original.len() / 3)),
+        "{json:#}"
+    );
+    // The globals beside it are still good, and said so.
+    assert_eq!(json["backups"][0]["objects"][1]["error"], Value::Null);
+}
+
+#[test]
+fn verify_finds_an_archive_that_is_not_a_pg_dump_archive() {
+    let setup = setup_with("");
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    // Digests that match garbage: only pg_restore --list can tell.
+    let garbage = b"this is not a pg_dump archive\n".repeat(100);
+    let stored = zstd::encode_all(&garbage[..], 3).unwrap();
+    std::fs::write(data_object(&setup, &id), &stored).unwrap();
+    let path = setup
+        .backups
+        .join("nightly")
+        .join(&id)
+        .join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let sha = |b: &[u8]| {
+        use sha2::Digest;
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    let object = &mut manifest["objects"][0];
+    object["raw_size"] = garbage.len().into();
+    object["raw_sha256"] = sha(&garbage).into();
+    object["stored_size"] = stored.len().into();
+    object["stored_sha256"] = sha(&stored).into();
+    std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let run = setup.backup(&["verify", "--job", "nightly"]);
+    assert_eq!(run.code, 6, "{}", run.all());
+    assert!(
+        run.stderr.contains("does not read as a pg_dump archive"),
+        "{}",
+        run.all()
+    );
+}

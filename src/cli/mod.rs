@@ -11,6 +11,7 @@ mod pin;
 mod prune;
 mod restore;
 mod run;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ enum Command {
     List(list::Args),
     /// Restore a backup into a database.
     Restore(restore::Args),
+    /// Read backups back and check them against their manifests.
+    Verify(verify::Args),
     /// Delete what the retention policies no longer keep.
     Prune(prune::Args),
     /// Keep a backup whatever retention says.
@@ -201,6 +204,7 @@ impl Command {
             | Command::Check(_)
             | Command::Db(_)
             | Command::Pin(_)
+            | Command::Verify(_)
             | Command::Unpin(_) => (
                 "nothing was changed".to_owned(),
                 "run the command again".to_owned(),
@@ -222,6 +226,7 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
         Command::Check(args) => check::check(&engine, args, cli.json).await,
         Command::Db(command) => db::run(&engine, command, cli.json).await,
         Command::Prune(args) => prune::run(&engine, args, cli.json).await,
+        Command::Verify(args) => verify::run(&engine, args, cli.json).await,
         Command::Pin(args) => pin::pin(&engine, args, cli.json).await,
         Command::Unpin(args) => pin::unpin(&engine, args, cli.json).await,
     }

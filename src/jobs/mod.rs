@@ -8,3 +8,4 @@ pub mod proof;
 pub mod prune;
 pub mod restore;
 pub mod restore_test;
+pub mod verify;

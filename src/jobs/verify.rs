@@ -1,0 +1,244 @@
+//! `backup verify`: read every object of a backup back from storage, check
+//! its stored and raw SHA-256 and sizes against the manifest, and check the
+//! data reads as a `pg_dump` archive (`pg_restore --list` on the decompressed
+//! stream). One streamed read per copy, in bounded memory, and nothing is
+//! written but the run record.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Stdio};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::catalog::{self, Manifest, ManifestObject, Role};
+use crate::error::{Error, Result};
+use crate::model::Database;
+use crate::pg;
+use crate::report::Progress;
+use crate::storage::Storage;
+
+/// One object of one backup in one storage, as verified.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectCheck {
+    pub key: String,
+    pub role: Option<Role>,
+    pub stored_size: u64,
+    pub raw_size: u64,
+    /// Entries in the archive's table of contents (data objects only).
+    pub archive_entries: Option<usize>,
+    /// Why the object is bad; `None` when it is good.
+    pub error: Option<String>,
+}
+
+/// One backup in one storage.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupCheck {
+    pub backup_id: String,
+    pub storage: String,
+    pub objects: Vec<ObjectCheck>,
+}
+
+impl BackupCheck {
+    pub fn ok(&self) -> bool {
+        self.objects.iter().all(|o| o.error.is_none())
+    }
+}
+
+/// Names every bad object, or `None` when all are good.
+pub fn failure(checks: &[BackupCheck]) -> Option<String> {
+    let bad: Vec<String> = checks
+        .iter()
+        .flat_map(|b| {
+            b.objects.iter().filter_map(move |o| {
+                o.error.as_ref().map(|e| {
+                    format!(
+                        "backup {} in storage {}: {}: {e}",
+                        b.backup_id, b.storage, o.key
+                    )
+                })
+            })
+        })
+        .collect();
+    (!bad.is_empty()).then(|| format!("{} bad object(s): {}", bad.len(), bad.join("; ")))
+}
+
+/// A copy that should be in `storage` and is not.
+pub fn missing(storage: &str, id: &str) -> BackupCheck {
+    BackupCheck {
+        backup_id: id.to_owned(),
+        storage: storage.to_owned(),
+        objects: vec![ObjectCheck {
+            key: catalog::MANIFEST.to_owned(),
+            role: None,
+            stored_size: 0,
+            raw_size: 0,
+            archive_entries: None,
+            error: Some("not complete in this storage (no manifest)".to_owned()),
+        }],
+    }
+}
+
+/// The `pg_restore` that can read archives of `pg_dump` `major`.
+pub fn pg_restore_for_archives(db: &Database, major: u32) -> Result<PathBuf> {
+    let path = pg::tool_path(db, "pg_restore", major);
+    let (found, text) = pg::tool_version(&path)?;
+    if found < major {
+        return Err(Error::tool(format!(
+            "{} is {text}, older than the pg_dump {major} that wrote the backup",
+            path.display()
+        ))
+        .with_hint(format!(
+            "install postgresql-client-{major} or point pg_bin_dir at its bin directory"
+        )));
+    }
+    Ok(path)
+}
+
+/// Verifies every object of `manifest` in `storage`.
+pub async fn verify_backup(
+    storage: &Arc<dyn Storage>,
+    manifest: &Manifest,
+    pg_restore: &Path,
+    progress: &Arc<dyn Progress>,
+) -> BackupCheck {
+    let mut objects = Vec::new();
+    for object in &manifest.objects {
+        let result = verify_object(storage, manifest, object, pg_restore, progress.clone()).await;
+        let (archive_entries, error) = match result {
+            Ok(entries) => (entries, None),
+            Err(e) => (None, Some(e.message().to_owned())),
+        };
+        objects.push(ObjectCheck {
+            key: object.key.clone(),
+            role: Some(object.role),
+            stored_size: object.digest.stored_size,
+            raw_size: object.digest.raw_size,
+            archive_entries,
+            error,
+        });
+    }
+    BackupCheck {
+        backup_id: manifest.id.to_string(),
+        storage: storage.name().to_owned(),
+        objects,
+    }
+}
+
+async fn verify_object(
+    storage: &Arc<dyn Storage>,
+    manifest: &Manifest,
+    object: &ManifestObject,
+    pg_restore: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<Option<usize>> {
+    let key = catalog::backup_prefix(&manifest.job, &manifest.id)?.join(&object.key)?;
+    let source = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
+    let compression = manifest.compression()?;
+    let digest = object.digest.clone();
+    let label = format!("{key} in storage {}", storage.name());
+    let lister = match object.role {
+        Role::Data => Some(Lister::start(pg_restore)?),
+        Role::Globals => None,
+    };
+    progress.begin(&format!("verify {key}"), Some(digest.stored_size));
+    let result = tokio::task::spawn_blocking(move || {
+        let on_bytes = |n| progress.advance(n);
+        let mut lister = lister;
+        let unpacked = match &mut lister {
+            Some(l) => crate::archive::unpack(source, compression, &digest, l, &label, &on_bytes),
+            None => crate::archive::unpack(
+                source,
+                compression,
+                &digest,
+                &mut std::io::sink(),
+                &label,
+                &on_bytes,
+            ),
+        };
+        progress.end();
+        // The digests first: a corrupt object explains pg_restore's complaint.
+        let listed = lister.map(Lister::finish).transpose();
+        unpacked?;
+        listed.map_err(|e| {
+            Error::integrity(format!(
+                "does not read as a pg_dump archive although its digests match: {}",
+                e.message()
+            ))
+        })
+    })
+    .await
+    .map_err(|e| Error::internal(format!("verify task failed: {e}")))?;
+    result.map_err(|e| {
+        // The label is said once, by the caller, as the object's key.
+        let message = e
+            .message()
+            .replacen(&format!("{key} in storage {} ", storage.name()), "", 1);
+        Error::new(e.kind(), message)
+    })
+}
+
+/// `pg_restore --list` reading the raw archive from its stdin. It stops
+/// reading once it has the table of contents; what follows is still hashed,
+/// so the sink swallows the rest instead of failing.
+struct Lister {
+    program: pg::ClientProgram,
+    stdin: Option<ChildStdin>,
+    entries: std::thread::JoinHandle<usize>,
+}
+
+impl Lister {
+    fn start(pg_restore: &Path) -> Result<Lister> {
+        let mut program = pg::spawn(
+            pg_restore,
+            vec!["--list".into()],
+            &Database::unresolved(),
+            Stdio::piped(),
+            Stdio::piped(),
+        )?;
+        let stdin = program.child.stdin.take();
+        let stdout = program
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::internal("pg_restore has no stdout"))?;
+        // Read as it comes: a long listing must not fill the pipe while we
+        // are blocked writing to its stdin.
+        let entries = std::thread::spawn(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(std::result::Result::ok)
+                .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
+                .count()
+        });
+        Ok(Lister {
+            program,
+            stdin,
+            entries,
+        })
+    }
+
+    fn finish(mut self) -> Result<usize> {
+        drop(self.stdin.take());
+        self.program.wait()?;
+        self.entries
+            .join()
+            .map_err(|_| Error::internal("reading pg_restore's listing failed"))
+    }
+}
+
+impl Write for Lister {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(stdin) = &mut self.stdin
+            && stdin.write_all(buf).is_err()
+        {
+            // pg_restore has what it needs (or gave up, which finish() says).
+            self.stdin = None;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
