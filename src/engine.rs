@@ -21,7 +21,7 @@ use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::maintenance::{self, MaintenanceOutcome};
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
 use crate::jobs::restore_test::{self, RestoreTestOutcome};
-use crate::jobs::{prune, verify};
+use crate::jobs::{drill, prune, verify};
 use crate::model::{BackupId, BackupJob, Clock, Config, Job, JobKind, StorageSpec};
 use crate::pg::{DatabaseUse, RunLock};
 use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
@@ -947,6 +947,140 @@ impl Engine {
         )
         .await;
         Ok(checks)
+    }
+
+    /// The plan of a drill of job `name`: a backup job (with the checks of
+    /// its restore-test jobs) or a restore-test job (with its own).
+    pub async fn plan_drill(
+        &self,
+        name: &str,
+        selector: &catalog::Selector,
+        target_url: Option<&str>,
+    ) -> Result<drill::DrillPlan> {
+        let job = self.config.job(name)?;
+        let (backup_job, checks, checks_from) = match &job.kind {
+            JobKind::RestoreTest(t) => (
+                t.backup_job.clone(),
+                t.checks.clone(),
+                vec![name.to_owned()],
+            ),
+            JobKind::Backup(_) => {
+                let mut checks: Vec<crate::model::Check> = Vec::new();
+                let mut from = Vec::new();
+                for j in self.config.jobs.values() {
+                    if let JobKind::RestoreTest(t) = &j.kind
+                        && t.backup_job == name
+                    {
+                        from.push(j.name.clone());
+                        for c in &t.checks {
+                            if !checks
+                                .iter()
+                                .any(|have| have.sql == c.sql && have.expected() == c.expected())
+                            {
+                                checks.push(c.clone());
+                            }
+                        }
+                    }
+                }
+                (name.to_owned(), checks, from)
+            }
+            other => {
+                return Err(Error::usage(format!(
+                    "job {name} is a {} job: a drill restores a backup job",
+                    other.name()
+                ))
+                .with_hint("name a backup job, or a restore-test job to use its checks"));
+            }
+        };
+        let (bjob, spec) = self.config.backup_job(&backup_job)?;
+        let storages = self.storages_of(spec).await?;
+        let (backup, storage) = restore::choose(bjob, &storages, None, selector).await?;
+        let storage_location = spec
+            .storages
+            .iter()
+            .find(|s| s.name == storage)
+            .map(|s| s.kind.to_string())
+            .unwrap_or_default();
+        let dbname = backup.dbname.clone();
+        let target = match target_url {
+            Some(url) => {
+                let parsed =
+                    <tokio_postgres::Config as std::str::FromStr>::from_str(url).map_err(|e| {
+                        Error::usage(format!(
+                            "--target-url is not a valid connection string: {e}"
+                        ))
+                        .with_hint(
+                            "write a libpq URI such as postgresql://postgres@dr-host:5432/postgres",
+                        )
+                    })?;
+                if parsed.get_password().is_some() {
+                    return Err(Error::usage("--target-url contains a password")
+                        .with_hint("pass it in PGPASSWORD or ~/.pgpass: a password in argv shows in process listings"));
+                }
+                let db = crate::model::Database {
+                    name: "--target-url".to_owned(),
+                    url: url.to_owned(),
+                    password: None,
+                    password_from: None,
+                    pg_bin_dir: spec.database.pg_bin_dir.clone(),
+                };
+                let admin = crate::pg::connect(&db, Some("postgres")).await?;
+                if crate::pg::database_exists(&admin, &dbname).await? {
+                    return Err(Error::refused(format!(
+                        "database {dbname} exists on the server of --target-url; a drill never \
+                         overwrites a database, and nothing was changed"
+                    ))
+                    .with_hint("drill into a server without it, or without --target-url into a throwaway cluster"));
+                }
+                drill::DrillTarget::Server(db)
+            }
+            None => {
+                let major = backup
+                    .server_version
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0);
+                drill::DrillTarget::Throwaway(crate::pg::cluster::find_server(
+                    spec.database.pg_bin_dir.as_deref(),
+                    major,
+                )?)
+            }
+        };
+        Ok(drill::DrillPlan {
+            job: backup_job,
+            timezone: bjob.timezone.clone(),
+            backup,
+            storage,
+            storage_location,
+            target,
+            dbname,
+            checks,
+            checks_from,
+        })
+    }
+
+    /// Carries out a drill and files its record beside the backups.
+    pub async fn drill(&self, plan: &drill::DrillPlan) -> Result<drill::DrillOutcome> {
+        let (job, spec) = self.config.backup_job(&plan.job)?;
+        let storages = self.storages_of(spec).await?;
+        let storage = storages
+            .iter()
+            .find(|s| s.name() == plan.storage)
+            .cloned()
+            .ok_or_else(|| Error::internal(format!("storage {} vanished", plan.storage)))?;
+        let started_at = self.clock.now();
+        let outcome = drill::execute(plan, &storage, self.progress.clone(), started_at).await;
+        self.record(
+            job,
+            "drill",
+            started_at,
+            outcome.failure(),
+            outcome.details(),
+            &storages,
+        )
+        .await;
+        Ok(outcome)
     }
 
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {

@@ -339,6 +339,72 @@ fn a_scheduled_maintenance_job_runs_records_and_shows_in_metrics() {
     assert_eq!(first["trigger"], "schedule");
 }
 
+#[test]
+fn a_scheduled_restore_test_runs_and_shows_in_metrics() {
+    let setup = Setup::new("", "");
+    let first = setup.backup(&["run", "nightly"]);
+    assert!(first.ok(), "{}", first.all());
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(
+        "\n[jobs.weekly-restore-test]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\n\
+         schedule = \"*/2 * * * * *\"\n\
+         checks = [{ sql = \"SELECT count(*) FROM app.orgs\", equals = 50 }]\n",
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+    let dir = setup.backups.join("nightly").join("reports");
+    let tests = || {
+        std::fs::read_dir(&dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .ends_with("-restore-test.json")
+                })
+                .count()
+        })
+    };
+    wait_for("a scheduled restore test", Duration::from_secs(90), || {
+        tests() >= 1
+    });
+    let (_, text) = get(daemon.port, "/metrics").unwrap();
+    assert!(
+        metric(
+            &text,
+            r#"backup_restore_test_last_success_timestamp_seconds{job="nightly"}"#
+        )
+        .is_some_and(|t| t > 0.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            r#"backup_runs_total{job="weekly-restore-test",type="restore-test",outcome="succeeded"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(daemon.stop(Duration::from_secs(60)), 0);
+    // No scratch database outlives the daemon's runs.
+    let left = setup.cluster.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE '%restore_test%'",
+    );
+    assert_eq!(left, "0");
+    // A restarted daemon remembers the test: the gauge is seeded from records.
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+    let (_, text) = get(daemon.port, "/metrics").unwrap();
+    assert!(
+        metric(
+            &text,
+            r#"backup_restore_test_last_success_timestamp_seconds{job="nightly"}"#
+        )
+        .is_some_and(|t| t > 0.0),
+        "{text}"
+    );
+    assert_eq!(daemon.stop(Duration::from_secs(60)), 0);
+}
+
 /// A daemon on a per-second schedule whose first backup waits on a table
 /// lock until the returned holder is released.
 fn a_daemon_with_a_blocked_backup(grace: &str) -> (Setup, common::LockHolder, Daemon) {

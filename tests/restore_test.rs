@@ -275,3 +275,158 @@ fn verify_finds_an_archive_that_is_not_a_pg_dump_archive() {
         run.all()
     );
 }
+
+/// A fresh working directory holding only a copy of the job file, and a temp
+/// dir the server's user can reach (as root the cluster runs as `postgres`).
+fn fresh_host(setup: &Setup) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let fresh = tempfile::Builder::new()
+        .prefix("backup-drill-host-")
+        .tempdir()
+        .unwrap();
+    let tmp = fresh.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    for dir in [fresh.path(), tmp.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let config = fresh.path().join("job.toml");
+    std::fs::copy(&setup.config, &config).unwrap();
+    (fresh, config, tmp)
+}
+
+/// Servers still running from a drill's temp dir.
+fn drill_servers() -> String {
+    let out = std::process::Command::new("pgrep")
+        .args(["-af", "backup-drill-"])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("postgres") && !l.contains("pgrep"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn leftovers(tmp: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_drill_from_a_fresh_host_restores_checks_reports_and_leaves_nothing() {
+    let setup = setup_with(TEST_JOB);
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    let (fresh, config, tmp) = fresh_host(&setup);
+    let env = [("TMPDIR", tmp.to_str().unwrap())];
+
+    let plan = common::run_backup_in(
+        fresh.path(),
+        &config,
+        &["drill", "--job", "nightly", "--dry-run"],
+        &env,
+    );
+    assert!(plan.ok(), "{}", plan.all());
+    assert!(
+        plan.stdout.contains("a throwaway cluster"),
+        "{}",
+        plan.all()
+    );
+    assert!(
+        plan.stdout.contains("users exist: >= 1"),
+        "checks of the restore-test job: {}",
+        plan.all()
+    );
+    assert!(leftovers(&tmp).is_empty(), "a dry run makes nothing");
+
+    let run = common::run_backup_in(
+        fresh.path(),
+        &config,
+        &["drill", "--job", "nightly", "--report", "drill-report.md"],
+        &env,
+    );
+    assert!(run.ok(), "{}", run.all());
+    let report = std::fs::read_to_string(fresh.path().join("drill-report.md")).unwrap();
+    for expected in [
+        "# Disaster-recovery drill: job nightly",
+        "| Result | **PASSED** |",
+        &format!("| Backup | {id} of job nightly"),
+        "| RTO | ",
+        "(start of the drill to verified data)",
+        "| RPO | ",
+        "restore globals (roles, tablespaces)",
+        "| users exist | >= 1 | 5000 | passed |",
+        "| exact row counts |",
+        "| extension hstore |",
+        "| app.users | 5000 | 5000 |",
+        "stop the throwaway cluster and remove its files | ",
+    ] {
+        assert!(report.contains(expected), "{expected}:\n{report}");
+    }
+    assert_eq!(run.stdout, report, "the report is also the output");
+    assert!(
+        leftovers(&tmp).is_empty(),
+        "temp files left: {:?}",
+        leftovers(&tmp)
+    );
+    assert_eq!(drill_servers(), "", "a server still runs");
+    let record = newest_record(&setup, "drill");
+    assert_eq!(record["outcome"], "succeeded", "{record:#}");
+    assert!(record["details"]["rto_seconds"].as_f64().unwrap() > 0.0);
+    assert!(record["details"]["rpo_seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_failing_drill_says_why_in_its_report_and_still_cleans_up() {
+    let setup = setup_with(
+        r#"
+[jobs.strict-test]
+type = "restore-test"
+backup_job = "nightly"
+checks = [{ name = "no users at all", sql = "SELECT count(*) FROM app.users", equals = 0 }]
+"#,
+    );
+    let (fresh, config, tmp) = fresh_host(&setup);
+    let env = [("TMPDIR", tmp.to_str().unwrap())];
+    let run = common::run_backup_in(
+        fresh.path(),
+        &config,
+        &["drill", "--job", "strict-test", "--report", "r.md"],
+        &env,
+    );
+    assert_eq!(run.code, 6, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("no users at all: expected = 0, found 5000"),
+        "{}",
+        run.all()
+    );
+    let report = std::fs::read_to_string(fresh.path().join("r.md")).unwrap();
+    assert!(report.contains("| Result | **FAILED**"), "{report}");
+    assert!(
+        report.contains("| no users at all | = 0 | 5000 | **FAILED** |"),
+        "{report}"
+    );
+    assert!(
+        leftovers(&tmp).is_empty(),
+        "temp files left: {:?}",
+        leftovers(&tmp)
+    );
+    assert_eq!(drill_servers(), "");
+
+    // A drill that fails mid-way (the stored data is gone) still tears down.
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    std::fs::write(data_object(&setup, &id), b"truncated").unwrap();
+    let broken = common::run_backup_in(fresh.path(), &config, &["drill", "--job", "nightly"], &env);
+    assert_ne!(broken.code, 0, "{}", broken.all());
+    assert!(broken.stdout.contains("**FAILED**"), "{}", broken.all());
+    assert!(broken.stdout.contains("data.dump.zst"), "{}", broken.all());
+    assert!(
+        leftovers(&tmp).is_empty(),
+        "temp files left: {:?}",
+        leftovers(&tmp)
+    );
+    assert_eq!(drill_servers(), "");
+}

@@ -6,6 +6,7 @@ mod check;
 mod config;
 mod daemon;
 mod db;
+mod drill;
 mod list;
 mod pin;
 mod prune;
@@ -57,6 +58,8 @@ enum Command {
     List(list::Args),
     /// Restore a backup into a database.
     Restore(restore::Args),
+    /// Rehearse disaster recovery: restore into a throwaway cluster, check, report.
+    Drill(drill::Args),
     /// Read backups back and check them against their manifests.
     Verify(verify::Args),
     /// Delete what the retention policies no longer keep.
@@ -191,6 +194,21 @@ impl Command {
                     args.target_db()
                 ),
             ),
+            Command::Drill(args) => (
+                if args.uses_server() {
+                    "the drill was stopped; the database it was restoring on the --target-url \
+                     server is incomplete"
+                        .to_owned()
+                } else {
+                    "the drill was stopped; its throwaway cluster was stopped and its files removed"
+                        .to_owned()
+                },
+                if args.uses_server() {
+                    "drop that database, then run the drill again".to_owned()
+                } else {
+                    "run the drill again".to_owned()
+                },
+            ),
             Command::Prune(_) => (
                 "prune was stopped: each backup it had begun deleting lost its manifest first, \
                  so none is listed half-deleted"
@@ -227,6 +245,7 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
         Command::Db(command) => db::run(&engine, command, cli.json).await,
         Command::Prune(args) => prune::run(&engine, args, cli.json).await,
         Command::Verify(args) => verify::run(&engine, args, cli.json).await,
+        Command::Drill(args) => drill::run(&engine, args, cli.json).await,
         Command::Pin(args) => pin::pin(&engine, args, cli.json).await,
         Command::Unpin(args) => pin::unpin(&engine, args, cli.json).await,
     }

@@ -3,6 +3,7 @@
 //! decides when they run and records the outcome.
 
 pub mod backup;
+pub mod drill;
 pub mod maintenance;
 pub mod proof;
 pub mod prune;

@@ -1,6 +1,7 @@
 //! Talking to PostgreSQL: connections, versions, snapshots, row counts, and the
 //! client programs (`pg_dump`, `pg_dumpall`, `pg_restore`) run as children.
 
+pub mod cluster;
 pub mod command;
 pub mod stats;
 
@@ -907,7 +908,18 @@ impl ClientProgram {
     }
 
     /// Waits for the child and turns a failure into an error quoting its stderr.
-    pub fn wait(mut self) -> Result<()> {
+    pub fn wait(self) -> Result<()> {
+        let name = self.name.clone();
+        let stderr = self.wait_keeping_stderr()?;
+        if !stderr.is_empty() {
+            tracing::warn!("{name} said: {stderr}");
+        }
+        Ok(())
+    }
+
+    /// Like [`ClientProgram::wait`], handing what the program said on stderr
+    /// (its tail) to the caller instead of the log.
+    pub fn wait_keeping_stderr(mut self) -> Result<String> {
         let status = self.child.wait();
         self.reaped.store(true, Ordering::SeqCst);
         let status = status.map_err(|e| Error::tool(format!("waiting for {}: {e}", self.name)))?;
@@ -916,10 +928,7 @@ impl ClientProgram {
         }
         let stderr = self.stderr();
         if status.success() {
-            if !stderr.is_empty() {
-                tracing::warn!("{} said: {stderr}", self.name);
-            }
-            return Ok(());
+            return Ok(stderr);
         }
         Err(Error::tool(format!(
             "{} {}{}",

@@ -593,6 +593,15 @@ pub fn run_backup_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Ru
     Run::from(out)
 }
 
+/// [`run_backup_with`] from the working directory `cwd`.
+pub fn run_backup_in(cwd: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let out = backup_command(config, args, env)
+        .current_dir(cwd)
+        .output()
+        .expect("run backup");
+    Run::from(out)
+}
+
 fn backup_command(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_backup"));
     command

@@ -1,0 +1,108 @@
+//! `backup drill --job J [--at TIME | --id ID] [--report FILE] [--target-url URL]`:
+//! the disaster-recovery rehearsal, with a report an auditor can read.
+
+use std::path::PathBuf;
+
+use crate::catalog::Selector;
+use crate::engine::Engine;
+use crate::error::{Error, Kind, Result};
+use crate::jobs::drill;
+use crate::model::BackupId;
+use crate::time;
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").args(["at", "id"])))]
+pub struct Args {
+    /// A backup job, or a restore-test job whose checks to run.
+    #[arg(long, value_name = "JOB")]
+    job: String,
+    /// The newest backup whose data is as of TIME or earlier (default: the newest).
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+    /// The backup with this id.
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// Also write the Markdown report to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Restore into this server instead of a throwaway cluster; the database
+    /// must not exist there. The password comes from PGPASSWORD or ~/.pgpass.
+    #[arg(long, value_name = "URL")]
+    target_url: Option<String>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl Args {
+    pub(super) fn uses_server(&self) -> bool {
+        self.target_url.is_some()
+    }
+}
+
+pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
+    let job = engine.config.job(&args.job)?;
+    let selector = match (&args.at, &args.id) {
+        (Some(at), _) => Selector::At(time::parse_point(at, &job.timezone)?),
+        (None, Some(id)) => Selector::Id(BackupId::parse(id)?),
+        (None, None) => Selector::Latest,
+    };
+    let plan = engine
+        .plan_drill(&args.job, &selector, args.target_url.as_deref())
+        .await?;
+    if args.dry_run {
+        println!("{plan}");
+        println!("dry run: nothing was changed");
+        return Ok(());
+    }
+    eprintln!("{plan}");
+    let outcome = engine.drill(&plan).await?;
+    let host = hostname();
+    let report = drill::markdown(&plan, &outcome, &host);
+    if let Some(path) = &args.report {
+        write_report(path, &report)?;
+        eprintln!("report written to {}", path.display());
+    }
+    if json {
+        let mut value = outcome.details();
+        value["ok"] = outcome.failure().is_none().into();
+        value["report"] = args.report.as_ref().map(|p| p.display().to_string()).into();
+        super::print_json(&value)?;
+    } else {
+        print!("{report}");
+    }
+    match outcome.failure() {
+        None => Ok(()),
+        Some(why) => Err(
+            Error::new(outcome.error_kind.unwrap_or(Kind::Integrity), why)
+                .with_hint("the report lists each step and check with what was expected and found"),
+        ),
+    }
+}
+
+/// Written whole or not at all: beside the target, then renamed over it.
+fn write_report(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let failed = |e: std::io::Error| {
+        Error::io(
+            Kind::Usage,
+            format!("writing the report {}", path.display()),
+            e,
+        )
+        .with_hint("pass --report a path in a writable directory")
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
+    file.write_all(text.as_bytes()).map_err(failed)?;
+    file.persist(path).map_err(|e| failed(e.error))?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}

@@ -1,0 +1,342 @@
+//! A throwaway PostgreSQL cluster for `backup drill`: `initdb` in a temp dir,
+//! a free port on 127.0.0.1, its socket in the temp dir, a random password,
+//! stopped and removed when dropped — also when the drill fails or is
+//! interrupted.
+//!
+//! PostgreSQL refuses to run as root; run as root, the server runs as the
+//! `postgres` user, which must be able to reach `$TMPDIR`.
+
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::error::{Error, Result};
+use crate::model::{Database, Secret};
+
+/// The superuser of the cluster: not `postgres`, which the restored
+/// globals may create and alter.
+pub const SUPERUSER: &str = "backup_drill";
+
+/// Server programs of one installed PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct ServerInstall {
+    pub bindir: PathBuf,
+    pub major: u32,
+    /// `initdb --version`.
+    pub version: String,
+}
+
+/// The server install to use for a backup of a `major` server: `pg_bin_dir`
+/// when it has `initdb`, else the nearest major at least as new under
+/// `/usr/lib/postgresql`, else the `initdb` on `PATH`.
+pub fn find_server(pg_bin_dir: Option<&Path>, major: u32) -> Result<ServerInstall> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = pg_bin_dir {
+        candidates.push(dir.to_owned());
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(m, _): &(u32, PathBuf)| *m >= major)
+        .collect();
+    versioned.sort();
+    candidates.extend(versioned.into_iter().map(|(_, p)| p));
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    let mut too_old = Vec::new();
+    for dir in candidates {
+        let initdb = dir.join("initdb");
+        if !initdb.is_file() || !dir.join("pg_ctl").is_file() {
+            continue;
+        }
+        let Ok((found, version)) = super::tool_version(&initdb) else {
+            continue;
+        };
+        if found < major {
+            too_old.push(format!("{} ({version})", dir.display()));
+            continue;
+        }
+        return Ok(ServerInstall {
+            bindir: dir,
+            major: found,
+            // `initdb (PostgreSQL) 15.4 (Debian ...)` names the server's version.
+            version: version.replacen("initdb (PostgreSQL)", "PostgreSQL", 1),
+        });
+    }
+    Err(Error::tool(format!(
+        "no PostgreSQL server {major} or newer is installed to restore into{}",
+        if too_old.is_empty() {
+            String::new()
+        } else {
+            format!(" (too old: {})", too_old.join(", "))
+        }
+    ))
+    .with_hint(format!(
+        "install postgresql-{major} (its initdb and pg_ctl), set pg_bin_dir, \
+         or restore into a server you provide with --target-url"
+    )))
+}
+
+/// A running throwaway cluster. Dropping it stops the server and removes
+/// every file it had.
+pub struct Throwaway {
+    dir: Option<tempfile::TempDir>,
+    install: ServerInstall,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+    database: Database,
+    running: bool,
+}
+
+impl Throwaway {
+    /// `initdb` and `pg_ctl start`. Blocking: call from a blocking thread.
+    pub fn start(install: &ServerInstall) -> Result<Throwaway> {
+        let run_as = server_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("backup-drill-")
+            .tempdir()
+            .map_err(|e| {
+                Error::io(
+                    crate::error::Kind::Internal,
+                    "creating the drill's temp dir",
+                    e,
+                )
+                .with_hint("set TMPDIR to a writable directory")
+            })?;
+        let password: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(32)
+            .collect();
+        let pwfile = dir.path().join("pw");
+        std::fs::write(&pwfile, format!("{password}\n")).map_err(|e| {
+            Error::io(
+                crate::error::Kind::Internal,
+                "writing the drill's password file",
+                e,
+            )
+        })?;
+        if let Some((uid, gid)) = run_as {
+            for path in [dir.path(), &pwfile] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+                    Error::io(
+                        crate::error::Kind::Internal,
+                        format!("chown {}", path.display()),
+                        e,
+                    )
+                })?;
+            }
+        }
+        let mut cluster = Throwaway {
+            database: Database {
+                name: "throwaway cluster".to_owned(),
+                url: String::new(),
+                password: Some(Secret::new(password)),
+                password_from: None,
+                pg_bin_dir: Some(install.bindir.clone()),
+            },
+            dir: Some(dir),
+            install: install.clone(),
+            port: 0,
+            run_as,
+            running: false,
+        };
+        let data = cluster.data_dir();
+        let out = cluster.server_program(
+            "initdb",
+            [
+                OsStr::new("-D"),
+                data.as_os_str(),
+                OsStr::new("-U"),
+                OsStr::new(SUPERUSER),
+                OsStr::new("--no-sync"),
+                OsStr::new("-E"),
+                OsStr::new("UTF8"),
+                OsStr::new("--locale=C"),
+                OsStr::new("--auth-local=trust"),
+                OsStr::new("--auth-host=scram-sha-256"),
+                OsStr::new(&format!("--pwfile={}", pwfile.display())),
+            ],
+        )?;
+        let _ = std::fs::remove_file(&pwfile);
+        if !out.status.success() {
+            return Err(Error::tool(format!(
+                "initdb of the throwaway cluster failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+            .with_hint(if run_as.is_some() {
+                "run as root, the server runs as user postgres: it must be able to reach $TMPDIR"
+            } else {
+                "check that $TMPDIR is writable and has room"
+            }));
+        }
+        let log = cluster.path().join("server.log");
+        let mut last_error = String::new();
+        // A port can be taken between choosing and binding it: try a few.
+        for _ in 0..5 {
+            let port = free_port()?;
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1",
+                cluster.path().display()
+            );
+            let out = cluster.server_program(
+                "pg_ctl",
+                [
+                    OsStr::new("-D"),
+                    data.as_os_str(),
+                    OsStr::new("-o"),
+                    OsStr::new(&options),
+                    OsStr::new("-l"),
+                    log.as_os_str(),
+                    OsStr::new("-w"),
+                    OsStr::new("-t"),
+                    OsStr::new("120"),
+                    OsStr::new("start"),
+                ],
+            )?;
+            if out.status.success() {
+                cluster.port = port;
+                cluster.running = true;
+                cluster.database.url =
+                    format!("postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres");
+                return Ok(cluster);
+            }
+            last_error = std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        Err(Error::tool(format!(
+            "the throwaway cluster did not start: {}",
+            last_error.trim()
+        )))
+    }
+
+    /// The superuser's connection; its password is the cluster's own.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn install(&self) -> &ServerInstall {
+        &self.install
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new(""), |d| d.path())
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
+    /// Stops the server and removes its files. Blocking.
+    pub fn tear_down(mut self) -> Result<()> {
+        let stopped = self.stop("fast");
+        let removed = match self.dir.take() {
+            Some(dir) => {
+                let path = dir.path().to_owned();
+                dir.close().map_err(|e| {
+                    Error::io(
+                        crate::error::Kind::Internal,
+                        format!("removing {}", path.display()),
+                        e,
+                    )
+                })
+            }
+            None => Ok(()),
+        };
+        stopped.and(removed)
+    }
+
+    fn stop(&mut self, mode: &str) -> Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        let data = self.data_dir();
+        let out = self.server_program(
+            "pg_ctl",
+            [
+                OsStr::new("-D"),
+                data.as_os_str(),
+                OsStr::new("-m"),
+                OsStr::new(mode),
+                OsStr::new("-w"),
+                OsStr::new("-t"),
+                OsStr::new("60"),
+                OsStr::new("stop"),
+            ],
+        )?;
+        self.running = !out.status.success();
+        if self.running {
+            return Err(Error::tool(format!(
+                "the throwaway cluster did not stop: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a server program of the install, as the server's user.
+    fn server_program<'a>(
+        &self,
+        program: &str,
+        args: impl IntoIterator<Item = &'a OsStr>,
+    ) -> Result<Output> {
+        let path = self.install.bindir.join(program);
+        let mut command = Command::new(&path);
+        command
+            .args(args)
+            .current_dir(self.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = self.run_as {
+            command.gid(gid).uid(uid);
+        }
+        command
+            .output()
+            .map_err(|e| Error::tool(format!("cannot run {}: {e}", path.display())))
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        // An interrupted or failed drill: no waiting for sessions.
+        if let Err(e) = self.stop("immediate") {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// The user the server runs as, when we are root: PostgreSQL refuses root.
+fn server_user() -> Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = c"postgres";
+    // SAFETY: a valid C string; the result is read at once, before any other
+    // getpw* call could reuse its buffer.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(Error::tool(
+            "PostgreSQL refuses to run as root, and there is no `postgres` user to run the throwaway cluster as",
+        )
+        .with_hint("run the drill as another user, create a `postgres` user, or pass --target-url"));
+    }
+    // SAFETY: checked non-null above.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::io(crate::error::Kind::Internal, "finding a free port", e))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::io(crate::error::Kind::Internal, "finding a free port", e))
+}
