@@ -622,3 +622,117 @@ fn a_dead_network_to_azure_fails_the_backup_after_the_retry_budget() {
     let blobs = block_on(servers::container_blobs(&container));
     assert!(blobs.is_empty(), "nothing complete was left: {blobs:?}");
 }
+
+/// Restore tests, verify and drills read from S3 and Azure as from a disk:
+/// one job writing to both, a restore test filing its record in both, a
+/// drill from S3, and a corrupted S3 copy that verify names while it passes
+/// the Azure one.
+#[test]
+fn restore_test_verify_and_drill_through_s3_and_azure() {
+    let bucket = block_on(servers::create_bucket("proof"));
+    let container = block_on(servers::create_container("proof"));
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    let sections = format!(
+        "{}\n{}",
+        servers::s3_section("s3", &servers::s3_endpoint(), &bucket, ""),
+        servers::azure_section("blob", &servers::azure_endpoint(), &container, "")
+    );
+    let setup = Setup::with_storages(
+        cluster,
+        "",
+        &sections,
+        &["s3", "blob"],
+        "\n[jobs.rt]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\n\
+         checks = [{ sql = \"SELECT count(*) FROM app.users\", equals = 5000 }]\n",
+    );
+    let mut env = servers::s3_env().to_vec();
+    env.extend(servers::azure_env());
+    let ok = |args: &[&str]| {
+        let run = setup.backup_with(args, &env);
+        assert!(run.ok(), "{}", run.all());
+        run
+    };
+    ok(&["run", "nightly"]);
+    let id = {
+        let run = ok(&["--json", "list", "--job", "nightly"]);
+        let list: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        id_of(&list[0])
+    };
+
+    let test = ok(&["run", "rt"]);
+    assert!(test.stdout.contains("from s3"), "{}", test.all());
+    let keys = block_on(servers::bucket_keys(&bucket));
+    assert!(
+        keys.iter().any(|k| k.starts_with("prod/db/nightly/reports/") && k.ends_with("-restore-test.json")),
+        "{keys:?}"
+    );
+    let blobs = block_on(servers::container_blobs(&container));
+    assert!(
+        blobs.iter().any(|k| k.ends_with("-restore-test.json")),
+        "{blobs:?}"
+    );
+    let run = ok(&["--json", "list", "--job", "nightly"]);
+    let list: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(list[0]["restore_tested_at"].is_string(), "{list:#}");
+
+    let drill = ok(&["drill", "--job", "nightly"]);
+    assert!(
+        drill.stdout.contains("| Result | **PASSED** |"),
+        "{}",
+        drill.all()
+    );
+    assert!(
+        drill
+            .stdout
+            .contains(&format!("storage s3 (s3://{bucket}/prod/db")),
+        "{}",
+        drill.all()
+    );
+
+    let good = ok(&["verify", "--job", "nightly"]);
+    assert!(
+        good.stdout
+            .contains(&format!("backup {id} in storage s3: ok")),
+        "{}",
+        good.all()
+    );
+    assert!(
+        good.stdout
+            .contains(&format!("backup {id} in storage blob: ok")),
+        "{}",
+        good.all()
+    );
+
+    // Corrupt the S3 copy behind the program's back.
+    let spec = servers::s3_storage_spec("s3", &servers::s3_endpoint(), &bucket);
+    let backup::model::StorageKind::S3(mut s3) = spec.kind else {
+        unreachable!()
+    };
+    s3.prefix = Some("prod/db".to_owned());
+    let spec = backup::model::StorageSpec {
+        kind: backup::model::StorageKind::S3(s3),
+        ..spec
+    };
+    block_on(async {
+        let storage = backup::storage::open(&spec).await.unwrap();
+        let key = backup::storage::Key::new(format!("nightly/{id}/data.dump.zst")).unwrap();
+        backup::storage::write_small(storage.as_ref(), &key, b"not what was stored")
+            .await
+            .unwrap();
+    });
+    let bad = setup.backup_with(&["verify", "--job", "nightly"], &env);
+    assert_eq!(bad.code, 6, "{}", bad.all());
+    assert!(
+        bad.stderr
+            .contains(&format!("backup {id} in storage s3: data.dump.zst")),
+        "{}",
+        bad.all()
+    );
+    assert!(
+        bad.stdout
+            .contains(&format!("backup {id} in storage blob: ok")),
+        "{}",
+        bad.all()
+    );
+}
