@@ -171,9 +171,11 @@ async fn verify_object(
     .map_err(|e| Error::internal(format!("verify task failed: {e}")))?;
     result.map_err(|e| {
         // The label is said once, by the caller, as the object's key.
+        let label = format!("{key} in storage {}", storage.name());
         let message = e
             .message()
-            .replacen(&format!("{key} in storage {} ", storage.name()), "", 1);
+            .replacen(&format!("{label} is "), "", 1)
+            .replacen(&format!("{label} "), "", 1);
         Error::new(e.kind(), message)
     })
 }
