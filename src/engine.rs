@@ -201,7 +201,7 @@ async fn previous_outcome(storage: &dyn Storage, record: &RunRecord) -> Option<O
     let kind = record.kind.clone();
     let run_id = record.run_id.clone();
     let job = record.job.clone();
-    report::newest_records(storage, record.dir(), 1, move |r| {
+    report::newest_records(storage, record.dir(), &record.tag(), 1, move |r| {
         r.kind == kind && r.job == job && r.run_id != run_id && r.outcome != Outcome::Skipped
     })
     .await
@@ -289,7 +289,7 @@ impl Engine {
         let job = self.config.job(&request.job)?;
         let started_at = self.clock.now();
         let mut run_id =
-            RunRecord::run_id(request.scheduled_for.unwrap_or(started_at), job.kind.name());
+            RunRecord::run_id(request.scheduled_for.unwrap_or(started_at), &job.run_tag());
         if request.trigger == Trigger::CatchUp {
             // Beside, not over, the record of the run it makes up for.
             run_id.push_str("-catch-up");
@@ -589,7 +589,7 @@ impl Engine {
             // Its own name: a replica that did run this fire time keeps its record.
             format!(
                 "{}-skipped",
-                RunRecord::run_id(scheduled_for, job.kind.name())
+                RunRecord::run_id(scheduled_for, &job.run_tag())
             ),
             &job.name,
             job.kind.name(),
@@ -898,6 +898,14 @@ impl Engine {
                     })?,
             ),
         };
+        if let VerifySelection::Id(id) = which
+            && !listings.iter().any(|(_, b)| b.iter().any(|m| &m.id == id))
+        {
+            return Err(Error::not_found(format!(
+                "job {name} has no complete backup {id} in any of the storages read"
+            ))
+            .with_hint(format!("`backup list --job {name}` shows its backups")));
+        }
         let mut tools: std::collections::BTreeMap<u32, std::path::PathBuf> = Default::default();
         for (storage, backups) in &listings {
             let selected: Vec<&Manifest> = backups
@@ -1014,8 +1022,9 @@ impl Engine {
                         )
                     })?;
                 if parsed.get_password().is_some() {
-                    return Err(Error::usage("--target-url contains a password")
-                        .with_hint("pass it in PGPASSWORD or ~/.pgpass: a password in argv shows in process listings"));
+                    return Err(Error::usage("--target-url contains a password").with_hint(
+                        "pass it in PGPASSWORD: a password in argv shows in process listings",
+                    ));
                 }
                 let db = crate::model::Database {
                     name: "--target-url".to_owned(),
@@ -1061,7 +1070,11 @@ impl Engine {
     }
 
     /// Carries out a drill and files its record beside the backups.
-    pub async fn drill(&self, plan: &drill::DrillPlan) -> Result<drill::DrillOutcome> {
+    pub async fn drill(
+        &self,
+        plan: &drill::DrillPlan,
+        cancel: &CancellationToken,
+    ) -> Result<drill::DrillOutcome> {
         let (job, spec) = self.config.backup_job(&plan.job)?;
         let storages = self.storages_of(spec).await?;
         let storage = storages
@@ -1070,7 +1083,8 @@ impl Engine {
             .cloned()
             .ok_or_else(|| Error::internal(format!("storage {} vanished", plan.storage)))?;
         let started_at = self.clock.now();
-        let outcome = drill::execute(plan, &storage, self.progress.clone(), started_at).await;
+        let outcome =
+            drill::execute(plan, &storage, self.progress.clone(), started_at, cancel).await;
         self.record(
             job,
             "drill",

@@ -426,6 +426,17 @@ impl Job {
         }
     }
 
+    /// What a run id says after the time: the kind, and for a job filing
+    /// its records under another job, its name first, so two restore tests
+    /// of one backup job never share a record.
+    pub fn run_tag(&self) -> String {
+        if self.records_dir() == self.name {
+            self.kind.name().to_owned()
+        } else {
+            format!("{}-{}", self.name, self.kind.name())
+        }
+    }
+
     /// The job whose `reports/` directory holds this job's run records: a
     /// restore test files its records beside the backups it proves, so the
     /// storage alone tells which backups restore.

@@ -285,6 +285,14 @@ impl RunRecord {
         Self::key_of(self.dir(), &self.run_id)
     }
 
+    /// What the run id says after the time (see [`crate::model::Job::run_tag`]).
+    pub fn tag(&self) -> String {
+        match &self.backup_job {
+            Some(_) => format!("{}-{}", self.job, self.kind),
+            None => self.kind.clone(),
+        }
+    }
+
     /// The job whose `reports/` holds this record.
     pub fn dir(&self) -> &str {
         self.backup_job.as_deref().unwrap_or(&self.job)
@@ -398,21 +406,29 @@ const RECORD_LIMIT: u64 = 16 << 20;
 /// How many records a search reads at most, newest first.
 const SCAN_LIMIT: usize = 1000;
 
-/// The newest run records of `job` that `wanted` accepts, newest first, at most
-/// `limit` of them. Only records needed are read: the listing is of keys.
+/// The newest run records in `dir`'s reports whose run id carries `tag` (a
+/// job's [`crate::model::Job::run_tag`], or a kind) and that `wanted`
+/// accepts, newest first, at most `limit` of them. Only records needed are
+/// read: the listing is of keys, and the tag in a key's name says whether
+/// the record can be one of those wanted.
 pub async fn newest_records(
     storage: &dyn Storage,
-    job: &str,
+    dir: &str,
+    tag: &str,
     limit: usize,
     wanted: impl Fn(&RunRecord) -> bool,
 ) -> Result<Vec<RunRecord>> {
-    let prefix = Key::new(format!("{job}/reports"))?;
+    let prefix = Key::new(format!("{dir}/reports"))?;
+    let (exact, longer) = (format!("-{tag}.json"), format!("-{tag}-"));
     let mut keys: Vec<Key> = storage
         .list(&prefix)
         .await?
         .into_iter()
         .map(|o| o.key)
-        .filter(|k| k.as_str().ends_with(".json"))
+        .filter(|k| {
+            let name = k.file_name();
+            name.ends_with(".json") && (name.ends_with(&exact) || name.contains(&longer))
+        })
         .collect();
     keys.sort();
     let mut out = Vec::new();

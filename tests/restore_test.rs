@@ -148,6 +148,46 @@ fn a_manifest_that_does_not_match_its_data_fails_naming_the_table() {
     assert_eq!(record["outcome"], "failed");
     assert_eq!(record["details"]["kept"], true);
     assert!(setup.list()[0]["restore_tested_at"].is_null());
+
+    // The next test, of a newer backup, drops the one kept before it.
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let plan = setup.backup(&["run", "weekly-restore-test", "--dry-run"]);
+    assert!(
+        plan.stdout.contains(&format!("first:     drop {scratch}")),
+        "{}",
+        plan.all()
+    );
+    let run = setup.backup(&["run", "weekly-restore-test"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        !databases(&setup).iter().any(|d| d.contains("restore_test")),
+        "{:?}",
+        databases(&setup)
+    );
+}
+
+#[test]
+fn a_database_of_that_name_not_made_by_the_test_is_refused_untouched() {
+    let setup = setup_with(&format!("{TEST_JOB}scratch_database = \"reporting\"\n"));
+    setup.cluster.psql("postgres", "CREATE DATABASE reporting");
+    setup
+        .cluster
+        .psql("reporting", "CREATE TABLE keep_me (x int)");
+    let run = setup.backup(&["run", "weekly-restore-test"]);
+    assert_eq!(run.code, 9, "{}", run.all());
+    assert!(
+        run.stderr.contains("database reporting exists")
+            && run.stderr.contains("not a scratch database"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        setup
+            .cluster
+            .psql("reporting", "SELECT count(*) FROM keep_me"),
+        "0"
+    );
 }
 
 #[test]
@@ -356,7 +396,7 @@ fn a_drill_from_a_fresh_host_restores_checks_reports_and_leaves_nothing() {
         "| RTO | ",
         "(start of the drill to verified data)",
         "| RPO | ",
-        "restore globals (roles, tablespaces)",
+        "restore globals (roles)",
         "| users exist | >= 1 | 5000 | passed |",
         "| exact row counts |",
         "| extension hstore |",
@@ -376,6 +416,55 @@ fn a_drill_from_a_fresh_host_restores_checks_reports_and_leaves_nothing() {
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     assert!(record["details"]["rto_seconds"].as_f64().unwrap() > 0.0);
     assert!(record["details"]["rpo_seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_drill_into_a_given_server_leaves_its_roles_alone_and_drops_what_it_made() {
+    let setup = setup_with(TEST_JOB);
+    let dr = common::Cluster::start();
+    // A live role on the DR server whose password the backup's globals hold
+    // differently: the drill must not change it.
+    let before = dr.psql(
+        "postgres",
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'",
+    );
+    let url = dr.url("postgres");
+    let env = [("PGPASSWORD", common::PASSWORD)];
+    let run = setup.backup_with(&["drill", "--job", "nightly", "--target-url", &url], &env);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stdout.contains("| Result | **PASSED** |"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stdout
+            .contains("roles that exist on the target were left as they are: postgres"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stdout.contains("drop database app"), "{}", run.all());
+    assert_eq!(
+        dr.psql(
+            "postgres",
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'"
+        ),
+        before
+    );
+    assert_eq!(
+        dr.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'app'"
+        ),
+        "0"
+    );
+
+    // A database of the backup's name there is never touched.
+    dr.psql("postgres", "CREATE DATABASE app");
+    dr.psql("app", "CREATE TABLE mine (x int)");
+    let refused = setup.backup_with(&["drill", "--job", "nightly", "--target-url", &url], &env);
+    assert_eq!(refused.code, 9, "{}", refused.all());
+    assert_eq!(dr.psql("app", "SELECT count(*) FROM mine"), "0");
 }
 
 #[test]

@@ -138,15 +138,17 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
         let s = storage.as_ref();
         let name = job.name.as_str();
         let dir = job.records_dir();
+        let tag = job.run_tag();
         let kind = job.kind.name();
         let (last, success, test) = futures::join!(
-            report::newest_records(s, dir, 1, |r| r.job == name
+            report::newest_records(s, dir, &tag, 1, |r| r.job == name
                 && r.kind == kind
                 && r.outcome != Outcome::Skipped),
-            report::newest_records(s, dir, 1, |r| r.job == name
+            report::newest_records(s, dir, &tag, 1, |r| r.job == name
                 && r.kind == kind
                 && r.succeeded),
-            report::newest_records(s, dir, 1, |r| r.kind == "restore-test" && r.succeeded),
+            report::newest_records(s, dir, "restore-test", 1, |r| r.kind == "restore-test"
+                && r.succeeded),
         );
         match (last, success, test) {
             (Ok(last), Ok(success), Ok(test)) => {

@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// Restore into this server instead of a throwaway cluster; the database
-    /// must not exist there. The password comes from PGPASSWORD or ~/.pgpass.
+    /// must not exist there. The password comes from PGPASSWORD.
     #[arg(long, value_name = "URL")]
     target_url: Option<String>,
     /// Print the plan and change nothing.
@@ -40,7 +40,12 @@ impl Args {
     }
 }
 
-pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
+pub async fn run(
+    engine: &Engine,
+    args: Args,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let job = engine.config.job(&args.job)?;
     let selector = match (&args.at, &args.id) {
         (Some(at), _) => Selector::At(time::parse_point(at, &job.timezone)?),
@@ -56,7 +61,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         return Ok(());
     }
     eprintln!("{plan}");
-    let outcome = engine.drill(&plan).await?;
+    let outcome = engine.drill(&plan, cancel).await?;
     let host = hostname();
     let report = drill::markdown(&plan, &outcome, &host);
     if let Some(path) = &args.report {

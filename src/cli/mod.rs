@@ -97,8 +97,9 @@ pub fn main() -> ExitCode {
     };
     let (left_behind, what_to_do) = cli.command.left_behind();
     let is_daemon = matches!(cli.command, Command::Daemon(_));
-    // `run` stops itself when told, so its run record says it was interrupted.
-    let stops_itself = matches!(cli.command, Command::Run(_));
+    // `run` and `drill` stop themselves when told: a run record says the run
+    // was interrupted, and a drill tears its throwaway cluster down.
+    let stops_itself = matches!(cli.command, Command::Run(_) | Command::Drill(_));
     let result = runtime.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
         let work = dispatch(cli, cancel.clone());
@@ -245,7 +246,7 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
         Command::Db(command) => db::run(&engine, command, cli.json).await,
         Command::Prune(args) => prune::run(&engine, args, cli.json).await,
         Command::Verify(args) => verify::run(&engine, args, cli.json).await,
-        Command::Drill(args) => drill::run(&engine, args, cli.json).await,
+        Command::Drill(args) => drill::run(&engine, args, cli.json, &cancel).await,
         Command::Pin(args) => pin::pin(&engine, args, cli.json).await,
         Command::Unpin(args) => pin::unpin(&engine, args, cli.json).await,
     }

@@ -272,9 +272,13 @@ async fn last_run_start(engine: &Engine, job: &str) -> Option<Timestamp> {
     let storage = first_storage(engine, job).await?;
     let spec = engine.config.job(job).ok()?;
     let kind = spec.kind.name();
-    report::newest_records(storage.as_ref(), spec.records_dir(), 1, |r| {
-        r.job == job && r.kind == kind && r.outcome != report::Outcome::Interrupted
-    })
+    report::newest_records(
+        storage.as_ref(),
+        spec.records_dir(),
+        &spec.run_tag(),
+        1,
+        |r| r.job == job && r.kind == kind && r.outcome != report::Outcome::Interrupted,
+    )
     .await
     .ok()?
     .first()
@@ -303,14 +307,15 @@ async fn absorb_history(engine: &Engine, metrics: &Metrics) {
         // success must not read as the job's.
         let kind = job.kind.name();
         let dir = job.records_dir();
-        let newest = report::newest_records(storage.as_ref(), dir, 1, |r| {
+        let tag = job.run_tag();
+        let newest = report::newest_records(storage.as_ref(), dir, &tag, 1, |r| {
             r.job == *name && r.kind == kind && r.outcome != report::Outcome::Skipped
         });
-        let success = report::newest_records(storage.as_ref(), dir, 1, |r| {
+        let success = report::newest_records(storage.as_ref(), dir, &tag, 1, |r| {
             r.job == *name && r.kind == kind && r.succeeded
         });
         // A backup job's newest passed restore test, whichever job ran it.
-        let tested = report::newest_records(storage.as_ref(), dir, 1, |r| {
+        let tested = report::newest_records(storage.as_ref(), dir, "restore-test", 1, |r| {
             dir == name && r.kind == "restore-test" && r.succeeded
         });
         let (newest, success, tested) = futures::join!(newest, success, tested);

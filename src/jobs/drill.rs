@@ -11,12 +11,13 @@
 use std::fmt;
 use std::fmt::Write as _;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, Manifest, Role};
 use crate::error::{Error, Result};
@@ -94,7 +95,7 @@ impl fmt::Display for DrillPlan {
             f,
             "  restore:   {}database {}, created there",
             if self.has_globals() {
-                "globals (roles, tablespaces), then "
+                "the roles the target lacks (from the backup's globals), then "
             } else {
                 "no globals in this backup: objects without owners or privileges; "
             },
@@ -120,7 +121,7 @@ impl fmt::Display for DrillPlan {
             "  then:      {}",
             match &self.target {
                 DrillTarget::Throwaway(_) => "stop the cluster and remove its files",
-                DrillTarget::Server(_) => "drop the database (roles the globals created stay)",
+                DrillTarget::Server(_) => "drop the database (roles it created stay)",
             }
         )
     }
@@ -203,12 +204,14 @@ async fn step<T>(
 }
 
 /// Carries out a plan. Always returns what happened: a failed step ends the
-/// drill early, and the teardown runs whatever happened.
+/// drill early, and the teardown runs whatever happened, also when `cancel`
+/// stops the drill (SIGINT, SIGTERM) in the middle of a step.
 pub async fn execute(
     plan: &DrillPlan,
     storage: &Arc<dyn Storage>,
     progress: Arc<dyn Progress>,
     now: Timestamp,
+    cancel: &CancellationToken,
 ) -> DrillOutcome {
     let started = Instant::now();
     let mut outcome = DrillOutcome {
@@ -227,101 +230,49 @@ pub async fn execute(
         error_kind: None,
         warnings: Vec::new(),
     };
-    let mut cluster: Option<Throwaway> = None;
-    let steps = &mut outcome.steps;
-    let result = async {
-        let db = match &plan.target {
-            DrillTarget::Throwaway(install) => {
-                let install = install.clone();
-                let started = step(
-                    steps,
-                    format!("create a throwaway cluster ({})", install.version),
-                    async {
-                        tokio::task::spawn_blocking(move || Throwaway::start(&install))
-                            .await
-                            .map_err(|e| Error::internal(format!("cluster task failed: {e}")))?
-                    },
-                )
-                .await?;
+    // The cluster lands here as soon as it exists, from the blocking task
+    // that starts it: a drill stopped meanwhile still finds it to tear down.
+    let cluster: Arc<Mutex<Option<Throwaway>>> = Arc::default();
+    let mut starting = match &plan.target {
+        DrillTarget::Throwaway(install) => {
+            let (install, slot) = (install.clone(), cluster.clone());
+            Some(tokio::task::spawn_blocking(move || {
+                let started = Throwaway::start(&install)?;
                 let db = started.database().clone();
-                cluster = Some(started);
-                db
-            }
-            DrillTarget::Server(db) => db.clone(),
-        };
-        let admin = pg::connect(&db, Some("postgres")).await?;
-        if plan.has_globals() {
-            let failed = step(
-                steps,
-                "restore globals (roles, tablespaces)",
-                apply_globals(plan, &db, storage),
-            )
-            .await?;
-            if !failed.is_empty() {
-                outcome.warnings.push(format!(
-                    "{} statement(s) of the globals failed (an existing role, a tablespace path \
-                     this host lacks; tables go to the default tablespace): {}",
-                    failed.len(),
-                    failed.join(" | ")
-                ));
-            }
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+                Ok(db)
+            }))
         }
-        let pg_restore = restore::pg_restore_for(&admin, &db, &plan.backup).await?;
-        step(
-            steps,
-            format!("create database {}", plan.dbname),
-            pg::create_database(&admin, &plan.dbname),
-        )
-        .await?;
-        let restore_plan = RestorePlan {
-            job: plan.job.clone(),
-            timezone: plan.timezone.clone(),
-            backup: plan.backup.clone(),
-            storage: plan.storage.clone(),
-            target_db: plan.dbname.clone(),
-            requested_at: None,
-            target: Some(TargetState { contents: None }),
-            flags: RestoreFlags {
-                jobs: 1,
-                no_tablespaces: true,
-                no_owner: !plan.has_globals(),
-                no_acl: !plan.has_globals(),
-                clean: false,
-            },
-        };
-        step(
-            steps,
-            format!(
-                "restore database {} ({} stored, {} raw)",
-                plan.dbname,
-                bytes_human(plan.backup.stored_size()),
-                bytes_human(plan.backup.raw_size())
-            ),
-            restore::load(&restore_plan, &db, storage, &pg_restore, progress),
-        )
-        .await?;
-        let conn = pg::connect(&db, Some(&plan.dbname)).await?;
-        outcome.proof = step(
-            steps,
-            "check the restored data",
-            proof::prove(&conn, &plan.backup, &plan.checks),
-        )
-        .await?;
-        drop(conn);
-        outcome.rto_seconds = Some(started.elapsed().as_secs_f64());
-        Ok::<_, Error>(admin)
-    }
-    .await;
-    let admin = match result {
-        Ok(admin) => Some(admin),
-        Err(e) => {
-            outcome.error = Some(e.to_string());
-            outcome.error_kind = Some(e.kind());
-            None
-        }
+        DrillTarget::Server(_) => None,
     };
-    // The teardown, whatever happened above.
-    let torn = match (cluster, &plan.target) {
+    // Whether this drill created the database on a --target-url server: only
+    // then is it dropped.
+    let mut created = false;
+    let mut admin = None;
+    let body = run_steps(
+        plan,
+        storage,
+        progress,
+        &mut starting,
+        &mut outcome,
+        &mut created,
+        &mut admin,
+        started,
+    );
+    let result = tokio::select! {
+        result = body => result,
+        () = cancel.cancelled() => Err(Error::interrupted("the drill was stopped by a signal")),
+    };
+    if let Err(e) = result {
+        outcome.error = Some(e.to_string());
+        outcome.error_kind = Some(e.kind());
+    }
+    // A start still under way finishes first, so its cluster is torn down too.
+    if let Some(task) = starting.take() {
+        let _ = task.await;
+    }
+    let taken = cluster.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let torn = match (taken, &plan.target) {
         (Some(c), _) => {
             step(
                 &mut outcome.steps,
@@ -334,12 +285,7 @@ pub async fn execute(
             )
             .await
         }
-        (None, DrillTarget::Server(db))
-            if outcome
-                .steps
-                .iter()
-                .any(|s| s.step.starts_with("create database")) =>
-        {
+        (None, DrillTarget::Server(db)) if created => {
             step(
                 &mut outcome.steps,
                 format!("drop database {}", plan.dbname),
@@ -364,11 +310,112 @@ pub async fn execute(
     outcome
 }
 
-/// Streams the backup's `globals.sql` into `psql`, which carries on past
-/// errors (a role that exists): returns the errors it reported.
+type Starting = Option<tokio::task::JoinHandle<Result<Database>>>;
+
+/// The drill up to verified data.
+#[allow(clippy::too_many_arguments)]
+async fn run_steps(
+    plan: &DrillPlan,
+    storage: &Arc<dyn Storage>,
+    progress: Arc<dyn Progress>,
+    starting: &mut Starting,
+    outcome: &mut DrillOutcome,
+    created: &mut bool,
+    admin_out: &mut Option<pg::Connection>,
+    started: Instant,
+) -> Result<()> {
+    let steps = &mut outcome.steps;
+    let db = match (&plan.target, starting.as_mut()) {
+        (DrillTarget::Throwaway(install), Some(task)) => {
+            let db = step(
+                steps,
+                format!("create a throwaway cluster ({})", install.version),
+                async {
+                    task.await
+                        .map_err(|e| Error::internal(format!("cluster task failed: {e}")))?
+                },
+            )
+            .await?;
+            *starting = None;
+            db
+        }
+        (DrillTarget::Server(db), _) => db.clone(),
+        (DrillTarget::Throwaway(_), None) => {
+            return Err(Error::internal("the cluster was not started"));
+        }
+    };
+    let admin = pg::connect(&db, Some("postgres")).await?;
+    if plan.has_globals() {
+        let applied = step(
+            steps,
+            "restore globals (roles)",
+            apply_globals(plan, &db, &admin, storage),
+        )
+        .await?;
+        outcome.warnings.extend(applied);
+    }
+    let pg_restore = restore::pg_restore_for(&admin, &db, &plan.backup).await?;
+    // A throwaway cluster has an empty `postgres` already: a backup of it
+    // goes there.
+    let exists = matches!(plan.target, DrillTarget::Throwaway(_))
+        && pg::database_exists(&admin, &plan.dbname).await?;
+    if !exists {
+        step(
+            steps,
+            format!("create database {}", plan.dbname),
+            pg::create_database(&admin, &plan.dbname),
+        )
+        .await?;
+        *created = true;
+    }
+    *admin_out = Some(admin);
+    let restore_plan = RestorePlan {
+        job: plan.job.clone(),
+        timezone: plan.timezone.clone(),
+        backup: plan.backup.clone(),
+        storage: plan.storage.clone(),
+        target_db: plan.dbname.clone(),
+        requested_at: None,
+        target: Some(TargetState { contents: None }),
+        flags: RestoreFlags {
+            jobs: 1,
+            no_tablespaces: true,
+            no_owner: !plan.has_globals(),
+            no_acl: !plan.has_globals(),
+            clean: false,
+        },
+    };
+    step(
+        steps,
+        format!(
+            "restore database {} ({} stored, {} raw)",
+            plan.dbname,
+            bytes_human(plan.backup.stored_size()),
+            bytes_human(plan.backup.raw_size())
+        ),
+        restore::load(&restore_plan, &db, storage, &pg_restore, progress),
+    )
+    .await?;
+    let conn = pg::connect(&db, Some(&plan.dbname)).await?;
+    outcome.proof = step(
+        steps,
+        "check the restored data",
+        proof::prove(&conn, &plan.backup, &plan.checks),
+    )
+    .await?;
+    outcome.rto_seconds = Some(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The backup's `globals.sql` through `psql`, creating the roles the target
+/// lacks. Roles that exist there are left as they are (their `CREATE` and
+/// `ALTER` lines are skipped: a drill never changes a live role's password or
+/// rights), and tablespaces are not created (the restore puts every table in
+/// the default one). Returns what is worth a warning.
 async fn apply_globals(
     plan: &DrillPlan,
     db: &Database,
+    admin: &pg::Connection,
     storage: &Arc<dyn Storage>,
 ) -> Result<Vec<String>> {
     let object = plan
@@ -380,6 +427,35 @@ async fn apply_globals(
     let compression = plan.backup.compression()?;
     let digest = object.digest.clone();
     let label = format!("{key} in storage {}", storage.name());
+    if digest.raw_size > GLOBALS_LIMIT {
+        return Err(Error::integrity(format!(
+            "{label} is {} raw: not the roles and tablespaces of one cluster",
+            bytes_human(digest.raw_size)
+        )));
+    }
+    let sql = tokio::task::spawn_blocking(move || {
+        let mut raw = Vec::new();
+        crate::archive::unpack(source, compression, &digest, &mut raw, &label, &|_| {})?;
+        Ok::<_, Error>(String::from_utf8_lossy(&raw).into_owned())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("globals task failed: {e}")))??;
+    let existing: Vec<String> = admin
+        .client
+        .query("SELECT rolname::text FROM pg_roles", &[])
+        .await
+        .map_err(|e| pg::query_error("listing the target's roles", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (script, kept_roles) = filter_globals(&sql, &existing);
+    let mut warnings = Vec::new();
+    if !kept_roles.is_empty() {
+        warnings.push(format!(
+            "roles that exist on the target were left as they are: {}",
+            kept_roles.join(", ")
+        ));
+    }
     let major = pg::command::parse_tool_version(&plan.backup.pg_dump_version).unwrap_or(0);
     let psql = pg::tool_path(db, "psql", major);
     let args = vec![
@@ -399,23 +475,93 @@ async fn apply_globals(
         .take()
         .ok_or_else(|| Error::internal("psql has no stdin"))?;
     let _stop = child.stop_on_drop();
-    tokio::task::spawn_blocking(move || {
-        let streamed =
-            crate::archive::unpack(source, compression, &digest, &mut stdin, &label, &|_| {});
+    let stderr = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let written = stdin.write_all(script.as_bytes());
         drop(stdin);
-        let stderr = {
-            let waited = child.wait_keeping_stderr();
-            waited?
-        };
-        streamed?;
-        Ok(stderr
-            .lines()
-            .filter(|l| l.contains("ERROR:"))
-            .map(|l| l.trim().to_owned())
-            .collect())
+        let stderr = child.wait_keeping_stderr()?;
+        written
+            .map_err(|e| Error::io(crate::error::Kind::Tool, "writing the globals to psql", e))?;
+        Ok::<_, Error>(stderr)
     })
     .await
-    .map_err(|e| Error::internal(format!("globals task failed: {e}")))?
+    .map_err(|e| Error::internal(format!("globals task failed: {e}")))??;
+    let failed: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR:"))
+        .map(|l| l.trim().to_owned())
+        .collect();
+    if !failed.is_empty() {
+        warnings.push(format!(
+            "{} statement(s) of the globals failed: {}",
+            failed.len(),
+            failed.join(" | ")
+        ));
+    }
+    Ok(warnings)
+}
+
+/// The roles and tablespaces of one cluster: anything bigger is not ours.
+const GLOBALS_LIMIT: u64 = 64 << 20;
+
+/// `pg_dumpall --globals-only` output without the statements a drill must not
+/// run: tablespaces, and `CREATE ROLE`/`ALTER ROLE` of roles in `existing`.
+/// Returns the script and the roles left alone.
+pub fn filter_globals(sql: &str, existing: &[String]) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut kept = Vec::new();
+    for line in sql.lines() {
+        let upper = line.trim_start().to_ascii_uppercase();
+        if upper.starts_with("CREATE TABLESPACE")
+            || upper.starts_with("ALTER TABLESPACE")
+            || upper.starts_with("COMMENT ON TABLESPACE")
+            || (upper.starts_with("GRANT") && upper.contains(" ON TABLESPACE "))
+        {
+            continue;
+        }
+        let role = ["CREATE ROLE ", "ALTER ROLE "]
+            .iter()
+            .find(|p| upper.starts_with(**p))
+            .and_then(|p| role_name(&line.trim_start()[p.len()..]));
+        if let Some(role) = role
+            && existing.contains(&role)
+        {
+            if !kept.contains(&role) {
+                kept.push(role);
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (out, kept)
+}
+
+/// The role name at the start of `rest`: an identifier, or a quoted one.
+fn role_name(rest: &str) -> Option<String> {
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    name.push('"');
+                } else {
+                    return Some(name);
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        None
+    } else {
+        let name: String = rest
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != ';')
+            .collect();
+        (!name.is_empty()).then(|| name.to_lowercase())
+    }
 }
 
 /// The report an auditor reads.
@@ -532,4 +678,32 @@ fn seconds(s: f64) -> String {
     }
     let d = jiff::SignedDuration::from_secs_f64(s);
     format!("{exact} ({})", time::show_duration(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globals_never_touch_existing_roles_or_make_tablespaces() {
+        let sql = "SET default_transaction_read_only = off;\n\
+                   CREATE ROLE app;\n\
+                   ALTER ROLE app WITH NOSUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$x';\n\
+                   CREATE ROLE \"Ops \"\"Team\"\"\";\n\
+                   ALTER ROLE \"Ops \"\"Team\"\"\" WITH NOLOGIN;\n\
+                   CREATE ROLE postgres;\n\
+                   ALTER ROLE postgres WITH SUPERUSER;\n\
+                   GRANT app TO \"Ops \"\"Team\"\"\";\n\
+                   CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';\n\
+                   GRANT CREATE ON TABLESPACE fast TO app;\n";
+        let existing = vec!["postgres".to_owned(), "Ops \"Team\"".to_owned()];
+        let (script, kept) = filter_globals(sql, &existing);
+        assert_eq!(kept, ["Ops \"Team\"", "postgres"]);
+        assert!(script.contains("CREATE ROLE app;"));
+        assert!(script.contains("ALTER ROLE app WITH"));
+        assert!(script.contains("GRANT app TO"));
+        for gone in ["ROLE postgres", "WITH NOLOGIN", "TABLESPACE"] {
+            assert!(!script.contains(gone), "{gone} in {script}");
+        }
+    }
 }

@@ -28,6 +28,9 @@ pub struct TableResult {
     pub expected: i64,
     /// `None`: the table is missing or could not be counted.
     pub actual: Option<i64>,
+    /// Why it could not be counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -96,13 +99,16 @@ pub async fn prove(
     let mut mismatched = 0usize;
     for table in &manifest.tables {
         let name = format!("{}.{}", table.schema, table.name);
-        let actual = if restored
+        let (actual, error) = if restored
             .iter()
             .any(|(s, n)| *s == table.schema && *n == table.name)
         {
-            pg::count_rows(conn, &table.schema, &table.name).await.ok()
+            match pg::count_rows(conn, &table.schema, &table.name).await {
+                Ok(n) => (Some(n), None),
+                Err(e) => (None, Some(e.message().to_owned())),
+            }
         } else {
-            None
+            (None, Some("no such table".to_owned()))
         };
         if actual == Some(table.rows) {
             proof.rows += table.rows;
@@ -111,7 +117,11 @@ pub async fn prove(
             proof.checks.push(CheckResult {
                 check: format!("rows of {name}"),
                 expected: table.rows.to_string(),
-                actual: actual.map_or_else(|| "no such table".to_owned(), |n| n.to_string()),
+                actual: match (actual, &error) {
+                    (Some(n), _) => n.to_string(),
+                    (None, Some(e)) => e.clone(),
+                    (None, None) => "unknown".to_owned(),
+                },
                 passed: false,
             });
         }
@@ -119,6 +129,7 @@ pub async fn prove(
             table: name,
             expected: table.rows,
             actual,
+            error,
         });
     }
     proof.tables.sort_by_key(|t| t.actual == Some(t.expected));

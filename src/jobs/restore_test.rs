@@ -39,9 +39,9 @@ pub struct RestoreTestPlan {
     /// The `[databases.*]` entry of the server restored into.
     pub target: String,
     pub scratch_database: String,
-    /// A scratch database an earlier run left (killed, or kept on failure):
-    /// dropped before this run starts.
-    pub leftover: bool,
+    /// Scratch databases of this job that earlier runs left (killed, or
+    /// kept on failure), this run's name among them or not: dropped first.
+    pub leftovers: Vec<String>,
     pub checks: Vec<Check>,
     pub keep_on_failure: bool,
 }
@@ -67,12 +67,22 @@ impl fmt::Display for RestoreTestPlan {
             "  into:      scratch database {} on the server of [databases.{}]{}",
             self.scratch_database,
             self.target,
-            if self.leftover {
+            if self.leftovers.contains(&self.scratch_database) {
                 " (left by an earlier run: dropped first)"
             } else {
                 " (created)"
             }
         )?;
+        for other in self
+            .leftovers
+            .iter()
+            .filter(|l| **l != self.scratch_database)
+        {
+            writeln!(
+                f,
+                "  first:     drop {other}, a scratch database an earlier run left"
+            )?;
+        }
         writeln!(
             f,
             "  checks:    table count {}, exact rows of each table, {} extension(s), {} check(s) of the job",
@@ -140,9 +150,9 @@ pub async fn plan(
         .clone()
         .unwrap_or_else(|| scratch_name(&backup.dbname, backup.id.as_str()));
     let admin = pg::connect(&spec.target, Some("postgres")).await?;
-    let leftover = match pg::database_comment(&admin, &scratch).await? {
-        None => false,
-        Some(Some(comment)) if comment == marker(&job.name) => true,
+    match pg::database_comment(&admin, &scratch).await? {
+        None => {}
+        Some(Some(comment)) if comment == marker(&job.name) => {}
         Some(_) => {
             return Err(Error::refused(format!(
                 "job {}: database {scratch} exists on the server of [databases.{}] and is not a \
@@ -154,7 +164,8 @@ pub async fn plan(
                  name not in use, or drop that database if it is a leftover",
             ));
         }
-    };
+    }
+    let leftovers = pg::databases_with_comment(&admin, &marker(&job.name)).await?;
     Ok(RestoreTestPlan {
         job: job.name.clone(),
         backup_job: backup_job.name.clone(),
@@ -164,7 +175,7 @@ pub async fn plan(
         storage,
         target: spec.target.name.clone(),
         scratch_database: scratch,
-        leftover,
+        leftovers,
         checks: spec.checks.clone(),
         keep_on_failure: spec.keep_on_failure,
     })
@@ -273,9 +284,9 @@ pub async fn execute(
     let admin = pg::connect(target, Some("postgres")).await?;
     let pg_restore = restore::pg_restore_for(&admin, target, &plan.backup).await?;
     let mut warnings = Vec::new();
-    if plan.leftover {
-        tracing::info!("dropping scratch database {scratch}, left by an earlier run");
-        pg::drop_database(&admin, scratch).await?;
+    for leftover in &plan.leftovers {
+        tracing::info!("dropping scratch database {leftover}, left by an earlier run");
+        pg::drop_database(&admin, leftover).await?;
     }
     let started = Instant::now();
     pg::create_database(&admin, scratch).await?;

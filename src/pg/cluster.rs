@@ -197,13 +197,16 @@ impl Throwaway {
                 ],
             )?;
             if out.status.success() {
-                cluster.port = port;
                 cluster.running = true;
+                cluster.port = port;
                 cluster.database.url =
                     format!("postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres");
                 return Ok(cluster);
             }
             last_error = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Err(e) = cluster.stop("immediate") {
+                tracing::warn!("{e}");
+            }
         }
         Err(Error::tool(format!(
             "the throwaway cluster did not start: {}",
@@ -252,7 +255,10 @@ impl Throwaway {
     }
 
     fn stop(&mut self, mode: &str) -> Result<()> {
-        if !self.running {
+        // The pid file says whether a server may run, whatever pg_ctl said
+        // before: a start that timed out can leave one coming up.
+        if !self.data_dir().join("postmaster.pid").exists() {
+            self.running = false;
             return Ok(());
         }
         let data = self.data_dir();

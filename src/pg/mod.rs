@@ -570,7 +570,12 @@ pub async fn database_exists(conn: &Connection, name: &str) -> Result<bool> {
 
 pub async fn create_database(conn: &Connection, name: &str) -> Result<()> {
     conn.client
-        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+        // template0: whatever an operator added to template1 must not end up
+        // in a restore, nor fail it.
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0",
+            quote_ident(name)
+        ))
         .await
         .map_err(|e| {
             query_error(&format!("creating database {name}"), e)
@@ -987,6 +992,20 @@ pub async fn drop_database(admin: &Connection, name: &str) -> Result<()> {
         ))
         .await
         .map_err(|e| query_error(&format!("dropping database {name}"), e))
+}
+
+/// The databases whose comment is exactly `comment`.
+pub async fn databases_with_comment(admin: &Connection, comment: &str) -> Result<Vec<String>> {
+    let rows = admin
+        .client
+        .query(
+            "SELECT datname::text FROM pg_database \
+             WHERE shobj_description(oid, 'pg_database') = $1 ORDER BY 1",
+            &[&comment],
+        )
+        .await
+        .map_err(|e| query_error("looking for scratch databases", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// The comment on database `name`, when it exists: `Some(None)` for none.

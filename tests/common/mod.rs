@@ -608,9 +608,9 @@ fn backup_command(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command
         .arg("--config")
         .arg(config)
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("BACKUP_CONFIG")
         .env_remove("PGPASSWORD")
+        .envs(env.iter().copied())
         .stdin(Stdio::null());
     command
 }
