@@ -519,3 +519,52 @@ checks = [{ name = "no users at all", sql = "SELECT count(*) FROM app.users", eq
     );
     assert_eq!(drill_servers(), "");
 }
+
+#[test]
+fn an_interrupted_drill_still_stops_its_cluster_and_removes_its_files() {
+    let setup = setup_with("");
+    let (fresh, config, tmp) = fresh_host(&setup);
+    // While the cluster is being made (the hardest moment), then once it runs.
+    for wait_for_server in [false, true] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backup"))
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "drill",
+                "--job",
+                "nightly",
+            ])
+            .current_dir(fresh.path())
+            .env("TMPDIR", &tmp)
+            .env_remove("BACKUP_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let ready = || {
+            if wait_for_server {
+                !drill_servers().is_empty()
+            } else {
+                !leftovers(&tmp).is_empty()
+            }
+        };
+        while !ready() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            leftovers(&tmp).is_empty(),
+            "temp files left: {:?}",
+            leftovers(&tmp)
+        );
+        assert_eq!(drill_servers(), "");
+    }
+}
