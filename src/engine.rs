@@ -181,6 +181,15 @@ async fn open_all(specs: &[Arc<StorageSpec>]) -> Result<Vec<Arc<dyn Storage>>> {
     Ok(storages)
 }
 
+/// The storage a plan chose, among those opened again to carry it out.
+fn named(storages: &[Arc<dyn Storage>], name: &str) -> Result<Arc<dyn Storage>> {
+    storages
+        .iter()
+        .find(|s| s.name() == name)
+        .cloned()
+        .ok_or_else(|| Error::internal(format!("storage {name} vanished")))
+}
+
 /// Runs `work`, failing it as timed out if it is not done within `limit`.
 async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>>) -> Result<T> {
     match limit {
@@ -826,10 +835,7 @@ impl Engine {
     ) -> Result<RestoreTestOutcome> {
         let (backup_job, _) = self.config.backup_job(&spec.backup_job)?;
         let plan = restore_test::plan(job, backup_job, spec, storages, self.clock.now()).await?;
-        let storage = storages
-            .iter()
-            .find(|s| s.name() == plan.storage)
-            .ok_or_else(|| Error::internal(format!("storage {} vanished", plan.storage)))?;
+        let storage = &named(storages, &plan.storage)?;
         restore_test::execute(&plan, &spec.target, storage, self.progress.clone()).await
     }
 
@@ -1077,11 +1083,7 @@ impl Engine {
     ) -> Result<drill::DrillOutcome> {
         let (job, spec) = self.config.backup_job(&plan.job)?;
         let storages = self.storages_of(spec).await?;
-        let storage = storages
-            .iter()
-            .find(|s| s.name() == plan.storage)
-            .cloned()
-            .ok_or_else(|| Error::internal(format!("storage {} vanished", plan.storage)))?;
+        let storage = named(&storages, &plan.storage)?;
         let started_at = self.clock.now();
         let outcome =
             drill::execute(plan, &storage, self.progress.clone(), started_at, cancel).await;
@@ -1108,11 +1110,7 @@ impl Engine {
     pub async fn restore(&self, plan: &RestorePlan) -> Result<RestoreOutcome> {
         let (job, spec) = self.config.backup_job(&plan.job)?;
         let storages = self.storages_of(spec).await?;
-        let storage = storages
-            .iter()
-            .find(|s| s.name() == plan.storage)
-            .cloned()
-            .ok_or_else(|| Error::internal(format!("storage {} vanished", plan.storage)))?;
+        let storage = named(&storages, &plan.storage)?;
         let started_at = self.clock.now();
         let outcome = restore::execute(plan, &spec.database, &storage, self.progress.clone()).await;
         let mut details = json!({

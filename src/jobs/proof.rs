@@ -64,12 +64,13 @@ impl Proof {
         ))
     }
 
-    /// The record's copy: at most `limit` tables, mismatches first.
-    pub fn trimmed(&self, limit: usize) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
+    /// A record's copy of `outcome`, which flattens a proof: at most
+    /// [`TABLES_RECORDED`] tables, mismatches first, and their total.
+    pub fn record_of(outcome: &impl Serialize) -> serde_json::Value {
+        let mut value = serde_json::to_value(outcome).unwrap_or_default();
         if let Some(list) = value["tables"].as_array_mut() {
             let total = list.len();
-            list.truncate(limit);
+            list.truncate(TABLES_RECORDED);
             value["tables_total"] = total.into();
         }
         value

@@ -233,11 +233,7 @@ impl RestoreTestOutcome {
 
     /// The record's copy: every check, and the tables up to a bound.
     pub fn details(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        let trimmed = self.proof.trimmed(proof::TABLES_RECORDED);
-        value["tables"] = trimmed["tables"].clone();
-        value["tables_total"] = trimmed["tables_total"].clone();
-        value
+        Proof::record_of(self)
     }
 }
 
