@@ -526,7 +526,7 @@ fn an_interrupted_drill_still_stops_its_cluster_and_removes_its_files() {
     let (fresh, config, tmp) = fresh_host(&setup);
     // While the cluster is being made (the hardest moment), then once it runs.
     for wait_for_server in [false, true] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backup"))
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_backup"))
             .args([
                 "--config",
                 config.to_str().unwrap(),
