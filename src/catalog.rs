@@ -117,16 +117,21 @@ pub fn backup_prefix(job: &str, id: &BackupId) -> Result<Key> {
     job_prefix(job)?.join(id.as_str())
 }
 
-/// The name of an object of `role` stored with `compression`.
-pub fn object_name(role: Role, compression: Compression) -> String {
-    let base = match role {
+/// The name of an object of `role` stored with `compression`, and `.age`
+/// when encrypted.
+pub fn object_name(role: Role, compression: Compression, encrypted: bool) -> String {
+    let mut name = match role {
         Role::Data => "data.dump",
         Role::Globals => "globals.sql",
-    };
-    match compression.extension() {
-        Some(ext) => format!("{base}.{ext}"),
-        None => base.to_owned(),
     }
+    .to_owned();
+    if let Some(ext) = compression.extension() {
+        name = format!("{name}.{ext}");
+    }
+    if encrypted {
+        name = format!("{name}.{}", crate::archive::crypt::EXTENSION);
+    }
+    name
 }
 
 /// Backups of a job found in one storage, newest first, and what could not be read.
@@ -341,14 +346,21 @@ mod tests {
     #[test]
     fn object_names_carry_the_compression() {
         assert_eq!(
-            object_name(Role::Data, Compression::Zstd(3)),
+            object_name(Role::Data, Compression::Zstd(3), false),
             "data.dump.zst"
         );
         assert_eq!(
-            object_name(Role::Globals, Compression::Gzip(6)),
+            object_name(Role::Globals, Compression::Gzip(6), false),
             "globals.sql.gz"
         );
-        assert_eq!(object_name(Role::Data, Compression::None), "data.dump");
+        assert_eq!(
+            object_name(Role::Data, Compression::None, false),
+            "data.dump"
+        );
+        assert_eq!(
+            object_name(Role::Data, Compression::Zstd(3), true),
+            "data.dump.zst.age"
+        );
     }
 
     #[test]

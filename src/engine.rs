@@ -823,7 +823,7 @@ impl Engine {
             )));
         };
         let storages = open_all(&spec.storages).await?;
-        let (backup_job, _) = self.config.backup_job(&spec.backup_job)?;
+        let backup_job = self.config.backup_job(&spec.backup_job)?;
         restore_test::plan(job, backup_job, spec, &storages, self.clock.now()).await
     }
 
@@ -833,7 +833,7 @@ impl Engine {
         spec: &crate::model::RestoreTestJob,
         storages: &[Arc<dyn Storage>],
     ) -> Result<RestoreTestOutcome> {
-        let (backup_job, _) = self.config.backup_job(&spec.backup_job)?;
+        let backup_job = self.config.backup_job(&spec.backup_job)?;
         let plan = restore_test::plan(job, backup_job, spec, storages, self.clock.now()).await?;
         let storage = &named(storages, &plan.storage)?;
         restore_test::execute(&plan, &spec.target, storage, self.progress.clone()).await
@@ -940,7 +940,14 @@ impl Engine {
                     storage.name()
                 );
                 checks.push(
-                    verify::verify_backup(storage, manifest, &pg_restore, &self.progress).await,
+                    verify::verify_backup(
+                        storage,
+                        manifest,
+                        &pg_restore,
+                        spec.identity_file(),
+                        &self.progress,
+                    )
+                    .await,
                 );
             }
         }
@@ -1009,6 +1016,12 @@ impl Engine {
         let (bjob, spec) = self.config.backup_job(&backup_job)?;
         let storages = self.storages_of(spec).await?;
         let (backup, storage) = restore::choose(bjob, &storages, None, selector).await?;
+        let crypt = match storages.iter().find(|s| s.name() == storage) {
+            Some(s) => {
+                crate::archive::crypt::opener(s.as_ref(), &backup, spec.identity_file()).await?
+            }
+            None => return Err(Error::internal(format!("storage {storage} vanished"))),
+        };
         let storage_location = spec
             .storages
             .iter()
@@ -1072,6 +1085,7 @@ impl Engine {
             dbname,
             checks,
             checks_from,
+            crypt,
         })
     }
 
@@ -1102,7 +1116,7 @@ impl Engine {
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {
         let (job, spec) = self.config.backup_job(job)?;
         let storages = self.storages_of(spec).await?;
-        restore::plan(job, &spec.database, &storages, request).await
+        restore::plan(job, spec, &spec.database, &storages, request).await
     }
 
     /// Carries out a restore plan and stores a run record of it: the evidence of

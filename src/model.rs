@@ -458,6 +458,23 @@ pub struct BackupJob {
     pub retention: Option<crate::retention::Policy>,
     /// Backups without a manifest older than this are removed by prune.
     pub incomplete_after: std::time::Duration,
+    /// `encryption = { ... }`: objects are encrypted before they leave.
+    pub encryption: Option<EncryptionSpec>,
+}
+
+impl BackupJob {
+    /// The job's `identity_file`, for reading its encrypted backups.
+    pub fn identity_file(&self) -> Option<&std::path::Path> {
+        self.encryption.as_ref()?.identity_file.as_deref()
+    }
+}
+
+/// `encryption = { recipients = ["age1..."] | recipients_file, identity_file }`.
+#[derive(Debug, Clone)]
+pub struct EncryptionSpec {
+    pub recipients: Arc<crate::archive::crypt::Recipients>,
+    /// Where restores find the secret key, unless `BACKUP_AGE_IDENTITY` says.
+    pub identity_file: Option<std::path::PathBuf>,
 }
 
 /// `type = "maintenance"`: VACUUM, ANALYZE and REINDEX where statistics say

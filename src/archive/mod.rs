@@ -1,7 +1,7 @@
 //! The archive pipeline: the stack of filters every stored object passes through.
 //!
 //! Writing (the order of pgBackRest's filter groups):
-//! `source → SHA-256 + size of raw bytes → compress → SHA-256 + size of stored bytes → writers`.
+//! `source → SHA-256 + size of raw bytes → compress → [encrypt] → SHA-256 + size of stored bytes → writers`.
 //! Reading is the mirror image, and [`unpack`] fails on a mismatch of either
 //! digest, naming the object, the expected and the actual value.
 //!
@@ -10,6 +10,7 @@
 //! writing run on separate threads so `pg_dump` never waits on compression.
 
 mod codec;
+pub mod crypt;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub struct Delivery {
 pub async fn store<R, F>(
     source: R,
     compression: Compression,
+    crypt: crypt::Crypt,
     destinations: Vec<Destination>,
     label: &str,
     on_bytes: OnBytes,
@@ -87,7 +89,7 @@ where
     // Stage 2: hash, compress, hash.
     let compressor = std::thread::Builder::new()
         .name("archive-compress".into())
-        .spawn(move || compress_chunks(raw_rx, compression, stored_tx, on_bytes))
+        .spawn(move || compress_chunks(raw_rx, compression, &crypt, stored_tx, on_bytes))
         .map_err(|e| Error::internal(format!("cannot start a compression thread: {e}")))?;
 
     // Stage 3: every destination gets every stored chunk.
@@ -217,12 +219,17 @@ fn read_chunks<R: Read>(
 fn compress_chunks(
     rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     compression: Compression,
+    crypt: &crypt::Crypt,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     on_bytes: OnBytes,
 ) -> Result<ObjectDigest> {
     let mut raw = Hashed::default();
     let mut stored = Hashed::default();
     let mut encoder = Encoder::new(compression).map_err(|e| Error::internal(e.to_string()))?;
+    let mut sealer = match crypt {
+        crypt::Crypt::Seal(recipients) => Some(crypt::Sealer::new(recipients)?),
+        _ => None,
+    };
     let send = |bytes: Vec<u8>, stored: &mut Hashed| -> bool {
         if bytes.is_empty() {
             return true;
@@ -237,13 +244,21 @@ fn compress_chunks(
         encoder
             .write_all(&chunk)
             .map_err(|e| Error::internal(e.to_string()))?;
-        if !send(encoder.take_output(), &mut stored) {
+        let mut out = encoder.take_output();
+        if let Some(s) = sealer.as_mut() {
+            out = s.seal(&out)?;
+        }
+        if !send(out, &mut stored) {
             return Err(Error::storage("every storage failed"));
         }
     }
-    let tail = encoder
+    let mut tail = encoder
         .finish()
         .map_err(|e| Error::internal(e.to_string()))?;
+    if let Some(mut s) = sealer {
+        tail = s.seal(&tail)?;
+        tail.extend(s.finish()?);
+    }
     if !send(tail, &mut stored) {
         return Err(Error::storage("every storage failed"));
     }
@@ -264,6 +279,7 @@ fn compress_chunks(
 pub fn unpack(
     source: impl Read,
     compression: Compression,
+    crypt: &crypt::Crypt,
     expected: &ObjectDigest,
     sink: &mut dyn Write,
     label: &str,
@@ -277,7 +293,14 @@ pub fn unpack(
     let mut decode_error = None;
     let mut sink_error = None;
     let raw = {
-        let decoder = Decoder::new(compression, &mut stored)
+        let opened: Box<dyn Read + '_> = match crypt {
+            crypt::Crypt::Open(identities) => Box::new(
+                crypt::open(&mut stored, identities).map_err(|e| e.context(label.to_owned()))?,
+            ),
+            crypt::Crypt::Seal(_) => return Err(Error::internal("unpack given recipients")),
+            crypt::Crypt::None => Box::new(&mut stored),
+        };
+        let decoder = Decoder::new(compression, opened)
             .map_err(|e| Error::internal(format!("{label}: {e}")))?;
         let mut raw = HashingReader {
             inner: decoder,
@@ -426,6 +449,7 @@ mod tests {
         let (digest, deliveries) = store(
             std::io::Cursor::new(data),
             c,
+            crypt::Crypt::None,
             dest,
             "test object",
             Arc::new(|_| {}),
@@ -457,9 +481,62 @@ mod tests {
                     assert!(digest.stored_size < digest.raw_size, "{c}");
                 }
                 let mut out = Vec::new();
-                unpack(&stored[..], c, &digest, &mut out, "obj", &|_| {}).unwrap();
+                unpack(
+                    &stored[..],
+                    c,
+                    &crypt::Crypt::None,
+                    &digest,
+                    &mut out,
+                    "obj",
+                    &|_| {},
+                )
+                .unwrap();
                 assert_eq!(out, data, "{c}");
             }
+        });
+    }
+
+    #[test]
+    fn encrypted_objects_hash_the_ciphertext_and_open_only_with_the_key() {
+        runtime().block_on(async {
+            let key = age::x25519::Identity::generate();
+            let public = key.to_public().to_string();
+            let recipients = crypt::Recipients::parse([public.as_str()]).unwrap();
+            let data = [b"MARKER-7f3a ".repeat(50_000), sample()].concat();
+            let storage = MemoryStorage::new("mem");
+            let k = Key::new("j/i/data").unwrap();
+            let writer = storage.writer(&k).await.unwrap();
+            let (digest, _) = store(
+                std::io::Cursor::new(data.clone()),
+                Compression::None,
+                crypt::Crypt::Seal(Arc::new(recipients)),
+                vec![Destination {
+                    storage: "mem".into(),
+                    writer,
+                }],
+                "secret object",
+                Arc::new(|_| {}),
+                async { Ok(()) },
+            )
+            .await
+            .unwrap();
+            let stored = storage.get(&k).unwrap();
+            assert!(!stored.windows(11).any(|w| w == b"MARKER-7f3a"));
+            assert_eq!(digest.stored_sha256, sha256_hex(&stored));
+            assert_eq!(digest.raw_sha256, sha256_hex(&data));
+            let mut out = Vec::new();
+            let ids = crypt::Identities::load_from_text_for_tests(&key);
+            unpack(
+                &stored[..],
+                Compression::None,
+                &crypt::Crypt::Open(Arc::new(ids)),
+                &digest,
+                &mut out,
+                "obj",
+                &|_| {},
+            )
+            .unwrap();
+            assert_eq!(out, data);
         });
     }
 
@@ -480,6 +557,7 @@ mod tests {
                 let err = unpack(
                     &stored[..],
                     c,
+                    &crypt::Crypt::None,
                     &digest,
                     &mut Vec::new(),
                     "j/i/data",
@@ -519,6 +597,7 @@ mod tests {
             let err = store(
                 Failing(20),
                 Compression::Zstd(3),
+                crypt::Crypt::None,
                 dest,
                 "data",
                 Arc::new(|_| {}),
@@ -546,6 +625,7 @@ mod tests {
             let err = store(
                 source,
                 Compression::Zstd(3),
+                crypt::Crypt::None,
                 dest,
                 "data",
                 Arc::new(|_| {}),

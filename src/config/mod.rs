@@ -22,8 +22,8 @@ mod storage;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    BackupJob, CatchUp, Compression, Config, Database, Job, JobKind, Notifier, NotifierKind,
-    Origin, Overlap, PruneJob, RunPolicy, Secret, StorageSpec,
+    BackupJob, CatchUp, Compression, Config, Database, EncryptionSpec, Job, JobKind, Notifier,
+    NotifierKind, Origin, Overlap, PruneJob, RunPolicy, Secret, StorageSpec,
 };
 use crate::schedule::Schedule;
 use storage::{RawStorage, validate_storage};
@@ -105,12 +105,21 @@ struct RawJob {
     reindex_concurrently: Option<Spanned<bool>>,
     retention: Option<Spanned<RawRetention>>,
     incomplete_after: Option<Spanned<String>>,
+    encryption: Option<Spanned<RawEncryption>>,
     backup_job: Option<Spanned<String>>,
     at: Option<Spanned<String>>,
     target: Option<Spanned<String>>,
     scratch_database: Option<Spanned<String>>,
     checks: Option<Vec<restore_test::RawCheck>>,
     keep_on_failure: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncryption {
+    recipients: Option<Vec<String>>,
+    recipients_file: Option<PathBuf>,
+    identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +161,7 @@ impl RawJob {
             at("reindex_concurrently", &self.reindex_concurrently),
             at("retention", &self.retention),
             at("incomplete_after", &self.incomplete_after),
+            at("encryption", &self.encryption),
             at("backup_job", &self.backup_job),
             at("at", &self.at),
             at("target", &self.target),
@@ -173,6 +183,7 @@ const BACKUP_KEYS: &[&str] = &[
     "compression_level",
     "retention",
     "incomplete_after",
+    "encryption",
 ];
 
 /// One parsed file, kept with its text so spans turn into line numbers.
@@ -881,12 +892,77 @@ fn validate_backup_job(
         Some(raw) => duration_of(source, &format!("jobs.{name}"), "incomplete_after", raw)?,
         None => Duration::from_secs(24 * 3600),
     };
+    let encryption = match &job.encryption {
+        Some(raw) => Some(validate_encryption(source, name, raw)?),
+        None => None,
+    };
     Ok(BackupJob {
         database,
         storages,
         compression,
         retention,
         incomplete_after,
+        encryption,
+    })
+}
+
+/// `encryption = { ... }`: recipients that parse, from the file or the list,
+/// never both, and an identity file only others cannot read.
+fn validate_encryption(
+    source: &Source,
+    name: &str,
+    raw: &Spanned<RawEncryption>,
+) -> Result<EncryptionSpec> {
+    use crate::archive::crypt::Recipients;
+    let enc = raw.get_ref();
+    let section = format!("[jobs.{name}] encryption");
+    let recipients = match (&enc.recipients, &enc.recipients_file) {
+        (Some(keys), None) => Recipients::parse(keys.iter().map(String::as_str))
+            .map_err(|e| source.error(raw, format!("{section}: recipients: {e}")))?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                source.error(
+                    raw,
+                    format!("{section}: recipients_file {}: {e}", path.display()),
+                )
+            })?;
+            Recipients::parse_file(&text).map_err(|e| {
+                source.error(
+                    raw,
+                    format!("{section}: recipients_file {}: {e}", path.display()),
+                )
+            })?
+        }
+        (Some(_), Some(_)) => {
+            return Err(source.error(
+                raw,
+                format!("{section}: give `recipients` or `recipients_file`, not both"),
+            ));
+        }
+        (None, None) => {
+            return Err(source
+                .error(
+                    raw,
+                    format!("{section} needs `recipients` or `recipients_file`"),
+                )
+                .with_hint("recipients = [\"age1...\"]: the public keys of `age-keygen`"));
+        }
+    };
+    if let Some(path) = &enc.identity_file
+        && path.exists()
+    {
+        crate::archive::crypt::refuse_shared_secret(path).map_err(|e| {
+            Error::config(format!(
+                "{}: {section}: {}",
+                source.origin(raw),
+                e.message()
+            ))
+            .with_hint(format!("chmod 600 {}", path.display()))
+        })?;
+    }
+    Ok(EncryptionSpec {
+        recipients: Arc::new(recipients),
+        identity_file: enc.identity_file.clone(),
     })
 }
 
@@ -1205,6 +1281,43 @@ compression = "gzip"
         ] {
             let e = error_of(&with(policy));
             assert!(e.contains(expected), "{policy}: {e}");
+        }
+    }
+
+    #[test]
+    fn encryption_takes_recipients_and_refuses_mistakes() {
+        use std::os::unix::fs::PermissionsExt;
+        let public = age::x25519::Identity::generate().to_public().to_string();
+        let with =
+            |enc: &str| GOOD.replace("compression = \"gzip\"", &format!("encryption = {enc}"));
+        let config = check(&with(&format!("{{ recipients = [\"{public}\"] }}"))).unwrap();
+        let (_, job) = config.backup_job("nightly").unwrap();
+        assert!(job.encryption.is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("key.txt");
+        std::fs::write(&shared, "AGE-SECRET-KEY-1\n").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for (enc, expected) in [
+            (
+                "{ recipients = [\"age1nope\"] }".to_owned(),
+                "'age1nope' is not an age X25519 recipient",
+            ),
+            ("{}".to_owned(), "needs `recipients` or `recipients_file`"),
+            (
+                format!("{{ recipients = [\"{public}\"], recipients_file = \"/x\" }}"),
+                "not both",
+            ),
+            (
+                format!(
+                    "{{ recipients = [\"{public}\"], identity_file = \"{}\" }}",
+                    shared.display()
+                ),
+                "others may read it",
+            ),
+            ("{ recipient = [] }".to_owned(), "unknown key `recipient`"),
+        ] {
+            let e = error_of(&with(&enc));
+            assert!(e.contains(expected), "{enc}: {e}");
         }
     }
 

@@ -64,7 +64,7 @@ pub async fn run(
     );
 
     let snapshot = pg::export_snapshot(&conn).await?;
-    let data_name = catalog::object_name(Role::Data, spec.compression);
+    let data_name = catalog::object_name(Role::Data, spec.compression, spec.encryption.is_some());
     let mut child = pg::spawn(
         &pg_dump,
         command::pg_dump_args(&db.url, &snapshot.id),
@@ -99,6 +99,7 @@ pub async fn run(
         archive::store(
             stdout,
             spec.compression,
+            seal(spec),
             destinations,
             &label,
             on_bytes,
@@ -140,7 +141,10 @@ pub async fn run(
         started_at,
         finished_at: clock.now(),
         compression: spec.compression.name().to_owned(),
-        encryption: None,
+        encryption: spec
+            .encryption
+            .as_ref()
+            .map(|_| archive::crypt::AGE.to_owned()),
         objects,
         tables,
         extensions,
@@ -268,7 +272,7 @@ async fn dump_globals(
 ) -> Result<Option<(ManifestObject, Vec<Delivery>)>> {
     let db = &spec.database;
     let pg_dumpall = pg::tool_path(db, "pg_dumpall", server.major);
-    let name = catalog::object_name(Role::Globals, spec.compression);
+    let name = catalog::object_name(Role::Globals, spec.compression, spec.encryption.is_some());
     let key = prefix.join(&name)?;
     let mut first_error = None;
     for without_passwords in [false, true] {
@@ -291,6 +295,7 @@ async fn dump_globals(
             archive::store(
                 stdout,
                 spec.compression,
+                seal(spec),
                 destinations,
                 &format!("{prefix}/{name}"),
                 Arc::new(|_| {}),
@@ -325,4 +330,12 @@ async fn dump_globals(
         }
     }
     Ok(None)
+}
+
+/// The encryption stage of the job's objects.
+fn seal(spec: &BackupJob) -> archive::crypt::Crypt {
+    match &spec.encryption {
+        Some(e) => archive::crypt::Crypt::Seal(e.recipients.clone()),
+        None => archive::crypt::Crypt::None,
+    }
 }

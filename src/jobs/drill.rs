@@ -53,6 +53,8 @@ pub struct DrillPlan {
     pub checks: Vec<Check>,
     /// The restore-test jobs whose checks these are.
     pub checks_from: Vec<String>,
+    /// How the backup's objects open.
+    pub crypt: crate::archive::crypt::Crypt,
 }
 
 impl DrillPlan {
@@ -380,6 +382,7 @@ async fn run_steps(
             no_acl: !plan.has_globals(),
             clean: false,
         },
+        crypt: plan.crypt.clone(),
     };
     step(
         steps,
@@ -429,9 +432,18 @@ async fn apply_globals(
             bytes_human(digest.raw_size)
         )));
     }
+    let crypt = plan.crypt.clone();
     let sql = tokio::task::spawn_blocking(move || {
         let mut raw = Vec::new();
-        crate::archive::unpack(source, compression, &digest, &mut raw, &label, &|_| {})?;
+        crate::archive::unpack(
+            source,
+            compression,
+            &crypt,
+            &digest,
+            &mut raw,
+            &label,
+            &|_| {},
+        )?;
         Ok::<_, Error>(String::from_utf8_lossy(&raw).into_owned())
     })
     .await

@@ -16,11 +16,12 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::archive;
+use crate::archive::crypt::{self, Crypt};
 use crate::catalog::{self, Manifest, Role, Selector};
 use crate::error::Kind;
 use crate::error::{Error, Result};
 use crate::jobs::proof;
-use crate::model::{Database, Job};
+use crate::model::{BackupJob, Database, Job};
 use crate::pg::{self, command::RestoreFlags};
 use crate::report::Progress;
 use crate::storage::Storage;
@@ -49,6 +50,8 @@ pub struct RestorePlan {
     /// `None`: the target does not exist and will be created.
     pub target: Option<TargetState>,
     pub flags: RestoreFlags,
+    /// How the backup's objects open (encrypted ones: checked identities).
+    pub crypt: Crypt,
 }
 
 #[derive(Debug, Clone)]
@@ -136,12 +139,21 @@ impl fmt::Display for RestorePlan {
 /// Decides what a restore will do, refusing what it must not do.
 pub async fn plan(
     job: &Job,
+    spec: &BackupJob,
     target: &Database,
     storages: &[Arc<dyn Storage>],
     request: &RestoreRequest,
 ) -> Result<RestorePlan> {
     let (backup, storage) =
         choose(job, storages, request.storage.as_deref(), &request.selector).await?;
+    // Before the target is even looked at: a key that cannot open the
+    // backup ends the restore here.
+    let crypt = crypt::opener(
+        named(storages, &storage)?.as_ref(),
+        &backup,
+        spec.identity_file(),
+    )
+    .await?;
     let admin = pg::connect(target, Some("postgres")).await?;
     let target = if pg::database_exists(&admin, &request.target_db).await? {
         let conn = pg::connect(target, Some(&request.target_db)).await?;
@@ -163,6 +175,7 @@ pub async fn plan(
         },
         target,
         flags: request.flags,
+        crypt,
     };
     if plan.overwrites() && !plan.flags.clean {
         let what = plan
@@ -371,6 +384,7 @@ pub async fn load(
     let stream = Stream {
         source: tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?),
         compression: plan.backup.compression()?,
+        crypt: plan.crypt.clone(),
         digest: object.digest.clone(),
         label: format!("{key} in storage {}", storage.name()),
     };
@@ -392,6 +406,7 @@ pub async fn load(
 struct Stream {
     source: tokio_util::io::SyncIoBridge<crate::storage::ObjectReader>,
     compression: crate::model::Compression,
+    crypt: Crypt,
     digest: archive::ObjectDigest,
     label: String,
 }
@@ -403,6 +418,7 @@ impl Stream {
         archive::unpack(
             self.source,
             self.compression,
+            &self.crypt,
             &self.digest,
             sink,
             &self.label,
@@ -482,4 +498,12 @@ async fn restore_spooled(
     // Removed only now that pg_restore is done with it.
     drop(spool);
     result
+}
+
+/// The storage named `name` among `storages`.
+fn named<'a>(storages: &'a [Arc<dyn Storage>], name: &str) -> Result<&'a Arc<dyn Storage>> {
+    storages
+        .iter()
+        .find(|s| s.name() == name)
+        .ok_or_else(|| Error::internal(format!("storage {name} vanished")))
 }

@@ -44,6 +44,8 @@ pub struct RestoreTestPlan {
     pub leftovers: Vec<String>,
     pub checks: Vec<Check>,
     pub keep_on_failure: bool,
+    #[serde(skip)]
+    pub crypt: crate::archive::crypt::Crypt,
 }
 
 fn id_of<S: serde::Serializer>(m: &Manifest, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -138,13 +140,21 @@ pub fn selector(at: TestedBackup, now: Timestamp) -> Selector {
 
 pub async fn plan(
     job: &Job,
-    backup_job: &Job,
+    (backup_job, backup_spec): (&Job, &crate::model::BackupJob),
     spec: &RestoreTestJob,
     storages: &[Arc<dyn Storage>],
     now: Timestamp,
 ) -> Result<RestoreTestPlan> {
     let (backup, storage) =
         restore::choose(backup_job, storages, None, &selector(spec.at, now)).await?;
+    let reader = storages
+        .iter()
+        .find(|s| s.name() == storage)
+        .ok_or_else(|| Error::internal(format!("storage {storage} vanished")))?;
+    // A key that cannot open the backup fails the test before anything is made.
+    let crypt =
+        crate::archive::crypt::opener(reader.as_ref(), &backup, backup_spec.identity_file())
+            .await?;
     let scratch = spec
         .scratch_database
         .clone()
@@ -178,6 +188,7 @@ pub async fn plan(
         leftovers,
         checks: spec.checks.clone(),
         keep_on_failure: spec.keep_on_failure,
+        crypt,
     })
 }
 
@@ -311,6 +322,7 @@ pub async fn execute(
             jobs: 1,
             ..RestoreFlags::default()
         },
+        crypt: plan.crypt.clone(),
     };
     tracing::info!(
         "restoring backup {} into scratch database {scratch}",

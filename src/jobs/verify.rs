@@ -100,11 +100,27 @@ pub async fn verify_backup(
     storage: &Arc<dyn Storage>,
     manifest: &Manifest,
     pg_restore: &Path,
+    identity_file: Option<&Path>,
     progress: &Arc<dyn Progress>,
 ) -> BackupCheck {
     let mut objects = Vec::new();
+    // An encrypted backup needs its key to be read back at all.
+    let crypt = crate::archive::crypt::opener(storage.as_ref(), manifest, identity_file).await;
     for object in &manifest.objects {
-        let result = verify_object(storage, manifest, object, pg_restore, progress.clone()).await;
+        let result = match &crypt {
+            Ok(crypt) => {
+                verify_object(
+                    storage,
+                    manifest,
+                    object,
+                    crypt,
+                    pg_restore,
+                    progress.clone(),
+                )
+                .await
+            }
+            Err(e) => Err(Error::new(e.kind(), e.message())),
+        };
         let (archive_entries, error) = match result {
             Ok(entries) => (entries, None),
             Err(e) => (None, Some(e.message().to_owned())),
@@ -129,9 +145,11 @@ async fn verify_object(
     storage: &Arc<dyn Storage>,
     manifest: &Manifest,
     object: &ManifestObject,
+    crypt: &crate::archive::crypt::Crypt,
     pg_restore: &Path,
     progress: Arc<dyn Progress>,
 ) -> Result<Option<usize>> {
+    let crypt = crypt.clone();
     let key = catalog::backup_prefix(&manifest.job, &manifest.id)?.join(&object.key)?;
     let source = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
     let compression = manifest.compression()?;
@@ -146,10 +164,13 @@ async fn verify_object(
         let on_bytes = |n| progress.advance(n);
         let mut lister = lister;
         let unpacked = match &mut lister {
-            Some(l) => crate::archive::unpack(source, compression, &digest, l, &label, &on_bytes),
+            Some(l) => {
+                crate::archive::unpack(source, compression, &crypt, &digest, l, &label, &on_bytes)
+            }
             None => crate::archive::unpack(
                 source,
                 compression,
+                &crypt,
                 &digest,
                 &mut std::io::sink(),
                 &label,

@@ -162,6 +162,26 @@ pub async fn bucket_keys(bucket: &str) -> Vec<String> {
     }
 }
 
+/// The bytes of one object in a bucket of the test S3 server.
+pub async fn s3_object(bucket: &str, key: &str) -> Vec<u8> {
+    let spec = s3_spec_at(&s3_endpoint(), bucket, 5 << 20);
+    let client = s3_client(&spec).await;
+    let object = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("get object");
+    object
+        .body
+        .collect()
+        .await
+        .expect("read object")
+        .into_bytes()
+        .to_vec()
+}
+
 /// Runs a future to completion from a synchronous test.
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,226 @@
+//! Client-side encryption with age, end to end: what reaches storage does not
+//! hold the data in clear, a restore with the key is identical, and one
+//! without it, or with another key, fails before the target is created.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::servers::{self, block_on};
+use common::{Cluster, Setup};
+
+const MARKER: &str = "MARKER-c1ear-9f2e";
+
+struct Keys {
+    public: String,
+    secret: String,
+}
+
+fn keys() -> Keys {
+    let key = age::x25519::Identity::generate();
+    Keys {
+        public: key.to_public().to_string(),
+        secret: age::secrecy::ExposeSecret::expose_secret(&key.to_string()).to_owned(),
+    }
+}
+
+fn encrypted_job(public: &str) -> String {
+    format!("compression = \"none\"\nencryption = {{ recipients = [\"{public}\"] }}\n")
+}
+
+fn plant_marker(cluster: &Cluster) {
+    cluster.psql(
+        "app",
+        &format!("INSERT INTO \"Audit Log\".\"Entries\" VALUES ('{MARKER}', now())"),
+    );
+}
+
+fn databases(cluster: &Cluster) -> String {
+    cluster.psql(
+        "postgres",
+        "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database",
+    )
+}
+
+#[test]
+fn an_encrypted_backup_hides_the_data_and_restores_only_with_its_key() {
+    let k = keys();
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    plant_marker(&cluster);
+    let setup = Setup::with_cluster(cluster, "", &encrypted_job(&k.public));
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    let dir = setup.backups.join("nightly").join(&id);
+    for name in ["data.dump.age", "globals.sql.age"] {
+        let stored = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(stored.starts_with(b"age-encryption.org/v1"), "{name}");
+        assert!(
+            !stored.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+            "{name} holds the marker in clear"
+        );
+    }
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"encryption\": \"age\""), "{manifest}");
+    assert!(!manifest.contains(&k.secret) && !manifest.contains("AGE-SECRET-KEY"));
+
+    // No key: refused before the target exists.
+    let before = databases(&setup.cluster);
+    let none = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "restored",
+    ]);
+    assert_eq!(none.code, 9, "{}", none.all());
+    assert!(
+        none.stderr
+            .contains(&format!("backup {id} of job nightly is encrypted")),
+        "{}",
+        none.all()
+    );
+    assert!(
+        none.stderr.contains("hint: set BACKUP_AGE_IDENTITY"),
+        "{}",
+        none.all()
+    );
+    // Another key: the same.
+    let other = keys();
+    let wrong = setup.backup_with(
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "restored",
+        ],
+        &[("BACKUP_AGE_IDENTITY", other.secret.as_str())],
+    );
+    assert_eq!(wrong.code, 9, "{}", wrong.all());
+    assert!(
+        wrong
+            .stderr
+            .contains("none of the age identities given can decrypt it"),
+        "{}",
+        wrong.all()
+    );
+    assert!(!wrong.stderr.contains(&other.secret) && !wrong.stdout.contains(&other.secret));
+    assert_eq!(databases(&setup.cluster), before, "no target was created");
+
+    // A key file others may read is refused.
+    let key_file = setup.work.path().join("backup.key");
+    std::fs::write(&key_file, format!("# created: now\n{}\n", k.secret)).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let env = [("BACKUP_AGE_IDENTITY", key_file.to_str().unwrap())];
+    let shared = setup.backup_with(
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "restored",
+        ],
+        &env,
+    );
+    assert_eq!(shared.code, 3, "{}", shared.all());
+    assert!(
+        shared.stderr.contains("others may read it"),
+        "{}",
+        shared.all()
+    );
+    assert!(shared.stderr.contains("chmod 600"), "{}", shared.all());
+
+    // The right key, from a private file: identical.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let ok = setup.backup_with(
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "restored",
+        ],
+        &env,
+    );
+    assert!(ok.ok(), "{}", ok.all());
+    assert!(ok.stdout.contains("all 6 tables match"), "{}", ok.all());
+    assert_eq!(
+        setup.cluster.psql(
+            "restored",
+            &format!("SELECT count(*) FROM \"Audit Log\".\"Entries\" WHERE \"What\" = '{MARKER}'")
+        ),
+        "1"
+    );
+    let verify = setup.backup_with(&["verify", "--job", "nightly"], &env);
+    assert!(verify.ok(), "{}", verify.all());
+    let unverifiable = setup.backup(&["verify", "--job", "nightly"]);
+    assert_ne!(unverifiable.code, 0, "{}", unverifiable.all());
+    assert!(
+        unverifiable.stdout.contains("is encrypted"),
+        "{}",
+        unverifiable.all()
+    );
+}
+
+#[test]
+fn an_encrypted_backup_to_s3_holds_no_clear_data_and_restores_with_the_key() {
+    let k = keys();
+    let bucket = block_on(servers::create_bucket("crypt"));
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    plant_marker(&cluster);
+    let section = servers::s3_section("s3", &servers::s3_endpoint(), &bucket, "");
+    let setup = Setup::with_storages(cluster, "", &section, &["s3"], &encrypted_job(&k.public));
+    let mut env = servers::s3_env().to_vec();
+    let run = setup.backup_with(&["run", "nightly"], &env);
+    assert!(run.ok(), "{}", run.all());
+    let keys_in_bucket = block_on(servers::bucket_keys(&bucket));
+    let data_key = keys_in_bucket
+        .iter()
+        .find(|k| k.ends_with("/data.dump.age"))
+        .unwrap_or_else(|| panic!("{keys_in_bucket:?}"))
+        .clone();
+    let stored = block_on(servers::s3_object(&bucket, &data_key));
+    assert!(!stored.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()));
+
+    let before = databases(&setup.cluster);
+    let refused = setup.backup_with(
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "restored",
+        ],
+        &env,
+    );
+    assert_eq!(refused.code, 9, "{}", refused.all());
+    assert_eq!(databases(&setup.cluster), before);
+    env.push(("BACKUP_AGE_IDENTITY", k.secret.as_str()));
+    let ok = setup.backup_with(
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "restored",
+        ],
+        &env,
+    );
+    assert!(ok.ok(), "{}", ok.all());
+    assert_eq!(
+        setup.cluster.psql(
+            "restored",
+            &format!("SELECT count(*) FROM \"Audit Log\".\"Entries\" WHERE \"What\" = '{MARKER}'")
+        ),
+        "1"
+    );
+}
