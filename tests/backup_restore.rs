@@ -686,6 +686,15 @@ fn on_a_terminal_restore_asks_first_and_anything_but_the_answer_cancels() {
 fn a_full_disk_fails_the_backup_clearly_and_leaves_nothing_that_looks_complete() {
     let setup = Setup::new("", "compression = \"none\"");
     std::fs::create_dir_all(&setup.backups).unwrap();
+    // The namespace's root is this process's user, not the server's: it gets
+    // a private copy of the password, as an operator's own file would be.
+    let own = setup.work.path().join("password");
+    std::fs::copy(&setup.cluster.password_file, &own).unwrap();
+    let text = std::fs::read_to_string(&setup.config).unwrap().replace(
+        setup.cluster.password_file.to_str().unwrap(),
+        own.to_str().unwrap(),
+    );
+    std::fs::write(&setup.config, text).unwrap();
     // A 1 MiB file system of its own, in a private mount namespace (root or
     // not): the uncompressed dump is several MiB.
     let script = format!(

@@ -482,6 +482,23 @@ fn s3_keys_come_from_files_or_the_aws_credential_chain_and_none_fails_at_once() 
             &format!("secret_access_key_file = \"{}\"", secret_file.display()),
         );
     let setup = Setup::with_storages(cluster, "", &section, &["s3"], "");
+    // A key file others may read is refused, naming it, before anything runs.
+    let refused = setup.backup(&["run", "nightly"]);
+    assert_eq!(refused.code, 3, "{}", refused.all());
+    assert!(
+        refused.stderr.contains("access_key_id_file")
+            && refused.stderr.contains("others may read it")
+            && refused.stderr.contains("hint: chmod 600"),
+        "{}",
+        refused.all()
+    );
+    assert!(!refused.stderr.contains(servers::S3_SECRET_ACCESS_KEY));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&id_file, &secret_file] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "keys from files: {}", run.all());
 

@@ -1139,6 +1139,15 @@ fn read_secret(
         },
         (None, Some(file)) => {
             let path = file.get_ref();
+            // Like libpq with a .pgpass: a secret others can read is no secret.
+            if path.exists() {
+                crate::archive::crypt::refuse_shared_secret(path).map_err(|e| {
+                    let hint = e.hint().map(str::to_owned).unwrap_or_default();
+                    source
+                        .error(file, format!("[{section}] {key}_file: {}", e.message()))
+                        .with_hint(hint)
+                })?;
+            }
             let text = std::fs::read_to_string(path).map_err(|e| {
                 let e = Error::io(crate::error::Kind::Config, path.display(), e);
                 source.error(file, format!("[{section}] {key}_file: {}", e.message()))
@@ -1282,6 +1291,27 @@ compression = "gzip"
             let e = error_of(&with(policy));
             assert!(e.contains(expected), "{policy}: {e}");
         }
+    }
+
+    #[test]
+    fn a_password_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg.pass");
+        std::fs::write(&file, "s3cret-in-a-file\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let text = GOOD.replace(
+            "password_env = \"APP_DB_PASSWORD\"",
+            &format!("password_file = \"{}\"", file.display()),
+        );
+        let e = error_of(&text);
+        assert!(
+            e.contains("password_file") && e.contains("others may read it"),
+            "{e}"
+        );
+        assert!(e.contains("chmod 600") && !e.contains("s3cret"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check(&text).is_ok());
     }
 
     #[test]

@@ -62,6 +62,12 @@ impl Cluster {
         let run_as = (unsafe { libc::geteuid() } == 0).then(|| "postgres".to_owned());
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+        // backup refuses a secret others may read.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
         if run_as.is_some() {
             chown_to_postgres(dir.path());
             chown_to_postgres(&password_file);
