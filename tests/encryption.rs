@@ -224,3 +224,122 @@ fn an_encrypted_backup_to_s3_holds_no_clear_data_and_restores_with_the_key() {
         "1"
     );
 }
+
+/// The pids and command lines of the running `pg_dump` and `pg_dumpall`.
+fn dump_command_lines() -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() == "pg_dump" || comm.trim() == "pg_dumpall" {
+            let cmdline = std::fs::read(path.join("cmdline")).unwrap_or_default();
+            out.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    out
+}
+
+/// Every file under `dir`, as text.
+fn texts_under(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else if let Ok(bytes) = std::fs::read(e.path()) {
+                out.push((
+                    e.path().display().to_string(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_secret_reaches_output_records_manifests_or_a_childs_argv() {
+    let k = keys();
+    let bucket = block_on(servers::create_bucket("secrets"));
+    let container = block_on(servers::create_container("secrets"));
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    let sections = format!(
+        "{}\n{}",
+        servers::s3_section("s3", &servers::s3_endpoint(), &bucket, ""),
+        servers::azure_section("blob", &servers::azure_endpoint(), &container, "")
+    );
+    let setup = Setup::with_storages(
+        cluster,
+        "",
+        &sections,
+        &["disk", "s3", "blob"],
+        &format!(
+            "encryption = {{ recipients = [\"{}\"] }}\n\n[jobs.rt]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\n",
+            k.public
+        ),
+    );
+    let mut env = servers::s3_env().to_vec();
+    env.extend(servers::azure_env());
+    env.push(("BACKUP_AGE_IDENTITY", k.secret.as_str()));
+    let secrets = [
+        ("the database password", common::PASSWORD),
+        ("the S3 secret", servers::S3_SECRET_ACCESS_KEY),
+        ("the Azure key", servers::AZURE_KEY),
+        ("the age identity", k.secret.as_str()),
+    ];
+
+    // A backup held on a lock, so its pg_dump can be looked at while it runs.
+    let lock = setup.cluster.hold_lock("app", "app.users");
+    let child = setup.spawn_backup_with(&["--log-format", "json", "run", "nightly"], &env);
+    let mut argv = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while argv.is_empty() && std::time::Instant::now() < deadline {
+        argv = dump_command_lines();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!argv.is_empty(), "no pg_dump was seen");
+    lock.release();
+    let out = child.wait_with_output().unwrap();
+    let mut outputs = vec![common::Run::from(out)];
+    for args in [
+        vec!["--json", "list"],
+        vec!["--json", "status"],
+        vec!["--json", "config", "check"],
+        vec!["verify", "--job", "nightly"],
+        vec!["run", "rt"],
+        vec![
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "copy",
+        ],
+        vec!["drill", "--job", "nightly", "--dry-run"],
+    ] {
+        outputs.push(setup.backup_with(&args, &env));
+    }
+    for run in &outputs {
+        assert!(run.ok(), "{}", run.all());
+    }
+    let stored = texts_under(&setup.backups);
+    assert!(stored.iter().any(|(p, _)| p.ends_with("manifest.json")));
+    assert!(stored.iter().any(|(p, _)| p.contains("/reports/")));
+    for (what, secret) in secrets {
+        for line in &argv {
+            assert!(!line.contains(secret), "{what} in a child's argv: {line}");
+        }
+        for run in &outputs {
+            assert!(
+                !run.stdout.contains(secret) && !run.stderr.contains(secret),
+                "{what} in output: {}",
+                run.all()
+            );
+        }
+        for (path, text) in &stored {
+            assert!(!text.contains(secret), "{what} in {path}");
+        }
+    }
+}
