@@ -10,6 +10,23 @@ use common::servers::{self, block_on};
 use common::{Cluster, Setup};
 
 const MARKER: &str = "MARKER-c1ear-9f2e";
+/// The restore every test here tries: the newest backup into `restored`.
+const RESTORE: [&str; 6] = [
+    "restore",
+    "--job",
+    "nightly",
+    "--latest",
+    "--target-db",
+    "restored",
+];
+
+/// How many rows of database `db` hold the marker.
+fn marker_rows(cluster: &Cluster, db: &str) -> String {
+    cluster.psql(
+        db,
+        &format!("SELECT count(*) FROM \"Audit Log\".\"Entries\" WHERE \"What\" = '{MARKER}'"),
+    )
+}
 
 struct Keys {
     public: String,
@@ -89,17 +106,7 @@ fn an_encrypted_backup_hides_the_data_and_restores_only_with_its_key() {
     );
     // Another key: the same.
     let other = keys();
-    let wrong = setup.backup_with(
-        &[
-            "restore",
-            "--job",
-            "nightly",
-            "--latest",
-            "--target-db",
-            "restored",
-        ],
-        &[("BACKUP_AGE_IDENTITY", other.secret.as_str())],
-    );
+    let wrong = setup.backup_with(&RESTORE, &[("BACKUP_AGE_IDENTITY", other.secret.as_str())]);
     assert_eq!(wrong.code, 9, "{}", wrong.all());
     assert!(
         wrong
@@ -116,17 +123,7 @@ fn an_encrypted_backup_hides_the_data_and_restores_only_with_its_key() {
     std::fs::write(&key_file, format!("# created: now\n{}\n", k.secret)).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let env = [("BACKUP_AGE_IDENTITY", key_file.to_str().unwrap())];
-    let shared = setup.backup_with(
-        &[
-            "restore",
-            "--job",
-            "nightly",
-            "--latest",
-            "--target-db",
-            "restored",
-        ],
-        &env,
-    );
+    let shared = setup.backup_with(&RESTORE, &env);
     assert_eq!(shared.code, 3, "{}", shared.all());
     assert!(
         shared.stderr.contains("others may read it"),
@@ -137,26 +134,10 @@ fn an_encrypted_backup_hides_the_data_and_restores_only_with_its_key() {
 
     // The right key, from a private file: identical.
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let ok = setup.backup_with(
-        &[
-            "restore",
-            "--job",
-            "nightly",
-            "--latest",
-            "--target-db",
-            "restored",
-        ],
-        &env,
-    );
+    let ok = setup.backup_with(&RESTORE, &env);
     assert!(ok.ok(), "{}", ok.all());
     assert!(ok.stdout.contains("all 6 tables match"), "{}", ok.all());
-    assert_eq!(
-        setup.cluster.psql(
-            "restored",
-            &format!("SELECT count(*) FROM \"Audit Log\".\"Entries\" WHERE \"What\" = '{MARKER}'")
-        ),
-        "1"
-    );
+    assert_eq!(marker_rows(&setup.cluster, "restored"), "1");
     let verify = setup.backup_with(&["verify", "--job", "nightly"], &env);
     assert!(verify.ok(), "{}", verify.all());
     let unverifiable = setup.backup(&["verify", "--job", "nightly"]);
@@ -190,39 +171,13 @@ fn an_encrypted_backup_to_s3_holds_no_clear_data_and_restores_with_the_key() {
     assert!(!stored.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()));
 
     let before = databases(&setup.cluster);
-    let refused = setup.backup_with(
-        &[
-            "restore",
-            "--job",
-            "nightly",
-            "--latest",
-            "--target-db",
-            "restored",
-        ],
-        &env,
-    );
+    let refused = setup.backup_with(&RESTORE, &env);
     assert_eq!(refused.code, 9, "{}", refused.all());
     assert_eq!(databases(&setup.cluster), before);
     env.push(("BACKUP_AGE_IDENTITY", k.secret.as_str()));
-    let ok = setup.backup_with(
-        &[
-            "restore",
-            "--job",
-            "nightly",
-            "--latest",
-            "--target-db",
-            "restored",
-        ],
-        &env,
-    );
+    let ok = setup.backup_with(&RESTORE, &env);
     assert!(ok.ok(), "{}", ok.all());
-    assert_eq!(
-        setup.cluster.psql(
-            "restored",
-            &format!("SELECT count(*) FROM \"Audit Log\".\"Entries\" WHERE \"What\" = '{MARKER}'")
-        ),
-        "1"
-    );
+    assert_eq!(marker_rows(&setup.cluster, "restored"), "1");
 }
 
 /// The pids and command lines of the running `pg_dump` and `pg_dumpall`.
