@@ -132,7 +132,9 @@ pub fn refuse_shared_secret(path: &Path) -> Result<()> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::io(Kind::Config, format!("reading {}", path.display()), e))?;
     let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
+    // Devices and pipes (a secret handed over on a file descriptor) have
+    // the modes of their kind, not of a file someone wrote.
+    if meta.is_file() && mode & 0o077 != 0 {
         return Err(Error::config(format!(
             "{} holds a secret and others may read it (mode {:o})",
             path.display(),
