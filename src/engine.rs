@@ -181,15 +181,6 @@ async fn open_all(specs: &[Arc<StorageSpec>]) -> Result<Vec<Arc<dyn Storage>>> {
     Ok(storages)
 }
 
-/// The storage a plan chose, among those opened again to carry it out.
-fn named(storages: &[Arc<dyn Storage>], name: &str) -> Result<Arc<dyn Storage>> {
-    storages
-        .iter()
-        .find(|s| s.name() == name)
-        .cloned()
-        .ok_or_else(|| Error::internal(format!("storage {name} vanished")))
-}
-
 /// Runs `work`, failing it as timed out if it is not done within `limit`.
 async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>>) -> Result<T> {
     match limit {
@@ -835,7 +826,7 @@ impl Engine {
     ) -> Result<RestoreTestOutcome> {
         let backup_job = self.config.backup_job(&spec.backup_job)?;
         let plan = restore_test::plan(job, backup_job, spec, storages, self.clock.now()).await?;
-        let storage = &named(storages, &plan.storage)?;
+        let storage = restore::named(storages, &plan.storage)?;
         restore_test::execute(&plan, &spec.target, storage, self.progress.clone()).await
     }
 
@@ -1016,12 +1007,9 @@ impl Engine {
         let (bjob, spec) = self.config.backup_job(&backup_job)?;
         let storages = self.storages_of(spec).await?;
         let (backup, storage) = restore::choose(bjob, &storages, None, selector).await?;
-        let crypt = match storages.iter().find(|s| s.name() == storage) {
-            Some(s) => {
-                crate::archive::crypt::opener(s.as_ref(), &backup, spec.identity_file()).await?
-            }
-            None => return Err(Error::internal(format!("storage {storage} vanished"))),
-        };
+        let reader = restore::named(&storages, &storage)?;
+        let crypt =
+            crate::archive::crypt::opener(reader.as_ref(), &backup, spec.identity_file()).await?;
         let storage_location = spec
             .storages
             .iter()
@@ -1097,7 +1085,7 @@ impl Engine {
     ) -> Result<drill::DrillOutcome> {
         let (job, spec) = self.config.backup_job(&plan.job)?;
         let storages = self.storages_of(spec).await?;
-        let storage = named(&storages, &plan.storage)?;
+        let storage = restore::named(&storages, &plan.storage)?.clone();
         let started_at = self.clock.now();
         let outcome =
             drill::execute(plan, &storage, self.progress.clone(), started_at, cancel).await;
@@ -1124,7 +1112,7 @@ impl Engine {
     pub async fn restore(&self, plan: &RestorePlan) -> Result<RestoreOutcome> {
         let (job, spec) = self.config.backup_job(&plan.job)?;
         let storages = self.storages_of(spec).await?;
-        let storage = named(&storages, &plan.storage)?;
+        let storage = restore::named(&storages, &plan.storage)?.clone();
         let started_at = self.clock.now();
         let outcome = restore::execute(plan, &spec.database, &storage, self.progress.clone()).await;
         let mut details = json!({

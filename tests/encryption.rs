@@ -216,15 +216,9 @@ fn texts_under(dir: &std::path::Path) -> Vec<(String, String)> {
 #[test]
 fn no_secret_reaches_output_records_manifests_or_a_childs_argv() {
     let k = keys();
-    let bucket = block_on(servers::create_bucket("secrets"));
-    let container = block_on(servers::create_container("secrets"));
+    let (_, _, sections, storage_env) = servers::s3_and_azure("secrets");
     let cluster = Cluster::start();
     cluster.load_fixtures("app");
-    let sections = format!(
-        "{}\n{}",
-        servers::s3_section("s3", &servers::s3_endpoint(), &bucket, ""),
-        servers::azure_section("blob", &servers::azure_endpoint(), &container, "")
-    );
     let setup = Setup::with_storages(
         cluster,
         "",
@@ -235,8 +229,7 @@ fn no_secret_reaches_output_records_manifests_or_a_childs_argv() {
             k.public
         ),
     );
-    let mut env = servers::s3_env().to_vec();
-    env.extend(servers::azure_env());
+    let mut env: Vec<(&str, &str)> = storage_env.to_vec();
     env.push(("BACKUP_AGE_IDENTITY", k.secret.as_str()));
     let secrets = [
         ("the database password", common::PASSWORD),

@@ -646,15 +646,9 @@ fn a_dead_network_to_azure_fails_the_backup_after_the_retry_budget() {
 /// the Azure one.
 #[test]
 fn restore_test_verify_and_drill_through_s3_and_azure() {
-    let bucket = block_on(servers::create_bucket("proof"));
-    let container = block_on(servers::create_container("proof"));
+    let (bucket, container, sections, env) = servers::s3_and_azure("proof");
     let cluster = Cluster::start();
     cluster.load_fixtures("app");
-    let sections = format!(
-        "{}\n{}",
-        servers::s3_section("s3", &servers::s3_endpoint(), &bucket, ""),
-        servers::azure_section("blob", &servers::azure_endpoint(), &container, "")
-    );
     let setup = Setup::with_storages(
         cluster,
         "",
@@ -663,8 +657,6 @@ fn restore_test_verify_and_drill_through_s3_and_azure() {
         "\n[jobs.rt]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\n\
          checks = [{ sql = \"SELECT count(*) FROM app.users\", equals = 5000 }]\n",
     );
-    let mut env = servers::s3_env().to_vec();
-    env.extend(servers::azure_env());
     let ok = |args: &[&str]| {
         let run = setup.backup_with(args, &env);
         assert!(run.ok(), "{}", run.all());

@@ -500,8 +500,8 @@ async fn restore_spooled(
     result
 }
 
-/// The storage named `name` among `storages`.
-fn named<'a>(storages: &'a [Arc<dyn Storage>], name: &str) -> Result<&'a Arc<dyn Storage>> {
+/// The storage a plan chose, among `storages` (opened again to carry it out).
+pub fn named<'a>(storages: &'a [Arc<dyn Storage>], name: &str) -> Result<&'a Arc<dyn Storage>> {
     storages
         .iter()
         .find(|s| s.name() == name)

@@ -147,10 +147,7 @@ pub async fn plan(
 ) -> Result<RestoreTestPlan> {
     let (backup, storage) =
         restore::choose(backup_job, storages, None, &selector(spec.at, now)).await?;
-    let reader = storages
-        .iter()
-        .find(|s| s.name() == storage)
-        .ok_or_else(|| Error::internal(format!("storage {storage} vanished")))?;
+    let reader = restore::named(storages, &storage)?;
     // A key that cannot open the backup fails the test before anything is made.
     let crypt =
         crate::archive::crypt::opener(reader.as_ref(), &backup, backup_spec.identity_file())

@@ -182,6 +182,21 @@ pub async fn s3_object(bucket: &str, key: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// A fresh bucket and container, as `[storages.s3]` and `[storages.blob]`
+/// sections, and the environment that holds their keys.
+pub fn s3_and_azure(tag: &str) -> (String, String, String, Vec<(&'static str, &'static str)>) {
+    let bucket = block_on(create_bucket(tag));
+    let container = block_on(create_container(tag));
+    let sections = format!(
+        "{}\n{}",
+        s3_section("s3", &s3_endpoint(), &bucket, ""),
+        azure_section("blob", &azure_endpoint(), &container, "")
+    );
+    let mut env = s3_env().to_vec();
+    env.extend(azure_env());
+    (bucket, container, sections, env)
+}
+
 /// Runs a future to completion from a synchronous test.
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
