@@ -1019,15 +1019,14 @@ impl Engine {
         let dbname = backup.dbname.clone();
         let target = match target_url {
             Some(url) => {
-                let parsed =
-                    <tokio_postgres::Config as std::str::FromStr>::from_str(url).map_err(|e| {
-                        Error::usage(format!(
-                            "--target-url is not a valid connection string: {e}"
-                        ))
-                        .with_hint(
-                            "write a libpq URI such as postgresql://postgres@dr-host:5432/postgres",
-                        )
-                    })?;
+                let (parsed, _) = crate::pg::tls::parse(url).map_err(|e| {
+                    Error::usage(format!(
+                        "--target-url is not a valid connection string: {e}"
+                    ))
+                    .with_hint(
+                        "write a libpq URI such as postgresql://postgres@dr-host:5432/postgres",
+                    )
+                })?;
                 if parsed.get_password().is_some() {
                     return Err(Error::usage("--target-url contains a password").with_hint(
                         "pass it in PGPASSWORD: a password in argv shows in process listings",

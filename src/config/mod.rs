@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -446,7 +445,7 @@ fn validate_database(
 ) -> Result<Database> {
     let db = raw.get_ref();
     let url = db.url.get_ref();
-    let parsed = tokio_postgres::Config::from_str(url).map_err(|e| {
+    let (parsed, tls) = crate::pg::tls::parse(url).map_err(|e| {
         source
             .error(
                 &db.url,
@@ -454,6 +453,16 @@ fn validate_database(
             )
             .with_hint("write a libpq URI such as postgresql://user@host:5432/dbname")
     })?;
+    // A CA file that is not there, a client key others may read: said by
+    // `config check`, not at the first backup.
+    if let Err(e) = tls.connector() {
+        let hint = e.hint().map(str::to_owned);
+        let err = source.error(&db.url, format!("[databases.{name}] {}", e.message()));
+        return Err(match hint {
+            Some(hint) => err.with_hint(hint),
+            None => err,
+        });
+    }
     if parsed.get_password().is_some() {
         return Err(source
             .error(
@@ -569,9 +578,9 @@ fn resolve_restore_tests(config: &mut Config) -> Result<()> {
             t.storages = storages;
             // Restoring over the database that was backed up is the one
             // mistake a restore test must never make.
-            let source_db = tokio_postgres::Config::from_str(&database.url)
+            let source_db = crate::pg::tls::parse(&database.url)
                 .ok()
-                .and_then(|c| c.get_dbname().map(str::to_owned));
+                .and_then(|(c, _)| c.get_dbname().map(str::to_owned));
             if t.target.url == database.url
                 && t.scratch_database.is_some()
                 && t.scratch_database == source_db

@@ -4,18 +4,18 @@
 pub mod cluster;
 pub mod command;
 pub mod stats;
+pub mod tls;
 
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::error::{Error, Kind, Result};
 use crate::model::Database;
@@ -48,18 +48,22 @@ pub struct ServerVersion {
 pub struct Connection {
     pub client: Client,
     pub dbname: String,
+    /// How a cancel request reaches the server: the same way the session did.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 /// Cancels the query running on a connection if dropped before `disarm`: a run
 /// cancelled while counting rows must not leave the count running on the server.
 pub struct CancelOnDrop {
     token: Option<tokio_postgres::CancelToken>,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl CancelOnDrop {
     pub fn new(conn: &Connection) -> Self {
         CancelOnDrop {
             token: Some(conn.client.cancel_token()),
+            tls: conn.tls.clone(),
         }
     }
 
@@ -73,8 +77,9 @@ impl Drop for CancelOnDrop {
         if let Some(token) = self.token.take()
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
+            let tls = self.tls.clone();
             handle.spawn(async move {
-                if let Err(e) = token.cancel_query(NoTls).await {
+                if let Err(e) = token.cancel_query(tls).await {
                     tracing::debug!("cancelling a query: {e}");
                 }
             });
@@ -243,9 +248,13 @@ async fn open(
     dbname: Option<&str>,
     notices: Option<tokio::sync::mpsc::UnboundedSender<tokio_postgres::error::DbError>>,
 ) -> Result<Connection> {
-    let mut config = tokio_postgres::Config::from_str(&db.url)
+    let (mut config, tls) = tls::parse(&db.url)
         .map_err(|e| Error::config(format!("database {}: invalid url: {e}", db.name)))?;
     apply_libpq_defaults(&mut config);
+    config.ssl_mode(tls.driver_mode(&config)?);
+    let connector = tls
+        .connector()
+        .map_err(|e| e.context(format!("database {}", db.name)))?;
     if let Some(dbname) = dbname {
         config.dbname(dbname);
     }
@@ -260,9 +269,9 @@ async fn open(
     config.application_name("backup");
     let target = config.get_dbname().unwrap_or("").to_owned();
     let (client, mut connection) = config
-        .connect(NoTls)
+        .connect(connector.clone())
         .await
-        .map_err(|e| connect_error(db, &target, e))?;
+        .map_err(|e| connect_error(db, &target, &tls, e))?;
     tokio::spawn(async move {
         // The driver hands notices out as it reads them, before the reply of
         // the statement that raised them: once a statement has returned, its
@@ -283,6 +292,7 @@ async fn open(
     Ok(Connection {
         client,
         dbname: target,
+        tls: connector,
     })
 }
 
@@ -312,8 +322,26 @@ fn apply_libpq_defaults(config: &mut tokio_postgres::Config) {
     }
 }
 
-fn connect_error(db: &Database, dbname: &str, e: tokio_postgres::Error) -> Error {
+fn connect_error(
+    db: &Database,
+    dbname: &str,
+    tls: &tls::TlsSettings,
+    e: tokio_postgres::Error,
+) -> Error {
     let (message, hint) = match e.as_db_error() {
+        // pg_hba.conf has no line for this session: no password helps.
+        Some(d) if d.code().code() == "28000" && d.message().contains("pg_hba.conf") => (
+            d.message().to_owned(),
+            if d.message().contains("no encryption") {
+                "the server accepts this session only over TLS: set sslmode=require (or \
+                 verify-full with sslrootcert) in the url"
+                    .to_owned()
+            } else {
+                "the server's pg_hba.conf has no line for this host, user and database (and \
+                 encryption); ask its administrator to add one"
+                    .to_owned()
+            },
+        ),
         Some(d) if d.code().code() == "28P01" || d.code().code() == "28000" => (
             d.message().to_owned(),
             if db.password_from.is_some() {
@@ -337,10 +365,13 @@ fn connect_error(db: &Database, dbname: &str, e: tokio_postgres::Error) -> Error
             d.message().to_owned(),
             "see the server log for details".to_owned(),
         ),
-        None => (
-            source_chain(&e),
-            "is the server running and reachable at the url's host and port?".to_owned(),
-        ),
+        None => match tls::tls_failure(&e) {
+            Some(why) => (format!("TLS: {why}"), tls.failure_hint(&why)),
+            None => (
+                source_chain(&e),
+                "is the server running and reachable at the url's host and port?".to_owned(),
+            ),
+        },
     };
     Error::database(format!(
         "database {} ({dbname}): cannot connect: {message}",

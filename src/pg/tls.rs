@@ -1,0 +1,677 @@
+//! TLS to PostgreSQL, the way libpq does it.
+//!
+//! `pg_dump`, `pg_restore` and `pg_dumpall` get the url as written, so libpq
+//! applies `sslmode`, `sslrootcert`, `sslcert` and `sslkey` there. Our own
+//! connections (snapshot, row counts, locks, maintenance) must reach the same
+//! server the same way, but tokio-postgres knows `sslmode` only up to
+//! `require` and none of the certificate settings. So [`parse`] takes those
+//! settings out of the url (then `PGSSL*`, then `~/.postgresql/`, as libpq
+//! looks them up) and [`TlsSettings::connector`] builds the rustls client
+//! that checks what libpq would check:
+//!
+//! | sslmode | TLS | server certificate |
+//! |---|---|---|
+//! | `disable` | never | — |
+//! | `allow`, `prefer` (default) | if the server offers it | chain checked only when a root certificate is there, as libpq does |
+//! | `require` | always | likewise |
+//! | `verify-ca` | always | chain must lead to `sslrootcert` |
+//! | `verify-full` | always | chain, and the host name must match |
+//!
+//! Unix sockets never use TLS, whatever the mode (libpq ignores it there).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::error::{Error, Result};
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Option<SslMode> {
+        Some(match value {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+/// The TLS settings of one connection string, before the environment and
+/// `~/.postgresql/` fill in what it leaves out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    mode: Option<SslMode>,
+    root_cert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// The keys this module takes out of a connection string.
+const TLS_KEYS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword"];
+
+/// Parses a libpq connection string (a URI or `key=value` pairs) into what
+/// tokio-postgres understands and the TLS settings it does not. Errors say
+/// what is wrong, for the caller to put in context.
+pub fn parse(url: &str) -> std::result::Result<(tokio_postgres::Config, TlsSettings), String> {
+    let (rest, pairs) = split_tls_keys(url);
+    let mut tls = TlsSettings::default();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "sslmode" => {
+                tls.mode = Some(SslMode::parse(&value).ok_or_else(|| {
+                    format!(
+                        "sslmode '{value}' is not one of disable, allow, prefer, require, \
+                         verify-ca, verify-full"
+                    )
+                })?)
+            }
+            "sslrootcert" => tls.root_cert = Some(value),
+            "sslcert" => tls.cert = Some(value),
+            "sslkey" => tls.key = Some(value),
+            // A password in a url ends up in process listings.
+            _ => return Err("the url contains sslpassword".to_owned()),
+        }
+    }
+    let config = tokio_postgres::Config::from_str(&rest).map_err(|e| e.to_string())?;
+    Ok((config, tls))
+}
+
+/// Splits `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and `sslpassword` out
+/// of a connection string: the string without them, and them decoded.
+/// A string that does not tokenize is returned whole, for tokio-postgres to
+/// name the mistake.
+fn split_tls_keys(url: &str) -> (String, Vec<(String, String)>) {
+    let mut taken = Vec::new();
+    if url.starts_with("postgresql://") || url.starts_with("postgres://") {
+        let Some((head, query)) = url.split_once('?') else {
+            return (url.to_owned(), taken);
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(key);
+            if TLS_KEYS.contains(&key.as_str()) {
+                taken.push((key, percent_decode(value)));
+            } else {
+                kept.push(pair);
+            }
+        }
+        let rest = if kept.is_empty() {
+            head.to_owned()
+        } else {
+            format!("{head}?{}", kept.join("&"))
+        };
+        return (rest, taken);
+    }
+    let Some(pairs) = keyword_pairs(url) else {
+        return (url.to_owned(), taken);
+    };
+    let mut kept = Vec::new();
+    for (key, value, raw) in pairs {
+        if TLS_KEYS.contains(&key.as_str()) {
+            taken.push((key, value));
+        } else {
+            kept.push(raw);
+        }
+    }
+    (kept.join(" "), taken)
+}
+
+/// `key = value` pairs of a libpq keyword/value string: key, unquoted value,
+/// and the pair as written. `None` if it does not tokenize.
+fn keyword_pairs(text: &str) -> Option<Vec<(String, String, &str)>> {
+    let bytes = text.as_bytes();
+    let mut pairs = Vec::new();
+    let mut i = 0;
+    let skip_space = |mut i: usize| {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    loop {
+        i = skip_space(i);
+        if i == bytes.len() {
+            return Some(pairs);
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = text[start..i].to_owned();
+        i = skip_space(i);
+        if bytes.get(i) != Some(&b'=') || key.is_empty() {
+            return None;
+        }
+        i = skip_space(i + 1);
+        let mut value = Vec::new();
+        if bytes.get(i) == Some(&b'\'') {
+            i += 1;
+            loop {
+                match bytes.get(i)? {
+                    b'\'' => break i += 1,
+                    b'\\' => {
+                        value.push(*bytes.get(i + 1)?);
+                        i += 2;
+                    }
+                    b => {
+                        value.push(*b);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while let Some(&b) = bytes.get(i) {
+                if b.is_ascii_whitespace() {
+                    break;
+                }
+                if b == b'\\' {
+                    value.push(*bytes.get(i + 1)?);
+                    i += 2;
+                } else {
+                    value.push(b);
+                    i += 1;
+                }
+            }
+        }
+        pairs.push((key, String::from_utf8(value).ok()?, &text[start..i]));
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = || std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok();
+        match (bytes[i], hex().and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Where a setting's value came from, for messages.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn home_file(name: &str) -> Option<PathBuf> {
+    env("HOME").map(|home| Path::new(&home).join(".postgresql").join(name))
+}
+
+impl TlsSettings {
+    /// The mode in effect: the url's, else `PGSSLMODE`, else `prefer`.
+    pub fn mode(&self) -> Result<SslMode> {
+        match self.mode {
+            Some(mode) => Ok(mode),
+            None => match env("PGSSLMODE") {
+                Some(value) => SslMode::parse(&value).ok_or_else(|| {
+                    Error::config(format!("PGSSLMODE '{value}' is not a valid sslmode"))
+                        .with_hint("use disable, allow, prefer, require, verify-ca or verify-full")
+                }),
+                None => Ok(SslMode::Prefer),
+            },
+        }
+    }
+
+    /// What tokio-postgres is told: whether to ask for TLS and whether to
+    /// insist. Hosts that are all Unix sockets never use TLS.
+    pub fn driver_mode(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<tokio_postgres::config::SslMode> {
+        use tokio_postgres::config::{Host, SslMode as Driver};
+        let all_sockets = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)));
+        Ok(match self.mode()? {
+            _ if all_sockets => Driver::Disable,
+            SslMode::Disable => Driver::Disable,
+            SslMode::Allow | SslMode::Prefer => Driver::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => Driver::Require,
+        })
+    }
+
+    /// The rustls client for these settings: the root certificates to check
+    /// the server against (if any), and the client certificate (if any).
+    pub fn connector(&self) -> Result<MakeRustlsConnect> {
+        let mode = self.mode()?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::config(format!("TLS: {e}")))?;
+        let verifier: Arc<dyn ServerCertVerifier> = match self.roots(mode)? {
+            Some(roots) => {
+                let webpki =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| Error::config(format!("TLS: the root certificates: {e}")))?;
+                if mode == SslMode::VerifyFull {
+                    webpki
+                } else {
+                    Arc::new(ChainOnly(webpki))
+                }
+            }
+            None => Arc::new(Unverified(provider)),
+        };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match self.client_cert()? {
+            Some((chain, key, from)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::config(format!("TLS: the client certificate {from}: {e}")))?,
+            None => builder.with_no_client_auth(),
+        };
+        // What libpq 17 sends; servers before 17 ignore it.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        Ok(MakeRustlsConnect::new(config))
+    }
+
+    /// The certificates the server's must lead to, as libpq picks them:
+    /// `sslrootcert` (or `system`), else `~/.postgresql/root.crt` if it
+    /// exists. `None` when there are none and the mode does not insist.
+    fn roots(&self, mode: SslMode) -> Result<Option<RootCertStore>> {
+        let explicit = self.root_cert.clone().or_else(|| env("PGSSLROOTCERT"));
+        let path = match explicit {
+            Some(value) if value == "system" => {
+                let found = rustls_native_certs::load_native_certs();
+                let mut roots = RootCertStore::empty();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err(Error::config(
+                        "sslrootcert=system: no certificates in the system's trust store",
+                    )
+                    .with_hint("install ca-certificates, or set sslrootcert to the CA's file"));
+                }
+                return Ok(Some(roots));
+            }
+            // libpq checks nothing when a named file is missing and the
+            // mode does not insist; it refuses when the mode does.
+            Some(value) if !Path::new(&value).exists() && !mode.verifies() => return Ok(None),
+            Some(value) if !Path::new(&value).exists() => {
+                return Err(Error::config(format!(
+                    "sslrootcert {value} does not exist (sslmode {})",
+                    mode_name(mode)
+                ))
+                .with_hint(
+                    "set sslrootcert to the PEM file of the CA that signed the server's \
+                     certificate, or sslrootcert=system for the system's trust store",
+                ));
+            }
+            Some(value) => PathBuf::from(value),
+            None => match home_file("root.crt") {
+                Some(path) if path.exists() => path,
+                default => {
+                    if !mode.verifies() {
+                        return Ok(None);
+                    }
+                    let shown = default.map_or("~/.postgresql/root.crt".to_owned(), |p| {
+                        p.display().to_string()
+                    });
+                    return Err(Error::config(format!(
+                        "sslmode {} needs the CA that signed the server's certificate, \
+                         and {shown} does not exist",
+                        mode_name(mode)
+                    ))
+                    .with_hint(
+                        "add sslrootcert=/path/to/ca.crt to the url (or sslrootcert=system for \
+                         the system's trust store), or use sslmode=require to encrypt without \
+                         checking the certificate",
+                    ));
+                }
+            },
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| {
+                Error::config(format!(
+                    "sslrootcert {}: cannot read certificates: {e}",
+                    path.display()
+                ))
+                .with_hint("sslrootcert names a PEM file holding the CA's certificate")
+            })?;
+        let mut roots = RootCertStore::empty();
+        let (_, unusable) = roots.add_parsable_certificates(certs);
+        if roots.is_empty() {
+            return Err(Error::config(format!(
+                "sslrootcert {}: no usable certificate in it ({unusable} unusable)",
+                path.display()
+            ))
+            .with_hint("sslrootcert names a PEM file holding the CA's certificate"));
+        }
+        Ok(Some(roots))
+    }
+
+    /// The client certificate and key, as libpq picks them: `sslcert` and
+    /// `sslkey`, else `~/.postgresql/postgresql.{crt,key}` if they exist.
+    #[allow(clippy::type_complexity)]
+    fn client_cert(
+        &self,
+    ) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String)>> {
+        let explicit = self.cert.clone().or_else(|| env("PGSSLCERT"));
+        let cert = match &explicit {
+            Some(path) => PathBuf::from(path),
+            None => match home_file("postgresql.crt") {
+                Some(path) if path.exists() => path,
+                _ => return Ok(None),
+            },
+        };
+        if !cert.exists() {
+            return Err(Error::config(format!(
+                "sslcert {} does not exist",
+                cert.display()
+            ))
+            .with_hint("fix the path in the url, or remove sslcert to connect without a client certificate"));
+        }
+        let key = match self.key.clone().or_else(|| env("PGSSLKEY")) {
+            Some(path) => PathBuf::from(path),
+            None => match home_file("postgresql.key") {
+                Some(path) => path,
+                None => cert.with_extension("key"),
+            },
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+            .and_then(|certs| certs.collect())
+            .map_err(|e| {
+                Error::config(format!("sslcert {}: cannot read it: {e}", cert.display()))
+                    .with_hint("sslcert names a PEM file holding the client's certificate")
+            })?;
+        // libpq refuses a key others may read, and so do we.
+        crate::archive::crypt::refuse_shared_secret(&key)?;
+        let private = PrivateKeyDer::from_pem_file(&key).map_err(|e| {
+            Error::config(format!(
+                "sslkey {}: cannot read a key from it: {e}",
+                key.display()
+            ))
+            .with_hint("sslkey names an unencrypted PEM key; encrypted keys are not supported")
+        })?;
+        Ok(Some((chain, private, cert.display().to_string())))
+    }
+}
+
+impl TlsSettings {
+    /// What to do about a failed handshake, by what rustls said.
+    pub fn failure_hint(&self, why: &str) -> String {
+        let mode = self.mode().map_or("prefer", mode_name);
+        if why.contains("not valid for name") {
+            format!(
+                "the server's certificate is for another host name (sslmode {mode}); connect \
+                 by the name the certificate was made for, or use sslmode=verify-ca to check \
+                 only that the CA signed it"
+            )
+        } else if why.contains("UnknownIssuer") || why.contains("issuer") {
+            format!(
+                "the server's certificate is not signed by the CA in sslrootcert (sslmode \
+                 {mode}); point sslrootcert at the CA that signed it"
+            )
+        } else if why.contains("does not support TLS") {
+            "the server does not offer TLS: turn on ssl in its postgresql.conf, or lower \
+             sslmode"
+                .to_owned()
+        } else {
+            format!("check the server's TLS settings and the url's ssl options (sslmode {mode})")
+        }
+    }
+}
+
+fn mode_name(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Allow => "allow",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// `verify-ca`, and `require` with a root certificate: the chain must lead
+/// to a root, whatever name the certificate is for.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        // webpki checks the chain before the name: a name error means the
+        // chain was good.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `require` and `prefer` without a root certificate: encrypted, and the
+/// handshake's signatures checked, but the certificate taken on trust, as
+/// libpq does.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Whether a connection error came from the TLS layer, and what rustls said.
+pub fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(inner.to_string());
+        }
+        if let Some(inner) = s.downcast_ref::<rustls::Error>() {
+            return Some(inner.to_string());
+        }
+        source = s.source();
+    }
+    let text = e.to_string();
+    text.contains("TLS").then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(url: &str) -> (String, Vec<(String, String)>) {
+        split_tls_keys(url)
+    }
+
+    #[test]
+    fn tls_keys_come_out_of_a_uri_and_the_rest_stays_as_written() {
+        let (rest, keys) = taken(
+            "postgresql://app@db.example:5432/app?connect_timeout=5&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20x.pem&application_name=a",
+        );
+        assert_eq!(
+            rest,
+            "postgresql://app@db.example:5432/app?connect_timeout=5&application_name=a"
+        );
+        assert_eq!(
+            keys,
+            vec![
+                ("sslmode".to_owned(), "verify-full".to_owned()),
+                ("sslrootcert".to_owned(), "/etc/ca x.pem".to_owned())
+            ]
+        );
+        let (rest, _) = taken("postgres://h/db?sslmode=require");
+        assert_eq!(rest, "postgres://h/db");
+        assert_eq!(taken("postgres://h/db").0, "postgres://h/db");
+    }
+
+    #[test]
+    fn tls_keys_come_out_of_keyword_value_strings_with_quotes() {
+        let (rest, keys) = taken(
+            "host=db port=5432 sslmode = verify-ca sslrootcert='/etc/my ca\\'s.pem' dbname=app",
+        );
+        assert_eq!(rest, "host=db port=5432 dbname=app");
+        assert_eq!(
+            keys,
+            vec![
+                ("sslmode".to_owned(), "verify-ca".to_owned()),
+                ("sslrootcert".to_owned(), "/etc/my ca's.pem".to_owned())
+            ]
+        );
+        // Not tokenizable: left whole for tokio-postgres to name the mistake.
+        assert_eq!(taken("host=db sslmode").0, "host=db sslmode");
+    }
+
+    #[test]
+    fn every_libpq_sslmode_parses_and_others_are_named() {
+        for (text, mode) in [
+            ("disable", SslMode::Disable),
+            ("allow", SslMode::Allow),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ] {
+            let (config, tls) = parse(&format!("postgresql://h/db?sslmode={text}")).unwrap();
+            assert_eq!(tls.mode, Some(mode));
+            assert_eq!(config.get_dbname(), Some("db"));
+        }
+        let err = parse("postgresql://h/db?sslmode=verify").unwrap_err();
+        assert!(err.contains("sslmode 'verify'"), "{err}");
+        let err = parse("host=h sslpassword=hunter2").unwrap_err();
+        assert!(
+            err.contains("sslpassword") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unix_sockets_never_ask_for_tls() {
+        let (config, tls) = parse("host=/var/run/postgresql sslmode=verify-full").unwrap();
+        assert_eq!(
+            tls.driver_mode(&config).unwrap(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        let (config, tls) = parse("postgresql://127.0.0.1/db?sslmode=verify-ca").unwrap();
+        assert_eq!(
+            tls.driver_mode(&config).unwrap(),
+            tokio_postgres::config::SslMode::Require
+        );
+    }
+
+    #[test]
+    fn verify_modes_without_a_root_certificate_say_what_to_do() {
+        let (_, tls) =
+            parse("postgresql://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem").unwrap();
+        let err = tls.connector().err().unwrap();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        let (_, tls) = parse("postgresql://h/db?sslmode=require").unwrap();
+        assert!(tls.connector().is_ok());
+    }
+}
