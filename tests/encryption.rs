@@ -291,3 +291,57 @@ fn no_secret_reaches_output_records_manifests_or_a_childs_argv() {
         }
     }
 }
+
+#[test]
+fn restore_tests_and_drills_open_an_encrypted_backup_with_the_jobs_identity_file() {
+    let k = keys();
+    let key_dir = tempfile::Builder::new()
+        .prefix("backup-test-key-")
+        .tempdir()
+        .unwrap();
+    let key_file = key_dir.path().join("backup.key");
+    std::fs::write(&key_file, format!("{}\n", k.secret)).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    plant_marker(&cluster);
+    let setup = Setup::with_cluster(
+        cluster,
+        "",
+        &format!(
+            "encryption = {{ recipients = [\"{}\"], identity_file = \"{}\" }}\n\n\
+             [jobs.rt]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\n\
+             checks = [{{ name = \"marker kept\", sql = \"SELECT count(*) FROM \\\"Audit Log\\\".\\\"Entries\\\" WHERE \\\"What\\\" = '{MARKER}'\", equals = 1 }}]\n",
+            k.public,
+            key_file.display()
+        ),
+    );
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+
+    let test = setup.backup(&["run", "rt"]);
+    assert!(test.ok(), "{}", test.all());
+    assert!(test.stdout.contains("marker kept"), "{}", test.all());
+
+    // Another key given in the environment wins over the file, and fails
+    // before a cluster is started.
+    let other = keys();
+    let refused = setup.backup_with(
+        &["drill", "--job", "nightly"],
+        &[("BACKUP_AGE_IDENTITY", other.secret.as_str())],
+    );
+    assert_eq!(refused.code, 9, "{}", refused.all());
+    assert!(
+        refused.stderr.contains("none of the age identities given can decrypt it")
+            && !refused.stdout.contains("initdb"),
+        "{}",
+        refused.all()
+    );
+
+    let drill = setup.backup(&["drill", "--job", "nightly"]);
+    assert!(drill.ok(), "{}", drill.all());
+    for expected in ["| Result | **PASSED** |", "| marker kept | = 1 | 1 | passed |"] {
+        assert!(drill.stdout.contains(expected), "{expected}: {}", drill.all());
+    }
+    assert!(!drill.stdout.contains(&k.secret) && !test.stdout.contains(&k.secret));
+}
