@@ -935,7 +935,7 @@ impl Engine {
                         storage,
                         manifest,
                         &pg_restore,
-                        spec.identity_file(),
+                        spec.keys(),
                         &self.progress,
                     )
                     .await,
@@ -1008,8 +1008,7 @@ impl Engine {
         let storages = self.storages_of(spec).await?;
         let (backup, storage) = restore::choose(bjob, &storages, None, selector).await?;
         let reader = restore::named(&storages, &storage)?;
-        let crypt =
-            crate::archive::crypt::opener(reader.as_ref(), &backup, spec.identity_file()).await?;
+        let crypt = crate::archive::crypt::opener(reader.as_ref(), &backup, spec.keys()).await?;
         let storage_location = spec
             .storages
             .iter()

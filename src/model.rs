@@ -463,18 +463,21 @@ pub struct BackupJob {
 }
 
 impl BackupJob {
-    /// The job's `identity_file`, for reading its encrypted backups.
-    pub fn identity_file(&self) -> Option<&std::path::Path> {
-        self.encryption.as_ref()?.identity_file.as_deref()
+    /// Where the keys to the job's encrypted backups are found.
+    pub fn keys(&self) -> Option<&EncryptionSpec> {
+        self.encryption.as_ref()
     }
 }
 
-/// `encryption = { recipients = ["age1..."] | recipients_file, identity_file }`.
+/// `encryption = { recipients = ["age1..."] | recipients_file, identity_file }`,
+/// or `encryption = { passphrase_env | passphrase_file }`.
 #[derive(Debug, Clone)]
 pub struct EncryptionSpec {
     pub recipients: Arc<crate::archive::crypt::Recipients>,
     /// Where restores find the secret key, unless `BACKUP_AGE_IDENTITY` says.
     pub identity_file: Option<std::path::PathBuf>,
+    /// The passphrase that both encrypts and decrypts, in passphrase mode.
+    pub passphrase: Option<Secret>,
 }
 
 /// `type = "maintenance"`: VACUUM, ANALYZE and REINDEX where statistics say

@@ -140,6 +140,34 @@ fn an_encrypted_backup_hides_the_data_and_restores_only_with_its_key() {
     assert_eq!(marker_rows(&setup.cluster, "restored"), "1");
     let verify = setup.backup_with(&["verify", "--job", "nightly"], &env);
     assert!(verify.ok(), "{}", verify.all());
+    // `export BACKUP_AGE_IDENTITY="$(cat key.txt)"`, comments and all.
+    let pasted = format!(
+        "# created: 2026-11-25\n# public key: {}\n{}\n",
+        k.public, k.secret
+    );
+    let verify = setup.backup_with(
+        &["verify", "--job", "nightly"],
+        &[("BACKUP_AGE_IDENTITY", pasted.as_str())],
+    );
+    assert!(verify.ok(), "{}", verify.all());
+    // A key with a typo is neither a key nor a file, and is never repeated.
+    let typo = k.secret.replace("AGE-SECRET-KEY-", "AGE-SECRET-KEX-");
+    let bad = setup.backup_with(
+        &["--json", "verify", "--job", "nightly"],
+        &[("BACKUP_AGE_IDENTITY", typo.as_str())],
+    );
+    assert_ne!(bad.code, 0, "{}", bad.all());
+    assert!(
+        bad.all()
+            .contains("holds no age identity (AGE-SECRET-KEY-1...) and names no file"),
+        "{}",
+        bad.all()
+    );
+    let secret_part = &typo["AGE-SECRET-KEX-".len()..];
+    assert!(!bad.all().contains(secret_part), "{}", bad.all());
+    for (path, text) in texts_under(&setup.backups) {
+        assert!(!text.contains(secret_part), "the key in {path}");
+    }
     let unverifiable = setup.backup(&["verify", "--job", "nightly"]);
     assert_ne!(unverifiable.code, 0, "{}", unverifiable.all());
     assert!(
@@ -292,6 +320,39 @@ fn no_secret_reaches_output_records_manifests_or_a_childs_argv() {
     }
 }
 
+/// The server's programs, with `initdb` and `pg_ctl` wrapped to add the
+/// environment of every run to `seen/<program>.env` first. (The server's
+/// own `/proc/<pid>/environ` is overwritten by its process titles.)
+fn wrapped_bindir(seen: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("backup-test-bin-")
+        .tempdir()
+        .unwrap();
+    for d in [dir.path(), seen] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let real = common::server_bindir();
+    for entry in std::fs::read_dir(&real).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let link = dir.path().join(&name);
+        if name == "initdb" || name == "pg_ctl" {
+            std::fs::write(
+                &link,
+                format!(
+                    "#!/bin/sh\nenv >> '{}/{name}.env'\nexec '{}' \"$@\"\n",
+                    seen.display(),
+                    entry.path().display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&link, std::fs::Permissions::from_mode(0o755)).unwrap();
+        } else {
+            std::os::unix::fs::symlink(entry.path(), &link).unwrap();
+        }
+    }
+    dir
+}
+
 #[test]
 fn restore_tests_and_drills_open_an_encrypted_backup_with_the_jobs_identity_file() {
     let k = keys();
@@ -305,9 +366,14 @@ fn restore_tests_and_drills_open_an_encrypted_backup_with_the_jobs_identity_file
     let cluster = Cluster::start();
     cluster.load_fixtures("app");
     plant_marker(&cluster);
+    let seen_env = tempfile::Builder::new()
+        .prefix("backup-test-env-")
+        .tempdir()
+        .unwrap();
+    let bindir = wrapped_bindir(seen_env.path());
     let setup = Setup::with_cluster(
         cluster,
-        "",
+        &format!("pg_bin_dir = \"{}\"", bindir.path().display()),
         &format!(
             "encryption = {{ recipients = [\"{}\"], identity_file = \"{}\" }}\n\n\
              [jobs.rt]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\n\
@@ -332,16 +398,100 @@ fn restore_tests_and_drills_open_an_encrypted_backup_with_the_jobs_identity_file
     );
     assert_eq!(refused.code, 9, "{}", refused.all());
     assert!(
-        refused.stderr.contains("none of the age identities given can decrypt it")
+        refused
+            .stderr
+            .contains("none of the age identities given can decrypt it")
             && !refused.stdout.contains("initdb"),
         "{}",
         refused.all()
     );
 
-    let drill = setup.backup(&["drill", "--job", "nightly"]);
+    // The throwaway server runs code of the restored data as a superuser:
+    // it must not inherit our key or the database password.
+    let drill = setup.backup_with(
+        &["drill", "--job", "nightly"],
+        &[
+            ("BACKUP_AGE_IDENTITY", k.secret.as_str()),
+            ("PGPASSWORD", common::PASSWORD),
+        ],
+    );
     assert!(drill.ok(), "{}", drill.all());
-    for expected in ["| Result | **PASSED** |", "| marker kept | = 1 | 1 | passed |"] {
-        assert!(drill.stdout.contains(expected), "{expected}: {}", drill.all());
+    for program in ["initdb", "pg_ctl"] {
+        let seen = std::fs::read_to_string(seen_env.path().join(format!("{program}.env")))
+            .unwrap_or_else(|e| panic!("{program} was not run through the wrapper: {e}"));
+        assert!(seen.contains("PATH="), "{program}: {seen}");
+        for secret in [
+            k.secret.as_str(),
+            common::PASSWORD,
+            "BACKUP_AGE_IDENTITY",
+            "PGPASSWORD",
+        ] {
+            assert!(
+                !seen.contains(secret),
+                "{program} was given {secret}: {seen}"
+            );
+        }
+    }
+    for expected in [
+        "| Result | **PASSED** |",
+        "| marker kept | = 1 | 1 | passed |",
+    ] {
+        assert!(
+            drill.stdout.contains(expected),
+            "{expected}: {}",
+            drill.all()
+        );
     }
     assert!(!drill.stdout.contains(&k.secret) && !test.stdout.contains(&k.secret));
+}
+
+#[test]
+fn a_passphrase_encrypted_backup_restores_with_it_and_is_refused_with_another() {
+    const PASSPHRASE: &str = "stapled-horse-battery-7c1e";
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    plant_marker(&cluster);
+    let setup = Setup::with_cluster(
+        cluster,
+        "",
+        "compression = \"none\"\nencryption = { passphrase_env = \"BACKUP_PASSPHRASE\" }\n",
+    );
+    let env = [("BACKUP_PASSPHRASE", PASSPHRASE)];
+    let run = setup.backup_with(&["run", "nightly"], &env);
+    assert!(run.ok(), "{}", run.all());
+    let id = setup.list_with(&env)[0]["id"].as_str().unwrap().to_owned();
+    let dir = setup.backups.join("nightly").join(&id);
+    for name in ["data.dump.age", "globals.sql.age"] {
+        let stored = std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            !stored.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+            "{name} holds the marker in clear"
+        );
+    }
+
+    let before = databases(&setup.cluster);
+    let wrong = setup.backup_with(&RESTORE, &[("BACKUP_PASSPHRASE", "not-the-passphrase")]);
+    assert_eq!(wrong.code, 9, "{}", wrong.all());
+    assert!(
+        wrong.stderr.contains(&format!("backup {id}"))
+            && wrong
+                .stderr
+                .contains("the job's passphrase does not decrypt it")
+            && wrong.stderr.contains("hint:"),
+        "{}",
+        wrong.all()
+    );
+    assert_eq!(databases(&setup.cluster), before, "no target was created");
+
+    let ok = setup.backup_with(&RESTORE, &env);
+    assert!(ok.ok(), "{}", ok.all());
+    assert_eq!(marker_rows(&setup.cluster, "restored"), "1");
+    let verify = setup.backup_with(&["verify", "--job", "nightly"], &env);
+    assert!(verify.ok(), "{}", verify.all());
+    for run in [&run, &wrong, &ok, &verify] {
+        assert!(!run.all().contains(PASSPHRASE), "{}", run.all());
+    }
+    for (path, text) in texts_under(&setup.backups) {
+        assert!(!text.contains(PASSPHRASE), "the passphrase in {path}");
+    }
 }

@@ -7,6 +7,11 @@
 //! An identity comes from `BACKUP_AGE_IDENTITY` (the key itself, or the path
 //! of a file holding it) or the job's `identity_file`; a file others may read
 //! is refused, as libpq refuses such a `.pgpass`.
+//!
+//! Or a passphrase (age's scrypt recipient), for those coming from
+//! pgBackRest's `cipher-pass`: one secret that both encrypts and decrypts,
+//! so it must be on every host that takes backups, and a stolen job host
+//! can read them all. age allows a passphrase only as the sole recipient.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -25,13 +30,31 @@ pub const EXTENSION: &str = "age";
 /// The environment variable an identity may come from.
 pub const IDENTITY_ENV: &str = "BACKUP_AGE_IDENTITY";
 
-/// Public keys objects are encrypted to.
+/// scrypt's cost in passphrase mode, as log2(N): 256 MiB and about half a
+/// second per object here. age would calibrate it to a second of the host's
+/// time, which on a fast host means 512 MiB or more per object: too much to
+/// take on the database's machine at 3 a.m.
+const SCRYPT_WORK_FACTOR: u8 = 18;
+/// The most a backup's scrypt may cost to open: more is not ours, and could
+/// be a header crafted to exhaust the restoring host.
+const SCRYPT_MAX_WORK_FACTOR: u8 = 20;
+
+/// Whom objects are encrypted to: public keys, or one passphrase.
 #[derive(Clone)]
-pub struct Recipients(Vec<age::x25519::Recipient>);
+pub struct Recipients(Sealing);
+
+#[derive(Clone)]
+enum Sealing {
+    Keys(Vec<age::x25519::Recipient>),
+    Passphrase(age::secrecy::SecretString),
+}
 
 impl fmt::Debug for Recipients {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Recipients({})", self.0.len())
+        match &self.0 {
+            Sealing::Keys(keys) => write!(f, "Recipients({})", keys.len()),
+            Sealing::Passphrase(_) => f.write_str("Recipients(passphrase)"),
+        }
     }
 }
 
@@ -49,7 +72,12 @@ impl Recipients {
         if out.is_empty() {
             return Err("no recipient".to_owned());
         }
-        Ok(Recipients(out))
+        Ok(Recipients(Sealing::Keys(out)))
+    }
+
+    /// Encryption with a passphrase (scrypt).
+    pub fn passphrase(passphrase: &crate::model::Secret) -> Self {
+        Recipients(Sealing::Passphrase(passphrase.expose().to_owned().into()))
     }
 
     /// The recipients in a file: one `age1...` a line; `#` comments and blank lines skipped.
@@ -62,13 +90,25 @@ impl Recipients {
     }
 }
 
-/// Secret keys that open objects. Never printed.
+/// Secret keys that open objects, and the job's passphrase. Never printed.
 #[derive(Clone)]
-pub struct Identities(Vec<age::x25519::Identity>);
+pub struct Identities {
+    keys: Vec<age::x25519::Identity>,
+    passphrase: Option<age::secrecy::SecretString>,
+}
 
 impl fmt::Debug for Identities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Identities(<{} redacted>)", self.0.len())
+        write!(
+            f,
+            "Identities(<{} redacted>{})",
+            self.keys.len(),
+            if self.passphrase.is_some() {
+                ", <passphrase>"
+            } else {
+                ""
+            }
+        )
     }
 }
 
@@ -92,25 +132,63 @@ impl Identities {
                 "make one with `age-keygen -o key.txt`; its public key goes into `recipients`",
             ));
         }
-        Ok(Identities(out))
+        Ok(Identities {
+            keys: out,
+            passphrase: None,
+        })
     }
 
-    /// From `BACKUP_AGE_IDENTITY`, else `identity_file`; `None` when neither is set.
-    pub fn load(identity_file: Option<&Path>) -> Result<Option<Self>> {
-        if let Ok(value) = std::env::var(IDENTITY_ENV)
-            && !value.trim().is_empty()
-        {
-            if value.trim_start().starts_with("AGE-SECRET-KEY-") {
-                return Identities::parse(&value, IDENTITY_ENV).map(Some);
+    /// From `BACKUP_AGE_IDENTITY`, else the job's `identity_file`, with the
+    /// job's passphrase if it has one; `None` when there is nothing.
+    pub fn load(encryption: Option<&crate::model::EncryptionSpec>) -> Result<Option<Self>> {
+        let passphrase = encryption
+            .and_then(|e| e.passphrase.as_ref())
+            .map(|p| age::secrecy::SecretString::from(p.expose().to_owned()));
+        let identity_file = encryption.and_then(|e| e.identity_file.as_deref());
+        // Whatever is wrong with the variable, its value is never repeated:
+        // it may be a key with a typo.
+        let found = match std::env::var(IDENTITY_ENV) {
+            Ok(value) if value.to_ascii_uppercase().contains("AGE-SECRET-KEY-") => {
+                Some(Identities::parse(&value, IDENTITY_ENV)?)
             }
-            return Identities::from_file(Path::new(value.trim())).map(Some);
-        }
-        identity_file.map(Identities::from_file).transpose()
+            Ok(value) if !value.trim().is_empty() => {
+                let path = Path::new(value.trim());
+                if !path.is_file() {
+                    return Err(Error::config(format!(
+                        "{IDENTITY_ENV} holds no age identity (AGE-SECRET-KEY-1...) and names no file"
+                    ))
+                    .with_hint(format!(
+                        "set {IDENTITY_ENV} to the secret key itself, or to the path of the file holding it"
+                    )));
+                }
+                Some(Identities::from_file(path)?)
+            }
+            _ => identity_file.map(Identities::from_file).transpose()?,
+        };
+        Ok(match (found, passphrase) {
+            (Some(ids), passphrase) => Some(Identities { passphrase, ..ids }),
+            (None, Some(passphrase)) => Some(Identities {
+                keys: Vec::new(),
+                passphrase: Some(passphrase),
+            }),
+            (None, None) => None,
+        })
     }
 
     #[cfg(test)]
     pub fn load_from_text_for_tests(key: &age::x25519::Identity) -> Self {
-        Identities(vec![key.clone()])
+        Identities {
+            keys: vec![key.clone()],
+            passphrase: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn passphrase_for_tests(passphrase: &str) -> Self {
+        Identities {
+            keys: Vec::new(),
+            passphrase: Some(passphrase.to_owned().into()),
+        }
     }
 
     fn from_file(path: &Path) -> Result<Self> {
@@ -180,9 +258,18 @@ pub struct Sealer {
 
 impl Sealer {
     pub fn new(recipients: &Recipients) -> Result<Sealer> {
-        let encryptor =
-            age::Encryptor::with_recipients(recipients.0.iter().map(|r| r as &dyn age::Recipient))
-                .map_err(|e| Error::internal(format!("age: {e}")))?;
+        let encryptor = match &recipients.0 {
+            Sealing::Keys(keys) => {
+                age::Encryptor::with_recipients(keys.iter().map(|r| r as &dyn age::Recipient))
+                    .map_err(|e| Error::internal(format!("age: {e}")))?
+            }
+            Sealing::Passphrase(passphrase) => {
+                let mut recipient = age::scrypt::Recipient::new(passphrase.clone());
+                recipient.set_work_factor(SCRYPT_WORK_FACTOR);
+                age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                    .map_err(|e| Error::internal(format!("age: {e}")))?
+            }
+        };
         let out = Shared::default();
         let writer = encryptor
             .wrap_output(out.clone())
@@ -212,15 +299,39 @@ impl Sealer {
 pub fn open<R: Read>(source: R, identities: &Identities) -> Result<age::stream::StreamReader<R>> {
     let decryptor = age::Decryptor::new(source)
         .map_err(|e| Error::integrity(format!("not an age-encrypted object: {e}")))?;
+    let scrypt = identities.passphrase.clone().map(|p| {
+        let mut identity = age::scrypt::Identity::new(p);
+        identity.set_max_work_factor(SCRYPT_MAX_WORK_FACTOR);
+        identity
+    });
+    let passphrase_only = decryptor.is_scrypt();
+    let keys = identities.keys.iter().map(|i| i as &dyn age::Identity);
+    let scrypt_identity = scrypt.iter().map(|i| i as &dyn age::Identity);
     decryptor
-        .decrypt(identities.0.iter().map(|i| i as &dyn age::Identity))
+        .decrypt(keys.chain(scrypt_identity))
         .map_err(|e| match e {
+            // What a wrong passphrase looks like: the file key does not open.
+            age::DecryptError::DecryptionFailed if passphrase_only && scrypt.is_some() => {
+                Error::new(Kind::Refused, "the job's passphrase does not decrypt it").with_hint(
+                    "set passphrase_env or passphrase_file in the job's `encryption` to the \
+                     passphrase it had when the backup was made",
+                )
+            }
+            age::DecryptError::NoMatchingKeys if passphrase_only => Error::new(
+                Kind::Refused,
+                "it is encrypted with a passphrase, and the job has none",
+            )
+            .with_hint("set passphrase_env or passphrase_file in the job's `encryption`"),
             age::DecryptError::NoMatchingKeys => Error::new(
                 Kind::Refused,
                 "none of the age identities given can decrypt it",
             )
             .with_hint(format!(
                 "set {IDENTITY_ENV} or identity_file to the key whose public key was in `recipients` when it was made"
+            )),
+            age::DecryptError::ExcessiveWork { required, .. } => Error::integrity(format!(
+                "its passphrase's scrypt work factor is {required}, more than the {SCRYPT_MAX_WORK_FACTOR} \
+                 this version opens; it was not made by backup"
             )),
             other => Error::integrity(format!("cannot decrypt it: {other}")),
         })
@@ -233,7 +344,7 @@ pub fn open<R: Read>(source: R, identities: &Identities) -> Result<age::stream::
 pub async fn opener(
     storage: &dyn crate::storage::Storage,
     manifest: &crate::catalog::Manifest,
-    identity_file: Option<&Path>,
+    encryption: Option<&crate::model::EncryptionSpec>,
 ) -> Result<Crypt> {
     match manifest.encryption.as_deref() {
         None => return Ok(Crypt::None),
@@ -245,7 +356,7 @@ pub async fn opener(
             )));
         }
     }
-    let identities = Identities::load(identity_file)?.ok_or_else(|| {
+    let identities = Identities::load(encryption)?.ok_or_else(|| {
         Error::new(
             Kind::Refused,
             format!(
@@ -254,7 +365,8 @@ pub async fn opener(
             ),
         )
         .with_hint(format!(
-            "set {IDENTITY_ENV} to the secret key (or the path of its file), or identity_file in the job's `encryption`"
+            "set {IDENTITY_ENV} to the secret key (or the path of its file), or identity_file in the job's `encryption` \
+             (passphrase_env or passphrase_file if it was made with a passphrase)"
         ))
     })?;
     let identities = Arc::new(identities);
@@ -294,7 +406,7 @@ mod tests {
     fn sealed_bytes_open_with_the_identity_only() {
         let key = age::x25519::Identity::generate();
         let other = age::x25519::Identity::generate();
-        let recipients = Recipients(vec![key.to_public()]);
+        let recipients = Recipients(Sealing::Keys(vec![key.to_public()]));
         let mut sealer = Sealer::new(&recipients).unwrap();
         let plain = b"a marker that must not be stored in clear ".repeat(10_000);
         let mut sealed = Vec::new();
@@ -304,16 +416,62 @@ mod tests {
         sealed.extend(sealer.finish().unwrap());
         assert!(!sealed.windows(8).any(|w| w == b"a marker"));
         let mut out = Vec::new();
-        open(&sealed[..], &Identities(vec![key]))
+        open(&sealed[..], &Identities::load_from_text_for_tests(&key))
             .unwrap()
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, plain);
-        let Err(wrong) = open(&sealed[..], &Identities(vec![other])) else {
+        let Err(wrong) = open(&sealed[..], &Identities::load_from_text_for_tests(&other)) else {
             panic!("opened with the wrong key")
         };
         assert_eq!(wrong.kind(), Kind::Refused);
-        assert!(format!("{:?}", Identities(vec![])).contains("redacted"));
+        let shown = format!("{:?}", Identities::load_from_text_for_tests(&key));
+        assert!(
+            shown.contains("redacted") && !shown.contains("AGE-SECRET"),
+            "{shown}"
+        );
+    }
+
+    fn seal_all(recipients: &Recipients, plain: &[u8]) -> Vec<u8> {
+        let mut sealer = Sealer::new(recipients).unwrap();
+        let mut sealed = sealer.seal(plain).unwrap();
+        sealed.extend(sealer.finish().unwrap());
+        sealed
+    }
+
+    #[test]
+    fn a_passphrase_seals_and_opens_and_a_wrong_one_is_named() {
+        let passphrase = crate::model::Secret::new("correct horse battery staple");
+        let recipients = Recipients::passphrase(&passphrase);
+        assert!(!format!("{recipients:?}").contains("horse"));
+        let plain = b"rows of a table ".repeat(5_000);
+        let sealed = seal_all(&recipients, &plain);
+        assert!(!sealed.windows(7).any(|w| w == b"rows of"));
+        let mut out = Vec::new();
+        open(
+            &sealed[..],
+            &Identities::passphrase_for_tests("correct horse battery staple"),
+        )
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+        assert_eq!(out, plain);
+        let Err(wrong) = open(
+            &sealed[..],
+            &Identities::passphrase_for_tests("Tr0ub4dor&3"),
+        ) else {
+            panic!("opened with the wrong passphrase")
+        };
+        assert_eq!(wrong.kind(), Kind::Refused);
+        assert!(
+            wrong.message().contains("passphrase does not decrypt"),
+            "{wrong}"
+        );
+        let key = age::x25519::Identity::generate();
+        let Err(none) = open(&sealed[..], &Identities::load_from_text_for_tests(&key)) else {
+            panic!("opened without the passphrase")
+        };
+        assert!(none.message().contains("the job has none"), "{none}");
     }
 
     #[test]

@@ -119,6 +119,8 @@ struct RawEncryption {
     recipients: Option<Vec<String>>,
     recipients_file: Option<PathBuf>,
     identity_file: Option<PathBuf>,
+    passphrase_env: Option<Spanned<String>>,
+    passphrase_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,7 +334,7 @@ fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
                         "use letters, digits, '-', '_' and '.', starting with a letter or digit",
                     ));
             }
-            let job = validate_job(source, name, job, timezone.clone(), &config, &reports)?;
+            let job = validate_job(source, name, job, timezone.clone(), &config, &reports, env)?;
             config.jobs.insert(name.clone(), job);
         }
     }
@@ -694,6 +696,7 @@ fn validate_job(
     timezone: TimeZone,
     config: &Config,
     reports: &Option<Arc<StorageSpec>>,
+    env: EnvLookup,
 ) -> Result<Job> {
     let job = raw.get_ref();
     let timezone = match &job.timezone {
@@ -718,7 +721,7 @@ fn validate_job(
     let kind = match job.kind.get_ref().as_str() {
         "backup" => {
             check_keys(source, name, "backup", job, BACKUP_KEYS)?;
-            JobKind::Backup(validate_backup_job(source, name, raw, config)?)
+            JobKind::Backup(validate_backup_job(source, name, raw, config, env)?)
         }
         "prune" => {
             check_keys(source, name, "prune", job, &["backup_job"])?;
@@ -855,6 +858,7 @@ fn validate_backup_job(
     name: &str,
     raw: &Spanned<RawJob>,
     config: &Config,
+    env: EnvLookup,
 ) -> Result<BackupJob> {
     let job = raw.get_ref();
     let database = job_database(source, name, raw, config)?;
@@ -902,7 +906,7 @@ fn validate_backup_job(
         None => Duration::from_secs(24 * 3600),
     };
     let encryption = match &job.encryption {
-        Some(raw) => Some(validate_encryption(source, name, raw)?),
+        Some(raw) => Some(validate_encryption(source, name, raw, env)?),
         None => None,
     };
     Ok(BackupJob {
@@ -916,16 +920,46 @@ fn validate_backup_job(
 }
 
 /// `encryption = { ... }`: recipients that parse, from the file or the list,
-/// never both, and an identity file only others cannot read.
+/// never both, and an identity file only others cannot read; or a passphrase.
 fn validate_encryption(
     source: &Source,
     name: &str,
     raw: &Spanned<RawEncryption>,
+    env: EnvLookup,
 ) -> Result<EncryptionSpec> {
     use crate::archive::crypt::Recipients;
     let enc = raw.get_ref();
     let section = format!("[jobs.{name}] encryption");
+    let passphrase = read_secret(
+        source,
+        &format!("jobs.{name}.encryption"),
+        "passphrase",
+        &enc.passphrase_env,
+        &enc.passphrase_file,
+        env,
+    )?
+    .map(|(secret, _)| secret);
+    if let Some(p) = &passphrase
+        && p.expose().is_empty()
+    {
+        return Err(source.error(raw, format!("{section}: the passphrase is empty")));
+    }
     let recipients = match (&enc.recipients, &enc.recipients_file) {
+        // age takes a passphrase only as the one recipient of a file.
+        (Some(_), _) | (_, Some(_)) if passphrase.is_some() => {
+            return Err(source
+                .error(
+                    raw,
+                    format!("{section}: give recipients or a passphrase, not both"),
+                )
+                .with_hint(
+                    "age encrypts to a passphrase alone; recipients (public keys) are the \
+                     safer choice, as the hosts taking backups then cannot read them",
+                ));
+        }
+        (None, None) if passphrase.is_some() => {
+            Recipients::passphrase(passphrase.as_ref().expect("checked above"))
+        }
         (Some(keys), None) => Recipients::parse(keys.iter().map(String::as_str))
             .map_err(|e| source.error(raw, format!("{section}: recipients: {e}")))?,
         (None, Some(path)) => {
@@ -952,7 +986,10 @@ fn validate_encryption(
             return Err(source
                 .error(
                     raw,
-                    format!("{section} needs `recipients` or `recipients_file`"),
+                    format!(
+                        "{section} needs `recipients`, `recipients_file`, `passphrase_env` \
+                         or `passphrase_file`"
+                    ),
                 )
                 .with_hint("recipients = [\"age1...\"]: the public keys of `age-keygen`"));
         }
@@ -972,6 +1009,7 @@ fn validate_encryption(
     Ok(EncryptionSpec {
         recipients: Arc::new(recipients),
         identity_file: enc.identity_file.clone(),
+        passphrase,
     })
 }
 
@@ -1211,6 +1249,7 @@ compression = "gzip"
         validate(vec![(&source, raw)], &|name| match name {
             "APP_DB_PASSWORD" => Some("s3cret-from-env".to_owned()),
             "S3_ID" => Some("AKIDEXAMPLE".to_owned()),
+            "BACKUP_PASSPHRASE" => Some("correct horse battery staple".to_owned()),
             "S3_SECRET" | "AZ_KEY" | "AZ_SAS" => Some("storage-s3cret".to_owned()),
             _ => None,
         })
@@ -1332,6 +1371,11 @@ compression = "gzip"
         let config = check(&with(&format!("{{ recipients = [\"{public}\"] }}"))).unwrap();
         let (_, job) = config.backup_job("nightly").unwrap();
         assert!(job.encryption.is_some());
+        let config = check(&with("{ passphrase_env = \"BACKUP_PASSPHRASE\" }")).unwrap();
+        let (_, job) = config.backup_job("nightly").unwrap();
+        let spec = job.encryption.as_ref().unwrap();
+        assert!(spec.passphrase.is_some());
+        assert!(!format!("{spec:?}").contains("battery"), "{spec:?}");
         let dir = tempfile::tempdir().unwrap();
         let shared = dir.path().join("key.txt");
         std::fs::write(&shared, "AGE-SECRET-KEY-1\n").unwrap();
@@ -1341,7 +1385,24 @@ compression = "gzip"
                 "{ recipients = [\"age1nope\"] }".to_owned(),
                 "'age1nope' is not an age X25519 recipient",
             ),
-            ("{}".to_owned(), "needs `recipients` or `recipients_file`"),
+            (
+                "{}".to_owned(),
+                "needs `recipients`, `recipients_file`, `passphrase_env`",
+            ),
+            (
+                format!(
+                    "{{ recipients = [\"{public}\"], passphrase_env = \"BACKUP_PASSPHRASE\" }}"
+                ),
+                "give recipients or a passphrase, not both",
+            ),
+            (
+                "{ passphrase_env = \"UNSET_PASSPHRASE\" }".to_owned(),
+                "environment variable UNSET_PASSPHRASE is not set",
+            ),
+            (
+                format!("{{ passphrase_file = \"{}\" }}", shared.display()),
+                "others may read it",
+            ),
             (
                 format!("{{ recipients = [\"{public}\"], recipients_file = \"/x\" }}"),
                 "not both",

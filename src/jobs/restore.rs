@@ -148,12 +148,7 @@ pub async fn plan(
         choose(job, storages, request.storage.as_deref(), &request.selector).await?;
     // Before the target is even looked at: a key that cannot open the
     // backup ends the restore here.
-    let crypt = crypt::opener(
-        named(storages, &storage)?.as_ref(),
-        &backup,
-        spec.identity_file(),
-    )
-    .await?;
+    let crypt = crypt::opener(named(storages, &storage)?.as_ref(), &backup, spec.keys()).await?;
     let admin = pg::connect(target, Some("postgres")).await?;
     let target = if pg::database_exists(&admin, &request.target_db).await? {
         let conn = pg::connect(target, Some(&request.target_db)).await?;

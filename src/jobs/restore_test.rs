@@ -149,9 +149,7 @@ pub async fn plan(
         restore::choose(backup_job, storages, None, &selector(spec.at, now)).await?;
     let reader = restore::named(storages, &storage)?;
     // A key that cannot open the backup fails the test before anything is made.
-    let crypt =
-        crate::archive::crypt::opener(reader.as_ref(), &backup, backup_spec.identity_file())
-            .await?;
+    let crypt = crate::archive::crypt::opener(reader.as_ref(), &backup, backup_spec.keys()).await?;
     let scratch = spec
         .scratch_database
         .clone()

@@ -100,12 +100,12 @@ pub async fn verify_backup(
     storage: &Arc<dyn Storage>,
     manifest: &Manifest,
     pg_restore: &Path,
-    identity_file: Option<&Path>,
+    keys: Option<&crate::model::EncryptionSpec>,
     progress: &Arc<dyn Progress>,
 ) -> BackupCheck {
     let mut objects = Vec::new();
     // An encrypted backup needs its key to be read back at all.
-    let crypt = crate::archive::crypt::opener(storage.as_ref(), manifest, identity_file).await;
+    let crypt = crate::archive::crypt::opener(storage.as_ref(), manifest, keys).await;
     for object in &manifest.objects {
         let result = match &crypt {
             Ok(crypt) => {

@@ -7,6 +7,7 @@
 //! `postgres` user, which must be able to reach `$TMPDIR`.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -111,7 +112,15 @@ impl Throwaway {
             .take(32)
             .collect();
         let pwfile = dir.path().join("pw");
-        std::fs::write(&pwfile, format!("{password}\n")).map_err(|e| {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pwfile)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, format!("{password}\n").as_bytes())
+            });
+        written.map_err(|e| {
             Error::io(
                 crate::error::Kind::Internal,
                 "writing the drill's password file",
@@ -302,6 +311,9 @@ impl Throwaway {
         if let Some((uid, gid)) = self.run_as {
             command.gid(gid).uid(uid);
         }
+        // The server, its backends and whatever the restored data runs in
+        // them (as a superuser) see none of our keys and passwords.
+        super::minimal_env(&mut command);
         command
             .output()
             .map_err(|e| Error::tool(format!("cannot run {}: {e}", path.display())))

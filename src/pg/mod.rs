@@ -797,9 +797,25 @@ pub fn tool_path(db: &Database, tool: &str, server_major: u32) -> PathBuf {
         .map_or_else(|| PathBuf::from(tool), |(_, p)| p)
 }
 
+/// Gives a program only the environment any program needs (paths, locale,
+/// time zone): none of our secrets.
+pub fn minimal_env(command: &mut Command) {
+    command.env_clear();
+    for (name, value) in std::env::vars_os() {
+        let keep = name.to_str().is_some_and(|n| {
+            matches!(n, "PATH" | "LANG" | "TZ" | "TMPDIR") || n.starts_with("LC_")
+        });
+        if keep {
+            command.env(name, value);
+        }
+    }
+}
+
 /// Runs `tool --version`; returns the major version and the line it printed.
 pub fn tool_version(path: &Path) -> Result<(u32, String)> {
-    let output = Command::new(path).arg("--version").output().map_err(|e| {
+    let mut command = Command::new(path);
+    minimal_env(&mut command);
+    let output = command.arg("--version").output().map_err(|e| {
         Error::tool(format!("cannot run {}: {e}", path.display())).with_hint(
             "install the PostgreSQL client programs (Debian: postgresql-client) \
              or set pg_bin_dir in the [databases.*] section",
@@ -847,6 +863,16 @@ pub struct ClientProgram {
 const STDERR_TAIL: usize = 8 * 1024;
 
 /// Spawns `program args` with `PGPASSWORD` set only in the child's environment.
+/// Secrets of ours that may be in our environment and that the PostgreSQL
+/// client programs never use.
+const SECRETS_CHILDREN_DO_NOT_NEED: [&str; 5] = [
+    crate::archive::crypt::IDENTITY_ENV,
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+];
+
 pub fn spawn(
     program: &Path,
     args: Vec<OsString>,
@@ -863,6 +889,10 @@ pub fn spawn(
         .stdin(stdin)
         .stdout(stdout)
         .stderr(Stdio::piped());
+    // libpq needs none of these: a child need not hold them.
+    for name in SECRETS_CHILDREN_DO_NOT_NEED {
+        cmd.env_remove(name);
+    }
     if let Some(password) = &db.password {
         cmd.env("PGPASSWORD", password.expose());
     }

@@ -135,7 +135,13 @@ impl AzureStorage {
         .map_err(|e| config(format!("endpoint {endpoint}: {e}")))?;
         let make = |url: Url, credential: Option<Arc<dyn TokenCredential>>| {
             BlobContainerClient::new(url, credential, Some(client_options()))
-                .map_err(|e| config(format!("cannot make a client for {endpoint}: {e}")))
+                // The SDK's message may quote the url, and with it a SAS.
+                .map_err(|e| {
+                    config(format!(
+                        "cannot make a client for {endpoint}: {}",
+                        redact(&e.to_string())
+                    ))
+                })
         };
         let access = match auth {
             AzureAuth::EntraId => {
@@ -365,8 +371,10 @@ impl Inner {
                 let sas = account_sas(account, key, now, expires, https_only)?;
                 let mut url = container_url.clone();
                 url.set_query(Some(&sas));
-                let client = BlobContainerClient::new(url, None, Some(client_options()))
-                    .map_err(|e| Error::config(format!("storage {}: {e}", self.name)))?;
+                let client =
+                    BlobContainerClient::new(url, None, Some(client_options())).map_err(|e| {
+                        Error::config(format!("storage {}: {}", self.name, redact(&e.to_string())))
+                    })?;
                 let client = Arc::new(client);
                 *current = Some((client.clone(), expires));
                 Ok(client)

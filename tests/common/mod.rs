@@ -559,7 +559,12 @@ impl Setup {
 
     /// The manifests of complete backups, as `backup list --json` prints them.
     pub fn list(&self) -> Vec<serde_json::Value> {
-        let run = self.backup(&["--json", "list", "--job", "nightly"]);
+        self.list_with(&[])
+    }
+
+    /// [`Setup::list`] with more environment variables (a job's secrets).
+    pub fn list_with(&self, env: &[(&str, &str)]) -> Vec<serde_json::Value> {
+        let run = self.backup_with(&["--json", "list", "--job", "nightly"], env);
         assert!(run.ok(), "{}", run.all());
         serde_json::from_str(&run.stdout).expect("list --json prints JSON")
     }
