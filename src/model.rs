@@ -35,6 +35,26 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The environment variables the job files take secrets from, for children
+/// that need none of them to be started without them.
+static SECRET_ENV: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Notes that `name` holds a secret.
+pub fn secret_in_env(name: &str) {
+    if let Ok(mut names) = SECRET_ENV.lock() {
+        names.insert(name.to_owned());
+    }
+}
+
+/// Every variable [`secret_in_env`] was told of.
+pub fn secret_env_names() -> Vec<String> {
+    SECRET_ENV
+        .lock()
+        .map(|names| names.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// Where a value came from, so errors can point at it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {

@@ -398,6 +398,10 @@ fn restore_tests_and_drills_open_an_encrypted_backup_with_the_jobs_identity_file
     );
     assert_eq!(refused.code, 9, "{}", refused.all());
     assert!(
+        !seen_env.path().join("initdb.env").exists(),
+        "no cluster was made before the key was checked"
+    );
+    assert!(
         refused
             .stderr
             .contains("none of the age identities given can decrypt it")

@@ -239,3 +239,97 @@ fn a_verify_mode_without_its_ca_file_is_a_config_error() {
         run.all()
     );
 }
+
+#[test]
+fn the_default_mode_uses_tls_when_offered_and_env_settings_apply() {
+    let (setup, certs) = tls_setup();
+    // No sslmode: prefer, as libpq; the server takes TLS sessions only.
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    // PGSSLMODE and PGSSLROOTCERT apply when the url says nothing.
+    let wrong = certs.wrong_ca.to_str().unwrap();
+    let run = setup.backup_with(
+        &["run", "nightly"],
+        &[("PGSSLMODE", "verify-ca"), ("PGSSLROOTCERT", wrong)],
+    );
+    assert_eq!(run.code, 4, "{}", run.all());
+    assert!(run.stderr.contains("UnknownIssuer"), "{}", run.all());
+    let ca = certs.ca.to_str().unwrap();
+    let run = setup.backup_with(
+        &["run", "nightly"],
+        &[("PGSSLMODE", "verify-ca"), ("PGSSLROOTCERT", ca)],
+    );
+    assert!(run.ok(), "{}", run.all());
+}
+
+#[test]
+fn a_self_signed_certificate_trusted_as_its_own_root_and_prefer_falling_back() {
+    // PostgreSQL's documented recipe: one self-signed certificate (a CA by
+    // OpenSSL's defaults), which clients are given as sslrootcert.
+    let dir = tempfile::Builder::new()
+        .prefix("backup-test-tls-")
+        .tempdir()
+        .unwrap();
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "2",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+    );
+    let own = dir.path().join("server.crt");
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    // TLS offered, sessions without it still taken.
+    cluster.enable_tls(&own, &dir.path().join("server.key"), false);
+    let setup = Setup::with_cluster(cluster, "", "");
+    let port = setup.cluster.port;
+    use_url(
+        &setup,
+        &format!(
+            "host=localhost port={port} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
+            own.display()
+        ),
+    );
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+
+    // Only a hostaddr: TCP, and TLS is used (the address is the name).
+    use_url(
+        &setup,
+        &format!("hostaddr=127.0.0.1 port={port} user=postgres dbname=app sslmode=require"),
+    );
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+
+    // An old ~/.postgresql/root.crt that signed nothing here: under prefer,
+    // libpq falls back to a session without TLS, and so do we.
+    let certs = make_certs();
+    let home = tempfile::Builder::new()
+        .prefix("backup-test-home-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+    std::fs::copy(&certs.wrong_ca, home.path().join(".postgresql/root.crt")).unwrap();
+    use_url(&setup, &setup.cluster.url("app"));
+    let home_env = [("HOME", home.path().to_str().unwrap())];
+    let run = setup.backup_with(&["run", "nightly"], &home_env);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(setup.list().len(), 3);
+}

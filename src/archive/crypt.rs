@@ -153,7 +153,8 @@ impl Identities {
             }
             Ok(value) if !value.trim().is_empty() => {
                 let path = Path::new(value.trim());
-                if !path.is_file() {
+                // A pipe (`<(vault read ...)`) is as good as a file.
+                if !path.exists() {
                     return Err(Error::config(format!(
                         "{IDENTITY_ENV} holds no age identity (AGE-SECRET-KEY-1...) and names no file"
                     ))
@@ -192,14 +193,7 @@ impl Identities {
     }
 
     fn from_file(path: &Path) -> Result<Self> {
-        refuse_shared_secret(path)?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::io(
-                Kind::Config,
-                format!("reading the age identity {}", path.display()),
-                e,
-            )
-        })?;
+        let text = read_private(path).map_err(|e| e.context("the age identity"))?;
         Identities::parse(&text, &path.display().to_string())
     }
 }
@@ -221,6 +215,28 @@ pub fn refuse_shared_secret(path: &Path) -> Result<()> {
         .with_hint(format!("chmod 600 {}", path.display())));
     }
     Ok(())
+}
+
+/// Reads a file holding a secret, refusing it (as [`refuse_shared_secret`])
+/// when others may read it. The mode is read from the open file, so the file
+/// judged is the file read.
+pub fn read_private(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let reading = |e| Error::io(Kind::Config, format!("reading {}", path.display()), e);
+    let mut file = std::fs::File::open(path).map_err(reading)?;
+    let meta = file.metadata().map_err(reading)?;
+    let mode = meta.permissions().mode();
+    if meta.is_file() && mode & 0o077 != 0 {
+        return Err(Error::config(format!(
+            "{} holds a secret and others may read it (mode {:o})",
+            path.display(),
+            mode & 0o777
+        ))
+        .with_hint(format!("chmod 600 {}", path.display())));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(reading)?;
+    Ok(text)
 }
 
 /// The encryption stage of one object.

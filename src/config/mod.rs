@@ -457,7 +457,9 @@ fn validate_database(
     })?;
     // A CA file that is not there, a client key others may read: said by
     // `config check`, not at the first backup.
-    if let Err(e) = tls.connector() {
+    let mut resolved = parsed.clone();
+    crate::pg::apply_libpq_defaults(&mut resolved);
+    if let Err(e) = tls.connector(&resolved) {
         let hint = e.hint().map(str::to_owned);
         let err = source.error(&db.url, format!("[databases.{name}] {}", e.message()));
         return Err(match hint {
@@ -1173,7 +1175,10 @@ fn read_secret(
             format!("[{section}] sets both {key}_env and {key}_file; keep one"),
         )),
         (Some(var), None) => match env(var.get_ref()) {
-            Some(value) => Ok(Some((Secret::new(value), format!("env {}", var.get_ref())))),
+            Some(value) => {
+                crate::model::secret_in_env(var.get_ref());
+                Ok(Some((Secret::new(value), format!("env {}", var.get_ref()))))
+            }
             None => Err(source
                 .error(
                     var,
@@ -1187,17 +1192,12 @@ fn read_secret(
         (None, Some(file)) => {
             let path = file.get_ref();
             // Like libpq with a .pgpass: a secret others can read is no secret.
-            if path.exists() {
-                crate::archive::crypt::refuse_shared_secret(path).map_err(|e| {
-                    let hint = e.hint().map(str::to_owned).unwrap_or_default();
-                    source
-                        .error(file, format!("[{section}] {key}_file: {}", e.message()))
-                        .with_hint(hint)
-                })?;
-            }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                let e = Error::io(crate::error::Kind::Config, path.display(), e);
-                source.error(file, format!("[{section}] {key}_file: {}", e.message()))
+            let text = crate::archive::crypt::read_private(path).map_err(|e| {
+                let err = source.error(file, format!("[{section}] {key}_file: {}", e.message()));
+                match e.hint() {
+                    Some(hint) => err.with_hint(hint.to_owned()),
+                    None => err,
+                }
             })?;
             let value = text.trim_end_matches(['\n', '\r']).to_owned();
             Ok(Some((

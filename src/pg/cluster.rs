@@ -209,7 +209,8 @@ impl Throwaway {
                 cluster.running = true;
                 cluster.port = port;
                 cluster.database.url =
-                    format!("postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres");
+                    // Loopback to a server made a moment ago: no PGSSLMODE applies.
+                    format!("postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres?sslmode=disable");
                 return Ok(cluster);
             }
             last_error = std::fs::read_to_string(&log).unwrap_or_default();

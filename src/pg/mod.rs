@@ -251,9 +251,10 @@ async fn open(
     let (mut config, tls) = tls::parse(&db.url)
         .map_err(|e| Error::config(format!("database {}: invalid url: {e}", db.name)))?;
     apply_libpq_defaults(&mut config);
-    config.ssl_mode(tls.driver_mode(&config)?);
+    let mode = tls.driver_mode(&config)?;
+    config.ssl_mode(mode);
     let connector = tls
-        .connector()
+        .connector(&config)
         .map_err(|e| e.context(format!("database {}", db.name)))?;
     if let Some(dbname) = dbname {
         config.dbname(dbname);
@@ -268,10 +269,20 @@ async fn open(
     }
     config.application_name("backup");
     let target = config.get_dbname().unwrap_or("").to_owned();
-    let (client, mut connection) = config
-        .connect(connector.clone())
-        .await
-        .map_err(|e| connect_error(db, &target, &tls, e))?;
+    let connected = match config.connect(connector.clone()).await {
+        // libpq's prefer and allow: a handshake that fails is tried again
+        // without TLS (a certificate rustls refuses, an old root.crt).
+        Err(e)
+            if mode == tokio_postgres::config::SslMode::Prefer
+                && tls::tls_failure(&e).is_some() =>
+        {
+            tracing::debug!("database {}: TLS failed ({e}); connecting without", db.name);
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            config.connect(connector.clone()).await
+        }
+        other => other,
+    };
+    let (client, mut connection) = connected.map_err(|e| connect_error(db, &target, &tls, e))?;
     tokio::spawn(async move {
         // The driver hands notices out as it reads them, before the reply of
         // the statement that raised them: once a statement has returned, its
@@ -298,11 +309,23 @@ async fn open(
 
 /// libpq fills in what a url leaves out; tokio-postgres does not, so do it here
 /// the same way, so the children (which use libpq) and we reach the same server.
-fn apply_libpq_defaults(config: &mut tokio_postgres::Config) {
+pub(crate) fn apply_libpq_defaults(config: &mut tokio_postgres::Config) {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if config.get_hosts().is_empty() {
-        let host = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned());
-        config.host(&host);
+        if config.get_hostaddrs().is_empty() {
+            let host = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned());
+            config.host(&host);
+        } else {
+            // The address is the name TLS checks, as with libpq.
+            let addrs: Vec<String> = config
+                .get_hostaddrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            for addr in addrs {
+                config.host(&addr);
+            }
+        }
     }
     if config.get_ports().is_empty()
         && let Some(port) = env("PGPORT").and_then(|p| p.parse().ok())
@@ -803,7 +826,10 @@ pub fn minimal_env(command: &mut Command) {
     command.env_clear();
     for (name, value) in std::env::vars_os() {
         let keep = name.to_str().is_some_and(|n| {
-            matches!(n, "PATH" | "LANG" | "TZ" | "TMPDIR") || n.starts_with("LC_")
+            matches!(
+                n,
+                "PATH" | "LANG" | "TZ" | "TMPDIR" | "HOME" | "LD_LIBRARY_PATH"
+            ) || n.starts_with("LC_")
         });
         if keep {
             command.env(name, value);
@@ -862,17 +888,18 @@ pub struct ClientProgram {
 /// How much of a child's stderr is kept for the error message.
 const STDERR_TAIL: usize = 8 * 1024;
 
-/// Spawns `program args` with `PGPASSWORD` set only in the child's environment.
 /// Secrets of ours that may be in our environment and that the PostgreSQL
-/// client programs never use.
-const SECRETS_CHILDREN_DO_NOT_NEED: [&str; 5] = [
+/// client programs never use (beside those the job files name).
+const SECRETS_CHILDREN_DO_NOT_NEED: [&str; 6] = [
     crate::archive::crypt::IDENTITY_ENV,
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AZURE_STORAGE_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CONNECTION_STRING",
 ];
 
+/// Spawns `program args` with `PGPASSWORD` set only in the child's environment.
 pub fn spawn(
     program: &Path,
     args: Vec<OsString>,
@@ -891,6 +918,9 @@ pub fn spawn(
         .stderr(Stdio::piped());
     // libpq needs none of these: a child need not hold them.
     for name in SECRETS_CHILDREN_DO_NOT_NEED {
+        cmd.env_remove(name);
+    }
+    for name in crate::model::secret_env_names() {
         cmd.env_remove(name);
     }
     if let Some(password) = &db.password {

@@ -234,18 +234,34 @@ fn home_file(name: &str) -> Option<PathBuf> {
 }
 
 impl TlsSettings {
-    /// The mode in effect: the url's, else `PGSSLMODE`, else `prefer`.
+    /// The mode in effect: the url's, else `PGSSLMODE`, else `prefer`, or
+    /// `verify-full` with `sslrootcert=system` (as libpq 16 has it).
     pub fn mode(&self) -> Result<SslMode> {
-        match self.mode {
-            Some(mode) => Ok(mode),
+        let explicit = match self.mode {
+            Some(mode) => Some(mode),
             None => match env("PGSSLMODE") {
-                Some(value) => SslMode::parse(&value).ok_or_else(|| {
+                Some(value) => Some(SslMode::parse(&value).ok_or_else(|| {
                     Error::config(format!("PGSSLMODE '{value}' is not a valid sslmode"))
                         .with_hint("use disable, allow, prefer, require, verify-ca or verify-full")
-                }),
-                None => Ok(SslMode::Prefer),
+                })?),
+                None => None,
             },
+        };
+        let system = self.root_cert_setting().as_deref() == Some("system");
+        match explicit {
+            Some(mode) if system && mode != SslMode::VerifyFull => Err(Error::config(format!(
+                "sslmode {} may not be used with sslrootcert=system",
+                mode_name(mode)
+            ))
+            .with_hint("use sslmode=verify-full: the system's CAs sign certificates for names")),
+            Some(mode) => Ok(mode),
+            None if system => Ok(SslMode::VerifyFull),
+            None => Ok(SslMode::Prefer),
         }
+    }
+
+    fn root_cert_setting(&self) -> Option<String> {
+        self.root_cert.clone().or_else(|| env("PGSSLROOTCERT"))
     }
 
     /// What tokio-postgres is told: whether to ask for TLS and whether to
@@ -255,10 +271,13 @@ impl TlsSettings {
         config: &tokio_postgres::Config,
     ) -> Result<tokio_postgres::config::SslMode> {
         use tokio_postgres::config::{Host, SslMode as Driver};
-        let all_sockets = config
-            .get_hosts()
-            .iter()
-            .all(|h| matches!(h, Host::Unix(_)));
+        // A hostaddr is always TCP, whatever host says.
+        let all_sockets = config.get_hostaddrs().is_empty()
+            && !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, Host::Unix(_)));
         Ok(match self.mode()? {
             _ if all_sockets => Driver::Disable,
             SslMode::Disable => Driver::Disable,
@@ -267,32 +286,37 @@ impl TlsSettings {
         })
     }
 
-    /// The rustls client for these settings: the root certificates to check
-    /// the server against (if any), and the client certificate (if any).
-    pub fn connector(&self) -> Result<MakeRustlsConnect> {
+    /// The rustls client for these settings on `config`'s hosts: the root
+    /// certificates to check the server against (if any), and the client
+    /// certificate (if any). When TLS will not be used, none of their files
+    /// is read, as libpq reads none.
+    pub fn connector(&self, config: &tokio_postgres::Config) -> Result<MakeRustlsConnect> {
         let mode = self.mode()?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::config(format!("TLS: {e}")))?;
-        let verifier: Arc<dyn ServerCertVerifier> = match self.roots(mode)? {
-            Some(roots) => {
+        let plain = self.driver_mode(config)? == tokio_postgres::config::SslMode::Disable;
+        let roots = if plain { None } else { self.roots(mode)? };
+        let verifier: Arc<dyn ServerCertVerifier> = match roots {
+            Some((roots, trusted)) => {
                 let webpki =
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
                         .map_err(|e| Error::config(format!("TLS: the root certificates: {e}")))?;
-                if mode == SslMode::VerifyFull {
-                    webpki
-                } else {
-                    Arc::new(ChainOnly(webpki))
-                }
+                Arc::new(Checked {
+                    webpki,
+                    trusted,
+                    check_name: mode == SslMode::VerifyFull,
+                })
             }
             None => Arc::new(Unverified(provider)),
         };
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let mut config = match self.client_cert()? {
+        let client_cert = if plain { None } else { self.client_cert()? };
+        let mut config = match client_cert {
             Some((chain, key, from)) => builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| Error::config(format!("TLS: the client certificate {from}: {e}")))?,
@@ -305,9 +329,14 @@ impl TlsSettings {
 
     /// The certificates the server's must lead to, as libpq picks them:
     /// `sslrootcert` (or `system`), else `~/.postgresql/root.crt` if it
-    /// exists. `None` when there are none and the mode does not insist.
-    fn roots(&self, mode: SslMode) -> Result<Option<RootCertStore>> {
-        let explicit = self.root_cert.clone().or_else(|| env("PGSSLROOTCERT"));
+    /// exists, and their DER. `None` when there are none and the mode does
+    /// not insist.
+    #[allow(clippy::type_complexity)]
+    fn roots(
+        &self,
+        mode: SslMode,
+    ) -> Result<Option<(RootCertStore, Vec<CertificateDer<'static>>)>> {
+        let explicit = self.root_cert_setting();
         let path = match explicit {
             Some(value) if value == "system" => {
                 let found = rustls_native_certs::load_native_certs();
@@ -319,7 +348,7 @@ impl TlsSettings {
                     )
                     .with_hint("install ca-certificates, or set sslrootcert to the CA's file"));
                 }
-                return Ok(Some(roots));
+                return Ok(Some((roots, Vec::new())));
             }
             // libpq checks nothing when a named file is missing and the
             // mode does not insist; it refuses when the mode does.
@@ -367,7 +396,7 @@ impl TlsSettings {
                 .with_hint("sslrootcert names a PEM file holding the CA's certificate")
             })?;
         let mut roots = RootCertStore::empty();
-        let (_, unusable) = roots.add_parsable_certificates(certs);
+        let (_, unusable) = roots.add_parsable_certificates(certs.clone());
         if roots.is_empty() {
             return Err(Error::config(format!(
                 "sslrootcert {}: no usable certificate in it ({unusable} unusable)",
@@ -375,7 +404,7 @@ impl TlsSettings {
             ))
             .with_hint("sslrootcert names a PEM file holding the CA's certificate"));
         }
-        Ok(Some(roots))
+        Ok(Some((roots, certs)))
     }
 
     /// The client certificate and key, as libpq picks them: `sslcert` and
@@ -413,8 +442,8 @@ impl TlsSettings {
                     .with_hint("sslcert names a PEM file holding the client's certificate")
             })?;
         // libpq refuses a key others may read, and so do we.
-        crate::archive::crypt::refuse_shared_secret(&key)?;
-        let private = PrivateKeyDer::from_pem_file(&key).map_err(|e| {
+        let pem = crate::archive::crypt::read_private(&key)?;
+        let private = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
             Error::config(format!(
                 "sslkey {}: cannot read a key from it: {e}",
                 key.display()
@@ -440,6 +469,10 @@ impl TlsSettings {
                 "the server's certificate is not signed by the CA in sslrootcert (sslmode \
                  {mode}); point sslrootcert at the CA that signed it"
             )
+        } else if why.contains("no hostname provided") {
+            "set host= to the server's name: with only hostaddr, TLS has no name to \
+             check the certificate against"
+                .to_owned()
         } else if why.contains("does not support TLS") {
             "the server does not offer TLS: turn on ssl in its postgresql.conf, or lower \
              sslmode"
@@ -461,12 +494,19 @@ fn mode_name(mode: SslMode) -> &'static str {
     }
 }
 
-/// `verify-ca`, and `require` with a root certificate: the chain must lead
-/// to a root, whatever name the certificate is for.
+/// A certificate checked against root certificates: the chain must lead to
+/// one, and with `check_name` (verify-full) be for the host's name. Without
+/// (verify-ca, and `require`/`prefer` when a root certificate is there), any
+/// name will do.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Checked {
+    webpki: Arc<WebPkiServerVerifier>,
+    /// The roots as given: a server may present one of them itself.
+    trusted: Vec<CertificateDer<'static>>,
+    check_name: bool,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Checked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -475,16 +515,37 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        // webpki checks the chain before the name: a name error means the
-        // chain was good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let result = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        match result {
+            Ok(verified) => Ok(verified),
+            // webpki checks the chain before the name: a name error means
+            // the chain was good.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            // PostgreSQL's own recipe makes a self-signed server certificate
+            // marked as a CA and has clients trust that very certificate;
+            // webpki refuses a CA as the end entity, libpq takes it.
+            Err(e)
+                if self
+                    .trusted
+                    .iter()
+                    .any(|t| t.as_ref() == end_entity.as_ref()) =>
+            {
+                if self.check_name {
+                    let parsed =
+                        rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
+                    rustls::client::verify_server_name(&parsed, server_name)?;
+                }
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -494,7 +555,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -503,11 +564,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -667,11 +728,30 @@ mod tests {
 
     #[test]
     fn verify_modes_without_a_root_certificate_say_what_to_do() {
-        let (_, tls) =
+        let (config, tls) =
             parse("postgresql://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem").unwrap();
-        let err = tls.connector().err().unwrap();
+        let err = tls.connector(&config).err().unwrap();
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
-        let (_, tls) = parse("postgresql://h/db?sslmode=require").unwrap();
-        assert!(tls.connector().is_ok());
+        let (config, tls) = parse("postgresql://h/db?sslmode=require").unwrap();
+        assert!(tls.connector(&config).is_ok());
+        // Over a socket TLS is not used, and its files are not looked at.
+        let (config, tls) =
+            parse("host=/run/postgresql sslmode=verify-full sslrootcert=/nonexistent/ca.pem")
+                .unwrap();
+        assert!(tls.connector(&config).is_ok());
+    }
+
+    #[test]
+    fn a_hostaddr_is_tcp_and_system_roots_mean_verify_full() {
+        let (config, tls) = parse("hostaddr=127.0.0.1 sslmode=require").unwrap();
+        assert_eq!(
+            tls.driver_mode(&config).unwrap(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let (_, tls) = parse("postgresql://h/db?sslrootcert=system").unwrap();
+        assert_eq!(tls.mode().unwrap(), SslMode::VerifyFull);
+        let (_, tls) = parse("postgresql://h/db?sslrootcert=system&sslmode=require").unwrap();
+        let err = tls.mode().err().unwrap();
+        assert!(err.to_string().contains("sslrootcert=system"), "{err}");
     }
 }

@@ -199,6 +199,12 @@ impl Cluster {
     /// Turns TLS on with this certificate and key (PEM files), and refuses
     /// every TCP session that does not use it.
     pub fn require_tls(&self, cert: &Path, key: &Path) {
+        self.enable_tls(cert, key, true);
+    }
+
+    /// Turns TLS on with this certificate and key; with `only`, TCP
+    /// sessions without it are refused.
+    pub fn enable_tls(&self, cert: &Path, key: &Path, only: bool) {
         use std::os::unix::fs::PermissionsExt;
         let data = self.dir.path().join("data");
         for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
@@ -210,11 +216,14 @@ impl Cluster {
                 chown_to_postgres(&to);
             }
         }
+        let kind = if only { "hostssl" } else { "host" };
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\n\
-             hostssl all all 127.0.0.1/32 scram-sha-256\n\
-             hostssl all all ::1/128 scram-sha-256\n",
+            format!(
+                "local all all trust\n\
+                 {kind} all all 127.0.0.1/32 scram-sha-256\n\
+                 {kind} all all ::1/128 scram-sha-256\n"
+            ),
         )
         .unwrap();
         self.psql("postgres", "ALTER SYSTEM SET ssl = on");
