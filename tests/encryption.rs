@@ -208,15 +208,18 @@ fn an_encrypted_backup_to_s3_holds_no_clear_data_and_restores_with_the_key() {
     assert_eq!(marker_rows(&setup.cluster, "restored"), "1");
 }
 
-/// The pids and command lines of the running `pg_dump` and `pg_dumpall`.
-fn dump_command_lines() -> Vec<String> {
+/// The command lines and environments of the running `pg_dump` and `pg_dumpall`.
+fn dump_command_lines() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let path = entry.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         if comm.trim() == "pg_dump" || comm.trim() == "pg_dumpall" {
-            let cmdline = std::fs::read(path.join("cmdline")).unwrap_or_default();
-            out.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            let read = |name| {
+                let bytes = std::fs::read(path.join(name)).unwrap_or_default();
+                String::from_utf8_lossy(&bytes).replace('\0', " ")
+            };
+            out.push((read("cmdline"), read("environ")));
         }
     }
     out
@@ -304,8 +307,12 @@ fn no_secret_reaches_output_records_manifests_or_a_childs_argv() {
     assert!(stored.iter().any(|(p, _)| p.ends_with("manifest.json")));
     assert!(stored.iter().any(|(p, _)| p.contains("/reports/")));
     for (what, secret) in secrets {
-        for line in &argv {
+        for (line, environ) in &argv {
             assert!(!line.contains(secret), "{what} in a child's argv: {line}");
+            // The child needs the database password (PGPASSWORD), nothing else.
+            if secret != common::PASSWORD {
+                assert!(!environ.contains(secret), "{what} in a child's environment");
+            }
         }
         for run in &outputs {
             assert!(
