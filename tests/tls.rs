@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -332,4 +333,98 @@ fn a_self_signed_certificate_trusted_as_its_own_root_and_prefer_falling_back() {
     let run = setup.backup_with(&["run", "nightly"], &home_env);
     assert!(run.ok(), "{}", run.all());
     assert_eq!(setup.list().len(), 3);
+}
+
+#[test]
+fn a_client_certificate_logs_in_where_the_server_asks_for_one() {
+    let certs = make_certs();
+    let d = certs.ca.parent().unwrap().to_owned();
+    // A client certificate for the role `postgres`, signed by the CA.
+    let mut args = vec!["req"];
+    args.extend([
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ]);
+    args.extend([
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=postgres",
+    ]);
+    openssl(&d, &args);
+    openssl(
+        &d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.crt",
+            "-days",
+            "2",
+        ],
+    );
+    let key = d.join("client.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    // The certificate is the only way in over TCP.
+    cluster.enable_tls_with(
+        &certs.server_cert,
+        &certs.server_key,
+        "hostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n",
+        Some(&certs.ca),
+    );
+    let setup = Setup::with_cluster(cluster, "", "");
+    let port = setup.cluster.port;
+    let base = format!(
+        "postgresql://postgres@localhost:{port}/app?sslmode=verify-full&sslrootcert={}",
+        certs.ca.display()
+    );
+    use_url(
+        &setup,
+        &format!(
+            "{base}&sslcert={}&sslkey={}",
+            d.join("client.crt").display(),
+            key.display()
+        ),
+    );
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let run = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "restored",
+    ]);
+    assert!(run.ok(), "{}", run.all());
+
+    // A key others may read is refused, as libpq refuses it.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = setup.backup(&["config", "check"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(run.stderr.contains("others may read it"), "{}", run.all());
+
+    // No certificate: the server says no, and the message says why.
+    use_url(&setup, &base);
+    let home = tempfile::tempdir().unwrap();
+    let run = setup.backup_with(
+        &["run", "nightly"],
+        &[("HOME", home.path().to_str().unwrap())],
+    );
+    assert_eq!(run.code, 4, "{}", run.all());
+    assert!(run.stderr.contains("certificate"), "{}", run.all());
 }

@@ -200,9 +200,13 @@ impl Identities {
 
 /// Refuses a file holding a secret that others than its owner may read.
 pub fn refuse_shared_secret(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::io(Kind::Config, format!("reading {}", path.display()), e))?;
+    judge_secret_file(path, &meta)
+}
+
+fn judge_secret_file(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode();
     // Devices and pipes (a secret handed over on a file descriptor) have
     // the modes of their kind, not of a file someone wrote.
@@ -221,19 +225,9 @@ pub fn refuse_shared_secret(path: &Path) -> Result<()> {
 /// when others may read it. The mode is read from the open file, so the file
 /// judged is the file read.
 pub fn read_private(path: &Path) -> Result<String> {
-    use std::os::unix::fs::PermissionsExt;
     let reading = |e| Error::io(Kind::Config, format!("reading {}", path.display()), e);
     let mut file = std::fs::File::open(path).map_err(reading)?;
-    let meta = file.metadata().map_err(reading)?;
-    let mode = meta.permissions().mode();
-    if meta.is_file() && mode & 0o077 != 0 {
-        return Err(Error::config(format!(
-            "{} holds a secret and others may read it (mode {:o})",
-            path.display(),
-            mode & 0o777
-        ))
-        .with_hint(format!("chmod 600 {}", path.display())));
-    }
+    judge_secret_file(path, &file.metadata().map_err(reading)?)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(reading)?;
     Ok(text)

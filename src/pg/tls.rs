@@ -310,16 +310,26 @@ impl TlsSettings {
                     check_name: mode == SslMode::VerifyFull,
                 })
             }
-            None => Arc::new(Unverified(provider)),
+            None => Arc::new(Unverified(provider.clone())),
         };
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let client_cert = if plain { None } else { self.client_cert()? };
         let mut config = match client_cert {
-            Some((chain, key, from)) => builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| Error::config(format!("TLS: the client certificate {from}: {e}")))?,
+            // Not with_client_auth_cert: it parses the certificate, and
+            // refuses the X.509 v1 ones `openssl x509 -req` makes by default,
+            // which OpenSSL (libpq, the server) takes.
+            Some((chain, key, from)) => {
+                let signing = provider.key_provider.load_private_key(key).map_err(|e| {
+                    Error::config(format!(
+                        "TLS: the key of the client certificate {from}: {e}"
+                    ))
+                })?;
+                builder.with_client_cert_resolver(Arc::new(ClientCert(Arc::new(
+                    rustls::sign::CertifiedKey::new(chain, signing),
+                ))))
+            }
             None => builder.with_no_client_auth(),
         };
         // What libpq 17 sends; servers before 17 ignore it.
@@ -469,6 +479,11 @@ impl TlsSettings {
                 "the server's certificate is not signed by the CA in sslrootcert (sslmode \
                  {mode}); point sslrootcert at the CA that signed it"
             )
+        } else if why.contains("UnsupportedCertVersion") {
+            "the server's certificate is X.509 v1 (what `openssl x509 -req` makes without \
+             extensions), which rustls does not take; re-issue it as v3, e.g. with \
+             `-extfile` giving its subjectAltName"
+                .to_owned()
         } else if why.contains("no hostname provided") {
             "set host= to the server's name: with only hostaddr, TLS has no name to \
              check the certificate against"
@@ -480,6 +495,25 @@ impl TlsSettings {
         } else {
             format!("check the server's TLS settings and the url's ssl options (sslmode {mode})")
         }
+    }
+}
+
+/// The one client certificate of a connection, offered whatever the server
+/// hints.
+#[derive(Debug)]
+struct ClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

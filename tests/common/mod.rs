@@ -205,9 +205,24 @@ impl Cluster {
     /// Turns TLS on with this certificate and key; with `only`, TCP
     /// sessions without it are refused.
     pub fn enable_tls(&self, cert: &Path, key: &Path, only: bool) {
+        let kind = if only { "hostssl" } else { "host" };
+        let hba = format!(
+            "{kind} all all 127.0.0.1/32 scram-sha-256\n{kind} all all ::1/128 scram-sha-256\n"
+        );
+        self.enable_tls_with(cert, key, &hba, None);
+    }
+
+    /// Turns TLS on with this certificate and key, TCP sessions taken as the
+    /// `pg_hba.conf` lines `hba` say (local ones always trusted), and client
+    /// certificates checked against `client_ca`.
+    pub fn enable_tls_with(&self, cert: &Path, key: &Path, hba: &str, client_ca: Option<&Path>) {
         use std::os::unix::fs::PermissionsExt;
         let data = self.dir.path().join("data");
-        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+        let mut files = vec![(cert, "server.crt"), (key, "server.key")];
+        if let Some(ca) = client_ca {
+            files.push((ca, "root.crt"));
+        }
+        for (from, name) in files {
             let to = data.join(name);
             std::fs::copy(from, &to).unwrap();
             // The server refuses a key others may read.
@@ -216,21 +231,43 @@ impl Cluster {
                 chown_to_postgres(&to);
             }
         }
-        let kind = if only { "hostssl" } else { "host" };
         std::fs::write(
             data.join("pg_hba.conf"),
-            format!(
-                "local all all trust\n\
-                 {kind} all all 127.0.0.1/32 scram-sha-256\n\
-                 {kind} all all ::1/128 scram-sha-256\n"
-            ),
+            format!("local all all trust\n{hba}"),
         )
         .unwrap();
-        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
-        self.psql("postgres", "SELECT pg_reload_conf()");
+        // Over the socket: the new pg_hba.conf may refuse psql's TCP session.
+        let local = |sql: &str| {
+            let out = Command::new(self.bindir.join("psql"))
+                .args(["-X", "-A", "-t", "-h"])
+                .arg(self.dir.path())
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    sql,
+                ])
+                .output()
+                .expect("run psql");
+            assert!(
+                out.status.success(),
+                "{sql}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        local("ALTER SYSTEM SET ssl = on");
+        if client_ca.is_some() {
+            local("ALTER SYSTEM SET ssl_ca_file = 'root.crt'");
+        }
+        local("SELECT pg_reload_conf()");
         // The postmaster reloads on its own time; new sessions show when.
         for _ in 0..100 {
-            if self.psql("postgres", "SHOW ssl") == "on" {
+            if local("SHOW ssl") == "on" {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
