@@ -40,6 +40,17 @@ ensure_postgres() {
     fi
 }
 
+# PostGIS for the newest installed server (Shiojiri's fixture needs it), from
+# Debian's postgresql-MAJOR-postgis-3. Call after ensure_postgres.
+ensure_postgis() {
+    local major
+    major=$(basename "$(dirname "$PG_BINDIR")")
+    if [ ! -e "/usr/share/postgresql/$major/extension/postgis.control" ]; then
+        echo "installing PostGIS (Debian package postgresql-$major-postgis-3)..."
+        apt_install "postgresql-$major-postgis-3"
+    fi
+}
+
 # Runs a server program, as the postgres user when we are root.
 pg_server() {
     local program=$1; shift

@@ -381,25 +381,22 @@ impl Cluster {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
     }
 
-    /// Creates `db` and loads every `fixtures/*.sql` into it, in name order.
+    /// Creates `db` and loads `fixtures/sample.sql` into it.
     pub fn load_fixtures(&self, db: &str) {
         self.create_db(db);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-            .collect();
-        files.sort();
-        for file in files {
-            let out = self.psql_output(db, &["-f", file.to_str().unwrap()]);
-            assert!(
-                out.status.success(),
-                "loading {}: {}",
-                file.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        self.load_fixture(db, "sample.sql");
+    }
+
+    /// Loads `fixtures/NAME` into the existing database `db`.
+    pub fn load_fixture(&self, db: &str, name: &str) {
+        let file = fixtures_dir().join(name);
+        let out = self.psql_output(db, &["-f", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "loading {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Every user table's row count and a digest of all its rows, by `schema.table`.

@@ -1,0 +1,241 @@
+//! The five systems of ../shared/SCENARIOS.md, each run from its example job
+//! file (jobs/examples/) against a throwaway PostgreSQL seeded with its
+//! fixture, asserting what its runbook checks by hand today.
+//!
+//! A job file is used as shipped, but for where its servers are: the test
+//! points the database url and the storages at the test's own servers.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use backup::model::{BackupId, StorageKind, StorageSpec};
+use backup::storage::Key;
+use common::servers::{self, block_on};
+use common::{Cluster, PASSWORD, Run};
+
+/// `jobs/examples/NAME.toml`, with each `(from, to)` replaced (each `from`
+/// must be there), written into `dir`.
+fn example(name: &str, dir: &Path, replace: &[(&str, String)]) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("jobs/examples")
+        .join(format!("{name}.toml"));
+    let mut text = std::fs::read_to_string(&source).unwrap();
+    for (from, to) in replace {
+        assert!(text.contains(from), "{from} is not in {}", source.display());
+        text = text.replace(from, to);
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The role and database an application owns, as its compose file makes
+/// them (a superuser, like the postgres image's POSTGRES_USER).
+fn app_database(cluster: &Cluster, role: &str, db: &str) {
+    cluster.psql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{PASSWORD}'"),
+    );
+    cluster.psql("postgres", &format!("CREATE DATABASE {db} OWNER {role}"));
+}
+
+fn run(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let run = common::run_backup_with(config, args, env);
+    assert!(run.ok(), "backup {args:?}: {}", run.all());
+    run
+}
+
+const SHIOJIRI_DB: &str = "shiojiri_rainbow_seeker_production";
+const NEAR_STATION: &str = "SELECT count(*) FROM rainbow_sightings WHERE ST_DWithin(location::geography, ST_SetSRID(ST_MakePoint(137.954, 36.115), 4326)::geography, 3000)";
+
+#[test]
+fn shiojiri_postgis_restores_with_clean_and_its_policies_keep_what_the_runbook_says() {
+    let cluster = Cluster::start();
+    app_database(&cluster, "shiojiri_rainbow_seeker", SHIOJIRI_DB);
+    cluster.load_fixture(SHIOJIRI_DB, "shiojiri.sql");
+    let endpoint = servers::s3_endpoint();
+    let bucket = block_on(servers::create_bucket("shiojiri"));
+    let work = tempfile::Builder::new()
+        .prefix("backup-test-shiojiri-")
+        .tempdir()
+        .unwrap();
+    let config = example(
+        "shiojiri",
+        work.path(),
+        &[
+            ("@db:5432/", format!("@127.0.0.1:{}/", cluster.port)),
+            ("shiojiri-rainbow-seeker-backups", bucket.clone()),
+            (
+                "region = \"ap-northeast-1\"",
+                format!("region = \"us-east-1\"\nendpoint = \"{endpoint}\"\npath_style = true"),
+            ),
+        ],
+    );
+    let env = [
+        ("SHIOJIRI_DB_PASSWORD", PASSWORD),
+        ("SHIOJIRI_S3_ACCESS_KEY_ID", servers::S3_ACCESS_KEY_ID),
+        (
+            "SHIOJIRI_S3_SECRET_ACCESS_KEY",
+            servers::S3_SECRET_ACCESS_KEY,
+        ),
+    ];
+    run(&config, &["config", "check"], &env);
+
+    // The 6-hourly backup, to S3.
+    run(&config, &["run", "db"], &env);
+    let near = cluster.psql(SHIOJIRI_DB, NEAR_STATION);
+    assert_ne!(near, "0");
+    let digests = cluster.table_digests(SHIOJIRI_DB);
+
+    // Bad data, a lost spatial index; the runbook's restore: app stopped,
+    // pg_restore --clean into production.
+    cluster.psql(
+        SHIOJIRI_DB,
+        "DELETE FROM rainbow_sightings WHERE id % 2 = 0; DROP INDEX rainbow_sightings_location_idx",
+    );
+    run(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "db",
+            "--latest",
+            "--target-db",
+            SHIOJIRI_DB,
+            "--clean",
+            "--yes",
+        ],
+        &env,
+    );
+    assert_eq!(cluster.table_digests(SHIOJIRI_DB), digests);
+    assert_eq!(cluster.psql(SHIOJIRI_DB, NEAR_STATION), near);
+    assert_eq!(
+        cluster.psql(
+            SHIOJIRI_DB,
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'rainbow_sightings_location_idx'"
+        ),
+        "CREATE INDEX rainbow_sightings_location_idx ON public.rainbow_sightings USING gist (location)"
+    );
+
+    // Monthly VACUUM ANALYZE; the quarterly restore test and DR drill.
+    run(&config, &["run", "vacuum"], &env);
+    let test = run(&config, &["run", "restore-check"], &env);
+    for check in [
+        "PostGIS answers",
+        "sightings within 3 km of Shiojiri station",
+    ] {
+        assert!(test.stdout.contains(check), "{check}: {}", test.all());
+    }
+    let drill = run(&config, &["drill", "--job", "db"], &env);
+    for expected in [
+        "| Result | **PASSED** |",
+        "| extension postgis |",
+        &format!("| sightings within 3 km of Shiojiri station | >= 1 | {near} | passed |"),
+    ] {
+        assert!(
+            drill.stdout.contains(expected),
+            "{expected}: {}",
+            drill.all()
+        );
+    }
+
+    // "日次 30日" and "6時間毎 7日" over 40 days of 6-hourly backups.
+    let storage = StorageSpec {
+        name: "s3".into(),
+        kind: StorageKind::S3({
+            let mut spec = servers::s3_spec_at(&endpoint, &bucket, 5 << 20);
+            spec.prefix = Some("postgres".into());
+            spec
+        }),
+        retry: servers::test_retry(),
+    };
+    let storage = block_on(backup::storage::open(&storage)).unwrap();
+    let now = jiff::Timestamp::now();
+    let mut history = Vec::new();
+    for i in 1..=160 {
+        let at = now - jiff::SignedDuration::from_hours(6 * i);
+        let id = BackupId::from_start(at, 0);
+        let manifest = serde_json::json!({
+            "format": 1, "id": id, "job": "db", "database": "production",
+            "dbname": SHIOJIRI_DB, "server_version": "15", "pg_dump_version": "15",
+            "snapshot_at": at, "started_at": at, "finished_at": at,
+            "compression": "zstd", "encryption": null,
+            "objects": [{"key": "data.dump.zst", "role": "data", "raw_size": 4,
+                         "raw_sha256": "00", "stored_size": 4, "stored_sha256": "00"}],
+            "tables": [], "warnings": [],
+        });
+        for (name, bytes) in [
+            ("data.dump.zst", b"data".to_vec()),
+            ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+        ] {
+            let key = Key::new(format!("db/{id}/{name}")).unwrap();
+            block_on(backup::storage::write_small(storage.as_ref(), &key, &bytes)).unwrap();
+        }
+        history.push((id.to_string(), at));
+    }
+    let plan = run(
+        &config,
+        &["--json", "prune", "--job", "db", "--dry-run"],
+        &env,
+    );
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let kept: BTreeSet<String> = plan[0]["storages"][0]["plan"]["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no plan in {plan:#}"))
+        .iter()
+        .filter(|e| e["action"] == "keep")
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+    let mut newest_of_day = BTreeSet::new();
+    let mut days_seen = BTreeSet::new();
+    for (id, at) in &history {
+        // Newest first: the first of each day is its newest.
+        if days_seen.insert(at.to_zoned(tokyo.clone()).date()) {
+            newest_of_day.insert(id.clone());
+        }
+    }
+    for (id, at) in &history {
+        let age = now.duration_since(*at);
+        // The 28 hours kept are the 28 newest backups: the real one made
+        // above and the 27 newest here, whatever their day.
+        let expected = if age < jiff::SignedDuration::from_hours(7 * 24) {
+            true
+        } else if age == jiff::SignedDuration::from_hours(7 * 24) {
+            continue; // the 29th newest: kept only as the newest of its day
+        } else if age < jiff::SignedDuration::from_hours(29 * 24) {
+            newest_of_day.contains(id)
+        } else if age > jiff::SignedDuration::from_hours(31 * 24) {
+            false // past max_age
+        } else {
+            continue; // the edge of the 30th day depends on the clock
+        };
+        assert_eq!(kept.contains(id), expected, "{id} ({age:?} old): {plan:#}");
+    }
+}
+
+#[test]
+fn every_example_job_file_passes_config_check_as_shipped() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        // Every secret a file names, set to something.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let names: BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.split_once("_env = \""))
+            .filter_map(|(_, rest)| rest.split('"').next().map(str::to_owned))
+            .collect();
+        let env: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "x")).collect();
+        let run = run(&path, &["config", "check"], &env);
+        assert!(run.stdout.contains("configuration OK"), "{}", run.all());
+        checked += 1;
+    }
+    assert!(checked >= 1, "no job file in {}", dir.display());
+}
