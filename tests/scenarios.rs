@@ -239,3 +239,138 @@ fn every_example_job_file_passes_config_check_as_shipped() {
     }
     assert!(checked >= 1, "no job file in {}", dir.display());
 }
+
+/// Rewrites backup `id`'s manifest in `storages` as if its data were as of `at`.
+fn age_backup(storages: &[StorageSpec], job: &str, id: &str, at: jiff::Timestamp) {
+    for spec in storages {
+        let storage = block_on(backup::storage::open(spec)).unwrap();
+        let key = Key::new(format!("{job}/{id}/manifest.json")).unwrap();
+        let mut manifest: serde_json::Value = serde_json::from_slice(
+            &block_on(backup::storage::read_small(storage.as_ref(), &key, 1 << 20)).unwrap(),
+        )
+        .unwrap();
+        for field in ["snapshot_at", "started_at", "finished_at"] {
+            manifest[field] = serde_json::json!(at);
+        }
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        block_on(backup::storage::write_small(storage.as_ref(), &key, &bytes)).unwrap();
+    }
+}
+
+fn s3_storage(endpoint: &str, bucket: &str, prefix: &str) -> StorageSpec {
+    let mut spec = servers::s3_spec_at(endpoint, bucket, 5 << 20);
+    spec.prefix = Some(prefix.into());
+    StorageSpec {
+        name: "s3".into(),
+        kind: StorageKind::S3(spec),
+        retry: servers::test_retry(),
+    }
+}
+
+#[test]
+fn oneshot_checks_from_a_monitor_restores_latest_and_shows_growth() {
+    let cluster = Cluster::start();
+    app_database(&cluster, "oneshot", "oneshot_db");
+    cluster.load_fixture("oneshot_db", "oneshot.sql");
+    let endpoint = servers::s3_endpoint();
+    let bucket = block_on(servers::create_bucket("oneshot"));
+    let work = tempfile::Builder::new()
+        .prefix("backup-test-oneshot-")
+        .tempdir()
+        .unwrap();
+    let backups = work.path().join("backup/postgres");
+    let config = example(
+        "oneshot",
+        work.path(),
+        &[
+            ("@postgres:5432/", format!("@127.0.0.1:{}/", cluster.port)),
+            ("/backup/postgres", backups.display().to_string()),
+            ("oneshot-backups", bucket.clone()),
+            ("http://minio:9000", endpoint.clone()),
+        ],
+    );
+    let env = [
+        ("ONESHOT_DB_PASSWORD", PASSWORD),
+        ("ONESHOT_MINIO_ACCESS_KEY", servers::S3_ACCESS_KEY_ID),
+        ("ONESHOT_MINIO_SECRET_KEY", servers::S3_SECRET_ACCESS_KEY),
+    ];
+    let check = |expected: i32, says: &str| {
+        let run = common::run_backup_with(&config, &["check", "--job", "nightly"], &env);
+        assert_eq!(run.code, expected, "{}", run.all());
+        assert!(run.stdout.contains(says), "{says}: {}", run.all());
+    };
+    check(2, "BACKUP CRITICAL - nightly: no complete backup");
+
+    run(&config, &["run", "nightly"], &env);
+    let listed = run(&config, &["--json", "list", "--job", "nightly"], &env);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let first = listed[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(listed[0]["storages"], serde_json::json!(["local", "minio"]));
+    check(0, "BACKUP OK");
+
+    // Three days without a backup: the monitor goes critical.
+    let local = StorageSpec {
+        name: "local".into(),
+        kind: StorageKind::Local {
+            path: backups.clone(),
+        },
+        retry: servers::test_retry(),
+    };
+    let three_days_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72);
+    age_backup(
+        &[local, s3_storage(&endpoint, &bucket, "postgres")],
+        "nightly",
+        &first,
+        three_days_ago,
+    );
+    check(2, "BACKUP CRITICAL - nightly: newest backup");
+
+    // The data grows; the next backup clears the alarm, and status reads
+    // the growth off the history.
+    cluster.psql(
+        "oneshot_db",
+        "INSERT INTO \"Shot\" (id, \"authorId\", title, \"createdAt\") \
+         SELECT 'n' || i, 'u1', 'new ' || i, now() FROM generate_series(1, 5000) AS i",
+    );
+    run(&config, &["run", "nightly"], &env);
+    check(0, "BACKUP OK");
+    let status = run(&config, &["status", "--job", "nightly"], &env);
+    let growth = status
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("growth:"))
+        .unwrap_or_else(|| panic!("no growth line: {}", status.all()));
+    assert!(
+        growth.contains(&format!("+5000 rows since {first} (3d ago)"))
+            && growth.contains("per 30 days"),
+        "{growth}"
+    );
+    let json = run(&config, &["--json", "status", "--job", "nightly"], &env);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let g = &json["jobs"][0]["growth"];
+    assert_eq!(
+        g["rows"].as_i64().unwrap() - g["since_rows"].as_i64().unwrap(),
+        5000,
+        "{json:#}"
+    );
+    assert!(g["raw_size"].as_u64().unwrap() > g["since_raw_size"].as_u64().unwrap());
+
+    // The runbook's restore: the latest backup into oneshot_db.
+    let digests = cluster.table_digests("oneshot_db");
+    cluster.psql("oneshot_db", "DELETE FROM \"Shot\"; DELETE FROM \"User\"");
+    run(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "oneshot_db",
+            "--clean",
+            "--yes",
+        ],
+        &env,
+    );
+    assert_eq!(cluster.table_digests("oneshot_db"), digests);
+}

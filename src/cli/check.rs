@@ -48,6 +48,9 @@ struct JobState {
     last_run: Option<RunSummary>,
     last_success: Option<RunSummary>,
     newest_backup: Option<BackupSummary>,
+    /// How the data grew, read from the backup history: capacity planning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    growth: Option<Growth>,
     last_restore_test: Option<RunSummary>,
     /// Why part of the above could not be read.
     problems: Vec<String>,
@@ -90,6 +93,55 @@ struct BackupSummary {
     storages: Vec<String>,
 }
 
+/// The newest backup against the oldest of the last [`GROWTH_WINDOW_DAYS`]
+/// days (or the oldest there is): dump size and rows, and their pace.
+#[derive(Debug, Serialize, PartialEq)]
+struct Growth {
+    since_id: String,
+    since_snapshot_at: Timestamp,
+    raw_size: u64,
+    since_raw_size: u64,
+    rows: i64,
+    since_rows: i64,
+    /// The raw size's change, scaled to 30 days.
+    raw_bytes_per_30_days: i64,
+    rows_per_30_days: i64,
+}
+
+const GROWTH_WINDOW_DAYS: i64 = 30;
+
+/// [`Growth`] over complete backups, newest first; `None` with fewer than two
+/// or when they are less than an hour apart.
+fn growth(backups: &[&crate::catalog::Manifest]) -> Option<Growth> {
+    let newest = backups.first()?;
+    let window = SignedDuration::from_hours(24 * GROWTH_WINDOW_DAYS);
+    let since = backups
+        .iter()
+        .skip(1)
+        .take_while(|m| newest.snapshot_at.duration_since(m.snapshot_at) <= window)
+        .last()
+        .or_else(|| backups.get(1))?;
+    let span = newest.snapshot_at.duration_since(since.snapshot_at);
+    if span < SignedDuration::from_hours(1) {
+        return None;
+    }
+    let rows = |m: &crate::catalog::Manifest| m.tables.iter().map(|t| t.rows).sum::<i64>();
+    let per_30_days =
+        |change: i64| (change as f64 * window.as_secs_f64() / span.as_secs_f64()).round() as i64;
+    let raw_change = newest.raw_size() as i64 - since.raw_size() as i64;
+    let row_change = rows(newest) - rows(since);
+    Some(Growth {
+        since_id: since.id.to_string(),
+        since_snapshot_at: since.snapshot_at,
+        raw_size: newest.raw_size(),
+        since_raw_size: since.raw_size(),
+        rows: rows(newest),
+        since_rows: rows(since),
+        raw_bytes_per_30_days: per_30_days(raw_change),
+        rows_per_30_days: per_30_days(row_change),
+    })
+}
+
 async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
     let mut state = JobState {
         job: job.name.clone(),
@@ -99,6 +151,7 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
         last_run: None,
         last_success: None,
         newest_backup: None,
+        growth: None,
         last_restore_test: None,
         problems: Vec::new(),
     };
@@ -106,6 +159,12 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
     match engine.list(Some(&job.name)).await {
         _ if !is_backup => {}
         Ok(listed) => {
+            let manifests: Vec<&crate::catalog::Manifest> = listed
+                .iter()
+                .flat_map(|(_, backups)| backups)
+                .map(|b| &b.manifest)
+                .collect();
+            state.growth = growth(&manifests);
             state.newest_backup = listed
                 .into_iter()
                 .flat_map(|(_, backups)| backups)
@@ -222,6 +281,26 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
                 b.storages.join(", ")
             ),
             None => println!("  newest backup:  none"),
+        }
+        if let Some(g) = &s.growth {
+            let change = g.raw_size as i64 - g.since_raw_size as i64;
+            let percent = if g.since_raw_size > 0 {
+                format!(
+                    " ({:+.1}%)",
+                    change as f64 * 100.0 / g.since_raw_size as f64
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "  growth:         {} raw{percent}, {:+} rows since {} ({}): about {} and {:+} rows per 30 days",
+                signed_bytes(change),
+                g.rows - g.since_rows,
+                g.since_id,
+                age(now, g.since_snapshot_at),
+                signed_bytes(g.raw_bytes_per_30_days),
+                g.rows_per_30_days
+            );
         }
         match &s.last_restore_test {
             _ if s.kind != "backup" => {}
@@ -355,5 +434,78 @@ pub async fn check(engine: &Engine, args: CheckArgs, json: bool) -> Result<()> {
         Status::Ok => Ok(()),
         Status::Warning => Err(Error::new(Kind::CheckWarning, word).reported()),
         Status::Critical => Err(Error::new(Kind::CheckCritical, word).reported()),
+    }
+}
+
+fn signed_bytes(n: i64) -> String {
+    let shown = report::bytes_human(n.unsigned_abs());
+    if n < 0 {
+        format!("-{shown}")
+    } else {
+        format!("+{shown}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Manifest, ManifestObject, Role};
+
+    /// A backup `days` before 2026-11-25 03:00 UTC of `raw` bytes and `rows` rows.
+    fn backup(days: i64, raw: u64, rows: i64) -> Manifest {
+        let at = "2026-11-25T03:00:00Z".parse::<Timestamp>().unwrap()
+            - SignedDuration::from_hours(24 * days);
+        Manifest {
+            format: crate::catalog::FORMAT,
+            id: crate::model::BackupId::from_start(at, 0),
+            job: "nightly".into(),
+            database: "app".into(),
+            dbname: "app".into(),
+            server_version: "15".into(),
+            pg_dump_version: "15".into(),
+            snapshot_at: at,
+            started_at: at,
+            finished_at: at,
+            compression: "zstd".into(),
+            encryption: None,
+            objects: vec![ManifestObject {
+                key: "data.dump.zst".into(),
+                role: Role::Data,
+                digest: crate::archive::ObjectDigest {
+                    raw_size: raw,
+                    raw_sha256: String::new(),
+                    stored_size: raw / 4,
+                    stored_sha256: String::new(),
+                },
+            }],
+            tables: vec![crate::pg::TableRows {
+                schema: "public".into(),
+                name: "users".into(),
+                rows,
+            }],
+            extensions: vec![],
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn growth_compares_the_newest_with_the_oldest_of_the_last_30_days() {
+        // Daily for 40 days, growing 1 MB and 100 rows a day.
+        let history: Vec<Manifest> = (0..40)
+            .map(|d| backup(d, 100_000_000 - d as u64 * 1_000_000, 50_000 - d * 100))
+            .collect();
+        let refs: Vec<&Manifest> = history.iter().collect();
+        let g = growth(&refs).unwrap();
+        assert_eq!(g.since_id, history[30].id.to_string());
+        assert_eq!(g.raw_size - g.since_raw_size, 30_000_000);
+        assert_eq!(g.raw_bytes_per_30_days, 30_000_000);
+        assert_eq!(g.rows_per_30_days, 3_000);
+        // Two backups a day apart: the pace is scaled to 30 days.
+        let g = growth(&refs[..2]).unwrap();
+        assert_eq!(g.raw_bytes_per_30_days, 30_000_000);
+        // One backup, or two within the hour: nothing to say.
+        assert_eq!(growth(&refs[..1]), None);
+        let twins = [&history[0], &history[0]];
+        assert_eq!(growth(&twins), None);
     }
 }

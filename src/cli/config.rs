@@ -185,7 +185,8 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
             None => println!("  records:     none kept: no storage in its file (set `reports`)"),
         }
     }
-    println!("configuration OK: {} jobs", config.jobs.len());
+    let n = config.jobs.len();
+    println!("configuration OK: {n} job{}", if n == 1 { "" } else { "s" });
     Ok(())
 }
 
