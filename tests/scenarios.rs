@@ -374,3 +374,103 @@ fn oneshot_checks_from_a_monitor_restores_latest_and_shows_growth() {
     );
     assert_eq!(cluster.table_digests("oneshot_db"), digests);
 }
+
+#[test]
+fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
+    let cluster = Cluster::start();
+    app_database(&cluster, "shodo", "shodo");
+    cluster.load_fixture("shodo", "shodo.sql");
+    let work = tempfile::Builder::new()
+        .prefix("backup-test-shodo-")
+        .tempdir()
+        .unwrap();
+    let backups = work.path().join("backup/postgres");
+    let config = example(
+        "shodo",
+        work.path(),
+        &[
+            (
+                "@postgres-primary.shodo.svc.cluster.local:5432/",
+                format!("@127.0.0.1:{}/", cluster.port),
+            ),
+            ("/backup/postgres", backups.display().to_string()),
+        ],
+    );
+    let env = [("SHODO_DB_PASSWORD", PASSWORD)];
+
+    // backup.sh, then a bad write (a broken rescoring job), then the next backup.
+    run(&config, &["run", "hourly"], &env);
+    let good = cluster.table_digests("shodo");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    cluster.psql(
+        "shodo",
+        "UPDATE evaluations SET score = 0, feedback = '{}'; \
+         INSERT INTO audit_logs (actor, action, at) VALUES ('job:rescore', 'evaluations.rescore', now())",
+    );
+    run(&config, &["run", "hourly"], &env);
+    let listed = run(&config, &["--json", "list", "--job", "hourly"], &env);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let (newer, older) = (&listed[0], &listed[1]);
+    let older_id = older["id"].as_str().unwrap();
+    let older_at: jiff::Timestamp = older["snapshot_at"].as_str().unwrap().parse().unwrap();
+    let newer_at: jiff::Timestamp = newer["snapshot_at"].as_str().unwrap().parse().unwrap();
+
+    // pitr-recovery.sh --timestamp="... JST" --confirm=yes: a moment between them.
+    let between = older_at + jiff::SignedDuration::from_secs(1);
+    assert!(between < newer_at);
+    let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+    let at = format!(
+        "{} JST",
+        between.to_zoned(tokyo).strftime("%Y-%m-%d %H:%M:%S")
+    );
+    let restore = run(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "hourly",
+            "--at",
+            &at,
+            "--target-db",
+            "shodo",
+            "--clean",
+            "--yes",
+        ],
+        &env,
+    );
+    assert!(restore.all().contains(older_id), "{}", restore.all());
+    assert_eq!(
+        cluster.table_digests("shodo"),
+        good,
+        "the state before the bad write"
+    );
+
+    // The evidence: a run record naming the backup, the moment asked for and the target.
+    let reports = backups.join("hourly/reports");
+    let record = std::fs::read_dir(&reports)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("-restore.json"))
+        .max()
+        .unwrap_or_else(|| panic!("no restore record in {}", reports.display()));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(record["outcome"], "succeeded", "{record:#}");
+    assert_eq!(record["details"]["backup_id"], older_id, "{record:#}");
+    assert_eq!(record["details"]["target_db"], "shodo", "{record:#}");
+    let requested: jiff::Timestamp = record["details"]["requested_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(requested, between.round(jiff::Unit::Second).unwrap());
+
+    // verify-data.sh.
+    let verified = run(&config, &["run", "verify-data"], &env);
+    assert!(
+        verified.stdout.contains("every work has its evaluation"),
+        "{}",
+        verified.all()
+    );
+}
