@@ -474,3 +474,126 @@ fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
         verified.all()
     );
 }
+
+#[test]
+fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
+    let cluster = Cluster::start();
+    app_database(&cluster, "rosterhub", "rosterhub");
+    cluster.load_fixture("rosterhub", "rosterhub.sql");
+    let work = tempfile::Builder::new()
+        .prefix("backup-test-rosterhub-")
+        .tempdir()
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = example(
+        "rosterhub",
+        work.path(),
+        &[
+            (
+                "@postgres.rosterhub.svc.cluster.local:5432/",
+                format!("@127.0.0.1:{}/", cluster.port),
+            ),
+            (
+                "path = \"/backups\"",
+                format!("path = \"{}\"", work.path().join("backups").display()),
+            ),
+            ("0.0.0.0:9187", format!("127.0.0.1:{port}")),
+        ],
+    );
+    let env = [("ROSTERHUB_DB_PASSWORD", PASSWORD)];
+
+    // The manual backup, then corruption; the runbook's restore and its check.
+    run(&config, &["run", "nightly"], &env);
+    let counts = |cluster: &Cluster| {
+        (
+            cluster.psql("rosterhub", "SELECT count(*) FROM users"),
+            cluster.psql("rosterhub", "SELECT count(*) FROM orgs"),
+        )
+    };
+    let before = counts(&cluster);
+    let digests = cluster.table_digests("rosterhub");
+    cluster.psql(
+        "rosterhub",
+        "DELETE FROM shifts WHERE user_id % 3 = 0; DELETE FROM users WHERE id % 3 = 0 AND role <> 'owner'; \
+         UPDATE orgs SET plan = 'free'",
+    );
+    assert_ne!(counts(&cluster), before);
+    let restore = run(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "rosterhub",
+            "--clean",
+            "--jobs",
+            "4",
+            "--yes",
+        ],
+        &env,
+    );
+    assert!(restore.stdout.contains("tables match"), "{}", restore.all());
+    assert_eq!(counts(&cluster), before);
+    assert_eq!(cluster.table_digests("rosterhub"), digests);
+
+    // The daemon, as the Deployment runs it: the probes the platform has.
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_backup"))
+        .arg("--config")
+        .arg(&config)
+        .arg("daemon")
+        .envs(env)
+        .env_remove("BACKUP_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while common::http_get(port, "/health/live").is_none() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the daemon did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answers: Vec<(u16, String)> = ["/health/live", "/health/ready", "/health", "/metrics"]
+        .iter()
+        .map(|path| common::http_get(port, path).unwrap())
+        .collect();
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let stopped = daemon.wait().unwrap();
+    for (answer, path) in
+        answers
+            .iter()
+            .zip(["/health/live", "/health/ready", "/health", "/metrics"])
+    {
+        assert_eq!(answer.0, 200, "{path}: {}", answer.1);
+    }
+    let health: serde_json::Value = serde_json::from_str(&answers[2].1).unwrap();
+    let checked: Vec<&str> = health["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == true)
+        .map(|c| c["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checked,
+        ["storage backups", "database rosterhub"],
+        "{health:#}"
+    );
+    assert!(
+        answers[3]
+            .1
+            .contains("backup_last_success_timestamp_seconds{job=\"nightly\",type=\"backup\"}"),
+        "{}",
+        answers[3].1
+    );
+    assert!(stopped.success(), "{stopped:?}");
+}
