@@ -597,3 +597,132 @@ fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
     );
     assert!(stopped.success(), "{stopped:?}");
 }
+
+#[test]
+fn camp_backend_backs_up_to_azure_tests_restores_and_keeps_its_maintenance_calendar() {
+    let cluster = Cluster::start();
+    cluster.create_db("camp_backend_db");
+    cluster.load_fixture("camp_backend_db", "camp-backend.sql");
+    let endpoint = servers::azure_endpoint();
+    let container = block_on(servers::create_container("camp"));
+    let work = tempfile::Builder::new()
+        .prefix("backup-test-camp-")
+        .tempdir()
+        .unwrap();
+    let url_line = "url = \"postgresql://postgres@camp-backend-prod-db.postgres.database.azure.com:5432/camp_backend_db?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt\"";
+    let config = example(
+        "camp-backend",
+        work.path(),
+        &[
+            (
+                url_line,
+                format!("url = \"{}\"", cluster.url("camp_backend_db")),
+            ),
+            (
+                "account = \"campbackendstorage\"",
+                format!(
+                    "account = \"{}\"\nendpoint = \"{endpoint}\"",
+                    servers::AZURE_ACCOUNT
+                ),
+            ),
+            (
+                "container = \"database-backups\"",
+                format!("container = \"{container}\""),
+            ),
+        ],
+    );
+    let env = [
+        ("CAMP_DB_PASSWORD", PASSWORD),
+        ("CAMP_STORAGE_KEY", servers::AZURE_KEY),
+    ];
+
+    // The calendar of 7.2 and 7.3, as the daemon will keep it.
+    let checked = run(&config, &["--json", "config", "check"], &env);
+    let jobs: serde_json::Value = serde_json::from_str(&checked.stdout).unwrap();
+    let next = |name: &str| -> Vec<String> {
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["job"] == name)
+            .unwrap_or_else(|| panic!("no job {name}"))["next_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect()
+    };
+    for run in next("restore-test") {
+        assert!(run.contains(" Wed 10:00:00 +09:00"), "{run}");
+    }
+    for run in next("vacuum-full") {
+        let day: u32 = run[8..10].parse().unwrap();
+        assert!(
+            run.contains(" Sat 01:00:00 +09:00") && day <= 7,
+            "not a first Saturday: {run}"
+        );
+    }
+
+    // The hourly (and daily) backup to the container, then the weekly restore
+    // test into camp_backend_db_restore_test with its counts.
+    run(&config, &["run", "db"], &env);
+    let blobs = block_on(servers::container_blobs_under(&container, "camp_backend_db"));
+    assert!(
+        blobs
+            .iter()
+            .any(|b| b.starts_with("camp_backend_db/db/") && b.ends_with("/manifest.json")),
+        "{blobs:?}"
+    );
+    let test = run(&config, &["run", "restore-test"], &env);
+    for expected in [
+        "camp_backend_db_restore_test",
+        "ok     tables in schema public: expected = 3, found 3",
+        "ok     users: expected >= 1, found 3000",
+        "ok     projects: expected >= 1, found 1200",
+        "ok     project_members: expected >= 1, found 6000",
+        "scratch database dropped",
+    ] {
+        assert!(test.stdout.contains(expected), "{expected}: {}", test.all());
+    }
+    let databases = cluster.psql(
+        "postgres",
+        "SELECT string_agg(datname, ',') FROM pg_database",
+    );
+    assert!(!databases.contains("restore_test"), "{databases}");
+
+    // The maintenance jobs run, each leaving its record.
+    for job in ["vacuum", "vacuum-full", "reindex"] {
+        run(&config, &["run", job], &env);
+    }
+    let blobs = block_on(servers::container_blobs_under(&container, "camp_backend_db"));
+    for job in ["vacuum", "vacuum-full", "reindex"] {
+        assert!(
+            blobs.iter().any(
+                |b| b.starts_with(&format!("camp_backend_db/{job}/reports/"))
+                    && b.ends_with("-maintenance.json")
+            ),
+            "{job}: {blobs:?}"
+        );
+    }
+
+    // restore-database.sh: over the live database, without owners and grants.
+    let digests = cluster.table_digests("camp_backend_db");
+    cluster.psql("camp_backend_db", "DELETE FROM project_members");
+    run(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "db",
+            "--latest",
+            "--target-db",
+            "camp_backend_db",
+            "--clean",
+            "--no-owner",
+            "--no-acl",
+            "--yes",
+        ],
+        &env,
+    );
+    assert_eq!(cluster.table_digests("camp_backend_db"), digests);
+}

@@ -291,13 +291,18 @@ pub fn container_sas(container: &str, permissions: &str) -> String {
 /// Every blob under `prod/` in a container (where the test job files put
 /// theirs), listed straight from the server, not through a proxy.
 pub async fn container_blobs(container: &str) -> Vec<String> {
+    container_blobs_under(container, "prod").await
+}
+
+/// Every blob under `prefix` in a container, listed straight from the server.
+pub async fn container_blobs_under(container: &str, prefix: &str) -> Vec<String> {
     use backup::storage::{Key, Storage};
     let mut spec = azure_spec_at(&azure_endpoint(), container, 8 << 20);
     spec.prefix = None;
     let storage =
         backup::storage::AzureStorage::connect("check", &spec, test_retry()).expect("azure client");
     let listed = storage
-        .list(&Key::new("prod").unwrap())
+        .list(&Key::new(prefix).unwrap())
         .await
         .expect("list container");
     listed
