@@ -11,6 +11,7 @@
 
 mod codec;
 pub mod crypt;
+pub mod tree;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -537,6 +538,84 @@ mod tests {
             )
             .unwrap();
             assert_eq!(out, data);
+        });
+    }
+
+    #[test]
+    fn a_tree_goes_through_the_pipeline_encrypted_and_comes_back_whole() {
+        use std::os::unix::fs::MetadataExt;
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tree.path().join("a/b")).unwrap();
+        std::fs::write(tree.path().join("a/b/big.bin"), sample()).unwrap();
+        std::fs::write(tree.path().join("MARKER-tree.txt"), "MARKER-tree").unwrap();
+        std::os::unix::fs::symlink("a/b/big.bin", tree.path().join("link")).unwrap();
+        let key = age::x25519::Identity::generate();
+        let recipients = crypt::Recipients::parse([key.to_public().to_string().as_str()]).unwrap();
+        runtime().block_on(async {
+            let storage = MemoryStorage::new("mem");
+            let k = Key::new("uploads/i/files.tar.zst.age").unwrap();
+            let writer = storage.writer(&k).await.unwrap();
+            let (source, walking) = tree::spawn_pack(tree.path().to_owned()).unwrap();
+            let walked = async {
+                tokio::task::spawn_blocking(move || walking.join())
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))?
+                    .map_err(|_| Error::internal("the tree's thread panicked"))?
+                    .map(drop)
+            };
+            let (digest, _) = store(
+                source,
+                Compression::Zstd(3),
+                crypt::Crypt::Seal(Arc::new(recipients)),
+                vec![Destination {
+                    storage: "mem".into(),
+                    writer,
+                }],
+                "tree",
+                Arc::new(|_| {}),
+                walked,
+            )
+            .await
+            .unwrap();
+            let stored = storage.get(&k).unwrap();
+            assert!(!stored.windows(11).any(|w| w == b"MARKER-tree"));
+
+            let (reader, mut writer) = std::io::pipe().unwrap();
+            let opened =
+                crypt::Crypt::Open(Arc::new(crypt::Identities::load_from_text_for_tests(&key)));
+            let feeding = std::thread::spawn(move || {
+                unpack(
+                    &stored[..],
+                    Compression::Zstd(3),
+                    &opened,
+                    &digest,
+                    &mut writer,
+                    "tree",
+                    &|_| {},
+                )
+            });
+            let target = tempfile::tempdir().unwrap();
+            let restored = target.path().join("uploads");
+            tree::unpack(reader, &restored, false).unwrap();
+            feeding.join().unwrap().unwrap();
+            assert_eq!(
+                std::fs::read(restored.join("a/b/big.bin")).unwrap(),
+                sample()
+            );
+            assert_eq!(
+                std::fs::symlink_metadata(restored.join("a/b/big.bin"))
+                    .unwrap()
+                    .mtime(),
+                std::fs::symlink_metadata(tree.path().join("a/b/big.bin"))
+                    .unwrap()
+                    .mtime()
+            );
+            assert!(
+                std::fs::symlink_metadata(restored.join("link"))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
         });
     }
 
