@@ -240,6 +240,28 @@ fn every_example_job_file_passes_config_check_as_shipped() {
     assert!(checked >= 1, "no job file in {}", dir.display());
 }
 
+/// The newest run record in `reports` whose name ends with `suffix`.
+fn newest_record(reports: &Path, suffix: &str) -> serde_json::Value {
+    let newest = std::fs::read_dir(reports)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .max()
+        .unwrap_or_else(|| panic!("no *{suffix} in {}", reports.display()));
+    serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap()
+}
+
+/// A child process killed if the test fails before it ends it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Rewrites backup `id`'s manifest in `storages` as if its data were as of `at`.
 fn age_backup(storages: &[StorageSpec], job: &str, id: &str, at: jiff::Timestamp) {
     for spec in storages {
@@ -341,8 +363,7 @@ fn oneshot_checks_from_a_monitor_restores_latest_and_shows_growth() {
         .find(|l| l.trim_start().starts_with("growth:"))
         .unwrap_or_else(|| panic!("no growth line: {}", status.all()));
     assert!(
-        growth.contains(&format!("+5000 rows since {first} (3d ago)"))
-            && growth.contains("per 30 days"),
+        growth.contains(&format!("+5000 rows since {first} (3d")) && growth.contains("per 30 days"),
         "{growth}"
     );
     let json = run(&config, &["--json", "status", "--job", "nightly"], &env);
@@ -398,7 +419,14 @@ fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
     );
     let env = [("SHODO_DB_PASSWORD", PASSWORD)];
 
-    // backup.sh, then a bad write (a broken rescoring job), then the next backup.
+    // An older backup, a good write, backup.sh, then a bad write (a broken
+    // rescoring job), then the next backup: the rollback must pick the middle one.
+    run(&config, &["run", "hourly"], &env);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    cluster.psql(
+        "shodo",
+        "INSERT INTO audit_logs (actor, action, at) VALUES ('user:1', 'work.submit', now())",
+    );
     run(&config, &["run", "hourly"], &env);
     let good = cluster.table_digests("shodo");
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -448,15 +476,7 @@ fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
 
     // The evidence: a run record naming the backup, the moment asked for and the target.
     let reports = backups.join("hourly/reports");
-    let record = std::fs::read_dir(&reports)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with("-restore.json"))
-        .max()
-        .unwrap_or_else(|| panic!("no restore record in {}", reports.display()));
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let record = newest_record(&reports, "-restore.json");
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     assert_eq!(record["details"]["backup_id"], older_id, "{record:#}");
     assert_eq!(record["details"]["target_db"], "shodo", "{record:#}");
@@ -540,21 +560,28 @@ fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
         &env,
     );
     assert!(restore.stdout.contains("tables match"), "{}", restore.all());
+    let record = newest_record(
+        &work.path().join("backups/nightly/reports"),
+        "-restore.json",
+    );
+    assert_eq!(record["details"]["jobs"], 4, "{record:#}");
     assert_eq!(counts(&cluster), before);
     assert_eq!(cluster.table_digests("rosterhub"), digests);
 
     // The daemon, as the Deployment runs it: the probes the platform has.
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_backup"))
-        .arg("--config")
-        .arg(&config)
-        .arg("daemon")
-        .envs(env)
-        .env_remove("BACKUP_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_backup"))
+            .arg("--config")
+            .arg(&config)
+            .arg("daemon")
+            .envs(env)
+            .env_remove("BACKUP_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let started = std::time::Instant::now();
     while common::http_get(port, "/health/live").is_none() {
         assert!(
@@ -567,8 +594,14 @@ fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
         .iter()
         .map(|path| common::http_get(port, path).unwrap())
         .collect();
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let stopped = daemon.wait().unwrap();
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let stopped = loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed().as_secs() < 90, "the daemon did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     for (answer, path) in
         answers
             .iter()
@@ -680,7 +713,7 @@ fn camp_backend_backs_up_to_azure_tests_restores_and_keeps_its_maintenance_calen
     let test = run(&config, &["run", "restore-test"], &env);
     for expected in [
         "camp_backend_db_restore_test",
-        "ok     tables in schema public: expected = 3, found 3",
+        "ok     tables in schema public: expected >= 3, found 3",
         "ok     users: expected >= 1, found 3000",
         "ok     projects: expected >= 1, found 1200",
         "ok     project_members: expected >= 1, found 6000",

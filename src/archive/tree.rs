@@ -72,10 +72,29 @@ fn walk<W: Write>(
             walk(builder, root, &inside, packed)?;
             Ok(())
         } else if kind.is_file() {
+            let file = match fs::File::open(&path) {
+                Ok(file) => file,
+                // Gone between listing and opening: a live directory.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    packed.skipped.push(format!(
+                        "{}: removed while the tree was read",
+                        inside.display()
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(io_error(&path, "opening", e)),
+            };
             packed.files += 1;
             packed.bytes += meta.len();
-            let mut file = fs::File::open(&path).map_err(|e| io_error(&path, "opening", e))?;
-            builder.append_file(&inside, &mut file)
+            // Exactly the size the header says, whatever the file does
+            // meanwhile: bytes past it are left out, a shortfall is zeros.
+            // Anything else would shift every entry after it.
+            let len = meta.len();
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            header.set_size(len);
+            let data = file.take(len).chain(std::io::repeat(0)).take(len);
+            builder.append_data(&mut header, &inside, data)
         } else if kind.is_symlink() {
             packed.symlinks += 1;
             let target = fs::read_link(&path).map_err(|e| io_error(&path, "reading", e))?;
@@ -116,9 +135,11 @@ pub struct Unpacked {
 }
 
 /// Writes the tree a [`pack`] stream holds into `target`, which must be an
-/// empty directory (or missing) unless `force`: then entries already there
-/// are refused one by one rather than overwritten. Paths that would land
-/// outside `target` (`..`, absolute, through a symlink) are refused.
+/// empty directory (or missing) unless `force`: then the files are added to
+/// it, and the first one already there stops the restore (nothing is
+/// overwritten). Paths that would land outside `target` (`..`, absolute,
+/// through a symlink) are refused. setuid, setgid and sticky bits are
+/// dropped: a restore run as root must not hand out setuid files.
 pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> {
     match fs::read_dir(target) {
         Ok(mut entries) => {
@@ -160,10 +181,11 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
                 target.display()
             )));
         }
+        entry.set_mask(0o7000);
         // Directories get their modes and times once their contents are in,
-        // so a read-only directory can still be filled.
+        // so a read-only directory can still be filled; a file's missing
+        // parents are made (inside the target only) as it is written.
         if entry.header().entry_type().is_dir() {
-            fs::create_dir_all(target.join(&path)).map_err(|e| io_error(&path, "creating", e))?;
             directories.push(entry);
             unpacked.entries += 1;
             continue;
@@ -315,7 +337,7 @@ mod tests {
         for (path, kind, link) in entries {
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(*kind);
-            header.set_mode(0o644);
+            header.set_mode(if kind.is_dir() { 0o755 } else { 0o4755 });
             header.set_size(if kind.is_file() { 4 } else { 0 });
             // Raw bytes: the builder would refuse `..` itself.
             header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
@@ -333,7 +355,16 @@ mod tests {
     fn nothing_is_written_outside_the_target() {
         let out = tempfile::tempdir().unwrap();
         let target = out.path().join("t");
+        let outside = out.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let outside_link = outside.to_str().unwrap().to_owned();
         for hostile in [
+            // A link out of the tree, then a directory made through it.
+            tar_with(&[
+                ("away", tar::EntryType::Symlink, &outside_link),
+                ("away/made/", tar::EntryType::Directory, ""),
+                ("away/made/f.txt", tar::EntryType::Regular, ""),
+            ]),
             tar_with(&[("../escaped.txt", tar::EntryType::Regular, "")]),
             tar_with(&[("/tmp/escaped-abs.txt", tar::EntryType::Regular, "")]),
             // A link out of the tree, then a file written through it.
@@ -352,6 +383,34 @@ mod tests {
         assert!(!out.path().join("escaped.txt").exists());
         assert!(!out.path().join("escaped-link.txt").exists());
         assert!(!Path::new("/tmp/escaped-abs.txt").exists());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "made outside");
+
+        // --force over a target that already holds a link out of it.
+        let _ = fs::remove_dir_all(&target);
+        fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&outside, target.join("away")).unwrap();
+        let through = tar_with(&[
+            ("away/", tar::EntryType::Directory, ""),
+            ("away/f.txt", tar::EntryType::Regular, ""),
+        ]);
+        assert!(unpack(&through[..], &target, true).is_err());
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "written through a link"
+        );
+    }
+
+    #[test]
+    fn setuid_bits_are_dropped_and_a_file_already_there_stops_a_forced_restore() {
+        let out = tempfile::tempdir().unwrap();
+        let archive = tar_with(&[("tool", tar::EntryType::Regular, "")]);
+        unpack(&archive[..], out.path(), false).unwrap();
+        let mode = fs::metadata(out.path().join("tool")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o755, "{mode:o}");
+        fs::write(out.path().join("tool"), "mine").unwrap();
+        assert!(unpack(&archive[..], out.path(), true).is_err());
+        assert_eq!(fs::read_to_string(out.path().join("tool")).unwrap(), "mine");
     }
 
     #[test]

@@ -94,7 +94,8 @@ struct BackupSummary {
 }
 
 /// The newest backup against the oldest of the last [`GROWTH_WINDOW_DAYS`]
-/// days (or the oldest there is): dump size and rows, and their pace.
+/// days (or, when the one before the newest is older, that one): the dump's
+/// uncompressed size and rows, and their pace.
 #[derive(Debug, Serialize, PartialEq)]
 struct Growth {
     since_id: String,
@@ -111,7 +112,8 @@ struct Growth {
 const GROWTH_WINDOW_DAYS: i64 = 30;
 
 /// [`Growth`] over complete backups, newest first; `None` with fewer than two
-/// or when they are less than an hour apart.
+/// or when they are less than a day apart (a pace from an hour would be noise
+/// scaled 720 times).
 fn growth(backups: &[&crate::catalog::Manifest]) -> Option<Growth> {
     let newest = backups.first()?;
     let window = SignedDuration::from_hours(24 * GROWTH_WINDOW_DAYS);
@@ -122,7 +124,7 @@ fn growth(backups: &[&crate::catalog::Manifest]) -> Option<Growth> {
         .last()
         .or_else(|| backups.get(1))?;
     let span = newest.snapshot_at.duration_since(since.snapshot_at);
-    if span < SignedDuration::from_hours(1) {
+    if span < SignedDuration::from_hours(24) {
         return None;
     }
     let rows = |m: &crate::catalog::Manifest| m.tables.iter().map(|t| t.rows).sum::<i64>();
@@ -293,7 +295,7 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
                 String::new()
             };
             println!(
-                "  growth:         {} raw{percent}, {:+} rows since {} ({}): about {} and {:+} rows per 30 days",
+                "  growth:         dump {}{percent}, {:+} rows since {} ({}): about {} and {:+} rows per 30 days",
                 signed_bytes(change),
                 g.rows - g.since_rows,
                 g.since_id,
@@ -503,7 +505,7 @@ mod tests {
         // Two backups a day apart: the pace is scaled to 30 days.
         let g = growth(&refs[..2]).unwrap();
         assert_eq!(g.raw_bytes_per_30_days, 30_000_000);
-        // One backup, or two within the hour: nothing to say.
+        // One backup, or two within a day: nothing to say.
         assert_eq!(growth(&refs[..1]), None);
         let twins = [&history[0], &history[0]];
         assert_eq!(growth(&twins), None);
