@@ -31,6 +31,19 @@ fn example(name: &str, dir: &Path, replace: &[(&str, String)]) -> PathBuf {
     path
 }
 
+/// A cluster with the application's role and database seeded from
+/// `fixtures/FIXTURE`, and a working directory for the test.
+fn seeded(role: &str, db: &str, fixture: &str) -> (Cluster, tempfile::TempDir) {
+    let cluster = Cluster::start();
+    app_database(&cluster, role, db);
+    cluster.load_fixture(db, fixture);
+    let work = tempfile::Builder::new()
+        .prefix(&format!("backup-test-{role}-"))
+        .tempdir()
+        .unwrap();
+    (cluster, work)
+}
+
 /// The role and database an application owns, as its compose file makes
 /// them (a superuser, like the postgres image's POSTGRES_USER).
 fn app_database(cluster: &Cluster, role: &str, db: &str) {
@@ -52,15 +65,9 @@ const NEAR_STATION: &str = "SELECT count(*) FROM rainbow_sightings WHERE ST_DWit
 
 #[test]
 fn shiojiri_postgis_restores_with_clean_and_its_policies_keep_what_the_runbook_says() {
-    let cluster = Cluster::start();
-    app_database(&cluster, "shiojiri_rainbow_seeker", SHIOJIRI_DB);
-    cluster.load_fixture(SHIOJIRI_DB, "shiojiri.sql");
+    let (cluster, work) = seeded("shiojiri_rainbow_seeker", SHIOJIRI_DB, "shiojiri.sql");
     let endpoint = servers::s3_endpoint();
     let bucket = block_on(servers::create_bucket("shiojiri"));
-    let work = tempfile::Builder::new()
-        .prefix("backup-test-shiojiri-")
-        .tempdir()
-        .unwrap();
     let config = example(
         "shiojiri",
         work.path(),
@@ -291,15 +298,9 @@ fn s3_storage(endpoint: &str, bucket: &str, prefix: &str) -> StorageSpec {
 
 #[test]
 fn oneshot_checks_from_a_monitor_restores_latest_and_shows_growth() {
-    let cluster = Cluster::start();
-    app_database(&cluster, "oneshot", "oneshot_db");
-    cluster.load_fixture("oneshot_db", "oneshot.sql");
+    let (cluster, work) = seeded("oneshot", "oneshot_db", "oneshot.sql");
     let endpoint = servers::s3_endpoint();
     let bucket = block_on(servers::create_bucket("oneshot"));
-    let work = tempfile::Builder::new()
-        .prefix("backup-test-oneshot-")
-        .tempdir()
-        .unwrap();
     let backups = work.path().join("backup/postgres");
     let config = example(
         "oneshot",
@@ -398,13 +399,7 @@ fn oneshot_checks_from_a_monitor_restores_latest_and_shows_growth() {
 
 #[test]
 fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
-    let cluster = Cluster::start();
-    app_database(&cluster, "shodo", "shodo");
-    cluster.load_fixture("shodo", "shodo.sql");
-    let work = tempfile::Builder::new()
-        .prefix("backup-test-shodo-")
-        .tempdir()
-        .unwrap();
+    let (cluster, work) = seeded("shodo", "shodo", "shodo.sql");
     let backups = work.path().join("backup/postgres");
     let config = example(
         "shodo",
@@ -498,13 +493,7 @@ fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
 
 #[test]
 fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
-    let cluster = Cluster::start();
-    app_database(&cluster, "rosterhub", "rosterhub");
-    cluster.load_fixture("rosterhub", "rosterhub.sql");
-    let work = tempfile::Builder::new()
-        .prefix("backup-test-rosterhub-")
-        .tempdir()
-        .unwrap();
+    let (cluster, work) = seeded("rosterhub", "rosterhub", "rosterhub.sql");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
