@@ -119,6 +119,22 @@ fn use_url(setup: &Setup, url: &str) {
     .unwrap();
 }
 
+/// A backup, and its restore into `restored`: pg_dump, pg_restore and our
+/// own connections all reached the server.
+fn backs_up_and_restores(setup: &Setup) {
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let run = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "restored",
+    ]);
+    assert!(run.ok(), "{}", run.all());
+}
+
 fn tls_setup() -> (Setup, Certs) {
     let certs = make_certs();
     let cluster = Cluster::start();
@@ -146,17 +162,7 @@ fn a_tls_only_server_is_reached_with_require_and_refused_with_the_wrong_ca() {
     // require: encrypted, certificate not checked; pg_dump and pg_restore
     // get the same url and reach the server too.
     use_url(&setup, &format!("{base}?sslmode=require"));
-    let run = setup.backup(&["run", "nightly"]);
-    assert!(run.ok(), "{}", run.all());
-    let run = setup.backup(&[
-        "restore",
-        "--job",
-        "nightly",
-        "--latest",
-        "--target-db",
-        "restored",
-    ]);
-    assert!(run.ok(), "{}", run.all());
+    backs_up_and_restores(&setup);
     assert_eq!(
         setup.cluster.table_digests("restored"),
         setup.cluster.table_digests("app")
@@ -400,17 +406,7 @@ fn a_client_certificate_logs_in_where_the_server_asks_for_one() {
             key.display()
         ),
     );
-    let run = setup.backup(&["run", "nightly"]);
-    assert!(run.ok(), "{}", run.all());
-    let run = setup.backup(&[
-        "restore",
-        "--job",
-        "nightly",
-        "--latest",
-        "--target-db",
-        "restored",
-    ]);
-    assert!(run.ok(), "{}", run.all());
+    backs_up_and_restores(&setup);
 
     // A key others may read is refused, as libpq refuses it.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
