@@ -52,13 +52,6 @@ fn plant_marker(cluster: &Cluster) {
     );
 }
 
-fn databases(cluster: &Cluster) -> String {
-    cluster.psql(
-        "postgres",
-        "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database",
-    )
-}
-
 #[test]
 fn an_encrypted_backup_hides_the_data_and_restores_only_with_its_key() {
     let k = keys();
@@ -83,15 +76,8 @@ fn an_encrypted_backup_hides_the_data_and_restores_only_with_its_key() {
     assert!(!manifest.contains(&k.secret) && !manifest.contains("AGE-SECRET-KEY"));
 
     // No key: refused before the target exists.
-    let before = databases(&setup.cluster);
-    let none = setup.backup(&[
-        "restore",
-        "--job",
-        "nightly",
-        "--latest",
-        "--target-db",
-        "restored",
-    ]);
+    let before = setup.cluster.databases();
+    let none = setup.backup(&RESTORE);
     assert_eq!(none.code, 9, "{}", none.all());
     assert!(
         none.stderr
@@ -116,7 +102,7 @@ fn an_encrypted_backup_hides_the_data_and_restores_only_with_its_key() {
         wrong.all()
     );
     assert!(!wrong.stderr.contains(&other.secret) && !wrong.stdout.contains(&other.secret));
-    assert_eq!(databases(&setup.cluster), before, "no target was created");
+    assert_eq!(setup.cluster.databases(), before, "no target was created");
 
     // A key file others may read is refused.
     let key_file = setup.work.path().join("backup.key");
@@ -198,10 +184,10 @@ fn an_encrypted_backup_to_s3_holds_no_clear_data_and_restores_with_the_key() {
     let stored = block_on(servers::s3_object(&bucket, &data_key));
     assert!(!stored.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()));
 
-    let before = databases(&setup.cluster);
+    let before = setup.cluster.databases();
     let refused = setup.backup_with(&RESTORE, &env);
     assert_eq!(refused.code, 9, "{}", refused.all());
-    assert_eq!(databases(&setup.cluster), before);
+    assert_eq!(setup.cluster.databases(), before);
     env.push(("BACKUP_AGE_IDENTITY", k.secret.as_str()));
     let ok = setup.backup_with(&RESTORE, &env);
     assert!(ok.ok(), "{}", ok.all());
@@ -480,7 +466,7 @@ fn a_passphrase_encrypted_backup_restores_with_it_and_is_refused_with_another() 
         );
     }
 
-    let before = databases(&setup.cluster);
+    let before = setup.cluster.databases();
     let wrong = setup.backup_with(&RESTORE, &[("BACKUP_PASSPHRASE", "not-the-passphrase")]);
     assert_eq!(wrong.code, 9, "{}", wrong.all());
     assert!(
@@ -492,7 +478,7 @@ fn a_passphrase_encrypted_backup_restores_with_it_and_is_refused_with_another() 
         "{}",
         wrong.all()
     );
-    assert_eq!(databases(&setup.cluster), before, "no target was created");
+    assert_eq!(setup.cluster.databases(), before, "no target was created");
 
     let ok = setup.backup_with(&RESTORE, &env);
     assert!(ok.ok(), "{}", ok.all());

@@ -25,15 +25,6 @@ fn setup_with(test_job: &str) -> Setup {
     setup
 }
 
-fn databases(setup: &Setup) -> Vec<String> {
-    setup
-        .cluster
-        .psql("postgres", "SELECT datname FROM pg_database ORDER BY 1")
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The newest record of `kind` under the backup job's reports.
 fn newest_record(setup: &Setup, kind: &str) -> Value {
     let dir = setup.backups.join("nightly").join("reports");
@@ -53,7 +44,7 @@ fn newest_record(setup: &Setup, kind: &str) -> Value {
 #[test]
 fn a_good_backup_passes_and_leaves_no_scratch_database() {
     let setup = setup_with(TEST_JOB);
-    let before = databases(&setup);
+    let before = setup.cluster.databases();
     let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
     let scratch = format!("app_restore_test_{}", id.to_lowercase());
 
@@ -68,7 +59,11 @@ fn a_good_backup_passes_and_leaves_no_scratch_database() {
     ] {
         assert!(plan.stdout.contains(expected), "{expected}: {}", plan.all());
     }
-    assert_eq!(databases(&setup), before, "a dry run creates nothing");
+    assert_eq!(
+        setup.cluster.databases(),
+        before,
+        "a dry run creates nothing"
+    );
 
     let run = setup.backup(&["run", "weekly-restore-test"]);
     assert!(run.ok(), "{}", run.all());
@@ -79,7 +74,11 @@ fn a_good_backup_passes_and_leaves_no_scratch_database() {
         "{}",
         run.all()
     );
-    assert_eq!(databases(&setup), before, "the scratch database is dropped");
+    assert_eq!(
+        setup.cluster.databases(),
+        before,
+        "the scratch database is dropped"
+    );
 
     let record = newest_record(&setup, "restore-test");
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
@@ -143,7 +142,7 @@ fn a_manifest_that_does_not_match_its_data_fails_naming_the_table() {
     );
     // keep_on_failure leaves it for a look, and the next run clears it.
     let scratch = format!("app_restore_test_{}", id.to_lowercase());
-    assert!(databases(&setup).contains(&scratch), "kept");
+    assert!(setup.cluster.databases().contains(&scratch), "kept");
     let record = newest_record(&setup, "restore-test");
     assert_eq!(record["outcome"], "failed");
     assert_eq!(record["details"]["kept"], true);
@@ -161,9 +160,13 @@ fn a_manifest_that_does_not_match_its_data_fails_naming_the_table() {
     let run = setup.backup(&["run", "weekly-restore-test"]);
     assert!(run.ok(), "{}", run.all());
     assert!(
-        !databases(&setup).iter().any(|d| d.contains("restore_test")),
+        !setup
+            .cluster
+            .databases()
+            .iter()
+            .any(|d| d.contains("restore_test")),
         "{:?}",
-        databases(&setup)
+        setup.cluster.databases()
     );
 }
 
@@ -200,7 +203,7 @@ backup_job = "nightly"
 checks = [{ name = "at least a million users", sql = "SELECT count(*) FROM app.users", min = 1000000 }]
 "#,
     );
-    let before = databases(&setup);
+    let before = setup.cluster.databases();
     let run = setup.backup(&["run", "weekly-restore-test"]);
     assert_ne!(run.code, 0, "{}", run.all());
     assert!(
@@ -209,7 +212,7 @@ checks = [{ name = "at least a million users", sql = "SELECT count(*) FROM app.u
         "{}",
         run.all()
     );
-    assert_eq!(databases(&setup), before, "dropped on failure too");
+    assert_eq!(setup.cluster.databases(), before, "dropped on failure too");
 }
 
 /// The stored data object of backup `id`.

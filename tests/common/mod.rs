@@ -377,6 +377,14 @@ impl Cluster {
         )
     }
 
+    /// Every database of the cluster, by name.
+    pub fn databases(&self) -> Vec<String> {
+        self.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn create_db(&self, name: &str) {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
     }
