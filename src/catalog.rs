@@ -3,6 +3,7 @@
 //! ```text
 //! <job>/<backup-id>/data.dump.<ext>     pg_dump archive (custom format), compressed
 //! <job>/<backup-id>/globals.sql.<ext>   roles and tablespaces
+//! <job>/<backup-id>/files.tar.<ext>     a files job's directory, as a tar
 //! <job>/<backup-id>/manifest.json       written last: its presence means "complete"
 //! <job>/reports/<run-id>.json           one record per run
 //! ```
@@ -36,6 +37,8 @@ pub enum Role {
     Data,
     /// `pg_dumpall --globals-only`: roles and tablespaces.
     Globals,
+    /// A files job's directory, as a tar stream.
+    Files,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +78,13 @@ pub struct Manifest {
     /// Things an operator should know that did not fail the backup.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// A files job's directory; `None` for a database backup, whose
+    /// `database`, `dbname` and versions are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+    /// What the tar of a files backup holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<crate::archive::tree::Packed>,
 }
 
 impl Manifest {
@@ -123,6 +133,7 @@ pub fn object_name(role: Role, compression: Compression, encrypted: bool) -> Str
     let mut name = match role {
         Role::Data => "data.dump",
         Role::Globals => "globals.sql",
+        Role::Files => "files.tar",
     }
     .to_owned();
     if let Some(ext) = compression.extension() {
@@ -280,6 +291,8 @@ mod tests {
             tables: vec![],
             extensions: vec![],
             warnings: vec![],
+            directory: None,
+            tree: None,
         }
     }
 

@@ -21,8 +21,8 @@ use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::maintenance::{self, MaintenanceOutcome};
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
 use crate::jobs::restore_test::{self, RestoreTestOutcome};
-use crate::jobs::{drill, prune, verify};
-use crate::model::{BackupId, BackupJob, Clock, Config, Job, JobKind, StorageSpec};
+use crate::jobs::{drill, files, prune, verify};
+use crate::model::{BackupId, BackupJob, BackupSource, Clock, Config, Job, JobKind, StorageSpec};
 use crate::pg::{DatabaseUse, RunLock};
 use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
 use crate::storage::{self, Storage};
@@ -452,7 +452,9 @@ impl Engine {
             *lock = None;
         }
         if lock.is_none() {
-            let Some(taken) = RunLock::try_take(job.database(), &job.name).await? else {
+            let Some(taken) =
+                RunLock::try_take(job.database().map(|d| d.as_ref()), &job.name).await?
+            else {
                 return Ok(Step::Elsewhere(
                     "another process (a daemon replica or `backup run`) is running this job",
                 ));
@@ -478,27 +480,41 @@ impl Engine {
             return Err(Error::internal("the job's lock vanished"));
         };
         let mode = database_use(job);
+        let database = job.database().map_or("", |d| d.name.as_str());
         lock.use_database(mode, || match mode {
-            DatabaseUse::Shared => tracing::info!(
-                "waiting: heavy maintenance holds database {}",
-                job.database().name
-            ),
+            DatabaseUse::Shared => {
+                tracing::info!("waiting: heavy maintenance holds database {database}")
+            }
             DatabaseUse::Exclusive => tracing::info!(
-                "waiting: a backup of database {} is running (or other maintenance of it)",
-                job.database().name
+                "waiting: a backup of database {database} is running (or other maintenance of it)"
             ),
         })
         .await?;
         let run = async {
             match &job.kind {
-                JobKind::Backup(spec) => backup::run(
-                    job,
-                    spec,
-                    storages,
-                    self.clock.as_ref(),
-                    self.progress.clone(),
-                )
-                .await
+                JobKind::Backup(spec) => match &spec.source {
+                    BackupSource::Database(_) => {
+                        backup::run(
+                            job,
+                            spec,
+                            storages,
+                            self.clock.as_ref(),
+                            self.progress.clone(),
+                        )
+                        .await
+                    }
+                    BackupSource::Directory(dir) => {
+                        files::run(
+                            job,
+                            spec,
+                            dir,
+                            storages,
+                            self.clock.as_ref(),
+                            self.progress.clone(),
+                        )
+                        .await
+                    }
+                }
                 .map(|o| Output::Backup(Box::new(o))),
                 JobKind::Maintenance(spec) => {
                     maintenance::run(job, spec, self.clock.as_ref(), journal)
@@ -705,7 +721,8 @@ impl Engine {
         // A backup that runs longer than incomplete_after must not lose its
         // objects under it: while the job's lock is held, no incomplete
         // backup is deleted. A peek, not a hold: prune never delays a run.
-        let running = match crate::pg::job_running(&spec.database, name).await {
+        let running = match crate::pg::job_running(spec.database().map(|d| d.as_ref()), name).await
+        {
             Ok(running) => running,
             Err(e) => {
                 tracing::warn!(
@@ -915,14 +932,27 @@ impl Engine {
                 checks.push(verify::missing(storage.name(), id.as_str()));
             }
             for manifest in selected {
-                let major =
-                    crate::pg::command::parse_tool_version(&manifest.pg_dump_version).unwrap_or(0);
-                let pg_restore = match tools.get(&major) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = verify::pg_restore_for_archives(&spec.database, major)?;
-                        tools.insert(major, p.clone());
-                        p
+                // A files backup is read as a tar: no pg_restore needed.
+                let pg_restore = match (manifest.object(catalog::Role::Data), spec.database()) {
+                    (None, _) => None,
+                    (Some(_), None) => {
+                        return Err(Error::integrity(format!(
+                            "backup {} of files job {name} holds a pg_dump archive",
+                            manifest.id
+                        )));
+                    }
+                    (Some(_), Some(db)) => {
+                        let major =
+                            crate::pg::command::parse_tool_version(&manifest.pg_dump_version)
+                                .unwrap_or(0);
+                        Some(match tools.get(&major) {
+                            Some(p) => p.clone(),
+                            None => {
+                                let p = verify::pg_restore_for_archives(db, major)?;
+                                tools.insert(major, p.clone());
+                                p
+                            }
+                        })
                     }
                 };
                 tracing::info!(
@@ -934,7 +964,7 @@ impl Engine {
                     verify::verify_backup(
                         storage,
                         manifest,
-                        &pg_restore,
+                        pg_restore.as_deref(),
                         spec.keys(),
                         &self.progress,
                     )
@@ -1004,7 +1034,7 @@ impl Engine {
                 .with_hint("name a backup job, or a restore-test job to use its checks"));
             }
         };
-        let (bjob, spec) = self.config.backup_job(&backup_job)?;
+        let (bjob, spec, database) = self.config.database_backup_job(&backup_job, "drill")?;
         let storages = self.storages_of(spec).await?;
         let (backup, storage) = restore::choose(bjob, &storages, None, selector).await?;
         let reader = restore::named(&storages, &storage)?;
@@ -1036,7 +1066,7 @@ impl Engine {
                     url: url.to_owned(),
                     password: None,
                     password_from: None,
-                    pg_bin_dir: spec.database.pg_bin_dir.clone(),
+                    pg_bin_dir: database.pg_bin_dir.clone(),
                 };
                 let admin = crate::pg::connect(&db, Some("postgres")).await?;
                 if crate::pg::database_exists(&admin, &dbname).await? {
@@ -1056,7 +1086,7 @@ impl Engine {
                     .and_then(|m| m.parse().ok())
                     .unwrap_or(0);
                 drill::DrillTarget::Throwaway(crate::pg::cluster::find_server(
-                    spec.database.pg_bin_dir.as_deref(),
+                    database.pg_bin_dir.as_deref(),
                     major,
                 )?)
             }
@@ -1100,19 +1130,71 @@ impl Engine {
     }
 
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {
-        let (job, spec) = self.config.backup_job(job)?;
+        let (job, spec, database) = self
+            .config
+            .database_backup_job(job, "restore --target-db")?;
         let storages = self.storages_of(spec).await?;
-        restore::plan(job, spec, &spec.database, &storages, request).await
+        restore::plan(job, spec, database, &storages, request).await
+    }
+
+    /// The plan of a restore of files job `job` into a directory.
+    pub async fn plan_restore_dir(
+        &self,
+        job: &str,
+        selector: &catalog::Selector,
+        storage: Option<&str>,
+        target: &std::path::Path,
+        force: bool,
+    ) -> Result<files::DirRestorePlan> {
+        let (job, spec) = self.config.backup_job(job)?;
+        if spec.database().is_some() {
+            return Err(Error::usage(format!(
+                "job {} backs up a database: --target-dir is for files jobs",
+                job.name
+            ))
+            .with_hint("restore it with --target-db NAME"));
+        }
+        let storages = self.storages_of(spec).await?;
+        files::plan(job, spec, &storages, storage, selector, target, force).await
+    }
+
+    /// Carries out a restore into a directory and stores its run record.
+    pub async fn restore_dir(
+        &self,
+        plan: &files::DirRestorePlan,
+    ) -> Result<crate::archive::tree::Unpacked> {
+        let (job, spec) = self.config.backup_job(&plan.job)?;
+        let storages = self.storages_of(spec).await?;
+        let storage = restore::named(&storages, &plan.storage)?.clone();
+        let started_at = self.clock.now();
+        let outcome = files::execute(plan, &storage, self.progress.clone()).await;
+        let mut details = json!({
+            "backup_id": plan.backup.id,
+            "snapshot_at": plan.backup.snapshot_at,
+            "requested_at": plan.requested_at,
+            "storage": plan.storage,
+            "target_dir": plan.target.display().to_string(),
+            "force": plan.force,
+        });
+        if let Ok(o) = &outcome {
+            details["entries"] = json!(o.entries);
+        }
+        let failure = outcome.as_ref().err().map(|e| e.to_string());
+        self.record(job, "restore", started_at, failure, details, &[storage])
+            .await;
+        outcome
     }
 
     /// Carries out a restore plan and stores a run record of it: the evidence of
     /// what was restored, when, from which backup.
     pub async fn restore(&self, plan: &RestorePlan) -> Result<RestoreOutcome> {
-        let (job, spec) = self.config.backup_job(&plan.job)?;
+        let (job, spec, database) = self
+            .config
+            .database_backup_job(&plan.job, "restore --target-db")?;
         let storages = self.storages_of(spec).await?;
         let storage = restore::named(&storages, &plan.storage)?.clone();
         let started_at = self.clock.now();
-        let outcome = restore::execute(plan, &spec.database, &storage, self.progress.clone()).await;
+        let outcome = restore::execute(plan, database, &storage, self.progress.clone()).await;
         let mut details = json!({
             "backup_id": plan.backup.id,
             "snapshot_at": plan.backup.snapshot_at,

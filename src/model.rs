@@ -408,14 +408,19 @@ pub fn show_number(n: f64) -> String {
 #[derive(Debug, Clone)]
 pub struct PruneJob {
     pub backup_job: String,
-    /// The backup job's: where its lock is taken and its records go.
-    pub database: Arc<Database>,
+    /// The backup job's database, whose server holds the lock; `None` for
+    /// a files job (a local lock) and until the backup job is resolved.
+    pub database: Option<Arc<Database>>,
     pub storages: Vec<Arc<StorageSpec>>,
 }
 
 impl JobKind {
     pub fn name(&self) -> &'static str {
         match self {
+            JobKind::Backup(BackupJob {
+                source: BackupSource::Directory(_),
+                ..
+            }) => "files",
             JobKind::Backup(_) => "backup",
             JobKind::Maintenance(_) => "maintenance",
             JobKind::Prune(_) => "prune",
@@ -425,13 +430,14 @@ impl JobKind {
 }
 
 impl Job {
-    /// The database the job works on, and whose server holds its locks.
-    pub fn database(&self) -> &Arc<Database> {
+    /// The database the job works on, and whose server holds its locks;
+    /// `None` for a files job and its prune jobs, whose lock is local.
+    pub fn database(&self) -> Option<&Arc<Database>> {
         match &self.kind {
-            JobKind::Backup(b) => &b.database,
-            JobKind::Maintenance(m) => &m.database,
-            JobKind::Prune(p) => &p.database,
-            JobKind::RestoreTest(t) => &t.target,
+            JobKind::Backup(b) => b.database(),
+            JobKind::Maintenance(m) => Some(&m.database),
+            JobKind::Prune(p) => p.database.as_ref(),
+            JobKind::RestoreTest(t) => Some(&t.target),
         }
     }
 
@@ -470,7 +476,7 @@ impl Job {
 
 #[derive(Debug, Clone)]
 pub struct BackupJob {
-    pub database: Arc<Database>,
+    pub source: BackupSource,
     /// In the order declared; the first is where restores read by default.
     pub storages: Vec<Arc<StorageSpec>>,
     pub compression: Compression,
@@ -487,6 +493,23 @@ impl BackupJob {
     pub fn keys(&self) -> Option<&EncryptionSpec> {
         self.encryption.as_ref()
     }
+
+    /// The database a `type = "backup"` job dumps; `None` for a files job.
+    pub fn database(&self) -> Option<&Arc<Database>> {
+        match &self.source {
+            BackupSource::Database(db) => Some(db),
+            BackupSource::Directory(_) => None,
+        }
+    }
+}
+
+/// What a backup job reads.
+#[derive(Debug, Clone)]
+pub enum BackupSource {
+    /// `type = "backup"`: `pg_dump` of the database.
+    Database(Arc<Database>),
+    /// `type = "files"`: a tar of the directory `path` (absolute).
+    Directory(std::path::PathBuf),
 }
 
 /// `encryption = { recipients = ["age1..."] | recipients_file, identity_file }`,
@@ -661,6 +684,26 @@ impl Config {
                 format!("jobs in the configuration: {}", known.join(", "))
             })
         })
+    }
+
+    /// [`Config::backup_job`] of a job that dumps a database, for what only
+    /// a database backup can do (`what`: "drill", "restore --target-db").
+    pub fn database_backup_job(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<(&Job, &BackupJob, &Arc<Database>)> {
+        let (job, spec) = self.backup_job(name)?;
+        match spec.database() {
+            Some(db) => Ok((job, spec, db)),
+            None => Err(Error::usage(format!(
+                "job {name} is a files job: {what} is for database backups"
+            ))
+            .with_hint(format!(
+                "restore its directory with `backup restore --job {name} --latest --target-dir DIR`; \
+                 `backup verify --job {name}` reads every file back"
+            ))),
+        }
     }
 
     pub fn backup_job(&self, name: &str) -> Result<(&Job, &BackupJob)> {

@@ -135,9 +135,9 @@ pub struct Unpacked {
 }
 
 /// Writes the tree a [`pack`] stream holds into `target`, which must be an
-/// empty directory (or missing) unless `force`: then the files are added to
-/// it, and the first one already there stops the restore (nothing is
-/// overwritten). Paths that would land outside `target` (`..`, absolute,
+/// empty directory (or missing) unless `force`: then the backup's files
+/// replace those of the same name, as `tar -x` does, and other files stay.
+/// A link already in the target is replaced, never written through. Paths that would land outside `target` (`..`, absolute,
 /// through a symlink) are refused. setuid, setgid and sticky bits are
 /// dropped: a restore run as root must not hand out setuid files.
 pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> {
@@ -159,7 +159,7 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
-    archive.set_overwrite(false);
+    archive.set_overwrite(force);
     archive.set_unpack_xattrs(false);
     let mut unpacked = Unpacked::default();
     let mut directories = Vec::new();
@@ -220,6 +220,26 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
         .map_err(|e| Error::io(Kind::Storage, "reading the end of the tree's archive", e))?;
     Ok(unpacked)
+}
+
+/// Reads a [`pack`] stream to its end and counts its entries: what verify
+/// does with a files backup, writing nothing.
+pub fn list(input: impl Read) -> Result<u64> {
+    let mut archive = tar::Archive::new(input);
+    let mut count = 0;
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::integrity(format!("does not read as a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| Error::integrity(format!("does not read as a tar archive: {e}")))?;
+        std::io::copy(&mut entry, &mut std::io::sink())
+            .map_err(|e| Error::integrity(format!("does not read as a tar archive: {e}")))?;
+        count += 1;
+    }
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
+        .map_err(|e| Error::io(Kind::Storage, "reading the end of the tree's archive", e))?;
+    Ok(count)
 }
 
 fn io_error(path: &Path, doing: &str, e: std::io::Error) -> Error {
@@ -402,15 +422,31 @@ mod tests {
     }
 
     #[test]
-    fn setuid_bits_are_dropped_and_a_file_already_there_stops_a_forced_restore() {
+    fn setuid_bits_are_dropped_and_a_forced_restore_replaces_what_is_there() {
         let out = tempfile::tempdir().unwrap();
         let archive = tar_with(&[("tool", tar::EntryType::Regular, "")]);
         unpack(&archive[..], out.path(), false).unwrap();
         let mode = fs::metadata(out.path().join("tool")).unwrap().mode();
         assert_eq!(mode & 0o7777, 0o755, "{mode:o}");
         fs::write(out.path().join("tool"), "mine").unwrap();
-        assert!(unpack(&archive[..], out.path(), true).is_err());
+        assert!(unpack(&archive[..], out.path(), false).is_err());
         assert_eq!(fs::read_to_string(out.path().join("tool")).unwrap(), "mine");
+        // A link where the backup has a file is replaced, not followed.
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("victim"), "theirs").unwrap();
+        fs::remove_file(out.path().join("tool")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), out.path().join("tool")).unwrap();
+        unpack(&archive[..], out.path(), true).unwrap();
+        assert_eq!(fs::read_to_string(out.path().join("tool")).unwrap(), "evil");
+        assert!(
+            !fs::symlink_metadata(out.path().join("tool"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(
+            fs::read_to_string(outside.path().join("victim")).unwrap(),
+            "theirs"
+        );
     }
 
     #[test]

@@ -273,7 +273,7 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
             None => println!("  last success:   never"),
         }
         match &s.newest_backup {
-            _ if s.kind != "backup" => {}
+            _ if !holds_backups(s.kind) => {}
             Some(b) => println!(
                 "  newest backup:  {} (data as of {}, {}; {} stored in {})",
                 b.id,
@@ -284,7 +284,18 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
             ),
             None => println!("  newest backup:  none"),
         }
-        if let Some(g) = &s.growth {
+        if let Some(g) = &s.growth
+            && s.kind == "files"
+        {
+            let change = g.raw_size as i64 - g.since_raw_size as i64;
+            println!(
+                "  growth:         tar {} since {} ({}): about {} per 30 days",
+                signed_bytes(change),
+                g.since_id,
+                age(now, g.since_snapshot_at),
+                signed_bytes(g.raw_bytes_per_30_days),
+            );
+        } else if let Some(g) = &s.growth {
             let change = g.raw_size as i64 - g.since_raw_size as i64;
             let percent = if g.since_raw_size > 0 {
                 format!(
@@ -333,6 +344,11 @@ enum Status {
 /// Judges one job: stale or missing backups are CRITICAL, a failed last run
 /// is WARNING. For other jobs, whose lateness loses no data, a stale or
 /// missing success is WARNING.
+/// Whether a job of `kind` makes backups (a database's or a directory's).
+fn holds_backups(kind: &str) -> bool {
+    matches!(kind, "backup" | "files")
+}
+
 fn judge(
     job: &Job,
     s: &JobState,
@@ -340,7 +356,7 @@ fn judge(
     now: Timestamp,
 ) -> (Status, String) {
     // --max-age is about backups; a monthly maintenance job goes by its schedule.
-    let max_age = max_age.filter(|_| s.kind == "backup");
+    let max_age = max_age.filter(|_| holds_backups(s.kind));
     let (limit, why) = match (
         max_age,
         job.schedule.as_ref().and_then(|sch| sch.longest_gap(now)),
@@ -355,7 +371,7 @@ fn judge(
     let mut status = Status::Ok;
     let mut notes = Vec::new();
     match &s.newest_backup {
-        _ if s.kind != "backup" => match &s.last_success {
+        _ if !holds_backups(s.kind) => match &s.last_success {
             None => {
                 status = Status::Warning;
                 notes.push("never succeeded".to_owned());
@@ -487,6 +503,8 @@ mod tests {
             }],
             extensions: vec![],
             warnings: vec![],
+            directory: None,
+            tree: None,
         }
     }
 

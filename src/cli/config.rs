@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::model::{Job, JobKind};
+use crate::model::{BackupSource, Job, JobKind};
 use crate::schedule::zone_name;
 
 /// How many fire times `config check` shows per job.
@@ -38,7 +38,7 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                 let mut out = json!({
                     "job": job.name, "type": job.kind.name(), "defined_at": job.origin.to_string(),
                     "timezone": job.timezone.iana_name(),
-                    "database": {"name": db.name, "url": db.url, "password_from": db.password_from},
+                    "database": db.map(|db| json!({"name": db.name, "url": db.url, "password_from": db.password_from})),
                     "schedule": job.schedule.as_ref().map(|s| s.expression()),
                     "next_runs": next_runs(job),
                     "overlap": format!("{:?}", job.policy.overlap).to_lowercase(),
@@ -58,6 +58,9 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                         out["retention"] =
                             json!(b.retention.as_ref().map(crate::retention::describe));
                         out["incomplete_after_seconds"] = json!(b.incomplete_after.as_secs());
+                        if let BackupSource::Directory(dir) = &b.source {
+                            out["path"] = json!(dir.display().to_string());
+                        }
                     }
                     JobKind::Prune(p) => {
                         out["backup_job"] = json!(p.backup_job);
@@ -104,14 +107,18 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
             }
             None => println!("  schedule:    none (runs only with `backup run`)"),
         }
-        let db = job.database();
-        let password = db
-            .password_from
-            .as_deref()
-            .map_or(String::new(), |p| format!(", password from {p}"));
-        println!("  database:    {} = {}{password}", db.name, db.url);
+        if let Some(db) = job.database() {
+            let password = db
+                .password_from
+                .as_deref()
+                .map_or(String::new(), |p| format!(", password from {p}"));
+            println!("  database:    {} = {}{password}", db.name, db.url);
+        }
         match &job.kind {
             JobKind::Backup(b) => {
+                if let BackupSource::Directory(dir) = &b.source {
+                    println!("  directory:   {}", dir.display());
+                }
                 for s in &b.storages {
                     println!("  storage:     {} ({})", s.name, s.kind);
                 }

@@ -25,7 +25,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                     json!({
                         "job": job.name, "id": m.id, "snapshot_at": m.snapshot_at,
                         "snapshot_at_local": time::show(m.snapshot_at, &job.timezone),
-                        "database": m.database, "dbname": m.dbname,
+                        "database": m.database, "dbname": m.dbname, "directory": m.directory,
                         "raw_size": m.raw_size(), "stored_size": m.stored_size(),
                         "duration_seconds": m.duration().as_secs_f64(),
                         "compression": m.compression, "tables": m.tables.len(),
@@ -42,7 +42,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         "JOB",
         "ID",
         "DATA AS OF",
-        "DATABASE",
+        "SOURCE",
         "RAW",
         "STORED",
         "DURATION",
@@ -58,7 +58,8 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                 job.name.clone(),
                 m.id.to_string(),
                 time::show(m.snapshot_at, &job.timezone),
-                m.database.clone(),
+                // A files backup's source is its directory.
+                m.directory.clone().unwrap_or_else(|| m.database.clone()),
                 bytes_human(m.raw_size()),
                 bytes_human(m.stored_size()),
                 time::show_duration(m.duration()),

@@ -185,16 +185,7 @@ impl Command {
                     .to_owned(),
                 "run the job again".to_owned(),
             ),
-            Command::Restore(args) => (
-                format!(
-                    "the restore was stopped; if it had begun, database {} is incomplete",
-                    args.target_db()
-                ),
-                format!(
-                    "drop database {}, or restore again with --clean",
-                    args.target_db()
-                ),
-            ),
+            Command::Restore(args) => args.left_behind(),
             Command::Drill(args) => (
                 if args.uses_server() {
                     "the drill was stopped; the database it was restoring on the --target-url \

@@ -13,13 +13,35 @@ use crate::pg::command::RestoreFlags;
 use crate::time;
 
 impl Args {
-    pub(super) fn target_db(&self) -> &str {
-        &self.target_db
+    /// What an interrupted restore leaves incomplete, and how to redo it.
+    pub(super) fn left_behind(&self) -> (String, String) {
+        match (&self.target_db, &self.target_dir) {
+            (_, Some(dir)) => (
+                format!(
+                    "the restore was stopped; if it had begun, directory {} holds part of the backup",
+                    dir.display()
+                ),
+                format!(
+                    "restore again with --force into {}, or into a new directory",
+                    dir.display()
+                ),
+            ),
+            (db, None) => {
+                let db = db.as_deref().unwrap_or_default();
+                (
+                    format!(
+                        "the restore was stopped; if it had begun, database {db} is incomplete"
+                    ),
+                    format!("drop database {db}, or restore again with --clean"),
+                )
+            }
+        }
     }
 }
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["at", "latest", "id"])))]
+#[command(group(clap::ArgGroup::new("into").required(true).args(["target_db", "target_dir"])))]
 pub struct Args {
     /// The backup job whose backups to restore from.
     #[arg(long, value_name = "JOB")]
@@ -36,15 +58,23 @@ pub struct Args {
     id: Option<String>,
     /// The database to restore into; created if missing.
     #[arg(long, value_name = "NAME")]
-    target_db: String,
+    target_db: Option<String>,
+    /// A files job: the directory to restore into, new or empty; created if
+    /// missing. Modes, times and symlinks come back as they were.
+    #[arg(long, value_name = "DIR")]
+    target_dir: Option<std::path::PathBuf>,
+    /// With --target-dir: write into a directory that is not empty,
+    /// replacing files of the same name.
+    #[arg(long, requires = "target_dir")]
+    force: bool,
     /// Read from this storage instead of the job's first that has the backup.
     #[arg(long, value_name = "STORAGE")]
     storage: Option<String>,
     /// Drop and re-create the backup's objects in an existing, non-empty target.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target_dir")]
     clean: bool,
     /// Parallel pg_restore jobs; above 1 the archive is spooled to a temp file.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with = "target_dir")]
     jobs: u32,
     /// Do not ask for confirmation on a terminal.
     #[arg(long)]
@@ -53,10 +83,10 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Do not restore object ownership (pg_restore --no-owner).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target_dir")]
     no_owner: bool,
     /// Do not restore privileges (pg_restore --no-acl).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target_dir")]
     no_acl: bool,
 }
 
@@ -69,9 +99,12 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     } else {
         Selector::Latest
     };
+    let Some(target_db) = args.target_db.clone() else {
+        return restore_dir(engine, &args, &selector, json).await;
+    };
     let request = RestoreRequest {
         selector,
-        target_db: args.target_db.clone(),
+        target_db,
         storage: args.storage.clone(),
         flags: RestoreFlags {
             clean: args.clean,
@@ -107,7 +140,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     }
     eprintln!("{plan}");
     if !args.yes && std::io::stdin().is_terminal() {
-        confirm(&plan.target_db, plan.overwrites())?;
+        confirm(&format!("database {}", plan.target_db), plan.overwrites())?;
     }
     let outcome = engine.restore(&plan).await?;
     if json {
@@ -127,13 +160,72 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `--target-dir`: a files job's directory, written into a directory.
+async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bool) -> Result<()> {
+    let target = args
+        .target_dir
+        .as_deref()
+        .ok_or_else(|| Error::internal("no --target-dir"))?;
+    let plan = engine
+        .plan_restore_dir(
+            &args.job,
+            selector,
+            args.storage.as_deref(),
+            target,
+            args.force,
+        )
+        .await?;
+    let b = &plan.backup;
+    if let Some(at) = plan.requested_at {
+        eprintln!(
+            "selected backup {}: files as of {}, {} before the requested {}",
+            b.id,
+            time::show(b.snapshot_at, &plan.timezone),
+            time::show_duration(at.duration_since(b.snapshot_at)),
+            time::show(at, &plan.timezone)
+        );
+    }
+    let target = plan.target.display().to_string();
+    if args.dry_run {
+        if json {
+            return super::print_json(&json!({
+                "dry_run": true, "job": plan.job, "backup": b.id, "snapshot_at": b.snapshot_at,
+                "storage": plan.storage, "target_dir": target, "existing_entries": plan.existing,
+            }));
+        }
+        println!("{plan}");
+        println!("dry run: nothing was changed");
+        return Ok(());
+    }
+    eprintln!("{plan}");
+    if !args.yes && std::io::stdin().is_terminal() {
+        confirm(&format!("directory {target}"), plan.existing > 0)?;
+    }
+    let outcome = engine.restore_dir(&plan).await?;
+    if json {
+        return super::print_json(&json!({
+            "job": plan.job, "backup": b.id, "snapshot_at": b.snapshot_at,
+            "target_dir": target, "entries": outcome.entries,
+        }));
+    }
+    println!(
+        "restored backup {} (files as of {}) into {target}: {} entries, digests match the manifest",
+        b.id,
+        time::show(b.snapshot_at, &plan.timezone),
+        outcome.entries,
+    );
+    Ok(())
+}
+
 /// Asks on the terminal; anything but the expected answer cancels.
+/// `target` is what is named: "database app", "directory /srv/uploads".
 fn confirm(target: &str, overwrites: bool) -> Result<()> {
-    let expected = if overwrites { target } else { "yes" };
+    let name = target.split_once(' ').map_or(target, |(_, name)| name);
+    let expected = if overwrites { name } else { "yes" };
     eprint!(
         "{}type {expected} to continue: ",
         if overwrites {
-            format!("this replaces objects in database {target}; ")
+            format!("this replaces what is in {target}; ")
         } else {
             String::new()
         }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::jobs::maintenance::{self, MaintenanceOutcome, Plan, StepStatus};
 use crate::jobs::prune;
 use crate::jobs::restore_test::RestoreTestOutcome;
-use crate::model::{Job, JobKind};
+use crate::model::{BackupSource, Job, JobKind};
 use crate::report::bytes_human;
 use crate::time;
 
@@ -94,19 +94,23 @@ async fn dry_run(engine: &Engine, job: &Job, json: bool) -> Result<serde_json::V
         }
         JobKind::Backup(spec) => {
             let storages: Vec<&str> = spec.storages.iter().map(|s| s.name.as_str()).collect();
+            let (what, database) = match &spec.source {
+                BackupSource::Database(db) => {
+                    (format!("database {} ({})", db.name, db.url), Some(&db.name))
+                }
+                BackupSource::Directory(dir) => (format!("directory {}", dir.display()), None),
+            };
             if !json {
                 println!(
-                    "job {}: would back up database {} ({}) to {}, compressed with {} (dry run: nothing done)",
+                    "job {}: would back up {what} to {}, compressed with {} (dry run: nothing done)",
                     job.name,
-                    spec.database.name,
-                    spec.database.url,
                     storages.join(", "),
                     spec.compression
                 );
             }
             Ok(json!({
-                "job": job.name, "type": "backup", "dry_run": true,
-                "database": spec.database.name, "storages": storages,
+                "job": job.name, "type": job.kind.name(), "dry_run": true,
+                "database": database, "storages": storages,
                 "compression": spec.compression.to_string(),
             }))
         }

@@ -21,8 +21,8 @@ mod storage;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    BackupJob, CatchUp, Compression, Config, Database, EncryptionSpec, Job, JobKind, Notifier,
-    NotifierKind, Origin, Overlap, PruneJob, RunPolicy, Secret, StorageSpec,
+    BackupJob, BackupSource, CatchUp, Compression, Config, Database, EncryptionSpec, Job, JobKind,
+    Notifier, NotifierKind, Origin, Overlap, PruneJob, RunPolicy, Secret, StorageSpec,
 };
 use crate::schedule::Schedule;
 use storage::{RawStorage, validate_storage};
@@ -111,6 +111,7 @@ struct RawJob {
     scratch_database: Option<Spanned<String>>,
     checks: Option<Vec<restore_test::RawCheck>>,
     keep_on_failure: Option<Spanned<bool>>,
+    path: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +169,7 @@ impl RawJob {
             at("target", &self.target),
             at("scratch_database", &self.scratch_database),
             at("keep_on_failure", &self.keep_on_failure),
+            at("path", &self.path),
         ]
         .into_iter()
         .flatten()
@@ -179,6 +181,16 @@ impl RawJob {
 
 /// The type-specific keys each job type takes.
 const BACKUP_KEYS: &[&str] = &[
+    "storages",
+    "compression",
+    "compression_level",
+    "retention",
+    "incomplete_after",
+    "encryption",
+];
+/// A files job takes a backup job's keys, and `path` instead of `database`.
+const FILES_KEYS: &[&str] = &[
+    "path",
     "storages",
     "compression",
     "compression_level",
@@ -509,7 +521,7 @@ fn resolve_prune_jobs(config: &mut Config) -> Result<()> {
     for (name, target, origin) in targets {
         let resolved = match config.jobs.get(&target).map(|j| &j.kind) {
             Some(JobKind::Backup(b)) if b.retention.is_some() => {
-                (b.database.clone(), b.storages.clone())
+                (b.database().cloned(), b.storages.clone())
             }
             Some(JobKind::Backup(_)) => {
                 return Err(Error::config(format!(
@@ -570,7 +582,16 @@ fn resolve_restore_tests(config: &mut Config) -> Result<()> {
                     .map(|j| &j.name),
             )));
         };
-        let (database, storages) = (b.database.clone(), b.storages.clone());
+        let Some(database) = b.database().cloned() else {
+            return Err(Error::config(format!(
+                "{origin}: [jobs.{name}] backup_job = '{target}' is a files job: a restore test restores a database"
+            ))
+            .with_hint(format!(
+                "`backup verify --job {target}` reads every file of its backups back; \
+                 `backup restore --job {target} --latest --target-dir DIR` restores one"
+            )));
+        };
+        let storages = b.storages.clone();
         if let Some(Job {
             kind: JobKind::RestoreTest(t),
             ..
@@ -655,10 +676,41 @@ fn check_keys(
             source.origin_at(at)
         ))
         .with_hint(format!(
-            "a {kind} job takes database, schedule and the run settings, plus: {}",
+            "a {kind} job takes {}schedule and the run settings, plus: {}",
+            if kind == "files" { "" } else { "database, " },
             allowed.join(", ")
         ))),
     }
+}
+
+/// The directory a files job backs up: `path`, absolute, and no `database`.
+/// Whether it exists is the run's question: a job file is checked on hosts
+/// (a laptop, CI) that do not have it.
+fn files_path(source: &Source, name: &str, raw: &Spanned<RawJob>) -> Result<PathBuf> {
+    let job = raw.get_ref();
+    if let Some(database) = &job.database {
+        return Err(source
+            .error(
+                database,
+                format!("[jobs.{name}] `database` does not apply to a files job"),
+            )
+            .with_hint("a files job backs up the directory `path`; back up a database with type = \"backup\""));
+    }
+    let path = job.path.as_ref().ok_or_else(|| {
+        source
+            .error(raw, format!("[jobs.{name}] a files job needs `path`"))
+            .with_hint("name the directory to back up: path = \"/srv/app/uploads\"")
+    })?;
+    let dir = path.get_ref();
+    if !dir.is_absolute() {
+        return Err(source
+            .error(
+                path,
+                format!("[jobs.{name}] path = '{}' is not absolute", dir.display()),
+            )
+            .with_hint("a daemon's working directory is not the job file's: write the full path"));
+    }
+    Ok(dir.clone())
 }
 
 /// The database a job names, which must be declared.
@@ -723,7 +775,27 @@ fn validate_job(
     let kind = match job.kind.get_ref().as_str() {
         "backup" => {
             check_keys(source, name, "backup", job, BACKUP_KEYS)?;
-            JobKind::Backup(validate_backup_job(source, name, raw, config, env)?)
+            let database = job_database(source, name, raw, config)?;
+            JobKind::Backup(validate_backup_job(
+                source,
+                name,
+                raw,
+                config,
+                env,
+                BackupSource::Database(database),
+            )?)
+        }
+        "files" => {
+            check_keys(source, name, "files", job, FILES_KEYS)?;
+            let directory = files_path(source, name, raw)?;
+            JobKind::Backup(validate_backup_job(
+                source,
+                name,
+                raw,
+                config,
+                env,
+                BackupSource::Directory(directory),
+            )?)
         }
         "prune" => {
             check_keys(source, name, "prune", job, &["backup_job"])?;
@@ -737,7 +809,7 @@ fn validate_job(
             // Resolved once every job is read: the backup job may come later.
             JobKind::Prune(PruneJob {
                 backup_job: target.get_ref().clone(),
-                database: Arc::new(Database::unresolved()),
+                database: None,
                 storages: Vec::new(),
             })
         }
@@ -761,7 +833,9 @@ fn validate_job(
                     &job.kind,
                     format!("[jobs.{name}] type '{other}' is not supported"),
                 )
-                .with_hint("supported job types: backup, maintenance, prune, restore-test"));
+                .with_hint(
+                    "supported job types: backup, files, maintenance, prune, restore-test",
+                ));
         }
     };
     // Heavy maintenance holds dumps of its database off while it runs, and
@@ -861,9 +935,9 @@ fn validate_backup_job(
     raw: &Spanned<RawJob>,
     config: &Config,
     env: EnvLookup,
+    backup_source: BackupSource,
 ) -> Result<BackupJob> {
     let job = raw.get_ref();
-    let database = job_database(source, name, raw, config)?;
     let names = job.storages.as_ref().ok_or_else(|| {
         source.error(
             raw,
@@ -912,7 +986,7 @@ fn validate_backup_job(
         None => None,
     };
     Ok(BackupJob {
-        database,
+        source: backup_source,
         storages,
         compression,
         retention,
@@ -1269,7 +1343,13 @@ compression = "gzip"
         assert_eq!(job.timezone.iana_name(), Some("Asia/Tokyo"));
         assert_eq!(job.origin.line, 12);
         assert_eq!(
-            backup.database.password.as_ref().unwrap().expose(),
+            backup
+                .database()
+                .unwrap()
+                .password
+                .as_ref()
+                .unwrap()
+                .expose(),
             "s3cret-from-env"
         );
         assert_eq!(backup.storages[0].name, "disk");
@@ -1505,6 +1585,58 @@ compression = "gzip"
     }
 
     #[test]
+    fn files_jobs_take_an_absolute_path_and_are_refused_where_a_database_is_needed() {
+        const FILES: &str = "\n[jobs.uploads]\ntype = \"files\"\npath = \"/srv/app/uploads\"\n\
+                             storages = [\"disk\"]\nretention = { max_age = \"30d\" }\n";
+        let text = format!(
+            "{GOOD}{FILES}\n[jobs.uploads-prune]\ntype = \"prune\"\nbackup_job = \"uploads\"\n"
+        );
+        let config = check(&text).unwrap();
+        let job = config.job("uploads").unwrap();
+        assert_eq!(job.kind.name(), "files");
+        assert!(job.database().is_none());
+        let (_, spec) = config.backup_job("uploads").unwrap();
+        assert!(
+            matches!(&spec.source, BackupSource::Directory(p) if p == Path::new("/srv/app/uploads"))
+        );
+        // Its prune job locks locally, as the files job does.
+        assert!(config.job("uploads-prune").unwrap().database().is_none());
+        let e = config.database_backup_job("uploads", "drill").unwrap_err();
+        assert!(e.message().contains("job uploads is a files job"), "{e}");
+        assert!(e.hint().unwrap_or("").contains("--target-dir"), "{e}");
+        for (from, to, expected) in [
+            (
+                "path = \"/srv/app/uploads\"",
+                "",
+                "a files job needs `path`",
+            ),
+            (
+                "path = \"/srv/app/uploads\"",
+                "path = \"uploads\"",
+                "path = 'uploads' is not absolute",
+            ),
+            (
+                "type = \"files\"",
+                "type = \"files\"\ndatabase = \"app\"",
+                "`database` does not apply to a files job",
+            ),
+            (
+                "type = \"files\"",
+                "type = \"files\"\ntasks = [\"vacuum\"]",
+                "`tasks` does not apply to a files job",
+            ),
+        ] {
+            let e = error_of(&format!("{GOOD}{}", FILES.replace(from, to)));
+            assert!(e.contains(expected), "{to}: {e}");
+            assert!(e.starts_with("jobs/app.toml:"), "{e}");
+        }
+        let e = error_of(&format!(
+            "{GOOD}{FILES}\n[jobs.t]\ntype = \"restore-test\"\nbackup_job = \"uploads\"\n"
+        ));
+        assert!(e.contains("backup_job = 'uploads' is a files job"), "{e}");
+    }
+
+    #[test]
     fn prune_jobs_point_at_a_backup_job_with_a_policy() {
         let with_policy = GOOD.replace("compression = \"gzip\"", "retention = { keep_last = 7 }");
         // The prune job's name sorts before the backup job's: resolved after all are read.
@@ -1512,7 +1644,7 @@ compression = "gzip"
             format!("{with_policy}\n[jobs.a-prune]\ntype = \"prune\"\nbackup_job = \"nightly\"\n");
         let config = check(&text).unwrap();
         let job = config.job("a-prune").unwrap();
-        assert_eq!(job.database().name, "app");
+        assert_eq!(job.database().unwrap().name, "app");
         assert_eq!(job.record_storages()[0].name, "disk");
         for (extra, base, expected) in [
             ("", with_policy.as_str(), "a prune job needs `backup_job`"),
@@ -1574,7 +1706,10 @@ compression = "gzip"
         );
         // The file's first storage in the text, not in name order.
         assert_eq!(job.record_storages()[0].name, "disk");
-        assert_eq!(config.job("nightly").unwrap().database().name, "app");
+        assert_eq!(
+            config.job("nightly").unwrap().database().unwrap().name,
+            "app"
+        );
     }
 
     #[test]

@@ -107,8 +107,16 @@ async fn run_checks(shared: &Shared) -> Health {
     let config = &engine.config;
     let mut databases = std::collections::BTreeMap::new();
     let mut storages = std::collections::BTreeMap::new();
+    let mut directories = std::collections::BTreeSet::new();
     for job in config.jobs.values() {
-        databases.insert(job.database().name.clone(), job.database().clone());
+        if let Some(db) = job.database() {
+            databases.insert(db.name.clone(), db.clone());
+        }
+        if let crate::model::JobKind::Backup(b) = &job.kind
+            && let crate::model::BackupSource::Directory(dir) = &b.source
+        {
+            directories.insert(dir.clone());
+        }
         for s in job.record_storages() {
             storages.insert(s.name.clone(), s.clone());
         }
@@ -133,11 +141,27 @@ async fn run_checks(shared: &Shared) -> Health {
         };
         check(format!("database {}", db.name), probe).await
     });
-    let (mut checks, more) = futures::join!(
+    // A files job's directory that is gone (an unmounted volume) would make
+    // its next backup fail: the daemon is not ready.
+    let directory_checks = directories.into_iter().map(|dir| async move {
+        let probe = async {
+            tokio::fs::read_dir(&dir).await.map(|_| ()).map_err(|e| {
+                crate::error::Error::io(
+                    crate::error::Kind::NotFound,
+                    format!("reading {}", dir.display()),
+                    e,
+                )
+            })
+        };
+        check(format!("directory {}", dir.display()), probe).await
+    });
+    let (mut checks, more, dirs) = futures::join!(
         futures::future::join_all(storage_checks),
-        futures::future::join_all(database_checks)
+        futures::future::join_all(database_checks),
+        futures::future::join_all(directory_checks)
     );
     checks.extend(more);
+    checks.extend(dirs);
     Health {
         ready: checks.iter().all(|c| c.ok),
         checked_at: jiff::Timestamp::now(),

@@ -38,7 +38,9 @@ pub async fn run(
     progress: Arc<dyn Progress>,
 ) -> Result<BackupOutcome> {
     let started_at = clock.now();
-    let db = &spec.database;
+    let Some(db) = spec.database() else {
+        return Err(Error::internal(format!("job {} has no database", job.name)));
+    };
     let conn = pg::connect(db, None).await?;
     let server = pg::server_version(&conn).await?;
     let pg_dump = pg::tool_path(db, "pg_dump", server.major);
@@ -48,11 +50,7 @@ pub async fn run(
     // the backup goes on to the others.
     let mut failed = Vec::new();
     let id = unused_id(storages, &job.name, started_at, &mut failed).await?;
-    let storages: Vec<Arc<dyn Storage>> = storages
-        .iter()
-        .filter(|s| !failed.iter().any(|(name, _)| name == s.name()))
-        .cloned()
-        .collect();
+    let storages = without_failed(storages, &failed);
     let storages = storages.as_slice();
     let prefix = catalog::backup_prefix(&job.name, &id)?;
     tracing::info!(
@@ -149,8 +147,34 @@ pub async fn run(
         tables,
         extensions,
         warnings,
+        directory: None,
+        tree: None,
     };
-    let stored_in = publish(&healthy, &prefix, &manifest, &mut failed).await?;
+    conclude(job, &healthy, &prefix, manifest, failed).await
+}
+
+/// The storages not in `failed`.
+pub(super) fn without_failed(
+    storages: &[Arc<dyn Storage>],
+    failed: &[(String, Error)],
+) -> Vec<Arc<dyn Storage>> {
+    storages
+        .iter()
+        .filter(|s| !failed.iter().any(|(name, _)| name == s.name()))
+        .cloned()
+        .collect()
+}
+
+/// Publishes the manifest where every object arrived: the backup exists
+/// once one storage holds it whole, and fails when none does.
+pub(super) async fn conclude(
+    job: &Job,
+    healthy: &[Arc<dyn Storage>],
+    prefix: &Key,
+    manifest: Manifest,
+    mut failed: Vec<(String, Error)>,
+) -> Result<BackupOutcome> {
+    let stored_in = publish(healthy, prefix, &manifest, &mut failed).await?;
     if stored_in.is_empty() {
         let (storage, e) = failed.into_iter().next().unwrap_or_else(|| {
             (
@@ -192,7 +216,7 @@ async fn publish(
 
 /// The first id not used yet in any of the job's storages: two runs in the
 /// same second get `-1`, `-2`, ...
-async fn unused_id(
+pub(super) async fn unused_id(
     storages: &[Arc<dyn Storage>],
     job: &str,
     at: jiff::Timestamp,
@@ -224,7 +248,10 @@ async fn unused_id(
     )))
 }
 
-async fn open_writers(storages: &[Arc<dyn Storage>], key: &Key) -> Result<Vec<Destination>> {
+pub(super) async fn open_writers(
+    storages: &[Arc<dyn Storage>],
+    key: &Key,
+) -> Result<Vec<Destination>> {
     let mut out = Vec::with_capacity(storages.len());
     for storage in storages {
         let writer = storage.writer(key).await?;
@@ -237,7 +264,7 @@ async fn open_writers(storages: &[Arc<dyn Storage>], key: &Key) -> Result<Vec<De
 }
 
 /// The storages whose delivery worked; the others go to `failed`.
-fn keep_delivered(
+pub(super) fn keep_delivered(
     storages: &[Arc<dyn Storage>],
     deliveries: Vec<Delivery>,
     failed: &mut Vec<(String, Error)>,
@@ -270,7 +297,9 @@ async fn dump_globals(
     prefix: &Key,
     warnings: &mut Vec<String>,
 ) -> Result<Option<(ManifestObject, Vec<Delivery>)>> {
-    let db = &spec.database;
+    let Some(db) = spec.database() else {
+        return Ok(None);
+    };
     let pg_dumpall = pg::tool_path(db, "pg_dumpall", server.major);
     let name = catalog::object_name(Role::Globals, spec.compression, spec.encryption.is_some());
     let key = prefix.join(&name)?;
@@ -333,7 +362,7 @@ async fn dump_globals(
 }
 
 /// The encryption stage of the job's objects.
-fn seal(spec: &BackupJob) -> archive::crypt::Crypt {
+pub(super) fn seal(spec: &BackupJob) -> archive::crypt::Crypt {
     match &spec.encryption {
         Some(e) => archive::crypt::Crypt::Seal(e.recipients.clone()),
         None => archive::crypt::Crypt::None,

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod drill;
+pub mod files;
 pub mod maintenance;
 pub mod proof;
 pub mod prune;

@@ -1,7 +1,7 @@
 //! `backup verify`: read every object of a backup back from storage, check
 //! its stored and raw SHA-256 and sizes against the manifest, and check the
 //! data reads as a `pg_dump` archive (`pg_restore --list` on the decompressed
-//! stream). One streamed read per copy, in bounded memory, and nothing is
+//! stream), or a files backup as a tar (every entry read). One streamed read per copy, in bounded memory, and nothing is
 //! written but the run record.
 
 use std::io::{BufRead, Write};
@@ -25,7 +25,7 @@ pub struct ObjectCheck {
     pub role: Option<Role>,
     pub stored_size: u64,
     pub raw_size: u64,
-    /// Entries in the archive's table of contents (data objects only).
+    /// Entries in the archive's table of contents, or in a files tar.
     pub archive_entries: Option<usize>,
     /// Why the object is bad; `None` when it is good.
     pub error: Option<String>,
@@ -99,7 +99,7 @@ pub fn pg_restore_for_archives(db: &Database, major: u32) -> Result<PathBuf> {
 pub async fn verify_backup(
     storage: &Arc<dyn Storage>,
     manifest: &Manifest,
-    pg_restore: &Path,
+    pg_restore: Option<&Path>,
     keys: Option<&crate::model::EncryptionSpec>,
     progress: &Arc<dyn Progress>,
 ) -> BackupCheck {
@@ -146,7 +146,7 @@ async fn verify_object(
     manifest: &Manifest,
     object: &ManifestObject,
     crypt: &crate::archive::crypt::Crypt,
-    pg_restore: &Path,
+    pg_restore: Option<&Path>,
     progress: Arc<dyn Progress>,
 ) -> Result<Option<usize>> {
     let crypt = crypt.clone();
@@ -155,10 +155,13 @@ async fn verify_object(
     let compression = manifest.compression()?;
     let digest = object.digest.clone();
     let label = format!("{key} in storage {}", storage.name());
-    let lister = match object.role {
-        Role::Data => Some(Lister::start(pg_restore)?),
-        Role::Globals => None,
+    let lister: Option<Box<dyn Lister>> = match (object.role, pg_restore) {
+        (Role::Data, Some(pg_restore)) => Some(Box::new(PgRestoreList::start(pg_restore)?)),
+        (Role::Data, None) => return Err(Error::internal("no pg_restore to list a dump with")),
+        (Role::Files, _) => Some(Box::new(TarList::start()?)),
+        (Role::Globals, _) => None,
     };
+    let object_role = object.role;
     progress.begin(&format!("verify {key}"), Some(digest.stored_size));
     let result = tokio::task::spawn_blocking(move || {
         let on_bytes = |n| progress.advance(n);
@@ -179,11 +182,16 @@ async fn verify_object(
         };
         progress.end();
         // The digests first: a corrupt object explains pg_restore's complaint.
-        let listed = lister.map(Lister::finish).transpose();
+        let listed = lister.map(|l| l.finish()).transpose();
         unpacked?;
         listed.map_err(|e| {
             Error::integrity(format!(
-                "does not read as a pg_dump archive although its digests match: {}",
+                "does not read as {} although its digests match: {}",
+                if object_role == Role::Files {
+                    "a tar archive"
+                } else {
+                    "a pg_dump archive"
+                },
                 e.message()
             ))
         })
@@ -201,17 +209,72 @@ async fn verify_object(
     })
 }
 
+/// Where a data object's raw bytes go to be read as what they claim to be;
+/// `finish` says how many entries it found.
+trait Lister: Write + Send {
+    fn finish(self: Box<Self>) -> Result<usize>;
+}
+
+/// A files backup's tar, read entry by entry on a thread of its own.
+struct TarList {
+    writer: Option<std::io::PipeWriter>,
+    entries: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl TarList {
+    fn start() -> Result<TarList> {
+        let (reader, writer) = std::io::pipe()
+            .map_err(|e| Error::io(crate::error::Kind::Internal, "making a pipe", e))?;
+        let entries = std::thread::Builder::new()
+            .name("verify-tar".into())
+            .spawn(move || crate::archive::tree::list(reader))
+            .map_err(|e| Error::internal(format!("cannot start a thread: {e}")))?;
+        Ok(TarList {
+            writer: Some(writer),
+            entries,
+        })
+    }
+}
+
+impl Lister for TarList {
+    fn finish(mut self: Box<Self>) -> Result<usize> {
+        drop(self.writer.take());
+        let entries = self
+            .entries
+            .join()
+            .map_err(|_| Error::internal("reading the tar's entries failed"))??;
+        Ok(usize::try_from(entries).unwrap_or(usize::MAX))
+    }
+}
+
+impl Write for TarList {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A reader that stopped (a broken tar) is reported by finish(); the
+        // rest is still hashed.
+        if let Some(writer) = &mut self.writer
+            && writer.write_all(buf).is_err()
+        {
+            self.writer = None;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `pg_restore --list` reading the raw archive from its stdin. It stops
 /// reading once it has the table of contents; what follows is still hashed,
 /// so the sink swallows the rest instead of failing.
-struct Lister {
+struct PgRestoreList {
     program: pg::ClientProgram,
     stdin: Option<ChildStdin>,
     entries: std::thread::JoinHandle<usize>,
 }
 
-impl Lister {
-    fn start(pg_restore: &Path) -> Result<Lister> {
+impl PgRestoreList {
+    fn start(pg_restore: &Path) -> Result<PgRestoreList> {
         let mut program = pg::spawn(
             pg_restore,
             vec!["--list".into()],
@@ -234,14 +297,16 @@ impl Lister {
                 .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
                 .count()
         });
-        Ok(Lister {
+        Ok(PgRestoreList {
             program,
             stdin,
             entries,
         })
     }
+}
 
-    fn finish(mut self) -> Result<usize> {
+impl Lister for PgRestoreList {
+    fn finish(mut self: Box<Self>) -> Result<usize> {
         drop(self.stdin.take());
         self.program.wait()?;
         self.entries
@@ -250,7 +315,7 @@ impl Lister {
     }
 }
 
-impl Write for Lister {
+impl Write for PgRestoreList {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Some(stdin) = &mut self.stdin
             && stdin.write_all(buf).is_err()

@@ -90,9 +90,20 @@ impl Drop for CancelOnDrop {
 /// What a run holds on its database, on a connection of its own, for as long
 /// as it runs: the job's advisory lock (one runner per job across replicas)
 /// and the database's (dumps share it; heavy maintenance takes it alone).
+/// A job without a database (a files job) holds a lock file of this host.
 pub struct RunLock {
-    conn: Connection,
-    database: String,
+    held: Held,
+}
+
+enum Held {
+    Session {
+        conn: Box<Connection>,
+        database: String,
+    },
+    /// Held for as long as it lives; released when dropped.
+    Local {
+        _lock: crate::jobs::files::LocalLock,
+    },
 }
 
 /// Whether a run may share its database with dumps.
@@ -117,8 +128,15 @@ impl RunLock {
     /// How often the lock's session is checked while a run holds it.
     const WATCH_EVERY: Duration = Duration::from_secs(10);
 
-    /// Takes the lock of `job`, or `None` when another session holds it.
-    pub async fn try_take(db: &Database, job: &str) -> Result<Option<RunLock>> {
+    /// Takes the lock of `job`, or `None` when another session (or, for a
+    /// job without a database, another process of this host) holds it.
+    pub async fn try_take(db: Option<&Database>, job: &str) -> Result<Option<RunLock>> {
+        let Some(db) = db else {
+            let taken = crate::jobs::files::LocalLock::try_take(job)?;
+            return Ok(taken.map(|lock| RunLock {
+                held: Held::Local { _lock: lock },
+            }));
+        };
         let conn = connect(db, None).await?;
         // The session idles for the whole run: a server-wide idle timeout must
         // not end it (and with it the lock). The setting exists from 14 on.
@@ -139,25 +157,39 @@ impl RunLock {
             .map_err(|e| query_error(&format!("taking the lock of job {job}"), e))?;
         let taken: bool = row.get(0);
         Ok(taken.then(|| RunLock {
-            database: conn.dbname.clone(),
-            conn,
+            held: Held::Session {
+                database: conn.dbname.clone(),
+                conn: Box::new(conn),
+            },
         }))
+    }
+
+    /// The session and database name of a server-held lock.
+    fn session(&self) -> Option<(&Connection, &str)> {
+        match &self.held {
+            Held::Session { conn, database } => Some((conn, database)),
+            Held::Local { .. } => None,
+        }
     }
 
     /// Whether the server ended the lock's session, and with it the locks.
     pub fn is_lost(&self) -> bool {
-        self.conn.client.is_closed()
+        self.session()
+            .is_some_and(|(conn, _)| conn.client.is_closed())
     }
 
     /// Resolves, with an error, once the lock's session stops answering.
     pub async fn watch(&self) -> Error {
+        let Some((conn, database)) = self.session() else {
+            // A lock file is held as long as the process lives.
+            return std::future::pending().await;
+        };
         loop {
             tokio::time::sleep(Self::WATCH_EVERY).await;
-            if let Err(e) = self.conn.client.simple_query("SELECT 1").await {
+            if let Err(e) = conn.client.simple_query("SELECT 1").await {
                 return Error::database(format!(
-                    "database {}: lost the session holding the job's lock ({e}); the run was \
-                     stopped so that no other run can start beside it",
-                    self.database
+                    "database {database}: lost the session holding the job's lock ({e}); the run was \
+                     stopped so that no other run can start beside it"
                 ))
                 .with_hint(
                     "check the server's log for a restart or a terminated session; \
@@ -170,12 +202,15 @@ impl RunLock {
 
     /// Gives the database's lock back (between attempts).
     pub async fn leave_database(&self, mode: DatabaseUse) {
+        let Some((conn, database)) = self.session() else {
+            return;
+        };
         let sql = match mode {
             DatabaseUse::Shared => "SELECT pg_advisory_unlock_shared($1)",
             DatabaseUse::Exclusive => "SELECT pg_advisory_unlock($1)",
         };
-        let key = lock_key(&format!("backup database {}", self.database));
-        if let Err(e) = self.conn.client.query_one(sql, &[&key]).await {
+        let key = lock_key(&format!("backup database {database}"));
+        if let Err(e) = conn.client.query_one(sql, &[&key]).await {
             tracing::debug!("releasing the database's lock: {e}");
         }
     }
@@ -184,15 +219,17 @@ impl RunLock {
     /// called once if it has to wait. Polls rather than blocks, so a cancelled
     /// run leaves no lock request queued on the server.
     pub async fn use_database(&self, mode: DatabaseUse, on_wait: impl FnOnce()) -> Result<()> {
+        let Some((conn, database)) = self.session() else {
+            return Ok(());
+        };
         let sql = match mode {
             DatabaseUse::Shared => "SELECT pg_try_advisory_lock_shared($1)",
             DatabaseUse::Exclusive => "SELECT pg_try_advisory_lock($1)",
         };
-        let key = lock_key(&format!("backup database {}", self.database));
+        let key = lock_key(&format!("backup database {database}"));
         let mut on_wait = Some(on_wait);
         loop {
-            let row = self
-                .conn
+            let row = conn
                 .client
                 .query_one(sql, &[&key])
                 .await
@@ -210,7 +247,10 @@ impl RunLock {
 
 /// Whether a run of `job` holds its lock now. Only looks: taking the lock,
 /// even for a moment, could make a run starting then skip its fire time.
-pub async fn job_running(db: &Database, job: &str) -> Result<bool> {
+pub async fn job_running(db: Option<&Database>, job: &str) -> Result<bool> {
+    let Some(db) = db else {
+        return crate::jobs::files::LocalLock::is_held(job);
+    };
     let conn = connect(db, None).await?;
     let key = lock_key(&format!("backup job {job}"));
     // A bigint advisory key shows as classid (high 32 bits), objid (low), objsubid 1.

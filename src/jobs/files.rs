@@ -1,0 +1,461 @@
+//! `type = "files"` jobs: a directory (camp-backend's `uploads`) backed up as
+//! one tar stream through the same pipeline as a dump (compression, checksums,
+//! encryption) into the job's storages, with a manifest like any backup, and
+//! restored with `backup restore --target-dir`.
+//!
+//! Such a job has no database, so its run lock cannot be an advisory lock on
+//! a server: it is a lock file of this host ([`LocalLock`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use crate::archive::{self, crypt::Crypt, tree};
+use crate::catalog::{self, Manifest, ManifestObject, Role, Selector};
+use crate::error::{Error, Kind, Result};
+use crate::model::{BackupJob, Clock, Job};
+use crate::report::Progress;
+use crate::storage::Storage;
+
+use super::backup::{self, BackupOutcome};
+
+/// How many left-out entries a manifest's warning names before "and N more".
+const SKIPPED_NAMED: usize = 10;
+
+/// Backs up directory `dir` of files job `job`.
+pub async fn run(
+    job: &Job,
+    spec: &BackupJob,
+    dir: &Path,
+    storages: &[Arc<dyn Storage>],
+    clock: &dyn Clock,
+    progress: Arc<dyn Progress>,
+) -> Result<BackupOutcome> {
+    let started_at = clock.now();
+    // Said before any storage is touched: a missing directory is a host
+    // problem (an unmounted volume), not a storage one.
+    match tokio::fs::metadata(dir).await {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::config(format!(
+                "job {}: path {} is not a directory",
+                job.name,
+                dir.display()
+            ))
+            .with_hint("a files job's `path` names the directory to back up"));
+        }
+        Err(e) => {
+            return Err(Error::io(
+                Kind::NotFound,
+                format!("job {}: reading directory {}", job.name, dir.display()),
+                e,
+            )
+            .with_hint("check the job's `path`, and that its volume is mounted on this host"));
+        }
+    }
+    let mut failed = Vec::new();
+    let id = backup::unused_id(storages, &job.name, started_at, &mut failed).await?;
+    let storages = backup::without_failed(storages, &failed);
+    let prefix = catalog::backup_prefix(&job.name, &id)?;
+    tracing::info!(
+        "job {}: backing up directory {} as {id}",
+        job.name,
+        dir.display()
+    );
+    let name = catalog::object_name(Role::Files, spec.compression, spec.encryption.is_some());
+    let destinations = backup::open_writers(&storages, &prefix.join(&name)?).await?;
+    let (stream, walker) = tree::spawn_pack(dir.to_path_buf())?;
+    let mut packed = None;
+    let walked = async {
+        let walk = tokio::task::spawn_blocking(move || walker.join())
+            .await
+            .map_err(|e| Error::internal(format!("waiting for the tree's walk: {e}")))?
+            .map_err(|_| Error::internal("the tree's walk panicked"))?;
+        packed = Some(walk?);
+        Ok(())
+    };
+    progress.begin(&format!("tar {}", dir.display()), None);
+    let on_bytes = {
+        let progress = progress.clone();
+        Arc::new(move |n| progress.advance(n))
+    };
+    let stored = archive::store(
+        stream,
+        spec.compression,
+        backup::seal(spec),
+        destinations,
+        &format!("{prefix}/{name}"),
+        on_bytes,
+        walked,
+    )
+    .await;
+    progress.end();
+    let (digest, deliveries) = stored?;
+    let packed = packed.ok_or_else(|| Error::internal("the tree's walk left no summary"))?;
+    let healthy = backup::keep_delivered(&storages, deliveries, &mut failed);
+
+    let mut warnings = Vec::new();
+    if !packed.skipped.is_empty() {
+        let mut named: Vec<&str> = packed
+            .skipped
+            .iter()
+            .take(SKIPPED_NAMED)
+            .map(String::as_str)
+            .collect();
+        let more = packed.skipped.len().saturating_sub(SKIPPED_NAMED);
+        let tail = format!("and {more} more");
+        if more > 0 {
+            named.push(&tail);
+        }
+        let warning = format!(
+            "{} entries are not in this backup: {}",
+            packed.skipped.len(),
+            named.join("; ")
+        );
+        tracing::warn!("job {}: {warning}", job.name);
+        warnings.push(warning);
+    }
+    let manifest = Manifest {
+        format: catalog::FORMAT,
+        id,
+        job: job.name.clone(),
+        database: String::new(),
+        dbname: String::new(),
+        server_version: String::new(),
+        pg_dump_version: String::new(),
+        // The walk began here; a file written during it may or may not be in.
+        snapshot_at: started_at,
+        started_at,
+        finished_at: clock.now(),
+        compression: spec.compression.name().to_owned(),
+        encryption: spec
+            .encryption
+            .as_ref()
+            .map(|_| archive::crypt::AGE.to_owned()),
+        objects: vec![ManifestObject {
+            key: name,
+            role: Role::Files,
+            digest,
+        }],
+        tables: Vec::new(),
+        extensions: Vec::new(),
+        warnings,
+        directory: Some(dir.display().to_string()),
+        tree: Some(packed),
+    };
+    backup::conclude(job, &healthy, &prefix, manifest, failed).await
+}
+
+/// Everything a restore into a directory will do, decided before anything
+/// is written.
+#[derive(Debug, Clone)]
+pub struct DirRestorePlan {
+    pub job: String,
+    pub timezone: jiff::tz::TimeZone,
+    pub backup: Manifest,
+    pub storage: String,
+    pub target: PathBuf,
+    pub requested_at: Option<Timestamp>,
+    /// How many entries the target holds now; 0 when empty or missing.
+    pub existing: usize,
+    pub force: bool,
+    pub crypt: Crypt,
+}
+
+impl std::fmt::Display for DirRestorePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = &self.backup;
+        writeln!(f, "restore plan for job {}:", self.job)?;
+        writeln!(
+            f,
+            "  backup:   {} (directory {}, as of {})",
+            b.id,
+            b.directory.as_deref().unwrap_or("?"),
+            crate::time::show(b.snapshot_at, &self.timezone)
+        )?;
+        if let Some(t) = &b.tree {
+            writeln!(
+                f,
+                "  holds:    {} files, {} directories, {} symlinks, {}",
+                t.files,
+                t.directories,
+                t.symlinks,
+                crate::report::bytes_human(t.bytes)
+            )?;
+        }
+        writeln!(f, "  from:     storage {}", self.storage)?;
+        let into = if self.existing == 0 {
+            "empty or new".to_owned()
+        } else {
+            format!(
+                "holds {} entries; files of the same name are replaced (--force)",
+                self.existing
+            )
+        };
+        write!(f, "  into:     {} ({into})", self.target.display())
+    }
+}
+
+/// Chooses the backup and checks the target: a non-empty directory is
+/// refused unless `force`, before anything is read from storage.
+pub async fn plan(
+    job: &Job,
+    spec: &BackupJob,
+    storages: &[Arc<dyn Storage>],
+    storage: Option<&str>,
+    selector: &Selector,
+    target: &Path,
+    force: bool,
+) -> Result<DirRestorePlan> {
+    let (backup, storage) = super::restore::choose(job, storages, storage, selector).await?;
+    if backup.object(Role::Files).is_none() {
+        return Err(Error::integrity(format!(
+            "backup {} of job {} holds no files.tar object",
+            backup.id, job.name
+        )));
+    }
+    let crypt = archive::crypt::opener(
+        super::restore::named(storages, &storage)?.as_ref(),
+        &backup,
+        spec.keys(),
+    )
+    .await?;
+    let existing = match std::fs::read_dir(target) {
+        Ok(entries) => entries.count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            return Err(Error::io(
+                Kind::Refused,
+                format!("reading --target-dir {}", target.display()),
+                e,
+            )
+            .with_hint("--target-dir names a directory, new or empty"));
+        }
+    };
+    if existing > 0 && !force {
+        return Err(Error::refused(format!(
+            "{} is not empty ({existing} entries); nothing was changed",
+            target.display()
+        ))
+        .with_hint(
+            "restore into a new or empty --target-dir, or pass --force to write the backup's \
+             files into it, replacing those of the same name",
+        ));
+    }
+    Ok(DirRestorePlan {
+        job: job.name.clone(),
+        timezone: job.timezone.clone(),
+        backup,
+        storage,
+        target: target.to_path_buf(),
+        requested_at: match selector {
+            Selector::At(at) => Some(*at),
+            _ => None,
+        },
+        existing,
+        force,
+        crypt,
+    })
+}
+
+/// Streams the backup's tar from `storage` into the target directory. The
+/// digests are checked as it goes; a digest that does not match is the
+/// error said, even when the tar broke first.
+pub async fn execute(
+    plan: &DirRestorePlan,
+    storage: &Arc<dyn Storage>,
+    progress: Arc<dyn Progress>,
+) -> Result<tree::Unpacked> {
+    let object = plan
+        .backup
+        .object(Role::Files)
+        .ok_or_else(|| Error::integrity(format!("backup {} has no files.tar", plan.backup.id)))?
+        .clone();
+    let key = catalog::backup_prefix(&plan.backup.job, &plan.backup.id)?.join(&object.key)?;
+    let source = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
+    let compression = plan.backup.compression()?;
+    let crypt = plan.crypt.clone();
+    let target = plan.target.clone();
+    let force = plan.force;
+    let label = format!("{key} in storage {}", storage.name());
+    progress.begin(
+        &format!("restore {}", target.display()),
+        Some(object.digest.stored_size),
+    );
+    let result = tokio::task::spawn_blocking(move || {
+        let (reader, mut writer) = std::io::pipe()
+            .map_err(|e| Error::io(Kind::Internal, "making a pipe for the tree", e))?;
+        let unpacking = std::thread::Builder::new()
+            .name("tree-unpack".into())
+            .spawn(move || tree::unpack(reader, &target, force))
+            .map_err(|e| Error::internal(format!("cannot start the tree's thread: {e}")))?;
+        let on_bytes = |n| progress.advance(n);
+        let fed = archive::unpack(
+            source,
+            compression,
+            &crypt,
+            &object.digest,
+            &mut writer,
+            &label,
+            &on_bytes,
+        );
+        drop(writer);
+        progress.end();
+        let unpacked = unpacking
+            .join()
+            .map_err(|_| Error::internal("the tree's restore panicked"))?;
+        fed?;
+        unpacked
+    })
+    .await
+    .map_err(|e| Error::internal(format!("restore task failed: {e}")))?;
+    result.map_err(|e| {
+        e.context(format!(
+            "restoring backup {} into {}",
+            plan.backup.id,
+            plan.target.display()
+        ))
+    })
+}
+
+/// A files job's run lock: an exclusive open-file-description lock on
+/// `<lock dir>/<job>.lock`, held until the run drops it (or its process
+/// dies). Open-file-description locks can be looked at without being
+/// taken, so a prune asking whether the job runs never makes a starting
+/// run think another holds it.
+pub struct LocalLock {
+    _file: std::fs::File,
+}
+
+impl LocalLock {
+    /// Takes the lock of `job`, or `None` when another process holds it.
+    pub fn try_take(job: &str) -> Result<Option<LocalLock>> {
+        let path = lock_dir()?.join(format!("{job}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| lock_error(&path, e))?;
+        let mut lock = whole_file(libc::F_WRLCK);
+        // SAFETY: a valid descriptor and a valid, initialised flock struct.
+        let rc = unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::F_OFD_SETLK,
+                &mut lock,
+            )
+        };
+        if rc == 0 {
+            return Ok(Some(LocalLock { _file: file }));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(None),
+            _ => Err(lock_error(&path, e)),
+        }
+    }
+
+    /// Whether a run of `job` holds its lock now, without taking it.
+    pub fn is_held(job: &str) -> Result<bool> {
+        let path = lock_dir()?.join(format!("{job}.lock"));
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(lock_error(&path, e)),
+        };
+        let mut lock = whole_file(libc::F_WRLCK);
+        // SAFETY: as above; F_OFD_GETLK only fills `lock` in.
+        let rc = unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::F_OFD_GETLK,
+                &mut lock,
+            )
+        };
+        if rc != 0 {
+            return Err(lock_error(&path, std::io::Error::last_os_error()));
+        }
+        Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
+    }
+}
+
+fn whole_file(kind: libc::c_int) -> libc::flock {
+    // SAFETY: flock is plain data; all zeroes is a valid value of it.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+fn lock_error(path: &Path, e: std::io::Error) -> Error {
+    Error::io(
+        Kind::Internal,
+        format!("the run lock {}", path.display()),
+        e,
+    )
+    .with_hint(
+        "files jobs keep their run locks in $XDG_RUNTIME_DIR/backup-UID or $TMPDIR/backup-UID",
+    )
+}
+
+/// `$XDG_RUNTIME_DIR/backup-<uid>`, else `$TMPDIR/backup-<uid>`: made 0700,
+/// and refused when it is a link, someone else's or open to others, since
+/// whoever can write it can hold a job's lock forever.
+fn lock_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("backup-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(lock_error(&dir, e)),
+    }
+    let meta = std::fs::symlink_metadata(&dir).map_err(|e| lock_error(&dir, e))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(Error::new(
+            Kind::Refused,
+            format!(
+                "the lock directory {} is not a directory of this user that only it may use",
+                dir.display()
+            ),
+        )
+        .with_hint(format!(
+            "remove it, or make it yours with mode 0700: chmod 700 {}",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_files_jobs_lock_is_taken_once_and_seen_without_being_taken() {
+        let job = format!("unit-lock-{}", std::process::id());
+        assert!(!LocalLock::is_held(&job).unwrap());
+        let held = LocalLock::try_take(&job).unwrap().expect("free");
+        assert!(LocalLock::is_held(&job).unwrap());
+        // Another open of the file (another run) cannot take it.
+        assert!(LocalLock::try_take(&job).unwrap().is_none());
+        // Looking did not take it: it is still held by `held` alone.
+        assert!(LocalLock::is_held(&job).unwrap());
+        drop(held);
+        assert!(!LocalLock::is_held(&job).unwrap());
+        let again = LocalLock::try_take(&job).unwrap();
+        assert!(again.is_some());
+    }
+}
