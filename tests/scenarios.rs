@@ -755,3 +755,336 @@ fn camp_backend_backs_up_to_azure_tests_restores_and_keeps_its_maintenance_calen
     );
     assert_eq!(cluster.table_digests("camp_backend_db"), digests);
 }
+
+/// What a tree holds, as a restore must bring it back: every entry's kind,
+/// permission bits and mtime, with a file's bytes or a link's target.
+fn tree_state(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let name = path.strip_prefix(root).unwrap().display().to_string();
+            let what = if meta.is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                todo.push(path.clone());
+                format!("dir {:o} {}", meta.mode() & 0o7777, meta.mtime())
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                format!(
+                    "file {:o} {} {} {}",
+                    meta.mode() & 0o7777,
+                    meta.mtime(),
+                    bytes.len(),
+                    backup::archive::sha256_hex(&bytes)
+                )
+            } else {
+                "other".to_owned()
+            };
+            out.insert(name, what);
+        }
+    }
+    out
+}
+
+fn set_mtime(path: &Path, secs: u64) {
+    let times = std::fs::FileTimes::new()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    std::fs::File::open(path).unwrap().set_times(times).unwrap();
+}
+
+/// camp-backend's uploads (2.4.2 backup-local-storage.sh, a tar.gz of the
+/// directory daily), as its `type = "files"` job: to the runbook's disk and
+/// to the Azure container, verified, restored by time and as it was.
+#[test]
+fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let endpoint = servers::azure_endpoint();
+    let container = block_on(servers::create_container("uploads"));
+    let work = tempfile::Builder::new()
+        .prefix("backup-test-uploads-")
+        .tempdir()
+        .unwrap();
+    let uploads = work.path().join("srv/uploads");
+    let disk = work.path().join("var/backups/uploads");
+    let config = example(
+        "camp-backend",
+        work.path(),
+        &[
+            (
+                "account = \"campbackendstorage\"",
+                format!(
+                    "account = \"{}\"\nendpoint = \"{endpoint}\"",
+                    servers::AZURE_ACCOUNT
+                ),
+            ),
+            (
+                "container = \"database-backups\"",
+                format!("container = \"{container}\""),
+            ),
+            (
+                "path = \"/var/backups/uploads\"",
+                format!("path = \"{}\"", disk.display()),
+            ),
+            (
+                "path = \"/srv/camp-backend/uploads\"",
+                format!("path = \"{}\"", uploads.display()),
+            ),
+        ],
+    );
+    let env = [
+        ("CAMP_DB_PASSWORD", PASSWORD),
+        ("CAMP_STORAGE_KEY", servers::AZURE_KEY),
+    ];
+
+    // What users uploaded: nested directories, a private file, an
+    // executable, a large file, a link inside the tree and one out of it
+    // (stored as a link, never followed), an empty directory, and a FIFO,
+    // which is left out and named.
+    std::fs::create_dir_all(uploads.join("projects/42/attachments")).unwrap();
+    std::fs::create_dir_all(uploads.join("avatars")).unwrap();
+    std::fs::create_dir_all(uploads.join("tmp")).unwrap();
+    std::fs::write(uploads.join("avatars/u1.png"), b"\x89PNG fake avatar").unwrap();
+    std::fs::write(
+        uploads.join("projects/42/attachments/spec.pdf"),
+        b"%PDF-1.7",
+    )
+    .unwrap();
+    let large: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(uploads.join("projects/42/attachments/video.bin"), &large).unwrap();
+    std::fs::write(uploads.join("projects/42/private.txt"), "only the app").unwrap();
+    std::fs::set_permissions(
+        uploads.join("projects/42/private.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(uploads.join("convert.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        uploads.join("convert.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    symlink("../avatars/u1.png", uploads.join("projects/42/owner.png")).unwrap();
+    symlink("/etc/hostname", uploads.join("hostname")).unwrap();
+    let fifo = std::ffi::CString::new(uploads.join("tmp/pipe").display().to_string()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    for (i, file) in [
+        "avatars/u1.png",
+        "projects/42/attachments/spec.pdf",
+        "projects/42/attachments/video.bin",
+        "projects/42/private.txt",
+        "convert.sh",
+    ]
+    .iter()
+    .enumerate()
+    {
+        set_mtime(&uploads.join(file), 1_700_000_000 + i as u64 * 86_400);
+    }
+    set_mtime(&uploads.join("projects/42/attachments"), 1_690_000_000);
+    let mut before = tree_state(&uploads);
+    before.remove("tmp/pipe");
+
+    run(&config, &["config", "check"], &env);
+    let first = run(&config, &["--json", "run", "uploads"], &env);
+    let listed = run(&config, &["--json", "list", "--job", "uploads"], &env);
+    let backups: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(backups.len(), 1, "{}", listed.all());
+    let id = backups[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        backups[0]["directory"],
+        uploads.display().to_string(),
+        "{}",
+        listed.all()
+    );
+    let storages: Vec<&str> = backups[0]["storages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(storages, ["uploads-disk", "blob"], "{}", first.all());
+    let warnings = backups[0]["warnings"].to_string();
+    assert!(warnings.contains("tmp/pipe"), "{warnings}");
+    // One tar object and the manifest, in both places.
+    let on_disk = disk.join("uploads").join(&id);
+    assert!(on_disk.join("files.tar.zst").is_file(), "{}", first.all());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(on_disk.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["tree"]["files"], 5, "{manifest}");
+    assert_eq!(manifest["tree"]["symlinks"], 2, "{manifest}");
+    assert_eq!(manifest["objects"][0]["role"], "files", "{manifest}");
+    let blobs = block_on(servers::container_blobs_under(
+        &container,
+        "camp_backend_db",
+    ));
+    for name in ["files.tar.zst", "manifest.json"] {
+        let blob = format!("camp_backend_db/uploads/{id}/{name}");
+        assert!(blobs.contains(&blob), "{blob}: {blobs:?}");
+    }
+
+    // Every entry read back from both storages.
+    let verified = run(
+        &config,
+        &["--json", "verify", "--job", "uploads", "--latest"],
+        &env,
+    );
+    let checks: serde_json::Value = serde_json::from_str(&verified.stdout).unwrap();
+    assert_eq!(checks["ok"], true, "{}", verified.all());
+    let checks = checks["backups"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{}", verified.all());
+    for check in checks {
+        let object = &check["objects"][0];
+        assert!(object["error"].is_null(), "{check}");
+        // 5 files, 5 directories (tmp among them), 2 links.
+        assert_eq!(object["archive_entries"], 12, "{check}");
+    }
+
+    // A second day: a new upload, a changed one.
+    // `--at` is written to the second, as people write it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let between = jiff::Timestamp::now();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(uploads.join("avatars/u2.png"), "a new avatar").unwrap();
+    std::fs::write(uploads.join("projects/42/private.txt"), "edited").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run(&config, &["run", "uploads"], &env);
+
+    // restore --at the first day into a new directory: the tree as it was,
+    // with modes, times and links.
+    let at = between
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap())
+        .strftime("%Y-%m-%d %H:%M:%S JST")
+        .to_string();
+    let restored = work.path().join("restored");
+    let out = run(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "uploads",
+            "--at",
+            &at,
+            "--target-dir",
+            restored.to_str().unwrap(),
+            "--yes",
+        ],
+        &env,
+    );
+    assert!(
+        out.stderr.contains(&format!("selected backup {id}")),
+        "{}",
+        out.all()
+    );
+    assert_eq!(tree_state(&restored), before);
+    assert!(
+        std::fs::symlink_metadata(restored.join("hostname"))
+            .unwrap()
+            .is_symlink()
+    );
+    // The restore's run record names the backup and the directory.
+    let record = newest_record(&disk.join("uploads/reports"), "-restore.json");
+    assert_eq!(record["details"]["backup_id"], id.as_str(), "{record}");
+    assert_eq!(
+        record["details"]["target_dir"],
+        restored.display().to_string(),
+        "{record}"
+    );
+
+    // A directory that is not empty is refused, and nothing is written.
+    let latest = [
+        "restore",
+        "--job",
+        "uploads",
+        "--latest",
+        "--target-dir",
+        restored.to_str().unwrap(),
+        "--yes",
+    ];
+    let refused = common::run_backup_with(&config, &latest, &env);
+    assert_eq!(refused.code, 9, "{}", refused.all());
+    assert!(refused.stderr.contains("is not empty"), "{}", refused.all());
+    assert!(refused.stderr.contains("--force"), "{}", refused.all());
+    assert_eq!(tree_state(&restored), before);
+    // --force writes the latest backup into it: the changed file replaced,
+    // the new one added, a file of the target's own kept.
+    std::fs::write(restored.join("notes.txt"), "mine").unwrap();
+    let mut forced = latest.to_vec();
+    forced.push("--force");
+    run(&config, &forced, &env);
+    assert_eq!(
+        std::fs::read_to_string(restored.join("projects/42/private.txt")).unwrap(),
+        "edited"
+    );
+    assert!(restored.join("avatars/u2.png").is_file());
+    assert_eq!(
+        std::fs::read_to_string(restored.join("notes.txt")).unwrap(),
+        "mine"
+    );
+
+    // A damaged copy on disk: verify names it and exits 6, and a restore
+    // from it fails rather than leaving a tree that looks whole.
+    let latest_id = {
+        let listed = run(&config, &["--json", "list", "--job", "uploads"], &env);
+        let backups: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+        backups[0]["id"].as_str().unwrap().to_owned()
+    };
+    let tar = disk.join("uploads").join(&latest_id).join("files.tar.zst");
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&tar, &bytes).unwrap();
+    let bad = common::run_backup_with(
+        &config,
+        &["verify", "--job", "uploads", "--id", &latest_id],
+        &env,
+    );
+    assert_eq!(bad.code, 6, "{}", bad.all());
+    assert!(bad.all().contains("files.tar.zst"), "{}", bad.all());
+    let broken = common::run_backup_with(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "uploads",
+            "--latest",
+            "--storage",
+            "uploads-disk",
+            "--target-dir",
+            work.path().join("from-bad-copy").to_str().unwrap(),
+            "--yes",
+        ],
+        &env,
+    );
+    assert_eq!(broken.code, 6, "{}", broken.all());
+    // The good copy in the container still restores.
+    let from_blob = work.path().join("from-blob");
+    run(
+        &config,
+        &[
+            "restore",
+            "--job",
+            "uploads",
+            "--latest",
+            "--storage",
+            "blob",
+            "--target-dir",
+            from_blob.to_str().unwrap(),
+            "--yes",
+        ],
+        &env,
+    );
+    assert_eq!(
+        std::fs::read_to_string(from_blob.join("avatars/u2.png")).unwrap(),
+        "a new avatar"
+    );
+
+    // Retention is the runbook's 30 days with a week kept: both stay.
+    let plan = run(&config, &["prune", "--job", "uploads", "--dry-run"], &env);
+    assert_eq!(plan.stdout.matches("  keep ").count(), 4, "{}", plan.all());
+    assert!(!plan.stdout.contains("  delete "), "{}", plan.all());
+}

@@ -212,8 +212,20 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
     directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
     for mut dir in directories {
         let path = dir.path().map(|p| p.into_owned()).unwrap_or_default();
+        let full = target.join(&path);
         dir.unpack_in(target)
-            .map_err(|e| io_error(&target.join(&path), "restoring", e))?;
+            .map_err(|e| io_error(&full, "restoring", e))?;
+        // tar sets a directory's mode but not its time; the deepest come
+        // first, so setting one never changes another's.
+        if let Ok(mtime) = dir.header().mtime()
+            && fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir())
+        {
+            let times = fs::FileTimes::new()
+                .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime));
+            fs::File::open(&full)
+                .and_then(|f| f.set_times(times))
+                .map_err(|e| io_error(&full, "setting the time of", e))?;
+        }
     }
     // Read to the end: the stream's digests are checked by whoever feeds
     // it, once every byte has gone through.
@@ -283,6 +295,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", d.join("outside")).unwrap();
         let fifo = std::ffi::CString::new(d.join("queue.fifo").to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        set_mtime(&d.join("2024/06"), 1_600_000_000);
         set_mode(&d.join("2024"), 0o750);
         dir
     }
@@ -314,6 +327,7 @@ mod tests {
         assert_eq!(back("readme.txt").mode() & 0o777, 0o644);
         assert_eq!(back("2024").mode() & 0o777, 0o750);
         assert_eq!(back("2024/06/photo.jpg").mtime(), 1_700_000_000);
+        assert_eq!(back("2024/06").mtime(), 1_600_000_000);
         assert!(back("latest.jpg").file_type().is_symlink());
         assert_eq!(
             fs::read_link(target.join("latest.jpg")).unwrap(),
