@@ -2,8 +2,9 @@
 //! file (jobs/examples/) against a throwaway PostgreSQL seeded with its
 //! fixture, asserting what its runbook checks by hand today.
 //!
-//! A job file is used as shipped, but for where its servers are: the test
-//! points the database url and the storages at the test's own servers.
+//! A job file is used as shipped: where its servers are comes from the
+//! environment (`${NAME:-default}` in the file), which each test points at
+//! its own servers.
 
 mod common;
 
@@ -15,20 +16,16 @@ use backup::storage::Key;
 use common::servers::{self, block_on};
 use common::{Cluster, PASSWORD, Run};
 
-/// `jobs/examples/NAME.toml`, with each `(from, to)` replaced (each `from`
-/// must be there), written into `dir`.
-fn example(name: &str, dir: &Path, replace: &[(&str, String)]) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// `jobs/examples/NAME.toml`, as shipped.
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("jobs/examples")
-        .join(format!("{name}.toml"));
-    let mut text = std::fs::read_to_string(&source).unwrap();
-    for (from, to) in replace {
-        assert!(text.contains(from), "{from} is not in {}", source.display());
-        text = text.replace(from, to);
-    }
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+        .join(format!("{name}.toml"))
+}
+
+/// The environment of a run, borrowed as the runner takes it.
+fn env_of<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// A cluster with the application's role and database seeded from
@@ -65,29 +62,27 @@ const NEAR_STATION: &str = "SELECT count(*) FROM rainbow_sightings WHERE ST_DWit
 
 #[test]
 fn shiojiri_postgis_restores_with_clean_and_its_policies_keep_what_the_runbook_says() {
-    let (cluster, work) = seeded("shiojiri_rainbow_seeker", SHIOJIRI_DB, "shiojiri.sql");
+    let (cluster, _work) = seeded("shiojiri_rainbow_seeker", SHIOJIRI_DB, "shiojiri.sql");
     let endpoint = servers::s3_endpoint();
     let bucket = block_on(servers::create_bucket("shiojiri"));
-    let config = example(
-        "shiojiri",
-        work.path(),
-        &[
-            ("@db:5432/", format!("@127.0.0.1:{}/", cluster.port)),
-            ("shiojiri-rainbow-seeker-backups", bucket.clone()),
-            (
-                "region = \"ap-northeast-1\"",
-                format!("region = \"us-east-1\"\nendpoint = \"{endpoint}\"\npath_style = true"),
-            ),
-        ],
-    );
-    let env = [
-        ("SHIOJIRI_DB_PASSWORD", PASSWORD),
-        ("SHIOJIRI_S3_ACCESS_KEY_ID", servers::S3_ACCESS_KEY_ID),
+    let config = example("shiojiri");
+    let vars = [
+        ("SHIOJIRI_DB_HOST", "127.0.0.1".to_owned()),
+        ("SHIOJIRI_DB_PORT", cluster.port.to_string()),
+        ("SHIOJIRI_S3_BUCKET", bucket.clone()),
+        ("SHIOJIRI_S3_REGION", "us-east-1".to_owned()),
+        ("SHIOJIRI_S3_ENDPOINT", endpoint.clone()),
+        ("SHIOJIRI_DB_PASSWORD", PASSWORD.to_owned()),
+        (
+            "SHIOJIRI_S3_ACCESS_KEY_ID",
+            servers::S3_ACCESS_KEY_ID.to_owned(),
+        ),
         (
             "SHIOJIRI_S3_SECRET_ACCESS_KEY",
-            servers::S3_SECRET_ACCESS_KEY,
+            servers::S3_SECRET_ACCESS_KEY.to_owned(),
         ),
     ];
+    let env = env_of(&vars);
     run(&config, &["config", "check"], &env);
 
     // The 6-hourly backup, to S3.
@@ -302,21 +297,24 @@ fn oneshot_checks_from_a_monitor_restores_latest_and_shows_growth() {
     let endpoint = servers::s3_endpoint();
     let bucket = block_on(servers::create_bucket("oneshot"));
     let backups = work.path().join("backup/postgres");
-    let config = example(
-        "oneshot",
-        work.path(),
-        &[
-            ("@postgres:5432/", format!("@127.0.0.1:{}/", cluster.port)),
-            ("/backup/postgres", backups.display().to_string()),
-            ("oneshot-backups", bucket.clone()),
-            ("http://minio:9000", endpoint.clone()),
-        ],
-    );
-    let env = [
-        ("ONESHOT_DB_PASSWORD", PASSWORD),
-        ("ONESHOT_MINIO_ACCESS_KEY", servers::S3_ACCESS_KEY_ID),
-        ("ONESHOT_MINIO_SECRET_KEY", servers::S3_SECRET_ACCESS_KEY),
+    let config = example("oneshot");
+    let vars = [
+        ("ONESHOT_DB_HOST", "127.0.0.1".to_owned()),
+        ("ONESHOT_DB_PORT", cluster.port.to_string()),
+        ("ONESHOT_BACKUP_DIR", backups.display().to_string()),
+        ("ONESHOT_S3_BUCKET", bucket.clone()),
+        ("ONESHOT_S3_ENDPOINT", endpoint.clone()),
+        ("ONESHOT_DB_PASSWORD", PASSWORD.to_owned()),
+        (
+            "ONESHOT_MINIO_ACCESS_KEY",
+            servers::S3_ACCESS_KEY_ID.to_owned(),
+        ),
+        (
+            "ONESHOT_MINIO_SECRET_KEY",
+            servers::S3_SECRET_ACCESS_KEY.to_owned(),
+        ),
     ];
+    let env = env_of(&vars);
     let check = |expected: i32, says: &str| {
         let run = common::run_backup_with(&config, &["check", "--job", "nightly"], &env);
         assert_eq!(run.code, expected, "{}", run.all());
@@ -401,18 +399,14 @@ fn oneshot_checks_from_a_monitor_restores_latest_and_shows_growth() {
 fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
     let (cluster, work) = seeded("shodo", "shodo", "shodo.sql");
     let backups = work.path().join("backup/postgres");
-    let config = example(
-        "shodo",
-        work.path(),
-        &[
-            (
-                "@postgres-primary.shodo.svc.cluster.local:5432/",
-                format!("@127.0.0.1:{}/", cluster.port),
-            ),
-            ("/backup/postgres", backups.display().to_string()),
-        ],
-    );
-    let env = [("SHODO_DB_PASSWORD", PASSWORD)];
+    let config = example("shodo");
+    let vars = [
+        ("SHODO_DB_HOST", "127.0.0.1".to_owned()),
+        ("SHODO_DB_PORT", cluster.port.to_string()),
+        ("SHODO_BACKUP_DIR", backups.display().to_string()),
+        ("SHODO_DB_PASSWORD", PASSWORD.to_owned()),
+    ];
+    let env = env_of(&vars);
 
     // An older backup, a good write, backup.sh, then a bad write (a broken
     // rescoring job), then the next backup: the rollback must pick the middle one.
@@ -499,22 +493,18 @@ fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
         .local_addr()
         .unwrap()
         .port();
-    let config = example(
-        "rosterhub",
-        work.path(),
-        &[
-            (
-                "@postgres.rosterhub.svc.cluster.local:5432/",
-                format!("@127.0.0.1:{}/", cluster.port),
-            ),
-            (
-                "path = \"/backups\"",
-                format!("path = \"{}\"", work.path().join("backups").display()),
-            ),
-            ("0.0.0.0:9187", format!("127.0.0.1:{port}")),
-        ],
-    );
-    let env = [("ROSTERHUB_DB_PASSWORD", PASSWORD)];
+    let config = example("rosterhub");
+    let vars = [
+        ("ROSTERHUB_DB_HOST", "127.0.0.1".to_owned()),
+        ("ROSTERHUB_DB_PORT", cluster.port.to_string()),
+        (
+            "ROSTERHUB_BACKUP_DIR",
+            work.path().join("backups").display().to_string(),
+        ),
+        ("ROSTERHUB_DB_PASSWORD", PASSWORD.to_owned()),
+    ];
+    let env = env_of(&vars);
+    let listen = format!("127.0.0.1:{port}");
 
     // The manual backup, then corruption; the runbook's restore and its check.
     run(&config, &["run", "nightly"], &env);
@@ -563,7 +553,8 @@ fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
             .arg("--config")
             .arg(&config)
             .arg("daemon")
-            .envs(env)
+            .args(["--listen", &listen])
+            .envs(env.iter().copied())
             .env_remove("BACKUP_CONFIG")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -626,38 +617,16 @@ fn camp_backend_backs_up_to_azure_tests_restores_and_keeps_its_maintenance_calen
     let cluster = Cluster::start();
     cluster.create_db("camp_backend_db");
     cluster.load_fixture("camp_backend_db", "camp-backend.sql");
-    let endpoint = servers::azure_endpoint();
     let container = block_on(servers::create_container("camp"));
     let work = tempfile::Builder::new()
         .prefix("backup-test-camp-")
         .tempdir()
         .unwrap();
-    let url_line = "url = \"postgresql://postgres@camp-backend-prod-db.postgres.database.azure.com:5432/camp_backend_db?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt\"";
-    let config = example(
-        "camp-backend",
-        work.path(),
-        &[
-            (
-                url_line,
-                format!("url = \"{}\"", cluster.url("camp_backend_db")),
-            ),
-            (
-                "account = \"campbackendstorage\"",
-                format!(
-                    "account = \"{}\"\nendpoint = \"{endpoint}\"",
-                    servers::AZURE_ACCOUNT
-                ),
-            ),
-            (
-                "container = \"database-backups\"",
-                format!("container = \"{container}\""),
-            ),
-        ],
-    );
-    let env = [
-        ("CAMP_DB_PASSWORD", PASSWORD),
-        ("CAMP_STORAGE_KEY", servers::AZURE_KEY),
-    ];
+    let config = example("camp-backend");
+    let vars = camp_env(&container, work.path());
+    let mut vars = vars.to_vec();
+    vars.push(("CAMP_DB_URL", cluster.url("camp_backend_db")));
+    let env = env_of(&vars);
 
     // The calendar of 7.2 and 7.3, as the daemon will keep it.
     let checked = run(&config, &["--json", "config", "check"], &env);
@@ -796,13 +765,31 @@ fn set_mtime(path: &Path, secs: u64) {
     std::fs::File::open(path).unwrap().set_times(times).unwrap();
 }
 
+/// camp-backend's storage and directories at the test's Azurite and under `work`.
+fn camp_env(container: &str, work: &Path) -> [(&'static str, String); 7] {
+    [
+        ("CAMP_STORAGE_ACCOUNT", servers::AZURE_ACCOUNT.to_owned()),
+        ("CAMP_STORAGE_ENDPOINT", servers::azure_endpoint()),
+        ("CAMP_STORAGE_CONTAINER", container.to_owned()),
+        (
+            "CAMP_UPLOADS_BACKUP_DIR",
+            work.join("var/backups/uploads").display().to_string(),
+        ),
+        (
+            "CAMP_UPLOADS_DIR",
+            work.join("srv/uploads").display().to_string(),
+        ),
+        ("CAMP_DB_PASSWORD", PASSWORD.to_owned()),
+        ("CAMP_STORAGE_KEY", servers::AZURE_KEY.to_owned()),
+    ]
+}
+
 /// camp-backend's uploads (2.4.2 backup-local-storage.sh, a tar.gz of the
 /// directory daily), as its `type = "files"` job: to the runbook's disk and
 /// to the Azure container, verified, restored by time and as it was.
 #[test]
 fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
     use std::os::unix::fs::{PermissionsExt, symlink};
-    let endpoint = servers::azure_endpoint();
     let container = block_on(servers::create_container("uploads"));
     let work = tempfile::Builder::new()
         .prefix("backup-test-uploads-")
@@ -810,35 +797,9 @@ fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
         .unwrap();
     let uploads = work.path().join("srv/uploads");
     let disk = work.path().join("var/backups/uploads");
-    let config = example(
-        "camp-backend",
-        work.path(),
-        &[
-            (
-                "account = \"campbackendstorage\"",
-                format!(
-                    "account = \"{}\"\nendpoint = \"{endpoint}\"",
-                    servers::AZURE_ACCOUNT
-                ),
-            ),
-            (
-                "container = \"database-backups\"",
-                format!("container = \"{container}\""),
-            ),
-            (
-                "path = \"/var/backups/uploads\"",
-                format!("path = \"{}\"", disk.display()),
-            ),
-            (
-                "path = \"/srv/camp-backend/uploads\"",
-                format!("path = \"{}\"", uploads.display()),
-            ),
-        ],
-    );
-    let env = [
-        ("CAMP_DB_PASSWORD", PASSWORD),
-        ("CAMP_STORAGE_KEY", servers::AZURE_KEY),
-    ];
+    let config = example("camp-backend");
+    let vars = camp_env(&container, work.path());
+    let env = env_of(&vars);
 
     // What users uploaded: nested directories, a private file, an
     // executable, a large file, a link inside the tree and one out of it

@@ -14,6 +14,7 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod expand;
 mod maintenance;
 mod restore_test;
 pub use restore_test::MAX_IDENTIFIER;
@@ -295,7 +296,10 @@ fn parse(source: &Source) -> Result<RawFile> {
 /// the process environment.
 type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-fn validate(files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
+fn validate(mut files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
+    for (source, raw) in files.iter_mut() {
+        expand::locations(source, raw, env)?;
+    }
     let mut config = Config::default();
     let mut seen: BTreeMap<String, Origin> = BTreeMap::new();
     let mut check_unique = |section: &str, name: &str, origin: Origin| -> Result<()> {
@@ -1324,6 +1328,7 @@ compression = "gzip"
             "APP_DB_PASSWORD" => Some("s3cret-from-env".to_owned()),
             "S3_ID" => Some("AKIDEXAMPLE".to_owned()),
             "BACKUP_PASSPHRASE" => Some("correct horse battery staple".to_owned()),
+            "APP_DB_HOST" => Some("10.0.0.5".to_owned()),
             "S3_SECRET" | "AZ_KEY" | "AZ_SAS" => Some("storage-s3cret".to_owned()),
             _ => None,
         })
@@ -1582,6 +1587,36 @@ compression = "gzip"
             "checks = [{ sql = \"SELECT 1\", equals = 1 }]",
         ));
         assert!(e.contains("`checks` does not apply to a backup job"), "{e}");
+    }
+
+    #[test]
+    fn locations_expand_variables_and_an_unset_one_names_its_line() {
+        let text = GOOD
+            .replace(
+                "@127.0.0.1:5432",
+                "@${APP_DB_HOST:-db}:${APP_DB_PORT:-5432}",
+            )
+            .replace("/var/backups/app", "${BACKUP_ROOT:-/var/backups}/app");
+        let config = check(&text).unwrap();
+        assert_eq!(
+            config.databases["app"].url,
+            "postgresql://app@10.0.0.5:5432/app"
+        );
+        match &config.storages["disk"].kind {
+            crate::model::StorageKind::Local { path } => {
+                assert_eq!(path, Path::new("/var/backups/app"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = error_of(&GOOD.replace("/var/backups/app", "${BACKUP_ROOT}/app"));
+        assert!(
+            e.starts_with("jobs/app.toml:10: [storages.disk] path: ${BACKUP_ROOT} is not set"),
+            "{e}"
+        );
+        assert!(e.contains("${NAME:-value}"), "{e}");
+        // Only locations: a `$` elsewhere stays as written.
+        let e = error_of(&GOOD.replace("compression = \"gzip\"", "compression = \"${X}\""));
+        assert!(e.contains("compression '${X}' is not supported"), "{e}");
     }
 
     #[test]

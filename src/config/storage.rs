@@ -27,11 +27,11 @@ const AZURE_MAX_BLOCK: u64 = 4000 * MIB;
 pub(super) struct RawStorage {
     #[serde(rename = "type")]
     kind: Spanned<String>,
-    path: Option<Spanned<PathBuf>>,
-    prefix: Option<Spanned<String>>,
-    endpoint: Option<Spanned<String>>,
-    bucket: Option<Spanned<String>>,
-    region: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<PathBuf>>,
+    pub(super) prefix: Option<Spanned<String>>,
+    pub(super) endpoint: Option<Spanned<String>>,
+    pub(super) bucket: Option<Spanned<String>>,
+    pub(super) region: Option<Spanned<String>>,
     path_style: Option<Spanned<bool>>,
     access_key_id_env: Option<Spanned<String>>,
     access_key_id_file: Option<Spanned<PathBuf>>,
@@ -44,8 +44,8 @@ pub(super) struct RawStorage {
     kms_key_id: Option<Spanned<String>>,
     part_size: Option<Spanned<Size>>,
     parts_in_flight: Option<Spanned<i64>>,
-    account: Option<Spanned<String>>,
-    container: Option<Spanned<String>>,
+    pub(super) account: Option<Spanned<String>>,
+    pub(super) container: Option<Spanned<String>>,
     access_key_env: Option<Spanned<String>>,
     access_key_file: Option<Spanned<PathBuf>>,
     sas_token_env: Option<Spanned<String>>,
@@ -364,6 +364,22 @@ impl Validator<'_> {
     }
 }
 
+/// Whether an `http(s)://host[:port][/...]` endpoint's host is an IP
+/// address or `localhost`.
+fn is_ip_or_localhost(endpoint: &str) -> bool {
+    let authority = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok()
+}
+
 fn validate_s3(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<S3Spec> {
     let bucket = v.required(&raw.bucket, "bucket")?.get_ref().clone();
     let section = v.section;
@@ -429,12 +445,19 @@ fn validate_s3(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<S3Spec
             }
         },
     };
+    let endpoint = v.endpoint(&raw.endpoint)?;
+    // A bucket cannot be a subdomain of an IP address or of localhost, so
+    // virtual-hosted addressing could never reach such an endpoint.
+    let path_style = match &raw.path_style {
+        Some(p) => *p.get_ref(),
+        None => endpoint.as_deref().is_some_and(is_ip_or_localhost),
+    };
     Ok(S3Spec {
         bucket,
         prefix: v.prefix(&raw.prefix)?,
         region: raw.region.as_ref().map(|r| r.get_ref().clone()),
-        endpoint: v.endpoint(&raw.endpoint)?,
-        path_style: raw.path_style.as_ref().is_some_and(|p| *p.get_ref()),
+        endpoint,
+        path_style,
         keys,
         storage_class: raw.storage_class.as_ref().map(|c| c.get_ref().clone()),
         sse,
@@ -529,6 +552,24 @@ mod tests {
         assert_eq!(parse_size("1024"), Some(1024));
         for bad in ["", "MiB", "16 mb", "1.5GiB", "-1"] {
             assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn endpoints_at_an_address_use_path_style() {
+        for yes in [
+            "http://127.0.0.1:9000",
+            "http://localhost:9000/",
+            "https://[::1]:9000",
+            "http://10.0.0.5",
+        ] {
+            assert!(is_ip_or_localhost(yes), "{yes}");
+        }
+        for no in [
+            "http://minio:9000",
+            "https://s3.ap-northeast-1.amazonaws.com",
+        ] {
+            assert!(!is_ip_or_localhost(no), "{no}");
         }
     }
 }
