@@ -935,11 +935,25 @@ impl Engine {
                 // A files backup is read as a tar: no pg_restore needed.
                 let pg_restore = match (manifest.object(catalog::Role::Data), spec.database()) {
                     (None, _) => None,
-                    (Some(_), None) => {
-                        return Err(Error::integrity(format!(
-                            "backup {} of files job {name} holds a pg_dump archive",
-                            manifest.id
-                        )));
+                    (Some(object), None) => {
+                        // Made while the job was a database backup: said for
+                        // this backup, and the others are still verified.
+                        checks.push(verify::BackupCheck {
+                            backup_id: manifest.id.to_string(),
+                            storage: storage.name().to_owned(),
+                            objects: vec![verify::ObjectCheck {
+                                key: object.key.clone(),
+                                role: Some(object.role),
+                                stored_size: object.digest.stored_size,
+                                raw_size: object.digest.raw_size,
+                                archive_entries: None,
+                                error: Some(format!(
+                                    "a pg_dump archive in files job {name}: not verified; \
+                                     the job was a database backup when it was made"
+                                )),
+                            }],
+                        });
+                        continue;
                     }
                     (Some(_), Some(db)) => {
                         let major =

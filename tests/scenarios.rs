@@ -798,7 +798,9 @@ fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
     let uploads = work.path().join("srv/uploads");
     let disk = work.path().join("var/backups/uploads");
     let config = example("camp-backend");
-    let vars = camp_env(&container, work.path());
+    let locks = work.path().join("locks");
+    let mut vars = camp_env(&container, work.path()).to_vec();
+    vars.push(("BACKUP_LOCK_DIR", locks.display().to_string()));
     let env = env_of(&vars);
 
     // What users uploaded: nested directories, a private file, an
@@ -976,6 +978,19 @@ fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
     std::fs::write(restored.join("notes.txt"), "mine").unwrap();
     let mut forced = latest.to_vec();
     forced.push("--force");
+    // A directory where the backup has a file stops it, and the error is
+    // that, not the broken pipe behind it; the hint says the target is partial.
+    std::fs::create_dir(restored.join("avatars/u2.png")).unwrap();
+    let blocked = common::run_backup_with(&config, &forced, &env);
+    assert_ne!(blocked.code, 0, "{}", blocked.all());
+    assert!(
+        blocked.stderr.contains("cannot restore avatars/u2.png")
+            && !blocked.stderr.contains("broken pipe")
+            && blocked.stderr.contains("may now hold part of the backup"),
+        "{}",
+        blocked.all()
+    );
+    std::fs::remove_dir(restored.join("avatars/u2.png")).unwrap();
     run(&config, &forced, &env);
     assert_eq!(
         std::fs::read_to_string(restored.join("projects/42/private.txt")).unwrap(),
@@ -1048,4 +1063,52 @@ fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
     let plan = run(&config, &["prune", "--job", "uploads", "--dry-run"], &env);
     assert_eq!(plan.stdout.matches("  keep ").count(), 4, "{}", plan.all());
     assert!(!plan.stdout.contains("  delete "), "{}", plan.all());
+
+    // The run lock of a files job is a lock file of the host: while another
+    // process holds it, a second run is refused, and prune keeps even an
+    // old incomplete backup, which that run may be writing.
+    let stale = disk.join("uploads/20200101T000000Z");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("files.tar.zst"), "partial").unwrap();
+    let held = hold_lock_file(&locks.join("uploads.lock"));
+    let second = common::run_backup_with(&config, &["run", "uploads"], &env);
+    assert_eq!(second.code, 9, "{}", second.all());
+    assert!(
+        second.stderr.contains("is running this job"),
+        "{}",
+        second.all()
+    );
+    let plan = run(&config, &["prune", "--job", "uploads", "--dry-run"], &env);
+    assert!(
+        plan.stdout.contains("a run of the job is going on"),
+        "{}",
+        plan.all()
+    );
+    drop(held);
+    let plan = run(&config, &["prune", "--job", "uploads", "--dry-run"], &env);
+    assert!(
+        plan.stdout.contains("  delete 20200101T000000Z"),
+        "{}",
+        plan.all()
+    );
+}
+
+/// Holds the open-file-description lock a files job's run takes on `path`.
+fn hold_lock_file(path: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    assert_eq!(
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut lock) },
+        0
+    );
+    file
 }

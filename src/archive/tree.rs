@@ -23,6 +23,10 @@ pub struct Packed {
     pub bytes: u64,
     /// Entries left out, as paths relative to the tree, with why.
     pub skipped: Vec<String>,
+    /// Files that changed while they were read, with how: their copy in the
+    /// backup may be neither the old nor the new version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
 }
 
 /// Writes a tar of everything under `dir` into `out`, in name order, with
@@ -53,8 +57,23 @@ fn walk<W: Write>(
     packed: &mut Packed,
 ) -> Result<()> {
     let dir = root.join(relative);
-    let mut entries: Vec<(std::ffi::OsString, PathBuf)> = fs::read_dir(&dir)
-        .map_err(|e| io_error(&dir, "listing", e))?
+    // A live tree (uploads) changes while it is read: what is gone by the
+    // time it is reached is named and left out, not a failed backup.
+    let gone = |packed: &mut Packed, inside: &Path| {
+        packed.skipped.push(format!(
+            "{}: removed while the tree was read",
+            inside.display()
+        ));
+    };
+    let listing = match fs::read_dir(&dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !relative.as_os_str().is_empty() => {
+            gone(packed, relative);
+            return Ok(());
+        }
+        Err(e) => return Err(io_error(&dir, "listing", e)),
+    };
+    let mut entries: Vec<(std::ffi::OsString, PathBuf)> = listing
         .map(|entry| entry.map(|e| (e.file_name(), e.path())))
         .collect::<std::io::Result<_>>()
         .map_err(|e| io_error(&dir, "listing", e))?;
@@ -62,42 +81,52 @@ fn walk<W: Write>(
     for (name, path) in entries {
         let inside = relative.join(&name);
         // Not followed: a link is stored as what it says.
-        let meta = fs::symlink_metadata(&path).map_err(|e| io_error(&path, "reading", e))?;
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                gone(packed, &inside);
+                continue;
+            }
+            Err(e) => return Err(io_error(&path, "reading", e)),
+        };
         let kind = meta.file_type();
         let appended = if kind.is_dir() {
             packed.directories += 1;
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
             builder
-                .append_dir(&inside, &path)
+                .append_data(&mut header, &inside, std::io::empty())
                 .map_err(|e| io_error(&path, "archiving", e))?;
             walk(builder, root, &inside, packed)?;
             Ok(())
         } else if kind.is_file() {
-            let file = match fs::File::open(&path) {
-                Ok(file) => file,
-                // Gone between listing and opening: a live directory.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    packed.skipped.push(format!(
-                        "{}: removed while the tree was read",
-                        inside.display()
-                    ));
-                    continue;
-                }
-                Err(e) => return Err(io_error(&path, "opening", e)),
+            let Some(file) = open_unchanged(&path, &meta, &inside, packed)? else {
+                continue;
             };
             packed.files += 1;
             packed.bytes += meta.len();
-            // Exactly the size the header says, whatever the file does
-            // meanwhile: bytes past it are left out, a shortfall is zeros.
-            // Anything else would shift every entry after it.
             let len = meta.len();
             let mut header = tar::Header::new_gnu();
             header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
             header.set_size(len);
-            let data = file.take(len).chain(std::io::repeat(0)).take(len);
-            builder.append_data(&mut header, &inside, data)
+            let mut got = 0;
+            let appended = builder.append_data(&mut header, &inside, exactly(&file, len, &mut got));
+            if appended.is_ok() {
+                note_change(&file, &meta, got, &inside, packed);
+            }
+            appended
         } else if kind.is_symlink() {
+            let target = match fs::read_link(&path) {
+                Ok(target) => target,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    gone(packed, &inside);
+                    continue;
+                }
+                Err(e) => return Err(io_error(&path, "reading", e)),
+            };
             packed.symlinks += 1;
-            let target = fs::read_link(&path).map_err(|e| io_error(&path, "reading", e))?;
             let mut header = tar::Header::new_gnu();
             header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
             header.set_size(0);
@@ -112,6 +141,104 @@ fn walk<W: Write>(
         appended.map_err(|e| io_error(&path, "archiving", e))?;
     }
     Ok(())
+}
+
+/// Opens the regular file `path` that `meta` describes, without following a
+/// link and without blocking on a FIFO: `None` (named in `skipped`) when it
+/// is gone, or is no longer that file, by the time it is opened.
+fn open_unchanged(
+    path: &Path,
+    meta: &fs::Metadata,
+    inside: &Path,
+    packed: &mut Packed,
+) -> Result<Option<fs::File>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            packed.skipped.push(format!(
+                "{}: removed while the tree was read",
+                inside.display()
+            ));
+            return Ok(None);
+        }
+        // ELOOP: swapped for a symlink since it was listed.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            packed.skipped.push(format!(
+                "{}: replaced while the tree was read",
+                inside.display()
+            ));
+            return Ok(None);
+        }
+        Err(e) => return Err(io_error(path, "opening", e)),
+    };
+    let now = file.metadata().map_err(|e| io_error(path, "reading", e))?;
+    if !now.is_file() || now.dev() != meta.dev() || now.ino() != meta.ino() {
+        packed.skipped.push(format!(
+            "{}: replaced while the tree was read",
+            inside.display()
+        ));
+        return Ok(None);
+    }
+    Ok(Some(file))
+}
+
+/// Exactly `len` bytes of `file`, whatever it does meanwhile: bytes past
+/// `len` are left out and a shortfall is zeros, since anything else would
+/// shift every entry after it. `got` counts the bytes the file gave.
+fn exactly<'a>(file: impl Read + 'a, len: u64, got: &'a mut u64) -> impl Read + 'a {
+    struct Counted<'a, R> {
+        inner: R,
+        got: &'a mut u64,
+    }
+    impl<R: Read> Read for Counted<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            *self.got += n as u64;
+            Ok(n)
+        }
+    }
+    Counted {
+        inner: file.take(len),
+        got,
+    }
+    .chain(std::io::repeat(0))
+    .take(len)
+}
+
+/// Names a file that shrank, grew or was written while it was read, as GNU
+/// tar's "file changed as we read it" does.
+fn note_change(
+    file: &fs::File,
+    before: &fs::Metadata,
+    got: u64,
+    inside: &Path,
+    packed: &mut Packed,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let len = before.len();
+    if got < len {
+        packed.changed.push(format!(
+            "{}: shrank while read; its last {} bytes are zeros in this backup",
+            inside.display(),
+            len - got
+        ));
+        return;
+    }
+    if let Ok(after) = file.metadata()
+        && (after.len() != len
+            || after.mtime() != before.mtime()
+            || after.mtime_nsec() != before.mtime_nsec())
+    {
+        packed.changed.push(format!(
+            "{}: written while read; this backup may hold a mix of old and new bytes",
+            inside.display()
+        ));
+    }
 }
 
 /// [`pack`] on a thread of its own, into a pipe: the read end is the source
@@ -137,9 +264,15 @@ pub struct Unpacked {
 /// Writes the tree a [`pack`] stream holds into `target`, which must be an
 /// empty directory (or missing) unless `force`: then the backup's files
 /// replace those of the same name, as `tar -x` does, and other files stay.
-/// A link already in the target is replaced, never written through. Paths that would land outside `target` (`..`, absolute,
-/// through a symlink) are refused. setuid, setgid and sticky bits are
-/// dropped: a restore run as root must not hand out setuid files.
+/// A link already in the target is replaced, never written through. Paths
+/// that would land outside `target` (`..`, absolute, through a symlink) are
+/// refused. setuid, setgid and sticky bits are dropped: a restore run as
+/// root must not hand out setuid files.
+///
+/// A directory gets its mode and time once the entries under it are in, so
+/// a read-only directory can still be filled. [`pack`] writes a directory
+/// before what it holds, so only the directories above the current entry
+/// are pending: memory grows with the tree's depth, not its size.
 pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> {
     match fs::read_dir(target) {
         Ok(mut entries) => {
@@ -162,7 +295,7 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
     archive.set_overwrite(force);
     archive.set_unpack_xattrs(false);
     let mut unpacked = Unpacked::default();
-    let mut directories = Vec::new();
+    let mut pending: Vec<PendingDir> = Vec::new();
     let entries = archive
         .entries()
         .map_err(|e| Error::integrity(format!("the archive of the tree does not read: {e}")))?;
@@ -182,24 +315,52 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
             )));
         }
         entry.set_mask(0o7000);
-        // Directories get their modes and times once their contents are in,
-        // so a read-only directory can still be filled; a file's missing
-        // parents are made (inside the target only) as it is written.
-        if entry.header().entry_type().is_dir() {
-            directories.push(entry);
-            unpacked.entries += 1;
-            continue;
+        while pending.last().is_some_and(|d| !path.starts_with(&d.path)) {
+            if let Some(done) = pending.pop() {
+                done.finish(target)?;
+            }
         }
+        let is_dir = entry.header().entry_type().is_dir();
+        if is_dir {
+            pending.push(PendingDir {
+                path: path.clone(),
+                mode: entry.header().mode().unwrap_or(0o755) & 0o777,
+                mtime: entry.header().mtime().unwrap_or(0),
+            });
+        }
+        // A file's missing parents are made (inside the target only) as it
+        // is written.
         let written = entry.unpack_in(target).map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Kind::Refused
+            } else {
+                Kind::Storage
+            };
             Error::new(
-                Kind::Refused,
+                kind,
                 format!(
                     "{}: cannot restore {}: {e}",
                     target.display(),
                     path.display()
                 ),
             )
+            .with_hint(format!(
+                "check the free space and the permissions of {}, and that nothing there has \
+                 the type the backup has at that path",
+                target.display()
+            ))
         })?;
+        // Made with the owner's rwx for now, so it can be filled: finish()
+        // sets its own mode.
+        if is_dir && written {
+            let full = target.join(&path);
+            if fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = pending.last().map_or(0o700, |d| d.mode) | 0o700;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_error(&full, "restoring", e))?;
+            }
+        }
         if !written {
             return Err(Error::integrity(format!(
                 "the archive holds {}, which would land outside {}",
@@ -209,23 +370,8 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
         }
         unpacked.entries += 1;
     }
-    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
-    for mut dir in directories {
-        let path = dir.path().map(|p| p.into_owned()).unwrap_or_default();
-        let full = target.join(&path);
-        dir.unpack_in(target)
-            .map_err(|e| io_error(&full, "restoring", e))?;
-        // tar sets a directory's mode but not its time; the deepest come
-        // first, so setting one never changes another's.
-        if let Ok(mtime) = dir.header().mtime()
-            && fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir())
-        {
-            let times = fs::FileTimes::new()
-                .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime));
-            fs::File::open(&full)
-                .and_then(|f| f.set_times(times))
-                .map_err(|e| io_error(&full, "setting the time of", e))?;
-        }
+    while let Some(done) = pending.pop() {
+        done.finish(target)?;
     }
     // Read to the end: the stream's digests are checked by whoever feeds
     // it, once every byte has gone through.
@@ -234,19 +380,41 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
     Ok(unpacked)
 }
 
+/// A restored directory whose own mode and time wait for its entries.
+struct PendingDir {
+    path: PathBuf,
+    mode: u32,
+    mtime: u64,
+}
+
+impl PendingDir {
+    /// Sets the time, then the mode (which may take the owner's write bit
+    /// away), by path without following a link.
+    fn finish(self, target: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let full = target.join(&self.path);
+        if !fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        let time = filetime::FileTime::from_unix_time(i64::try_from(self.mtime).unwrap_or(0), 0);
+        filetime::set_symlink_file_times(&full, time, time)
+            .map_err(|e| io_error(&full, "setting the time of", e))?;
+        fs::set_permissions(&full, fs::Permissions::from_mode(self.mode))
+            .map_err(|e| io_error(&full, "setting the mode of", e))
+    }
+}
+
 /// Reads a [`pack`] stream to its end and counts its entries: what verify
 /// does with a files backup, writing nothing.
 pub fn list(input: impl Read) -> Result<u64> {
     let mut archive = tar::Archive::new(input);
     let mut count = 0;
-    let entries = archive
-        .entries()
-        .map_err(|e| Error::integrity(format!("does not read as a tar archive: {e}")))?;
+    let broken =
+        |count: u64, e: std::io::Error| Error::integrity(format!("after {count} entries: {e}"));
+    let entries = archive.entries().map_err(|e| broken(0, e))?;
     for entry in entries {
-        let mut entry =
-            entry.map_err(|e| Error::integrity(format!("does not read as a tar archive: {e}")))?;
-        std::io::copy(&mut entry, &mut std::io::sink())
-            .map_err(|e| Error::integrity(format!("does not read as a tar archive: {e}")))?;
+        let mut entry = entry.map_err(|e| broken(count, e))?;
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| broken(count, e))?;
         count += 1;
     }
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
@@ -298,6 +466,61 @@ mod tests {
         set_mtime(&d.join("2024/06"), 1_600_000_000);
         set_mode(&d.join("2024"), 0o750);
         dir
+    }
+
+    #[test]
+    fn a_file_that_changes_while_read_keeps_the_stream_whole_and_is_named() {
+        let read = |data: &[u8], len: u64| {
+            let mut got = 0;
+            let mut out = Vec::new();
+            exactly(data, len, &mut got).read_to_end(&mut out).unwrap();
+            (out, got)
+        };
+        assert_eq!(read(b"abc", 5), (b"abc\0\0".to_vec(), 3));
+        assert_eq!(read(b"abcdef", 4), (b"abcd".to_vec(), 4));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upload.bin");
+        fs::write(&path, b"12345678").unwrap();
+        let before = fs::symlink_metadata(&path).unwrap();
+        let file = fs::File::open(&path).unwrap();
+        let mut packed = Packed::default();
+        note_change(&file, &before, 8, Path::new("upload.bin"), &mut packed);
+        assert!(packed.changed.is_empty(), "{:?}", packed.changed);
+        note_change(&file, &before, 5, Path::new("upload.bin"), &mut packed);
+        assert_eq!(
+            packed.changed,
+            ["upload.bin: shrank while read; its last 3 bytes are zeros in this backup"]
+        );
+        packed.changed.clear();
+        fs::write(&path, b"123456789").unwrap();
+        note_change(&file, &before, 8, Path::new("upload.bin"), &mut packed);
+        assert!(
+            packed.changed[0].contains("written while read"),
+            "{:?}",
+            packed.changed
+        );
+    }
+
+    #[test]
+    fn a_read_only_directory_is_filled_then_gets_its_mode_and_time() {
+        let tree = tempfile::tempdir().unwrap();
+        let ro = tree.path().join("archive");
+        fs::create_dir(&ro).unwrap();
+        fs::write(ro.join("2023.csv"), "old").unwrap();
+        set_mtime(&ro, 1_500_000_000);
+        set_mode(&ro, 0o555);
+        let mut stream = Vec::new();
+        pack(tree.path(), &mut stream).unwrap();
+        set_mode(&ro, 0o755);
+        let out = tempfile::tempdir().unwrap();
+        unpack(&stream[..], out.path(), false).unwrap();
+        let back = out.path().join("archive");
+        assert_eq!(fs::read_to_string(back.join("2023.csv")).unwrap(), "old");
+        let meta = fs::metadata(&back).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o555);
+        assert_eq!(meta.mtime(), 1_500_000_000);
+        set_mode(&back, 0o755);
     }
 
     #[test]

@@ -341,14 +341,14 @@ enum Status {
     Critical,
 }
 
-/// Judges one job: stale or missing backups are CRITICAL, a failed last run
-/// is WARNING. For other jobs, whose lateness loses no data, a stale or
-/// missing success is WARNING.
 /// Whether a job of `kind` makes backups (a database's or a directory's).
 fn holds_backups(kind: &str) -> bool {
     matches!(kind, "backup" | "files")
 }
 
+/// Judges one job: stale or missing backups are CRITICAL, a failed last run
+/// is WARNING. For other jobs, whose lateness loses no data, a stale or
+/// missing success is WARNING.
 fn judge(
     job: &Job,
     s: &JobState,

@@ -116,16 +116,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     };
     let plan = engine.plan_restore(&args.job, &request).await?;
     let b = &plan.backup;
-    if let Some(at) = plan.requested_at {
-        // Said first and plainly: which backup, and how far before the asked time.
-        eprintln!(
-            "selected backup {}: data as of {}, {} before the requested {}",
-            b.id,
-            time::show(b.snapshot_at, &plan.timezone),
-            time::show_duration(at.duration_since(b.snapshot_at)),
-            time::show(at, &plan.timezone)
-        );
-    }
+    say_selected(b, plan.requested_at, &plan.timezone, "data");
     if args.dry_run {
         if json {
             return super::print_json(&json!({
@@ -160,6 +151,25 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// With `--at`, said first and plainly: which backup, and how far before
+/// the asked time its `what` ("data", "files") is.
+fn say_selected(
+    b: &crate::catalog::Manifest,
+    requested_at: Option<jiff::Timestamp>,
+    zone: &jiff::tz::TimeZone,
+    what: &str,
+) {
+    if let Some(at) = requested_at {
+        eprintln!(
+            "selected backup {}: {what} as of {}, {} before the requested {}",
+            b.id,
+            time::show(b.snapshot_at, zone),
+            time::show_duration(at.duration_since(b.snapshot_at)),
+            time::show(at, zone)
+        );
+    }
+}
+
 /// `--target-dir`: a files job's directory, written into a directory.
 async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bool) -> Result<()> {
     let target = args
@@ -176,15 +186,7 @@ async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bo
         )
         .await?;
     let b = &plan.backup;
-    if let Some(at) = plan.requested_at {
-        eprintln!(
-            "selected backup {}: files as of {}, {} before the requested {}",
-            b.id,
-            time::show(b.snapshot_at, &plan.timezone),
-            time::show_duration(at.duration_since(b.snapshot_at)),
-            time::show(at, &plan.timezone)
-        );
-    }
+    say_selected(b, plan.requested_at, &plan.timezone, "files");
     let target = plan.target.display().to_string();
     if args.dry_run {
         if json {

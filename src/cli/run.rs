@@ -287,14 +287,17 @@ pub async fn run(
                         "failed": outcome.failed.iter().map(|(s, e)| json!({"storage": s, "error": e.to_string()})).collect::<Vec<_>>(),
                     }));
                 } else {
+                    let holds = match &m.tree {
+                        Some(t) => format!("{} files", t.files),
+                        None => format!("{} tables", m.tables.len()),
+                    };
                     println!(
-                        "job {name}: backup {} complete in {} (data as of {}; {} raw, {} stored, {} tables, {})",
+                        "job {name}: backup {} complete in {} (data as of {}; {} raw, {} stored, {holds}, {})",
                         m.id,
                         outcome.stored_in.join(", "),
                         time::show(m.snapshot_at, &job.timezone),
                         bytes_human(m.raw_size()),
                         bytes_human(m.stored_size()),
-                        m.tables.len(),
                         time::show_duration(m.duration()),
                     );
                     for warning in &m.warnings {

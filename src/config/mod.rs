@@ -189,16 +189,6 @@ const BACKUP_KEYS: &[&str] = &[
     "incomplete_after",
     "encryption",
 ];
-/// A files job takes a backup job's keys, and `path` instead of `database`.
-const FILES_KEYS: &[&str] = &[
-    "path",
-    "storages",
-    "compression",
-    "compression_level",
-    "retention",
-    "incomplete_after",
-    "encryption",
-];
 
 /// One parsed file, kept with its text so spans turn into line numbers.
 struct Source {
@@ -790,16 +780,39 @@ fn validate_job(
             )?)
         }
         "files" => {
-            check_keys(source, name, "files", job, FILES_KEYS)?;
+            // A backup job's keys, and `path` instead of `database`.
+            let keys: Vec<&str> = std::iter::once("path")
+                .chain(BACKUP_KEYS.iter().copied())
+                .collect();
+            check_keys(source, name, "files", job, &keys)?;
             let directory = files_path(source, name, raw)?;
-            JobKind::Backup(validate_backup_job(
+            let spec = validate_backup_job(
                 source,
                 name,
                 raw,
                 config,
                 env,
-                BackupSource::Directory(directory),
-            )?)
+                BackupSource::Directory(directory.clone()),
+            )?;
+            // A tar of a tree that holds its own backups grows every day.
+            for storage in &spec.storages {
+                if let crate::model::StorageKind::Local { path } = &storage.kind
+                    && (path.starts_with(&directory) || directory.starts_with(path))
+                {
+                    return Err(source
+                        .error(
+                            raw,
+                            format!(
+                                "[jobs.{name}] path {} and storage {}'s path {} are one inside the other",
+                                directory.display(),
+                                storage.name,
+                                path.display()
+                            ),
+                        )
+                        .with_hint("keep the backups outside the directory they back up, and the directory outside the backups"));
+                }
+            }
+            JobKind::Backup(spec)
         }
         "prune" => {
             check_keys(source, name, "prune", job, &["backup_job"])?;
@@ -1669,6 +1682,11 @@ compression = "gzip"
             "{GOOD}{FILES}\n[jobs.t]\ntype = \"restore-test\"\nbackup_job = \"uploads\"\n"
         ));
         assert!(e.contains("backup_job = 'uploads' is a files job"), "{e}");
+        let e = error_of(&format!(
+            "{GOOD}{}",
+            FILES.replace("/srv/app/uploads", "/var/backups")
+        ));
+        assert!(e.contains("are one inside the other"), "{e}");
     }
 
     #[test]

@@ -46,12 +46,17 @@ pub async fn run(
             .with_hint("a files job's `path` names the directory to back up"));
         }
         Err(e) => {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                Kind::NotFound
+            } else {
+                Kind::Storage
+            };
             return Err(Error::io(
-                Kind::NotFound,
+                kind,
                 format!("job {}: reading directory {}", job.name, dir.display()),
                 e,
             )
-            .with_hint("check the job's `path`, and that its volume is mounted on this host"));
+            .with_hint("check the job's `path`, that its volume is mounted on this host, and that the user running backup may read it"));
         }
     }
     let mut failed = Vec::new();
@@ -64,8 +69,8 @@ pub async fn run(
         dir.display()
     );
     let name = catalog::object_name(Role::Files, spec.compression, spec.encryption.is_some());
-    let destinations = backup::open_writers(&storages, &prefix.join(&name)?).await?;
     let (stream, walker) = tree::spawn_pack(dir.to_path_buf())?;
+    let destinations = backup::open_writers(&storages, &prefix.join(&name)?).await?;
     let mut packed = None;
     let walked = async {
         let walk = tokio::task::spawn_blocking(move || walker.join())
@@ -91,28 +96,35 @@ pub async fn run(
     )
     .await;
     progress.end();
-    let (digest, deliveries) = stored?;
+    let (digest, deliveries) = stored.map_err(|e| {
+        e.context(format!(
+            "job {}: backing up directory {}",
+            job.name,
+            dir.display()
+        ))
+    })?;
     let packed = packed.ok_or_else(|| Error::internal("the tree's walk left no summary"))?;
     let healthy = backup::keep_delivered(&storages, deliveries, &mut failed);
 
     let mut warnings = Vec::new();
-    if !packed.skipped.is_empty() {
-        let mut named: Vec<&str> = packed
-            .skipped
+    for (entries, what) in [
+        (&packed.skipped, "entries are not in this backup"),
+        (&packed.changed, "files changed while they were read"),
+    ] {
+        if entries.is_empty() {
+            continue;
+        }
+        let mut named: Vec<&str> = entries
             .iter()
             .take(SKIPPED_NAMED)
             .map(String::as_str)
             .collect();
-        let more = packed.skipped.len().saturating_sub(SKIPPED_NAMED);
+        let more = entries.len().saturating_sub(SKIPPED_NAMED);
         let tail = format!("and {more} more");
         if more > 0 {
             named.push(&tail);
         }
-        let warning = format!(
-            "{} entries are not in this backup: {}",
-            packed.skipped.len(),
-            named.join("; ")
-        );
+        let warning = format!("{} {what}: {}", entries.len(), named.join("; "));
         tracing::warn!("job {}: {warning}", job.name);
         warnings.push(warning);
     }
@@ -213,7 +225,8 @@ pub async fn plan(
         return Err(Error::integrity(format!(
             "backup {} of job {} holds no files.tar object",
             backup.id, job.name
-        )));
+        ))
+        .with_hint("a backup made while the job was a database backup restores with --target-db"));
     }
     let crypt = archive::crypt::opener(
         super::restore::named(storages, &storage)?.as_ref(),
@@ -305,17 +318,35 @@ pub async fn execute(
         let unpacked = unpacking
             .join()
             .map_err(|_| Error::internal("the tree's restore panicked"))?;
-        fed?;
-        unpacked
+        // A digest that does not match explains everything after it; else
+        // the tree's own error (a full disk, a path in the way) is the
+        // cause, and the feeder's "broken pipe" only its consequence.
+        match (fed, unpacked) {
+            (Err(e), _) if e.kind() == Kind::Integrity => Err(e),
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(()), Ok(unpacked)) => Ok(unpacked),
+        }
     })
     .await
     .map_err(|e| Error::internal(format!("restore task failed: {e}")))?;
     result.map_err(|e| {
-        e.context(format!(
+        let refused_before_writing =
+            e.kind() == Kind::Refused && e.message().contains("nothing was written");
+        let e = e.context(format!(
             "restoring backup {} into {}",
             plan.backup.id,
             plan.target.display()
-        ))
+        ));
+        if refused_before_writing {
+            e
+        } else {
+            e.with_hint(format!(
+                "{} may now hold part of the backup: do not use it; remove what was restored, \
+                 or restore again with --force",
+                plan.target.display()
+            ))
+        }
     })
 }
 
@@ -401,22 +432,25 @@ fn lock_error(path: &Path, e: std::io::Error) -> Error {
         e,
     )
     .with_hint(
-        "files jobs keep their run locks in $XDG_RUNTIME_DIR/backup-UID or $TMPDIR/backup-UID",
+        "files jobs keep their run locks in $BACKUP_LOCK_DIR, else /run/lock/backup-UID \
+         (under systemd: ReadWritePaths=/run/lock)",
     )
 }
 
-/// `$XDG_RUNTIME_DIR/backup-<uid>`, else `$TMPDIR/backup-<uid>`: made 0700,
-/// and refused when it is a link, someone else's or open to others, since
+/// Where files jobs' lock files are: `$BACKUP_LOCK_DIR`, else
+/// `/run/lock/backup-<uid>` (the same for a daemon with a private /tmp and
+/// the operator's shell), else `$TMPDIR/backup-<uid>`. Made 0700, and
+/// refused when it is a link, someone else's or open to others, since
 /// whoever can write it can hold a job's lock forever.
 fn lock_dir() -> Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("backup-{uid}"));
+    let dir = match std::env::var_os("BACKUP_LOCK_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        _ if Path::new("/run/lock").is_dir() => PathBuf::from(format!("/run/lock/backup-{uid}")),
+        _ => std::env::temp_dir().join(format!("backup-{uid}")),
+    };
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
