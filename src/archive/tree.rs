@@ -67,7 +67,12 @@ fn walk<W: Write>(
     };
     let listing = match fs::read_dir(&dir) {
         Ok(listing) => listing,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !relative.as_os_str().is_empty() => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) && !relative.as_os_str().is_empty() =>
+        {
             gone(packed, relative);
             return Ok(());
         }
@@ -153,11 +158,20 @@ fn open_unchanged(
     packed: &mut Packed,
 ) -> Result<Option<fs::File>> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let file = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
+    let open = |flags| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | flags)
+            .open(path)
+    };
+    // O_NONBLOCK: a FIFO swapped in since the listing must not hang the
+    // backup. A file under a write lease (Samba, NFS) answers EAGAIN to it;
+    // lstat said it is a regular file, so that one is opened and waited for.
+    let opened = match open(libc::O_NONBLOCK) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open(0),
+        other => other,
+    };
+    let file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             packed.skipped.push(format!(
@@ -183,6 +197,15 @@ fn open_unchanged(
             inside.display()
         ));
         return Ok(None);
+    }
+    // Reads block as usual from here on (FUSE may honour the flag on read).
+    // SAFETY: a valid descriptor; F_GETFL/F_SETFL take and return flags.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
     }
     Ok(Some(file))
 }
@@ -232,7 +255,9 @@ fn note_change(
     if let Ok(after) = file.metadata()
         && (after.len() != len
             || after.mtime() != before.mtime()
-            || after.mtime_nsec() != before.mtime_nsec())
+            || after.mtime_nsec() != before.mtime_nsec()
+            || after.ctime() != before.ctime()
+            || after.ctime_nsec() != before.ctime_nsec())
     {
         packed.changed.push(format!(
             "{}: written while read; this backup may hold a mix of old and new bytes",
@@ -314,6 +339,13 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
                 target.display()
             )));
         }
+        // The tree's root is the target itself: its mode is the operator's.
+        if path
+            .components()
+            .all(|c| matches!(c, std::path::Component::CurDir))
+        {
+            continue;
+        }
         entry.set_mask(0o7000);
         while pending.last().is_some_and(|d| !path.starts_with(&d.path)) {
             if let Some(done) = pending.pop() {
@@ -353,11 +385,11 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
         // Made with the owner's rwx for now, so it can be filled: finish()
         // sets its own mode.
         if is_dir && written {
+            use std::os::unix::fs::PermissionsExt;
             let full = target.join(&path);
-            if fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
-                use std::os::unix::fs::PermissionsExt;
+            if let Some(dir) = open_dir(&full)? {
                 let mode = pending.last().map_or(0o700, |d| d.mode) | 0o700;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
+                dir.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(|e| io_error(&full, "restoring", e))?;
             }
         }
@@ -389,18 +421,39 @@ struct PendingDir {
 
 impl PendingDir {
     /// Sets the time, then the mode (which may take the owner's write bit
-    /// away), by path without following a link.
+    /// away), on the directory itself: never through a link put in its place.
     fn finish(self, target: &Path) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let full = target.join(&self.path);
-        if !fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
+        let Some(dir) = open_dir(&full)? else {
             return Ok(());
-        }
-        let time = filetime::FileTime::from_unix_time(i64::try_from(self.mtime).unwrap_or(0), 0);
-        filetime::set_symlink_file_times(&full, time, time)
+        };
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.mtime);
+        dir.set_times(fs::FileTimes::new().set_modified(time).set_accessed(time))
             .map_err(|e| io_error(&full, "setting the time of", e))?;
-        fs::set_permissions(&full, fs::Permissions::from_mode(self.mode))
+        dir.set_permissions(fs::Permissions::from_mode(self.mode))
             .map_err(|e| io_error(&full, "setting the mode of", e))
+    }
+}
+
+/// The directory at `path` itself, opened without following a link; `None`
+/// when something else (a link, a file) is there now.
+fn open_dir(path: &Path) -> Result<Option<fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(dir) => Ok(Some(dir)),
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP)
+                || e.kind() == std::io::ErrorKind::NotADirectory
+                || e.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(io_error(path, "opening", e)),
     }
 }
 

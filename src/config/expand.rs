@@ -22,7 +22,14 @@ pub(super) fn locations(source: &Source, raw: &mut RawFile, env: EnvLookup) -> R
     for (name, db) in raw.databases.iter_mut() {
         let section = format!("databases.{name}");
         let db = db.get_mut();
+        let has_variable = db.url.get_ref().contains("${");
         expand_string(source, &section, "url", &mut db.url, env)?;
+        // libpq reads "" as "every default": some database, not this one.
+        if has_variable && db.url.get_ref().trim().is_empty() {
+            return Err(source
+                .error(&db.url, format!("[{section}] url expanded to nothing"))
+                .with_hint("set the variable it names, or give a default that is a whole url"));
+        }
     }
     for (name, storage) in raw.storages.iter_mut() {
         let section = format!("storages.{name}");
@@ -122,6 +129,11 @@ fn expand(text: &str, env: EnvLookup) -> std::result::Result<String, String> {
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
+        if default.is_some_and(|d| d.contains('$')) {
+            return Err(format!(
+                "'${{{inner}...' has a $ in its default: a default is plain text"
+            ));
+        }
         let valid = name
             .chars()
             .next()
@@ -177,5 +189,11 @@ mod tests {
         assert!(x("${DB_HOST").unwrap_err().contains("no closing"));
         assert!(x("${1X}").unwrap_err().contains("is not ${NAME}"));
         assert!(x("${A B}").unwrap_err().contains("is not ${NAME}"));
+        // The first } would end it: ${P:-${HOST}} must not become "${HOST".
+        assert!(
+            x("${P:-${HOST}}")
+                .unwrap_err()
+                .contains("a default is plain text")
+        );
     }
 }

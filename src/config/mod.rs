@@ -696,6 +696,18 @@ fn files_path(source: &Source, name: &str, raw: &Spanned<RawJob>) -> Result<Path
             .with_hint("name the directory to back up: path = \"/srv/app/uploads\"")
     })?;
     let dir = path.get_ref();
+    // `..` would hide a path inside the job's own storage from the check.
+    if dir
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(source
+            .error(
+                path,
+                format!("[jobs.{name}] path = '{}' has a `..` in it", dir.display()),
+            )
+            .with_hint("write the directory's own path"));
+    }
     if !dir.is_absolute() {
         return Err(source
             .error(
@@ -1627,6 +1639,8 @@ compression = "gzip"
             "{e}"
         );
         assert!(e.contains("${NAME:-value}"), "{e}");
+        let e = error_of(&GOOD.replace("postgresql://app@127.0.0.1:5432/app", "${APP_DB_URL:-}"));
+        assert!(e.contains("[databases.app] url expanded to nothing"), "{e}");
         // Only locations: a `$` elsewhere stays as written.
         let e = error_of(&GOOD.replace("compression = \"gzip\"", "compression = \"${X}\""));
         assert!(e.contains("compression '${X}' is not supported"), "{e}");
@@ -1667,6 +1681,11 @@ compression = "gzip"
                 "type = \"files\"",
                 "type = \"files\"\ndatabase = \"app\"",
                 "`database` does not apply to a files job",
+            ),
+            (
+                "path = \"/srv/app/uploads\"",
+                "path = \"/var/backups/app/../../srv\"",
+                "has a `..` in it",
             ),
             (
                 "type = \"files\"",

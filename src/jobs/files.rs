@@ -432,23 +432,35 @@ fn lock_error(path: &Path, e: std::io::Error) -> Error {
         e,
     )
     .with_hint(
-        "files jobs keep their run locks in $BACKUP_LOCK_DIR, else /run/lock/backup-UID \
-         (under systemd: ReadWritePaths=/run/lock)",
+        "files jobs keep their run locks in $BACKUP_LOCK_DIR, else /run/backup (the systemd \
+         unit's RuntimeDirectory), else /run/lock/backup-UID, else $TMPDIR/backup-UID",
     )
 }
 
-/// Where files jobs' lock files are: `$BACKUP_LOCK_DIR`, else
-/// `/run/lock/backup-<uid>` (the same for a daemon with a private /tmp and
-/// the operator's shell), else `$TMPDIR/backup-<uid>`. Made 0700, and
-/// refused when it is a link, someone else's or open to others, since
-/// whoever can write it can hold a job's lock forever.
+/// Where files jobs' lock files are, the same for a daemon with a private
+/// /tmp and the operator's shell: `$BACKUP_LOCK_DIR`; else `/run/backup`
+/// when this user owns it (the systemd unit's RuntimeDirectory); else
+/// `/run/lock/backup-<uid>` where /run/lock is writable (Debian's 1777);
+/// else `$TMPDIR/backup-<uid>`. Made 0700, and refused when it is a link,
+/// someone else's or open to others, since whoever can write it can hold a
+/// job's lock forever.
 fn lock_dir() -> Result<PathBuf> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
+    let run_lock_writable = {
+        let path = c"/run/lock";
+        // SAFETY: a valid C string; access only looks.
+        unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+    };
     let dir = match std::env::var_os("BACKUP_LOCK_DIR").map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => dir,
-        _ if Path::new("/run/lock").is_dir() => PathBuf::from(format!("/run/lock/backup-{uid}")),
+        _ if std::fs::symlink_metadata("/run/backup")
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid) =>
+        {
+            PathBuf::from("/run/backup")
+        }
+        _ if run_lock_writable => PathBuf::from(format!("/run/lock/backup-{uid}")),
         _ => std::env::temp_dir().join(format!("backup-{uid}")),
     };
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
