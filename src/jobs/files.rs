@@ -370,22 +370,10 @@ impl LocalLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| lock_error(&path, e))?;
-        let mut lock = whole_file(libc::F_WRLCK);
-        // SAFETY: a valid descriptor and a valid, initialised flock struct.
-        let rc = unsafe {
-            libc::fcntl(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                libc::F_OFD_SETLK,
-                &mut lock,
-            )
-        };
-        if rc == 0 {
-            return Ok(Some(LocalLock { _file: file }));
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(None),
-            _ => Err(lock_error(&path, e)),
+        match whole_file_lock(&file, libc::F_OFD_SETLK) {
+            Ok(_) => Ok(Some(LocalLock { _file: file })),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(None),
+            Err(e) => Err(lock_error(&path, e)),
         }
     }
 
@@ -401,28 +389,26 @@ impl LocalLock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(lock_error(&path, e)),
         };
-        let mut lock = whole_file(libc::F_WRLCK);
-        // SAFETY: as above; F_OFD_GETLK only fills `lock` in.
-        let rc = unsafe {
-            libc::fcntl(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                libc::F_OFD_GETLK,
-                &mut lock,
-            )
-        };
-        if rc != 0 {
-            return Err(lock_error(&path, std::io::Error::last_os_error()));
-        }
+        let lock = whole_file_lock(&file, libc::F_OFD_GETLK).map_err(|e| lock_error(&path, e))?;
         Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
     }
 }
 
-fn whole_file(kind: libc::c_int) -> libc::flock {
+/// `fcntl(cmd)` (F_OFD_SETLK or F_OFD_GETLK) of an exclusive lock on the
+/// whole of `file`; GETLK's answer says who holds one, if anyone.
+fn whole_file_lock(file: &std::fs::File, cmd: libc::c_int) -> std::io::Result<libc::flock> {
     // SAFETY: flock is plain data; all zeroes is a valid value of it.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = kind as libc::c_short;
+    lock.l_type = libc::F_WRLCK as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock
+    // SAFETY: a valid descriptor and a valid, initialised flock struct,
+    // which F_OFD_GETLK only fills in.
+    let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(file), cmd, &mut lock) };
+    if rc == 0 {
+        Ok(lock)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn lock_error(path: &Path, e: std::io::Error) -> Error {
