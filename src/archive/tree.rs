@@ -9,6 +9,8 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Kind, Result};
@@ -31,18 +33,30 @@ pub struct Packed {
 
 /// Writes a tar of everything under `dir` into `out`, in name order, with
 /// paths relative to `dir`.
+///
+/// Below `dir` itself (which may be a link, as configured), every entry is
+/// reached from its parent's open descriptor (`openat`, `O_NOFOLLOW`) and
+/// checked to be the inode it was listed as: a directory swapped for a link
+/// while the tree is read is never followed out of it.
 pub fn pack(dir: &Path, out: impl Write) -> Result<Packed> {
-    let meta = fs::metadata(dir).map_err(|e| io_error(dir, "reading", e))?;
-    if !meta.is_dir() {
-        return Err(
-            Error::config(format!("{} is not a directory", dir.display()))
-                .with_hint("a files job's `path` names the directory to back up"),
-        );
-    }
+    let root = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+    {
+        Ok(root) => root,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(
+                Error::config(format!("{} is not a directory", dir.display()))
+                    .with_hint("a files job's `path` names the directory to back up"),
+            );
+        }
+        Err(e) => return Err(io_error(dir, "reading", e)),
+    };
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     let mut packed = Packed::default();
-    walk(&mut builder, dir, Path::new(""), &mut packed)?;
+    walk(&mut builder, &root, dir, Path::new(""), &mut packed)?;
     builder
         .into_inner()
         .and_then(|mut out| out.flush())
@@ -50,52 +64,58 @@ pub fn pack(dir: &Path, out: impl Write) -> Result<Packed> {
     Ok(packed)
 }
 
+/// Appends what the open directory `dir` (`root`/`relative`) holds.
 fn walk<W: Write>(
     builder: &mut tar::Builder<W>,
+    dir: &fs::File,
     root: &Path,
     relative: &Path,
     packed: &mut Packed,
 ) -> Result<()> {
-    let dir = root.join(relative);
-    // A live tree (uploads) changes while it is read: what is gone by the
-    // time it is reached is named and left out, not a failed backup.
-    let gone = |packed: &mut Packed, inside: &Path| {
-        packed.skipped.push(format!(
-            "{}: removed while the tree was read",
-            inside.display()
-        ));
-    };
-    let listing = match fs::read_dir(&dir) {
-        Ok(listing) => listing,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) && !relative.as_os_str().is_empty() =>
-        {
-            gone(packed, relative);
-            return Ok(());
-        }
-        Err(e) => return Err(io_error(&dir, "listing", e)),
-    };
-    let mut entries: Vec<(std::ffi::OsString, PathBuf)> = listing
-        .map(|entry| entry.map(|e| (e.file_name(), e.path())))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| io_error(&dir, "listing", e))?;
-    entries.sort();
-    for (name, path) in entries {
+    use std::os::unix::fs::MetadataExt;
+    // The directory the descriptor holds, whatever its path is now.
+    let here = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let mut names: Vec<std::ffi::OsString> = fs::read_dir(&here)
+        .and_then(|listing| listing.map(|e| e.map(|e| e.file_name())).collect())
+        .map_err(|e| io_error(&root.join(relative), "listing", e))?;
+    names.sort();
+    for name in names {
         let inside = relative.join(&name);
-        // Not followed: a link is stored as what it says.
-        let meta = match fs::symlink_metadata(&path) {
+        let path = root.join(&inside);
+        // A live tree (uploads) changes while it is read: what is gone or
+        // replaced by the time it is reached is named and left out.
+        let left_out = |packed: &mut Packed, why: &str| {
+            packed.skipped.push(format!(
+                "{}: {why} while the tree was read",
+                inside.display()
+            ));
+        };
+        // The entry itself, a link included, not what a link points to.
+        let meta = match open_at(dir, &name, libc::O_PATH | libc::O_NOFOLLOW)
+            .and_then(|entry| entry.metadata())
+        {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                gone(packed, &inside);
+                left_out(packed, "removed");
                 continue;
             }
             Err(e) => return Err(io_error(&path, "reading", e)),
         };
         let kind = meta.file_type();
         let appended = if kind.is_dir() {
+            let sub = match open_at(dir, &name, libc::O_DIRECTORY | libc::O_NOFOLLOW) {
+                Ok(sub) => sub,
+                Err(e) if is_gone_or_replaced(&e) => {
+                    left_out(packed, "removed or replaced");
+                    continue;
+                }
+                Err(e) => return Err(io_error(&path, "opening", e)),
+            };
+            let now = sub.metadata().map_err(|e| io_error(&path, "reading", e))?;
+            if now.dev() != meta.dev() || now.ino() != meta.ino() {
+                left_out(packed, "replaced");
+                continue;
+            }
             packed.directories += 1;
             let mut header = tar::Header::new_gnu();
             header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
@@ -104,12 +124,22 @@ fn walk<W: Write>(
             builder
                 .append_data(&mut header, &inside, std::io::empty())
                 .map_err(|e| io_error(&path, "archiving", e))?;
-            walk(builder, root, &inside, packed)?;
+            walk(builder, &sub, root, &inside, packed)?;
             Ok(())
         } else if kind.is_file() {
-            let Some(file) = open_unchanged(&path, &meta, &inside, packed)? else {
-                continue;
+            let file = match open_file_at(dir, &name) {
+                Ok(file) => file,
+                Err(e) if is_gone_or_replaced(&e) => {
+                    left_out(packed, "removed or replaced");
+                    continue;
+                }
+                Err(e) => return Err(io_error(&path, "opening", e)),
             };
+            let now = file.metadata().map_err(|e| io_error(&path, "reading", e))?;
+            if !now.is_file() || now.dev() != meta.dev() || now.ino() != meta.ino() {
+                left_out(packed, "replaced");
+                continue;
+            }
             packed.files += 1;
             packed.bytes += meta.len();
             let len = meta.len();
@@ -123,10 +153,10 @@ fn walk<W: Write>(
             }
             appended
         } else if kind.is_symlink() {
-            let target = match fs::read_link(&path) {
+            let target = match read_link_at(dir, &name) {
                 Ok(target) => target,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    gone(packed, &inside);
+                Err(e) if is_gone_or_replaced(&e) => {
+                    left_out(packed, "removed or replaced");
                     continue;
                 }
                 Err(e) => return Err(io_error(&path, "reading", e)),
@@ -148,66 +178,84 @@ fn walk<W: Write>(
     Ok(())
 }
 
-/// Opens the regular file `path` that `meta` describes, without following a
-/// link and without blocking on a FIFO: `None` (named in `skipped`) when it
-/// is gone, or is no longer that file, by the time it is opened.
-fn open_unchanged(
-    path: &Path,
-    meta: &fs::Metadata,
-    inside: &Path,
-    packed: &mut Packed,
-) -> Result<Option<fs::File>> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let open = |flags| {
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | flags)
-            .open(path)
-    };
-    // O_NONBLOCK: a FIFO swapped in since the listing must not hang the
-    // backup. A file under a write lease (Samba, NFS) answers EAGAIN to it;
-    // lstat said it is a regular file, so that one is opened and waited for.
-    let opened = match open(libc::O_NONBLOCK) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open(0),
-        other => other,
-    };
-    let file = match opened {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            packed.skipped.push(format!(
-                "{}: removed while the tree was read",
-                inside.display()
-            ));
-            return Ok(None);
-        }
-        // ELOOP: swapped for a symlink since it was listed.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            packed.skipped.push(format!(
-                "{}: replaced while the tree was read",
-                inside.display()
-            ));
-            return Ok(None);
-        }
-        Err(e) => return Err(io_error(path, "opening", e)),
-    };
-    let now = file.metadata().map_err(|e| io_error(path, "reading", e))?;
-    if !now.is_file() || now.dev() != meta.dev() || now.ino() != meta.ino() {
-        packed.skipped.push(format!(
-            "{}: replaced while the tree was read",
-            inside.display()
-        ));
-        return Ok(None);
+/// Gone (ENOENT), or something else there now: a link (ELOOP under
+/// O_NOFOLLOW), a file where a directory was (ENOTDIR), a directory where a
+/// link was (EINVAL from readlinkat).
+fn is_gone_or_replaced(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    ) || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EINVAL))
+}
+
+/// `openat(dir, name, flags)`, close-on-exec.
+fn open_at(
+    dir: &fs::File,
+    name: &std::ffi::OsStr,
+    flags: libc::c_int,
+) -> std::io::Result<fs::File> {
+    let name = c_name(name)?;
+    // SAFETY: a valid directory descriptor and C string; the descriptor
+    // returned is owned by the File made of it and nothing else.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    // Reads block as usual from here on (FUSE may honour the flag on read).
-    // SAFETY: a valid descriptor; F_GETFL/F_SETFL take and return flags.
+    // SAFETY: `fd` was just opened and is not owned elsewhere.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Opens the regular file `name` of `dir` for reading, without following a
+/// link and without blocking on a FIFO put in its place. A file under a
+/// write lease (Samba, NFS) answers EAGAIN to O_NONBLOCK: the listing said
+/// it is a regular file, so that one is opened again and waited for. Reads
+/// block as usual either way (FUSE may honour the flag on read).
+fn open_file_at(dir: &fs::File, name: &std::ffi::OsStr) -> std::io::Result<fs::File> {
+    let file = match open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    ) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return open_at(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW);
+        }
+        other => other?,
+    };
+    // SAFETY: a valid descriptor; F_GETFL and F_SETFL take and give flags.
     unsafe {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
         if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
-    Ok(Some(file))
+    Ok(file)
+}
+
+/// `readlinkat(dir, name)`: what the link says, unfollowed.
+fn read_link_at(dir: &fs::File, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let name = c_name(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: a valid descriptor, C string and buffer of buf.len() bytes.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
+fn c_name(name: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
 }
 
 /// Exactly `len` bytes of `file`, whatever it does meanwhile: bytes past
@@ -519,6 +567,36 @@ mod tests {
         set_mtime(&d.join("2024/06"), 1_600_000_000);
         set_mode(&d.join("2024"), 0o750);
         dir
+    }
+
+    #[test]
+    fn the_walk_reads_through_descriptors_not_paths() {
+        let base = tempfile::tempdir().unwrap();
+        let tree = base.path().join("tree");
+        fs::create_dir_all(tree.join("a")).unwrap();
+        fs::write(tree.join("a/x"), "inside").unwrap();
+        let root = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&tree)
+            .unwrap();
+        // The tree's path now leads elsewhere, as a swapped link would.
+        let outside = base.path().join("outside");
+        fs::create_dir_all(outside.join("a")).unwrap();
+        fs::write(outside.join("a/secret"), "outside").unwrap();
+        fs::rename(&tree, base.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, &tree).unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut packed = Packed::default();
+        walk(&mut builder, &root, &tree, Path::new(""), &mut packed).unwrap();
+        let stream = builder.into_inner().unwrap();
+        let mut archive = tar::Archive::new(&stream[..]);
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["a", "a/x"]);
     }
 
     #[test]
