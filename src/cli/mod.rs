@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::Signal;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -102,15 +103,18 @@ pub fn main() -> ExitCode {
     let stops_itself = matches!(cli.command, Command::Run(_) | Command::Drill(_));
     let result = runtime.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
+        // Listening starts before the command does: a signal that arrived
+        // before the first poll of a lazily made listener would kill the
+        // process with the default action, cleaning nothing up.
+        let signals = if is_daemon { None } else { Some(Signals::listen()) };
         let work = dispatch(cli, cancel.clone());
         tokio::pin!(work);
         // The daemon has its own signal handling: SIGTERM is how it is stopped.
-        let result = if is_daemon {
-            work.await
-        } else {
-            tokio::select! {
+        let result = match signals {
+            None => work.await,
+            Some(signals) => tokio::select! {
                 result = &mut work => result,
-                signal = interrupted() => {
+                signal = signals.first() => {
                     if stops_itself {
                         cancel.cancel();
                         if tokio::time::timeout(CLEANUP_LIMIT, &mut work).await.is_err() {
@@ -125,7 +129,7 @@ pub fn main() -> ExitCode {
                         Err(e) => e,
                     })
                 }
-            }
+            },
         };
         let (uploads, notifications) = tokio::join!(
             crate::storage::finish_cleanups(CLEANUP_LIMIT),
@@ -159,18 +163,28 @@ pub fn main() -> ExitCode {
 /// How long the process waits at exit for unfinished uploads to be aborted.
 const CLEANUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Resolves with the name of the first SIGINT or SIGTERM.
-async fn interrupted() -> Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen =
-        |kind| signal(kind).map_err(|e| Error::internal(format!("cannot listen for signals: {e}")));
-    let (mut int, mut term) = (
-        listen(SignalKind::interrupt())?,
-        listen(SignalKind::terminate())?,
-    );
-    tokio::select! {
-        _ = int.recv() => Ok("SIGINT"),
-        _ = term.recv() => Ok("SIGTERM"),
+/// SIGINT and SIGTERM, caught from the moment `listen` returns.
+struct Signals(Result<(Signal, Signal)>);
+
+impl Signals {
+    fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| {
+            signal(kind).map_err(|e| Error::internal(format!("cannot listen for signals: {e}")))
+        };
+        Self(
+            listen(SignalKind::interrupt())
+                .and_then(|int| Ok((int, listen(SignalKind::terminate())?))),
+        )
+    }
+
+    /// Resolves with the name of the first SIGINT or SIGTERM.
+    async fn first(self) -> Result<&'static str> {
+        let (mut int, mut term) = self.0?;
+        tokio::select! {
+            _ = int.recv() => Ok("SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
     }
 }
 
