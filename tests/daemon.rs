@@ -36,32 +36,26 @@ fn free_port() -> u16 {
 
 impl Daemon {
     fn start(setup: &Setup, name: &str, extra: &[&str]) -> Daemon {
-        let port = free_port();
         let log = setup.work.path().join(format!("{name}.log"));
-        let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["daemon", "--listen", &listen];
-        args.extend_from_slice(extra);
-        let child = Command::new(env!("CARGO_BIN_EXE_backup"))
-            .arg("--config")
-            .arg(&setup.config)
-            .args(&args)
-            .env_remove("BACKUP_CONFIG")
-            .env_remove("PGPASSWORD")
-            .env("BACKUP_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start the daemon");
-        let daemon = Daemon {
+        let (child, port) = common::start_daemon(&log, |listen| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_backup"));
+            command
+                .arg("--config")
+                .arg(&setup.config)
+                .args(["daemon", "--listen", listen])
+                .args(extra)
+                .env_remove("BACKUP_CONFIG")
+                .env_remove("PGPASSWORD")
+                .env("BACKUP_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            command
+        });
+        Daemon {
             child: Some(child),
             log,
             port,
-        };
-        wait_for("the daemon to listen", Duration::from_secs(30), || {
-            get(port, "/health/live").is_some_and(|(status, _)| status == 200)
-        });
-        daemon
+        }
     }
 
     fn log(&self) -> String {

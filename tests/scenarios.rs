@@ -488,11 +488,6 @@ fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
 #[test]
 fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
     let (cluster, work) = seeded("rosterhub", "rosterhub", "rosterhub.sql");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = example("rosterhub");
     let vars = [
         ("ROSTERHUB_DB_HOST", "127.0.0.1".to_owned()),
@@ -504,7 +499,6 @@ fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
         ("ROSTERHUB_DB_PASSWORD", PASSWORD.to_owned()),
     ];
     let env = env_of(&vars);
-    let listen = format!("127.0.0.1:{port}");
 
     // The manual backup, then corruption; the runbook's restore and its check.
     run(&config, &["run", "nightly"], &env);
@@ -548,33 +542,25 @@ fn rosterhub_restores_latest_with_four_jobs_and_answers_its_probes() {
     assert_eq!(cluster.table_digests("rosterhub"), digests);
 
     // The daemon, as the Deployment runs it: the probes the platform has.
-    let mut daemon = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_backup"))
+    let (daemon, port) = common::start_daemon(&work.path().join("daemon.log"), |listen| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backup"));
+        command
             .arg("--config")
             .arg(&config)
-            .arg("daemon")
-            .args(["--listen", &listen])
+            .args(["daemon", "--listen", listen])
             .envs(env.iter().copied())
             .env_remove("BACKUP_CONFIG")
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let started = std::time::Instant::now();
-    while common::http_get(port, "/health/live").is_none() {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "the daemon did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+            .stdout(std::process::Stdio::null());
+        command
+    });
+    let mut daemon = KillOnDrop(daemon);
     let answers: Vec<(u16, String)> = ["/health/live", "/health/ready", "/health", "/metrics"]
         .iter()
         .map(|path| common::http_get(port, path).unwrap())
         .collect();
     unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let started = std::time::Instant::now();
     let stopped = loop {
         if let Some(status) = daemon.0.try_wait().unwrap() {
             break status;

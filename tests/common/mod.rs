@@ -723,6 +723,46 @@ impl From<Output> for Run {
     }
 }
 
+/// Starts `backup daemon` on a free port of 127.0.0.1 and returns it with that
+/// port once it answers `/health/live`. `command` makes the command given the
+/// `--listen` address; the daemon's stderr goes to `log`. A port another test
+/// takes between choosing and binding it is a reason to try another, never to
+/// fail the test.
+pub fn start_daemon(log: &Path, command: impl Fn(&str) -> Command) -> (std::process::Child, u16) {
+    let limit = std::time::Duration::from_secs(30);
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = command(&format!("127.0.0.1:{port}"))
+            .stderr(std::fs::File::create(log).expect("daemon log"))
+            .spawn()
+            .expect("start the daemon");
+        let started = std::time::Instant::now();
+        loop {
+            // Exited first: an answer on the port would then be someone else's.
+            if let Some(status) = child.try_wait().expect("daemon status") {
+                let said = std::fs::read_to_string(log).unwrap_or_default();
+                if said.contains("cannot listen on") {
+                    break;
+                }
+                panic!("the daemon exited ({status}) before listening:\n{said}");
+            }
+            if http_get(port, "/health/live").is_some_and(|(status, _)| status == 200) {
+                return (child, port);
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the daemon did not listen within {limit:?}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    panic!("five free ports were taken before the daemon could bind them");
+}
+
 /// `GET path` on 127.0.0.1:port: the status and the body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
