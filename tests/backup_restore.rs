@@ -138,8 +138,9 @@ fn writes_during_the_backup_keep_parity_with_the_manifest() {
             "-n",
             "-c",
             "2",
+            // Outlasts the backup however slow the machine; killed after it.
             "-T",
-            "20",
+            "300",
             "-f",
             script.to_str().unwrap(),
             &c.url("app"),

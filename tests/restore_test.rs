@@ -337,17 +337,20 @@ fn fresh_host(setup: &Setup) -> (tempfile::TempDir, std::path::PathBuf, std::pat
     (fresh, config, tmp)
 }
 
-/// Servers still running from a drill's temp dir.
-fn drill_servers() -> String {
-    let out = std::process::Command::new("pgrep")
-        .args(["-af", "backup-drill-"])
-        .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("postgres") && !l.contains("pgrep"))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The command lines of processes still running from a drill's cluster under
+/// `tmp`, this test's TMPDIR: drills of tests running alongside have their own.
+fn drill_servers(tmp: &std::path::Path) -> String {
+    let mine = format!("{}/backup-drill-", tmp.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        // A process may end between listing and reading: that is not one left.
+        let bytes = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let line = String::from_utf8_lossy(&bytes).replace('\0', " ");
+        if line.contains(&mine) {
+            found.push(line.trim_end().to_owned());
+        }
+    }
+    found.join("\n")
 }
 
 fn leftovers(tmp: &std::path::Path) -> Vec<String> {
@@ -414,7 +417,7 @@ fn a_drill_from_a_fresh_host_restores_checks_reports_and_leaves_nothing() {
         "temp files left: {:?}",
         leftovers(&tmp)
     );
-    assert_eq!(drill_servers(), "", "a server still runs");
+    assert_eq!(drill_servers(&tmp), "", "a server still runs");
     let record = newest_record(&setup, "drill");
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     assert!(record["details"]["rto_seconds"].as_f64().unwrap() > 0.0);
@@ -506,7 +509,7 @@ checks = [{ name = "no users at all", sql = "SELECT count(*) FROM app.users", eq
         "temp files left: {:?}",
         leftovers(&tmp)
     );
-    assert_eq!(drill_servers(), "");
+    assert_eq!(drill_servers(&tmp), "");
 
     // A drill that fails mid-way (the stored data is gone) still tears down.
     let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
@@ -520,7 +523,7 @@ checks = [{ name = "no users at all", sql = "SELECT count(*) FROM app.users", eq
         "temp files left: {:?}",
         leftovers(&tmp)
     );
-    assert_eq!(drill_servers(), "");
+    assert_eq!(drill_servers(&tmp), "");
 }
 
 #[test]
@@ -547,7 +550,7 @@ fn an_interrupted_drill_still_stops_its_cluster_and_removes_its_files() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let ready = || {
             if wait_for_server {
-                !drill_servers().is_empty()
+                !drill_servers(&tmp).is_empty()
             } else {
                 !leftovers(&tmp).is_empty()
             }
@@ -568,6 +571,6 @@ fn an_interrupted_drill_still_stops_its_cluster_and_removes_its_files() {
             "temp files left: {:?}",
             leftovers(&tmp)
         );
-        assert_eq!(drill_servers(), "");
+        assert_eq!(drill_servers(&tmp), "");
     }
 }

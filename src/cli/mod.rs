@@ -117,7 +117,7 @@ pub fn main() -> ExitCode {
                 signal = signals.first() => {
                     if stops_itself {
                         cancel.cancel();
-                        if tokio::time::timeout(CLEANUP_LIMIT, &mut work).await.is_err() {
+                        if tokio::time::timeout(STOP_LIMIT, &mut work).await.is_err() {
                             tracing::warn!("the run did not stop in time; no run record was written");
                         }
                     }
@@ -162,6 +162,11 @@ pub fn main() -> ExitCode {
 
 /// How long the process waits at exit for unfinished uploads to be aborted.
 const CLEANUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a stopped `run` or `drill` may take to clean up: a drill stopped
+/// during `initdb` waits for it, then stops and removes the cluster. systemd's
+/// default stop timeout is the same.
+const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// SIGINT and SIGTERM, caught from the moment `listen` returns.
 struct Signals(Result<(Signal, Signal)>);

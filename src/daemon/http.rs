@@ -79,12 +79,20 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    // A failed scrape says "unknown" honestly; zeros would say "never backed up".
+    let Some(text) = shared.metrics.encode() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is still reading its run records from storage; try again shortly\n",
+        )
+            .into_response();
+    };
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.encode(),
+        text,
     )
         .into_response()
 }

@@ -4,7 +4,7 @@
 //! The values come from run records: at start from those in storage, then
 //! from each run as it ends, so a restarted daemon reports the same ages.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +44,9 @@ pub struct Metrics {
     running: Family<JobTypeLabels, Gauge>,
     next_run: Family<JobLabel, Seconds>,
     restore_test_success: Family<JobLabel, Seconds>,
+    /// Whether the run records in storage have been read: before, every age
+    /// would read as "never", which alerts on backups that are fine.
+    history_read: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -58,6 +61,7 @@ impl Default for Metrics {
             running: Family::default(),
             next_run: Family::default(),
             restore_test_success: Family::default(),
+            history_read: AtomicBool::new(false),
         };
         registry.register(
             "backup_last_success_timestamp_seconds",
@@ -181,12 +185,20 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> String {
+    pub fn history_read(&self) {
+        self.history_read.store(true, Ordering::Release);
+    }
+
+    /// The text `/metrics` serves, once the stored run records have been read.
+    pub fn encode(&self) -> Option<String> {
+        if !self.history_read.load(Ordering::Acquire) {
+            return None;
+        }
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!("cannot encode metrics: {e}");
         }
-        text
+        Some(text)
     }
 }
 
@@ -230,7 +242,13 @@ mod tests {
         m.started("nightly", "backup");
         m.finished(&record);
         m.set_next_run("nightly", Some("2026-11-25T03:00:00Z".parse().unwrap()));
-        let text = m.encode();
+        assert_eq!(
+            m.encode(),
+            None,
+            "nothing to scrape before the history is read"
+        );
+        m.history_read();
+        let text = m.encode().unwrap();
         for line in [
             r#"backup_last_success_timestamp_seconds{job="nightly",type="backup"} 1795489230.0"#,
             r#"backup_last_run_duration_seconds{job="nightly",type="backup"} 30.0"#,

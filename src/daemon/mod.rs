@@ -131,6 +131,7 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
     book.set_jobs(scheduled, clock.now());
     let engine = shared.engine();
     absorb_history(&engine, &metrics).await;
+    metrics.history_read();
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();

@@ -724,7 +724,7 @@ impl From<Output> for Run {
 }
 
 /// Starts `backup daemon` on a free port of 127.0.0.1 and returns it with that
-/// port once it answers `/health/live`. `command` makes the command given the
+/// port once it answers `/health/live` and `/metrics`. `command` makes the command given the
 /// `--listen` address; the daemon's stderr goes to `log`. A port another test
 /// takes between choosing and binding it is a reason to try another, never to
 /// fail the test.
@@ -746,7 +746,9 @@ pub fn start_daemon(log: &Path, command: impl Fn(&str) -> Command) -> (std::proc
                 }
                 panic!("the daemon exited ({status}) before listening:\n{said}");
             }
-            if http_get(port, "/health/live").is_some_and(|(status, _)| status == 200) {
+            // Once it has read its run records, its metrics are what tests check.
+            let answers = |path| http_get(port, path).is_some_and(|(status, _)| status == 200);
+            if answers("/health/live") && answers("/metrics") {
                 return (child, port);
             }
             if started.elapsed() > limit {
