@@ -303,7 +303,7 @@ async fn s3_aborted_uploads_leave_no_parts() {
     writer.write(&data(3 * b.part, 6)).await.unwrap();
     drop(writer);
     // The drop aborts in the background.
-    for _ in 0..600 {
+    for _ in 0..100 {
         if servers::open_uploads(&bucket).await == 0 {
             return;
         }
