@@ -99,15 +99,7 @@ impl Drop for Daemon {
     }
 }
 
-use common::http_get as get;
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{http_get as get, wait_for};
 
 /// Every run record of job `nightly`, oldest first.
 fn records(setup: &Setup) -> Vec<Value> {

@@ -706,18 +706,16 @@ fn a_run_stopped_mid_step_records_what_it_did_and_the_next_run_cleans_up() {
     );
     // The cancelled REINDEX was stopped on the server, not left waiting. The
     // cancel request may reach it after the process has exited: give it time.
-    let started = Instant::now();
-    while value(
-        &setup,
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'REINDEX%'",
-    ) != "0"
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "a REINDEX still runs on the server"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for(
+        "the cancelled REINDEX to leave the server",
+        Duration::from_secs(20),
+        || {
+            value(
+                &setup,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'REINDEX%'",
+            ) == "0"
+        },
+    );
     drop(snapshot);
     drop(app_snapshot);
     let leftovers = "SELECT count(*) FROM pg_index WHERE NOT indisvalid";
