@@ -930,6 +930,115 @@ fn json_logs_carry_the_job_and_the_run_id() {
     assert!(in_span >= 2, "{}", run.stderr);
 }
 
+/// Debian's promtool, which `scripts/test` installs (`ensure_promtool`).
+fn promtool() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("promtool"))
+        .chain([PathBuf::from("/usr/bin/promtool")])
+        .find(|p| p.is_file());
+    on_path.expect(
+        "promtool is not installed: run scripts/test, which installs it (Debian package prometheus)",
+    )
+}
+
+/// Runs promtool with `args`, `input` on its stdin: exit code and all it said.
+fn run_promtool(args: &[&str], input: &str) -> (i32, String) {
+    let mut child = Command::new(promtool())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said)
+}
+
+#[test]
+fn metrics_are_the_classic_text_promtool_accepts_and_openmetrics_when_asked() {
+    let setup = Setup::new("", "schedule = \"0 0 1 1 *\"");
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let daemon = Daemon::start(&setup, "daemon", &[]);
+
+    // No Accept header, as curl and classic scrapers send: format 0.0.4.
+    let classic = common::http_get_with(daemon.port, "/metrics", &[]).unwrap();
+    assert_eq!(classic.status, 200, "{}", classic.body);
+    assert_eq!(
+        classic.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(!classic.body.contains("# EOF"), "{}", classic.body);
+    assert!(
+        classic.body.contains("# TYPE backup_runs_total counter\n"),
+        "{}",
+        classic.body
+    );
+    let (code, said) = run_promtool(&["check", "metrics"], &classic.body);
+    assert_eq!((code, said.as_str()), (0, ""), "{}", classic.body);
+
+    // What Prometheus sends: OpenMetrics first, with q-values.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                  version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let open = common::http_get_with(daemon.port, "/metrics", &[("Accept", accept)]).unwrap();
+    assert_eq!(open.status, 200, "{}", open.body);
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(open.body.ends_with("\n# EOF\n"), "{}", open.body);
+    // promtool reads OpenMetrics where it backfills: every sample needs a
+    // timestamp there, so each gets one; the rest is parsed as served.
+    let stamped: String = open
+        .body
+        .lines()
+        .map(|l| match l.starts_with('#') {
+            true => format!("{l}\n"),
+            false => format!("{l} 1700000000\n"),
+        })
+        .collect();
+    let file = setup.work.path().join("metrics.om");
+    std::fs::write(&file, &stamped).unwrap();
+    let blocks = setup.work.path().join("blocks");
+    let (code, said) = run_promtool(
+        &[
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            file.to_str().unwrap(),
+            blocks.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{said}\n{}", open.body);
+    // The same series in both.
+    let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(samples(&open.body), samples(&classic.body));
+    assert_eq!(daemon.stop(Duration::from_secs(60)), 0);
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let rules =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/deploy/prometheus-alerts.yml");
+    let (code, said) = run_promtool(&["check", "rules", rules.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("SUCCESS"), "{said}");
+}
+
 #[test]
 fn the_job_file_in_the_kubernetes_manifests_is_valid() {
     let manifest = std::fs::read_to_string(

@@ -20,6 +20,14 @@ ensure_build_tools() {
     command -v cc >/dev/null || apt_install build-essential
 }
 
+# promtool, which the tests run on what /metrics serves and on the alert rules
+# (Debian's prometheus package; its server is not started here).
+ensure_promtool() {
+    if command -v promtool >/dev/null || [ -x /usr/bin/promtool ]; then return; fi
+    echo "installing promtool (Debian package prometheus)..."
+    apt_install prometheus
+}
+
 # The PostgreSQL server and client programs, from Debian's packages. Sets PG_BINDIR
 # to the newest installed server's bin directory.
 ensure_postgres() {

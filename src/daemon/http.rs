@@ -78,23 +78,18 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: header::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = super::metrics::Format::negotiate(accept);
     // A failed scrape says "unknown" honestly; zeros would say "never backed up".
-    let Some(text) = shared.metrics.encode() else {
+    let Some(text) = shared.metrics.encode(format) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the daemon is still reading its run records from storage; try again shortly\n",
         )
             .into_response();
     };
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
 /// The readiness checks, from the cache when fresh.

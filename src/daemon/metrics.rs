@@ -1,5 +1,7 @@
-//! The daemon's metrics, in the Prometheus (OpenMetrics) text format that
-//! `/metrics` serves. prometheus-client keeps the values and writes the text.
+//! The daemon's metrics, as `/metrics` serves them: the Prometheus text format
+//! 0.0.4 by default, OpenMetrics 1.0 to a scraper whose `Accept` asks for it.
+//! prometheus-client keeps the values and writes OpenMetrics; the classic
+//! format is derived from that text (see [`classic_text`]).
 //!
 //! The values come from run records: at start from those in storage, then
 //! from each run as it ends, so a restarted daemon reports the same ages.
@@ -189,8 +191,9 @@ impl Metrics {
         self.history_read.store(true, Ordering::Release);
     }
 
-    /// The text `/metrics` serves, once the stored run records have been read.
-    pub fn encode(&self) -> Option<String> {
+    /// The text `/metrics` serves in `format`, once the stored run records
+    /// have been read.
+    pub fn encode(&self, format: Format) -> Option<String> {
         if !self.history_read.load(Ordering::Acquire) {
             return None;
         }
@@ -198,8 +201,103 @@ impl Metrics {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!("cannot encode metrics: {e}");
         }
-        Some(text)
+        Some(match format {
+            Format::OpenMetrics => text,
+            Format::Prometheus => classic_text(&text),
+        })
     }
+}
+
+/// The two text formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4: what every scraper and `promtool` reads.
+    Prometheus,
+    /// OpenMetrics 1.0, for scrapers that say they read it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for. OpenMetrics only when it is
+    /// named, with a q-value above 0 and at least that of the classic format
+    /// (`text/plain`, `text/*`, `*/*`): Prometheus itself sends
+    /// `application/openmetrics-text;version=1.0.0,...,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let mut openmetrics = 0.0_f64;
+        let mut classic = 0.0_f64;
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f64>().ok())
+                .filter(|q| (0.0..=1.0).contains(q))
+                .unwrap_or(0.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => classic = classic.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= classic {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4 says it. For the
+/// counters and gauges registered here the two differ only in this: a
+/// counter's `# HELP` and `# TYPE` name its sample (`x_total`, where
+/// OpenMetrics names the family `x`), and 0.0.4 has no `# UNIT`, no
+/// `_created` samples and no `# EOF`. Label values and numbers are written
+/// alike in both.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match comment {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(&name) {
+                    text.push_str(&format!("{prefix}{name}_total {tail}\n"));
+                    continue;
+                }
+            }
+            None => {
+                let created = counters.iter().any(|c| {
+                    line.strip_prefix(c)
+                        .and_then(|l| l.strip_prefix("_created"))
+                        .is_some_and(|l| l.starts_with(['{', ' ']))
+                });
+                if created {
+                    continue;
+                }
+            }
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
 impl RunObserver for Metrics {
@@ -243,12 +341,12 @@ mod tests {
         m.finished(&record);
         m.set_next_run("nightly", Some("2026-11-25T03:00:00Z".parse().unwrap()));
         assert_eq!(
-            m.encode(),
+            m.encode(Format::Prometheus),
             None,
             "nothing to scrape before the history is read"
         );
         m.history_read();
-        let text = m.encode().unwrap();
+        let text = m.encode(Format::Prometheus).unwrap();
         for line in [
             r#"backup_last_success_timestamp_seconds{job="nightly",type="backup"} 1795489230.0"#,
             r#"backup_last_run_duration_seconds{job="nightly",type="backup"} 30.0"#,
@@ -259,6 +357,88 @@ mod tests {
             r#"backup_next_run_timestamp_seconds{job="nightly"} 1795575600.0"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples_and_has_no_eof() {
+        let m = Metrics::default();
+        m.know_job("nightly", "backup");
+        m.history_read();
+        let openmetrics = m.encode(Format::OpenMetrics).unwrap();
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+        assert!(openmetrics.contains("# TYPE backup_runs counter\n"));
+        let text = m.encode(Format::Prometheus).unwrap();
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains(
+                "# HELP backup_runs_total Runs since the daemon started, by outcome.\n\
+                 # TYPE backup_runs_total counter\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE backup_running gauge\n"),
+            "gauges keep their names: {text}"
+        );
+        // Every sample is kept, in the same order.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&openmetrics));
+    }
+
+    #[test]
+    fn the_classic_text_drops_units_and_created_samples() {
+        let openmetrics = "# HELP x_seconds X.\n# TYPE x_seconds counter\n# UNIT x_seconds seconds\n\
+                           x_seconds_total{a=\"b\"} 1\nx_seconds_created{a=\"b\"} 1.7e9\n\
+                           x_seconds_createdness 2\n# EOF\n";
+        assert_eq!(
+            classic_text(openmetrics),
+            "# HELP x_seconds_total X.\n# TYPE x_seconds_total counter\n\
+             x_seconds_total{a=\"b\"} 1\nx_seconds_createdness 2\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_is_served_only_to_a_scraper_that_asks_for_it() {
+        use Format::{OpenMetrics, Prometheus};
+        for (accept, format) in [
+            (None, Prometheus),
+            (Some("*/*"), Prometheus),
+            (Some("text/plain"), Prometheus),
+            (Some("text/plain;version=0.0.4"), Prometheus),
+            (Some("application/json"), Prometheus),
+            // What Prometheus 2 sends.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                     version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                OpenMetrics,
+            ),
+            // What Prometheus 3 sends.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,\
+                     application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;\
+                     escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+                ),
+                OpenMetrics,
+            ),
+            // A scrape config that prefers the classic format.
+            (
+                Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"),
+                Prometheus,
+            ),
+            (Some("application/openmetrics-text;q=0"), Prometheus),
+            (Some("Application/OpenMetrics-Text; q=0.2"), OpenMetrics),
+            (Some("application/openmetrics-text;q=nonsense"), Prometheus),
+        ] {
+            assert_eq!(Format::negotiate(accept), format, "{accept:?}");
         }
     }
 }
