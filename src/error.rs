@@ -40,6 +40,9 @@ pub enum Kind {
     CheckWarning,
     /// `backup check` found backups missing or too old (Nagios CRITICAL).
     CheckCritical,
+    /// `backup check` could not judge: a job file it cannot read, an unknown
+    /// job, a bad flag (Nagios UNKNOWN).
+    CheckUnknown,
 }
 
 impl Kind {
@@ -60,6 +63,7 @@ impl Kind {
             // The monitoring-plugin convention, which `check` speaks.
             Kind::CheckWarning => 1,
             Kind::CheckCritical => 2,
+            Kind::CheckUnknown => 3,
             Kind::Interrupted => 130,
         }
     }

@@ -661,6 +661,223 @@ fn check_exit_codes_follow_the_nagios_convention() {
     );
 }
 
+/// One performance datum as the Nagios plugin guidelines write it:
+/// `'label'=value[UOM];[warn];[crit];[min];[max]`.
+#[derive(Debug)]
+struct PerfDatum {
+    label: String,
+    value: f64,
+    uom: String,
+    warn: Option<f64>,
+    crit: Option<f64>,
+}
+
+/// What a monitor reads from a plugin: its state, text and performance data.
+#[derive(Debug)]
+struct PluginOutput {
+    state: String,
+    text: String,
+    perf: Vec<PerfDatum>,
+}
+
+impl PluginOutput {
+    fn perf(&self, label: &str) -> Option<&PerfDatum> {
+        self.perf.iter().find(|p| p.label == label)
+    }
+}
+
+/// Reads `stdout` as Nagios reads a plugin's output, failing the test where
+/// it breaks the guidelines: exactly one line, `BACKUP STATE - text`, then
+/// optionally `|` and space-separated performance data.
+fn nagios(stdout: &str) -> PluginOutput {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "not exactly one line: {stdout:?}");
+    let (status, perfdata) = match lines[0].split_once('|') {
+        Some((status, perf)) => (status.trim_end(), Some(perf.trim())),
+        None => (lines[0], None),
+    };
+    let rest = status
+        .strip_prefix("BACKUP ")
+        .unwrap_or_else(|| panic!("no service name: {stdout:?}"));
+    let (state, text) = rest
+        .split_once(" - ")
+        .unwrap_or_else(|| panic!("no ' - ' after the state: {stdout:?}"));
+    assert!(
+        ["OK", "WARNING", "CRITICAL", "UNKNOWN"].contains(&state),
+        "{stdout:?}"
+    );
+    let mut perf = Vec::new();
+    let mut chars = perfdata.unwrap_or("").chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut label = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\'') if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                        label.push('\'');
+                    }
+                    Some('\'') => break,
+                    Some(c) => label.push(c),
+                    None => panic!("unterminated quoted label in {stdout:?}"),
+                }
+            }
+            assert_eq!(chars.next(), Some('='), "{stdout:?}");
+        } else {
+            for c in chars.by_ref() {
+                match c {
+                    '=' => break,
+                    ' ' | '\'' => panic!("a label with a space must be quoted: {stdout:?}"),
+                    c => label.push(c),
+                }
+            }
+        }
+        assert!(!label.is_empty(), "{stdout:?}");
+        let mut datum = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == ' ' {
+                break;
+            }
+            datum.push(c);
+            chars.next();
+        }
+        let fields: Vec<&str> = datum.split(';').collect();
+        assert!(fields.len() <= 5, "{datum} in {stdout:?}");
+        let number_end = fields[0]
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+            .unwrap_or(fields[0].len());
+        let (value, uom) = fields[0].split_at(number_end);
+        assert!(
+            ["", "s", "ms", "us", "%", "B", "KB", "MB", "TB", "c"].contains(&uom),
+            "unit {uom} in {stdout:?}"
+        );
+        let number = |f: Option<&&str>| -> Option<f64> {
+            f.filter(|f| !f.is_empty())
+                .map(|f| f.parse().unwrap_or_else(|_| panic!("{f} in {stdout:?}")))
+        };
+        perf.push(PerfDatum {
+            label,
+            value: value
+                .parse()
+                .unwrap_or_else(|_| panic!("value {value} in {stdout:?}")),
+            uom: uom.to_owned(),
+            warn: number(fields.get(1)),
+            crit: number(fields.get(2)),
+        });
+        number(fields.get(3));
+        number(fields.get(4));
+    }
+    PluginOutput {
+        state: state.to_owned(),
+        text: text.to_owned(),
+        perf,
+    }
+}
+
+/// `backup check ARGS` as a monitor runs it: the exit code and what it read.
+fn plugin(setup: &Setup, config: Option<&std::path::Path>, args: &[&str]) -> (i32, PluginOutput) {
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    let run = common::run_backup(config.unwrap_or(&setup.config), &all);
+    assert!((0..=3).contains(&run.code), "{}", run.all());
+    (run.code, nagios(&run.stdout))
+}
+
+#[test]
+fn check_is_a_nagios_plugin_one_line_with_perfdata_and_exit_0_to_3() {
+    let setup = Setup::new("", "schedule = \"0 3 * * *\"");
+    // Twice the daily interval: the threshold for CRITICAL.
+    let limit = 2.0 * 86_400.0;
+
+    let (code, out) = plugin(&setup, None, &["--job", "nightly"]);
+    assert_eq!((code, out.state.as_str()), (2, "CRITICAL"), "{out:?}");
+    assert!(out.text.contains("no complete backup"), "{out:?}");
+
+    assert!(setup.backup(&["run", "nightly"]).ok());
+    let (code, out) = plugin(&setup, None, &["--job", "nightly"]);
+    assert_eq!((code, out.state.as_str()), (0, "OK"), "{out:?}");
+    let age = out.perf("age").unwrap();
+    assert_eq!(
+        (age.uom.as_str(), age.warn, age.crit),
+        ("s", None, Some(limit))
+    );
+    assert!((0.0..600.0).contains(&age.value), "{out:?}");
+    let size = out.perf("size").unwrap();
+    assert_eq!(size.uom, "B");
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    let stored: u64 = setup.manifest(&id)["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["stored_size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(size.value, stored as f64, "{out:?}");
+    let duration = out.perf("duration").unwrap();
+    assert_eq!(duration.uom, "s");
+    assert!(duration.value > 0.0, "{out:?}");
+
+    // All jobs: every label names its job.
+    let (code, out) = plugin(&setup, None, &[]);
+    assert_eq!(code, 0, "{out:?}");
+    let labels: Vec<&str> = out.perf.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["nightly age", "nightly size", "nightly duration"]);
+
+    // The threshold given is the one shown.
+    let (code, out) = plugin(&setup, None, &["--job", "nightly", "--max-age", "0s"]);
+    assert_eq!((code, out.state.as_str()), (2, "CRITICAL"), "{out:?}");
+    assert_eq!(out.perf("age").unwrap().crit, Some(0.0), "{out:?}");
+
+    let good = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, good.replace("/app\"", "/missing\"")).unwrap();
+    assert_eq!(setup.backup(&["run", "nightly"]).code, 4);
+    std::fs::write(&setup.config, &good).unwrap();
+    let (code, out) = plugin(&setup, None, &["--job", "nightly"]);
+    assert_eq!((code, out.state.as_str()), (1, "WARNING"), "{out:?}");
+    assert!(out.text.contains("last run failed"), "{out:?}");
+
+    // A storage that cannot be read: no backup to count on, and why, in one line.
+    let blocked = setup.work.path().join("a-file");
+    std::fs::write(&blocked, "").unwrap();
+    let unreadable = setup.work.path().join("unreadable-storage.toml");
+    let backups = setup.backups.display().to_string();
+    std::fs::write(
+        &unreadable,
+        good.replace(&backups, &blocked.join("backups").display().to_string()),
+    )
+    .unwrap();
+    let (code, out) = plugin(&setup, Some(&unreadable), &["--job", "nightly"]);
+    assert_eq!((code, out.state.as_str()), (2, "CRITICAL"), "{out:?}");
+    assert!(out.text.contains("not a directory"), "{out:?}");
+
+    // UNKNOWN: whatever keeps check from judging.
+    let broken = setup.work.path().join("broken.toml");
+    std::fs::write(&broken, "[jobs.nightly\ntype = ").unwrap();
+    let missing = setup.work.path().join("missing.toml");
+    for (config, args, says) in [
+        (Some(&broken), &["--job", "nightly"][..], "broken.toml"),
+        (Some(&missing), &[][..], "missing.toml"),
+        (None, &["--job", "nope"][..], "no job named 'nope'"),
+        (None, &["--bogus"][..], "'--bogus'"),
+        (None, &["--max-age", "soon"][..], "'soon'"),
+    ] {
+        let (code, out) = plugin(&setup, config.map(|p| p.as_path()), args);
+        assert_eq!(
+            (code, out.state.as_str()),
+            (3, "UNKNOWN"),
+            "{args:?}: {out:?}"
+        );
+        assert!(out.text.contains(says), "{args:?}: {out:?}");
+        assert!(out.perf.is_empty(), "{out:?}");
+    }
+}
+
 /// A local HTTP receiver that answers 200 and keeps every request body.
 fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

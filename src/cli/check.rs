@@ -346,15 +346,54 @@ fn holds_backups(kind: &str) -> bool {
     matches!(kind, "backup" | "files")
 }
 
+/// One performance datum of the Nagios plugin guidelines:
+/// `'label'=value[UOM];[warn];[crit]`.
+#[derive(Debug, PartialEq)]
+struct Perf {
+    /// `age`, `size`, `duration`: prefixed with the job's name when several
+    /// jobs are checked.
+    what: &'static str,
+    value: String,
+    uom: &'static str,
+    warn: Option<i64>,
+    crit: Option<i64>,
+}
+
+impl Perf {
+    fn show(&self, job: Option<&str>) -> String {
+        let label = match job {
+            Some(job) => format!("{job} {}", self.what),
+            None => self.what.to_owned(),
+        };
+        // Quotes are needed around a label with spaces; a quote in it is doubled.
+        let label = if label.contains([' ', '\'', '=']) {
+            format!("'{}'", label.replace('\'', "''"))
+        } else {
+            label
+        };
+        let threshold = |t: Option<i64>| t.map_or(String::new(), |t| t.to_string());
+        let mut text = format!("{label}={}{}", self.value, self.uom);
+        if self.warn.is_some() || self.crit.is_some() {
+            text.push_str(&format!(
+                ";{};{}",
+                threshold(self.warn),
+                threshold(self.crit)
+            ));
+        }
+        text
+    }
+}
+
 /// Judges one job: stale or missing backups are CRITICAL, a failed last run
 /// is WARNING. For other jobs, whose lateness loses no data, a stale or
-/// missing success is WARNING.
+/// missing success is WARNING. Also returns the figures behind the verdict,
+/// with the thresholds it applied, as performance data.
 fn judge(
     job: &Job,
     s: &JobState,
     max_age: Option<SignedDuration>,
     now: Timestamp,
-) -> (Status, String) {
+) -> (Status, String, Vec<Perf>) {
     // --max-age is about backups; a monthly maintenance job goes by its schedule.
     let max_age = max_age.filter(|_| holds_backups(s.kind));
     let (limit, why) = match (
@@ -370,6 +409,14 @@ fn judge(
     };
     let mut status = Status::Ok;
     let mut notes = Vec::new();
+    let mut perf = Vec::new();
+    let age_perf = |old: SignedDuration, warn, crit| Perf {
+        what: "age",
+        value: old.as_secs().to_string(),
+        uom: "s",
+        warn,
+        crit,
+    };
     match &s.newest_backup {
         _ if !holds_backups(s.kind) => match &s.last_success {
             None => {
@@ -378,6 +425,7 @@ fn judge(
             }
             Some(r) => {
                 let old = now.duration_since(r.finished_at);
+                perf.push(age_perf(old, Some(limit.as_secs()), None));
                 if old > limit {
                     status = Status::Warning;
                     notes.push(format!(
@@ -396,6 +444,14 @@ fn judge(
         }
         Some(b) => {
             let old = now.duration_since(b.snapshot_at);
+            perf.push(age_perf(old, None, Some(limit.as_secs())));
+            perf.push(Perf {
+                what: "size",
+                value: b.stored_size.to_string(),
+                uom: "B",
+                warn: None,
+                crit: None,
+            });
             if old > limit {
                 status = Status::Critical;
                 notes.push(format!(
@@ -408,6 +464,15 @@ fn judge(
                 notes.push(format!("newest backup {} old", show_duration(old)));
             }
         }
+    }
+    if let Some(r) = &s.last_run {
+        perf.push(Perf {
+            what: "duration",
+            value: format!("{:.3}", r.duration_seconds),
+            uom: "s",
+            warn: None,
+            crit: None,
+        });
     }
     if let Some(r) = &s.last_run
         && r.outcome != "succeeded"
@@ -423,20 +488,39 @@ fn judge(
         status = status.max(Status::Warning);
         notes.push(s.problems.join("; "));
     }
-    (status, format!("{}: {}", job.name, notes.join(", ")))
+    (status, format!("{}: {}", job.name, notes.join(", ")), perf)
+}
+
+/// Text fit for the status line: one line, and no `|`, which would start
+/// the performance data.
+fn one_line(text: &str) -> String {
+    text.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "/")
 }
 
 pub async fn check(engine: &Engine, args: CheckArgs, json: bool) -> Result<()> {
     let now = engine.clock().now();
     let mut worst = Status::Ok;
     let mut lines = Vec::new();
+    let mut perfdata = Vec::new();
     let mut details = Vec::new();
+    // Labels name the job unless one was asked for: adding a job to the
+    // files then never renames the series a graph already has.
+    let label_job = args.job.is_none();
     for job in jobs(engine, args.job.as_deref())? {
         let state = state_of(engine, job, now).await;
-        let (status, line) = judge(job, &state, args.max_age, now);
+        let (status, line, perf) = judge(job, &state, args.max_age, now);
         worst = worst.max(status);
         details.push(json!({ "job": job.name, "status": status, "summary": line, "state": state }));
-        lines.push(line);
+        lines.push(one_line(&line));
+        perfdata.extend(
+            perf.iter()
+                .map(|p| p.show(label_job.then_some(job.name.as_str()))),
+        );
     }
     let word = match worst {
         Status::Ok => "OK",
@@ -445,13 +529,46 @@ pub async fn check(engine: &Engine, args: CheckArgs, json: bool) -> Result<()> {
     };
     if json {
         super::print_json(&json!({ "status": worst, "jobs": details }))?;
-    } else {
+    } else if perfdata.is_empty() {
         println!("BACKUP {word} - {}", lines.join("; "));
+    } else {
+        println!(
+            "BACKUP {word} - {} | {}",
+            lines.join("; "),
+            perfdata.join(" ")
+        );
     }
     match worst {
         Status::Ok => Ok(()),
         Status::Warning => Err(Error::new(Kind::CheckWarning, word).reported()),
         Status::Critical => Err(Error::new(Kind::CheckCritical, word).reported()),
+    }
+}
+
+/// `check` as a monitoring plugin: whatever kept it from judging (a job file
+/// it cannot read, an unknown job, a signal) is UNKNOWN, exit 3, with one
+/// status line on stdout like every other outcome. The error itself still
+/// goes to stderr, with its hint.
+pub fn unknown_unless_judged(result: Result<()>, json: bool) -> Result<()> {
+    match result {
+        Err(e) if !e.is_reported() => {
+            print_unknown(e.message(), json);
+            let unknown = Error::new(Kind::CheckUnknown, e.message());
+            Err(match e.hint() {
+                Some(hint) => unknown.with_hint(hint),
+                None => unknown,
+            })
+        }
+        other => other,
+    }
+}
+
+/// The UNKNOWN status line (or JSON document) on stdout.
+pub fn print_unknown(why: &str, json: bool) {
+    if json {
+        let _ = super::print_json(&json!({ "status": "UNKNOWN", "error": why }));
+    } else {
+        println!("BACKUP UNKNOWN - {}", one_line(why));
     }
 }
 
@@ -527,5 +644,35 @@ mod tests {
         assert_eq!(growth(&refs[..1]), None);
         let twins = [&history[0], &history[0]];
         assert_eq!(growth(&twins), None);
+    }
+
+    #[test]
+    fn perfdata_follows_the_plugin_guidelines() {
+        let age = Perf {
+            what: "age",
+            value: "3600".into(),
+            uom: "s",
+            warn: None,
+            crit: Some(172_800),
+        };
+        assert_eq!(age.show(None), "age=3600s;;172800");
+        assert_eq!(age.show(Some("nightly")), "'nightly age'=3600s;;172800");
+        let size = Perf {
+            what: "size",
+            value: "1234".into(),
+            uom: "B",
+            warn: None,
+            crit: None,
+        };
+        assert_eq!(size.show(Some("db.nightly-2")), "'db.nightly-2 size'=1234B");
+        assert_eq!(size.show(None), "size=1234B");
+    }
+
+    #[test]
+    fn the_status_text_is_one_line_without_a_pipe() {
+        assert_eq!(
+            one_line("storage s3: listing failed:\n  500 | internal\r\n"),
+            "storage s3: listing failed: 500 / internal"
+        );
     }
 }

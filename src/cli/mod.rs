@@ -73,7 +73,8 @@ enum Command {
     Daemon(daemon::Args),
     /// Jobs, their last and next runs, newest backups.
     Status(check::StatusArgs),
-    /// For monitors: exit 0 OK, 1 WARNING, 2 CRITICAL, with one summary line.
+    /// For monitors (a Nagios plugin): one line with performance data; exit 0 OK,
+    /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Check(check::CheckArgs),
     /// Work with the configuration.
     #[command(subcommand)]
@@ -84,16 +85,25 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(cli.log_format);
+    // `check` speaks the monitoring-plugin convention whatever happens.
+    let plugin = matches!(cli.command, Command::Check(_)).then_some(cli.json);
+    let as_plugin = |result| match plugin {
+        Some(json) => check::unknown_unless_judged(result, json),
+        None => result,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            crate::report::print_error(&Error::internal(format!("cannot start the runtime: {e}")));
-            return ExitCode::from(crate::error::Kind::Internal.exit_code());
+            let e = Error::internal(format!("cannot start the runtime: {e}"));
+            return exit_with(as_plugin(Err(e)));
         }
     };
     let (left_behind, what_to_do) = cli.command.left_behind();
@@ -149,6 +159,10 @@ pub fn main() -> ExitCode {
     });
     // A blocking task may still be feeding a child that was told to stop.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    exit_with(as_plugin(result))
+}
+
+fn exit_with(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -158,6 +172,35 @@ pub fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A command line clap cannot parse: clap's usage message and exit 2, except
+/// for `check`, whose monitors take exit 2 for CRITICAL: there it is UNKNOWN,
+/// exit 3, with one status line on stdout (and clap's message on stderr).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    // The same arguments read leniently say which subcommand they were for.
+    let lenient = Cli::command().ignore_errors(true).try_get_matches();
+    let Some(matches) = lenient
+        .ok()
+        .filter(|m| m.subcommand_name() == Some("check"))
+    else {
+        e.exit();
+    };
+    let json = matches!(matches.try_get_one::<bool>("json"), Ok(Some(true)));
+    let rendered = e.render().to_string();
+    let why = rendered
+        .lines()
+        .next()
+        .unwrap_or("the command line could not be understood");
+    let why = why.strip_prefix("error: ").unwrap_or(why);
+    check::print_unknown(&format!("{why} (see backup check --help)"), json);
+    eprint!("{rendered}");
+    ExitCode::from(crate::error::Kind::CheckUnknown.exit_code())
 }
 
 /// How long the process waits at exit for unfinished uploads to be aborted.
