@@ -538,6 +538,68 @@ fn an_unknown_key_in_a_job_file_names_the_key_file_and_line() {
     assert_eq!(run.code, 3, "{}", run.all());
 }
 
+/// `backup --config CONFIG config check`, killed (and the test failed) if it
+/// has not exited within 5 s: a read that never ends must not hang the suite
+/// (nor, reading /dev/zero, take the memory of the machine).
+fn config_check_within_limit(config: &Path) -> common::Run {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_backup"))
+        .arg("--config")
+        .arg(config)
+        .args(["config", "check"])
+        .env_remove("BACKUP_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("config check of {} did not return", config.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    common::Run::from(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn a_job_file_that_is_a_device_a_fifo_or_over_1_mib_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // A comment is valid TOML: only its size is wrong.
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, "#".repeat(2 << 20)).unwrap();
+    let holds_fifo = dir.path().join("with-fifo");
+    std::fs::create_dir(&holds_fifo).unwrap();
+    std::fs::write(holds_fifo.join("a.toml"), "timezone = \"UTC\"\n").unwrap();
+    let c_path = std::ffi::CString::new(holds_fifo.join("b.toml").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let holds_big = dir.path().join("with-big");
+    std::fs::create_dir(&holds_big).unwrap();
+    std::fs::copy(&big, holds_big.join("big.toml")).unwrap();
+    for (config, names, says) in [
+        (
+            Path::new("/dev/zero"),
+            Path::new("/dev/zero"),
+            "is a device",
+        ),
+        (&fifo, &fifo, "is a FIFO"),
+        (&big, &big, "is larger than"),
+        (&holds_fifo, &holds_fifo.join("b.toml"), "is a FIFO"),
+        (&holds_big, &holds_big.join("big.toml"), "is larger than"),
+    ] {
+        let run = config_check_within_limit(config);
+        assert_eq!(run.code, 3, "{}", run.all());
+        let expected = format!("error: {}: {says}", names.display());
+        assert!(run.stderr.starts_with(&expected), "{}", run.all());
+        assert!(run.stderr.contains("\nhint: "), "{}", run.all());
+    }
+}
+
 #[test]
 fn the_example_job_file_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/example.toml");

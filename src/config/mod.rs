@@ -224,8 +224,7 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
     let files = config_files(path)?;
     let mut sources = Vec::with_capacity(files.len());
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| Error::io(crate::error::Kind::Config, file.display(), e))?;
+        let text = read_job_file(&file)?;
         sources.push(Source { path: file, text });
     }
     let parsed = sources
@@ -233,6 +232,67 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
         .map(|s| parse(s).map(|raw| (s, raw)))
         .collect::<Result<Vec<_>>>()?;
     validate(parsed, &|name| std::env::var(name).ok())
+}
+
+/// The most a job file may hold: real ones are a few KiB, and a bound keeps a
+/// wrong `--config` (`/dev/zero`, a log file) from eating the memory.
+const MAX_JOB_FILE: u64 = 1 << 20;
+
+/// The text of one job file, which must be a regular file of at most
+/// [`MAX_JOB_FILE`] bytes: a device or a FIFO would never end, or block.
+fn read_job_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let io_error = |e| Error::io(crate::error::Kind::Config, path.display(), e);
+    let hint = "--config takes a job file (a regular file of at most 1 MiB) or a directory of them";
+    // Opening a FIFO would wait for a writer: no waiting, and the type is
+    // checked on what was opened, so a swap after a check changes nothing.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_error)?;
+    let meta = file.metadata().map_err(io_error)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "something other than a regular file"
+        };
+        return Err(
+            Error::config(format!("{}: is {what}, not a job file", path.display())).with_hint(hint),
+        );
+    }
+    let too_big = || {
+        Error::config(format!(
+            "{}: is larger than the 1 MiB a job file may hold",
+            path.display()
+        ))
+        .with_hint(hint)
+    };
+    if meta.len() > MAX_JOB_FILE {
+        return Err(too_big());
+    }
+    // It may grow after the check: read one byte past the limit, no more.
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(MAX_JOB_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 > MAX_JOB_FILE {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        Error::config(format!("{}: is not UTF-8 text", path.display()))
+            .with_hint("a job file is TOML, which is UTF-8")
+    })
 }
 
 /// A file is itself; a directory is every `*.toml` in it, in name order.
@@ -251,7 +311,8 @@ fn config_files(path: &Path) -> Result<Vec<PathBuf>> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(crate::error::Kind::Config, path.display(), e))?;
         let p = entry.path();
-        if p.extension().is_some_and(|e| e == "toml") && p.is_file() {
+        // Whatever its type: one that is not a job file is an error, not skipped.
+        if p.extension().is_some_and(|e| e == "toml") {
             files.push(p);
         }
     }
