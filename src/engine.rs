@@ -277,7 +277,7 @@ impl Engine {
         };
         match self.run(request).await? {
             RunEnd::Done(done) => done.result,
-            RunEnd::Elsewhere(reason) => Err(Error::refused(format!("job {name}: {reason}"))
+            RunEnd::Elsewhere(reason) => Err(Error::refused(reason)
                 .with_hint("wait for that run to finish; `backup status` shows the last runs")),
         }
     }

@@ -155,8 +155,28 @@ impl Error {
     }
 
     /// Prefixes the message with context, keeping kind, hint and cause.
+    /// What the message already begins with is not said twice: a storage's
+    /// errors name the storage, so `job nightly: storage disk` before
+    /// `storage disk: reading x` gives `job nightly: storage disk: reading x`.
     pub fn context(mut self, context: impl fmt::Display) -> Self {
-        self.message = format!("{context}: {}", self.message);
+        let context = context.to_string();
+        // The context's tails at each ": ", longest first, then none.
+        let tails = std::iter::once(context.as_str())
+            .chain(context.match_indices(": ").map(|(i, _)| &context[i + 2..]));
+        let said = tails
+            .filter(|tail| !tail.is_empty())
+            .find(|tail| {
+                self.message
+                    .strip_prefix(tail)
+                    .is_some_and(|rest| rest.starts_with(": "))
+            })
+            .map_or(0, str::len);
+        let head = &context[..context.len() - said];
+        self.message = if said == 0 {
+            format!("{context}: {}", self.message)
+        } else {
+            format!("{head}{}", self.message)
+        };
         self
     }
 
@@ -272,5 +292,30 @@ mod tests {
         let e = Error::io(Kind::Storage, "/backups/x", err);
         assert_eq!(e.message(), "/backups/x: no space left on device");
         assert!(e.hint().is_some());
+    }
+
+    #[test]
+    fn context_names_each_thing_once() {
+        let e = Error::storage("storage disk: /b/x: not a directory");
+        assert_eq!(
+            e.context("job nightly: storage disk").message(),
+            "job nightly: storage disk: /b/x: not a directory"
+        );
+        let e = Error::not_found("job fs: reading directory /x: no such file or directory");
+        assert_eq!(
+            e.context("job fs").message(),
+            "job fs: reading directory /x: no such file or directory"
+        );
+        // Only whole names count: `storage d` is not `storage disk`.
+        let e = Error::storage("storage disk: full");
+        assert_eq!(
+            e.context("storage d").message(),
+            "storage d: storage disk: full"
+        );
+        let e = Error::storage("reading x: gone");
+        assert_eq!(
+            e.context("job a: storage disk").message(),
+            "job a: storage disk: reading x: gone"
+        );
     }
 }

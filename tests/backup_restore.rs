@@ -601,6 +601,91 @@ fn a_job_file_that_is_a_device_a_fifo_or_over_1_mib_fails_at_once() {
 }
 
 #[test]
+fn a_failed_files_job_names_the_job_and_the_storage_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let backups = dir.path().join("backups");
+    let config = dir.path().join("fs.toml");
+    let job_file = |storage: &Path, source: &Path| {
+        format!(
+            "timezone = \"UTC\"\n[storages.disk]\ntype = \"local\"\npath = \"{}\"\n\n\
+             [jobs.fs]\ntype = \"files\"\npath = \"{}\"\nstorages = [\"disk\"]\n",
+            storage.display(),
+            source.display()
+        )
+    };
+    std::fs::write(&config, job_file(&backups, &missing)).unwrap();
+    let errors = |run: &common::Run| -> Vec<String> {
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let run = common::run_backup(&config, &["run", "fs"]);
+    assert_eq!(run.code, 7, "{}", run.all());
+    assert_eq!(
+        errors(&run),
+        [format!(
+            "error: job fs: reading directory {}: no such file or directory",
+            missing.display()
+        )],
+        "{}",
+        run.all()
+    );
+    // The run record is the job's own: it does not name the job again.
+    let reports = backups.join("fs").join("reports");
+    let record = std::fs::read_dir(&reports)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record.path()).unwrap()).unwrap();
+    assert_eq!(
+        record["error"],
+        format!(
+            "reading directory {}: no such file or directory",
+            missing.display()
+        )
+    );
+
+    // A storage that fails names itself, and is named once.
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, "").unwrap();
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("a.txt"), "a").unwrap();
+    std::fs::write(&config, job_file(&blocked.join("backups"), source.path())).unwrap();
+    let run = common::run_backup(&config, &["run", "fs"]);
+    assert_eq!(run.code, 5, "{}", run.all());
+    let said = errors(&run);
+    assert_eq!(said.len(), 1, "{}", run.all());
+    let expected = format!(
+        "error: job fs: storage disk: {}/backups/fs/",
+        blocked.display()
+    );
+    assert!(said[0].starts_with(&expected), "{}", run.all());
+    assert!(said[0].ends_with(": not a directory"), "{}", run.all());
+
+    // Prune wraps the storage's error, which names the storage already.
+    let with_retention =
+        job_file(&blocked.join("backups"), source.path()) + "retention = { keep_last = 2 }\n";
+    std::fs::write(&config, with_retention).unwrap();
+    let run = common::run_backup(&config, &["prune"]);
+    assert_eq!(run.code, 5, "{}", run.all());
+    assert_eq!(
+        errors(&run),
+        [format!(
+            "error: job fs: storage disk: {}/backups/fs: not a directory",
+            blocked.display()
+        )],
+        "{}",
+        run.all()
+    );
+}
+
+#[test]
 fn the_example_job_file_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/example.toml");
     let run = common::run_backup_with(

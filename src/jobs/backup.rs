@@ -150,7 +150,7 @@ pub async fn run(
         directory: None,
         tree: None,
     };
-    conclude(job, &healthy, &prefix, manifest, failed).await
+    conclude(&healthy, &prefix, manifest, failed).await
 }
 
 /// The storages not in `failed`.
@@ -168,7 +168,6 @@ pub(super) fn without_failed(
 /// Publishes the manifest where every object arrived: the backup exists
 /// once one storage holds it whole, and fails when none does.
 pub(super) async fn conclude(
-    job: &Job,
     healthy: &[Arc<dyn Storage>],
     prefix: &Key,
     manifest: Manifest,
@@ -182,10 +181,7 @@ pub(super) async fn conclude(
                 Error::internal("no storage took the backup and none failed"),
             )
         });
-        return Err(e.context(format!(
-            "job {}: backup failed in storage {storage}",
-            job.name
-        )));
+        return Err(e.context(format!("backup failed in storage {storage}")));
     }
     Ok(BackupOutcome {
         manifest,
@@ -244,7 +240,7 @@ pub(super) async fn unused_id(
         }
     }
     Err(Error::internal(format!(
-        "job {job}: 1000 backups started in the same second"
+        "1000 backups of job {job} started in the same second"
     )))
 }
 

@@ -38,12 +38,12 @@ pub async fn run(
     match tokio::fs::metadata(dir).await {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
-            return Err(Error::config(format!(
-                "job {}: path {} is not a directory",
-                job.name,
-                dir.display()
-            ))
-            .with_hint("a files job's `path` names the directory to back up"));
+            // The caller names the job: `backup run` ("job fs: ..."), the
+            // run record and its log line (both the job's own).
+            return Err(
+                Error::config(format!("path {} is not a directory", dir.display()))
+                    .with_hint("a files job's `path` names the directory to back up"),
+            );
         }
         Err(e) => {
             let kind = if e.kind() == std::io::ErrorKind::NotFound {
@@ -53,7 +53,7 @@ pub async fn run(
             };
             return Err(Error::io(
                 kind,
-                format!("job {}: reading directory {}", job.name, dir.display()),
+                format!("reading directory {}", dir.display()),
                 e,
             )
             .with_hint("check the job's `path`, that its volume is mounted on this host, and that the user running backup may read it"));
@@ -96,13 +96,8 @@ pub async fn run(
     )
     .await;
     progress.end();
-    let (digest, deliveries) = stored.map_err(|e| {
-        e.context(format!(
-            "job {}: backing up directory {}",
-            job.name,
-            dir.display()
-        ))
-    })?;
+    let (digest, deliveries) =
+        stored.map_err(|e| e.context(format!("backing up directory {}", dir.display())))?;
     let packed = packed.ok_or_else(|| Error::internal("the tree's walk left no summary"))?;
     let healthy = backup::keep_delivered(&storages, deliveries, &mut failed);
 
@@ -156,7 +151,7 @@ pub async fn run(
         directory: Some(dir.display().to_string()),
         tree: Some(packed),
     };
-    backup::conclude(job, &healthy, &prefix, manifest, failed).await
+    backup::conclude(&healthy, &prefix, manifest, failed).await
 }
 
 /// Everything a restore into a directory will do, decided before anything

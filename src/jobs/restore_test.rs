@@ -160,9 +160,9 @@ pub async fn plan(
         Some(Some(comment)) if comment == marker(&job.name) => {}
         Some(_) => {
             return Err(Error::refused(format!(
-                "job {}: database {scratch} exists on the server of [databases.{}] and is not a \
+                "database {scratch} exists on the server of [databases.{}] and is not a \
                  scratch database of this job; nothing was changed",
-                job.name, spec.target.name
+                spec.target.name
             ))
             .with_hint(
                 "a restore test only ever drops databases it created: set scratch_database to a \
