@@ -229,6 +229,25 @@ pub struct ListedBackup {
     pub tested: Option<Timestamp>,
 }
 
+/// What a run of a job of `kind` leaves when a signal stops it: said in its
+/// run record and by `backup run`.
+pub fn stopped(kind: &JobKind) -> &'static str {
+    match kind {
+        JobKind::Backup(_) => {
+            "the backup in progress has no manifest, so it is never listed or restored"
+        }
+        JobKind::Maintenance(_) => "the statement running was cancelled; the next run plans again",
+        JobKind::Prune(_) => {
+            "a backup being deleted lost its manifest first, so none is listed half-deleted; \
+             the next run finishes"
+        }
+        JobKind::RestoreTest(_) => {
+            "pg_restore was stopped and the scratch database is being dropped; the next run \
+             drops it if it is left"
+        }
+    }
+}
+
 impl Engine {
     pub fn new(config: Config, clock: Arc<dyn Clock>, progress: Arc<dyn Progress>) -> Self {
         Engine {
@@ -331,27 +350,12 @@ impl Engine {
         let mut lock = None;
         let journal = maintenance::Journal::default();
         let attempts = self.attempts(job, &storages, &request, &mut record, &mut lock, &journal);
-        let stopped = match &job.kind {
-            JobKind::Backup(_) => {
-                "stopped by SIGTERM or SIGINT: the backup in progress has no manifest, \
-                 so it is never listed or restored"
-            }
-            JobKind::Maintenance(_) => {
-                "stopped by SIGTERM or SIGINT: the statement running was cancelled; \
-                 the next run plans again"
-            }
-            JobKind::Prune(_) => {
-                "stopped by SIGTERM or SIGINT: a backup being deleted lost its manifest \
-                 first, so none is listed half-deleted; the next run finishes"
-            }
-            JobKind::RestoreTest(_) => {
-                "stopped by SIGTERM or SIGINT: pg_restore was stopped and the scratch \
-                 database is being dropped; the next run drops it if it is left"
-            }
-        };
         let result = tokio::select! {
             result = within(job.policy.timeout, attempts) => result,
-            () = request.cancel.cancelled() => Err(Error::interrupted(stopped)),
+            () = request.cancel.cancelled() => Err(Error::interrupted(format!(
+                "stopped by SIGTERM or SIGINT: {}",
+                stopped(&job.kind)
+            ))),
         };
         let result = match result {
             Ok(Step::Elsewhere(reason)) => {

@@ -1318,6 +1318,42 @@ fn an_interrupted_backup_run_stops_pg_dump_and_records_it() {
 }
 
 #[test]
+fn a_sigterm_during_a_backup_run_says_the_backup_was_stopped_not_maintenance() {
+    let setup = Setup::new("", "");
+    let lock = setup.cluster.hold_lock("app", "app.users");
+    let child = setup.spawn_backup_with(&["run", "nightly"], &[]);
+    wait_for(
+        "the dump to wait on the lock",
+        Duration::from_secs(30),
+        || dumps(&setup) == 1,
+    );
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let run = common::Run::from(child.wait_with_output().unwrap());
+    lock.release();
+    assert_eq!(run.code, 130, "{}", run.all());
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "error: SIGTERM received: job nightly: the backup in progress has no manifest, \
+          so it is never listed or restored"
+        ],
+        "{}",
+        run.all()
+    );
+    assert!(!run.all().contains("maintenance"), "{}", run.all());
+    assert!(
+        run.stderr.contains("hint: run the job again"),
+        "{}",
+        run.all()
+    );
+}
+
+#[test]
 fn a_run_whose_lock_session_dies_stops_and_is_retried_under_a_new_lock() {
     let setup = Setup::new("", "retries = 1\nretry_delay = \"100ms\"");
     let table = setup.cluster.hold_lock("app", "app.users");

@@ -111,12 +111,18 @@ pub fn main() -> ExitCode {
     // `run` and `drill` stop themselves when told: a run record says the run
     // was interrupted, and a drill tears its throwaway cluster down.
     let stops_itself = matches!(cli.command, Command::Run(_) | Command::Drill(_));
+    // `run` knows what it stopped: the kind of the job that was running.
+    let says_what_stopped = matches!(cli.command, Command::Run(_));
     let result = runtime.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
         // Listening starts before the command does: a signal that arrived
         // before the first poll of a lazily made listener would kill the
         // process with the default action, cleaning nothing up.
-        let signals = if is_daemon { None } else { Some(Signals::listen()) };
+        let signals = if is_daemon {
+            None
+        } else {
+            Some(Signals::listen())
+        };
         let work = dispatch(cli, cancel.clone());
         tokio::pin!(work);
         // The daemon has its own signal handling: SIGTERM is how it is stopped.
@@ -125,17 +131,30 @@ pub fn main() -> ExitCode {
             Some(signals) => tokio::select! {
                 result = &mut work => result,
                 signal = signals.first() => {
+                    let mut stopped = None;
                     if stops_itself {
                         cancel.cancel();
-                        if tokio::time::timeout(STOP_LIMIT, &mut work).await.is_err() {
-                            tracing::warn!("the run did not stop in time; no run record was written");
+                        match tokio::time::timeout(STOP_LIMIT, &mut work).await {
+                            Err(_) => tracing::warn!(
+                                "the run did not stop in time; no run record was written"
+                            ),
+                            Ok(Err(e))
+                                if says_what_stopped
+                                    && e.kind() == crate::error::Kind::Interrupted =>
+                            {
+                                stopped = Some(e.message().to_owned());
+                            }
+                            Ok(_) => {}
                         }
                     }
                     // Otherwise dropping the command's future drops its writers,
                     // which abort their uploads as clean-ups waited for below.
                     Err(match signal {
-                        Ok(name) => Error::interrupted(format!("{name} received: {left_behind}"))
-                            .with_hint(what_to_do),
+                        Ok(name) => Error::interrupted(format!(
+                            "{name} received: {}",
+                            stopped.unwrap_or(left_behind)
+                        ))
+                        .with_hint(what_to_do),
                         Err(e) => e,
                     })
                 }
@@ -240,10 +259,11 @@ impl Command {
     /// What an interruption of this command leaves, and what to do about it.
     fn left_behind(&self) -> (String, String) {
         match self {
+            // Said when the run did not stop within the limit; otherwise
+            // the run says what its job's kind left (`engine::stopped`).
             Command::Run(_) => (
-                "the job in progress was stopped: a backup has no manifest, so it is never \
-                 listed or restored, and its unfinished uploads were aborted; a maintenance \
-                 statement was cancelled"
+                "the job in progress was stopped before it finished; its unfinished uploads \
+                 were aborted"
                     .to_owned(),
                 "run the job again".to_owned(),
             ),

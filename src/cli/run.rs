@@ -311,8 +311,11 @@ pub async fn run(
                     )));
                 }
             }
-            // Said once, with what it left behind, by the caller.
-            Err(e) if e.kind() == crate::error::Kind::Interrupted => return Err(e.reported()),
+            // Said once, by the caller: what this job's kind leaves when stopped.
+            Err(e) if e.kind() == crate::error::Kind::Interrupted => {
+                let stopped = crate::engine::stopped(&job.kind);
+                return Err(Error::interrupted(format!("job {name}: {stopped}")).reported());
+            }
             Err(e) => report.failed(name, e),
         }
     }
