@@ -601,6 +601,21 @@ fn a_job_file_that_is_a_device_a_fifo_or_over_1_mib_fails_at_once() {
 }
 
 #[test]
+fn an_empty_job_file_is_an_error_not_zero_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("backup.toml");
+    std::fs::write(&empty, "").unwrap();
+    let run = common::run_backup(&empty, &["config", "check"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(!run.stdout.contains("configuration OK"), "{}", run.all());
+    let expected = format!(
+        "error: {}: declares no job, database or storage\n",
+        empty.display()
+    );
+    assert!(run.stderr.starts_with(&expected), "{}", run.all());
+}
+
+#[test]
 fn a_failed_files_job_names_the_job_and_the_storage_once() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing");

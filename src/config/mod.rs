@@ -222,6 +222,7 @@ impl Source {
 pub fn load(path: Option<&Path>) -> Result<Config> {
     let path = path.unwrap_or(Path::new(DEFAULT_PATH));
     let files = config_files(path)?;
+    let is_dir = path.is_dir();
     let mut sources = Vec::with_capacity(files.len());
     for file in files {
         let text = read_job_file(&file)?;
@@ -231,7 +232,19 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
         .iter()
         .map(|s| parse(s).map(|raw| (s, raw)))
         .collect::<Result<Vec<_>>>()?;
-    validate(parsed, &|name| std::env::var(name).ok())
+    let config = validate(parsed, &|name| std::env::var(name).ok())?;
+    // Files of shared databases and storages are fine in a directory, but
+    // one of them must run something: else every command has nothing to do.
+    if is_dir && config.jobs.is_empty() {
+        return Err(Error::config(format!(
+            "{}: its *.toml files declare no job",
+            path.display()
+        ))
+        .with_hint(
+            "add a [jobs.NAME] table to one of them; see the job file format in README.md",
+        ));
+    }
+    Ok(config)
 }
 
 /// The most a job file may hold: real ones are a few KiB, and a bound keeps a
@@ -349,6 +362,21 @@ type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn validate(mut files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config> {
     for (source, raw) in files.iter_mut() {
+        // An empty file (or a truncated one) must not pass as "OK: 0 jobs".
+        if raw.jobs.is_empty()
+            && raw.databases.is_empty()
+            && raw.storages.is_empty()
+            && raw.notifications.is_empty()
+            && raw.daemon.is_none()
+        {
+            return Err(Error::config(format!(
+                "{}: declares no job, database or storage",
+                source.path.display()
+            ))
+            .with_hint(
+                "a job file declares [jobs.NAME] tables; see the job file format in README.md",
+            ));
+        }
         expand::locations(source, raw, env)?;
     }
     let mut config = Config::default();
@@ -400,6 +428,19 @@ fn validate(mut files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config
                     .with_hint(
                         "use letters, digits, '-', '_' and '.', starting with a letter or digit",
                     ));
+            }
+            if name.len() > MAX_JOB_NAME {
+                let start: String = name.chars().take(20).collect();
+                return Err(source
+                    .error(
+                        job,
+                        format!(
+                            "[jobs.{start}...]: a job name may be at most {MAX_JOB_NAME} \
+                             characters, and this one has {}",
+                            name.len()
+                        ),
+                    )
+                    .with_hint("choose a shorter name"));
             }
             let job = validate_job(source, name, job, timezone.clone(), &config, &reports, env)?;
             config.jobs.insert(name.clone(), job);
@@ -1313,6 +1354,12 @@ fn validate_compression(source: &Source, name: &str, job: &RawJob) -> Result<Com
     }
 }
 
+/// The longest job name: PostgreSQL's longest identifier (63 bytes), so a
+/// name derived from a job's (a scratch database, a role) can hold it whole;
+/// it is also a DNS label's limit, and far within a storage key's segment
+/// (255 bytes on local disks, 1024 for a whole S3 or Azure key).
+const MAX_JOB_NAME: usize = MAX_IDENTIFIER;
+
 fn is_job_name(name: &str) -> bool {
     name.chars()
         .next()
@@ -2125,5 +2172,165 @@ block_size = "4 MiB"
             assert!(err.contains(expect), "{from} -> {to}: {err}");
             assert!(!err.contains("storage-s3cret"), "{err}");
         }
+    }
+
+    /// The line of `text` that holds `needle`.
+    fn line_of(text: &str, needle: &str) -> usize {
+        text[..text.find(needle).unwrap()].matches('\n').count() + 1
+    }
+
+    #[test]
+    fn bucket_container_and_endpoint_the_service_would_refuse_are_config_errors() {
+        let bad = [
+            (
+                "bucket = \"backups\"",
+                "bucket = \"\"",
+                "bucket '' is not valid: it must be 3 to 63",
+            ),
+            (
+                "bucket = \"backups\"",
+                "bucket = \"..\"",
+                "bucket '..' is not valid",
+            ),
+            ("bucket = \"backups\"", "bucket = \"a..b\"", "two dots"),
+            (
+                "bucket = \"backups\"",
+                "bucket = \"Backups\"",
+                "only lowercase",
+            ),
+            (
+                "bucket = \"backups\"",
+                "bucket = \"my_backups\"",
+                "only lowercase",
+            ),
+            (
+                "bucket = \"backups\"",
+                "bucket = \"-backups\"",
+                "start and end",
+            ),
+            (
+                "bucket = \"backups\"",
+                "bucket = \"192.168.5.4\"",
+                "IP address",
+            ),
+            (
+                "container = \"database-backups\"",
+                "container = \"\"",
+                "container '' is not valid",
+            ),
+            (
+                "container = \"database-backups\"",
+                "container = \"db.backups\"",
+                "only lowercase",
+            ),
+            (
+                "container = \"database-backups\"",
+                "container = \"db--backups\"",
+                "two hyphens",
+            ),
+            (
+                "container = \"database-backups\"",
+                "container = \"db-\"",
+                "start and end",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:9000/\"",
+                "endpoint = \"http://[::1\"",
+                "endpoint 'http://[::1' is not a valid URL: invalid IPv6 address",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:9000/\"",
+                "endpoint = \"http://:9000\"",
+                "endpoint 'http://:9000' is not a valid URL",
+            ),
+        ];
+        for (from, to, expect) in bad {
+            let text = with_remote("").replace(from, to);
+            let line = line_of(&text, to);
+            let err = error_of(&text);
+            let section = if to.starts_with("container") {
+                "blob"
+            } else {
+                "s3"
+            };
+            let head = format!("jobs/app.toml:{line}: [storages.{section}] ");
+            assert!(err.starts_with(&head), "{to}: {err}");
+            assert!(err.contains(expect), "{to}: {err}");
+            assert!(err.contains("\nhint: "), "{to}: {err}");
+        }
+        let long = format!("bucket = \"{}\"", "b".repeat(64));
+        assert!(
+            error_of(&with_remote("").replace("bucket = \"backups\"", &long)).contains("3 to 63")
+        );
+        for (from, to) in [
+            ("bucket = \"backups\"", "bucket = \"my.backups-2026\""),
+            (
+                "bucket = \"backups\"",
+                format!("bucket = \"{}\"", "b".repeat(63)).as_str(),
+            ),
+            (
+                "container = \"database-backups\"",
+                "container = \"db-backups-2\"",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:9000/\"",
+                "endpoint = \"http://[::1]:9000\"",
+            ),
+            (
+                "endpoint = \"http://127.0.0.1:9000/\"",
+                "endpoint = \"https://minio.internal\"",
+            ),
+        ] {
+            let text = with_remote("").replace(from, to);
+            assert!(check(&text).is_ok(), "{to}: {:?}", check(&text).err());
+        }
+    }
+
+    #[test]
+    fn a_job_name_longer_than_a_postgresql_identifier_is_refused() {
+        let long = "n".repeat(300);
+        let text = GOOD.replace("[jobs.nightly]", &format!("[jobs.{long}]"));
+        let err = error_of(&text);
+        let line = line_of(&text, "[jobs.");
+        assert!(
+            err.starts_with(&format!("jobs/app.toml:{line}: [jobs.{}...]: a job name may be at most 63 characters, and this one has 300", "n".repeat(20))),
+            "{err}"
+        );
+        let fits = "n".repeat(63);
+        assert!(check(&GOOD.replace("[jobs.nightly]", &format!("[jobs.{fits}]"))).is_ok());
+    }
+
+    #[test]
+    fn a_file_that_declares_nothing_is_an_error() {
+        for text in ["", "\n# nothing yet\n", "timezone = \"UTC\"\n"] {
+            let err = error_of(text);
+            assert!(
+                err.starts_with("jobs/app.toml: declares no job, database or storage"),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_directory_whose_files_declare_no_job_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = "[storages.disk]\ntype = \"local\"\npath = \"/var/backups/app\"\n";
+        std::fs::write(dir.path().join("storages.toml"), shared).unwrap();
+        let err = load(Some(dir.path())).unwrap_err();
+        assert_eq!(
+            err.message(),
+            format!("{}: its *.toml files declare no job", dir.path().display())
+        );
+        assert_eq!(err.kind(), crate::error::Kind::Config);
+        // One file of them empty: named.
+        std::fs::write(dir.path().join("empty.toml"), "").unwrap();
+        let err = load(Some(dir.path())).unwrap_err();
+        assert_eq!(
+            err.message(),
+            format!(
+                "{}: declares no job, database or storage",
+                dir.path().join("empty.toml").display()
+            )
+        );
     }
 }

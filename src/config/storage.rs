@@ -360,9 +360,102 @@ impl Validator<'_> {
                 )
                 .with_hint("write the scheme too, e.g. \"http://127.0.0.1:9000\""));
         }
+        // Else the first request would fail, long after `config check` passed.
+        let problem = match reqwest::Url::parse(text) {
+            Ok(url) if url.host_str().is_some_and(|h| !h.is_empty()) => None,
+            Ok(_) => Some("it names no host".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(problem) = problem {
+            return Err(self
+                .error(
+                    endpoint,
+                    format!(
+                        "endpoint '{}' is not a valid URL: {problem}",
+                        endpoint.get_ref()
+                    ),
+                )
+                .with_hint(
+                    "write scheme, host and port, e.g. \"http://127.0.0.1:9000\" or \"http://[::1]:9000\"",
+                ));
+        }
         Ok(Some(text.to_owned()))
     }
+
+    /// A bucket or container name that the service would refuse, refused
+    /// here with the service's rule.
+    fn name(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        problem: fn(&str) -> Option<&'static str>,
+        rule: &str,
+    ) -> Result<String> {
+        let name = value.get_ref();
+        match problem(name) {
+            None => Ok(name.clone()),
+            Some(why) => Err(self
+                .error(value, format!("{key} '{name}' is not valid: {why}"))
+                .with_hint(rule.to_owned())),
+        }
+    }
 }
+
+/// Why S3 would refuse `name` as a bucket name, if it would: 3 to 63
+/// characters of lowercase letters, digits, '.' and '-', starting and ending
+/// with a letter or digit, no ".." and not an IP address (AWS's rules, which
+/// MinIO and other S3-compatibles keep).
+fn bucket_problem(name: &str) -> Option<&'static str> {
+    if !(3..=63).contains(&name.len()) {
+        return Some("it must be 3 to 63 characters long");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+    {
+        return Some("only lowercase letters, digits, '.' and '-' are allowed");
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !alnum(name.chars().next()) || !alnum(name.chars().last()) {
+        return Some("it must start and end with a letter or digit");
+    }
+    if name.contains("..") {
+        return Some("two dots may not follow each other");
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some("it may not be an IP address");
+    }
+    None
+}
+
+const BUCKET_RULE: &str = "S3 bucket names are 3 to 63 lowercase letters, digits, '.' and '-', \
+                           starting and ending with a letter or digit";
+
+/// Why Azure would refuse `name` as a container name, if it would: 3 to 63
+/// characters of lowercase letters, digits and '-', starting and ending with
+/// a letter or digit, no "--".
+fn container_problem(name: &str) -> Option<&'static str> {
+    if !(3..=63).contains(&name.len()) {
+        return Some("it must be 3 to 63 characters long");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Some("only lowercase letters, digits and '-' are allowed");
+    }
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !alnum(name.chars().next()) || !alnum(name.chars().last()) {
+        return Some("it must start and end with a letter or digit");
+    }
+    if name.contains("--") {
+        return Some("two hyphens may not follow each other");
+    }
+    None
+}
+
+const CONTAINER_RULE: &str = "Azure container names are 3 to 63 lowercase letters, digits and \
+                              '-', starting and ending with a letter or digit";
 
 /// Whether an `http(s)://host[:port][/...]` endpoint's host is an IP
 /// address or `localhost`.
@@ -381,7 +474,12 @@ fn is_ip_or_localhost(endpoint: &str) -> bool {
 }
 
 fn validate_s3(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<S3Spec> {
-    let bucket = v.required(&raw.bucket, "bucket")?.get_ref().clone();
+    let bucket = v.name(
+        v.required(&raw.bucket, "bucket")?,
+        "bucket",
+        bucket_problem,
+        BUCKET_RULE,
+    )?;
     let section = v.section;
     let secret = |key, env_name, file| read_secret(v.source, section, key, env_name, file, env);
     let id = secret(
@@ -505,7 +603,12 @@ fn validate_azure(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<Azu
     };
     Ok(AzureSpec {
         account,
-        container: v.required(&raw.container, "container")?.get_ref().clone(),
+        container: v.name(
+            v.required(&raw.container, "container")?,
+            "container",
+            container_problem,
+            CONTAINER_RULE,
+        )?,
         prefix: v.prefix(&raw.prefix)?,
         endpoint: v.endpoint(&raw.endpoint)?,
         auth,
