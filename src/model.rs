@@ -736,8 +736,18 @@ impl Config {
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
-#[serde(transparent)]
+// Read from manifests and records in storage: checked like any input, since
+// an id becomes part of object keys.
+#[serde(try_from = "String")]
 pub struct BackupId(String);
+
+impl TryFrom<String> for BackupId {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        BackupId::parse(&text).map_err(|e| e.message().to_owned())
+    }
+}
 
 impl BackupId {
     pub fn from_start(started_at: Timestamp, suffix: u32) -> Self {

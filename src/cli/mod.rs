@@ -107,11 +107,10 @@ pub fn main() -> ExitCode {
         // before the first poll of a lazily made listener would kill the
         // process with the default action, cleaning nothing up.
         let signals = if is_daemon { None } else { Some(Signals::listen()) };
-        let work = dispatch(cli, cancel.clone());
-        tokio::pin!(work);
+        let mut work = Box::pin(dispatch(cli, cancel.clone()));
         // The daemon has its own signal handling: SIGTERM is how it is stopped.
         let result = match signals {
-            None => work.await,
+            None => (&mut work).await,
             Some(signals) => tokio::select! {
                 result = &mut work => result,
                 signal = signals.first() => {
@@ -131,6 +130,9 @@ pub fn main() -> ExitCode {
                 }
             },
         };
+        // Dropped now, not at the end of this block: what its drop starts
+        // (aborting uploads, dropping a half-restored copy) is waited for below.
+        drop(work);
         let (uploads, notifications) = tokio::join!(
             crate::storage::finish_cleanups(CLEANUP_LIMIT),
             crate::notify::finish(crate::notify::FINISH_LIMIT)

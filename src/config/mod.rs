@@ -461,6 +461,28 @@ fn validate_database(
             )
             .with_hint("write a libpq URI such as postgresql://user@host:5432/dbname")
     })?;
+    // Without a database name libpq (and we) would take PGDATABASE or the
+    // user's name: the job would back up whatever the environment says, and
+    // its prune would judge the real backups by that.
+    if parsed.get_dbname().is_none_or(str::is_empty) {
+        return Err(source
+            .error(
+                &db.url,
+                // Never the url itself: it may still hold a password here.
+                format!(
+                    "[databases.{name}] url {}names no database",
+                    if url.trim().is_empty() {
+                        "is empty: it "
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .with_hint(
+                "write the database's name in the url, such as postgresql://user@host:5432/dbname: \
+                 a job never falls back to PGDATABASE or the user's name",
+            ));
+    }
     // A CA file that is not there, a client key others may read: said by
     // `config check`, not at the first backup.
     let mut resolved = parsed.clone();
@@ -1833,6 +1855,24 @@ compression = "gzip"
         let err = error_of(&GOOD.replace("APP_DB_PASSWORD", "NOT_SET_ANYWHERE"));
         assert!(err.contains("NOT_SET_ANYWHERE"), "{err}");
         assert!(err.contains("jobs/app.toml:6"), "{err}");
+    }
+
+    #[test]
+    fn a_url_that_names_no_database_is_refused() {
+        for url in [
+            "",
+            "postgresql://app@127.0.0.1:5432",
+            "host=127.0.0.1 user=app",
+        ] {
+            let err = error_of(&GOOD.replace("postgresql://app@127.0.0.1:5432/app", url));
+            assert!(err.contains("names no database"), "{url}: {err}");
+            assert!(err.contains("jobs/app.toml:5"), "{err}");
+        }
+        let err = error_of(&GOOD.replace(
+            "postgresql://app@127.0.0.1:5432/app",
+            "postgresql://app:s3cret@h",
+        ));
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

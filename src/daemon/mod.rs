@@ -145,6 +145,7 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
                 trigger: fire.trigger,
                 scheduled_for: Some(fire.at),
                 cancel,
+                accept_new_source: false,
             };
             if let Err(e) = engine.run(request).await {
                 tracing::error!(job = %job, "{e}");

@@ -40,6 +40,9 @@ pub struct StoragePrune {
     pub unfinished_cleaned: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unfinished_error: Option<String>,
+    /// Why this prune's run record could not be stored, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -230,6 +233,7 @@ pub async fn plan(
             failed: Vec::new(),
             unfinished_cleaned: 0,
             unfinished_error: None,
+            record_error: None,
         },
         stored,
     ))
@@ -325,6 +329,7 @@ pub fn failure(prunes: &[StoragePrune]) -> Option<Error> {
                         .iter()
                         .map(move |e| format!("unfinished uploads in {}: {e}", p.storage)),
                 )
+                .chain(p.record_error.iter().cloned())
         })
         .collect();
     (!failed.is_empty()).then(|| {
