@@ -165,7 +165,8 @@ fn shiojiri_postgis_restores_with_clean_and_its_policies_keep_what_the_runbook_s
             "snapshot_at": at, "started_at": at, "finished_at": at,
             "compression": "zstd", "encryption": null,
             "objects": [{"key": "data.dump.zst", "role": "data", "raw_size": 4,
-                         "raw_sha256": "00", "stored_size": 4, "stored_sha256": "00"}],
+                         "raw_sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+                         "stored_size": 4, "stored_sha256": "0000000000000000000000000000000000000000000000000000000000000000"}],
             "tables": [], "warnings": [],
         });
         for (name, bytes) in [
@@ -959,11 +960,12 @@ fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
     assert!(refused.stderr.contains("is not empty"), "{}", refused.all());
     assert!(refused.stderr.contains("--force"), "{}", refused.all());
     assert_eq!(tree_state(&restored), before);
-    // --force writes the latest backup into it: the changed file replaced,
-    // the new one added, a file of the target's own kept.
+    // --in-place writes the latest backup into it: the changed file replaced,
+    // the new one added, a file of the target's own kept. (--force replaces
+    // the whole directory once the restored copy checks out: tests/restore_swap.rs.)
     std::fs::write(restored.join("notes.txt"), "mine").unwrap();
     let mut forced = latest.to_vec();
-    forced.push("--force");
+    forced.push("--in-place");
     // A directory where the backup has a file stops it, and the error is
     // that, not the broken pipe behind it; the hint says the target is partial.
     std::fs::create_dir(restored.join("avatars/u2.png")).unwrap();
