@@ -19,13 +19,16 @@ struct Host {
     cluster: Cluster,
     work: tempfile::TempDir,
     config: PathBuf,
-    backups: PathBuf,
 }
+
+/// The variable the encrypted job's passphrase comes from.
+const PASSPHRASE_VAR: &str = "SECRETS_TEST_PASSPHRASE";
 
 /// A job file: the database's password from [`DB_PASSWORD_VAR`], the local
 /// storage `disk` plus `extra_storages`, a job `nightly` writing to
-/// `storages`, and a webhook whose url comes from a variable never set.
-fn job_file(extra_storages: &str, storages: &str) -> Host {
+/// `storages` (with `extra_job`), and a webhook whose url comes from a
+/// variable never set.
+fn job_file(extra_storages: &str, storages: &str, extra_job: &str) -> Host {
     let cluster = Cluster::start();
     cluster.load_fixtures("app");
     let work = tempfile::Builder::new()
@@ -53,6 +56,7 @@ fn job_file(extra_storages: &str, storages: &str) -> Host {
              database = \"app\"\n\
              storages = [{storages}]\n\
              retention = {{ keep_last = 1 }}\n\
+             {extra_job}\n\
              \n\
              [notifications.ops]\n\
              type = \"webhook\"\n\
@@ -74,7 +78,6 @@ fn job_file(extra_storages: &str, storages: &str) -> Host {
         cluster,
         work,
         config,
-        backups,
     }
 }
 
@@ -117,10 +120,17 @@ fn names_the_missing_password(run: &Run, host: &Host) {
 
 #[test]
 fn a_host_without_the_database_password_lists_checks_verifies_and_prunes() {
-    let host = job_file("", "\"disk\"");
-    let with_password = [(DB_PASSWORD_VAR, PASSWORD)];
+    let host = job_file(
+        "",
+        "\"disk\"",
+        &format!("encryption = {{ passphrase_env = \"{PASSPHRASE_VAR}\" }}"),
+    );
+    let passphrase = (PASSPHRASE_VAR, "correct horse battery staple");
     // The webhook's url is never set: its delivery fails, the run does not.
-    let run = host.backup_ok(&["run", "nightly"], &with_password);
+    let run = host.backup_ok(
+        &["run", "nightly"],
+        &[(DB_PASSWORD_VAR, PASSWORD), passphrase],
+    );
     assert!(
         run.stderr.contains("notification ops")
             && run
@@ -133,47 +143,58 @@ fn a_host_without_the_database_password_lists_checks_verifies_and_prunes() {
     // From here on, as on a laptop with the job file and nothing else.
     let listed = host.listed(&[]);
     assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap();
     let status = host.backup_ok(&["status", "--job", "nightly"], &[]);
     assert!(status.stdout.contains("nightly"), "{}", status.all());
     let check = host.backup(&["check", "--job", "nightly"], &[]);
     assert_eq!(check.code, 0, "{}", check.all());
-    host.backup_ok(&["verify", "--job", "nightly", "--all"], &[]);
     let prune = host.backup_ok(&["--json", "prune", "--job", "nightly", "--dry-run"], &[]);
-    let plans: serde_json::Value = serde_json::from_str(&prune.stdout).unwrap();
-    let id = listed[0]["id"].as_str().unwrap();
     assert!(
-        plans.to_string().contains(id),
+        prune.stdout.contains(id),
         "the plan says what becomes of {id}: {}",
         prune.all()
     );
+    // Reading the encrypted data back needs the passphrase, and only it.
+    host.backup_ok(&["verify", "--job", "nightly", "--all"], &[passphrase]);
+    let verify = host.backup(&["verify", "--job", "nightly", "--all"], &[]);
+    assert_eq!(verify.code, 3, "not a bad backup: {}", verify.all());
+    for expected in [
+        "[jobs.nightly.encryption] passphrase_env".to_owned(),
+        format!("environment variable {PASSPHRASE_VAR} is not set"),
+        format!("hint: export {PASSPHRASE_VAR}"),
+    ] {
+        assert!(
+            verify.stderr.contains(&expected),
+            "{expected}: {}",
+            verify.all()
+        );
+    }
 
     // What needs the database says which variable is missing, and where.
-    let run = host.backup(&["run", "nightly"], &[]);
+    let run = host.backup(&["run", "nightly"], &[passphrase]);
     names_the_missing_password(&run, &host);
     assert_eq!(host.listed(&[]).len(), 1, "the failed run added no backup");
-    let newest = listed[0]["id"].as_str().unwrap();
     let restore = host.backup(
         &[
             "restore",
             "--job",
             "nightly",
             "--id",
-            newest,
+            id,
             "--target-db",
             "restored",
         ],
-        &[],
+        &[passphrase],
     );
     names_the_missing_password(&restore, &host);
     assert!(!host.cluster.databases().contains(&"restored".to_owned()));
-    assert!(host.backups.join("nightly").is_dir());
 }
 
 #[test]
 fn s3_keys_are_read_when_the_storage_is_opened_and_the_password_only_when_connecting() {
     let bucket = block_on(servers::create_bucket("secrets"));
     let section = servers::s3_section("s3", &servers::s3_endpoint(), &bucket, "");
-    let host = job_file(&section, "\"s3\"");
+    let host = job_file(&section, "\"s3\"", "");
     let mut everything = servers::s3_env().to_vec();
     everything.push((DB_PASSWORD_VAR, PASSWORD));
     host.backup_ok(&["run", "nightly"], &everything);

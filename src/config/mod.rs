@@ -1274,7 +1274,9 @@ fn secret_ref(
     }
 }
 
-/// Checks run on a secret when it is read (and by `config check`).
+// Checks run on a secret's value when it is read, by a command or by
+// `config check`; their messages never repeat the value.
+
 fn passphrase_not_empty(value: &str) -> std::result::Result<(), Problem> {
     if value.is_empty() {
         return Err(Problem::new("the passphrase is empty")
@@ -1284,7 +1286,6 @@ fn passphrase_not_empty(value: &str) -> std::result::Result<(), Problem> {
 }
 
 fn http_url(value: &str) -> std::result::Result<(), Problem> {
-    // The url carries a token: the message never repeats it.
     if !(value.starts_with("https://") || value.starts_with("http://")) {
         return Err(
             Problem::new("the url does not start with https:// or http://")
@@ -1294,7 +1295,7 @@ fn http_url(value: &str) -> std::result::Result<(), Problem> {
     Ok(())
 }
 
-pub(crate) fn not_empty(value: &str) -> std::result::Result<(), Problem> {
+fn not_empty(value: &str) -> std::result::Result<(), Problem> {
     if value.is_empty() {
         return Err(Problem::new("the value is empty"));
     }
