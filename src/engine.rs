@@ -973,6 +973,16 @@ impl Engine {
                 }],
             });
         }
+        // A passphrase not on this host makes no backup bad: it is the
+        // configuration error it is, said once, before anything is read.
+        if let Some(passphrase) = spec.encryption.as_ref().and_then(|e| e.passphrase.as_ref())
+            && listings
+                .iter()
+                .flat_map(|(_, b)| b)
+                .any(|m| m.encryption.is_some() && is_wanted(&m.id))
+        {
+            passphrase.resolve()?;
+        }
         let mut tools: std::collections::BTreeMap<u32, std::path::PathBuf> = Default::default();
         for (storage, backups) in &listings {
             let selected: Vec<&Manifest> = backups

@@ -243,6 +243,105 @@ fn every_example_job_file_passes_config_check_as_shipped() {
     assert!(checked >= 1, "no job file in {}", dir.display());
 }
 
+/// The variables a job file takes secrets from (`*_env = "NAME"`), each
+/// with its line.
+fn secret_variables(text: &str) -> Vec<(String, usize)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with('#'))
+        .filter_map(|(i, l)| {
+            let (_, rest) = l.split_once("_env = \"")?;
+            Some((rest.split('"').next()?.to_owned(), i + 1))
+        })
+        .collect()
+}
+
+/// `backup ARGS` on `config` with none of `unset` in its environment.
+fn run_without(config: &Path, args: &[&str], unset: &[(String, usize)]) -> Run {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backup"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("BACKUP_CONFIG")
+        .env_remove("PGPASSWORD")
+        .stdin(std::process::Stdio::null());
+    for (name, _) in unset {
+        command.env_remove(name);
+    }
+    Run::from(command.output().expect("run backup"))
+}
+
+#[test]
+fn every_example_job_file_passes_config_check_with_no_secret_exported() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let vars = secret_variables(&std::fs::read_to_string(&path).unwrap());
+        assert!(!vars.is_empty(), "{} names no secret", path.display());
+
+        // Each secret that cannot be read here is a warning naming where.
+        let run = run_without(&path, &["config", "check"], &vars);
+        assert_eq!(run.code, 0, "{}", run.all());
+        assert!(run.stdout.contains("configuration OK"), "{}", run.all());
+        for (name, line) in &vars {
+            let warning = format!(
+                "environment variable {name} is not set ({}:{line})",
+                path.display()
+            );
+            assert!(
+                run.stderr
+                    .lines()
+                    .any(|l| l.starts_with("warning: [") && l.ends_with(&warning)),
+                "{warning}: {}",
+                run.all()
+            );
+        }
+
+        // --strict: the same are errors, exit 3.
+        let strict = run_without(&path, &["config", "check", "--strict"], &vars);
+        assert_eq!(strict.code, 3, "{}", strict.all());
+        assert!(
+            !strict.stdout.contains("configuration OK"),
+            "{}",
+            strict.all()
+        );
+        for (name, _) in &vars {
+            let error = format!("environment variable {name} is not set");
+            assert!(
+                strict
+                    .stderr
+                    .lines()
+                    .any(|l| l.starts_with("error: [") && l.contains(&error)),
+                "{error}: {}",
+                strict.all()
+            );
+        }
+
+        // --json carries them too.
+        let json = run_without(&path, &["--json", "config", "check"], &vars);
+        assert_eq!(json.code, 0, "{}", json.all());
+        let out: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(out["ok"], true, "{out}");
+        let warnings = out["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), vars.len(), "{out}");
+        for (name, line) in &vars {
+            let at = format!("{}:{line}", path.display());
+            assert!(
+                warnings.iter().any(|w| w["defined_at"] == at.as_str()
+                    && w["message"].as_str().unwrap().contains(name.as_str())),
+                "{name} at {at}: {out}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 1, "no job file in {}", dir.display());
+}
+
 /// The newest run record in `reports` whose name ends with `suffix`.
 fn newest_record(reports: &Path, suffix: &str) -> serde_json::Value {
     let newest = std::fs::read_dir(reports)

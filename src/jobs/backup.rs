@@ -42,6 +42,8 @@ pub async fn run(
     let Some(db) = spec.database() else {
         return Err(Error::internal(format!("job {} has no database", job.name)));
     };
+    // A passphrase that cannot be read fails the run before anything is dumped.
+    let crypt = seal(spec)?;
     let conn = pg::connect(db, None).await?;
     let server = pg::server_version(&conn).await?;
     let pg_dump = pg::tool_path(db, "pg_dump", server.major);
@@ -135,7 +137,7 @@ pub async fn run(
         archive::store(
             stdout,
             spec.compression,
-            seal(spec),
+            crypt,
             destinations,
             &label,
             on_bytes,
@@ -406,7 +408,7 @@ async fn dump_globals(
             archive::store(
                 stdout,
                 spec.compression,
-                seal(spec),
+                seal(spec)?,
                 destinations,
                 &format!("{prefix}/{name}"),
                 Arc::new(|_| {}),
@@ -443,10 +445,20 @@ async fn dump_globals(
     Ok(None)
 }
 
-/// The encryption stage of the job's objects.
-pub(super) fn seal(spec: &BackupJob) -> archive::crypt::Crypt {
-    match &spec.encryption {
-        Some(e) => archive::crypt::Crypt::Seal(e.recipients.clone()),
-        None => archive::crypt::Crypt::None,
+/// The encryption stage of the job's objects. A passphrase is read here,
+/// when a backup needs it, not when the job file is loaded.
+pub(super) fn seal(spec: &BackupJob) -> Result<archive::crypt::Crypt> {
+    use archive::crypt::{Crypt, Recipients};
+    let Some(e) = &spec.encryption else {
+        return Ok(Crypt::None);
+    };
+    match (&e.recipients, &e.passphrase) {
+        (Some(recipients), _) => Ok(Crypt::Seal(recipients.clone())),
+        (None, Some(passphrase)) => Ok(Crypt::Seal(Arc::new(Recipients::passphrase(
+            passphrase.resolve()?,
+        )))),
+        (None, None) => Err(Error::internal(
+            "an encryption with neither recipients nor a passphrase",
+        )),
     }
 }

@@ -69,6 +69,7 @@ pub async fn run(
         dir.display()
     );
     let name = catalog::object_name(Role::Files, spec.compression, spec.encryption.is_some());
+    let crypt = backup::seal(spec)?;
     let (stream, walker) = tree::spawn_pack(dir.to_path_buf())?;
     let destinations = backup::open_writers(&storages, &prefix.join(&name)?).await?;
     let mut packed = None;
@@ -88,7 +89,7 @@ pub async fn run(
     let stored = archive::store(
         stream,
         spec.compression,
-        backup::seal(spec),
+        crypt,
         destinations,
         &format!("{prefix}/{name}"),
         on_bytes,

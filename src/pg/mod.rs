@@ -306,7 +306,7 @@ async fn open(
         config.dbname(dbname);
     }
     if let Some(password) = &db.password {
-        config.password(password.expose());
+        config.password(password.resolve()?.expose());
     } else if let Ok(password) = std::env::var("PGPASSWORD") {
         config.password(password);
     }
@@ -801,7 +801,7 @@ pub fn spawn(
         cmd.env_remove(name);
     }
     if let Some(password) = &db.password {
-        cmd.env("PGPASSWORD", password.expose());
+        cmd.env("PGPASSWORD", password.resolve()?.expose());
     }
     let mut child = cmd.spawn().map_err(|e| {
         Error::tool(format!("cannot start {}: {e}", program.display()))
