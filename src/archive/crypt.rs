@@ -354,8 +354,10 @@ pub async fn opener(
         ))
     })?;
     let identities = Arc::new(identities);
+    // The object a restore reads: a dump's data, or a files job's tar.
     let object = manifest
         .object(crate::catalog::Role::Data)
+        .or_else(|| manifest.object(crate::catalog::Role::Files))
         .ok_or_else(|| Error::integrity(format!("backup {}: no data object", manifest.id)))?;
     let key = crate::catalog::backup_prefix(&manifest.job, &manifest.id)?.join(&object.key)?;
     let reader = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
