@@ -126,7 +126,7 @@ impl LocalStorage {
         .with_hint(
             "a link there could make backup read, or prune delete, outside the storage; \
              point the storage's `path` at the real directory, or replace the link with \
-             the directory it points to",
+             what it points to",
         )
     }
 
@@ -210,10 +210,20 @@ impl LocalStorage {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let dir = self
+            // Gone again as soon as made: removed meanwhile, as below.
+            let Some(dir) = self
                 .open_chain(dirs, true)?
                 .and_then(|mut chain| chain.pop())
-                .ok_or_else(|| Error::internal("a directory made for a writer is missing"))?;
+            else {
+                if attempt < 3 {
+                    continue;
+                }
+                return Err(Error::storage(format!(
+                    "storage {}: {} was removed each time it was made",
+                    self.name,
+                    self.root.join(dirs.join("/")).display()
+                )));
+            };
             let temp = format!(
                 "{TEMP_PREFIX}{name}-{}",
                 u64::from(std::process::id()) * 1_000_000 + u64::from(rand_suffix())
