@@ -8,7 +8,8 @@
 # What it puts in $TOOLS_DIR/regress-<Debian version of the server>/:
 #   src/test/regress/   the regression SQL, expected output, data and schedules,
 #                       from Debian's source package of the installed server
-#   lib/regress.so      the C functions the suite loads, built from regress.c
+#   lib/regress.so      the C functions the suite loads, built from regress.c,
+#                       beside contrib's autoinc.so and refint.so (postgresql-contrib)
 #   pg_regress          a link to the driver (Debian ships it in postgresql-client-N)
 #   SOURCE              which source version was fetched, and its SHA-256
 #
@@ -40,6 +41,11 @@ ensure_regress() {
     if [ ! -e "$dir/SOURCE" ]; then
         _fetch_regress_sources "$major" "$version" "$dir"
     fi
+    # The triggers test loads contrib's spi modules from the same directory.
+    local lib
+    for lib in autoinc refint; do
+        [ -e "$dir/lib/$lib.so" ] || cp "$("$PG_BINDIR/pg_config" --pkglibdir)/$lib.so" "$dir/lib/"
+    done
     export BACKUP_TEST_REGRESS_DIR=$dir
 }
 
