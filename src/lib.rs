@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod jobs;
 pub mod model;
+pub mod nofollow;
 pub mod notify;
 pub mod pg;
 pub mod report;

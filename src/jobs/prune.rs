@@ -36,7 +36,8 @@ pub struct StoragePrune {
     pub warnings: Vec<String>,
     pub deleted: Vec<BackupId>,
     pub failed: Vec<Failure>,
-    /// Unfinished uploads (S3 multipart) older than `incomplete_after` removed.
+    /// What killed runs left unfinished, older than `incomplete_after`,
+    /// removed: S3 multipart uploads, local temporary files.
     pub unfinished_cleaned: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unfinished_error: Option<String>,
@@ -308,7 +309,10 @@ pub async fn execute(
     match cleaned {
         Ok(n) => {
             if n > 0 {
-                tracing::info!("aborted {n} unfinished upload(s) in {}", storage.name());
+                tracing::info!(
+                    "removed {n} unfinished write(s) of killed runs from {}",
+                    storage.name()
+                );
             }
             prune.unfinished_cleaned = n;
         }
