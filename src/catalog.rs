@@ -85,6 +85,15 @@ pub struct Manifest {
     /// What the tar of a files backup holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<crate::archive::tree::Packed>,
+    /// The server's `system_identifier`: with `dbname`, which database of
+    /// which cluster the backup is of. Absent in older manifests, and where
+    /// the role may not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    /// The database's owner, encoding, locale, settings, privileges and
+    /// comment, which the archive does not carry. Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_properties: Option<crate::pg::DatabaseProperties>,
 }
 
 impl Manifest {
@@ -114,6 +123,104 @@ impl Manifest {
 
     pub fn duration(&self) -> jiff::SignedDuration {
         self.finished_at.duration_since(self.started_at)
+    }
+
+    /// Why this manifest, found at `<job>/<id>/manifest.json`, does not
+    /// describe a backup that can be restored; `None` when it does. Every
+    /// field anything else relies on is checked here, once, before a byte of
+    /// the backup is read: a manifest is input like any other, and a forged
+    /// or damaged one must not name objects outside its backup, nor pass for
+    /// a backup it is not.
+    pub fn problem(&self, job: &str, id: &BackupId) -> Option<String> {
+        if self.format == 0 || self.format > FORMAT {
+            return Some(format!(
+                "it has format {}, this version reads 1 to {FORMAT}",
+                self.format
+            ));
+        }
+        if &self.id != id {
+            return Some(format!("its id {} is not its directory's {id}", self.id));
+        }
+        if self.job != job {
+            return Some(format!("its job {} is not its directory's {job}", self.job));
+        }
+        let compression = match self.compression() {
+            Ok(c) => c,
+            Err(e) => return Some(e.message().to_owned()),
+        };
+        let encrypted = match self.encryption.as_deref() {
+            None => false,
+            Some(crate::archive::crypt::AGE) => true,
+            Some(other) => return Some(format!("it names an unknown encryption '{other}'")),
+        };
+        if self.finished_at < self.started_at {
+            return Some("it finished before it started".to_owned());
+        }
+        for (i, object) in self.objects.iter().enumerate() {
+            let expected = object_name(object.role, compression, encrypted);
+            if object.key != expected {
+                return Some(format!(
+                    "its {} object is called '{}', where a backup with this compression and \
+                     encryption has '{expected}'",
+                    object.role.name(),
+                    object.key.chars().take(100).collect::<String>()
+                ));
+            }
+            if self.objects[..i].iter().any(|o| o.role == object.role) {
+                return Some(format!("it lists two {} objects", object.role.name()));
+            }
+            let d = &object.digest;
+            if !is_sha256(&d.raw_sha256) || !is_sha256(&d.stored_sha256) {
+                return Some(format!("the digests of {} are not SHA-256", object.key));
+            }
+        }
+        let roles: Vec<Role> = self.objects.iter().map(|o| o.role).collect();
+        let files = self.directory.is_some();
+        if files {
+            if roles != [Role::Files] || self.tree.is_none() {
+                return Some(
+                    "it is a files backup, which holds one files object and its tree".to_owned(),
+                );
+            }
+        } else {
+            if !roles.contains(&Role::Data) {
+                return Some("it lists no data object: there is nothing to restore".to_owned());
+            }
+            if roles.contains(&Role::Files) {
+                return Some("a database backup with a files object".to_owned());
+            }
+            if self.dbname.is_empty() {
+                return Some("it names no database".to_owned());
+            }
+        }
+        if let Some(t) = self
+            .tables
+            .iter()
+            .find(|t| t.rows < 0 || t.name.is_empty() || t.schema.is_empty())
+        {
+            return Some(format!(
+                "its table '{}.{}' has {} rows",
+                t.schema, t.name, t.rows
+            ));
+        }
+        if let Some(why) = self.database_properties.as_ref().and_then(|p| p.problem()) {
+            return Some(format!("its database properties: {why}"));
+        }
+        None
+    }
+}
+
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Data => "data",
+            Role::Globals => "globals",
+            Role::Files => "files",
+        }
     }
 }
 
@@ -152,7 +259,22 @@ pub struct Listing {
     /// Backups with a `pin.json` beside their manifest: prune keeps them.
     pub pinned: std::collections::BTreeSet<BackupId>,
     /// Manifests that exist but could not be read: never silently skipped.
-    pub unreadable: Vec<String>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A backup whose manifest is there but does not read, or does not describe
+/// a restorable backup.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub id: BackupId,
+    /// The error, naming the storage and the file.
+    pub problem: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.problem)
+    }
 }
 
 /// Splits `<job>/<backup-id>/<name>` into the id and the name; `None` for
@@ -184,21 +306,36 @@ pub async fn list(storage: &dyn Storage, job: &str) -> Result<Listing> {
         }
         match read_manifest(storage, &object.key).await {
             Ok(m) => listing.backups.push(m),
-            Err(e) => listing.unreadable.push(e.to_string()),
+            Err(e) => listing.unreadable.push(Unreadable {
+                id: parsed,
+                problem: e.to_string(),
+            }),
         }
     }
     listing.backups.sort_by(|a, b| b.id.cmp(&a.id));
     Ok(listing)
 }
 
+/// Reads and checks the manifest at `key`, `<job>/<backup-id>/manifest.json`.
+/// Anything wrong with it is an integrity error naming the file.
 pub async fn read_manifest(storage: &dyn Storage, key: &Key) -> Result<Manifest> {
-    let bytes = crate::storage::read_small(storage, key, MANIFEST_LIMIT).await?;
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+    let invalid = |why: String| {
         Error::integrity(format!(
-            "storage {}: {key} is not a valid manifest: {e}",
+            "storage {}: {key} is not a valid manifest: {why}",
             storage.name()
         ))
-    })?;
+        .with_hint(
+            "it was damaged or written by hand: do not restore it; `backup verify` reads \
+             the other backups, and prune keeps it until it is removed by hand",
+        )
+    };
+    let mut parts = key.as_str().rsplitn(3, '/');
+    let (Some(MANIFEST), Some(id), Some(job)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Error::internal(format!("{key} is not a manifest's key")));
+    };
+    let id = BackupId::parse(id).map_err(|e| invalid(e.message().to_owned()))?;
+    let bytes = crate::storage::read_small(storage, key, MANIFEST_LIMIT).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
     if manifest.format > FORMAT {
         return Err(Error::integrity(format!(
             "storage {}: {key} has format {}, this version reads up to {FORMAT}",
@@ -207,7 +344,34 @@ pub async fn read_manifest(storage: &dyn Storage, key: &Key) -> Result<Manifest>
         ))
         .with_hint("upgrade backup to read it"));
     }
-    Ok(manifest)
+    let job = job.rsplit('/').next().unwrap_or(job);
+    match manifest.problem(job, &id) {
+        Some(why) => Err(invalid(why)),
+        None => Ok(manifest),
+    }
+}
+
+/// The newest complete database backup of `job` in `storage`: one listing,
+/// then manifests read newest first until one reads.
+pub async fn newest(storage: &dyn Storage, job: &str) -> Result<Option<Manifest>> {
+    let prefix = job_prefix(job)?;
+    let objects = storage.list(&prefix).await?;
+    let mut manifests: Vec<(BackupId, &Key)> = objects
+        .iter()
+        .filter_map(|o| match split_backup_key(&prefix, &o.key) {
+            Some((id, MANIFEST)) => Some((id, &o.key)),
+            _ => None,
+        })
+        .collect();
+    manifests.sort();
+    for (_, key) in manifests.into_iter().rev() {
+        match read_manifest(storage, key).await {
+            Ok(m) if m.directory.is_none() => return Ok(Some(m)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    Ok(None)
 }
 
 /// Which backup a restore wants.
@@ -287,12 +451,23 @@ mod tests {
             finished_at: at,
             compression: "zstd".into(),
             encryption: None,
-            objects: vec![],
+            objects: vec![ManifestObject {
+                key: "data.dump.zst".into(),
+                role: Role::Data,
+                digest: ObjectDigest {
+                    raw_size: 1,
+                    raw_sha256: "a".repeat(64),
+                    stored_size: 1,
+                    stored_sha256: "b".repeat(64),
+                },
+            }],
             tables: vec![],
             extensions: vec![],
             warnings: vec![],
             directory: None,
             tree: None,
+            system_identifier: None,
+            database_properties: None,
         }
     }
 
@@ -374,6 +549,41 @@ mod tests {
             object_name(Role::Data, Compression::Zstd(3), true),
             "data.dump.zst.age"
         );
+    }
+
+    #[test]
+    fn manifests_that_do_not_describe_a_restorable_backup_are_named() {
+        let good = manifest("20240120T030000Z", "2024-01-20T03:00:01Z");
+        let id = good.id.clone();
+        assert_eq!(good.problem("nightly", &id), None);
+        let problem = |change: &dyn Fn(&mut Manifest)| {
+            let mut m = good.clone();
+            change(&mut m);
+            m.problem("nightly", &id).unwrap_or_default()
+        };
+        assert!(problem(&|m| m.objects.clear()).contains("no data object"));
+        assert!(problem(&|m| m.objects[0].role = Role::Globals).contains("is called"));
+        assert!(problem(&|m| m.objects[0].key = "../../etc/passwd".into()).contains("is called"));
+        assert!(problem(&|m| m.job = "other".into()).contains("job other"));
+        assert!(
+            problem(&|m| m.id = BackupId::parse("20240121T030000Z").unwrap())
+                .contains("not its directory's")
+        );
+        assert!(problem(&|m| m.compression = "lz4".into()).contains("lz4"));
+        assert!(problem(&|m| m.encryption = Some("rot13".into())).contains("rot13"));
+        assert!(problem(&|m| m.objects[0].digest.raw_sha256 = "x".into()).contains("SHA-256"));
+        assert!(
+            problem(&|m| {
+                let copy = m.objects[0].clone();
+                m.objects.push(copy);
+            })
+            .contains("two data objects")
+        );
+        assert!(problem(&|m| m.directory = Some("/srv".into())).contains("files backup"));
+
+        let forged = r#"{"format":1,"id":"../../etc","job":"nightly"}"#;
+        let err = serde_json::from_str::<Manifest>(forged).unwrap_err();
+        assert!(err.to_string().contains("not a backup id"), "{err}");
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct RunRequest {
     pub scheduled_for: Option<Timestamp>,
     /// Cancelled when the daemon stops for good.
     pub cancel: CancellationToken,
+    /// A backup of another database (or cluster) than the job's previous
+    /// backups is taken, not refused: a deliberate move (`--accept-new-source`).
+    pub accept_new_source: bool,
 }
 
 impl RunRequest {
@@ -53,6 +56,7 @@ impl RunRequest {
             trigger: Trigger::Manual,
             scheduled_for: None,
             cancel: CancellationToken::new(),
+            accept_new_source: false,
         }
     }
 }
@@ -71,6 +75,23 @@ pub enum RunEnd {
 pub struct Finished {
     pub record: RunRecord,
     pub result: Result<Output>,
+    /// Why the run's record could not be stored, when it could not.
+    pub unrecorded: Option<Error>,
+}
+
+/// What a command made, and why its run record could not be stored, when
+/// it could not: the work stands, and the command still exits non-zero.
+#[derive(Debug)]
+pub struct Recorded<T> {
+    pub value: T,
+    pub unrecorded: Option<Error>,
+}
+
+impl<T> Recorded<T> {
+    /// The error the command ends with once it has shown `value`.
+    pub fn finish(unrecorded: Option<Error>) -> Result<()> {
+        unrecorded.map_or(Ok(()), Err)
+    }
 }
 
 /// What a run of each kind of job makes.
@@ -280,7 +301,13 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<BackupOutcome> {
         self.config.backup_job(name)?;
-        match self.run_now(name, cancel).await? {
+        let request = RunRequest {
+            cancel: cancel.clone(),
+            ..RunRequest::manual(name)
+        };
+        let done = self.run_now(request).await?;
+        Recorded::<()>::finish(done.unrecorded)?;
+        match done.value {
             Output::Backup(o) => Ok(*o),
             Output::Maintenance(_) | Output::Prune(..) | Output::RestoreTest(_) => {
                 Err(Error::internal(format!("job {name} is not a backup job")))
@@ -289,14 +316,16 @@ impl Engine {
     }
 
     /// Runs any job now, by hand, as [`Engine::run_backup`] does a backup job.
-    pub async fn run_now(&self, name: &str, cancel: &CancellationToken) -> Result<Output> {
-        let request = RunRequest {
-            cancel: cancel.clone(),
-            ..RunRequest::manual(name)
-        };
+    pub async fn run_now(&self, request: RunRequest) -> Result<Recorded<Output>> {
+        let name = request.job.clone();
         match self.run(request).await? {
-            RunEnd::Done(done) => done.result,
-            RunEnd::Elsewhere(reason) => Err(Error::refused(reason)
+            RunEnd::Done(done) => {
+                let Finished {
+                    result, unrecorded, ..
+                } = *done;
+                result.map(|value| Recorded { value, unrecorded })
+            }
+            RunEnd::Elsewhere(reason) => Err(Error::refused(format!("job {name}: {reason}"))
                 .with_hint("wait for that run to finish; `backup status` shows the last runs")),
         }
     }
@@ -504,6 +533,7 @@ impl Engine {
                             storages,
                             self.clock.as_ref(),
                             self.progress.clone(),
+                            request.accept_new_source,
                         )
                         .await
                     }
@@ -590,13 +620,20 @@ impl Engine {
             Some(storage) => previous_outcome(storage.as_ref(), &record).await,
             None => None,
         };
-        record.store(storages).await;
+        let unrecorded = record.store(storages).await.err();
+        if let Some(e) = &unrecorded {
+            tracing::error!("{e}");
+        }
         // Held until the record is stored, so another replica sees it; not a
         // moment longer, so nothing below delays the job's next run.
         drop(lock);
         self.observer.finished(&record);
         crate::notify::spawn(self.config.notifiers.clone(), record.clone(), previous);
-        RunEnd::Done(Box::new(Finished { record, result }))
+        RunEnd::Done(Box::new(Finished {
+            record,
+            result,
+            unrecorded,
+        }))
     }
 
     /// Records a fire time that was not run because the job was still running.
@@ -620,8 +657,10 @@ impl Engine {
         .of_job(job);
         record.end(now, Outcome::Skipped, Some(reason.to_owned()));
         tracing::info!(job = %job.name, "skipped the run due at {scheduled_for}: {reason}");
-        if let Ok(storages) = open_all(job.record_storages()).await {
-            record.store(&storages).await;
+        if let Ok(storages) = open_all(job.record_storages()).await
+            && let Err(e) = record.store(&storages).await
+        {
+            tracing::error!("{e}");
         }
         self.observer.finished(&record);
     }
@@ -765,15 +804,17 @@ impl Engine {
                 tracing::info!("prune of job {name}: {}", prune::summary(&p));
                 let failure = prune::failure(std::slice::from_ref(&p)).map(|e| e.to_string());
                 let details = serde_json::to_value(&p).unwrap_or_default();
-                self.record(
-                    job,
-                    "prune",
-                    started_at,
-                    failure,
-                    details,
-                    std::slice::from_ref(storage),
-                )
-                .await;
+                p.record_error = self
+                    .record(
+                        job,
+                        "prune",
+                        started_at,
+                        failure,
+                        details,
+                        std::slice::from_ref(storage),
+                    )
+                    .await
+                    .map(|e| e.to_string());
             }
             prunes.push(p);
         }
@@ -858,7 +899,7 @@ impl Engine {
         name: &str,
         which: &VerifySelection,
         only: Option<&str>,
-    ) -> Result<Vec<verify::BackupCheck>> {
+    ) -> Result<Recorded<Vec<verify::BackupCheck>>> {
         let (job, spec) = self.config.backup_job(name)?;
         let mut storages = self.storages_of(spec).await?;
         if let Some(only) = only {
@@ -880,28 +921,23 @@ impl Engine {
         let started_at = self.clock.now();
         let mut listings = Vec::new();
         let mut checks = Vec::new();
+        let mut unreadable = Vec::new();
         for storage in &storages {
             match catalog::list(storage.as_ref(), name).await {
                 Ok(listing) => {
-                    for problem in &listing.unreadable {
-                        checks.push(verify::BackupCheck {
-                            backup_id: String::new(),
-                            storage: storage.name().to_owned(),
-                            objects: vec![verify::ObjectCheck {
-                                key: catalog::MANIFEST.to_owned(),
-                                role: None,
-                                stored_size: 0,
-                                raw_size: 0,
-                                archive_entries: None,
-                                error: Some(problem.to_string()),
-                            }],
-                        });
-                    }
+                    unreadable.extend(
+                        listing
+                            .unreadable
+                            .into_iter()
+                            .map(|u| (storage.name().to_owned(), u)),
+                    );
                     listings.push((storage.clone(), listing.backups));
                 }
                 Err(e) => return Err(e.context(format!("job {name}: storage {}", storage.name()))),
             }
         }
+        // A manifest that does not read is a backup too: the newest (or the
+        // one named) is reported as bad, never passed over for another.
         let wanted: Option<BackupId> = match which {
             VerifySelection::All => None,
             VerifySelection::Id(id) => Some(id.clone()),
@@ -909,6 +945,7 @@ impl Engine {
                 listings
                     .iter()
                     .flat_map(|(_, b)| b.iter().map(|m| m.id.clone()))
+                    .chain(unreadable.iter().map(|(_, u)| u.id.clone()))
                     .max()
                     .ok_or_else(|| {
                         Error::not_found(format!("job {name} has no complete backups"))
@@ -916,13 +953,39 @@ impl Engine {
                     })?,
             ),
         };
+        let is_wanted = |id: &BackupId| wanted.as_ref().is_none_or(|w| w == id);
         if let VerifySelection::Id(id) = which
             && !listings.iter().any(|(_, b)| b.iter().any(|m| &m.id == id))
+            && !unreadable.iter().any(|(_, u)| &u.id == id)
         {
             return Err(Error::not_found(format!(
                 "job {name} has no complete backup {id} in any of the storages read"
             ))
             .with_hint(format!("`backup list --job {name}` shows its backups")));
+        }
+        for (storage, problem) in unreadable.iter().filter(|(_, u)| is_wanted(&u.id)) {
+            checks.push(verify::BackupCheck {
+                backup_id: problem.id.to_string(),
+                storage: storage.clone(),
+                objects: vec![verify::ObjectCheck {
+                    key: catalog::MANIFEST.to_owned(),
+                    role: None,
+                    stored_size: 0,
+                    raw_size: 0,
+                    archive_entries: None,
+                    error: Some(problem.to_string()),
+                }],
+            });
+        }
+        // A passphrase not on this host makes no backup bad: it is the
+        // configuration error it is, said once, before anything is read.
+        if let Some(passphrase) = spec.encryption.as_ref().and_then(|e| e.passphrase.as_ref())
+            && listings
+                .iter()
+                .flat_map(|(_, b)| b)
+                .any(|m| m.encryption.is_some() && is_wanted(&m.id))
+        {
+            passphrase.resolve()?;
         }
         let mut tools: std::collections::BTreeMap<u32, std::path::PathBuf> = Default::default();
         for (storage, backups) in &listings {
@@ -932,6 +995,9 @@ impl Engine {
                 .collect();
             if let Some(id) = &wanted
                 && selected.is_empty()
+                && !unreadable
+                    .iter()
+                    .any(|(s, u)| s == storage.name() && &u.id == id)
             {
                 checks.push(verify::missing(storage.name(), id.as_str()));
             }
@@ -997,16 +1063,20 @@ impl Engine {
             );
         }
         let failure = verify::failure(&checks);
-        self.record(
-            job,
-            "verify",
-            started_at,
-            failure,
-            json!({ "backups": checks }),
-            &storages,
-        )
-        .await;
-        Ok(checks)
+        let unrecorded = self
+            .record(
+                job,
+                "verify",
+                started_at,
+                failure,
+                json!({ "backups": checks }),
+                &storages,
+            )
+            .await;
+        Ok(Recorded {
+            value: checks,
+            unrecorded,
+        })
     }
 
     /// The plan of a drill of job `name`: a backup job (with the checks of
@@ -1128,23 +1198,27 @@ impl Engine {
         &self,
         plan: &drill::DrillPlan,
         cancel: &CancellationToken,
-    ) -> Result<drill::DrillOutcome> {
+    ) -> Result<Recorded<drill::DrillOutcome>> {
         let (job, spec) = self.config.backup_job(&plan.job)?;
         let storages = self.storages_of(spec).await?;
         let storage = restore::named(&storages, &plan.storage)?.clone();
         let started_at = self.clock.now();
         let outcome =
             drill::execute(plan, &storage, self.progress.clone(), started_at, cancel).await;
-        self.record(
-            job,
-            "drill",
-            started_at,
-            outcome.failure(),
-            outcome.details(),
-            &storages,
-        )
-        .await;
-        Ok(outcome)
+        let unrecorded = self
+            .record(
+                job,
+                "drill",
+                started_at,
+                outcome.failure(),
+                outcome.details(),
+                &storages,
+            )
+            .await;
+        Ok(Recorded {
+            value: outcome,
+            unrecorded,
+        })
     }
 
     pub async fn plan_restore(&self, job: &str, request: &RestoreRequest) -> Result<RestorePlan> {
@@ -1162,7 +1236,7 @@ impl Engine {
         selector: &catalog::Selector,
         storage: Option<&str>,
         target: &std::path::Path,
-        force: bool,
+        how: files::Replace,
     ) -> Result<files::DirRestorePlan> {
         let (job, spec) = self.config.backup_job(job)?;
         if spec.database().is_some() {
@@ -1173,14 +1247,14 @@ impl Engine {
             .with_hint("restore it with --target-db NAME"));
         }
         let storages = self.storages_of(spec).await?;
-        files::plan(job, spec, &storages, storage, selector, target, force).await
+        files::plan(job, spec, &storages, storage, selector, target, how).await
     }
 
     /// Carries out a restore into a directory and stores its run record.
     pub async fn restore_dir(
         &self,
         plan: &files::DirRestorePlan,
-    ) -> Result<crate::archive::tree::Unpacked> {
+    ) -> Result<Recorded<crate::archive::tree::Unpacked>> {
         let (job, spec) = self.config.backup_job(&plan.job)?;
         let storages = self.storages_of(spec).await?;
         let storage = restore::named(&storages, &plan.storage)?.clone();
@@ -1192,20 +1266,23 @@ impl Engine {
             "requested_at": plan.requested_at,
             "storage": plan.storage,
             "target_dir": plan.target.display().to_string(),
-            "force": plan.force,
+            "force": plan.replace.force,
+            "in_place": plan.replace.in_place,
+            "swapped": plan.staging.is_some(),
         });
         if let Ok(o) = &outcome {
             details["entries"] = json!(o.entries);
         }
         let failure = outcome.as_ref().err().map(|e| e.to_string());
-        self.record(job, "restore", started_at, failure, details, &[storage])
+        let unrecorded = self
+            .record(job, "restore", started_at, failure, details, &[storage])
             .await;
-        outcome
+        outcome.map(|value| Recorded { value, unrecorded })
     }
 
     /// Carries out a restore plan and stores a run record of it: the evidence of
     /// what was restored, when, from which backup.
-    pub async fn restore(&self, plan: &RestorePlan) -> Result<RestoreOutcome> {
+    pub async fn restore(&self, plan: &RestorePlan) -> Result<Recorded<RestoreOutcome>> {
         let (job, spec, database) = self
             .config
             .database_backup_job(&plan.job, "restore --target-db")?;
@@ -1219,17 +1296,21 @@ impl Engine {
             "requested_at": plan.requested_at,
             "storage": plan.storage,
             "target_db": plan.target_db,
-            "clean": plan.flags.clean,
+            "method": plan.method.name(),
+            "staging_db": plan.method.staging(),
+            "replaced": plan.overwrites(),
             "jobs": plan.flags.jobs,
         });
         if let Ok(o) = &outcome {
             details["tables_checked"] = json!(o.tables_checked);
             details["rows_checked"] = json!(o.rows_checked);
+            details["warnings"] = json!(o.warnings);
         }
         let failure = outcome.as_ref().err().map(|e| e.to_string());
-        self.record(job, "restore", started_at, failure, details, &[storage])
+        let unrecorded = self
+            .record(job, "restore", started_at, failure, details, &[storage])
             .await;
-        outcome
+        outcome.map(|value| Recorded { value, unrecorded })
     }
 
     async fn record(
@@ -1240,7 +1321,7 @@ impl Engine {
         failure: Option<String>,
         details: serde_json::Value,
         storages: &[Arc<dyn Storage>],
-    ) {
+    ) -> Option<Error> {
         let mut record = RunRecord::begin(
             RunRecord::run_id(started_at, kind),
             &job.name,
@@ -1257,6 +1338,6 @@ impl Engine {
             Outcome::Failed
         };
         record.end(self.clock.now(), outcome, failure);
-        record.store(storages).await;
+        record.store(storages).await.err()
     }
 }

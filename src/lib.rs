@@ -2,7 +2,7 @@
 //!
 //! The modules follow the data flow in DESIGN.md; dependencies point one way:
 //! `cli` → `engine` → `jobs` → {`pg`, `archive`, `catalog`, `storage`, `report`}
-//! → {`model`, `config`, `error`}.
+//! → {`model`, `secret`, `config`, `error`}.
 
 pub mod archive;
 pub mod catalog;
@@ -13,10 +13,12 @@ pub mod engine;
 pub mod error;
 pub mod jobs;
 pub mod model;
+pub mod nofollow;
 pub mod notify;
 pub mod pg;
 pub mod report;
 pub mod retention;
 pub mod schedule;
+pub mod secret;
 pub mod storage;
 pub mod time;

@@ -1,8 +1,9 @@
 //! The validated model of a configuration: what the rest of `backup` works with.
 //!
 //! Values here have passed validation in [`crate::config`]: every reference
-//! resolves, every secret has been read, every zone exists. Nothing below this
-//! module parses text from the user again.
+//! resolves, every zone exists. Secrets are references ([`SecretRef`]), read
+//! when a command first needs them. Nothing below this module parses text
+//! from the user again.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,8 +14,9 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::error::{Error, Result};
+pub use crate::secret::SecretRef;
 
-/// A password or key. Its `Debug` and `Display` never show the value.
+/// A password or key, read. Its `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -74,8 +76,8 @@ pub struct Database {
     pub name: String,
     /// The libpq connection string as written, without a password in it.
     pub url: String,
-    pub password: Option<Secret>,
-    /// Where the password came from, for display: `env APP_DB_PASSWORD`.
+    pub password: Option<SecretRef>,
+    /// Where the password comes from, for display: `env APP_DB_PASSWORD`.
     pub password_from: Option<String>,
     /// Where `pg_dump`, `pg_restore` and `pg_dumpall` are looked up first.
     pub pg_bin_dir: Option<PathBuf>,
@@ -99,7 +101,7 @@ impl fmt::Debug for Database {
         f.debug_struct("Database")
             .field("name", &self.name)
             .field("url", &self.url)
-            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password", &self.password)
             .field("password_from", &self.password_from)
             .field("pg_bin_dir", &self.pg_bin_dir)
             .finish()
@@ -169,9 +171,9 @@ pub struct S3Spec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Keys {
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
-    pub session_token: Option<Secret>,
+    pub access_key_id: SecretRef,
+    pub secret_access_key: SecretRef,
+    pub session_token: Option<SecretRef>,
 }
 
 /// Server-side encryption asked of S3.
@@ -198,10 +200,10 @@ pub struct AzureSpec {
 pub enum AzureAuth {
     /// Managed identity, workload identity or the Azure CLI's login.
     EntraId,
-    SasToken(Secret),
+    SasToken(SecretRef),
     /// The account key, from which short-lived SAS tokens are signed locally.
-    AccountKey(Secret),
-    ConnectionString(Secret),
+    AccountKey(SecretRef),
+    ConnectionString(SecretRef),
 }
 
 /// How the archive is compressed before it is stored.
@@ -315,8 +317,8 @@ pub struct DaemonSettings {
 pub struct Notifier {
     pub name: String,
     pub kind: NotifierKind,
-    /// Webhook URLs carry their token: a secret.
-    pub url: Secret,
+    /// Webhook URLs carry their token: a secret, read when sending.
+    pub url: SecretRef,
     /// Also announce every success, not only recoveries.
     pub on_success: bool,
 }
@@ -516,11 +518,12 @@ pub enum BackupSource {
 /// or `encryption = { passphrase_env | passphrase_file }`.
 #[derive(Debug, Clone)]
 pub struct EncryptionSpec {
-    pub recipients: Arc<crate::archive::crypt::Recipients>,
+    /// The public keys objects are sealed to; `None` in passphrase mode.
+    pub recipients: Option<Arc<crate::archive::crypt::Recipients>>,
     /// Where restores find the secret key, unless `BACKUP_AGE_IDENTITY` says.
     pub identity_file: Option<std::path::PathBuf>,
     /// The passphrase that both encrypts and decrypts, in passphrase mode.
-    pub passphrase: Option<Secret>,
+    pub passphrase: Option<SecretRef>,
 }
 
 /// `type = "maintenance"`: VACUUM, ANALYZE and REINDEX where statistics say
@@ -729,6 +732,42 @@ impl Config {
             }
         }
     }
+
+    /// Every secret the configuration names, in the order of its sections:
+    /// database passwords, storage keys, notifier urls, encryption passphrases.
+    pub fn secrets(&self) -> Vec<&SecretRef> {
+        let mut out: Vec<&SecretRef> = Vec::new();
+        out.extend(
+            self.databases
+                .values()
+                .filter_map(|db| db.password.as_ref()),
+        );
+        for storage in self.storages.values() {
+            match &storage.kind {
+                StorageKind::Local { .. } => {}
+                StorageKind::S3(s3) => {
+                    if let Some(keys) = &s3.keys {
+                        out.push(&keys.access_key_id);
+                        out.push(&keys.secret_access_key);
+                        out.extend(keys.session_token.as_ref());
+                    }
+                }
+                StorageKind::Azure(az) => match &az.auth {
+                    AzureAuth::EntraId => {}
+                    AzureAuth::SasToken(s)
+                    | AzureAuth::AccountKey(s)
+                    | AzureAuth::ConnectionString(s) => out.push(s),
+                },
+            }
+        }
+        out.extend(self.notifiers.iter().map(|n| &n.url));
+        for job in self.jobs.values() {
+            if let JobKind::Backup(b) = &job.kind {
+                out.extend(b.encryption.as_ref().and_then(|e| e.passphrase.as_ref()));
+            }
+        }
+        out
+    }
 }
 
 /// The identity of one backup: its UTC start time, `20261122T030000Z`, plus a
@@ -736,8 +775,18 @@ impl Config {
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
-#[serde(transparent)]
+// Read from manifests and records in storage: checked like any input, since
+// an id becomes part of object keys.
+#[serde(try_from = "String")]
 pub struct BackupId(String);
+
+impl TryFrom<String> for BackupId {
+    type Error = String;
+
+    fn try_from(text: String) -> std::result::Result<Self, String> {
+        BackupId::parse(&text).map_err(|e| e.message().to_owned())
+    }
+}
 
 impl BackupId {
     pub fn from_start(started_at: Timestamp, suffix: u32) -> Self {
@@ -822,7 +871,7 @@ mod tests {
         let db = Database {
             name: "app".into(),
             url: "postgresql://app@db/app".into(),
-            password: Some(Secret::new("hunter2")),
+            password: Some(SecretRef::given("hunter2")),
             password_from: Some("env APP_DB_PASSWORD".into()),
             pg_bin_dir: None,
         };

@@ -2,7 +2,8 @@
 //! announced to every `[notifications.NAME]` (optionally every success too).
 //!
 //! A notifier that fails is retried a few times and then logged; it never
-//! changes the outcome of the run it is about.
+//! changes the outcome of the run it is about. Nor does one whose url
+//! cannot be read (a variable not set on this host): it is logged as not sent.
 
 use std::time::Duration;
 
@@ -164,11 +165,25 @@ fn body(kind: NotifierKind, event: Event, record: &RunRecord) -> serde_json::Val
 }
 
 async fn send(client: &reqwest::Client, notifier: &Notifier, event: Event, record: &RunRecord) {
+    // The url is read when there is something to send; one that cannot be
+    // read is a delivery that failed, never a run that failed.
+    let url = match notifier.url.resolve() {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::warn!(
+                "notification {}: {} not sent: {e}{}",
+                notifier.name,
+                event.name(),
+                e.hint().map_or(String::new(), |h| format!(" ({h})"))
+            );
+            return;
+        }
+    };
     let body = body(notifier.kind, event, record);
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=TRIES {
         let sent = client
-            .post(notifier.url.expose())
+            .post(url.expose())
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()

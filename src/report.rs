@@ -317,27 +317,58 @@ impl RunRecord {
         Key::new(format!("{job}/reports/{run_id}.json"))
     }
 
-    /// Stores the record in every storage given; a failure is logged, not fatal:
-    /// the run's own outcome is what the caller reports.
-    pub async fn store(&self, storages: &[std::sync::Arc<dyn Storage>]) {
-        let body = match serde_json::to_vec_pretty(self) {
-            Ok(b) => b,
-            Err(e) => return tracing::warn!("cannot encode the run record: {e}"),
-        };
-        let key = match self.key() {
-            Ok(k) => k,
-            Err(e) => return tracing::warn!("{e}"),
-        };
+    /// Stores the record in every storage given, each tried a few times.
+    /// `status`, `check`, the metrics and catch-up read records, so one that
+    /// stays unstored is an error (naming the storages), though the run's own
+    /// outcome stands.
+    pub async fn store(&self, storages: &[std::sync::Arc<dyn Storage>]) -> Result<()> {
+        let body = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::internal(format!("cannot encode the run record: {e}")))?;
+        let key = self.key()?;
+        let mut failed = Vec::new();
         for storage in storages {
-            if let Err(e) = crate::storage::write_small(storage.as_ref(), &key, &body).await {
-                tracing::warn!(
-                    "cannot store the run record in storage {}: {e}",
-                    storage.name()
-                );
+            let mut delay = STORE_RETRY_DELAY;
+            let mut attempt = 1;
+            loop {
+                match crate::storage::write_small(storage.as_ref(), &key, &body).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < STORE_ATTEMPTS => {
+                        tracing::warn!(
+                            "storing the run record in storage {} failed ({e}); trying again in {}s",
+                            storage.name(),
+                            delay.as_secs()
+                        );
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        failed.push(format!("storage {}: {e}", storage.name()));
+                        break;
+                    }
+                }
             }
         }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::storage(format!(
+            "the {} run's record {} could not be stored ({} attempts each): {}",
+            self.kind,
+            self.run_id,
+            STORE_ATTEMPTS,
+            failed.join("; ")
+        ))
+        .with_hint(
+            "what the run did stands as reported; but status, check, the metrics and catch-up \
+             read run records and miss this run: make room in the storage (or fix its access)",
+        ))
     }
 }
+
+/// How many times a run record is written before the run says it could not be.
+const STORE_ATTEMPTS: u32 = 3;
+const STORE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads one stored record; `None` when there is none under that key.
 pub async fn read_record(storage: &dyn Storage, key: &Key) -> Result<Option<RunRecord>> {

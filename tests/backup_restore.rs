@@ -313,8 +313,25 @@ fn a_flipped_byte_in_the_archive_fails_the_restore_and_names_the_object() {
             run.all()
         );
         assert!(run.stderr.contains("is corrupt"), "{}", run.all());
-        assert!(run.stderr.contains("must not be trusted"), "{}", run.all());
+        // The copy was restored under a name of its own and dropped: the
+        // target never appeared.
+        assert!(
+            run.stderr
+                .contains(&format!("database {target} was not created")),
+            "{}",
+            run.all()
+        );
+        assert!(!setup.cluster.databases().contains(&target));
     }
+    assert!(
+        setup
+            .cluster
+            .databases()
+            .iter()
+            .all(|d| !d.contains("__restoring_")),
+        "{:?}",
+        setup.cluster.databases()
+    );
     assert_eq!(
         setup.temp_files(),
         Vec::<String>::new(),

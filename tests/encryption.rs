@@ -492,3 +492,52 @@ fn a_passphrase_encrypted_backup_restores_with_it_and_is_refused_with_another() 
         assert!(!text.contains(PASSPHRASE), "the passphrase in {path}");
     }
 }
+
+#[test]
+fn an_encrypted_files_backup_verifies_and_restores_with_its_key_only() {
+    let k = keys();
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    let setup = Setup::with_cluster(cluster, "", "");
+    let tree = setup.work.path().join("uploads");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("secret.txt"), MARKER).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&setup.config)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut file,
+        format!(
+            "\n[jobs.uploads]\ntype = \"files\"\npath = \"{}\"\nstorages = [\"disk\"]\n{}",
+            tree.display(),
+            encrypted_job(&k.public)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(file);
+    let run = setup.backup(&["run", "uploads"]);
+    assert!(run.ok(), "{}", run.all());
+    let with_key = [("BACKUP_AGE_IDENTITY", k.secret.as_str())];
+    let run = setup.backup_with(&["verify", "--job", "uploads"], &with_key);
+    assert!(run.ok(), "{}", run.all());
+    let target = setup.work.path().join("restored");
+    let restore = [
+        "restore",
+        "--job",
+        "uploads",
+        "--latest",
+        "--target-dir",
+        target.to_str().unwrap(),
+    ];
+    let run = setup.backup(&restore);
+    assert_eq!(run.code, 9, "without the key: {}", run.all());
+    assert!(!target.exists(), "nothing is made without the key");
+    let run = setup.backup_with(&restore, &with_key);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(
+        std::fs::read_to_string(target.join("secret.txt")).unwrap(),
+        MARKER
+    );
+}

@@ -27,7 +27,8 @@ fn manifest(id: &BackupId, at: jiff::Timestamp) -> Value {
         "snapshot_at": at, "started_at": at, "finished_at": at,
         "compression": "zstd", "encryption": null,
         "objects": [{"key": "data.dump.zst", "role": "data", "raw_size": 4,
-                     "raw_sha256": "00", "stored_size": 4, "stored_sha256": "00"}],
+                     "raw_sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+                         "stored_size": 4, "stored_sha256": "0000000000000000000000000000000000000000000000000000000000000000"}],
         "tables": [], "warnings": [],
     })
 }

@@ -165,7 +165,8 @@ fn shiojiri_postgis_restores_with_clean_and_its_policies_keep_what_the_runbook_s
             "snapshot_at": at, "started_at": at, "finished_at": at,
             "compression": "zstd", "encryption": null,
             "objects": [{"key": "data.dump.zst", "role": "data", "raw_size": 4,
-                         "raw_sha256": "00", "stored_size": 4, "stored_sha256": "00"}],
+                         "raw_sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+                         "stored_size": 4, "stored_sha256": "0000000000000000000000000000000000000000000000000000000000000000"}],
             "tables": [], "warnings": [],
         });
         for (name, bytes) in [
@@ -237,6 +238,105 @@ fn every_example_job_file_passes_config_check_as_shipped() {
         let env: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "x")).collect();
         let run = run(&path, &["config", "check"], &env);
         assert!(run.stdout.contains("configuration OK"), "{}", run.all());
+        checked += 1;
+    }
+    assert!(checked >= 1, "no job file in {}", dir.display());
+}
+
+/// The variables a job file takes secrets from (`*_env = "NAME"`), each
+/// with its line.
+fn secret_variables(text: &str) -> Vec<(String, usize)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with('#'))
+        .filter_map(|(i, l)| {
+            let (_, rest) = l.split_once("_env = \"")?;
+            Some((rest.split('"').next()?.to_owned(), i + 1))
+        })
+        .collect()
+}
+
+/// `backup ARGS` on `config` with none of `unset` in its environment.
+fn run_without(config: &Path, args: &[&str], unset: &[(String, usize)]) -> Run {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_backup"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("BACKUP_CONFIG")
+        .env_remove("PGPASSWORD")
+        .stdin(std::process::Stdio::null());
+    for (name, _) in unset {
+        command.env_remove(name);
+    }
+    Run::from(command.output().expect("run backup"))
+}
+
+#[test]
+fn every_example_job_file_passes_config_check_with_no_secret_exported() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let vars = secret_variables(&std::fs::read_to_string(&path).unwrap());
+        assert!(!vars.is_empty(), "{} names no secret", path.display());
+
+        // Each secret that cannot be read here is a warning naming where.
+        let run = run_without(&path, &["config", "check"], &vars);
+        assert_eq!(run.code, 0, "{}", run.all());
+        assert!(run.stdout.contains("configuration OK"), "{}", run.all());
+        for (name, line) in &vars {
+            let warning = format!(
+                "environment variable {name} is not set ({}:{line})",
+                path.display()
+            );
+            assert!(
+                run.stderr
+                    .lines()
+                    .any(|l| l.starts_with("warning: [") && l.ends_with(&warning)),
+                "{warning}: {}",
+                run.all()
+            );
+        }
+
+        // --strict: the same are errors, exit 3.
+        let strict = run_without(&path, &["config", "check", "--strict"], &vars);
+        assert_eq!(strict.code, 3, "{}", strict.all());
+        assert!(
+            !strict.stdout.contains("configuration OK"),
+            "{}",
+            strict.all()
+        );
+        for (name, _) in &vars {
+            let error = format!("environment variable {name} is not set");
+            assert!(
+                strict
+                    .stderr
+                    .lines()
+                    .any(|l| l.starts_with("error: [") && l.contains(&error)),
+                "{error}: {}",
+                strict.all()
+            );
+        }
+
+        // --json carries them too.
+        let json = run_without(&path, &["--json", "config", "check"], &vars);
+        assert_eq!(json.code, 0, "{}", json.all());
+        let out: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(out["ok"], true, "{out}");
+        let warnings = out["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), vars.len(), "{out}");
+        for (name, line) in &vars {
+            let at = format!("{}:{line}", path.display());
+            assert!(
+                warnings.iter().any(|w| w["defined_at"] == at.as_str()
+                    && w["message"].as_str().unwrap().contains(name.as_str())),
+                "{name} at {at}: {out}"
+            );
+        }
         checked += 1;
     }
     assert!(checked >= 1, "no job file in {}", dir.display());
@@ -959,11 +1059,12 @@ fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
     assert!(refused.stderr.contains("is not empty"), "{}", refused.all());
     assert!(refused.stderr.contains("--force"), "{}", refused.all());
     assert_eq!(tree_state(&restored), before);
-    // --force writes the latest backup into it: the changed file replaced,
-    // the new one added, a file of the target's own kept.
+    // --in-place writes the latest backup into it: the changed file replaced,
+    // the new one added, a file of the target's own kept. (--force replaces
+    // the whole directory once the restored copy checks out: tests/restore_swap.rs.)
     std::fs::write(restored.join("notes.txt"), "mine").unwrap();
     let mut forced = latest.to_vec();
-    forced.push("--force");
+    forced.push("--in-place");
     // A directory where the backup has a file stops it, and the error is
     // that, not the broken pipe behind it; the hint says the target is partial.
     std::fs::create_dir(restored.join("avatars/u2.png")).unwrap();

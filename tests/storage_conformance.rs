@@ -24,6 +24,15 @@ struct Backend {
     /// Keeps a local backend's directory alive for the test.
     _dir: Option<tempfile::TempDir>,
     bucket: Option<String>,
+    /// Whether a writer that is never finished nor aborted (its process
+    /// killed) leaves something for `clean_unfinished` to remove: a local
+    /// temporary file, an S3 multipart upload. Azure discards uncommitted
+    /// blocks by itself, and memory keeps nothing.
+    leaves_unfinished: bool,
+    /// Whether the server tells when an unfinished write started. moto dates
+    /// every multipart upload 2010-11-10 (moto/s3/responses.py), so there
+    /// every one is old.
+    dates_unfinished: bool,
 }
 
 /// Deterministic bytes that do not compress to nothing and differ per seed.
@@ -187,6 +196,71 @@ async fn two_writers_at_once(b: Backend) {
     assert_eq!(sha(&get(b.storage.as_ref(), &kb).await), sha(&db));
 }
 
+/// A writer whose process was killed (SIGKILL, the OOM killer) runs no
+/// clean-up at all: `forget` is that, in-process.
+async fn killed_writer(storage: &dyn Storage, k: &Key, len: u64) {
+    let mut writer = storage.writer(k).await.expect("writer");
+    writer.write(&data(len, 7)).await.expect("write");
+    std::mem::forget(writer);
+}
+
+async fn clean_unfinished_removes_what_killed_writers_left_once_old(b: Backend) {
+    let storage = b.storage.as_ref();
+    let done = key("unf/done/object");
+    put(storage, &done, &data(b.part + 1, 8)).await;
+    // More than a part: a multipart upload is open.
+    killed_writer(storage, &key("unf/killed/object"), b.part + 1).await;
+    // Beside the prefix, not under it: never touched.
+    killed_writer(storage, &key("unf-not/killed"), b.part + 1).await;
+    let left = usize::from(b.leaves_unfinished);
+
+    let now = jiff::Timestamp::now();
+    let hour = jiff::SignedDuration::from_hours(1);
+    let before_it = now.checked_sub(hour).unwrap();
+    if b.dates_unfinished {
+        assert_eq!(
+            storage
+                .clean_unfinished(&key("unf"), before_it)
+                .await
+                .expect("clean"),
+            0,
+            "a write younger than `before` may still be going: kept"
+        );
+    }
+    let after_it = now.checked_add(hour).unwrap();
+    assert_eq!(
+        storage
+            .clean_unfinished(&key("unf"), after_it)
+            .await
+            .expect("clean"),
+        left,
+        "the killed writer's leftovers, once older than `before`"
+    );
+    assert_eq!(
+        storage
+            .clean_unfinished(&key("unf"), after_it)
+            .await
+            .expect("clean again"),
+        0,
+        "nothing is left the second time"
+    );
+    let listed: Vec<String> = keys_under(storage, "unf")
+        .await
+        .into_iter()
+        .map(|o| o.key.as_str().to_owned())
+        .collect();
+    assert_eq!(listed, ["unf/done/object"], "finished objects stay");
+    assert_eq!(sha(&get(storage, &done).await), sha(&data(b.part + 1, 8)));
+    assert_eq!(
+        storage
+            .clean_unfinished(&key("unf-not"), after_it)
+            .await
+            .expect("clean the sibling"),
+        left,
+        "the sibling prefix's leftover was still there"
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -216,6 +290,13 @@ macro_rules! conformance {
             async fn two_writers_at_once() {
                 super::two_writers_at_once(backends::$backend().await).await;
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn clean_unfinished_removes_what_killed_writers_left_once_old() {
+                super::clean_unfinished_removes_what_killed_writers_left_once_old(
+                    backends::$backend().await,
+                )
+                .await;
+            }
         }
     };
 }
@@ -230,6 +311,8 @@ mod backends {
             part: MIB,
             _dir: None,
             bucket: None,
+            leaves_unfinished: false,
+            dates_unfinished: true,
         }
     }
 
@@ -240,6 +323,8 @@ mod backends {
             part: MIB,
             _dir: Some(dir),
             bucket: None,
+            leaves_unfinished: true,
+            dates_unfinished: true,
         }
     }
 
@@ -261,6 +346,8 @@ mod backends {
             part,
             _dir: None,
             bucket: Some(bucket),
+            leaves_unfinished: true,
+            dates_unfinished: false,
         }
     }
 
@@ -282,6 +369,8 @@ mod backends {
             part,
             _dir: None,
             bucket: None,
+            leaves_unfinished: false,
+            dates_unfinished: true,
         }
     }
 }

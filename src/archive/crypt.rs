@@ -141,9 +141,15 @@ impl Identities {
     /// From `BACKUP_AGE_IDENTITY`, else the job's `identity_file`, with the
     /// job's passphrase if it has one; `None` when there is nothing.
     pub fn load(encryption: Option<&crate::model::EncryptionSpec>) -> Result<Option<Self>> {
+        // Read only now, when a backup is opened: a job's passphrase need
+        // not be on a host that lists or prunes.
         let passphrase = encryption
             .and_then(|e| e.passphrase.as_ref())
-            .map(|p| age::secrecy::SecretString::from(p.expose().to_owned()));
+            .map(|p| {
+                p.resolve()
+                    .map(|p| age::secrecy::SecretString::from(p.expose().to_owned()))
+            })
+            .transpose()?;
         let identity_file = encryption.and_then(|e| e.identity_file.as_deref());
         // Whatever is wrong with the variable, its value is never repeated:
         // it may be a key with a typo.
@@ -198,40 +204,8 @@ impl Identities {
     }
 }
 
-/// Refuses a file holding a secret that others than its owner may read.
-pub fn refuse_shared_secret(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::io(Kind::Config, format!("reading {}", path.display()), e))?;
-    judge_secret_file(path, &meta)
-}
-
-fn judge_secret_file(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode();
-    // Devices and pipes (a secret handed over on a file descriptor) have
-    // the modes of their kind, not of a file someone wrote.
-    if meta.is_file() && mode & 0o077 != 0 {
-        return Err(Error::config(format!(
-            "{} holds a secret and others may read it (mode {:o})",
-            path.display(),
-            mode & 0o777
-        ))
-        .with_hint(format!("chmod 600 {}", path.display())));
-    }
-    Ok(())
-}
-
-/// Reads a file holding a secret, refusing it (as [`refuse_shared_secret`])
-/// when others may read it. The mode is read from the open file, so the file
-/// judged is the file read.
-pub fn read_private(path: &Path) -> Result<String> {
-    let reading = |e| Error::io(Kind::Config, format!("reading {}", path.display()), e);
-    let mut file = std::fs::File::open(path).map_err(reading)?;
-    judge_secret_file(path, &file.metadata().map_err(reading)?)?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(reading)?;
-    Ok(text)
-}
+// Identity files are read as every secret file is: refused when shared.
+pub use crate::secret::{read_private, refuse_shared_secret};
 
 /// The encryption stage of one object.
 #[derive(Clone, Debug, Default)]
@@ -380,8 +354,10 @@ pub async fn opener(
         ))
     })?;
     let identities = Arc::new(identities);
+    // The object a restore reads: a dump's data, or a files job's tar.
     let object = manifest
         .object(crate::catalog::Role::Data)
+        .or_else(|| manifest.object(crate::catalog::Role::Files))
         .ok_or_else(|| Error::integrity(format!("backup {}: no data object", manifest.id)))?;
     let key = crate::catalog::backup_prefix(&manifest.job, &manifest.id)?.join(&object.key)?;
     let reader = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);

@@ -9,11 +9,11 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Kind, Result};
+use crate::nofollow::{self, open_at, open_file_at, read_link_at};
 
 /// What [`pack`] put into the stream, and what it left out.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,11 +73,8 @@ fn walk<W: Write>(
     packed: &mut Packed,
 ) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    // The directory the descriptor holds, whatever its path is now.
-    let here = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    let mut names: Vec<std::ffi::OsString> = fs::read_dir(&here)
-        .and_then(|listing| listing.map(|e| e.map(|e| e.file_name())).collect())
-        .map_err(|e| io_error(&root.join(relative), "listing", e))?;
+    let mut names =
+        nofollow::names(dir).map_err(|e| io_error(&root.join(relative), "listing", e))?;
     names.sort();
     for name in names {
         let inside = relative.join(&name);
@@ -186,76 +183,6 @@ fn is_gone_or_replaced(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
     ) || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EINVAL))
-}
-
-/// `openat(dir, name, flags)`, close-on-exec.
-fn open_at(
-    dir: &fs::File,
-    name: &std::ffi::OsStr,
-    flags: libc::c_int,
-) -> std::io::Result<fs::File> {
-    let name = c_name(name)?;
-    // SAFETY: a valid directory descriptor and C string; the descriptor
-    // returned is owned by the File made of it and nothing else.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is not owned elsewhere.
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
-}
-
-/// Opens the regular file `name` of `dir` for reading, without following a
-/// link and without blocking on a FIFO put in its place. A file under a
-/// write lease (Samba, NFS) answers EAGAIN to O_NONBLOCK: the listing said
-/// it is a regular file, so that one is opened again and waited for. Reads
-/// block as usual either way (FUSE may honour the flag on read).
-fn open_file_at(dir: &fs::File, name: &std::ffi::OsStr) -> std::io::Result<fs::File> {
-    let file = match open_at(
-        dir,
-        name,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-    ) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            return open_at(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW);
-        }
-        other => other?,
-    };
-    // SAFETY: a valid descriptor; F_GETFL and F_SETFL take and give flags.
-    unsafe {
-        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-    }
-    Ok(file)
-}
-
-/// `readlinkat(dir, name)`: what the link says, unfollowed.
-fn read_link_at(dir: &fs::File, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
-    let name = c_name(name)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: a valid descriptor, C string and buffer of buf.len() bytes.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
-}
-
-fn c_name(name: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(name.as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
 }
 
 /// Exactly `len` bytes of `file`, whatever it does meanwhile: bytes past

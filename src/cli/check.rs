@@ -622,6 +622,8 @@ mod tests {
             warnings: vec![],
             directory: None,
             tree: None,
+            system_identifier: None,
+            database_properties: None,
         }
     }
 

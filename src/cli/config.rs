@@ -1,11 +1,18 @@
 //! `backup config check`: validate the configuration and show what it resolves to.
+//!
+//! Every secret the job files name is tried too. One that is not on this host
+//! (a variable not set, a file not there) is a warning, since a laptop that
+//! only lists backups needs no database password; `--strict` makes it an
+//! error. One that is there and wrong (a file others may read, an empty
+//! passphrase) is always an error.
 
 use serde_json::json;
 
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{BackupSource, Job, JobKind};
 use crate::schedule::zone_name;
+use crate::secret::Unresolved;
 
 /// How many fire times `config check` shows per job.
 const SHOWN_RUNS: usize = 5;
@@ -22,13 +29,68 @@ fn next_runs(job: &Job) -> Vec<String> {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Validate every job file and print the resolved jobs.
-    Check,
+    /// Validate every job file and print the resolved jobs; secrets that
+    /// cannot be read here are warnings.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Fail (exit 3) when a secret the job files name cannot be read here too.
+    #[arg(long)]
+    strict: bool,
+}
+
+/// A secret that cannot be read, as `--json` shows it.
+fn secret_json(u: &Unresolved) -> serde_json::Value {
+    json!({
+        "message": u.message,
+        "defined_at": u.origin.as_ref().map(|o| o.to_string()),
+        "hint": u.hint,
+        "missing": u.missing,
+    })
+}
+
+/// `warning: [databases.app] password_env: ... (jobs/app.toml:7)`, and its hint.
+fn print_unreadable(label: &str, u: &Unresolved) {
+    match &u.origin {
+        Some(origin) => eprintln!("{label}: {} ({origin})", u.message),
+        None => eprintln!("{label}: {}", u.message),
+    }
+    if let Some(hint) = &u.hint {
+        eprintln!("hint: {hint}");
+    }
 }
 
 pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
-    let Command::Check = command;
+    let Command::Check(args) = command;
     let config = &engine.config;
+    let unreadable: Vec<Unresolved> = config
+        .secrets()
+        .into_iter()
+        .filter_map(|s| s.try_resolve().err())
+        .collect();
+    let (errors, warnings): (Vec<Unresolved>, Vec<Unresolved>) = unreadable
+        .into_iter()
+        .partition(|u| args.strict || !u.missing);
+    let failed = (!errors.is_empty()).then(|| {
+        let n = errors.len();
+        Error::config(format!(
+            "{n} secret{} of the configuration cannot be {}",
+            if n == 1 { "" } else { "s" },
+            if errors.iter().all(|u| u.missing) {
+                "read on this host"
+            } else {
+                "used"
+            }
+        ))
+        .with_hint(if args.strict {
+            "export the variables and create the files named above, or leave out --strict \
+             where a host needs only some of them (listing needs no database password)"
+        } else {
+            "fix the secrets named above"
+        })
+    });
     if json {
         let jobs: Vec<_> = config
             .jobs
@@ -87,7 +149,13 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                 out
             })
             .collect();
-        return super::print_json(&json!({"ok": true, "jobs": jobs}));
+        super::print_json(&json!({
+            "ok": failed.is_none(),
+            "jobs": jobs,
+            "warnings": warnings.iter().map(secret_json).collect::<Vec<_>>(),
+            "errors": errors.iter().map(secret_json).collect::<Vec<_>>(),
+        }))?;
+        return failed.map_or(Ok(()), Err);
     }
     for job in config.jobs.values() {
         println!(
@@ -192,8 +260,25 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
             None => println!("  records:     none kept: no storage in its file (set `reports`)"),
         }
     }
+    for u in &warnings {
+        print_unreadable("warning", u);
+    }
+    for u in &errors {
+        print_unreadable("error", u);
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let n = config.jobs.len();
-    println!("configuration OK: {n} job{}", if n == 1 { "" } else { "s" });
+    let unread = match warnings.len() {
+        0 => String::new(),
+        1 => "; 1 secret cannot be read on this host (see the warning)".to_owned(),
+        w => format!("; {w} secrets cannot be read on this host (see the warnings)"),
+    };
+    println!(
+        "configuration OK: {n} job{}{unread}",
+        if n == 1 { "" } else { "s" }
+    );
     Ok(())
 }
 

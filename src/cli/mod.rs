@@ -123,11 +123,10 @@ pub fn main() -> ExitCode {
         } else {
             Some(Signals::listen())
         };
-        let work = dispatch(cli, cancel.clone());
-        tokio::pin!(work);
+        let mut work = Box::pin(dispatch(cli, cancel.clone()));
         // The daemon has its own signal handling: SIGTERM is how it is stopped.
         let result = match signals {
-            None => work.await,
+            None => (&mut work).await,
             Some(signals) => tokio::select! {
                 result = &mut work => result,
                 signal = signals.first() => {
@@ -160,6 +159,9 @@ pub fn main() -> ExitCode {
                 }
             },
         };
+        // Dropped now, not at the end of this block: what its drop starts
+        // (aborting uploads, dropping a half-restored copy) is waited for below.
+        drop(work);
         let (uploads, notifications) = tokio::join!(
             crate::storage::finish_cleanups(CLEANUP_LIMIT),
             crate::notify::finish(crate::notify::FINISH_LIMIT)

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use serde_json::json;
 
 use crate::catalog::Selector;
-use crate::engine::Engine;
+use crate::engine::{Engine, Recorded};
 use crate::error::{Error, Result};
 use crate::jobs::restore::RestoreRequest;
 use crate::model::BackupId;
@@ -26,13 +26,23 @@ impl Args {
                     dir.display()
                 ),
             ),
-            (db, None) => {
+            (db, None) if self.in_place => {
                 let db = db.as_deref().unwrap_or_default();
                 (
                     format!(
                         "the restore was stopped; if it had begun, database {db} is incomplete"
                     ),
-                    format!("drop database {db}, or restore again with --clean"),
+                    format!("drop database {db}, or restore again"),
+                )
+            }
+            (db, None) => {
+                let db = db.as_deref().unwrap_or_default();
+                (
+                    format!(
+                        "the restore was stopped: database {db} was not touched, and the copy \
+                         being restored beside it is dropped"
+                    ),
+                    "restore again".to_owned(),
                 )
             }
         }
@@ -63,16 +73,27 @@ pub struct Args {
     /// missing. Modes, times and symlinks come back as they were.
     #[arg(long, value_name = "DIR")]
     target_dir: Option<std::path::PathBuf>,
-    /// With --target-dir: write into a directory that is not empty,
-    /// replacing files of the same name.
+    /// With --target-dir: replace a directory that is not empty. The backup
+    /// is restored beside it and swapped in once its digests check out.
     #[arg(long, requires = "target_dir")]
     force: bool,
     /// Read from this storage instead of the job's first that has the backup.
     #[arg(long, value_name = "STORAGE")]
     storage: Option<String>,
-    /// Drop and re-create the backup's objects in an existing, non-empty target.
+    /// Replace an existing, non-empty target database: the backup is restored
+    /// beside it, proven, and swapped in; a failure leaves the target as it was.
     #[arg(long, conflicts_with = "target_dir")]
     clean: bool,
+    /// Restore into the target itself instead of beside it: one that holds
+    /// something is DROPPED FIRST (with --target-dir: files are written into
+    /// the directory, replacing those of the same name). For a server
+    /// without room for a second copy; a failed restore leaves the target
+    /// incomplete.
+    #[arg(long)]
+    in_place: bool,
+    /// Keep the restored copy when it fails its proof, for a look.
+    #[arg(long)]
+    keep_failed: bool,
     /// Parallel pg_restore jobs; above 1 the archive is spooled to a temp file.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with = "target_dir")]
     jobs: u32,
@@ -102,17 +123,20 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     let Some(target_db) = args.target_db.clone() else {
         return restore_dir(engine, &args, &selector, json).await;
     };
+    crate::pg::database::check_name(&target_db)?;
     let request = RestoreRequest {
         selector,
         target_db,
         storage: args.storage.clone(),
         flags: RestoreFlags {
-            clean: args.clean,
             jobs: args.jobs,
             no_owner: args.no_owner,
             no_acl: args.no_acl,
             no_tablespaces: false,
         },
+        clean: args.clean,
+        in_place: args.in_place,
+        keep_failed: args.keep_failed,
     };
     let plan = engine.plan_restore(&args.job, &request).await?;
     let b = &plan.backup;
@@ -122,7 +146,8 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             return super::print_json(&json!({
                 "dry_run": true, "job": plan.job, "backup": b.id, "snapshot_at": b.snapshot_at,
                 "storage": plan.storage, "target_db": plan.target_db,
-                "target_exists": plan.target.is_some(), "overwrites": plan.overwrites(),
+                "method": plan.method.name(), "staging_db": plan.method.staging(),
+                "leftovers": plan.leftovers, "overwrites": plan.overwrites(),
             }));
         }
         println!("{plan}");
@@ -133,22 +158,36 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     if !args.yes && std::io::stdin().is_terminal() {
         confirm(&format!("database {}", plan.target_db), plan.overwrites())?;
     }
-    let outcome = engine.restore(&plan).await?;
+    let Recorded {
+        value: outcome,
+        unrecorded,
+    } = engine.restore(&plan).await?;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
     if json {
         return super::print_json(&json!({
             "job": plan.job, "backup": b.id, "snapshot_at": b.snapshot_at, "target_db": plan.target_db,
+            "method": plan.method.name(),
             "tables_checked": outcome.tables_checked, "rows_checked": outcome.rows_checked,
-        }));
+            "warnings": outcome.warnings,
+        }))
+        .and(Recorded::<()>::finish(unrecorded));
     }
     println!(
-        "restored backup {} (data as of {}) into database {}: all {} tables match the backup's row counts ({} rows)",
+        "restored backup {} (data as of {}) into database {}: all {} tables match the backup's row counts ({} rows){}",
         b.id,
         time::show(b.snapshot_at, &plan.timezone),
         plan.target_db,
         outcome.tables_checked,
-        outcome.rows_checked
+        outcome.rows_checked,
+        if plan.overwrites() && plan.method.staging().is_some() {
+            "; it replaced the database that was there"
+        } else {
+            ""
+        }
     );
-    Ok(())
+    Recorded::<()>::finish(unrecorded)
 }
 
 /// With `--at`, said first and plainly: which backup, and how far before
@@ -182,7 +221,11 @@ async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bo
             selector,
             args.storage.as_deref(),
             target,
-            args.force,
+            crate::jobs::files::Replace {
+                force: args.force || args.in_place,
+                in_place: args.in_place,
+                keep_failed: args.keep_failed,
+            },
         )
         .await?;
     let b = &plan.backup;
@@ -203,12 +246,16 @@ async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bo
     if !args.yes && std::io::stdin().is_terminal() {
         confirm(&format!("directory {target}"), plan.existing > 0)?;
     }
-    let outcome = engine.restore_dir(&plan).await?;
+    let Recorded {
+        value: outcome,
+        unrecorded,
+    } = engine.restore_dir(&plan).await?;
     if json {
         return super::print_json(&json!({
             "job": plan.job, "backup": b.id, "snapshot_at": b.snapshot_at,
             "target_dir": target, "entries": outcome.entries,
-        }));
+        }))
+        .and(Recorded::<()>::finish(unrecorded));
     }
     println!(
         "restored backup {} (files as of {}) into {target}: {} entries, digests match the manifest",
@@ -216,7 +263,7 @@ async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bo
         time::show(b.snapshot_at, &plan.timezone),
         outcome.entries,
     );
-    Ok(())
+    Recorded::<()>::finish(unrecorded)
 }
 
 /// Asks on the terminal; anything but the expected answer cancels.

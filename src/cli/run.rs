@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::engine::{Engine, Output};
+use crate::engine::{Engine, Output, RunRequest};
 use crate::error::{Error, Result};
 use crate::jobs::maintenance::{self, MaintenanceOutcome, Plan, StepStatus};
 use crate::jobs::prune;
@@ -19,6 +19,10 @@ pub struct Args {
     /// Print what each job would do, and why, without doing it.
     #[arg(long)]
     dry_run: bool,
+    /// Back up a database other than the one the job's previous backups are
+    /// of (a new server, a restored copy): once, for a deliberate move.
+    #[arg(long)]
+    accept_new_source: bool,
 }
 
 /// How many tables a text plan names as left alone before it counts the rest.
@@ -224,7 +228,17 @@ pub async fn run(
     }
     for name in &args.jobs {
         let job = engine.config.job(name)?;
-        match engine.run_now(name, cancel).await {
+        let request = RunRequest {
+            cancel: cancel.clone(),
+            accept_new_source: args.accept_new_source,
+            ..RunRequest::manual(name)
+        };
+        let mut unrecorded = None;
+        let ran = engine.run_now(request).await.map(|done| {
+            unrecorded = done.unrecorded;
+            done.value
+        });
+        match ran {
             Ok(Output::Maintenance(outcome)) => {
                 if json {
                     let mut value = serde_json::to_value(&outcome).unwrap_or_default();
@@ -317,6 +331,9 @@ pub async fn run(
                 return Err(Error::interrupted(format!("job {name}: {stopped}")).reported());
             }
             Err(e) => report.failed(name, e),
+        }
+        if let Some(e) = unrecorded {
+            report.also(e.context(format!("job {name}")));
         }
     }
     report.finish()

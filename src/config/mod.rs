@@ -2,8 +2,12 @@
 //!
 //! Two stages, as in ripgrep's flags: the raw structs only mirror the file
 //! (`deny_unknown_fields`, every value wrapped in `Spanned` so errors can name
-//! the line); [`validate`] is the one place that checks references, reads
+//! the line); [`validate`] is the one place that checks references, names
 //! secrets and applies defaults. Errors name the file, the line and the key.
+//!
+//! Secrets are not read here: a [`SecretRef`] says where each one is, and is
+//! read when a command needs it (`crate::secret`). So a host without the
+//! database's password can still list, verify and prune.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,9 +27,10 @@ mod storage;
 use crate::error::{Error, Result};
 use crate::model::{
     BackupJob, BackupSource, CatchUp, Compression, Config, Database, EncryptionSpec, Job, JobKind,
-    Notifier, NotifierKind, Origin, Overlap, PruneJob, RunPolicy, Secret, StorageSpec,
+    Notifier, NotifierKind, Origin, Overlap, PruneJob, RunPolicy, StorageSpec,
 };
 use crate::schedule::Schedule;
+use crate::secret::{Problem, SecretRef, SecretSource};
 use storage::{RawStorage, validate_storage};
 
 /// The file name looked for when neither `--config` nor `$BACKUP_CONFIG` is set.
@@ -396,12 +401,12 @@ fn validate(mut files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config
     for (source, raw) in &files {
         for (name, db) in &raw.databases {
             check_unique("databases", name, source.origin(db))?;
-            let db = validate_database(source, name, db, env)?;
+            let db = validate_database(source, name, db)?;
             config.databases.insert(name.clone(), Arc::new(db));
         }
         for (name, storage) in &raw.storages {
             check_unique("storages", name, source.origin(storage))?;
-            let spec = validate_storage(source, name, storage, env)?;
+            let spec = validate_storage(source, name, storage)?;
             config.storages.insert(name.clone(), Arc::new(spec));
         }
     }
@@ -409,7 +414,7 @@ fn validate(mut files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config
         validate_daemon(source, raw, &mut config)?;
         for (name, notification) in &raw.notifications {
             check_unique("notifications", name, source.origin(notification))?;
-            let notifier = validate_notification(source, name, notification, env)?;
+            let notifier = validate_notification(source, name, notification)?;
             config.notifiers.push(Arc::new(notifier));
         }
         let timezone = match &raw.timezone {
@@ -442,7 +447,7 @@ fn validate(mut files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config
                     )
                     .with_hint("choose a shorter name"));
             }
-            let job = validate_job(source, name, job, timezone.clone(), &config, &reports, env)?;
+            let job = validate_job(source, name, job, timezone.clone(), &config, &reports)?;
             config.jobs.insert(name.clone(), job);
         }
     }
@@ -509,7 +514,6 @@ fn validate_notification(
     source: &Source,
     name: &str,
     raw: &Spanned<RawNotification>,
-    env: EnvLookup,
 ) -> Result<Notifier> {
     let n = raw.get_ref();
     let kind = match n.kind.get_ref().as_str() {
@@ -525,34 +529,20 @@ fn validate_notification(
         }
     };
     let section = format!("notifications.{name}");
-    let (url, _) =
-        read_secret(source, &section, "url", &n.url_env, &n.url_file, env)?.ok_or_else(|| {
-            source
-                .error(raw, format!("[{section}] needs url_env or url_file"))
-                .with_hint(
-                    "webhook URLs carry a token, so they come from the environment or a file",
-                )
-        })?;
-    if !(url.expose().starts_with("https://") || url.expose().starts_with("http://")) {
-        return Err(source.error(
-            raw,
-            format!("[{section}] the url does not start with https:// or http://"),
-        ));
-    }
+    let url = secret_ref(source, &section, "url", &n.url_env, &n.url_file)?.ok_or_else(|| {
+        source
+            .error(raw, format!("[{section}] needs url_env or url_file"))
+            .with_hint("webhook URLs carry a token, so they come from the environment or a file")
+    })?;
     Ok(Notifier {
         name: name.to_owned(),
         kind,
-        url,
+        url: url.checked(http_url),
         on_success: n.on_success.unwrap_or(false),
     })
 }
 
-fn validate_database(
-    source: &Source,
-    name: &str,
-    raw: &Spanned<RawDatabase>,
-    env: EnvLookup,
-) -> Result<Database> {
+fn validate_database(source: &Source, name: &str, raw: &Spanned<RawDatabase>) -> Result<Database> {
     let db = raw.get_ref();
     let url = db.url.get_ref();
     let (parsed, tls) = crate::pg::tls::parse(url).map_err(|e| {
@@ -563,6 +553,28 @@ fn validate_database(
             )
             .with_hint("write a libpq URI such as postgresql://user@host:5432/dbname")
     })?;
+    // Without a database name libpq (and we) would take PGDATABASE or the
+    // user's name: the job would back up whatever the environment says, and
+    // its prune would judge the real backups by that.
+    if parsed.get_dbname().is_none_or(str::is_empty) {
+        return Err(source
+            .error(
+                &db.url,
+                // Never the url itself: it may still hold a password here.
+                format!(
+                    "[databases.{name}] url {}names no database",
+                    if url.trim().is_empty() {
+                        "is empty: it "
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .with_hint(
+                "write the database's name in the url, such as postgresql://user@host:5432/dbname: \
+                 a job never falls back to PGDATABASE or the user's name",
+            ));
+    }
     // A CA file that is not there, a client key others may read: said by
     // `config check`, not at the first backup.
     let mut resolved = parsed.clone();
@@ -586,20 +598,18 @@ fn validate_database(
                  process listings and logs",
             ));
     }
-    let (password, password_from) = read_secret(
+    let password = secret_ref(
         source,
         &format!("databases.{name}"),
         "password",
         &db.password_env,
         &db.password_file,
-        env,
-    )?
-    .unzip();
+    )?;
     Ok(Database {
         name: name.to_owned(),
         url: url.clone(),
+        password_from: password.as_ref().map(SecretRef::describe),
         password,
-        password_from,
         pg_bin_dir: db.pg_bin_dir.as_ref().map(|p| p.get_ref().clone()),
     })
 }
@@ -858,7 +868,6 @@ fn validate_job(
     timezone: TimeZone,
     config: &Config,
     reports: &Option<Arc<StorageSpec>>,
-    env: EnvLookup,
 ) -> Result<Job> {
     let job = raw.get_ref();
     let timezone = match &job.timezone {
@@ -889,7 +898,6 @@ fn validate_job(
                 name,
                 raw,
                 config,
-                env,
                 BackupSource::Database(database),
             )?)
         }
@@ -905,7 +913,6 @@ fn validate_job(
                 name,
                 raw,
                 config,
-                env,
                 BackupSource::Directory(directory.clone()),
             )?;
             // A tar of a tree that holds its own backups grows every day.
@@ -1065,7 +1072,6 @@ fn validate_backup_job(
     name: &str,
     raw: &Spanned<RawJob>,
     config: &Config,
-    env: EnvLookup,
     backup_source: BackupSource,
 ) -> Result<BackupJob> {
     let job = raw.get_ref();
@@ -1113,7 +1119,7 @@ fn validate_backup_job(
         None => Duration::from_secs(24 * 3600),
     };
     let encryption = match &job.encryption {
-        Some(raw) => Some(validate_encryption(source, name, raw, env)?),
+        Some(raw) => Some(validate_encryption(source, name, raw)?),
         None => None,
     };
     Ok(BackupJob {
@@ -1132,25 +1138,18 @@ fn validate_encryption(
     source: &Source,
     name: &str,
     raw: &Spanned<RawEncryption>,
-    env: EnvLookup,
 ) -> Result<EncryptionSpec> {
     use crate::archive::crypt::Recipients;
     let enc = raw.get_ref();
     let section = format!("[jobs.{name}] encryption");
-    let passphrase = read_secret(
+    let passphrase = secret_ref(
         source,
         &format!("jobs.{name}.encryption"),
         "passphrase",
         &enc.passphrase_env,
         &enc.passphrase_file,
-        env,
     )?
-    .map(|(secret, _)| secret);
-    if let Some(p) = &passphrase
-        && p.expose().is_empty()
-    {
-        return Err(source.error(raw, format!("{section}: the passphrase is empty")));
-    }
+    .map(|p| p.checked(passphrase_not_empty));
     let recipients = match (&enc.recipients, &enc.recipients_file) {
         // age takes a passphrase only as the one recipient of a file.
         (Some(_), _) | (_, Some(_)) if passphrase.is_some() => {
@@ -1164,11 +1163,12 @@ fn validate_encryption(
                      safer choice, as the hosts taking backups then cannot read them",
                 ));
         }
-        (None, None) if passphrase.is_some() => {
-            Recipients::passphrase(passphrase.as_ref().expect("checked above"))
-        }
-        (Some(keys), None) => Recipients::parse(keys.iter().map(String::as_str))
-            .map_err(|e| source.error(raw, format!("{section}: recipients: {e}")))?,
+        // Sealed to the passphrase once it is read, at the backup.
+        (None, None) if passphrase.is_some() => None,
+        (Some(keys), None) => Some(
+            Recipients::parse(keys.iter().map(String::as_str))
+                .map_err(|e| source.error(raw, format!("{section}: recipients: {e}")))?,
+        ),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 source.error(
@@ -1176,12 +1176,12 @@ fn validate_encryption(
                     format!("{section}: recipients_file {}: {e}", path.display()),
                 )
             })?;
-            Recipients::parse_file(&text).map_err(|e| {
+            Some(Recipients::parse_file(&text).map_err(|e| {
                 source.error(
                     raw,
                     format!("{section}: recipients_file {}: {e}", path.display()),
                 )
-            })?
+            })?)
         }
         (Some(_), Some(_)) => {
             return Err(source.error(
@@ -1214,7 +1214,7 @@ fn validate_encryption(
         })?;
     }
     Ok(EncryptionSpec {
-        recipients: Arc::new(recipients),
+        recipients: recipients.map(Arc::new),
         identity_file: enc.identity_file.clone(),
         passphrase,
     })
@@ -1370,54 +1370,66 @@ fn is_job_name(name: &str) -> bool {
         && name != "reports"
 }
 
-/// Reads a secret named by `<key>_env` or `<key>_file` (at most one of them).
-/// Returns the value and where it came from ("env X", "file Y"), for messages.
-fn read_secret(
+/// The secret named by `<key>_env` or `<key>_file` (at most one of them),
+/// read when a command needs it. A variable's name is noted at once, so
+/// children that need none of the job file's secrets are started without it.
+fn secret_ref(
     source: &Source,
     section: &str,
     key: &str,
     env_name: &Option<Spanned<String>>,
     file: &Option<Spanned<PathBuf>>,
-    env: EnvLookup,
-) -> Result<Option<(Secret, String)>> {
+) -> Result<Option<SecretRef>> {
     match (env_name, file) {
         (Some(_), Some(file)) => Err(source.error(
             file,
             format!("[{section}] sets both {key}_env and {key}_file; keep one"),
         )),
-        (Some(var), None) => match env(var.get_ref()) {
-            Some(value) => {
-                crate::model::secret_in_env(var.get_ref());
-                Ok(Some((Secret::new(value), format!("env {}", var.get_ref()))))
-            }
-            None => Err(source
-                .error(
-                    var,
-                    format!(
-                        "[{section}] {key}_env: environment variable {} is not set",
-                        var.get_ref()
-                    ),
-                )
-                .with_hint(format!("export {} before running backup", var.get_ref()))),
-        },
-        (None, Some(file)) => {
-            let path = file.get_ref();
-            // Like libpq with a .pgpass: a secret others can read is no secret.
-            let text = crate::archive::crypt::read_private(path).map_err(|e| {
-                let err = source.error(file, format!("[{section}] {key}_file: {}", e.message()));
-                match e.hint() {
-                    Some(hint) => err.with_hint(hint.to_owned()),
-                    None => err,
-                }
-            })?;
-            let value = text.trim_end_matches(['\n', '\r']).to_owned();
-            Ok(Some((
-                Secret::new(value),
-                format!("file {}", path.display()),
+        (Some(var), None) => {
+            crate::model::secret_in_env(var.get_ref());
+            Ok(Some(SecretRef::named(
+                SecretSource::Env(var.get_ref().clone()),
+                section,
+                &format!("{key}_env"),
+                source.origin(var),
             )))
         }
+        (None, Some(file)) => Ok(Some(SecretRef::named(
+            SecretSource::File(file.get_ref().clone()),
+            section,
+            &format!("{key}_file"),
+            source.origin(file),
+        ))),
         (None, None) => Ok(None),
     }
+}
+
+// Checks run on a secret's value when it is read, by a command or by
+// `config check`; their messages never repeat the value.
+
+fn passphrase_not_empty(value: &str) -> std::result::Result<(), Problem> {
+    if value.is_empty() {
+        return Err(Problem::new("the passphrase is empty")
+            .with_hint("an empty passphrase protects nothing: set one, or use recipients"));
+    }
+    Ok(())
+}
+
+fn http_url(value: &str) -> std::result::Result<(), Problem> {
+    if !(value.starts_with("https://") || value.starts_with("http://")) {
+        return Err(
+            Problem::new("the url does not start with https:// or http://")
+                .with_hint("set the whole webhook url, scheme included"),
+        );
+    }
+    Ok(())
+}
+
+fn not_empty(value: &str) -> std::result::Result<(), Problem> {
+    if value.is_empty() {
+        return Err(Problem::new("the value is empty"));
+    }
+    Ok(())
 }
 
 fn declared<'a>(what: &str, names: impl Iterator<Item = &'a String>) -> String {
@@ -1451,20 +1463,36 @@ storages = ["disk"]
 compression = "gzip"
 "#;
 
-    fn check(text: &str) -> Result<Config> {
-        let source = Source {
-            path: PathBuf::from("jobs/app.toml"),
-            text: text.to_owned(),
-        };
-        let raw = parse(&source)?;
-        validate(vec![(&source, raw)], &|name| match name {
+    fn test_env(name: &str) -> Option<String> {
+        match name {
             "APP_DB_PASSWORD" => Some("s3cret-from-env".to_owned()),
             "S3_ID" => Some("AKIDEXAMPLE".to_owned()),
             "BACKUP_PASSPHRASE" => Some("correct horse battery staple".to_owned()),
             "APP_DB_HOST" => Some("10.0.0.5".to_owned()),
             "S3_SECRET" | "AZ_KEY" | "AZ_SAS" => Some("storage-s3cret".to_owned()),
+            "EMPTY" => Some(String::new()),
             _ => None,
-        })
+        }
+    }
+
+    /// Loads `text` as `jobs/app.toml`, reading no secret.
+    fn load_text(text: &str, env: EnvLookup) -> Result<Config> {
+        let source = Source {
+            path: PathBuf::from("jobs/app.toml"),
+            text: text.to_owned(),
+        };
+        let raw = parse(&source)?;
+        validate(vec![(&source, raw)], env)
+    }
+
+    /// Loads `text`, then reads every secret it names, as `config check
+    /// --strict` does: the first that cannot be read is the error.
+    fn check(text: &str) -> Result<Config> {
+        let config = load_text(text, &test_env)?;
+        for secret in config.secrets() {
+            secret.resolve_with(&test_env).map_err(|u| u.to_error())?;
+        }
+        Ok(config)
     }
 
     fn error_of(text: &str) -> String {
@@ -1486,6 +1514,8 @@ compression = "gzip"
                 .unwrap()
                 .password
                 .as_ref()
+                .unwrap()
+                .resolve_with(&test_env)
                 .unwrap()
                 .expose(),
             "s3cret-from-env"
@@ -1941,6 +1971,106 @@ compression = "gzip"
         let err = error_of(&GOOD.replace("APP_DB_PASSWORD", "NOT_SET_ANYWHERE"));
         assert!(err.contains("NOT_SET_ANYWHERE"), "{err}");
         assert!(err.contains("jobs/app.toml:6"), "{err}");
+        assert!(err.contains("hint: export NOT_SET_ANYWHERE"), "{err}");
+    }
+
+    #[test]
+    fn a_job_file_loads_without_its_secrets_and_names_each_of_them() {
+        let text = with_remote("[notifications.ops]\ntype = \"slack\"\nurl_env = \"SLACK_URL\"\n")
+            .replace(
+                "compression = \"gzip\"",
+                "encryption = { passphrase_env = \"PASSPHRASE\" }",
+            );
+        // Not one variable set, no file read: loading needs none of them.
+        let config = load_text(&text, &|_| None).unwrap();
+        let named: Vec<(String, String)> = config
+            .secrets()
+            .iter()
+            .map(|s| (s.name(), s.origin().unwrap().to_string()))
+            .collect();
+        let expected = [
+            ("[databases.app] password_env", "jobs/app.toml:6"),
+            ("[storages.blob] access_key_env", "jobs/app.toml:32"),
+            ("[storages.s3] access_key_id_env", "jobs/app.toml:20"),
+            ("[storages.s3] secret_access_key_env", "jobs/app.toml:21"),
+            ("[notifications.ops] url_env", "jobs/app.toml:37"),
+            (
+                "[jobs.nightly.encryption] passphrase_env",
+                "jobs/app.toml:43",
+            ),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(named, expected);
+        for secret in config.secrets() {
+            let unresolved = secret.resolve_with(&|_| None).unwrap_err();
+            assert!(unresolved.missing, "{unresolved:?}");
+            assert!(unresolved.message.contains("is not set"), "{unresolved:?}");
+        }
+        // Children are still started without these variables.
+        let names = crate::model::secret_env_names();
+        for var in [
+            "APP_DB_PASSWORD",
+            "S3_ID",
+            "AZ_KEY",
+            "SLACK_URL",
+            "PASSPHRASE",
+        ] {
+            assert!(names.iter().any(|n| n == var), "{var} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn checks_on_a_value_run_when_it_is_read() {
+        let empty_passphrase = GOOD.replace(
+            "compression = \"gzip\"",
+            "encryption = { passphrase_env = \"EMPTY\" }",
+        );
+        assert!(load_text(&empty_passphrase, &test_env).is_ok());
+        let err = error_of(&empty_passphrase);
+        assert!(
+            err.contains("[jobs.nightly.encryption] passphrase_env: the passphrase is empty"),
+            "{err}"
+        );
+        let empty_key = with_remote("").replace(
+            "access_key_id_env = \"S3_ID\"",
+            "access_key_id_env = \"EMPTY\"",
+        );
+        let err = error_of(&empty_key);
+        assert!(
+            err.contains("[storages.s3] access_key_id_env: the value is empty"),
+            "{err}"
+        );
+        let connection_string = with_remote("").replace(
+            "access_key_env = \"AZ_KEY\"",
+            "connection_string_env = \"AZ_KEY\"",
+        );
+        let err = error_of(&connection_string);
+        assert!(
+            err.contains("[storages.blob] connection_string_env: not a connection string"),
+            "{err}"
+        );
+        assert!(!err.contains("storage-s3cret"), "{err}");
+    }
+
+    #[test]
+    fn a_url_that_names_no_database_is_refused() {
+        for url in [
+            "",
+            "postgresql://app@127.0.0.1:5432",
+            "host=127.0.0.1 user=app",
+        ] {
+            let err = error_of(&GOOD.replace("postgresql://app@127.0.0.1:5432/app", url));
+            assert!(err.contains("names no database"), "{url}: {err}");
+            assert!(err.contains("jobs/app.toml:5"), "{err}");
+        }
+        let err = error_of(&GOOD.replace(
+            "postgresql://app@127.0.0.1:5432/app",
+            "postgresql://app:s3cret@h",
+        ));
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]
@@ -2103,7 +2233,13 @@ block_size = "4 MiB"
             })
         );
         let keys = s3.keys.as_ref().unwrap();
-        assert_eq!(keys.secret_access_key.expose(), "storage-s3cret");
+        assert_eq!(
+            keys.secret_access_key
+                .resolve_with(&test_env)
+                .unwrap()
+                .expose(),
+            "storage-s3cret"
+        );
         assert_eq!(backup.storages[1].retry.attempts, 4);
         assert_eq!(backup.storages[1].retry.max_time.as_secs(), 120);
         let StorageKind::Azure(az) = &backup.storages[2].kind else {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{EnvLookup, Source, read_secret};
+use super::{Source, not_empty, secret_ref};
 use crate::error::Result;
 use crate::model::{AzureAuth, AzureSpec, S3Keys, S3Spec, Sse, StorageKind, StorageSpec};
 use crate::storage::retry::Retry;
@@ -184,7 +184,6 @@ pub(super) fn validate_storage(
     source: &Source,
     name: &str,
     raw: &Spanned<RawStorage>,
-    env: EnvLookup,
 ) -> Result<StorageSpec> {
     let storage = raw.get_ref();
     let section = format!("storages.{name}");
@@ -233,8 +232,8 @@ pub(super) fn validate_storage(
                 path: path.get_ref().clone(),
             }
         }
-        "s3" => StorageKind::S3(validate_s3(&v, storage, env)?),
-        _ => StorageKind::Azure(validate_azure(&v, storage, env)?),
+        "s3" => StorageKind::S3(validate_s3(&v, storage)?),
+        _ => StorageKind::Azure(validate_azure(&v, storage)?),
     };
     Ok(StorageSpec {
         name: name.to_owned(),
@@ -473,7 +472,7 @@ fn is_ip_or_localhost(endpoint: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok()
 }
 
-fn validate_s3(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<S3Spec> {
+fn validate_s3(v: &Validator, raw: &RawStorage) -> Result<S3Spec> {
     let bucket = v.name(
         v.required(&raw.bucket, "bucket")?,
         "bucket",
@@ -481,7 +480,7 @@ fn validate_s3(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<S3Spec
         BUCKET_RULE,
     )?;
     let section = v.section;
-    let secret = |key, env_name, file| read_secret(v.source, section, key, env_name, file, env);
+    let secret = |key, env_name, file| secret_ref(v.source, section, key, env_name, file);
     let id = secret(
         "access_key_id",
         &raw.access_key_id_env,
@@ -497,11 +496,12 @@ fn validate_s3(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<S3Spec
         &raw.session_token_env,
         &raw.session_token_file,
     )?;
+    // Read when the storage is opened; an empty key is a mistake, not a login.
     let keys = match (id, key) {
-        (Some((id, _)), Some((key, _))) => Some(S3Keys {
-            access_key_id: id.expose().to_owned(),
-            secret_access_key: key,
-            session_token: token.map(|(t, _)| t),
+        (Some(id), Some(key)) => Some(S3Keys {
+            access_key_id: id.checked(not_empty),
+            secret_access_key: key.checked(not_empty),
+            session_token: token,
         }),
         (None, None) if token.is_none() => None,
         _ => {
@@ -570,9 +570,9 @@ fn validate_s3(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<S3Spec
     })
 }
 
-fn validate_azure(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<AzureSpec> {
+fn validate_azure(v: &Validator, raw: &RawStorage) -> Result<AzureSpec> {
     let section = v.section;
-    let secret = |key, env_name, file| read_secret(v.source, section, key, env_name, file, env);
+    let secret = |key, env_name, file| secret_ref(v.source, section, key, env_name, file);
     let key = secret("access_key", &raw.access_key_env, &raw.access_key_file)?;
     let sas = secret("sas_token", &raw.sas_token_env, &raw.sas_token_file)?;
     let conn = secret(
@@ -582,9 +582,11 @@ fn validate_azure(v: &Validator, raw: &RawStorage, env: EnvLookup) -> Result<Azu
     )?;
     let auth = match (key, sas, conn) {
         (None, None, None) => AzureAuth::EntraId,
-        (Some((key, _)), None, None) => AzureAuth::AccountKey(key),
-        (None, Some((sas, _)), None) => AzureAuth::SasToken(sas),
-        (None, None, Some((conn, _))) => AzureAuth::ConnectionString(conn),
+        (Some(key), None, None) => AzureAuth::AccountKey(key.checked(not_empty)),
+        (None, Some(sas), None) => AzureAuth::SasToken(sas.checked(not_empty)),
+        (None, None, Some(conn)) => AzureAuth::ConnectionString(
+            conn.checked(crate::storage::AzureStorage::check_connection_string),
+        ),
         _ => {
             return Err(v
                 .source

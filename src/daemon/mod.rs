@@ -105,6 +105,7 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
         .grace
         .or(config.daemon.grace)
         .unwrap_or(DEFAULT_GRACE);
+    warn_of_unreadable_secrets(&config, "");
 
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
@@ -145,6 +146,7 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
                 trigger: fire.trigger,
                 scheduled_for: Some(fire.at),
                 cancel,
+                accept_new_source: false,
             };
             if let Err(e) = engine.run(request).await {
                 tracing::error!(job = %job, "{e}");
@@ -225,6 +227,18 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
     Ok(())
 }
 
+/// Secrets are read when a run needs them; a daemon says at once which it
+/// cannot read, rather than at the first run that needs one (which fails).
+fn warn_of_unreadable_secrets(config: &Config, prefix: &str) {
+    for secret in config.secrets() {
+        if let Err(u) = secret.try_resolve() {
+            let e = u.to_error();
+            let hint = e.hint().map_or(String::new(), |h| format!(" (hint: {h})"));
+            tracing::warn!("{prefix}{e}; runs that need it will fail{hint}");
+        }
+    }
+}
+
 /// SIGHUP: read the job files again. A file that does not validate changes
 /// nothing: the daemon goes on with what it had, and says why.
 async fn reload(
@@ -255,6 +269,7 @@ async fn reload(
             "SIGHUP: no job in the new files has a schedule, keeping the previous configuration"
         );
     }
+    warn_of_unreadable_secrets(&config, "SIGHUP: ");
     book.set_jobs(entries(&config), clock.now());
     let jobs = config.jobs.len();
     for (name, job) in &config.jobs {

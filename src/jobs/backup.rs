@@ -36,15 +36,55 @@ pub async fn run(
     storages: &[Arc<dyn Storage>],
     clock: &dyn Clock,
     progress: Arc<dyn Progress>,
+    accept_new_source: bool,
 ) -> Result<BackupOutcome> {
     let started_at = clock.now();
     let Some(db) = spec.database() else {
         return Err(Error::internal(format!("job {} has no database", job.name)));
     };
+    // A passphrase that cannot be read fails the run before anything is dumped.
+    let crypt = seal(spec)?;
     let conn = pg::connect(db, None).await?;
     let server = pg::server_version(&conn).await?;
     let pg_dump = pg::tool_path(db, "pg_dump", server.major);
     let pg_dump_version = pg::require_tool_at_least(&pg_dump, &server)?;
+    // The url names the database; a pooler or a service file could still
+    // land the session elsewhere, and then pg_dump would dump that.
+    let dbname = pg::current_database(&conn).await?;
+    if dbname != conn.dbname {
+        return Err(Error::database(format!(
+            "database {}: the url names database {}, but the server put the session in {dbname}",
+            db.name, conn.dbname
+        ))
+        .with_hint(
+            "connect to the database directly (not through a pooler alias), or fix the url",
+        ));
+    }
+    let source = Source {
+        dbname: dbname.clone(),
+        system_identifier: pg::system_identifier(&conn).await,
+    };
+    let mut warnings = Vec::new();
+    if let Some(previous) = previous_source(storages, &job.name).await
+        && let Some(difference) = source.differs_from(&previous)
+    {
+        if !accept_new_source {
+            return Err(Error::refused(format!(
+                "job {}: {difference}; nothing was backed up, so the job's history stays one database",
+                job.name
+            ))
+            .with_hint(format!(
+                "check the url of [databases.{}] and the PG* environment; if the database moved on \
+                 purpose (a new server, a restore), run `backup run {} --accept-new-source` once",
+                db.name, job.name
+            )));
+        }
+        let warning =
+            format!("the source changed, accepted with --accept-new-source: {difference}");
+        tracing::warn!("job {}: {warning}", job.name);
+        warnings.push(warning);
+    }
+    let properties = pg::database::properties(&conn, &dbname).await?;
 
     // A storage that cannot be listed or written is reported as failed, and
     // the backup goes on to the others.
@@ -97,7 +137,7 @@ pub async fn run(
         archive::store(
             stdout,
             spec.compression,
-            seal(spec),
+            crypt,
             destinations,
             &label,
             on_bytes,
@@ -118,7 +158,6 @@ pub async fn run(
         role: Role::Data,
         digest: data_digest,
     }];
-    let mut warnings = Vec::new();
     if !healthy.is_empty()
         && let Some((object, deliveries)) =
             dump_globals(&job.name, spec, &server, &healthy, &prefix, &mut warnings).await?
@@ -149,8 +188,53 @@ pub async fn run(
         warnings,
         directory: None,
         tree: None,
+        system_identifier: source.system_identifier,
+        database_properties: Some(properties),
     };
     conclude(&healthy, &prefix, manifest, failed).await
+}
+
+/// Which database a backup is of: its name and its cluster's identifier.
+struct Source {
+    dbname: String,
+    system_identifier: Option<String>,
+}
+
+impl Source {
+    /// How this source differs from the one `previous` was taken of.
+    fn differs_from(&self, previous: &Manifest) -> Option<String> {
+        let other_cluster = matches!(
+            (&self.system_identifier, &previous.system_identifier),
+            (Some(now), Some(then)) if now != then
+        );
+        if previous.dbname == self.dbname && !other_cluster {
+            return None;
+        }
+        let describe = |dbname: &str, system: &Option<String>| match system {
+            Some(id) => format!("database {dbname} of cluster {id}"),
+            None => format!("database {dbname}"),
+        };
+        Some(format!(
+            "this is {}, and its previous backup {} is of {}",
+            describe(&self.dbname, &self.system_identifier),
+            previous.id,
+            describe(&previous.dbname, &previous.system_identifier)
+        ))
+    }
+}
+
+/// The newest complete database backup of `job` in any of `storages`.
+async fn previous_source(storages: &[Arc<dyn Storage>], job: &str) -> Option<Manifest> {
+    let mut newest: Option<Manifest> = None;
+    for storage in storages {
+        match catalog::newest(storage.as_ref(), job).await {
+            Ok(Some(m)) if newest.as_ref().is_none_or(|n| m.id > n.id) => newest = Some(m),
+            Ok(_) => {}
+            // Said where the storage is written to, if it stays unreadable.
+            Err(e) => tracing::debug!("storage {}: {e}", storage.name()),
+        }
+    }
+    newest
 }
 
 /// The storages not in `failed`.
@@ -320,7 +404,7 @@ async fn dump_globals(
             archive::store(
                 stdout,
                 spec.compression,
-                seal(spec),
+                seal(spec)?,
                 destinations,
                 &format!("{prefix}/{name}"),
                 Arc::new(|_| {}),
@@ -357,10 +441,20 @@ async fn dump_globals(
     Ok(None)
 }
 
-/// The encryption stage of the job's objects.
-pub(super) fn seal(spec: &BackupJob) -> archive::crypt::Crypt {
-    match &spec.encryption {
-        Some(e) => archive::crypt::Crypt::Seal(e.recipients.clone()),
-        None => archive::crypt::Crypt::None,
+/// The encryption stage of the job's objects. A passphrase is read here,
+/// when a backup needs it, not when the job file is loaded.
+pub(super) fn seal(spec: &BackupJob) -> Result<archive::crypt::Crypt> {
+    use archive::crypt::{Crypt, Recipients};
+    let Some(e) = &spec.encryption else {
+        return Ok(Crypt::None);
+    };
+    match (&e.recipients, &e.passphrase) {
+        (Some(recipients), _) => Ok(Crypt::Seal(recipients.clone())),
+        (None, Some(passphrase)) => Ok(Crypt::Seal(Arc::new(Recipients::passphrase(
+            passphrase.resolve()?,
+        )))),
+        (None, None) => Err(Error::internal(
+            "an encryption with neither recipients nor a passphrase",
+        )),
     }
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{self, Manifest, Role};
 use crate::error::{Error, Result};
 use crate::jobs::proof::{self, Proof};
-use crate::jobs::restore::{self, RestorePlan, TargetState};
+use crate::jobs::restore;
 use crate::model::{Check, Database, show_number};
 use crate::pg::cluster::{ServerInstall, Throwaway};
 use crate::pg::{self, command::RestoreFlags};
@@ -367,22 +367,17 @@ async fn run_steps(
         *created = true;
     }
     *admin_out = Some(admin);
-    let restore_plan = RestorePlan {
-        job: plan.job.clone(),
-        timezone: plan.timezone.clone(),
-        backup: plan.backup.clone(),
-        storage: plan.storage.clone(),
-        target_db: plan.dbname.clone(),
-        requested_at: None,
-        target: Some(TargetState { contents: None }),
+    let what = restore::Load {
+        job: &plan.job,
+        backup: &plan.backup,
+        crypt: &plan.crypt,
         flags: RestoreFlags {
             jobs: 1,
             no_tablespaces: true,
             no_owner: !plan.has_globals(),
             no_acl: !plan.has_globals(),
-            clean: false,
         },
-        crypt: plan.crypt.clone(),
+        into: &plan.dbname,
     };
     step(
         steps,
@@ -392,9 +387,32 @@ async fn run_steps(
             bytes_human(plan.backup.stored_size()),
             bytes_human(plan.backup.raw_size())
         ),
-        restore::load(&restore_plan, &db, storage, &pg_restore, progress),
+        restore::load(what, &db, storage, &pg_restore, progress),
     )
     .await?;
+    if let Some(props) = &plan.backup.database_properties {
+        let props =
+            pg::database::merge(Some(props), None, !plan.has_globals(), !plan.has_globals());
+        if let (Some(props), Some(admin)) = (props, admin_out.as_ref()) {
+            let applied = step(
+                steps,
+                "apply the database's settings, grants and comment",
+                async {
+                    let mut warnings = pg::database::apply(admin, &plan.dbname, &props).await;
+                    if props.comment.is_some()
+                        && let Err(e) =
+                            pg::database::set_comment(admin, &plan.dbname, props.comment.as_deref())
+                                .await
+                    {
+                        warnings.push(e.to_string());
+                    }
+                    Ok::<_, Error>(warnings)
+                },
+            )
+            .await?;
+            outcome.warnings.extend(applied);
+        }
+    }
     let conn = pg::connect(&db, Some(&plan.dbname)).await?;
     outcome.proof = step(
         steps,

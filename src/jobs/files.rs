@@ -69,6 +69,7 @@ pub async fn run(
         dir.display()
     );
     let name = catalog::object_name(Role::Files, spec.compression, spec.encryption.is_some());
+    let crypt = backup::seal(spec)?;
     let (stream, walker) = tree::spawn_pack(dir.to_path_buf())?;
     let destinations = backup::open_writers(&storages, &prefix.join(&name)?).await?;
     let mut packed = None;
@@ -88,7 +89,7 @@ pub async fn run(
     let stored = archive::store(
         stream,
         spec.compression,
-        backup::seal(spec),
+        crypt,
         destinations,
         &format!("{prefix}/{name}"),
         on_bytes,
@@ -150,8 +151,23 @@ pub async fn run(
         warnings,
         directory: Some(dir.display().to_string()),
         tree: Some(packed),
+        system_identifier: None,
+        database_properties: None,
     };
     backup::conclude(&healthy, &prefix, manifest, failed).await
+}
+
+/// How a restore treats a target directory that is not empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replace {
+    /// `--force`: replace it.
+    pub force: bool,
+    /// `--in-place`: write into it, replacing files of the same name and
+    /// leaving the others (as `tar -x` does), instead of restoring beside it
+    /// and swapping.
+    pub in_place: bool,
+    /// `--keep-failed`: a copy beside the target that fails stays.
+    pub keep_failed: bool,
 }
 
 /// Everything a restore into a directory will do, decided before anything
@@ -166,7 +182,9 @@ pub struct DirRestorePlan {
     pub requested_at: Option<Timestamp>,
     /// How many entries the target holds now; 0 when empty or missing.
     pub existing: usize,
-    pub force: bool,
+    pub replace: Replace,
+    /// Where the backup is restored before it is swapped in, when it is.
+    pub staging: Option<PathBuf>,
     pub crypt: Crypt,
 }
 
@@ -192,20 +210,32 @@ impl std::fmt::Display for DirRestorePlan {
             )?;
         }
         writeln!(f, "  from:     storage {}", self.storage)?;
-        let into = if self.existing == 0 {
-            "empty or new".to_owned()
-        } else {
-            format!(
-                "holds {} entries; files of the same name are replaced (--force)",
+        let into = match &self.staging {
+            _ if self.existing == 0 => "empty or new".to_owned(),
+            Some(staging) => format!(
+                "holds {} entries; replaced only once the restored copy checks out: restored \
+                 into {} beside it, then swapped in and the old tree removed; until then the \
+                 disk needs room for both{}",
+                self.existing,
+                staging.display(),
+                if self.replace.keep_failed {
+                    "; a copy that fails is kept"
+                } else {
+                    ""
+                }
+            ),
+            None => format!(
+                "holds {} entries; --in-place: the backup's files are written into it, \
+                 replacing those of the same name and leaving the others",
                 self.existing
-            )
+            ),
         };
         write!(f, "  into:     {} ({into})", self.target.display())
     }
 }
 
 /// Chooses the backup and checks the target: a non-empty directory is
-/// refused unless `force`, before anything is read from storage.
+/// refused unless `--force`, before anything is read from storage.
 pub async fn plan(
     job: &Job,
     spec: &BackupJob,
@@ -213,7 +243,7 @@ pub async fn plan(
     storage: Option<&str>,
     selector: &Selector,
     target: &Path,
-    force: bool,
+    replace: Replace,
 ) -> Result<DirRestorePlan> {
     let (backup, storage) = super::restore::choose(job, storages, storage, selector).await?;
     if backup.object(Role::Files).is_none() {
@@ -241,16 +271,21 @@ pub async fn plan(
             .with_hint("--target-dir names a directory, new or empty"));
         }
     };
-    if existing > 0 && !force {
+    if existing > 0 && !replace.force {
         return Err(Error::refused(format!(
             "{} is not empty ({existing} entries); nothing was changed",
             target.display()
         ))
         .with_hint(
-            "restore into a new or empty --target-dir, or pass --force to write the backup's \
-             files into it, replacing those of the same name",
+            "restore into a new or empty --target-dir, or pass --force to replace it once the \
+             restored copy checks out (--in-place writes into it instead)",
         ));
     }
+    let staging = if existing > 0 && !replace.in_place {
+        Some(staging_beside(target, backup.id.as_str())?)
+    } else {
+        None
+    };
     Ok(DirRestorePlan {
         job: job.name.clone(),
         timezone: job.timezone.clone(),
@@ -262,14 +297,64 @@ pub async fn plan(
             _ => None,
         },
         existing,
-        force,
+        replace,
+        staging,
         crypt,
     })
 }
 
-/// Streams the backup's tar from `storage` into the target directory. The
-/// digests are checked as it goes; a digest that does not match is the
-/// error said, even when the tar broke first.
+/// `<parent>/.<name>.restoring-<id>`: beside the target, so on the same file
+/// system, where a rename swaps the two. Refused where that cannot work.
+fn staging_beside(target: &Path, id: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        Error::refused(format!("{}: {why}; nothing was changed", target.display())).with_hint(
+            "pass --in-place to write the backup's files into it instead, or restore into a new \
+             --target-dir",
+        )
+    };
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return Err(refuse(
+            "it has no parent directory to restore a copy beside it in".to_owned(),
+        ));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let meta = std::fs::symlink_metadata(target)
+        .map_err(|e| Error::io(Kind::Refused, format!("reading {}", target.display()), e))?;
+    if !meta.is_dir() {
+        return Err(refuse(
+            "it is not a directory (a link to one is not replaced)".to_owned(),
+        ));
+    }
+    let parent_meta = std::fs::metadata(parent)
+        .map_err(|e| Error::io(Kind::Refused, format!("reading {}", parent.display()), e))?;
+    if parent_meta.dev() != meta.dev() {
+        return Err(refuse(
+            "it is a mount point, which a restored copy cannot be swapped into".to_owned(),
+        ));
+    }
+    let staging = parent.join(format!(".{}.restoring-{id}", name.to_string_lossy()));
+    if std::fs::symlink_metadata(&staging).is_ok() {
+        return Err(Error::refused(format!(
+            "{} exists (an earlier restore's copy, kept or interrupted); nothing was changed",
+            staging.display()
+        ))
+        .with_hint(format!(
+            "look at it, remove it (rm -r {}), then restore again",
+            staging.display()
+        )));
+    }
+    Ok(staging)
+}
+
+/// Streams the backup's tar from `storage` into the target directory, or
+/// into a copy beside it that is swapped in once complete. The digests are
+/// checked as it goes; a digest that does not match is the error said, even
+/// when the tar broke first.
 pub async fn execute(
     plan: &DirRestorePlan,
     storage: &Arc<dyn Storage>,
@@ -284,19 +369,20 @@ pub async fn execute(
     let source = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
     let compression = plan.backup.compression()?;
     let crypt = plan.crypt.clone();
-    let target = plan.target.clone();
-    let force = plan.force;
+    let into = plan.staging.clone().unwrap_or_else(|| plan.target.clone());
+    let force = plan.replace.force && plan.staging.is_none();
     let label = format!("{key} in storage {}", storage.name());
     progress.begin(
-        &format!("restore {}", target.display()),
+        &format!("restore {}", plan.target.display()),
         Some(object.digest.stored_size),
     );
+    let unpack_into = into.clone();
     let result = tokio::task::spawn_blocking(move || {
         let (reader, mut writer) = std::io::pipe()
             .map_err(|e| Error::io(Kind::Internal, "making a pipe for the tree", e))?;
         let unpacking = std::thread::Builder::new()
             .name("tree-unpack".into())
-            .spawn(move || tree::unpack(reader, &target, force))
+            .spawn(move || tree::unpack(reader, &unpack_into, force))
             .map_err(|e| Error::internal(format!("cannot start the tree's thread: {e}")))?;
         let on_bytes = |n| progress.advance(n);
         let fed = archive::unpack(
@@ -325,6 +411,10 @@ pub async fn execute(
     })
     .await
     .map_err(|e| Error::internal(format!("restore task failed: {e}")))?;
+    let result = match (&plan.staging, result) {
+        (Some(staging), Ok(unpacked)) => swap_dirs(&plan.target, staging).map(|()| unpacked),
+        (_, other) => other,
+    };
     result.map_err(|e| {
         let refused_before_writing =
             e.kind() == Kind::Refused && e.message().contains("nothing was written");
@@ -334,15 +424,85 @@ pub async fn execute(
             plan.target.display()
         ));
         if refused_before_writing {
-            e
-        } else {
-            e.with_hint(format!(
+            return e;
+        }
+        let Some(staging) = &plan.staging else {
+            return e.with_hint(format!(
                 "{} may now hold part of the backup: do not use it; remove what was restored, \
                  or restore again with --force",
                 plan.target.display()
-            ))
-        }
+            ));
+        };
+        let copy = if plan.replace.keep_failed {
+            format!("the restored copy is kept in {}", staging.display())
+        } else {
+            match std::fs::remove_dir_all(staging) {
+                Ok(()) => "the restored copy was removed".to_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    "the restored copy was removed".to_owned()
+                }
+                Err(r) => format!(
+                    "the restored copy {} could not be removed ({r}): remove it",
+                    staging.display()
+                ),
+            }
+        };
+        e.with_hint(format!("{} was not touched; {copy}", plan.target.display()))
     })
+}
+
+/// Puts the complete copy `staging` in the place of `target`, then removes
+/// the old tree. The copy gets the target directory's own mode and owner.
+fn swap_dirs(target: &Path, staging: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        Error::io(Kind::Internal, format!("{what} {}", path.display()), e)
+    };
+    let meta = std::fs::symlink_metadata(target).map_err(|e| io("reading", target, e))?;
+    std::fs::set_permissions(staging, meta.permissions())
+        .map_err(|e| io("setting the mode of", staging, e))?;
+    // Only root may give files away; anyone else's copy is already theirs.
+    let _ = std::os::unix::fs::lchown(staging, Some(meta.uid()), Some(meta.gid()));
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::internal(format!("{} holds a NUL byte", p.display())))
+    };
+    let (from, to) = (c(staging)?, c(target)?);
+    // SAFETY: two valid NUL-terminated paths; renameat2 reads them only.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+            return Err(io("swapping in the restored copy at", target, e));
+        }
+        // A file system without atomic exchange: two renames, the target's
+        // name missing for the moment between them.
+        let old = staging.with_extension("replaced");
+        std::fs::rename(target, &old).map_err(|e| io("moving aside", target, e))?;
+        if let Err(e) = std::fs::rename(staging, target) {
+            let _ = std::fs::rename(&old, target);
+            return Err(io("swapping in the restored copy at", target, e));
+        }
+        std::fs::rename(&old, staging).map_err(|e| io("renaming", &old, e))?;
+    }
+    // `staging` now holds the old tree. The restore is complete whatever
+    // happens to it.
+    if let Err(e) = std::fs::remove_dir_all(staging) {
+        tracing::warn!(
+            "the replaced tree, now at {}, could not be removed: {e}; remove it by hand",
+            staging.display()
+        );
+    }
+    Ok(())
 }
 
 /// A files job's run lock: an exclusive open-file-description lock on

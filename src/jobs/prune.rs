@@ -36,10 +36,14 @@ pub struct StoragePrune {
     pub warnings: Vec<String>,
     pub deleted: Vec<BackupId>,
     pub failed: Vec<Failure>,
-    /// Unfinished uploads (S3 multipart) older than `incomplete_after` removed.
+    /// What killed runs left unfinished, older than `incomplete_after`,
+    /// removed: S3 multipart uploads, local temporary files.
     pub unfinished_cleaned: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unfinished_error: Option<String>,
+    /// Why this prune's run record could not be stored, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -230,6 +234,7 @@ pub async fn plan(
             failed: Vec::new(),
             unfinished_cleaned: 0,
             unfinished_error: None,
+            record_error: None,
         },
         stored,
     ))
@@ -304,7 +309,10 @@ pub async fn execute(
     match cleaned {
         Ok(n) => {
             if n > 0 {
-                tracing::info!("aborted {n} unfinished upload(s) in {}", storage.name());
+                tracing::info!(
+                    "removed {n} unfinished write(s) of killed runs from {}",
+                    storage.name()
+                );
             }
             prune.unfinished_cleaned = n;
         }
@@ -325,6 +333,7 @@ pub fn failure(prunes: &[StoragePrune]) -> Option<Error> {
                         .iter()
                         .map(move |e| format!("unfinished uploads in {}: {e}", p.storage)),
                 )
+                .chain(p.record_error.iter().cloned())
         })
         .collect();
     (!failed.is_empty()).then(|| {

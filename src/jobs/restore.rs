@@ -5,6 +5,13 @@
 //! streamed into its stdin; with `--jobs N > 1` spooled to a temporary file
 //! first, because a parallel `pg_restore` must seek. Afterwards every table's
 //! row count is compared with the manifest; any difference fails the restore.
+//!
+//! A restore never touches the target before the new copy is proven: it
+//! restores into a database of its own beside the target
+//! (`<target>__restoring_<id>`), proves it, and only then puts it in the
+//! target's place, renaming both in one transaction. A failure leaves the
+//! target as it was and drops the copy. `--in-place` is the old way (drop the
+//! target, restore into it), for servers without room for two copies.
 
 use std::fmt;
 use std::io::Write;
@@ -22,6 +29,7 @@ use crate::error::Kind;
 use crate::error::{Error, Result};
 use crate::jobs::proof;
 use crate::model::{BackupJob, Database, Job};
+use crate::pg::database::{self as pgdb, DatabaseProperties, admin_database};
 use crate::pg::{self, command::RestoreFlags};
 use crate::report::Progress;
 use crate::storage::Storage;
@@ -36,6 +44,65 @@ pub struct RestoreRequest {
     /// has the backup.
     pub storage: Option<String>,
     pub flags: RestoreFlags,
+    /// `--clean`: an existing, non-empty target may be replaced.
+    pub clean: bool,
+    /// `--in-place`: drop the target first and restore into it.
+    pub in_place: bool,
+    /// `--keep-failed`: a copy that fails its proof stays for a look.
+    pub keep_failed: bool,
+}
+
+/// How the target gets the backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    /// No target yet: restored under `staging`, proven, then renamed.
+    New { staging: String },
+    /// The target exists: restored under `staging` beside it, proven, then
+    /// swapped in; the old database is dropped after the swap.
+    Swap {
+        staging: String,
+        /// What the target holds; `None` when it is empty.
+        contents: Option<String>,
+    },
+    /// `--in-place`: a target that holds something is dropped and re-created
+    /// first, and the backup restored into it.
+    InPlace {
+        exists: bool,
+        contents: Option<String>,
+    },
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::New { .. } => "new",
+            Method::Swap { .. } => "swap",
+            Method::InPlace { .. } => "in-place",
+        }
+    }
+
+    /// The database `pg_restore` writes into.
+    pub fn staging(&self) -> Option<&str> {
+        match self {
+            Method::New { staging } | Method::Swap { staging, .. } => Some(staging),
+            Method::InPlace { .. } => None,
+        }
+    }
+
+    fn contents(&self) -> Option<&str> {
+        match self {
+            Method::New { .. } => None,
+            Method::Swap { contents, .. } | Method::InPlace { contents, .. } => contents.as_deref(),
+        }
+    }
+
+    fn target_exists(&self) -> bool {
+        match self {
+            Method::New { .. } => false,
+            Method::Swap { .. } => true,
+            Method::InPlace { exists, .. } => *exists,
+        }
+    }
 }
 
 /// Everything a restore will do, decided before anything is touched.
@@ -47,23 +114,32 @@ pub struct RestorePlan {
     pub storage: String,
     pub target_db: String,
     pub requested_at: Option<Timestamp>,
-    /// `None`: the target does not exist and will be created.
-    pub target: Option<TargetState>,
+    pub method: Method,
+    /// The existing target's own properties, kept over the backup's.
+    pub target_properties: Option<DatabaseProperties>,
+    /// Databases that interrupted restores into the target left (a copy
+    /// being restored, a replaced database not yet dropped): dropped first.
+    pub leftovers: Vec<String>,
+    pub keep_failed: bool,
     pub flags: RestoreFlags,
     /// How the backup's objects open (encrypted ones: checked identities).
     pub crypt: Crypt,
 }
 
-#[derive(Debug, Clone)]
-pub struct TargetState {
-    /// What the existing target holds; `None` when it is empty.
-    pub contents: Option<String>,
-}
-
 impl RestorePlan {
     /// Whether carrying the plan out replaces objects that exist now.
     pub fn overwrites(&self) -> bool {
-        matches!(&self.target, Some(TargetState { contents: Some(_) }))
+        self.method.contents().is_some()
+    }
+
+    /// The properties the restored database ends up with.
+    fn properties(&self) -> Option<DatabaseProperties> {
+        pgdb::merge(
+            self.backup.database_properties.as_ref(),
+            self.target_properties.as_ref(),
+            self.flags.no_owner,
+            self.flags.no_acl,
+        )
     }
 }
 
@@ -93,25 +169,49 @@ impl fmt::Display for RestorePlan {
             b.tables.len(),
             crate::report::bytes_human(b.raw_size())
         )?;
-        match &self.target {
-            None => writeln!(
+        let target = &self.target_db;
+        let raw = crate::report::bytes_human(b.raw_size());
+        match &self.method {
+            Method::New { staging } => writeln!(
                 f,
-                "  target:    database {} (will be created)",
-                self.target_db
+                "  target:    database {target} (will be created: restored as {staging}, proven, \
+                 then renamed to {target})"
             )?,
-            Some(TargetState { contents: None }) => writeln!(
+            Method::Swap { staging, contents } => writeln!(
                 f,
-                "  target:    database {} (exists, empty)",
-                self.target_db
+                "  target:    database {target} (exists{}; it is replaced only once the new copy is \
+                 proven: restored as {staging} beside it, checked, then swapped in by renaming, \
+                 and the old database dropped; until then the server needs room for both: a \
+                 second copy of a {raw} dump, plus its indexes)",
+                contents
+                    .as_ref()
+                    .map_or(", empty".to_owned(), |c| format!(": {c}"))
             )?,
-            Some(TargetState {
+            Method::InPlace {
+                exists: true,
                 contents: Some(what),
-            }) => writeln!(
+            } => writeln!(
                 f,
-                "  target:    database {} (exists: {what}; it is dropped and re-created empty, \
-                 keeping its owner, encoding, settings and grants)",
-                self.target_db
+                "  target:    database {target} (exists: {what}; --in-place: it is DROPPED FIRST \
+                 and re-created empty, keeping its owner, encoding, settings and grants, then \
+                 restored into; if the restore fails, the old data is gone and the database is \
+                 incomplete)"
             )?,
+            Method::InPlace { exists, .. } => writeln!(
+                f,
+                "  target:    database {target} ({}; --in-place: restored into directly)",
+                if *exists {
+                    "exists, empty"
+                } else {
+                    "will be created"
+                }
+            )?,
+        }
+        for leftover in &self.leftovers {
+            writeln!(
+                f,
+                "  first:     drop {leftover}, left by an interrupted restore into {target}"
+            )?;
         }
         let mut how = vec![if self.flags.jobs > 1 {
             format!(
@@ -128,12 +228,70 @@ impl fmt::Display for RestorePlan {
             how.push("no privileges".to_owned());
         }
         writeln!(f, "  restore:   {}", how.join(", "))?;
+        match self.properties() {
+            Some(p) => writeln!(
+                f,
+                "  database:  {} ({})",
+                p.summary(),
+                if self.target_properties.is_some() {
+                    "the target's own, and what the backup adds"
+                } else {
+                    "as backed up"
+                }
+            )?,
+            None => writeln!(
+                f,
+                "  database:  the backup predates database properties: owner, settings and \
+                 grants are the server's defaults"
+            )?,
+        }
         write!(
             f,
-            "  then:      compare the row counts of {} tables with the manifest",
-            b.tables.len()
+            "  then:      compare the row counts of {} tables with the manifest{}",
+            b.tables.len(),
+            match (&self.method, self.keep_failed) {
+                (Method::InPlace { .. }, _) => "",
+                (_, true) => "; a copy that fails is kept (--keep-failed)",
+                (_, false) => "; a copy that fails is dropped, and the target left as it was",
+            }
         )
     }
+}
+
+/// `<target>__restoring_<id>` and the like: lowercase, within 63 bytes.
+pub fn beside(target: &str, what: &str, id: &str) -> String {
+    let suffix = format!("__{what}_{}", id.to_lowercase().replace('-', "_"));
+    let room = crate::config::MAX_IDENTIFIER.saturating_sub(suffix.len());
+    let mut base = target.to_owned();
+    while base.len() > room {
+        base.pop();
+    }
+    format!("{base}{suffix}")
+}
+
+/// The comment on a database a restore into `target` is writing.
+fn restoring_marker(target: &str) -> String {
+    format!(
+        "backup: the copy being restored into database {}; dropped if the restore fails, or by \
+         the next restore into it",
+        pg::quote_ident(target)
+    )
+}
+
+/// The comment on a database a restore replaced, until it is dropped.
+fn replaced_marker(target: &str) -> String {
+    format!(
+        "backup: replaced by a restore into database {}; dropped by that restore or the next",
+        pg::quote_ident(target)
+    )
+}
+
+/// The comment on a copy that failed and was kept by `--keep-failed`.
+fn kept_marker(target: &str, id: &str) -> String {
+    format!(
+        "backup: a restore of backup {id} into database {} that failed, kept by --keep-failed",
+        pg::quote_ident(target)
+    )
 }
 
 /// Decides what a restore will do, refusing what it must not do.
@@ -144,63 +302,100 @@ pub async fn plan(
     storages: &[Arc<dyn Storage>],
     request: &RestoreRequest,
 ) -> Result<RestorePlan> {
+    pgdb::check_name(&request.target_db)?;
     let (backup, storage) =
         choose(job, storages, request.storage.as_deref(), &request.selector).await?;
     // Before the target is even looked at: a key that cannot open the
     // backup ends the restore here.
     let crypt = crypt::opener(named(storages, &storage)?.as_ref(), &backup, spec.keys()).await?;
-    let admin = pg::connect(target, Some("postgres")).await?;
-    let target = if pg::database_exists(&admin, &request.target_db).await? {
-        let conn = pg::connect(target, Some(&request.target_db)).await?;
-        Some(TargetState {
-            contents: pg::describe_contents(&conn).await?,
-        })
+    let target_db = request.target_db.clone();
+    let admin = pg::connect(target, Some(admin_database(&target_db))).await?;
+    let exists = pg::database_exists(&admin, &target_db).await?;
+    let (contents, target_properties) = if exists {
+        let conn = pg::connect(target, Some(&target_db)).await?;
+        (
+            pg::describe_contents(&conn).await?,
+            Some(pgdb::properties(&admin, &target_db).await?),
+        )
     } else {
-        None
+        (None, None)
     };
-    let plan = RestorePlan {
-        job: job.name.clone(),
-        timezone: job.timezone.clone(),
-        backup,
-        storage,
-        target_db: request.target_db.clone(),
-        requested_at: match request.selector {
-            Selector::At(at) => Some(at),
-            _ => None,
-        },
-        target,
-        flags: request.flags,
-        crypt,
+    let id = backup.id.as_str();
+    let staging = beside(&target_db, "restoring", id);
+    let method = match (exists, request.in_place) {
+        (_, true) => Method::InPlace { exists, contents },
+        (false, false) => Method::New { staging },
+        (true, false) => Method::Swap { staging, contents },
     };
-    if plan.overwrites() && !plan.flags.clean {
-        let what = plan
-            .target
-            .as_ref()
-            .and_then(|t| t.contents.clone())
-            .unwrap_or_default();
+    if method.contents().is_some() && !request.clean && !request.in_place {
         return Err(Error::refused(format!(
-            "database {} exists and is not empty ({what}); nothing was changed",
-            plan.target_db
+            "database {target_db} exists and is not empty ({}); nothing was changed",
+            method.contents().unwrap_or_default()
         ))
         .with_hint(
-            "restore into a new --target-db, or pass --clean to drop and re-create the database",
+            "restore into a new --target-db, or pass --clean to replace the database once the \
+             restored copy is proven",
         ));
     }
-    if plan.overwrites() {
-        let sessions = pg::other_sessions(&admin, &plan.target_db).await?;
+    if method.target_exists() && (method.contents().is_some() || method.staging().is_some()) {
+        let sessions = pg::other_sessions(&admin, &target_db).await?;
         if !sessions.is_empty() {
             return Err(Error::refused(format!(
-                "database {} has {} other session(s) connected: {}; nothing was changed",
-                plan.target_db,
+                "database {target_db} has {} other session(s) connected: {}; nothing was changed",
                 sessions.len(),
                 sessions.join(", ")
             ))
             .with_hint(
-                "stop the applications that use it: --clean drops and re-creates the database",
+                "stop the applications that use it: the restore replaces the database, which \
+                 needs it to itself",
             ));
         }
     }
-    Ok(plan)
+    let leftovers = leftovers(&admin, &target_db).await?;
+    let mut taken = vec![beside(&target_db, "replaced", id)];
+    taken.extend(method.staging().map(str::to_owned));
+    for name in taken {
+        if pg::database_exists(&admin, &name).await? && !leftovers.contains(&name) {
+            let kept = pg::database_comment(&admin, &name).await?.flatten()
+                == Some(kept_marker(&target_db, id));
+            return Err(Error::refused(format!(
+                "database {name}, the name this restore works under, exists{}; nothing was changed",
+                if kept {
+                    " (a failed restore of this backup, kept by --keep-failed)"
+                } else {
+                    ""
+                }
+            ))
+            .with_hint(format!(
+                "drop database {name} once you no longer need it, then restore again"
+            )));
+        }
+    }
+    Ok(RestorePlan {
+        job: job.name.clone(),
+        timezone: job.timezone.clone(),
+        backup,
+        storage,
+        target_db,
+        requested_at: match request.selector {
+            Selector::At(at) => Some(at),
+            _ => None,
+        },
+        method,
+        target_properties,
+        leftovers,
+        keep_failed: request.keep_failed,
+        flags: request.flags,
+        crypt,
+    })
+}
+
+/// Databases interrupted restores into `target` left behind.
+async fn leftovers(admin: &pg::Connection, target: &str) -> Result<Vec<String>> {
+    let mut names = pg::databases_with_comment(admin, &restoring_marker(target)).await?;
+    names.extend(pg::databases_with_comment(admin, &replaced_marker(target)).await?);
+    names.sort();
+    Ok(names)
 }
 
 /// The backup `selector` names, and the storage it is read from: the first
@@ -247,7 +442,29 @@ pub async fn choose(
         for problem in &listing.unreadable {
             tracing::warn!("{problem}");
         }
-        match catalog::select(&listing.backups, selector, &job.name, &job.timezone) {
+        let selected = catalog::select(&listing.backups, selector, &job.name, &job.timezone);
+        // A backup this selector could mean whose manifest does not read is
+        // never passed over for another: the operator would get an older
+        // backup than asked for, or none of the one named.
+        if let Some(bad) = listing.unreadable.iter().find(|u| {
+            could_mean(selector, &u.id) && selected.as_ref().is_ok_and(|m| u.id > m.id)
+                || matches!(selector, Selector::Id(id) if *id == u.id)
+        }) {
+            return Err(
+                Error::integrity(bad.problem.clone()).with_hint(match &selected {
+                    Ok(m) => format!(
+                        "restore another backup by --id (the one before it is {}); `backup verify \
+                     --job {} --all` says which are whole",
+                        m.id, job.name
+                    ),
+                    Err(_) => format!(
+                        "restore another backup by --id; `backup list --job {}` shows them",
+                        job.name
+                    ),
+                }),
+            );
+        }
+        match selected {
             Ok(m) => {
                 chosen = Some((m.clone(), storage.name().to_owned()));
                 break;
@@ -258,67 +475,293 @@ pub async fn choose(
     chosen.ok_or_else(|| last_error.unwrap_or_else(|| Error::internal("no storage to read")))
 }
 
+/// Whether `selector` could pick backup `id` (read from its id, as its
+/// manifest does not read).
+fn could_mean(selector: &Selector, id: &crate::model::BackupId) -> bool {
+    match selector {
+        Selector::Latest => true,
+        Selector::Id(wanted) => wanted == id,
+        Selector::At(at) => id.started_at().is_some_and(|started| started <= *at),
+    }
+}
+
 /// What a finished restore proved.
 #[derive(Debug)]
 pub struct RestoreOutcome {
     pub tables_checked: usize,
     pub rows_checked: i64,
+    /// What could not be kept (a setting this server refuses, a role it
+    /// lacks, the old database that could not be dropped), said, not fatal.
+    pub warnings: Vec<String>,
 }
 
-/// Carries out a plan. Any failure after `pg_restore` started leaves a target
-/// that must not be trusted, and the error says so.
+/// Drops the copy being restored if the restore stops before it could (a
+/// signal drops the restore's future): the process waits for it at exit.
+struct StagingGuard {
+    db: Option<Database>,
+    name: String,
+}
+
+impl StagingGuard {
+    fn disarm(mut self) {
+        self.db = None;
+    }
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        let Some(db) = self.db.take() else {
+            return;
+        };
+        let name = std::mem::take(&mut self.name);
+        tracing::info!("dropping {name}, the copy the stopped restore was writing");
+        crate::storage::spawn_cleanup(async move {
+            let dropped = async {
+                let admin = pg::connect(&db, Some(admin_database(&name))).await?;
+                pg::drop_database(&admin, &name).await
+            };
+            if let Err(e) = dropped.await {
+                tracing::warn!("{e}; the next restore into the same database drops it");
+            }
+        });
+    }
+}
+
+/// Carries out a plan: the target is touched only once the restored copy is
+/// proven, except with `--in-place`, whose failures leave a target that must
+/// not be trusted (and the error says so).
 pub async fn execute(
     plan: &RestorePlan,
     db: &Database,
     storage: &Arc<dyn Storage>,
     progress: Arc<dyn Progress>,
 ) -> Result<RestoreOutcome> {
-    let admin = pg::connect(db, Some("postgres")).await?;
+    let target = &plan.target_db;
+    let admin = pg::connect(db, Some(admin_database(target))).await?;
+    take_restore_lock(&admin, target).await?;
     let pg_restore = pg_restore_for(&admin, db, &plan.backup).await?;
-    if plan.target.is_none() {
-        tracing::info!("creating database {}", plan.target_db);
-        pg::create_database(&admin, &plan.target_db).await?;
-    } else if plan.overwrites() {
-        let props = pg::database_properties(&admin, &plan.target_db).await?;
-        tracing::info!("dropping and re-creating database {}", plan.target_db);
-        pg::recreate_database(&admin, &plan.target_db, &props)
-            .await
-            .map_err(|e| {
-                e.with_hint(format!(
-                    "database {} may be gone: restore again into it once the cause is fixed",
-                    plan.target_db
-                ))
-            })?;
+    // Read again under the lock: the plan may have waited for a confirmation.
+    for leftover in leftovers(&admin, target).await? {
+        tracing::info!("dropping {leftover}, left by an interrupted restore into {target}");
+        pg::drop_database(&admin, &leftover).await?;
     }
-    drop(admin);
-
-    let untrusted = |e: Error| {
-        let cause = cause_hint(&e).map_or(String::new(), |h| format!("{h}; "));
-        let hint = format!(
-            "{cause}the content of database {} must not be trusted: drop it, or restore again with --clean",
-            plan.target_db
-        );
-        e.context(format!(
-            "restore of backup {} into {}",
-            plan.backup.id, plan.target_db
-        ))
-        .with_hint(hint)
+    let props = plan.properties();
+    let mut warnings = Vec::new();
+    let Some(staging) = plan.method.staging() else {
+        return in_place(plan, db, &admin, storage, &pg_restore, progress, props).await;
     };
-    load(plan, db, storage, &pg_restore, progress)
-        .await
-        .map_err(untrusted)?;
-    let conn = pg::connect(db, Some(&plan.target_db))
-        .await
-        .map_err(untrusted)?;
-    let proof = proof::prove(&conn, &plan.backup, &[])
-        .await
-        .map_err(untrusted)?;
-    if let Some(failure) = proof.failure() {
-        return Err(untrusted(Error::integrity(failure)));
+
+    tracing::info!("restoring backup {} into {staging}", plan.backup.id);
+    warnings.extend(pgdb::create_like(&admin, staging, props.as_ref()).await?);
+    let guard = StagingGuard {
+        db: Some(db.clone()),
+        name: staging.to_owned(),
+    };
+    pgdb::set_comment(&admin, staging, Some(&restoring_marker(target))).await?;
+    let proven = async {
+        let proof = load_and_prove(plan, db, staging, storage, &pg_restore, progress).await?;
+        if let Some(p) = &props {
+            warnings.extend(pgdb::apply(&admin, staging, p).await);
+        }
+        replace(plan, &admin, staging, props.as_ref()).await?;
+        Ok::<_, Error>(proof)
+    }
+    .await;
+    let proof = match proven {
+        Ok(proof) => proof,
+        Err(e) => {
+            let kept = if plan.keep_failed {
+                pgdb::set_comment(
+                    &admin,
+                    staging,
+                    Some(&kept_marker(target, plan.backup.id.as_str())),
+                )
+                .await
+                .is_ok()
+            } else {
+                pg::drop_database(&admin, staging).await.is_err()
+            };
+            guard.disarm();
+            let copy = if kept {
+                format!("the restored copy is kept as database {staging}")
+            } else {
+                format!("the restored copy {staging} was dropped")
+            };
+            let target_state = if plan.method.target_exists() {
+                format!("database {target} was not touched")
+            } else {
+                format!("database {target} was not created")
+            };
+            let cause = cause_hint(&e).map_or(String::new(), |h| format!("{h}; "));
+            return Err(e
+                .context(format!(
+                    "restore of backup {} into {target}",
+                    plan.backup.id
+                ))
+                .with_hint(format!("{cause}{target_state}; {copy}")));
+        }
+    };
+    guard.disarm();
+    if plan.method.target_exists() {
+        let old = beside(target, "replaced", plan.backup.id.as_str());
+        if let Err(e) = pg::drop_database(&admin, &old).await {
+            warnings.push(format!(
+                "the replaced database, now called {old}, could not be dropped: {e}; the next \
+                 restore into {target} drops it, or drop it by hand"
+            ));
+        }
     }
     Ok(RestoreOutcome {
         tables_checked: plan.backup.tables.len(),
         rows_checked: proof.rows,
+        warnings,
+    })
+}
+
+/// One restore into a database at a time: two at once would swap each
+/// other's copies. A session-level advisory lock, released with `admin`.
+async fn take_restore_lock(admin: &pg::Connection, target: &str) -> Result<()> {
+    let key = pg::lock_key(&format!("backup restore into {target}"));
+    let row = admin
+        .client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(|e| pg::query_error("taking the restore's lock", e))?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(Error::refused(format!(
+            "another restore into database {target} is running; nothing was changed"
+        ))
+        .with_hint("wait for it to end, then look at the database before restoring again"))
+    }
+}
+
+/// `pg_restore` into `into`, then the proof; a failed proof is an error.
+async fn load_and_prove(
+    plan: &RestorePlan,
+    db: &Database,
+    into: &str,
+    storage: &Arc<dyn Storage>,
+    pg_restore: &Path,
+    progress: Arc<dyn Progress>,
+) -> Result<proof::Proof> {
+    let what = Load {
+        job: &plan.job,
+        backup: &plan.backup,
+        crypt: &plan.crypt,
+        flags: plan.flags,
+        into,
+    };
+    load(what, db, storage, pg_restore, progress).await?;
+    let conn = pg::connect(db, Some(into)).await?;
+    let proof = proof::prove(&conn, &plan.backup, &[]).await?;
+    match proof.failure() {
+        Some(failure) => Err(Error::integrity(failure)),
+        None => Ok(proof),
+    }
+}
+
+/// Puts the proven copy `staging` in the target's place: once no session is
+/// on the target, both are renamed in one transaction.
+async fn replace(
+    plan: &RestorePlan,
+    admin: &pg::Connection,
+    staging: &str,
+    props: Option<&DatabaseProperties>,
+) -> Result<()> {
+    let target = &plan.target_db;
+    let comment = props.and_then(|p| p.comment.as_deref());
+    let old = beside(target, "replaced", plan.backup.id.as_str());
+    if !plan.method.target_exists() {
+        return pgdb::swap_in(admin, staging, target, None, comment).await;
+    }
+    // Sessions that are ending (a pool closing) get a few seconds; the
+    // renames themselves fail if one comes in between.
+    let mut last = None;
+    for _ in 0..5 {
+        let sessions = pg::other_sessions(admin, target).await?;
+        if !sessions.is_empty() {
+            last = Some(Error::refused(format!(
+                "database {target} has {} session(s) connected again: {}; the proven copy \
+                 was not swapped in",
+                sessions.len(),
+                sessions.join(", ")
+            )));
+            continue;
+        }
+        match pgdb::swap_in(admin, staging, target, Some(&old), comment).await {
+            Ok(()) => {
+                // The old database keeps a name and a comment that say what it is,
+                // should dropping it fail below.
+                if let Err(e) = pgdb::set_comment(admin, &old, Some(&replaced_marker(target))).await
+                {
+                    tracing::warn!("{e}");
+                }
+                return Ok(());
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    Err(last
+        .unwrap_or_else(|| Error::internal("no swap attempted"))
+        .with_hint("stop the applications that use it, then restore again"))
+}
+
+/// `--in-place`: the target is dropped and re-created (when it holds
+/// something), then restored into.
+#[allow(clippy::too_many_arguments)]
+async fn in_place(
+    plan: &RestorePlan,
+    db: &Database,
+    admin: &pg::Connection,
+    storage: &Arc<dyn Storage>,
+    pg_restore: &Path,
+    progress: Arc<dyn Progress>,
+    props: Option<DatabaseProperties>,
+) -> Result<RestoreOutcome> {
+    let target = &plan.target_db;
+    let mut warnings = Vec::new();
+    match &plan.method {
+        Method::InPlace {
+            exists: true,
+            contents: Some(_),
+        } => {
+            tracing::info!("dropping and re-creating database {target} (--in-place)");
+            warnings.extend(pgdb::recreate_database(admin, target, props.as_ref()).await?);
+        }
+        Method::InPlace { exists: false, .. } => {
+            warnings.extend(pgdb::create_like(admin, target, props.as_ref()).await?);
+        }
+        _ => {}
+    }
+    let untrusted = |e: Error| {
+        let cause = cause_hint(&e).map_or(String::new(), |h| format!("{h}; "));
+        e.context(format!(
+            "restore of backup {} into {target}",
+            plan.backup.id
+        ))
+        .with_hint(format!(
+            "{cause}the content of database {target} must not be trusted: drop it, or restore \
+             again (--clean restores beside it and swaps only a proven copy in)"
+        ))
+    };
+    let proof = load_and_prove(plan, db, target, storage, pg_restore, progress)
+        .await
+        .map_err(untrusted)?;
+    if let Some(p) = &props {
+        warnings.extend(pgdb::apply(admin, target, p).await);
+        if p.comment.is_some()
+            && let Err(e) = pgdb::set_comment(admin, target, p.comment.as_deref()).await
+        {
+            warnings.push(e.to_string());
+        }
+    }
+    Ok(RestoreOutcome {
+        tables_checked: plan.backup.tables.len(),
+        rows_checked: proof.rows,
+        warnings,
     })
 }
 
@@ -360,38 +803,48 @@ fn cause_hint(e: &Error) -> Option<&'static str> {
     }
 }
 
-/// Streams the backup's data object into `pg_restore` on the plan's target,
+/// What [`load`] restores, and into which database.
+pub struct Load<'a> {
+    pub job: &'a str,
+    pub backup: &'a Manifest,
+    pub crypt: &'a Crypt,
+    pub flags: RestoreFlags,
+    pub into: &'a str,
+}
+
+/// Streams the backup's data object into `pg_restore` on database `into`,
 /// verifying both digests on the way.
 pub async fn load(
-    plan: &RestorePlan,
+    what: Load<'_>,
     db: &Database,
     storage: &Arc<dyn Storage>,
     pg_restore: &Path,
     progress: Arc<dyn Progress>,
 ) -> Result<()> {
-    let object = plan.backup.object(Role::Data).ok_or_else(|| {
+    let backup = what.backup;
+    let object = backup.object(Role::Data).ok_or_else(|| {
         Error::integrity(format!(
             "backup {}: the manifest lists no data object",
-            plan.backup.id
+            backup.id
         ))
     })?;
-    let key = catalog::backup_prefix(&plan.job, &plan.backup.id)?.join(&object.key)?;
+    let key = catalog::backup_prefix(what.job, &backup.id)?.join(&object.key)?;
     let stream = Stream {
         source: tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?),
-        compression: plan.backup.compression()?,
-        crypt: plan.crypt.clone(),
+        compression: backup.compression()?,
+        crypt: what.crypt.clone(),
         digest: object.digest.clone(),
         label: format!("{key} in storage {}", storage.name()),
     };
-    let url = pg::command::with_dbname(&db.url, &plan.target_db);
+    let url = pg::command::with_dbname(&db.url, what.into);
     progress.begin(
-        &format!("restore {}", plan.backup.id),
+        &format!("restore {}", backup.id),
         Some(object.digest.stored_size),
     );
-    let result = if plan.flags.jobs > 1 {
-        restore_spooled(stream, plan.flags, &url, db, pg_restore, progress.clone()).await
+    let result = if what.flags.jobs > 1 {
+        restore_spooled(stream, what.flags, &url, db, pg_restore, progress.clone()).await
     } else {
-        restore_streamed(stream, plan.flags, &url, db, pg_restore, progress.clone()).await
+        restore_streamed(stream, what.flags, &url, db, pg_restore, progress.clone()).await
     };
     progress.end();
     result

@@ -18,7 +18,7 @@ use crate::catalog::{Manifest, Selector};
 use crate::config::MAX_IDENTIFIER;
 use crate::error::{Error, Result};
 use crate::jobs::proof::{self, Proof};
-use crate::jobs::restore::{self, RestorePlan, TargetState};
+use crate::jobs::restore;
 use crate::model::{Check, Database, Job, RestoreTestJob, TestedBackup};
 use crate::pg::{self, command::RestoreFlags};
 use crate::report::Progress;
@@ -305,25 +305,27 @@ pub async fn execute(
         ))
         .await
         .map_err(|e| pg::query_error(&format!("marking scratch database {scratch}"), e))?;
-    let restore_plan = RestorePlan {
-        job: plan.backup_job.clone(),
-        timezone: plan.timezone.clone(),
-        backup: plan.backup.clone(),
-        storage: plan.storage.clone(),
-        target_db: scratch.clone(),
-        requested_at: None,
-        target: Some(TargetState { contents: None }),
-        flags: RestoreFlags {
-            jobs: 1,
-            ..RestoreFlags::default()
-        },
-        crypt: plan.crypt.clone(),
-    };
     tracing::info!(
         "restoring backup {} into scratch database {scratch}",
         plan.backup.id
     );
-    let loaded = restore::load(&restore_plan, target, storage, &pg_restore, progress).await;
+    let what = restore::Load {
+        job: &plan.backup_job,
+        backup: &plan.backup,
+        crypt: &plan.crypt,
+        flags: RestoreFlags {
+            jobs: 1,
+            ..RestoreFlags::default()
+        },
+        into: scratch,
+    };
+    let loaded = restore::load(what, target, storage, &pg_restore, progress).await;
+    if loaded.is_ok()
+        && let Some(props) = &plan.backup.database_properties
+    {
+        // Checks run as the database runs: with its settings.
+        warnings.extend(pg::database::apply(&admin, scratch, props).await);
+    }
     let restore_seconds = started.elapsed().as_secs_f64();
     let verifying = Instant::now();
     let (proof, restore_error) = match loaded {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::error::{Error, Result};
-use crate::model::{Database, Secret};
+use crate::model::{Database, SecretRef};
 
 /// The superuser of the cluster: not `postgres`, which the restored
 /// globals may create and alter.
@@ -142,7 +142,7 @@ impl Throwaway {
             database: Database {
                 name: "throwaway cluster".to_owned(),
                 url: String::new(),
-                password: Some(Secret::new(password)),
+                password: Some(SecretRef::given(password)),
                 password_from: None,
                 pg_bin_dir: Some(install.bindir.clone()),
             },

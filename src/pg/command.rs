@@ -9,9 +9,6 @@ use std::path::Path;
 /// Options of a restore that reach `pg_restore`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RestoreFlags {
-    /// Replace an existing target: the restore drops and re-creates the
-    /// database itself, so `pg_restore` always starts from an empty one.
-    pub clean: bool,
     /// Parallel jobs; above 1 `pg_restore` needs a seekable file.
     pub jobs: u32,
     pub no_owner: bool,
@@ -179,7 +176,6 @@ mod tests {
             "postgresql://db/t",
             RestoreFlags {
                 no_tablespaces: false,
-                clean: true,
                 jobs: 4,
                 no_owner: true,
                 no_acl: true,

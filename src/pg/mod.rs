@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod command;
+pub mod database;
 pub mod stats;
 pub mod tls;
 
@@ -19,6 +20,11 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Kind, Result};
 use crate::model::Database;
+
+pub use database::{
+    DatabaseProperties, create_database, database_comment, database_exists, databases_with_comment,
+    describe_contents, drop_database, other_sessions,
+};
 
 /// A table and its exact row count in the backup's snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -300,7 +306,7 @@ async fn open(
         config.dbname(dbname);
     }
     if let Some(password) = &db.password {
-        config.password(password.expose());
+        config.password(password.resolve()?.expose());
     } else if let Ok(password) = std::env::var("PGPASSWORD") {
         config.password(password);
     }
@@ -489,10 +495,40 @@ pub async fn server_version(conn: &Connection) -> Result<ServerVersion> {
     })
 }
 
+/// The server's `system_identifier` (set by initdb, kept by its standbys),
+/// as text; `None` where the role may not read it.
+pub async fn system_identifier(conn: &Connection) -> Option<String> {
+    match conn
+        .client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(e) => {
+            tracing::debug!("system_identifier not read: {e}");
+            None
+        }
+    }
+}
+
+/// The name of the database a connection is on, as the server says.
+pub async fn current_database(conn: &Connection) -> Result<String> {
+    let row = conn
+        .client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| query_error("reading the current database", e))?;
+    Ok(row.get(0))
+}
+
 /// An exported snapshot held open by a `REPEATABLE READ` transaction.
 pub struct Snapshot {
     pub id: String,
-    /// The transaction's start: the data is as of this moment.
+    /// Read just after the snapshot was taken, in the statement that took it:
+    /// every commit the snapshot holds happened before this moment.
     pub at: Timestamp,
 }
 
@@ -506,8 +542,11 @@ pub async fn export_snapshot(conn: &Connection) -> Result<Snapshot> {
     let row = conn
         .client
         .query_one(
+            // clock_timestamp(), not now(): now() is the transaction's start, a
+            // round trip before this statement took the snapshot, so a commit
+            // in between would be in a backup dated before it.
             "SELECT pg_export_snapshot(), \
-             to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+             to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
             &[],
         )
         .await
@@ -610,8 +649,10 @@ pub async fn single_value(conn: &Connection, sql: &str) -> Result<Option<String>
 }
 
 pub async fn count_rows(conn: &Connection, schema: &str, name: &str) -> Result<i64> {
+    // ONLY: an inheritance parent's own rows, as pg_dump dumps them; its
+    // children are counted as tables of their own.
     let sql = format!(
-        "SELECT count(*) FROM {}.{}",
+        "SELECT count(*) FROM ONLY {}.{}",
         quote_ident(schema),
         quote_ident(name)
     );
@@ -622,210 +663,6 @@ pub async fn count_rows(conn: &Connection, schema: &str, name: &str) -> Result<i
         )
     })?;
     Ok(row.get(0))
-}
-
-/// What an existing database holds, or `None` when it is empty enough to
-/// restore into (nothing but the default `public` schema and `plpgsql`).
-pub async fn describe_contents(conn: &Connection) -> Result<Option<String>> {
-    let row = conn
-        .client
-        .query_one(
-            "SELECT \
-              (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
-                  AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')), \
-              (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql'), \
-              (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass \
-                                  AND d.objid = p.oid AND d.deptype = 'e'))",
-            &[],
-        )
-        .await
-        .map_err(|e| query_error(&format!("inspecting database {}", conn.dbname), e))?;
-    let (relations, extensions, functions): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    if relations == 0 && extensions == 0 && functions == 0 {
-        return Ok(None);
-    }
-    Ok(Some(format!(
-        "{relations} tables, views or sequences, {extensions} extensions, {functions} functions"
-    )))
-}
-
-pub async fn database_exists(conn: &Connection, name: &str) -> Result<bool> {
-    let row = conn
-        .client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(|e| query_error(&format!("looking up database {name}"), e))?;
-    Ok(row.is_some())
-}
-
-pub async fn create_database(conn: &Connection, name: &str) -> Result<()> {
-    conn.client
-        // template0: whatever an operator added to template1 must not end up
-        // in a restore, nor fail it.
-        .batch_execute(&format!(
-            "CREATE DATABASE {} TEMPLATE template0",
-            quote_ident(name)
-        ))
-        .await
-        .map_err(|e| {
-            query_error(&format!("creating database {name}"), e)
-                .with_hint("the role in the url needs CREATEDB, or create the database first")
-        })
-}
-
-/// What a database is besides its contents: kept when `--clean` drops and
-/// re-creates it, since a pg_dump archive restored without `--create` does not
-/// carry them.
-#[derive(Debug, Clone)]
-pub struct DatabaseProperties {
-    pub owner: String,
-    encoding: String,
-    collate: String,
-    ctype: String,
-    /// `GRANT`/`REVOKE` and `ALTER ... SET` statements to re-apply.
-    statements: Vec<String>,
-}
-
-/// GUCs whose stored value is already a list in SQL syntax and must not be quoted again.
-const LIST_SETTINGS: &[&str] = &[
-    "search_path",
-    "temp_tablespaces",
-    "session_preload_libraries",
-    "local_preload_libraries",
-];
-
-pub async fn database_properties(admin: &Connection, name: &str) -> Result<DatabaseProperties> {
-    let what = |e| query_error(&format!("reading the properties of database {name}"), e);
-    let row = admin
-        .client
-        .query_one(
-            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype, \
-                    datacl IS NOT NULL FROM pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(what)?;
-    let ident = quote_ident(name);
-    let mut statements = Vec::new();
-    let has_acl: bool = row.get(4);
-    if has_acl {
-        statements.push(format!("REVOKE ALL ON DATABASE {ident} FROM PUBLIC"));
-        let grants = admin
-            .client
-            .query(
-                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, \
-                        a.privilege_type, a.is_grantable \
-                 FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = $1",
-                &[&name],
-            )
-            .await
-            .map_err(what)?;
-        for g in grants {
-            let (grantee, privilege, grantable): (String, String, bool) =
-                (g.get(0), g.get(1), g.get(2));
-            let option = if grantable { " WITH GRANT OPTION" } else { "" };
-            statements.push(format!(
-                "GRANT {privilege} ON DATABASE {ident} TO {grantee}{option}"
-            ));
-        }
-    }
-    let settings = admin
-        .client
-        .query(
-            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE quote_ident(pg_get_userbyid(s.setrole)) END, \
-                    unnest(s.setconfig) \
-             FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(what)?;
-    for s in settings {
-        let (role, setting): (Option<String>, String) = (s.get(0), s.get(1));
-        let Some((key, value)) = setting.split_once('=') else {
-            continue;
-        };
-        let value = if LIST_SETTINGS.contains(&key) {
-            value.to_owned()
-        } else {
-            quote_literal(value)
-        };
-        let scope = role.map_or(String::new(), |r| format!("ROLE {r} IN "));
-        statements.push(format!(
-            "ALTER {scope}DATABASE {ident} SET {} TO {value}",
-            quote_ident(key)
-        ));
-    }
-    Ok(DatabaseProperties {
-        owner: row.get(0),
-        encoding: row.get(1),
-        collate: row.get(2),
-        ctype: row.get(3),
-        statements,
-    })
-}
-
-/// Other sessions connected to `name`, as `user (application)`.
-///
-/// A backend whose client just closed (our own look at the target, say) lingers
-/// for a moment, so sessions must persist for a second to count.
-pub async fn other_sessions(admin: &Connection, name: &str) -> Result<Vec<String>> {
-    let mut sessions = Vec::new();
-    for _ in 0..10 {
-        let rows = admin
-            .client
-            .query(
-                "SELECT coalesce(usename, '?') || coalesce(' (' || nullif(application_name, '') || ')', '') \
-                 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&name],
-            )
-            .await
-            .map_err(|e| query_error(&format!("listing sessions of database {name}"), e))?;
-        sessions = rows.iter().map(|r| r.get(0)).collect();
-        if sessions.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    Ok(sessions)
-}
-
-/// Drops `name` and creates it again, empty, with the same properties.
-pub async fn recreate_database(
-    admin: &Connection,
-    name: &str,
-    props: &DatabaseProperties,
-) -> Result<()> {
-    let ident = quote_ident(name);
-    admin
-        .client
-        .batch_execute(&format!("DROP DATABASE {ident}"))
-        .await
-        .map_err(|e| {
-            query_error(&format!("dropping database {name}"), e)
-                .with_hint("stop the applications connected to it and try again")
-        })?;
-    let create = format!(
-        "CREATE DATABASE {ident} OWNER {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-        quote_ident(&props.owner),
-        quote_literal(&props.encoding),
-        quote_literal(&props.collate),
-        quote_literal(&props.ctype)
-    );
-    admin
-        .client
-        .batch_execute(&create)
-        .await
-        .map_err(|e| query_error(&format!("re-creating database {name} (it was dropped)"), e))?;
-    for statement in &props.statements {
-        admin.client.batch_execute(statement).await.map_err(|e| {
-            query_error(&format!("re-applying `{statement}` to database {name}"), e)
-        })?;
-    }
-    Ok(())
 }
 
 pub fn quote_literal(value: &str) -> String {
@@ -964,7 +801,7 @@ pub fn spawn(
         cmd.env_remove(name);
     }
     if let Some(password) = &db.password {
-        cmd.env("PGPASSWORD", password.expose());
+        cmd.env("PGPASSWORD", password.resolve()?.expose());
     }
     let mut child = cmd.spawn().map_err(|e| {
         Error::tool(format!("cannot start {}: {e}", program.display()))
@@ -1104,50 +941,4 @@ fn describe_status(status: ExitStatus) -> String {
 /// Whether a failed child's message says it lacked a privilege.
 pub fn is_permission_error(err: &Error) -> bool {
     err.kind() == Kind::Tool && err.message().contains("permission denied")
-}
-
-/// Drops database `name`, ending any session still connected to it (from
-/// PostgreSQL 13; older servers need it idle).
-pub async fn drop_database(admin: &Connection, name: &str) -> Result<()> {
-    let server = server_version(admin).await?;
-    let force = if server.major >= 13 {
-        " WITH (FORCE)"
-    } else {
-        ""
-    };
-    admin
-        .client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {}{force}",
-            quote_ident(name)
-        ))
-        .await
-        .map_err(|e| query_error(&format!("dropping database {name}"), e))
-}
-
-/// The databases whose comment is exactly `comment`.
-pub async fn databases_with_comment(admin: &Connection, comment: &str) -> Result<Vec<String>> {
-    let rows = admin
-        .client
-        .query(
-            "SELECT datname::text FROM pg_database \
-             WHERE shobj_description(oid, 'pg_database') = $1 ORDER BY 1",
-            &[&comment],
-        )
-        .await
-        .map_err(|e| query_error("looking for scratch databases", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// The comment on database `name`, when it exists: `Some(None)` for none.
-pub async fn database_comment(admin: &Connection, name: &str) -> Result<Option<Option<String>>> {
-    let row = admin
-        .client
-        .query_opt(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .await
-        .map_err(|e| query_error(&format!("looking up database {name}"), e))?;
-    Ok(row.map(|r| r.get(0)))
 }

@@ -36,6 +36,7 @@ use super::{
 };
 use crate::error::{Error, Kind, Result};
 use crate::model::{AzureAuth, AzureSpec, Secret};
+use crate::secret::Problem;
 
 /// A block blob holds at most 50,000 blocks.
 const MAX_BLOCKS: u32 = 50_000;
@@ -107,20 +108,22 @@ impl AzureStorage {
         let config = |message: String| Error::config(format!("storage {name}: {message}"));
         let mut account = spec.account.clone();
         let mut endpoint = spec.endpoint.clone();
-        let mut auth = spec.auth.clone();
-        if let AzureAuth::ConnectionString(text) = &spec.auth {
-            let parsed = parse_connection_string(text.expose()).map_err(|e| {
-                config(format!("connection string: {e}")).with_hint(
-                    "copy it from the portal's \"Access keys\" page: \
-                     DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...;EndpointSuffix=...",
-                )
-            })?;
-            if account.is_empty() {
-                account = parsed.account.clone();
+        // The job file's secrets are read now, when the storage is opened.
+        let auth = match &spec.auth {
+            AzureAuth::EntraId => Credential::EntraId,
+            AzureAuth::SasToken(sas) => Credential::SasToken(sas.resolve()?.clone()),
+            AzureAuth::AccountKey(key) => Credential::AccountKey(key.resolve()?.clone()),
+            AzureAuth::ConnectionString(text) => {
+                let parsed = parse_connection_string(text.resolve()?.expose()).map_err(|e| {
+                    config(format!("connection string: {e}")).with_hint(CONNECTION_STRING_HINT)
+                })?;
+                if account.is_empty() {
+                    account = parsed.account.clone();
+                }
+                endpoint = endpoint.or(Some(parsed.endpoint));
+                parsed.auth
             }
-            endpoint = endpoint.or(Some(parsed.endpoint));
-            auth = parsed.auth;
-        }
+        };
         if account.is_empty() {
             return Err(config("no account name".to_owned())
                 .with_hint("set account = \"...\" in the storage"));
@@ -144,7 +147,7 @@ impl AzureStorage {
                 })
         };
         let access = match auth {
-            AzureAuth::EntraId => {
+            Credential::EntraId => {
                 if container_url.scheme() != "https" {
                     return Err(config(format!(
                         "Entra ID needs an https endpoint, not {endpoint}"
@@ -153,12 +156,12 @@ impl AzureStorage {
                 }
                 Access::Fixed(Arc::new(make(container_url, Some(entra_credential()?))?))
             }
-            AzureAuth::SasToken(sas) => {
+            Credential::SasToken(sas) => {
                 let mut url = container_url;
                 url.set_query(Some(sas.expose().trim_start_matches('?')));
                 Access::Fixed(Arc::new(make(url, None)?))
             }
-            AzureAuth::AccountKey(key) => {
+            Credential::AccountKey(key) => {
                 if azure_core::base64::decode(key.expose()).is_err() {
                     return Err(config("the account key is not base64".to_owned())
                         .with_hint("copy key1 or key2 from the storage account's access keys"));
@@ -169,12 +172,6 @@ impl AzureStorage {
                     container_url,
                     current: Mutex::new(None),
                 }
-            }
-            AzureAuth::ConnectionString(_) => {
-                return Err(config(
-                    "the connection string has neither AccountKey nor SharedAccessSignature"
-                        .to_owned(),
-                ));
             }
         };
         Ok(AzureStorage {
@@ -192,6 +189,14 @@ impl AzureStorage {
 }
 
 impl AzureStorage {
+    /// Whether `text` is a connection string this backend can use: the check
+    /// run on `connection_string_*` when it is read, and by `config check`.
+    pub fn check_connection_string(text: &str) -> std::result::Result<(), Problem> {
+        parse_connection_string(text).map(drop).map_err(|e| {
+            Problem::new(format!("not a connection string: {e}")).with_hint(CONNECTION_STRING_HINT)
+        })
+    }
+
     /// Creates the container. Not used by backups (operators create containers
     /// with the permissions they choose); the test suite uses it on Azurite.
     #[doc(hidden)]
@@ -251,10 +256,20 @@ impl TokenCredential for Chain {
     }
 }
 
+const CONNECTION_STRING_HINT: &str = "copy it from the portal's \"Access keys\" page: \
+     DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...;EndpointSuffix=...";
+
+/// How a storage signs in, its secrets read.
+enum Credential {
+    EntraId,
+    SasToken(Secret),
+    AccountKey(Secret),
+}
+
 struct ConnectionString {
     account: String,
     endpoint: String,
-    auth: AzureAuth,
+    auth: Credential,
 }
 
 fn parse_connection_string(text: &str) -> std::result::Result<ConnectionString, String> {
@@ -269,7 +284,7 @@ fn parse_connection_string(text: &str) -> std::result::Result<ConnectionString, 
         return Ok(ConnectionString {
             account: DEV_ACCOUNT.to_owned(),
             endpoint: format!("http://127.0.0.1:10000/{DEV_ACCOUNT}"),
-            auth: AzureAuth::AccountKey(Secret::new(DEV_KEY)),
+            auth: Credential::AccountKey(Secret::new(DEV_KEY)),
         });
     }
     let account = fields.get("AccountName").cloned().unwrap_or_default();
@@ -292,8 +307,8 @@ fn parse_connection_string(text: &str) -> std::result::Result<ConnectionString, 
         fields.get("AccountKey"),
         fields.get("SharedAccessSignature"),
     ) {
-        (Some(key), _) => AzureAuth::AccountKey(Secret::new(key.clone())),
-        (None, Some(sas)) => AzureAuth::SasToken(Secret::new(sas.clone())),
+        (Some(key), _) => Credential::AccountKey(Secret::new(key.clone())),
+        (None, Some(sas)) => Credential::SasToken(Secret::new(sas.clone())),
         (None, None) => return Err("neither AccountKey nor SharedAccessSignature is set".into()),
     };
     Ok(ConnectionString {
@@ -797,14 +812,14 @@ mod tests {
         .unwrap();
         assert_eq!(cs.account, "camp");
         assert_eq!(cs.endpoint, "https://camp.blob.core.windows.net");
-        assert!(matches!(&cs.auth, AzureAuth::AccountKey(k) if k.expose() == "a2V5PQ=="));
+        assert!(matches!(&cs.auth, Credential::AccountKey(k) if k.expose() == "a2V5PQ=="));
 
         let cs = parse_connection_string(
             "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1/;SharedAccessSignature=sv=2022&sig=abc",
         )
         .unwrap();
         assert_eq!(cs.endpoint, "http://127.0.0.1:10000/devstoreaccount1");
-        assert!(matches!(&cs.auth, AzureAuth::SasToken(s) if s.expose() == "sv=2022&sig=abc"));
+        assert!(matches!(&cs.auth, Credential::SasToken(s) if s.expose() == "sv=2022&sig=abc"));
 
         let dev = parse_connection_string("UseDevelopmentStorage=true").unwrap();
         assert_eq!(dev.account, DEV_ACCOUNT);

@@ -1,24 +1,101 @@
 //! A directory on a local (or mounted) file system.
 //!
-//! Writes go to a hidden temporary name beside the target, are fsynced, renamed
-//! into place and the directory fsynced: after `finish` returns, the object
-//! survives a crash; before it, nothing is visible under the key.
+//! Writes go to a hidden temporary name beside the target (`.tmp-…`), are
+//! fsynced, renamed into place and the directory fsynced: after `finish`
+//! returns, the object survives a crash; before it, nothing is visible under
+//! the key. A process killed before either (kill -9, the OOM killer) leaves
+//! its temporary file behind: [`Storage::clean_unfinished`] removes those by
+//! their age, and prune calls it while no run of the job holds its lock.
+//!
+//! Below the root, everything is reached from the root's descriptor one name
+//! at a time and never through a symbolic link ([`crate::nofollow`]): a link
+//! planted in the storage (`<root>/nightly` pointing elsewhere) would let
+//! restore and verify read, and prune delete, outside it. A link met by
+//! `reader`, `writer` or `delete` is an error that names it; `list` and
+//! `clean_unfinished` leave it out and warn. The root itself may be a link:
+//! that one is the operator's choice, made in the job file.
+//!
+//! Backups hold secrets (`globals.sql` has every role's password verifier),
+//! so files are created 0600 and directories 0700, whatever the umask.
 
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
 use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::error::{Error, Kind, Result};
+use crate::nofollow;
 
 /// Prefix of in-progress files; `list` never reports them.
 const TEMP_PREFIX: &str = ".tmp-";
+/// Owner only: backups hold secrets.
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
 
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     name: String,
     root: PathBuf,
+}
+
+/// What a name below the root is, as a directory.
+enum Step {
+    Dir(File),
+    Missing,
+    Link,
+}
+
+/// Opens the directory `name` of `parent` without following a link; makes
+/// it (0700) when missing and `create`.
+fn step(parent: &File, name: &str, create: bool) -> std::io::Result<Step> {
+    let name = OsStr::new(name);
+    match nofollow::open_dir_at(parent, name) {
+        Ok(dir) => return Ok(Step::Dir(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(Step::Missing),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return link_or(parent, name, e),
+    }
+    let made = match nofollow::mkdir_at(parent, name, DIR_MODE) {
+        Ok(()) => true,
+        // Made by another writer meanwhile: that one is opened.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e),
+    };
+    match nofollow::open_dir_at(parent, name) {
+        Ok(dir) => {
+            if made {
+                // The umask may have taken bits off; never more than 0700.
+                dir.set_permissions(std::fs::Permissions::from_mode(DIR_MODE))?;
+            }
+            Ok(Step::Dir(dir))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Step::Missing),
+        Err(e) => link_or(parent, name, e),
+    }
+}
+
+/// A link where a directory was asked for (ENOTDIR or ELOOP under
+/// O_NOFOLLOW), else the error itself.
+fn link_or(parent: &File, name: &OsStr, e: std::io::Error) -> std::io::Result<Step> {
+    if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP))
+        && nofollow::metadata_at(parent, name).is_ok_and(|m| m.is_symlink())
+    {
+        Ok(Step::Link)
+    } else {
+        Err(e)
+    }
+}
+
+/// A key's directories and its file name.
+fn split(key: &Key) -> (Vec<&str>, &str) {
+    let mut segments: Vec<&str> = key.as_str().split('/').collect();
+    let name = segments.pop().unwrap_or_default();
+    (segments, name)
 }
 
 impl LocalStorage {
@@ -36,6 +113,327 @@ impl LocalStorage {
     fn err(&self, what: impl std::fmt::Display, e: std::io::Error) -> Error {
         Error::io(Kind::Storage, format!("storage {}: {what}", self.name), e)
     }
+
+    /// A link below the root: a storage error (exit 5), not an integrity
+    /// one. Nothing recorded was found to differ; the storage's layout is
+    /// one backup will not use, and the fix is the operator's.
+    fn link_error(&self, relative: &str) -> Error {
+        Error::storage(format!(
+            "storage {}: {} is a symbolic link, and local storage never follows links below its root",
+            self.name,
+            self.root.join(relative).display()
+        ))
+        .with_hint(
+            "a link there could make backup read, or prune delete, outside the storage; \
+             point the storage's `path` at the real directory, or replace the link with \
+             what it points to",
+        )
+    }
+
+    fn warn_link(&self, relative: &str) {
+        tracing::warn!(
+            "storage {}: {} is a symbolic link: left out, never followed (local storage \
+             uses only real directories and files below its root)",
+            self.name,
+            self.root.join(relative).display()
+        );
+    }
+
+    /// Runs file system work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&LocalStorage) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || work(&this))
+            .await
+            .map_err(|e| {
+                Error::internal(format!(
+                    "storage {}: a file system task failed: {e}",
+                    self.name
+                ))
+            })?
+    }
+
+    /// The root, opened; made (0700) when missing and `create`, else `None`.
+    fn open_root(&self, create: bool) -> Result<Option<File>> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(&self.root)
+        };
+        match open() {
+            Ok(root) => Ok(Some(root)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(&self.root)
+                    .map_err(|e| self.err(self.root.display(), e))?;
+                let root = open().map_err(|e| self.err(self.root.display(), e))?;
+                root.set_permissions(std::fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(|e| self.err(self.root.display(), e))?;
+                Ok(Some(root))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(self.root.display(), e)),
+        }
+    }
+
+    /// The directories from the root down to `dirs`, root first; `None`
+    /// when one is missing (and not `create`). A link on the way is an error.
+    fn open_chain(&self, dirs: &[&str], create: bool) -> Result<Option<Vec<File>>> {
+        let Some(root) = self.open_root(create)? else {
+            return Ok(None);
+        };
+        let mut chain = vec![root];
+        for (i, name) in dirs.iter().enumerate() {
+            let relative = dirs[..=i].join("/");
+            let Some(parent) = chain.last() else {
+                return Err(Error::internal("an empty chain of directories"));
+            };
+            match step(parent, name, create)
+                .map_err(|e| self.err(self.root.join(&relative).display(), e))?
+            {
+                Step::Dir(dir) => chain.push(dir),
+                Step::Missing => return Ok(None),
+                Step::Link => return Err(self.link_error(&relative)),
+            }
+        }
+        Ok(Some(chain))
+    }
+
+    /// The directory `dirs` below the root, made where missing, and a new
+    /// temporary file in it (0600) for `name`.
+    fn create_temp(&self, dirs: &[&str], name: &str) -> Result<(File, String, File)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // Gone again as soon as made: removed meanwhile, as below.
+            let Some(dir) = self
+                .open_chain(dirs, true)?
+                .and_then(|mut chain| chain.pop())
+            else {
+                if attempt < 3 {
+                    continue;
+                }
+                return Err(Error::storage(format!(
+                    "storage {}: {} was removed each time it was made",
+                    self.name,
+                    self.root.join(dirs.join("/")).display()
+                )));
+            };
+            let temp = format!(
+                "{TEMP_PREFIX}{name}-{}",
+                u64::from(std::process::id()) * 1_000_000 + u64::from(rand_suffix())
+            );
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            match nofollow::create_at(&dir, OsStr::new(&temp), flags, FILE_MODE) {
+                Ok(file) => {
+                    // The umask may have taken bits off; never more than 0600.
+                    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+                        .map_err(|e| {
+                            self.err(self.root.join(dirs.join("/")).join(&temp).display(), e)
+                        })?;
+                    return Ok((dir, temp, file));
+                }
+                // The directory went between its opening and now (a prune
+                // removing the emptied directory of a killed run): make it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => continue,
+                Err(e) => {
+                    return Err(self.err(self.root.join(dirs.join("/")).join(&temp).display(), e));
+                }
+            }
+        }
+    }
+
+    fn open_blocking(&self, key: &Key) -> Result<File> {
+        let not_found = || {
+            Error::not_found(format!(
+                "storage {}: object {key} does not exist ({})",
+                self.name,
+                self.path(key).display()
+            ))
+        };
+        let (dirs, name) = split(key);
+        let Some(dir) = self
+            .open_chain(&dirs, false)?
+            .and_then(|mut chain| chain.pop())
+        else {
+            return Err(not_found());
+        };
+        let file = match nofollow::open_file_at(&dir, OsStr::new(name)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(self.link_error(key.as_str()));
+            }
+            Err(e) => return Err(self.err(self.path(key).display(), e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| self.err(self.path(key).display(), e))?;
+        if !meta.is_file() {
+            return Err(Error::storage(format!(
+                "storage {}: {} is not a regular file",
+                self.name,
+                self.path(key).display()
+            )));
+        }
+        Ok(file)
+    }
+
+    fn delete_blocking(&self, key: &Key) -> Result<()> {
+        let (dirs, name) = split(key);
+        let Some(chain) = self.open_chain(&dirs, false)? else {
+            return Ok(());
+        };
+        let Some(dir) = chain.last() else {
+            return Ok(());
+        };
+        let name = OsStr::new(name);
+        match nofollow::metadata_at(dir, name) {
+            Ok(meta) if meta.is_symlink() => return Err(self.link_error(key.as_str())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.err(self.path(key).display(), e)),
+        }
+        match nofollow::remove_file_at(dir, name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.err(self.path(key).display(), e)),
+        }
+        // Leave no empty backup directories behind, up to (not including)
+        // the root: chain[i] is the directory dirs[..i], held by chain[i - 1].
+        for i in (1..chain.len()).rev() {
+            if nofollow::remove_dir_at(&chain[i - 1], OsStr::new(dirs[i - 1])).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `visit` with every regular file under `prefix/` (its directory,
+    /// its name, its key and metadata), depth first, holding one descriptor
+    /// per level. Links are left out with a warning, never followed. `visit`
+    /// says whether it removed the file; a directory below `prefix` that
+    /// removals emptied goes too.
+    fn walk(
+        &self,
+        prefix: &Key,
+        visit: &mut dyn FnMut(&File, &OsStr, Key, &std::fs::Metadata) -> Result<bool>,
+    ) -> Result<()> {
+        let Some(root) = self.open_root(false)? else {
+            return Ok(());
+        };
+        let mut dir = root;
+        let mut relative = String::new();
+        for name in prefix.as_str().split('/') {
+            if !relative.is_empty() {
+                relative.push('/');
+            }
+            relative.push_str(name);
+            match step(&dir, name, false)
+                .map_err(|e| self.err(self.root.join(&relative).display(), e))?
+            {
+                Step::Dir(next) => dir = next,
+                Step::Missing => return Ok(()),
+                Step::Link => {
+                    self.warn_link(&relative);
+                    return Ok(());
+                }
+            }
+        }
+        self.walk_dir(&dir, &relative, visit).map(|_| ())
+    }
+
+    /// [`LocalStorage::walk`] of the open directory `dir`, at `relative`
+    /// below the root; true when `visit` removed something in it.
+    fn walk_dir(
+        &self,
+        dir: &File,
+        relative: &str,
+        visit: &mut dyn FnMut(&File, &OsStr, Key, &std::fs::Metadata) -> Result<bool>,
+    ) -> Result<bool> {
+        let names =
+            nofollow::names(dir).map_err(|e| self.err(self.root.join(relative).display(), e))?;
+        let mut removed = false;
+        for name in names {
+            let Some(text) = name.to_str() else { continue };
+            let inside = format!("{relative}/{text}");
+            let meta = match nofollow::metadata_at(dir, &name) {
+                Ok(meta) => meta,
+                // Gone since the directory was read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err(self.root.join(&inside).display(), e)),
+            };
+            if meta.is_symlink() {
+                self.warn_link(&inside);
+            } else if meta.is_dir() {
+                let sub = match step(dir, text, false) {
+                    Ok(Step::Dir(sub)) => sub,
+                    Ok(Step::Missing) => continue,
+                    // Swapped for a link since it was read.
+                    Ok(Step::Link) => {
+                        self.warn_link(&inside);
+                        continue;
+                    }
+                    Err(e) => return Err(self.err(self.root.join(&inside).display(), e)),
+                };
+                if self.walk_dir(&sub, &inside, visit)? {
+                    // Fails, as it should, when something else is left in it.
+                    removed |= nofollow::remove_dir_at(dir, &name).is_ok();
+                }
+            } else if meta.is_file()
+                && let Ok(key) = Key::new(inside)
+            {
+                removed |= visit(dir, &name, key, &meta)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn list_blocking(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        self.walk(prefix, &mut |_, name, key, meta| {
+            if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                out.push(ObjectInfo {
+                    key,
+                    size: meta.len(),
+                });
+            }
+            Ok(false)
+        })?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn clean_unfinished_blocking(&self, prefix: &Key, before: jiff::Timestamp) -> Result<usize> {
+        let before = std::time::SystemTime::from(before);
+        let mut removed = 0;
+        self.walk(prefix, &mut |dir, name, key, meta| {
+            let stale = name.to_string_lossy().starts_with(TEMP_PREFIX)
+                && meta.modified().is_ok_and(|at| at < before);
+            if !stale {
+                return Ok(false);
+            }
+            match nofollow::remove_file_at(dir, name) {
+                Ok(()) => {
+                    tracing::info!(
+                        "storage {}: removed {}, left by a writer that never finished",
+                        self.name,
+                        self.path(&key).display()
+                    );
+                    removed += 1;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(self.err(self.path(&key).display(), e)),
+            }
+        })?;
+        Ok(removed)
+    }
 }
 
 #[async_trait]
@@ -49,114 +447,56 @@ impl Storage for LocalStorage {
     }
 
     async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>> {
-        let target = self.path(key);
-        let dir = target
-            .parent()
-            .map(Path::to_owned)
-            .unwrap_or_else(|| self.root.clone());
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| self.err(dir.display(), e))?;
-        let temp = dir.join(format!(
-            "{TEMP_PREFIX}{}-{}",
-            key.file_name(),
-            std::process::id() as u64 * 1_000_000 + u64::from(rand_suffix())
-        ));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .await
-            .map_err(|e| self.err(temp.display(), e))?;
+        let owned = key.clone();
+        let (dir, temp, file) = self
+            .blocking(move |this| {
+                let (dirs, name) = split(&owned);
+                this.create_temp(&dirs, name)
+            })
+            .await?;
+        let (_, name) = split(key);
         Ok(Box::new(LocalWriter {
             storage: self.clone(),
-            file: Some(tokio::io::BufWriter::with_capacity(1 << 20, file)),
+            file: Some(tokio::io::BufWriter::with_capacity(
+                1 << 20,
+                tokio::fs::File::from_std(file),
+            )),
+            dir: Arc::new(dir),
             temp,
-            target,
-            dir,
+            name: name.to_owned(),
+            key: key.clone(),
             size: 0,
         }))
     }
 
     async fn reader(&self, key: &Key) -> Result<ObjectReader> {
-        let path = self.path(key);
-        match tokio::fs::File::open(&path).await {
-            Ok(file) => Ok(Box::pin(tokio::io::BufReader::with_capacity(1 << 20, file))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::not_found(format!(
-                "storage {}: object {key} does not exist ({})",
-                self.name,
-                path.display()
-            ))),
-            Err(e) => Err(self.err(path.display(), e)),
-        }
+        let owned = key.clone();
+        let file = self
+            .blocking(move |this| this.open_blocking(&owned))
+            .await?;
+        Ok(Box::pin(tokio::io::BufReader::with_capacity(
+            1 << 20,
+            tokio::fs::File::from_std(file),
+        )))
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {
-        let this = self.clone();
         let prefix = prefix.clone();
-        tokio::task::spawn_blocking(move || this.list_blocking(&prefix))
-            .await
-            .map_err(|e| Error::internal(format!("listing task failed: {e}")))?
+        self.blocking(move |this| this.list_blocking(&prefix)).await
     }
 
     async fn delete(&self, key: &Key) -> Result<()> {
-        let path = self.path(key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.err(path.display(), e)),
-        }
-        // Leave no empty backup directories behind, up to (not including) the root.
-        let mut dir = path.parent();
-        while let Some(d) = dir {
-            if d == self.root || !d.starts_with(&self.root) || std::fs::remove_dir(d).is_err() {
-                break;
-            }
-            dir = d.parent();
-        }
-        Ok(())
+        let key = key.clone();
+        self.blocking(move |this| this.delete_blocking(&key)).await
     }
-}
 
-impl LocalStorage {
-    fn list_blocking(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {
-        let base = self.path(prefix);
-        let mut out = Vec::new();
-        let mut pending = vec![base];
-        while let Some(dir) = pending.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.err(dir.display(), e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| self.err(dir.display(), e))?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if name.starts_with(TEMP_PREFIX) {
-                    continue;
-                }
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| self.err(entry.path().display(), e))?;
-                if meta.is_dir() {
-                    pending.push(entry.path());
-                } else if meta.is_file() {
-                    let relative = entry.path();
-                    let relative = relative.strip_prefix(&self.root).unwrap_or(&relative);
-                    if let Some(text) = relative.to_str()
-                        && let Ok(key) = Key::new(text)
-                    {
-                        out.push(ObjectInfo {
-                            key,
-                            size: meta.len(),
-                        });
-                    }
-                }
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+    /// The temporary files of writers that never finished nor aborted (a
+    /// process killed with SIGKILL or by the OOM killer) whose last write
+    /// was before `before`, and the directories they leave empty.
+    async fn clean_unfinished(&self, prefix: &Key, before: jiff::Timestamp) -> Result<usize> {
+        let prefix = prefix.clone();
+        self.blocking(move |this| this.clean_unfinished_blocking(&prefix, before))
+            .await
     }
 }
 
@@ -170,10 +510,19 @@ fn rand_suffix() -> u32 {
 struct LocalWriter {
     storage: LocalStorage,
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
-    temp: PathBuf,
-    target: PathBuf,
-    dir: PathBuf,
+    /// The directory the object goes in, held open: the rename and the
+    /// clean-ups happen there, whatever its path has become.
+    dir: Arc<File>,
+    temp: String,
+    name: String,
+    key: Key,
     size: u64,
+}
+
+impl LocalWriter {
+    fn temp_path(&self) -> PathBuf {
+        self.storage.path(&self.key).with_file_name(&self.temp)
+    }
 }
 
 #[async_trait]
@@ -183,9 +532,9 @@ impl ObjectWriter for LocalWriter {
             .file
             .as_mut()
             .ok_or_else(|| Error::internal("write after finish"))?;
-        file.write_all(chunk)
-            .await
-            .map_err(|e| self.storage.err(self.temp.display(), e))?;
+        if let Err(e) = file.write_all(chunk).await {
+            return Err(self.storage.err(self.temp_path().display(), e));
+        }
         self.size += chunk.len() as u64;
         Ok(())
     }
@@ -198,32 +547,38 @@ impl ObjectWriter for LocalWriter {
         let result = async {
             file.flush()
                 .await
-                .map_err(|e| self.storage.err(self.temp.display(), e))?;
+                .map_err(|e| self.storage.err(self.temp_path().display(), e))?;
             let file = file.into_inner();
             file.sync_all()
                 .await
-                .map_err(|e| self.storage.err(self.temp.display(), e))?;
+                .map_err(|e| self.storage.err(self.temp_path().display(), e))?;
             drop(file);
-            tokio::fs::rename(&self.temp, &self.target)
+            let (dir, temp, name) = (self.dir.clone(), self.temp.clone(), self.name.clone());
+            let target = self.storage.path(&self.key);
+            self.storage
+                .blocking(move |storage| {
+                    nofollow::rename_at(&dir, OsStr::new(&temp), OsStr::new(&name))
+                        .map_err(|e| storage.err(target.display(), e))?;
+                    dir.sync_all().map_err(|e| {
+                        let parent = target.parent().unwrap_or(&storage.root);
+                        storage.err(parent.display(), e)
+                    })
+                })
                 .await
-                .map_err(|e| self.storage.err(self.target.display(), e))?;
-            sync_dir(&self.dir)
-                .await
-                .map_err(|e| self.storage.err(self.dir.display(), e))
         }
         .await;
         if result.is_err() {
-            let _ = std::fs::remove_file(&self.temp);
+            let _ = nofollow::remove_file_at(&self.dir, OsStr::new(&self.temp));
         }
         result.map(|()| self.size)
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.file.take();
-        match tokio::fs::remove_file(&self.temp).await {
+        match nofollow::remove_file_at(&self.dir, OsStr::new(&self.temp)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.storage.err(self.temp.display(), e)),
+            Err(e) => Err(self.storage.err(self.temp_path().display(), e)),
         }
     }
 }
@@ -232,16 +587,9 @@ impl Drop for LocalWriter {
     fn drop(&mut self) {
         // Dropped without finish or abort: a failed or cancelled write.
         if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.temp);
+            let _ = nofollow::remove_file_at(&self.dir, OsStr::new(&self.temp));
         }
     }
-}
-
-async fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
-        .await
-        .map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]
@@ -303,6 +651,165 @@ mod tests {
             storage.delete(&key).await.unwrap();
             storage.delete(&key).await.unwrap();
             assert!(!dir.path().join("job").exists());
+        });
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn objects_are_0600_and_directories_0700() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("backups");
+            let storage = LocalStorage::new("disk", &root);
+            let key = Key::new("job/id/globals.sql.zst").unwrap();
+            let mut w = storage.writer(&key).await.unwrap();
+            w.write(b"CREATE ROLE app PASSWORD 'SCRAM-SHA-256$...'")
+                .await
+                .unwrap();
+            let temp = std::fs::read_dir(root.join("job/id"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            assert_eq!(mode(&temp), 0o600, "the temporary file too");
+            w.finish().await.unwrap();
+            for d in ["", "job", "job/id"] {
+                assert_eq!(mode(&root.join(d)), 0o700, "{d:?}");
+            }
+            assert_eq!(mode(&root.join(key.as_str())), 0o600);
+        });
+    }
+
+    #[test]
+    fn links_below_the_root_are_never_followed() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (root, outside) = (dir.path().join("backups"), dir.path().join("outside"));
+            // Outside the root, what looks like a backup and a killed writer's file.
+            std::fs::create_dir_all(outside.join("id")).unwrap();
+            std::fs::write(outside.join("id/manifest.json"), b"{}").unwrap();
+            std::fs::write(outside.join("id/.tmp-data-1"), b"partial").unwrap();
+            let storage = LocalStorage::new("disk", &root);
+            let real = Key::new("job/id/data").unwrap();
+            super::super::write_small(&storage, &real, b"data")
+                .await
+                .unwrap();
+            // A job directory, a backup directory and an object that are links.
+            std::os::unix::fs::symlink(&outside, root.join("evil")).unwrap();
+            std::os::unix::fs::symlink(outside.join("id"), root.join("job/linked")).unwrap();
+            std::os::unix::fs::symlink(
+                outside.join("id/manifest.json"),
+                root.join("job/id/manifest.json"),
+            )
+            .unwrap();
+            let key = |k: &str| Key::new(k).unwrap();
+
+            assert!(storage.list(&key("evil")).await.unwrap().is_empty());
+            let listed: Vec<String> = storage
+                .list(&key("job"))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key.as_str().to_owned())
+                .collect();
+            assert_eq!(listed, ["job/id/data"]);
+
+            for (k, link) in [
+                ("evil/id/manifest.json", "evil"),
+                ("job/linked/manifest.json", "job/linked"),
+                ("job/id/manifest.json", "job/id/manifest.json"),
+            ] {
+                let err = storage.reader(&key(k)).await.err().unwrap();
+                assert_eq!(err.kind(), Kind::Storage, "{err}");
+                let named = format!("{} is a symbolic link", root.join(link).display());
+                assert!(err.message().contains(&named), "{err}");
+                assert!(err.hint().unwrap().contains("`path`"), "{err:?}");
+                let err = storage.delete(&key(k)).await.err().unwrap();
+                assert!(err.message().contains(&named), "{err}");
+            }
+            let err = storage.writer(&key("evil/id/new")).await.err().unwrap();
+            assert_eq!(err.kind(), Kind::Storage, "{err}");
+            let future = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_hours(1))
+                .unwrap();
+            assert_eq!(
+                storage
+                    .clean_unfinished(&key("evil"), future)
+                    .await
+                    .unwrap(),
+                0
+            );
+            assert_eq!(
+                storage.clean_unfinished(&key("job"), future).await.unwrap(),
+                0
+            );
+
+            let mut outside_now: Vec<String> = std::fs::read_dir(outside.join("id"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            outside_now.sort();
+            assert_eq!(
+                outside_now,
+                [".tmp-data-1", "manifest.json"],
+                "nothing changed outside"
+            );
+            assert!(
+                root.join("job/id/manifest.json").is_symlink(),
+                "nor the link itself"
+            );
+
+            // The root itself may be a link: the operator's choice.
+            std::os::unix::fs::symlink(&root, dir.path().join("root-link")).unwrap();
+            let via_link = LocalStorage::new("disk", &dir.path().join("root-link"));
+            assert_eq!(via_link.list(&key("job")).await.unwrap().len(), 1);
+        });
+    }
+
+    #[test]
+    fn clean_unfinished_removes_old_temporary_files_and_the_directories_they_leave_empty() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = LocalStorage::new("disk", dir.path());
+            let key = |k: &str| Key::new(k).unwrap();
+            super::super::write_small(&storage, &key("job/kept/data"), b"x")
+                .await
+                .unwrap();
+            for k in ["job/killed/data", "job/kept/globals"] {
+                let mut w = storage.writer(&key(k)).await.unwrap();
+                w.write(b"partial").await.unwrap();
+                std::mem::forget(w);
+            }
+            let now = jiff::Timestamp::now();
+            let hour = jiff::SignedDuration::from_hours(1);
+            let before = now.checked_sub(hour).unwrap();
+            assert_eq!(
+                storage.clean_unfinished(&key("job"), before).await.unwrap(),
+                0
+            );
+            let after = now.checked_add(hour).unwrap();
+            assert_eq!(
+                storage.clean_unfinished(&key("job"), after).await.unwrap(),
+                2
+            );
+            assert!(!dir.path().join("job/killed").exists(), "emptied: removed");
+            let kept: Vec<_> = std::fs::read_dir(dir.path().join("job/kept"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(kept, ["data"]);
+            // A writer can still start where the directory was removed.
+            super::super::write_small(&storage, &key("job/killed/data"), b"y")
+                .await
+                .unwrap();
         });
     }
 

@@ -111,10 +111,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
-    /// Removes what writers under `prefix/` started before `before` and never
-    /// finished nor aborted (a killed process): S3 multipart uploads, Azure
-    /// uncommitted blocks. Returns how many. Backends that leave nothing
-    /// unfinished (a local disk's temp files go with the process) have none.
+    /// Removes what writers under `prefix/` left before `before` and never
+    /// finished nor aborted (a process killed with SIGKILL or by the OOM
+    /// killer runs no clean-up): S3 multipart uploads started before it, a
+    /// local disk's temporary files last written before it. Returns how
+    /// many. Callers make sure no writer of theirs is still going (prune
+    /// holds off while the job's lock is held). Backends whose service
+    /// discards unfinished writes by itself (Azure drops uncommitted blocks
+    /// after a week), or that keep nothing (memory), have none.
     async fn clean_unfinished(&self, prefix: &Key, before: jiff::Timestamp) -> Result<usize> {
         let _ = (prefix, before);
         Ok(0)

@@ -80,10 +80,15 @@ impl S3Storage {
             loader = loader.region(Region::new(region.clone()));
         }
         if let Some(keys) = &spec.keys {
+            // The job file's keys are read now, when the storage is opened.
+            let session_token = match &keys.session_token {
+                Some(token) => Some(token.resolve()?.expose().to_owned()),
+                None => None,
+            };
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                keys.access_key_id.clone(),
-                keys.secret_access_key.expose().to_owned(),
-                keys.session_token.as_ref().map(|t| t.expose().to_owned()),
+                keys.access_key_id.resolve()?.expose(),
+                keys.secret_access_key.resolve()?.expose(),
+                session_token,
                 None,
                 "job file",
             ));

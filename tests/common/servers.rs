@@ -2,7 +2,7 @@
 //! 127.0.0.1), and storage specs pointing at them. Tests that need a server
 //! fail with a clear message when it is missing: they are never skipped.
 
-use backup::model::{AzureAuth, AzureSpec, S3Keys, S3Spec, Secret, StorageKind, StorageSpec};
+use backup::model::{AzureAuth, AzureSpec, S3Keys, S3Spec, SecretRef, StorageKind, StorageSpec};
 use backup::storage::retry::Retry;
 
 /// moto accepts any keys; these are what the test job files use too.
@@ -60,8 +60,8 @@ pub fn s3_spec_at(endpoint: &str, bucket: &str, part_size: u64) -> S3Spec {
         endpoint: Some(endpoint.to_owned()),
         path_style: true,
         keys: Some(S3Keys {
-            access_key_id: S3_ACCESS_KEY_ID.to_owned(),
-            secret_access_key: Secret::new(S3_SECRET_ACCESS_KEY),
+            access_key_id: SecretRef::given(S3_ACCESS_KEY_ID),
+            secret_access_key: SecretRef::given(S3_SECRET_ACCESS_KEY),
             session_token: None,
         }),
         storage_class: None,
@@ -86,15 +86,14 @@ pub async fn create_bucket(tag: &str) -> String {
 }
 
 async fn s3_client(spec: &S3Spec) -> aws_sdk_s3::Client {
-    let keys = spec.keys.as_ref().expect("test specs carry keys");
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
         .endpoint_url(spec.endpoint.clone().expect("test endpoint"))
         .force_path_style(true)
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            keys.access_key_id.clone(),
-            keys.secret_access_key.expose().to_owned(),
+            S3_ACCESS_KEY_ID,
+            S3_SECRET_ACCESS_KEY,
             None,
             None,
             "test",
@@ -130,7 +129,7 @@ pub fn azure_spec_at(endpoint: &str, container: &str, block_size: u64) -> AzureS
         container: container.to_owned(),
         prefix: Some("conformance".to_owned()),
         endpoint: Some(endpoint.to_owned()),
-        auth: AzureAuth::AccountKey(Secret::new(AZURE_KEY)),
+        auth: AzureAuth::AccountKey(SecretRef::given(AZURE_KEY)),
         block_size,
         blocks_in_flight: 2,
     }
