@@ -332,10 +332,11 @@ impl RunRecord {
             loop {
                 match crate::storage::write_small(storage.as_ref(), &key, &body).await {
                     Ok(()) => break,
+                    // A storage's errors name it already; `context` says it once.
                     Err(e) if attempt < STORE_ATTEMPTS => {
                         tracing::warn!(
-                            "storing the run record in storage {} failed ({e}); trying again in {}s",
-                            storage.name(),
+                            "storing the run record failed ({}); trying again in {}s",
+                            e.context(format!("storage {}", storage.name())),
                             delay.as_secs()
                         );
                         tokio::time::sleep(delay).await;
@@ -343,7 +344,7 @@ impl RunRecord {
                         attempt += 1;
                     }
                     Err(e) => {
-                        failed.push(format!("storage {}: {e}", storage.name()));
+                        failed.push(e.context(format!("storage {}", storage.name())).to_string());
                         break;
                     }
                 }
