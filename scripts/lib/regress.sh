@@ -108,7 +108,9 @@ _fetch_regress_sources() {
         echo "note: the source of $version cannot be fetched; took $fetched, the newest of PostgreSQL $major that can"
     fi
     orig=$(ls "$REGRESS_WORK"/src/postgresql-"$major"_*.orig.tar.*)
-    top=$(tar -tf "$orig" | head -n 1 | cut -d/ -f1)
+    # sed reads the whole listing: `head` would close the pipe on tar, whose
+    # SIGPIPE (exit 141) stops the script under pipefail.
+    top=$(tar -tf "$orig" | sed -n '1s|/.*||p')
     rm -rf "$dir"
     mkdir -p "$dir/lib"
     tar -xf "$orig" -C "$dir" --strip-components=1 "$top/src/test/regress"
