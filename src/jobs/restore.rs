@@ -570,23 +570,30 @@ pub async fn execute(
     let proof = match proven {
         Ok(proof) => proof,
         Err(e) => {
-            let kept = if plan.keep_failed {
-                pgdb::set_comment(
+            let copy = if plan.keep_failed {
+                let marked = pgdb::set_comment(
                     &admin,
                     staging,
                     Some(&kept_marker(target, plan.backup.id.as_str())),
                 )
-                .await
-                .is_ok()
+                .await;
+                match marked {
+                    Ok(()) => format!("the restored copy is kept as database {staging}"),
+                    Err(m) => format!(
+                        "the restored copy is kept as database {staging} (it could not be \
+                         marked as kept: {m}; the next restore into {target} drops it)"
+                    ),
+                }
             } else {
-                pg::drop_database(&admin, staging).await.is_err()
+                match pg::drop_database(&admin, staging).await {
+                    Ok(()) => format!("the restored copy {staging} was dropped"),
+                    Err(d) => format!(
+                        "the restored copy {staging} could not be dropped ({d}); the next \
+                         restore into {target} drops it"
+                    ),
+                }
             };
             guard.disarm();
-            let copy = if kept {
-                format!("the restored copy is kept as database {staging}")
-            } else {
-                format!("the restored copy {staging} was dropped")
-            };
             let target_state = if plan.method.target_exists() {
                 format!("database {target} was not touched")
             } else {
