@@ -1086,14 +1086,19 @@ impl Engine {
         name: &str,
         selector: &catalog::Selector,
         target_url: Option<&str>,
+        jobs: Option<u32>,
     ) -> Result<drill::DrillPlan> {
         let job = self.config.job(name)?;
+        let mut default_jobs = 1;
         let (backup_job, checks, checks_from) = match &job.kind {
-            JobKind::RestoreTest(t) => (
-                t.backup_job.clone(),
-                t.checks.clone(),
-                vec![name.to_owned()],
-            ),
+            JobKind::RestoreTest(t) => {
+                default_jobs = t.jobs;
+                (
+                    t.backup_job.clone(),
+                    t.checks.clone(),
+                    vec![name.to_owned()],
+                )
+            }
             JobKind::Backup(_) => {
                 let mut checks: Vec<crate::model::Check> = Vec::new();
                 let mut from = Vec::new();
@@ -1189,6 +1194,7 @@ impl Engine {
             dbname,
             checks,
             checks_from,
+            jobs: jobs.unwrap_or(default_jobs),
             crypt,
         })
     }

@@ -352,6 +352,8 @@ pub struct RestoreTestJob {
     pub scratch_database: Option<String>,
     pub checks: Vec<Check>,
     pub keep_on_failure: bool,
+    /// Parallel `pg_restore` jobs, as the real restore would run.
+    pub jobs: u32,
     /// The backup job's: where backups are read and run records go.
     pub storages: Vec<Arc<StorageSpec>>,
 }

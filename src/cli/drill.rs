@@ -29,6 +29,10 @@ pub struct Args {
     /// must not exist there. The password comes from PGPASSWORD.
     #[arg(long, value_name = "URL")]
     target_url: Option<String>,
+    /// Parallel pg_restore jobs, as the real restore would run [default: the
+    /// restore-test job's `jobs`, else 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    jobs: Option<u32>,
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -53,7 +57,7 @@ pub async fn run(
         (None, None) => Selector::Latest,
     };
     let plan = engine
-        .plan_drill(&args.job, &selector, args.target_url.as_deref())
+        .plan_drill(&args.job, &selector, args.target_url.as_deref(), args.jobs)
         .await?;
     if args.dry_run {
         println!("{plan}");

@@ -117,6 +117,7 @@ struct RawJob {
     scratch_database: Option<Spanned<String>>,
     checks: Option<Vec<restore_test::RawCheck>>,
     keep_on_failure: Option<Spanned<bool>>,
+    jobs: Option<Spanned<i64>>,
     path: Option<Spanned<PathBuf>>,
 }
 
@@ -175,6 +176,7 @@ impl RawJob {
             at("target", &self.target),
             at("scratch_database", &self.scratch_database),
             at("keep_on_failure", &self.keep_on_failure),
+            at("jobs", &self.jobs),
             at("path", &self.path),
         ]
         .into_iter()

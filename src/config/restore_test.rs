@@ -17,6 +17,7 @@ pub(super) const KEYS: &[&str] = &[
     "scratch_database",
     "checks",
     "keep_on_failure",
+    "jobs",
 ];
 
 /// One `checks = [{ ... }]` entry as written.
@@ -105,6 +106,19 @@ pub(super) fn validate(
             Some(text.clone())
         }
     };
+    let jobs =
+        match &job.jobs {
+            None => 1,
+            Some(j) if (1..=64).contains(j.get_ref()) => *j.get_ref() as u32,
+            Some(j) => {
+                return Err(source
+                .error(j, format!("[{section}] jobs = {} is not 1 to 64", j.get_ref()))
+                .with_hint(
+                    "the parallel pg_restore jobs of the test; set it as the real restore would \
+                     run (`restore --jobs N`), so the test measures that time",
+                ));
+            }
+        };
     let mut checks = Vec::new();
     for c in job.checks.as_deref().unwrap_or_default() {
         let sql = c.sql.get_ref().trim();
@@ -147,6 +161,7 @@ pub(super) fn validate(
         scratch_database,
         checks,
         keep_on_failure: job.keep_on_failure.as_ref().is_some_and(|k| *k.get_ref()),
+        jobs,
         storages: Vec::new(),
     })
 }

@@ -53,6 +53,8 @@ pub struct DrillPlan {
     pub checks: Vec<Check>,
     /// The restore-test jobs whose checks these are.
     pub checks_from: Vec<String>,
+    /// Parallel `pg_restore` jobs.
+    pub jobs: u32,
     /// How the backup's objects open.
     pub crypt: crate::archive::crypt::Crypt,
 }
@@ -95,13 +97,18 @@ impl fmt::Display for DrillPlan {
         writeln!(f, "  into:      {}", self.target_description())?;
         writeln!(
             f,
-            "  restore:   {}database {}, created there",
+            "  restore:   {}database {}, created there{}",
             if self.has_globals() {
                 "the roles the target lacks (from the backup's globals), then "
             } else {
                 "no globals in this backup: objects without owners or privileges; "
             },
-            self.dbname
+            self.dbname,
+            if self.jobs > 1 {
+                format!(", with {} parallel jobs", self.jobs)
+            } else {
+                String::new()
+            }
         )?;
         writeln!(
             f,
@@ -372,7 +379,7 @@ async fn run_steps(
         backup: &plan.backup,
         crypt: &plan.crypt,
         flags: RestoreFlags {
-            jobs: 1,
+            jobs: plan.jobs,
             no_tablespaces: true,
             no_owner: !plan.has_globals(),
             no_acl: !plan.has_globals(),

@@ -570,23 +570,30 @@ pub async fn execute(
     let proof = match proven {
         Ok(proof) => proof,
         Err(e) => {
-            let kept = if plan.keep_failed {
-                pgdb::set_comment(
+            let copy = if plan.keep_failed {
+                let marked = pgdb::set_comment(
                     &admin,
                     staging,
                     Some(&kept_marker(target, plan.backup.id.as_str())),
                 )
-                .await
-                .is_ok()
+                .await;
+                match marked {
+                    Ok(()) => format!("the restored copy is kept as database {staging}"),
+                    Err(m) => format!(
+                        "the restored copy is kept as database {staging} (it could not be \
+                         marked as kept: {m}; the next restore into {target} drops it)"
+                    ),
+                }
             } else {
-                pg::drop_database(&admin, staging).await.is_err()
+                match pg::drop_database(&admin, staging).await {
+                    Ok(()) => format!("the restored copy {staging} was dropped"),
+                    Err(d) => format!(
+                        "the restored copy {staging} could not be dropped ({d}); the next \
+                         restore into {target} drops it"
+                    ),
+                }
             };
             guard.disarm();
-            let copy = if kept {
-                format!("the restored copy is kept as database {staging}")
-            } else {
-                format!("the restored copy {staging} was dropped")
-            };
             let target_state = if plan.method.target_exists() {
                 format!("database {target} was not touched")
             } else {
@@ -884,7 +891,7 @@ async fn restore_streamed(
     pg_restore: &Path,
     progress: Arc<dyn Progress>,
 ) -> Result<()> {
-    let args = pg::command::pg_restore_args(url, flags, None);
+    let args = pg::command::pg_restore_args(url, flags, None, None);
     let mut child = pg::spawn(pg_restore, args, db, Stdio::piped(), Stdio::null())?;
     let mut stdin = child
         .child
@@ -910,7 +917,9 @@ async fn restore_streamed(
 }
 
 /// Through a temporary file, because a parallel `pg_restore` must seek. The
-/// archive is verified whole before `pg_restore` sees a byte of it.
+/// archive is verified whole before `pg_restore` sees a byte of it, then
+/// restored in the passes [`pg::command::restore_passes`] says, so that a
+/// parallel restore never fails at random.
 async fn restore_spooled(
     stream: Stream,
     flags: RestoreFlags,
@@ -919,33 +928,85 @@ async fn restore_spooled(
     pg_restore: &Path,
     progress: Arc<dyn Progress>,
 ) -> Result<()> {
-    let spool = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
-        let mut file = tempfile::Builder::new()
+    // One directory for the spool and the passes' lists, removed with it.
+    let spool = tokio::task::spawn_blocking(move || -> Result<tempfile::TempDir> {
+        let dir = tempfile::Builder::new()
             .prefix("backup-restore-")
-            .suffix(".dump")
-            .tempfile()
+            .tempdir()
             .map_err(|e| {
-                Error::io(Kind::Internal, "creating a spool file", e)
+                Error::io(Kind::Internal, "creating a spool directory", e)
                     .with_hint("set TMPDIR to a directory with room for the uncompressed archive")
             })?;
-        let mut sink = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
+        let mut file = std::fs::File::create(dir.path().join(SPOOL))
+            .map_err(|e| Error::io(Kind::Internal, "creating the spool file", e))?;
+        let mut sink = std::io::BufWriter::with_capacity(1 << 20, &mut file);
         stream.unpack_into(&mut sink, progress.as_ref())?;
         sink.flush()
             .map_err(|e| Error::io(Kind::Internal, "writing the spool file", e))?;
-        drop(sink);
-        Ok(file)
+        Ok(dir)
     })
     .await
     .map_err(|e| Error::internal(format!("spooling task failed: {e}")))??;
-    let args = pg::command::pg_restore_args(url, flags, Some(spool.path()));
-    let child = pg::spawn(pg_restore, args, db, Stdio::null(), Stdio::null())?;
-    let _stop = child.stop_on_drop();
-    let result = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .map_err(|e| Error::internal(format!("waiting for pg_restore: {e}")))?;
+    let archive = spool.path().join(SPOOL);
+    let toc = run_client(
+        pg_restore,
+        pg::command::pg_restore_list_args(&archive),
+        db,
+        Stdio::piped(),
+    )
+    .await?;
+    for (i, pass) in pg::command::restore_passes(&toc, flags.jobs)
+        .into_iter()
+        .enumerate()
+    {
+        let list = spool.path().join(format!("pass-{}.list", i + 1));
+        std::fs::write(&list, &pass.list)
+            .map_err(|e| Error::io(Kind::Internal, "writing a restore list", e))?;
+        tracing::debug!(
+            "pg_restore pass {}: {}, {} job(s)",
+            i + 1,
+            pass.what,
+            pass.jobs
+        );
+        let flags = RestoreFlags {
+            jobs: pass.jobs,
+            ..flags
+        };
+        let args = pg::command::pg_restore_args(url, flags, Some(&archive), Some(&list));
+        run_client(pg_restore, args, db, Stdio::null())
+            .await
+            .map_err(|e| e.context(format!("restoring {}", pass.what)))?;
+    }
     // Removed only now that pg_restore is done with it.
     drop(spool);
-    result
+    Ok(())
+}
+
+/// The spool file's name in its directory.
+const SPOOL: &str = "archive.dump";
+
+/// Runs a client program to its end; with `stdout` piped, returns what it
+/// printed. Stopped if the restore is cancelled meanwhile.
+async fn run_client(
+    program: &Path,
+    args: Vec<std::ffi::OsString>,
+    db: &Database,
+    stdout: Stdio,
+) -> Result<String> {
+    let mut child = pg::spawn(program, args, db, Stdio::null(), stdout)?;
+    let out = child.child.stdout.take();
+    let _stop = child.stop_on_drop();
+    tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let read = out.map(|mut out| std::io::Read::read_to_string(&mut out, &mut text));
+        child.wait()?;
+        if let Some(Err(e)) = read {
+            return Err(Error::io(Kind::Tool, "reading pg_restore's output", e));
+        }
+        Ok(text)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("waiting for pg_restore: {e}")))?
 }
 
 /// The storage a plan chose, among `storages` (opened again to carry it out).

@@ -44,6 +44,8 @@ pub struct RestoreTestPlan {
     pub leftovers: Vec<String>,
     pub checks: Vec<Check>,
     pub keep_on_failure: bool,
+    /// Parallel `pg_restore` jobs.
+    pub jobs: u32,
     #[serde(skip)]
     pub crypt: crate::archive::crypt::Crypt,
 }
@@ -94,6 +96,9 @@ impl fmt::Display for RestoreTestPlan {
         )?;
         for c in &self.checks {
             writeln!(f, "             {}: {}", c.name, c.expected())?;
+        }
+        if self.jobs > 1 {
+            writeln!(f, "  restore:   {} parallel jobs", self.jobs)?;
         }
         write!(
             f,
@@ -183,6 +188,7 @@ pub async fn plan(
         leftovers,
         checks: spec.checks.clone(),
         keep_on_failure: spec.keep_on_failure,
+        jobs: spec.jobs,
         crypt,
     })
 }
@@ -314,7 +320,7 @@ pub async fn execute(
         backup: &plan.backup,
         crypt: &plan.crypt,
         flags: RestoreFlags {
-            jobs: 1,
+            jobs: plan.jobs,
             ..RestoreFlags::default()
         },
         into: scratch,

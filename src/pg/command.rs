@@ -42,8 +42,14 @@ pub fn pg_dumpall_globals_args(url: &str, without_role_passwords: bool) -> Vec<O
     args
 }
 
-/// `pg_restore` into the database `url` names, reading `input` or, if `None`, stdin.
-pub fn pg_restore_args(url: &str, flags: RestoreFlags, input: Option<&Path>) -> Vec<OsString> {
+/// `pg_restore` into the database `url` names, reading `input` or, if `None`,
+/// stdin; only the entries `list` (a `--use-list` file) selects, if given.
+pub fn pg_restore_args(
+    url: &str,
+    flags: RestoreFlags,
+    input: Option<&Path>,
+    list: Option<&Path>,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         format!("--dbname={url}").into(),
         "--no-password".into(),
@@ -63,10 +69,112 @@ pub fn pg_restore_args(url: &str, flags: RestoreFlags, input: Option<&Path>) -> 
     if flags.no_tablespaces {
         args.push("--no-tablespaces".into());
     }
+    if let Some(list) = list {
+        let mut arg = OsString::from("--use-list=");
+        arg.push(list);
+        args.push(arg);
+    }
     if let Some(input) = input {
         args.push(input.as_os_str().to_owned());
     }
     args
+}
+
+/// `pg_restore --list FILE`: the archive's table of contents, one entry a line.
+pub fn pg_restore_list_args(input: &Path) -> Vec<OsString> {
+    vec!["--list".into(), input.as_os_str().to_owned()]
+}
+
+/// One `pg_restore` run of a parallel restore: the entries its `list`
+/// selects (a `--use-list` file), with `jobs` workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePass {
+    /// What the pass restores, for messages.
+    pub what: &'static str,
+    pub jobs: u32,
+    pub list: String,
+}
+
+/// The passes a parallel restore of the archive whose table of contents is
+/// `toc` (`pg_restore --list`) is made of, so that it cannot fail at random:
+///
+/// 1. everything before the first foreign key, except index attachments,
+///    with `jobs` workers;
+/// 2. the attachments of partitions' indexes to their partitioned parents,
+///    one at a time. Attached in parallel sessions, each commits without
+///    seeing the others, so none marks the parent index valid, and a foreign
+///    key referencing a partitioned table then fails ("there is no unique
+///    constraint matching given keys");
+/// 3. the foreign keys and everything after them (their comments, policies,
+///    publications, event triggers, materialized view refreshes), with `jobs`.
+///
+/// pg_dump orders its table of contents so that nothing depends on what
+/// comes after it, so each pass finds what it needs made by the ones before.
+/// Passes that select nothing are left out.
+pub fn restore_passes(toc: &str, jobs: u32) -> Vec<RestorePass> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Pass {
+        Before,
+        Attach,
+        After,
+    }
+    fn kind(line: &str) -> Option<&str> {
+        // `1234; 2606 16432 FK CONSTRAINT public orders orders_fkey postgres`
+        let (id, rest) = line.split_once("; ")?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let mut fields = rest.splitn(3, ' ');
+        let (_catalog, _oid) = (fields.next()?, fields.next()?);
+        fields.next()
+    }
+    let mut after_first_fk = false;
+    let passes: Vec<(&str, Option<Pass>)> = toc
+        .lines()
+        .map(|line| {
+            let pass = kind(line).map(|desc| {
+                if desc.starts_with("FK CONSTRAINT ") {
+                    after_first_fk = true;
+                }
+                if desc.starts_with("INDEX ATTACH ") {
+                    Pass::Attach
+                } else if after_first_fk {
+                    Pass::After
+                } else {
+                    Pass::Before
+                }
+            });
+            (line, pass)
+        })
+        .collect();
+    let select = |wanted: Pass| -> Option<String> {
+        let mut any = false;
+        let mut list = String::with_capacity(toc.len() + passes.len());
+        for (line, pass) in &passes {
+            match pass {
+                Some(p) if *p == wanted => {
+                    any = true;
+                    list.push_str(line);
+                }
+                // Left out: commented, as pg_restore's list files do.
+                Some(_) => {
+                    list.push(';');
+                    list.push_str(line);
+                }
+                None => list.push_str(line),
+            }
+            list.push('\n');
+        }
+        any.then_some(list)
+    };
+    [
+        (Pass::Before, "the schema and data", jobs),
+        (Pass::Attach, "the partitions' index attachments", 1),
+        (Pass::After, "the foreign keys and what follows them", jobs),
+    ]
+    .into_iter()
+    .filter_map(|(pass, what, jobs)| select(pass).map(|list| RestorePass { what, jobs, list }))
+    .collect()
 }
 
 /// A libpq connection string naming another database on the same server.
@@ -163,6 +271,7 @@ mod tests {
                 ..Default::default()
             },
             None,
+            None,
         ));
         assert_eq!(
             plain,
@@ -181,13 +290,79 @@ mod tests {
                 no_acl: true,
             },
             Some(Path::new("/tmp/spool.dump")),
+            Some(Path::new("/tmp/pass1.list")),
         ));
         assert_eq!(
             &all[3..],
             // No --clean: the restore re-creates the database instead, because
             // pg_restore --clean cannot drop partitions' inherited constraints.
-            ["--jobs=4", "--no-owner", "--no-acl", "/tmp/spool.dump"]
+            [
+                "--jobs=4",
+                "--no-owner",
+                "--no-acl",
+                "--use-list=/tmp/pass1.list",
+                "/tmp/spool.dump"
+            ]
         );
+    }
+
+    #[test]
+    fn a_parallel_restore_attaches_indexes_alone_and_adds_foreign_keys_last() {
+        let toc = "\
+;
+; Archive created at 2026-12-05 19:30:00 UTC
+;
+6; 2615 23585 SCHEMA - fkpart4 postgres
+215; 1259 23586 TABLE fkpart4 droppk postgres
+3386; 0 23591 TABLE DATA fkpart4 droppk1 postgres
+3227; 2606 23590 CONSTRAINT fkpart4 droppk droppk_pkey postgres
+3238; 0 0 INDEX ATTACH fkpart4 droppk1_pkey postgres
+3240; 0 0 INDEX ATTACH fkpart4 droppk2_pkey postgres
+3300; 2620 23700 TRIGGER fkpart4 droppk t postgres
+3243; 2606 23619 FK CONSTRAINT fkpart4 dropfk dropfk_a_fkey postgres
+3551; 0 0 COMMENT fkpart4 CONSTRAINT dropfk_a_fkey ON dropfk postgres
+3600; 3466 23800 EVENT TRIGGER - audit postgres
+";
+        let passes = restore_passes(toc, 4);
+        let selected = |p: &RestorePass| -> Vec<String> {
+            p.list
+                .lines()
+                .filter(|l| !l.starts_with(';'))
+                .map(|l| l.split(';').next().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(passes.len(), 3);
+        assert_eq!(
+            (passes[0].jobs, selected(&passes[0])),
+            (
+                4,
+                vec!["6", "215", "3386", "3227", "3300"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            )
+        );
+        assert_eq!(
+            (passes[1].jobs, selected(&passes[1])),
+            (1, vec!["3238".to_owned(), "3240".to_owned()])
+        );
+        assert_eq!(
+            (passes[2].jobs, selected(&passes[2])),
+            (
+                4,
+                vec!["3243".to_owned(), "3551".to_owned(), "3600".to_owned()]
+            )
+        );
+        // Every line of the listing is in every pass, the others commented out.
+        for p in &passes {
+            assert_eq!(p.list.lines().count(), toc.lines().count());
+        }
+        // Without partitions or foreign keys, one pass.
+        let plain =
+            "215; 1259 23586 TABLE public t postgres\n3386; 0 23591 TABLE DATA public t postgres\n";
+        let passes = restore_passes(plain, 2);
+        assert_eq!(passes.len(), 1);
+        assert_eq!(passes[0].list, plain);
     }
 
     #[test]
