@@ -16,21 +16,6 @@ fn backup_ok(setup: &Setup) -> String {
     setup.list()[0]["id"].as_str().unwrap().to_owned()
 }
 
-/// Rewrites the job file's url of `[databases.app]`.
-fn point_at(setup: &Setup, url: &str) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("url = "))
-        .unwrap()
-        .to_owned();
-    std::fs::write(
-        &setup.config,
-        text.replace(&line, &format!("url = \"{url}\"")),
-    )
-    .unwrap();
-}
-
 #[test]
 fn a_url_that_names_no_database_is_a_config_error_whatever_the_environment_says() {
     let setup = Setup::new("", "");
@@ -39,7 +24,7 @@ fn a_url_that_names_no_database_is_a_config_error_whatever_the_environment_says(
         String::new(),
         format!("postgresql://postgres@127.0.0.1:{port}"),
     ] {
-        point_at(&setup, &url);
+        setup.use_url(&url);
         for args in [&["config", "check"][..], &["run", "nightly"]] {
             // PGDATABASE would have named one: it must not count.
             let run = setup.backup_with(args, &[("PGDATABASE", "app")]);
@@ -69,7 +54,7 @@ fn a_job_backs_up_one_database_and_refuses_another_until_told() {
     let c = &setup.cluster;
     c.create_db("other");
     c.psql("other", "CREATE TABLE t AS SELECT 1 AS x");
-    point_at(&setup, &c.url("other"));
+    setup.use_url(&c.url("other"));
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 9, "{}", run.all());
     assert!(
@@ -86,7 +71,7 @@ fn a_job_backs_up_one_database_and_refuses_another_until_told() {
     // Another cluster, a database of the same name.
     let elsewhere = Cluster::start();
     elsewhere.load_fixtures("app");
-    point_at(&setup, &elsewhere.url("app"));
+    setup.use_url(&elsewhere.url("app"));
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 9, "{}", run.all());
     assert!(

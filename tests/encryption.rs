@@ -502,21 +502,11 @@ fn an_encrypted_files_backup_verifies_and_restores_with_its_key_only() {
     let tree = setup.work.path().join("uploads");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("secret.txt"), MARKER).unwrap();
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut file,
-        format!(
-            "\n[jobs.uploads]\ntype = \"files\"\npath = \"{}\"\nstorages = [\"disk\"]\n{}",
-            tree.display(),
-            encrypted_job(&k.public)
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    drop(file);
+    setup.append_to_config(&format!(
+        "\n[jobs.uploads]\ntype = \"files\"\npath = \"{}\"\nstorages = [\"disk\"]\n{}",
+        tree.display(),
+        encrypted_job(&k.public)
+    ));
     let run = setup.backup(&["run", "uploads"]);
     assert!(run.ok(), "{}", run.all());
     let with_key = [("BACKUP_AGE_IDENTITY", k.secret.as_str())];

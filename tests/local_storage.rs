@@ -125,12 +125,6 @@ fn a_backup_killed_with_sigkill_leaves_a_temp_file_prune_removes_once_no_run_hol
 }
 
 /// Adds a line to `[jobs.nightly]`, the job file's last table.
-fn add_to_job(setup: &Setup, line: &str) {
-    let mut text = std::fs::read_to_string(&setup.config).unwrap();
-    text.push_str(&format!("\n{line}\n"));
-    std::fs::write(&setup.config, text).unwrap();
-}
-
 fn backup_id(setup: &Setup) -> String {
     let run = setup.backup(&["--json", "run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
@@ -146,7 +140,7 @@ fn a_backup_directory_that_is_a_link_out_of_the_root_is_never_read_or_deleted_th
     let new = backup_id(&setup);
     assert_ne!(old, new);
     // Only now: a backup prunes after itself.
-    add_to_job(&setup, "retention = { keep_last = 1 }");
+    setup.append_to_config("retention = { keep_last = 1 }");
     let outside = setup.work.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     let moved = outside.join(&old);
@@ -207,7 +201,7 @@ fn a_job_directory_that_is_a_link_out_of_the_root_is_never_read_or_written_throu
     let setup = Setup::new("", "");
     backup_id(&setup);
     backup_id(&setup);
-    add_to_job(&setup, "retention = { keep_last = 1 }");
+    setup.append_to_config("retention = { keep_last = 1 }");
     let outside = setup.work.path().join("outside");
     let link = setup.backups.join("nightly");
     std::fs::rename(&link, &outside).unwrap();

@@ -66,18 +66,9 @@ fn restore_tests_and_drills_restore_in_parallel_the_same_way() {
     cluster.create_db("app");
     cluster.load_fixture("app", "partitioned_fks.sql");
     let setup = Setup::with_cluster(cluster, "", "");
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut file,
-        b"\n[jobs.test]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\njobs = 4\nchecks = [\n  \
+    setup.append_to_config("\n[jobs.test]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\njobs = 4\nchecks = [\n  \
           { name = \"foreign keys\", sql = \"SELECT count(*) FROM pg_constraint WHERE contype = 'f'\", equals = 384 },\n  \
-          { name = \"invalid indexes\", sql = \"SELECT count(*) FROM pg_index WHERE NOT indisvalid\", equals = 0 },\n]\n",
-    )
-    .unwrap();
-    drop(file);
+          { name = \"invalid indexes\", sql = \"SELECT count(*) FROM pg_index WHERE NOT indisvalid\", equals = 0 },\n]\n");
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
     let run = setup.backup(&["run", "test", "--dry-run"]);

@@ -340,18 +340,9 @@ fn database_settings_grants_comment_and_owner_come_back() {
 
     // A restore test runs its checks in a database with the same settings
     // and grants (its comment stays the scratch marker).
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut file,
-        b"\n[jobs.test]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\nchecks = [\n  \
+    setup.append_to_config("\n[jobs.test]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\nchecks = [\n  \
           { name = \"settings\", sql = \"SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = current_database()\", equals = 2 },\n  \
-          { name = \"grants\", sql = \"SELECT count(*) FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database() AND a.privilege_type = 'CONNECT' AND pg_get_userbyid(a.grantee) = 'app_reader'\", equals = 1 },\n]\n",
-    )
-    .unwrap();
-    drop(file);
+          { name = \"grants\", sql = \"SELECT count(*) FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database() AND a.privilege_type = 'CONNECT' AND pg_get_userbyid(a.grantee) = 'app_reader'\", equals = 1 },\n]\n");
     let run = setup.backup(&["run", "test"]);
     assert!(run.ok(), "{}", run.all());
 
@@ -536,20 +527,10 @@ fn a_files_restore_with_force_replaces_the_directory_only_once_the_copy_checks_o
     std::fs::create_dir_all(tree.join("a")).unwrap();
     std::fs::write(tree.join("a/one.txt"), "one").unwrap();
     std::fs::write(tree.join("two.txt"), "two").unwrap();
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&setup.config)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut file,
-        format!(
-            "\n[jobs.uploads]\ntype = \"files\"\npath = \"{}\"\nstorages = [\"disk\"]\n",
-            tree.display()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    drop(file);
+    setup.append_to_config(&format!(
+        "\n[jobs.uploads]\ntype = \"files\"\npath = \"{}\"\nstorages = [\"disk\"]\n",
+        tree.display()
+    ));
     let run = setup.backup(&["run", "uploads"]);
     assert!(run.ok(), "{}", run.all());
     let run = setup.backup(&["--json", "list", "--job", "uploads"]);

@@ -104,21 +104,6 @@ fn make_certs() -> Certs {
     }
 }
 
-/// Points the job file's database at `url`.
-fn use_url(setup: &Setup, url: &str) {
-    let text = std::fs::read_to_string(&setup.config).unwrap();
-    let current = text
-        .lines()
-        .find(|l| l.starts_with("url = "))
-        .unwrap()
-        .to_owned();
-    std::fs::write(
-        &setup.config,
-        text.replace(&current, &format!("url = \"{url}\"")),
-    )
-    .unwrap();
-}
-
 /// A backup, and its restore into `restored`: pg_dump, pg_restore and our
 /// own connections all reached the server.
 fn backs_up_and_restores(setup: &Setup) {
@@ -150,7 +135,7 @@ fn a_tls_only_server_is_reached_with_require_and_refused_with_the_wrong_ca() {
     let port = setup.cluster.port;
 
     // The server really refuses sessions without TLS.
-    use_url(&setup, &format!("{base}?sslmode=disable"));
+    setup.use_url(&format!("{base}?sslmode=disable"));
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 4, "{}", run.all());
     assert!(
@@ -161,7 +146,7 @@ fn a_tls_only_server_is_reached_with_require_and_refused_with_the_wrong_ca() {
 
     // require: encrypted, certificate not checked; pg_dump and pg_restore
     // get the same url and reach the server too.
-    use_url(&setup, &format!("{base}?sslmode=require"));
+    setup.use_url(&format!("{base}?sslmode=require"));
     backs_up_and_restores(&setup);
     assert_eq!(
         setup.cluster.table_digests("restored"),
@@ -171,10 +156,7 @@ fn a_tls_only_server_is_reached_with_require_and_refused_with_the_wrong_ca() {
 
     // verify-full with a CA that did not sign the server's certificate.
     let wrong = certs.wrong_ca.display();
-    use_url(
-        &setup,
-        &format!("{base}?sslmode=verify-full&sslrootcert={wrong}"),
-    );
+    setup.use_url(&format!("{base}?sslmode=verify-full&sslrootcert={wrong}"));
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 4, "{}", run.all());
     assert!(
@@ -186,10 +168,7 @@ fn a_tls_only_server_is_reached_with_require_and_refused_with_the_wrong_ca() {
 
     // The right CA, but the certificate is for `localhost`, not 127.0.0.1.
     let ca = certs.ca.display();
-    use_url(
-        &setup,
-        &format!("{base}?sslmode=verify-full&sslrootcert={ca}"),
-    );
+    setup.use_url(&format!("{base}?sslmode=verify-full&sslrootcert={ca}"));
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 4, "{}", run.all());
     assert!(
@@ -199,20 +178,14 @@ fn a_tls_only_server_is_reached_with_require_and_refused_with_the_wrong_ca() {
     );
 
     // verify-ca checks the chain only: our connection and pg_dump's pass.
-    use_url(
-        &setup,
-        &format!("{base}?sslmode=verify-ca&sslrootcert={ca}"),
-    );
+    setup.use_url(&format!("{base}?sslmode=verify-ca&sslrootcert={ca}"));
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
 
     // verify-full by the name the certificate is for, key=value form.
-    use_url(
-        &setup,
-        &format!(
-            "host=localhost port={port} user=postgres dbname=app sslmode=verify-full sslrootcert='{ca}'"
-        ),
-    );
+    setup.use_url(&format!(
+        "host=localhost port={port} user=postgres dbname=app sslmode=verify-full sslrootcert='{ca}'"
+    ));
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
     assert_eq!(setup.list().len(), backups + 2);
@@ -222,10 +195,9 @@ fn a_tls_only_server_is_reached_with_require_and_refused_with_the_wrong_ca() {
 fn a_verify_mode_without_its_ca_file_is_a_config_error() {
     let setup = Setup::new("", "");
     let base = setup.cluster.url("app");
-    use_url(
-        &setup,
-        &format!("{base}?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt"),
-    );
+    setup.use_url(&format!(
+        "{base}?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt"
+    ));
     for args in [&["config", "check"][..], &["run", "nightly"][..]] {
         let run = setup.backup(args);
         assert_eq!(run.code, 3, "{}", run.all());
@@ -237,7 +209,7 @@ fn a_verify_mode_without_its_ca_file_is_a_config_error() {
             run.all()
         );
     }
-    use_url(&setup, &format!("{base}?sslmode=verify-everything"));
+    setup.use_url(&format!("{base}?sslmode=verify-everything"));
     let run = setup.backup(&["config", "check"]);
     assert_eq!(run.code, 3, "{}", run.all());
     assert!(
@@ -307,21 +279,17 @@ fn a_self_signed_certificate_trusted_as_its_own_root_and_prefer_falling_back() {
     cluster.enable_tls(&own, &dir.path().join("server.key"), false);
     let setup = Setup::with_cluster(cluster, "", "");
     let port = setup.cluster.port;
-    use_url(
-        &setup,
-        &format!(
-            "host=localhost port={port} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
-            own.display()
-        ),
-    );
+    setup.use_url(&format!(
+        "host=localhost port={port} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
+        own.display()
+    ));
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
 
     // Only a hostaddr: TCP, and TLS is used (the address is the name).
-    use_url(
-        &setup,
-        &format!("hostaddr=127.0.0.1 port={port} user=postgres dbname=app sslmode=require"),
-    );
+    setup.use_url(&format!(
+        "hostaddr=127.0.0.1 port={port} user=postgres dbname=app sslmode=require"
+    ));
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
 
@@ -334,7 +302,7 @@ fn a_self_signed_certificate_trusted_as_its_own_root_and_prefer_falling_back() {
         .unwrap();
     std::fs::create_dir(home.path().join(".postgresql")).unwrap();
     std::fs::copy(&certs.wrong_ca, home.path().join(".postgresql/root.crt")).unwrap();
-    use_url(&setup, &setup.cluster.url("app"));
+    setup.use_url(&setup.cluster.url("app"));
     let home_env = [("HOME", home.path().to_str().unwrap())];
     let run = setup.backup_with(&["run", "nightly"], &home_env);
     assert!(run.ok(), "{}", run.all());
@@ -398,14 +366,11 @@ fn a_client_certificate_logs_in_where_the_server_asks_for_one() {
         "postgresql://postgres@localhost:{port}/app?sslmode=verify-full&sslrootcert={}",
         certs.ca.display()
     );
-    use_url(
-        &setup,
-        &format!(
-            "{base}&sslcert={}&sslkey={}",
-            d.join("client.crt").display(),
-            key.display()
-        ),
-    );
+    setup.use_url(&format!(
+        "{base}&sslcert={}&sslkey={}",
+        d.join("client.crt").display(),
+        key.display()
+    ));
     backs_up_and_restores(&setup);
 
     // A key others may read is refused, as libpq refuses it.
@@ -415,7 +380,7 @@ fn a_client_certificate_logs_in_where_the_server_asks_for_one() {
     assert!(run.stderr.contains("others may read it"), "{}", run.all());
 
     // No certificate: the server says no, and the message says why.
-    use_url(&setup, &base);
+    setup.use_url(&base);
     let home = tempfile::tempdir().unwrap();
     let run = setup.backup_with(
         &["run", "nightly"],

@@ -495,33 +495,48 @@ pub struct RestoreOutcome {
     pub warnings: Vec<String>,
 }
 
-/// Drops the copy being restored if the restore stops before it could (a
-/// signal drops the restore's future): the process waits for it at exit.
-struct StagingGuard {
+/// Drops a database this process made for itself (the copy a restore
+/// writes, a restore test's scratch database) when dropped before
+/// [`DropGuard::disarm`]: the work was stopped (a signal, a timeout drops
+/// its future). The process waits for the drop before it exits.
+pub struct DropGuard {
     db: Option<Database>,
     name: String,
+    /// What the database is, and who drops it if this cannot, for the log.
+    what: &'static str,
+    otherwise: &'static str,
 }
 
-impl StagingGuard {
-    fn disarm(mut self) {
+impl DropGuard {
+    pub fn new(db: &Database, name: &str, what: &'static str, otherwise: &'static str) -> Self {
+        DropGuard {
+            db: Some(db.clone()),
+            name: name.to_owned(),
+            what,
+            otherwise,
+        }
+    }
+
+    pub fn disarm(mut self) {
         self.db = None;
     }
 }
 
-impl Drop for StagingGuard {
+impl Drop for DropGuard {
     fn drop(&mut self) {
         let Some(db) = self.db.take() else {
             return;
         };
         let name = std::mem::take(&mut self.name);
-        tracing::info!("dropping {name}, the copy the stopped restore was writing");
+        let otherwise = self.otherwise;
+        tracing::info!("dropping {name}, {}", self.what);
         crate::storage::spawn_cleanup(async move {
             let dropped = async {
                 let admin = pg::connect(&db, Some(admin_database(&name))).await?;
                 pg::drop_database(&admin, &name).await
             };
             if let Err(e) = dropped.await {
-                tracing::warn!("{e}; the next restore into the same database drops it");
+                tracing::warn!("{e}; {otherwise}");
             }
         });
     }
@@ -553,10 +568,12 @@ pub async fn execute(
 
     tracing::info!("restoring backup {} into {staging}", plan.backup.id);
     warnings.extend(pgdb::create_like(&admin, staging, props.as_ref()).await?);
-    let guard = StagingGuard {
-        db: Some(db.clone()),
-        name: staging.to_owned(),
-    };
+    let guard = DropGuard::new(
+        db,
+        staging,
+        "the copy the stopped restore was writing",
+        "the next restore into the same database drops it",
+    );
     pgdb::set_comment(&admin, staging, Some(&restoring_marker(target))).await?;
     let proven = async {
         let proof = load_and_prove(plan, db, staging, storage, &pg_restore, progress).await?;

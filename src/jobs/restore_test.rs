@@ -249,38 +249,6 @@ impl RestoreTestOutcome {
     }
 }
 
-/// Drops a scratch database if the run stops before it could (a timeout, a
-/// signal): the future is dropped, the guard is not disarmed.
-struct ScratchGuard {
-    db: Option<Arc<Database>>,
-    name: String,
-}
-
-impl ScratchGuard {
-    fn disarm(mut self) {
-        self.db = None;
-    }
-}
-
-impl Drop for ScratchGuard {
-    fn drop(&mut self) {
-        let (Some(db), Ok(handle)) = (self.db.take(), tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let name = std::mem::take(&mut self.name);
-        tracing::info!("dropping scratch database {name} of the stopped restore test");
-        handle.spawn(async move {
-            let dropped = async {
-                let admin = pg::connect(&db, Some("postgres")).await?;
-                pg::drop_database(&admin, &name).await
-            };
-            if let Err(e) = dropped.await {
-                tracing::warn!("{e}; the next run of the test drops it");
-            }
-        });
-    }
-}
-
 /// Carries out a plan: create, restore, prove, drop.
 pub async fn execute(
     plan: &RestoreTestPlan,
@@ -298,10 +266,12 @@ pub async fn execute(
     }
     let started = Instant::now();
     pg::create_database(&admin, scratch).await?;
-    let guard = ScratchGuard {
-        db: Some(target.clone()),
-        name: scratch.clone(),
-    };
+    let guard = restore::DropGuard::new(
+        target,
+        scratch,
+        "the scratch database of the stopped restore test",
+        "the next run of the test drops it",
+    );
     admin
         .client
         .batch_execute(&format!(

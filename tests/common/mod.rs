@@ -570,6 +570,28 @@ impl Setup {
         }
     }
 
+    /// Adds TOML (more sections, or keys of the last one) to the job file.
+    pub fn append_to_config(&self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!("\n{toml}\n"));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Points the job file's database at `url`.
+    pub fn use_url(&self, url: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let current = text
+            .lines()
+            .find(|l| l.starts_with("url = "))
+            .unwrap()
+            .to_owned();
+        std::fs::write(
+            &self.config,
+            text.replace(&current, &format!("url = \"{url}\"")),
+        )
+        .unwrap();
+    }
+
     /// Runs `backup --config <job file> ARGS`, never on a terminal, with a
     /// temp dir of this test's own (see [`Setup::temp_files`]).
     pub fn backup(&self, args: &[&str]) -> Run {
