@@ -337,7 +337,15 @@ pub async fn plan(
              restored copy is proven",
         ));
     }
-    if method.target_exists() && (method.contents().is_some() || method.staging().is_some()) {
+    // Replaced (swapped out, or dropped first): it must be the restore's alone.
+    if matches!(
+        method,
+        Method::Swap { .. }
+            | Method::InPlace {
+                contents: Some(_),
+                ..
+            }
+    ) {
         let sessions = pg::other_sessions(&admin, &target_db).await?;
         if !sessions.is_empty() {
             return Err(Error::refused(format!(
@@ -352,9 +360,16 @@ pub async fn plan(
         }
     }
     let leftovers = leftovers(&admin, &target_db).await?;
-    let mut taken = vec![beside(&target_db, "replaced", id)];
-    taken.extend(method.staging().map(str::to_owned));
-    for name in taken {
+    // The names the restore will work under must be free, or its own leftovers.
+    let mut names = Vec::new();
+    if let Method::Swap { staging, .. } = &method {
+        names.push(beside(&target_db, "replaced", id));
+        names.push(staging.clone());
+    }
+    if let Method::New { staging } = &method {
+        names.push(staging.clone());
+    }
+    for name in names {
         if pg::database_exists(&admin, &name).await? && !leftovers.contains(&name) {
             let kept = pg::database_comment(&admin, &name).await?.flatten()
                 == Some(kept_marker(&target_db, id));
