@@ -631,7 +631,11 @@ pub async fn execute(
             } else {
                 format!("database {target} was not created")
             };
-            let cause = cause_hint(&e).map_or(String::new(), |h| format!("{h}; "));
+            // The failure's own advice first (restore another backup, create
+            // the roles), then what became of the databases.
+            let cause = cause_hint(&e)
+                .or(e.hint())
+                .map_or(String::new(), |h| format!("{h}; "));
             return Err(e
                 .context(format!(
                     "restore of backup {} into {target}",
