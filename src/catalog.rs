@@ -94,6 +94,11 @@ pub struct Manifest {
     /// comment, which the archive does not carry. Absent in older manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_properties: Option<crate::pg::DatabaseProperties>,
+    /// How `tables[].rows` were counted: `only` each table's own rows. Absent
+    /// in older manifests, whose inheritance parents' counts hold their
+    /// children's rows too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_counts: Option<String>,
 }
 
 impl Manifest {
@@ -119,6 +124,11 @@ impl Manifest {
 
     pub fn stored_size(&self) -> u64 {
         self.objects.iter().map(|o| o.digest.stored_size).sum()
+    }
+
+    /// Whether the row counts are each table's own (`ONLY`).
+    pub fn rows_only(&self) -> bool {
+        self.row_counts.as_deref() == Some(crate::pg::ROWS_ONLY)
     }
 
     pub fn duration(&self) -> jiff::SignedDuration {
@@ -153,9 +163,6 @@ impl Manifest {
             Some(crate::archive::crypt::AGE) => true,
             Some(other) => return Some(format!("it names an unknown encryption '{other}'")),
         };
-        if self.finished_at < self.started_at {
-            return Some("it finished before it started".to_owned());
-        }
         for (i, object) in self.objects.iter().enumerate() {
             let expected = object_name(object.role, compression, encrypted);
             if object.key != expected {
@@ -201,6 +208,15 @@ impl Manifest {
             return Some(format!(
                 "its table '{}.{}' has {} rows",
                 t.schema, t.name, t.rows
+            ));
+        }
+        if let Some(other) = self
+            .row_counts
+            .as_deref()
+            .filter(|c| *c != crate::pg::ROWS_ONLY)
+        {
+            return Some(format!(
+                "its rows are counted as '{other}', which this version does not know"
             ));
         }
         if let Some(why) = self.database_properties.as_ref().and_then(|p| p.problem()) {
@@ -468,6 +484,7 @@ mod tests {
             tree: None,
             system_identifier: None,
             database_properties: None,
+            row_counts: None,
         }
     }
 

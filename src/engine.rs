@@ -88,9 +88,9 @@ pub struct Recorded<T> {
 }
 
 impl<T> Recorded<T> {
-    /// The error the command ends with once it has shown `value`.
-    pub fn finish(unrecorded: Option<Error>) -> Result<()> {
-        unrecorded.map_or(Ok(()), Err)
+    /// What was made, and how the command ends once it has shown it.
+    pub fn split(self) -> (T, Result<()>) {
+        (self.value, self.unrecorded.map_or(Ok(()), Err))
     }
 }
 
@@ -295,27 +295,6 @@ impl Engine {
     /// Runs one job now, by hand, and stores its run record. A run of the same
     /// job going on elsewhere (the daemon, another replica) makes this one
     /// refuse rather than wait.
-    pub async fn run_backup(
-        &self,
-        name: &str,
-        cancel: &CancellationToken,
-    ) -> Result<BackupOutcome> {
-        self.config.backup_job(name)?;
-        let request = RunRequest {
-            cancel: cancel.clone(),
-            ..RunRequest::manual(name)
-        };
-        let done = self.run_now(request).await?;
-        Recorded::<()>::finish(done.unrecorded)?;
-        match done.value {
-            Output::Backup(o) => Ok(*o),
-            Output::Maintenance(_) | Output::Prune(..) | Output::RestoreTest(_) => {
-                Err(Error::internal(format!("job {name} is not a backup job")))
-            }
-        }
-    }
-
-    /// Runs any job now, by hand, as [`Engine::run_backup`] does a backup job.
     pub async fn run_now(&self, request: RunRequest) -> Result<Recorded<Output>> {
         let name = request.job.clone();
         match self.run(request).await? {

@@ -361,8 +361,9 @@ impl RunRecord {
             failed.join("; ")
         ))
         .with_hint(
-            "what the run did stands as reported; but status, check, the metrics and catch-up \
-             read run records and miss this run: make room in the storage (or fix its access)",
+            "what the run did stands as reported; status, check, the metrics and catch-up read \
+             run records, and miss this run where it is not stored: make room in the storage \
+             (or fix its access)",
         ))
     }
 }

@@ -203,6 +203,33 @@ fn an_inheritance_parent_counts_its_own_rows_as_pg_dump_dumps_them() {
     ]);
     assert!(run.ok(), "{}", run.all());
     assert!(run.stdout.contains("(5 rows)"), "{}", run.all());
+
+    // Manifests written before counted a parent with its children, and said
+    // nothing of how: they restore and prove as they were counted.
+    assert_eq!(manifest["row_counts"], "only");
+    let path = setup
+        .backups
+        .join("nightly")
+        .join(&id)
+        .join("manifest.json");
+    let mut old = manifest.clone();
+    old.as_object_mut().unwrap().remove("row_counts");
+    for t in old["tables"].as_array_mut().unwrap() {
+        if t["name"] == "animal" {
+            t["rows"] = 5.into();
+        }
+    }
+    std::fs::write(&path, old.to_string()).unwrap();
+    let run = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "from_old",
+    ]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stdout.contains("(8 rows)"), "{}", run.all());
 }
 
 #[test]

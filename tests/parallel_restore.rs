@@ -88,3 +88,45 @@ fn restore_tests_and_drills_restore_in_parallel_the_same_way() {
         "spool left behind"
     );
 }
+
+#[test]
+fn event_triggers_never_fire_on_the_restores_own_attachments() {
+    let cluster = Cluster::start();
+    cluster.create_db("app");
+    // Partitioned indexes and an event trigger that logs DDL, no foreign key.
+    cluster.psql(
+        "app",
+        "CREATE TABLE ddl_audit (command text); \
+         CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO ddl_audit SELECT command_tag FROM pg_event_trigger_ddl_commands(); END $$; \
+         CREATE TABLE measurements (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at); \
+         CREATE TABLE measurements_2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01'); \
+         CREATE TABLE measurements_2026 PARTITION OF measurements FOR VALUES FROM ('2026-01-01') TO ('2027-01-01'); \
+         INSERT INTO measurements SELECT g, date '2025-06-01' + g FROM generate_series(1, 400) g",
+    );
+    cluster.psql(
+        "app",
+        "CREATE EVENT TRIGGER audit ON ddl_command_end EXECUTE FUNCTION log_ddl()",
+    );
+    let setup = Setup::with_cluster(cluster, "", "");
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    for (target, jobs) in [("one", "1"), ("two", "2")] {
+        let run = setup.backup(&[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            target,
+            "--jobs",
+            jobs,
+        ]);
+        assert!(run.ok(), "--jobs {jobs}: {}", run.all());
+        assert_eq!(
+            setup.cluster.psql(target, "SELECT count(*) FROM ddl_audit"),
+            "0",
+            "--jobs {jobs}"
+        );
+    }
+}

@@ -133,6 +133,13 @@ fn a_corrupt_backup_never_touches_the_database_it_would_replace() {
     );
     c.psql("postgres", &format!("DROP DATABASE {staging}"));
 
+    // --in-place alone replaces nothing: replacing is what --clean says.
+    let run = restore(
+        &setup,
+        &["--latest", "--target-db", "precious", "--in-place"],
+    );
+    assert_eq!(run.code, 9, "{}", run.all());
+    assert_eq!(c.table_digests("precious"), before);
     // --in-place is the old way, and its plan says so.
     let run = restore(
         &setup,
@@ -243,7 +250,7 @@ fn an_interrupted_restore_leaves_the_target_and_its_copy_is_cleared() {
             // Stopped, it drops its copy itself.
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(
-                stderr.contains("database precious was not touched"),
+                stderr.contains("database precious is as it was"),
                 "{stderr}"
             );
             common::wait_for("the copy to be dropped", limit, || {
@@ -332,6 +339,28 @@ fn database_settings_grants_comment_and_owner_come_back() {
     assert!(run.ok(), "{}", run.all());
     assert_eq!(properties(c, "copy"), source);
 
+    // Replacing a database keeps what it has of its own, and adds what the
+    // backup has beyond it.
+    c.psql(
+        "postgres",
+        "CREATE ROLE copy_owner NOLOGIN; ALTER DATABASE copy OWNER TO copy_owner",
+    );
+    c.psql("postgres", "COMMENT ON DATABASE copy IS 'the copy''s own'");
+    c.psql("postgres", "ALTER DATABASE copy SET work_mem = '1GB'");
+    c.psql("postgres", "ALTER DATABASE copy RESET search_path");
+    let own = properties(c, "copy");
+    assert!(own.starts_with("copy_owner | the copy's own"), "{own}");
+    let run = restore(&setup, &["--latest", "--target-db", "copy", "--clean"]);
+    assert!(run.ok(), "{}", run.all());
+    let replaced = properties(c, "copy");
+    assert!(
+        replaced.starts_with("copy_owner | the copy's own")
+            && replaced.contains("work_mem=1GB")
+            && replaced.contains("search_path=app, \"$user\", public")
+            && replaced.contains("app_reader:statement_timeout=5s"),
+        "{replaced}"
+    );
+
     // The source lost: it comes back whole, under its own name.
     c.psql("postgres", "DROP DATABASE app");
     let run = restore(&setup, &["--latest", "--target-db", "app"]);
@@ -384,6 +413,17 @@ fn anything_a_user_made_makes_a_database_not_empty() {
             "1 type",
         ),
         ("only_schema", "CREATE SCHEMA empty_yet", "1 schema"),
+        (
+            "only_subscription",
+            "CREATE SUBSCRIPTION later CONNECTION 'dbname=nowhere' PUBLICATION p \
+             WITH (connect = false)",
+            "1 subscription",
+        ),
+        (
+            "public_changed",
+            "COMMENT ON SCHEMA public IS 'ours'",
+            "1 changed public schema",
+        ),
         (
             "only_function",
             "CREATE FUNCTION public.answer() RETURNS int LANGUAGE sql AS 'SELECT 42'",
@@ -576,6 +616,17 @@ fn a_files_restore_with_force_replaces_the_directory_only_once_the_copy_checks_o
         args.extend_from_slice(extra);
         setup.backup(&args)
     };
+    // A copy an interrupted restore left beside it is removed first.
+    let stale = setup.work.path().join(".live.restoring-20200101T000000Z");
+    std::fs::create_dir_all(stale.join("half")).unwrap();
+    let run = restore_dir(&["--force", "--dry-run"]);
+    assert!(
+        run.stdout
+            .contains(&format!("first:    remove {}", stale.display())),
+        "{}",
+        run.all()
+    );
+
     // Corrupt: the live directory stays as it was, no copy is left.
     let object = setup
         .backups
@@ -588,6 +639,13 @@ fn a_files_restore_with_force_replaces_the_directory_only_once_the_copy_checks_o
     assert_eq!(run.code, 6, "{}", run.all());
     assert!(run.stderr.contains("was not touched"), "{}", run.all());
     assert_eq!(listing(&target), before);
+    assert!(!stale.exists(), "the interrupted copy is gone");
+    // --keep-failed keeps the copy under a name the next restore leaves alone.
+    let run = restore_dir(&["--force", "--keep-failed"]);
+    assert_eq!(run.code, 6, "{}", run.all());
+    let kept = setup.work.path().join(format!(".live.failed-{id}"));
+    assert!(kept.is_dir(), "{}", run.all());
+    std::fs::remove_dir_all(&kept).unwrap();
     let leftovers: Vec<String> = std::fs::read_dir(setup.work.path())
         .unwrap()
         .flatten()
@@ -623,7 +681,68 @@ fn a_files_restore_with_force_replaces_the_directory_only_once_the_copy_checks_o
     // --in-place writes into it, as tar -x would: what is not in the backup stays.
     std::fs::write(target.join("new.txt"), "made since").unwrap();
     let run = restore_dir(&["--in-place"]);
+    assert_eq!(
+        run.code,
+        9,
+        "--in-place alone replaces nothing: {}",
+        run.all()
+    );
+    let run = restore_dir(&["--force", "--in-place"]);
     assert!(run.ok(), "{}", run.all());
     assert!(listing(&target).contains(&"new.txt=made since".to_owned()));
     assert!(listing(&target).contains(&"a/one.txt=one".to_owned()));
+}
+
+#[test]
+fn a_target_that_fills_while_its_copy_is_restored_is_not_replaced_without_clean() {
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    let tools = cluster.dir.path().join("tools");
+    held_pg_restore(&tools, &cluster.bindir);
+    let setup = Setup::with_cluster(
+        cluster,
+        &format!("pg_bin_dir = \"{}\"", tools.display()),
+        "",
+    );
+    let id = backup_ok(&setup);
+    let c = &setup.cluster;
+    // Empty when the restore is planned: no --clean needed, then.
+    c.create_db("fresh");
+    let staging = format!("fresh__restoring_{}", id.to_lowercase());
+    std::fs::write(tools.join("hold"), "").unwrap();
+    let child = setup.spawn_backup_with(
+        &[
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "fresh",
+        ],
+        &[],
+    );
+    common::wait_for(
+        "the copy being restored",
+        std::time::Duration::from_secs(60),
+        || c.databases().contains(&staging),
+    );
+    // An application writes into it meanwhile.
+    c.psql(
+        "fresh",
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 1000) g",
+    );
+    std::fs::remove_file(tools.join("hold")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(
+        stderr.contains("was empty when the restore was planned and now holds")
+            && stderr.contains(&format!("the restored copy is kept as database {staging}")),
+        "{stderr}"
+    );
+    assert_eq!(c.psql("fresh", "SELECT count(*) FROM orders"), "1000");
+    // The proven copy is kept, marked, with how to put it in place by hand.
+    assert!(c.databases().contains(&staging));
+    assert!(stderr.contains("ALTER DATABASE"), "{stderr}");
+    assert_eq!(c.table_digests(&staging), c.table_digests("app"));
 }

@@ -1064,7 +1064,7 @@ fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
     // the whole directory once the restored copy checks out: tests/restore_swap.rs.)
     std::fs::write(restored.join("notes.txt"), "mine").unwrap();
     let mut forced = latest.to_vec();
-    forced.push("--in-place");
+    forced.extend(["--force", "--in-place"]);
     // A directory where the backup has a file stops it, and the error is
     // that, not the broken pipe behind it; the hint says the target is partial.
     std::fs::create_dir(restored.join("avatars/u2.png")).unwrap();

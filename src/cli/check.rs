@@ -624,6 +624,7 @@ mod tests {
             tree: None,
             system_identifier: None,
             database_properties: None,
+            row_counts: None,
         }
     }
 

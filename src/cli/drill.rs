@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::catalog::Selector;
-use crate::engine::{Engine, Recorded};
+use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::jobs::drill;
 use crate::model::BackupId;
@@ -65,10 +65,7 @@ pub async fn run(
         return Ok(());
     }
     eprintln!("{plan}");
-    let Recorded {
-        value: outcome,
-        unrecorded,
-    } = engine.drill(&plan, cancel).await?;
+    let (outcome, recorded) = engine.drill(&plan, cancel).await?.split();
     let host = hostname();
     let report = drill::markdown(&plan, &outcome, &host);
     if let Some(path) = &args.report {
@@ -84,7 +81,7 @@ pub async fn run(
         print!("{report}");
     }
     match outcome.failure() {
-        None => Recorded::<()>::finish(unrecorded),
+        None => recorded,
         Some(why) => Err(
             Error::new(outcome.error_kind.unwrap_or(Kind::Integrity), why)
                 .with_hint("the report lists each step and check with what was expected and found"),

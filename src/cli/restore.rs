@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use serde_json::json;
 
 use crate::catalog::Selector;
-use crate::engine::{Engine, Recorded};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::jobs::restore::RestoreRequest;
 use crate::model::BackupId;
@@ -16,6 +16,15 @@ impl Args {
     /// What an interrupted restore leaves incomplete, and how to redo it.
     pub(super) fn left_behind(&self) -> (String, String) {
         match (&self.target_db, &self.target_dir) {
+            (_, Some(dir)) if self.force && !self.in_place => (
+                format!(
+                    "the restore was stopped: directory {} is as it was, unless the stop came \
+                     after the restored copy was swapped in; a partial copy beside it is removed \
+                     by the next restore into it",
+                    dir.display()
+                ),
+                "restore again".to_owned(),
+            ),
             (_, Some(dir)) => (
                 format!(
                     "the restore was stopped; if it had begun, directory {} holds part of the backup",
@@ -39,8 +48,9 @@ impl Args {
                 let db = db.as_deref().unwrap_or_default();
                 (
                     format!(
-                        "the restore was stopped: database {db} was not touched, and the copy \
-                         being restored beside it is dropped"
+                        "the restore was stopped: database {db} is as it was, unless the stop \
+                         came after the proven copy was swapped in; the copy being restored \
+                         beside it is dropped"
                     ),
                     "restore again".to_owned(),
                 )
@@ -84,11 +94,11 @@ pub struct Args {
     /// beside it, proven, and swapped in; a failure leaves the target as it was.
     #[arg(long, conflicts_with = "target_dir")]
     clean: bool,
-    /// Restore into the target itself instead of beside it: one that holds
-    /// something is DROPPED FIRST (with --target-dir: files are written into
-    /// the directory, replacing those of the same name). For a server
-    /// without room for a second copy; a failed restore leaves the target
-    /// incomplete.
+    /// Restore into the target itself instead of beside it: with --clean, a
+    /// database that holds something is DROPPED FIRST; with --force, files
+    /// are written into the directory, replacing those of the same name. For
+    /// a server without room for a second copy; a failed restore leaves the
+    /// target incomplete.
     #[arg(long)]
     in_place: bool,
     /// Keep the restored copy when it fails its proof, for a look.
@@ -158,10 +168,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     if !args.yes && std::io::stdin().is_terminal() {
         confirm(&format!("database {}", plan.target_db), plan.overwrites())?;
     }
-    let Recorded {
-        value: outcome,
-        unrecorded,
-    } = engine.restore(&plan).await?;
+    let (outcome, recorded) = engine.restore(&plan).await?.split();
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
@@ -172,7 +179,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             "tables_checked": outcome.tables_checked, "rows_checked": outcome.rows_checked,
             "warnings": outcome.warnings,
         }))
-        .and(Recorded::<()>::finish(unrecorded));
+        .and(recorded);
     }
     println!(
         "restored backup {} (data as of {}) into database {}: all {} tables match the backup's row counts ({} rows){}",
@@ -187,7 +194,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             ""
         }
     );
-    Recorded::<()>::finish(unrecorded)
+    recorded
 }
 
 /// With `--at`, said first and plainly: which backup, and how far before
@@ -222,7 +229,7 @@ async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bo
             args.storage.as_deref(),
             target,
             crate::jobs::files::Replace {
-                force: args.force || args.in_place,
+                force: args.force,
                 in_place: args.in_place,
                 keep_failed: args.keep_failed,
             },
@@ -246,16 +253,13 @@ async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bo
     if !args.yes && std::io::stdin().is_terminal() {
         confirm(&format!("directory {target}"), plan.existing > 0)?;
     }
-    let Recorded {
-        value: outcome,
-        unrecorded,
-    } = engine.restore_dir(&plan).await?;
+    let (outcome, recorded) = engine.restore_dir(&plan).await?.split();
     if json {
         return super::print_json(&json!({
             "job": plan.job, "backup": b.id, "snapshot_at": b.snapshot_at,
             "target_dir": target, "entries": outcome.entries,
         }))
-        .and(Recorded::<()>::finish(unrecorded));
+        .and(recorded);
     }
     println!(
         "restored backup {} (files as of {}) into {target}: {} entries, digests match the manifest",
@@ -263,7 +267,7 @@ async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bo
         time::show(b.snapshot_at, &plan.timezone),
         outcome.entries,
     );
-    Recorded::<()>::finish(unrecorded)
+    recorded
 }
 
 /// Asks on the terminal; anything but the expected answer cancels.

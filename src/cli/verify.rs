@@ -1,7 +1,7 @@
 //! `backup verify --job J [--id ID | --latest | --all]`: read backups back and
 //! check them against their manifests.
 
-use crate::engine::{Engine, Recorded, VerifySelection};
+use crate::engine::{Engine, VerifySelection};
 use crate::error::{Error, Result};
 use crate::jobs::verify;
 use crate::model::BackupId;
@@ -33,12 +33,10 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         (None, true) => VerifySelection::All,
         (None, false) => VerifySelection::Latest,
     };
-    let Recorded {
-        value: checks,
-        unrecorded,
-    } = engine
+    let (checks, recorded) = engine
         .verify(&args.job, &which, args.storage.as_deref())
-        .await?;
+        .await?
+        .split();
     if json {
         super::print_json(&serde_json::json!({
             "job": args.job,
@@ -70,7 +68,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         }
     }
     match verify::failure(&checks) {
-        None => Recorded::<()>::finish(unrecorded),
+        None => recorded,
         Some(failure) => Err(
             Error::integrity(format!("job {}: {failure}", args.job)).with_hint(
                 "restore from another backup or storage; `backup verify --all` checks the others",

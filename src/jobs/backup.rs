@@ -65,8 +65,20 @@ pub async fn run(
         system_identifier: pg::system_identifier(&conn).await,
     };
     let mut warnings = Vec::new();
-    if let Some(previous) = previous_source(storages, &job.name).await
-        && let Some(difference) = source.differs_from(&previous)
+    let previous = previous_source(storages, &job.name).await;
+    if source.system_identifier.is_none()
+        && let Some(p) = previous.as_ref().filter(|p| p.system_identifier.is_some())
+    {
+        let warning = format!(
+            "the server's system_identifier could not be read (see the debug log), so this \
+             backup was not checked to be of the same cluster as backup {}",
+            p.id
+        );
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    }
+    if let Some(previous) = &previous
+        && let Some(difference) = source.differs_from(previous)
     {
         if !accept_new_source {
             return Err(Error::refused(format!(
@@ -190,6 +202,7 @@ pub async fn run(
         tree: None,
         system_identifier: source.system_identifier,
         database_properties: Some(properties),
+        row_counts: Some(pg::ROWS_ONLY.to_owned()),
     };
     conclude(&healthy, &prefix, manifest, failed).await
 }

@@ -405,15 +405,7 @@ async fn run_steps(
                 steps,
                 "apply the database's settings, grants and comment",
                 async {
-                    let mut warnings = pg::database::apply(admin, &plan.dbname, &props).await;
-                    if props.comment.is_some()
-                        && let Err(e) =
-                            pg::database::set_comment(admin, &plan.dbname, props.comment.as_deref())
-                                .await
-                    {
-                        warnings.push(e.to_string());
-                    }
-                    Ok::<_, Error>(warnings)
+                    Ok::<_, Error>(pg::database::apply_all(admin, &plan.dbname, &props).await)
                 },
             )
             .await?;

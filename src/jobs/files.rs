@@ -153,6 +153,7 @@ pub async fn run(
         tree: Some(packed),
         system_identifier: None,
         database_properties: None,
+        row_counts: None,
     };
     backup::conclude(&healthy, &prefix, manifest, failed).await
 }
@@ -185,6 +186,8 @@ pub struct DirRestorePlan {
     pub replace: Replace,
     /// Where the backup is restored before it is swapped in, when it is.
     pub staging: Option<PathBuf>,
+    /// Copies interrupted restores beside the target left: removed first.
+    pub leftovers: Vec<PathBuf>,
     pub crypt: Crypt,
 }
 
@@ -210,6 +213,13 @@ impl std::fmt::Display for DirRestorePlan {
             )?;
         }
         writeln!(f, "  from:     storage {}", self.storage)?;
+        for leftover in &self.leftovers {
+            writeln!(
+                f,
+                "  first:    remove {}, left by an interrupted restore",
+                leftover.display()
+            )?;
+        }
         let into = match &self.staging {
             _ if self.existing == 0 => "empty or new".to_owned(),
             Some(staging) => format!(
@@ -278,13 +288,14 @@ pub async fn plan(
         ))
         .with_hint(
             "restore into a new or empty --target-dir, or pass --force to replace it once the \
-             restored copy checks out (--in-place writes into it instead)",
+             restored copy checks out (--force --in-place writes into it instead)",
         ));
     }
-    let staging = if existing > 0 && !replace.in_place {
-        Some(staging_beside(target, backup.id.as_str())?)
+    let (staging, leftovers) = if existing > 0 && !replace.in_place {
+        let (staging, leftovers) = staging_beside(target, backup.id.as_str())?;
+        (Some(staging), leftovers)
     } else {
-        None
+        (None, Vec::new())
     };
     Ok(DirRestorePlan {
         job: job.name.clone(),
@@ -299,18 +310,22 @@ pub async fn plan(
         existing,
         replace,
         staging,
+        leftovers,
         crypt,
     })
 }
 
 /// `<parent>/.<name>.restoring-<id>`: beside the target, so on the same file
-/// system, where a rename swaps the two. Refused where that cannot work.
-fn staging_beside(target: &Path, id: &str) -> Result<PathBuf> {
+/// system, where a rename swaps the two; and the copies of that name that
+/// interrupted restores left there, which are ours to remove. (A copy kept
+/// by `--keep-failed` is renamed `.<name>.failed-<id>`, never removed.)
+/// Refused where a swap cannot work.
+fn staging_beside(target: &Path, id: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
     use std::os::unix::fs::MetadataExt;
     let refuse = |why: String| {
         Error::refused(format!("{}: {why}; nothing was changed", target.display())).with_hint(
-            "pass --in-place to write the backup's files into it instead, or restore into a new \
-             --target-dir",
+            "pass --force --in-place to write the backup's files into it instead, or restore \
+             into a new --target-dir",
         )
     };
     let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
@@ -337,18 +352,31 @@ fn staging_beside(target: &Path, id: &str) -> Result<PathBuf> {
             "it is a mount point, which a restored copy cannot be swapped into".to_owned(),
         ));
     }
-    let staging = parent.join(format!(".{}.restoring-{id}", name.to_string_lossy()));
-    if std::fs::symlink_metadata(&staging).is_ok() {
+    let prefix = format!(".{}.restoring-", name.to_string_lossy());
+    let staging = parent.join(format!("{prefix}{id}"));
+    let entries = std::fs::read_dir(parent)
+        .map_err(|e| Error::io(Kind::Refused, format!("reading {}", parent.display()), e))?;
+    let mut leftovers = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let ours = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .is_some_and(|id| crate::model::BackupId::parse(id).is_ok());
+        // A directory of exactly that name; a link or a file is not ours.
+        if ours && std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
+            leftovers.push(entry.path());
+        }
+    }
+    leftovers.sort();
+    if std::fs::symlink_metadata(&staging).is_ok() && !leftovers.contains(&staging) {
         return Err(Error::refused(format!(
-            "{} exists (an earlier restore's copy, kept or interrupted); nothing was changed",
+            "{} exists and is not a directory; nothing was changed",
             staging.display()
         ))
-        .with_hint(format!(
-            "look at it, remove it (rm -r {}), then restore again",
-            staging.display()
-        )));
+        .with_hint("move it away, then restore again"));
     }
-    Ok(staging)
+    Ok((staging, leftovers))
 }
 
 /// Streams the backup's tar from `storage` into the target directory, or
@@ -360,6 +388,16 @@ pub async fn execute(
     storage: &Arc<dyn Storage>,
     progress: Arc<dyn Progress>,
 ) -> Result<tree::Unpacked> {
+    for leftover in &plan.leftovers {
+        tracing::info!(
+            "removing {}, left by an interrupted restore",
+            leftover.display()
+        );
+        std::fs::remove_dir_all(leftover).map_err(|e| {
+            Error::io(Kind::Refused, format!("removing {}", leftover.display()), e)
+                .with_hint("remove it by hand, then restore again")
+        })?;
+    }
     let object = plan
         .backup
         .object(Role::Files)
@@ -434,7 +472,22 @@ pub async fn execute(
             ));
         };
         let copy = if plan.replace.keep_failed {
-            format!("the restored copy is kept in {}", staging.display())
+            // Renamed, so the next restore does not take it for a leftover.
+            let kept = staging.with_file_name(
+                staging
+                    .file_name()
+                    .map(|n| n.to_string_lossy().replacen(".restoring-", ".failed-", 1))
+                    .unwrap_or_default(),
+            );
+            match std::fs::rename(staging, &kept) {
+                Ok(()) => format!("the restored copy is kept in {}", kept.display()),
+                Err(r) => format!(
+                    "the restored copy is in {} (not renamed to {}: {r}; the next restore \
+                     removes it)",
+                    staging.display(),
+                    kept.display()
+                ),
+            }
         } else {
             match std::fs::remove_dir_all(staging) {
                 Ok(()) => "the restored copy was removed".to_owned(),

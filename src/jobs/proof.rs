@@ -104,7 +104,7 @@ pub async fn prove(
             .iter()
             .any(|(s, n)| *s == table.schema && *n == table.name)
         {
-            match pg::count_rows(conn, &table.schema, &table.name).await {
+            match pg::count_rows(conn, &table.schema, &table.name, manifest.rows_only()).await {
                 Ok(n) => (Some(n), None),
                 Err(e) => (None, Some(e.message().to_owned())),
             }

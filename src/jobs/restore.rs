@@ -117,9 +117,10 @@ pub struct RestorePlan {
     pub method: Method,
     /// The existing target's own properties, kept over the backup's.
     pub target_properties: Option<DatabaseProperties>,
-    /// Databases that interrupted restores into the target left (a copy
-    /// being restored, a replaced database not yet dropped): dropped first.
-    pub leftovers: Vec<String>,
+    /// Databases that interrupted restores into the target left.
+    pub leftovers: Leftovers,
+    /// `--clean`: the target may be replaced whatever it holds.
+    pub clean: bool,
     pub keep_failed: bool,
     pub flags: RestoreFlags,
     /// How the backup's objects open (encrypted ones: checked identities).
@@ -207,10 +208,17 @@ impl fmt::Display for RestorePlan {
                 }
             )?,
         }
-        for leftover in &self.leftovers {
+        for leftover in &self.leftovers.restoring {
             writeln!(
                 f,
                 "  first:     drop {leftover}, left by an interrupted restore into {target}"
+            )?;
+        }
+        for leftover in &self.leftovers.replaced {
+            writeln!(
+                f,
+                "  at last:   drop {leftover}, a database an earlier restore replaced, once \
+                 the new copy is in place"
             )?;
         }
         let mut how = vec![if self.flags.jobs > 1 {
@@ -286,6 +294,15 @@ fn replaced_marker(target: &str) -> String {
     )
 }
 
+/// The comment on a proven copy that could not be put in the target's place.
+fn proven_marker(target: &str, id: &str) -> String {
+    format!(
+        "backup: a proven restore of backup {id} into database {} that could not be swapped \
+         in; kept for the operator",
+        pg::quote_ident(target)
+    )
+}
+
 /// The comment on a copy that failed and was kept by `--keep-failed`.
 fn kept_marker(target: &str, id: &str) -> String {
     format!(
@@ -327,7 +344,8 @@ pub async fn plan(
         (false, false) => Method::New { staging },
         (true, false) => Method::Swap { staging, contents },
     };
-    if method.contents().is_some() && !request.clean && !request.in_place {
+    // Replacing what is there, either way, is asked for by --clean alone.
+    if method.contents().is_some() && !request.clean {
         return Err(Error::refused(format!(
             "database {target_db} exists and is not empty ({}); nothing was changed",
             method.contents().unwrap_or_default()
@@ -399,18 +417,60 @@ pub async fn plan(
         method,
         target_properties,
         leftovers,
+        clean: request.clean,
         keep_failed: request.keep_failed,
         flags: request.flags,
         crypt,
     })
 }
 
-/// Databases interrupted restores into `target` left behind.
-async fn leftovers(admin: &pg::Connection, target: &str) -> Result<Vec<String>> {
-    let mut names = pg::databases_with_comment(admin, &restoring_marker(target)).await?;
-    names.extend(pg::databases_with_comment(admin, &replaced_marker(target)).await?);
-    names.sort();
-    Ok(names)
+/// Databases restores into a target left behind, known by their comment and
+/// their name both: a comment alone survives a rename by an operator who
+/// meant to keep the database.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Leftovers {
+    /// Copies an interrupted restore was writing: dropped first.
+    pub restoring: Vec<String>,
+    /// Databases a swap replaced and could not drop: dropped only once the
+    /// new copy is in place, since one may be the only copy of what was there.
+    pub replaced: Vec<String>,
+}
+
+impl Leftovers {
+    fn contains(&self, name: &str) -> bool {
+        self.restoring
+            .iter()
+            .chain(&self.replaced)
+            .any(|n| n == name)
+    }
+}
+
+async fn leftovers(admin: &pg::Connection, target: &str) -> Result<Leftovers> {
+    let named = |what: &'static str| move |name: &String| is_beside(name, target, what);
+    Ok(Leftovers {
+        restoring: pg::databases_with_comment(admin, &restoring_marker(target))
+            .await?
+            .into_iter()
+            .filter(named("restoring"))
+            .collect(),
+        replaced: pg::databases_with_comment(admin, &replaced_marker(target))
+            .await?
+            .into_iter()
+            .filter(named("replaced"))
+            .collect(),
+    })
+}
+
+/// Whether `name` is a [`beside`] name of `target`, for some backup id.
+fn is_beside(name: &str, target: &str, what: &str) -> bool {
+    let mark = format!("__{what}_");
+    let Some((base, id)) = name.rsplit_once(&mark) else {
+        return false;
+    };
+    let id = id.to_uppercase().replacen('_', "-", 1);
+    target.starts_with(base)
+        && crate::model::BackupId::parse(&id).is_ok()
+        && beside(target, what, &id) == name
 }
 
 /// The backup `selector` names, and the storage it is read from: the first
@@ -571,7 +631,11 @@ pub async fn execute(
     take_restore_lock(&admin, target).await?;
     let pg_restore = pg_restore_for(&admin, db, &plan.backup).await?;
     // Read again under the lock: the plan may have waited for a confirmation.
-    for leftover in leftovers(&admin, target).await? {
+    let Leftovers {
+        restoring,
+        replaced,
+    } = leftovers(&admin, target).await?;
+    for leftover in restoring {
         tracing::info!("dropping {leftover}, left by an interrupted restore into {target}");
         pg::drop_database(&admin, &leftover).await?;
     }
@@ -581,6 +645,7 @@ pub async fn execute(
         return in_place(plan, db, &admin, storage, &pg_restore, progress, props).await;
     };
 
+    still_as_planned(plan, db).await?;
     tracing::info!("restoring backup {} into {staging}", plan.backup.id);
     warnings.extend(pgdb::create_like(&admin, staging, props.as_ref()).await?);
     let guard = DropGuard::new(
@@ -590,60 +655,44 @@ pub async fn execute(
         "the next restore into the same database drops it",
     );
     pgdb::set_comment(&admin, staging, Some(&restoring_marker(target))).await?;
-    let proven = async {
-        let proof = load_and_prove(plan, db, staging, storage, &pg_restore, progress).await?;
-        if let Some(p) = &props {
-            warnings.extend(pgdb::apply(&admin, staging, p).await);
-        }
-        replace(plan, &admin, staging, props.as_ref()).await?;
-        Ok::<_, Error>(proof)
-    }
-    .await;
-    let proof = match proven {
+    let loaded = load_and_prove(plan, db, staging, storage, &pg_restore, progress).await;
+    let proof = match loaded {
         Ok(proof) => proof,
         Err(e) => {
-            let copy = if plan.keep_failed {
-                let marked = pgdb::set_comment(
-                    &admin,
-                    staging,
-                    Some(&kept_marker(target, plan.backup.id.as_str())),
-                )
-                .await;
-                match marked {
-                    Ok(()) => format!("the restored copy is kept as database {staging}"),
-                    Err(m) => format!(
-                        "the restored copy is kept as database {staging} (it could not be \
-                         marked as kept: {m}; the next restore into {target} drops it)"
-                    ),
-                }
-            } else {
-                match pg::drop_database(&admin, staging).await {
-                    Ok(()) => format!("the restored copy {staging} was dropped"),
-                    Err(d) => format!(
-                        "the restored copy {staging} could not be dropped ({d}); the next \
-                         restore into {target} drops it"
-                    ),
-                }
-            };
+            let kept = plan
+                .keep_failed
+                .then(|| kept_marker(target, plan.backup.id.as_str()));
+            let copy = set_aside(&admin, plan, staging, kept.as_deref()).await;
             guard.disarm();
-            let target_state = if plan.method.target_exists() {
-                format!("database {target} was not touched")
-            } else {
-                format!("database {target} was not created")
-            };
-            // The failure's own advice first (restore another backup, create
-            // the roles), then what became of the databases.
-            let cause = cause_hint(&e)
-                .or(e.hint())
-                .map_or(String::new(), |h| format!("{h}; "));
-            return Err(e
-                .context(format!(
-                    "restore of backup {} into {target}",
-                    plan.backup.id
-                ))
-                .with_hint(format!("{cause}{target_state}; {copy}")));
+            return Err(failed(e, plan, &copy));
         }
     };
+    if let Some(p) = &props {
+        warnings.extend(pgdb::apply(&admin, staging, target, p).await);
+    }
+    // A proven copy is never thrown away: if it cannot be put in place, it
+    // stays, named, for the operator to finish by hand.
+    if let Err(e) = replace(plan, db, &admin, staging, props.as_ref()).await {
+        let kept = proven_marker(target, plan.backup.id.as_str());
+        let copy = set_aside(&admin, plan, staging, Some(&kept)).await;
+        guard.disarm();
+        let finish = match plan.method.target_exists() {
+            true => format!(
+                "to put it in place once the cause is gone: ALTER DATABASE {} RENAME TO \
+                 {}; ALTER DATABASE {} RENAME TO {};",
+                pg::quote_ident(target),
+                pg::quote_ident(&beside(target, "replaced", plan.backup.id.as_str())),
+                pg::quote_ident(staging),
+                pg::quote_ident(target)
+            ),
+            false => format!(
+                "to put it in place: ALTER DATABASE {} RENAME TO {};",
+                pg::quote_ident(staging),
+                pg::quote_ident(target)
+            ),
+        };
+        return Err(failed(e, plan, &format!("{copy}; {finish}")));
+    }
     guard.disarm();
     if plan.method.target_exists() {
         let old = beside(target, "replaced", plan.backup.id.as_str());
@@ -654,11 +703,85 @@ pub async fn execute(
             ));
         }
     }
+    // Leftovers of earlier restores that held an old database: dropped only
+    // now that a new copy is in place.
+    for leftover in replaced {
+        if let Err(e) = pg::drop_database(&admin, &leftover).await {
+            warnings.push(format!("{leftover}, left by an earlier restore: {e}"));
+        }
+    }
     Ok(RestoreOutcome {
         tables_checked: plan.backup.tables.len(),
         rows_checked: proof.rows,
         warnings,
     })
+}
+
+/// Drops the copy `staging`, or keeps it with the comment `keep`; says which.
+async fn set_aside(
+    admin: &pg::Connection,
+    plan: &RestorePlan,
+    staging: &str,
+    keep: Option<&str>,
+) -> String {
+    let target = &plan.target_db;
+    match keep {
+        Some(comment) => match pgdb::set_comment(admin, staging, Some(comment)).await {
+            Ok(()) => format!("the restored copy is kept as database {staging}"),
+            Err(m) => format!(
+                "the restored copy is kept as database {staging} (it could not be marked as \
+                 kept: {m}; the next restore into {target} drops it)"
+            ),
+        },
+        None => match pg::drop_database(admin, staging).await {
+            Ok(()) => format!("the restored copy {staging} was dropped"),
+            Err(d) => format!(
+                "the restored copy {staging} could not be dropped ({d}); the next restore into \
+                 {target} drops it"
+            ),
+        },
+    }
+}
+
+/// The error of a restore that left the target as it was: the failure's own
+/// advice first (restore another backup, create the roles), then what
+/// became of the target and of the copy.
+fn failed(e: Error, plan: &RestorePlan, copy: &str) -> Error {
+    let target = &plan.target_db;
+    let target_state = if plan.method.target_exists() {
+        format!("database {target} was not touched")
+    } else {
+        format!("database {target} was not created")
+    };
+    let cause = cause_hint(&e)
+        .or(e.hint())
+        .map_or(String::new(), |h| format!("{h}; "));
+    e.context(format!(
+        "restore of backup {} into {target}",
+        plan.backup.id
+    ))
+    .with_hint(format!("{cause}{target_state}; {copy}"))
+}
+
+/// Refuses to go on when the target gained content since the plan said it
+/// was empty (a restore runs for hours): replacing it is what `--clean` says.
+async fn still_as_planned(plan: &RestorePlan, db: &Database) -> Result<()> {
+    if plan.clean || !plan.method.target_exists() || plan.method.contents().is_some() {
+        return Ok(());
+    }
+    let conn = pg::connect(db, Some(&plan.target_db)).await?;
+    match pgdb::describe_contents(&conn).await? {
+        None => Ok(()),
+        Some(what) => Err(Error::refused(format!(
+            "database {} was empty when the restore was planned and now holds {what}; it is \
+             not replaced without --clean",
+            plan.target_db
+        ))
+        .with_hint(
+            "restore into a new --target-db, or look at what was written there and restore \
+             again with --clean to replace it",
+        )),
+    }
 }
 
 /// One restore into a database at a time: two at once would swap each
@@ -709,16 +832,19 @@ async fn load_and_prove(
 /// on the target, both are renamed in one transaction.
 async fn replace(
     plan: &RestorePlan,
+    db: &Database,
     admin: &pg::Connection,
     staging: &str,
     props: Option<&DatabaseProperties>,
 ) -> Result<()> {
     let target = &plan.target_db;
     let comment = props.and_then(|p| p.comment.as_deref());
-    let old = beside(target, "replaced", plan.backup.id.as_str());
     if !plan.method.target_exists() {
         return pgdb::swap_in(admin, staging, target, None, comment).await;
     }
+    still_as_planned(plan, db).await?;
+    let old = beside(target, "replaced", plan.backup.id.as_str());
+    let marker = replaced_marker(target);
     // Sessions that are ending (a pool closing) get a few seconds; the
     // renames themselves fail if one comes in between.
     let mut last = None;
@@ -733,14 +859,11 @@ async fn replace(
             )));
             continue;
         }
-        match pgdb::swap_in(admin, staging, target, Some(&old), comment).await {
+        match pgdb::swap_in(admin, staging, target, Some((&old, &marker)), comment).await {
             Ok(()) => {
-                // The old database keeps a name and a comment that say what it is,
-                // should dropping it fail below.
-                if let Err(e) = pgdb::set_comment(admin, &old, Some(&replaced_marker(target))).await
-                {
-                    tracing::warn!("{e}");
-                }
+                tracing::info!(
+                    "swapped the restored copy in as {target}; the old database is {old}"
+                );
                 return Ok(());
             }
             Err(e) => last = Some(e),
@@ -749,7 +872,7 @@ async fn replace(
     }
     Err(last
         .unwrap_or_else(|| Error::internal("no swap attempted"))
-        .with_hint("stop the applications that use it, then restore again"))
+        .with_hint("stop the applications that use it"))
 }
 
 /// `--in-place`: the target is dropped and re-created (when it holds
@@ -794,12 +917,7 @@ async fn in_place(
         .await
         .map_err(untrusted)?;
     if let Some(p) = &props {
-        warnings.extend(pgdb::apply(admin, target, p).await);
-        if p.comment.is_some()
-            && let Err(e) = pgdb::set_comment(admin, target, p.comment.as_deref()).await
-        {
-            warnings.push(e.to_string());
-        }
+        warnings.extend(pgdb::apply_all(admin, target, p).await);
     }
     Ok(RestoreOutcome {
         tables_checked: plan.backup.tables.len(),

@@ -297,10 +297,12 @@ pub async fn execute(
     };
     let loaded = restore::load(what, target, storage, &pg_restore, progress).await;
     if loaded.is_ok()
-        && let Some(props) = &plan.backup.database_properties
+        && let Some(props) =
+            pg::database::merge(plan.backup.database_properties.as_ref(), None, false, false)
     {
-        // Checks run as the database runs: with its settings.
-        warnings.extend(pg::database::apply(&admin, scratch, props).await);
+        // Checks run as the database runs: with its settings and privileges
+        // (its comment stays the scratch database's marker).
+        warnings.extend(pg::database::apply(&admin, scratch, scratch, &props).await);
     }
     let restore_seconds = started.elapsed().as_secs_f64();
     let verifying = Instant::now();

@@ -96,27 +96,31 @@ pub struct RestorePass {
 }
 
 /// The passes a parallel restore of the archive whose table of contents is
-/// `toc` (`pg_restore --list`) is made of, so that it cannot fail at random:
+/// `toc` (`pg_restore --list`) is made of, so that it cannot fail at random.
 ///
-/// 1. everything before the first foreign key, except index attachments,
-///    with `jobs` workers;
-/// 2. the attachments of partitions' indexes to their partitioned parents,
-///    one at a time. Attached in parallel sessions, each commits without
-///    seeing the others, so none marks the parent index valid, and a foreign
-///    key referencing a partitioned table then fails ("there is no unique
-///    constraint matching given keys");
-/// 3. the foreign keys and everything after them (their comments, policies,
-///    publications, event triggers, materialized view refreshes), with `jobs`.
+/// Partition indexes attached to their partitioned parent in parallel
+/// sessions each commit without seeing the others, so none marks the parent
+/// index valid; a foreign key referencing the partitioned table then fails
+/// ("there is no unique constraint matching given keys"). An archive with such
+/// attachments is restored in three passes:
+///
+/// 1. everything before the first attachment or foreign key, with `jobs`
+///    workers, except privileges, materialized view refreshes and event
+///    triggers, which pg_restore always keeps for last;
+/// 2. the attachments, one at a time;
+/// 3. everything else: the foreign keys, triggers, policies and whatever
+///    pg_dump sorts after the attachments, then the privileges, refreshes and
+///    event triggers (which must not fire on the restore's own DDL), with `jobs`.
 ///
 /// pg_dump orders its table of contents so that nothing depends on what
 /// comes after it, so each pass finds what it needs made by the ones before.
-/// Passes that select nothing are left out.
+/// An archive without attachments is one pass, as `pg_restore -j` does it.
 pub fn restore_passes(toc: &str, jobs: u32) -> Vec<RestorePass> {
     #[derive(Clone, Copy, PartialEq)]
     enum Pass {
-        Before,
+        First,
         Attach,
-        After,
+        Last,
     }
     fn kind(line: &str) -> Option<&str> {
         // `1234; 2606 16432 FK CONSTRAINT public orders orders_fkey postgres`
@@ -128,20 +132,32 @@ pub fn restore_passes(toc: &str, jobs: u32) -> Vec<RestorePass> {
         let (_catalog, _oid) = (fields.next()?, fields.next()?);
         fields.next()
     }
-    let mut after_first_fk = false;
+    const ATTACH: &str = "INDEX ATTACH ";
+    const LAST: [&str; 4] = [
+        "ACL ",
+        "DEFAULT ACL ",
+        "MATERIALIZED VIEW DATA ",
+        "EVENT TRIGGER ",
+    ];
+    if !toc.lines().filter_map(kind).any(|d| d.starts_with(ATTACH)) {
+        return vec![RestorePass {
+            what: "the schema and data",
+            jobs,
+            list: toc.to_owned(),
+        }];
+    }
+    let mut past_split = false;
     let passes: Vec<(&str, Option<Pass>)> = toc
         .lines()
         .map(|line| {
             let pass = kind(line).map(|desc| {
-                if desc.starts_with("FK CONSTRAINT ") {
-                    after_first_fk = true;
-                }
-                if desc.starts_with("INDEX ATTACH ") {
+                past_split |= desc.starts_with(ATTACH) || desc.starts_with("FK CONSTRAINT ");
+                if desc.starts_with(ATTACH) {
                     Pass::Attach
-                } else if after_first_fk {
-                    Pass::After
+                } else if past_split || LAST.iter().any(|k| desc.starts_with(k)) {
+                    Pass::Last
                 } else {
-                    Pass::Before
+                    Pass::First
                 }
             });
             (line, pass)
@@ -168,9 +184,13 @@ pub fn restore_passes(toc: &str, jobs: u32) -> Vec<RestorePass> {
         any.then_some(list)
     };
     [
-        (Pass::Before, "the schema and data", jobs),
+        (Pass::First, "the schema and data", jobs),
         (Pass::Attach, "the partitions' index attachments", 1),
-        (Pass::After, "the foreign keys and what follows them", jobs),
+        (
+            Pass::Last,
+            "the foreign keys and what follows the attachments",
+            jobs,
+        ),
     ]
     .into_iter()
     .filter_map(|(pass, what, jobs)| select(pass).map(|list| RestorePass { what, jobs, list }))
@@ -306,14 +326,24 @@ mod tests {
         );
     }
 
+    /// The entries a pass selects, by dump id.
+    fn selected(p: &RestorePass) -> Vec<&str> {
+        p.list
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .filter_map(|l| l.split(';').next())
+            .collect()
+    }
+
     #[test]
-    fn a_parallel_restore_attaches_indexes_alone_and_adds_foreign_keys_last() {
+    fn a_parallel_restore_attaches_indexes_alone_and_keeps_what_pg_restore_keeps_for_last() {
         let toc = "\
 ;
 ; Archive created at 2026-12-05 19:30:00 UTC
 ;
 6; 2615 23585 SCHEMA - fkpart4 postgres
 215; 1259 23586 TABLE fkpart4 droppk postgres
+3500; 0 0 ACL fkpart4 TABLE droppk postgres
 3386; 0 23591 TABLE DATA fkpart4 droppk1 postgres
 3227; 2606 23590 CONSTRAINT fkpart4 droppk droppk_pkey postgres
 3238; 0 0 INDEX ATTACH fkpart4 droppk1_pkey postgres
@@ -324,45 +354,49 @@ mod tests {
 3600; 3466 23800 EVENT TRIGGER - audit postgres
 ";
         let passes = restore_passes(toc, 4);
-        let selected = |p: &RestorePass| -> Vec<String> {
-            p.list
-                .lines()
-                .filter(|l| !l.starts_with(';'))
-                .map(|l| l.split(';').next().unwrap().to_owned())
-                .collect()
-        };
         assert_eq!(passes.len(), 3);
         assert_eq!(
             (passes[0].jobs, selected(&passes[0])),
-            (
-                4,
-                vec!["6", "215", "3386", "3227", "3300"]
-                    .into_iter()
-                    .map(String::from)
-                    .collect()
-            )
+            (4, vec!["6", "215", "3386", "3227"])
         );
         assert_eq!(
             (passes[1].jobs, selected(&passes[1])),
-            (1, vec!["3238".to_owned(), "3240".to_owned()])
+            (1, vec!["3238", "3240"])
         );
         assert_eq!(
             (passes[2].jobs, selected(&passes[2])),
-            (
-                4,
-                vec!["3243".to_owned(), "3551".to_owned(), "3600".to_owned()]
-            )
+            (4, vec!["3500", "3300", "3243", "3551", "3600"])
         );
         // Every line of the listing is in every pass, the others commented out.
         for p in &passes {
             assert_eq!(p.list.lines().count(), toc.lines().count());
         }
-        // Without partitions or foreign keys, one pass.
-        let plain =
-            "215; 1259 23586 TABLE public t postgres\n3386; 0 23591 TABLE DATA public t postgres\n";
-        let passes = restore_passes(plain, 2);
+    }
+
+    #[test]
+    fn event_triggers_never_see_the_attachments_even_without_foreign_keys() {
+        let toc = "\
+215; 1259 23586 TABLE public pk postgres
+3227; 2606 23590 CONSTRAINT public pk pk_pkey postgres
+3238; 0 0 INDEX ATTACH public pk1_pkey postgres
+3310; 0 23900 MATERIALIZED VIEW DATA public mv postgres
+3600; 3466 23800 EVENT TRIGGER - audit postgres
+3601; 0 0 COMMENT - EVENT TRIGGER audit postgres
+";
+        let passes = restore_passes(toc, 2);
+        assert_eq!(selected(&passes[0]), ["215", "3227"]);
+        assert_eq!(selected(&passes[1]), ["3238"]);
+        assert_eq!(selected(&passes[2]), ["3310", "3600", "3601"]);
+    }
+
+    #[test]
+    fn without_attachments_a_parallel_restore_is_one_pass() {
+        let toc = "215; 1259 23586 TABLE public t postgres\n\
+                   3386; 0 23591 TABLE DATA public t postgres\n\
+                   3243; 2606 23619 FK CONSTRAINT public t t_fkey postgres\n";
+        let passes = restore_passes(toc, 2);
         assert_eq!(passes.len(), 1);
-        assert_eq!(passes[0].list, plain);
+        assert_eq!((passes[0].jobs, passes[0].list.as_str()), (2, toc));
     }
 
     #[test]

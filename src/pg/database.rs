@@ -23,7 +23,7 @@ pub fn admin_database(target: &str) -> &'static str {
 
 /// What an existing database holds, or `None` when it is empty enough to
 /// restore into: nothing a user made, only what `CREATE DATABASE` gives
-/// (the `public` schema, `plpgsql`). Objects of extensions count as their
+/// (the `public` schema as initdb made it, `plpgsql`). Objects of extensions count as their
 /// extension.
 pub async fn describe_contents(conn: &Connection) -> Result<Option<String>> {
     // Every object a user can make has an oid from FirstNormalObjectId
@@ -72,12 +72,25 @@ pub async fn describe_contents(conn: &Connection) -> Result<Option<String>> {
                  UNION ALL SELECT tableoid, oid FROM pg_statistic_ext WHERE oid >= 16384 \
                  UNION ALL SELECT tableoid, oid FROM pg_transform WHERE oid >= 16384 \
                  UNION ALL SELECT tableoid, oid FROM pg_default_acl WHERE oid >= 16384 \
-               ) o WHERE (o.tableoid, o.oid) NOT IN (SELECT * FROM ext))",
+               ) o WHERE (o.tableoid, o.oid) NOT IN (SELECT * FROM ext)), \
+              (SELECT count(*) FROM pg_subscription \
+                WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())), \
+              (SELECT count(*) FROM (SELECT 1) one WHERE NOT EXISTS ( \
+                 SELECT 1 FROM pg_namespace n, \
+                   (SELECT CASE WHEN current_setting('server_version_num')::int >= 150000 \
+                                THEN (SELECT oid FROM pg_roles WHERE rolname = 'pg_database_owner') \
+                                ELSE 10::oid END AS owner) d \
+                 WHERE n.nspname = 'public' AND n.nspowner = d.owner \
+                   AND n.nspacl::text IS NOT DISTINCT FROM format( \
+                     CASE WHEN current_setting('server_version_num')::int >= 150000 \
+                          THEN '{%1$s=UC/%1$s,=U/%1$s}' ELSE '{%1$s=UC/%1$s,=UC/%1$s}' END, \
+                     pg_get_userbyid(d.owner)) \
+                   AND obj_description(n.oid, 'pg_namespace') IS NOT DISTINCT FROM 'standard public schema'))",
             &[],
         )
         .await
         .map_err(|e| query_error(&format!("inspecting database {}", conn.dbname), e))?;
-    let counts: [(i64, &str, &str); 7] = [
+    let counts: [(i64, &str, &str); 9] = [
         (
             row.get(0),
             "table, view or sequence",
@@ -89,6 +102,13 @@ pub async fn describe_contents(conn: &Connection) -> Result<Option<String>> {
         (row.get(4), "extension", "extensions"),
         (row.get(5), "large object", "large objects"),
         (row.get(6), "other object", "other objects"),
+        (row.get(7), "subscription", "subscriptions"),
+        // Its owner, privileges or comment changed, or it was dropped.
+        (
+            row.get(8),
+            "changed public schema",
+            "changed public schemas",
+        ),
     ];
     Ok(contents_text(&counts))
 }
@@ -429,14 +449,17 @@ pub async fn create_like(
     }
     if let Some(p) = props
         && !p.owner.is_empty()
-        && let Err(w) = statement_or_warning(
+        && let Err(why) = statement_or_warning(
             admin,
             &format!("ALTER DATABASE {ident} OWNER TO {}", quote_ident(&p.owner)),
             Some(&p.owner),
         )
         .await
     {
-        warnings.push(w);
+        warnings.push(format!(
+            "database {name}: the owner {} was not applied: {why}",
+            p.owner
+        ));
     }
     Ok(warnings)
 }
@@ -475,28 +498,44 @@ fn locale_clause(p: &DatabaseProperties, major: u32) -> String {
 
 /// Gives database `name` the settings, privileges and connection limit of
 /// `props` (the owner is set when it is created, the comment when it takes
-/// its final name). Each statement that fails is a warning, not a failure:
-/// a restored database whose data is proven is not thrown away for a
-/// setting this server does not know.
-pub async fn apply(admin: &Connection, name: &str, props: &DatabaseProperties) -> Vec<String> {
+/// its final name). Each statement that fails is a warning, naming the
+/// database as `shown_as` (the name it is about to take): a restored
+/// database whose data is proven is not thrown away for a setting this
+/// server does not know.
+pub async fn apply(
+    admin: &Connection,
+    name: &str,
+    shown_as: &str,
+    props: &DatabaseProperties,
+) -> Vec<String> {
     let ident = quote_ident(name);
-    let mut statements: Vec<(String, Option<&str>)> = Vec::new();
+    // What each statement does, as a warning says it; the statement; a role
+    // it needs.
+    let mut statements: Vec<(String, String, Option<&str>)> = Vec::new();
     for s in &props.settings {
         let scope = s
             .role
             .as_ref()
             .map_or(String::new(), |r| format!("ROLE {} IN ", quote_ident(r)));
+        let value = setting_value(&s.name, &s.value);
         statements.push((
+            match &s.role {
+                Some(role) => format!("the setting {} = {value} for role {role}", s.name),
+                None => format!("the setting {} = {value}", s.name),
+            },
             format!(
-                "ALTER {scope}DATABASE {ident} SET {} TO {}",
-                quote_ident(&s.name),
-                setting_value(&s.name, &s.value)
+                "ALTER {scope}DATABASE {ident} SET {} TO {value}",
+                quote_ident(&s.name)
             ),
             s.role.as_deref(),
         ));
     }
     if let Some(grants) = &props.grants {
-        statements.push((format!("REVOKE ALL ON DATABASE {ident} FROM PUBLIC"), None));
+        statements.push((
+            "taking PUBLIC's default privileges away".to_owned(),
+            format!("REVOKE ALL ON DATABASE {ident} FROM PUBLIC"),
+            None,
+        ));
         for g in grants {
             let grantee = g
                 .grantee
@@ -508,6 +547,7 @@ pub async fn apply(admin: &Connection, name: &str, props: &DatabaseProperties) -
                 ""
             };
             statements.push((
+                format!("the grant of {} to {grantee}{option}", g.privilege),
                 format!(
                     "GRANT {} ON DATABASE {ident} TO {grantee}{option}",
                     g.privilege
@@ -518,6 +558,7 @@ pub async fn apply(admin: &Connection, name: &str, props: &DatabaseProperties) -
     }
     if props.connection_limit != -1 {
         statements.push((
+            format!("the connection limit of {}", props.connection_limit),
             format!(
                 "ALTER DATABASE {ident} CONNECTION LIMIT {}",
                 props.connection_limit
@@ -526,16 +567,18 @@ pub async fn apply(admin: &Connection, name: &str, props: &DatabaseProperties) -
         ));
     }
     let mut warnings = Vec::new();
-    for (statement, role) in statements {
-        if let Err(w) = statement_or_warning(admin, &statement, role).await {
-            warnings.push(w);
+    for (what, statement, role) in statements {
+        if let Err(why) = statement_or_warning(admin, &statement, role).await {
+            warnings.push(format!(
+                "database {shown_as}: {what} was not applied: {why}"
+            ));
         }
     }
     warnings
 }
 
-/// Runs `statement`, unless `role` does not exist on this server; either
-/// failure comes back as a warning naming the statement.
+/// Runs `statement`, unless `role` does not exist on this server; says why
+/// it did not run.
 async fn statement_or_warning(
     admin: &Connection,
     statement: &str,
@@ -549,17 +592,27 @@ async fn statement_or_warning(
             .map(|r| r.is_some())
             .unwrap_or(true);
         if !exists {
-            return Err(format!(
-                "role {role} does not exist on this server: `{statement}` was not applied"
-            ));
+            return Err(format!("role {role} does not exist on this server"));
         }
     }
     admin.client.batch_execute(statement).await.map_err(|e| {
-        format!(
-            "`{statement}` failed: {}",
-            query_error("", e).message().trim_start_matches(": ")
-        )
+        query_error("", e)
+            .message()
+            .trim_start_matches(": ")
+            .to_owned()
     })
+}
+
+/// [`apply`], and the comment of `props`: for a database that already has
+/// its final name.
+pub async fn apply_all(admin: &Connection, name: &str, props: &DatabaseProperties) -> Vec<String> {
+    let mut warnings = apply(admin, name, name, props).await;
+    if props.comment.is_some()
+        && let Err(e) = set_comment(admin, name, props.comment.as_deref()).await
+    {
+        warnings.push(format!("database {name}: the comment was not applied: {e}"));
+    }
+    warnings
 }
 
 /// Settings whose value is a list the server keeps with identifiers quoted
@@ -679,22 +732,23 @@ pub async fn other_sessions(admin: &Connection, name: &str) -> Result<Vec<String
 }
 
 /// Puts `staging` in the place of `target` in one transaction: `target`
-/// (when it exists) is renamed to `old`, `staging` to `target`, and the
-/// comment `comment` set. Either all of it happens or none; no moment passes
-/// without a database called `target`.
+/// (when it exists) is renamed to `old` and given the comment that says what
+/// it now is, `staging` renamed to `target` and given `comment`. Either all of
+/// it happens or none; no moment passes without a database called `target`.
 pub async fn swap_in(
     admin: &Connection,
     staging: &str,
     target: &str,
-    old: Option<&str>,
+    old: Option<(&str, &str)>,
     comment: Option<&str>,
 ) -> Result<()> {
     let mut sql = String::from("BEGIN;");
-    if let Some(old) = old {
+    if let Some((old, old_comment)) = old {
         sql.push_str(&format!(
-            " ALTER DATABASE {} RENAME TO {};",
+            " ALTER DATABASE {} RENAME TO {}; {};",
             quote_ident(target),
-            quote_ident(old)
+            quote_ident(old),
+            comment_statement(old, Some(old_comment))
         ));
     }
     sql.push_str(&format!(
@@ -850,6 +904,12 @@ mod tests {
             "'x''); DROP DATABASE y; --'"
         );
         assert_eq!(setting_value("temp_tablespaces", ""), "''");
+        // With standard_conforming_strings off a backslash would escape the
+        // quote: an E'' literal means the same whatever the setting says.
+        assert_eq!(
+            setting_value("work_mem", "\\'; DROP DATABASE x; --"),
+            "E'\\\\''; DROP DATABASE x; --'"
+        );
     }
 
     #[test]

@@ -577,6 +577,10 @@ WHERE c.relkind IN ('r', 'p') \
                   AND d.objid = c.oid AND d.deptype = 'e') \
 ORDER BY 1, 2";
 
+/// How [`row_counts`] counts, as a manifest's `row_counts` says: each table's
+/// own rows.
+pub const ROWS_ONLY: &str = "only";
+
 /// Exact row counts of every user table, in the connection's current snapshot.
 /// A partitioned parent is skipped: its partitions are counted themselves.
 pub async fn row_counts(conn: &Connection) -> Result<Vec<TableRows>> {
@@ -592,7 +596,7 @@ pub async fn row_counts(conn: &Connection) -> Result<Vec<TableRows>> {
         if partitioned {
             continue;
         }
-        let rows = count_rows(conn, &schema, &name).await?;
+        let rows = count_rows(conn, &schema, &name, true).await?;
         out.push(TableRows { schema, name, rows });
     }
     Ok(out)
@@ -648,11 +652,13 @@ pub async fn single_value(conn: &Connection, sql: &str) -> Result<Option<String>
         .flatten())
 }
 
-pub async fn count_rows(conn: &Connection, schema: &str, name: &str) -> Result<i64> {
-    // ONLY: an inheritance parent's own rows, as pg_dump dumps them; its
-    // children are counted as tables of their own.
+/// The rows of a table, `only` its own (an inheritance parent's, as pg_dump
+/// dumps them, its children counted as tables of their own), or with its
+/// children's as manifests written before [`ROWS_ONLY`] counted them.
+pub async fn count_rows(conn: &Connection, schema: &str, name: &str, only: bool) -> Result<i64> {
     let sql = format!(
-        "SELECT count(*) FROM ONLY {}.{}",
+        "SELECT count(*) FROM {}{}.{}",
+        if only { "ONLY " } else { "" },
         quote_ident(schema),
         quote_ident(name)
     );
@@ -665,8 +671,16 @@ pub async fn count_rows(conn: &Connection, schema: &str, name: &str) -> Result<i
     Ok(row.get(0))
 }
 
+/// A string literal that means `value` whatever `standard_conforming_strings`
+/// says: with a backslash in it, an `E''` literal with the backslashes doubled,
+/// as libpq's `PQescapeLiteral` writes it.
 pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 pub fn quote_ident(name: &str) -> String {
