@@ -746,3 +746,40 @@ fn a_target_that_fills_while_its_copy_is_restored_is_not_replaced_without_clean(
     assert!(stderr.contains("ALTER DATABASE"), "{stderr}");
     assert_eq!(c.table_digests(&staging), c.table_digests("app"));
 }
+
+#[test]
+fn a_copy_that_restores_but_fails_its_proof_never_replaces_the_target() {
+    let setup = Setup::new("", "");
+    let id = backup_ok(&setup);
+    let c = &setup.cluster;
+    c.create_db("precious");
+    c.psql("precious", "CREATE TABLE ledger AS SELECT 1 AS id");
+    let before = c.table_digests("precious");
+    // A manifest that reads, whose counts the restored data does not match:
+    // pg_restore succeeds, the proof does not.
+    let path = setup
+        .backups
+        .join("nightly")
+        .join(&id)
+        .join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let table = &mut manifest["tables"][0];
+    let name = format!(
+        "{}.{}",
+        table["schema"].as_str().unwrap(),
+        table["name"].as_str().unwrap()
+    );
+    table["rows"] = (table["rows"].as_i64().unwrap() + 1).into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let run = restore(&setup, &["--latest", "--target-db", "precious", "--clean"]);
+    assert_eq!(run.code, 6, "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("rows of {name}"))
+            && run.stderr.contains("database precious was not touched"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(c.table_digests("precious"), before);
+    assert_eq!(restore_leftovers(c), Vec::<String>::new());
+}
