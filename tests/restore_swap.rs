@@ -207,8 +207,9 @@ fn held_pg_restore(dir: &Path, bindir: &Path) {
     }
 }
 
-#[test]
-fn an_interrupted_restore_leaves_the_target_and_its_copy_is_cleared() {
+/// The sample database and a job whose `pg_restore` waits while
+/// `<tools>/hold` exists; returns the setup and `<tools>`.
+fn with_held_pg_restore() -> (Setup, std::path::PathBuf) {
     let cluster = Cluster::start();
     cluster.load_fixtures("app");
     let tools = cluster.dir.path().join("tools");
@@ -218,6 +219,12 @@ fn an_interrupted_restore_leaves_the_target_and_its_copy_is_cleared() {
         &format!("pg_bin_dir = \"{}\"", tools.display()),
         "",
     );
+    (setup, tools)
+}
+
+#[test]
+fn an_interrupted_restore_leaves_the_target_and_its_copy_is_cleared() {
+    let (setup, tools) = with_held_pg_restore();
     let id = backup_ok(&setup);
     let c = &setup.cluster;
     c.create_db("precious");
@@ -695,15 +702,7 @@ fn a_files_restore_with_force_replaces_the_directory_only_once_the_copy_checks_o
 
 #[test]
 fn a_target_that_fills_while_its_copy_is_restored_is_not_replaced_without_clean() {
-    let cluster = Cluster::start();
-    cluster.load_fixtures("app");
-    let tools = cluster.dir.path().join("tools");
-    held_pg_restore(&tools, &cluster.bindir);
-    let setup = Setup::with_cluster(
-        cluster,
-        &format!("pg_bin_dir = \"{}\"", tools.display()),
-        "",
-    );
+    let (setup, tools) = with_held_pg_restore();
     let id = backup_ok(&setup);
     let c = &setup.cluster;
     // Empty when the restore is planned: no --clean needed, then.
