@@ -214,6 +214,7 @@ const FLAKY: Faults = Faults {
     reset: 0.07,
     cut_response: 0.05,
     delay: std::time::Duration::ZERO,
+    trickle: None,
 };
 
 /// No network: every request is answered with an error or reset.
@@ -222,6 +223,7 @@ const DEAD: Faults = Faults {
     reset: 0.5,
     cut_response: 0.0,
     delay: std::time::Duration::ZERO,
+    trickle: None,
 };
 
 /// The retry settings for the two: room to absorb a flaky network, and a

@@ -11,13 +11,27 @@
 //! It also records each request line and the most requests it had open at
 //! once, so a test can see what a backend sent (one PUT, or a multipart
 //! upload with at most N parts in flight).
+//!
+//! Two modes stall requests without failing them, for the I/O timeout:
+//! `freeze` stops every byte in both directions on every connection, open or
+//! new, while keeping the connections open (a server under `kill -STOP`, a
+//! partition), until `thaw`; `Faults::trickle` lets each direction move only
+//! so many bytes per interval (a slow but alive server). The listening
+//! socket's small receive buffer keeps the proxy's kernel from taking in
+//! megabytes of an upload the proxy has not relayed, which would hide a
+//! stall or a trickle's pace from the client; the client's own send buffer
+//! (up to 4 MiB on Linux) is beyond its reach, so a smaller write still
+//! returns at once and the stall shows when the client waits for more room
+//! or for the answer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
 
 /// What share of requests (0.0 to 1.0) meets each fault; the rest pass.
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,6 +47,16 @@ pub struct Faults {
     /// Every request waits this long before it is answered or forwarded: a slow
     /// network, so a test can act while an upload is under way.
     pub delay: std::time::Duration,
+    /// Each direction of every connection moves at most this pace, read live
+    /// so a test can slow a transfer under way. `None`: full speed.
+    pub trickle: Option<Trickle>,
+}
+
+/// At most `bytes` per `every`, in bursts of at most `bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Trickle {
+    pub bytes: usize,
+    pub every: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -44,14 +68,20 @@ pub struct Counts {
     pub most_open: AtomicU64,
     /// Request lines (`PUT /bucket/key?partNumber=2&uploadId=… HTTP/1.1`), in arrival order.
     pub lines: Mutex<Vec<String>>,
+    /// Client connections accepted and not yet closed by the proxy.
+    connections: AtomicU64,
 }
 
 pub struct FaultProxy {
     pub addr: SocketAddr,
     pub counts: Arc<Counts>,
     faults: Arc<Mutex<Faults>>,
+    frozen: watch::Sender<bool>,
     runtime: Option<tokio::runtime::Runtime>,
 }
+
+/// Small enough that the proxy, not the kernel, holds back a client's bytes.
+const RECV_BUFFER: u32 = 64 * 1024;
 
 impl FaultProxy {
     /// Starts a proxy to the server at `upstream` (an `http://host:port[/...]` URL).
@@ -63,18 +93,28 @@ impl FaultProxy {
             .build()
             .expect("proxy runtime");
         let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .block_on(async {
+                let socket = TcpSocket::new_v4()?;
+                // Accepted sockets inherit it.
+                socket.set_recv_buffer_size(RECV_BUFFER)?;
+                socket.bind(([127, 0, 0, 1], 0).into())?;
+                socket.listen(1024)
+            })
             .expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let counts = Arc::new(Counts::default());
         let shared = Arc::new(Mutex::new(faults));
         let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));
+        let (frozen, gate) = watch::channel(false);
         let (c, f) = (counts.clone(), shared.clone());
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let (c, f, rng) = (c.clone(), f.clone(), rng.clone());
+                let pipe = Pipe::new(Gate(gate.clone()), f.clone());
+                c.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let _ = serve(client, upstream_addr, c, f, rng).await;
+                    let _ = serve(client, upstream_addr, &c, pipe, rng).await;
+                    c.connections.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -82,8 +122,26 @@ impl FaultProxy {
             addr,
             counts,
             faults: shared,
+            frozen,
             runtime: Some(runtime),
         }
+    }
+
+    /// Stops every byte in both directions, on open and new connections alike,
+    /// and keeps the connections open: a stalled server or network.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// Lets everything a `freeze` held resume where it stopped.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+
+    /// Client connections the proxy holds open right now: while frozen, a
+    /// test can see that a request is caught in the freeze.
+    pub fn open_connections(&self) -> u64 {
+        self.counts.connections.load(Ordering::SeqCst)
     }
 
     /// The proxy's URL with the upstream URL's path kept (Azurite's account).
@@ -148,11 +206,11 @@ enum Fate {
 async fn serve(
     mut client: TcpStream,
     upstream: SocketAddr,
-    counts: Arc<Counts>,
-    faults: Arc<Mutex<Faults>>,
+    counts: &Counts,
+    mut pipe: Pipe,
     rng: Arc<Mutex<fastrand::Rng>>,
 ) -> std::io::Result<()> {
-    let head = match read_head(&mut client).await? {
+    let head = match read_head(&mut pipe, &mut client).await? {
         Some(head) => head,
         None => return Ok(()), // closed without a request
     };
@@ -164,13 +222,13 @@ async fn serve(
         .lock()
         .unwrap()
         .push(line.trim_end_matches(" HTTP/1.1").to_owned());
-    let mut open = Open::new(&counts);
-    let delay = faults.lock().unwrap().delay;
+    let mut open = Open::new(counts);
+    let delay = pipe.faults().delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let fate = {
-        let f = *faults.lock().unwrap();
+        let f = pipe.faults();
         let roll = rng.lock().unwrap().f64();
         if roll < f.error_500 {
             Fate::Error500
@@ -203,39 +261,43 @@ async fn serve(
                  Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            client.write_all(response.as_bytes()).await?;
-            client.shutdown().await?;
+            pipe.send(&mut client, response.as_bytes()).await?;
+            pipe.shutdown(&mut client).await?;
             // Let the client finish sending so it reads the answer, not a reset.
-            let mut sink = [0u8; 64 * 1024];
-            let drain = async { while client.read(&mut sink).await.unwrap_or(0) > 0 {} };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+            let drain =
+                async { while pipe.read(&mut client, usize::MAX).await.unwrap_or(0) > 0 {} };
+            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+            // A freeze that outlasts the drain must not see the connection close.
+            pipe.gate.open().await;
             Ok(())
         }
         Fate::Reset => {
+            pipe.gate.open().await;
             client.set_zero_linger()?;
             drop(client);
             Ok(())
         }
         Fate::Pass | Fate::Cut => {
             let mut server = TcpStream::connect(upstream).await?;
-            server.write_all(&close_after(&head)).await?;
+            pipe.send(&mut server, &close_after(&head)).await?;
             let (mut client_read, mut client_write) = client.split();
             let (mut server_read, mut server_write) = server.split();
+            let mut up = pipe.clone();
             let upload = async {
-                tokio::io::copy(&mut client_read, &mut server_write).await?;
-                server_write.shutdown().await
+                while up.relay(&mut client_read, &mut server_write).await? > 0 {}
+                up.shutdown(&mut server_write).await
             };
             // The first bytes of the answer end the request's time as open,
             // before the client can see them and start another request.
             let cut = matches!(fate, Fate::Cut);
+            let mut down = pipe.clone();
             let download = async {
-                let mut first = vec![0u8; 4096];
-                let n = server_read.read(&mut first).await?;
+                let n = down.read(&mut server_read, 4096).await?;
                 open.answered();
-                client_write.write_all(&first[..n]).await?;
+                down.write(&mut client_write, n).await?;
                 if !cut {
-                    tokio::io::copy(&mut server_read, &mut client_write).await?;
-                    client_write.shutdown().await?;
+                    while down.relay(&mut server_read, &mut client_write).await? > 0 {}
+                    down.shutdown(&mut client_write).await?;
                 }
                 Ok::<(), std::io::Error>(())
             };
@@ -245,6 +307,7 @@ async fn serve(
                     _ = upload => {}
                     r = download => { r?; }
                 }
+                pipe.gate.open().await;
                 client.set_zero_linger()?;
                 drop(client);
                 return Ok(());
@@ -252,6 +315,126 @@ async fn serve(
             let (up, down) = tokio::join!(upload, download);
             up.and(down)
         }
+    }
+}
+
+/// Whether bytes may move: closed while the proxy is frozen.
+#[derive(Clone)]
+struct Gate(watch::Receiver<bool>);
+
+impl Gate {
+    async fn open(&mut self) {
+        // A dropped sender means a dropped proxy: nothing left to hold back.
+        let _ = self.0.wait_for(|frozen| !frozen).await;
+    }
+
+    async fn closed(&mut self) {
+        if self.0.wait_for(|frozen| *frozen).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// One direction's relay: every read and write waits for an open gate, and
+/// one under way when the gate closes is dropped before it moves a byte (a
+/// socket's read and write are cancel safe), so a freeze holds the bytes in
+/// the kernel and the peer sees no progress, without a busy wait.
+#[derive(Clone)]
+struct Pipe {
+    gate: Gate,
+    faults: Arc<Mutex<Faults>>,
+    buf: Vec<u8>,
+}
+
+impl Pipe {
+    fn new(gate: Gate, faults: Arc<Mutex<Faults>>) -> Self {
+        Pipe {
+            gate,
+            faults,
+            buf: vec![0u8; 64 * 1024],
+        }
+    }
+
+    fn faults(&self) -> Faults {
+        *self.faults.lock().unwrap()
+    }
+
+    /// Reads at most `max` bytes, and at most a trickle's burst, into the buffer.
+    async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        from: &mut R,
+        max: usize,
+    ) -> std::io::Result<usize> {
+        let burst = self.faults().trickle.map_or(usize::MAX, |t| t.bytes.max(1));
+        let len = self.buf.len().min(max).min(burst);
+        loop {
+            self.gate.open().await;
+            tokio::select! {
+                biased;
+                _ = self.gate.closed() => continue,
+                r = from.read(&mut self.buf[..len]) => return r,
+            }
+        }
+    }
+
+    /// Writes the first `n` bytes of the buffer.
+    async fn write<W: AsyncWrite + Unpin>(&mut self, to: &mut W, n: usize) -> std::io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.send(to, &buf[..n]).await;
+        self.buf = buf;
+        r
+    }
+
+    /// Moves one chunk; 0 at the end of the stream.
+    async fn relay<R, W>(&mut self, from: &mut R, to: &mut W) -> std::io::Result<usize>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let n = self.read(from, usize::MAX).await?;
+        self.write(to, n).await?;
+        Ok(n)
+    }
+
+    /// Writes `data`, at a trickle's pace if there is one.
+    async fn send<W: AsyncWrite + Unpin>(
+        &mut self,
+        to: &mut W,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let trickle = self.faults().trickle;
+            let burst = trickle
+                .map_or(rest.len(), |t| t.bytes.max(1))
+                .min(rest.len());
+            let mut chunk = &rest[..burst];
+            while !chunk.is_empty() {
+                self.gate.open().await;
+                let n = tokio::select! {
+                    biased;
+                    _ = self.gate.closed() => continue,
+                    r = to.write(chunk) => r?,
+                };
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                chunk = &chunk[n..];
+            }
+            rest = &rest[burst..];
+            if let Some(t) = trickle {
+                // In proportion, so that short reads do not slow the pace.
+                let share = burst as f64 / t.bytes.max(1) as f64;
+                tokio::time::sleep(t.every.mul_f64(share)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the stream is news to the peer too, so a freeze holds it back.
+    async fn shutdown<W: AsyncWrite + Unpin>(&mut self, to: &mut W) -> std::io::Result<()> {
+        self.gate.open().await;
+        to.shutdown().await
     }
 }
 
@@ -286,14 +469,13 @@ impl Drop for Open<'_> {
 }
 
 /// Reads up to the end of the request head; the body stays in the socket.
-async fn read_head(client: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_head(pipe: &mut Pipe, client: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
-    let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte).await? == 0 {
+        if pipe.read(client, 1).await? == 0 {
             return Ok(None);
         }
-        head.push(byte[0]);
+        head.push(pipe.buf[0]);
         if head.len() > 64 * 1024 {
             return Err(std::io::Error::other("request head too long"));
         }
