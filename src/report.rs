@@ -179,6 +179,10 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// Free-form facts of the run: backup id, sizes, target database, ...
     pub details: serde_json::Value,
+    /// The last failure of each of the job's storages during the run, after
+    /// its retries: what `status` shows of a storage that stopped answering.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage_errors: Vec<crate::storage::health::Failure>,
 }
 
 /// What started a run.
@@ -269,6 +273,7 @@ impl RunRecord {
             attempts: 0,
             error: None,
             details: serde_json::json!({}),
+            storage_errors: Vec::new(),
         }
     }
 
@@ -322,7 +327,12 @@ impl RunRecord {
     /// stays unstored is an error (naming the storages), though the run's own
     /// outcome stands.
     pub async fn store(&self, storages: &[std::sync::Arc<dyn Storage>]) -> Result<()> {
-        let body = serde_json::to_vec_pretty(self)
+        let mut record = self.clone();
+        record.storage_errors = crate::storage::health::failures_since(self.started_at)
+            .into_iter()
+            .filter(|f| storages.iter().any(|s| s.name() == f.storage))
+            .collect();
+        let body = serde_json::to_vec_pretty(&record)
             .map_err(|e| Error::internal(format!("cannot encode the run record: {e}")))?;
         let key = self.key()?;
         let mut failed = Vec::new();
@@ -333,7 +343,14 @@ impl RunRecord {
                 match crate::storage::write_small(storage.as_ref(), &key, &body).await {
                     Ok(()) => break,
                     // A storage's errors name it already; `context` says it once.
-                    Err(e) if attempt < STORE_ATTEMPTS => {
+                    // One that has just stopped answering had its one short
+                    // try: the others are not kept waiting for it.
+                    Err(e)
+                        if attempt < STORE_ATTEMPTS
+                            && crate::storage::health::of(storage.name())
+                                .down_for()
+                                .is_none() =>
+                    {
                         tracing::warn!(
                             "storing the run record failed ({}); trying again in {}s",
                             e.context(format!("storage {}", storage.name())),
@@ -344,7 +361,10 @@ impl RunRecord {
                         attempt += 1;
                     }
                     Err(e) => {
-                        failed.push(e.context(format!("storage {}", storage.name())).to_string());
+                        failed.push((
+                            storage.name().to_owned(),
+                            e.context(format!("storage {}", storage.name())).to_string(),
+                        ));
                         break;
                     }
                 }
@@ -353,12 +373,24 @@ impl RunRecord {
         if failed.is_empty() {
             return Ok(());
         }
+        let stored_in: Vec<&str> = storages
+            .iter()
+            .map(|s| s.name())
+            .filter(|name| !failed.iter().any(|(f, _)| f == name))
+            .collect();
+        let stored = if stored_in.is_empty() {
+            "it is in no storage".to_owned()
+        } else {
+            format!("it is in {}", stored_in.join(", "))
+        };
+        let names: Vec<&str> = failed.iter().map(|(name, _)| name.as_str()).collect();
+        let errors: Vec<&str> = failed.iter().map(|(_, e)| e.as_str()).collect();
         Err(Error::storage(format!(
-            "the {} run's record {} could not be stored ({} attempts each): {}",
+            "the {} run's record {} could not be stored in {} ({stored}): {}",
             self.kind,
             self.run_id,
-            STORE_ATTEMPTS,
-            failed.join("; ")
+            names.join(", "),
+            errors.join("; ")
         ))
         .with_hint(
             "what the run did stands as reported; status, check, the metrics and catch-up read \

@@ -68,6 +68,9 @@ struct RunSummary {
     /// The backup a restore test or drill restored.
     #[serde(skip_serializing_if = "Option::is_none")]
     backup_id: Option<String>,
+    /// How each storage that failed during the run failed, last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    storage_errors: Vec<crate::storage::health::Failure>,
 }
 
 impl From<&RunRecord> for RunSummary {
@@ -81,6 +84,7 @@ impl From<&RunRecord> for RunSummary {
             duration_seconds: r.finished_at.duration_since(r.started_at).as_secs_f64(),
             error: r.error.clone(),
             backup_id: r.details["backup_id"].as_str().map(str::to_owned),
+            storage_errors: r.storage_errors.clone(),
         }
     }
 }
@@ -263,6 +267,15 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
                 r.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
             ),
             None => println!("  last run:       none recorded"),
+        }
+        for failure in s.last_run.iter().flat_map(|r| &r.storage_errors) {
+            println!(
+                "  storage error:  {} {} {}: {}",
+                failure.storage,
+                failure.kind.as_str(),
+                age(now, failure.at),
+                failure.message
+            );
         }
         match &s.last_success {
             Some(r) => println!(

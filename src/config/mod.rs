@@ -2244,6 +2244,11 @@ block_size = "4 MiB"
         );
         assert_eq!(backup.storages[1].retry.attempts, 4);
         assert_eq!(backup.storages[1].retry.max_time.as_secs(), 120);
+        assert_eq!(
+            backup.storages[1].retry.io_timeout.as_secs(),
+            60,
+            "the default"
+        );
         let StorageKind::Azure(az) = &backup.storages[2].kind else {
             panic!("azure")
         };
@@ -2303,6 +2308,16 @@ block_size = "4 MiB"
                 "access_key_id_env = \"NOT_SET\"",
                 "NOT_SET is not set",
             ),
+            (
+                "retry_max_time = \"2m\"",
+                "retry_max_time = \"2m\"\nio_timeout = \"30s\"\nrequest_timeout = \"1m\"",
+                "request_timeout and io_timeout are the same setting",
+            ),
+            (
+                "retry_max_time = \"2m\"",
+                "retry_max_time = \"2m\"\nio_timeout = \"0s\"",
+                "io_timeout = '0s' is not a duration",
+            ),
         ] {
             let text = with_remote("");
             assert!(text.contains(from), "{from}");
@@ -2310,6 +2325,36 @@ block_size = "4 MiB"
             assert!(err.contains(expect), "{from} -> {to}: {err}");
             assert!(!err.contains("storage-s3cret"), "{err}");
         }
+    }
+
+    #[test]
+    fn io_timeout_is_set_per_storage_and_request_timeout_is_its_old_name() {
+        let text = with_remote("")
+            .replace(
+                "retry_max_time = \"2m\"",
+                "retry_max_time = \"2m\"\nio_timeout = \"90s\"",
+            )
+            .replace(
+                "block_size = \"4 MiB\"",
+                "block_size = \"4 MiB\"\nrequest_timeout = \"2m\"",
+            );
+        let config = check(&text).unwrap();
+        let (_, backup) = config.backup_job("nightly").unwrap();
+        let timeouts: Vec<u64> = backup
+            .storages
+            .iter()
+            .map(|s| s.retry.io_timeout.as_secs())
+            .collect();
+        assert_eq!(timeouts, [60, 90, 120]);
+        let local = GOOD.replacen(
+            "type = \"local\"",
+            "type = \"local\"\nio_timeout = \"5m\"",
+            1,
+        );
+        assert!(local.contains("io_timeout"));
+        let config = check(&local).unwrap();
+        let (_, backup) = config.backup_job("nightly").unwrap();
+        assert_eq!(backup.storages[0].retry.io_timeout.as_secs(), 300);
     }
 
     /// The line of `text` that holds `needle`.

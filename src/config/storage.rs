@@ -56,6 +56,8 @@ pub(super) struct RawStorage {
     blocks_in_flight: Option<Spanned<i64>>,
     retry_attempts: Option<Spanned<i64>>,
     retry_max_time: Option<Spanned<String>>,
+    io_timeout: Option<Spanned<String>>,
+    /// The name `io_timeout` had before requests were timed on progress.
     request_timeout: Option<Spanned<String>>,
 }
 
@@ -96,12 +98,13 @@ fn parse_size(text: &str) -> Option<u64> {
 }
 
 /// The keys each type accepts beyond `type`.
-const LOCAL_KEYS: &[&str] = &["path"];
+const LOCAL_KEYS: &[&str] = &["path", "io_timeout"];
 const REMOTE_KEYS: &[&str] = &[
     "prefix",
     "endpoint",
     "retry_attempts",
     "retry_max_time",
+    "io_timeout",
     "request_timeout",
 ];
 const S3_KEYS: &[&str] = &[
@@ -175,6 +178,7 @@ impl RawStorage {
             blocks_in_flight,
             retry_attempts,
             retry_max_time,
+            io_timeout,
             request_timeout,
         )
     }
@@ -638,9 +642,17 @@ fn validate_retry(v: &Validator, raw: &RawStorage) -> Result<Retry> {
         max_time: v
             .duration(&raw.retry_max_time, "retry_max_time")?
             .unwrap_or(default.max_time),
-        attempt_timeout: v
-            .duration(&raw.request_timeout, "request_timeout")?
-            .unwrap_or(default.attempt_timeout),
+        io_timeout: match (&raw.io_timeout, &raw.request_timeout) {
+            (Some(_), Some(old)) => {
+                return Err(v
+                    .error(old, "request_timeout and io_timeout are the same setting")
+                    .with_hint("keep io_timeout (request_timeout is its older name)"));
+            }
+            (Some(_), None) => v.duration(&raw.io_timeout, "io_timeout")?,
+            (None, Some(_)) => v.duration(&raw.request_timeout, "request_timeout")?,
+            (None, None) => None,
+        }
+        .unwrap_or(default.io_timeout),
         ..default
     })
 }

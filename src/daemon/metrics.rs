@@ -35,6 +35,17 @@ struct RunLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageErrorLabels {
+    storage: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageLabel {
+    storage: String,
+}
+
 type Seconds = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -46,6 +57,8 @@ pub struct Metrics {
     running: Family<JobTypeLabels, Gauge>,
     next_run: Family<JobLabel, Seconds>,
     restore_test_success: Family<JobLabel, Seconds>,
+    storage_errors: Family<StorageErrorLabels, Counter>,
+    storage_last_error: Family<StorageLabel, Seconds>,
     /// Whether the run records in storage have been read: before, every age
     /// would read as "never", which alerts on backups that are fine.
     history_read: AtomicBool,
@@ -63,6 +76,8 @@ impl Default for Metrics {
             running: Family::default(),
             next_run: Family::default(),
             restore_test_success: Family::default(),
+            storage_errors: Family::default(),
+            storage_last_error: Family::default(),
             history_read: AtomicBool::new(false),
         };
         registry.register(
@@ -100,6 +115,18 @@ impl Default for Metrics {
             "backup_restore_test_last_success_timestamp_seconds",
             "When a restore test of the job's backups last succeeded (Unix time)",
             m.restore_test_success.clone(),
+        );
+        registry.register(
+            "backup_storage_errors",
+            "Storage operations that failed after their retries, since the daemon started, \
+             by kind: timeout (nothing moved for io_timeout), unavailable (temporary errors \
+             until the retry budget was spent), error (refused)",
+            m.storage_errors.clone(),
+        );
+        registry.register(
+            "backup_storage_last_error_timestamp_seconds",
+            "When an operation on the storage last failed (Unix time)",
+            m.storage_last_error.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -176,6 +203,33 @@ impl Metrics {
         }
     }
 
+    /// Makes a storage's error counters show up, with zeros, before its
+    /// first failure.
+    pub fn know_storage(&self, name: &str) {
+        let _ = crate::storage::health::of(name);
+    }
+
+    /// Brings the storage counters up to what the storages met.
+    fn absorb_storage_health(&self) {
+        for (storage, counts, last) in crate::storage::health::snapshot() {
+            for (kind, count) in counts {
+                let counter = self.storage_errors.get_or_create(&StorageErrorLabels {
+                    storage: storage.clone(),
+                    kind: kind.as_str().to_owned(),
+                });
+                let seen = counter.get();
+                if count > seen {
+                    counter.inc_by(count - seen);
+                }
+            }
+            if let Some(last) = last {
+                self.storage_last_error
+                    .get_or_create(&StorageLabel { storage })
+                    .set(unix(last.at));
+            }
+        }
+    }
+
     pub fn set_next_run(&self, name: &str, at: Option<jiff::Timestamp>) {
         match at {
             Some(at) => {
@@ -197,6 +251,7 @@ impl Metrics {
         if !self.history_read.load(Ordering::Acquire) {
             return None;
         }
+        self.absorb_storage_health();
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::warn!("cannot encode metrics: {e}");

@@ -275,6 +275,9 @@ async fn reload(
     for (name, job) in &config.jobs {
         metrics.know_job(name, job.kind.name());
     }
+    for name in config.storages.keys() {
+        metrics.know_storage(name);
+    }
     *shared.engine.write().unwrap_or_else(|p| p.into_inner()) =
         engine_for(config, clock.clone(), metrics);
     *shared.health.lock().await = None;
@@ -314,6 +317,9 @@ async fn first_storage(engine: &Engine, job: &str) -> Option<Arc<dyn crate::stor
 
 /// Seeds the metrics from the records in storage, so ages survive a restart.
 async fn absorb_history(engine: &Engine, metrics: &Metrics) {
+    for name in engine.config.storages.keys() {
+        metrics.know_storage(name);
+    }
     for (name, job) in &engine.config.jobs {
         metrics.know_job(name, job.kind.name());
         let Some(storage) = first_storage(engine, name).await else {

@@ -5,7 +5,9 @@
 //! `finish`: before the commit nothing is visible under the key, so an aborted
 //! or dropped writer leaves nothing (Azure discards uncommitted blocks after a
 //! week). An object smaller than one block is a single Put Blob. Every request
-//! goes through the shared [`Retry`] layer; the SDK's own retries are off.
+//! goes through the shared [`Retrier`]; the SDK's own retries are off. Bodies
+//! go out as streams whose every piece counts as movement, so a block is timed
+//! on its progress, not as a whole.
 //!
 //! Credentials: Entra ID (workload identity when its environment is set, else
 //! managed identity, then the Azure CLI), a SAS token, a connection string, or
@@ -18,7 +20,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
-use azure_core::http::{ClientOptions, RetryOptions, StatusCode, Url};
+use azure_core::http::{ClientOptions, NoFormat, RetryOptions, StatusCode, Url};
+use azure_core::stream::SeekableStream;
 use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlobContainerClientListBlobsOptions, BlockBlobClientUploadOptions,
     BlockLookupList, HttpRange,
@@ -30,7 +33,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
 use super::resume::{self, OpenAt};
-use super::retry::Retry;
+use super::retry::{Moved, Retrier, Retry};
 use super::{
     Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, PartBuffers, Storage, part_size,
 };
@@ -64,7 +67,7 @@ pub struct AzureStorage {
 struct Inner {
     name: String,
     spec: AzureSpec,
-    retry: Retry,
+    retry: Retrier,
     access: Access,
 }
 
@@ -181,7 +184,7 @@ impl AzureStorage {
                     account,
                     ..spec.clone()
                 },
-                retry,
+                retry: Retrier::new(name, retry),
                 access,
             }),
         })
@@ -462,14 +465,14 @@ impl Inner {
         let what = self.what("upload", key);
         let full = self.full_key(key);
         self.retry
-            .run(&what, || async {
+            .run_moving(&what, |moved| async {
                 let blob = self.container().await?.blob_client(&full);
                 let options = BlockBlobClientUploadOptions {
                     parallel: std::num::NonZero::new(1),
                     partition_size: std::num::NonZero::new(body.len().max(1) as u64),
                     ..Default::default()
                 };
-                blob.upload(body.clone().into(), Some(options))
+                blob.upload(moving(body.clone(), moved), Some(options))
                     .await
                     .map(|_| ())
                     .map_err(|e| self.error(&what, e))
@@ -481,10 +484,10 @@ impl Inner {
         let what = format!("{} (block {})", self.what("upload", key), block_number(&id));
         let full = self.full_key(key);
         self.retry
-            .run(&what, || async {
+            .run_moving(&what, |moved| async {
                 let blob = self.container().await?.blob_client(&full);
                 blob.block_blob_client()
-                    .stage_block(&id, body.len() as u64, body.clone().into(), None)
+                    .stage_block(&id, body.len() as u64, moving(body.clone(), moved), None)
                     .await
                     .map(|_| ())
                     .map_err(|e| self.error(&what, e))
@@ -512,6 +515,50 @@ impl Inner {
                     .map_err(|e| self.error(&what, e))
             })
             .await
+    }
+}
+
+/// A request body that says when its bytes go out: the transport reads it a
+/// piece (64 KiB) at a time as the connection takes them.
+fn moving<T>(body: Bytes, moved: Moved) -> azure_core::http::RequestContent<T, NoFormat> {
+    let stream: Box<dyn SeekableStream> = Box::new(MovingStream {
+        data: body,
+        at: 0,
+        moved,
+    });
+    azure_core::http::request::Body::from(stream).into()
+}
+
+#[derive(Debug, Clone)]
+struct MovingStream {
+    data: Bytes,
+    at: usize,
+    moved: Moved,
+}
+
+impl futures::io::AsyncRead for MovingStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        out: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = out.len().min(self.data.len() - self.at);
+        out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        self.moved.tick();
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+#[async_trait]
+impl SeekableStream for MovingStream {
+    async fn reset(&mut self) -> azure_core::Result<()> {
+        self.at = 0;
+        Ok(())
+    }
+
+    fn len(&self) -> Option<u64> {
+        Some(self.data.len() as u64)
     }
 }
 
@@ -572,7 +619,7 @@ impl Storage for AzureStorage {
             key: key.as_str().to_owned(),
         });
         let what = self.inner.what("download", key.as_str());
-        resume::open(source, self.inner.retry, what).await
+        resume::open(source, self.inner.retry.clone(), what).await
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {

@@ -17,6 +17,12 @@
 //!
 //! Backups hold secrets (`globals.sql` has every role's password verifier),
 //! so files are created 0600 and directories 0700, whatever the umask.
+//!
+//! A hung file system (an NFS server gone, a failing disk) blocks a system
+//! call for as long as it likes, and no call can be taken back. What can be
+//! done is not to wait: every operation that moves nothing for `io_timeout`
+//! fails the run with a storage error, and the thread stuck in the kernel is
+//! left behind (the process does not wait for it at exit).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -27,6 +33,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 
+use super::health::FailureKind;
+use super::retry::{Moved, Retry, show};
 use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::error::{Error, Kind, Result};
 use crate::nofollow;
@@ -41,6 +49,7 @@ const DIR_MODE: u32 = 0o700;
 pub struct LocalStorage {
     name: String,
     root: PathBuf,
+    io_timeout: std::time::Duration,
 }
 
 /// What a name below the root is, as a directory.
@@ -103,7 +112,40 @@ impl LocalStorage {
         LocalStorage {
             name: name.to_owned(),
             root: root.to_owned(),
+            io_timeout: Retry::default().io_timeout,
         }
+    }
+
+    /// How long an operation may move nothing before it fails.
+    pub fn with_io_timeout(mut self, io_timeout: std::time::Duration) -> Self {
+        self.io_timeout = io_timeout;
+        self
+    }
+
+    /// The error of an operation on `what` that moved nothing for `io_timeout`.
+    fn hung(&self, what: impl std::fmt::Display) -> Error {
+        let message = format!(
+            "storage {}: {what}: the file system did not answer for {}",
+            self.name,
+            show(self.io_timeout)
+        );
+        super::health::of(&self.name).failed(FailureKind::Timeout, &message);
+        Error::storage(message).with_hint(
+            "a hung network mount (NFS, SMB) or a failing disk: check the mount and the \
+             kernel log (dmesg); io_timeout in the storage's settings sets how long to wait",
+        )
+    }
+
+    /// Waits for `work` while it moves; fails as [`LocalStorage::hung`] once
+    /// nothing moved for `io_timeout`.
+    async fn bounded<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.io_timeout, work)
+            .await
+            .map_err(|_| self.hung(what()))
     }
 
     fn path(&self, key: &Key) -> PathBuf {
@@ -139,20 +181,28 @@ impl LocalStorage {
         );
     }
 
-    /// Runs file system work off the async threads.
+    /// Runs file system work off the async threads, for as long as it moves:
+    /// `work` ticks the [`Moved`] it is given as it goes (a listing, once per
+    /// entry), and fails as [`LocalStorage::hung`] on `what` once nothing
+    /// moved for `io_timeout`.
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&LocalStorage) -> Result<T> + Send + 'static,
+        what: String,
+        work: impl FnOnce(&LocalStorage, &Moved) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || work(&this))
-            .await
-            .map_err(|e| {
+        let moved = Moved::new();
+        let watched = moved.clone();
+        let task = tokio::task::spawn_blocking(move || work(&this, &moved));
+        tokio::select! {
+            joined = task => joined.map_err(|e| {
                 Error::internal(format!(
                     "storage {}: a file system task failed: {e}",
                     self.name
                 ))
-            })?
+            })?,
+            () = watched.stalled(self.io_timeout) => Err(self.hung(what)),
+        }
     }
 
     /// The root, opened; made (0700) when missing and `create`, else `None`.
@@ -322,6 +372,7 @@ impl LocalStorage {
     fn walk(
         &self,
         prefix: &Key,
+        moved: &Moved,
         visit: &mut dyn FnMut(&File, &OsStr, Key, &std::fs::Metadata) -> Result<bool>,
     ) -> Result<()> {
         let Some(root) = self.open_root(false)? else {
@@ -345,7 +396,7 @@ impl LocalStorage {
                 }
             }
         }
-        self.walk_dir(&dir, &relative, visit).map(|_| ())
+        self.walk_dir(&dir, &relative, moved, visit).map(|_| ())
     }
 
     /// [`LocalStorage::walk`] of the open directory `dir`, at `relative`
@@ -354,12 +405,14 @@ impl LocalStorage {
         &self,
         dir: &File,
         relative: &str,
+        moved: &Moved,
         visit: &mut dyn FnMut(&File, &OsStr, Key, &std::fs::Metadata) -> Result<bool>,
     ) -> Result<bool> {
         let names =
             nofollow::names(dir).map_err(|e| self.err(self.root.join(relative).display(), e))?;
         let mut removed = false;
         for name in names {
+            moved.tick();
             let Some(text) = name.to_str() else { continue };
             let inside = format!("{relative}/{text}");
             let meta = match nofollow::metadata_at(dir, &name) {
@@ -381,7 +434,7 @@ impl LocalStorage {
                     }
                     Err(e) => return Err(self.err(self.root.join(&inside).display(), e)),
                 };
-                if self.walk_dir(&sub, &inside, visit)? {
+                if self.walk_dir(&sub, &inside, moved, visit)? {
                     // Fails, as it should, when something else is left in it.
                     removed |= nofollow::remove_dir_at(dir, &name).is_ok();
                 }
@@ -394,9 +447,9 @@ impl LocalStorage {
         Ok(removed)
     }
 
-    fn list_blocking(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {
+    fn list_blocking(&self, prefix: &Key, moved: &Moved) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
-        self.walk(prefix, &mut |_, name, key, meta| {
+        self.walk(prefix, moved, &mut |_, name, key, meta| {
             if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
                 out.push(ObjectInfo {
                     key,
@@ -409,10 +462,15 @@ impl LocalStorage {
         Ok(out)
     }
 
-    fn clean_unfinished_blocking(&self, prefix: &Key, before: jiff::Timestamp) -> Result<usize> {
+    fn clean_unfinished_blocking(
+        &self,
+        prefix: &Key,
+        before: jiff::Timestamp,
+        moved: &Moved,
+    ) -> Result<usize> {
         let before = std::time::SystemTime::from(before);
         let mut removed = 0;
-        self.walk(prefix, &mut |dir, name, key, meta| {
+        self.walk(prefix, moved, &mut |dir, name, key, meta| {
             let stale = name.to_string_lossy().starts_with(TEMP_PREFIX)
                 && meta.modified().is_ok_and(|at| at < before);
             if !stale {
@@ -449,10 +507,13 @@ impl Storage for LocalStorage {
     async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>> {
         let owned = key.clone();
         let (dir, temp, file) = self
-            .blocking(move |this| {
-                let (dirs, name) = split(&owned);
-                this.create_temp(&dirs, name)
-            })
+            .blocking(
+                format!("creating a file for {}", self.path(key).display()),
+                move |this, _| {
+                    let (dirs, name) = split(&owned);
+                    this.create_temp(&dirs, name)
+                },
+            )
             .await?;
         let (_, name) = split(key);
         Ok(Box::new(LocalWriter {
@@ -472,31 +533,86 @@ impl Storage for LocalStorage {
     async fn reader(&self, key: &Key) -> Result<ObjectReader> {
         let owned = key.clone();
         let file = self
-            .blocking(move |this| this.open_blocking(&owned))
+            .blocking(
+                format!("opening {}", self.path(key).display()),
+                move |this, _| this.open_blocking(&owned),
+            )
             .await?;
-        Ok(Box::pin(tokio::io::BufReader::with_capacity(
-            1 << 20,
-            tokio::fs::File::from_std(file),
-        )))
+        Ok(Box::pin(Watched {
+            inner: tokio::io::BufReader::with_capacity(1 << 20, tokio::fs::File::from_std(file)),
+            deadline: None,
+            storage: self.clone(),
+            path: self.path(key),
+        }))
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {
+        let what = format!("listing {}", self.root.join(prefix.as_str()).display());
         let prefix = prefix.clone();
-        self.blocking(move |this| this.list_blocking(&prefix)).await
+        self.blocking(what, move |this, moved| this.list_blocking(&prefix, moved))
+            .await
     }
 
     async fn delete(&self, key: &Key) -> Result<()> {
+        let what = format!("deleting {}", self.path(key).display());
         let key = key.clone();
-        self.blocking(move |this| this.delete_blocking(&key)).await
+        self.blocking(what, move |this, _| this.delete_blocking(&key))
+            .await
     }
 
     /// The temporary files of writers that never finished nor aborted (a
     /// process killed with SIGKILL or by the OOM killer) whose last write
     /// was before `before`, and the directories they leave empty.
     async fn clean_unfinished(&self, prefix: &Key, before: jiff::Timestamp) -> Result<usize> {
+        let what = format!("cleaning up {}", self.root.join(prefix.as_str()).display());
         let prefix = prefix.clone();
-        self.blocking(move |this| this.clean_unfinished_blocking(&prefix, before))
-            .await
+        self.blocking(what, move |this, moved| {
+            this.clean_unfinished_blocking(&prefix, before, moved)
+        })
+        .await
+    }
+}
+
+/// A file being read, failing once a read has waited `io_timeout` for the
+/// file system.
+struct Watched {
+    inner: tokio::io::BufReader<tokio::fs::File>,
+    /// When the read now waiting gives up.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    storage: LocalStorage,
+    path: PathBuf,
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, out) {
+            Poll::Ready(result) => {
+                this.deadline = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = this.storage.io_timeout;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.deadline = None;
+                        let error = this
+                            .storage
+                            .hung(format!("reading {}", this.path.display()));
+                        Poll::Ready(Err(std::io::Error::other(error)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 }
 
@@ -528,13 +644,19 @@ impl LocalWriter {
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        let temp_path = self.temp_path();
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| Error::internal("write after finish"))?;
-        if let Err(e) = file.write_all(chunk).await {
-            return Err(self.storage.err(self.temp_path().display(), e));
-        }
+        let storage = &self.storage;
+        storage
+            .bounded(
+                || format!("writing {}", temp_path.display()),
+                file.write_all(chunk),
+            )
+            .await?
+            .map_err(|e| storage.err(temp_path.display(), e))?;
         self.size += chunk.len() as u64;
         Ok(())
     }
@@ -544,26 +666,36 @@ impl ObjectWriter for LocalWriter {
             .file
             .take()
             .ok_or_else(|| Error::internal("finish twice"))?;
+        let temp_path = self.temp_path();
+        let storage = &self.storage;
         let result = async {
-            file.flush()
-                .await
-                .map_err(|e| self.storage.err(self.temp_path().display(), e))?;
+            storage
+                .bounded(|| format!("writing {}", temp_path.display()), file.flush())
+                .await?
+                .map_err(|e| storage.err(temp_path.display(), e))?;
             let file = file.into_inner();
-            file.sync_all()
-                .await
-                .map_err(|e| self.storage.err(self.temp_path().display(), e))?;
+            storage
+                .bounded(
+                    || format!("syncing {}", temp_path.display()),
+                    file.sync_all(),
+                )
+                .await?
+                .map_err(|e| storage.err(temp_path.display(), e))?;
             drop(file);
             let (dir, temp, name) = (self.dir.clone(), self.temp.clone(), self.name.clone());
-            let target = self.storage.path(&self.key);
-            self.storage
-                .blocking(move |storage| {
-                    nofollow::rename_at(&dir, OsStr::new(&temp), OsStr::new(&name))
-                        .map_err(|e| storage.err(target.display(), e))?;
-                    dir.sync_all().map_err(|e| {
-                        let parent = target.parent().unwrap_or(&storage.root);
-                        storage.err(parent.display(), e)
-                    })
-                })
+            let target = storage.path(&self.key);
+            storage
+                .blocking(
+                    format!("renaming {}", temp_path.display()),
+                    move |storage, _| {
+                        nofollow::rename_at(&dir, OsStr::new(&temp), OsStr::new(&name))
+                            .map_err(|e| storage.err(target.display(), e))?;
+                        dir.sync_all().map_err(|e| {
+                            let parent = target.parent().unwrap_or(&storage.root);
+                            storage.err(parent.display(), e)
+                        })
+                    },
+                )
                 .await
         }
         .await;
@@ -810,6 +942,53 @@ mod tests {
             super::super::write_small(&storage, &key("job/killed/data"), b"y")
                 .await
                 .unwrap();
+        });
+    }
+
+    /// A file system call that never returns (a hard NFS mount whose server
+    /// is gone) cannot be made here; one that sleeps past io_timeout is
+    /// the same to the code that waits for it.
+    #[test]
+    fn an_operation_that_hangs_fails_after_io_timeout_and_one_that_moves_does_not() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = LocalStorage::new("hung-disk", dir.path())
+                .with_io_timeout(std::time::Duration::from_millis(200));
+            let started = std::time::Instant::now();
+            let err = storage
+                .blocking("writing /mnt/x".to_owned(), |_, _| {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    Ok(())
+                })
+                .await
+                .unwrap_err();
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+            assert_eq!(err.kind(), Kind::Storage);
+            assert!(
+                err.message().contains(
+                    "storage hung-disk: writing /mnt/x: the file system did not answer for 200ms"
+                ),
+                "{err}"
+            );
+            assert!(err.hint().unwrap().contains("io_timeout"));
+            let (_, counts, _) = super::super::health::snapshot()
+                .into_iter()
+                .find(|(name, ..)| name == "hung-disk")
+                .unwrap();
+            assert_eq!(counts[0], (FailureKind::Timeout, 1));
+
+            // A long listing that moves all the while is not cut.
+            let listed = storage
+                .blocking("listing".to_owned(), |_, moved| {
+                    for _ in 0..10 {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        moved.tick();
+                    }
+                    Ok(10)
+                })
+                .await
+                .unwrap();
+            assert_eq!(listed, 10);
         });
     }
 

@@ -8,6 +8,7 @@
 //! - errors say whether they are temporary (see [`crate::error`]).
 
 mod azure;
+pub mod health;
 mod local;
 mod memory;
 pub mod resume;
@@ -138,7 +139,9 @@ pub trait ObjectWriter: Send {
 /// credentials here, so a missing one fails before any work starts.
 pub async fn open(spec: &StorageSpec) -> Result<Arc<dyn Storage>> {
     match &spec.kind {
-        StorageKind::Local { path } => Ok(Arc::new(LocalStorage::new(&spec.name, path))),
+        StorageKind::Local { path } => Ok(Arc::new(
+            LocalStorage::new(&spec.name, path).with_io_timeout(spec.retry.io_timeout),
+        )),
         StorageKind::S3(s3) => Ok(Arc::new(
             S3Storage::connect(&spec.name, s3, spec.retry).await?,
         )),

@@ -3,9 +3,11 @@
 //!
 //! A restore of a large backup reads one object for a long time; without this a
 //! reset connection an hour in would fail the restore. The resumed request goes
-//! through the same [`Retry`] policy as every other request, and a resume that
+//! through the same [`Retrier`] as every other request, and a resume that
 //! makes no progress counts against the attempt budget, so a server that always
-//! fails at the same byte still ends in an error.
+//! fails at the same byte still ends in an error. A body that moves nothing for
+//! `io_timeout` is resumed once; when the resumed request answers nothing for
+//! as long, the storage has stopped answering and the read fails.
 
 use std::io;
 use std::pin::Pin;
@@ -18,7 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::mpsc;
 
 use super::ObjectReader;
-use super::retry::Retry;
+use super::health::FailureKind;
+use super::retry::{Retrier, show};
 use crate::error::{Error, Result};
 
 /// A backend's way to open one object from a byte offset (an HTTP Range request).
@@ -34,7 +37,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// Opens the object (retrying the first request) and returns a reader that
 /// resumes on failures mid-stream. `what` names the object in messages.
-pub async fn open(source: Arc<dyn OpenAt>, retry: Retry, what: String) -> Result<ObjectReader> {
+pub async fn open(source: Arc<dyn OpenAt>, retry: Retrier, what: String) -> Result<ObjectReader> {
     let first = retry.run(&what, || source.open_at(0)).await?;
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(download(source, first, retry, what, tx));
@@ -47,7 +50,7 @@ pub async fn open(source: Arc<dyn OpenAt>, retry: Retry, what: String) -> Result
 async fn download(
     source: Arc<dyn OpenAt>,
     mut reader: ObjectReader,
-    retry: Retry,
+    retry: Retrier,
     what: String,
     tx: mpsc::Sender<io::Result<Bytes>>,
 ) {
@@ -55,7 +58,8 @@ async fn download(
     let mut stalled_resumes = 0u32;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let failure = match tokio::time::timeout(retry.attempt_timeout, reader.read(&mut buf)).await
+        let io_timeout = retry.io_timeout();
+        let (failure, stalled) = match tokio::time::timeout(io_timeout, reader.read(&mut buf)).await
         {
             Ok(Ok(0)) => return,
             Ok(Ok(n)) => {
@@ -70,27 +74,63 @@ async fn download(
                 }
                 continue;
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no data for the length of request_timeout".to_owned(),
+            Ok(Err(e)) => (e.to_string(), false),
+            Err(_) => (format!("nothing moved for {}", show(io_timeout)), true),
         };
         // Anything that breaks a body part-way is the network's doing; the
         // reopened request reports a permanent cause (a deleted object) itself.
         stalled_resumes += 1;
-        if stalled_resumes > retry.attempts {
+        if stalled_resumes > retry.policy.attempts {
             let error = Error::storage(format!(
                 "{what}: the download failed at byte {offset} {} times without progress: {failure}",
-                retry.attempts
+                retry.policy.attempts
             ));
+            retry
+                .health()
+                .failed(FailureKind::Unavailable, error.message());
             let _ = tx.send(Err(io::Error::other(error))).await;
             return;
         }
         tracing::warn!(object = %what, offset, error = %failure, "download interrupted, resuming");
-        match retry.run(&what, || source.open_at(offset)).await {
+        let reopened = if stalled {
+            resume_after_stall(&*source, &retry, &what, offset, io_timeout).await
+        } else {
+            retry.run(&what, || source.open_at(offset)).await
+        };
+        match reopened {
             Ok(next) => reader = next,
             Err(e) => {
                 let _ = tx.send(Err(io::Error::other(e))).await;
                 return;
             }
+        }
+    }
+}
+
+/// Reopens a body that stalled: a first try that answers nothing either
+/// is the second stall in a row, and the end (see [`Retrier::run_moving`]).
+async fn resume_after_stall(
+    source: &dyn OpenAt,
+    retry: &Retrier,
+    what: &str,
+    offset: u64,
+    io_timeout: std::time::Duration,
+) -> Result<ObjectReader> {
+    match tokio::time::timeout(io_timeout, source.open_at(offset)).await {
+        Ok(Ok(reader)) => Ok(reader),
+        Ok(Err(e)) if e.is_temporary() => retry.run(what, || source.open_at(offset)).await,
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            let message = format!(
+                "{what}: nothing moved for {} at byte {offset}, nor in the request resuming \
+                 from there (the storage stopped answering)",
+                show(io_timeout)
+            );
+            retry.health().failed(FailureKind::Timeout, &message);
+            Err(Error::storage(message).with_hint(
+                "the storage took the connection but sent nothing for io_timeout, twice: \
+                 check the service, the network path and any proxy between",
+            ))
         }
     }
 }
@@ -162,13 +202,16 @@ mod tests {
         }
     }
 
-    fn retry() -> Retry {
-        Retry {
-            attempts: 3,
-            first_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(2),
-            ..Retry::default()
-        }
+    fn retry() -> Retrier {
+        Retrier::new(
+            "resume-test",
+            crate::storage::retry::Retry {
+                attempts: 3,
+                first_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(2),
+                ..Default::default()
+            },
+        )
     }
 
     #[tokio::test]
@@ -184,6 +227,63 @@ mod tests {
         reader.read_to_end(&mut got).await.unwrap();
         assert!(got == data, "bytes differ after resuming");
         assert_eq!(*source.opens.lock().unwrap(), vec![0, 100_000, 200_000]);
+    }
+
+    /// Serves a body that stops after `stall_after` bytes and never ends,
+    /// and, once asked again, answers nothing at all: a frozen server.
+    struct Freezes {
+        stall_after: usize,
+        opens: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl OpenAt for Freezes {
+        async fn open_at(&self, _: u64) -> Result<ObjectReader> {
+            let first = {
+                let mut opens = self.opens.lock().unwrap();
+                *opens += 1;
+                *opens == 1
+            };
+            if !first {
+                std::future::pending::<()>().await;
+            }
+            let body = std::io::Cursor::new(vec![1u8; self.stall_after]);
+            let (_keep_open, silent) = tokio::io::duplex(1);
+            // The write half lives as long as the reader: a stream that is
+            // open and silent, not one that ended.
+            std::mem::forget(_keep_open);
+            Ok(Box::pin(body.chain(silent)))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_download_from_a_storage_that_stops_answering_fails_after_two_stalls() {
+        let source = Arc::new(Freezes {
+            stall_after: 1000,
+            opens: Mutex::default(),
+        });
+        let retry = Retrier::new(
+            "resume-test-frozen",
+            crate::storage::retry::Retry {
+                io_timeout: Duration::from_secs(60),
+                ..Default::default()
+            },
+        );
+        let started = tokio::time::Instant::now();
+        let mut reader = open(source.clone(), retry, "storage s3: download x".into())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let err = reader.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(got.len(), 1000);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(120) && took < Duration::from_secs(125),
+            "{took:?}"
+        );
+        assert!(err.to_string().contains("stopped answering"), "{err}");
+        assert!(err.to_string().contains("at byte 1000"), "{err}");
+        assert_eq!(*source.opens.lock().unwrap(), 2);
     }
 
     #[tokio::test]

@@ -9,14 +9,27 @@
 //! throttling, timeouts, connection resets); a 403 or a 404 fails at once with
 //! the backend's own message. Waits grow exponentially with full jitter (the AWS
 //! architecture blog's "full jitter": a uniform draw below the capped exponential)
-//! and stop at whichever comes first: the attempt count or the time budget.
-//! Every attempt also has a deadline, because a request that never answers
-//! (a hung upload) is the failure other tools' users meet most.
+//! and stop at whichever comes first: the attempt count or the time budget,
+//! counted from the first failure.
+//!
+//! Requests are timed on progress, not as a whole (pgBackRest's `io-timeout`):
+//! a request whose body moves no byte, and that gets no answer, for
+//! `io_timeout` is stalled; one that keeps moving is never cut, however large.
+//! A stalled request is tried once more; when that one moves nothing either,
+//! the storage is taken as not answering and the request fails, so a frozen
+//! storage costs `2 × io_timeout`, not a whole retry budget. After that, for a
+//! while ([`super::health`]), every request to the storage gets one short try:
+//! the clean-ups of the failed run (abort, run record) are bounded too.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use crate::error::{Error, Result};
+use tokio::time::Instant;
+
+use super::health::{FailureKind, Health};
+use crate::error::{Error, Kind, Result};
 
 /// How hard to try. One value per storage, from its job-file settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +40,10 @@ pub struct Retry {
     pub first_delay: Duration,
     /// No single wait is longer than this.
     pub max_delay: Duration,
-    /// No retry starts once this much time has passed since the first attempt.
+    /// No retry starts once this much time has passed since the first failure.
     pub max_time: Duration,
-    /// One attempt that has not finished after this long is abandoned as temporary.
-    pub attempt_timeout: Duration,
+    /// A request that moves no byte for this long is stalled.
+    pub io_timeout: Duration,
 }
 
 impl Default for Retry {
@@ -40,40 +53,188 @@ impl Default for Retry {
             first_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(30),
             max_time: Duration::from_secs(300),
-            attempt_timeout: Duration::from_secs(300),
+            io_timeout: Duration::from_secs(60),
         }
     }
 }
 
-impl Retry {
+/// The stall limit of the one try a request gets while its storage is down.
+pub const DOWN_IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// When one request last moved a byte; bumped by the bodies that carry it.
+#[derive(Debug, Clone)]
+pub struct Moved(Arc<MovedInner>);
+
+#[derive(Debug)]
+struct MovedInner {
+    last: AtomicU64,
+    any: std::sync::atomic::AtomicBool,
+}
+
+/// The instant `Moved` counts from, shared so a value is one `u64`. Tokio's
+/// clock, so tests can run a stall of minutes in no time.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn since_epoch() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+impl Moved {
+    pub fn new() -> Moved {
+        Moved(Arc::new(MovedInner {
+            last: AtomicU64::new(since_epoch()),
+            any: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// Bytes went out or came in.
+    pub fn tick(&self) {
+        self.0.last.store(since_epoch(), Ordering::Relaxed);
+        self.0.any.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether anything moved since the request started.
+    pub fn any(&self) -> bool {
+        self.0.any.load(Ordering::Relaxed)
+    }
+
+    /// How long nothing has moved.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(since_epoch().saturating_sub(self.0.last.load(Ordering::Relaxed)))
+    }
+
+    /// Returns once nothing has moved for `limit`.
+    pub async fn stalled(&self, limit: Duration) {
+        loop {
+            let idle = self.idle();
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
+}
+
+impl Default for Moved {
+    fn default() -> Self {
+        Moved::new()
+    }
+}
+
+/// A storage's policy with its health: what its requests run through.
+#[derive(Debug, Clone)]
+pub struct Retrier {
+    pub policy: Retry,
+    health: Arc<Health>,
+}
+
+/// How one attempt ended when it did not succeed.
+enum Failed {
+    /// Nothing moved for the stall limit.
+    Stalled(Error),
+    Error(Error),
+}
+
+impl Retrier {
+    pub fn new(storage: &str, policy: Retry) -> Retrier {
+        Retrier {
+            policy,
+            health: super::health::of(storage),
+        }
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The stall limit of requests now: short while the storage is down.
+    pub fn io_timeout(&self) -> Duration {
+        match self.health.down_for() {
+            Some(_) => self.policy.io_timeout.min(DOWN_IO_TIMEOUT),
+            None => self.policy.io_timeout,
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails permanently, or the budget is
     /// spent. `what` names the request in messages ("storage s3: upload part 3
-    /// of nightly/…/data.dump.zst").
+    /// of nightly/…/data.dump.zst"). The attempt has until its answer to
+    /// move; one whose body takes long passes a [`Moved`] with
+    /// [`Retrier::run_moving`].
     pub async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let started = Instant::now();
+        self.run_moving(what, |_| attempt()).await
+    }
+
+    /// [`Retrier::run`] for a request that says when its bytes move.
+    pub async fn run_moving<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(Moved) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let down = self.health.down_for();
+        let (attempts, io_timeout) = match down {
+            // Just failed: one short try, so the clean-ups of a run that met a
+            // dead storage end in seconds.
+            Some(_) => (1, self.policy.io_timeout.min(DOWN_IO_TIMEOUT)),
+            None => (self.policy.attempts.max(1), self.policy.io_timeout),
+        };
+        let mut first_failure: Option<Instant> = None;
+        let mut stalls_in_a_row = 0u32;
         let mut tries = 0u32;
         loop {
             tries += 1;
-            let error = match tokio::time::timeout(self.attempt_timeout, attempt()).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(e)) => e,
-                Err(_) => Error::storage(format!(
-                    "{what}: no answer within {}",
-                    show(self.attempt_timeout)
-                ))
-                .temporary(),
+            let moved = Moved::new();
+            let outcome = tokio::select! {
+                result = attempt(moved.clone()) => match result {
+                    Ok(value) => Ok(value),
+                    Err(e) => Err(Failed::Error(e)),
+                },
+                () = moved.stalled(io_timeout) => Err(Failed::Stalled(
+                    Error::storage(format!("{what}: nothing moved for {}", show(io_timeout)))
+                        .temporary(),
+                )),
             };
+            let (error, stalled) = match outcome {
+                Ok(value) => {
+                    self.health.answered();
+                    return Ok(value);
+                }
+                Err(Failed::Stalled(e)) => (e, true),
+                Err(Failed::Error(e)) => (e, false),
+            };
+            let failed_at = Instant::now();
+            let first = *first_failure.get_or_insert(failed_at);
             if !error.is_temporary() {
+                if matches!(error.kind(), Kind::Storage) {
+                    self.health.failed(FailureKind::Error, error.message());
+                }
                 return Err(error);
             }
+            // A stall is retried once; a retry that stalls too means the
+            // storage stopped answering, whatever budget is left. (A frozen
+            // server's kernel still takes a new connection's first bytes, so
+            // "moved nothing at all" is no test.)
+            stalls_in_a_row = if stalled { stalls_in_a_row + 1 } else { 0 };
+            if stalls_in_a_row >= 2 {
+                return Err(self.stopped_answering(what, io_timeout, stalls_in_a_row, first));
+            }
             let delay = self.delay(tries);
-            let out_of_time = started.elapsed() + delay >= self.max_time;
-            if tries >= self.attempts.max(1) || out_of_time {
-                return Err(gave_up(error, tries, started.elapsed()));
+            let out_of_time = first.elapsed() + delay >= self.policy.max_time;
+            if tries >= attempts || out_of_time {
+                let error = match down {
+                    Some(ago) if stalled => self.still_down(what, io_timeout, ago),
+                    _ => gave_up(error, tries, first.elapsed()),
+                };
+                let kind = if stalled {
+                    FailureKind::Timeout
+                } else {
+                    FailureKind::Unavailable
+                };
+                self.health.failed(kind, error.message());
+                return Err(error);
             }
             tracing::warn!(
                 request = what,
@@ -86,7 +247,49 @@ impl Retry {
         }
     }
 
+    /// A request that stalled in two attempts in a row.
+    fn stopped_answering(
+        &self,
+        what: &str,
+        io_timeout: Duration,
+        stalls: u32,
+        first_failure: Instant,
+    ) -> Error {
+        let message = format!(
+            "{what}: nothing moved for {} in each of {stalls} attempts in a row, {} in all \
+             (the storage stopped answering)",
+            show(io_timeout),
+            show(first_failure.elapsed() + io_timeout),
+        );
+        self.health.failed(FailureKind::Timeout, &message);
+        Error::storage(message).with_hint(format!(
+            "the storage took the connection but answered nothing for io_timeout ({}), \
+             twice: check the service, the network path and any proxy between; raise \
+             io_timeout in the storage's settings only for a link that is slow, not dead",
+            show(self.policy.io_timeout)
+        ))
+    }
+
+    /// The one short try of a storage that had just stopped answering.
+    fn still_down(&self, what: &str, io_timeout: Duration, ago: Duration) -> Error {
+        Error::storage(format!(
+            "{what}: nothing moved for {}; the storage stopped answering {} ago",
+            show(io_timeout),
+            show(ago)
+        ))
+        .with_hint(
+            "the storage does not answer: check the service and the network path to it; \
+             what is left there is cleaned up by a later run or prune",
+        )
+    }
+
     /// The wait after the `failures`-th failure: uniform in [0, min(max, first × 2^(n-1))].
+    fn delay(&self, failures: u32) -> Duration {
+        self.policy.delay(failures)
+    }
+}
+
+impl Retry {
     fn delay(&self, failures: u32) -> Duration {
         let exp = failures.saturating_sub(1).min(30);
         let cap = self
@@ -112,7 +315,7 @@ fn gave_up(error: Error, tries: u32, elapsed: Duration) -> Error {
     Error::new(error.kind(), message).with_hint(hint)
 }
 
-fn show(d: Duration) -> String {
+pub(crate) fn show(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else {
@@ -123,7 +326,7 @@ fn show(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     fn quick() -> Retry {
         Retry {
@@ -131,14 +334,19 @@ mod tests {
             first_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(4),
             max_time: Duration::from_secs(10),
-            attempt_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// A retrier of its own: health is kept per storage name, process-wide.
+    fn retrier(test: &str, policy: Retry) -> Retrier {
+        Retrier::new(&format!("retry-test-{test}"), policy)
     }
 
     #[tokio::test]
     async fn temporary_errors_are_retried_until_success() {
         let calls = AtomicU32::new(0);
-        let value = quick()
+        let value = retrier("temporary", quick())
             .run("put", || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
                     Err(Error::storage("503 slow down").temporary())
@@ -155,7 +363,8 @@ mod tests {
     #[tokio::test]
     async fn permanent_errors_fail_at_once() {
         let calls = AtomicU32::new(0);
-        let err = quick()
+        let retrier = retrier("permanent", quick());
+        let err = retrier
             .run("put", || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(Error::storage("403 access denied").with_hint("check the key"))
@@ -165,12 +374,16 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(err.message(), "403 access denied");
         assert_eq!(err.hint(), Some("check the key"));
+        assert!(
+            retrier.health().down_for().is_none(),
+            "a refusal is an answer"
+        );
     }
 
     #[tokio::test]
     async fn the_attempt_count_bounds_the_retries() {
         let calls = AtomicU32::new(0);
-        let err = quick()
+        let err = retrier("count", quick())
             .run("put", || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(Error::storage("connection reset").temporary())
@@ -183,42 +396,127 @@ mod tests {
         assert!(err.hint().is_some());
     }
 
-    #[tokio::test]
-    async fn a_hung_attempt_times_out_and_is_retried() {
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_attempt_is_retried_and_a_moving_one_is_never_cut() {
         let calls = AtomicU32::new(0);
-        let retry = Retry {
-            attempt_timeout: Duration::from_millis(20),
-            ..quick()
-        };
-        let value = retry
-            .run("get", || async {
-                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                    std::future::pending::<()>().await;
+        let retrier = retrier(
+            "stall-once",
+            Retry {
+                io_timeout: Duration::from_secs(60),
+                ..quick()
+            },
+        );
+        let value = retrier
+            .run_moving("upload", |moved| {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    // Ten minutes in all, but never a minute without a byte.
+                    for _ in 0..20 {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        moved.tick();
+                    }
+                    Ok("answered")
                 }
-                Ok("answered")
             })
             .await
             .unwrap();
         assert_eq!(value, "answered");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
-    async fn the_time_budget_bounds_the_retries() {
-        let retry = Retry {
-            attempts: 1000,
-            first_delay: Duration::from_millis(5),
-            max_delay: Duration::from_millis(5),
-            max_time: Duration::from_millis(60),
-            attempt_timeout: Duration::from_secs(1),
-        };
-        let started = Instant::now();
-        let err = retry
-            .run("list", || async {
-                Err::<(), _>(Error::storage("500 internal error").temporary())
+    #[tokio::test(start_paused = true)]
+    async fn a_storage_that_stops_answering_fails_after_two_stalls_and_then_at_once() {
+        let retrier = retrier(
+            "frozen",
+            Retry {
+                attempts: 100,
+                io_timeout: Duration::from_secs(60),
+                max_time: Duration::from_secs(3600),
+                ..quick()
+            },
+        );
+        let started = tokio::time::Instant::now();
+        let err = retrier
+            .run_moving("storage s3: upload x (part 25)", |moved| async move {
+                // Some bytes go out, then nothing ever again.
+                moved.tick();
+                std::future::pending::<Result<()>>().await
             })
             .await
             .unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(120) && took < Duration::from_secs(125),
+            "{took:?}"
+        );
+        assert!(
+            err.message()
+                .contains("nothing moved for 1m in each of 2 attempts in a row, 2m in all"),
+            "{err}"
+        );
+        assert!(err.message().contains("part 25"), "{err}");
+        assert!(err.hint().unwrap().contains("io_timeout"), "{err:?}");
+        assert!(retrier.health().down_for().is_some());
+
+        // What follows at once (an abort, the run record) gets one short try.
+        let started = tokio::time::Instant::now();
+        let err = retrier
+            .run("storage s3: abort upload of x", || {
+                std::future::pending::<Result<()>>()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(started.elapsed().as_secs(), DOWN_IO_TIMEOUT.as_secs());
+        assert!(err.message().contains("stopped answering"), "{err}");
+
+        let (_, counts, last) = crate::storage::health::snapshot()
+            .into_iter()
+            .find(|(name, ..)| name == "retry-test-frozen")
+            .unwrap();
+        assert_eq!(counts[0], (FailureKind::Timeout, 2));
+        assert!(last.unwrap().message.contains("abort upload"));
+
+        // It answers again: the full budget is back.
+        retrier.run("list", || async { Ok(()) }).await.unwrap();
+        assert!(retrier.health().down_for().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_time_budget_counts_from_the_first_failure() {
+        let calls = AtomicU32::new(0);
+        let retry = Retry {
+            attempts: 1000,
+            first_delay: Duration::from_secs(5),
+            max_delay: Duration::from_secs(5),
+            max_time: Duration::from_secs(60),
+            io_timeout: Duration::from_secs(600),
+        };
+        let started = tokio::time::Instant::now();
+        let err = retrier("budget", retry)
+            .run("list", || {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        // A slow first answer is not a failure, and costs no budget.
+                        tokio::time::sleep(Duration::from_secs(300)).await;
+                    }
+                    Err::<(), _>(Error::storage("500 internal error").temporary())
+                }
+            })
+            .await
+            .unwrap_err();
+        let after_first_failure = started.elapsed() - Duration::from_secs(300);
+        assert!(
+            after_first_failure <= Duration::from_secs(60),
+            "{after_first_failure:?}"
+        );
+        assert!(
+            calls.load(Ordering::SeqCst) > 2,
+            "retried within the budget"
+        );
         assert!(err.message().contains("gave up after"), "{err}");
     }
 

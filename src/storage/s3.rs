@@ -3,8 +3,10 @@
 //! Writes stream as a multipart upload: the writer fills one part at a time,
 //! sends it while filling the next, and keeps at most `parts_in_flight` parts
 //! being sent, so memory stays at part size × (in flight + 1). Each part is
-//! retried from its buffer by the shared [`Retry`] layer (the SDK's own retries
-//! are off, so there is one policy with one budget). The upload is completed in
+//! retried from its buffer by the shared [`Retrier`] (the SDK's own retries
+//! are off, so there is one policy with one budget), and is timed on its
+//! progress: its body goes out in small pieces that each count as movement,
+//! so a slow link is never cut and a dead one is seen within `io_timeout`. The upload is completed in
 //! `finish` and aborted on any failure, on `abort` and on drop: an unfinished
 //! backup leaves no object, and no parts billed forever. An object smaller than
 //! one part is sent with a single PUT.
@@ -24,7 +26,7 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::resume::{self, OpenAt};
-use super::retry::Retry;
+use super::retry::{Moved, Retrier, Retry};
 use super::{
     Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, PartBuffers, Storage, part_size,
 };
@@ -50,7 +52,7 @@ struct Inner {
     name: String,
     client: Client,
     spec: S3Spec,
-    retry: Retry,
+    retry: Retrier,
 }
 
 impl fmt::Debug for S3Storage {
@@ -94,8 +96,9 @@ impl S3Storage {
             ));
         }
         let shared = loader.load().await;
+        let retry = Retrier::new(name, retry);
         if spec.keys.is_none() {
-            resolve_chain(name, &shared, retry).await?;
+            resolve_chain(name, &shared, &retry).await?;
         }
         let mut config =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(spec.path_style);
@@ -125,7 +128,7 @@ impl S3Storage {
 
 /// Asks the AWS credential chain for credentials once, before any work, so a
 /// host without any fails at once with what was tried, not on its first upload.
-async fn resolve_chain(name: &str, shared: &aws_config::SdkConfig, retry: Retry) -> Result<()> {
+async fn resolve_chain(name: &str, shared: &aws_config::SdkConfig, retry: &Retrier) -> Result<()> {
     use aws_credential_types::provider::ProvideCredentials;
     let hint = "give the storage access_key_id_env and secret_access_key_env, or set up the \
                 AWS credential chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile \
@@ -317,13 +320,13 @@ impl Inner {
         let what = self.what("upload", key);
         let full = self.full_key(key);
         self.retry
-            .run(&what, || async {
+            .run_moving(&what, |moved| async {
                 let (class, sse, kms_key) = self.object_options();
                 self.client
                     .put_object()
                     .bucket(&self.spec.bucket)
                     .key(&full)
-                    .body(ByteStream::from(body.clone()))
+                    .body(moving(body.clone(), moved))
                     .set_storage_class(class)
                     .set_server_side_encryption(sse)
                     .set_ssekms_key_id(kms_key)
@@ -371,14 +374,14 @@ impl Inner {
         let full = self.full_key(key);
         let output = self
             .retry
-            .run(&what, || async {
+            .run_moving(&what, |moved| async {
                 self.client
                     .upload_part()
                     .bucket(&self.spec.bucket)
                     .key(&full)
                     .upload_id(upload_id)
                     .part_number(number as i32)
-                    .body(ByteStream::from(body.clone()))
+                    .body(moving(body.clone(), moved))
                     .send()
                     .await
                     .map_err(|e| self.error(&what, e))
@@ -505,7 +508,7 @@ impl Storage for S3Storage {
             key: key.as_str().to_owned(),
         });
         let what = self.inner.what("download", key.as_str());
-        resume::open(source, self.inner.retry, what).await
+        resume::open(source, self.inner.retry.clone(), what).await
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<ObjectInfo>> {
@@ -680,6 +683,72 @@ impl Storage for S3Storage {
             }
         }
         Ok(())
+    }
+}
+
+/// A request body that says when its bytes go out. It hands hyper a piece at
+/// a time, and hyper asks for the next only when it has room to send it, so
+/// a piece taken is (give or take the socket's buffers) a piece sent. The
+/// SDK still sees the whole body in memory, to sign it and checksum it.
+fn moving(body: Bytes, moved: Moved) -> ByteStream {
+    let body = aws_smithy_types::body::SdkBody::from(body).map_preserve_contents(move |inner| {
+        aws_smithy_types::body::SdkBody::from_body_1_x(MovingBody {
+            inner: Box::pin(inner),
+            pending: Bytes::new(),
+            moved: moved.clone(),
+        })
+    });
+    ByteStream::new(body)
+}
+
+/// Pieces small enough that a slow link moves one well within any timeout.
+const PIECE: usize = 64 * 1024;
+
+struct MovingBody {
+    inner: std::pin::Pin<Box<aws_smithy_types::body::SdkBody>>,
+    pending: Bytes,
+    moved: Moved,
+}
+
+impl http_body::Body for MovingBody {
+    type Data = Bytes;
+    type Error = aws_smithy_types::body::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(PIECE);
+                let piece = self.pending.split_to(n);
+                self.moved.tick();
+                return Poll::Ready(Some(Ok(http_body::Frame::data(piece))));
+            }
+            match self.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.pending = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let inner = self.inner.size_hint();
+        let pending = self.pending.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower() + pending);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }
 

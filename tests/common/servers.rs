@@ -48,7 +48,7 @@ pub fn test_retry() -> Retry {
         first_delay: std::time::Duration::from_millis(20),
         max_delay: std::time::Duration::from_millis(200),
         max_time: std::time::Duration::from_secs(60),
-        attempt_timeout: std::time::Duration::from_secs(60),
+        io_timeout: std::time::Duration::from_secs(60),
     }
 }
 
