@@ -953,6 +953,7 @@ impl Engine {
                     raw_size: 0,
                     archive_entries: None,
                     error: Some(problem.to_string()),
+                    unread: false,
                 }],
             });
         }
@@ -1000,6 +1001,7 @@ impl Engine {
                                     "a pg_dump archive in files job {name}: not verified; \
                                      the job was a database backup when it was made"
                                 )),
+                                unread: false,
                             }],
                         });
                         continue;

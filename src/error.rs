@@ -198,8 +198,19 @@ impl Error {
 
     /// An I/O error on `what` (a path or object), temporary when the kind of
     /// failure suggests a retry could succeed.
+    ///
+    /// An I/O error that carries one of ours (a storage read failing under a
+    /// decoder) is that error, with `what` for context: its kind and hint are
+    /// what the operator needs, not "an I/O error".
     pub fn io(kind: Kind, what: impl fmt::Display, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return match err.into_inner().map(|inner| inner.downcast::<Error>()) {
+                Some(Ok(ours)) => ours.context(what),
+                Some(Err(other)) => Error::new(kind, format!("{what}: {other}")),
+                None => Error::new(kind, what.to_string()),
+            };
+        }
         let temporary = matches!(
             err.kind(),
             K::Interrupted

@@ -62,6 +62,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                             "; a pg_dump archive of {n} entries"
                         ))
                     ),
+                    Some(e) if o.unread => println!("  UNREAD  {}: {e}", o.key),
                     Some(e) => println!("  BAD  {}: {e}", o.key),
                 }
             }
@@ -69,6 +70,12 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     }
     match verify::failure(&checks) {
         None => recorded,
+        Some(failure) if verify::failure_kind(&checks) == crate::error::Kind::Storage => Err(
+            Error::storage(format!("job {}: {failure}", args.job)).with_hint(
+                "nothing was found wrong with the backup: the storage failed while it was \
+                 read; check the storage and run verify again",
+            ),
+        ),
         Some(failure) => Err(
             Error::integrity(format!("job {}: {failure}", args.job)).with_hint(
                 "restore from another backup or storage; `backup verify --all` checks the others",

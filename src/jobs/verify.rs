@@ -29,6 +29,10 @@ pub struct ObjectCheck {
     pub archive_entries: Option<usize>,
     /// Why the object is bad; `None` when it is good.
     pub error: Option<String>,
+    /// The storage failed while the object was read (it stopped answering,
+    /// refused): nothing is known against the object itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unread: bool,
 }
 
 /// One backup in one storage.
@@ -45,22 +49,54 @@ impl BackupCheck {
     }
 }
 
-/// Names every bad object, or `None` when all are good.
+/// Names every bad object and every one the storage could not give, or
+/// `None` when all are good.
 pub fn failure(checks: &[BackupCheck]) -> Option<String> {
-    let bad: Vec<String> = checks
-        .iter()
-        .flat_map(|b| {
-            b.objects.iter().filter_map(move |o| {
-                o.error.as_ref().map(|e| {
-                    format!(
-                        "backup {} in storage {}: {}: {e}",
-                        b.backup_id, b.storage, o.key
-                    )
-                })
+    let named = |unread: bool| -> Vec<String> {
+        checks
+            .iter()
+            .flat_map(|b| {
+                b.objects
+                    .iter()
+                    .filter(move |o| o.unread == unread)
+                    .filter_map(move |o| {
+                        o.error.as_ref().map(|e| {
+                            format!(
+                                "backup {} in storage {}: {}: {e}",
+                                b.backup_id, b.storage, o.key
+                            )
+                        })
+                    })
             })
-        })
-        .collect();
-    (!bad.is_empty()).then(|| format!("{} bad object(s): {}", bad.len(), bad.join("; ")))
+            .collect()
+    };
+    let (bad, unread) = (named(false), named(true));
+    let mut parts = Vec::new();
+    if !bad.is_empty() {
+        parts.push(format!("{} bad object(s): {}", bad.len(), bad.join("; ")));
+    }
+    if !unread.is_empty() {
+        parts.push(format!(
+            "{} object(s) the storage could not give: {}",
+            unread.len(),
+            unread.join("; ")
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// What a failed verify is: corruption when an object was read and found
+/// bad, a storage failure when some could only not be read.
+pub fn failure_kind(checks: &[BackupCheck]) -> crate::error::Kind {
+    let bad = checks
+        .iter()
+        .flat_map(|b| &b.objects)
+        .any(|o| o.error.is_some() && !o.unread);
+    if bad {
+        crate::error::Kind::Integrity
+    } else {
+        crate::error::Kind::Storage
+    }
 }
 
 /// A copy that should be in `storage` and is not.
@@ -75,6 +111,7 @@ pub fn missing(storage: &str, id: &str) -> BackupCheck {
             raw_size: 0,
             archive_entries: None,
             error: Some("not complete in this storage (no manifest)".to_owned()),
+            unread: false,
         }],
     }
 }
@@ -121,9 +158,13 @@ pub async fn verify_backup(
             }
             Err(e) => Err(Error::new(e.kind(), e.message())),
         };
-        let (archive_entries, error) = match result {
-            Ok(entries) => (entries, None),
-            Err(e) => (None, Some(e.message().to_owned())),
+        let (archive_entries, error, unread) = match result {
+            Ok(entries) => (entries, None, false),
+            Err(e) => (
+                None,
+                Some(e.message().to_owned()),
+                e.kind() == crate::error::Kind::Storage,
+            ),
         };
         objects.push(ObjectCheck {
             key: object.key.clone(),
@@ -132,6 +173,7 @@ pub async fn verify_backup(
             raw_size: object.digest.raw_size,
             archive_entries,
             error,
+            unread,
         });
     }
     BackupCheck {

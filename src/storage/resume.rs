@@ -44,6 +44,7 @@ pub async fn open(source: Arc<dyn OpenAt>, retry: Retrier, what: String) -> Resu
     Ok(Box::pin(Resuming {
         rx,
         current: Bytes::new(),
+        failed: None,
     }))
 }
 
@@ -138,6 +139,22 @@ async fn resume_after_stall(
 struct Resuming {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
+    /// The failure that ended the download, said again on every later read:
+    /// after it the channel is closed, which must not read as the object's end
+    /// (a reader that goes on, to hash what is left, would take a cut-off
+    /// object for a corrupt one).
+    failed: Option<(crate::error::Kind, String, Option<String>)>,
+}
+
+impl Resuming {
+    fn failure(&self) -> Option<io::Error> {
+        let (kind, message, hint) = self.failed.as_ref()?;
+        let mut error = Error::new(*kind, message.clone());
+        if let Some(hint) = hint {
+            error = error.with_hint(hint.clone());
+        }
+        Some(io::Error::other(error))
+    }
 }
 
 impl AsyncRead for Resuming {
@@ -147,10 +164,24 @@ impl AsyncRead for Resuming {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         while self.current.is_empty() {
+            if let Some(failure) = self.failure() {
+                return Poll::Ready(Err(failure));
+            }
             match self.rx.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(Ok(())), // end of object
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Err(e))) => {
+                    let kept = match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+                        Some(ours) => (
+                            ours.kind(),
+                            ours.message().to_owned(),
+                            ours.hint().map(str::to_owned),
+                        ),
+                        None => (crate::error::Kind::Storage, e.to_string(), None),
+                    };
+                    self.failed = Some(kept);
+                    return Poll::Ready(Err(e));
+                }
                 Poll::Ready(Some(Ok(chunk))) => self.current = chunk,
             }
         }
@@ -284,6 +315,9 @@ mod tests {
         assert!(err.to_string().contains("stopped answering"), "{err}");
         assert!(err.to_string().contains("at byte 1000"), "{err}");
         assert_eq!(*source.opens.lock().unwrap(), 2);
+        // Read on, as a digest of the rest does: the failure again, never an end.
+        let again = reader.read(&mut [0u8; 16]).await.unwrap_err();
+        assert!(again.to_string().contains("stopped answering"), "{again}");
     }
 
     #[tokio::test]

@@ -612,7 +612,7 @@ impl Setup {
             .expect("start backup")
     }
 
-    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let tmp = self.work.path().join("tmp");
         std::fs::create_dir_all(&tmp).unwrap();
         let mut all = vec![("TMPDIR", tmp.to_str().unwrap())];
