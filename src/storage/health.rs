@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// After a request gave up, the storage counts as down for this long unless a
+/// After a request stalled twice, the storage counts as down for this long unless a
 /// request succeeds meanwhile: long enough for the clean-ups of the run that
 /// met it, short enough that a later run gets a full budget again.
 const DOWN_FOR: Duration = Duration::from_secs(300);
@@ -58,8 +58,9 @@ pub struct Failure {
 struct State {
     counts: BTreeMap<FailureKind, u64>,
     last: Option<Failure>,
-    /// When a request last gave up on a timeout or temporary errors, unless
-    /// one succeeded since.
+    /// When a request last gave up because nothing moved, unless one
+    /// succeeded since. Temporary errors do not count: they come back fast,
+    /// and their retries are bounded by the budget already.
     down_since: Option<Instant>,
 }
 
@@ -146,7 +147,7 @@ impl Health {
             at: jiff::Timestamp::now(),
             message: message.to_owned(),
         });
-        if kind != FailureKind::Error {
+        if kind == FailureKind::Timeout {
             state.down_since = Some(Instant::now());
         }
     }
@@ -178,7 +179,9 @@ mod tests {
         health.answered();
         assert!(health.down_for().is_none());
 
-        // A refusal is counted but says nothing of whether the storage answers.
+        // A refusal, or 503s until the budget ran out, are counted, but the
+        // storage answered.
+        health.failed(FailureKind::Unavailable, "503");
         health.failed(FailureKind::Error, "403");
         assert!(health.down_for().is_none());
 
@@ -190,7 +193,7 @@ mod tests {
             counts,
             vec![
                 (FailureKind::Timeout, 1),
-                (FailureKind::Unavailable, 0),
+                (FailureKind::Unavailable, 1),
                 (FailureKind::Error, 1)
             ]
         );

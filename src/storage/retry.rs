@@ -169,7 +169,38 @@ impl Retrier {
     }
 
     /// [`Retrier::run`] for a request that says when its bytes move.
-    pub async fn run_moving<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    pub async fn run_moving<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T>
+    where
+        F: FnMut(Moved) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.run_within(what, self.policy.io_timeout, attempt).await
+    }
+
+    /// [`Retrier::run`] for a request the service may take long to answer
+    /// while it shows us nothing (S3 completes a large multipart upload in
+    /// minutes, sending whitespace the SDK does not let us see): its stall
+    /// limit is at least `least`.
+    pub async fn run_patient<T, F, Fut>(
+        &self,
+        what: &str,
+        least: Duration,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.run_within(what, self.policy.io_timeout.max(least), |_| attempt())
+            .await
+    }
+
+    async fn run_within<T, F, Fut>(
+        &self,
+        what: &str,
+        io_timeout: Duration,
+        mut attempt: F,
+    ) -> Result<T>
     where
         F: FnMut(Moved) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -178,8 +209,8 @@ impl Retrier {
         let (attempts, io_timeout) = match down {
             // Just failed: one short try, so the clean-ups of a run that met a
             // dead storage end in seconds.
-            Some(_) => (1, self.policy.io_timeout.min(DOWN_IO_TIMEOUT)),
-            None => (self.policy.attempts.max(1), self.policy.io_timeout),
+            Some(_) => (1, io_timeout.min(DOWN_IO_TIMEOUT)),
+            None => (self.policy.attempts.max(1), io_timeout),
         };
         let mut first_failure: Option<Instant> = None;
         let mut stalls_in_a_row = 0u32;

@@ -40,6 +40,10 @@ const MAX_PARTS: u32 = 10_000;
 const PARTS_PER_STEP: u32 = 1_000;
 /// S3's largest part.
 const MAX_PART_SIZE: u64 = 5 << 30;
+/// How long a CompleteMultipartUpload may go without an answer we can see:
+/// S3 takes minutes for a large object, keeping the connection alive with
+/// whitespace inside a 200 the SDK reads whole.
+const COMPLETE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 /// DeleteObjects takes at most this many keys.
 const DELETE_BATCH: usize = 1_000;
 
@@ -413,7 +417,7 @@ impl Inner {
         let mut attempts = 0;
         let result = self
             .retry
-            .run(&what, || {
+            .run_patient(&what, COMPLETE_PATIENCE, || {
                 attempts += 1;
                 async {
                     self.client
@@ -448,8 +452,10 @@ impl Inner {
             .head_object()
             .bucket(&self.spec.bucket)
             .key(full)
-            .send()
+            .send();
+        let head = tokio::time::timeout(self.retry.io_timeout(), head)
             .await
+            .ok()?
             .ok()?;
         head.content_length().and_then(|n| u64::try_from(n).ok())
     }
