@@ -595,7 +595,12 @@ impl Engine {
                 record.error.as_deref().unwrap_or("")
             ),
         }
-        let previous = match storages.first() {
+        // From a storage that answers: one that has just stopped would cost
+        // the failed run another wait for nothing but a notification's wording.
+        let answering = storages
+            .iter()
+            .find(|s| crate::storage::health::of(s.name()).down_for().is_none());
+        let previous = match answering {
             Some(storage) => previous_outcome(storage.as_ref(), &record).await,
             None => None,
         };

@@ -222,29 +222,25 @@ fn verify_and_restore_from_a_frozen_azure_fail_within_the_bound() {
     frozen_reads(&setup, &proxy, &servers::azure_env(), "blob");
 }
 
-/// A slow storage is not a dead one: through a proxy that trickles about
-/// 1.3 MB/s, a backup and its verify each take longer than io_timeout (4 s
-/// here) in all, but never wait that long for a byte, and succeed.
-#[test]
-fn a_slow_storage_is_never_cut() {
-    let bucket = block_on(servers::create_bucket("slow"));
-    let proxy = FaultProxy::start(
-        &servers::s3_endpoint(),
-        Faults {
-            trickle: Some(Trickle {
-                bytes: 32 * 1024,
-                every: Duration::from_millis(25),
-            }),
-            ..Faults::default()
-        },
-        5,
-    );
-    let setup = s3_setup(&proxy, &bucket, "io_timeout = \"4s\"");
+/// A trickle of about 1.3 MB/s: slow, never silent for long.
+fn trickling() -> Faults {
+    Faults {
+        trickle: Some(Trickle {
+            bytes: 32 * 1024,
+            every: Duration::from_millis(25),
+        }),
+        ..Faults::default()
+    }
+}
+
+/// A slow storage is not a dead one: through a proxy that trickles, a backup
+/// and its verify each take longer than io_timeout (4 s here) in all, but
+/// never wait that long for a byte, and succeed.
+fn a_slow_storage_is_never_cut(setup: &Setup, env: &[(&str, &str)]) {
     load_bulk(&setup.cluster, 200_000);
-    let env = servers::s3_env();
     for args in [&["run", "nightly"][..], &["verify", "--job", "nightly"][..]] {
         let started = Instant::now();
-        let run = setup.backup_with(args, &env);
+        let run = setup.backup_with(args, env);
         assert!(run.ok(), "{args:?}: {}", run.all());
         assert!(
             started.elapsed() > Duration::from_secs(6),
@@ -253,6 +249,22 @@ fn a_slow_storage_is_never_cut() {
         );
         assert!(!run.stderr.contains("nothing moved"), "{}", run.all());
     }
+}
+
+#[test]
+fn a_slow_s3_is_never_cut() {
+    let bucket = block_on(servers::create_bucket("slow"));
+    let proxy = FaultProxy::start(&servers::s3_endpoint(), trickling(), 5);
+    let setup = s3_setup(&proxy, &bucket, "io_timeout = \"4s\"");
+    a_slow_storage_is_never_cut(&setup, &servers::s3_env());
+}
+
+#[test]
+fn a_slow_azure_is_never_cut() {
+    let container = block_on(servers::create_container("slow"));
+    let proxy = FaultProxy::start(&servers::azure_endpoint(), trickling(), 8);
+    let setup = azure_setup(&proxy, &container, "io_timeout = \"4s\"");
+    a_slow_storage_is_never_cut(&setup, &servers::azure_env());
 }
 
 fn metric(text: &str, line_start: &str) -> Option<f64> {

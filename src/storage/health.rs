@@ -2,8 +2,8 @@
 //! and why, the last failure, and whether the storage has just stopped
 //! answering.
 //!
-//! Two things read it. The retry layer, so that once a storage has given up
-//! on a request, what follows at once (aborting the upload, writing the run
+//! Two things read it. The retry layer, so that once a storage has stopped
+//! answering (a request stalled twice in a row), what follows at once (aborting the upload, writing the run
 //! record, the clean-ups) gets one short try instead of a full budget each:
 //! a dead storage costs a run a bounded minute or two, not twenty. And the
 //! daemon's `/metrics` and the run records, so an operator sees which storage
@@ -147,7 +147,12 @@ impl Health {
             at: jiff::Timestamp::now(),
             message: message.to_owned(),
         });
-        if kind == FailureKind::Timeout {
+        // Since the first stall, not the latest: the short tries that follow
+        // fail too, and must not move when the storage stopped answering.
+        let down = state
+            .down_since
+            .is_some_and(|since| since.elapsed() < DOWN_FOR);
+        if kind == FailureKind::Timeout && !down {
             state.down_since = Some(Instant::now());
         }
     }
@@ -176,6 +181,13 @@ mod tests {
         assert!(health.down_for().is_none());
         health.failed(FailureKind::Timeout, "upload x: nothing moved for 2m");
         assert!(health.down_for().is_some());
+        // The short tries that follow fail too: still down since the first.
+        std::thread::sleep(Duration::from_millis(50));
+        health.failed(
+            FailureKind::Timeout,
+            "abort upload of x: nothing moved for 20s",
+        );
+        assert!(health.down_for().unwrap() >= Duration::from_millis(50));
         health.answered();
         assert!(health.down_for().is_none());
 
@@ -192,7 +204,7 @@ mod tests {
         assert_eq!(
             counts,
             vec![
-                (FailureKind::Timeout, 1),
+                (FailureKind::Timeout, 2),
                 (FailureKind::Unavailable, 1),
                 (FailureKind::Error, 1)
             ]

@@ -77,6 +77,12 @@ impl S3Storage {
 
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::disabled())
+            // Stalls are ours to judge, by io_timeout: the SDK's own check
+            // would cut a body that moved nothing for 20 s, whatever the job
+            // file says.
+            .stalled_stream_protection(
+                aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
+            )
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(std::time::Duration::from_secs(10))
