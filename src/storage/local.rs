@@ -41,6 +41,10 @@ use crate::nofollow;
 
 /// Prefix of in-progress files; `list` never reports them.
 const TEMP_PREFIX: &str = ".tmp-";
+/// How long an fsync may take whatever io_timeout says: it writes out all
+/// the file's data the kernel still holds, gigabytes on a large machine,
+/// and shows no progress while it does.
+const SYNC_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
 /// Owner only: backups hold secrets.
 const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
@@ -122,12 +126,12 @@ impl LocalStorage {
         self
     }
 
-    /// The error of an operation on `what` that moved nothing for `io_timeout`.
-    fn hung(&self, what: impl std::fmt::Display) -> Error {
+    /// The error of an operation on `what` that moved nothing for `waited`.
+    fn hung(&self, what: impl std::fmt::Display, waited: std::time::Duration) -> Error {
         let message = format!(
             "storage {}: {what}: the file system did not answer for {}",
             self.name,
-            show(self.io_timeout)
+            show(waited)
         );
         super::health::of(&self.name).failed(FailureKind::Timeout, &message);
         Error::storage(message).with_hint(
@@ -136,16 +140,16 @@ impl LocalStorage {
         )
     }
 
-    /// Waits for `work` while it moves; fails as [`LocalStorage::hung`] once
-    /// nothing moved for `io_timeout`.
+    /// Waits up to `limit` for `work`; fails as [`LocalStorage::hung`] after.
     async fn bounded<T>(
         &self,
         what: impl FnOnce() -> String,
+        limit: std::time::Duration,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T> {
-        tokio::time::timeout(self.io_timeout, work)
+        tokio::time::timeout(limit, work)
             .await
-            .map_err(|_| self.hung(what()))
+            .map_err(|_| self.hung(what(), limit))
     }
 
     fn path(&self, key: &Key) -> PathBuf {
@@ -201,7 +205,7 @@ impl LocalStorage {
                     self.name
                 ))
             })?,
-            () = watched.stalled(self.io_timeout) => Err(self.hung(what)),
+            () = watched.stalled(self.io_timeout) => Err(self.hung(what, self.io_timeout)),
         }
     }
 
@@ -606,7 +610,7 @@ impl tokio::io::AsyncRead for Watched {
                         this.deadline = None;
                         let error = this
                             .storage
-                            .hung(format!("reading {}", this.path.display()));
+                            .hung(format!("reading {}", this.path.display()), timeout);
                         Poll::Ready(Err(std::io::Error::other(error)))
                     }
                     Poll::Pending => Poll::Pending,
@@ -653,6 +657,7 @@ impl ObjectWriter for LocalWriter {
         storage
             .bounded(
                 || format!("writing {}", temp_path.display()),
+                storage.io_timeout,
                 file.write_all(chunk),
             )
             .await?
@@ -670,13 +675,18 @@ impl ObjectWriter for LocalWriter {
         let storage = &self.storage;
         let result = async {
             storage
-                .bounded(|| format!("writing {}", temp_path.display()), file.flush())
+                .bounded(
+                    || format!("writing {}", temp_path.display()),
+                    storage.io_timeout,
+                    file.flush(),
+                )
                 .await?
                 .map_err(|e| storage.err(temp_path.display(), e))?;
             let file = file.into_inner();
             storage
                 .bounded(
                     || format!("syncing {}", temp_path.display()),
+                    storage.io_timeout.max(SYNC_PATIENCE),
                     file.sync_all(),
                 )
                 .await?
