@@ -59,6 +59,9 @@ pub struct Metrics {
     restore_test_success: Family<JobLabel, Seconds>,
     storage_errors: Family<StorageErrorLabels, Counter>,
     storage_last_error: Family<StorageLabel, Seconds>,
+    /// Held while the storage counters catch up, so two scrapes at once do
+    /// not both add the same failures.
+    storage_sync: std::sync::Mutex<()>,
     /// Whether the run records in storage have been read: before, every age
     /// would read as "never", which alerts on backups that are fine.
     history_read: AtomicBool,
@@ -78,6 +81,7 @@ impl Default for Metrics {
             restore_test_success: Family::default(),
             storage_errors: Family::default(),
             storage_last_error: Family::default(),
+            storage_sync: std::sync::Mutex::new(()),
             history_read: AtomicBool::new(false),
         };
         registry.register(
@@ -211,6 +215,7 @@ impl Metrics {
 
     /// Brings the storage counters up to what the storages met.
     fn absorb_storage_health(&self) {
+        let _held = self.storage_sync.lock().unwrap_or_else(|p| p.into_inner());
         for (storage, counts, last) in crate::storage::health::snapshot() {
             for (kind, count) in counts {
                 let counter = self.storage_errors.get_or_create(&StorageErrorLabels {

@@ -126,6 +126,39 @@ impl LocalStorage {
         self
     }
 
+    /// Whether the file system has just hung on us: what follows (removing
+    /// the temporary file, the run record) gets a short wait, and nothing
+    /// waits on it in a place that cannot time out.
+    fn is_down(&self) -> bool {
+        super::health::of(&self.name).down_for().is_some()
+    }
+
+    /// `limit`, or less while the file system has just hung.
+    fn limit(&self, limit: std::time::Duration) -> std::time::Duration {
+        if self.is_down() {
+            limit.min(super::retry::DOWN_IO_TIMEOUT)
+        } else {
+            limit
+        }
+    }
+
+    /// Removes a writer's temporary file; on a file system that has just
+    /// hung, from a thread of its own that nobody waits for (the unlink may
+    /// never return; prune removes what it leaves).
+    fn remove_temp(&self, dir: &Arc<File>, temp: &str) -> std::io::Result<()> {
+        if !self.is_down() {
+            return nofollow::remove_file_at(dir, OsStr::new(temp));
+        }
+        let (dir, temp) = (dir.clone(), temp.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("unlink".into())
+            .spawn(move || nofollow::remove_file_at(&dir, OsStr::new(&temp)));
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The error of an operation on `what` that moved nothing for `waited`.
     fn hung(&self, what: impl std::fmt::Display, waited: std::time::Duration) -> Error {
         let message = format!(
@@ -147,6 +180,7 @@ impl LocalStorage {
         limit: std::time::Duration,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T> {
+        let limit = self.limit(limit);
         tokio::time::timeout(limit, work)
             .await
             .map_err(|_| self.hung(what(), limit))
@@ -195,17 +229,22 @@ impl LocalStorage {
         work: impl FnOnce(&LocalStorage, &Moved) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let this = self.clone();
+        let limit = self.limit(self.io_timeout);
         let moved = Moved::new();
         let watched = moved.clone();
         let task = tokio::task::spawn_blocking(move || work(&this, &moved));
         tokio::select! {
-            joined = task => joined.map_err(|e| {
-                Error::internal(format!(
-                    "storage {}: a file system task failed: {e}",
-                    self.name
-                ))
-            })?,
-            () = watched.stalled(self.io_timeout) => Err(self.hung(what, self.io_timeout)),
+            joined = task => {
+                let result = joined.map_err(|e| {
+                    Error::internal(format!(
+                        "storage {}: a file system task failed: {e}",
+                        self.name
+                    ))
+                })?;
+                super::health::of(&self.name).answered();
+                result
+            }
+            () = watched.stalled(limit) => Err(self.hung(what, limit)),
         }
     }
 
@@ -545,6 +584,7 @@ impl Storage for LocalStorage {
         Ok(Box::pin(Watched {
             inner: tokio::io::BufReader::with_capacity(1 << 20, tokio::fs::File::from_std(file)),
             deadline: None,
+            hung: None,
             storage: self.clone(),
             path: self.path(key),
         }))
@@ -583,6 +623,8 @@ struct Watched {
     inner: tokio::io::BufReader<tokio::fs::File>,
     /// When the read now waiting gives up.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The file system hung: every later read says so at once.
+    hung: Option<String>,
     storage: LocalStorage,
     path: PathBuf,
 }
@@ -595,13 +637,16 @@ impl tokio::io::AsyncRead for Watched {
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         let this = &mut *self;
+        if let Some(message) = &this.hung {
+            return Poll::Ready(Err(std::io::Error::other(Error::storage(message.clone()))));
+        }
         match std::pin::Pin::new(&mut this.inner).poll_read(cx, out) {
             Poll::Ready(result) => {
                 this.deadline = None;
                 Poll::Ready(result)
             }
             Poll::Pending => {
-                let timeout = this.storage.io_timeout;
+                let timeout = this.storage.limit(this.storage.io_timeout);
                 let deadline = this
                     .deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
@@ -611,6 +656,7 @@ impl tokio::io::AsyncRead for Watched {
                         let error = this
                             .storage
                             .hung(format!("reading {}", this.path.display()), timeout);
+                        this.hung = Some(error.message().to_owned());
                         Poll::Ready(Err(std::io::Error::other(error)))
                     }
                     Poll::Pending => Poll::Pending,
@@ -710,14 +756,14 @@ impl ObjectWriter for LocalWriter {
         }
         .await;
         if result.is_err() {
-            let _ = nofollow::remove_file_at(&self.dir, OsStr::new(&self.temp));
+            let _ = self.storage.remove_temp(&self.dir, &self.temp);
         }
         result.map(|()| self.size)
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.file.take();
-        match nofollow::remove_file_at(&self.dir, OsStr::new(&self.temp)) {
+        match self.storage.remove_temp(&self.dir, &self.temp) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.storage.err(self.temp_path().display(), e)),
@@ -729,7 +775,7 @@ impl Drop for LocalWriter {
     fn drop(&mut self) {
         // Dropped without finish or abort: a failed or cancelled write.
         if self.file.take().is_some() {
-            let _ = nofollow::remove_file_at(&self.dir, OsStr::new(&self.temp));
+            let _ = self.storage.remove_temp(&self.dir, &self.temp);
         }
     }
 }
@@ -990,8 +1036,8 @@ mod tests {
             // A long listing that moves all the while is not cut.
             let listed = storage
                 .blocking("listing".to_owned(), |_, moved| {
-                    for _ in 0..10 {
-                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    for _ in 0..50 {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
                         moved.tick();
                     }
                     Ok(10)
@@ -999,6 +1045,35 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(listed, 10);
+        });
+    }
+
+    /// Once the file system has hung, a writer's clean-up never waits on it
+    /// where nothing can time out: the unlink goes to a thread of its own.
+    #[test]
+    fn an_abort_on_a_file_system_that_hung_does_not_wait_for_it() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = LocalStorage::new("hung-abort", dir.path());
+            let mut writer = storage
+                .writer(&Key::new("j/b/data").unwrap())
+                .await
+                .unwrap();
+            writer.write(b"half a backup").await.unwrap();
+            super::super::health::of("hung-abort")
+                .failed(FailureKind::Timeout, "writing j/b/data: no answer");
+            writer.abort().await.unwrap();
+            let temp_left = || {
+                std::fs::read_dir(dir.path().join("j/b"))
+                    .unwrap()
+                    .flatten()
+                    .count()
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while temp_left() > 0 {
+                assert!(std::time::Instant::now() < deadline, "the unlink never ran");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         });
     }
 

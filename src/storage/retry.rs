@@ -174,31 +174,55 @@ impl Retrier {
         F: FnMut(Moved) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        self.run_within(what, self.policy.io_timeout, attempt).await
+        self.run_within(what, self.policy.io_timeout, &|_| false, attempt)
+            .await
     }
 
-    /// [`Retrier::run`] for a request the service may take long to answer
-    /// while it shows us nothing (S3 completes a large multipart upload in
-    /// minutes, sending whitespace the SDK does not let us see): its stall
-    /// limit is at least `least`.
-    pub async fn run_patient<T, F, Fut>(
+    /// [`Retrier::run`] for a request whose permanent errors `expected`
+    /// accepts are answers the caller takes as they are (an abort that finds
+    /// the upload gone): not counted as the storage's failures.
+    pub async fn run_expecting<T, F, Fut>(
         &self,
         what: &str,
-        least: Duration,
+        expected: &(dyn Fn(&Error) -> bool + Sync),
         mut attempt: F,
     ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        self.run_within(what, self.policy.io_timeout.max(least), |_| attempt())
+        self.run_within(what, self.policy.io_timeout, expected, |_| attempt())
             .await
     }
 
+    /// [`Retrier::run_expecting`] for a request the service may take long to
+    /// answer while it shows us nothing (S3 completes a large multipart upload
+    /// in minutes, sending whitespace the SDK does not let us see): its first
+    /// attempt's stall limit is at least `least`. A retry finds the work done
+    /// or not begun, and gets the usual limit.
+    pub async fn run_patient<T, F, Fut>(
+        &self,
+        what: &str,
+        least: Duration,
+        expected: &(dyn Fn(&Error) -> bool + Sync),
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.run_within(what, self.policy.io_timeout.max(least), expected, |_| {
+            attempt()
+        })
+        .await
+    }
+
+    /// The loop: `first_limit` is the first attempt's stall limit.
     async fn run_within<T, F, Fut>(
         &self,
         what: &str,
-        io_timeout: Duration,
+        first_limit: Duration,
+        expected: &(dyn Fn(&Error) -> bool + Sync),
         mut attempt: F,
     ) -> Result<T>
     where
@@ -206,17 +230,33 @@ impl Retrier {
         Fut: Future<Output = Result<T>>,
     {
         let down = self.health.down_for();
-        let (attempts, io_timeout) = match down {
+        let attempts = match down {
             // Just failed: one short try, so the clean-ups of a run that met a
             // dead storage end in seconds.
-            Some(_) => (1, io_timeout.min(DOWN_IO_TIMEOUT)),
-            None => (self.policy.attempts.max(1), io_timeout),
+            Some(_) => 1,
+            None => self.policy.attempts.max(1),
+        };
+        let limit = |tries: u32| {
+            let limit = if tries == 1 {
+                first_limit
+            } else {
+                self.policy.io_timeout
+            };
+            match down {
+                Some(_) => limit.min(DOWN_IO_TIMEOUT),
+                None => limit,
+            }
         };
         let mut first_failure: Option<Instant> = None;
         let mut stalls_in_a_row = 0u32;
+        // When the streak of stalls began to move nothing, and whether all
+        // of them had one limit (a patient first try has a longer one).
+        let mut quiet_since = Instant::now();
+        let mut one_limit = true;
         let mut tries = 0u32;
         loop {
             tries += 1;
+            let io_timeout = limit(tries);
             let moved = Moved::new();
             let outcome = tokio::select! {
                 result = attempt(moved.clone()) => match result {
@@ -239,7 +279,9 @@ impl Retrier {
             let failed_at = Instant::now();
             let first = *first_failure.get_or_insert(failed_at);
             if !error.is_temporary() {
-                if matches!(error.kind(), Kind::Storage) {
+                // An answer, if not the one wanted: the storage is up.
+                self.health.answered();
+                if matches!(error.kind(), Kind::Storage) && !expected(&error) {
                     self.health.failed(FailureKind::Error, error.message());
                 }
                 return Err(error);
@@ -249,8 +291,16 @@ impl Retrier {
             // server's kernel still takes a new connection's first bytes, so
             // "moved nothing at all" is no test.)
             stalls_in_a_row = if stalled { stalls_in_a_row + 1 } else { 0 };
+            if stalls_in_a_row == 1 {
+                quiet_since = failed_at - io_timeout;
+                one_limit = true;
+            } else if stalled {
+                one_limit &= limit(tries - 1) == io_timeout;
+            }
             if stalls_in_a_row >= 2 {
-                return Err(self.stopped_answering(what, io_timeout, stalls_in_a_row, first));
+                let quiet = failed_at - quiet_since;
+                let each = one_limit.then_some(io_timeout);
+                return Err(self.stopped_answering(what, each, stalls_in_a_row, quiet));
             }
             let delay = self.delay(tries);
             let out_of_time = first.elapsed() + delay >= self.policy.max_time;
@@ -282,15 +332,15 @@ impl Retrier {
     fn stopped_answering(
         &self,
         what: &str,
-        io_timeout: Duration,
+        each: Option<Duration>,
         stalls: u32,
-        first_failure: Instant,
+        quiet: Duration,
     ) -> Error {
+        let each = each.map_or(" in".to_owned(), |d| format!(" for {} in each of", show(d)));
         let message = format!(
-            "{what}: nothing moved for {} in each of {stalls} attempts in a row, {} in all \
+            "{what}: nothing moved{each} {stalls} attempts in a row, {} in all \
              (the storage stopped answering)",
-            show(io_timeout),
-            show(first_failure.elapsed() + io_timeout),
+            show(quiet),
         );
         self.health.failed(FailureKind::Timeout, &message);
         Error::storage(message).with_hint(format!(
@@ -549,6 +599,52 @@ mod tests {
             "retried within the budget"
         );
         assert!(err.message().contains("gave up after"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_patient_request_waits_long_once_and_expected_answers_are_not_failures() {
+        let retrier = retrier(
+            "patient",
+            Retry {
+                io_timeout: Duration::from_secs(60),
+                ..quick()
+            },
+        );
+        let started = tokio::time::Instant::now();
+        let err = retrier
+            .run_patient(
+                "complete upload of x",
+                Duration::from_secs(300),
+                &|_| false,
+                std::future::pending::<Result<()>>,
+            )
+            .await
+            .unwrap_err();
+        // Five minutes for the first try, the usual minute for the retry.
+        assert_eq!(started.elapsed().as_secs(), 360, "{err}");
+        assert!(
+            err.message()
+                .contains("nothing moved in 2 attempts in a row, 6m in all"),
+            "{err}"
+        );
+        assert!(retrier.health().down_for().is_some());
+
+        // A refusal is an answer: the storage is up again, and one the
+        // caller expects is not counted as a failure.
+        let gone = |e: &Error| e.message().contains("NoSuchUpload");
+        let err = retrier
+            .run_expecting("abort upload of x", &gone, || async {
+                Err::<(), _>(Error::storage("NoSuchUpload: gone"))
+            })
+            .await
+            .unwrap_err();
+        assert!(gone(&err));
+        assert!(retrier.health().down_for().is_none());
+        let (_, counts, _) = crate::storage::health::snapshot()
+            .into_iter()
+            .find(|(name, ..)| name == "retry-test-patient")
+            .unwrap();
+        assert_eq!(counts[2], (FailureKind::Error, 0), "{counts:?}");
     }
 
     #[test]

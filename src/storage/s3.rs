@@ -83,9 +83,13 @@ impl S3Storage {
             .stalled_stream_protection(
                 aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
             )
+            // A connection that cannot be made moves nothing: io_timeout
+            // judges it like any stall, so a route that went dark (no RST, no
+            // answer) fails as "stopped answering", not after a retry budget
+            // of connect timeouts.
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .connect_timeout(retry.io_timeout + std::time::Duration::from_secs(5))
                     .build(),
             );
         if let Some(region) = &spec.region {
@@ -423,7 +427,7 @@ impl Inner {
         let mut attempts = 0;
         let result = self
             .retry
-            .run_patient(&what, COMPLETE_PATIENCE, || {
+            .run_patient(&what, COMPLETE_PATIENCE, &no_such_upload, || {
                 attempts += 1;
                 async {
                     self.client
@@ -442,12 +446,10 @@ impl Inner {
         match result {
             // A retry after a completion whose answer was lost finds the upload
             // gone: the object is there if it has the size we wrote.
-            Err(e) if attempts > 1 && e.message().contains("NoSuchUpload") => {
-                match self.size_of(&full).await {
-                    Some(found) if found == size => Ok(()),
-                    _ => Err(e),
-                }
-            }
+            Err(e) if attempts > 1 && no_such_upload(&e) => match self.size_of(&full).await {
+                Some(found) if found == size => Ok(()),
+                _ => Err(e),
+            },
             other => other,
         }
     }
@@ -471,7 +473,7 @@ impl Inner {
         let full = self.full_key(key);
         let result = self
             .retry
-            .run(&what, || async {
+            .run_expecting(&what, &no_such_upload, || async {
                 self.client
                     .abort_multipart_upload()
                     .bucket(&self.spec.bucket)
@@ -485,7 +487,7 @@ impl Inner {
             .await;
         match result {
             // Already aborted or completed elsewhere: nothing is left.
-            Err(e) if e.message().contains("NoSuchUpload") => Ok(()),
+            Err(e) if no_such_upload(&e) => Ok(()),
             other => other,
         }
     }
@@ -762,6 +764,12 @@ impl http_body::Body for MovingBody {
         }
         hint
     }
+}
+
+/// The upload is gone: aborted or completed already, which an abort, or a
+/// completion retried after its answer was lost, takes as it is.
+fn no_such_upload(e: &Error) -> bool {
+    e.message().contains("NoSuchUpload")
 }
 
 /// A GET from a byte offset, for the resuming reader.
