@@ -1147,43 +1147,6 @@ fn json_logs_carry_the_job_and_the_run_id() {
     assert!(in_span >= 2, "{}", run.stderr);
 }
 
-/// Debian's promtool, which `scripts/test` installs (`ensure_promtool`).
-fn promtool() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("promtool"))
-        .chain([PathBuf::from("/usr/bin/promtool")])
-        .find(|p| p.is_file());
-    on_path.expect(
-        "promtool is not installed: run scripts/test, which installs it (Debian package prometheus)",
-    )
-}
-
-/// Runs promtool with `args`, `input` on its stdin: exit code and all it said.
-fn run_promtool(args: &[&str], input: &str) -> (i32, String) {
-    let mut child = Command::new(promtool())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), said)
-}
-
 #[test]
 fn metrics_are_the_classic_text_promtool_accepts_and_openmetrics_when_asked() {
     let setup = Setup::new("", "schedule = \"0 0 1 1 *\"");
@@ -1204,7 +1167,7 @@ fn metrics_are_the_classic_text_promtool_accepts_and_openmetrics_when_asked() {
         "{}",
         classic.body
     );
-    let (code, said) = run_promtool(&["check", "metrics"], &classic.body);
+    let (code, said) = common::run_promtool(&["check", "metrics"], &classic.body);
     assert_eq!((code, said.as_str()), (0, ""), "{}", classic.body);
 
     // What Prometheus sends: OpenMetrics first, with q-values.
@@ -1230,7 +1193,7 @@ fn metrics_are_the_classic_text_promtool_accepts_and_openmetrics_when_asked() {
     let file = setup.work.path().join("metrics.om");
     std::fs::write(&file, &stamped).unwrap();
     let blocks = setup.work.path().join("blocks");
-    let (code, said) = run_promtool(
+    let (code, said) = common::run_promtool(
         &[
             "tsdb",
             "create-blocks-from",
@@ -1251,7 +1214,7 @@ fn metrics_are_the_classic_text_promtool_accepts_and_openmetrics_when_asked() {
 fn the_alert_rules_pass_promtool() {
     let rules =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/deploy/prometheus-alerts.yml");
-    let (code, said) = run_promtool(&["check", "rules", rules.to_str().unwrap()], "");
+    let (code, said) = common::run_promtool(&["check", "rules", rules.to_str().unwrap()], "");
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("SUCCESS"), "{said}");
 }

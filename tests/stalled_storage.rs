@@ -342,6 +342,8 @@ fn the_daemon_fails_a_run_on_a_frozen_storage_and_runs_again_once_it_answers() {
         "{text}"
     );
     assert_eq!(runs(&text, "succeeded"), 0.0, "{text}");
+    let (code, said) = common::run_promtool(&["check", "metrics"], &text);
+    assert_eq!((code, said.as_str()), (0, ""), "{text}");
 
     proxy.thaw();
     let deadline = Instant::now() + Duration::from_secs(60);

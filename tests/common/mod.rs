@@ -849,3 +849,41 @@ pub fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Debian's promtool, which `scripts/test` installs (`ensure_promtool`).
+pub fn promtool() -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("promtool"))
+        .chain([std::path::PathBuf::from("/usr/bin/promtool")])
+        .find(|p| p.is_file());
+    on_path.expect(
+        "promtool is not installed: run scripts/test, which installs it (Debian package prometheus)",
+    )
+}
+
+/// Runs promtool with `args`, `input` on its stdin: exit code and all it said.
+pub fn run_promtool(args: &[&str], input: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(promtool())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said)
+}
