@@ -599,7 +599,7 @@ impl Engine {
         // the failed run another wait for nothing but a notification's wording.
         let answering = storages
             .iter()
-            .find(|s| crate::storage::health::of(s.name()).down_for().is_none());
+            .find(|s| !crate::storage::health::is_down(s.name()));
         let previous = match answering {
             Some(storage) => previous_outcome(storage.as_ref(), &record).await,
             None => None,

@@ -347,9 +347,7 @@ impl RunRecord {
                     // try: the others are not kept waiting for it.
                     Err(e)
                         if attempt < STORE_ATTEMPTS
-                            && crate::storage::health::of(storage.name())
-                                .down_for()
-                                .is_none() =>
+                            && !crate::storage::health::is_down(storage.name()) =>
                     {
                         tracing::warn!(
                             "storing the run record failed ({}); trying again in {}s",

@@ -76,6 +76,9 @@ static REGISTRY: LazyLock<Mutex<BTreeMap<String, Arc<Health>>>> = LazyLock::new(
 /// The record of the storage named `storage`, made on first use.
 pub fn of(storage: &str) -> Arc<Health> {
     let mut registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(health) = registry.get(storage) {
+        return health.clone();
+    }
     registry
         .entry(storage.to_owned())
         .or_insert_with(|| {
@@ -89,6 +92,11 @@ pub fn of(storage: &str) -> Arc<Health> {
 
 /// A storage's name, its failure counts by kind, and its last failure.
 pub type Summary = (String, Vec<(FailureKind, u64)>, Option<Failure>);
+
+/// Whether the storage named `storage` has just stopped answering.
+pub fn is_down(storage: &str) -> bool {
+    of(storage).down_for().is_some()
+}
 
 /// Every storage's failure counts by kind (zeros included for the kinds it
 /// has not met, so a counter exists before its first failure), and its last

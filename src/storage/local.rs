@@ -54,6 +54,7 @@ pub struct LocalStorage {
     name: String,
     root: PathBuf,
     io_timeout: std::time::Duration,
+    health: Arc<super::health::Health>,
 }
 
 /// What a name below the root is, as a directory.
@@ -117,6 +118,7 @@ impl LocalStorage {
             name: name.to_owned(),
             root: root.to_owned(),
             io_timeout: Retry::default().io_timeout,
+            health: super::health::of(name),
         }
     }
 
@@ -130,7 +132,7 @@ impl LocalStorage {
     /// the temporary file, the run record) gets a short wait, and nothing
     /// waits on it in a place that cannot time out.
     fn is_down(&self) -> bool {
-        super::health::of(&self.name).down_for().is_some()
+        self.health.down_for().is_some()
     }
 
     /// `limit`, or less while the file system has just hung.
@@ -153,10 +155,7 @@ impl LocalStorage {
         let spawned = std::thread::Builder::new()
             .name("unlink".into())
             .spawn(move || nofollow::remove_file_at(&dir, OsStr::new(&temp)));
-        match spawned {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        }
+        spawned.map(|_| ())
     }
 
     /// The error of an operation on `what` that moved nothing for `waited`.
@@ -166,7 +165,7 @@ impl LocalStorage {
             self.name,
             show(waited)
         );
-        super::health::of(&self.name).failed(FailureKind::Timeout, &message);
+        self.health.failed(FailureKind::Timeout, &message);
         Error::storage(message).with_hint(
             "a hung network mount (NFS, SMB) or a failing disk: check the mount and the \
              kernel log (dmesg); io_timeout in the storage's settings sets how long to wait",
@@ -241,7 +240,7 @@ impl LocalStorage {
                         self.name
                     ))
                 })?;
-                super::health::of(&self.name).answered();
+                self.health.answered();
                 result
             }
             () = watched.stalled(limit) => Err(self.hung(what, limit)),
@@ -694,20 +693,26 @@ impl LocalWriter {
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        let temp_path = self.temp_path();
-        let file = self
-            .file
+        let LocalWriter {
+            storage,
+            file,
+            key,
+            temp,
+            ..
+        } = self;
+        let file = file
             .as_mut()
             .ok_or_else(|| Error::internal("write after finish"))?;
-        let storage = &self.storage;
+        // The path is made only for a message: writes are the hot path.
+        let temp_path = || storage.path(key).with_file_name(&*temp);
         storage
             .bounded(
-                || format!("writing {}", temp_path.display()),
+                || format!("writing {}", temp_path().display()),
                 storage.io_timeout,
                 file.write_all(chunk),
             )
             .await?
-            .map_err(|e| storage.err(temp_path.display(), e))?;
+            .map_err(|e| storage.err(temp_path().display(), e))?;
         self.size += chunk.len() as u64;
         Ok(())
     }

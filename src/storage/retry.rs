@@ -249,10 +249,8 @@ impl Retrier {
         };
         let mut first_failure: Option<Instant> = None;
         let mut stalls_in_a_row = 0u32;
-        // When the streak of stalls began to move nothing, and whether all
-        // of them had one limit (a patient first try has a longer one).
+        // When the streak of stalls began to move nothing.
         let mut quiet_since = Instant::now();
-        let mut one_limit = true;
         let mut tries = 0u32;
         loop {
             tries += 1;
@@ -293,16 +291,14 @@ impl Retrier {
             stalls_in_a_row = if stalled { stalls_in_a_row + 1 } else { 0 };
             if stalls_in_a_row == 1 {
                 quiet_since = failed_at - io_timeout;
-                one_limit = true;
-            } else if stalled {
-                one_limit &= limit(tries - 1) == io_timeout;
             }
             if stalls_in_a_row >= 2 {
                 let quiet = failed_at - quiet_since;
-                let each = one_limit.then_some(io_timeout);
+                // The two had one limit, unless the first was a patient one.
+                let each = (limit(tries - 1) == io_timeout).then_some(io_timeout);
                 return Err(self.stopped_answering(what, each, stalls_in_a_row, quiet));
             }
-            let delay = self.delay(tries);
+            let delay = self.policy.delay(tries);
             let out_of_time = first.elapsed() + delay >= self.policy.max_time;
             if tries >= attempts || out_of_time {
                 let error = match down {
@@ -344,9 +340,10 @@ impl Retrier {
         );
         self.health.failed(FailureKind::Timeout, &message);
         Error::storage(message).with_hint(format!(
-            "the storage took the connection but answered nothing for io_timeout ({}), \
-             twice: check the service, the network path and any proxy between; raise \
-             io_timeout in the storage's settings only for a link that is slow, not dead",
+            "no byte went to or came from the storage for io_timeout ({}), twice (no \
+             connection, or one that took nothing and gave nothing back): check the \
+             service, the network path and any proxy between; raise io_timeout in the \
+             storage's settings only for a link that is slow, not dead",
             show(self.policy.io_timeout)
         ))
     }
@@ -363,14 +360,10 @@ impl Retrier {
              what is left there is cleaned up by a later run or prune",
         )
     }
-
-    /// The wait after the `failures`-th failure: uniform in [0, min(max, first × 2^(n-1))].
-    fn delay(&self, failures: u32) -> Duration {
-        self.policy.delay(failures)
-    }
 }
 
 impl Retry {
+    /// The wait after the `failures`-th failure: uniform in [0, min(max, first × 2^(n-1))].
     fn delay(&self, failures: u32) -> Duration {
         let exp = failures.saturating_sub(1).min(30);
         let cap = self
