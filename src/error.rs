@@ -154,6 +154,19 @@ impl Error {
         self.reported
     }
 
+    /// The same error again, for a second reader: kind, message, hint and
+    /// whether it is temporary; the cause is kept as text in the message.
+    pub fn again(&self) -> Self {
+        Error {
+            kind: self.kind,
+            message: self.message.clone(),
+            hint: self.hint.clone(),
+            temporary: self.temporary,
+            reported: self.reported,
+            source: None,
+        }
+    }
+
     /// Prefixes the message with context, keeping kind, hint and cause.
     /// What the message already begins with is not said twice: a storage's
     /// errors name the storage, so `job nightly: storage disk` before

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::catalog::Selector;
-use crate::engine::Engine;
+use crate::engine::{Drill, Engine};
 use crate::error::{Error, Kind, Result};
 use crate::jobs::drill;
 use crate::model::BackupId;
@@ -56,16 +56,22 @@ pub async fn run(
         (None, Some(id)) => Selector::Id(BackupId::parse(id)?),
         (None, None) => Selector::Latest,
     };
-    let plan = engine
-        .plan_drill(&args.job, &selector, args.target_url.as_deref(), args.jobs)
-        .await?;
+    let request = drill::DrillRequest::new(
+        &engine.config,
+        &args.job,
+        selector,
+        args.target_url.clone(),
+        args.jobs,
+    )?;
+    let work = Drill::new(&engine.config, request)?;
+    let plan = engine.plan(&work, cancel).await?;
     if args.dry_run {
         println!("{plan}");
         println!("dry run: nothing was changed");
         return Ok(());
     }
     eprintln!("{plan}");
-    let (outcome, recorded) = engine.drill(&plan, cancel).await?.split();
+    let (outcome, recorded) = engine.act(&work, Some(plan.clone()), cancel).await?.split();
     let host = hostname();
     let report = drill::markdown(&plan, &outcome, &host);
     if let Some(path) = &args.report {

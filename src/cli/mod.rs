@@ -21,7 +21,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::Signal;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Stop};
 use crate::error::{Error, Result};
 use crate::model::SystemClock;
 
@@ -108,9 +108,9 @@ pub fn main() -> ExitCode {
     };
     let (left_behind, what_to_do) = cli.command.left_behind();
     let is_daemon = matches!(cli.command, Command::Daemon(_));
-    // `run` and `drill` stop themselves when told: a run record says the run
-    // was interrupted, and a drill tears its throwaway cluster down.
-    let stops_itself = matches!(cli.command, Command::Run(_) | Command::Drill(_));
+    // Commands that act stop themselves when told: their run record says
+    // they were interrupted, and a drill tears its throwaway cluster down.
+    let stops_itself = cli.command.stops_itself();
     // `run` knows what it stopped: the kind of the job that was running.
     let says_what_stopped = matches!(cli.command, Command::Run(_));
     let result = runtime.block_on(async {
@@ -260,37 +260,15 @@ impl Signals {
 impl Command {
     /// What an interruption of this command leaves, and what to do about it.
     fn left_behind(&self) -> (String, String) {
-        match self {
+        crate::engine::stops::left_behind(match self {
             // Said when the run did not stop within the limit; otherwise
-            // the run says what its job's kind left (`engine::stopped`).
-            Command::Run(_) => (
-                "the job in progress was stopped before it finished; its unfinished uploads \
-                 were aborted"
-                    .to_owned(),
-                "run the job again".to_owned(),
-            ),
-            Command::Restore(args) => args.left_behind(),
-            Command::Drill(args) => (
-                if args.uses_server() {
-                    "the drill was stopped; the database it was restoring on the --target-url \
-                     server is incomplete"
-                        .to_owned()
-                } else {
-                    "the drill was stopped; its throwaway cluster was stopped and its files removed"
-                        .to_owned()
-                },
-                if args.uses_server() {
-                    "drop that database, then run the drill again".to_owned()
-                } else {
-                    "run the drill again".to_owned()
-                },
-            ),
-            Command::Prune(_) => (
-                "prune was stopped: each backup it had begun deleting lost its manifest first, \
-                 so none is listed half-deleted"
-                    .to_owned(),
-                "run `backup prune` again to finish".to_owned(),
-            ),
+            // the run says what its job's kind left.
+            Command::Run(_) => Stop::AnyJob,
+            Command::Restore(args) => args.stop(),
+            Command::Drill(args) => Stop::Drill {
+                on_server: args.uses_server(),
+            },
+            Command::Prune(_) => Stop::Prune,
             Command::List(_)
             | Command::Config(_)
             | Command::Daemon(_)
@@ -299,11 +277,23 @@ impl Command {
             | Command::Db(_)
             | Command::Pin(_)
             | Command::Verify(_)
-            | Command::Unpin(_) => (
-                "nothing was changed".to_owned(),
-                "run the command again".to_owned(),
-            ),
-        }
+            | Command::Unpin(_) => Stop::Nothing,
+        })
+    }
+
+    /// Whether it acts through the engine, which stops it when told and
+    /// records the stop; other commands are dropped.
+    fn stops_itself(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_)
+                | Command::Drill(_)
+                | Command::Restore(_)
+                | Command::Prune(_)
+                | Command::Verify(_)
+                | Command::Pin(_)
+                | Command::Unpin(_)
+        )
     }
 }
 
@@ -313,17 +303,17 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
     match cli.command {
         Command::Run(args) => run::run(&engine, args, cli.json, &cancel).await,
         Command::List(args) => list::run(&engine, args, cli.json).await,
-        Command::Restore(args) => restore::run(&engine, args, cli.json).await,
+        Command::Restore(args) => restore::run(&engine, args, cli.json, &cancel).await,
         Command::Config(command) => config::run(&engine, command, cli.json),
         Command::Daemon(args) => daemon::run(engine, args, cli.config).await,
         Command::Status(args) => check::status(&engine, args, cli.json).await,
         Command::Check(args) => check::check(&engine, args, cli.json).await,
         Command::Db(command) => db::run(&engine, command, cli.json).await,
-        Command::Prune(args) => prune::run(&engine, args, cli.json).await,
-        Command::Verify(args) => verify::run(&engine, args, cli.json).await,
+        Command::Prune(args) => prune::run(&engine, args, cli.json, &cancel).await,
+        Command::Verify(args) => verify::run(&engine, args, cli.json, &cancel).await,
         Command::Drill(args) => drill::run(&engine, args, cli.json, &cancel).await,
-        Command::Pin(args) => pin::pin(&engine, args, cli.json).await,
-        Command::Unpin(args) => pin::unpin(&engine, args, cli.json).await,
+        Command::Pin(args) => pin::pin(&engine, args, cli.json, &cancel).await,
+        Command::Unpin(args) => pin::unpin(&engine, args, cli.json, &cancel).await,
     }
 }
 

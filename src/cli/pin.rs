@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Pin};
 use crate::error::Result;
 use crate::model::BackupId;
 
@@ -27,13 +27,20 @@ pub struct UnpinArgs {
     job: String,
 }
 
-pub async fn pin(engine: &Engine, args: PinArgs, json: bool) -> Result<()> {
+pub async fn pin(
+    engine: &Engine,
+    args: PinArgs,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let id = BackupId::parse(&args.id)?;
-    let storages = engine.pin(&args.job, &id, Some(&args.reason)).await?;
+    let work = Pin::new(&engine.config, &args.job, id.clone(), Some(&args.reason))?;
+    let (storages, recorded) = engine.act(&work, None, cancel).await?.split();
     if json {
         return super::print_json(
             &json!({"job": args.job, "id": id, "pinned": true, "reason": args.reason, "storages": storages}),
-        );
+        )
+        .and(recorded);
     }
     println!(
         "backup {id} of job {} pinned in {}: prune keeps it until `backup unpin {id} --job {}`",
@@ -41,21 +48,28 @@ pub async fn pin(engine: &Engine, args: PinArgs, json: bool) -> Result<()> {
         storages.join(", "),
         args.job
     );
-    Ok(())
+    recorded
 }
 
-pub async fn unpin(engine: &Engine, args: UnpinArgs, json: bool) -> Result<()> {
+pub async fn unpin(
+    engine: &Engine,
+    args: UnpinArgs,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let id = BackupId::parse(&args.id)?;
-    let storages = engine.pin(&args.job, &id, None).await?;
+    let work = Pin::new(&engine.config, &args.job, id.clone(), None)?;
+    let (storages, recorded) = engine.act(&work, None, cancel).await?.split();
     if json {
         return super::print_json(
             &json!({"job": args.job, "id": id, "pinned": false, "storages": storages}),
-        );
+        )
+        .and(recorded);
     }
     println!(
         "backup {id} of job {} unpinned in {}: retention decides its fate again",
         args.job,
         storages.join(", ")
     );
-    Ok(())
+    recorded
 }

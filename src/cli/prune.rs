@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Prune};
 use crate::error::{Error, Result};
 use crate::jobs::prune::{self, StoragePrune};
 use crate::model::JobKind;
@@ -53,7 +53,12 @@ pub(super) fn print(job: &str, p: &StoragePrune, dry_run: bool, zone: &jiff::tz:
     }
 }
 
-pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
+pub async fn run(
+    engine: &Engine,
+    args: Args,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let jobs: Vec<String> = match &args.job {
         Some(name) => vec![name.clone()],
         None => engine
@@ -74,8 +79,9 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     let mut out = Vec::new();
     let mut first_error: Option<Error> = None;
     for name in &jobs {
-        let job = engine.config.job(name)?;
-        let (prunes, unreachable) = engine.prune(name, args.dry_run).await?;
+        let (job, spec) = engine.config.backup_job(name)?;
+        let (prunes, unreachable, unrecorded) =
+            prune_job(engine, Prune::new(job, spec)?, args.dry_run, cancel).await?;
         if json {
             out.push(json!({"job": name, "dry_run": args.dry_run, "storages": prunes}));
         } else {
@@ -83,7 +89,11 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                 print(name, p, args.dry_run, &job.timezone);
             }
         }
-        for e in prune::failure(&prunes).into_iter().chain(unreachable) {
+        for e in prune::failure(&prunes)
+            .into_iter()
+            .chain(unreachable)
+            .chain(unrecorded)
+        {
             let e = e.context(format!("job {name}"));
             crate::report::print_error(&e);
             first_error.get_or_insert(e);
@@ -93,4 +103,21 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         super::print_json(&out)?;
     }
     first_error.map_or(Ok(()), |e| Err(e.reported()))
+}
+
+/// The prune of one job, or only its plan: each storage's prune, a storage
+/// that could not be listed, and why the run record could not be stored.
+pub(super) async fn prune_job(
+    engine: &Engine,
+    work: Prune<'_>,
+    dry_run: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(Vec<StoragePrune>, Option<Error>, Option<Error>)> {
+    if dry_run {
+        let plan = engine.plan(&work, cancel).await?;
+        let prunes = plan.storages.into_iter().map(|p| p.prune).collect();
+        return Ok((prunes, plan.unreachable, None));
+    }
+    let (pruned, recorded) = engine.act(&work, None, cancel).await?.split();
+    Ok((pruned.prunes, pruned.unreachable, recorded.err()))
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use serde_json::json;
 
 use crate::catalog::Selector;
-use crate::engine::Engine;
+use crate::engine::{Engine, Restore, RestoreDir, Stop};
 use crate::error::{Error, Result};
 use crate::jobs::restore::RestoreRequest;
 use crate::model::BackupId;
@@ -14,47 +14,17 @@ use crate::time;
 
 impl Args {
     /// What an interrupted restore leaves incomplete, and how to redo it.
-    pub(super) fn left_behind(&self) -> (String, String) {
+    pub(super) fn stop(&self) -> Stop<'_> {
         match (&self.target_db, &self.target_dir) {
-            (_, Some(dir)) if self.force && !self.in_place => (
-                format!(
-                    "the restore was stopped: directory {} is as it was, unless the stop came \
-                     after the restored copy was swapped in; a partial copy beside it is removed \
-                     by the next restore into it",
-                    dir.display()
-                ),
-                "restore again".to_owned(),
-            ),
-            (_, Some(dir)) => (
-                format!(
-                    "the restore was stopped; if it had begun, directory {} holds part of the backup",
-                    dir.display()
-                ),
-                format!(
-                    "restore again with --force into {}, or into a new directory",
-                    dir.display()
-                ),
-            ),
-            (db, None) if self.in_place => {
-                let db = db.as_deref().unwrap_or_default();
-                (
-                    format!(
-                        "the restore was stopped; if it had begun, database {db} is incomplete"
-                    ),
-                    format!("drop database {db}, or restore again"),
-                )
-            }
-            (db, None) => {
-                let db = db.as_deref().unwrap_or_default();
-                (
-                    format!(
-                        "the restore was stopped: database {db} is as it was, unless the stop \
-                         came after the proven copy was swapped in; the copy being restored \
-                         beside it is dropped"
-                    ),
-                    "restore again".to_owned(),
-                )
-            }
+            (_, Some(dir)) => Stop::RestoreDir {
+                target: dir,
+                force: self.force,
+                in_place: self.in_place,
+            },
+            (db, None) => Stop::Restore {
+                target_db: db.as_deref().unwrap_or_default(),
+                in_place: self.in_place,
+            },
         }
     }
 }
@@ -121,7 +91,12 @@ pub struct Args {
     no_acl: bool,
 }
 
-pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
+pub async fn run(
+    engine: &Engine,
+    args: Args,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let job = engine.config.job(&args.job)?;
     let selector = if let Some(at) = &args.at {
         Selector::At(time::parse_point(at, &job.timezone)?)
@@ -131,7 +106,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         Selector::Latest
     };
     let Some(target_db) = args.target_db.clone() else {
-        return restore_dir(engine, &args, &selector, json).await;
+        return restore_dir(engine, &args, selector, json, cancel).await;
     };
     crate::pg::database::check_name(&target_db)?;
     let request = RestoreRequest {
@@ -148,7 +123,8 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         in_place: args.in_place,
         keep_failed: args.keep_failed,
     };
-    let plan = engine.plan_restore(&args.job, &request).await?;
+    let work = Restore::new(&engine.config, &args.job, request)?;
+    let plan = engine.plan(&work, cancel).await?;
     let b = &plan.backup;
     say_selected(b, plan.requested_at, &plan.timezone, "data");
     if args.dry_run {
@@ -168,7 +144,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     if !args.yes && std::io::stdin().is_terminal() {
         confirm(&format!("database {}", plan.target_db), plan.overwrites())?;
     }
-    let (outcome, recorded) = engine.restore(&plan).await?.split();
+    let (outcome, recorded) = engine.act(&work, Some(plan.clone()), cancel).await?.split();
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
     }
@@ -217,24 +193,30 @@ fn say_selected(
 }
 
 /// `--target-dir`: a files job's directory, written into a directory.
-async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bool) -> Result<()> {
+async fn restore_dir(
+    engine: &Engine,
+    args: &Args,
+    selector: Selector,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let target = args
         .target_dir
         .as_deref()
         .ok_or_else(|| Error::internal("no --target-dir"))?;
-    let plan = engine
-        .plan_restore_dir(
-            &args.job,
-            selector,
-            args.storage.as_deref(),
-            target,
-            crate::jobs::files::Replace {
-                force: args.force,
-                in_place: args.in_place,
-                keep_failed: args.keep_failed,
-            },
-        )
-        .await?;
+    let work = RestoreDir::new(
+        &engine.config,
+        &args.job,
+        selector,
+        args.storage.clone(),
+        target,
+        crate::jobs::files::Replace {
+            force: args.force,
+            in_place: args.in_place,
+            keep_failed: args.keep_failed,
+        },
+    )?;
+    let plan = engine.plan(&work, cancel).await?;
     let b = &plan.backup;
     say_selected(b, plan.requested_at, &plan.timezone, "files");
     let target = plan.target.display().to_string();
@@ -253,7 +235,7 @@ async fn restore_dir(engine: &Engine, args: &Args, selector: &Selector, json: bo
     if !args.yes && std::io::stdin().is_terminal() {
         confirm(&format!("directory {target}"), plan.existing > 0)?;
     }
-    let (outcome, recorded) = engine.restore_dir(&plan).await?.split();
+    let (outcome, recorded) = engine.act(&work, Some(plan.clone()), cancel).await?.split();
     if json {
         return super::print_json(&json!({
             "job": plan.job, "backup": b.id, "snapshot_at": b.snapshot_at,

@@ -77,7 +77,11 @@ async fn dry_run(engine: &Engine, job: &Job, json: bool) -> Result<serde_json::V
             Ok(json!({"job": job.name, "type": "maintenance", "dry_run": true, "preview": preview}))
         }
         JobKind::Prune(spec) => {
-            let (prunes, unreachable) = engine.prune(&spec.backup_job, true).await?;
+            let (bjob, bspec) = engine.config.backup_job(&spec.backup_job)?;
+            let work = crate::engine::Prune::new(bjob, bspec)?;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let (prunes, unreachable, _) =
+                super::prune::prune_job(engine, work, true, &cancel).await?;
             if !json {
                 for p in &prunes {
                     super::prune::print(&spec.backup_job, p, true, &job.timezone);
@@ -229,12 +233,11 @@ pub async fn run(
     for name in &args.jobs {
         let job = engine.config.job(name)?;
         let request = RunRequest {
-            cancel: cancel.clone(),
             accept_new_source: args.accept_new_source,
-            ..RunRequest::manual(name)
+            ..RunRequest::manual(cancel)
         };
         let mut unrecorded = None;
-        let ran = engine.run_now(request).await.map(|done| {
+        let ran = engine.run_now(name, request).await.map(|done| {
             unrecorded = done.unrecorded;
             done.value
         });
@@ -327,7 +330,8 @@ pub async fn run(
             }
             // Said once, by the caller: what this job's kind leaves when stopped.
             Err(e) if e.kind() == crate::error::Kind::Interrupted => {
-                let stopped = crate::engine::stopped(&job.kind);
+                let (stopped, _) =
+                    crate::engine::stops::left_behind(crate::engine::Stop::Job(&job.kind));
                 return Err(Error::interrupted(format!("job {name}: {stopped}")).reported());
             }
             Err(e) => report.failed(name, e),

@@ -1,9 +1,9 @@
 //! `backup verify --job J [--id ID | --latest | --all]`: read backups back and
 //! check them against their manifests.
 
-use crate::engine::{Engine, VerifySelection};
+use crate::engine::{Engine, Verify};
 use crate::error::{Error, Result};
-use crate::jobs::verify;
+use crate::jobs::verify::{self, Selection};
 use crate::model::BackupId;
 use crate::report::bytes_human;
 
@@ -27,16 +27,19 @@ pub struct Args {
     storage: Option<String>,
 }
 
-pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
+pub async fn run(
+    engine: &Engine,
+    args: Args,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
     let which = match (&args.id, args.all) {
-        (Some(id), _) => VerifySelection::Id(BackupId::parse(id)?),
-        (None, true) => VerifySelection::All,
-        (None, false) => VerifySelection::Latest,
+        (Some(id), _) => Selection::Id(BackupId::parse(id)?),
+        (None, true) => Selection::All,
+        (None, false) => Selection::Latest,
     };
-    let (checks, recorded) = engine
-        .verify(&args.job, &which, args.storage.as_deref())
-        .await?
-        .split();
+    let work = Verify::new(&engine.config, &args.job, which, args.storage.as_deref())?;
+    let (checks, recorded) = engine.act(&work, None, cancel).await?.split();
     if json {
         super::print_json(&serde_json::json!({
             "job": args.job,

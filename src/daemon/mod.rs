@@ -142,13 +142,12 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
         tasks.spawn(async move {
             let job = fire.job.clone();
             let request = RunRequest {
-                job: fire.job,
                 trigger: fire.trigger,
                 scheduled_for: Some(fire.at),
                 cancel,
                 accept_new_source: false,
             };
-            if let Err(e) = engine.run(request).await {
+            if let Err(e) = engine.run(&job, request).await {
                 tracing::error!(job = %job, "{e}");
             }
             let _ = done.send(job);

@@ -372,3 +372,203 @@ impl Write for PgRestoreList {
         Ok(())
     }
 }
+
+/// Which backups `backup verify` reads.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Latest,
+    Id(crate::model::BackupId),
+    All,
+}
+
+/// One step of a verify, in the order its results are shown.
+pub enum Step {
+    /// Found before anything was read: a manifest that does not read, a
+    /// named backup a storage lacks, an archive the job cannot check.
+    Known(BackupCheck),
+    /// A backup to read back, with the `pg_restore` that lists its archive.
+    Read {
+        storage: Arc<dyn Storage>,
+        manifest: Box<Manifest>,
+        pg_restore: Option<PathBuf>,
+    },
+}
+
+/// What a verify reads, and what it found before reading.
+pub struct VerifyPlan {
+    pub steps: Vec<Step>,
+    /// The storages read: they take the run record.
+    pub storages: Vec<String>,
+}
+
+/// The plan of a verify of job `name` over `storages`: every storage is
+/// listed first, so a manifest that does not read is reported as bad, never
+/// passed over for another backup.
+pub async fn plan(
+    name: &str,
+    spec: &crate::model::BackupJob,
+    storages: &[Arc<dyn Storage>],
+    which: &Selection,
+) -> Result<VerifyPlan> {
+    use crate::model::BackupId;
+    let mut listings = Vec::new();
+    let mut steps = Vec::new();
+    let mut unreadable = Vec::new();
+    for storage in storages {
+        match catalog::list(storage.as_ref(), name).await {
+            Ok(listing) => {
+                unreadable.extend(
+                    listing
+                        .unreadable
+                        .into_iter()
+                        .map(|u| (storage.name().to_owned(), u)),
+                );
+                listings.push((storage.clone(), listing.backups));
+            }
+            Err(e) => return Err(e.context(format!("job {name}: storage {}", storage.name()))),
+        }
+    }
+    let no_backups = || {
+        Error::not_found(format!("job {name} has no complete backups"))
+            .with_hint(format!("run `backup run {name}` first"))
+    };
+    let wanted: Option<BackupId> = match which {
+        Selection::All => None,
+        Selection::Id(id) => Some(id.clone()),
+        Selection::Latest => Some(
+            listings
+                .iter()
+                .flat_map(|(_, b)| b.iter().map(|m| m.id.clone()))
+                .chain(unreadable.iter().map(|(_, u)| u.id.clone()))
+                .max()
+                .ok_or_else(no_backups)?,
+        ),
+    };
+    let is_wanted = |id: &BackupId| wanted.as_ref().is_none_or(|w| w == id);
+    if let Selection::Id(id) = which
+        && !listings.iter().any(|(_, b)| b.iter().any(|m| &m.id == id))
+        && !unreadable.iter().any(|(_, u)| &u.id == id)
+    {
+        return Err(Error::not_found(format!(
+            "job {name} has no complete backup {id} in any of the storages read"
+        ))
+        .with_hint(format!("`backup list --job {name}` shows its backups")));
+    }
+    for (storage, problem) in unreadable.iter().filter(|(_, u)| is_wanted(&u.id)) {
+        steps.push(Step::Known(BackupCheck {
+            backup_id: problem.id.to_string(),
+            storage: storage.clone(),
+            objects: vec![ObjectCheck {
+                key: catalog::MANIFEST.to_owned(),
+                role: None,
+                stored_size: 0,
+                raw_size: 0,
+                archive_entries: None,
+                error: Some(problem.to_string()),
+                unread: false,
+            }],
+        }));
+    }
+    // A passphrase not on this host makes no backup bad: it is the
+    // configuration error it is, said once, before anything is read.
+    if let Some(passphrase) = spec.encryption.as_ref().and_then(|e| e.passphrase.as_ref())
+        && listings
+            .iter()
+            .flat_map(|(_, b)| b)
+            .any(|m| m.encryption.is_some() && is_wanted(&m.id))
+    {
+        passphrase.resolve()?;
+    }
+    let mut tools: std::collections::BTreeMap<u32, PathBuf> = Default::default();
+    for (storage, backups) in listings {
+        let selected: Vec<Manifest> = backups.into_iter().filter(|m| is_wanted(&m.id)).collect();
+        if let Some(id) = &wanted
+            && selected.is_empty()
+            && !unreadable
+                .iter()
+                .any(|(s, u)| s == storage.name() && &u.id == id)
+        {
+            steps.push(Step::Known(missing(storage.name(), id.as_str())));
+        }
+        for manifest in selected {
+            // A files backup is read as a tar: no pg_restore needed.
+            let pg_restore = match (manifest.object(Role::Data), spec.database()) {
+                (None, _) => None,
+                (Some(object), None) => {
+                    // Made while the job was a database backup: said for
+                    // this backup, and the others are still verified.
+                    steps.push(Step::Known(BackupCheck {
+                        backup_id: manifest.id.to_string(),
+                        storage: storage.name().to_owned(),
+                        objects: vec![ObjectCheck {
+                            key: object.key.clone(),
+                            role: Some(object.role),
+                            stored_size: object.digest.stored_size,
+                            raw_size: object.digest.raw_size,
+                            archive_entries: None,
+                            error: Some(format!(
+                                "a pg_dump archive in files job {name}: not verified; \
+                                 the job was a database backup when it was made"
+                            )),
+                            unread: false,
+                        }],
+                    }));
+                    continue;
+                }
+                (Some(_), Some(db)) => {
+                    let major =
+                        pg::command::parse_tool_version(&manifest.pg_dump_version).unwrap_or(0);
+                    Some(match tools.get(&major) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p = pg_restore_for_archives(db, major)?;
+                            tools.insert(major, p.clone());
+                            p
+                        }
+                    })
+                }
+            };
+            steps.push(Step::Read {
+                storage: storage.clone(),
+                manifest: Box::new(manifest),
+                pg_restore,
+            });
+        }
+    }
+    if steps.is_empty() {
+        return Err(no_backups());
+    }
+    Ok(VerifyPlan {
+        steps,
+        storages: storages.iter().map(|s| s.name().to_owned()).collect(),
+    })
+}
+
+/// Carries out a plan: each backup read back in turn.
+pub async fn execute(
+    plan: &VerifyPlan,
+    keys: Option<&crate::model::EncryptionSpec>,
+    progress: &Arc<dyn Progress>,
+) -> Vec<BackupCheck> {
+    let mut checks = Vec::with_capacity(plan.steps.len());
+    for step in &plan.steps {
+        match step {
+            Step::Known(check) => checks.push(check.clone()),
+            Step::Read {
+                storage,
+                manifest,
+                pg_restore,
+            } => {
+                tracing::info!(
+                    "verifying backup {} in storage {}",
+                    manifest.id,
+                    storage.name()
+                );
+                checks.push(
+                    verify_backup(storage, manifest, pg_restore.as_deref(), keys, progress).await,
+                );
+            }
+        }
+    }
+    checks
+}

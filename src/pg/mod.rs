@@ -442,11 +442,18 @@ fn connect_error(
             ),
         },
     };
-    Error::database(format!(
+    // A server that cannot be reached, or is starting up or shutting down,
+    // may answer a retry; a refused login or a missing database will not.
+    let temporary = match e.as_db_error() {
+        Some(d) => matches!(d.code().code(), "57P01" | "57P02" | "57P03" | "53300"),
+        None => tls::tls_failure(&e).is_none(),
+    };
+    let err = Error::database(format!(
         "database {} ({dbname}): cannot connect: {message}",
         db.name
     ))
-    .with_hint(hint)
+    .with_hint(hint);
+    if temporary { err.temporary() } else { err }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -767,6 +774,17 @@ pub fn require_tool_at_least(path: &Path, server: &ServerVersion) -> Result<Stri
 }
 
 /// A running client program, with the tail of its stderr kept for messages.
+/// What libpq says when the server went away or is not taking sessions yet.
+const LOST_SERVER: &[&str] = &[
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+    "could not receive data from server",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "Connection refused",
+    "SSL SYSCALL error: EOF detected",
+];
+
 pub struct ClientProgram {
     pub name: String,
     pub child: Child,
@@ -917,12 +935,18 @@ impl ClientProgram {
         if status.success() {
             return Ok(stderr);
         }
-        Err(Error::tool(format!(
+        let err = Error::tool(format!(
             "{} {}{}",
             self.name,
             describe_status(status),
             quoted(&stderr)
-        )))
+        ));
+        // The server went away under the program (a restart, a failover, a
+        // terminated session): a retry may find it back.
+        if LOST_SERVER.iter().any(|said| stderr.contains(said)) {
+            return Err(err.temporary());
+        }
+        Err(err)
     }
 
     pub fn kill(&mut self) {
