@@ -2,7 +2,9 @@
 //!
 //! The modules follow the data flow in DESIGN.md; dependencies point one way:
 //! `cli` → `engine` → `jobs` → {`pg`, `archive`, `catalog`, `storage`, `report`}
-//! → {`model`, `secret`, `config`, `error`}.
+//! → {`model`, `secret`, `config`, `lock`, `error`}.
+
+#![forbid(unsafe_code)]
 
 pub mod archive;
 pub mod catalog;
@@ -12,6 +14,7 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod jobs;
+pub mod lock;
 pub mod model;
 pub mod nofollow;
 pub mod notify;

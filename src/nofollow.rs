@@ -12,56 +12,42 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
+use nix::fcntl::{FcntlArg, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
+
+/// A name with a NUL byte in it is refused as `InvalidInput` before any
+/// call, as it always was, not as the EINVAL nix would make of it: callers
+/// read EINVAL as "a directory where a link was".
 fn c_name(name: &OsStr) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-fn check(result: libc::c_int) -> io::Result<()> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// `openat(dir, name, flags)`, close-on-exec.
-pub fn open_at(dir: &File, name: &OsStr, flags: libc::c_int) -> io::Result<File> {
+pub fn open_at(dir: &File, name: &OsStr, flags: OFlag) -> io::Result<File> {
     create_at(dir, name, flags, 0)
 }
 
 /// `openat(dir, name, flags, mode)`, close-on-exec: `mode` is for `O_CREAT`.
-pub fn create_at(
-    dir: &File,
-    name: &OsStr,
-    flags: libc::c_int,
-    mode: libc::mode_t,
-) -> io::Result<File> {
+pub fn create_at(dir: &File, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<File> {
     let name = c_name(name)?;
-    // SAFETY: a valid directory descriptor and C string; the descriptor
-    // returned is owned by the File made of it and nothing else.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            libc::c_uint::from(mode),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is not owned elsewhere.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    let fd = nix::fcntl::openat(
+        dir,
+        name.as_c_str(),
+        flags | OFlag::O_CLOEXEC,
+        Mode::from_bits_retain(mode),
+    )?;
+    Ok(File::from(fd))
 }
 
 /// The entry `name` of `dir` itself, a link included, not what a link
 /// points to.
 pub fn metadata_at(dir: &File, name: &OsStr) -> io::Result<std::fs::Metadata> {
-    open_at(dir, name, libc::O_PATH | libc::O_NOFOLLOW).and_then(|entry| entry.metadata())
+    open_at(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW).and_then(|entry| entry.metadata())
 }
 
 /// Opens the directory `name` of `dir`; a link there fails (`ENOTDIR`).
@@ -69,7 +55,7 @@ pub fn open_dir_at(dir: &File, name: &OsStr) -> io::Result<File> {
     open_at(
         dir,
         name,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
     )
 }
 
@@ -82,71 +68,66 @@ pub fn open_file_at(dir: &File, name: &OsStr) -> io::Result<File> {
     let file = match open_at(
         dir,
         name,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
     ) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            return open_at(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW);
+            return open_at(dir, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW);
         }
         other => other?,
     };
-    // SAFETY: a valid descriptor; F_GETFL and F_SETFL take and give flags.
-    unsafe {
-        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
+    if let Ok(flags) = nix::fcntl::fcntl(&file, FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_retain(flags) - OFlag::O_NONBLOCK;
+        let _ = nix::fcntl::fcntl(&file, FcntlArg::F_SETFL(flags));
     }
     Ok(file)
 }
 
 /// `mkdirat(dir, name, mode)`.
-pub fn mkdir_at(dir: &File, name: &OsStr, mode: libc::mode_t) -> io::Result<()> {
+pub fn mkdir_at(dir: &File, name: &OsStr, mode: u32) -> io::Result<()> {
     let name = c_name(name)?;
-    // SAFETY: a valid directory descriptor and C string.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
+    Ok(nix::sys::stat::mkdirat(
+        dir,
+        name.as_c_str(),
+        Mode::from_bits_retain(mode),
+    )?)
 }
 
 /// `unlinkat(dir, name, 0)`: removes a file, or a link itself.
 pub fn remove_file_at(dir: &File, name: &OsStr) -> io::Result<()> {
     let name = c_name(name)?;
-    // SAFETY: a valid directory descriptor and C string.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })
+    Ok(nix::unistd::unlinkat(
+        dir,
+        name.as_c_str(),
+        UnlinkatFlags::NoRemoveDir,
+    )?)
 }
 
 /// `unlinkat(dir, name, AT_REMOVEDIR)`: removes an empty directory.
 pub fn remove_dir_at(dir: &File, name: &OsStr) -> io::Result<()> {
     let name = c_name(name)?;
-    // SAFETY: a valid directory descriptor and C string.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
+    Ok(nix::unistd::unlinkat(
+        dir,
+        name.as_c_str(),
+        UnlinkatFlags::RemoveDir,
+    )?)
 }
 
 /// `renameat(dir, from, dir, to)`: within one directory. A link at `to` is
 /// replaced, never written through.
 pub fn rename_at(dir: &File, from: &OsStr, to: &OsStr) -> io::Result<()> {
     let (from, to) = (c_name(from)?, c_name(to)?);
-    // SAFETY: a valid directory descriptor and C strings.
-    check(unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) })
+    Ok(nix::fcntl::renameat(
+        dir,
+        from.as_c_str(),
+        dir,
+        to.as_c_str(),
+    )?)
 }
 
 /// `readlinkat(dir, name)`: what the link says, unfollowed.
 pub fn read_link_at(dir: &File, name: &OsStr) -> io::Result<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
     let name = c_name(name)?;
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: a valid descriptor, C string and buffer of buf.len() bytes.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(PathBuf::from(OsString::from_vec(buf)))
+    Ok(PathBuf::from(nix::fcntl::readlinkat(dir, name.as_c_str())?))
 }
 
 /// The names in the open directory `dir` (not `.` and `..`), in no order:
@@ -173,9 +154,17 @@ mod tests {
         let root = File::open(base.path()).unwrap();
 
         let err = open_dir_at(&root, OsStr::new("dir")).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR), "{err}");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::errno::Errno::ENOTDIR as i32),
+            "{err}"
+        );
         let err = open_file_at(&root, OsStr::new("file")).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::errno::Errno::ELOOP as i32),
+            "{err}"
+        );
         for name in ["dir", "file"] {
             assert!(metadata_at(&root, OsStr::new(name)).unwrap().is_symlink());
         }

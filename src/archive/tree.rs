@@ -12,6 +12,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
 use crate::error::{Error, Kind, Result};
 use crate::nofollow::{self, open_at, open_file_at, read_link_at};
 
@@ -41,7 +44,7 @@ pub struct Packed {
 pub fn pack(dir: &Path, out: impl Write) -> Result<Packed> {
     let root = match fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_DIRECTORY)
+        .custom_flags(OFlag::O_DIRECTORY.bits())
         .open(dir)
     {
         Ok(root) => root,
@@ -88,7 +91,7 @@ fn walk<W: Write>(
             ));
         };
         // The entry itself, a link included, not what a link points to.
-        let meta = match open_at(dir, &name, libc::O_PATH | libc::O_NOFOLLOW)
+        let meta = match open_at(dir, &name, OFlag::O_PATH | OFlag::O_NOFOLLOW)
             .and_then(|entry| entry.metadata())
         {
             Ok(meta) => meta,
@@ -100,7 +103,7 @@ fn walk<W: Write>(
         };
         let kind = meta.file_type();
         let appended = if kind.is_dir() {
-            let sub = match open_at(dir, &name, libc::O_DIRECTORY | libc::O_NOFOLLOW) {
+            let sub = match open_at(dir, &name, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW) {
                 Ok(sub) => sub,
                 Err(e) if is_gone_or_replaced(&e) => {
                     left_out(packed, "removed or replaced");
@@ -182,7 +185,10 @@ fn is_gone_or_replaced(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-    ) || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EINVAL))
+    ) || matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ELOOP | Errno::EINVAL)
+    )
 }
 
 /// Exactly `len` bytes of `file`, whatever it does meanwhile: bytes past
@@ -417,12 +423,12 @@ fn open_dir(path: &Path) -> Result<Option<fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
     match fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
         .open(path)
     {
         Ok(dir) => Ok(Some(dir)),
         Err(e)
-            if e.raw_os_error() == Some(libc::ELOOP)
+            if e.raw_os_error() == Some(Errno::ELOOP as i32)
                 || e.kind() == std::io::ErrorKind::NotADirectory
                 || e.kind() == std::io::ErrorKind::NotFound =>
         {
@@ -489,8 +495,11 @@ mod tests {
         set_mtime(&d.join("2024/06/photo.jpg"), 1_700_000_000);
         std::os::unix::fs::symlink("2024/06/photo.jpg", d.join("latest.jpg")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.join("outside")).unwrap();
-        let fifo = std::ffi::CString::new(d.join("queue.fifo").to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        nix::unistd::mkfifo(
+            &d.join("queue.fifo"),
+            nix::sys::stat::Mode::from_bits_retain(0o600),
+        )
+        .unwrap();
         set_mtime(&d.join("2024/06"), 1_600_000_000);
         set_mode(&d.join("2024"), 0o750);
         dir
@@ -504,7 +513,7 @@ mod tests {
         fs::write(tree.join("a/x"), "inside").unwrap();
         let root = fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY)
+            .custom_flags(OFlag::O_DIRECTORY.bits())
             .open(&tree)
             .unwrap();
         // The tree's path now leads elsewhere, as a swapped link would.

@@ -269,7 +269,7 @@ fn read_job_file(path: &Path) -> Result<String> {
     // checked on what was opened, so a swap after a check changes nothing.
     let mut file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(path)
         .map_err(io_error)?;
     let meta = file.metadata().map_err(io_error)?;

@@ -4,7 +4,7 @@
 //! restored with `backup restore --target-dir`.
 //!
 //! Such a job has no database, so its run lock cannot be an advisory lock on
-//! a server: it is a lock file of this host ([`LocalLock`]).
+//! a server: it is a lock file of this host ([`crate::lock::LocalLock`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -507,6 +507,8 @@ pub async fn execute(
 /// Puts the complete copy `staging` in the place of `target`, then removes
 /// the old tree. The copy gets the target directory's own mode and owner.
 fn swap_dirs(target: &Path, staging: &Path) -> Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, RenameFlags};
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let io = |what: &str, path: &Path, e: std::io::Error| {
@@ -522,20 +524,15 @@ fn swap_dirs(target: &Path, staging: &Path) -> Result<()> {
             .map_err(|_| Error::internal(format!("{} holds a NUL byte", p.display())))
     };
     let (from, to) = (c(staging)?, c(target)?);
-    // SAFETY: two valid NUL-terminated paths; renameat2 reads them only.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-            return Err(io("swapping in the restored copy at", target, e));
+    if let Err(e) = nix::fcntl::renameat2(
+        AT_FDCWD,
+        from.as_c_str(),
+        AT_FDCWD,
+        to.as_c_str(),
+        RenameFlags::RENAME_EXCHANGE,
+    ) {
+        if !matches!(e, Errno::EINVAL | Errno::ENOSYS) {
+            return Err(io("swapping in the restored copy at", target, e.into()));
         }
         // A file system without atomic exchange: two renames, the target's
         // name missing for the moment between them.
@@ -556,146 +553,4 @@ fn swap_dirs(target: &Path, staging: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A files job's run lock: an exclusive open-file-description lock on
-/// `<lock dir>/<job>.lock`, held until the run drops it (or its process
-/// dies). Open-file-description locks can be looked at without being
-/// taken, so a prune asking whether the job runs never makes a starting
-/// run think another holds it.
-pub struct LocalLock {
-    _file: std::fs::File,
-}
-
-impl LocalLock {
-    /// Takes the lock of `job`, or `None` when another process holds it.
-    pub fn try_take(job: &str) -> Result<Option<LocalLock>> {
-        let path = lock_dir()?.join(format!("{job}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| lock_error(&path, e))?;
-        match whole_file_lock(&file, libc::F_OFD_SETLK) {
-            Ok(_) => Ok(Some(LocalLock { _file: file })),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(None),
-            Err(e) => Err(lock_error(&path, e)),
-        }
-    }
-
-    /// Whether a run of `job` holds its lock now, without taking it.
-    pub fn is_held(job: &str) -> Result<bool> {
-        let path = lock_dir()?.join(format!("{job}.lock"));
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(lock_error(&path, e)),
-        };
-        let lock = whole_file_lock(&file, libc::F_OFD_GETLK).map_err(|e| lock_error(&path, e))?;
-        Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
-    }
-}
-
-/// `fcntl(cmd)` (F_OFD_SETLK or F_OFD_GETLK) of an exclusive lock on the
-/// whole of `file`; GETLK's answer says who holds one, if anyone.
-fn whole_file_lock(file: &std::fs::File, cmd: libc::c_int) -> std::io::Result<libc::flock> {
-    // SAFETY: flock is plain data; all zeroes is a valid value of it.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: a valid descriptor and a valid, initialised flock struct,
-    // which F_OFD_GETLK only fills in.
-    let rc = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(file), cmd, &mut lock) };
-    if rc == 0 {
-        Ok(lock)
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn lock_error(path: &Path, e: std::io::Error) -> Error {
-    Error::io(
-        Kind::Internal,
-        format!("the run lock {}", path.display()),
-        e,
-    )
-    .with_hint(
-        "files jobs keep their run locks in $BACKUP_LOCK_DIR, else /run/backup (the systemd \
-         unit's RuntimeDirectory), else /run/lock/backup-UID, else $TMPDIR/backup-UID",
-    )
-}
-
-/// Where files jobs' lock files are, the same for a daemon with a private
-/// /tmp and the operator's shell: `$BACKUP_LOCK_DIR`; else `/run/backup`
-/// when this user owns it (the systemd unit's RuntimeDirectory); else
-/// `/run/lock/backup-<uid>` where /run/lock is writable (Debian's 1777);
-/// else `$TMPDIR/backup-<uid>`. Made 0700, and refused when it is a link,
-/// someone else's or open to others, since whoever can write it can hold a
-/// job's lock forever.
-fn lock_dir() -> Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    let run_lock_writable = {
-        let path = c"/run/lock";
-        // SAFETY: a valid C string; access only looks.
-        unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
-    };
-    let dir = match std::env::var_os("BACKUP_LOCK_DIR").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir,
-        _ if std::fs::symlink_metadata("/run/backup")
-            .is_ok_and(|m| m.is_dir() && m.uid() == uid) =>
-        {
-            PathBuf::from("/run/backup")
-        }
-        _ if run_lock_writable => PathBuf::from(format!("/run/lock/backup-{uid}")),
-        _ => std::env::temp_dir().join(format!("backup-{uid}")),
-    };
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(lock_error(&dir, e)),
-    }
-    let meta = std::fs::symlink_metadata(&dir).map_err(|e| lock_error(&dir, e))?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-        return Err(Error::new(
-            Kind::Refused,
-            format!(
-                "the lock directory {} is not a directory of this user that only it may use",
-                dir.display()
-            ),
-        )
-        .with_hint(format!(
-            "remove it, or make it yours with mode 0700: chmod 700 {}",
-            dir.display()
-        )));
-    }
-    Ok(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_files_jobs_lock_is_taken_once_and_seen_without_being_taken() {
-        let job = format!("unit-lock-{}", std::process::id());
-        assert!(!LocalLock::is_held(&job).unwrap());
-        let held = LocalLock::try_take(&job).unwrap().expect("free");
-        assert!(LocalLock::is_held(&job).unwrap());
-        // Another open of the file (another run) cannot take it.
-        assert!(LocalLock::try_take(&job).unwrap().is_none());
-        // Looking did not take it: it is still held by `held` alone.
-        assert!(LocalLock::is_held(&job).unwrap());
-        drop(held);
-        assert!(!LocalLock::is_held(&job).unwrap());
-        let again = LocalLock::try_take(&job).unwrap();
-        assert!(again.is_some());
-    }
 }

@@ -332,23 +332,19 @@ impl Drop for Throwaway {
 
 /// The user the server runs as, when we are root: PostgreSQL refuses root.
 fn server_user() -> Result<Option<(u32, u32)>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
-    let name = c"postgres";
-    // SAFETY: a valid C string; the result is read at once, before any other
-    // getpw* call could reuse its buffer.
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-    if entry.is_null() {
+    // getpwnam_r: the runtime's other threads may look users up meanwhile.
+    // An error reading the user database counts as no such user, as a null
+    // getpwnam did.
+    let Ok(Some(user)) = nix::unistd::User::from_name("postgres") else {
         return Err(Error::tool(
             "PostgreSQL refuses to run as root, and there is no `postgres` user to run the throwaway cluster as",
         )
         .with_hint("run the drill as another user, create a `postgres` user, or pass --target-url"));
-    }
-    // SAFETY: checked non-null above.
-    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-    Ok(Some((uid, gid)))
+    };
+    Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
 fn free_port() -> Result<u16> {

@@ -107,9 +107,7 @@ enum Held {
         database: String,
     },
     /// Held for as long as it lives; released when dropped.
-    Local {
-        _lock: crate::jobs::files::LocalLock,
-    },
+    Local { _lock: crate::lock::LocalLock },
 }
 
 /// Whether a run may share its database with dumps.
@@ -138,7 +136,7 @@ impl RunLock {
     /// job without a database, another process of this host) holds it.
     pub async fn try_take(db: Option<&Database>, job: &str) -> Result<Option<RunLock>> {
         let Some(db) = db else {
-            let taken = crate::jobs::files::LocalLock::try_take(job)?;
+            let taken = crate::lock::LocalLock::try_take(job)?;
             return Ok(taken.map(|lock| RunLock {
                 held: Held::Local { _lock: lock },
             }));
@@ -255,7 +253,7 @@ impl RunLock {
 /// even for a moment, could make a run starting then skip its fire time.
 pub async fn job_running(db: Option<&Database>, job: &str) -> Result<bool> {
     let Some(db) = db else {
-        return crate::jobs::files::LocalLock::is_held(job);
+        return crate::lock::LocalLock::is_held(job);
     };
     let conn = connect(db, None).await?;
     let key = lock_key(&format!("backup job {job}"));
@@ -887,15 +885,13 @@ impl Drop for StopOnDrop {
         }
         tracing::info!("stopping {} (pid {})", self.name, self.pid);
         // The child is not reaped yet, so the pid is still its own.
-        let pid = self.pid as libc::pid_t;
-        // SAFETY: kill(2) takes plain integers and has no memory effects.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let reaped = self.reaped.clone();
         std::thread::spawn(move || {
             std::thread::sleep(StopOnDrop::KILL_AFTER);
             if !reaped.load(Ordering::SeqCst) {
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
         });
     }

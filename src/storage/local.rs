@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use tokio::io::AsyncWriteExt;
 
 use super::health::FailureKind;
@@ -96,8 +98,10 @@ fn step(parent: &File, name: &str, create: bool) -> std::io::Result<Step> {
 /// A link where a directory was asked for (ENOTDIR or ELOOP under
 /// O_NOFOLLOW), else the error itself.
 fn link_or(parent: &File, name: &OsStr, e: std::io::Error) -> std::io::Result<Step> {
-    if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP))
-        && nofollow::metadata_at(parent, name).is_ok_and(|m| m.is_symlink())
+    if matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ENOTDIR | Errno::ELOOP)
+    ) && nofollow::metadata_at(parent, name).is_ok_and(|m| m.is_symlink())
     {
         Ok(Step::Link)
     } else {
@@ -252,7 +256,7 @@ impl LocalStorage {
         let open = || {
             std::fs::OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_DIRECTORY)
+                .custom_flags(OFlag::O_DIRECTORY.bits())
                 .open(&self.root)
         };
         match open() {
@@ -320,7 +324,7 @@ impl LocalStorage {
                 "{TEMP_PREFIX}{name}-{}",
                 u64::from(std::process::id()) * 1_000_000 + u64::from(rand_suffix())
             );
-            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
             match nofollow::create_at(&dir, OsStr::new(&temp), flags, FILE_MODE) {
                 Ok(file) => {
                     // The umask may have taken bits off; never more than 0600.
@@ -358,7 +362,7 @@ impl LocalStorage {
         let file = match nofollow::open_file_at(&dir, OsStr::new(name)) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
                 return Err(self.link_error(key.as_str()));
             }
             Err(e) => return Err(self.err(self.path(key).display(), e)),
