@@ -584,11 +584,20 @@ fn a_run_past_its_timeout_fails_as_timed_out_and_stops_pg_dump() {
 
 #[test]
 fn retries_try_again_with_backoff_and_record_the_attempts() {
-    // The first attempt fails (no such database), so do the retries; the
-    // record says how many attempts there were.
+    // The server cannot be reached (nothing listens on its port: a restart,
+    // a failover): a temporary failure, so the retries run; the record says
+    // how many attempts there were.
     let setup = Setup::new("", "retries = 2\nretry_delay = \"100ms\"");
     let config = std::fs::read_to_string(&setup.config).unwrap();
-    std::fs::write(&setup.config, config.replace("/app\"", "/missing\"")).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let here = format!("127.0.0.1:{}/", setup.cluster.port);
+    std::fs::write(
+        &setup.config,
+        config.replace(&here, &format!("127.0.0.1:{port}/")),
+    )
+    .unwrap();
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 4, "{}", run.all());
     assert_eq!(
@@ -597,10 +606,20 @@ fn retries_try_again_with_backoff_and_record_the_attempts() {
         "{}",
         run.all()
     );
-    let records = records(&setup);
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0]["attempts"], 3);
-    assert_eq!(records[0]["outcome"], "failed");
+    let first = records(&setup);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["attempts"], 3);
+    assert_eq!(first[0]["outcome"], "failed");
+
+    // A database that does not exist will not appear by trying again: one
+    // attempt, however many retries are allowed.
+    std::fs::write(&setup.config, config.replace("/app\"", "/missing\"")).unwrap();
+    let run = setup.backup(&["run", "nightly"]);
+    assert_eq!(run.code, 4, "{}", run.all());
+    assert!(!run.stderr.contains("trying again in"), "{}", run.all());
+    let both = records(&setup);
+    assert_eq!(both.len(), 2);
+    assert!(both.iter().any(|r| r["attempts"] == 1), "{both:?}");
 }
 
 /// Runs `backup check ARGS` and returns its exit code and line.
@@ -997,7 +1016,7 @@ fn config_check_prints_the_next_five_runs_in_the_jobs_zone() {
 #[test]
 fn dumps_and_heavy_maintenance_never_share_a_database() {
     let setup = Setup::new("", "");
-    let key = backup::pg::lock_key("backup database app");
+    let key = backup::lock::lock_key("backup database app");
     // Heavy maintenance (here: another session standing in for VACUUM FULL)
     // holds the database's lock: a backup waits for it, then runs.
     let heavy = setup.cluster.hold_advisory_lock("app", key);
@@ -1353,7 +1372,7 @@ fn backup_run_refuses_while_the_job_runs_elsewhere() {
     // Another process (a daemon replica) holds the job's lock.
     let other = setup
         .cluster
-        .hold_advisory_lock("app", backup::pg::lock_key("backup job nightly"));
+        .hold_advisory_lock("app", backup::lock::lock_key("backup job nightly"));
     let run = setup.backup(&["run", "nightly"]);
     assert_eq!(run.code, 9, "{}", run.all());
     assert!(

@@ -84,7 +84,7 @@ fn a_backup_killed_with_sigkill_leaves_a_temp_file_prune_removes_once_no_run_hol
         .set_modified(two_hours_ago)
         .unwrap();
     // The killed run's session, and with it the job's lock, is gone.
-    let key = backup::pg::lock_key("backup job nightly");
+    let key = backup::lock::lock_key("backup job nightly");
     let held = format!(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
          AND ((classid::int8 << 32) | objid::int8) = {key}"

@@ -96,7 +96,7 @@ fn records(setup: &Setup, job: &str) -> Vec<Value> {
 fn a_running_dump(setup: &Setup) -> common::LockHolder {
     setup
         .cluster
-        .hold_advisory_lock_shared("app", backup::pg::lock_key("backup database app"))
+        .hold_advisory_lock_shared("app", backup::lock::lock_key("backup database app"))
 }
 
 /// Waits for a spawned `backup`, killing it and failing after `limit`.

@@ -452,7 +452,7 @@ fn while_the_job_runs_no_incomplete_backup_is_deleted_whatever_its_age() {
     // A backup that has been running for three days holds the job's lock.
     let running = setup
         .cluster
-        .hold_advisory_lock("app", backup::pg::lock_key("backup job nightly"));
+        .hold_advisory_lock("app", backup::lock::lock_key("backup job nightly"));
     let (run, out) = prune_json(&setup, &[], &[]);
     assert!(run.ok(), "{}", run.all());
     assert!(entries(&out, "keep").contains(&old_incomplete), "{out:#}");

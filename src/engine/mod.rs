@@ -13,7 +13,6 @@
 //! describes itself. Storages and locks come through [`OpenStorage`] and
 //! [`Locks`], which tests replace with in-memory ones.
 
-pub mod locks;
 pub mod stops;
 mod work;
 
@@ -29,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{Error, Kind, Result};
+use crate::lock::{DatabaseUse, Held, Locks, ServerLocks};
 use crate::model::{Clock, Config, StorageSpec};
-use crate::pg::DatabaseUse;
 use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
 use crate::storage::{self, Storage};
 
-pub use locks::{Held, InProcessLocks, Locks, ServerLocks};
+pub use crate::lock::InProcessLocks;
 pub use stops::Stop;
 pub use work::{
     Drill, JobRun, ListedBackup, Output, Pin, Prune, PrunePlan, Restore, RestoreDir, Verify,

@@ -20,8 +20,8 @@ use crate::jobs::maintenance::{self, MaintenanceOutcome};
 use crate::jobs::restore::{self, RestoreOutcome, RestorePlan, RestoreRequest};
 use crate::jobs::restore_test::{self, RestoreTestOutcome};
 use crate::jobs::{files, prune, verify};
+use crate::lock::DatabaseUse;
 use crate::model::{BackupId, BackupJob, BackupSource, Job, JobKind};
-use crate::pg::DatabaseUse;
 use crate::report;
 use crate::storage::{self, Storage};
 

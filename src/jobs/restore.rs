@@ -787,7 +787,7 @@ async fn still_as_planned(plan: &RestorePlan, db: &Database) -> Result<()> {
 /// One restore into a database at a time: two at once would swap each
 /// other's copies. A session-level advisory lock, released with `admin`.
 async fn take_restore_lock(admin: &pg::Connection, target: &str) -> Result<()> {
-    let key = pg::lock_key(&format!("backup restore into {target}"));
+    let key = crate::lock::lock_key(&format!("backup restore into {target}"));
     let row = admin
         .client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&key])

@@ -1,7 +1,6 @@
-//! The locks a run takes so that one job runs once at a time: here the
-//! host-local lock of a job without a database (a files job), a lock file of
-//! this host. A job with a database holds an advisory lock on its server
-//! instead (`pg::RunLock`).
+//! The host-local lock of a job without a database (a files job): a lock
+//! file of this host, held by an open-file-description lock. A job with a
+//! database holds an advisory lock on its server instead ([`super::RunLock`]).
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,15 @@
-//! The locks a run takes, behind a trait so the engine can be tested without
-//! a server: one runner of a job across replicas (PostgreSQL advisory locks,
-//! or a host lock for a job without a database), and a database shared with
-//! dumps or taken alone by heavy maintenance.
+//! The locks a run takes so one job runs once at a time: one runner of a
+//! job across replicas (PostgreSQL advisory locks, [`server`], or a lock
+//! file of this host for a job without a database, [`local`]), and a
+//! database shared with dumps or taken alone by heavy maintenance. The
+//! engine takes them through [`Locks`], which tests replace with
+//! [`InProcessLocks`].
+
+mod local;
+mod server;
+
+pub use local::LocalLock;
+pub use server::{RunLock, job_running, lock_key};
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -10,7 +18,15 @@ use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 use crate::model::Database;
-use crate::pg::{DatabaseUse, RunLock};
+
+/// Whether a run may share its database with dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseUse {
+    /// A dump, or anything that coexists with one.
+    Shared,
+    /// VACUUM FULL, a non-concurrent REINDEX: nothing else may dump meanwhile.
+    Exclusive,
+}
 
 /// Takes a job's lock, and tells whether some process holds it.
 #[async_trait]
@@ -51,7 +67,7 @@ impl Locks for ServerLocks {
     }
 
     async fn running(&self, db: Option<&Database>, job: &str) -> Result<bool> {
-        crate::pg::job_running(db, job).await
+        job_running(db, job).await
     }
 }
 
