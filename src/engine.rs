@@ -1117,7 +1117,7 @@ impl Engine {
         let storages = self.storages_of(spec).await?;
         let (backup, storage) = restore::choose(bjob, &storages, None, selector).await?;
         let reader = restore::named(&storages, &storage)?;
-        let crypt = crate::archive::crypt::opener(reader.as_ref(), &backup, spec.keys()).await?;
+        let crypt = crate::catalog::opener(reader.as_ref(), &backup, spec.keys()).await?;
         let storage_location = spec
             .storages
             .iter()
@@ -1127,7 +1127,7 @@ impl Engine {
         let dbname = backup.dbname.clone();
         let target = match target_url {
             Some(url) => {
-                let (parsed, _) = crate::pg::tls::parse(url).map_err(|e| {
+                let (parsed, _) = crate::pg::url::parse(url).map_err(|e| {
                     Error::usage(format!(
                         "--target-url is not a valid connection string: {e}"
                     ))
@@ -1146,6 +1146,7 @@ impl Engine {
                     password: None,
                     password_from: None,
                     pg_bin_dir: database.pg_bin_dir.clone(),
+                    secret_env: database.secret_env.clone(),
                 };
                 let admin = crate::pg::connect(&db, Some("postgres")).await?;
                 if crate::pg::database_exists(&admin, &dbname).await? {
@@ -1164,10 +1165,7 @@ impl Engine {
                     .next()
                     .and_then(|m| m.parse().ok())
                     .unwrap_or(0);
-                drill::DrillTarget::Throwaway(crate::pg::cluster::find_server(
-                    database.pg_bin_dir.as_deref(),
-                    major,
-                )?)
+                drill::DrillTarget::Throwaway(crate::pg::cluster::find_server(database, major)?)
             }
         };
         Ok(drill::DrillPlan {

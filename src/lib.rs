@@ -1,8 +1,19 @@
 //! `backup`: logical PostgreSQL backups that stream, verify and restore.
 //!
-//! The modules follow the data flow in DESIGN.md; dependencies point one way:
-//! `cli` → `engine` → `jobs` → {`pg`, `archive`, `catalog`, `storage`, `report`}
-//! → {`model`, `secret`, `config`, `error`}.
+//! The modules follow the data flow in DESIGN.md. Dependencies point one way:
+//! each module imports only those listed before it.
+//!
+//! 1. `error`, `time`, `nofollow`: the ground everything stands on;
+//! 2. `secret`: secrets a job file names, and reading them;
+//! 3. `keys`: age recipients and identities;
+//! 4. `schedule`, `model`: the validated configuration;
+//! 5. `retention`: which backups are kept, a pure function of the model;
+//! 6. `storage`, then `archive`: where objects go, and how they are packed;
+//! 7. `pg`: PostgreSQL (`pg::url`, libpq's connection strings, below the rest);
+//! 8. `catalog`: the manifests in storage, and opening encrypted backups;
+//! 9. `report`, `notify`: run records and announcements;
+//! 10. `config`: job files, read into the model;
+//! 11. `jobs`, then `engine`, then `daemon` and `cli`.
 
 pub mod archive;
 pub mod catalog;
@@ -12,6 +23,7 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod jobs;
+pub mod keys;
 pub mod model;
 pub mod nofollow;
 pub mod notify;

@@ -21,16 +21,15 @@ use toml::Spanned;
 mod expand;
 mod maintenance;
 mod restore_test;
-pub use restore_test::MAX_IDENTIFIER;
 mod storage;
 
 use crate::error::{Error, Result};
 use crate::model::{
     BackupJob, BackupSource, CatchUp, Compression, Config, Database, EncryptionSpec, Job, JobKind,
-    Notifier, NotifierKind, Origin, Overlap, PruneJob, RunPolicy, StorageSpec,
+    Notifier, NotifierKind, Overlap, PruneJob, RunPolicy, StorageSpec,
 };
 use crate::schedule::Schedule;
-use crate::secret::{Problem, SecretRef, SecretSource};
+use crate::secret::{Origin, Problem, SecretRef, SecretSource};
 use storage::{RawStorage, validate_storage};
 
 /// The file name looked for when neither `--config` nor `$BACKUP_CONFIG` is set.
@@ -455,6 +454,7 @@ fn validate(mut files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config
     }
     resolve_prune_jobs(&mut config)?;
     resolve_restore_tests(&mut config)?;
+    give_databases_secret_env(&mut config);
     Ok(config)
 }
 
@@ -547,7 +547,7 @@ fn validate_notification(
 fn validate_database(source: &Source, name: &str, raw: &Spanned<RawDatabase>) -> Result<Database> {
     let db = raw.get_ref();
     let url = db.url.get_ref();
-    let (parsed, tls) = crate::pg::tls::parse(url).map_err(|e| {
+    let (parsed, tls) = crate::pg::url::parse(url).map_err(|e| {
         source
             .error(
                 &db.url,
@@ -580,7 +580,7 @@ fn validate_database(source: &Source, name: &str, raw: &Spanned<RawDatabase>) ->
     // A CA file that is not there, a client key others may read: said by
     // `config check`, not at the first backup.
     let mut resolved = parsed.clone();
-    crate::pg::apply_libpq_defaults(&mut resolved);
+    crate::pg::url::apply_libpq_defaults(&mut resolved);
     if let Err(e) = tls.connector(&resolved) {
         let hint = e.hint().map(str::to_owned);
         let err = source.error(&db.url, format!("[databases.{name}] {}", e.message()));
@@ -613,6 +613,8 @@ fn validate_database(source: &Source, name: &str, raw: &Spanned<RawDatabase>) ->
         password_from: password.as_ref().map(SecretRef::describe),
         password,
         pg_bin_dir: db.pg_bin_dir.as_ref().map(|p| p.get_ref().clone()),
+        // Known once every file is read: `give_databases_secret_env`.
+        secret_env: Arc::default(),
     })
 }
 
@@ -711,7 +713,7 @@ fn resolve_restore_tests(config: &mut Config) -> Result<()> {
             t.storages = storages;
             // Restoring over the database that was backed up is the one
             // mistake a restore test must never make.
-            let source_db = crate::pg::tls::parse(&database.url)
+            let source_db = crate::pg::url::parse(&database.url)
                 .ok()
                 .and_then(|(c, _)| c.get_dbname().map(str::to_owned));
             if t.target.url == database.url
@@ -727,6 +729,46 @@ fn resolve_restore_tests(config: &mut Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Tells every database which variables the configuration takes secrets
+/// from, so the client programs started for it go without them (known only
+/// once every file is read), and points each job at its database so told.
+fn give_databases_secret_env(config: &mut Config) {
+    let mut names: Vec<String> = config
+        .secrets()
+        .iter()
+        .filter_map(|s| s.env_var())
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    let names: Arc<[String]> = names.into();
+    for db in config.databases.values_mut() {
+        Arc::make_mut(db).secret_env = names.clone();
+    }
+    let databases = config.databases.clone();
+    let told = |db: &mut Arc<Database>| {
+        if let Some(declared) = databases.get(&db.name) {
+            *db = declared.clone();
+        }
+    };
+    for job in config.jobs.values_mut() {
+        match &mut job.kind {
+            JobKind::Backup(b) => {
+                if let BackupSource::Database(db) = &mut b.source {
+                    told(db);
+                }
+            }
+            JobKind::Maintenance(m) => told(&mut m.database),
+            JobKind::Prune(p) => {
+                if let Some(db) = &mut p.database {
+                    told(db);
+                }
+            }
+            JobKind::RestoreTest(t) => told(&mut t.target),
+        }
+    }
 }
 
 /// The storage that takes the run records of a file's jobs that have no
@@ -1141,7 +1183,7 @@ fn validate_encryption(
     name: &str,
     raw: &Spanned<RawEncryption>,
 ) -> Result<EncryptionSpec> {
-    use crate::archive::crypt::Recipients;
+    use crate::keys::Recipients;
     let enc = raw.get_ref();
     let section = format!("[jobs.{name}] encryption");
     let passphrase = secret_ref(
@@ -1206,7 +1248,7 @@ fn validate_encryption(
     if let Some(path) = &enc.identity_file
         && path.exists()
     {
-        crate::archive::crypt::refuse_shared_secret(path).map_err(|e| {
+        crate::secret::refuse_shared_secret(path).map_err(|e| {
             Error::config(format!(
                 "{}: {section}: {}",
                 source.origin(raw),
@@ -1228,8 +1270,8 @@ fn validate_retention(
     source: &Source,
     name: &str,
     raw: &Spanned<RawRetention>,
-) -> Result<crate::retention::Policy> {
-    use crate::retention::{Bucket, Policy};
+) -> Result<crate::model::RetentionPolicy> {
+    use crate::model::{RetentionBucket as Bucket, RetentionPolicy as Policy};
     let r = raw.get_ref();
     let section = format!("jobs.{name}");
     let count = |key: &str, v: &Option<Spanned<i64>>| -> Result<u32> {
@@ -1360,7 +1402,7 @@ fn validate_compression(source: &Source, name: &str, job: &RawJob) -> Result<Com
 /// name derived from a job's (a scratch database, a role) can hold it whole;
 /// it is also a DNS label's limit, and far within a storage key's segment
 /// (255 bytes on local disks, 1024 for a whole S3 or Azure key).
-const MAX_JOB_NAME: usize = MAX_IDENTIFIER;
+const MAX_JOB_NAME: usize = crate::pg::url::MAX_IDENTIFIER;
 
 fn is_job_name(name: &str) -> bool {
     name.chars()
@@ -1373,8 +1415,7 @@ fn is_job_name(name: &str) -> bool {
 }
 
 /// The secret named by `<key>_env` or `<key>_file` (at most one of them),
-/// read when a command needs it. A variable's name is noted at once, so
-/// children that need none of the job file's secrets are started without it.
+/// read when a command needs it.
 fn secret_ref(
     source: &Source,
     section: &str,
@@ -1387,15 +1428,12 @@ fn secret_ref(
             file,
             format!("[{section}] sets both {key}_env and {key}_file; keep one"),
         )),
-        (Some(var), None) => {
-            crate::model::secret_in_env(var.get_ref());
-            Ok(Some(SecretRef::named(
-                SecretSource::Env(var.get_ref().clone()),
-                section,
-                &format!("{key}_env"),
-                source.origin(var),
-            )))
-        }
+        (Some(var), None) => Ok(Some(SecretRef::named(
+            SecretSource::Env(var.get_ref().clone()),
+            section,
+            &format!("{key}_env"),
+            source.origin(var),
+        ))),
         (None, Some(file)) => Ok(Some(SecretRef::named(
             SecretSource::File(file.get_ref().clone()),
             section,
@@ -2011,16 +2049,22 @@ compression = "gzip"
             assert!(unresolved.missing, "{unresolved:?}");
             assert!(unresolved.message.contains("is not set"), "{unresolved:?}");
         }
-        // Children are still started without these variables.
-        let names = crate::model::secret_env_names();
-        for var in [
-            "APP_DB_PASSWORD",
-            "S3_ID",
-            "AZ_KEY",
-            "SLACK_URL",
-            "PASSPHRASE",
+        // Children are still started without these variables, whichever
+        // way they reach the database.
+        let (_, backup) = config.backup_job("nightly").unwrap();
+        for names in [
+            &config.databases["app"].secret_env,
+            &backup.database().unwrap().secret_env,
         ] {
-            assert!(names.iter().any(|n| n == var), "{var} in {names:?}");
+            for var in [
+                "APP_DB_PASSWORD",
+                "S3_ID",
+                "AZ_KEY",
+                "SLACK_URL",
+                "PASSPHRASE",
+            ] {
+                assert!(names.iter().any(|n| n == var), "{var} in {names:?}");
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use toml::Spanned;
 use super::{RawJob, Source, declared, duration_of};
 use crate::error::Result;
 use crate::model::{Check, Config, Database, RestoreTestJob, TestedBackup};
+use crate::pg::url::MAX_IDENTIFIER;
 
 /// The keys a restore-test job takes beyond the common ones.
 pub(super) const KEYS: &[&str] = &[
@@ -47,9 +48,6 @@ impl Number {
         }
     }
 }
-
-/// The longest name PostgreSQL keeps whole; a longer one is cut silently.
-pub const MAX_IDENTIFIER: usize = 63;
 
 pub(super) fn validate(
     source: &Source,

@@ -12,8 +12,7 @@ use toml::Spanned;
 
 use super::{Source, not_empty, secret_ref};
 use crate::error::Result;
-use crate::model::{AzureAuth, AzureSpec, S3Keys, S3Spec, Sse, StorageKind, StorageSpec};
-use crate::storage::retry::Retry;
+use crate::model::{AzureAuth, AzureSpec, Retry, S3Keys, S3Spec, Sse, StorageKind, StorageSpec};
 
 const MIB: u64 = 1024 * 1024;
 /// S3's limits on a multipart upload's parts (all but the last).
