@@ -1,8 +1,20 @@
 //! `backup`: logical PostgreSQL backups that stream, verify and restore.
 //!
-//! The modules follow the data flow in DESIGN.md; dependencies point one way:
-//! `cli` → `engine` → `jobs` → {`pg`, `archive`, `catalog`, `storage`, `report`}
-//! → {`model`, `secret`, `config`, `lock`, `error`}.
+//! The modules follow the data flow in DESIGN.md. Dependencies point one way:
+//! each module imports only those listed before it.
+//!
+//! 1. `error`, `time`, `nofollow`: the ground everything stands on;
+//! 2. `secret`: secrets a job file names, and reading them;
+//! 3. `keys`: age recipients and identities;
+//! 4. `schedule`, `model`: the validated configuration;
+//! 5. `retention`: which backups are kept, a pure function of the model;
+//! 6. `storage`, then `archive`: where objects go, and how they are packed;
+//! 7. `pg`: PostgreSQL (`pg::url`, libpq's connection strings, below the rest);
+//! 8. `catalog`: the manifests in storage, and opening encrypted backups;
+//! 9. `lock`: one run of a job at a time (advisory locks, lock files);
+//! 10. `report`, `notify`: run records and announcements;
+//! 11. `config`: job files, read into the model;
+//! 12. `jobs`, then `engine`, then `daemon` and `cli`.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +26,7 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod jobs;
+pub mod keys;
 pub mod lock;
 pub mod model;
 pub mod nofollow;

@@ -14,61 +14,9 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::error::{Error, Result};
+use crate::keys::Recipients;
+use crate::secret::Origin;
 pub use crate::secret::SecretRef;
-
-/// A password or key, read. Its `Debug` never shows the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The value itself. Call only where it is handed to a driver or a child's
-    /// environment, never where it could be formatted.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// The environment variables the job files take secrets from, for children
-/// that need none of them to be started without them.
-static SECRET_ENV: std::sync::Mutex<std::collections::BTreeSet<String>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// Notes that `name` holds a secret.
-pub fn secret_in_env(name: &str) {
-    if let Ok(mut names) = SECRET_ENV.lock() {
-        names.insert(name.to_owned());
-    }
-}
-
-/// Every variable [`secret_in_env`] was told of.
-pub fn secret_env_names() -> Vec<String> {
-    SECRET_ENV
-        .lock()
-        .map(|names| names.iter().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// Where a value came from, so errors can point at it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub file: PathBuf,
-    pub line: usize,
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
-    }
-}
 
 /// A PostgreSQL database declared under `[databases.NAME]`.
 #[derive(Clone)]
@@ -81,6 +29,10 @@ pub struct Database {
     pub password_from: Option<String>,
     /// Where `pg_dump`, `pg_restore` and `pg_dumpall` are looked up first.
     pub pg_bin_dir: Option<PathBuf>,
+    /// The environment variables the configuration takes secrets from: the
+    /// client programs started for this database need none of them, and are
+    /// started without them.
+    pub secret_env: Arc<[String]>,
 }
 
 impl Database {
@@ -92,6 +44,7 @@ impl Database {
             password: None,
             password_from: None,
             pg_bin_dir: None,
+            secret_env: Arc::default(),
         }
     }
 }
@@ -104,6 +57,7 @@ impl fmt::Debug for Database {
             .field("password", &self.password)
             .field("password_from", &self.password_from)
             .field("pg_bin_dir", &self.pg_bin_dir)
+            .field("secret_env", &self.secret_env)
             .finish()
     }
 }
@@ -114,7 +68,36 @@ pub struct StorageSpec {
     pub name: String,
     pub kind: StorageKind,
     /// How hard remote requests are retried; unused by local disks.
-    pub retry: crate::storage::retry::Retry,
+    pub retry: Retry,
+}
+
+/// How hard a storage's requests are tried, from its job-file settings; the
+/// retrying itself is `crate::storage::retry`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all, the first included; at least 1.
+    pub attempts: u32,
+    /// The cap of the first wait; doubled after every failure.
+    pub first_delay: std::time::Duration,
+    /// No single wait is longer than this.
+    pub max_delay: std::time::Duration,
+    /// No retry starts once this much time has passed since the first failure.
+    pub max_time: std::time::Duration,
+    /// A request that moves no byte for this long is stalled.
+    pub io_timeout: std::time::Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        use std::time::Duration;
+        Retry {
+            attempts: 8,
+            first_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+            max_time: Duration::from_secs(300),
+            io_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The backends.
@@ -485,7 +468,7 @@ pub struct BackupJob {
     pub storages: Vec<Arc<StorageSpec>>,
     pub compression: Compression,
     /// `retention = { ... }`: what `backup prune` keeps; `None` keeps all.
-    pub retention: Option<crate::retention::Policy>,
+    pub retention: Option<RetentionPolicy>,
     /// Backups without a manifest older than this are removed by prune.
     pub incomplete_after: std::time::Duration,
     /// `encryption = { ... }`: objects are encrypted before they leave.
@@ -516,12 +499,90 @@ pub enum BackupSource {
     Directory(std::path::PathBuf),
 }
 
+/// `retention = { ... }` of a backup job, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub keep_last: u32,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+    /// No `keep_*` rule keeps a backup older than this.
+    pub max_age: Option<std::time::Duration>,
+    /// The newest this many complete backups are kept even past `max_age`.
+    pub min_keep: u32,
+}
+
+/// A time bucket rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionBucket {
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+}
+
+impl RetentionBucket {
+    pub const ALL: [RetentionBucket; 5] = [
+        RetentionBucket::Hourly,
+        RetentionBucket::Daily,
+        RetentionBucket::Weekly,
+        RetentionBucket::Monthly,
+        RetentionBucket::Yearly,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            RetentionBucket::Hourly => "keep_hourly",
+            RetentionBucket::Daily => "keep_daily",
+            RetentionBucket::Weekly => "keep_weekly",
+            RetentionBucket::Monthly => "keep_monthly",
+            RetentionBucket::Yearly => "keep_yearly",
+        }
+    }
+
+    /// The shortest time `count` buckets can span: what `max_age` must allow.
+    pub fn span(self, count: u32) -> std::time::Duration {
+        use std::time::Duration;
+        let days = |d: u64| Duration::from_secs(d * 86_400);
+        let n = u64::from(count);
+        match self {
+            RetentionBucket::Hourly => Duration::from_secs(n * 3600),
+            RetentionBucket::Daily => days(n),
+            RetentionBucket::Weekly => days(7 * n),
+            RetentionBucket::Monthly => days(31 * n),
+            RetentionBucket::Yearly => days(366 * n),
+        }
+    }
+}
+
+impl RetentionPolicy {
+    pub fn count(&self, bucket: RetentionBucket) -> u32 {
+        match bucket {
+            RetentionBucket::Hourly => self.keep_hourly,
+            RetentionBucket::Daily => self.keep_daily,
+            RetentionBucket::Weekly => self.keep_weekly,
+            RetentionBucket::Monthly => self.keep_monthly,
+            RetentionBucket::Yearly => self.keep_yearly,
+        }
+    }
+
+    /// Whether the policy keeps anything by itself.
+    pub fn is_empty(&self) -> bool {
+        self.keep_last == 0
+            && RetentionBucket::ALL.iter().all(|b| self.count(*b) == 0)
+            && self.max_age.is_none()
+    }
+}
+
 /// `encryption = { recipients = ["age1..."] | recipients_file, identity_file }`,
 /// or `encryption = { passphrase_env | passphrase_file }`.
 #[derive(Debug, Clone)]
 pub struct EncryptionSpec {
     /// The public keys objects are sealed to; `None` in passphrase mode.
-    pub recipients: Option<Arc<crate::archive::crypt::Recipients>>,
+    pub recipients: Option<Arc<Recipients>>,
     /// Where restores find the secret key, unless `BACKUP_AGE_IDENTITY` says.
     pub identity_file: Option<std::path::PathBuf>,
     /// The passphrase that both encrypts and decrypts, in passphrase mode.
@@ -876,8 +937,9 @@ mod tests {
             password: Some(SecretRef::given("hunter2")),
             password_from: Some("env APP_DB_PASSWORD".into()),
             pg_bin_dir: None,
+            secret_env: Arc::default(),
         };
-        let shown = format!("{db:?} {:?}", Secret::new("hunter2"));
+        let shown = format!("{db:?} {:?}", crate::secret::Secret::new("hunter2"));
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 

@@ -20,98 +20,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 
-use crate::model::BackupId;
-
-/// `retention = { ... }` of a backup job, validated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Policy {
-    pub keep_last: u32,
-    pub keep_hourly: u32,
-    pub keep_daily: u32,
-    pub keep_weekly: u32,
-    pub keep_monthly: u32,
-    pub keep_yearly: u32,
-    /// No `keep_*` rule keeps a backup older than this.
-    pub max_age: Option<Duration>,
-    /// The newest this many complete backups are kept even past `max_age`.
-    pub min_keep: u32,
-}
-
-/// A time bucket rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bucket {
-    Hourly,
-    Daily,
-    Weekly,
-    Monthly,
-    Yearly,
-}
-
-impl Bucket {
-    pub const ALL: [Bucket; 5] = [
-        Bucket::Hourly,
-        Bucket::Daily,
-        Bucket::Weekly,
-        Bucket::Monthly,
-        Bucket::Yearly,
-    ];
-
-    pub fn key(self) -> &'static str {
-        match self {
-            Bucket::Hourly => "keep_hourly",
-            Bucket::Daily => "keep_daily",
-            Bucket::Weekly => "keep_weekly",
-            Bucket::Monthly => "keep_monthly",
-            Bucket::Yearly => "keep_yearly",
-        }
-    }
-
-    /// The shortest time `count` buckets can span: what `max_age` must allow.
-    pub fn span(self, count: u32) -> Duration {
-        let days = |d: u64| Duration::from_secs(d * 86_400);
-        let n = u64::from(count);
-        match self {
-            Bucket::Hourly => Duration::from_secs(n * 3600),
-            Bucket::Daily => days(n),
-            Bucket::Weekly => days(7 * n),
-            Bucket::Monthly => days(31 * n),
-            Bucket::Yearly => days(366 * n),
-        }
-    }
-
-    /// The bucket `at` falls in, in `zone`: `2026-11-24`, `2026-W48`, ...
-    fn of(self, at: Timestamp, zone: &TimeZone) -> String {
-        let z = at.to_zoned(zone.clone());
-        let format = match self {
-            // The offset keeps apart the two 02:30s of an autumn night.
-            Bucket::Hourly => "%Y-%m-%d %H:00 %:z",
-            Bucket::Daily => "%Y-%m-%d",
-            Bucket::Weekly => "%G-W%V",
-            Bucket::Monthly => "%Y-%m",
-            Bucket::Yearly => "%Y",
-        };
-        z.strftime(format).to_string()
-    }
-}
-
-impl Policy {
-    pub fn count(&self, bucket: Bucket) -> u32 {
-        match bucket {
-            Bucket::Hourly => self.keep_hourly,
-            Bucket::Daily => self.keep_daily,
-            Bucket::Weekly => self.keep_weekly,
-            Bucket::Monthly => self.keep_monthly,
-            Bucket::Yearly => self.keep_yearly,
-        }
-    }
-
-    /// Whether the policy keeps anything by itself.
-    pub fn is_empty(&self) -> bool {
-        self.keep_last == 0
-            && Bucket::ALL.iter().all(|b| self.count(*b) == 0)
-            && self.max_age.is_none()
-    }
-}
+use crate::model::{BackupId, RetentionBucket as Bucket, RetentionPolicy as Policy};
 
 /// `keep_last 7, keep_daily 30, max_age 30d, min_keep 3`: the policy in one line.
 pub fn describe(p: &Policy) -> String {
@@ -199,6 +108,20 @@ impl RetentionPlan {
     }
 }
 
+/// The bucket `at` falls in, in `zone`: `2026-11-24`, `2026-W48`, ...
+fn bucket_of(bucket: Bucket, at: Timestamp, zone: &TimeZone) -> String {
+    let z = at.to_zoned(zone.clone());
+    let format = match bucket {
+        // The offset keeps apart the two 02:30s of an autumn night.
+        Bucket::Hourly => "%Y-%m-%d %H:00 %:z",
+        Bucket::Daily => "%Y-%m-%d",
+        Bucket::Weekly => "%G-W%V",
+        Bucket::Monthly => "%Y-%m",
+        Bucket::Yearly => "%Y",
+    };
+    z.strftime(format).to_string()
+}
+
 fn show(d: Duration) -> String {
     crate::time::show_std_duration(d)
 }
@@ -248,7 +171,7 @@ pub fn plan(history: &History, policy: &Policy, zone: &TimeZone, now: Timestamp)
             if seen.len() == count {
                 break;
             }
-            let key = bucket.of(backups[i].at, zone);
+            let key = bucket_of(bucket, backups[i].at, zone);
             if seen.insert(key.clone()) {
                 reasons[i].push(format!("{}: newest of {key}", bucket.key()));
             }
@@ -783,7 +706,7 @@ mod tests {
                     for bucket in Bucket::ALL {
                         let mut newest_of: Vec<(String, BackupId)> = Vec::new();
                         for c in &recent {
-                            let key = bucket.of(c.at, &tokyo());
+                            let key = bucket_of(bucket, c.at, &tokyo());
                             if !newest_of.iter().any(|(k, _)| *k == key) {
                                 newest_of.push((key, c.id.clone()));
                             }

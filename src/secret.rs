@@ -14,7 +14,40 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Kind, Result};
-use crate::model::{Origin, Secret};
+
+/// A password or key, read. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value itself. Call only where it is handed to a driver or a child's
+    /// environment, never where it could be formatted.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a value came from, so errors can point at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
 
 /// Where a secret's value is read from.
 #[derive(Clone, PartialEq, Eq)]
@@ -136,6 +169,14 @@ impl SecretRef {
             SecretSource::Env(name) => format!("env {name}"),
             SecretSource::File(path) => format!("file {}", path.display()),
             SecretSource::Given(_) => "a value set by backup".to_owned(),
+        }
+    }
+
+    /// The environment variable it is read from, if it is one.
+    pub fn env_var(&self) -> Option<&str> {
+        match &self.0.source {
+            SecretSource::Env(name) => Some(name),
+            SecretSource::File(_) | SecretSource::Given(_) => None,
         }
     }
 

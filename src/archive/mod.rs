@@ -502,7 +502,7 @@ mod tests {
         runtime().block_on(async {
             let key = age::x25519::Identity::generate();
             let public = key.to_public().to_string();
-            let recipients = crypt::Recipients::parse([public.as_str()]).unwrap();
+            let recipients = crate::keys::Recipients::parse([public.as_str()]).unwrap();
             let data = [b"MARKER-7f3a ".repeat(50_000), sample()].concat();
             let storage = MemoryStorage::new("mem");
             let k = Key::new("j/i/data").unwrap();
@@ -526,7 +526,7 @@ mod tests {
             assert_eq!(digest.stored_sha256, sha256_hex(&stored));
             assert_eq!(digest.raw_sha256, sha256_hex(&data));
             let mut out = Vec::new();
-            let ids = crypt::Identities::load_from_text_for_tests(&key);
+            let ids = crate::keys::Identities::load_from_text_for_tests(&key);
             unpack(
                 &stored[..],
                 Compression::None,
@@ -550,7 +550,8 @@ mod tests {
         std::fs::write(tree.path().join("MARKER-tree.txt"), "MARKER-tree").unwrap();
         std::os::unix::fs::symlink("a/b/big.bin", tree.path().join("link")).unwrap();
         let key = age::x25519::Identity::generate();
-        let recipients = crypt::Recipients::parse([key.to_public().to_string().as_str()]).unwrap();
+        let recipients =
+            crate::keys::Recipients::parse([key.to_public().to_string().as_str()]).unwrap();
         runtime().block_on(async {
             let storage = MemoryStorage::new("mem");
             let k = Key::new("uploads/i/files.tar.zst.age").unwrap();
@@ -581,8 +582,9 @@ mod tests {
             assert!(!stored.windows(11).any(|w| w == b"MARKER-tree"));
 
             let (reader, mut writer) = std::io::pipe().unwrap();
-            let opened =
-                crypt::Crypt::Open(Arc::new(crypt::Identities::load_from_text_for_tests(&key)));
+            let opened = crypt::Crypt::Open(Arc::new(
+                crate::keys::Identities::load_from_text_for_tests(&key),
+            ));
             let feeding = std::thread::spawn(move || {
                 unpack(
                     &stored[..],

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::{EnvLookup, RawFile, Source};
+use super::EnvLookup;
+use super::raw::RawFile;
+use super::sources::Source;
 use crate::error::Result;
 
 /// Expands every location value of `raw` in place.
@@ -157,7 +159,10 @@ fn expand(text: &str, env: EnvLookup) -> std::result::Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::config::testing::{GOOD, check, error_of};
 
     fn env(name: &str) -> Option<String> {
         match name {
@@ -195,5 +200,37 @@ mod tests {
                 .unwrap_err()
                 .contains("a default is plain text")
         );
+    }
+
+    #[test]
+    fn locations_expand_variables_and_an_unset_one_names_its_line() {
+        let text = GOOD
+            .replace(
+                "@127.0.0.1:5432",
+                "@${APP_DB_HOST:-db}:${APP_DB_PORT:-5432}",
+            )
+            .replace("/var/backups/app", "${BACKUP_ROOT:-/var/backups}/app");
+        let config = check(&text).unwrap();
+        assert_eq!(
+            config.databases["app"].url,
+            "postgresql://app@10.0.0.5:5432/app"
+        );
+        match &config.storages["disk"].kind {
+            crate::model::StorageKind::Local { path } => {
+                assert_eq!(path, Path::new("/var/backups/app"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = error_of(&GOOD.replace("/var/backups/app", "${BACKUP_ROOT}/app"));
+        assert!(
+            e.starts_with("jobs/app.toml:10: [storages.disk] path: ${BACKUP_ROOT} is not set"),
+            "{e}"
+        );
+        assert!(e.contains("${NAME:-value}"), "{e}");
+        let e = error_of(&GOOD.replace("postgresql://app@127.0.0.1:5432/app", "${APP_DB_URL:-}"));
+        assert!(e.contains("[databases.app] url expanded to nothing"), "{e}");
+        // Only locations: a `$` elsewhere stays as written.
+        let e = error_of(&GOOD.replace("compression = \"gzip\"", "compression = \"${X}\""));
+        assert!(e.contains("compression '${X}' is not supported"), "{e}");
     }
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::{RawJob, Source, duration_of};
+use super::duration_of;
+use super::raw::RawJob;
+use super::sources::Source;
 use crate::error::Result;
 use crate::model::{Database, MaintenanceJob, StorageSpec, Targets, Task, Window};
 
@@ -180,4 +182,99 @@ pub(super) fn validate(
             .is_none_or(|c| *c.get_ref()),
         reports,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::HEAVY_MAINTENANCE_TIMEOUT;
+    use crate::config::testing::{GOOD, check, error_of};
+    use crate::model::JobKind;
+
+    #[test]
+    fn maintenance_jobs_take_their_own_keys_and_defaults() {
+        let text = format!(
+            "{GOOD}\n[storages.archive]\ntype = \"local\"\npath = \"/a\"\n\n\
+             [jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"app\"\n\
+             tasks = [\"vacuum-analyze\", \"reindex\"]\ntables = [\"public.*\"]\n\
+             exclude = [\"audit_log\"]\nmin_dead_ratio = 0.2\nmin_table_size = \"10MiB\"\n\
+             lock_timeout = \"2s\"\nwindow = \"22:00-05:00\"\n"
+        );
+        let config = check(&text).unwrap();
+        let job = config.job("tidy").unwrap();
+        let JobKind::Maintenance(m) = &job.kind else {
+            panic!("not a maintenance job")
+        };
+        assert_eq!(
+            m.tasks,
+            [
+                crate::model::Task::VacuumAnalyze,
+                crate::model::Task::Reindex
+            ]
+        );
+        assert!(m.is_heavy(), "reindex waits for dumps");
+        assert_eq!(m.targets.tables, ["public.*"]);
+        assert_eq!(m.targets.min_dead_ratio, 0.2);
+        assert_eq!(m.targets.min_dead_tuples, 1000);
+        assert_eq!(m.targets.min_table_size, 10 << 20);
+        assert_eq!(m.lock_timeout, Duration::from_secs(2));
+        assert_eq!(m.lock_retries, 2);
+        assert_eq!(m.window.unwrap().to_string(), "22:00-05:00");
+        assert_eq!(
+            job.policy.timeout,
+            Some(HEAVY_MAINTENANCE_TIMEOUT),
+            "heavy jobs end"
+        );
+        // The file's first storage in the text, not in name order.
+        assert_eq!(job.record_storages()[0].name, "disk");
+        assert_eq!(
+            config.job("nightly").unwrap().database().unwrap().name,
+            "app"
+        );
+    }
+
+    #[test]
+    fn maintenance_mistakes_name_the_key_and_line() {
+        let job = |extra: &str| {
+            format!("{GOOD}\n[jobs.tidy]\ntype = \"maintenance\"\ndatabase = \"app\"\n{extra}\n")
+        };
+        for (extra, expected) in [
+            ("", "a maintenance job needs `tasks`"),
+            ("tasks = []", "tasks is empty"),
+            (
+                "tasks = [\"vacuum\", \"defrag\"]",
+                "task 'defrag' is not known",
+            ),
+            ("tasks = [\"vacuum\", \"vacuum\"]", "lists 'vacuum' twice"),
+            (
+                "tasks = [\"vacuum\"]\ncompression = \"gzip\"",
+                "`compression` does not apply to a maintenance job",
+            ),
+            (
+                "tasks = [\"vacuum\"]\nmin_dead_ratio = 20",
+                "min_dead_ratio = 20 is outside 0..=1",
+            ),
+            (
+                "tasks = [\"vacuum\"]\nwindow = \"2am-5am\"",
+                "is not a time window",
+            ),
+            (
+                "tasks = [\"vacuum\"]\nlock_timeout = \"0s\"",
+                "lock_timeout must be at least 1ms",
+            ),
+            (
+                "tasks = [\"vacuum\"]\ntables = [\"a.b.c\"]",
+                "'a.b.c' is not a table pattern",
+            ),
+        ] {
+            let e = error_of(&job(extra));
+            assert!(e.contains(expected), "{extra}: {e}");
+            assert!(e.starts_with("jobs/app.toml:"), "{e}");
+        }
+        let e = error_of(&GOOD.replace("compression = \"gzip\"", "tasks = [\"vacuum\"]"));
+        assert!(e.contains("`tasks` does not apply to a backup job"), "{e}");
+        let e = error_of(&format!("reports = \"nowhere\"\n{GOOD}"));
+        assert!(e.contains("reports = 'nowhere': no such storage"), "{e}");
+    }
 }

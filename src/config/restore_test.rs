@@ -5,9 +5,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{RawJob, Source, declared, duration_of};
+use super::raw::RawJob;
+use super::sources::Source;
+use super::{declared, duration_of};
 use crate::error::Result;
 use crate::model::{Check, Config, Database, RestoreTestJob, TestedBackup};
+use crate::pg::url::MAX_IDENTIFIER;
 
 /// The keys a restore-test job takes beyond the common ones.
 pub(super) const KEYS: &[&str] = &[
@@ -47,9 +50,6 @@ impl Number {
         }
     }
 }
-
-/// The longest name PostgreSQL keeps whole; a longer one is cut silently.
-pub const MAX_IDENTIFIER: usize = 63;
 
 pub(super) fn validate(
     source: &Source,
@@ -164,4 +164,95 @@ pub(super) fn validate(
         jobs,
         storages: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::testing::{GOOD, check, error_of};
+    use crate::model::JobKind;
+
+    #[test]
+    fn restore_test_jobs_resolve_their_backup_job_and_checks() {
+        use crate::model::TestedBackup;
+        let text = format!(
+            "{GOOD}\n[databases.scratch]\nurl = \"postgresql://test@127.0.0.1:5433/postgres\"\n\
+             \n[jobs.a-test]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\n\
+             checks = [{{ sql = \"SELECT count(*) FROM users\", min = 1 }}, \
+             {{ name = \"three projects\", sql = \"SELECT count(*) FROM projects\", equals = 3 }}]\n\
+             \n[jobs.b-test]\ntype = \"restore-test\"\nbackup_job = \"nightly\"\nat = \"7d\"\n\
+             target = \"scratch\"\nscratch_database = \"camp_backend_db_restore_test\"\n\
+             keep_on_failure = true\n"
+        );
+        let config = check(&text).unwrap();
+        let job = config.job("a-test").unwrap();
+        let JobKind::RestoreTest(t) = &job.kind else {
+            panic!("not a restore test")
+        };
+        assert_eq!(job.records_dir(), "nightly");
+        assert_eq!(job.record_storages()[0].name, "disk");
+        assert_eq!(t.target.name, "app", "the backup's own server by default");
+        assert_eq!(t.at, TestedBackup::Latest);
+        assert_eq!(t.checks[0].name, "SELECT count(*) FROM users");
+        assert_eq!(t.checks[0].expected(), ">= 1");
+        assert_eq!(t.checks[1].name, "three projects");
+        assert!(t.checks[1].accepts(3.0) && !t.checks[1].accepts(4.0));
+        let JobKind::RestoreTest(b) = &config.job("b-test").unwrap().kind else {
+            panic!("not a restore test")
+        };
+        assert_eq!(b.target.name, "scratch");
+        assert_eq!(
+            b.at,
+            TestedBackup::OlderThan(Duration::from_secs(7 * 86400))
+        );
+        assert!(b.keep_on_failure);
+
+        for (extra, expected) in [
+            ("", "a restore-test job needs `backup_job`"),
+            (
+                "backup_job = \"nope\"",
+                "backup_job = 'nope' is not a backup job",
+            ),
+            (
+                "backup_job = \"nightly\"\nat = \"soon\"",
+                "at = 'soon' is not a duration",
+            ),
+            (
+                "backup_job = \"nightly\"\ntarget = \"nope\"",
+                "target = 'nope': no such database",
+            ),
+            (
+                "backup_job = \"nightly\"\nscratch_database = \"app\"",
+                "scratch_database = 'app' is the database job nightly backs up",
+            ),
+            (
+                "backup_job = \"nightly\"\nscratch_database = \"x\"\ntasks = [\"vacuum\"]",
+                "`tasks` does not apply to a restore-test job",
+            ),
+            (
+                "backup_job = \"nightly\"\nchecks = [{ sql = \"SELECT 1\" }]",
+                "says nothing to compare with",
+            ),
+            (
+                "backup_job = \"nightly\"\nchecks = [{ sql = \"SELECT 1\", equals = 1, min = 0 }]",
+                "not both",
+            ),
+            (
+                "backup_job = \"nightly\"\nchecks = [{ sql = \"SELECT 1\", equal = 1 }]",
+                "unknown key `equal`",
+            ),
+        ] {
+            let e = error_of(&format!(
+                "{GOOD}\n[jobs.t]\ntype = \"restore-test\"\n{extra}\n"
+            ));
+            assert!(e.contains(expected), "{extra}: {e}");
+        }
+        // A check on a backup job is a mistake, named as one.
+        let e = error_of(&GOOD.replace(
+            "compression = \"gzip\"",
+            "checks = [{ sql = \"SELECT 1\", equals = 1 }]",
+        ));
+        assert!(e.contains("`checks` does not apply to a backup job"), "{e}");
+    }
 }

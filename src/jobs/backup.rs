@@ -457,7 +457,8 @@ async fn dump_globals(
 /// The encryption stage of the job's objects. A passphrase is read here,
 /// when a backup needs it, not when the job file is loaded.
 pub(super) fn seal(spec: &BackupJob) -> Result<archive::crypt::Crypt> {
-    use archive::crypt::{Crypt, Recipients};
+    use crate::keys::Recipients;
+    use archive::crypt::Crypt;
     let Some(e) = &spec.encryption else {
         return Ok(Crypt::None);
     };

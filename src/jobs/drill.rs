@@ -815,7 +815,7 @@ pub async fn plan(
     let (backup, storage) =
         crate::jobs::restore::choose(bjob, storages, None, &request.selector).await?;
     let reader = crate::jobs::restore::named(storages, &storage)?;
-    let crypt = crate::archive::crypt::opener(reader.as_ref(), &backup, spec.keys()).await?;
+    let crypt = crate::catalog::opener(reader.as_ref(), &backup, spec.keys()).await?;
     let storage_location = spec
         .storages
         .iter()
@@ -832,10 +832,7 @@ pub async fn plan(
                 .next()
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(0);
-            DrillTarget::Throwaway(crate::pg::cluster::find_server(
-                database.pg_bin_dir.as_deref(),
-                major,
-            )?)
+            DrillTarget::Throwaway(crate::pg::cluster::find_server(database, major)?)
         }
     };
     Ok(DrillPlan {
@@ -859,7 +856,7 @@ async fn target_server(
     database: &crate::model::Database,
     dbname: &str,
 ) -> Result<DrillTarget> {
-    let (parsed, _) = crate::pg::tls::parse(url).map_err(|e| {
+    let (parsed, _) = crate::pg::url::parse(url).map_err(|e| {
         Error::usage(format!(
             "--target-url is not a valid connection string: {e}"
         ))
@@ -875,6 +872,7 @@ async fn target_server(
         password: None,
         password_from: None,
         pg_bin_dir: database.pg_bin_dir.clone(),
+        secret_env: database.secret_env.clone(),
     };
     let admin = crate::pg::connect(&db, Some("postgres")).await?;
     if crate::pg::database_exists(&admin, dbname).await? {

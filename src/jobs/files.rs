@@ -263,7 +263,7 @@ pub async fn plan(
         ))
         .with_hint("a backup made while the job was a database backup restores with --target-db"));
     }
-    let crypt = archive::crypt::opener(
+    let crypt = catalog::opener(
         super::restore::named(storages, &storage)?.as_ref(),
         &backup,
         spec.keys(),

@@ -1359,6 +1359,7 @@ mod tests {
                 password: None,
                 password_from: None,
                 pg_bin_dir: None,
+                secret_env: Default::default(),
             }),
             tasks: tasks.to_vec(),
             targets: Targets::default(),

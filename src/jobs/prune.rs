@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, MANIFEST, PIN};
 use crate::error::{Error, Result};
-use crate::model::{BackupId, BackupJob, Job};
+use crate::model::{BackupId, BackupJob, Job, RetentionPolicy};
 use crate::report::{self, Outcome};
 use crate::retention::{self, Action, Candidate, History, RetentionPlan};
 use crate::storage::{Key, Storage};
@@ -218,7 +218,7 @@ pub async fn plan(
     storage: &dyn Storage,
     job: &Job,
     spec: &BackupJob,
-    policy: &retention::Policy,
+    policy: &RetentionPolicy,
     now: Timestamp,
     facts: &JobFacts,
 ) -> Result<(StoragePrune, BTreeMap<BackupId, Stored>)> {

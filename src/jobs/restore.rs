@@ -23,7 +23,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 use crate::archive;
-use crate::archive::crypt::{self, Crypt};
+use crate::archive::crypt::Crypt;
 use crate::catalog::{self, Manifest, Role, Selector};
 use crate::error::Kind;
 use crate::error::{Error, Result};
@@ -269,7 +269,7 @@ impl fmt::Display for RestorePlan {
 /// `<target>__restoring_<id>` and the like: lowercase, within 63 bytes.
 pub fn beside(target: &str, what: &str, id: &str) -> String {
     let suffix = format!("__{what}_{}", id.to_lowercase().replace('-', "_"));
-    let room = crate::config::MAX_IDENTIFIER.saturating_sub(suffix.len());
+    let room = crate::pg::url::MAX_IDENTIFIER.saturating_sub(suffix.len());
     let mut base = target.to_owned();
     while base.len() > room {
         base.pop();
@@ -324,7 +324,7 @@ pub async fn plan(
         choose(job, storages, request.storage.as_deref(), &request.selector).await?;
     // Before the target is even looked at: a key that cannot open the
     // backup ends the restore here.
-    let crypt = crypt::opener(named(storages, &storage)?.as_ref(), &backup, spec.keys()).await?;
+    let crypt = catalog::opener(named(storages, &storage)?.as_ref(), &backup, spec.keys()).await?;
     let target_db = request.target_db.clone();
     let admin = pg::connect(target, Some(admin_database(&target_db))).await?;
     let exists = pg::database_exists(&admin, &target_db).await?;

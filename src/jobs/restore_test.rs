@@ -15,11 +15,11 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use crate::catalog::{Manifest, Selector};
-use crate::config::MAX_IDENTIFIER;
 use crate::error::{Error, Result};
 use crate::jobs::proof::{self, Proof};
 use crate::jobs::restore;
 use crate::model::{Check, Database, Job, RestoreTestJob, TestedBackup};
+use crate::pg::url::MAX_IDENTIFIER;
 use crate::pg::{self, command::RestoreFlags};
 use crate::report::Progress;
 use crate::storage::Storage;
@@ -154,7 +154,7 @@ pub async fn plan(
         restore::choose(backup_job, storages, None, &selector(spec.at, now)).await?;
     let reader = restore::named(storages, &storage)?;
     // A key that cannot open the backup fails the test before anything is made.
-    let crypt = crate::archive::crypt::opener(reader.as_ref(), &backup, backup_spec.keys()).await?;
+    let crypt = crate::catalog::opener(reader.as_ref(), &backup, backup_spec.keys()).await?;
     let scratch = spec
         .scratch_database
         .clone()

@@ -142,7 +142,7 @@ pub async fn verify_backup(
 ) -> BackupCheck {
     let mut objects = Vec::new();
     // An encrypted backup needs its key to be read back at all.
-    let crypt = crate::archive::crypt::opener(storage.as_ref(), manifest, keys).await;
+    let crypt = catalog::opener(storage.as_ref(), manifest, keys).await;
     for object in &manifest.objects {
         let result = match &crypt {
             Ok(crypt) => {

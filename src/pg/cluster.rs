@@ -11,9 +11,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::model::{Database, SecretRef};
+use crate::model::Database;
+use crate::secret::SecretRef;
 
 /// The superuser of the cluster: not `postgres`, which the restored
 /// globals may create and alter.
@@ -26,14 +28,18 @@ pub struct ServerInstall {
     pub major: u32,
     /// `initdb --version`.
     pub version: String,
+    /// The secret variables the client programs run against a cluster of
+    /// it are started without: those of the database whose backup it takes.
+    pub secret_env: Arc<[String]>,
 }
 
-/// The server install to use for a backup of a `major` server: `pg_bin_dir`
-/// when it has `initdb`, else the nearest major at least as new under
-/// `/usr/lib/postgresql`, else the `initdb` on `PATH`.
-pub fn find_server(pg_bin_dir: Option<&Path>, major: u32) -> Result<ServerInstall> {
+/// The server install to restore a backup of `database`, from a `major`
+/// server, into: its `pg_bin_dir` when that has `initdb`, else the nearest
+/// major at least as new under `/usr/lib/postgresql`, else the `initdb` on
+/// `PATH`.
+pub fn find_server(database: &Database, major: u32) -> Result<ServerInstall> {
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(dir) = pg_bin_dir {
+    if let Some(dir) = &database.pg_bin_dir {
         candidates.push(dir.to_owned());
     }
     let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
@@ -66,6 +72,7 @@ pub fn find_server(pg_bin_dir: Option<&Path>, major: u32) -> Result<ServerInstal
             major: found,
             // `initdb (PostgreSQL) 15.4 (Debian ...)` names the server's version.
             version: version.replacen("initdb (PostgreSQL)", "PostgreSQL", 1),
+            secret_env: database.secret_env.clone(),
         });
     }
     Err(Error::tool(format!(
@@ -145,6 +152,7 @@ impl Throwaway {
                 password: Some(SecretRef::given(password)),
                 password_from: None,
                 pg_bin_dir: Some(install.bindir.clone()),
+                secret_env: install.secret_env.clone(),
             },
             dir: Some(dir),
             install: install.clone(),

@@ -839,7 +839,7 @@ pub async fn database_comment(admin: &Connection, name: &str) -> Result<Option<O
 /// Refuses a database name PostgreSQL would refuse or cut: empty, longer
 /// than 63 bytes, or holding a NUL.
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > crate::config::MAX_IDENTIFIER || name.contains('\0') {
+    if name.is_empty() || name.len() > super::url::MAX_IDENTIFIER || name.contains('\0') {
         return Err(Error::usage(format!(
             "'{}' is not a database name PostgreSQL takes: {}",
             name.chars().take(80).collect::<String>(),
@@ -851,7 +851,7 @@ pub fn check_name(name: &str) -> Result<()> {
                 format!(
                     "it is {} bytes long, and names are at most {}",
                     name.len(),
-                    crate::config::MAX_IDENTIFIER
+                    super::url::MAX_IDENTIFIER
                 )
             }
         ))

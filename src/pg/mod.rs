@@ -6,6 +6,7 @@ pub mod command;
 pub mod database;
 pub mod stats;
 pub mod tls;
+pub mod url;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -113,9 +114,9 @@ async fn open(
     dbname: Option<&str>,
     notices: Option<tokio::sync::mpsc::UnboundedSender<tokio_postgres::error::DbError>>,
 ) -> Result<Connection> {
-    let (mut config, tls) = tls::parse(&db.url)
+    let (mut config, tls) = url::parse(&db.url)
         .map_err(|e| Error::config(format!("database {}: invalid url: {e}", db.name)))?;
-    apply_libpq_defaults(&mut config);
+    url::apply_libpq_defaults(&mut config);
     let mode = tls.driver_mode(&config)?;
     config.ssl_mode(mode);
     let connector = tls
@@ -172,48 +173,10 @@ async fn open(
     })
 }
 
-/// libpq fills in what a url leaves out; tokio-postgres does not, so do it here
-/// the same way, so the children (which use libpq) and we reach the same server.
-pub(crate) fn apply_libpq_defaults(config: &mut tokio_postgres::Config) {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    if config.get_hosts().is_empty() {
-        if config.get_hostaddrs().is_empty() {
-            let host = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".to_owned());
-            config.host(&host);
-        } else {
-            // The address is the name TLS checks, as with libpq.
-            let addrs: Vec<String> = config
-                .get_hostaddrs()
-                .iter()
-                .map(|a| a.to_string())
-                .collect();
-            for addr in addrs {
-                config.host(&addr);
-            }
-        }
-    }
-    if config.get_ports().is_empty()
-        && let Some(port) = env("PGPORT").and_then(|p| p.parse().ok())
-    {
-        config.port(port);
-    }
-    if config.get_user().is_none()
-        && let Some(user) = env("PGUSER").or_else(|| env("USER"))
-    {
-        config.user(&user);
-    }
-    if config.get_dbname().is_none() {
-        let dbname = env("PGDATABASE").or_else(|| config.get_user().map(str::to_owned));
-        if let Some(dbname) = dbname {
-            config.dbname(&dbname);
-        }
-    }
-}
-
 fn connect_error(
     db: &Database,
     dbname: &str,
-    tls: &tls::TlsSettings,
+    tls: &url::TlsSettings,
     e: tokio_postgres::Error,
 ) -> Error {
     let (message, hint) = match e.as_db_error() {
@@ -619,7 +582,7 @@ const STDERR_TAIL: usize = 8 * 1024;
 /// Secrets of ours that may be in our environment and that the PostgreSQL
 /// client programs never use (beside those the job files name).
 const SECRETS_CHILDREN_DO_NOT_NEED: [&str; 6] = [
-    crate::archive::crypt::IDENTITY_ENV,
+    crate::keys::IDENTITY_ENV,
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AZURE_STORAGE_KEY",
@@ -627,7 +590,9 @@ const SECRETS_CHILDREN_DO_NOT_NEED: [&str; 6] = [
     "AZURE_STORAGE_CONNECTION_STRING",
 ];
 
-/// Spawns `program args` with `PGPASSWORD` set only in the child's environment.
+/// Spawns `program args` with `PGPASSWORD` set only in the child's
+/// environment, and none of the variables that hold secrets: ours, and
+/// those `db`'s configuration names (`Database::secret_env`).
 pub fn spawn(
     program: &Path,
     args: Vec<OsString>,
@@ -648,7 +613,7 @@ pub fn spawn(
     for name in SECRETS_CHILDREN_DO_NOT_NEED {
         cmd.env_remove(name);
     }
-    for name in crate::model::secret_env_names() {
+    for name in db.secret_env.iter() {
         cmd.env_remove(name);
     }
     if let Some(password) = &db.password {

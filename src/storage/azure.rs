@@ -33,13 +33,13 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
 use super::resume::{self, OpenAt};
-use super::retry::{Moved, Retrier, Retry};
+use super::retry::{Moved, Retrier};
 use super::{
     Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, PartBuffers, Storage, part_size,
 };
 use crate::error::{Error, Kind, Result};
-use crate::model::{AzureAuth, AzureSpec, Secret};
-use crate::secret::Problem;
+use crate::model::{AzureAuth, AzureSpec, Retry};
+use crate::secret::{Problem, Secret};
 
 /// A block blob holds at most 50,000 blocks.
 const MAX_BLOCKS: u32 = 50_000;

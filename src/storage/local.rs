@@ -36,9 +36,10 @@ use nix::fcntl::OFlag;
 use tokio::io::AsyncWriteExt;
 
 use super::health::FailureKind;
-use super::retry::{Moved, Retry, show};
+use super::retry::{Moved, show};
 use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::error::{Error, Kind, Result};
+use crate::model::Retry;
 use crate::nofollow;
 
 /// Prefix of in-progress files; `list` never reports them.

@@ -236,7 +236,7 @@ mod tests {
     fn retry() -> Retrier {
         Retrier::new(
             "resume-test",
-            crate::storage::retry::Retry {
+            crate::model::Retry {
                 attempts: 3,
                 first_delay: Duration::from_millis(1),
                 max_delay: Duration::from_millis(2),
@@ -295,7 +295,7 @@ mod tests {
         });
         let retry = Retrier::new(
             "resume-test-frozen",
-            crate::storage::retry::Retry {
+            crate::model::Retry {
                 io_timeout: Duration::from_secs(60),
                 ..Default::default()
             },

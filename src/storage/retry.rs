@@ -30,33 +30,7 @@ use tokio::time::Instant;
 
 use super::health::{FailureKind, Health};
 use crate::error::{Error, Kind, Result};
-
-/// How hard to try. One value per storage, from its job-file settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    /// Attempts in all, the first included; at least 1.
-    pub attempts: u32,
-    /// The cap of the first wait; doubled after every failure.
-    pub first_delay: Duration,
-    /// No single wait is longer than this.
-    pub max_delay: Duration,
-    /// No retry starts once this much time has passed since the first failure.
-    pub max_time: Duration,
-    /// A request that moves no byte for this long is stalled.
-    pub io_timeout: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry {
-            attempts: 8,
-            first_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(30),
-            max_time: Duration::from_secs(300),
-            io_timeout: Duration::from_secs(60),
-        }
-    }
-}
+use crate::model::Retry;
 
 /// The stall limit of the one try a request gets while its storage is down.
 pub const DOWN_IO_TIMEOUT: Duration = Duration::from_secs(20);

@@ -26,12 +26,12 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::resume::{self, OpenAt};
-use super::retry::{Moved, Retrier, Retry};
+use super::retry::{Moved, Retrier};
 use super::{
     Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, PartBuffers, Storage, part_size,
 };
 use crate::error::{Error, Kind, Result};
-use crate::model::{S3Spec, Sse};
+use crate::model::{Retry, S3Spec, Sse};
 
 /// S3 allows at most this many parts in one upload.
 const MAX_PARTS: u32 = 10_000;

@@ -2,8 +2,9 @@
 //! 127.0.0.1), and storage specs pointing at them. Tests that need a server
 //! fail with a clear message when it is missing: they are never skipped.
 
-use backup::model::{AzureAuth, AzureSpec, S3Keys, S3Spec, SecretRef, StorageKind, StorageSpec};
-use backup::storage::retry::Retry;
+use backup::model::{
+    AzureAuth, AzureSpec, Retry, S3Keys, S3Spec, SecretRef, StorageKind, StorageSpec,
+};
 
 /// moto accepts any keys; these are what the test job files use too.
 pub const S3_ACCESS_KEY_ID: &str = "backup-test-key";

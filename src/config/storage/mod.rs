@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Source, not_empty, secret_ref};
+use super::secrets::{not_empty, secret_ref};
+use super::sources::Source;
 use crate::error::Result;
-use crate::model::{AzureAuth, AzureSpec, S3Keys, S3Spec, Sse, StorageKind, StorageSpec};
-use crate::storage::retry::Retry;
+use crate::model::{AzureAuth, AzureSpec, Retry, S3Keys, S3Spec, Sse, StorageKind, StorageSpec};
 
 const MIB: u64 = 1024 * 1024;
 /// S3's limits on a multipart upload's parts (all but the last).
@@ -658,35 +658,4 @@ fn validate_retry(v: &Validator, raw: &RawStorage) -> Result<Retry> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_take_units() {
-        assert_eq!(parse_size("16MiB"), Some(16 * MIB));
-        assert_eq!(parse_size("8 MiB"), Some(8 * MIB));
-        assert_eq!(parse_size("64MB"), Some(64_000_000));
-        assert_eq!(parse_size("1024"), Some(1024));
-        for bad in ["", "MiB", "16 mb", "1.5GiB", "-1"] {
-            assert_eq!(parse_size(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn endpoints_at_an_address_use_path_style() {
-        for yes in [
-            "http://127.0.0.1:9000",
-            "http://localhost:9000/",
-            "https://[::1]:9000",
-            "http://10.0.0.5",
-        ] {
-            assert!(is_ip_or_localhost(yes), "{yes}");
-        }
-        for no in [
-            "http://minio:9000",
-            "https://s3.ap-northeast-1.amazonaws.com",
-        ] {
-            assert!(!is_ip_or_localhost(no), "{no}");
-        }
-    }
-}
+mod tests;
