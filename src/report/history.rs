@@ -66,10 +66,6 @@ impl RunHistory {
         Self::new(storage, &record.job, &record.kind, record.dir())
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.storage
-    }
-
     /// The newest of the job's own records that `wanted` accepts.
     async fn newest(&self, wanted: impl Fn(&RunRecord) -> bool) -> Result<Option<RunRecord>> {
         let mut found = newest_records(self.storage.as_ref(), &self.dir, &self.tag, 1, |r| {
