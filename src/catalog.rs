@@ -5,6 +5,7 @@
 //! <job>/<backup-id>/globals.sql.<ext>   roles and tablespaces
 //! <job>/<backup-id>/files.tar.<ext>     a files job's directory, as a tar
 //! <job>/<backup-id>/manifest.json       written last: its presence means "complete"
+//! <job>/<backup-id>/pin.json            `backup pin`: prune keeps the backup
 //! <job>/reports/<run-id>.json           one record per run
 //! ```
 //!
@@ -16,6 +17,8 @@
 //! anything is restored.
 
 use std::sync::Arc;
+
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -398,6 +401,59 @@ pub async fn newest(storage: &dyn Storage, job: &str) -> Result<Option<Manifest>
     Ok(None)
 }
 
+/// What `pin.json` says: when, and why, a backup was pinned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pin {
+    pub pinned_at: Timestamp,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `<job>/<backup-id>/pin.json`.
+pub fn pin_key(job: &str, id: &BackupId) -> Result<Key> {
+    backup_prefix(job, id)?.join(PIN)
+}
+
+/// The pin of a backup; `None` when it has none or it cannot be read.
+pub async fn read_pin(storage: &dyn Storage, job: &str, id: &BackupId) -> Option<Pin> {
+    let key = pin_key(job, id).ok()?;
+    let bytes = crate::storage::read_small(storage, &key, 64 << 10)
+        .await
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// What is stored under one backup id, complete or not.
+#[derive(Debug, Default)]
+pub struct StoredBackup {
+    /// Its manifest is there.
+    pub complete: bool,
+    pub pinned: bool,
+    /// Every object under the id, the manifest and the pin included.
+    pub keys: Vec<Key>,
+}
+
+/// Every backup directory of `job` in `storage`, complete or not: what
+/// prune judges, where [`list`] gives the complete backups only.
+pub async fn list_stored(
+    storage: &dyn Storage,
+    job: &str,
+) -> Result<BTreeMap<BackupId, StoredBackup>> {
+    let prefix = job_prefix(job)?;
+    let mut out: BTreeMap<BackupId, StoredBackup> = BTreeMap::new();
+    for object in storage.list(&prefix).await? {
+        // `reports/` and anything else that is not a backup id is not ours to judge.
+        let Some((id, name)) = split_backup_key(&prefix, &object.key) else {
+            continue;
+        };
+        let entry = out.entry(id).or_default();
+        entry.complete |= name == MANIFEST;
+        entry.pinned |= name == PIN;
+        entry.keys.push(object.key);
+    }
+    Ok(out)
+}
+
 /// Which backup a restore wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -526,6 +582,46 @@ pub async fn opener(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_backups_are_listed_complete_or_not_with_their_pins() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let storage = crate::storage::MemoryStorage::new("mem");
+            let done = BackupId::parse("20240120T030000Z").unwrap();
+            let half = BackupId::parse("20240121T030000Z").unwrap();
+            let dir = backup_prefix("nightly", &done).unwrap();
+            storage.put(&dir.join("data.dump.zst").unwrap(), b"x".to_vec());
+            storage.put(&dir.join(MANIFEST).unwrap(), b"{}".to_vec());
+            let pin = Pin {
+                pinned_at: "2024-01-22T00:00:00Z".parse().unwrap(),
+                reason: "audit".into(),
+            };
+            storage.put(
+                &pin_key("nightly", &done).unwrap(),
+                serde_json::to_vec(&pin).unwrap(),
+            );
+            let half_dir = backup_prefix("nightly", &half).unwrap();
+            storage.put(&half_dir.join("data.dump.zst").unwrap(), b"x".to_vec());
+            storage.put(&pin_key("nightly", &half).unwrap(), b"not json".to_vec());
+            storage.put(
+                &Key::new("nightly/reports/20240120T030000Z-backup.json").unwrap(),
+                b"{}".to_vec(),
+            );
+
+            let stored = list_stored(&storage, "nightly").await.unwrap();
+            assert_eq!(stored.keys().collect::<Vec<_>>(), [&done, &half]);
+            assert!(stored[&done].complete && stored[&done].pinned);
+            assert_eq!(stored[&done].keys.len(), 3);
+            assert!(!stored[&half].complete && stored[&half].pinned);
+            let read = read_pin(&storage, "nightly", &done).await.unwrap();
+            assert_eq!(read.reason, "audit");
+            // A pin that does not read still pins; its reason is unknown.
+            assert!(read_pin(&storage, "nightly", &half).await.is_none());
+        });
+    }
 
     fn manifest(id: &str, snapshot: &str) -> Manifest {
         let at: Timestamp = snapshot.parse().unwrap();

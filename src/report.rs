@@ -2,7 +2,8 @@
 //!
 //! [`Progress`] has three faces (after rustic_core): a bar on a terminal, log
 //! lines otherwise, nothing at all. Jobs report bytes without knowing which.
-//! [`RunRecord`]s are stored as `<job>/reports/<run-id>.json`, the audit trail.
+//! [`RunRecord`]s are stored as `<job>/reports/<run-id>.json`, the audit trail;
+//! [`RunHistory`] says what they tell of a job.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -13,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::storage::{Key, Storage};
+
+mod history;
+pub use history::{Latest, RunHistory};
 
 pub trait Progress: Send + Sync {
     /// A new phase: `label` says what moves, `total` how many bytes if known.

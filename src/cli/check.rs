@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::model::{Job, JobKind};
-use crate::report::{self, Outcome, RunRecord};
+use crate::report::{self, RunHistory, RunRecord};
 use crate::time::show_duration;
 
 #[derive(Debug, clap::Args)]
@@ -191,39 +191,14 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
                 .to_owned(),
         );
     }
-    // Records go to every storage of the job; the first that answers is read.
-    for storage_spec in job.record_storages() {
-        let storage = match crate::storage::open(storage_spec).await {
-            Ok(s) => s,
-            Err(e) => {
-                state.problems.push(e.to_string());
-                continue;
-            }
-        };
-        let s = storage.as_ref();
-        let name = job.name.as_str();
-        let dir = job.records_dir();
-        let tag = job.run_tag();
-        let kind = job.kind.name();
-        let (last, success, test) = futures::join!(
-            report::newest_records(s, dir, &tag, 1, |r| r.job == name
-                && r.kind == kind
-                && r.outcome != Outcome::Skipped),
-            report::newest_records(s, dir, &tag, 1, |r| r.job == name
-                && r.kind == kind
-                && r.succeeded),
-            report::newest_records(s, dir, "restore-test", 1, |r| r.kind == "restore-test"
-                && r.succeeded),
-        );
-        match (last, success, test) {
-            (Ok(last), Ok(success), Ok(test)) => {
-                state.last_run = last.first().map(RunSummary::from);
-                state.last_success = success.first().map(RunSummary::from);
-                state.last_restore_test = test.first().map(RunSummary::from);
-                break;
-            }
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => state.problems.push(e.to_string()),
-        }
+    let (latest, errors) = RunHistory::ask(job, RunHistory::latest).await;
+    state
+        .problems
+        .extend(errors.iter().map(ToString::to_string));
+    if let Some(latest) = latest {
+        state.last_run = latest.last_run.as_ref().map(RunSummary::from);
+        state.last_success = latest.last_success.as_ref().map(RunSummary::from);
+        state.last_restore_test = latest.last_restore_test.as_ref().map(RunSummary::from);
     }
     state
 }

@@ -1,11 +1,14 @@
 //! `backup db report`: the runbooks' inspection queries in one command:
 //! sizes, bloat, dead tuples, transaction-ID age, sessions and long queries.
+//! The queries are [`stats::database_report`]'s; this module shows them.
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::model::Database;
+use crate::pg::stats::{IndexStats, LongQuery, TableStats};
 use crate::pg::{self, stats};
 use crate::report::bytes_human;
 use crate::time::show_duration;
@@ -66,72 +69,68 @@ fn size(bytes: i64) -> String {
 
 pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
     let Command::Report(args) = command;
-    let db = engine.config.databases.get(&args.database).ok_or_else(|| {
-        let known: Vec<&str> = engine.config.databases.keys().map(String::as_str).collect();
-        Error::not_found(format!("no database named '{}'", args.database)).with_hint(
-            if known.is_empty() {
-                "the configuration declares no databases".to_owned()
-            } else {
-                format!("declared databases: {}", known.join(", "))
-            },
-        )
-    })?;
+    let db = database(engine, &args.database)?;
     let conn = pg::connect(db, None).await?;
-    stats::set_lock_timeout(&conn, Some(LOCK_WAIT)).await?;
-    let inventory = stats::inventory(&conn).await?;
-    let ages = stats::database_ages(&conn).await?;
-    let sessions = stats::sessions(&conn).await?;
-    let long = stats::long_queries(&conn, args.long).await?;
+    let report = stats::database_report(&conn, LOCK_WAIT, args.long).await?;
     let now = engine.clock().now();
-
-    let mut by_size = inventory.tables.clone();
-    by_size.sort_by_key(|t| std::cmp::Reverse(t.total_bytes));
-    let mut by_dead = inventory.tables.clone();
-    by_dead.sort_by(|a, b| {
-        b.dead_tuples
-            .cmp(&a.dead_tuples)
-            .then(b.total_bytes.cmp(&a.total_bytes))
-    });
-    let mut indexes = inventory.indexes.clone();
-    indexes.sort_by_key(|i| std::cmp::Reverse(i.bytes));
-    let mut oldest = inventory.tables.clone();
-    oldest.sort_by_key(|t| std::cmp::Reverse(t.xid_age));
-
     if json {
         return super::print_json(&json!({
             "database": db.name,
             "dbname": conn.dbname,
             "at": now,
-            "sizes_estimated": inventory.sizes_estimated,
-            "largest_tables": by_size,
-            "indexes": indexes,
-            "dead_tuples": by_dead,
-            "database_xid_ages": ages,
-            "autovacuum_freeze_max_age": inventory.freeze_max_age,
-            "oldest_tables": oldest.iter().take(args.top).collect::<Vec<_>>(),
-            "sessions": sessions,
-            "long_queries": long,
+            "sizes_estimated": report.sizes_estimated,
+            "largest_tables": report.largest_tables,
+            "indexes": report.indexes,
+            "dead_tuples": report.dead_tuples,
+            "database_xid_ages": report.database_ages,
+            "autovacuum_freeze_max_age": report.freeze_max_age,
+            "oldest_tables": report.oldest_tables.iter().take(args.top).collect::<Vec<_>>(),
+            "sessions": report.sessions,
+            "long_queries": report.long_queries,
             "long_query_seconds": args.long.as_secs_f64(),
         }));
     }
-
-    let top = args.top;
     println!(
         "database {} ({}), {}",
         db.name,
         conn.dbname,
         crate::time::show(now, &jiff::tz::TimeZone::system())
     );
-    if inventory.sizes_estimated {
+    if report.sizes_estimated {
         println!("  note: a table was locked; sizes are from the statistics");
     }
+    let top = args.top;
+    print_largest_tables(&report.largest_tables, top);
+    print_indexes(&report.indexes, top);
+    print_dead_tuples(&report.dead_tuples, top, now);
+    print_xid_ages(&report, top);
+    print_sessions(&report.sessions);
+    print_long_queries(&report.long_queries, args.long);
+    Ok(())
+}
+
+/// The database declared under `[databases.NAME]`.
+fn database<'a>(engine: &'a Engine, name: &str) -> Result<&'a Database> {
+    let known = &engine.config.databases;
+    known.get(name).map(AsRef::as_ref).ok_or_else(|| {
+        let names: Vec<&str> = known.keys().map(String::as_str).collect();
+        Error::not_found(format!("no database named '{name}'")).with_hint(if names.is_empty() {
+            "the configuration declares no databases".to_owned()
+        } else {
+            format!("declared databases: {}", names.join(", "))
+        })
+    })
+}
+
+/// A header row.
+fn header<const N: usize>(names: [&str; N]) -> Vec<String> {
+    names.map(String::from).to_vec()
+}
+
+fn print_largest_tables(tables: &[TableStats], top: usize) {
     println!("\nLargest tables");
-    let mut rows = vec![
-        ["TABLE", "TOTAL", "TABLE", "INDEXES", "LIVE ROWS"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for t in by_size.iter().take(top) {
+    let mut rows = vec![header(["TABLE", "TOTAL", "TABLE", "INDEXES", "LIVE ROWS"])];
+    for t in tables.iter().take(top) {
         rows.push(vec![
             t.qualified(),
             size(t.total_bytes),
@@ -141,13 +140,13 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
         ]);
     }
     table(&rows);
+}
 
+fn print_indexes(indexes: &[IndexStats], top: usize) {
     println!("\nIndexes, largest first (bloat estimated from statistics)");
-    let mut rows = vec![
-        ["INDEX", "TABLE", "SIZE", "BLOAT", "SCANS", "VALID"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut rows = vec![header([
+        "INDEX", "TABLE", "SIZE", "BLOAT", "SCANS", "VALID",
+    ])];
     for i in indexes.iter().take(top) {
         rows.push(vec![
             i.qualified(),
@@ -160,23 +159,21 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
         ]);
     }
     table(&rows);
+}
 
+fn print_dead_tuples(tables: &[TableStats], top: usize, now: Timestamp) {
     println!("\nDead tuples, most first");
-    let mut rows = vec![
-        [
-            "TABLE",
-            "DEAD",
-            "LIVE",
-            "DEAD%",
-            "LAST VACUUM",
-            "LAST AUTOVACUUM",
-            "LAST ANALYZE",
-            "LAST AUTOANALYZE",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for t in by_dead.iter().take(top) {
+    let mut rows = vec![header([
+        "TABLE",
+        "DEAD",
+        "LIVE",
+        "DEAD%",
+        "LAST VACUUM",
+        "LAST AUTOVACUUM",
+        "LAST ANALYZE",
+        "LAST AUTOANALYZE",
+    ])];
+    for t in tables.iter().take(top) {
         rows.push(vec![
             t.qualified(),
             t.dead_tuples.to_string(),
@@ -189,17 +186,15 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
         ]);
     }
     table(&rows);
+}
 
+fn print_xid_ages(report: &stats::DatabaseReport, top: usize) {
     println!(
         "\nTransaction-ID age (autovacuum_freeze_max_age {})",
-        inventory.freeze_max_age
+        report.freeze_max_age
     );
-    let mut rows = vec![
-        ["DATABASE", "AGE", "OF FREEZE MAX AGE"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for a in &ages {
+    let mut rows = vec![header(["DATABASE", "AGE", "OF FREEZE MAX AGE"])];
+    for a in &report.database_ages {
         rows.push(vec![
             a.database.clone(),
             a.xid_age.to_string(),
@@ -208,15 +203,17 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
     }
     table(&rows);
     println!("  oldest tables:");
-    let mut rows = vec![["TABLE", "AGE"].map(String::from).to_vec()];
-    for t in oldest.iter().take(top) {
+    let mut rows = vec![header(["TABLE", "AGE"])];
+    for t in report.oldest_tables.iter().take(top) {
         rows.push(vec![t.qualified(), t.xid_age.to_string()]);
     }
     table(&rows);
+}
 
+fn print_sessions(sessions: &[stats::Sessions]) {
     println!("\nConnections");
-    let mut rows = vec![["DATABASE", "STATE", "COUNT"].map(String::from).to_vec()];
-    for s in &sessions {
+    let mut rows = vec![header(["DATABASE", "STATE", "COUNT"])];
+    for s in sessions {
         rows.push(vec![
             s.database.clone(),
             s.state.clone(),
@@ -224,47 +221,49 @@ pub async fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
         ]);
     }
     table(&rows);
+}
 
+fn print_long_queries(queries: &[LongQuery], longer_than: std::time::Duration) {
     println!(
         "\nStatements or transactions running longer than {}",
-        crate::time::show_std_duration(args.long)
+        crate::time::show_std_duration(longer_than)
     );
-    if long.is_empty() {
+    if queries.is_empty() {
         println!("  none");
-    } else {
-        let mut rows = vec![
-            [
-                "PID",
-                "USER",
-                "DATABASE",
-                "STATE",
-                "STATEMENT",
-                "TRANSACTION",
-                "QUERY",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
-        for q in &long {
-            rows.push(vec![
-                q.pid.to_string(),
-                q.user.clone(),
-                q.database.clone(),
-                q.state.clone(),
-                show_duration(SignedDuration::from_secs_f64(q.running_seconds)),
-                q.transaction_seconds.map_or("-".to_owned(), |s| {
-                    show_duration(SignedDuration::from_secs_f64(s))
-                }),
-                q.query
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    .chars()
-                    .take(80)
-                    .collect(),
-            ]);
-        }
-        table(&rows);
+        return;
     }
-    Ok(())
+    let mut rows = vec![header([
+        "PID",
+        "USER",
+        "DATABASE",
+        "STATE",
+        "STATEMENT",
+        "TRANSACTION",
+        "QUERY",
+    ])];
+    for q in queries {
+        rows.push(vec![
+            q.pid.to_string(),
+            q.user.clone(),
+            q.database.clone(),
+            q.state.clone(),
+            show_duration(SignedDuration::from_secs_f64(q.running_seconds)),
+            q.transaction_seconds.map_or("-".to_owned(), |s| {
+                show_duration(SignedDuration::from_secs_f64(s))
+            }),
+            one_line(&q.query, 80),
+        ]);
+    }
+    table(&rows);
+}
+
+/// A query's text on one line, its spaces squeezed, cut at `chars`.
+fn one_line(query: &str, chars: usize) -> String {
+    query
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(chars)
+        .collect()
 }

@@ -125,12 +125,7 @@ async fn run_checks(shared: &Shared) -> Health {
         }
     }
     let storage_checks = storages.into_values().map(|spec| async move {
-        let probe = async {
-            let storage = crate::storage::open(&spec).await?;
-            // Listing is what every backup does first; an empty answer is fine.
-            let key = crate::storage::Key::new(".backup-health")?;
-            storage.list(&key).await.map(|_| ())
-        };
+        let probe = crate::storage::probe(&spec);
         check(format!("storage {}", spec.name), probe).await
     });
     let database_checks = databases.into_values().map(|db| async move {

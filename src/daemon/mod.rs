@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::engine::{Engine, RunRequest};
 use crate::error::{Error, Result};
 use crate::model::{CatchUp, Clock, Config};
-use crate::report::{self, Progress};
+use crate::report::{self, Progress, RunHistory};
 use metrics::Metrics;
 use scheduler::{Decision, Entry, Fire, Scheduler};
 
@@ -283,35 +283,15 @@ async fn reload(
     tracing::info!("SIGHUP: configuration reloaded, {jobs} job(s)");
 }
 
-/// When the newest recorded backup run of a job started: what catch-up
-/// compares with. A run our own shutdown interrupted does not count: it is
-/// what catch-up is for.
+/// When the newest recorded run of a job started, as catch-up counts runs
+/// (see [`RunHistory::last_start_for_catch_up`]).
 async fn last_run_start(engine: &Engine, job: &str) -> Option<Timestamp> {
-    let storage = first_storage(engine, job).await?;
     let spec = engine.config.job(job).ok()?;
-    let kind = spec.kind.name();
-    report::newest_records(
-        storage.as_ref(),
-        spec.records_dir(),
-        &spec.run_tag(),
-        1,
-        |r| r.job == job && r.kind == kind && r.outcome != report::Outcome::Interrupted,
-    )
-    .await
-    .ok()?
-    .first()
-    .map(|r| r.started_at)
-}
-
-async fn first_storage(engine: &Engine, job: &str) -> Option<Arc<dyn crate::storage::Storage>> {
-    let first = engine.config.job(job).ok()?.record_storages().first()?;
-    match crate::storage::open(first).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(job = %job, "{e}");
-            None
-        }
+    let (start, errors) = RunHistory::ask(spec, RunHistory::last_start_for_catch_up).await;
+    for e in errors {
+        tracing::warn!(job = %job, "{e}");
     }
+    start.flatten()
 }
 
 /// Seeds the metrics from the records in storage, so ages survive a restart.
@@ -319,30 +299,27 @@ async fn absorb_history(engine: &Engine, metrics: &Metrics) {
     for name in engine.config.storages.keys() {
         metrics.know_storage(name);
     }
+    let mut tests = Vec::new();
+    let mut runs = Vec::new();
     for (name, job) in &engine.config.jobs {
         metrics.know_job(name, job.kind.name());
-        let Some(storage) = first_storage(engine, name).await else {
-            continue;
-        };
-        // The job's own runs, and its restore tests: a manual restore's
-        // success must not read as the job's.
-        let kind = job.kind.name();
-        let dir = job.records_dir();
-        let tag = job.run_tag();
-        let newest = report::newest_records(storage.as_ref(), dir, &tag, 1, |r| {
-            r.job == *name && r.kind == kind && r.outcome != report::Outcome::Skipped
-        });
-        let success = report::newest_records(storage.as_ref(), dir, &tag, 1, |r| {
-            r.job == *name && r.kind == kind && r.succeeded
-        });
-        // A backup job's newest passed restore test, whichever job ran it.
-        let tested = report::newest_records(storage.as_ref(), dir, "restore-test", 1, |r| {
-            dir == name && r.kind == "restore-test" && r.succeeded
-        });
-        let (newest, success, tested) = futures::join!(newest, success, tested);
-        // The success first: the newest run's duration is the one to show.
-        for record in success.into_iter().chain(newest).chain(tested).flatten() {
-            metrics.absorb(&record, false);
+        let (latest, errors) = RunHistory::ask(job, RunHistory::latest).await;
+        for e in errors {
+            tracing::warn!(job = %name, "{e}");
         }
+        let Some(latest) = latest else { continue };
+        // A backup job's newest passed restore test, whichever job ran it;
+        // a restore-test job's is its backup job's, absorbed with that job.
+        if job.records_dir() == name {
+            tests.extend(latest.last_restore_test);
+        }
+        // The success first: the newest run's duration is the one to show.
+        runs.extend(latest.last_success);
+        runs.extend(latest.last_run);
+    }
+    // The tests before every job's own runs: a test absorbed after its
+    // test job's newest run would show the test's duration as that job's.
+    for record in tests.iter().chain(&runs) {
+        metrics.absorb(record, false);
     }
 }

@@ -11,21 +11,16 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::catalog::{self, MANIFEST, PIN};
+use crate::catalog::{self, MANIFEST, StoredBackup};
+// The engine still names them here; they are the catalog's.
+pub use crate::catalog::{Pin, pin_key, read_pin};
 use crate::error::{Error, Result};
 use crate::model::{BackupId, BackupJob, Job, RetentionPolicy};
 use crate::report::{self, Outcome};
 use crate::retention::{self, Action, Candidate, History, RetentionPlan};
 use crate::storage::{Key, Storage};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Pin {
-    pub pinned_at: Timestamp,
-    #[serde(default)]
-    pub reason: String,
-}
 
 /// One storage's plan, and what carrying it out did.
 #[derive(Debug, Clone, Serialize)]
@@ -52,47 +47,6 @@ pub struct Failure {
     pub error: String,
 }
 
-/// What is stored under one backup id.
-#[derive(Debug, Default)]
-pub struct Stored {
-    complete: bool,
-    pinned: bool,
-    keys: Vec<Key>,
-}
-
-/// Every backup directory of `job` in `storage`, complete or not.
-async fn stored(storage: &dyn Storage, job: &str) -> Result<BTreeMap<BackupId, Stored>> {
-    let prefix = catalog::job_prefix(job)?;
-    let mut out: BTreeMap<BackupId, Stored> = BTreeMap::new();
-    for object in storage.list(&prefix).await? {
-        // `reports/` and anything else that is not a backup id is not ours to judge.
-        let Some((id, name)) = catalog::split_backup_key(&prefix, &object.key) else {
-            continue;
-        };
-        let complete = name == MANIFEST;
-        let pinned = name == PIN;
-        let entry = out.entry(id).or_default();
-        entry.complete |= complete;
-        entry.pinned |= pinned;
-        entry.keys.push(object.key);
-    }
-    Ok(out)
-}
-
-pub fn pin_key(job: &str, id: &BackupId) -> Result<Key> {
-    catalog::backup_prefix(job, id)?.join(PIN)
-}
-
-pub async fn read_pin(storage: &dyn Storage, job: &str, id: &BackupId) -> Option<Pin> {
-    let key = pin_key(job, id).ok()?;
-    let bytes = crate::storage::read_small(storage, &key, 64 << 10)
-        .await
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// What retention needs to know of one storage: its backups, their pins and
-/// restore tests, and whether the job's newest run failed.
 /// What retention must know of the job as a whole, read from every storage:
 /// a failed newest run recorded in only one of them still holds them all.
 #[derive(Debug, Clone, Default)]
@@ -163,8 +117,8 @@ async fn history(
     job: &Job,
     spec: &BackupJob,
     facts: &JobFacts,
-) -> Result<(History, BTreeMap<BackupId, Stored>, Vec<String>)> {
-    let stored = stored(storage, &job.name).await?;
+) -> Result<(History, BTreeMap<BackupId, StoredBackup>, Vec<String>)> {
+    let stored = catalog::list_stored(storage, &job.name).await?;
     let newest_run_failed = facts.newest_run_failed.clone();
     let tested = &facts.tested;
     let mut warnings = Vec::new();
@@ -188,7 +142,7 @@ async fn history(
         };
         let pinned = if s.pinned {
             Some(
-                read_pin(storage, &job.name, id)
+                catalog::read_pin(storage, &job.name, id)
                     .await
                     .map(|p| p.reason)
                     .unwrap_or_default(),
@@ -221,7 +175,7 @@ pub async fn plan(
     policy: &RetentionPolicy,
     now: Timestamp,
     facts: &JobFacts,
-) -> Result<(StoragePrune, BTreeMap<BackupId, Stored>)> {
+) -> Result<(StoragePrune, BTreeMap<BackupId, StoredBackup>)> {
     let zone: &TimeZone = &job.timezone;
     let (history, stored, warnings) = history(storage, job, spec, facts).await?;
     let plan = retention::plan(&history, policy, zone, now);
@@ -247,7 +201,7 @@ pub async fn execute(
     storage: &Arc<dyn Storage>,
     job: &str,
     prune: &mut StoragePrune,
-    stored: &BTreeMap<BackupId, Stored>,
+    stored: &BTreeMap<BackupId, StoredBackup>,
     unfinished_before: Option<Timestamp>,
 ) {
     let doomed: Vec<(BackupId, bool)> = prune
@@ -258,7 +212,7 @@ pub async fn execute(
     for (id, complete) in doomed {
         let result = async {
             // A pin written since the listing wins.
-            let pin = pin_key(job, &id)?;
+            let pin = catalog::pin_key(job, &id)?;
             match storage.reader(&pin).await {
                 Ok(_) => {
                     return Err(Error::refused(format!(

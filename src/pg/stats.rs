@@ -651,6 +651,72 @@ pub async fn set_lock_timeout(conn: &Connection, limit: Option<std::time::Durati
         .map_err(|e| query_error(&format!("setting lock_timeout on {}", conn.dbname), e))
 }
 
+/// What `backup db report` shows of a database, each list in the order
+/// shown.
+#[derive(Debug, Clone)]
+pub struct DatabaseReport {
+    /// A table's lock was held: sizes are from the statistics.
+    pub sizes_estimated: bool,
+    pub freeze_max_age: i64,
+    /// Largest first.
+    pub largest_tables: Vec<TableStats>,
+    /// Largest first.
+    pub indexes: Vec<IndexStats>,
+    /// Most dead tuples first, the larger first among equals.
+    pub dead_tuples: Vec<TableStats>,
+    /// Oldest `relfrozenxid` first.
+    pub oldest_tables: Vec<TableStats>,
+    /// Every database of the server, oldest first.
+    pub database_ages: Vec<DatabaseAge>,
+    pub sessions: Vec<Sessions>,
+    /// Statements or transactions going on for longer than asked.
+    pub long_queries: Vec<LongQuery>,
+}
+
+/// Reads what `backup db report` shows. Statements wait `lock_wait` at most
+/// for a table's lock before its size is estimated instead; statements or
+/// transactions going on for longer than `long` are listed.
+pub async fn database_report(
+    conn: &Connection,
+    lock_wait: std::time::Duration,
+    long: std::time::Duration,
+) -> Result<DatabaseReport> {
+    set_lock_timeout(conn, Some(lock_wait)).await?;
+    let inventory = inventory(conn).await?;
+    let database_ages = database_ages(conn).await?;
+    let sessions = sessions(conn).await?;
+    let long_queries = long_queries(conn, long).await?;
+    let (largest_tables, dead_tuples, oldest_tables) = rank_tables(&inventory.tables);
+    let mut indexes = inventory.indexes;
+    indexes.sort_by_key(|i| std::cmp::Reverse(i.bytes));
+    Ok(DatabaseReport {
+        sizes_estimated: inventory.sizes_estimated,
+        freeze_max_age: inventory.freeze_max_age,
+        largest_tables,
+        indexes,
+        dead_tuples,
+        oldest_tables,
+        database_ages,
+        sessions,
+        long_queries,
+    })
+}
+
+/// The tables largest first, most dead tuples first, and oldest first.
+fn rank_tables(tables: &[TableStats]) -> (Vec<TableStats>, Vec<TableStats>, Vec<TableStats>) {
+    let mut by_size = tables.to_vec();
+    by_size.sort_by_key(|t| std::cmp::Reverse(t.total_bytes));
+    let mut by_dead = tables.to_vec();
+    by_dead.sort_by(|a, b| {
+        b.dead_tuples
+            .cmp(&a.dead_tuples)
+            .then(b.total_bytes.cmp(&a.total_bytes))
+    });
+    let mut oldest = tables.to_vec();
+    oldest.sort_by_key(|t| std::cmp::Reverse(t.xid_age));
+    (by_size, by_dead, oldest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +742,43 @@ mod tests {
         assert!(b < 0.01, "{b}");
         let b = btree_bloat(10_000.0, 4.0, 90.0, 8192.0, fresh).unwrap();
         assert!((0.88..0.91).contains(&b), "{b}");
+    }
+
+    #[test]
+    fn the_report_ranks_tables_by_size_by_dead_tuples_and_by_age() {
+        let table = |name: &str, total_bytes: i64, dead_tuples: i64, xid_age: i64| TableStats {
+            oid: 1,
+            schema: "public".into(),
+            name: name.into(),
+            total_bytes,
+            table_bytes: total_bytes,
+            index_bytes: 0,
+            size_estimated: false,
+            live_tuples: 10,
+            dead_tuples,
+            modified_since_analyze: 0,
+            last_vacuum: None,
+            last_autovacuum: None,
+            last_analyze: None,
+            last_autoanalyze: None,
+            xid_age,
+            bloat: None,
+            owner: "app".into(),
+            can_vacuum: true,
+            can_reindex: true,
+            owns: true,
+        };
+        let tables = [
+            table("small", 10, 5, 300),
+            table("big", 1000, 5, 100),
+            table("dirty", 100, 50, 200),
+        ];
+        let names = |ts: &[TableStats]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        let (by_size, by_dead, oldest) = rank_tables(&tables);
+        assert_eq!(names(&by_size), ["big", "dirty", "small"]);
+        // Equal dead tuples: the larger table first.
+        assert_eq!(names(&by_dead), ["dirty", "big", "small"]);
+        assert_eq!(names(&oldest), ["small", "dirty", "big"]);
     }
 
     #[test]

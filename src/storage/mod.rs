@@ -149,6 +149,15 @@ pub async fn open(spec: &StorageSpec) -> Result<Arc<dyn Storage>> {
     }
 }
 
+/// Opens the storage and lists a key nothing is stored under: what every
+/// backup does first, so a storage that answers this can be written to by
+/// the jobs, as far as asking without writing can tell.
+pub async fn probe(spec: &StorageSpec) -> Result<()> {
+    let storage = open(spec).await?;
+    let key = Key::new(".backup-health")?;
+    storage.list(&key).await.map(|_| ())
+}
+
 /// The size of part `index` (from 0) of a multipart upload whose first parts are
 /// `base` bytes: doubled after every `per_step` parts, up to `max`, so a stream
 /// of unknown length never runs out of parts, while small objects keep small parts.
