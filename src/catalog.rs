@@ -579,6 +579,79 @@ pub async fn opener(
     Ok(Crypt::Open(identities))
 }
 
+/// A complete backup as listed: one row even when several storages hold it.
+#[derive(Debug, Clone)]
+pub struct ListedBackup {
+    pub manifest: Manifest,
+    pub storages: Vec<String>,
+    /// Why it is pinned, when a storage holds a pin for it.
+    pub pinned: Option<String>,
+    /// When it last passed a restore test or a drill.
+    pub tested: Option<Timestamp>,
+}
+
+/// Every complete backup of `job` in any of `storages`, newest first, with
+/// its pins and restore tests. One storage that cannot be listed does not
+/// hide the backups in the others; when none can, the first error is it.
+pub async fn list_job(storages: &[Arc<dyn Storage>], job: &str) -> Result<Vec<ListedBackup>> {
+    let mut listed: Vec<ListedBackup> = Vec::new();
+    let mut unreachable = Vec::new();
+    for storage in storages {
+        let listing = match list(storage.as_ref(), job).await {
+            Ok(listing) => listing,
+            Err(e) => {
+                tracing::warn!("{e}");
+                unreachable.push(e);
+                continue;
+            }
+        };
+        for problem in listing.unreadable {
+            tracing::warn!("{problem}");
+        }
+        let tested = match crate::report::record_keys(storage.as_ref(), job).await {
+            Ok(keys) => crate::report::tested_backups(storage.as_ref(), &keys).await,
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| {
+            tracing::warn!("which backups passed a restore test is unknown: {e}");
+            Default::default()
+        });
+        for manifest in listing.backups {
+            let tested = tested.get(manifest.id.as_str()).copied();
+            let pinned = if listing.pinned.contains(&manifest.id) {
+                Some(
+                    read_pin(storage.as_ref(), job, &manifest.id)
+                        .await
+                        .map(|p| p.reason)
+                        .unwrap_or_default(),
+                )
+            } else {
+                None
+            };
+            match listed.iter_mut().find(|l| l.manifest.id == manifest.id) {
+                Some(l) => {
+                    l.storages.push(storage.name().to_owned());
+                    l.pinned = l.pinned.take().or(pinned);
+                    l.tested = l.tested.max(tested);
+                }
+                None => listed.push(ListedBackup {
+                    manifest,
+                    storages: vec![storage.name().to_owned()],
+                    pinned,
+                    tested,
+                }),
+            }
+        }
+    }
+    if unreachable.len() == storages.len()
+        && let Some(e) = unreachable.into_iter().next()
+    {
+        return Err(e);
+    }
+    listed.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id));
+    Ok(listed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,11 +10,13 @@
 //! 5. `retention`: which backups are kept, a pure function of the model;
 //! 6. `storage`, then `archive`: where objects go, and how they are packed;
 //! 7. `pg`: PostgreSQL (`pg::url`, libpq's connection strings, below the rest);
-//! 8. `catalog`: the manifests in storage, and opening encrypted backups;
-//! 9. `lock`: one run of a job at a time (advisory locks, lock files);
-//! 10. `report`, `notify`: run records and announcements;
-//! 11. `config`: job files, read into the model;
-//! 12. `jobs`, then `engine`, then `daemon` and `cli`.
+//! 8. `report`: run records, and what they say of a job's history;
+//! 9. `catalog`: the backups in storage: manifests, listings, pins, and
+//!    opening encrypted backups;
+//! 10. `lock`: one run of a job at a time (advisory locks, lock files);
+//! 11. `notify`: announcements of runs;
+//! 12. `config`: job files, read into the model;
+//! 13. `jobs`, then `engine`, then `daemon` and `cli`.
 
 #![forbid(unsafe_code)]
 

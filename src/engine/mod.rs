@@ -33,11 +33,10 @@ use crate::model::{Clock, Config, StorageSpec};
 use crate::report::{self, Outcome, Progress, RunRecord, Trigger};
 use crate::storage::{self, Storage};
 
+pub use crate::catalog::ListedBackup;
 pub use crate::lock::InProcessLocks;
 pub use stops::Stop;
-pub use work::{
-    Drill, JobRun, ListedBackup, Output, Pin, Prune, PrunePlan, Restore, RestoreDir, Verify,
-};
+pub use work::{Drill, JobRun, Output, Pin, Prune, PrunePlan, Restore, RestoreDir, Verify};
 
 pub struct Engine {
     pub config: Config,
@@ -218,21 +217,6 @@ async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>
             )))
         }),
     }
-}
-
-/// The outcome of the newest earlier run of the same kind that actually ran,
-/// to tell a recovery from a plain success.
-async fn previous_outcome(storage: &dyn Storage, record: &RunRecord) -> Option<Outcome> {
-    let kind = record.kind.clone();
-    let run_id = record.run_id.clone();
-    let job = record.job.clone();
-    report::newest_records(storage, record.dir(), &record.tag(), 1, move |r| {
-        r.kind == kind && r.job == job && r.run_id != run_id && r.outcome != Outcome::Skipped
-    })
-    .await
-    .ok()?
-    .first()
-    .map(|r| r.outcome)
 }
 
 /// How an attempt ended, when it did not fail.
@@ -645,7 +629,11 @@ impl Engine {
             .iter()
             .find(|s| !crate::storage::health::is_down(s.name()));
         let previous = match answering {
-            Some(storage) => previous_outcome(storage.as_ref(), &record).await,
+            Some(storage) => {
+                report::RunHistory::of_record(storage.clone(), &record)
+                    .previous_outcome(&record.run_id)
+                    .await
+            }
             None => None,
         };
         let unrecorded = record.store(storages).await.err();

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::{Run, Stop, Work};
-use crate::catalog::{self, Manifest};
+use crate::catalog::{self, ListedBackup};
 use crate::error::{Error, Kind, Result};
 use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::drill::{self, DrillOutcome, DrillPlan, DrillRequest};
@@ -22,7 +22,6 @@ use crate::jobs::restore_test::{self, RestoreTestOutcome};
 use crate::jobs::{files, prune, verify};
 use crate::lock::DatabaseUse;
 use crate::model::{BackupId, BackupJob, BackupSource, Job, JobKind};
-use crate::report;
 use crate::storage::{self, Storage};
 
 /// What a run of each kind of job makes.
@@ -254,7 +253,7 @@ pub struct PrunePlan {
 pub struct PlannedStorage {
     pub storage: Arc<dyn Storage>,
     pub prune: prune::StoragePrune,
-    stored: std::collections::BTreeMap<BackupId, prune::Stored>,
+    stored: std::collections::BTreeMap<BackupId, catalog::StoredBackup>,
 }
 
 /// What a prune did in each storage.
@@ -835,10 +834,10 @@ impl Work for Pin<'_> {
                 // A copy left unpinned by a passing error would be pruned.
                 Err(e) => return Err(e.context(format!("job {name}: storage {}", storage.name()))),
             }
-            let key = prune::pin_key(name, id)?;
+            let key = catalog::pin_key(name, id)?;
             match &self.reason {
                 Some(reason) => {
-                    let pin = prune::Pin {
+                    let pin = catalog::Pin {
                         pinned_at: run.engine.clock().now(),
                         reason: reason.clone(),
                     };
@@ -872,17 +871,6 @@ impl Work for Pin<'_> {
     }
 }
 
-/// A complete backup as listed: one row even when several storages hold it.
-#[derive(Debug, Clone)]
-pub struct ListedBackup {
-    pub manifest: Manifest,
-    pub storages: Vec<String>,
-    /// Why it is pinned, when a storage holds a pin for it.
-    pub pinned: Option<String>,
-    /// When it last passed a restore test or a drill.
-    pub tested: Option<Timestamp>,
-}
-
 impl super::Engine {
     /// Every complete backup of the backup jobs named (all when `None`), newest first.
     pub async fn list(&self, job: Option<&str>) -> Result<Vec<(&Job, Vec<ListedBackup>)>> {
@@ -900,64 +888,8 @@ impl super::Engine {
         };
         let mut out = Vec::new();
         for (job, spec) in jobs {
-            let mut listed: Vec<ListedBackup> = Vec::new();
             let storages = self.open_all(&spec.storages).await?;
-            let mut unreachable = Vec::new();
-            for storage in &storages {
-                // One storage down must not hide the backups in the others.
-                let listing = match catalog::list(storage.as_ref(), &job.name).await {
-                    Ok(listing) => listing,
-                    Err(e) => {
-                        tracing::warn!("{e}");
-                        unreachable.push(e);
-                        continue;
-                    }
-                };
-                for problem in listing.unreadable {
-                    tracing::warn!("{problem}");
-                }
-                let tested = match report::record_keys(storage.as_ref(), &job.name).await {
-                    Ok(keys) => report::tested_backups(storage.as_ref(), &keys).await,
-                    Err(e) => Err(e),
-                }
-                .unwrap_or_else(|e| {
-                    tracing::warn!("which backups passed a restore test is unknown: {e}");
-                    Default::default()
-                });
-                for manifest in listing.backups {
-                    let tested = tested.get(manifest.id.as_str()).copied();
-                    let pinned = if listing.pinned.contains(&manifest.id) {
-                        Some(
-                            prune::read_pin(storage.as_ref(), &job.name, &manifest.id)
-                                .await
-                                .map(|p| p.reason)
-                                .unwrap_or_default(),
-                        )
-                    } else {
-                        None
-                    };
-                    match listed.iter_mut().find(|l| l.manifest.id == manifest.id) {
-                        Some(l) => {
-                            l.storages.push(storage.name().to_owned());
-                            l.pinned = l.pinned.take().or(pinned);
-                            l.tested = l.tested.max(tested);
-                        }
-                        None => listed.push(ListedBackup {
-                            manifest,
-                            storages: vec![storage.name().to_owned()],
-                            pinned,
-                            tested,
-                        }),
-                    }
-                }
-            }
-            if unreachable.len() == storages.len()
-                && let Some(e) = unreachable.into_iter().next()
-            {
-                return Err(e);
-            }
-            listed.sort_by(|a, b| b.manifest.id.cmp(&a.manifest.id));
-            out.push((job, listed));
+            out.push((job, catalog::list_job(&storages, &job.name).await?));
         }
         Ok(out)
     }

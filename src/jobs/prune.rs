@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use crate::catalog::{self, MANIFEST, StoredBackup};
 // The engine still names them here; they are the catalog's.
-pub use crate::catalog::{Pin, pin_key, read_pin};
 use crate::error::{Error, Result};
 use crate::model::{BackupId, BackupJob, Job, RetentionPolicy};
 use crate::report::{self, Outcome};
