@@ -3,7 +3,7 @@
 //! a REINDEX CONCURRENTLY made to fail.
 //!
 //! Which table gets which task, and why, is unit-tested in
-//! src/jobs/maintenance.rs; these tests show the statements run, change what
+//! src/jobs/maintenance/plan/; these tests show the statements run, change what
 //! they should, and stay out of the application's way.
 
 mod common;
