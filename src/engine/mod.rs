@@ -13,8 +13,9 @@
 //! describes itself. Storages and locks come through [`OpenStorage`] and
 //! [`Locks`], which tests replace with in-memory ones.
 
+mod commands;
+mod jobs;
 pub mod stops;
-mod work;
 
 #[cfg(test)]
 mod tests;
@@ -35,8 +36,9 @@ use crate::storage::{self, Storage};
 
 pub use crate::catalog::ListedBackup;
 pub use crate::lock::InProcessLocks;
+pub use commands::{Drill, Pin, Restore, RestoreDir, Verify};
+pub use jobs::{JobRun, Output, Prune, PrunePlan};
 pub use stops::Stop;
-pub use work::{Drill, JobRun, Output, Pin, Prune, PrunePlan, Restore, RestoreDir, Verify};
 
 pub struct Engine {
     pub config: Config,
