@@ -101,6 +101,11 @@ pub fn failure_kind(checks: &[BackupCheck]) -> crate::error::Kind {
 
 /// A copy that should be in `storage` and is not.
 pub fn missing(storage: &str, id: &str) -> BackupCheck {
+    bad_manifest(storage, id, "not complete in this storage (no manifest)".to_owned())
+}
+
+/// A backup whose manifest is what is wrong: missing, or not readable.
+fn bad_manifest(storage: &str, id: &str, error: String) -> BackupCheck {
     BackupCheck {
         backup_id: id.to_owned(),
         storage: storage.to_owned(),
@@ -110,7 +115,7 @@ pub fn missing(storage: &str, id: &str) -> BackupCheck {
             stored_size: 0,
             raw_size: 0,
             archive_entries: None,
-            error: Some("not complete in this storage (no manifest)".to_owned()),
+            error: Some(error),
             unread: false,
         }],
     }
@@ -455,19 +460,11 @@ pub async fn plan(
         .with_hint(format!("`backup list --job {name}` shows its backups")));
     }
     for (storage, problem) in unreadable.iter().filter(|(_, u)| is_wanted(&u.id)) {
-        steps.push(Step::Known(BackupCheck {
-            backup_id: problem.id.to_string(),
-            storage: storage.clone(),
-            objects: vec![ObjectCheck {
-                key: catalog::MANIFEST.to_owned(),
-                role: None,
-                stored_size: 0,
-                raw_size: 0,
-                archive_entries: None,
-                error: Some(problem.to_string()),
-                unread: false,
-            }],
-        }));
+        steps.push(Step::Known(bad_manifest(
+            storage,
+            problem.id.as_str(),
+            problem.to_string(),
+        )));
     }
     // A passphrase not on this host makes no backup bad: it is the
     // configuration error it is, said once, before anything is read.
