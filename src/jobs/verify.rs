@@ -101,7 +101,11 @@ pub fn failure_kind(checks: &[BackupCheck]) -> crate::error::Kind {
 
 /// A copy that should be in `storage` and is not.
 pub fn missing(storage: &str, id: &str) -> BackupCheck {
-    bad_manifest(storage, id, "not complete in this storage (no manifest)".to_owned())
+    bad_manifest(
+        storage,
+        id,
+        "not complete in this storage (no manifest)".to_owned(),
+    )
 }
 
 /// A backup whose manifest is what is wrong: missing, or not readable.

@@ -1,13 +1,14 @@
 //! Azure Blob Storage through the official `azure_storage_blob` crate.
 //!
-//! Writes are block blobs staged block by block, at most `blocks_in_flight`
-//! blocks being sent while the next fills, and committed by one block list in
-//! `finish`: before the commit nothing is visible under the key, so an aborted
-//! or dropped writer leaves nothing (Azure discards uncommitted blocks after a
-//! week). An object smaller than one block is a single Put Blob. Every request
-//! goes through the shared [`Retrier`]; the SDK's own retries are off. Bodies
-//! go out as streams whose every piece counts as movement, so a block is timed
-//! on its progress, not as a whole.
+//! Writes are block blobs, through the shared writer of [`super::parted`]
+//! (buffering, blocks in parallel, retries): blocks staged one by one (Put
+//! Block), committed by one block list in `finish` (Put Block List). Before the
+//! commit nothing is visible under the key, so an aborted or dropped writer
+//! leaves nothing (Azure discards uncommitted blocks after a week). An object
+//! smaller than one block is a single Put Blob. Every request goes through the
+//! shared [`Retrier`]; the SDK's own retries are off. Bodies go out as streams
+//! whose every piece counts as movement, so a block is timed on its progress,
+//! not as a whole.
 //!
 //! Credentials: Entra ID (workload identity when its environment is set, else
 //! managed identity, then the Azure CLI), a SAS token, a connection string, or
@@ -30,13 +31,11 @@ use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::Mutex;
-use tokio::task::JoinSet;
 
+use super::parted::{Multipart, PartedWriter, Plan, Staging, Words, list_pages};
 use super::resume::{self, OpenAt};
 use super::retry::{Moved, Retrier};
-use super::{
-    Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, PartBuffers, Storage, part_size,
-};
+use super::{Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::error::{Error, Kind, Result};
 use crate::model::{AzureAuth, AzureSpec, Retry};
 use crate::secret::{Problem, Secret};
@@ -461,60 +460,90 @@ impl Inner {
         }
     }
 
-    async fn put_blob(&self, key: &str, body: Bytes) -> Result<()> {
-        let what = self.what("upload", key);
-        let full = self.full_key(key);
-        self.retry
-            .run_moving(&what, |moved| async {
-                let blob = self.container().await?.blob_client(&full);
-                let options = BlockBlobClientUploadOptions {
-                    parallel: std::num::NonZero::new(1),
-                    partition_size: std::num::NonZero::new(body.len().max(1) as u64),
-                    ..Default::default()
-                };
-                blob.upload(moving(body.clone(), moved), Some(options))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.error(&what, e))
-            })
+    /// How this storage's objects are cut into blocks.
+    fn plan(&self) -> Plan {
+        Plan {
+            storage: self.name.clone(),
+            retry: self.retry.clone(),
+            part_size: self.spec.block_size,
+            parts_per_step: BLOCKS_PER_STEP,
+            max_part_size: MAX_BLOCK_SIZE,
+            max_parts: MAX_BLOCKS,
+            in_flight: self.spec.blocks_in_flight,
+            // A block list commits at once.
+            complete_patience: std::time::Duration::ZERO,
+            staging: Staging::Uncommitted,
+            words: Words {
+                part: "block",
+                part_setting: "block_size",
+                complete: "commit",
+            },
+        }
+    }
+}
+
+/// Block blobs: blocks staged under the blob's name stay invisible until a
+/// block list commits them, and Azure discards those never committed after a
+/// week, so there is no upload to start or abort.
+#[async_trait]
+impl Multipart for Inner {
+    type Upload = ();
+    /// The block's id.
+    type Part = Vec<u8>;
+
+    async fn put_once(&self, what: &str, key: &str, body: Bytes, moved: Moved) -> Result<()> {
+        let blob = self.container().await?.blob_client(&self.full_key(key));
+        let options = BlockBlobClientUploadOptions {
+            parallel: std::num::NonZero::new(1),
+            partition_size: std::num::NonZero::new(body.len().max(1) as u64),
+            ..Default::default()
+        };
+        blob.upload(moving(body, moved), Some(options))
             .await
+            .map(|_| ())
+            .map_err(|e| self.error(what, e))
     }
 
-    async fn stage_block(&self, key: &str, id: Vec<u8>, body: Bytes) -> Result<()> {
-        let what = format!("{} (block {})", self.what("upload", key), block_number(&id));
-        let full = self.full_key(key);
-        self.retry
-            .run_moving(&what, |moved| async {
-                let blob = self.container().await?.blob_client(&full);
-                blob.block_blob_client()
-                    .stage_block(&id, body.len() as u64, moving(body.clone(), moved), None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.error(&what, e))
-            })
-            .await
+    async fn begin(&self, _: &str, _: &str) -> Result<()> {
+        Ok(())
     }
 
-    async fn commit(&self, key: &str, ids: Vec<Vec<u8>>) -> Result<()> {
-        let what = self.what("commit", key);
-        let full = self.full_key(key);
-        self.retry
-            .run(&what, || async {
-                let list = BlockLookupList {
-                    latest: Some(ids.clone()),
-                    ..Default::default()
-                };
-                let content = list
-                    .try_into()
-                    .map_err(|e: azure_core::Error| Error::internal(format!("{what}: {e}")))?;
-                let blob = self.container().await?.blob_client(&full);
-                blob.block_blob_client()
-                    .commit_block_list(content, None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.error(&what, e))
-            })
+    async fn upload_part(
+        &self,
+        what: &str,
+        key: &str,
+        _: &(),
+        number: u32,
+        body: Bytes,
+        moved: Moved,
+    ) -> Result<Vec<u8>> {
+        let id = block_id(number);
+        let blob = self.container().await?.blob_client(&self.full_key(key));
+        blob.block_blob_client()
+            .stage_block(&id, body.len() as u64, moving(body, moved), None)
             .await
+            .map_err(|e| self.error(what, e))?;
+        Ok(id)
+    }
+
+    async fn complete(&self, what: &str, key: &str, _: &(), ids: &[Vec<u8>]) -> Result<()> {
+        let list = BlockLookupList {
+            latest: Some(ids.to_vec()),
+            ..Default::default()
+        };
+        let content = list
+            .try_into()
+            .map_err(|e: azure_core::Error| Error::internal(format!("{what}: {e}")))?;
+        let blob = self.container().await?.blob_client(&self.full_key(key));
+        blob.block_blob_client()
+            .commit_block_list(content, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(what, e))
+    }
+
+    async fn abort(&self, _: &str, _: &str, _: &()) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -568,13 +597,6 @@ fn block_id(number: u32) -> Vec<u8> {
     format!("block-{number:08}").into_bytes()
 }
 
-fn block_number(id: &[u8]) -> String {
-    String::from_utf8_lossy(id)
-        .trim_start_matches("block-")
-        .trim_start_matches('0')
-        .to_owned()
-}
-
 /// Hides SAS signatures in text that may quote a request URL.
 fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -598,19 +620,10 @@ impl Storage for AzureStorage {
         &self.inner.name
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
-    }
-
     async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>> {
-        Ok(Box::new(AzureWriter {
-            inner: self.inner.clone(),
-            key: key.as_str().to_owned(),
-            buf: PartBuffers::default(),
-            ids: Vec::new(),
-            in_flight: JoinSet::new(),
-            size: 0,
-        }))
+        let inner = self.inner.clone();
+        let plan = inner.plan();
+        Ok(Box::new(PartedWriter::new(inner, plan, key.as_str())))
     }
 
     async fn reader(&self, key: &Key) -> Result<ObjectReader> {
@@ -627,33 +640,28 @@ impl Storage for AzureStorage {
         let what = inner.what("list", prefix.as_str());
         let full_prefix = format!("{}/", inner.full_key(prefix.as_str()));
         let strip = inner.spec.prefix.as_ref().map_or(0, |p| p.len() + 1);
-        let mut objects = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
+        let (what, full_prefix) = (&what, &full_prefix);
+        let mut objects = list_pages(&inner.retry, what, |marker: Option<String>| async move {
+            let options = BlobContainerClientListBlobsOptions {
+                prefix: Some(full_prefix.clone()),
+                marker,
+                maxresults: Some(LIST_PAGE),
+                ..Default::default()
+            };
+            let container = inner.container().await?;
             // One page per request, so a failed page is retried alone.
-            let page = inner
-                .retry
-                .run(&what, || async {
-                    let options = BlobContainerClientListBlobsOptions {
-                        prefix: Some(full_prefix.clone()),
-                        marker: marker.clone(),
-                        maxresults: Some(LIST_PAGE),
-                        ..Default::default()
-                    };
-                    let container = inner.container().await?;
-                    let mut pages = container
-                        .list_blobs(Some(options))
-                        .map_err(|e| inner.error(&what, e))?
-                        .into_pages();
-                    match pages.next().await {
-                        Some(page) => page
-                            .map_err(|e| inner.error(&what, e))?
-                            .into_model()
-                            .map_err(|e| inner.error(&what, e)),
-                        None => Err(Error::storage(format!("{what}: no answer page"))),
-                    }
-                })
-                .await?;
+            let mut pages = container
+                .list_blobs(Some(options))
+                .map_err(|e| inner.error(what, e))?
+                .into_pages();
+            let page = match pages.next().await {
+                Some(page) => page
+                    .map_err(|e| inner.error(what, e))?
+                    .into_model()
+                    .map_err(|e| inner.error(what, e))?,
+                None => return Err(Error::storage(format!("{what}: no answer page"))),
+            };
+            let mut objects = Vec::new();
             for blob in &page.blob_items {
                 let Some(full) = blob.name.as_deref() else {
                     continue;
@@ -673,11 +681,10 @@ impl Storage for AzureStorage {
                     ),
                 }
             }
-            match page.next_marker {
-                Some(next) if !next.is_empty() => marker = Some(next),
-                _ => break,
-            }
-        }
+            let next = page.next_marker.filter(|next| !next.is_empty());
+            Ok((objects, next))
+        })
+        .await?;
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
     }
@@ -737,113 +744,6 @@ impl OpenAt for Download {
             })
         });
         Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
-    }
-}
-
-struct AzureWriter {
-    inner: Arc<Inner>,
-    key: String,
-    buf: PartBuffers,
-    /// Ids of the blocks staged or being staged, in order.
-    ids: Vec<Vec<u8>>,
-    /// Block uploads under way; each gives back its buffer when done.
-    in_flight: JoinSet<Result<Bytes>>,
-    size: u64,
-}
-
-impl AzureWriter {
-    fn current_block_size(&self) -> usize {
-        part_size(
-            self.inner.spec.block_size,
-            self.ids.len() as u32,
-            BLOCKS_PER_STEP,
-            MAX_BLOCK_SIZE,
-        ) as usize
-    }
-
-    async fn send_block(&mut self) -> Result<()> {
-        let number = self.ids.len() as u32 + 1;
-        if number > MAX_BLOCKS {
-            return Err(Error::storage(format!(
-                "{}: the object needs more than {MAX_BLOCKS} blocks",
-                self.inner.what("upload", &self.key)
-            ))
-            .with_hint("raise block_size in the storage's settings"));
-        }
-        while self.in_flight.len() >= self.inner.spec.blocks_in_flight {
-            self.collect_one().await?;
-        }
-        let id = block_id(number);
-        self.ids.push(id.clone());
-        let body = self.buf.take();
-        let inner = self.inner.clone();
-        let key = self.key.clone();
-        self.in_flight.spawn(async move {
-            inner.stage_block(&key, id, body.clone()).await?;
-            Ok(body)
-        });
-        Ok(())
-    }
-
-    async fn collect_one(&mut self) -> Result<()> {
-        match self.in_flight.join_next().await {
-            Some(Ok(Ok(body))) => {
-                self.buf.recycle(body);
-                Ok(())
-            }
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(join)) => Err(Error::internal(format!(
-                "{}: a block upload stopped: {join}",
-                self.inner.what("upload", &self.key)
-            ))),
-            None => Ok(()),
-        }
-    }
-}
-
-#[async_trait]
-impl ObjectWriter for AzureWriter {
-    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
-        self.size += chunk.len() as u64;
-        while !chunk.is_empty() {
-            let block = self.current_block_size();
-            // A full block is sent only once more bytes arrive, so an object
-            // of exactly one block is a single Put Blob.
-            if self.buf.len() >= block {
-                self.send_block().await?;
-                continue;
-            }
-            let taken = self.buf.fill(chunk, block);
-            chunk = &chunk[taken..];
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<u64> {
-        let result = async {
-            if self.ids.is_empty() {
-                let body = self.buf.take();
-                return self.inner.put_blob(&self.key, body).await;
-            }
-            if !self.buf.is_empty() {
-                self.send_block().await?;
-            }
-            while !self.in_flight.is_empty() {
-                self.collect_one().await?;
-            }
-            let ids = std::mem::take(&mut self.ids);
-            self.inner.commit(&self.key, ids).await
-        }
-        .await;
-        // On failure nothing was committed; staged blocks expire on their own.
-        self.in_flight.abort_all();
-        result.map(|()| self.size)
-    }
-
-    async fn abort(mut self: Box<Self>) -> Result<()> {
-        self.in_flight.abort_all();
-        while self.in_flight.join_next().await.is_some() {}
-        Ok(())
     }
 }
 
@@ -910,6 +810,5 @@ mod tests {
     #[test]
     fn block_ids_have_one_length() {
         assert_eq!(block_id(1).len(), block_id(49_999).len());
-        assert_eq!(block_number(&block_id(42)), "42");
     }
 }

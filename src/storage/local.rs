@@ -37,7 +37,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::health::FailureKind;
 use super::retry::{Moved, show};
-use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
+use super::{Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::error::{Error, Kind, Result};
 use crate::model::Retry;
 use crate::nofollow;
@@ -545,10 +545,6 @@ impl LocalStorage {
 impl Storage for LocalStorage {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
     }
 
     async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>> {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
+use super::{Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Default)]
@@ -42,10 +42,6 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
     }
 
     async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>> {

@@ -11,6 +11,7 @@ mod azure;
 pub mod health;
 mod local;
 mod memory;
+mod parted;
 pub mod resume;
 pub mod retry;
 mod s3;
@@ -83,20 +84,12 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
-/// What a backend can do beyond the basics, so callers can adapt or refuse.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Capabilities {
-    /// Objects can be made immutable for a retention period (S3 Object Lock, ...).
-    pub object_lock: bool,
-}
-
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
 
 #[async_trait]
 pub trait Storage: Send + Sync + fmt::Debug {
     /// The name from the job file, used in messages.
     fn name(&self) -> &str;
-    fn capabilities(&self) -> Capabilities;
     /// Starts writing `key`; nothing is visible there until `finish`.
     async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>>;
     /// Streams the object; a missing object is a [`crate::error::Kind::NotFound`].

@@ -1,15 +1,16 @@
 //! Amazon S3 and S3-compatible services (MinIO, Ceph, moto) through aws-sdk-s3.
 //!
-//! Writes stream as a multipart upload: the writer fills one part at a time,
-//! sends it while filling the next, and keeps at most `parts_in_flight` parts
-//! being sent, so memory stays at part size × (in flight + 1). Each part is
-//! retried from its buffer by the shared [`Retrier`] (the SDK's own retries
-//! are off, so there is one policy with one budget), and is timed on its
-//! progress: its body goes out in small pieces that each count as movement,
-//! so a slow link is never cut and a dead one is seen within `io_timeout`. The upload is completed in
-//! `finish` and aborted on any failure, on `abort` and on drop: an unfinished
-//! backup leaves no object, and no parts billed forever. An object smaller than
-//! one part is sent with a single PUT.
+//! Writes are multipart uploads driven by the shared writer of
+//! [`super::parted`], which buffers, sends parts in parallel, retries and
+//! aborts; this module gives it S3's requests: PutObject for an object smaller
+//! than one part, then CreateMultipartUpload, UploadPart,
+//! CompleteMultipartUpload and AbortMultipartUpload, each with the bucket's
+//! storage class and encryption. The SDK's own retries are off, so there is
+//! one policy with one budget ([`Retrier`]), and bodies go out in small pieces
+//! that each count as movement ([`Moved`]), so a request is timed on its
+//! progress: a slow link is never cut and a dead one is seen within
+//! `io_timeout`. An unfinished backup leaves no object, and no parts billed
+//! forever.
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,13 +24,11 @@ use aws_sdk_s3::types::{
     StorageClass,
 };
 use bytes::Bytes;
-use tokio::task::JoinSet;
 
+use super::parted::{Multipart, PartedWriter, Plan, Staging, Words, list_pages};
 use super::resume::{self, OpenAt};
 use super::retry::{Moved, Retrier};
-use super::{
-    Capabilities, Key, ObjectInfo, ObjectReader, ObjectWriter, PartBuffers, Storage, part_size,
-};
+use super::{Key, ObjectInfo, ObjectReader, ObjectWriter, Storage};
 use crate::error::{Error, Kind, Result};
 use crate::model::{Retry, S3Spec, Sse};
 
@@ -330,47 +329,66 @@ impl Inner {
         (class, sse, kms_key)
     }
 
-    async fn put_object(&self, key: &str, body: Bytes) -> Result<()> {
-        let what = self.what("upload", key);
-        let full = self.full_key(key);
-        self.retry
-            .run_moving(&what, |moved| async {
-                let (class, sse, kms_key) = self.object_options();
-                self.client
-                    .put_object()
-                    .bucket(&self.spec.bucket)
-                    .key(&full)
-                    .body(moving(body.clone(), moved))
-                    .set_storage_class(class)
-                    .set_server_side_encryption(sse)
-                    .set_ssekms_key_id(kms_key)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.error(&what, e))
-            })
+    /// How this storage's objects are cut into parts.
+    fn plan(&self) -> Plan {
+        Plan {
+            storage: self.name.clone(),
+            retry: self.retry.clone(),
+            part_size: self.spec.part_size,
+            parts_per_step: PARTS_PER_STEP,
+            max_part_size: MAX_PART_SIZE,
+            max_parts: MAX_PARTS,
+            in_flight: self.spec.parts_in_flight,
+            complete_patience: COMPLETE_PATIENCE,
+            staging: Staging::Upload {
+                begin: "start upload of",
+                abort: "abort upload of",
+                left_over: "a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes \
+                            such uploads",
+            },
+            words: Words {
+                part: "part",
+                part_setting: "part_size",
+                complete: "complete upload of",
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Multipart for Inner {
+    type Upload = String;
+    type Part = CompletedPart;
+
+    async fn put_once(&self, what: &str, key: &str, body: Bytes, moved: Moved) -> Result<()> {
+        let (class, sse, kms_key) = self.object_options();
+        self.client
+            .put_object()
+            .bucket(&self.spec.bucket)
+            .key(self.full_key(key))
+            .body(moving(body, moved))
+            .set_storage_class(class)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .send()
             .await
+            .map(|_| ())
+            .map_err(|e| self.error(what, e))
     }
 
-    async fn create_upload(&self, key: &str) -> Result<String> {
-        let what = self.what("start upload of", key);
-        let full = self.full_key(key);
+    async fn begin(&self, what: &str, key: &str) -> Result<String> {
+        let (class, sse, kms_key) = self.object_options();
         let output = self
-            .retry
-            .run(&what, || async {
-                let (class, sse, kms_key) = self.object_options();
-                self.client
-                    .create_multipart_upload()
-                    .bucket(&self.spec.bucket)
-                    .key(&full)
-                    .set_storage_class(class)
-                    .set_server_side_encryption(sse)
-                    .set_ssekms_key_id(kms_key)
-                    .send()
-                    .await
-                    .map_err(|e| self.error(&what, e))
-            })
-            .await?;
+            .client
+            .create_multipart_upload()
+            .bucket(&self.spec.bucket)
+            .key(self.full_key(key))
+            .set_storage_class(class)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .send()
+            .await
+            .map_err(|e| self.error(what, e))?;
         output
             .upload_id()
             .map(str::to_owned)
@@ -379,28 +397,24 @@ impl Inner {
 
     async fn upload_part(
         &self,
+        what: &str,
         key: &str,
-        upload_id: &str,
+        upload_id: &String,
         number: u32,
         body: Bytes,
+        moved: Moved,
     ) -> Result<CompletedPart> {
-        let what = format!("{} (part {number})", self.what("upload", key));
-        let full = self.full_key(key);
         let output = self
-            .retry
-            .run_moving(&what, |moved| async {
-                self.client
-                    .upload_part()
-                    .bucket(&self.spec.bucket)
-                    .key(&full)
-                    .upload_id(upload_id)
-                    .part_number(number as i32)
-                    .body(moving(body.clone(), moved))
-                    .send()
-                    .await
-                    .map_err(|e| self.error(&what, e))
-            })
-            .await?;
+            .client
+            .upload_part()
+            .bucket(&self.spec.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .body(moving(body, moved))
+            .send()
+            .await
+            .map_err(|e| self.error(what, e))?;
         Ok(CompletedPart::builder()
             .part_number(number as i32)
             .set_e_tag(output.e_tag().map(str::to_owned))
@@ -412,84 +426,56 @@ impl Inner {
             .build())
     }
 
-    async fn complete_upload(
+    async fn complete(
         &self,
+        what: &str,
         key: &str,
-        upload_id: &str,
-        parts: Vec<CompletedPart>,
-        size: u64,
+        upload_id: &String,
+        parts: &[CompletedPart],
     ) -> Result<()> {
-        let what = self.what("complete upload of", key);
-        let full = self.full_key(key);
         let upload = CompletedMultipartUpload::builder()
-            .set_parts(Some(parts))
+            .set_parts(Some(parts.to_vec()))
             .build();
-        let mut attempts = 0;
-        let result = self
-            .retry
-            .run_patient(&what, COMPLETE_PATIENCE, &no_such_upload, || {
-                attempts += 1;
-                async {
-                    self.client
-                        .complete_multipart_upload()
-                        .bucket(&self.spec.bucket)
-                        .key(&full)
-                        .upload_id(upload_id)
-                        .multipart_upload(upload.clone())
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| self.error(&what, e))
-                }
-            })
-            .await;
-        match result {
-            // A retry after a completion whose answer was lost finds the upload
-            // gone: the object is there if it has the size we wrote.
-            Err(e) if attempts > 1 && no_such_upload(&e) => match self.size_of(&full).await {
-                Some(found) if found == size => Ok(()),
-                _ => Err(e),
-            },
-            other => other,
-        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.spec.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .multipart_upload(upload)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(what, e))
     }
 
-    async fn size_of(&self, full: &str) -> Option<u64> {
+    async fn abort(&self, what: &str, key: &str, upload_id: &String) -> Result<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.spec.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(what, e))
+    }
+
+    /// The upload is gone: aborted or completed already, which an abort, or a
+    /// completion retried after its answer was lost, takes as it is.
+    fn upload_gone(&self, e: &Error) -> bool {
+        e.message().contains("NoSuchUpload")
+    }
+
+    async fn stored_size(&self, key: &str) -> Option<u64> {
         let head = self
             .client
             .head_object()
             .bucket(&self.spec.bucket)
-            .key(full)
-            .send();
-        let head = tokio::time::timeout(self.retry.io_timeout(), head)
+            .key(self.full_key(key))
+            .send()
             .await
-            .ok()?
             .ok()?;
         head.content_length().and_then(|n| u64::try_from(n).ok())
-    }
-
-    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
-        let what = self.what("abort upload of", key);
-        let full = self.full_key(key);
-        let result = self
-            .retry
-            .run_expecting(&what, &no_such_upload, || async {
-                self.client
-                    .abort_multipart_upload()
-                    .bucket(&self.spec.bucket)
-                    .key(&full)
-                    .upload_id(upload_id)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| self.error(&what, e))
-            })
-            .await;
-        match result {
-            // Already aborted or completed elsewhere: nothing is left.
-            Err(e) if no_such_upload(&e) => Ok(()),
-            other => other,
-        }
     }
 }
 
@@ -499,21 +485,10 @@ impl Storage for S3Storage {
         &self.inner.name
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
-    }
-
     async fn writer(&self, key: &Key) -> Result<Box<dyn ObjectWriter>> {
-        Ok(Box::new(S3Writer {
-            inner: self.inner.clone(),
-            key: key.as_str().to_owned(),
-            buf: PartBuffers::default(),
-            upload: None,
-            parts: Vec::new(),
-            in_flight: JoinSet::new(),
-            next_part: 1,
-            size: 0,
-        }))
+        let inner = self.inner.clone();
+        let plan = inner.plan();
+        Ok(Box::new(PartedWriter::new(inner, plan, key.as_str())))
     }
 
     async fn reader(&self, key: &Key) -> Result<ObjectReader> {
@@ -530,23 +505,18 @@ impl Storage for S3Storage {
         let what = inner.what("list", prefix.as_str());
         let full_prefix = format!("{}/", inner.full_key(prefix.as_str()));
         let strip = inner.spec.prefix.as_ref().map_or(0, |p| p.len() + 1);
-        let mut objects = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
+        let (what, full_prefix) = (&what, &full_prefix);
+        let mut objects = list_pages(&inner.retry, what, |token: Option<String>| async move {
             let page = inner
-                .retry
-                .run(&what, || async {
-                    inner
-                        .client
-                        .list_objects_v2()
-                        .bucket(&inner.spec.bucket)
-                        .prefix(&full_prefix)
-                        .set_continuation_token(token.clone())
-                        .send()
-                        .await
-                        .map_err(|e| inner.error(&what, e))
-                })
-                .await?;
+                .client
+                .list_objects_v2()
+                .bucket(&inner.spec.bucket)
+                .prefix(full_prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| inner.error(what, e))?;
+            let mut objects = Vec::new();
             for object in page.contents() {
                 let Some(full) = object.key() else { continue };
                 // Keys that are not ours (written by another tool) are skipped.
@@ -560,11 +530,13 @@ impl Storage for S3Storage {
                     }
                 }
             }
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_owned()),
-                _ => break,
-            }
-        }
+            let next = match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => Some(next.to_owned()),
+                _ => None,
+            };
+            Ok((objects, next))
+        })
+        .await?;
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
     }
@@ -594,24 +566,25 @@ impl Storage for S3Storage {
         let what = inner.what("list unfinished uploads under", prefix.as_str());
         let full_prefix = format!("{}/", inner.full_key(prefix.as_str()));
         let before = aws_sdk_s3::primitives::DateTime::from_millis(before.as_millisecond());
-        let mut stale: Vec<(String, String)> = Vec::new();
-        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
+        let (what, full_prefix, before) = (&what, &full_prefix, &before);
+        // A page is asked for by the key and upload id it ends at.
+        type Marker = (String, Option<String>);
+        let stale = list_pages(&inner.retry, what, |marker: Option<Marker>| async move {
+            let (key_marker, id_marker) = match marker {
+                Some((key, id)) => (Some(key), id),
+                None => (None, None),
+            };
             let page = inner
-                .retry
-                .run(&what, || async {
-                    inner
-                        .client
-                        .list_multipart_uploads()
-                        .bucket(&inner.spec.bucket)
-                        .prefix(&full_prefix)
-                        .set_key_marker(key_marker.clone())
-                        .set_upload_id_marker(id_marker.clone())
-                        .send()
-                        .await
-                        .map_err(|e| inner.error(&what, e))
-                })
-                .await?;
+                .client
+                .list_multipart_uploads()
+                .bucket(&inner.spec.bucket)
+                .prefix(full_prefix)
+                .set_key_marker(key_marker)
+                .set_upload_id_marker(id_marker)
+                .send()
+                .await
+                .map_err(|e| inner.error(what, e))?;
+            let mut stale = Vec::new();
             for upload in page.uploads() {
                 let old = upload
                     .initiated()
@@ -620,15 +593,16 @@ impl Storage for S3Storage {
                     stale.push((key.to_owned(), id.to_owned()));
                 }
             }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_owned);
-            id_marker = page.next_upload_id_marker().map(str::to_owned);
-            if key_marker.is_none() {
-                break;
-            }
-        }
+            let next = match page.next_key_marker() {
+                Some(key) if page.is_truncated() == Some(true) => Some((
+                    key.to_owned(),
+                    page.next_upload_id_marker().map(str::to_owned),
+                )),
+                _ => None,
+            };
+            Ok((stale, next))
+        })
+        .await?;
         for (key, id) in &stale {
             let what = inner.what("abort the unfinished upload of", key);
             inner
@@ -766,12 +740,6 @@ impl http_body::Body for MovingBody {
     }
 }
 
-/// The upload is gone: aborted or completed already, which an abort, or a
-/// completion retried after its answer was lost, takes as it is.
-fn no_such_upload(e: &Error) -> bool {
-    e.message().contains("NoSuchUpload")
-}
-
 /// A GET from a byte offset, for the resuming reader.
 struct Get {
     inner: Arc<Inner>,
@@ -793,170 +761,5 @@ impl OpenAt for Get {
         }
         let output = get.send().await.map_err(|e| inner.error(&what, e))?;
         Ok(Box::pin(output.body.into_async_read()))
-    }
-}
-
-struct S3Writer {
-    inner: Arc<Inner>,
-    key: String,
-    buf: PartBuffers,
-    /// The multipart upload, once more than one part's worth was written.
-    upload: Option<String>,
-    parts: Vec<CompletedPart>,
-    /// Part uploads under way; each gives back its buffer when done.
-    in_flight: JoinSet<Result<(CompletedPart, Bytes)>>,
-    next_part: u32,
-    size: u64,
-}
-
-impl S3Writer {
-    fn current_part_size(&self) -> usize {
-        part_size(
-            self.inner.spec.part_size,
-            self.next_part - 1,
-            PARTS_PER_STEP,
-            MAX_PART_SIZE,
-        ) as usize
-    }
-
-    /// Sends the buffered part, waiting first if the in-flight limit is reached.
-    async fn send_part(&mut self) -> Result<()> {
-        if self.next_part > MAX_PARTS {
-            return Err(Error::storage(format!(
-                "{}: the object needs more than {MAX_PARTS} parts",
-                self.inner.what("upload", &self.key)
-            ))
-            .with_hint("raise part_size in the storage's settings"));
-        }
-        let upload_id = match &self.upload {
-            Some(id) => id.clone(),
-            None => {
-                let id = self.inner.create_upload(&self.key).await?;
-                self.upload = Some(id.clone());
-                id
-            }
-        };
-        while self.in_flight.len() >= self.inner.spec.parts_in_flight {
-            self.collect_one().await?;
-        }
-        let number = self.next_part;
-        self.next_part += 1;
-        let body = self.buf.take();
-        let inner = self.inner.clone();
-        let key = self.key.clone();
-        self.in_flight.spawn(async move {
-            let part = inner
-                .upload_part(&key, &upload_id, number, body.clone())
-                .await?;
-            Ok((part, body))
-        });
-        Ok(())
-    }
-
-    async fn collect_one(&mut self) -> Result<()> {
-        match self.in_flight.join_next().await {
-            Some(Ok(Ok((part, body)))) => {
-                self.parts.push(part);
-                self.buf.recycle(body);
-                Ok(())
-            }
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(join)) => Err(Error::internal(format!(
-                "{}: a part upload stopped: {join}",
-                self.inner.what("upload", &self.key)
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    async fn complete(&mut self) -> Result<u64> {
-        if self.upload.is_none() {
-            let body = self.buf.take();
-            self.inner.put_object(&self.key, body).await?;
-            return Ok(self.size);
-        }
-        if !self.buf.is_empty() {
-            self.send_part().await?;
-        }
-        while !self.in_flight.is_empty() {
-            self.collect_one().await?;
-        }
-        let mut parts = std::mem::take(&mut self.parts);
-        parts.sort_by_key(|p| p.part_number());
-        let upload_id = self.upload.clone().unwrap_or_default();
-        self.inner
-            .complete_upload(&self.key, &upload_id, parts, self.size)
-            .await?;
-        self.upload = None;
-        Ok(self.size)
-    }
-
-    async fn discard(&mut self) -> Result<()> {
-        self.in_flight.abort_all();
-        while self.in_flight.join_next().await.is_some() {}
-        match self.upload.take() {
-            Some(id) => self.inner.abort_upload(&self.key, &id).await,
-            None => Ok(()),
-        }
-    }
-}
-
-#[async_trait]
-impl ObjectWriter for S3Writer {
-    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
-        self.size += chunk.len() as u64;
-        while !chunk.is_empty() {
-            let part = self.current_part_size();
-            // A full part is sent only once more bytes arrive: the last part
-            // may be short, but only the last, and an object of exactly one
-            // part goes as a single PUT.
-            if self.buf.len() >= part {
-                self.send_part().await?;
-                continue;
-            }
-            let taken = self.buf.fill(chunk, part);
-            chunk = &chunk[taken..];
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<u64> {
-        match self.complete().await {
-            Ok(size) => Ok(size),
-            Err(e) => {
-                if let Err(abort) = self.discard().await {
-                    tracing::warn!(error = %abort, "could not abort a failed upload");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn abort(mut self: Box<Self>) -> Result<()> {
-        self.discard().await
-    }
-}
-
-impl Drop for S3Writer {
-    fn drop(&mut self) {
-        // Dropped unfinished (a cancelled task, a panic): abort in the
-        // background so the parts are not kept, and billed, forever.
-        if let Some(upload_id) = self.upload.take() {
-            self.in_flight.abort_all();
-            let inner = self.inner.clone();
-            let key = self.key.clone();
-            let what = inner.what("abort upload of", &key);
-            let started = super::spawn_cleanup(async move {
-                if let Err(e) = inner.abort_upload(&key, &upload_id).await {
-                    tracing::warn!(error = %e, "could not abort an abandoned upload");
-                }
-            });
-            if !started {
-                tracing::warn!(
-                    "{what}: no runtime left to abort it; a bucket lifecycle rule \
-                     (AbortIncompleteMultipartUpload) removes such uploads"
-                );
-            }
-        }
     }
 }
