@@ -1,7 +1,7 @@
 //! Argument vectors for the PostgreSQL client programs, built by pure functions.
 //!
 //! No shell is involved and no secret is ever an argument: the password reaches
-//! a child only through `PGPASSWORD` in its own environment ([`ChildEnv`]).
+//! a child only through `PGPASSWORD` in its own environment ([`super::client::spawn`]).
 
 use std::ffi::OsString;
 use std::path::Path;
