@@ -1,5 +1,6 @@
 //! The multipart writer against a fake service that fails parts, temporarily
 //! and for good, with paused time so retry delays cost nothing.
+
 use super::*;
 use crate::error::Kind;
 use crate::model::Retry;
