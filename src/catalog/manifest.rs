@@ -1,0 +1,344 @@
+//! `manifest.json`: what a backup holds, written once and last; and the
+//! checks that make a manifest read from storage safe to act on.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::archive::ObjectDigest;
+use crate::archive::crypt::{self, AGE};
+use crate::error::{Error, Result};
+use crate::model::{BackupId, Compression};
+use crate::pg::TableRows;
+use crate::storage::{Key, Storage};
+
+/// The manifest format this version writes and the newest it reads.
+pub const FORMAT: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+
+/// A manifest larger than this is not one of ours (a table list of millions).
+const MANIFEST_LIMIT: u64 = 64 << 20;
+
+/// What an object in a backup holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The `pg_dump` custom-format archive.
+    Data,
+    /// `pg_dumpall --globals-only`: roles and tablespaces.
+    Globals,
+    /// A files job's directory, as a tar stream.
+    Files,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestObject {
+    /// The object's name inside the backup directory (`data.dump.zst`).
+    pub key: String,
+    pub role: Role,
+    #[serde(flatten)]
+    pub digest: ObjectDigest,
+}
+
+/// `manifest.json`: written once, last, never rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: BackupId,
+    pub job: String,
+    /// The `[databases.NAME]` of the job file.
+    pub database: String,
+    /// The database's name on the server.
+    pub dbname: String,
+    pub server_version: String,
+    pub pg_dump_version: String,
+    /// The data is as of this instant: the start of the exported snapshot.
+    pub snapshot_at: Timestamp,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    /// `zstd`, `gzip` or `none`.
+    pub compression: String,
+    pub encryption: Option<String>,
+    pub objects: Vec<ManifestObject>,
+    pub tables: Vec<TableRows>,
+    /// The extensions of the database, which a restore must have too.
+    /// Absent in manifests written before it was recorded.
+    #[serde(default)]
+    pub extensions: Vec<crate::pg::Extension>,
+    /// Things an operator should know that did not fail the backup.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// A files job's directory; `None` for a database backup, whose
+    /// `database`, `dbname` and versions are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+    /// What the tar of a files backup holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<crate::archive::tree::Packed>,
+    /// The server's `system_identifier`: with `dbname`, which database of
+    /// which cluster the backup is of. Absent in older manifests, and where
+    /// the role may not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    /// The database's owner, encoding, locale, settings, privileges and
+    /// comment, which the archive does not carry. Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_properties: Option<crate::pg::DatabaseProperties>,
+    /// How `tables[].rows` were counted: `only` each table's own rows. Absent
+    /// in older manifests, whose inheritance parents' counts hold their
+    /// children's rows too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_counts: Option<String>,
+}
+
+impl Manifest {
+    pub fn object(&self, role: Role) -> Option<&ManifestObject> {
+        self.objects.iter().find(|o| o.role == role)
+    }
+
+    pub fn compression(&self) -> Result<Compression> {
+        match self.compression.as_str() {
+            "zstd" => Ok(Compression::Zstd(Compression::DEFAULT_ZSTD_LEVEL)),
+            "gzip" => Ok(Compression::Gzip(Compression::DEFAULT_GZIP_LEVEL)),
+            "none" => Ok(Compression::None),
+            other => Err(Error::integrity(format!(
+                "backup {}: unknown compression '{other}' in its manifest",
+                self.id
+            ))),
+        }
+    }
+
+    pub fn raw_size(&self) -> u64 {
+        self.objects.iter().map(|o| o.digest.raw_size).sum()
+    }
+
+    pub fn stored_size(&self) -> u64 {
+        self.objects.iter().map(|o| o.digest.stored_size).sum()
+    }
+
+    /// Whether the row counts are each table's own (`ONLY`).
+    pub fn rows_only(&self) -> bool {
+        self.row_counts.as_deref() == Some(crate::pg::ROWS_ONLY)
+    }
+
+    pub fn duration(&self) -> jiff::SignedDuration {
+        self.finished_at.duration_since(self.started_at)
+    }
+
+    /// Why this manifest, found at `<job>/<id>/manifest.json`, does not
+    /// describe a backup that can be restored; `None` when it does. Every
+    /// field anything else relies on is checked here, once, before a byte of
+    /// the backup is read: a manifest is input like any other, and a forged
+    /// or damaged one must not name objects outside its backup, nor pass for
+    /// a backup it is not.
+    pub fn problem(&self, job: &str, id: &BackupId) -> Option<String> {
+        if self.format == 0 || self.format > FORMAT {
+            return Some(format!(
+                "it has format {}, this version reads 1 to {FORMAT}",
+                self.format
+            ));
+        }
+        if &self.id != id {
+            return Some(format!("its id {} is not its directory's {id}", self.id));
+        }
+        if self.job != job {
+            return Some(format!("its job {} is not its directory's {job}", self.job));
+        }
+        let compression = match self.compression() {
+            Ok(c) => c,
+            Err(e) => return Some(e.message().to_owned()),
+        };
+        let encrypted = match self.encryption.as_deref() {
+            None => false,
+            Some(AGE) => true,
+            Some(other) => return Some(format!("it names an unknown encryption '{other}'")),
+        };
+        for (i, object) in self.objects.iter().enumerate() {
+            let expected = object_name(object.role, compression, encrypted);
+            if object.key != expected {
+                return Some(format!(
+                    "its {} object is called '{}', where a backup with this compression and \
+                     encryption has '{expected}'",
+                    object.role.name(),
+                    object.key.chars().take(100).collect::<String>()
+                ));
+            }
+            if self.objects[..i].iter().any(|o| o.role == object.role) {
+                return Some(format!("it lists two {} objects", object.role.name()));
+            }
+            let d = &object.digest;
+            if !is_sha256(&d.raw_sha256) || !is_sha256(&d.stored_sha256) {
+                return Some(format!("the digests of {} are not SHA-256", object.key));
+            }
+        }
+        let roles: Vec<Role> = self.objects.iter().map(|o| o.role).collect();
+        let files = self.directory.is_some();
+        if files {
+            if roles != [Role::Files] || self.tree.is_none() {
+                return Some(
+                    "it is a files backup, which holds one files object and its tree".to_owned(),
+                );
+            }
+        } else {
+            if !roles.contains(&Role::Data) {
+                return Some("it lists no data object: there is nothing to restore".to_owned());
+            }
+            if roles.contains(&Role::Files) {
+                return Some("a database backup with a files object".to_owned());
+            }
+            if self.dbname.is_empty() {
+                return Some("it names no database".to_owned());
+            }
+        }
+        if let Some(t) = self
+            .tables
+            .iter()
+            .find(|t| t.rows < 0 || t.name.is_empty() || t.schema.is_empty())
+        {
+            return Some(format!(
+                "its table '{}.{}' has {} rows",
+                t.schema, t.name, t.rows
+            ));
+        }
+        if let Some(other) = self
+            .row_counts
+            .as_deref()
+            .filter(|c| *c != crate::pg::ROWS_ONLY)
+        {
+            return Some(format!(
+                "its rows are counted as '{other}', which this version does not know"
+            ));
+        }
+        if let Some(why) = self.database_properties.as_ref().and_then(|p| p.problem()) {
+            return Some(format!("its database properties: {why}"));
+        }
+        None
+    }
+}
+
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Data => "data",
+            Role::Globals => "globals",
+            Role::Files => "files",
+        }
+    }
+}
+
+/// The name of an object of `role` stored with `compression`, and `.age`
+/// when encrypted.
+pub fn object_name(role: Role, compression: Compression, encrypted: bool) -> String {
+    let mut name = match role {
+        Role::Data => "data.dump",
+        Role::Globals => "globals.sql",
+        Role::Files => "files.tar",
+    }
+    .to_owned();
+    if let Some(ext) = compression.extension() {
+        name = format!("{name}.{ext}");
+    }
+    if encrypted {
+        name = format!("{name}.{}", crypt::EXTENSION);
+    }
+    name
+}
+
+/// Reads and checks the manifest at `key`, `<job>/<backup-id>/manifest.json`.
+/// Anything wrong with it is an integrity error naming the file.
+pub async fn read_manifest(storage: &dyn Storage, key: &Key) -> Result<Manifest> {
+    let invalid = |why: String| {
+        Error::integrity(format!(
+            "storage {}: {key} is not a valid manifest: {why}",
+            storage.name()
+        ))
+        .with_hint(
+            "it was damaged or written by hand: do not restore it; `backup verify` reads \
+             the other backups, and prune keeps it until it is removed by hand",
+        )
+    };
+    let mut parts = key.as_str().rsplitn(3, '/');
+    let (Some(MANIFEST), Some(id), Some(job)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Error::internal(format!("{key} is not a manifest's key")));
+    };
+    let id = BackupId::parse(id).map_err(|e| invalid(e.message().to_owned()))?;
+    let bytes = crate::storage::read_small(storage, key, MANIFEST_LIMIT).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    if manifest.format > FORMAT {
+        return Err(Error::integrity(format!(
+            "storage {}: {key} has format {}, this version reads up to {FORMAT}",
+            storage.name(),
+            manifest.format
+        ))
+        .with_hint("upgrade backup to read it"));
+    }
+    let job = job.rsplit('/').next().unwrap_or(job);
+    match manifest.problem(job, &id) {
+        Some(why) => Err(invalid(why)),
+        None => Ok(manifest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::fixtures::manifest;
+
+    #[test]
+    fn object_names_carry_the_compression() {
+        assert_eq!(
+            object_name(Role::Data, Compression::Zstd(3), false),
+            "data.dump.zst"
+        );
+        assert_eq!(
+            object_name(Role::Globals, Compression::Gzip(6), false),
+            "globals.sql.gz"
+        );
+        assert_eq!(
+            object_name(Role::Data, Compression::None, false),
+            "data.dump"
+        );
+        assert_eq!(
+            object_name(Role::Data, Compression::Zstd(3), true),
+            "data.dump.zst.age"
+        );
+    }
+
+    #[test]
+    fn manifests_that_do_not_describe_a_restorable_backup_are_named() {
+        let good = manifest("20240120T030000Z", "2024-01-20T03:00:01Z");
+        let id = good.id.clone();
+        assert_eq!(good.problem("nightly", &id), None);
+        let problem = |change: &dyn Fn(&mut Manifest)| {
+            let mut m = good.clone();
+            change(&mut m);
+            m.problem("nightly", &id).unwrap_or_default()
+        };
+        assert!(problem(&|m| m.objects.clear()).contains("no data object"));
+        assert!(problem(&|m| m.objects[0].role = Role::Globals).contains("is called"));
+        assert!(problem(&|m| m.objects[0].key = "../../etc/passwd".into()).contains("is called"));
+        assert!(problem(&|m| m.job = "other".into()).contains("job other"));
+        assert!(
+            problem(&|m| m.id = BackupId::parse("20240121T030000Z").unwrap())
+                .contains("not its directory's")
+        );
+        assert!(problem(&|m| m.compression = "lz4".into()).contains("lz4"));
+        assert!(problem(&|m| m.encryption = Some("rot13".into())).contains("rot13"));
+        assert!(problem(&|m| m.objects[0].digest.raw_sha256 = "x".into()).contains("SHA-256"));
+        assert!(
+            problem(&|m| {
+                let copy = m.objects[0].clone();
+                m.objects.push(copy);
+            })
+            .contains("two data objects")
+        );
+        assert!(problem(&|m| m.directory = Some("/srv".into())).contains("files backup"));
+
+        let forged = r#"{"format":1,"id":"../../etc","job":"nightly"}"#;
+        let err = serde_json::from_str::<Manifest>(forged).unwrap_err();
+        assert!(err.to_string().contains("not a backup id"), "{err}");
+    }
+}
