@@ -265,13 +265,15 @@ pub async fn execute(
         pg::drop_database(&admin, leftover).await?;
     }
     let started = Instant::now();
-    pg::create_database(&admin, scratch).await?;
+    // Armed before the CREATE, as a restore's copy is: a stop right after
+    // the server made it must not leave it unmarked.
     let guard = restore::DropGuard::new(
         target,
         scratch,
         "the scratch database of the stopped restore test",
         "the next run of the test drops it",
     );
+    pg::create_database(&admin, scratch).await?;
     admin
         .client
         .batch_execute(&format!(

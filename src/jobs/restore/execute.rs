@@ -49,13 +49,17 @@ pub async fn execute(
 
     still_as_planned(plan, db).await?;
     tracing::info!("restoring backup {} into {staging}", plan.backup.id);
-    warnings.extend(pgdb::create_like(&admin, staging, props.as_ref()).await?);
+    // Armed before the CREATE: a stop between the server making the copy and
+    // this process hearing so would otherwise leave it, unmarked, for good.
+    // The copy is ours (one restore per target holds its lock), so a create
+    // that failed half-way is dropped too.
     let guard = DropGuard::new(
         db,
         staging,
         "the copy the stopped restore was writing",
         "the next restore into the same database drops it",
     );
+    warnings.extend(pgdb::create_like(&admin, staging, props.as_ref()).await?);
     pgdb::set_comment(&admin, staging, Some(&restoring_marker(target))).await?;
     let loaded = load_and_prove(plan, db, staging, storage, &pg_restore, progress).await;
     let proof = match loaded {
