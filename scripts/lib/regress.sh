@@ -1,4 +1,4 @@
-# PostgreSQL's own regression suite, for tests/regression.rs: it builds the
+# PostgreSQL's own regression suite, for tests/it/regression.rs: it builds the
 # `regression` database that the test backs up and restores. Source it (after
 # pg.sh and servers.sh, for apt_install, PG_BINDIR and TOOLS_DIR); it defines
 # functions only.

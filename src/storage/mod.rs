@@ -1,6 +1,6 @@
 //! Where archives live: one trait, a backend per kind of storage.
 //!
-//! The contract every backend keeps (and `tests/storage_conformance.rs` checks):
+//! The contract every backend keeps (and `tests/it/storage_conformance.rs` checks):
 //! - nothing is visible under a key until its writer's `finish` succeeds;
 //!   `abort`, or dropping an unfinished writer, leaves nothing behind;
 //! - `reader` streams, so no object is ever held in memory whole;

@@ -5,14 +5,12 @@
 //! backups (globals.sql holds every role's password verifier) are readable by
 //! their owner only.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Setup, wait_for};
+use crate::common::{self, Setup, wait_for};
 use serde_json::Value;
 
 /// Every path under `dir` (not following links), `dir` first.

@@ -1,13 +1,11 @@
 //! End to end through the remote backends: backup, list, `restore --at` via
 //! S3 (moto) and Azure Blob (Azurite), a job writing to two storages, a fresh
 //! host restoring from nothing but the job file, and a flaky or dead network
-//! between `backup` and the server (tests/common/proxy.rs).
+//! between `backup` and the server (tests/it/common/proxy.rs).
 
-mod common;
-
-use common::proxy::{FaultProxy, Faults};
-use common::servers::{self, block_on};
-use common::{Cluster, Setup};
+use crate::common::proxy::{FaultProxy, Faults};
+use crate::common::servers::{self, block_on};
+use crate::common::{self, Cluster, Setup};
 
 fn s3_setup(endpoint: &str, bucket: &str, storages: &[&str], extra: &str) -> Setup {
     let cluster = Cluster::start();

@@ -3,12 +3,10 @@
 //! checks, verifies and prunes; what needs the database says which variable
 //! is missing, where, and exits 3.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::servers::{self, block_on};
-use common::{Cluster, PASSWORD, Run};
+use crate::common::servers::{self, block_on};
+use crate::common::{self, Cluster, PASSWORD, Run};
 
 /// The variable the job files below take the database password from.
 const DB_PASSWORD_VAR: &str = "SECRETS_TEST_DB_PASSWORD";

@@ -2,13 +2,11 @@
 //! names and no other, one database per job's history, `snapshot_at` that no
 //! commit in the backup postdates, row counts as pg_dump dumps them, and a
 //! run record that is stored or a command that says it was not.
-//! Against a real PostgreSQL (tests/common).
-
-mod common;
+//! Against a real PostgreSQL (tests/it/common).
 
 use std::process::{Command, Stdio};
 
-use common::{Cluster, Setup};
+use crate::common::{self, Cluster, Setup};
 
 fn backup_ok(setup: &Setup) -> String {
     let run = setup.backup(&["run", "nightly"]);

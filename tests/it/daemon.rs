@@ -6,8 +6,6 @@
 //! daemon built on them does the same against real processes. Waits are
 //! bounded polls, never fixed sleeps that a slow machine could outrun.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -16,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Setup;
+use crate::common::{self, Setup};
 use serde_json::Value;
 
 /// A running `backup daemon`, stopped (SIGKILL) if a test fails first.
@@ -99,7 +97,7 @@ impl Drop for Daemon {
     }
 }
 
-use common::{http_get as get, wait_for};
+use crate::common::{http_get as get, wait_for};
 
 /// Every run record of job `nightly`, oldest first.
 fn records(setup: &Setup) -> Vec<Value> {

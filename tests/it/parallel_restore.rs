@@ -2,11 +2,9 @@
 //! by foreign keys made plain `pg_restore -j N` of a streamed archive fail
 //! about one time in two here: partitions' indexes attached in parallel
 //! sessions left their parent index invalid, and the foreign keys then found
-//! no unique constraint. Against a real PostgreSQL (tests/common).
+//! no unique constraint. Against a real PostgreSQL (tests/it/common).
 
-mod common;
-
-use common::{Cluster, Setup};
+use crate::common::{Cluster, Setup};
 
 #[test]
 fn partitioned_tables_referenced_by_foreign_keys_restore_in_parallel_every_time() {

@@ -9,13 +9,11 @@
 //! `scripts/test` fetches with `ensure_regress` (scripts/lib/regress.sh) and
 //! names in `BACKUP_TEST_REGRESS_DIR`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::{Cluster, PASSWORD, Setup};
+use crate::common::{Cluster, PASSWORD, Setup};
 
 /// Where `ensure_regress` put the suite; the test fails, never skips, without it.
 fn regress_dir() -> PathBuf {

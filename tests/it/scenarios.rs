@@ -6,15 +6,13 @@
 //! environment (`${NAME:-default}` in the file), which each test points at
 //! its own servers.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::common::servers::{self, block_on};
+use crate::common::{self, Cluster, PASSWORD, Run};
 use backup::model::{BackupId, StorageKind, StorageSpec};
 use backup::storage::Key;
-use common::servers::{self, block_on};
-use common::{Cluster, PASSWORD, Run};
 
 /// `jobs/examples/NAME.toml`, as shipped.
 fn example(name: &str) -> PathBuf {
@@ -1061,7 +1059,7 @@ fn camp_backend_uploads_back_up_to_disk_and_azure_and_come_back_as_they_were() {
     assert_eq!(tree_state(&restored), before);
     // --in-place writes the latest backup into it: the changed file replaced,
     // the new one added, a file of the target's own kept. (--force replaces
-    // the whole directory once the restored copy checks out: tests/restore_swap.rs.)
+    // the whole directory once the restored copy checks out: tests/it/restore_swap.rs.)
     std::fs::write(restored.join("notes.txt"), "mine").unwrap();
     let mut forced = latest.to_vec();
     forced.extend(["--force", "--in-place"]);

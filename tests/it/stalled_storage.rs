@@ -1,6 +1,6 @@
 //! A storage that stops answering, and one that is only slow, between
 //! `backup` and real S3 (moto) and Azure Blob (Azurite) servers: the fault
-//! proxy (tests/common/proxy.rs) freezes, so connections stay open and no
+//! proxy (tests/it/common/proxy.rs) freezes, so connections stay open and no
 //! byte moves (what `kill -STOP` of the server, a network partition or a
 //! stuck proxy look like), or trickles bytes through.
 //!
@@ -8,13 +8,11 @@
 //! must be failed within is `io_timeout × 2 + 60 s`, and the default 60 s
 //! would make every test here take minutes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::proxy::{FaultProxy, Faults, Trickle};
-use common::servers::{self, block_on};
-use common::{Cluster, Run, Setup};
+use crate::common::proxy::{FaultProxy, Faults, Trickle};
+use crate::common::servers::{self, block_on};
+use crate::common::{self, Cluster, Run, Setup};
 
 const IO_TIMEOUT: &str = "io_timeout = \"2s\"";
 /// `io_timeout × 2 + 60 s` with the io_timeout above.

@@ -1,12 +1,10 @@
 //! End to end against a real PostgreSQL: back up, list, restore, and the ways
-//! each can go wrong. Every test starts its own cluster (tests/common).
-
-mod common;
+//! each can go wrong. Every test starts its own cluster (tests/it/common).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Cluster, Setup};
+use crate::common::{self, Cluster, Setup};
 
 fn backup_ok(setup: &Setup) -> String {
     let run = setup.backup(&["run", "nightly"]);

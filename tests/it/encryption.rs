@@ -2,12 +2,10 @@
 //! hold the data in clear, a restore with the key is identical, and one
 //! without it, or with another key, fails before the target is created.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::servers::{self, block_on};
-use common::{Cluster, Setup};
+use crate::common::servers::{self, block_on};
+use crate::common::{self, Cluster, Setup};
 
 const MARKER: &str = "MARKER-c1ear-9f2e";
 /// The restore every test here tries: the newest backup into `restored`.

@@ -3,9 +3,7 @@
 //! naming the table and both counts, a failing user check fails naming the
 //! check, and the daemon runs the test on its schedule and shows it in /metrics.
 
-mod common;
-
-use common::Setup;
+use crate::common::{self, Setup};
 use serde_json::Value;
 
 const TEST_JOB: &str = r#"

@@ -1,15 +1,15 @@
 //! The shared test harness: a throwaway PostgreSQL cluster per test, and the
 //! `backup` binary run the way an operator runs it.
 //!
-//! A cluster is `initdb` in a temp dir, on a free port on 127.0.0.1, with its
+//! A cluster is a copy of one template made by `initdb` once per run
+//! (`template.rs`), in a temp dir, on a free port on 127.0.0.1, with its
 //! socket in the temp dir; it is stopped and removed on drop. Nothing depends
 //! on a server someone left running. As root (CI), the server runs as the
 //! `postgres` user, since PostgreSQL refuses to run as root.
 
-#![allow(dead_code)]
-
 pub mod proxy;
 pub mod servers;
+mod template;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -53,6 +53,7 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
+    /// A cluster of its own, copied from the run's template, started.
     pub fn start() -> Cluster {
         let bindir = server_bindir();
         let dir = tempfile::Builder::new()
@@ -72,30 +73,7 @@ impl Cluster {
             chown_to_postgres(dir.path());
             chown_to_postgres(&password_file);
         }
-        let data = dir.path().join("data");
-        let server = |program: &str, args: &[&str]| server_output(&run_as, &bindir, program, args);
-        let pwfile = format!("--pwfile={}", password_file.display());
-        let out = server(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                &pwfile,
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        template::copy_to(&dir.path().join("data"), &bindir, &run_as);
         Cluster::launch(dir, password_file, run_as, bindir)
     }
 

@@ -5,15 +5,13 @@
 //! Which backup each rule keeps is unit- and property-tested in
 //! src/retention.rs; these tests show prune carries a plan out faithfully.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use crate::common::servers::{self, block_on};
+use crate::common::{self, Cluster, Setup};
 use backup::model::{BackupId, StorageKind, StorageSpec};
 use backup::storage::{Key, Storage};
-use common::servers::{self, block_on};
-use common::{Cluster, Setup};
 use serde_json::{Value, json};
 
 const POLICY: &str =

@@ -2,8 +2,6 @@
 //! S3 (moto) and Azure Blob (Azurite). A backend passes when it keeps the
 //! contract in `src/storage/mod.rs`, whatever it is built on.
 
-mod common;
-
 use std::sync::Arc;
 
 use backup::error::Kind;
@@ -11,8 +9,8 @@ use backup::storage::{Key, ObjectInfo, Storage};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use common::proxy::{FaultProxy, Faults};
-use common::servers;
+use crate::common::proxy::{FaultProxy, Faults};
+use crate::common::servers;
 
 const MIB: u64 = 1 << 20;
 

@@ -3,13 +3,11 @@
 //! connections and by pg_dump and pg_restore, and a certificate that does not
 //! check out is refused with a message that says why.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Cluster, Setup};
+use crate::common::{Cluster, Setup};
 
 /// A CA, a server certificate it signed for `localhost` only, and a second
 /// CA that signed nothing here.

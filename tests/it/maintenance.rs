@@ -6,12 +6,10 @@
 //! src/jobs/maintenance/plan/; these tests show the statements run, change what
 //! they should, and stay out of the application's way.
 
-mod common;
-
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Setup};
+use crate::common::{self, Cluster, Setup};
 use serde_json::Value;
 
 /// Tables for one test in schema `m` of database `app`: `bloated` has 75 %

@@ -68,8 +68,6 @@ pub struct Counts {
     pub most_open: AtomicU64,
     /// Request lines (`PUT /bucket/key?partNumber=2&uploadId=… HTTP/1.1`), in arrival order.
     pub lines: Mutex<Vec<String>>,
-    /// Client connections accepted and not yet closed by the proxy.
-    connections: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -111,10 +109,8 @@ impl FaultProxy {
             while let Ok((client, _)) = listener.accept().await {
                 let (c, f, rng) = (c.clone(), f.clone(), rng.clone());
                 let pipe = Pipe::new(Gate(gate.clone()), f.clone());
-                c.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _ = serve(client, upstream_addr, &c, pipe, rng).await;
-                    c.connections.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -136,12 +132,6 @@ impl FaultProxy {
     /// Lets everything a `freeze` held resume where it stopped.
     pub fn thaw(&self) {
         self.frozen.send_replace(false);
-    }
-
-    /// Client connections the proxy holds open right now: while frozen, a
-    /// test can see that a request is caught in the freeze.
-    pub fn open_connections(&self) -> u64 {
-        self.counts.connections.load(Ordering::SeqCst)
     }
 
     /// The proxy's URL with the upstream URL's path kept (Azurite's account).

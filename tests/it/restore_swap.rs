@@ -1,14 +1,12 @@
 //! A restore never destroys the database it replaces before the new copy is
 //! proven: it restores beside it, proves, then swaps. What a database is
 //! besides its contents (settings, grants, comment, owner) comes back too.
-//! Against a real PostgreSQL (tests/common).
-
-mod common;
+//! Against a real PostgreSQL (tests/it/common).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Cluster, Setup};
+use crate::common::{self, Cluster, Setup};
 
 fn backup_ok(setup: &Setup) -> String {
     let run = setup.backup(&["run", "nightly"]);

@@ -1,0 +1,26 @@
+//! The end-to-end tests, one module per subject, built as one binary: linking
+//! the crate and its SDKs once instead of once per file, and sharing one
+//! template cluster (see `common::Cluster::start`) across every test of a run.
+//!
+//! `cargo test --test it` runs them all; `cargo test --test it daemon::` runs
+//! one module's.
+
+mod common;
+
+mod backup_restore;
+mod backup_source;
+mod daemon;
+mod encryption;
+mod local_storage;
+mod maintenance;
+mod parallel_restore;
+mod prune;
+mod regression;
+mod remote_storage;
+mod restore_swap;
+mod restore_test;
+mod scenarios;
+mod secrets;
+mod stalled_storage;
+mod storage_conformance;
+mod tls;
