@@ -931,7 +931,7 @@ fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 #[test]
 fn failures_and_recoveries_reach_a_webhook_and_slack() {
     let setup = Setup::new("", "");
-    let (hook_url, hook) = receiver();
+    let (hook_url, hook_all) = receiver();
     let (slack_url, slack) = receiver();
     let mut config = std::fs::read_to_string(&setup.config).unwrap();
     config.push_str(
@@ -950,7 +950,7 @@ fn failures_and_recoveries_reach_a_webhook_and_slack() {
     // Success after success is not announced unless asked for.
     assert!(setup.backup_with(&["run", "nightly"], &env).ok());
 
-    let hook = hook.lock().unwrap().clone();
+    let hook = hook_all.lock().unwrap().clone();
     let events: Vec<&str> = hook.iter().map(|b| b["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["failure", "recovery"], "{hook:#?}");
     assert_eq!(hook[0]["job"], "nightly");
@@ -970,6 +970,36 @@ fn failures_and_recoveries_reach_a_webhook_and_slack() {
     assert!(
         slack[1]["text"].as_str().unwrap().contains("recovered"),
         "{slack:#?}"
+    );
+
+    // A command run by hand is announced like a scheduled run: a verify that
+    // finds the newest backup damaged fails, leaves its record and is told.
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    let dir = setup.backups.join("nightly").join(&id);
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("data.dump")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let verify = setup.backup_with(&["verify", "--job", "nightly"], &env);
+    assert_eq!(verify.code, 6, "{}", verify.all());
+    let hook = hook_all.lock().unwrap().clone();
+    assert_eq!(hook.len(), 3, "{hook:#?}");
+    assert_eq!(hook[2]["event"], "failure", "{hook:#?}");
+    assert_eq!(hook[2]["kind"], "verify", "{hook:#?}");
+    assert!(
+        records(&setup)
+            .iter()
+            .any(|r| r["kind"] == "verify" && r["outcome"] == "failed")
     );
 }
 
