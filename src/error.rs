@@ -75,6 +75,8 @@ pub struct Error {
     message: String,
     hint: Option<String>,
     temporary: bool,
+    /// An outage that outlasted the request's own retries: see [`Error::outage`].
+    outage: bool,
     /// Already printed where it happened; only the exit code is left to give.
     reported: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
@@ -89,6 +91,7 @@ impl Error {
             message: message.into(),
             hint: None,
             temporary: false,
+            outage: false,
             reported: false,
             source: None,
         }
@@ -162,6 +165,7 @@ impl Error {
             message: self.message.clone(),
             hint: self.hint.clone(),
             temporary: self.temporary,
+            outage: self.outage,
             reported: self.reported,
             source: None,
         }
@@ -204,6 +208,20 @@ impl Error {
     }
     pub fn is_temporary(&self) -> bool {
         self.temporary
+    }
+
+    /// Marks an outage that outlasted a request's own retries (a storage that
+    /// stopped answering, or kept failing): not tried again within the
+    /// request, but a later attempt of the whole run may find it over.
+    pub fn outage(mut self) -> Self {
+        self.outage = true;
+        self
+    }
+
+    /// Whether a later attempt of the whole run may succeed: a temporary
+    /// error, or an outage. What a job's `retries` try again.
+    pub fn may_pass(&self) -> bool {
+        self.temporary || self.outage
     }
     pub fn exit_code(&self) -> u8 {
         self.kind.exit_code()

@@ -269,15 +269,14 @@ impl Command {
                 on_server: args.uses_server(),
             },
             Command::Prune(_) => Stop::Prune,
+            Command::Pin(_) | Command::Unpin(_) => Stop::Pin,
             Command::List(_)
             | Command::Config(_)
             | Command::Daemon(_)
             | Command::Status(_)
             | Command::Check(_)
             | Command::Db(_)
-            | Command::Pin(_)
-            | Command::Verify(_)
-            | Command::Unpin(_) => Stop::Nothing,
+            | Command::Verify(_) => Stop::Nothing,
         })
     }
 

@@ -35,7 +35,10 @@ pub async fn pin(
 ) -> Result<()> {
     let id = BackupId::parse(&args.id)?;
     let work = Pin::new(&engine.config, &args.job, id.clone(), Some(&args.reason))?;
-    let (storages, recorded) = engine.act(&work, None, cancel).await?.split();
+    // Planned first: a backup that is not there is the operator's typo, not
+    // a failed run to record and announce.
+    let plan = engine.plan(&work, cancel).await?;
+    let (storages, recorded) = engine.act(&work, Some(plan), cancel).await?.split();
     if json {
         return super::print_json(
             &json!({"job": args.job, "id": id, "pinned": true, "reason": args.reason, "storages": storages}),
@@ -59,7 +62,10 @@ pub async fn unpin(
 ) -> Result<()> {
     let id = BackupId::parse(&args.id)?;
     let work = Pin::new(&engine.config, &args.job, id.clone(), None)?;
-    let (storages, recorded) = engine.act(&work, None, cancel).await?.split();
+    // Planned first: a backup that is not there is the operator's typo, not
+    // a failed run to record and announce.
+    let plan = engine.plan(&work, cancel).await?;
+    let (storages, recorded) = engine.act(&work, Some(plan), cancel).await?.split();
     if json {
         return super::print_json(
             &json!({"job": args.job, "id": id, "pinned": false, "storages": storages}),

@@ -141,6 +141,10 @@ pub async fn run(
         return Ok(());
     }
     eprintln!("{plan}");
+    // A stop while planning ends here, before anything is asked or done.
+    if cancel.is_cancelled() {
+        return Err(Error::interrupted("restore cancelled; nothing was changed"));
+    }
     if !args.yes && std::io::stdin().is_terminal() {
         confirm(&format!("database {}", plan.target_db), plan.overwrites())?;
     }
@@ -232,6 +236,10 @@ async fn restore_dir(
         return Ok(());
     }
     eprintln!("{plan}");
+    // A stop while planning ends here, before anything is asked or done.
+    if cancel.is_cancelled() {
+        return Err(Error::interrupted("restore cancelled; nothing was changed"));
+    }
     if !args.yes && std::io::stdin().is_terminal() {
         confirm(&format!("directory {target}"), plan.existing > 0)?;
     }

@@ -39,7 +39,10 @@ pub async fn run(
         (None, false) => Selection::Latest,
     };
     let work = Verify::new(&engine.config, &args.job, which, args.storage.as_deref())?;
-    let (checks, recorded) = engine.act(&work, None, cancel).await?.split();
+    // Planned first, as restore and drill are: an unknown id or a job with no
+    // backups is said, not recorded and announced as a failed verify.
+    let plan = engine.plan(&work, cancel).await?;
+    let (checks, recorded) = engine.act(&work, Some(plan), cancel).await?.split();
     if json {
         super::print_json(&serde_json::json!({
             "job": args.job,

@@ -422,7 +422,8 @@ impl<'a> Pin<'a> {
 
 #[async_trait]
 impl Work for Pin<'_> {
-    type Plan = ();
+    /// The storages that hold the backup complete.
+    type Plan = Vec<String>;
     /// The storages changed.
     type Made = Vec<String>;
 
@@ -437,25 +438,37 @@ impl Work for Pin<'_> {
         self.job
     }
     fn stop(&self) -> Stop<'_> {
-        Stop::Nothing
+        Stop::Pin
     }
 
-    async fn plan(&self, _: &Run<'_>) -> Result<()> {
-        Ok(())
-    }
-
-    async fn execute(&self, _: &(), run: &Run<'_>) -> Result<Vec<String>> {
+    async fn plan(&self, run: &Run<'_>) -> Result<Vec<String>> {
         let (name, id) = (&self.job.name, &self.id);
-        let mut changed = Vec::new();
+        let mut holding = Vec::new();
         for storage in run.storages {
             let manifest = catalog::backup_prefix(name, id)?.join(catalog::MANIFEST)?;
             match catalog::read_manifest(storage.as_ref(), &manifest).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == Kind::NotFound => continue,
+                Ok(_) => holding.push(storage.name().to_owned()),
+                Err(e) if e.kind() == Kind::NotFound => {}
                 // A copy left unpinned by a passing error would be pruned.
                 Err(e) => return Err(e.context(format!("job {name}: storage {}", storage.name()))),
             }
-            let key = catalog::pin_key(name, id)?;
+        }
+        if holding.is_empty() {
+            return Err(Error::not_found(format!(
+                "job {name} has no complete backup {id} in any of its storages"
+            ))
+            .with_hint(format!("`backup list --job {name}` shows its backups")));
+        }
+        Ok(holding)
+    }
+
+    async fn execute(&self, holding: &Vec<String>, run: &Run<'_>) -> Result<Vec<String>> {
+        let key = catalog::pin_key(&self.job.name, &self.id)?;
+        let mut changed = Vec::new();
+        for storage in run.storages {
+            if !holding.iter().any(|h| h == storage.name()) {
+                continue;
+            }
             match &self.reason {
                 Some(reason) => {
                     let pin = catalog::Pin {
@@ -470,12 +483,6 @@ impl Work for Pin<'_> {
             }
             changed.push(storage.name().to_owned());
         }
-        if changed.is_empty() {
-            return Err(Error::not_found(format!(
-                "job {name} has no complete backup {id} in any of its storages"
-            ))
-            .with_hint(format!("`backup list --job {name}` shows its backups")));
-        }
         Ok(changed)
     }
 
@@ -483,7 +490,7 @@ impl Work for Pin<'_> {
         None
     }
 
-    fn details(&self, _: Option<&()>, changed: Option<&Vec<String>>) -> serde_json::Value {
+    fn details(&self, _: Option<&Vec<String>>, changed: Option<&Vec<String>>) -> serde_json::Value {
         json!({
             "backup_id": self.id,
             "reason": self.reason,

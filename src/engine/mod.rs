@@ -221,6 +221,33 @@ async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>
     }
 }
 
+/// The error of work stopped by a signal, saying what the stop left.
+fn stopped<W: Work>(work: &W) -> Error {
+    Error::interrupted(format!(
+        "stopped by SIGTERM or SIGINT: {}",
+        stops::left_behind(work.stop()).0
+    ))
+}
+
+/// How a run ended: its plan when it got that far, its result, and whether
+/// the process was being stopped.
+struct Ended<'a, W: Work> {
+    plan: Option<&'a W::Plan>,
+    result: Result<W::Made>,
+    stopping: bool,
+}
+
+impl<W: Work> Ended<'_, W> {
+    /// Ended before it had a plan.
+    fn failed(error: Error, request: &RunRequest) -> Self {
+        Ended {
+            plan: None,
+            result: Err(error),
+            stopping: request.cancel.is_cancelled(),
+        }
+    }
+}
+
 /// How an attempt ended, when it did not fail.
 enum Step<M> {
     Ran(M),
@@ -287,7 +314,11 @@ impl Engine {
             request: &request,
             run_id: "",
         };
-        work.plan(&run).await
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(stopped(work)),
+            plan = work.plan(&run) => plan,
+        }
     }
 
     /// Runs `work` now, by hand, with `plan` when it was made already. A run
@@ -330,8 +361,11 @@ impl Engine {
         let end = self.run_work(&run, None, request.clone()).await?;
         // A job with a policy prunes after each good backup: never after a
         // failed one, which is also what retention itself refuses.
+        // Not when the process is stopping: the prune would only be stopped
+        // in turn, and announced as a failure.
         if let RunEnd::Done(done) = &end
             && done.record.outcome == Outcome::Succeeded
+            && !request.cancel.is_cancelled()
             && let Some(prune) = run.prune_after()
         {
             let request = RunRequest {
@@ -426,7 +460,11 @@ impl Engine {
         .of_job(job);
         let storages = match self.open_all(job.record_storages()).await {
             Ok(s) => s,
-            Err(e) => return Ok(self.conclude(work, record, None, Err(e), &[], None).await),
+            Err(e) => {
+                return Ok(self
+                    .conclude(work, record, Ended::failed(e, &request), &[], None)
+                    .await);
+            }
         };
         if storages.is_empty() {
             tracing::warn!(
@@ -440,16 +478,35 @@ impl Engine {
             request: &request,
             run_id: &run_id,
         };
-        let plan = match plan {
-            Some(plan) => plan,
-            None => match work.plan(&run).await {
-                Ok(plan) => plan,
-                Err(e) => {
-                    return Ok(self
-                        .conclude(work, record, None, Err(e), &storages, None)
-                        .await);
+        let planned = match plan {
+            Some(plan) => Ok(plan),
+            None => {
+                tokio::select! {
+                    biased;
+                    () = request.cancel.cancelled() => Err(stopped(work)),
+                    plan = work.plan(&run) => plan,
                 }
-            },
+            }
+        };
+        let plan = match planned {
+            // Stopped before it began: nothing to run, nothing done.
+            Ok(_) if request.cancel.is_cancelled() => {
+                return Ok(self
+                    .conclude(
+                        work,
+                        record,
+                        Ended::failed(stopped(work), &request),
+                        &storages,
+                        None,
+                    )
+                    .await);
+            }
+            Ok(plan) => plan,
+            Err(e) => {
+                return Ok(self
+                    .conclude(work, record, Ended::failed(e, &request), &storages, None)
+                    .await);
+            }
         };
         let mut lock = None;
         let attempts = self.attempts(work, &plan, &run, &mut record.attempts, &mut lock);
@@ -458,10 +515,7 @@ impl Engine {
         } else {
             tokio::select! {
                 result = within(work.timeout(), attempts) => result,
-                () = request.cancel.cancelled() => Err(Error::interrupted(format!(
-                    "stopped by SIGTERM or SIGINT: {}",
-                    stops::left_behind(work.stop()).0
-                ))),
+                () = request.cancel.cancelled() => Err(stopped(work)),
             }
         };
         let result = match result {
@@ -479,7 +533,17 @@ impl Engine {
         };
         let records_in = work.records_in(&plan, &storages);
         Ok(self
-            .conclude(work, record, Some(&plan), result, &records_in, lock)
+            .conclude(
+                work,
+                record,
+                Ended {
+                    plan: Some(&plan),
+                    result,
+                    stopping: request.cancel.is_cancelled(),
+                },
+                &records_in,
+                lock,
+            )
             .await)
     }
 
@@ -499,7 +563,7 @@ impl Engine {
         loop {
             *attempts += 1;
             match self.attempt(work, plan, run, lock).await {
-                Err(e) if e.is_temporary() && *attempts <= retries => {
+                Err(e) if e.may_pass() && *attempts <= retries => {
                     tracing::warn!(
                         "attempt {} of {} failed: {e}; trying again in {}",
                         *attempts,
@@ -595,11 +659,15 @@ impl Engine {
         &self,
         work: &W,
         mut record: RunRecord,
-        plan: Option<&W::Plan>,
-        result: Result<W::Made>,
+        ended: Ended<'_, W>,
         storages: &[Arc<dyn Storage>],
         lock: Option<Box<dyn Held>>,
     ) -> RunEnd<W::Made> {
+        let Ended {
+            plan,
+            result,
+            stopping,
+        } = ended;
         if record.attempts == 0 {
             record.attempts = 1;
         }
@@ -609,6 +677,8 @@ impl Engine {
         };
         let outcome = match &result {
             Ok(_) if error.is_none() => Outcome::Succeeded,
+            // Work that stops itself (a drill) ends as a failure of its own.
+            Ok(_) if record.trigger == Trigger::Manual && stopping => Outcome::Interrupted,
             Ok(_) => Outcome::Failed,
             Err(e) if e.kind() == Kind::TimedOut => Outcome::TimedOut,
             Err(e) if e.kind() == Kind::Interrupted => Outcome::Interrupted,
@@ -649,7 +719,10 @@ impl Engine {
         let routine = record.outcome == Outcome::Succeeded
             && !work.announces_success()
             && !previous.is_some_and(Outcome::is_failure);
-        if !routine {
+        // The operator who stopped a command knows; nobody else need be told.
+        let asked_to_stop =
+            record.outcome == Outcome::Interrupted && record.trigger == Trigger::Manual;
+        if !routine && !asked_to_stop {
             crate::notify::spawn(self.config.notifiers.clone(), record.clone(), previous);
         }
         RunEnd::Done(Box::new(Finished {

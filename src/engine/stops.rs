@@ -28,6 +28,8 @@ pub enum Stop<'a> {
         on_server: bool,
     },
     Prune,
+    /// `pin` or `unpin`, which change the backup in each storage in turn.
+    Pin,
     /// Work that changes nothing, or only its own record: list, verify, pin...
     Nothing,
 }
@@ -96,6 +98,12 @@ pub fn left_behind(stop: Stop<'_>) -> (String, String) {
                 .into(),
             "run `backup prune` again to finish".into(),
         ),
+        Stop::Pin => (
+            "the pin (or unpin) was stopped: the backup may be pinned in some of its storages \
+             and not in others"
+                .into(),
+            "run the command again: it finishes what was begun".into(),
+        ),
         Stop::Nothing => ("nothing was changed".into(), "run the command again".into()),
     };
     (what, hint)
@@ -150,6 +158,7 @@ mod tests {
             Stop::Drill { on_server: true },
             Stop::Drill { on_server: false },
             Stop::Prune,
+            Stop::Pin,
             Stop::Nothing,
         ] {
             let (what, hint) = left_behind(stop);

@@ -237,6 +237,36 @@ async fn a_permanent_failure_is_not_retried_however_many_retries_are_allowed() {
     assert_eq!(end.record.attempts, 2);
 }
 
+#[tokio::test]
+async fn a_storage_outage_that_outlasted_its_own_retries_is_tried_again_by_the_run() {
+    let f = fixture("");
+    let mut work = Scripted::new(f.job()).failing(vec![
+        Error::storage("s3: nothing moved for 1m in each of 2 attempts in a row").outage(),
+    ]);
+    work.retries = 1;
+    let end = done(f.engine.run_work(&work, None, manual()).await.expect("ran"));
+    assert!(end.result.is_ok(), "{:?}", end.result);
+    assert_eq!(end.record.attempts, 2);
+}
+
+#[tokio::test]
+async fn work_stopped_before_it_began_is_recorded_as_interrupted_and_not_run() {
+    let f = fixture("");
+    let work = Scripted::new(f.job());
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let end = done(
+        f.engine
+            .run_work(&work, None, RunRequest::manual(&cancel))
+            .await
+            .expect("asked"),
+    );
+    assert_eq!(end.record.outcome, Outcome::Interrupted);
+    assert_eq!(work.executions.load(Ordering::SeqCst), 0);
+    let e = f.engine.plan(&work, &cancel).await.expect_err("stopped");
+    assert_eq!(e.kind(), Kind::Interrupted);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_run_past_its_timeout_is_cancelled_and_recorded_as_timed_out() {
     let f = fixture("");

@@ -105,6 +105,10 @@ const LOST_SERVER: &[&str] = &[
     "the database system is shutting down",
     "Connection refused",
     "SSL SYSCALL error: EOF detected",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "due to conflict with recovery",
+    "Connection timed out",
 ];
 
 /// A running client program, with the tail of its stderr kept for messages.

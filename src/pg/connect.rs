@@ -195,9 +195,11 @@ fn connect_error(
     };
     // A server that cannot be reached, or is starting up or shutting down,
     // may answer a retry; a refused login or a missing database will not.
+    // A password the server asks for and the job file does not give will not
+    // appear by waiting.
     let temporary = match e.as_db_error() {
-        Some(d) => matches!(d.code().code(), "57P01" | "57P02" | "57P03" | "53300"),
-        None => tls::tls_failure(&e).is_none(),
+        Some(d) => server_went_away(d.code().code()),
+        None => tls::tls_failure(&e).is_none() && !message.contains("password missing"),
     };
     let err = Error::database(format!(
         "database {} ({dbname}): cannot connect: {message}",
@@ -227,7 +229,10 @@ pub fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
             if let Some(detail) = d.detail() {
                 message.push_str(&format!(" ({detail})"));
             }
-            let err = Error::database(message);
+            let mut err = Error::database(message);
+            if server_went_away(d.code().code()) {
+                err = err.temporary();
+            }
             match d.hint() {
                 Some(hint) => err.with_hint(hint),
                 None => err,
@@ -235,6 +240,18 @@ pub fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
         }
         None => Error::database(format!("{what}: {}", source_chain(&e))).temporary(),
     }
+}
+
+/// SQLSTATEs that say the server, not the work, failed: it shut down,
+/// crashed, is starting, dropped the session (class 08), ran out of
+/// connections, or gave up the transaction for a conflict or a deadlock
+/// that a second try does not meet.
+fn server_went_away(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+        )
 }
 
 pub async fn server_version(conn: &Connection) -> Result<ServerVersion> {

@@ -313,7 +313,7 @@ impl Retrier {
             show(quiet),
         );
         self.health.failed(FailureKind::Timeout, &message);
-        Error::storage(message).with_hint(format!(
+        Error::storage(message).outage().with_hint(format!(
             "no byte went to or came from the storage for io_timeout ({}), twice (no \
              connection, or one that took nothing and gave nothing back): check the \
              service, the network path and any proxy between; raise io_timeout in the \
@@ -329,6 +329,7 @@ impl Retrier {
             show(io_timeout),
             show(ago)
         ))
+        .outage()
         .with_hint(
             "the storage does not answer: check the service and the network path to it; \
              what is left there is cleaned up by a later run or prune",
@@ -360,7 +361,7 @@ fn gave_up(error: Error, tries: u32, elapsed: Duration) -> Error {
         error.message(),
         show(elapsed)
     );
-    Error::new(error.kind(), message).with_hint(hint)
+    Error::new(error.kind(), message).with_hint(hint).outage()
 }
 
 pub(crate) fn show(d: Duration) -> String {
