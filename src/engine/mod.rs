@@ -221,6 +221,21 @@ async fn within<T>(limit: Option<Duration>, work: impl Future<Output = Result<T>
     }
 }
 
+/// What a run by hand made, or why it did not run: one going on elsewhere
+/// makes it refuse.
+fn by_hand<M>(end: RunEnd<M>, job: &str) -> Result<Recorded<M>> {
+    match end {
+        RunEnd::Done(done) => {
+            let Finished {
+                result, unrecorded, ..
+            } = *done;
+            result.map(|value| Recorded { value, unrecorded })
+        }
+        RunEnd::Elsewhere(reason) => Err(Error::refused(format!("job {job}: {reason}"))
+            .with_hint("wait for that run to finish; `backup status` shows the last runs")),
+    }
+}
+
 /// The error of work stopped by a signal, saying what the stop left.
 fn stopped<W: Work>(work: &W) -> Error {
     Error::interrupted(format!(
@@ -329,29 +344,10 @@ impl Engine {
         plan: Option<W::Plan>,
         cancel: &CancellationToken,
     ) -> Result<Recorded<W::Made>> {
-        let request = RunRequest::manual(cancel);
-        self.act_as(work, plan, request).await
-    }
-
-    /// [`Engine::act`] with the request spelled out (`--accept-new-source`).
-    pub async fn act_as<W: Work>(
-        &self,
-        work: &W,
-        plan: Option<W::Plan>,
-        request: RunRequest,
-    ) -> Result<Recorded<W::Made>> {
-        match self.run_work(work, plan, request).await? {
-            RunEnd::Done(done) => {
-                let Finished {
-                    result, unrecorded, ..
-                } = *done;
-                result.map(|value| Recorded { value, unrecorded })
-            }
-            RunEnd::Elsewhere(reason) => {
-                Err(Error::refused(format!("job {}: {reason}", work.job().name))
-                    .with_hint("wait for that run to finish; `backup status` shows the last runs"))
-            }
-        }
+        let end = self
+            .run_work(work, plan, RunRequest::manual(cancel))
+            .await?;
+        by_hand(end, &work.job().name)
     }
 
     /// Runs a job the way the daemon does, then its prune when it has a
@@ -391,16 +387,7 @@ impl Engine {
     /// job going on elsewhere (the daemon, another replica) makes this one
     /// refuse rather than wait.
     pub async fn run_now(&self, job: &str, request: RunRequest) -> Result<Recorded<Output>> {
-        match self.run(job, request).await? {
-            RunEnd::Done(done) => {
-                let Finished {
-                    result, unrecorded, ..
-                } = *done;
-                result.map(|value| Recorded { value, unrecorded })
-            }
-            RunEnd::Elsewhere(reason) => Err(Error::refused(format!("job {job}: {reason}"))
-                .with_hint("wait for that run to finish; `backup status` shows the last runs")),
-        }
+        by_hand(self.run(job, request).await?, job)
     }
 
     /// The plan of a restore-test job, as `--dry-run` prints it.
