@@ -1055,6 +1055,9 @@ fn dumps_and_heavy_maintenance_never_share_a_database() {
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'backup' AND query LIKE '%advisory_lock_shared%'",
         ) != "0"
     });
+    // The query's text shows from its parse on, before it has run: past a
+    // whole poll interval (500 ms), one try has surely met the lock.
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(
         backup_dirs(&setup).is_empty(),
         "the dump started under heavy maintenance"
