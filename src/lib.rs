@@ -9,6 +9,7 @@
 //! 4. `schedule`, `model`: the validated configuration;
 //! 5. `retention`: which backups are kept, a pure function of the model;
 //! 6. `storage`, then `archive`: where objects go, and how they are packed;
+//!    then `wal`: the names and the chain of a WAL archive;
 //! 7. `pg`: PostgreSQL (`pg::url`, libpq's connection strings, below the rest);
 //! 8. `report`: run records, and what they say of a job's history;
 //! 9. `catalog`: the backups in storage: manifests, listings, pins, and
@@ -40,3 +41,4 @@ pub mod schedule;
 pub mod secret;
 pub mod storage;
 pub mod time;
+pub mod wal;

@@ -368,6 +368,58 @@ pub fn unpack(
     Ok(())
 }
 
+/// Reads a stored object whose raw digest alone is known (an archived WAL
+/// file: its name carries it) and writes the raw bytes to `sink`; returns
+/// their size. Fails on a raw digest that is not `raw_sha256`. Blocking.
+pub fn unpack_raw(
+    source: impl Read,
+    compression: Compression,
+    crypt: &crypt::Crypt,
+    raw_sha256: &str,
+    sink: &mut dyn Write,
+    label: &str,
+) -> Result<u64> {
+    let mut source = source;
+    let opened: Box<dyn Read + '_> = match crypt {
+        crypt::Crypt::Open(identities) => {
+            Box::new(crypt::open(&mut source, identities).map_err(|e| e.context(label.to_owned()))?)
+        }
+        crypt::Crypt::Seal(_) => return Err(Error::internal("unpack_raw given recipients")),
+        crypt::Crypt::None => Box::new(&mut source),
+    };
+    let decoder =
+        Decoder::new(compression, opened).map_err(|e| Error::internal(format!("{label}: {e}")))?;
+    let mut raw = HashingReader {
+        inner: decoder,
+        hashed: Hashed::default(),
+        on_bytes: &|_| {},
+    };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => sink
+                .write_all(&buf[..n])
+                .map_err(|e| Error::io(Kind::Tool, format!("writing {label}"), e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A storage read error keeps its kind through `Error::io`.
+            Err(e) => {
+                return Err(Error::io(Kind::Integrity, format!("reading {label}"), e));
+            }
+        }
+    }
+    if raw.hashed.hex() != raw_sha256 {
+        return Err(Error::integrity(format!(
+            "{label} is corrupt: its raw sha256 is {}, its name says {raw_sha256}",
+            raw.hashed.hex()
+        ))
+        .with_hint(
+            "read it from another storage of the job; `backup verify --wal` checks the rest",
+        ));
+    }
+    Ok(raw.hashed.size)
+}
+
 #[derive(Default)]
 struct Hashed {
     sha: Sha256,

@@ -40,5 +40,6 @@ pub(super) fn manifest(id: &str, snapshot: &str) -> Manifest {
         system_identifier: None,
         database_properties: None,
         row_counts: None,
+        physical: None,
     }
 }

@@ -28,6 +28,9 @@ pub enum Role {
     Globals,
     /// A files job's directory, as a tar stream.
     Files,
+    /// A physical job's base backup: `pg_basebackup -Ft -D -`, a tar stream
+    /// with its `backup_manifest` inside.
+    Base,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,31 @@ pub struct Manifest {
     /// children's rows too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_counts: Option<String>,
+    /// A physical job's base backup: where it lies in the WAL. `None` for
+    /// a logical or files backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<Physical>,
+}
+
+/// Where a base backup lies in the WAL, and what it needs from the archive
+/// to be consistent: every segment from `wal_start` to `wal_stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Physical {
+    pub timeline: u32,
+    pub start_lsn: crate::wal::Lsn,
+    pub stop_lsn: crate::wal::Lsn,
+    /// When `pg_basebackup` began (its checkpoint) and ended. The data is
+    /// consistent from `stop_time` on, which is also the manifest's `snapshot_at`.
+    pub start_time: Timestamp,
+    pub stop_time: Timestamp,
+    /// The cluster's `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
+    /// The first and last segment the backup needs (names as in `pg_wal/`).
+    pub wal_start: String,
+    pub wal_stop: String,
+    /// The checksum algorithm of the `backup_manifest` in the tar
+    /// (`CRC32C`), which `verify` checks every file against.
+    pub manifest_checksums: String,
 }
 
 impl Manifest {
@@ -225,6 +253,7 @@ impl Role {
             Role::Data => "data",
             Role::Globals => "globals",
             Role::Files => "files",
+            Role::Base => "base",
         }
     }
 }
@@ -236,6 +265,7 @@ pub fn object_name(role: Role, compression: Compression, encrypted: bool) -> Str
         Role::Data => "data.dump",
         Role::Globals => "globals.sql",
         Role::Files => "files.tar",
+        Role::Base => "base.tar",
     }
     .to_owned();
     if let Some(ext) = compression.extension() {

@@ -613,6 +613,7 @@ mod tests {
             system_identifier: None,
             database_properties: None,
             row_counts: None,
+            physical: None,
         }
     }
 

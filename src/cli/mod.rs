@@ -13,6 +13,7 @@ mod prune;
 mod restore;
 mod run;
 mod verify;
+mod wal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,9 @@ enum Command {
     /// Look at a database: sizes, bloat, dead tuples, wraparound, sessions.
     #[command(subcommand)]
     Db(db::Command),
+    /// The WAL archive of a physical job: push, fetch, check.
+    #[command(subcommand)]
+    Wal(wal::Command),
 }
 
 pub fn main() -> ExitCode {
@@ -276,6 +280,7 @@ impl Command {
             | Command::Status(_)
             | Command::Check(_)
             | Command::Db(_)
+            | Command::Wal(_)
             | Command::Verify(_) => Stop::Nothing,
         })
     }
@@ -308,6 +313,7 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
         Command::Status(args) => check::status(&engine, args, cli.json).await,
         Command::Check(args) => check::check(&engine, args, cli.json).await,
         Command::Db(command) => db::run(&engine, command, cli.json).await,
+        Command::Wal(command) => wal::run(&engine, command, cli.json).await,
         Command::Prune(args) => prune::run(&engine, args, cli.json, &cancel).await,
         Command::Verify(args) => verify::run(&engine, args, cli.json, &cancel).await,
         Command::Drill(args) => drill::run(&engine, args, cli.json, &cancel).await,

@@ -107,6 +107,10 @@ async fn dry_run(engine: &Engine, job: &Job, json: bool) -> Result<serde_json::V
                     (format!("database {} ({})", db.name, db.url), Some(&db.name))
                 }
                 BackupSource::Directory(dir) => (format!("directory {}", dir.display()), None),
+                BackupSource::Cluster { database: db, .. } => (
+                    format!("the cluster of database {} ({})", db.name, db.url),
+                    Some(&db.name),
+                ),
             };
             if !json {
                 println!(

@@ -16,7 +16,7 @@ use super::{declared, duration_of, maintenance, restore_test, zone_of};
 use crate::error::{Error, Result};
 use crate::model::{
     BackupSource, CatchUp, Config, Database, Job, JobKind, Overlap, PruneJob, RunPolicy,
-    StorageSpec,
+    StorageSpec, WalSettings,
 };
 use crate::schedule::Schedule;
 
@@ -29,6 +29,72 @@ pub(super) const BACKUP_KEYS: &[&str] = &[
     "incomplete_after",
     "encryption",
 ];
+
+/// What a physical job takes beyond a backup job's keys.
+const WAL_KEYS: &[&str] = &[
+    "wal_push_ahead",
+    "wal_fetch_ahead",
+    "wal_queue_max",
+    "wal_max_age",
+    "wal_wait",
+    "spool_path",
+];
+
+/// The WAL archive settings of a physical job, defaults filled in.
+fn wal_settings(source: &Source, name: &str, job: &RawJob) -> Result<WalSettings> {
+    let section = format!("jobs.{name}");
+    let mut wal = WalSettings::default();
+    let count = |key: &str, raw: &Option<Spanned<i64>>, default: u32| -> Result<u32> {
+        match raw {
+            None => Ok(default),
+            Some(n) => u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| *n <= 64)
+                .ok_or_else(|| {
+                    source
+                        .error(
+                            n,
+                            format!("[{section}] {key} = {}: out of range", n.get_ref()),
+                        )
+                        .with_hint("0 (one segment at a time) to 64")
+                }),
+        }
+    };
+    wal.push_ahead = count("wal_push_ahead", &job.wal_push_ahead, wal.push_ahead)?;
+    wal.fetch_ahead = count("wal_fetch_ahead", &job.wal_fetch_ahead, wal.fetch_ahead)?;
+    if let Some(raw) = &job.wal_queue_max {
+        let bytes = raw.get_ref().bytes().filter(|b| *b > 0).ok_or_else(|| {
+            source
+                .error(raw, format!("[{section}] wal_queue_max is not a size"))
+                .with_hint("a size such as \"8GiB\"; leave it out to never drop WAL")
+        })?;
+        wal.queue_max = Some(bytes);
+    }
+    if let Some(raw) = &job.wal_max_age {
+        wal.max_age = duration_of(source, &section, "wal_max_age", raw)?;
+    }
+    if let Some(raw) = &job.wal_wait {
+        wal.wait = duration_of(source, &section, "wal_wait", raw)?;
+    }
+    if let Some(raw) = &job.spool_path {
+        let path = raw.get_ref();
+        if !path.is_absolute() {
+            return Err(source
+                .error(
+                    raw,
+                    format!(
+                        "[{section}] spool_path = '{}' is not absolute",
+                        path.display()
+                    ),
+                )
+                .with_hint(
+                    "PostgreSQL runs `wal push` in its data directory: write the full path",
+                ));
+        }
+        wal.spool = path.clone();
+    }
+    Ok(wal)
+}
 
 /// Refuses keys that belong to another type of job: a `compression` on a
 /// maintenance job is a mistake the operator should hear about.
@@ -203,6 +269,19 @@ pub(super) fn validate_job(
             }
             JobKind::Backup(spec)
         }
+        "physical" => {
+            let keys: Vec<&str> = BACKUP_KEYS.iter().chain(WAL_KEYS).copied().collect();
+            check_keys(source, name, "physical", job, &keys)?;
+            let database = job_database(source, name, raw, config)?;
+            let wal = wal_settings(source, name, job)?;
+            JobKind::Backup(validate_backup_job(
+                source,
+                name,
+                raw,
+                config,
+                BackupSource::Cluster { database, wal },
+            )?)
+        }
         "prune" => {
             check_keys(source, name, "prune", job, &["backup_job"])?;
             let target = job.backup_job.as_ref().ok_or_else(|| {
@@ -240,7 +319,7 @@ pub(super) fn validate_job(
                     format!("[jobs.{name}] type '{other}' is not supported"),
                 )
                 .with_hint(
-                    "supported job types: backup, files, maintenance, prune, restore-test",
+                    "supported job types: backup, files, physical, maintenance, prune, restore-test",
                 ));
         }
     };

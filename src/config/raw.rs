@@ -96,6 +96,12 @@ pub(super) struct RawJob {
     pub(super) keep_on_failure: Option<Spanned<bool>>,
     pub(super) jobs: Option<Spanned<i64>>,
     pub(super) path: Option<Spanned<PathBuf>>,
+    pub(super) wal_push_ahead: Option<Spanned<i64>>,
+    pub(super) wal_fetch_ahead: Option<Spanned<i64>>,
+    pub(super) wal_queue_max: Option<Spanned<Size>>,
+    pub(super) wal_max_age: Option<Spanned<String>>,
+    pub(super) wal_wait: Option<Spanned<String>>,
+    pub(super) spool_path: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +161,12 @@ impl RawJob {
             at("keep_on_failure", &self.keep_on_failure),
             at("jobs", &self.jobs),
             at("path", &self.path),
+            at("wal_push_ahead", &self.wal_push_ahead),
+            at("wal_fetch_ahead", &self.wal_fetch_ahead),
+            at("wal_queue_max", &self.wal_queue_max),
+            at("wal_max_age", &self.wal_max_age),
+            at("wal_wait", &self.wal_wait),
+            at("spool_path", &self.spool_path),
         ]
         .into_iter()
         .flatten()

@@ -17,7 +17,7 @@ use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::maintenance::{self, MaintenanceOutcome};
 use crate::jobs::restore;
 use crate::jobs::restore_test::{self, RestoreTestOutcome};
-use crate::jobs::{files, prune};
+use crate::jobs::{files, physical, prune};
 use crate::lock::DatabaseUse;
 use crate::model::{BackupId, BackupJob, BackupSource, Job, JobKind};
 use crate::storage::Storage;
@@ -164,6 +164,17 @@ impl Work for JobRun<'_> {
             JobKind::Backup(spec) => match &spec.source {
                 BackupSource::Database(_) => {
                     backup::run(
+                        job,
+                        spec,
+                        run.storages,
+                        clock,
+                        engine.progress().clone(),
+                        run.request.accept_new_source,
+                    )
+                    .await
+                }
+                BackupSource::Cluster { .. } => {
+                    physical::run(
                         job,
                         spec,
                         run.storages,

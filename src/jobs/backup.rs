@@ -203,6 +203,7 @@ pub async fn run(
         system_identifier: source.system_identifier,
         database_properties: Some(properties),
         row_counts: Some(pg::ROWS_ONLY.to_owned()),
+        physical: None,
     };
     conclude(&healthy, &prefix, manifest, failed).await
 }

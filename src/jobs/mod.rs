@@ -6,6 +6,7 @@ pub mod backup;
 pub mod drill;
 pub mod files;
 pub mod maintenance;
+pub mod physical;
 pub mod proof;
 pub mod prune;
 pub mod restore;

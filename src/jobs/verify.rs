@@ -209,7 +209,7 @@ async fn verify_object(
     let lister: Option<Box<dyn Lister>> = match (object.role, pg_restore) {
         (Role::Data, Some(pg_restore)) => Some(Box::new(PgRestoreList::start(pg_restore)?)),
         (Role::Data, None) => return Err(Error::internal("no pg_restore to list a dump with")),
-        (Role::Files, _) => Some(Box::new(TarList::start()?)),
+        (Role::Files | Role::Base, _) => Some(Box::new(TarList::start()?)),
         (Role::Globals, _) => None,
     };
     let object_role = object.role;

@@ -69,10 +69,27 @@ impl BackupJob {
         self.encryption.as_ref()
     }
 
-    /// The database a `type = "backup"` job dumps; `None` for a files job.
+    /// The database a `type = "backup"` job dumps; `None` for a files or
+    /// a physical job.
     pub fn database(&self) -> Option<&Arc<Database>> {
         match &self.source {
             BackupSource::Database(db) => Some(db),
+            BackupSource::Directory(_) | BackupSource::Cluster { .. } => None,
+        }
+    }
+
+    /// The connection and WAL settings of a `type = "physical"` job.
+    pub fn cluster(&self) -> Option<(&Arc<Database>, &WalSettings)> {
+        match &self.source {
+            BackupSource::Cluster { database, wal } => Some((database, wal)),
+            _ => None,
+        }
+    }
+
+    /// The database server the job connects to, whatever its kind.
+    pub fn server(&self) -> Option<&Arc<Database>> {
+        match &self.source {
+            BackupSource::Database(db) | BackupSource::Cluster { database: db, .. } => Some(db),
             BackupSource::Directory(_) => None,
         }
     }
@@ -85,6 +102,49 @@ pub enum BackupSource {
     Database(Arc<Database>),
     /// `type = "files"`: a tar of the directory `path` (absolute).
     Directory(std::path::PathBuf),
+    /// `type = "physical"`: base backups of the whole cluster `database`
+    /// connects to, and its WAL archive.
+    Cluster {
+        database: Arc<Database>,
+        wal: WalSettings,
+    },
+}
+
+/// The WAL archive of a physical job: how `wal push` and `wal fetch` work
+/// and when `check` finds the archive behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSettings {
+    /// `wal_push_ahead`: further `.ready` segments one `wal push` also pushes.
+    pub push_ahead: u32,
+    /// `wal_fetch_ahead`: further segments one `wal fetch` also fetches.
+    pub fetch_ahead: u32,
+    /// `wal_queue_max`: past this many bytes of `.ready` segments, `wal push`
+    /// drops them (recording the gap) rather than fill the server's disk.
+    pub queue_max: Option<u64>,
+    /// `wal_max_age`: `check` warns when the newest archived WAL is older.
+    pub max_age: std::time::Duration,
+    /// `wal_wait`: how long a base backup waits for the WAL it needs.
+    pub wait: std::time::Duration,
+    /// `spool_path`: where pushed-ahead and fetched-ahead segments are noted;
+    /// the job's own directory is made under it.
+    pub spool: std::path::PathBuf,
+}
+
+impl WalSettings {
+    pub const DEFAULT_SPOOL: &str = "/var/spool/backup";
+}
+
+impl Default for WalSettings {
+    fn default() -> Self {
+        WalSettings {
+            push_ahead: 4,
+            fetch_ahead: 4,
+            queue_max: None,
+            max_age: std::time::Duration::from_secs(3600),
+            wait: std::time::Duration::from_secs(600),
+            spool: std::path::PathBuf::from(WalSettings::DEFAULT_SPOOL),
+        }
+    }
 }
 
 /// `retention = { ... }` of a backup job, validated.

@@ -158,6 +158,10 @@ impl JobKind {
                 source: BackupSource::Directory(_),
                 ..
             }) => "files",
+            JobKind::Backup(BackupJob {
+                source: BackupSource::Cluster { .. },
+                ..
+            }) => "physical",
             JobKind::Backup(_) => "backup",
             JobKind::Maintenance(_) => "maintenance",
             JobKind::Prune(_) => "prune",

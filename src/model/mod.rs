@@ -30,6 +30,7 @@ pub use crate::secret::SecretRef;
 
 pub use backup::{
     BackupJob, BackupSource, Compression, EncryptionSpec, RetentionBucket, RetentionPolicy,
+    WalSettings,
 };
 pub use backup_id::BackupId;
 pub use clock::{Clock, SystemClock};
@@ -74,6 +75,13 @@ impl Config {
         let (job, spec) = self.backup_job(name)?;
         match spec.database() {
             Some(db) => Ok((job, spec, db)),
+            None if spec.cluster().is_some() => Err(Error::usage(format!(
+                "job {name} is a physical job: {what} is for logical (pg_dump) backups"
+            ))
+            .with_hint(format!(
+                "`backup verify --job {name}` reads its base backups back, \
+                 `backup verify --job {name} --wal` its WAL archive"
+            ))),
             None => Err(Error::usage(format!(
                 "job {name} is a files job: {what} is for database backups"
             ))
@@ -81,6 +89,24 @@ impl Config {
                 "restore its directory with `backup restore --job {name} --latest --target-dir DIR`; \
                  `backup verify --job {name}` reads every file back"
             ))),
+        }
+    }
+
+    /// [`Config::backup_job`] of a `type = "physical"` job, for the WAL
+    /// commands (`what`: "wal push").
+    pub fn physical_job(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<(&Job, &BackupJob, &Arc<Database>, &WalSettings)> {
+        let (job, spec) = self.backup_job(name)?;
+        match spec.cluster() {
+            Some((db, wal)) => Ok((job, spec, db, wal)),
+            None => Err(Error::usage(format!(
+                "job {name} is a {} job: {what} is for physical jobs",
+                job.kind.name()
+            ))
+            .with_hint("declare a job with type = \"physical\" for the cluster and name it here")),
         }
     }
 

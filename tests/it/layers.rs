@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["retention"],
     &["storage"],
     &["archive"],
+    &["wal"],
     &["pg"],
     &["report"],
     &["catalog"],

@@ -15,6 +15,7 @@ mod layers;
 mod local_storage;
 mod maintenance;
 mod parallel_restore;
+mod physical;
 mod prune;
 mod regression;
 mod remote_storage;

@@ -7,6 +7,7 @@
 //! on a server someone left running. As root (CI), the server runs as the
 //! `postgres` user, since PostgreSQL refuses to run as root.
 
+pub mod archiving;
 pub mod proxy;
 pub mod servers;
 mod template;
@@ -55,6 +56,18 @@ fn free_port() -> u16 {
 impl Cluster {
     /// A cluster of its own, copied from the run's template, started.
     pub fn start() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    /// [`Cluster::start`] with `settings` (postgresql.conf lines) in force
+    /// from the first start: those that need a restart, `archive_mode`.
+    /// `prepare` runs on the test's directory (owned by the server's user)
+    /// before the server starts: a job file for `archive_command`.
+    pub fn start_with(settings: &str) -> Cluster {
+        Cluster::start_prepared(settings, |_| {})
+    }
+
+    pub fn start_prepared(settings: &str, prepare: impl FnOnce(&Path)) -> Cluster {
         let bindir = server_bindir();
         let dir = tempfile::Builder::new()
             .prefix("backup-test-pg-")
@@ -74,7 +87,89 @@ impl Cluster {
             chown_to_postgres(&password_file);
         }
         template::copy_to(&dir.path().join("data"), &bindir, &run_as);
+        if !settings.is_empty() {
+            let conf = dir.path().join("data").join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str(&format!("\n{settings}\n"));
+            std::fs::write(&conf, text).unwrap();
+        }
+        prepare(dir.path());
+        if run_as.is_some() {
+            chown_tree_to_postgres(dir.path());
+        }
         Cluster::launch(dir, password_file, run_as, bindir)
+    }
+
+    #[allow(dead_code)]
+    /// The directory of the cluster's files: `data/`, the log, the socket,
+    /// and what a test put there. Owned by the server's user.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server's log so far, for failure messages.
+    #[allow(dead_code)]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Stops the server (fast shutdown) and starts it again: settings that
+    /// need a restart take effect.
+    #[allow(dead_code)]
+    pub fn restart(&self) {
+        let data = self.data_dir();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        let out = server_output(
+            &self.run_as,
+            &self.bindir,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "-m",
+                "fast",
+                "restart",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "restart failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    /// Runs a server program (`pg_basebackup`, `pgbench`, `pg_waldump`) as
+    /// the server's user.
+    #[allow(dead_code)]
+    pub fn server_program(&self, program: &str, args: &[&str]) -> Output {
+        server_output(&self.run_as, &self.bindir, program, args)
+    }
+
+    #[allow(dead_code)]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    #[allow(dead_code)]
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
     }
 
     /// A hot standby of this cluster, streaming from it: read-only, in recovery.
@@ -452,6 +547,23 @@ fn server_output(run_as: &Option<String>, bindir: &Path, program: &str, args: &[
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+/// `chown -R`: what a test prepared for the server's user.
+pub fn chown_tree_to_postgres(path: &Path) {
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let out = Command::new("chown")
+        .args(["-R", "postgres:postgres", path.to_str().unwrap()])
+        .output()
+        .expect("chown");
+    assert!(
+        out.status.success(),
+        "chown -R {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn chown_to_postgres(path: &Path) {
