@@ -28,6 +28,23 @@ pub enum Crypt {
     Open(Arc<Identities>),
 }
 
+/// The encryption stage of a job's objects. A passphrase is read here,
+/// when a backup needs it, not when the job file is loaded.
+pub fn sealing(encryption: Option<&crate::model::EncryptionSpec>) -> Result<Crypt> {
+    let Some(e) = encryption else {
+        return Ok(Crypt::None);
+    };
+    match (&e.recipients, &e.passphrase) {
+        (Some(recipients), _) => Ok(Crypt::Seal(recipients.clone())),
+        (None, Some(passphrase)) => Ok(Crypt::Seal(Arc::new(Recipients::passphrase(
+            passphrase.resolve()?,
+        )))),
+        (None, None) => Err(Error::internal(
+            "an encryption with neither recipients nor a passphrase",
+        )),
+    }
+}
+
 /// A buffer the age writer writes into and the pipeline drains.
 #[derive(Clone, Default)]
 struct Shared(Rc<RefCell<Vec<u8>>>);

@@ -274,13 +274,30 @@ pub(super) fn validate_job(
             check_keys(source, name, "physical", job, &keys)?;
             let database = job_database(source, name, raw, config)?;
             let wal = wal_settings(source, name, job)?;
-            JobKind::Backup(validate_backup_job(
+            let spec = validate_backup_job(
                 source,
                 name,
                 raw,
                 config,
                 BackupSource::Cluster { database, wal },
-            )?)
+            )?;
+            if let (Some(e), Some(at)) = (
+                spec.encryption.as_ref().filter(|e| e.passphrase.is_some()),
+                job.encryption.as_ref(),
+            ) {
+                let _ = e;
+                return Err(source
+                    .error(
+                        at,
+                        format!("[jobs.{name}] a physical job cannot encrypt with a passphrase"),
+                    )
+                    .with_hint(
+                        "age spends a second of scrypt on every passphrase-sealed object, and \
+                         PostgreSQL waits for each WAL segment: use recipients = [\"age1...\"] \
+                         (age-keygen) and keep the identity off the database host",
+                    ));
+            }
+            JobKind::Backup(spec)
         }
         "prune" => {
             check_keys(source, name, "prune", job, &["backup_job"])?;

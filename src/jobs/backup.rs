@@ -455,21 +455,7 @@ async fn dump_globals(
     Ok(None)
 }
 
-/// The encryption stage of the job's objects. A passphrase is read here,
-/// when a backup needs it, not when the job file is loaded.
+/// The encryption stage of the job's objects.
 pub(super) fn seal(spec: &BackupJob) -> Result<archive::crypt::Crypt> {
-    use crate::keys::Recipients;
-    use archive::crypt::Crypt;
-    let Some(e) = &spec.encryption else {
-        return Ok(Crypt::None);
-    };
-    match (&e.recipients, &e.passphrase) {
-        (Some(recipients), _) => Ok(Crypt::Seal(recipients.clone())),
-        (None, Some(passphrase)) => Ok(Crypt::Seal(Arc::new(Recipients::passphrase(
-            passphrase.resolve()?,
-        )))),
-        (None, None) => Err(Error::internal(
-            "an encryption with neither recipients nor a passphrase",
-        )),
-    }
+    archive::crypt::sealing(spec.encryption.as_ref())
 }

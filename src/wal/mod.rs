@@ -12,6 +12,7 @@
 pub mod chain;
 pub mod names;
 pub mod object;
+pub mod push;
 
 pub use chain::{Chain, Gap, History};
 pub use names::{Archived, Lsn, Segment, WalFile, wal_prefix};

@@ -977,3 +977,12 @@ pub fn run_promtool(args: &[&str], input: &str) -> (i32, String) {
     );
     (out.status.code().unwrap_or(-1), said)
 }
+
+/// SHA-256 as lowercase hex, as object names and manifests carry it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
