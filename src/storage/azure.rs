@@ -674,6 +674,13 @@ impl Storage for AzureStorage {
                             .as_ref()
                             .and_then(|p| p.content_length)
                             .unwrap_or(0),
+                        modified: blob
+                            .properties
+                            .as_ref()
+                            .and_then(|p| p.last_modified)
+                            .and_then(|t| {
+                                jiff::Timestamp::new(t.unix_timestamp(), t.nanosecond() as i32).ok()
+                            }),
                     }),
                     _ => tracing::debug!(
                         key = full,

@@ -82,6 +82,9 @@ impl fmt::Display for Key {
 pub struct ObjectInfo {
     pub key: Key,
     pub size: u64,
+    /// When it was written, as the backend says; `None` where it keeps no
+    /// time (memory). The WAL archive dates its segments by it.
+    pub modified: Option<jiff::Timestamp>,
 }
 
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;

@@ -524,6 +524,9 @@ impl Storage for S3Storage {
                     Some(Ok(key)) => objects.push(ObjectInfo {
                         key,
                         size: object.size().unwrap_or(0).max(0) as u64,
+                        modified: object.last_modified().and_then(|t| {
+                            jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
+                        }),
                     }),
                     _ => {
                         tracing::debug!(key = full, "skipping a key that is not a valid object key")

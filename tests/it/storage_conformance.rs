@@ -93,6 +93,18 @@ async fn round_trips_keep_every_byte(b: Backend) {
     for size in sizes {
         assert!(sizes_listed.contains(&size), "size {size} in {listed:?}");
     }
+    // Every real backend dates its objects: the WAL archive's times come from it.
+    let now = jiff::Timestamp::now();
+    for o in &listed {
+        match o.modified {
+            Some(at) => assert!(
+                (now - at).get_seconds().abs() < 3600,
+                "{} dated {at}, now is {now}",
+                o.key
+            ),
+            None => assert_eq!(b.storage.name(), "mem", "{} has no date", o.key),
+        }
+    }
 }
 
 async fn abort_and_drop_leave_nothing(b: Backend) {

@@ -89,6 +89,10 @@ impl LocalStorage {
                 out.push(ObjectInfo {
                     key,
                     size: meta.len(),
+                    modified: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| jiff::Timestamp::try_from(t).ok()),
                 });
             }
             Ok(false)

@@ -189,7 +189,7 @@ mod tests {
 
     use super::*;
     use crate::storage::local::runtime;
-    use crate::storage::{ObjectInfo, Storage};
+    use crate::storage::{Key, Storage};
 
     #[test]
     fn nothing_is_visible_before_finish_and_abort_leaves_nothing() {
@@ -225,14 +225,14 @@ mod tests {
             w.write(b"hello ").await.unwrap();
             w.write(b"world").await.unwrap();
             assert_eq!(w.finish().await.unwrap(), 11);
-            let listed = storage.list(&prefix).await.unwrap();
-            assert_eq!(
-                listed,
-                vec![ObjectInfo {
-                    key: key.clone(),
-                    size: 11
-                }]
-            );
+            let listed: Vec<(Key, u64)> = storage
+                .list(&prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| (o.key, o.size))
+                .collect();
+            assert_eq!(listed, vec![(key.clone(), 11)]);
             let body = crate::storage::read_small(&storage, &key, 100)
                 .await
                 .unwrap();
