@@ -10,6 +10,29 @@ use std::process::{Command, Stdio};
 
 use super::{Cluster, Run};
 
+/// The built binary, where the server's user can run it: a checkout under
+/// a home directory (mode 0700) is out of its reach. Copied once per run
+/// into the template cluster's directory, which goes with the run; call it
+/// once a cluster has started.
+pub fn server_readable_binary() -> PathBuf {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = super::template::run_dir()
+            .expect("a cluster started first")
+            .join("bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let to = dir.join("backup");
+        let partial = dir.join("backup.partial");
+        std::fs::copy(env!("CARGO_BIN_EXE_backup"), &partial).unwrap();
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&partial, &to).unwrap();
+        to
+    })
+    .clone()
+}
+
 /// The job every archiving test uses.
 pub const JOB: &str = "base";
 
@@ -48,14 +71,13 @@ impl Archiving {
     }
 
     pub fn with(o: Options<'_>) -> Archiving {
-        let bin = env!("CARGO_BIN_EXE_backup");
         let mut paths = None;
         let storages = if o.storages.is_empty() {
             &["disk"][..]
         } else {
             o.storages
         };
-        let settings = {
+        let settings = |bin: &str| {
             let env: String = o.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
             let mut s = String::from("wal_level = replica\nmax_wal_senders = 4\n");
             if !o.no_archiving {
@@ -74,9 +96,10 @@ impl Archiving {
             std::fs::create_dir_all(&work).unwrap();
             let conf = dir.join("data").join("postgresql.conf");
             let mut text = std::fs::read_to_string(&conf).unwrap();
+            let bin = server_readable_binary();
             text.push_str(&format!(
                 "\n{}\n",
-                settings.replace("@WORK@", work.to_str().unwrap())
+                settings(bin.to_str().unwrap()).replace("@WORK@", work.to_str().unwrap())
             ));
             std::fs::write(&conf, text).unwrap();
             paths = Some(work);
@@ -130,10 +153,10 @@ impl Archiving {
     }
 
     pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let bin = env!("CARGO_BIN_EXE_backup");
+        let bin = server_readable_binary();
         let mut command = if unsafe { libc::geteuid() } == 0 {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", bin]);
+            c.args(["-u", "postgres", "--"]).arg(&bin);
             c
         } else {
             Command::new(bin)

@@ -56,6 +56,12 @@ pub fn copy_to(data: &Path, bindir: &Path, run_as: &Option<String>) {
     new_system_identifier(data, bindir, run_as);
 }
 
+/// The template's directory: made by this run, removed with it, and
+/// reachable by the server's user. `None` before the first cluster.
+pub fn run_dir() -> Option<PathBuf> {
+    TEMPLATE.get().map(|t| t.dir.clone())
+}
+
 fn make(bindir: &Path, run_as: &Option<String>) -> Template {
     remove_stale();
     let dir = tempfile::Builder::new()
