@@ -328,6 +328,93 @@ fn writing(target: &Path, e: std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Compression;
+    use crate::storage::MemoryStorage;
+
+    const SEGMENT: &str = "000000010000000000000003";
+
+    /// A segment-named file of 1 MiB pushed into `storages`; its bytes and key.
+    async fn pushed(storages: &[Arc<dyn Storage>], dir: &Path) -> (Vec<u8>, Key) {
+        let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let path = dir.join(SEGMENT);
+        std::fs::write(&path, &bytes).unwrap();
+        let pushed =
+            super::super::push::push("base", storages, Compression::Zstd(3), Crypt::None, &path)
+                .await
+                .unwrap();
+        let key = pushed
+            .file
+            .key("base", &pushed.sha256, Compression::Zstd(3), false)
+            .unwrap();
+        (bytes, key)
+    }
+
+    fn corrupt(storage: &MemoryStorage, key: &Key) {
+        let mut stored = storage.get(key).unwrap();
+        let middle = stored.len() / 2;
+        stored[middle] ^= 0x55;
+        storage.put(key, stored);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_copy_is_passed_over_for_the_next_storage_and_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
+        let storages: Vec<Arc<dyn Storage>> = vec![Arc::new(a.clone()), Arc::new(b.clone())];
+        let (bytes, key) = pushed(&storages, dir.path()).await;
+        corrupt(&a, &key);
+        let archive = Archive {
+            job: "base",
+            crypt: Crypt::None,
+            storages: Storages::opened(&storages),
+        };
+        let wal = WalSettings {
+            spool: dir.path().join("spool"),
+            ..WalSettings::default()
+        };
+        let target = dir.path().join("RECOVERYXLOG");
+        let outcome = restore_command(&archive, &wal, SEGMENT, &target, Timestamp::now())
+            .await
+            .unwrap();
+        let Outcome::Fetched { from, size, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(from, Source::Storage("b".into()));
+        assert_eq!(size, 1 << 20);
+        assert_eq!(std::fs::read(&target).unwrap(), bytes);
+        // A full segment teaches the spool the segment size.
+        assert_eq!(
+            Spool::open(&wal.spool, "base").unwrap().segment_size(),
+            Some(1 << 20)
+        );
+
+        corrupt(&b, &key);
+        let second = dir.path().join("second");
+        let e = restore_command(&archive, &wal, SEGMENT, &second, Timestamp::now())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), Kind::Integrity, "{e:?}");
+        assert!(e.message().contains("storage a"), "{e:?}");
+        assert!(!second.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| spool::is_temp(&e.file_name().to_string_lossy()))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // What no storage has is an answer, not an error.
+        let none = restore_command(
+            &archive,
+            &wal,
+            "00000002.history",
+            &second,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(none, Outcome::NotArchived { .. }), "{none:?}");
+    }
 
     #[test]
     fn prefetch_follows_the_timeline_across_log_files() {

@@ -574,6 +574,85 @@ async fn drop_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::MemoryStorage;
+
+    /// A `pg_wal` with `names` written and marked `.ready`.
+    fn pg_wal(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("archive_status")).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            std::fs::write(dir.path().join(name), vec![i as u8; 1 << 20]).unwrap();
+            std::fs::write(
+                dir.path()
+                    .join("archive_status")
+                    .join(format!("{name}.ready")),
+                b"",
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    #[tokio::test]
+    async fn files_pushed_ahead_are_answered_from_the_spool_without_a_storage() {
+        let names = [
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+        ];
+        let wal_dir = pg_wal(&names);
+        let spool = tempfile::tempdir().unwrap();
+        let wal = WalSettings {
+            push_ahead: 1,
+            spool: spool.path().to_path_buf(),
+            ..WalSettings::default()
+        };
+        let memory = MemoryStorage::new("mem");
+        let archive = Archive {
+            job: "base",
+            compression: Compression::None,
+            crypt: Crypt::None,
+            storages: Storages::opened(&[Arc::new(memory.clone()) as Arc<dyn Storage>]),
+        };
+        let now = Timestamp::now();
+        let first = archive_command(&archive, &wal, &wal_dir.path().join(names[0]), now)
+            .await
+            .unwrap();
+        let Outcome::Pushed { pushed, ahead } = first else {
+            panic!("{first:?}");
+        };
+        assert_eq!(pushed.stored, ["mem"]);
+        let ahead: Vec<String> = ahead.iter().map(|a| a.file.name()).collect();
+        assert_eq!(ahead, [names[1]]);
+
+        // Storages that cannot even be opened: the spool answers alone.
+        let closed = Archive {
+            storages: Storages::new(vec!["mem".into()], |_| {
+                Box::pin(std::future::ready(Err(Error::storage("not to be opened"))))
+            }),
+            ..archive
+        };
+        let second = archive_command(&closed, &wal, &wal_dir.path().join(names[1]), now)
+            .await
+            .unwrap();
+        assert!(matches!(second, Outcome::Spooled { .. }), "{second:?}");
+        // Used once: a second call for it looks at the storages.
+        let again = archive_command(&closed, &wal, &wal_dir.path().join(names[1]), now)
+            .await
+            .unwrap_err();
+        assert_eq!(again.message(), "not to be opened");
+
+        // Bytes other than those pushed ahead: pushed (here: refused) again.
+        std::fs::write(
+            spool.path().join("base").join("pushed").join(names[2]),
+            format!("{}\n", "0".repeat(64)),
+        )
+        .unwrap();
+        let e = archive_command(&closed, &wal, &wal_dir.path().join(names[2]), now)
+            .await
+            .unwrap_err();
+        assert_eq!(e.message(), "not to be opened");
+    }
 
     #[test]
     fn ready_segments_are_listed_oldest_first_without_other_files() {
