@@ -15,7 +15,7 @@
 //!   `archive_status/*.ready` lists, in parallel with its own, and notes each
 //!   in the spool; PostgreSQL's later call for one of those checks the file's
 //!   digest against the note and returns without opening a storage;
-//! - past `wal_queue_max` of `.ready` segments it drops the file instead of
+//! - past `wal_queue_max` of `.ready` segments it drops a segment instead of
 //!   letting `pg_wal` fill the disk: PostgreSQL hears success, the operator
 //!   hears an error in the server log, and every storage that answers gets a
 //!   marker (`<job>/wal/dropped/<file>.json`) that `check` reports.
@@ -394,13 +394,12 @@ pub async fn archive_command(
     }
     let status_dir = archive_status_dir(path);
     let ready = ready_segments(&status_dir);
-    if let Some(limit) = wal.queue_max {
-        let segment_size = match file {
-            WalFile::Segment(_) => std::fs::metadata(path)
-                .map_err(|e| missing_or_unreadable(path, e))?
-                .len(),
-            _ => super::names::DEFAULT_SEGMENT_SIZE,
-        };
+    // Only segments are ever dropped: a history file or a backup label is
+    // a few bytes, and recovery cannot follow a timeline without them.
+    if let (Some(limit), WalFile::Segment(_)) = (wal.queue_max, &file) {
+        let segment_size = std::fs::metadata(path)
+            .map_err(|e| missing_or_unreadable(path, e))?
+            .len();
         let backlog = ready.len() as u64 * segment_size;
         if backlog > limit {
             return Ok(Outcome::Dropped(
