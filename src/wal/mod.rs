@@ -8,11 +8,17 @@
 //! name, so neither needs a manifest: a second push of the same bytes is a
 //! no-op, different bytes under a name already taken are refused, and a
 //! fetch checks what it returns against the name.
+//!
+//! [`push`] and [`fetch`] are those two commands; [`spool`] is what one
+//! call leaves for the next (segments pushed or fetched ahead) and the
+//! record of failed pushes.
 
 pub mod chain;
+pub mod fetch;
 pub mod names;
 pub mod object;
 pub mod push;
+pub mod spool;
 
 pub use chain::{Chain, Gap, History};
 pub use names::{Archived, Lsn, Segment, WalFile, wal_prefix};

@@ -1,0 +1,438 @@
+//! `backup wal fetch`: one archived WAL file back into `pg_wal/`, as
+//! `restore_command` runs it during recovery.
+//!
+//! The file is read from the first storage, in the job's order, that has
+//! it; its raw bytes are checked against the digest its name carries before
+//! the target is put in place (a temporary file beside it, synced, then
+//! renamed), so a corrupt copy is never handed to PostgreSQL: the next
+//! storage is tried instead. A file no storage has is an answer, not an
+//! error: PostgreSQL asks for files that do not exist (the next timeline's
+//! history, the segment after the last) to learn where the archive ends.
+//! A storage that does not answer is not that answer: it may hold the file.
+//!
+//! Replay waits on every call, so a call for segment S also fetches the
+//! next `wal_fetch_ahead` segments of its timeline, in parallel, into the
+//! spool (`fetched/`); PostgreSQL's calls for those are served from there
+//! without opening a storage.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+use tokio::sync::OnceCell;
+
+use super::names::{Archived, DEFAULT_SEGMENT_SIZE, Segment, WalFile};
+use super::object::{list_dir, read};
+use super::push::Storages;
+use super::spool::{self, Spool};
+use crate::archive::crypt::Crypt;
+use crate::error::{Error, Kind, Result};
+use crate::model::WalSettings;
+use crate::storage::{Key, Storage};
+
+/// The archive of a job as `wal fetch` reads it.
+pub struct Archive<'a> {
+    pub job: &'a str,
+    /// Opens encrypted objects: the job's identities, or none.
+    pub crypt: Crypt,
+    pub storages: Storages<'a>,
+}
+
+/// Where a fetched file came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An earlier call fetched it ahead.
+    Spool,
+    Storage(String),
+}
+
+/// How one `restore_command` call ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The file is at the target.
+    Fetched {
+        file: WalFile,
+        size: u64,
+        from: Source,
+        /// Segments fetched ahead into the spool.
+        ahead: Vec<String>,
+    },
+    /// Every storage answered, and none has it.
+    NotArchived { file: WalFile },
+}
+
+/// What `restore_command` asks: the archived file `name` at `target`.
+/// `now` ages the spool.
+pub async fn restore_command(
+    archive: &Archive<'_>,
+    wal: &WalSettings,
+    name: &str,
+    target: &Path,
+    now: Timestamp,
+) -> Result<Outcome> {
+    let job = archive.job;
+    let file = WalFile::parse(name).ok_or_else(|| {
+        Error::usage(format!(
+            "'{name}' is not the name of a WAL file (a segment, .partial, .backup or .history file)"
+        ))
+        .with_hint("PostgreSQL passes it as %f: restore_command = 'backup wal fetch --job J %f %p'")
+    })?;
+    let spool = match Spool::open(&wal.spool, job) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                "{}; fetching without prefetch{}",
+                e.message(),
+                e.hint().map(|h| format!(" ({h})")).unwrap_or_default()
+            );
+            None
+        }
+    };
+    if let Some(spool) = &spool {
+        spool.remove_stale(now);
+        let kept = spool.fetched(name);
+        if kept.is_file() {
+            let size = install(&kept, target).await?;
+            return Ok(Outcome::Fetched {
+                file,
+                size,
+                from: Source::Spool,
+                ahead: Vec::new(),
+            });
+        }
+    }
+    let assumed_size = spool
+        .as_ref()
+        .and_then(Spool::segment_size)
+        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let ahead: Vec<(WalFile, PathBuf)> = match (&spool, &file) {
+        (Some(spool), WalFile::Segment(s)) if wal.fetch_ahead > 0 => {
+            following(s, assumed_size, wal.fetch_ahead)
+                .into_iter()
+                .map(|n| (WalFile::Segment(n.clone()), spool.fetched(&n)))
+                .filter(|(_, kept)| !kept.exists())
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let reader = Reader {
+        archive,
+        listings: Mutex::new(HashMap::new()),
+    };
+    let own = reader.fetch_into(&file, target);
+    let reader = &reader;
+    let prefetch = futures::future::join_all(ahead.iter().map(|(f, kept)| async move {
+        match reader.fetch_into(f, kept).await {
+            Ok(Some(_)) => Some(f.name()),
+            Ok(None) => None,
+            // PostgreSQL's own call for it tries again and reports.
+            Err(e) => {
+                tracing::debug!("job {job}: fetching {f} ahead failed: {}", e.message());
+                None
+            }
+        }
+    }));
+    let (own, fetched_ahead) = futures::future::join(own, prefetch).await;
+    let Some((size, storage)) = own? else {
+        return Ok(Outcome::NotArchived { file });
+    };
+    if let (Some(spool), WalFile::Segment(_)) = (&spool, &file)
+        && spool::is_segment_size(size)
+        && size != assumed_size
+        && let Err(e) = spool.note_segment_size(size)
+    {
+        tracing::debug!("job {job}: {}", e.message());
+    }
+    Ok(Outcome::Fetched {
+        file,
+        size,
+        from: Source::Storage(storage),
+        ahead: fetched_ahead.into_iter().flatten().collect(),
+    })
+}
+
+/// The `count` segment names after `segment` on its timeline, numbered with
+/// `segment_size`; none when `segment` is not a name at that size.
+fn following(segment: &str, segment_size: u64, count: u32) -> Vec<String> {
+    let Some(mut s) = Segment::parse(segment, segment_size) else {
+        return Vec::new();
+    };
+    (0..count)
+        .map(|_| {
+            s = s.next();
+            s.name(segment_size)
+        })
+        .collect()
+}
+
+/// One call's reads: each directory of the archive is listed once per
+/// storage, however many files of it the call fetches.
+struct Reader<'r, 'a> {
+    archive: &'r Archive<'a>,
+    listings: Mutex<HashMap<(usize, Key), Listing>>,
+}
+
+/// One directory of one storage, listed by the first read that needs it.
+type Listing = Arc<OnceCell<Vec<Archived>>>;
+
+impl Reader<'_, '_> {
+    async fn listing(&self, index: usize, prefix: &Key) -> Result<Vec<Archived>> {
+        let cell = self
+            .listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((index, prefix.clone()))
+            .or_default()
+            .clone();
+        let storage = self.archive.storages.get(index).await?;
+        cell.get_or_try_init(|| list_dir(storage.as_ref(), prefix))
+            .await
+            .cloned()
+    }
+
+    /// Writes `file` to `target` from the first storage with a good copy;
+    /// its size and that storage's name, or `None` when every storage
+    /// answered without it.
+    async fn fetch_into(&self, file: &WalFile, target: &Path) -> Result<Option<(u64, String)>> {
+        let job = self.archive.job;
+        let prefix = file.prefix(job)?;
+        let mut unreachable: Vec<(String, Error)> = Vec::new();
+        let mut corrupt: Vec<(String, Error)> = Vec::new();
+        for index in 0..self.archive.storages.len() {
+            let name = self.archive.storages.name(index).to_owned();
+            let listing = match self.listing(index, &prefix).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!("job {job}: storage {name}: {}", e.message());
+                    unreachable.push((name, e));
+                    continue;
+                }
+            };
+            let storage = self.archive.storages.get(index).await?;
+            for archived in listing.iter().filter(|a| a.file == *file) {
+                match write_checked(storage.as_ref(), archived, &self.archive.crypt, target).await {
+                    Ok(size) => return Ok(Some((size, name))),
+                    Err(e) if e.kind() == Kind::Integrity => {
+                        tracing::warn!("job {job}: {}; trying the next storage", e.message());
+                        corrupt.push((name.clone(), e));
+                    }
+                    // Gone since the listing, or the storage stopped answering.
+                    Err(e) if matches!(e.kind(), Kind::Storage | Kind::NotFound) => {
+                        tracing::debug!("job {job}: {}", e.message());
+                        unreachable.push((name.clone(), e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if let Some((storage, e)) = corrupt.into_iter().next() {
+            return Err(Error::integrity(format!(
+                "job {job}: {file} is corrupt in storage {storage} and no storage has a good copy \
+                 ({}); {} was not written",
+                e.message(),
+                target.display()
+            ))
+            .with_hint(format!(
+                "`backup verify --job {job} --wal` lists every damaged object; recovery cannot \
+                 replay past this file without a good copy"
+            )));
+        }
+        if let Some((storage, e)) = unreachable.into_iter().next() {
+            return Err(Error::storage(format!(
+                "job {job}: {file} could not be fetched: storage {storage} did not answer \
+                 and may hold it ({})",
+                e.message()
+            ))
+            .with_hint(
+                "PostgreSQL asks again; check the storage's address, credentials and network",
+            ));
+        }
+        Ok(None)
+    }
+}
+
+/// Reads `archived` into a temporary file beside `target`, checks its
+/// digest, syncs it and renames it over `target`; returns its size.
+/// Nothing is left at `target` unless every check passed.
+async fn write_checked(
+    storage: &dyn Storage,
+    archived: &Archived,
+    crypt: &Crypt,
+    target: &Path,
+) -> Result<u64> {
+    let dir = parent(target);
+    let temp = spool::temp_file_in(&dir).map_err(|e| writing(target, e))?;
+    let (size, temp) = read(storage, archived, crypt, temp).await?;
+    let target = target.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        temp.as_file().sync_all().map_err(|e| writing(&target, e))?;
+        temp.persist(&target)
+            .map_err(|e| writing(&target, e.error))?;
+        sync_dir(&dir);
+        Ok(size)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("writing a WAL file: {e}")))?
+}
+
+/// Moves a file fetched ahead from the spool to `target`: a rename when
+/// both are on one file system, else a copy made the same way as a fetch.
+async fn install(kept: &Path, target: &Path) -> Result<u64> {
+    let kept = kept.to_path_buf();
+    let target = target.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let size = std::fs::metadata(&kept)
+            .map_err(|e| Error::io(Kind::Internal, format!("reading {}", kept.display()), e))?
+            .len();
+        if std::fs::rename(&kept, &target).is_ok() {
+            sync_dir(&parent(&target));
+            return Ok(size);
+        }
+        let dir = parent(&target);
+        let mut temp = spool::temp_file_in(&dir).map_err(|e| writing(&target, e))?;
+        let mut source = std::fs::File::open(&kept)
+            .map_err(|e| Error::io(Kind::Internal, format!("reading {}", kept.display()), e))?;
+        std::io::copy(&mut source, &mut temp).map_err(|e| writing(&target, e))?;
+        temp.as_file().sync_all().map_err(|e| writing(&target, e))?;
+        temp.persist(&target)
+            .map_err(|e| writing(&target, e.error))?;
+        sync_dir(&dir);
+        let _ = std::fs::remove_file(&kept);
+        Ok(size)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("writing a WAL file: {e}")))?
+}
+
+fn parent(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// Makes a rename in `dir` durable; a failure only costs durability across
+/// a power cut, which PostgreSQL's own checkpoint covers again.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn writing(target: &Path, e: std::io::Error) -> Error {
+    Error::io(Kind::Internal, format!("writing {}", target.display()), e)
+        .with_hint("PostgreSQL passes %p, a path in its pg_wal directory: is the disk full?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Compression;
+    use crate::storage::MemoryStorage;
+
+    const SEGMENT: &str = "000000010000000000000003";
+
+    /// A segment-named file of 1 MiB pushed into `storages`; its bytes and key.
+    async fn pushed(storages: &[Arc<dyn Storage>], dir: &Path) -> (Vec<u8>, Key) {
+        let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let path = dir.join(SEGMENT);
+        std::fs::write(&path, &bytes).unwrap();
+        let pushed =
+            super::super::push::push("base", storages, Compression::Zstd(3), Crypt::None, &path)
+                .await
+                .unwrap();
+        let key = pushed
+            .file
+            .key("base", &pushed.sha256, Compression::Zstd(3), false)
+            .unwrap();
+        (bytes, key)
+    }
+
+    fn corrupt(storage: &MemoryStorage, key: &Key) {
+        let mut stored = storage.get(key).unwrap();
+        let middle = stored.len() / 2;
+        stored[middle] ^= 0x55;
+        storage.put(key, stored);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_copy_is_passed_over_for_the_next_storage_and_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
+        let storages: Vec<Arc<dyn Storage>> = vec![Arc::new(a.clone()), Arc::new(b.clone())];
+        let (bytes, key) = pushed(&storages, dir.path()).await;
+        corrupt(&a, &key);
+        let archive = Archive {
+            job: "base",
+            crypt: Crypt::None,
+            storages: Storages::opened(&storages),
+        };
+        let wal = WalSettings {
+            spool: dir.path().join("spool"),
+            ..WalSettings::default()
+        };
+        let target = dir.path().join("RECOVERYXLOG");
+        let outcome = restore_command(&archive, &wal, SEGMENT, &target, Timestamp::now())
+            .await
+            .unwrap();
+        let Outcome::Fetched { from, size, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(from, Source::Storage("b".into()));
+        assert_eq!(size, 1 << 20);
+        assert_eq!(std::fs::read(&target).unwrap(), bytes);
+        // A full segment teaches the spool the segment size.
+        assert_eq!(
+            Spool::open(&wal.spool, "base").unwrap().segment_size(),
+            Some(1 << 20)
+        );
+
+        corrupt(&b, &key);
+        let second = dir.path().join("second");
+        let e = restore_command(&archive, &wal, SEGMENT, &second, Timestamp::now())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), Kind::Integrity, "{e:?}");
+        assert!(e.message().contains("storage a"), "{e:?}");
+        assert!(!second.exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| spool::is_temp(&e.file_name().to_string_lossy()))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // What no storage has is an answer, not an error.
+        let none = restore_command(
+            &archive,
+            &wal,
+            "00000002.history",
+            &second,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(none, Outcome::NotArchived { .. }), "{none:?}");
+    }
+
+    #[test]
+    fn prefetch_follows_the_timeline_across_log_files() {
+        assert_eq!(
+            following("0000000200000000000000FE", DEFAULT_SEGMENT_SIZE, 3),
+            [
+                "0000000200000000000000FF",
+                "000000020000000100000000",
+                "000000020000000100000001"
+            ]
+        );
+        // 64 MiB segments: 64 to a log file.
+        assert_eq!(
+            following("00000001000000000000003F", 64 << 20, 1),
+            ["000000010000000100000000"]
+        );
+        // Not a name at that size: nothing is guessed.
+        assert!(following("000000010000000000000100", DEFAULT_SEGMENT_SIZE, 2).is_empty());
+        assert!(following("000000010000000000000003", DEFAULT_SEGMENT_SIZE, 0).is_empty());
+    }
+}

@@ -1,0 +1,496 @@
+//! `backup wal push` and `backup wal fetch` as PostgreSQL runs them: the
+//! archive of a real cluster (tests/it/common/archiving.rs), in real
+//! storages, with archiving paused and resumed to build a backlog.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::archiving::{Archiving, JOB, Options};
+use crate::common::proxy::{FaultProxy, Faults};
+use crate::common::servers::{self, block_on};
+use crate::common::{self, Run, wait_for};
+
+/// Keeps every segment in `pg_wal` for the test to read back.
+const KEEP_WAL: &str = "wal_keep_size = '2GB'\n";
+/// `archive_command` fails until [`resume`]: `.ready` files pile up.
+const PAUSED: &str = "archive_command = 'false'\n";
+
+/// The `archive_command` the harness sets, for [`resume`].
+fn archive_command(a: &Archiving, env: &[(&str, &str)]) -> String {
+    let env: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    format!(
+        "{env}{} --config {} wal push --job {JOB} %p",
+        env!("CARGO_BIN_EXE_backup"),
+        a.config.display()
+    )
+}
+
+/// Sets the real `archive_command` on a cluster started [`PAUSED`].
+fn resume(a: &Archiving, env: &[(&str, &str)]) {
+    a.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        archive_command(a, env)
+    ));
+    a.psql("SELECT pg_reload_conf()");
+}
+
+/// Finishes `n` segments (something written into each) and returns their
+/// names, oldest first.
+fn switch(a: &Archiving, n: usize) -> Vec<String> {
+    a.psql("CREATE TABLE IF NOT EXISTS wal_filler(x int)");
+    (0..n)
+        .map(|_| {
+            a.psql("INSERT INTO wal_filler VALUES (1)");
+            a.psql("SELECT pg_walfile_name(pg_switch_wal())")
+        })
+        .collect()
+}
+
+fn ready(a: &Archiving, segment: &str) -> bool {
+    a.wal_dir()
+        .join("archive_status")
+        .join(format!("{segment}.ready"))
+        .exists()
+}
+
+/// Waits until the archiver has tried (and failed) `segment` at least once.
+fn wait_failed(a: &Archiving, segment: &str) {
+    wait_for(
+        &format!("a failed attempt at {segment}"),
+        Duration::from_secs(60),
+        || {
+            a.psql("SELECT coalesce(last_failed_wal, '') FROM pg_stat_archiver")
+                .starts_with(segment)
+        },
+    );
+}
+
+/// The archive's objects (relative to `<job>/wal`) of `segment`.
+fn objects_of(a: &Archiving, segment: &str) -> Vec<String> {
+    a.archived()
+        .into_iter()
+        .filter(|f| f.contains(&format!("/{segment}-")))
+        .collect()
+}
+
+/// A directory the server's user may write, for fetched files.
+fn target_dir(a: &Archiving, name: &str) -> PathBuf {
+    let dir = a.work.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    common::chown_tree_to_postgres(&dir);
+    dir
+}
+
+fn fetch(a: &Archiving, name: &str, target: &Path, env: &[(&str, &str)]) -> Run {
+    a.backup_with(
+        &["wal", "fetch", "--job", JOB, name, target.to_str().unwrap()],
+        env,
+    )
+}
+
+fn ok(run: Run) -> Run {
+    assert!(run.ok(), "{}", run.all());
+    run
+}
+
+fn segment_bytes(a: &Archiving, segment: &str) -> Vec<u8> {
+    std::fs::read(a.wal_dir().join(segment)).unwrap()
+}
+
+/// How many log lines say `segment` went into a storage.
+fn uploads_of(log: &str, segment: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.contains(&format!("archived {segment} ("))
+                || l.contains(&format!("archived {segment} ahead ("))
+        })
+        .count()
+}
+
+#[test]
+fn the_same_segment_twice_is_a_no_op_and_other_bytes_under_its_name_are_refused() {
+    let a = Archiving::with(Options {
+        settings: KEEP_WAL,
+        ..Options::default()
+    });
+    let segment = a.switch_and_wait();
+    let before = a.stored_files();
+    let object = objects_of(&a, &segment).pop().expect("archived");
+    let stored = std::fs::read(a.backups.join(JOB).join("wal").join(&object)).unwrap();
+
+    let copy = target_dir(&a, "copy").join(&segment);
+    std::fs::copy(a.wal_dir().join(&segment), &copy).unwrap();
+    common::chown_tree_to_postgres(&copy);
+    let push = |path: &Path| a.backup(&["wal", "push", "--job", JOB, path.to_str().unwrap()]);
+    let again = ok(push(&copy));
+    assert!(
+        again.stderr.contains("was archived already"),
+        "{}",
+        again.all()
+    );
+    assert_eq!(a.stored_files(), before);
+
+    // One byte differs: refused, with what to check, and nothing rewritten.
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[4096] ^= 0xff;
+    std::fs::write(&copy, &bytes).unwrap();
+    let other = push(&copy);
+    assert_eq!(other.code, 9, "{}", other.all());
+    assert!(other.stderr.contains("other contents"), "{}", other.all());
+    assert!(other.stderr.contains("hint:"), "{}", other.all());
+    assert_eq!(a.stored_files(), before);
+    assert_eq!(
+        std::fs::read(a.backups.join(JOB).join("wal").join(&object)).unwrap(),
+        stored
+    );
+
+    // A file that is not there is named, and is not a crash for PostgreSQL.
+    let missing = push(&copy.with_file_name("000000010000000000000FFF"));
+    assert_eq!(missing.code, 7, "{}", missing.all());
+    assert!(
+        missing
+            .stderr
+            .contains("000000010000000000000FFF does not exist"),
+        "{}",
+        missing.all()
+    );
+    // Both failures are counted for status and the metrics.
+    let total = std::fs::read_to_string(a.spool.join(JOB).join("push-failures.total")).unwrap();
+    assert_eq!(total.trim(), "2");
+    let log = std::fs::read_to_string(a.spool.join(JOB).join("push-failures.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["file"], "000000010000000000000FFF");
+    assert!(
+        last["error"].as_str().unwrap().contains("does not exist"),
+        "{last}"
+    );
+    assert!(
+        last["at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok(),
+        "{last}"
+    );
+}
+
+#[test]
+fn segments_pushed_ahead_are_uploaded_once_and_later_calls_return_from_the_spool() {
+    let a = Archiving::with(Options {
+        settings: &format!("{KEEP_WAL}{PAUSED}"),
+        ..Options::default()
+    });
+    let segments = switch(&a, 20);
+    let last = segments.last().unwrap();
+    wait_for("20 segments ready", Duration::from_secs(30), || {
+        segments.iter().all(|s| ready(&a, s))
+    });
+    resume(&a, &[]);
+    a.wait_archived(last);
+
+    let log = a.cluster.log();
+    for s in &segments {
+        assert_eq!(uploads_of(&log, s), 1, "{s} uploaded once\n{log}");
+        assert_eq!(objects_of(&a, s).len(), 1, "{s}: {:?}", a.archived());
+    }
+    // PostgreSQL's calls for what was pushed ahead uploaded nothing.
+    let from_spool = log.matches("was pushed ahead already").count();
+    assert!(
+        from_spool >= 12,
+        "{from_spool} calls answered by the spool\n{log}"
+    );
+    let pushed_ahead = log.matches(" ahead (").count();
+    assert_eq!(from_spool, pushed_ahead, "{log}");
+    let left: Vec<_> = std::fs::read_dir(a.spool.join(JOB).join("pushed"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "every note was used: {left:?}");
+}
+
+#[test]
+fn a_failing_storage_keeps_the_segments_in_pg_wal_until_it_recovers() {
+    let bucket = block_on(servers::create_bucket("walpush"));
+    let s3 = servers::s3_endpoint();
+    let proxy = FaultProxy::start(&s3, Faults::default(), 24);
+    let section = servers::s3_section(
+        "s3",
+        &proxy.url_for(&s3),
+        &bucket,
+        "retry_attempts = 2\nretry_max_time = \"2s\"\nio_timeout = \"2s\"",
+    );
+    let env = servers::s3_env();
+    let a = Archiving::with(Options {
+        settings: KEEP_WAL,
+        extra_storages: &section,
+        storages: &["disk", "s3"],
+        env: &env,
+        ..Options::default()
+    });
+    a.switch_and_wait();
+
+    proxy.set(Faults {
+        error_500: 1.0,
+        ..Faults::default()
+    });
+    let segments = switch(&a, 3);
+    wait_failed(&a, &segments[0]);
+    for s in &segments {
+        assert!(ready(&a, s), "{s} is kept for another try");
+    }
+    let failures = std::fs::read_to_string(a.spool.join(JOB).join("push-failures.total")).unwrap();
+    assert!(failures.trim().parse::<u64>().unwrap() >= 1, "{failures}");
+    let log = std::fs::read_to_string(a.spool.join(JOB).join("push-failures.jsonl")).unwrap();
+    assert!(
+        log.contains(&segments[0]) && log.contains("storage s3"),
+        "{log}"
+    );
+    // A file the archive lacks, while a storage is down, is not "not archived":
+    // the storage that did not answer may hold it.
+    let target = target_dir(&a, "fetched").join("RECOVERYXLOG");
+    let unsure = fetch(&a, "0000000100000000000000F0", &target, &env);
+    assert_eq!(unsure.code, 5, "{}", unsure.all());
+
+    proxy.set(Faults::default());
+    // A switch wakes the archiver at once, instead of its minute's wait.
+    let after = switch(&a, 1);
+    a.wait_archived(&after[0]);
+    let keys = block_on(servers::bucket_keys(&bucket));
+    for s in segments.iter().chain(&after) {
+        assert_eq!(
+            objects_of(&a, s).len(),
+            1,
+            "{s} on disk: {:?}",
+            a.archived()
+        );
+        assert_eq!(
+            keys.iter()
+                .filter(|k| k.contains(&format!("/{s}-")))
+                .count(),
+            1,
+            "{s} in s3: {keys:?}"
+        );
+        assert!(!ready(&a, s), "{s} done");
+    }
+}
+
+#[test]
+fn past_wal_queue_max_a_segment_is_dropped_marked_and_said_loudly() {
+    let a = Archiving::with(Options {
+        settings: &format!("{KEEP_WAL}{PAUSED}"),
+        extra_job: "wal_queue_max = \"20MiB\"",
+        ..Options::default()
+    });
+    // 48 MiB waiting: the first two go (48, then 32 MiB > 20 MiB), the
+    // third is archived (16 MiB).
+    let segments = switch(&a, 3);
+    wait_for("3 segments ready", Duration::from_secs(30), || {
+        segments.iter().all(|s| ready(&a, s))
+    });
+    resume(&a, &[]);
+    a.wait_archived(&segments[2]);
+    for dropped in &segments[..2] {
+        assert!(objects_of(&a, dropped).is_empty(), "{:?}", a.archived());
+        let marker = a
+            .backups
+            .join(JOB)
+            .join("wal")
+            .join("dropped")
+            .join(format!("{dropped}.json"));
+        let marker: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+        assert_eq!(marker["file"], dropped.as_str());
+        assert_eq!(marker["limit_bytes"], 20 << 20);
+        assert!(
+            marker["backlog_bytes"].as_u64().unwrap() > 20 << 20,
+            "{marker}"
+        );
+        assert!(
+            marker["dropped_at"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .is_ok(),
+            "{marker}"
+        );
+    }
+    assert_eq!(objects_of(&a, &segments[2]).len(), 1, "{:?}", a.archived());
+    let log = a.cluster.log();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("was NOT archived"))
+        .collect();
+    assert_eq!(loud.len(), 2, "{log}");
+    assert!(loud.iter().all(|l| l.contains("ERROR")), "{loud:?}");
+
+    // By hand, beside a backlog of its own: the push returns 0 and says so.
+    let dir = target_dir(&a, "copy");
+    let name = "0000000100000000000000FA";
+    let copy = dir.join(name);
+    std::fs::copy(a.wal_dir().join(&segments[2]), &copy).unwrap();
+    std::fs::create_dir_all(dir.join("archive_status")).unwrap();
+    for s in ["0000000100000000000000FA", "0000000100000000000000FB"] {
+        std::fs::write(dir.join("archive_status").join(format!("{s}.ready")), b"").unwrap();
+    }
+    common::chown_tree_to_postgres(&dir);
+    let run = ok(a.backup(&[
+        "--json",
+        "wal",
+        "push",
+        "--job",
+        JOB,
+        copy.to_str().unwrap(),
+    ]));
+    let out: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(out["outcome"], "dropped", "{}", run.all());
+    assert_eq!(out["marked"], serde_json::json!(["disk"]));
+    assert!(
+        a.backups
+            .join(JOB)
+            .join("wal")
+            .join("dropped")
+            .join(format!("{name}.json"))
+            .is_file()
+    );
+    assert!(objects_of(&a, name).is_empty());
+}
+
+#[test]
+fn fetch_returns_archived_bytes_refuses_corrupt_ones_and_serves_prefetched_ones_from_the_spool() {
+    let a = Archiving::with(Options {
+        settings: KEEP_WAL,
+        ..Options::default()
+    });
+    let dir = target_dir(&a, "restore");
+    let segment = a.switch_and_wait();
+    let target = dir.join("RECOVERYXLOG");
+    ok(fetch(&a, &segment, &target, &[]));
+    assert!(std::fs::read(&target).unwrap() == segment_bytes(&a, &segment));
+
+    // Not archived: exit 1, and nothing said.
+    for name in ["0000000100000000000000F0", "00000002.history"] {
+        let missing = dir.join("missing");
+        let run = fetch(&a, name, &missing, &[]);
+        assert_eq!(run.code, 1, "{}", run.all());
+        assert!(run.stdout.is_empty(), "{}", run.all());
+        assert!(
+            !run.stderr.to_lowercase().contains("error"),
+            "{}",
+            run.all()
+        );
+        assert!(!missing.exists());
+    }
+
+    // A flipped byte in the stored object: refused, and nothing written.
+    let object = objects_of(&a, &segment).pop().unwrap();
+    let path = a.backups.join(JOB).join("wal").join(&object);
+    let mut stored = std::fs::read(&path).unwrap();
+    let middle = stored.len() / 2;
+    stored[middle] ^= 0x55;
+    std::fs::write(&path, &stored).unwrap();
+    let corrupt = dir.join("corrupt");
+    let run = fetch(&a, &segment, &corrupt, &[]);
+    assert_eq!(run.code, 6, "{}", run.all());
+    assert!(
+        run.stderr.contains("corrupt") && run.stderr.contains("storage disk"),
+        "{}",
+        run.all()
+    );
+    assert!(!corrupt.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("RECOVERYXLOG")]);
+
+    // Prefetch: the next segments land in the spool with the first.
+    let next: Vec<String> = (0..3).map(|_| a.switch_and_wait()).collect();
+    ok(fetch(&a, &next[0], &target, &[]));
+    let fetched = a.spool.join(JOB).join("fetched");
+    for s in &next[1..] {
+        assert!(fetched.join(s).is_file(), "{s} fetched ahead");
+    }
+    // With the storage gone, the spool still answers.
+    let moved = a.work.join("backups-away");
+    std::fs::rename(&a.backups, &moved).unwrap();
+    let run = ok(fetch(&a, &next[1], &target, &[]));
+    assert!(!run.stderr.contains("from storage"), "{}", run.all());
+    std::fs::rename(&moved, &a.backups).unwrap();
+    assert!(std::fs::read(&target).unwrap() == segment_bytes(&a, &next[1]));
+    assert!(!fetched.join(&next[1]).exists(), "taken from the spool");
+}
+
+#[test]
+fn an_encrypted_archive_fetches_only_with_its_key() {
+    let key = age::x25519::Identity::generate();
+    let public = key.to_public().to_string();
+    let secret = age::secrecy::ExposeSecret::expose_secret(&key.to_string()).to_owned();
+    let job = format!("encryption = {{ recipients = [\"{public}\"] }}");
+    let a = Archiving::with(Options {
+        settings: KEEP_WAL,
+        extra_job: &job,
+        ..Options::default()
+    });
+    let segment = a.switch_and_wait();
+    let object = objects_of(&a, &segment).pop().unwrap();
+    assert!(object.ends_with(".zst.age"), "{object}");
+    let dir = target_dir(&a, "restore");
+    let target = dir.join("RECOVERYXLOG");
+    let without = fetch(&a, &segment, &target, &[]);
+    assert_eq!(without.code, 9, "{}", without.all());
+    assert!(
+        without.stderr.contains("BACKUP_AGE_IDENTITY"),
+        "{}",
+        without.all()
+    );
+    assert!(!target.exists());
+    ok(fetch(
+        &a,
+        &segment,
+        &target,
+        &[("BACKUP_AGE_IDENTITY", &secret)],
+    ));
+    assert!(std::fs::read(&target).unwrap() == segment_bytes(&a, &segment));
+}
+
+#[test]
+fn push_and_fetch_go_through_s3_and_azure() {
+    let (bucket, container, sections, env) = servers::s3_and_azure("walpush");
+    let a = Archiving::with(Options {
+        settings: KEEP_WAL,
+        extra_storages: &sections,
+        storages: &["s3", "blob"],
+        env: &env,
+        ..Options::default()
+    });
+    let segment = a.switch_and_wait();
+    let in_s3 = block_on(servers::bucket_keys(&bucket));
+    let in_blob = block_on(servers::container_blobs(&container));
+    for keys in [&in_s3, &in_blob] {
+        assert!(
+            keys.iter()
+                .any(|k| k.contains(&format!("{JOB}/wal/")) && k.contains(&format!("/{segment}-"))),
+            "{keys:?}"
+        );
+    }
+    let dir = target_dir(&a, "restore");
+    // The first storage that has it: s3.
+    let run = ok(fetch(&a, &segment, &dir.join("from-s3"), &env));
+    assert!(run.stderr.contains("from storage s3"), "{}", run.all());
+    // The same job with only its Azure storage.
+    let config = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        config.replace("storages = [\"s3\", \"blob\"]", "storages = [\"blob\"]"),
+    )
+    .unwrap();
+    let run = fetch(&a, &segment, &dir.join("from-blob"), &env);
+    std::fs::write(&a.config, &config).unwrap();
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stderr.contains("from storage blob"), "{}", run.all());
+    let bytes = segment_bytes(&a, &segment);
+    assert!(std::fs::read(dir.join("from-s3")).unwrap() == bytes);
+    assert!(std::fs::read(dir.join("from-blob")).unwrap() == bytes);
+}
