@@ -80,7 +80,8 @@ pub struct WalPrune {
     pub left_alone: usize,
     /// `wal/dropped/` markers of deleted segments, deleted with them.
     pub dropped_markers: usize,
-    /// How many objects the prune deleted (segments and markers).
+    /// How many objects the prune deleted (segments and markers); 0 when
+    /// the batch failed part way: the next prune deletes what is left.
     pub deleted: usize,
     /// Why the planned deletion was not carried out this time.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -369,7 +370,10 @@ pub fn describe(wal: &WalPrune, dry_run: bool, retention_held: Option<&str>) -> 
         vec![show_ranges(&wal.keep.ranges)]
     };
     let numbered: usize = wal.keep.ranges.iter().map(|r| r.objects).sum();
-    let unnumbered = wal.keep.objects - numbered - wal.history_files - wal.left_alone;
+    let unnumbered = wal
+        .keep
+        .objects
+        .saturating_sub(numbered + wal.history_files + wal.left_alone);
     if unnumbered > 0 {
         keep.push(format!("{unnumbered} WAL object(s)"));
     }
@@ -388,10 +392,12 @@ pub fn describe(wal: &WalPrune, dry_run: bool, retention_held: Option<&str>) -> 
         keep.join(", ")
     };
     let mut lines = Vec::new();
-    let verb = match () {
-        _ if dry_run || wal.doomed.is_empty() => "delete",
-        _ if wal.deleted > 0 => "deleted",
-        _ => "NOT deleted",
+    let verb = if dry_run || wal.doomed.is_empty() {
+        "delete"
+    } else if wal.deleted > 0 {
+        "deleted"
+    } else {
+        "NOT deleted"
     };
     let delete = if wal.doomed.is_empty() {
         "nothing".to_owned()
