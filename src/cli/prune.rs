@@ -13,7 +13,8 @@ pub struct Args {
     /// Only this job [default: every backup job with a retention policy].
     #[arg(long, value_name = "JOB")]
     job: Option<String>,
-    /// Print the plan: every backup, keep or delete, and why. Deletes nothing.
+    /// Print the plan: every backup, keep or delete, and why (and for a
+    /// physical job the WAL ranges kept and deleted). Deletes nothing.
     #[arg(long)]
     dry_run: bool,
 }
@@ -50,6 +51,11 @@ pub(super) fn print(job: &str, p: &StoragePrune, dry_run: bool, zone: &jiff::tz:
     }
     for f in &p.failed {
         println!("  could not delete {}: {}", f.backup, f.error);
+    }
+    if let Some(wal) = &p.wal {
+        for line in prune::wal::describe(wal, dry_run, p.plan.held.as_deref()) {
+            println!("  {line}");
+        }
     }
 }
 

@@ -323,7 +323,9 @@ impl Work for Prune<'_> {
         // A backup that runs longer than incomplete_after must not lose its
         // objects under it: while the job's lock is held, no incomplete
         // backup is deleted. A peek, not a hold: prune never delays a run.
-        let database = self.spec.database().map(|d| d.as_ref());
+        // The lock is where the run takes it (`Job::database`), whatever
+        // kind of backup job this is.
+        let database = self.job.database().map(|d| d.as_ref());
         let running = match run.engine.locks().running(database, name).await {
             Ok(running) => running,
             Err(e) => {

@@ -27,3 +27,4 @@ mod stalled_storage;
 mod storage_conformance;
 mod tls;
 mod wal_push;
+mod wal_retention;
