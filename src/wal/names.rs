@@ -20,6 +20,9 @@ use crate::storage::Key;
 pub const WAL_DIR: &str = "wal";
 /// Under [`WAL_DIR`]: the timeline history files.
 pub const HISTORY_DIR: &str = "history";
+/// Under [`WAL_DIR`]: one `<file>.json` marker per segment `wal push`
+/// dropped rather than fill the server's disk (`wal_queue_max`).
+pub const DROPPED_DIR: &str = "dropped";
 /// PostgreSQL's default `wal_segment_size`.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 16 << 20;
 

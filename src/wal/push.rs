@@ -32,7 +32,7 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::names::{Archived, WalFile, wal_prefix};
+use super::names::{Archived, DROPPED_DIR, WalFile, wal_prefix};
 use super::object::list_dir;
 use super::spool::Spool;
 use crate::archive::{self, Destination, crypt::Crypt};
@@ -40,8 +40,6 @@ use crate::error::{Error, Kind, Result};
 use crate::model::{Compression, WalSettings};
 use crate::storage::{Key, Storage};
 
-/// Under `<job>/wal/`: the markers of files the queue valve dropped.
-pub const DROPPED_DIR: &str = "dropped";
 
 /// Opens the storage at an index of the job's list.
 type Open<'a> = Box<dyn Fn(usize) -> BoxFuture<'a, Result<Arc<dyn Storage>>> + Send + Sync + 'a>;

@@ -19,11 +19,9 @@ use serde::Serialize;
 
 use crate::model::BackupId;
 use crate::storage::{Key, ObjectInfo, Storage};
+use crate::wal::names::DROPPED_DIR;
 use crate::wal::{Archived, Segment, WalFile, wal_prefix};
 
-/// Under `<job>/wal/`: one `<segment>.json` marker per segment `wal push`
-/// dropped rather than fill the server's disk (`wal_queue_max`).
-pub const DROPPED_DIR: &str = "dropped";
 
 /// How many ranges of each kind a printed plan names before it counts the rest.
 const RANGES_SHOWN: usize = 4;
