@@ -465,13 +465,18 @@ mod tests {
                 false,
             )
             .unwrap();
-        ObjectInfo { key, size: 100 }
+        ObjectInfo {
+            key,
+            size: 100,
+            modified: None,
+        }
     }
 
     fn raw(key: &str) -> ObjectInfo {
         ObjectInfo {
             key: Key::new(key).unwrap(),
             size: 7,
+            modified: None,
         }
     }
 
