@@ -211,7 +211,7 @@ fn stream(input: impl Read, algorithm: Algorithm) -> Result<Streamed> {
     let mut archive = tar::Archive::new(input);
     let mut out = Streamed::default();
     let broken = |after: usize, e: std::io::Error| {
-        Error::integrity(format!("does not read as a tar after {after} file(s): {e}"))
+        Error::integrity(format!("the tar does not read after {after} file(s): {e}"))
     };
     let entries = archive.entries().map_err(|e| broken(0, e))?;
     let mut buf = vec![0u8; super::CHUNK];
@@ -825,7 +825,7 @@ mod tests {
         let err = check_bytes(&[1u8; 2048]).unwrap_err();
         assert_eq!(err.kind(), Kind::Integrity);
         assert!(
-            err.message().contains("does not read as a tar"),
+            err.message().contains("the tar does not read"),
             "{}",
             err.message()
         );
