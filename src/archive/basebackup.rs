@@ -622,12 +622,13 @@ impl Write for Checker {
     }
 }
 
+/// A base backup built by hand, for the unit tests here and of `verify`.
 #[cfg(test)]
-mod tests {
+pub(crate) mod samples {
     use super::*;
 
     /// A manifest of `files` as PostgreSQL writes it, its checksum included.
-    fn manifest(files: &[(&str, &[u8])]) -> Vec<u8> {
+    pub fn manifest(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut text = String::from("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [\n");
         let lines: Vec<String> = files
             .iter()
@@ -651,7 +652,7 @@ mod tests {
 
     /// A tar of `files` (with a directory and the pg_wal PostgreSQL sends)
     /// and `manifest` last, as `pg_basebackup -Ft -D -` writes it.
-    fn tar(files: &[(&str, &[u8])], manifest: &[u8]) -> Vec<u8> {
+    pub fn tar(files: &[(&str, &[u8])], manifest: &[u8]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         let mut append = |path: &str, bytes: &[u8], kind: tar::EntryType| {
             let mut h = tar::Header::new_ustar();
@@ -671,12 +672,18 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    const FILES: &[(&str, &[u8])] = &[
+    pub const FILES: &[(&str, &[u8])] = &[
         ("backup_label", b"START WAL LOCATION: 0/2000028\n"),
         ("PG_VERSION", b"15\n"),
         ("base/1/1259", &[7u8; 8192]),
         ("tablespace_map", b""),
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples::{FILES, manifest, tar};
+    use super::*;
 
     fn check_bytes(bytes: &[u8]) -> Result<Summary> {
         check(bytes, Algorithm::Crc32c)

@@ -173,6 +173,13 @@ fn print_wal_check(c: &wal_verify::WalCheck, zone: &jiff::tz::TimeZone) {
         ),
         (None, _) => println!("  from   nothing: no segment is archived"),
     }
+    if !c.unreadable_backups.is_empty() {
+        println!(
+            "  note   not considered, their manifest does not read: {} \
+             (`backup verify` says why)",
+            c.unreadable_backups.join(", ")
+        );
+    }
     if let Some(newest) = &c.newest {
         let timelines: Vec<String> = c.timelines.iter().map(u32::to_string).collect();
         println!(

@@ -622,3 +622,70 @@ pub async fn execute(
     }
     checks
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::basebackup::samples;
+    use crate::storage::MemoryStorage;
+
+    /// A physical backup of one uncompressed `base.tar` holding `tar`,
+    /// whose digests are those of `digested`.
+    fn physical(storage: &MemoryStorage, tar: &[u8], digested: &[u8]) -> Manifest {
+        let id = "20260101T000000Z";
+        let sha = crate::archive::sha256_hex(digested);
+        let manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "job": "base", "database": "app", "dbname": "",
+            "server_version": "15.18", "pg_dump_version": "",
+            "snapshot_at": "2026-01-01T00:00:10Z", "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:10Z", "compression": "none", "encryption": null,
+            "objects": [{ "key": "base.tar", "role": "base", "raw_size": digested.len(),
+                "raw_sha256": sha, "stored_size": digested.len(), "stored_sha256": sha }],
+            "tables": [],
+            "physical": { "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+                "start_time": "2026-01-01T00:00:00Z", "stop_time": "2026-01-01T00:00:10Z",
+                "wal_segment_size": 16777216, "wal_start": "000000010000000000000002",
+                "wal_stop": "000000010000000000000002", "manifest_checksums": "CRC32C" }
+        }))
+        .unwrap();
+        let key = catalog::backup_prefix("base", &manifest.id)
+            .unwrap()
+            .join("base.tar")
+            .unwrap();
+        storage.put(&key, tar.to_vec());
+        manifest
+    }
+
+    #[tokio::test]
+    async fn a_base_backup_is_read_against_the_backup_manifest_in_its_tar() {
+        let progress: Arc<dyn Progress> = Arc::new(crate::report::Hidden);
+        let good = samples::tar(samples::FILES, &samples::manifest(samples::FILES));
+        let memory = MemoryStorage::new("mem");
+        let manifest = physical(&memory, &good, &good);
+        let storage: Arc<dyn Storage> = Arc::new(memory);
+        let check = verify_backup(&storage, &manifest, None, None, &progress).await;
+        assert!(check.ok(), "{check:?}");
+        assert_eq!(check.objects[0].archive_entries, Some(4));
+
+        // The digests in manifest.json match what is stored, but a file
+        // changed before the tar was hashed: only backup_manifest can tell.
+        let mut files = samples::FILES.to_vec();
+        files[1] = ("PG_VERSION", b"16\n");
+        let changed = samples::tar(&files, &samples::manifest(samples::FILES));
+        let memory = MemoryStorage::new("mem");
+        let manifest = physical(&memory, &changed, &changed);
+        let storage: Arc<dyn Storage> = Arc::new(memory);
+        let check = verify_backup(&storage, &manifest, None, None, &progress).await;
+        let error = check.objects[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("its digests match, but PG_VERSION has CRC32C "),
+            "{error}"
+        );
+        assert!(
+            error.contains("the tar's backup_manifest says 8a744722"),
+            "{error}"
+        );
+        assert!(!check.objects[0].unread);
+        assert_eq!(failure_kind(&[check]), crate::error::Kind::Integrity);
+    }
+}

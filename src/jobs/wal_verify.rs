@@ -100,6 +100,10 @@ pub struct WalCheck {
     pub from: Option<String>,
     /// That base backup; `None` when the job has none in this storage.
     pub from_backup: Option<String>,
+    /// Backups whose manifest does not read: not considered as a start
+    /// (`backup verify --job J` names what is wrong with them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_backups: Vec<String>,
     pub segment_size: u64,
     /// Segments of the path the archive holds (corrupt ones included).
     pub segments: u64,
@@ -190,11 +194,12 @@ pub fn failure(job: &str, checks: &[WalCheck], zone: &TimeZone) -> Option<Error>
              check the storage and run verify again",
         ));
     }
-    Some(Error::integrity(message).with_hint(
-        "recovery cannot cross a gap: take a new base backup (`backup run JOB`) so that \
-         point-in-time recovery starts after it, and find why the segments are missing \
-         (wal_queue_max, a storage that was down, objects deleted by hand)",
-    ))
+    Some(Error::integrity(message).with_hint(format!(
+        "recovery stops at a missing or corrupt segment: copy it from another storage of the \
+         job if one holds it intact; else take a new base backup (`backup run {job}`) so that \
+         point-in-time recovery starts after the break, and find what broke it \
+         (wal_queue_max, a storage that was down, objects deleted or changed by hand)"
+    )))
 }
 
 /// Verifies the WAL archive of `job` in every storage, one after the other.
@@ -296,33 +301,7 @@ async fn verify_storage(
         .min_by(|a, b| a.id.cmp(&b.id));
     let mut results: HashMap<usize, ReadResult> = HashMap::new();
 
-    // History files first, each read once: the path follows them. A damaged
-    // one is reported with the other corrupt objects, and the path is
-    // followed without it.
-    let mut histories: Vec<History> = Vec::new();
-    for (i, (a, _)) in archived.iter().enumerate() {
-        let WalFile::History(timeline) = a.file else {
-            continue;
-        };
-        let read = object::read(storage.as_ref(), a, &crypt, Vec::new()).await;
-        let parsed = read.and_then(|(size, bytes)| {
-            let text = String::from_utf8(bytes)
-                .map_err(|_| Error::integrity("it is not text, as a timeline history file is"))?;
-            let history = History::parse(timeline, &text)?;
-            Ok((size, history))
-        });
-        match parsed {
-            Ok((size, history)) => {
-                if !histories.iter().any(|h| h.timeline == timeline) {
-                    histories.push(history);
-                }
-                results.insert(i, Ok(size));
-            }
-            Err(e) => {
-                results.insert(i, Err(e));
-            }
-        }
-    }
+    let histories = read_histories(storage.as_ref(), &archived, &crypt, &mut results).await;
 
     let segments: Vec<(usize, &str)> = archived
         .iter()
@@ -332,19 +311,15 @@ async fn verify_storage(
             _ => None,
         })
         .collect();
-    // The segment size: the backup's, else a segment's own size (the oldest
-    // is read first, and once).
-    let segment_size = match oldest.and_then(|m| m.physical.as_ref()) {
-        Some(p) => p.wal_segment_size,
-        None => match segments.iter().min_by_key(|(_, name)| segment_order(name)) {
-            Some(&(i, _)) => {
-                let read = read_one(storage.as_ref(), &archived[i].0, &crypt).await;
-                let size = read.as_ref().ok().copied().filter(|s| is_segment_size(*s));
-                results.insert(i, read);
-                size.unwrap_or(DEFAULT_SEGMENT_SIZE)
-            }
-            None => DEFAULT_SEGMENT_SIZE,
-        },
+    let segment_size = match oldest
+        .and_then(|m| m.physical.as_ref())
+        .map(|p| p.wal_segment_size)
+        .filter(|s| is_segment_size(*s))
+    {
+        Some(size) => size,
+        None => {
+            learn_segment_size(storage.as_ref(), &archived, &segments, &crypt, &mut results).await
+        }
     };
     let parsed: Vec<(usize, Segment)> = segments
         .iter()
@@ -466,6 +441,11 @@ async fn verify_storage(
         storage: storage.name().to_owned(),
         from: from.map(name),
         from_backup: oldest.map(|m| m.id.to_string()),
+        unreadable_backups: listing
+            .unreadable
+            .iter()
+            .map(|u| u.id.to_string())
+            .collect(),
         segment_size,
         segments: path.as_ref().map_or(0, |c| c.present),
         newest: path.as_ref().and_then(|c| c.newest).map(name),
@@ -499,6 +479,68 @@ fn followed(c: &Chain) -> Vec<u32> {
     out
 }
 
+/// Reads and parses every history file, each once (its result kept in
+/// `results`): the path follows them. A damaged one is reported with the
+/// other corrupt objects, and the path is followed without it.
+async fn read_histories(
+    storage: &dyn Storage,
+    archived: &[(Archived, Option<Timestamp>)],
+    crypt: &Crypt,
+    results: &mut HashMap<usize, ReadResult>,
+) -> Vec<History> {
+    let mut histories: Vec<History> = Vec::new();
+    for (i, (a, _)) in archived.iter().enumerate() {
+        let WalFile::History(timeline) = a.file else {
+            continue;
+        };
+        let parsed = object::read(storage, a, crypt, Vec::new())
+            .await
+            .and_then(|(size, bytes)| {
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    Error::integrity("it is not text, as a timeline history file is")
+                })?;
+                Ok((size, History::parse(timeline, &text)?))
+            });
+        match parsed {
+            Ok((size, history)) => {
+                // Two objects of one timeline's history are refused at push;
+                // one is enough here.
+                if !histories.iter().any(|h| h.timeline == timeline) {
+                    histories.push(history);
+                }
+                results.insert(i, Ok(size));
+            }
+            Err(e) => {
+                results.insert(i, Err(e));
+            }
+        }
+    }
+    histories
+}
+
+/// The segment size of an archive without a base backup to say it: the raw
+/// size of its oldest segment that reads (each one tried is read once, its
+/// result kept in `results`).
+async fn learn_segment_size(
+    storage: &dyn Storage,
+    archived: &[(Archived, Option<Timestamp>)],
+    segments: &[(usize, &str)],
+    crypt: &Crypt,
+    results: &mut HashMap<usize, ReadResult>,
+) -> u64 {
+    let mut by_age = segments.to_vec();
+    by_age.sort_by_key(|(_, name)| segment_order(name));
+    for (i, _) in by_age {
+        let read = read_one(storage, &archived[i].0, crypt).await;
+        let size = read.as_ref().ok().copied().filter(|s| is_segment_size(*s));
+        results.insert(i, read);
+        if let Some(size) = size {
+            return size;
+        }
+    }
+    DEFAULT_SEGMENT_SIZE
+}
+
 /// Oldest first: by position in the log, then timeline.
 fn segment_order(name: &str) -> (&str, &str) {
     (&name[8..], &name[..8])
@@ -509,9 +551,9 @@ fn segment_order(name: &str) -> (&str, &str) {
 fn strip_label(message: &str, archived: &Archived, storage: &str) -> String {
     let label = format!("{} in storage {storage}", archived.key);
     message
+        .replacen(&format!("reading {label}: "), "", 1)
         .replacen(&format!("{label} is "), "", 1)
         .replacen(&format!("{label}: "), "", 1)
-        .replacen(&format!("reading {label}: "), "", 1)
 }
 
 #[cfg(test)]
@@ -634,5 +676,29 @@ mod tests {
         assert!(!checks[0].ok());
         let err = failure("j", &checks, &TimeZone::UTC).unwrap();
         assert_eq!(err.kind(), Kind::NotFound, "{}", err.message());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_copy_beside_an_intact_one_is_named_off_the_path() {
+        let memory = MemoryStorage::new("mem");
+        for n in 1..=3 {
+            put(&memory, segment(n), &vec![n as u8; SIZE as usize]);
+        }
+        // A second object for segment 2 (two clusters pushing once), damaged.
+        let other = put(&memory, segment(2), &vec![9u8; SIZE as usize]);
+        memory.put(&other, vec![8u8; SIZE as usize]);
+        let storage: Arc<dyn Storage> = Arc::new(memory);
+        let checks = verify("j", &[storage], None).await.unwrap();
+        let c = &checks[0];
+        assert!(c.gaps.is_empty());
+        assert_eq!(c.corrupt.len(), 1);
+        assert_eq!(c.corrupt[0].key, other.to_string());
+        assert!(!c.corrupt[0].on_path);
+        assert_eq!(c.reachable.as_deref(), Some("000000010000000000000003"));
+        // Still a failure: the archive holds a damaged object.
+        assert_eq!(
+            failure("j", &checks, &TimeZone::UTC).unwrap().kind(),
+            Kind::Integrity
+        );
     }
 }
