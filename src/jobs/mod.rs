@@ -12,3 +12,4 @@ pub mod prune;
 pub mod restore;
 pub mod restore_test;
 pub mod verify;
+pub mod wal_verify;

@@ -1,7 +1,9 @@
 //! `backup verify`: read every object of a backup back from storage, check
 //! its stored and raw SHA-256 and sizes against the manifest, and check the
 //! data reads as a `pg_dump` archive (`pg_restore --list` on the decompressed
-//! stream), or a files backup as a tar (every entry read). One streamed read per copy, in bounded memory, and nothing is
+//! stream), a files backup as a tar (every entry read), or a base backup
+//! against the `backup_manifest` in its tar (every file's size and
+//! checksum). One streamed read per copy, in bounded memory, and nothing is
 //! written but the run record.
 
 use std::io::{BufRead, Write};
@@ -25,7 +27,8 @@ pub struct ObjectCheck {
     pub role: Option<Role>,
     pub stored_size: u64,
     pub raw_size: u64,
-    /// Entries in the archive's table of contents, or in a files tar.
+    /// Entries in the archive's table of contents, or in a files tar; for a
+    /// base backup, the files checked against its `backup_manifest`.
     pub archive_entries: Option<usize>,
     /// Why the object is bad; `None` when it is good.
     pub error: Option<String>,
@@ -209,7 +212,8 @@ async fn verify_object(
     let lister: Option<Box<dyn Lister>> = match (object.role, pg_restore) {
         (Role::Data, Some(pg_restore)) => Some(Box::new(PgRestoreList::start(pg_restore)?)),
         (Role::Data, None) => return Err(Error::internal("no pg_restore to list a dump with")),
-        (Role::Files | Role::Base, _) => Some(Box::new(TarList::start()?)),
+        (Role::Files, _) => Some(Box::new(TarList::start()?)),
+        (Role::Base, _) => Some(Box::new(BaseList::start(manifest)?)),
         (Role::Globals, _) => None,
     };
     let object_role = object.role;
@@ -235,8 +239,13 @@ async fn verify_object(
         // The digests first: a corrupt object explains pg_restore's complaint.
         let listed = lister.map(|l| l.finish()).transpose();
         unpacked?;
-        listed.map_err(|e| {
-            Error::integrity(format!(
+        listed.map_err(|e| match object_role {
+            Role::Base => Error::integrity(format!(
+                "its digests match, but {}",
+                e.message()
+                    .replacen("its backup_manifest", "the tar's backup_manifest", 1)
+            )),
+            _ => Error::integrity(format!(
                 "does not read as {} although its digests match: {}",
                 if object_role == Role::Files {
                     "a tar archive"
@@ -244,7 +253,7 @@ async fn verify_object(
                     "a pg_dump archive"
                 },
                 e.message()
-            ))
+            )),
         })
     })
     .await
@@ -308,6 +317,46 @@ impl Write for TarList {
             self.writer = None;
         }
         Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A base backup's tar checked against its `backup_manifest` while it
+/// streams; its entries are the files checked.
+struct BaseList(crate::archive::basebackup::Checker);
+
+impl BaseList {
+    fn start(manifest: &Manifest) -> Result<BaseList> {
+        use crate::archive::basebackup::{Algorithm, Checker};
+        // The files stream before the manifest that says how they are
+        // checksummed: the job's manifest said it when the backup was made.
+        let algorithm = match manifest.physical.as_ref() {
+            None => Algorithm::Crc32c,
+            Some(p) => Algorithm::parse(&p.manifest_checksums).ok_or_else(|| {
+                Error::integrity(format!(
+                    "backup {}: its manifest names checksum algorithm '{}', which \
+                     backup_manifest does not have",
+                    manifest.id, p.manifest_checksums
+                ))
+            })?,
+        };
+        Ok(BaseList(Checker::start(algorithm)?))
+    }
+}
+
+impl Lister for BaseList {
+    fn finish(self: Box<Self>) -> Result<usize> {
+        let summary = self.0.finish()?;
+        Ok(usize::try_from(summary.files).unwrap_or(usize::MAX))
+    }
+}
+
+impl Write for BaseList {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -572,4 +621,71 @@ pub async fn execute(
         }
     }
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::basebackup::samples;
+    use crate::storage::MemoryStorage;
+
+    /// A physical backup of one uncompressed `base.tar` holding `tar`,
+    /// whose digests are those of `digested`.
+    fn physical(storage: &MemoryStorage, tar: &[u8], digested: &[u8]) -> Manifest {
+        let id = "20260101T000000Z";
+        let sha = crate::archive::sha256_hex(digested);
+        let manifest: Manifest = serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "job": "base", "database": "app", "dbname": "",
+            "server_version": "15.18", "pg_dump_version": "",
+            "snapshot_at": "2026-01-01T00:00:10Z", "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:10Z", "compression": "none", "encryption": null,
+            "objects": [{ "key": "base.tar", "role": "base", "raw_size": digested.len(),
+                "raw_sha256": sha, "stored_size": digested.len(), "stored_sha256": sha }],
+            "tables": [],
+            "physical": { "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+                "start_time": "2026-01-01T00:00:00Z", "stop_time": "2026-01-01T00:00:10Z",
+                "wal_segment_size": 16777216, "wal_start": "000000010000000000000002",
+                "wal_stop": "000000010000000000000002", "manifest_checksums": "CRC32C" }
+        }))
+        .unwrap();
+        let key = catalog::backup_prefix("base", &manifest.id)
+            .unwrap()
+            .join("base.tar")
+            .unwrap();
+        storage.put(&key, tar.to_vec());
+        manifest
+    }
+
+    #[tokio::test]
+    async fn a_base_backup_is_read_against_the_backup_manifest_in_its_tar() {
+        let progress: Arc<dyn Progress> = Arc::new(crate::report::Hidden);
+        let good = samples::tar(samples::FILES, &samples::manifest(samples::FILES));
+        let memory = MemoryStorage::new("mem");
+        let manifest = physical(&memory, &good, &good);
+        let storage: Arc<dyn Storage> = Arc::new(memory);
+        let check = verify_backup(&storage, &manifest, None, None, &progress).await;
+        assert!(check.ok(), "{check:?}");
+        assert_eq!(check.objects[0].archive_entries, Some(4));
+
+        // The digests in manifest.json match what is stored, but a file
+        // changed before the tar was hashed: only backup_manifest can tell.
+        let mut files = samples::FILES.to_vec();
+        files[1] = ("PG_VERSION", b"16\n");
+        let changed = samples::tar(&files, &samples::manifest(samples::FILES));
+        let memory = MemoryStorage::new("mem");
+        let manifest = physical(&memory, &changed, &changed);
+        let storage: Arc<dyn Storage> = Arc::new(memory);
+        let check = verify_backup(&storage, &manifest, None, None, &progress).await;
+        let error = check.objects[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.starts_with("its digests match, but PG_VERSION has CRC32C "),
+            "{error}"
+        );
+        assert!(
+            error.contains("the tar's backup_manifest says 8a744722"),
+            "{error}"
+        );
+        assert!(!check.objects[0].unread);
+        assert_eq!(failure_kind(&[check]), crate::error::Kind::Integrity);
+    }
 }

@@ -28,3 +28,4 @@ mod storage_conformance;
 mod tls;
 mod wal_push;
 mod wal_retention;
+mod wal_verify;
