@@ -12,3 +12,5 @@ pub mod prune;
 pub mod restore;
 pub mod restore_test;
 pub mod verify;
+pub mod wal_check;
+pub mod wal_status;
