@@ -351,7 +351,7 @@ pub fn judge(job: &str, server: &Server, zone: &jiff::tz::TimeZone) -> Vec<Findi
             out.push(Finding::ok(
                 "archive_library",
                 Some(""),
-                "empty: archive_command is used",
+                "archive_command is used",
             ));
         } else {
             out.push(Finding::problem(
@@ -424,7 +424,8 @@ pub fn judge(job: &str, server: &Server, zone: &jiff::tz::TimeZone) -> Vec<Findi
                     "archive_command",
                     value,
                     format!(
-                        "archive_command pushes to job {other}, not to job {job}: this job's archive gets nothing"
+                        "archive_command = '{command}' pushes to job {other}, not to job {job}: \
+                         this job's archive gets nothing"
                     ),
                     format!(
                         "change --job {other} to --job {job} in archive_command and reload, \
@@ -467,9 +468,9 @@ pub fn judge(job: &str, server: &Server, zone: &jiff::tz::TimeZone) -> Vec<Findi
             "role",
             Some(&server.role),
             if server.superuser {
-                "a superuser: may take base backups"
+                "a superuser, may take base backups"
             } else {
-                "has REPLICATION: may take base backups"
+                "has REPLICATION, may take base backups"
             },
         ));
     } else {

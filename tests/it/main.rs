@@ -26,3 +26,4 @@ mod secrets;
 mod stalled_storage;
 mod storage_conformance;
 mod tls;
+mod wal_check;

@@ -15,6 +15,14 @@ pub struct Args {
     timeout: std::time::Duration,
 }
 
+fn word(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Ok => "ok     ",
+        Verdict::Problem => "PROBLEM",
+        Verdict::Unknown => "UNKNOWN",
+    }
+}
+
 fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String> {
     crate::time::parse_duration(text)
         .filter(|d| !d.is_zero())
@@ -31,19 +39,18 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
     } else {
         println!("job {}: wal check", job.name);
         for f in &checked.findings {
-            let word = match f.verdict {
-                Verdict::Ok => "ok     ",
-                Verdict::Problem => "PROBLEM",
-                Verdict::Unknown => "UNKNOWN",
-            };
-            let value = match &f.value {
-                Some(v) if f.setting == "role" || f.setting == "pg_stat_archiver" => {
-                    format!("{} {v}", f.setting)
+            // A problem's text names the setting and its value already.
+            let line = match (f.verdict, f.setting.as_str(), &f.value) {
+                (Verdict::Problem, _, _) => format!("PROBLEM  {}", f.says),
+                (_, "pg_stat_archiver", _) | (_, _, None) => {
+                    format!("{}  {}: {}", word(f.verdict), f.setting, f.says)
                 }
-                Some(v) => format!("{} = '{v}'", f.setting),
-                None => f.setting.clone(),
+                (_, "role", Some(v)) => format!("{}  role {v}: {}", word(f.verdict), f.says),
+                (_, setting, Some(v)) => {
+                    format!("{}  {setting} = '{v}': {}", word(f.verdict), f.says)
+                }
             };
-            println!("  {word}  {value}: {}", f.says);
+            println!("  {line}");
             if let Some(fix) = &f.fix {
                 println!("           fix: {fix}");
             }
