@@ -159,6 +159,46 @@ fn wal_check_names_the_job_archive_command_pushes_to_instead() {
 }
 
 #[test]
+fn a_storage_the_segment_never_reaches_fails_the_proof_naming_it() {
+    // A storage the server's user may not write to: every push fails there.
+    let locked = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[storages.locked]\ntype = \"local\"\npath = \"{}\"\n",
+        locked.path().display()
+    );
+    let a = Archiving::with(Options {
+        extra_storages: &extra,
+        storages: &["disk", "locked"],
+        ..Options::default()
+    });
+    // As root, who may read both: the proof waits on the storages, not on
+    // a listing it may not make.
+    let run = common::run_backup(
+        &a.config,
+        &["wal", "check", "--job", JOB, "--timeout", "3s"],
+    );
+    assert_eq!(run.code, 5, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("did not reach storage locked within 3s (disk has it)"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stdout.contains("; not in locked after 3s"),
+        "{}",
+        run.all()
+    );
+    // PostgreSQL's archiver says it fails, and where to look.
+    assert!(
+        run.stderr.contains("hint: archive_command fails: "),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("see the server log"), "{}", run.all());
+}
+
+#[test]
 fn status_shows_the_newest_segment_and_check_warns_once_it_is_older_than_wal_max_age() {
     let a = Archiving::with(Options {
         extra_job: "wal_max_age = \"1s\"",

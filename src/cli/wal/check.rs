@@ -59,11 +59,29 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             && !proof.arrived.is_empty()
         {
             let stores: Vec<&str> = proof.arrived.iter().map(|a| a.storage.as_str()).collect();
+            let missing: Vec<&str> = proof.missing.iter().map(|m| m.storage.as_str()).collect();
             println!(
-                "segment {} archived to {} in {:.1}s",
+                "segment {} archived to {} in {:.1}s{}",
                 proof.segment,
                 stores.join(", "),
-                proof.seconds()
+                proof.seconds(),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; not in {} after {}s",
+                        missing.join(", "),
+                        proof.timeout_seconds
+                    )
+                }
+            );
+        }
+        if let Some(proof) = &checked.proof
+            && proof.arrived.is_empty()
+        {
+            println!(
+                "segment {} reached no storage within {}s",
+                proof.segment, proof.timeout_seconds
             );
         }
         if let Some(why) = &checked.not_proven {
