@@ -688,6 +688,55 @@ mod tests {
     }
 
     #[test]
+    fn encrypted_history_files_without_an_identity_leave_a_note_not_an_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let disk = crate::storage::MemoryStorage::new("disk");
+            for d in dated(1, &[2, 3]).into_iter().chain(dated(2, &[4])) {
+                disk.put(&d.archived.key, vec![0]);
+            }
+            let history = WalFile::History(2)
+                .key("base", &"1".repeat(64), Compression::Zstd(3), true)
+                .unwrap();
+            disk.put(&history, b"age-encryption.org/v1 ...".to_vec());
+            let spec = BackupJob {
+                source: crate::model::BackupSource::Directory("/".into()),
+                storages: vec![],
+                compression: Compression::Zstd(3),
+                retention: None,
+                incomplete_after: std::time::Duration::from_secs(60),
+                encryption: None,
+            };
+            let wal = WalSettings {
+                spool: "/nonexistent".into(),
+                ..WalSettings::default()
+            };
+            let storages: Vec<Arc<dyn Storage>> = vec![Arc::new(disk)];
+            let s = read("base", &spec, &wal, &storages, &[]).await.unwrap();
+            assert_eq!(s.timelines, [1]);
+            assert!(
+                s.notes
+                    .iter()
+                    .any(|n| n.contains("encrypted and no identity")),
+                "{:?}",
+                s.notes
+            );
+            // The newest segment is still known, whatever its timeline.
+            assert_eq!(
+                s.newest.unwrap().segment,
+                Segment {
+                    timeline: 2,
+                    number: 4
+                }
+                .name(SIZE)
+            );
+        });
+    }
+
+    #[test]
     fn push_failures_are_read_from_the_spool_and_missing_files_are_none() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
@@ -748,6 +797,7 @@ mod tests {
             };
             let storages: Vec<Arc<dyn Storage>> = vec![Arc::new(disk), Arc::new(s3)];
             let s = read("base", &spec, &wal, &storages, &[]).await.unwrap();
+            assert!(s.timelines == [1], "{:?}", s.timelines);
             assert_eq!(s.segments, 3);
             assert_eq!(s.gaps.len(), 1);
             assert_eq!(s.dropped, vec![dropped(4)]);
