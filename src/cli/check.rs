@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
+use crate::jobs::wal_status::{self, WalStatus};
 use crate::model::{Job, JobKind};
 use crate::report::{self, RunHistory, RunRecord};
 use crate::time::show_duration;
@@ -52,8 +53,19 @@ struct JobState {
     #[serde(skip_serializing_if = "Option::is_none")]
     growth: Option<Growth>,
     last_restore_test: Option<RunSummary>,
+    /// A physical job's WAL archive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal: Option<WalState>,
     /// Why part of the above could not be read.
     problems: Vec<String>,
+}
+
+/// A physical job's WAL archive, with the age `check` holds it to.
+#[derive(Debug, Serialize)]
+struct WalState {
+    #[serde(flatten)]
+    archive: WalStatus,
+    max_age_seconds: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -159,6 +171,7 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
         newest_backup: None,
         growth: None,
         last_restore_test: None,
+        wal: None,
         problems: Vec::new(),
     };
     let is_backup = matches!(job.kind, JobKind::Backup(_));
@@ -171,6 +184,23 @@ async fn state_of(engine: &Engine, job: &Job, now: Timestamp) -> JobState {
                 .map(|b| &b.manifest)
                 .collect();
             state.growth = growth(&manifests);
+            if let JobKind::Backup(spec) = &job.kind
+                && let Some((_, wal)) = spec.cluster()
+            {
+                let read = async {
+                    let storages = engine.open_all(&spec.storages).await?;
+                    wal_status::read(&job.name, spec, wal, &storages, &manifests).await
+                };
+                match read.await {
+                    Ok(archive) => {
+                        state.wal = Some(WalState {
+                            archive,
+                            max_age_seconds: wal.max_age.as_secs(),
+                        })
+                    }
+                    Err(e) => state.problems.push(e.to_string()),
+                }
+            }
             state.newest_backup = listed
                 .into_iter()
                 .flat_map(|(_, backups)| backups)
@@ -273,11 +303,16 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
             None => println!("  newest backup:  none"),
         }
         if let Some(g) = &s.growth
-            && s.kind == "files"
+            && (s.kind == "files" || s.kind == "physical")
         {
             let change = g.raw_size as i64 - g.since_raw_size as i64;
             println!(
-                "  growth:         tar {} since {} ({}): about {} per 30 days",
+                "  growth:         {} {} since {} ({}): about {} per 30 days",
+                if s.kind == "files" {
+                    "tar"
+                } else {
+                    "base backup"
+                },
                 signed_bytes(change),
                 g.since_id,
                 age(now, g.since_snapshot_at),
@@ -303,6 +338,9 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
                 g.rows_per_30_days
             );
         }
+        if let Some(w) = &s.wal {
+            show_wal(&w.archive, zone, now);
+        }
         match &s.last_restore_test {
             _ if s.kind != "backup" => {}
             Some(r) => println!(
@@ -320,6 +358,92 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
     Ok(())
 }
 
+/// The WAL lines of `status`: one summary, then a line per gap, drop, the
+/// last push failure and each note.
+fn show_wal(w: &WalStatus, zone: &jiff::tz::TimeZone, now: Timestamp) {
+    let show = |t: Timestamp| crate::time::show(t, zone);
+    let mut summary = match &w.newest {
+        Some(n) => format!(
+            "newest {} archived {}",
+            n.segment,
+            n.archived_at
+                .map_or("at an unknown time".to_owned(), |t| age(now, t))
+        ),
+        None => "nothing archived yet".to_owned(),
+    };
+    match &w.window {
+        Some(win) => {
+            let from = win
+                .from
+                .to_zoned(zone.clone())
+                .strftime("%Y-%m-%d %H:%M:%S");
+            match win.to {
+                Some(to) => summary.push_str(&format!("; window {from} .. {}", show(to))),
+                None => summary.push_str(&format!(
+                    "; window from {} (no WAL archived after base backup {})",
+                    show(win.from),
+                    win.base_backup
+                )),
+            }
+        }
+        None if w.newest.is_some() => summary.push_str("; no base backup, so no recovery window"),
+        None => {}
+    }
+    summary.push_str(&match w.gaps.len() {
+        0 => "; no gaps".to_owned(),
+        1 => "; 1 GAP".to_owned(),
+        n => format!("; {n} GAPS"),
+    });
+    match w.dropped.len() {
+        0 => {}
+        1 => summary.push_str("; 1 DROPPED segment"),
+        n => summary.push_str(&format!("; {n} DROPPED segments")),
+    }
+    summary.push_str(&format!("; push failures: {}", w.push_failures.total));
+    println!("  wal:            {summary}");
+    let archived = |a: &Option<wal_status::ArchivedSegment>| match a {
+        Some(a) => format!(
+            "{}{}",
+            a.segment,
+            a.archived_at
+                .map_or(String::new(), |t| format!(" (archived {})", show(t)))
+        ),
+        None => "nothing".to_owned(),
+    };
+    for g in &w.gaps {
+        println!(
+            "  wal gap:        {} .. {} ({} segment{} missing): recovery stops after {}, the archive resumes at {}",
+            g.first,
+            g.last,
+            g.segments,
+            if g.segments == 1 { "" } else { "s" },
+            archived(&g.after),
+            archived(&g.resumes)
+        );
+    }
+    for d in &w.dropped {
+        println!(
+            "  wal dropped:    {}{}: the .ready backlog of {} passed wal_queue_max {}",
+            d.file,
+            d.dropped_at
+                .map_or(String::new(), |t| format!(" at {}", show(t))),
+            report::bytes_human(d.backlog_bytes),
+            report::bytes_human(d.limit_bytes)
+        );
+    }
+    if let Some(f) = &w.push_failures.last {
+        println!(
+            "  wal push failed: {} {}: {}",
+            f.file,
+            age(now, f.at),
+            f.error
+        );
+    }
+    for note in &w.notes {
+        println!("  wal note:       {note}");
+    }
+}
+
 /// Nagios states, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -331,7 +455,7 @@ enum Status {
 
 /// Whether a job of `kind` makes backups (a database's or a directory's).
 fn holds_backups(kind: &str) -> bool {
-    matches!(kind, "backup" | "files")
+    matches!(kind, "backup" | "files" | "physical")
 }
 
 /// One performance datum of the Nagios plugin guidelines:
@@ -453,6 +577,12 @@ fn judge(
             }
         }
     }
+    if let Some(w) = &s.wal {
+        let (wal_status, wal_notes, wal_perf) = judge_wal(w, now);
+        status = status.max(wal_status);
+        notes.extend(wal_notes);
+        perf.extend(wal_perf);
+    }
     if let Some(r) = &s.last_run {
         perf.push(Perf {
             what: "duration",
@@ -479,6 +609,79 @@ fn judge(
     (status, format!("{}: {}", job.name, notes.join(", ")), perf)
 }
 
+/// Judges a physical job's WAL archive: WARNING when the newest archived
+/// segment is older than `wal_max_age` or none is archived (archiving has
+/// stopped, or never began), CRITICAL on a gap on the path recovery
+/// replays or a segment `wal push` dropped: a point in time that cannot be
+/// recovered to.
+fn judge_wal(w: &WalState, now: Timestamp) -> (Status, Vec<String>, Option<Perf>) {
+    let archive = &w.archive;
+    let limit = SignedDuration::from_secs(w.max_age_seconds as i64);
+    let mut status = Status::Ok;
+    let mut notes = Vec::new();
+    let mut perf = None;
+    match &archive.newest {
+        None => {
+            status = Status::Warning;
+            notes.push("no WAL archived".to_owned());
+        }
+        Some(n) => match n.archived_at {
+            None => notes.push(format!("newest WAL {} (time unknown)", n.segment)),
+            Some(at) => {
+                let old = now.duration_since(at);
+                perf = Some(Perf {
+                    what: "wal_age",
+                    value: old.as_secs().max(0).to_string(),
+                    uom: "s",
+                    warn: Some(limit.as_secs()),
+                    crit: None,
+                });
+                if old > limit {
+                    status = Status::Warning;
+                    notes.push(format!(
+                        "newest archived WAL {} is {} old, more than {} (wal_max_age)",
+                        n.segment,
+                        show_duration(old),
+                        show_duration(limit)
+                    ));
+                } else {
+                    notes.push(format!("newest WAL {} old", show_duration(old)));
+                }
+            }
+        },
+    }
+    if let Some(g) = archive.gaps.first() {
+        status = Status::Critical;
+        let more = match archive.gaps.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        notes.push(format!(
+            "WAL gap: {} .. {} missing{more}, recovery cannot pass it",
+            g.first, g.last
+        ));
+    }
+    if let Some(d) = archive.dropped.first() {
+        status = Status::Critical;
+        let more = match archive.dropped.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        notes.push(format!(
+            "WAL segment {}{more} dropped by wal push (wal_queue_max), never archived",
+            d.file
+        ));
+    }
+    for row in archive.storages.iter().filter(|r| r.error.is_some()) {
+        status = status.max(Status::Warning);
+        notes.push(format!(
+            "storage {}: the WAL archive could not be listed",
+            row.storage
+        ));
+    }
+    (status, notes, perf)
+}
+
 /// Text fit for the status line: one line, and no `|`, which would start
 /// the performance data.
 fn one_line(text: &str) -> String {
@@ -503,7 +706,12 @@ pub async fn check(engine: &Engine, args: CheckArgs, json: bool) -> Result<()> {
         let state = state_of(engine, job, now).await;
         let (status, line, perf) = judge(job, &state, args.max_age, now);
         worst = worst.max(status);
-        details.push(json!({ "job": job.name, "status": status, "summary": line, "state": state }));
+        let mut detail =
+            json!({ "job": job.name, "status": status, "summary": line, "state": state });
+        if let Some(w) = &state.wal {
+            detail["wal_status"] = json!(judge_wal(w, now).0);
+        }
+        details.push(detail);
         lines.push(one_line(&line));
         perfdata.extend(
             perf.iter()
@@ -658,6 +866,70 @@ mod tests {
         };
         assert_eq!(size.show(Some("db.nightly-2")), "'db.nightly-2 size'=1234B");
         assert_eq!(size.show(None), "size=1234B");
+    }
+
+    #[test]
+    fn old_or_missing_wal_warns_and_a_gap_or_a_drop_is_critical() {
+        use crate::jobs::wal_status::{ArchivedSegment, Dropped, WalGap};
+        let now: Timestamp = "2026-12-06T03:00:00Z".parse().unwrap();
+        let segment = |n: u32| format!("0000000100000000000000{n:02X}");
+        let state = |minutes_ago: i64| WalState {
+            archive: WalStatus {
+                newest: Some(ArchivedSegment {
+                    segment: segment(9),
+                    archived_at: Some(now - SignedDuration::from_mins(minutes_ago)),
+                }),
+                oldest: None,
+                segments: 8,
+                window: None,
+                path_from: Some(segment(2)),
+                timelines: vec![1],
+                gaps: vec![],
+                dropped: vec![],
+                push_failures: Default::default(),
+                storages: vec![],
+                notes: vec![],
+            },
+            max_age_seconds: 3600,
+        };
+        let (status, notes, perf) = judge_wal(&state(5), now);
+        assert_eq!(status, Status::Ok, "{notes:?}");
+        assert_eq!(perf.unwrap().show(None), "wal_age=300s;3600;");
+        let (status, notes, _) = judge_wal(&state(90), now);
+        assert_eq!(status, Status::Warning);
+        assert!(
+            notes[0].contains("is 1h 30m old, more than 1h (wal_max_age)"),
+            "{notes:?}"
+        );
+        let mut none = state(0);
+        none.archive.newest = None;
+        let (status, notes, perf) = judge_wal(&none, now);
+        assert_eq!(
+            (status, notes[0].as_str()),
+            (Status::Warning, "no WAL archived")
+        );
+        assert!(perf.is_none());
+        let mut gap = state(5);
+        gap.archive.gaps.push(WalGap {
+            first: segment(5),
+            last: segment(6),
+            segments: 2,
+            after: None,
+            resumes: None,
+        });
+        let (status, notes, _) = judge_wal(&gap, now);
+        assert_eq!(status, Status::Critical);
+        assert!(notes[1].contains(&segment(5)), "{notes:?}");
+        let mut dropped = state(5);
+        dropped.archive.dropped.push(Dropped {
+            file: segment(7),
+            dropped_at: Some(now),
+            backlog_bytes: 9 << 30,
+            limit_bytes: 8 << 30,
+        });
+        let (status, notes, _) = judge_wal(&dropped, now);
+        assert_eq!(status, Status::Critical);
+        assert!(notes[1].contains("dropped by wal push"), "{notes:?}");
     }
 
     #[test]

@@ -81,6 +81,7 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
 async fn metrics(State(shared): State<Arc<Shared>>, headers: header::HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = super::metrics::Format::negotiate(accept);
+    shared.metrics.refresh_wal(&shared.engine()).await;
     // A failed scrape says "unknown" honestly; zeros would say "never backed up".
     let Some(text) = shared.metrics.encode(format) else {
         return (

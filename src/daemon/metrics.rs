@@ -5,8 +5,12 @@
 //!
 //! The values come from run records: at start from those in storage, then
 //! from each run as it ends, so a restarted daemon reports the same ages.
+//! The WAL archive of a physical job is filled by PostgreSQL through `wal
+//! push`, not by a run: its metrics are read from the storages (and the
+//! local spool) when a scrape comes, at most every [`WAL_REFRESH`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,8 +18,18 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::engine::RunObserver;
+use crate::engine::{Engine, RunObserver};
+use crate::jobs::wal_status::{self, WalStatus};
+use crate::model::{BackupJob, Job, JobKind, WalSettings};
 use crate::report::{Outcome, RunRecord};
+
+/// How long WAL metrics read from storage are served before a scrape reads
+/// them again: listing every archive on every scrape would load the storages.
+pub const WAL_REFRESH: Duration = Duration::from_secs(30);
+/// How long a scrape waits for the WAL archives; past it, the values
+/// already known are served and the slow read is given up until the next
+/// refresh.
+const WAL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {
@@ -59,6 +73,11 @@ pub struct Metrics {
     restore_test_success: Family<JobLabel, Seconds>,
     storage_errors: Family<StorageErrorLabels, Counter>,
     storage_last_error: Family<StorageLabel, Seconds>,
+    wal_last_archived: Family<JobLabel, Seconds>,
+    wal_push_failures: Family<JobLabel, Counter>,
+    wal_gaps: Family<JobLabel, Gauge>,
+    /// When the WAL archives were last read; held while they are.
+    wal_read: tokio::sync::Mutex<Option<Instant>>,
     /// Held while the storage counters catch up, so two scrapes at once do
     /// not both add the same failures.
     storage_sync: std::sync::Mutex<()>,
@@ -81,6 +100,10 @@ impl Default for Metrics {
             restore_test_success: Family::default(),
             storage_errors: Family::default(),
             storage_last_error: Family::default(),
+            wal_last_archived: Family::default(),
+            wal_push_failures: Family::default(),
+            wal_gaps: Family::default(),
+            wal_read: tokio::sync::Mutex::new(None),
             storage_sync: std::sync::Mutex::new(()),
             history_read: AtomicBool::new(false),
         };
@@ -131,6 +154,23 @@ impl Default for Metrics {
             "backup_storage_last_error_timestamp_seconds",
             "When an operation on the storage last failed (Unix time)",
             m.storage_last_error.clone(),
+        );
+        registry.register(
+            "backup_wal_last_archived_timestamp_seconds",
+            "When the newest segment in the physical job's WAL archive was archived (Unix time)",
+            m.wal_last_archived.clone(),
+        );
+        registry.register(
+            "backup_wal_push_failures",
+            "WAL pushes of the physical job that failed, as wal push counts them in the spool \
+             of this host",
+            m.wal_push_failures.clone(),
+        );
+        registry.register(
+            "backup_wal_gaps",
+            "Breaks in the physical job's WAL archive: gaps on the path recovery replays, and \
+             segments wal push dropped (wal_queue_max)",
+            m.wal_gaps.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -233,6 +273,75 @@ impl Metrics {
                     .set(unix(last.at));
             }
         }
+    }
+
+    /// Takes in what a physical job's WAL archive holds.
+    pub fn absorb_wal(&self, name: &str, status: &WalStatus) {
+        let label = job(name);
+        match status.newest.as_ref().and_then(|n| n.archived_at) {
+            Some(at) => {
+                self.wal_last_archived.get_or_create(&label).set(unix(at));
+            }
+            None => {
+                self.wal_last_archived.remove(&label);
+            }
+        }
+        // The spool's count is the truth; the counter follows it, and
+        // starts again (a counter reset, which rate() understands) when the
+        // spool was emptied.
+        let total = status.push_failures.total;
+        let seen = self.wal_push_failures.get_or_create(&label).get();
+        if total < seen {
+            self.wal_push_failures.remove(&label);
+        }
+        let counter = self.wal_push_failures.get_or_create(&label);
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+        self.wal_gaps
+            .get_or_create(&label)
+            .set(status.breaks() as i64);
+    }
+
+    /// Reads the WAL archive of every physical job of `engine` into the
+    /// metrics, unless that was done less than [`WAL_REFRESH`] ago or
+    /// another scrape is doing it now.
+    pub async fn refresh_wal(&self, engine: &Engine) {
+        let Ok(mut last) = self.wal_read.try_lock() else {
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < WAL_REFRESH) {
+            return;
+        }
+        let physical: Vec<(&Job, &BackupJob, &WalSettings)> = engine
+            .config
+            .jobs
+            .values()
+            .filter_map(|j| match &j.kind {
+                JobKind::Backup(spec) => spec.cluster().map(|(_, wal)| (j, spec, wal)),
+                _ => None,
+            })
+            .collect();
+        let reads = physical.into_iter().map(|(job, spec, wal)| async move {
+            let read = async {
+                let storages = engine.open_all(&spec.storages).await?;
+                let bases = wal_status::base_backups(&storages, &job.name).await?;
+                let bases: Vec<&crate::catalog::Manifest> = bases.iter().collect();
+                wal_status::read(&job.name, spec, wal, &storages, &bases).await
+            };
+            match tokio::time::timeout(WAL_READ_TIMEOUT, read).await {
+                Ok(Ok(status)) => self.absorb_wal(&job.name, &status),
+                Ok(Err(e)) => tracing::warn!(job = %job.name, "WAL metrics not read: {e}"),
+                Err(_) => tracing::warn!(
+                    job = %job.name,
+                    "WAL metrics not read: the storages took over {}s",
+                    WAL_READ_TIMEOUT.as_secs()
+                ),
+            }
+        });
+        futures::future::join_all(reads).await;
+        *last = Some(Instant::now());
     }
 
     pub fn set_next_run(&self, name: &str, at: Option<jiff::Timestamp>) {
@@ -418,6 +527,62 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn wal_metrics_follow_the_archive_and_the_spool_count() {
+        use crate::jobs::wal_status::{ArchivedSegment, Dropped, PushFailures};
+        let m = Metrics::default();
+        m.history_read();
+        let mut status = WalStatus {
+            newest: Some(ArchivedSegment {
+                segment: "000000010000000000000009".into(),
+                archived_at: Some("2026-11-24T03:00:30Z".parse().unwrap()),
+            }),
+            oldest: None,
+            segments: 8,
+            window: None,
+            path_from: None,
+            timelines: vec![1],
+            gaps: vec![],
+            dropped: vec![Dropped {
+                file: "00000001000000000000000A".into(),
+                dropped_at: None,
+                backlog_bytes: 0,
+                limit_bytes: 0,
+            }],
+            push_failures: PushFailures {
+                total: 3,
+                last: None,
+            },
+            storages: vec![],
+            notes: vec![],
+        };
+        m.absorb_wal("base", &status);
+        let text = m.encode(Format::Prometheus).unwrap();
+        for line in [
+            r#"backup_wal_last_archived_timestamp_seconds{job="base"} 1795489230.0"#,
+            r#"backup_wal_push_failures_total{job="base"} 3"#,
+            r#"backup_wal_gaps{job="base"} 1"#,
+            "# TYPE backup_wal_push_failures_total counter",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // A spool emptied by hand: the counter starts again.
+        status.push_failures.total = 1;
+        status.dropped.clear();
+        status.newest = None;
+        m.absorb_wal("base", &status);
+        let text = m.encode(Format::Prometheus).unwrap();
+        assert!(
+            text.contains(r#"backup_wal_push_failures_total{job="base"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"backup_wal_gaps{job="base"} 0"#), "{text}");
+        assert!(
+            !text.contains("backup_wal_last_archived_timestamp_seconds{"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -13,3 +13,5 @@ pub mod restore;
 pub mod restore_test;
 pub mod verify;
 pub mod wal_verify;
+pub mod wal_check;
+pub mod wal_status;

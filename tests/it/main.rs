@@ -29,3 +29,4 @@ mod tls;
 mod wal_push;
 mod wal_retention;
 mod wal_verify;
+mod wal_check;
