@@ -12,6 +12,6 @@ pub mod prune;
 pub mod restore;
 pub mod restore_test;
 pub mod verify;
-pub mod wal_verify;
 pub mod wal_check;
 pub mod wal_status;
+pub mod wal_verify;

@@ -40,7 +40,6 @@ use crate::error::{Error, Kind, Result};
 use crate::model::{Compression, WalSettings};
 use crate::storage::{Key, Storage};
 
-
 /// Opens the storage at an index of the job's list.
 type Open<'a> = Box<dyn Fn(usize) -> BoxFuture<'a, Result<Arc<dyn Storage>>> + Send + Sync + 'a>;
 

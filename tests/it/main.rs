@@ -26,7 +26,7 @@ mod secrets;
 mod stalled_storage;
 mod storage_conformance;
 mod tls;
+mod wal_check;
 mod wal_push;
 mod wal_retention;
 mod wal_verify;
-mod wal_check;

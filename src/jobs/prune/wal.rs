@@ -22,7 +22,6 @@ use crate::storage::{Key, ObjectInfo, Storage};
 use crate::wal::names::DROPPED_DIR;
 use crate::wal::{Archived, Segment, WalFile, wal_prefix};
 
-
 /// How many ranges of each kind a printed plan names before it counts the rest.
 const RANGES_SHOWN: usize = 4;
 
