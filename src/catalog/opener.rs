@@ -47,10 +47,12 @@ pub async fn opener(
         ))
     })?;
     let identities = Arc::new(identities);
-    // The object a restore reads: a dump's data, or a files job's tar.
+    // The object a restore reads: a dump's data, a files job's tar, or a
+    // physical job's base backup.
     let object = manifest
         .object(Role::Data)
         .or_else(|| manifest.object(Role::Files))
+        .or_else(|| manifest.object(Role::Base))
         .ok_or_else(|| Error::integrity(format!("backup {}: no data object", manifest.id)))?;
     let key = backup_prefix(&manifest.job, &manifest.id)?.join(&object.key)?;
     let reader = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
