@@ -137,21 +137,7 @@ impl Progress for LogLines {
     }
 }
 
-/// `1.5 GiB`, `300 KiB`, `12 B`.
-pub fn bytes_human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use crate::model::bytes_human;
 
 /// The durable record of one run of a job, written whether it worked or not.
 #[derive(Debug, Clone, Serialize, Deserialize)]

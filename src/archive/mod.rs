@@ -9,7 +9,6 @@
 //! whatever the size of the stream. Reading the source, compressing and
 //! writing run on separate threads so `pg_dump` never waits on compression.
 
-pub mod basebackup;
 mod codec;
 pub mod crypt;
 pub mod tree;

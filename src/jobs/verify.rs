@@ -326,11 +326,11 @@ impl Write for TarList {
 
 /// A base backup's tar checked against its `backup_manifest` while it
 /// streams; its entries are the files checked.
-struct BaseList(crate::archive::basebackup::Checker);
+struct BaseList(crate::pg::basebackup::Checker);
 
 impl BaseList {
     fn start(manifest: &Manifest) -> Result<BaseList> {
-        use crate::archive::basebackup::{Algorithm, Checker};
+        use crate::pg::basebackup::{Algorithm, Checker};
         // The files stream before the manifest that says how they are
         // checksummed: the job's manifest said it when the backup was made.
         let algorithm = match manifest.physical.as_ref() {
@@ -626,7 +626,7 @@ pub async fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::basebackup::samples;
+    use crate::pg::basebackup::samples;
     use crate::storage::MemoryStorage;
 
     /// A physical backup of one uncompressed `base.tar` holding `tar`,

@@ -132,6 +132,22 @@ impl Check {
     }
 }
 
+/// `1.5 GiB`, `300 KiB`, `12 B`.
+pub fn bytes_human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// A number as people write it: `3`, not `3.0`.
 pub fn show_number(n: f64) -> String {
     if n.fract() == 0.0 && n.abs() < 1e15 {

@@ -38,7 +38,7 @@ pub use daemon::{DaemonSettings, Notifier, NotifierKind};
 pub use databases::Database;
 pub use jobs::{
     CatchUp, Check, Job, JobKind, Overlap, PruneJob, RestoreTestJob, RunPolicy, TestedBackup,
-    show_number,
+    bytes_human, show_number,
 };
 pub use maintenance::{MaintenanceJob, Targets, Task, Window};
 pub use storages::{AzureAuth, AzureSpec, Retry, S3Keys, S3Spec, Sse, StorageKind, StorageSpec};

@@ -16,6 +16,7 @@
 //! What callers use most is re-exported here, as `crate::pg::connect`,
 //! `crate::pg::spawn` and the like.
 
+pub mod basebackup;
 pub mod client;
 pub mod cluster;
 pub mod command;

@@ -510,8 +510,8 @@ async fn drop_file(
          wal_queue_max ({}); point-in-time recovery cannot cross it until the next base \
          backup. Find out why archiving is behind (backup wal check --job {job}) and take a \
          base backup once it has caught up",
-        crate::report::bytes_human(backlog_bytes),
-        crate::report::bytes_human(limit_bytes),
+        crate::model::bytes_human(backlog_bytes),
+        crate::model::bytes_human(limit_bytes),
     );
     let marker = DroppedMarker {
         file: file.name(),

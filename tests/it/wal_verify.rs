@@ -5,8 +5,8 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::{Command, Stdio};
 
-use backup::archive::basebackup::{self, Algorithm};
 use backup::error::Kind;
+use backup::pg::basebackup::{self, Algorithm};
 
 use crate::common::PASSWORD;
 use crate::common::archiving::{Archiving, JOB};

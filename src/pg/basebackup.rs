@@ -214,7 +214,7 @@ fn stream(input: impl Read, algorithm: Algorithm) -> Result<Streamed> {
         Error::integrity(format!("the tar does not read after {after} file(s): {e}"))
     };
     let entries = archive.entries().map_err(|e| broken(0, e))?;
-    let mut buf = vec![0u8; super::CHUNK];
+    let mut buf = vec![0u8; crate::archive::CHUNK];
     for entry in entries {
         let mut entry = entry.map_err(|e| broken(out.files.len(), e))?;
         let kind = entry.header().entry_type();
@@ -370,7 +370,7 @@ fn check_manifest_checksum(text: &[u8], expected: &str) -> Result<()> {
     if last != text.len() - 1 {
         return Err(bad_manifest("its last line does not end in a newline"));
     }
-    let actual = super::hex(&sha2::Sha256::digest(&text[..=penultimate]));
+    let actual = crate::archive::hex(&sha2::Sha256::digest(&text[..=penultimate]));
     if !actual.eq_ignore_ascii_case(expected) {
         return Err(Error::integrity(format!(
             "its {BACKUP_MANIFEST} is damaged: its text has SHA-256 {actual}, its \
@@ -568,7 +568,7 @@ fn checksum_mismatch(entry: &ManifestFile, seen: &Seen, computed: Algorithm) -> 
     (!matches).then(|| {
         format!(
             "has {listed} {}, its {BACKUP_MANIFEST} says {}",
-            super::hex(actual),
+            crate::archive::hex(actual),
             expected_text.to_ascii_lowercase()
         )
     })
