@@ -672,12 +672,27 @@ fn judge_wal(w: &WalState, now: Timestamp) -> (Status, Vec<String>, Option<Perf>
             d.file
         ));
     }
-    for row in archive.storages.iter().filter(|r| r.error.is_some()) {
-        status = status.max(Status::Warning);
+    if let Some(t) = archive.missing_history.first() {
+        status = Status::Critical;
         notes.push(format!(
-            "storage {}: the WAL archive could not be listed",
-            row.storage
+            "timeline {t} has WAL archived but no history file: recovery cannot follow it"
         ));
+    }
+    for row in &archive.storages {
+        if row.error.is_some() {
+            status = status.max(Status::Warning);
+            notes.push(format!(
+                "storage {}: the WAL archive could not be listed",
+                row.storage
+            ));
+        } else if row.segments < archive.segments {
+            // A recovery reading this storage alone stops at the first hole.
+            status = status.max(Status::Warning);
+            notes.push(format!(
+                "storage {} holds {} of the {} archived WAL segments",
+                row.storage, row.segments, archive.segments
+            ));
+        }
     }
     (status, notes, perf)
 }
@@ -886,6 +901,7 @@ mod tests {
                 timelines: vec![1],
                 gaps: vec![],
                 dropped: vec![],
+                missing_history: vec![],
                 push_failures: Default::default(),
                 storages: vec![],
                 notes: vec![],

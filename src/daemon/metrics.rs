@@ -551,6 +551,7 @@ mod tests {
                 backlog_bytes: 0,
                 limit_bytes: 0,
             }],
+            missing_history: vec![],
             push_failures: PushFailures {
                 total: 3,
                 last: None,

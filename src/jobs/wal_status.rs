@@ -129,6 +129,9 @@ pub struct WalStatus {
     pub gaps: Vec<WalGap>,
     /// Dropped segments the path needs (not archived since).
     pub dropped: Vec<Dropped>,
+    /// Timelines with archived segments and no history file: recovery
+    /// cannot follow them.
+    pub missing_history: Vec<u32>,
     pub push_failures: PushFailures,
     pub storages: Vec<StorageWal>,
     /// What could not be read or judged, and why.
@@ -148,7 +151,9 @@ impl WalStatus {
                 .iter()
                 .any(|g| g.first.as_str() <= name.as_str() && name.as_str() <= g.last.as_str())
         };
-        self.gaps.len() + self.dropped.iter().filter(|d| !inside(d)).count()
+        self.gaps.len()
+            + self.dropped.iter().filter(|d| !inside(d)).count()
+            + self.missing_history.len()
     }
 }
 
@@ -164,6 +169,7 @@ struct Base<'a> {
     id: String,
     stop_time: Timestamp,
     wal_start: &'a str,
+    start_lsn: crate::wal::Lsn,
     segment_size: u64,
 }
 
@@ -178,6 +184,7 @@ fn oldest_base<'a>(bases: &[&'a Manifest]) -> Option<Base<'a>> {
                 id: m.id.to_string(),
                 stop_time: p.stop_time,
                 wal_start: &p.wal_start,
+                start_lsn: p.start_lsn,
                 segment_size: p.wal_segment_size,
             })
         })
@@ -238,7 +245,8 @@ pub fn assess(
         None => dated.keys().next().copied(),
     };
     let archived: Vec<Archived> = archive.iter().map(|d| d.archived.clone()).collect();
-    let path = from.map(|from| chain::chain(&archived, histories, from, size));
+    let start = |from: Segment| base.as_ref().map_or(from.start(size), |b| b.start_lsn);
+    let path = from.map(|from| chain::chain(&archived, histories, from, start(from), size));
     let at = |s: Option<Segment>| s.and_then(|s| dated.get(&s).and_then(|(_, t)| *t));
     let window = base.as_ref().map(|b| Window {
         base_backup: b.id.clone(),
@@ -285,6 +293,9 @@ pub fn assess(
         timelines: path.as_ref().map_or_else(Vec::new, |c| c.timelines.clone()),
         gaps,
         dropped,
+        missing_history: path
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.missing_history.clone()),
         push_failures: PushFailures::default(),
         storages: Vec::new(),
         notes,

@@ -355,7 +355,14 @@ async fn verify_storage(
     results.extend(read);
 
     let objects: Vec<Archived> = archived.iter().map(|(a, _)| a.clone()).collect();
-    let path = from.map(|from| chain(&objects, &histories, from, segment_size));
+    // Where the backup began, for the timeline it continues on.
+    let start = |from: Segment| {
+        oldest
+            .and_then(|m| m.physical.as_ref())
+            .map(|p| p.start_lsn)
+            .unwrap_or(from.start(segment_size))
+    };
+    let path = from.map(|from| chain(&objects, &histories, from, start(from), segment_size));
     // Recovery stops at a corrupt segment as at a missing one: the path
     // again, without them, says how far it gets and which are on it.
     let corrupt: Vec<usize> = results
@@ -372,15 +379,27 @@ async fn verify_storage(
             .collect()
     };
     let intact = match (from, &path) {
-        (Some(from), Some(_)) if !corrupt.is_empty() => {
-            Some(chain(&without(&corrupt), &histories, from, segment_size))
-        }
+        (Some(from), Some(_)) if !corrupt.is_empty() => Some(chain(
+            &without(&corrupt),
+            &histories,
+            from,
+            start(from),
+            segment_size,
+        )),
         _ => path.clone(),
     };
+    // A bad copy is in recovery's way when its segment is on the path and
+    // no other copy of it reads.
+    let intact: std::collections::HashSet<&WalFile> = objects
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| results.get(j).is_some_and(|r| r.is_ok()))
+        .map(|(_, o)| &o.file)
+        .collect();
     let on_path = |i: usize| -> bool {
-        match (from, &path) {
-            (Some(from), Some(full)) if matches!(objects[i].file, WalFile::Segment(_)) => {
-                chain(&without(&[i]), &histories, from, segment_size).present < full.present
+        match (&objects[i].file, &path) {
+            (WalFile::Segment(name), Some(full)) if !intact.contains(&objects[i].file) => {
+                Segment::parse(name, segment_size).is_some_and(|s| full.contains(s))
             }
             _ => false,
         }

@@ -487,7 +487,10 @@ impl Inner {
 /// week, so there is no upload to start or abort.
 #[async_trait]
 impl Multipart for Inner {
-    type Upload = ();
+    /// This upload's mark in its block ids: two writers of one blob at once
+    /// (a manual `wal push` beside the server's) must not stage over each
+    /// other's uncommitted blocks, or the commit could mix them.
+    type Upload = String;
     /// The block's id.
     type Part = Vec<u8>;
 
@@ -504,20 +507,20 @@ impl Multipart for Inner {
             .map_err(|e| self.error(what, e))
     }
 
-    async fn begin(&self, _: &str, _: &str) -> Result<()> {
-        Ok(())
+    async fn begin(&self, _: &str, _: &str) -> Result<String> {
+        Ok(format!("{:016x}", fastrand::u64(..)))
     }
 
     async fn upload_part(
         &self,
         what: &str,
         key: &str,
-        _: &(),
+        upload: &String,
         number: u32,
         body: Bytes,
         moved: Moved,
     ) -> Result<Vec<u8>> {
-        let id = block_id(number);
+        let id = block_id(upload, number);
         let blob = self.container().await?.blob_client(&self.full_key(key));
         blob.block_blob_client()
             .stage_block(&id, body.len() as u64, moving(body, moved), None)
@@ -526,7 +529,7 @@ impl Multipart for Inner {
         Ok(id)
     }
 
-    async fn complete(&self, what: &str, key: &str, _: &(), ids: &[Vec<u8>]) -> Result<()> {
+    async fn complete(&self, what: &str, key: &str, _: &String, ids: &[Vec<u8>]) -> Result<()> {
         let list = BlockLookupList {
             latest: Some(ids.to_vec()),
             ..Default::default()
@@ -542,7 +545,7 @@ impl Multipart for Inner {
             .map_err(|e| self.error(what, e))
     }
 
-    async fn abort(&self, _: &str, _: &str, _: &()) -> Result<()> {
+    async fn abort(&self, _: &str, _: &str, _: &String) -> Result<()> {
         Ok(())
     }
 }
@@ -591,10 +594,10 @@ impl SeekableStream for MovingStream {
     }
 }
 
-/// Block ids: the block's number, fixed-width so every id has one length (Azure
-/// requires that within a blob).
-fn block_id(number: u32) -> Vec<u8> {
-    format!("block-{number:08}").into_bytes()
+/// Block ids: the upload's mark and the block's number, fixed-width so every
+/// id has one length (Azure requires that within a blob).
+fn block_id(upload: &str, number: u32) -> Vec<u8> {
+    format!("{upload}-{number:08}").into_bytes()
 }
 
 /// Hides SAS signatures in text that may quote a request URL.
@@ -816,6 +819,8 @@ mod tests {
 
     #[test]
     fn block_ids_have_one_length() {
-        assert_eq!(block_id(1).len(), block_id(49_999).len());
+        let (a, b) = ("0123456789abcdef", "fedcba9876543210");
+        assert_eq!(block_id(a, 1).len(), block_id(b, 49_999).len());
+        assert_ne!(block_id(a, 1), block_id(b, 1));
     }
 }

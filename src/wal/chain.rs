@@ -89,11 +89,18 @@ pub struct Chain {
     pub from: Segment,
     /// The timelines the path follows, oldest first.
     pub timelines: Vec<u32>,
+    /// The segments of each timeline on the path: `(timeline, first, last)`
+    /// segment numbers, up to the newest archived one.
+    pub legs: Vec<(u32, u64, u64)>,
     /// The last segment of the path in the archive; `None` when none is.
     pub newest: Option<Segment>,
     /// How many segments of the path the archive holds.
     pub present: u64,
     pub gaps: Vec<Gap>,
+    /// Timelines after the first with segments in the archive and no
+    /// history file: recovery cannot follow them, and the path cannot say
+    /// whether it should.
+    pub missing_history: Vec<u32>,
 }
 
 impl Chain {
@@ -105,17 +112,28 @@ impl Chain {
             None => self.newest,
         }
     }
+
+    /// Whether recovery along the path reads `segment`.
+    pub fn contains(&self, segment: Segment) -> bool {
+        self.legs.iter().any(|(tli, first, last)| {
+            *tli == segment.timeline && (*first..=*last).contains(&segment.number)
+        })
+    }
 }
 
-/// Follows the archive from `from` (a base backup's first segment).
+/// Follows the archive from `from`, the first segment of a base backup that
+/// began at `start` (a location in `from`).
 ///
 /// The path takes the newest timeline that descends from `from`'s after the
 /// backup began: recovery to the latest point follows it. `histories` are
-/// the parsed history files of the archive, `archived` its objects.
+/// the parsed history files of the archive, `archived` its objects. The
+/// work grows with the number of archived objects, not with the distance
+/// between segment numbers (one stray segment far ahead costs nothing).
 pub fn chain(
     archived: &[Archived],
     histories: &[History],
     from: Segment,
+    start: Lsn,
     segment_size: u64,
 ) -> Chain {
     let mut held: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
@@ -126,8 +144,12 @@ pub fn chain(
             held.entry(s.timeline).or_default().insert(s.number);
         }
     }
-    let start = from.start(segment_size);
-    // The newest timeline that branched off `from`'s after `from` began.
+    let missing_history = held
+        .keys()
+        .copied()
+        .filter(|t| *t > 1 && !histories.iter().any(|h| h.timeline == *t))
+        .collect();
+    // The newest timeline that branched off `from`'s after the backup began.
     let target = histories
         .iter()
         .filter(|h| {
@@ -136,9 +158,9 @@ pub fn chain(
         })
         .max_by_key(|h| h.timeline);
     // (timeline, first segment number, last segment number or open)
-    let mut legs: Vec<(u32, u64, Option<u64>)> = Vec::new();
+    let mut open_legs: Vec<(u32, u64, Option<u64>)> = Vec::new();
     match target {
-        None => legs.push((from.timeline, from.number, None)),
+        None => open_legs.push((from.timeline, from.number, None)),
         Some(h) => {
             let mut first = from.number;
             let mut on_path = false;
@@ -151,74 +173,118 @@ pub fn chain(
                 // timeline: the old one's copy ends mid-way.
                 let switch = end.segment(*tli, segment_size).number;
                 if switch > first {
-                    legs.push((*tli, first, Some(switch - 1)));
+                    open_legs.push((*tli, first, Some(switch - 1)));
                 }
                 first = first.max(switch);
             }
-            legs.push((h.timeline, first, None));
+            open_legs.push((h.timeline, first, None));
         }
     }
+    let timelines = open_legs.iter().map(|(t, _, _)| *t).collect();
+    let in_leg = |tli: u32, first: u64, last: Option<u64>| {
+        held.get(&tli)
+            .into_iter()
+            .flat_map(move |set| set.range(first..=last.unwrap_or(u64::MAX)).copied())
+    };
     // The path ends at the newest segment archived on its last leg, or on an
     // earlier one when the last has nothing yet.
-    let mut end: Option<(usize, u64)> = None;
-    for (i, (tli, first, last)) in legs.iter().enumerate() {
-        if let Some(numbers) = held.get(tli)
-            && let Some(n) = numbers.range(*first..=last.unwrap_or(u64::MAX)).next_back()
-        {
-            end = Some((i, *n));
-        }
-    }
-    let timelines = legs.iter().map(|(t, _, _)| *t).collect();
+    let end = open_legs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (tli, first, last))| {
+            in_leg(*tli, *first, *last).next_back().map(|n| (i, n))
+        })
+        .next_back();
     let Some((end_leg, end_number)) = end else {
         return Chain {
             from,
             timelines,
+            legs: Vec::new(),
             newest: None,
             present: 0,
             gaps: Vec::new(),
+            missing_history,
         };
     };
+    let legs: Vec<(u32, u64, u64)> = open_legs
+        .iter()
+        .take(end_leg + 1)
+        .enumerate()
+        .map(|(i, (tli, first, last))| {
+            let last = if i == end_leg {
+                end_number
+            } else {
+                last.unwrap_or(end_number)
+            };
+            (*tli, *first, last)
+        })
+        .collect();
+    // Walk the held segments of each leg; what lies between two is missing.
     let mut gaps: Vec<Gap> = Vec::new();
     let mut present = 0;
     let mut previous: Option<Segment> = None;
-    let mut open: Option<(Segment, Segment)> = None;
-    for (i, (tli, first, last)) in legs.iter().enumerate().take(end_leg + 1) {
-        let last = if i == end_leg {
-            end_number
-        } else {
-            last.unwrap_or(end_number)
-        };
-        let numbers = held.get(tli);
-        for n in *first..=last {
+    // The run of missing segments not yet closed: its first and last.
+    let mut missing: Option<(Segment, Segment)> = None;
+    for (tli, first, last) in &legs {
+        let mut expected = *first;
+        for n in in_leg(*tli, *first, Some(*last)) {
             let s = Segment {
                 timeline: *tli,
                 number: n,
             };
-            if numbers.is_some_and(|set| set.contains(&n)) {
-                present += 1;
-                if let Some((first, last)) = open.take() {
-                    gaps.push(Gap {
-                        first,
-                        last,
-                        before: previous,
-                        after: Some(s),
-                    });
-                }
-                previous = Some(s);
-            } else {
-                open = Some(match open {
-                    Some((first, _)) => (first, s),
-                    None => (s, s),
+            if n > expected {
+                let (from, to) = (
+                    Segment {
+                        timeline: *tli,
+                        number: expected,
+                    },
+                    Segment {
+                        timeline: *tli,
+                        number: n - 1,
+                    },
+                );
+                missing = Some(match missing {
+                    Some((first, _)) => (first, to),
+                    None => (from, to),
                 });
             }
+            if let Some((first, last)) = missing.take() {
+                gaps.push(Gap {
+                    first,
+                    last,
+                    before: previous,
+                    after: Some(s),
+                });
+            }
+            present += 1;
+            previous = Some(s);
+            expected = n + 1;
+        }
+        if expected <= *last {
+            let (from, to) = (
+                Segment {
+                    timeline: *tli,
+                    number: expected,
+                },
+                Segment {
+                    timeline: *tli,
+                    number: *last,
+                },
+            );
+            missing = Some(match missing {
+                Some((first, _)) => (first, to),
+                None => (from, to),
+            });
         }
     }
     Chain {
         from,
         timelines,
+        legs,
         newest: previous,
         present,
         gaps,
+        missing_history,
     }
 }
 
@@ -252,7 +318,7 @@ mod tests {
     #[test]
     fn an_unbroken_archive_has_no_gap() {
         let a = archive(&[(1, 1), (1, 2), (1, 3), (1, 4)]);
-        let c = chain(&a, &[], seg(1, 2), SIZE);
+        let c = chain(&a, &[], seg(1, 2), seg(1, 2).start(SIZE), SIZE);
         assert_eq!(c.newest, Some(seg(1, 4)));
         assert_eq!(c.present, 3);
         assert!(c.gaps.is_empty());
@@ -262,7 +328,7 @@ mod tests {
     #[test]
     fn missing_segments_are_one_gap_between_their_neighbours() {
         let a = archive(&[(1, 2), (1, 3), (1, 6), (1, 7)]);
-        let c = chain(&a, &[], seg(1, 2), SIZE);
+        let c = chain(&a, &[], seg(1, 2), seg(1, 2).start(SIZE), SIZE);
         assert_eq!(
             c.gaps,
             vec![Gap {
@@ -275,7 +341,7 @@ mod tests {
         assert_eq!(c.gaps[0].segments(), 2);
         assert_eq!(c.reachable(), Some(seg(1, 3)));
         // The backup's own first segment missing: nothing is reachable.
-        let c = chain(&a, &[], seg(1, 1), SIZE);
+        let c = chain(&a, &[], seg(1, 1), seg(1, 1).start(SIZE), SIZE);
         assert_eq!(c.gaps[0].before, None);
         assert_eq!(c.reachable(), None);
     }
@@ -296,21 +362,33 @@ mod tests {
             (2, 6),
             (2, 7),
         ]);
-        let c = chain(&a, std::slice::from_ref(&h2), seg(1, 2), SIZE);
+        let c = chain(
+            &a,
+            std::slice::from_ref(&h2),
+            seg(1, 2),
+            seg(1, 2).start(SIZE),
+            SIZE,
+        );
         assert_eq!(c.timelines, vec![1, 2]);
         assert_eq!(c.newest, Some(seg(2, 7)));
         assert!(c.gaps.is_empty(), "{:?}", c.gaps);
         assert_eq!(c.present, 6);
         // Timeline 2's first segment missing is a gap on the path.
         let a = archive(&[(1, 2), (1, 3), (1, 4), (1, 5), (2, 6)]);
-        let c = chain(&a, std::slice::from_ref(&h2), seg(1, 2), SIZE);
+        let c = chain(
+            &a,
+            std::slice::from_ref(&h2),
+            seg(1, 2),
+            seg(1, 2).start(SIZE),
+            SIZE,
+        );
         assert_eq!(c.gaps.len(), 1);
         assert_eq!(c.gaps[0].first, seg(2, 5));
         assert_eq!(c.gaps[0].before, Some(seg(1, 4)));
         // A backup taken after the branch point on timeline 1 is not on
         // timeline 2's path: it follows timeline 1.
         let a = archive(&[(1, 6), (1, 7)]);
-        let c = chain(&a, &[h2], seg(1, 6), SIZE);
+        let c = chain(&a, &[h2], seg(1, 6), seg(1, 6).start(SIZE), SIZE);
         assert_eq!(c.timelines, vec![1]);
         assert_eq!(c.newest, Some(seg(1, 7)));
     }
@@ -319,7 +397,7 @@ mod tests {
     fn a_switch_on_a_segment_boundary_takes_the_whole_segment_from_the_new_timeline() {
         let h2 = History::parse(2, "1\t0/5000000\tbefore 2026-01-01\n").unwrap();
         let a = archive(&[(1, 3), (1, 4), (2, 5)]);
-        let c = chain(&a, &[h2], seg(1, 3), SIZE);
+        let c = chain(&a, &[h2], seg(1, 3), seg(1, 3).start(SIZE), SIZE);
         assert!(c.gaps.is_empty());
         assert_eq!(c.newest, Some(seg(2, 5)));
     }
@@ -329,15 +407,65 @@ mod tests {
         let h2 = History::parse(2, "1\t0/3000000\tx\n").unwrap();
         let h3 = History::parse(3, "1\t0/3000000\tx\n2\t0/5000000\ty\n").unwrap();
         let a = archive(&[(1, 1), (1, 2), (2, 3), (2, 4), (3, 5), (3, 6)]);
-        let c = chain(&a, &[h2, h3], seg(1, 1), SIZE);
+        let c = chain(&a, &[h2, h3], seg(1, 1), seg(1, 1).start(SIZE), SIZE);
         assert_eq!(c.timelines, vec![1, 2, 3]);
         assert_eq!(c.newest, Some(seg(3, 6)));
         assert!(c.gaps.is_empty());
     }
 
     #[test]
+    fn a_gap_across_a_timeline_switch_is_one_gap_and_far_strays_cost_nothing() {
+        let h2 = History::parse(2, "1\t0/5000100\tx\n").unwrap();
+        // Timeline 1's 4 and timeline 2's 5 are missing: one gap, 3 to 6.
+        let a = archive(&[(1, 2), (1, 3), (2, 6), (2, 7)]);
+        let c = chain(
+            &a,
+            std::slice::from_ref(&h2),
+            seg(1, 2),
+            seg(1, 2).start(SIZE),
+            SIZE,
+        );
+        assert_eq!(
+            c.gaps,
+            vec![Gap {
+                first: seg(1, 4),
+                last: seg(2, 5),
+                before: Some(seg(1, 3)),
+                after: Some(seg(2, 6)),
+            }]
+        );
+        assert!(c.contains(seg(2, 7)) && c.contains(seg(1, 4)) && !c.contains(seg(1, 5)));
+        // A segment numbered far ahead is one gap, found at once.
+        let far = 1 << 39;
+        let a = archive(&[(1, 2), (1, far)]);
+        let c = chain(&a, &[], seg(1, 2), seg(1, 2).start(SIZE), SIZE);
+        assert_eq!(c.gaps.len(), 1);
+        assert_eq!(c.gaps[0].segments(), far - 3);
+    }
+
+    #[test]
+    fn a_timeline_without_its_history_file_is_named() {
+        let a = archive(&[(1, 2), (1, 3), (2, 4)]);
+        let c = chain(&a, &[], seg(1, 2), seg(1, 2).start(SIZE), SIZE);
+        assert_eq!(c.missing_history, vec![2]);
+        assert_eq!(c.timelines, vec![1]);
+    }
+
+    #[test]
+    fn a_backup_begun_after_a_fork_in_the_forks_segment_stays_on_its_timeline() {
+        // Timeline 2 forked at 0/5000100; the backup began at 0/5000200 on
+        // timeline 1, in the same segment: timeline 2 is not its future.
+        let h2 = History::parse(2, "1\t0/5000100\tx\n").unwrap();
+        let a = archive(&[(1, 5), (1, 6), (2, 5), (2, 6), (2, 7)]);
+        let start: Lsn = "0/5000200".parse().unwrap();
+        let c = chain(&a, std::slice::from_ref(&h2), seg(1, 5), start, SIZE);
+        assert_eq!(c.timelines, vec![1]);
+        assert_eq!(c.newest, Some(seg(1, 6)));
+    }
+
+    #[test]
     fn an_empty_archive_has_nothing_reachable() {
-        let c = chain(&[], &[], seg(1, 2), SIZE);
+        let c = chain(&[], &[], seg(1, 2), seg(1, 2).start(SIZE), SIZE);
         assert_eq!(c.newest, None);
         assert_eq!(c.reachable(), None);
     }
