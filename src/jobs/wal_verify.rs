@@ -390,7 +390,7 @@ async fn verify_storage(
     };
     // A bad copy is in recovery's way when its segment is on the path and
     // no other copy of it reads.
-    let intact: std::collections::HashSet<&WalFile> = objects
+    let read_well: std::collections::HashSet<&WalFile> = objects
         .iter()
         .enumerate()
         .filter(|(j, _)| results.get(j).is_some_and(|r| r.is_ok()))
@@ -398,7 +398,7 @@ async fn verify_storage(
         .collect();
     let on_path = |i: usize| -> bool {
         match (&objects[i].file, &path) {
-            (WalFile::Segment(name), Some(full)) if !intact.contains(&objects[i].file) => {
+            (WalFile::Segment(name), Some(full)) if !read_well.contains(&objects[i].file) => {
                 Segment::parse(name, segment_size).is_some_and(|s| full.contains(s))
             }
             _ => false,
