@@ -183,13 +183,20 @@ pub async fn server_time(conn: &Connection) -> Result<Timestamp> {
         .map_err(|e| Error::internal(format!("server sent an unreadable time '{at}': {e}")))
 }
 
-/// The phase `pg_stat_progress_basebackup` shows while the server waits for
-/// the last segment a base backup needs to be archived.
-pub const WAITING_FOR_ARCHIVE: &str = "waiting for wal archiving";
+/// How the phase `pg_stat_progress_basebackup` shows while the server waits
+/// for the last segment a base backup needs to be archived begins (`waiting
+/// for wal archiving to finish`).
+const WAITING_FOR_ARCHIVE: &str = "waiting for wal archiving";
+
+/// Whether a base backup in `phase` waits for the archive.
+pub fn waits_for_archive(phase: &str) -> bool {
+    phase.starts_with(WAITING_FOR_ARCHIVE)
+}
 
 /// The server process of the base backup whose connection has
 /// `application_name`, and the phase it is in (`streaming database files`,
-/// [`WAITING_FOR_ARCHIVE`], ...); `None` before it started or once it ended.
+/// `waiting for wal archiving to finish`, ...); `None` before it started or
+/// once it ended.
 pub async fn backup_phase(
     conn: &Connection,
     application_name: &str,
@@ -204,6 +211,38 @@ pub async fn backup_phase(
         .await
         .map_err(|e| query_error("reading the progress of the base backup", e))?;
     Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+}
+
+/// The label of a base backup of `job`: in the server's `backup_label`
+/// and `.backup` file, where an operator sees which run took it, and how a
+/// run finds what an earlier one left ([`end_abandoned`]).
+pub fn backup_label(job: &str, id: &str) -> String {
+    format!("backup {job} {id}")
+}
+
+/// The `application_name` prefix of the sessions base backups run in.
+pub const APPLICATION_NAME: &str = "backup base";
+
+/// Ends the server side of base backups of `job` that still wait for the
+/// archive: a run stopped while its base backup waited (its `timeout`,
+/// SIGTERM) leaves it waiting, holding a WAL sender, until the archive takes
+/// the segment. Called while the job's lock is held, when no run of `job`
+/// takes a base backup. Returns the processes ended.
+pub async fn end_abandoned(conn: &Connection, job: &str) -> Result<Vec<i32>> {
+    // As pg_basebackup sends it: `BASE_BACKUP ( LABEL 'backup job id', ...`.
+    let label = format!("LABEL '{}", backup_label(job, "").replace('\'', "''"));
+    let rows = conn
+        .client
+        .query(
+            "SELECT a.pid, pg_terminate_backend(a.pid) FROM pg_stat_activity a \
+             JOIN pg_stat_progress_basebackup p ON p.pid = a.pid \
+             WHERE starts_with(a.application_name, $1) AND position($2 in a.query) > 0 \
+               AND starts_with(p.phase, $3)",
+            &[&APPLICATION_NAME, &label, &WAITING_FOR_ARCHIVE],
+        )
+        .await
+        .map_err(|e| query_error("ending base backups stopped earlier", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Ends the server process `pid`, if it still has `application_name`: a
@@ -383,10 +422,7 @@ impl TarScan {
         let size = match header.entry_size() {
             Ok(size) => size,
             Err(e) => {
-                self.broken = Some(format!(
-                    "no tar header at byte {}: {e}",
-                    self.header_at
-                ));
+                self.broken = Some(format!("no tar header at byte {}: {e}", self.header_at));
                 return;
             }
         };

@@ -5,8 +5,9 @@
 //! The whole story, in order:
 //! 1. connect; refuse a cluster that cannot give a restorable base backup
 //!    (role, `wal_level`, `archive_mode`, a standby, tablespaces) and a
-//!    `pg_basebackup` older than the server; check the cluster is the one
-//!    the job's previous backups are of;
+//!    `pg_basebackup` older than the server; end what a stopped run left
+//!    waiting on the server; check the cluster is the one the job's
+//!    previous backups are of;
 //! 2. stream `pg_basebackup` into `<job>/<id>/base.tar.<ext>` in every
 //!    storage, its wait for the archive bounded by `wal_wait`
 //!    ([`stream`]);
@@ -50,6 +51,14 @@ pub async fn run(
     let pg_basebackup = pg::tool_path(db, "pg_basebackup", server.major);
     let tool_version = pg::require_tool_at_least(&pg_basebackup, &server)?;
     let dbname = pg::current_database(&conn).await?;
+    let ended = pg::physical::end_abandoned(&conn, &job.name).await?;
+    if !ended.is_empty() {
+        tracing::warn!(
+            "job {}: ended the server side of a base backup a stopped run left waiting for the \
+             archive (process {ended:?})",
+            job.name
+        );
+    }
     let mut warnings = Vec::new();
     same_cluster(
         job,
@@ -83,7 +92,7 @@ pub async fn run(
             job: &job.name,
             db,
             pg_basebackup: &pg_basebackup,
-            label: format!("backup {} {id}", job.name),
+            label: pg::physical::backup_label(&job.name, id.as_str()),
             compression: spec.compression,
             crypt,
             destinations,

@@ -59,7 +59,7 @@ pub(super) async fn take(
     progress: Arc<dyn Progress>,
 ) -> Result<Taken> {
     // Unique on the server, and short: it is cut at 63 bytes.
-    let application_name = format!("backup base {:016x}", fastrand::u64(..));
+    let application_name = format!("{} {:016x}", pgp::APPLICATION_NAME, fastrand::u64(..));
     let url = command::with_application_name(&t.db.url, &application_name);
     let mut child = pg::spawn(
         t.pg_basebackup,
@@ -222,7 +222,7 @@ impl Bound<'_> {
                 continue;
             };
             server_side.pid = Some(pid);
-            if phase != pgp::WAITING_FOR_ARCHIVE {
+            if !pgp::waits_for_archive(&phase) {
                 waiting_since = None;
                 continue;
             }
