@@ -94,7 +94,8 @@ pub async fn check_cluster(
              SUPERUSER"
         ))
         .with_hint(format!(
-            "ALTER ROLE {} REPLICATION; and allow it `replication` connections in pg_hba.conf",
+            "run ALTER ROLE {} REPLICATION as a superuser, and allow the role `replication` \
+             connections in pg_hba.conf",
             super::quote_ident(&role)
         )));
     }

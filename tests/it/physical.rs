@@ -410,3 +410,32 @@ fn an_encrypted_base_backup_goes_to_s3_with_its_wal() {
         assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
     }
 }
+
+#[test]
+fn a_role_needs_replication_not_superuser() {
+    let a = Archiving::start();
+    a.psql(&format!(
+        "CREATE ROLE rep LOGIN PASSWORD '{}'",
+        crate::common::PASSWORD
+    ));
+    let config = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        config.replace("postgresql://postgres@", "postgresql://rep@"),
+    )
+    .unwrap();
+    let run = backup(&a, &["run", JOB], &[]);
+    assert_eq!(run.code, 4, "{}", run.all());
+    assert!(
+        run.stderr.contains("role rep may not take base backups")
+            && run.stderr.contains("ALTER ROLE \"rep\" REPLICATION"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(no_backup(&a), Vec::<String>::new());
+    a.psql("ALTER ROLE rep REPLICATION");
+    let run = backup(&a, &["run", JOB], &[]);
+    assert!(run.ok(), "{}\n{}", run.all(), a.cluster.log());
+    let (_, m) = only_backup(&a);
+    assert_eq!(m["physical"]["timeline"], 1);
+}

@@ -104,7 +104,9 @@ pub async fn run(
         progress,
     )
     .await?;
-    let stop_time = pg::physical::server_time(&conn).await?;
+    // A server clock stepped back meanwhile must not make a backup that
+    // stops before it starts.
+    let stop_time = pg::physical::server_time(&conn).await?.max(start_time);
     let delivered = backup::keep_delivered(&storages, taken.deliveries, &mut failed);
     let points = taken.points;
     let physical = Physical::new(

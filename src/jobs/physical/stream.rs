@@ -103,24 +103,29 @@ pub(super) async fn take(
         application_name: &application_name,
         wal_wait: t.wal_wait,
     };
-    let (stored, overdue) = tokio::join!(
-        archive::store(
+    let stored = async {
+        let stored = archive::store(
             stdout,
             t.compression,
             t.crypt,
             t.destinations,
             &t.object,
             on_bytes,
-            finished
-        ),
-        bound.watch(conn, clock, stop, &ended),
-    );
+            finished,
+        )
+        .await;
+        // Said again for a pipeline that failed before it asked.
+        ended.notify_one();
+        stored
+    };
+    let (stored, overdue) = tokio::join!(stored, bound.watch(conn, clock, stop, &ended));
     progress.end();
-    // pg_basebackup stopped by the bound fails too; the bound says why.
-    if let Some(e) = overdue {
-        return Err(e);
-    }
-    let (digest, deliveries) = stored?;
+    let (digest, deliveries) = match (stored, overdue) {
+        // Ended well just as the bound struck: the backup is whole.
+        (Ok(stored), _) => stored,
+        // pg_basebackup stopped by the bound fails too; the bound says why.
+        (Err(_), Some(e)) | (Err(e), None) => return Err(e),
+    };
     let points = points
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
@@ -165,7 +170,7 @@ fn wal_points(job: &str, scan: &TarScan, stderr: &str) -> Result<WalPoints> {
         Some(_) => Ok(points),
         None => {
             // Translated messages (LANG) do not read; the manifest does.
-            tracing::debug!("job {job}: pg_basebackup printed no WAL points I read");
+            tracing::debug!("job {job}: pg_basebackup printed no WAL points this version reads");
             Ok(points)
         }
     }
