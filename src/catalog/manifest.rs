@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::{BackupId, Compression};
 use crate::pg::TableRows;
 use crate::storage::{Key, Storage};
+use crate::wal::{Lsn, Segment};
 
 /// The manifest format this version writes and the newest it reads.
 pub const FORMAT: u32 = 1;
@@ -102,8 +103,8 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Physical {
     pub timeline: u32,
-    pub start_lsn: crate::wal::Lsn,
-    pub stop_lsn: crate::wal::Lsn,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
     /// When `pg_basebackup` began (its checkpoint) and ended. The data is
     /// consistent from `stop_time` on, which is also the manifest's `snapshot_at`.
     pub start_time: Timestamp,
@@ -116,6 +117,118 @@ pub struct Physical {
     /// The checksum algorithm of the `backup_manifest` in the tar
     /// (`CRC32C`), which `verify` checks every file against.
     pub manifest_checksums: String,
+}
+
+/// The checksum algorithms a `backup_manifest` may use
+/// (`pg_basebackup --manifest-checksums`).
+const MANIFEST_CHECKSUMS: [&str; 6] = ["NONE", "CRC32C", "SHA224", "SHA256", "SHA384", "SHA512"];
+
+impl Physical {
+    /// A base backup on `timeline` from `start_lsn` to `stop_lsn`, with the
+    /// segments it needs named: the one `start_lsn` is in, to the one the
+    /// last byte before `stop_lsn` is in (the end of the backup's last
+    /// record: a stop on a segment boundary needs nothing of the next).
+    pub fn new(
+        timeline: u32,
+        (start_lsn, stop_lsn): (Lsn, Lsn),
+        (start_time, stop_time): (Timestamp, Timestamp),
+        wal_segment_size: u64,
+        manifest_checksums: &str,
+    ) -> Physical {
+        let (first, last) = needed_segments(timeline, start_lsn, stop_lsn, wal_segment_size);
+        Physical {
+            timeline,
+            start_lsn,
+            stop_lsn,
+            start_time,
+            stop_time,
+            wal_segment_size,
+            wal_start: first.name(wal_segment_size),
+            wal_stop: last.name(wal_segment_size),
+            manifest_checksums: manifest_checksums.to_owned(),
+        }
+    }
+
+    /// The first and last segment the backup needs, read from their names;
+    /// `None` when they do not read as segments of this segment size.
+    pub fn wal_range(&self) -> Option<(Segment, Segment)> {
+        let size = self.wal_segment_size;
+        Some((
+            Segment::parse(&self.wal_start, size)?,
+            Segment::parse(&self.wal_stop, size)?,
+        ))
+    }
+
+    /// Every segment the backup needs, in order.
+    pub fn segments(&self) -> Vec<Segment> {
+        let Some((first, last)) = self.wal_range() else {
+            return Vec::new();
+        };
+        (first.number..=last.number)
+            .map(|number| Segment {
+                timeline: first.timeline,
+                number,
+            })
+            .collect()
+    }
+
+    /// Why these fields do not describe one base backup; `None` when they do.
+    fn problem(&self) -> Option<String> {
+        let size = self.wal_segment_size;
+        if !size.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&size) {
+            return Some(format!(
+                "its wal_segment_size {size} is not one PostgreSQL uses"
+            ));
+        }
+        let Some((first, last)) = self.wal_range() else {
+            return Some(format!(
+                "its WAL range '{}' to '{}' does not read as segment names",
+                self.wal_start.chars().take(30).collect::<String>(),
+                self.wal_stop.chars().take(30).collect::<String>()
+            ));
+        };
+        if first.timeline != self.timeline || last.timeline != self.timeline {
+            return Some(format!(
+                "its WAL range {} to {} is not on its timeline {}",
+                self.wal_start, self.wal_stop, self.timeline
+            ));
+        }
+        if first > last || self.start_lsn > self.stop_lsn || self.start_time > self.stop_time {
+            return Some(format!(
+                "it stops before it starts (WAL {} to {}, {} to {}, {} to {})",
+                self.wal_start,
+                self.wal_stop,
+                self.start_lsn,
+                self.stop_lsn,
+                self.start_time,
+                self.stop_time
+            ));
+        }
+        let expected = needed_segments(self.timeline, self.start_lsn, self.stop_lsn, size);
+        if (first, last) != expected {
+            return Some(format!(
+                "its WAL range {} to {} is not where {} to {} lies",
+                self.wal_start, self.wal_stop, self.start_lsn, self.stop_lsn
+            ));
+        }
+        if !MANIFEST_CHECKSUMS.contains(&self.manifest_checksums.as_str()) {
+            return Some(format!(
+                "its backup_manifest checksums '{}' are not one PostgreSQL writes",
+                self.manifest_checksums.chars().take(30).collect::<String>()
+            ));
+        }
+        None
+    }
+}
+
+/// The segments from the one `start` is in to the one holding the byte
+/// before `stop`.
+fn needed_segments(timeline: u32, start: Lsn, stop: Lsn, segment_size: u64) -> (Segment, Segment) {
+    let last_byte = Lsn(stop.0.saturating_sub(1).max(start.0));
+    (
+        start.segment(timeline, segment_size),
+        last_byte.segment(timeline, segment_size),
+    )
 }
 
 impl Manifest {
@@ -200,7 +313,25 @@ impl Manifest {
         }
         let roles: Vec<Role> = self.objects.iter().map(|o| o.role).collect();
         let files = self.directory.is_some();
-        if files {
+        if self.physical.is_some() || roles.contains(&Role::Base) {
+            let Some(physical) = &self.physical else {
+                return Some("it lists a base object but says nothing of its WAL".to_owned());
+            };
+            if roles != [Role::Base] || files || self.tree.is_some() {
+                return Some(
+                    "it is a base backup, which holds one base object and nothing else".to_owned(),
+                );
+            }
+            if self.dbname.is_empty() {
+                return Some("it names no database it connected to".to_owned());
+            }
+            if !self.tables.is_empty() {
+                return Some("it is a base backup, and lists tables".to_owned());
+            }
+            if let Some(why) = physical.problem() {
+                return Some(why);
+            }
+        } else if files {
             if roles != [Role::Files] || self.tree.is_none() {
                 return Some(
                     "it is a files backup, which holds one files object and its tree".to_owned(),
@@ -317,6 +448,95 @@ mod tests {
     use super::*;
     use crate::catalog::fixtures::manifest;
 
+    const MIB16: u64 = 16 << 20;
+
+    fn physical() -> Physical {
+        Physical::new(
+            1,
+            (Lsn(0x0200_0028), Lsn(0x0400_0100)),
+            (
+                "2024-01-20T03:00:00Z".parse().unwrap(),
+                "2024-01-20T03:00:05Z".parse().unwrap(),
+            ),
+            MIB16,
+            "CRC32C",
+        )
+    }
+
+    fn base_backup() -> Manifest {
+        let mut m = manifest("20240120T030000Z", "2024-01-20T03:00:05Z");
+        m.objects[0].key = "base.tar.zst".into();
+        m.objects[0].role = Role::Base;
+        m.physical = Some(physical());
+        m
+    }
+
+    #[test]
+    fn a_base_backup_needs_the_segments_from_its_start_to_its_stop() {
+        let p = physical();
+        assert_eq!(
+            (p.wal_start.as_str(), p.wal_stop.as_str()),
+            ("000000010000000000000002", "000000010000000000000004")
+        );
+        assert_eq!(p.segments().len(), 3);
+        // A stop on a segment boundary: the last record ended in the segment before.
+        let at_boundary = Physical::new(
+            2,
+            (Lsn(0x0200_0028), Lsn(0x0400_0000)),
+            (p.start_time, p.stop_time),
+            MIB16,
+            "CRC32C",
+        );
+        assert_eq!(at_boundary.wal_stop, "000000020000000000000003");
+        assert_eq!(at_boundary.problem(), None);
+    }
+
+    #[test]
+    fn base_backups_are_checked_as_such() {
+        let good = base_backup();
+        let id = good.id.clone();
+        assert_eq!(good.problem("nightly", &id), None);
+        let problem = |change: &dyn Fn(&mut Manifest)| {
+            let mut m = good.clone();
+            change(&mut m);
+            m.problem("nightly", &id).unwrap_or_default()
+        };
+        let physical =
+            |change: &dyn Fn(&mut Physical)| problem(&|m| change(m.physical.as_mut().unwrap()));
+        assert!(problem(&|m| m.physical = None).contains("nothing of its WAL"));
+        assert!(
+            problem(&|m| m
+                .objects
+                .push(manifest("20240120T030000Z", "2024-01-20T03:00:05Z").objects[0].clone()))
+            .contains("one base object")
+        );
+        assert!(problem(&|m| m.directory = Some("/srv".into())).contains("one base object"));
+        assert!(problem(&|m| m.dbname.clear()).contains("no database"));
+        assert!(
+            problem(&|m| m.tables.push(crate::pg::TableRows {
+                schema: "public".into(),
+                name: "t".into(),
+                rows: 1
+            }))
+            .contains("lists tables")
+        );
+        assert!(physical(&|p| p.wal_start = "../../x".into()).contains("segment names"));
+        assert!(
+            physical(&|p| p.wal_stop = "000000010000000000000001".into()).contains("stops before")
+        );
+        assert!(
+            physical(&|p| p.wal_stop = "000000010000000000000009".into()).contains("not where")
+        );
+        assert!(physical(&|p| p.timeline = 2).contains("timeline 2"));
+        assert!(physical(&|p| p.stop_lsn = Lsn(1)).contains("stops before"));
+        assert!(physical(&|p| p.wal_segment_size = 3).contains("wal_segment_size"));
+        assert!(physical(&|p| p.manifest_checksums = "MD5".into()).contains("MD5"));
+        assert!(
+            physical(&|p| p.stop_time = "2024-01-20T02:00:00Z".parse().unwrap())
+                .contains("stops before")
+        );
+    }
+
     #[test]
     fn object_names_carry_the_compression() {
         assert_eq!(
@@ -366,6 +586,11 @@ mod tests {
             .contains("two data objects")
         );
         assert!(problem(&|m| m.directory = Some("/srv".into())).contains("files backup"));
+
+        assert!(
+            problem(&|m| m.physical = Some(physical())).contains("one base object"),
+            "a dump with WAL points is not a base backup"
+        );
 
         let forged = r#"{"format":1,"id":"../../etc","job":"nightly"}"#;
         let err = serde_json::from_str::<Manifest>(forged).unwrap_err();

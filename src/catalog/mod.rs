@@ -36,7 +36,9 @@ use crate::storage::Key;
 pub use listing::{
     ListedBackup, Listing, StoredBackup, Unreadable, list, list_job, list_stored, newest,
 };
-pub use manifest::{FORMAT, MANIFEST, Manifest, ManifestObject, Role, object_name, read_manifest};
+pub use manifest::{
+    FORMAT, MANIFEST, Manifest, ManifestObject, Physical, Role, object_name, read_manifest,
+};
 pub use opener::opener;
 pub use pins::{PIN, Pin, pin_key, read_pin};
 pub use select::{Selector, select};

@@ -32,6 +32,8 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                         "storages": b.storages, "warnings": m.warnings,
                         "pinned": b.pinned.is_some(), "pin_reason": b.pinned,
                         "restore_tested_at": b.tested,
+                        // A base backup: where it lies in the WAL.
+                        "physical": m.physical,
                     })
                 })
             })
@@ -58,8 +60,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                 job.name.clone(),
                 m.id.to_string(),
                 time::show(m.snapshot_at, &job.timezone),
-                // A files backup's source is its directory.
-                m.directory.clone().unwrap_or_else(|| m.database.clone()),
+                source(m),
                 bytes_human(m.raw_size()),
                 bytes_human(m.stored_size()),
                 time::show_duration(m.duration()),
@@ -97,4 +98,14 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         line(row.iter().map(String::as_str).collect());
     }
     Ok(())
+}
+
+/// What a backup is of: a files backup's directory, a base backup's whole
+/// cluster, a dump's database.
+fn source(m: &crate::catalog::Manifest) -> String {
+    match (&m.directory, &m.physical) {
+        (Some(directory), _) => directory.clone(),
+        (None, Some(_)) => format!("cluster of {}", m.database),
+        (None, None) => m.database.clone(),
+    }
 }

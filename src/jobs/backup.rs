@@ -238,7 +238,7 @@ impl Source {
 }
 
 /// The newest complete database backup of `job` in any of `storages`.
-async fn previous_source(storages: &[Arc<dyn Storage>], job: &str) -> Option<Manifest> {
+pub(super) async fn previous_source(storages: &[Arc<dyn Storage>], job: &str) -> Option<Manifest> {
     let mut newest: Option<Manifest> = None;
     for storage in storages {
         match catalog::newest(storage.as_ref(), job).await {

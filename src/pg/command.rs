@@ -6,6 +6,29 @@
 use std::ffi::OsString;
 use std::path::Path;
 
+/// `pg_basebackup` writing the whole cluster as one tar to stdout, its
+/// `backup_manifest` inside, with no WAL: the job waits for the archive to
+/// hold it instead. `-v` prints the WAL start and end points; the label
+/// names the run in the server's `backup_label` and `.backup` file.
+pub fn pg_basebackup_args(url: &str, label: &str) -> Vec<OsString> {
+    vec![
+        "--pgdata=-".into(),
+        "--format=tar".into(),
+        "--wal-method=none".into(),
+        // The backup starts now, not at the next scheduled checkpoint.
+        "--checkpoint=fast".into(),
+        format!(
+            "--manifest-checksums={}",
+            super::physical::MANIFEST_CHECKSUMS
+        )
+        .into(),
+        "--verbose".into(),
+        format!("--label={label}").into(),
+        "--no-password".into(),
+        format!("--dbname={url}").into(),
+    ]
+}
+
 /// Options of a restore that reach `pg_restore`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RestoreFlags {
@@ -222,6 +245,19 @@ pub fn with_dbname(url: &str, dbname: &str) -> String {
     )
 }
 
+/// A libpq connection string that also sets `application_name`, by which
+/// the session is found in `pg_stat_activity`; it overrides one the url
+/// sets, as libpq takes the last value of a key.
+pub fn with_application_name(url: &str, name: &str) -> String {
+    let is_uri = url.starts_with("postgresql://") || url.starts_with("postgres://");
+    if !is_uri {
+        let quoted = name.replace('\\', "\\\\").replace('\'', "\\'");
+        return format!("{url} application_name='{quoted}'");
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={}", percent_encode(name))
+}
+
 fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
@@ -425,6 +461,52 @@ mod tests {
         assert_eq!(
             with_dbname("postgresql://h/a", "my db/x"),
             "postgresql://h/my%20db%2Fx"
+        );
+    }
+
+    #[test]
+    fn pg_basebackup_streams_one_tar_without_wal_and_never_prompts() {
+        let args = strings(pg_basebackup_args(
+            "postgresql://rep@db:5432/postgres",
+            "backup base 20240120T030000Z",
+        ));
+        assert_eq!(
+            args,
+            [
+                "--pgdata=-",
+                "--format=tar",
+                "--wal-method=none",
+                "--checkpoint=fast",
+                "--manifest-checksums=CRC32C",
+                "--verbose",
+                "--label=backup base 20240120T030000Z",
+                "--no-password",
+                "--dbname=postgresql://rep@db:5432/postgres"
+            ]
+        );
+    }
+
+    #[test]
+    fn with_application_name_adds_to_what_the_url_says() {
+        for (url, expected) in [
+            (
+                "postgresql://h/app",
+                "postgresql://h/app?application_name=backup%20x",
+            ),
+            (
+                "postgresql://h/app?sslmode=require",
+                "postgresql://h/app?sslmode=require&application_name=backup%20x",
+            ),
+            (
+                "host=/tmp dbname=app",
+                "host=/tmp dbname=app application_name='backup x'",
+            ),
+        ] {
+            assert_eq!(with_application_name(url, "backup x"), expected, "{url}");
+        }
+        assert_eq!(
+            with_application_name("host=h", "it's"),
+            "host=h application_name='it\\'s'"
         );
     }
 

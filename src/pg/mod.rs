@@ -11,7 +11,9 @@
 //! - [`stats`]: the statistics maintenance and `backup db report` go by;
 //! - [`client`]: running the client programs; [`command`]: their arguments;
 //! - [`url`] and [`tls`]: connection strings and TLS, as libpq reads them;
-//! - [`cluster`]: a throwaway server for drills.
+//! - [`cluster`]: a throwaway server for drills;
+//! - [`physical`]: what a base backup needs of the cluster, and what
+//!   `pg_basebackup` says of the one it took.
 //!
 //! What callers use most is re-exported here, as `crate::pg::connect`,
 //! `crate::pg::spawn` and the like.
@@ -22,6 +24,7 @@ pub mod cluster;
 pub mod command;
 pub mod connect;
 pub mod database;
+pub mod physical;
 pub mod snapshot;
 pub mod stats;
 pub mod tls;
