@@ -24,7 +24,7 @@ pub(super) fn resolve_prune_jobs(config: &mut Config) -> Result<()> {
     for (name, target, origin) in targets {
         let resolved = match config.jobs.get(&target).map(|j| &j.kind) {
             Some(JobKind::Backup(b)) if b.retention.is_some() => {
-                (b.database().cloned(), b.storages.clone())
+                (b.server().cloned(), b.storages.clone())
             }
             Some(JobKind::Backup(_)) => {
                 return Err(Error::config(format!(
@@ -149,7 +149,9 @@ pub(super) fn give_databases_secret_env(config: &mut Config) {
     for job in config.jobs.values_mut() {
         match &mut job.kind {
             JobKind::Backup(b) => {
-                if let BackupSource::Database(db) = &mut b.source {
+                if let BackupSource::Database(db) | BackupSource::Cluster { database: db, .. } =
+                    &mut b.source
+                {
                     told(db);
                 }
             }

@@ -191,7 +191,8 @@ impl Job {
     /// `None` for a files job and its prune jobs, whose lock is local.
     pub fn database(&self) -> Option<&Arc<Database>> {
         match &self.kind {
-            JobKind::Backup(b) => b.database(),
+            // A physical job's connection: two hosts never run it at once.
+            JobKind::Backup(b) => b.server(),
             JobKind::Maintenance(m) => Some(&m.database),
             JobKind::Prune(p) => p.database.as_ref(),
             JobKind::RestoreTest(t) => Some(&t.target),
