@@ -308,9 +308,13 @@ pub async fn run(
                         "failed": outcome.failed.iter().map(|(s, e)| json!({"storage": s, "error": e.to_string()})).collect::<Vec<_>>(),
                     }));
                 } else {
-                    let holds = match &m.tree {
-                        Some(t) => format!("{} files", t.files),
-                        None => format!("{} tables", m.tables.len()),
+                    let holds = match (&m.tree, &m.physical) {
+                        (Some(t), _) => format!("{} files", t.files),
+                        (None, Some(p)) => format!(
+                            "WAL {} .. {} on timeline {}, archived",
+                            p.wal_start, p.wal_stop, p.timeline
+                        ),
+                        (None, None) => format!("{} tables", m.tables.len()),
                     };
                     println!(
                         "job {name}: backup {} complete in {} (data as of {}; {} raw, {} stored, {holds}, {})",

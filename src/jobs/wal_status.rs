@@ -251,7 +251,9 @@ pub fn assess(
     let window = base.as_ref().map(|b| Window {
         base_backup: b.id.clone(),
         from: b.stop_time,
-        to: at(path.as_ref().and_then(|c| c.newest)),
+        // The segment holding the backup's end was archived before the
+        // backup took its stop time: recovery reaches at least that.
+        to: at(path.as_ref().and_then(|c| c.newest)).map(|t| t.max(b.stop_time)),
     });
     let gaps = path
         .iter()

@@ -439,3 +439,109 @@ fn a_role_needs_replication_not_superuser() {
     let (_, m) = only_backup(&a);
     assert_eq!(m["physical"]["timeline"], 1);
 }
+
+/// A physical job's life with real base backups: verify against the tar's
+/// backup_manifest (and PostgreSQL's own pg_verifybackup agrees), the
+/// archive read back from the oldest kept backup, retention after a second
+/// backup, and what status and check say of it.
+#[test]
+fn base_backups_verify_prune_with_their_wal_and_show_in_status_and_check() {
+    let a = Archiving::with(Options {
+        extra_job: "retention = { keep_last = 1 }",
+        ..Options::default()
+    });
+    a.psql("CREATE TABLE kept AS SELECT g FROM generate_series(1, 20000) g");
+    let run = backup(&a, &["run", JOB], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stdout.contains("on timeline 1, archived"),
+        "{}",
+        run.all()
+    );
+    let (first, manifest) = only_backup(&a);
+    let first_start = manifest["physical"]["wal_start"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let run = backup(&a, &["verify", "--job", JOB], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stdout.contains("match the tar's backup_manifest"),
+        "{}",
+        run.all()
+    );
+    // The tar as stored, unpacked by hand, passes pg_verifybackup.
+    let unpacked = a.work.join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let stored = a.backups.join(JOB).join(&first).join("base.tar.zst");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -q -dc '{}' | tar -x -C '{}'",
+            stored.display(),
+            unpacked.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crate::common::chown_tree_to_postgres(&unpacked);
+    let out = a
+        .cluster
+        .server_program("pg_verifybackup", &["-n", unpacked.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "pg_verifybackup: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // More WAL, a second base backup; keep_last = 1 prunes the first, and
+    // with it exactly the WAL below the second's first segment.
+    a.psql("INSERT INTO kept SELECT g FROM generate_series(1, 20000) g");
+    a.switch_and_wait();
+    a.switch_and_wait();
+    let run = backup(&a, &["run", JOB], &[]);
+    assert!(run.ok(), "{}", run.all());
+    let (second, manifest) = only_backup(&a);
+    assert_ne!(first, second);
+    let second_start = manifest["physical"]["wal_start"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let left: Vec<String> = a
+        .archived()
+        .into_iter()
+        .filter(|f| !f.starts_with("history/") && !f.starts_with("dropped/"))
+        .map(|f| f.split('/').nth(1).unwrap()[..24].to_owned())
+        .collect();
+    assert!(!left.is_empty());
+    assert!(
+        left.iter().all(|s| *s >= second_start),
+        "WAL below {second_start} survived: {left:?}"
+    );
+    assert!(
+        !left.contains(&first_start),
+        "{first_start} of the pruned backup is still there: {left:?}"
+    );
+
+    let run = backup(&a, &["verify", "--job", JOB, "--wal"], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stdout.contains(&second),
+        "starts from the backup: {}",
+        run.all()
+    );
+
+    let run = backup(&a, &["status", "--job", JOB], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stdout.contains("newest 0000000"), "{}", run.all());
+    assert!(run.stdout.contains("no gaps"), "{}", run.all());
+    let run = backup(&a, &["check", "--job", JOB], &[]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("wal_age="), "{}", run.all());
+}
