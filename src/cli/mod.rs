@@ -100,6 +100,12 @@ pub fn main() -> ExitCode {
         Some(json) => check::unknown_unless_judged(result, json),
         None => result,
     };
+    // `wal fetch` speaks restore_command's: PostgreSQL ends recovery on any
+    // code below 126 (see src/cli/wal/fetch.rs).
+    let code: fn(&Error) -> u8 = match &cli.command {
+        Command::Wal(wal::Command::Fetch(_)) => wal::restore_exit_code,
+        _ => Error::exit_code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,7 +113,7 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             let e = Error::internal(format!("cannot start the runtime: {e}"));
-            return exit_with(as_plugin(Err(e)));
+            return exit_with(as_plugin(Err(e)), code);
         }
     };
     let (left_behind, what_to_do) = cli.command.left_behind();
@@ -184,17 +190,17 @@ pub fn main() -> ExitCode {
     });
     // A blocking task may still be feeding a child that was told to stop.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    exit_with(as_plugin(result))
+    exit_with(as_plugin(result), code)
 }
 
-fn exit_with(result: Result<()>) -> ExitCode {
+fn exit_with(result: Result<()>, code: fn(&Error) -> u8) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !e.is_reported() {
                 crate::report::print_error(&e);
             }
-            ExitCode::from(e.exit_code())
+            ExitCode::from(code(&e))
         }
     }
 }
@@ -210,6 +216,16 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
     // The same arguments read leniently say which subcommand they were for.
     let lenient = Cli::command().ignore_errors(true).try_get_matches();
+    let restore = lenient.as_ref().is_ok_and(|m| {
+        m.subcommand_matches("wal")
+            .is_some_and(|w| w.subcommand_name() == Some("fetch"))
+    });
+    if restore {
+        // A mistyped restore_command must not read as "not archived".
+        eprint!("{}", e.render());
+        let usual = u8::try_from(e.exit_code()).unwrap_or(2);
+        return ExitCode::from(wal::restore_failure_code(usual));
+    }
     let Some(matches) = lenient
         .ok()
         .filter(|m| m.subcommand_name() == Some("check"))

@@ -5,15 +5,19 @@
 //! it; its raw bytes are checked against the digest its name carries before
 //! the target is put in place (a temporary file beside it, synced, then
 //! renamed), so a corrupt copy is never handed to PostgreSQL: the next
-//! storage is tried instead. A file no storage has is an answer, not an
-//! error: PostgreSQL asks for files that do not exist (the next timeline's
-//! history, the segment after the last) to learn where the archive ends.
-//! A storage that does not answer is not that answer: it may hold the file.
+//! storage is tried instead. A storage that holds two copies of one name
+//! with different digests (two servers archived into the job) has no copy
+//! to trust: it is passed over too, never settled by picking one. A file
+//! no storage has is an answer, not an error: PostgreSQL asks for files
+//! that do not exist (the next timeline's history, the segment after the
+//! last) to learn where the archive ends. A storage that does not answer
+//! is not that answer: it may hold the file.
 //!
 //! Replay waits on every call, so a call for segment S also fetches the
 //! next `wal_fetch_ahead` segments of its timeline, in parallel, into the
-//! spool (`fetched/`); PostgreSQL's calls for those are served from there
-//! without opening a storage.
+//! spool (`fetched/<key of the data directory>/`); PostgreSQL's calls for
+//! those are served from there without opening a storage. A temporary file
+//! a killed call left beside the target is removed by a later call.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,13 +66,16 @@ pub enum Outcome {
     NotArchived { file: WalFile },
 }
 
-/// What `restore_command` asks: the archived file `name` at `target`.
-/// `now` ages the spool.
+/// What `restore_command` asks: the archived file `name` at `target`, for
+/// the recovery of `data_dir` (the directory PostgreSQL runs the command
+/// in, which keys the files fetched ahead). `now` ages the spool and the
+/// temporary files killed calls left.
 pub async fn restore_command(
     archive: &Archive<'_>,
     wal: &WalSettings,
     name: &str,
     target: &Path,
+    data_dir: &Path,
     now: Timestamp,
 ) -> Result<Outcome> {
     let job = archive.job;
@@ -89,28 +96,44 @@ pub async fn restore_command(
             None
         }
     };
-    if let Some(spool) = &spool {
+    spool::remove_stale_temps(&parent(target), now);
+    let fetched = spool.as_ref().and_then(|spool| {
         spool.remove_stale(now);
-        let kept = spool.fetched(name);
+        match spool.fetched(data_dir) {
+            Ok(fetched) => Some(fetched),
+            Err(e) => {
+                tracing::warn!("{}; fetching without prefetch", e.message());
+                None
+            }
+        }
+    });
+    if let Some(fetched) = &fetched {
+        spool::remove_stale_temps(fetched.dir(), now);
+        let kept = fetched.path(name);
         if kept.is_file() {
-            let size = install(&kept, target).await?;
-            return Ok(Outcome::Fetched {
-                file,
-                size,
-                from: Source::Spool,
-                ahead: Vec::new(),
-            });
+            match install(&kept, target).await? {
+                Some(size) => {
+                    return Ok(Outcome::Fetched {
+                        file,
+                        size,
+                        from: Source::Spool,
+                        ahead: Vec::new(),
+                    });
+                }
+                // Taken since the look, or unreadable: the storages have it.
+                None => tracing::debug!("job {job}: {name} left the spool; fetching it"),
+            }
         }
     }
     let assumed_size = spool
         .as_ref()
         .and_then(Spool::segment_size)
         .unwrap_or(DEFAULT_SEGMENT_SIZE);
-    let ahead: Vec<(WalFile, PathBuf)> = match (&spool, &file) {
-        (Some(spool), WalFile::Segment(s)) if wal.fetch_ahead > 0 => {
+    let ahead: Vec<(WalFile, PathBuf)> = match (&fetched, &file) {
+        (Some(fetched), WalFile::Segment(s)) if wal.fetch_ahead > 0 => {
             following(s, assumed_size, wal.fetch_ahead)
                 .into_iter()
-                .map(|n| (WalFile::Segment(n.clone()), spool.fetched(&n)))
+                .map(|n| (WalFile::Segment(n.clone()), fetched.path(&n)))
                 .filter(|(_, kept)| !kept.exists())
                 .collect()
         }
@@ -210,7 +233,18 @@ impl Reader<'_, '_> {
                 }
             };
             let storage = self.archive.storages.get(index).await?;
-            for archived in listing.iter().filter(|a| a.file == *file) {
+            let copies: Vec<&Archived> = listing.iter().filter(|a| a.file == *file).collect();
+            if let Some(other) = copies.iter().find(|a| a.sha256 != copies[0].sha256) {
+                let e = Error::integrity(format!(
+                    "storage {name} holds two copies of {file} with different contents \
+                     (sha256 {} and {}): two servers archived into job {job}",
+                    copies[0].sha256, other.sha256
+                ));
+                tracing::warn!("job {job}: {}; trying the next storage", e.message());
+                corrupt.push((name, e));
+                continue;
+            }
+            for archived in copies {
                 match write_checked(storage.as_ref(), archived, &self.archive.crypt, target).await {
                     Ok(size) => return Ok(Some((size, name))),
                     Err(e) if e.kind() == Kind::Integrity => {
@@ -228,14 +262,15 @@ impl Reader<'_, '_> {
         }
         if let Some((storage, e)) = corrupt.into_iter().next() {
             return Err(Error::integrity(format!(
-                "job {job}: {file} is corrupt in storage {storage} and no storage has a good copy \
-                 ({}); {} was not written",
+                "job {job}: {file} is corrupt in storage {storage} and no storage has a single \
+                 good copy ({}); {} was not written",
                 e.message(),
                 target.display()
             ))
             .with_hint(format!(
                 "`backup verify --job {job} --wal` lists every damaged object; recovery cannot \
-                 replay past this file without a good copy"
+                 replay past this file without a good copy (where two copies conflict, keep \
+                 the one of the cluster being recovered and move the other aside by hand)"
             )));
         }
         if let Some((storage, e)) = unreachable.into_iter().next() {
@@ -264,45 +299,63 @@ async fn write_checked(
     let dir = parent(target);
     let temp = spool::temp_file_in(&dir).map_err(|e| writing(target, e))?;
     let (size, temp) = read(storage, archived, crypt, temp).await?;
-    let target = target.to_path_buf();
+    let owned = target.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        temp.as_file().sync_all().map_err(|e| writing(&target, e))?;
-        temp.persist(&target)
-            .map_err(|e| writing(&target, e.error))?;
+        temp.as_file().sync_all().map_err(|e| writing(&owned, e))?;
+        temp.persist(&owned).map_err(|e| writing(&owned, e.error))?;
         sync_dir(&dir);
         Ok(size)
     })
     .await
-    .map_err(|e| Error::internal(format!("writing a WAL file: {e}")))?
+    .map_err(|e| writing(target, std::io::Error::other(e)))?
 }
 
 /// Moves a file fetched ahead from the spool to `target`: a rename when
 /// both are on one file system, else a copy made the same way as a fetch.
-async fn install(kept: &Path, target: &Path) -> Result<u64> {
+/// Returns its size, or `None` when the spool's file cannot be read (gone
+/// since it was seen: another process on the host took it): the caller
+/// then fetches it from the storages.
+async fn install(kept: &Path, target: &Path) -> Result<Option<u64>> {
     let kept = kept.to_path_buf();
+    let asked = target;
     let target = target.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let size = std::fs::metadata(&kept)
-            .map_err(|e| Error::io(Kind::Internal, format!("reading {}", kept.display()), e))?
-            .len();
-        if std::fs::rename(&kept, &target).is_ok() {
-            sync_dir(&parent(&target));
-            return Ok(size);
+        let gone = |e: std::io::Error| {
+            tracing::debug!("reading {}: {e}", kept.display());
+            Ok(None)
+        };
+        let size = match std::fs::metadata(&kept) {
+            Ok(m) => m.len(),
+            Err(e) => return gone(e),
+        };
+        match std::fs::rename(&kept, &target) {
+            Ok(()) => {
+                sync_dir(&parent(&target));
+                return Ok(Some(size));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !kept.exists() => {
+                return gone(e);
+            }
+            // Another file system (or a target directory that the copy
+            // below names in its error).
+            Err(_) => {}
         }
+        let mut source = match std::fs::File::open(&kept) {
+            Ok(f) => f,
+            Err(e) => return gone(e),
+        };
         let dir = parent(&target);
         let mut temp = spool::temp_file_in(&dir).map_err(|e| writing(&target, e))?;
-        let mut source = std::fs::File::open(&kept)
-            .map_err(|e| Error::io(Kind::Internal, format!("reading {}", kept.display()), e))?;
         std::io::copy(&mut source, &mut temp).map_err(|e| writing(&target, e))?;
         temp.as_file().sync_all().map_err(|e| writing(&target, e))?;
         temp.persist(&target)
             .map_err(|e| writing(&target, e.error))?;
         sync_dir(&dir);
         let _ = std::fs::remove_file(&kept);
-        Ok(size)
+        Ok(Some(size))
     })
     .await
-    .map_err(|e| Error::internal(format!("writing a WAL file: {e}")))?
+    .map_err(|e| writing(asked, std::io::Error::other(e)))?
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -320,8 +373,11 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// A target that cannot be written is refused rather than internal: the
+/// internal kind's exit code, 1, is what `restore_command` answers for a
+/// file the archive does not have.
 fn writing(target: &Path, e: std::io::Error) -> Error {
-    Error::io(Kind::Internal, format!("writing {}", target.display()), e)
+    Error::io(Kind::Refused, format!("writing {}", target.display()), e)
         .with_hint("PostgreSQL passes %p, a path in its pg_wal directory: is the disk full?")
 }
 
@@ -373,9 +429,16 @@ mod tests {
             ..WalSettings::default()
         };
         let target = dir.path().join("RECOVERYXLOG");
-        let outcome = restore_command(&archive, &wal, SEGMENT, &target, Timestamp::now())
-            .await
-            .unwrap();
+        let outcome = restore_command(
+            &archive,
+            &wal,
+            SEGMENT,
+            &target,
+            dir.path(),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
         let Outcome::Fetched { from, size, .. } = outcome else {
             panic!("{outcome:?}");
         };
@@ -390,9 +453,16 @@ mod tests {
 
         corrupt(&b, &key);
         let second = dir.path().join("second");
-        let e = restore_command(&archive, &wal, SEGMENT, &second, Timestamp::now())
-            .await
-            .unwrap_err();
+        let e = restore_command(
+            &archive,
+            &wal,
+            SEGMENT,
+            &second,
+            dir.path(),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.kind(), Kind::Integrity, "{e:?}");
         assert!(e.message().contains("storage a"), "{e:?}");
         assert!(!second.exists());
@@ -409,11 +479,131 @@ mod tests {
             &wal,
             "00000002.history",
             &second,
+            dir.path(),
             Timestamp::now(),
         )
         .await
         .unwrap();
         assert!(matches!(none, Outcome::NotArchived { .. }), "{none:?}");
+    }
+
+    #[tokio::test]
+    async fn a_storage_with_two_copies_under_one_name_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
+        let storages: Vec<Arc<dyn Storage>> = vec![Arc::new(a.clone()), Arc::new(b.clone())];
+        let (bytes, key) = pushed(&storages, dir.path()).await;
+        // Another server's copy of the name, in the first storage only.
+        let other = WalFile::Segment(SEGMENT.into())
+            .key("base", &"ab".repeat(32), Compression::Zstd(3), false)
+            .unwrap();
+        a.put(&other, a.get(&key).unwrap());
+        let archive = Archive {
+            job: "base",
+            crypt: Crypt::None,
+            storages: Storages::opened(&storages),
+        };
+        let wal = WalSettings {
+            spool: dir.path().join("spool"),
+            fetch_ahead: 0,
+            ..WalSettings::default()
+        };
+        let target = dir.path().join("RECOVERYXLOG");
+        let outcome = restore_command(
+            &archive,
+            &wal,
+            SEGMENT,
+            &target,
+            dir.path(),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(&outcome, Outcome::Fetched { from: Source::Storage(s), .. } if s == "b"),
+            "{outcome:?}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), bytes);
+
+        // In every storage: no copy is picked.
+        b.put(&other, b.get(&key).unwrap());
+        std::fs::remove_file(&target).unwrap();
+        let e = restore_command(
+            &archive,
+            &wal,
+            SEGMENT,
+            &target,
+            dir.path(),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), Kind::Integrity, "{e:?}");
+        assert!(e.message().contains("two copies"), "{e:?}");
+        assert!(e.message().contains(&"ab".repeat(32)), "{e:?}");
+        assert!(!target.exists());
+    }
+
+    #[tokio::test]
+    async fn a_spooled_file_taken_by_another_process_is_fetched_and_stale_temporaries_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = MemoryStorage::new("a");
+        let storages: Vec<Arc<dyn Storage>> = vec![Arc::new(memory)];
+        let (bytes, _) = pushed(&storages, dir.path()).await;
+        let archive = Archive {
+            job: "base",
+            crypt: Crypt::None,
+            storages: Storages::opened(&storages),
+        };
+        let wal = WalSettings {
+            spool: dir.path().join("spool"),
+            ..WalSettings::default()
+        };
+        let pg_wal = dir.path().join("pg_wal");
+        std::fs::create_dir(&pg_wal).unwrap();
+        // What a fetch killed twenty minutes ago left, and one running now.
+        let killed = spool::temp_file_in(&pg_wal)
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&killed)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(1200))
+            .unwrap();
+        let running = spool::temp_file_in(&pg_wal)
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
+
+        // Nothing to install: the storages answer.
+        assert_eq!(
+            install(&dir.path().join("gone"), &pg_wal.join("x"))
+                .await
+                .unwrap(),
+            None
+        );
+        let target = pg_wal.join("RECOVERYXLOG");
+        let outcome = restore_command(
+            &archive,
+            &wal,
+            SEGMENT,
+            &target,
+            dir.path(),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, Outcome::Fetched { .. }), "{outcome:?}");
+        assert_eq!(std::fs::read(&target).unwrap(), bytes);
+        assert!(
+            !killed.exists(),
+            "a killed fetch's temporary file is removed"
+        );
+        assert!(running.exists(), "a young one stays");
     }
 
     #[test]

@@ -6,19 +6,26 @@
 //! already: with the same digest that storage is done, with another the
 //! push is refused (two clusters archiving into one job, or a restored
 //! cluster on an old timeline, must not overwrite the archive). The rest get
-//! the file through the pipeline, compressed once. Success means every
-//! storage has it.
+//! the file through the pipeline, compressed once, read through a check of
+//! that digest: a file that changed since it was hashed fails the read, so
+//! every upload is aborted and no object's name lies about its bytes. Each
+//! storage that took the file is listed again: two servers pushing the same
+//! name at once both pass the first look, and the second look is where one
+//! of them learns of the other. Success means every storage has it, alone
+//! under its name.
 //!
 //! PostgreSQL waits for each call, one file at a time, so a call does more
 //! than its file ([`archive_command`]):
 //! - it pushes up to `wal_push_ahead` further segments that
 //!   `archive_status/*.ready` lists, in parallel with its own, and notes each
-//!   in the spool; PostgreSQL's later call for one of those checks the file's
-//!   digest against the note and returns without opening a storage;
+//!   in the spool with the storages it went into; PostgreSQL's later call for
+//!   one of those checks the file's digest against the note, and the job's
+//!   storages against the note's, and returns without opening a storage;
 //! - past `wal_queue_max` of `.ready` segments it drops a segment instead of
 //!   letting `pg_wal` fill the disk: PostgreSQL hears success, the operator
 //!   hears an error in the server log, and every storage that answers gets a
-//!   marker (`<job>/wal/dropped/<file>.json`) that `check` reports.
+//!   marker (`<job>/wal/dropped/<file>.json`) that `check` reports; when none
+//!   takes it, the spool keeps it (`dropped/<file>.json`).
 //!
 //! Storages are opened only when something must be listed or stored
 //! ([`Storages`]): a call the spool answers opens none.
@@ -34,7 +41,8 @@ use tokio::sync::OnceCell;
 
 use super::names::{Archived, DROPPED_DIR, WalFile, wal_prefix};
 use super::object::list_dir;
-use super::spool::Spool;
+pub use super::spool::DroppedMarker;
+use super::spool::{self, Spool};
 use crate::archive::{self, Destination, crypt::Crypt};
 use crate::error::{Error, Kind, Result};
 use crate::model::{Compression, WalSettings};
@@ -96,6 +104,11 @@ impl<'a> Storages<'a> {
         &self.names[index]
     }
 
+    /// Every storage's name, in the job's order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The `index`-th storage, opened now if it was not.
     pub async fn get(&self, index: usize) -> Result<&Arc<dyn Storage>> {
         self.opened[index]
@@ -153,15 +166,6 @@ pub struct Dropped {
     pub marked: Vec<String>,
     /// Storages that could not be given the marker, and why.
     pub unmarked: Vec<(String, Error)>,
-}
-
-/// The marker of a dropped file, as `<job>/wal/dropped/<file>.json` holds it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DroppedMarker {
-    pub file: String,
-    pub dropped_at: Timestamp,
-    pub backlog_bytes: u64,
-    pub limit_bytes: u64,
 }
 
 /// `<job>/wal/dropped`: where the markers of dropped files are.
@@ -274,21 +278,19 @@ async fn push_one(
                 continue;
             }
         };
-        let same_name: Vec<&Archived> = listing.iter().filter(|a| a.file == file).collect();
-        if same_name.iter().any(|a| a.sha256 == sha256) {
-            already.push(storage.name().to_owned());
-        } else if let Some(other) = same_name.first() {
+        // Any other copy under the name is a conflict, even beside ours:
+        // a fetch would not know which one to trust.
+        if let Some(other) = other_copy(&listing, &file, &sha256) {
             return Err(Error::refused(format!(
                 "job {job}: {file} is already archived in storage {} with other contents \
                  (sha256 {}, this file's is {sha256}); nothing was overwritten",
                 storage.name(),
                 other.sha256
             ))
-            .with_hint(
-                "only one cluster may archive into a job: check the archive_command of every \
-                 server pointing at this job (a restored or cloned cluster keeps its parent's); \
-                 once you know which copy is right, move the other aside by hand",
-            ));
+            .with_hint(ONE_CLUSTER_HINT));
+        }
+        if listing.iter().any(|a| a.file == file) {
+            already.push(storage.name().to_owned());
         } else {
             needed.push(storage);
         }
@@ -308,7 +310,9 @@ async fn push_one(
         }
         if !destinations.is_empty() {
             let source = std::fs::File::open(path).map_err(|e| missing_or_unreadable(path, e))?;
-            let (digest, deliveries) = archive::store(
+            // A failed check fails the read, and with it every upload.
+            let source = Verified::new(source, path, &sha256, size);
+            let (_, deliveries) = archive::store(
                 source,
                 compression,
                 crypt,
@@ -318,24 +322,40 @@ async fn push_one(
                 std::future::ready(Ok(())),
             )
             .await?;
-            // The file changed between hashing and storing: the stored
-            // object's name would lie about its bytes.
-            if digest.raw_sha256 != sha256 {
-                for storage in &needed {
-                    let _ = storage.delete(&key).await;
-                }
-                return Err(Error::internal(format!(
-                    "{} changed while it was being archived; nothing was kept",
-                    path.display()
-                ))
-                .with_hint("PostgreSQL never changes a segment it hands to archive_command: is something else writing pg_wal?"));
-            }
             for d in deliveries {
                 match d.result {
                     Ok(()) => stored.push(d.storage),
                     Err(e) => failures.push((d.storage, e)),
                 }
             }
+        }
+    }
+    // The look before storing and the store are two steps: another server
+    // pushing the same name at the same time passed the same look.
+    let took: Vec<&Arc<dyn Storage>> = storages
+        .iter()
+        .filter(|s| stored.iter().any(|n| n == s.name()))
+        .collect();
+    let relisted =
+        futures::future::join_all(took.iter().map(|s| list_dir(s.as_ref(), &prefix))).await;
+    for (storage, listing) in took.iter().zip(relisted) {
+        match listing {
+            Ok(listing) => {
+                if let Some(other) = other_copy(&listing, &file, &sha256) {
+                    return Err(Error::refused(format!(
+                        "job {job}: {file} was stored in storage {} with sha256 {sha256} while \
+                         another copy with sha256 {} was stored there too: two servers are \
+                         archiving into this job; nothing was deleted",
+                        storage.name(),
+                        other.sha256
+                    ))
+                    .with_hint(ONE_CLUSTER_HINT));
+                }
+            }
+            Err(e) => failures.push((
+                storage.name().to_owned(),
+                e.context(format!("listing {prefix} again after storing {file}")),
+            )),
         }
     }
     if let Some((storage, e)) = failures.into_iter().next() {
@@ -350,6 +370,73 @@ async fn push_one(
         stored,
         already,
     })
+}
+
+const ONE_CLUSTER_HINT: &str = "only one cluster may archive into a job: check the \
+    archive_command of every server pointing at this job (a restored or cloned cluster keeps \
+    its parent's); once you know which copy is right, move the other aside by hand";
+
+/// A copy of `file` in `listing` whose digest is not `sha256`.
+fn other_copy<'l>(listing: &'l [Archived], file: &WalFile, sha256: &str) -> Option<&'l Archived> {
+    listing
+        .iter()
+        .find(|a| a.file == *file && a.sha256 != sha256)
+}
+
+/// The file being pushed, read through a check that its bytes are those
+/// hashed before: at the end it fails the read (with one of our errors
+/// inside the I/O error, which `store` hands on) when they are not, so
+/// `store` aborts every upload and no object is finished under a name that
+/// lies about its bytes.
+struct Verified<R> {
+    inner: R,
+    path: PathBuf,
+    expected_sha256: String,
+    expected_size: u64,
+    sha: Sha256,
+    size: u64,
+}
+
+impl<R: Read> Verified<R> {
+    fn new(inner: R, path: &Path, sha256: &str, size: u64) -> Self {
+        Verified {
+            inner,
+            path: path.to_path_buf(),
+            expected_sha256: sha256.to_owned(),
+            expected_size: size,
+            sha: Sha256::new(),
+            size: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Verified<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.sha.update(&buf[..n]);
+            self.size += n as u64;
+            return Ok(n);
+        }
+        let sha256 = archive::hex(&self.sha.clone().finalize());
+        if sha256 == self.expected_sha256 && self.size == self.expected_size {
+            return Ok(0);
+        }
+        Err(std::io::Error::other(
+            Error::integrity(format!(
+                "{} changed while it was being archived ({} bytes with sha256 {}, then {} \
+                 bytes with sha256 {sha256}); nothing was stored",
+                self.path.display(),
+                self.expected_size,
+                self.expected_sha256,
+                self.size,
+            ))
+            .with_hint(
+                "PostgreSQL never changes a segment it hands to archive_command: is something \
+                 else writing pg_wal?",
+            ),
+        ))
+    }
 }
 
 /// What `archive_command` asks: the file at `path` archived in every
@@ -376,18 +463,30 @@ pub async fn archive_command(
             None
         }
     };
+    let storage_names = archive.storages.names();
     if let Some(spool) = &spool
         && let Some(noted) = spool.pushed(&name)
     {
-        let (sha256, _) = digest_in_background(path).await?;
         spool.forget_pushed(&name);
-        if sha256 == noted {
-            return Ok(Outcome::Spooled { file, sha256 });
+        if !noted.covers(storage_names) {
+            // The job's storages changed since: one added was never given it.
+            tracing::info!(
+                "job {job}: {name} was pushed ahead into storages {}, and the job's are now {}; \
+                 pushing it again",
+                noted.storages.join(", "),
+                storage_names.join(", ")
+            );
+        } else {
+            let (sha256, _) = digest_in_background(path).await?;
+            if sha256 == noted.sha256 {
+                return Ok(Outcome::Spooled { file, sha256 });
+            }
+            tracing::warn!(
+                "job {job}: {name} was pushed ahead with sha256 {}, and now reads {sha256}; \
+                 pushing it again",
+                noted.sha256
+            );
         }
-        tracing::warn!(
-            "job {job}: {name} was pushed ahead with sha256 {noted}, and now reads {sha256}; \
-             pushing it again"
-        );
     }
     let status_dir = archive_status_dir(path);
     let ready = ready_segments(&status_dir);
@@ -400,7 +499,7 @@ pub async fn archive_command(
         let backlog = ready.len() as u64 * segment_size;
         if backlog > limit {
             return Ok(Outcome::Dropped(
-                drop_file(archive, file, backlog, limit, now).await,
+                drop_file(archive, &wal.spool, file, backlog, limit, now).await,
             ));
         }
     }
@@ -409,7 +508,12 @@ pub async fn archive_command(
             spool.remove_stale(now);
             ready
                 .iter()
-                .filter(|n| **n != name && spool.pushed(n).is_none())
+                .filter(|n| {
+                    **n != name
+                        && !spool
+                            .pushed(n)
+                            .is_some_and(|note| note.covers(storage_names))
+                })
                 .take(wal.push_ahead as usize)
                 .map(|n| path.with_file_name(n))
                 .collect()
@@ -439,7 +543,8 @@ pub async fn archive_command(
         match result {
             Ok(pushed) => {
                 if let Some(spool) = noting
-                    && let Err(e) = spool.note_pushed(&pushed.file.name(), &pushed.sha256)
+                    && let Err(e) =
+                        spool.note_pushed(&pushed.file.name(), &pushed.sha256, storage_names)
                 {
                     // PostgreSQL's own call will find it archived: slower, not wrong.
                     tracing::warn!(
@@ -496,9 +601,10 @@ fn ready_segments(status_dir: &Path) -> Vec<String> {
 }
 
 /// Lets `file` go unarchived, says so loudly, and leaves a marker in every
-/// storage that answers.
+/// storage that answers; in the spool under `spool_root` when none does.
 async fn drop_file(
     archive: &Archive<'_>,
+    spool_root: &Path,
     file: WalFile,
     backlog_bytes: u64,
     limit_bytes: u64,
@@ -526,18 +632,42 @@ async fn drop_file(
         marked: Vec::new(),
         unmarked: Vec::new(),
     };
-    let text = match serde_json::to_vec_pretty(&marker) {
+    mark_in_storages(archive, &marker, &mut dropped).await;
+    if dropped.marked.is_empty() {
+        let kept = match spool::record_dropped(spool_root, job, &marker) {
+            Ok(()) => format!(
+                "it is recorded in the spool ({}) instead",
+                spool::job_dir(spool_root, job)
+                    .join(spool::DROPPED_DIR)
+                    .display()
+            ),
+            Err(e) => format!("nor in the spool: {}", e.message()),
+        };
+        tracing::error!(
+            "job {job}: the marker of dropped {} could not be stored in any storage; {kept}. \
+             Until a marker is stored, `backup check` on another host cannot see this gap",
+            dropped.file
+        );
+    }
+    dropped
+}
+
+/// Writes `marker` into every storage that answers, noting in `dropped`
+/// which did and which did not.
+async fn mark_in_storages(archive: &Archive<'_>, marker: &DroppedMarker, dropped: &mut Dropped) {
+    let job = archive.job;
+    let text = match serde_json::to_vec_pretty(marker) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!("job {job}: encoding the marker of {}: {e}", dropped.file);
-            return dropped;
+            return;
         }
     };
     let key = match dropped_key(job, &dropped.file) {
         Ok(k) => k,
         Err(e) => {
             tracing::error!("job {job}: {}", e.message());
-            return dropped;
+            return;
         }
     };
     let marks = (0..archive.storages.len()).map(|i| {
@@ -564,7 +694,6 @@ async fn drop_file(
             }
         }
     }
-    dropped
 }
 
 #[cfg(test)]
@@ -639,15 +768,225 @@ mod tests {
         assert_eq!(again.message(), "not to be opened");
 
         // Bytes other than those pushed ahead: pushed (here: refused) again.
-        std::fs::write(
-            spool.path().join("base").join("pushed").join(names[2]),
-            format!("{}\n", "0".repeat(64)),
-        )
-        .unwrap();
+        let notes = Spool::open(spool.path(), "base").unwrap();
+        notes
+            .note_pushed(names[2], &"0".repeat(64), &["mem".into()])
+            .unwrap();
         let e = archive_command(&closed, &wal, &wal_dir.path().join(names[2]), now)
             .await
             .unwrap_err();
         assert_eq!(e.message(), "not to be opened");
+    }
+
+    #[tokio::test]
+    async fn a_spool_note_for_other_storages_is_not_trusted() {
+        let name = "000000010000000000000003";
+        let wal_dir = pg_wal(&[name]);
+        let path = wal_dir.path().join(name);
+        let (sha256, _) = digest_file(&path).unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let wal = WalSettings {
+            push_ahead: 0,
+            spool: spool.path().to_path_buf(),
+            ..WalSettings::default()
+        };
+        // Pushed ahead into `mem` alone; the job now also has `new`.
+        Spool::open(spool.path(), "base")
+            .unwrap()
+            .note_pushed(name, &sha256, &["mem".into()])
+            .unwrap();
+        let (mem, new) = (MemoryStorage::new("mem"), MemoryStorage::new("new"));
+        let archive = Archive {
+            job: "base",
+            compression: Compression::None,
+            crypt: Crypt::None,
+            storages: Storages::opened(&[
+                Arc::new(mem.clone()) as Arc<dyn Storage>,
+                Arc::new(new.clone()),
+            ]),
+        };
+        let outcome = archive_command(&archive, &wal, &path, Timestamp::now())
+            .await
+            .unwrap();
+        let Outcome::Pushed { pushed, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(pushed.stored, ["mem", "new"]);
+        let key = pushed
+            .file
+            .key("base", &sha256, Compression::None, false)
+            .unwrap();
+        assert!(new.get(&key).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_file_that_changes_while_it_is_stored_leaves_nothing_stored() {
+        let memory = MemoryStorage::new("mem");
+        let key = Key::new("base/wal/0000000100000000/000000010000000000000003-x").unwrap();
+        let hashed = vec![7u8; 3 << 20];
+        let (sha256, size) = (archive::sha256_hex(&hashed), hashed.len() as u64);
+        // What the reader finds when it reads: one byte has changed.
+        let mut read = hashed.clone();
+        read[2 << 20] = 8;
+        let path = Path::new("pg_wal/000000010000000000000003");
+        let source = Verified::new(std::io::Cursor::new(read), path, &sha256, size);
+        let destinations = vec![Destination {
+            storage: "mem".into(),
+            writer: memory.writer(&key).await.unwrap(),
+        }];
+        let e = archive::store(
+            source,
+            Compression::Zstd(3),
+            Crypt::None,
+            destinations,
+            key.as_str(),
+            Arc::new(|_| {}),
+            std::future::ready(Ok(())),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), Kind::Integrity, "{e:?}");
+        assert!(
+            e.message()
+                .contains("pg_wal/000000010000000000000003 changed while it was being archived"),
+            "{e:?}"
+        );
+        assert!(e.hint().is_some_and(|h| h.contains("pg_wal")), "{e:?}");
+        assert!(memory.get(&key).is_none());
+        assert!(
+            memory
+                .list(&Key::new("base").unwrap())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // The same bytes pass.
+        let source = Verified::new(std::io::Cursor::new(hashed), path, &sha256, size);
+        let destinations = vec![Destination {
+            storage: "mem".into(),
+            writer: memory.writer(&key).await.unwrap(),
+        }];
+        let (digest, _) = archive::store(
+            source,
+            Compression::Zstd(3),
+            Crypt::None,
+            destinations,
+            key.as_str(),
+            Arc::new(|_| {}),
+            std::future::ready(Ok(())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(digest.raw_sha256, sha256);
+        assert!(memory.get(&key).is_some());
+    }
+
+    /// A storage where another server stores `other` under the same name
+    /// as soon as this one starts writing: after the look, before the end.
+    #[derive(Debug)]
+    struct Racing {
+        inner: MemoryStorage,
+        other: Key,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Racing {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        async fn writer(&self, key: &Key) -> Result<Box<dyn crate::storage::ObjectWriter>> {
+            self.inner.put(&self.other, b"another server's".to_vec());
+            self.inner.writer(key).await
+        }
+        async fn reader(&self, key: &Key) -> Result<crate::storage::ObjectReader> {
+            self.inner.reader(key).await
+        }
+        async fn list(&self, prefix: &Key) -> Result<Vec<crate::storage::ObjectInfo>> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &Key) -> Result<()> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn two_servers_pushing_one_name_at_once_fail_and_nothing_is_deleted() {
+        let name = "000000010000000000000003";
+        let wal_dir = pg_wal(&[name]);
+        let path = wal_dir.path().join(name);
+        let file = WalFile::Segment(name.into());
+        let other_sha = "cd".repeat(32);
+        let other = file
+            .key("base", &other_sha, Compression::None, false)
+            .unwrap();
+        let memory = MemoryStorage::new("mem");
+        let racing: Arc<dyn Storage> = Arc::new(Racing {
+            inner: memory.clone(),
+            other: other.clone(),
+        });
+        let e = push("base", &[racing], Compression::None, Crypt::None, &path)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), Kind::Refused, "{e:?}");
+        let (sha256, _) = digest_file(&path).unwrap();
+        assert!(e.message().contains(&sha256), "{e:?}");
+        assert!(e.message().contains(&other_sha), "{e:?}");
+        assert!(e.message().contains("storage mem"), "{e:?}");
+        assert!(e.hint().is_some());
+        // Both copies stay for the operator to judge.
+        let ours = file.key("base", &sha256, Compression::None, false).unwrap();
+        assert!(memory.get(&ours).is_some());
+        assert!(memory.get(&other).is_some());
+        // And a push that finds them both refuses before storing.
+        let again = push(
+            "base",
+            &[Arc::new(memory.clone()) as Arc<dyn Storage>],
+            Compression::None,
+            Crypt::None,
+            &path,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(again.kind(), Kind::Refused, "{again:?}");
+        assert!(again.message().contains("other contents"), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_drop_no_storage_takes_is_recorded_in_the_spool() {
+        let names = ["000000010000000000000003", "000000010000000000000004"];
+        let wal_dir = pg_wal(&names);
+        let spool = tempfile::tempdir().unwrap();
+        let wal = WalSettings {
+            queue_max: Some(1 << 20),
+            spool: spool.path().to_path_buf(),
+            ..WalSettings::default()
+        };
+        let archive = Archive {
+            job: "base",
+            compression: Compression::None,
+            crypt: Crypt::None,
+            storages: Storages::new(vec!["mem".into()], |_| {
+                Box::pin(std::future::ready(Err(Error::storage("down"))))
+            }),
+        };
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let outcome = archive_command(&archive, &wal, &wal_dir.path().join(names[0]), now)
+            .await
+            .unwrap();
+        let Outcome::Dropped(dropped) = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(dropped.marked.is_empty());
+        assert_eq!(
+            spool::dropped(spool.path(), "base"),
+            [DroppedMarker {
+                file: names[0].into(),
+                dropped_at: now,
+                backlog_bytes: 2 << 20,
+                limit_bytes: 1 << 20,
+            }]
+        );
     }
 
     #[test]

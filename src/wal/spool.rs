@@ -1,27 +1,37 @@
 //! The spool of a physical job (`spool_path/<job>`): what one `wal push` or
 //! `wal fetch` leaves for PostgreSQL's next call, and the record of failed
-//! pushes that `status` and the metrics read.
+//! pushes and dropped segments that `status` and the metrics read.
 //!
 //! ```text
-//! <spool>/<job>/pushed/<file>          pushed ahead into every storage: its raw sha256, hex
-//! <spool>/<job>/fetched/<file>         fetched ahead: the file's bytes, their digest checked
+//! <spool>/<job>/pushed/<file>          pushed ahead: {"sha256": raw sha256, hex,
+//!                                      "storages": the storages it went into}
+//! <spool>/<job>/fetched/<key>/<file>   fetched ahead for the recovery of one data
+//!                                      directory (<key>: a digest of its path): the
+//!                                      file's bytes, their digest checked
 //! <spool>/<job>/segment-size           the segment size the last full segment fetched had
 //! <spool>/<job>/push-failures.jsonl    the last 100 failed pushes, one JSON object a line:
 //!                                      {"at": RFC 3339, "file": "...", "error": "..."}
 //! <spool>/<job>/push-failures.total    how many pushes failed, ever: a decimal integer
+//! <spool>/<job>/dropped/<file>.json    a segment the queue valve dropped whose marker no
+//!                                      storage took: the marker ([`DroppedMarker`])
 //! ```
 //!
 //! Every file is written beside its name and renamed over it, so a reader
 //! never sees half of one. PostgreSQL runs `archive_command` and
-//! `restore_command` one at a time, so one process writes here at a time;
-//! a push run by hand at the same moment could at worst lose one count of
-//! the failure total. Nothing here is needed for correctness: a missing
-//! or stale entry only makes the next call do the work itself.
+//! `restore_command` one at a time per cluster, but several clusters on a
+//! host may share a job's spool: what one recovery fetched ahead is kept
+//! apart from another's, and a file taken by someone else between a look
+//! and a read is fetched again. A push run by hand at the same moment as
+//! PostgreSQL's could at worst lose one count of the failure total.
+//! Nothing here is needed for correctness: a missing or stale entry only
+//! makes the next call do the work itself; only `dropped/` is a record
+//! that `status` needs.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Kind, Result};
 
@@ -29,6 +39,8 @@ use crate::error::{Error, Kind, Result};
 pub const PUSHED_DIR: &str = "pushed";
 /// Under the job's spool: segments fetched ahead of PostgreSQL's call.
 pub const FETCHED_DIR: &str = "fetched";
+/// Under the job's spool: the markers of dropped segments no storage took.
+pub const DROPPED_DIR: &str = "dropped";
 /// The last [`FAILURES_KEPT`] failed pushes, one JSON line each.
 pub const PUSH_FAILURES_LOG: &str = "push-failures.jsonl";
 /// How many pushes failed since the spool was made.
@@ -40,6 +52,13 @@ const SEGMENT_SIZE: &str = "segment-size";
 pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// Temporary files start with this, so listings pass over them.
 const TEMP_PREFIX: &str = ".tmp-";
+/// Random characters after [`TEMP_PREFIX`]: fixed, so that [`is_temp`]
+/// matches our names and nothing else.
+const TEMP_RANDOM: usize = 6;
+/// A temporary file this old was left by a process that died (a fetch
+/// killed by PostgreSQL's shutdown, or by the OOM killer): one segment is
+/// written in seconds.
+pub const TEMP_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// `<spool>/<job>`: the directory of one job.
 pub fn job_dir(root: &Path, job: &str) -> PathBuf {
@@ -54,10 +73,74 @@ pub struct PushFailure {
     pub error: String,
 }
 
+/// What `pushed/<file>` says: the file's raw digest and the storages it
+/// was pushed into, which are the job's whole list at the time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PushedNote {
+    pub sha256: String,
+    pub storages: Vec<String>,
+}
+
+impl PushedNote {
+    /// Whether the note answers for a job whose storages are `storages`
+    /// now: the same set. A storage added since was never given the file.
+    pub fn covers(&self, storages: &[String]) -> bool {
+        let set = |list: &[String]| {
+            let mut list = list.to_vec();
+            list.sort();
+            list.dedup();
+            list
+        };
+        set(&self.storages) == set(storages)
+    }
+}
+
+/// The marker of a segment the queue valve dropped, as the storages'
+/// `<job>/wal/dropped/<file>.json` and the spool's `dropped/<file>.json`
+/// hold it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DroppedMarker {
+    pub file: String,
+    pub dropped_at: Timestamp,
+    pub backlog_bytes: u64,
+    pub limit_bytes: u64,
+}
+
 /// The spool directory of one job, made if missing.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+}
+
+/// Where the segments fetched ahead for one data directory's recovery are
+/// kept (`fetched/<key>/`): two recoveries on one host fetching from one
+/// job must not take each other's segments, which may be of other
+/// timelines or other clusters under the same name.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    dir: PathBuf,
+}
+
+impl Fetched {
+    /// Where a fetched-ahead `name` is kept.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The directory fetched-ahead files are written in (their temporary
+    /// files too, so a rename finishes them).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The key of a data directory in `fetched/`: the first 16 hex digits of
+/// the SHA-256 of its canonical path (the path as given when it has none).
+pub fn recovery_key(data_dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = Sha256::digest(canonical.as_os_str().as_bytes());
+    crate::archive::hex(&digest[..8])
 }
 
 impl Spool {
@@ -85,19 +168,25 @@ impl Spool {
         &self.dir
     }
 
-    /// The raw digest `name` was pushed ahead with, if it was.
-    pub fn pushed(&self, name: &str) -> Option<String> {
-        let text = std::fs::read_to_string(self.dir.join(PUSHED_DIR).join(name)).ok()?;
-        let sha = text.trim();
-        (sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_owned())
+    /// What the note of `name`, pushed ahead, says, if there is one that
+    /// reads. A note of an older version (a bare digest, without its
+    /// storages) does not: the file is then pushed as if never noted.
+    pub fn pushed(&self, name: &str) -> Option<PushedNote> {
+        let text = std::fs::read(self.dir.join(PUSHED_DIR).join(name)).ok()?;
+        let note: PushedNote = serde_json::from_slice(&text).ok()?;
+        let sha = &note.sha256;
+        (sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some(note)
     }
 
-    /// Notes that `name` is in every storage with raw digest `sha256`.
-    pub fn note_pushed(&self, name: &str, sha256: &str) -> Result<()> {
-        write_atomic(
-            &self.dir.join(PUSHED_DIR).join(name),
-            format!("{sha256}\n").as_bytes(),
-        )
+    /// Notes that `name` is in each of `storages` with raw digest `sha256`.
+    pub fn note_pushed(&self, name: &str, sha256: &str, storages: &[String]) -> Result<()> {
+        let note = PushedNote {
+            sha256: sha256.to_owned(),
+            storages: storages.to_vec(),
+        };
+        let text = serde_json::to_vec(&note)
+            .map_err(|e| Error::internal(format!("encoding the spool note of {name}: {e}")))?;
+        write_atomic(&self.dir.join(PUSHED_DIR).join(name), &text)
     }
 
     /// Forgets a pushed-ahead entry, once used or found wrong.
@@ -105,15 +194,18 @@ impl Spool {
         let _ = std::fs::remove_file(self.dir.join(PUSHED_DIR).join(name));
     }
 
-    /// Where a fetched-ahead `name` is kept.
-    pub fn fetched(&self, name: &str) -> PathBuf {
-        self.dir.join(FETCHED_DIR).join(name)
-    }
-
-    /// The directory fetched-ahead files are written in (their temporary
-    /// files too, so a rename finishes them).
-    pub fn fetched_dir(&self) -> PathBuf {
-        self.dir.join(FETCHED_DIR)
+    /// The fetched-ahead files of the recovery of `data_dir`, the
+    /// directory PostgreSQL runs `restore_command` in; made if missing.
+    pub fn fetched(&self, data_dir: &Path) -> Result<Fetched> {
+        let dir = self.dir.join(FETCHED_DIR).join(recovery_key(data_dir));
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::io(
+                Kind::Config,
+                format!("making the spool directory {}", dir.display()),
+                e,
+            )
+        })?;
+        Ok(Fetched { dir })
     }
 
     /// The segment size last seen, if one was noted.
@@ -131,32 +223,72 @@ impl Spool {
     }
 
     /// Removes pushed and fetched entries (and temporary files) last
-    /// written more than [`STALE_AFTER`] before `now`; returns how many.
+    /// written more than [`STALE_AFTER`] before `now`, and the directories
+    /// of recoveries left empty; returns how many files.
     pub fn remove_stale(&self, now: Timestamp) -> usize {
-        let Ok(limit) =
-            now.checked_sub(jiff::SignedDuration::try_from(STALE_AFTER).unwrap_or_default())
-        else {
+        let Some(limit) = before(now, STALE_AFTER) else {
             return 0;
         };
-        let mut removed = 0;
-        for sub in [PUSHED_DIR, FETCHED_DIR] {
-            for entry in std::fs::read_dir(self.dir.join(sub))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let written = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| Timestamp::try_from(t).ok());
-                if written.is_some_and(|t| t < limit) && std::fs::remove_file(entry.path()).is_ok()
-                {
-                    removed += 1;
-                }
+        let mut removed = remove_files_older(&self.dir.join(PUSHED_DIR), limit, |_| true);
+        let fetched = self.dir.join(FETCHED_DIR);
+        // Files of the layout before `fetched/<key>/`, then each recovery's.
+        removed += remove_files_older(&fetched, limit, |_| true);
+        for entry in std::fs::read_dir(&fetched).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            // Only a directory untouched as long as a file is: a fresh one
+            // may be about to receive a segment. Told before its files go,
+            // which touches it.
+            let idle = written_at(&entry).is_some_and(|t| t < limit);
+            removed += remove_files_older(&path, limit, |_| true);
+            if idle {
+                let _ = std::fs::remove_dir(&path);
             }
         }
         removed
+    }
+}
+
+/// `now` less `age`, if it can be told.
+fn before(now: Timestamp, age: std::time::Duration) -> Option<Timestamp> {
+    now.checked_sub(jiff::SignedDuration::try_from(age).ok()?)
+        .ok()
+}
+
+fn written_at(entry: &std::fs::DirEntry) -> Option<Timestamp> {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| Timestamp::try_from(t).ok())
+}
+
+/// Removes the files in `dir` whose names `wanted` picks, last written
+/// before `limit`; returns how many.
+fn remove_files_older(dir: &Path, limit: Timestamp, wanted: impl Fn(&str) -> bool) -> usize {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let picked = entry.file_name().to_str().is_some_and(&wanted)
+            && entry.file_type().is_ok_and(|t| t.is_file());
+        if picked
+            && written_at(&entry).is_some_and(|t| t < limit)
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Removes our temporary files in `dir` (names [`is_temp`] matches) last
+/// written more than [`TEMP_STALE_AFTER`] before `now`: what a process
+/// killed while writing left. Returns how many.
+pub fn remove_stale_temps(dir: &Path, now: Timestamp) -> usize {
+    match before(now, TEMP_STALE_AFTER) {
+        Some(limit) => remove_files_older(dir, limit, is_temp),
+        None => 0,
     }
 }
 
@@ -202,6 +334,36 @@ pub fn record_push_failure(root: &Path, job: &str, failure: &PushFailure) -> Res
     )
 }
 
+/// Records in the spool that `marker`'s file was dropped, when no storage
+/// took the marker: `status` reads it with [`dropped`].
+pub fn record_dropped(root: &Path, job: &str, marker: &DroppedMarker) -> Result<()> {
+    let dir = job_dir(root, job).join(DROPPED_DIR);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(Kind::Internal, format!("making {}", dir.display()), e))?;
+    let text = serde_json::to_vec_pretty(marker)
+        .map_err(|e| Error::internal(format!("encoding the marker of {}: {e}", marker.file)))?;
+    write_atomic(&dir.join(format!("{}.json", marker.file)), &text)
+}
+
+/// The dropped segments recorded in the spool of `job` (those whose marker
+/// no storage took), by file name; files that do not read are passed over.
+pub fn dropped(root: &Path, job: &str) -> Vec<DroppedMarker> {
+    let dir = job_dir(root, job).join(DROPPED_DIR);
+    let mut markers: Vec<DroppedMarker> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".json") && !is_temp(n))
+        })
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect();
+    markers.sort_by(|a, b| a.file.cmp(&b.file));
+    markers
+}
+
 /// How many pushes of `job` failed; 0 when none ever did.
 pub fn push_failures_total(root: &Path, job: &str) -> Result<u64> {
     let path = job_dir(root, job).join(PUSH_FAILURES_TOTAL);
@@ -241,12 +403,17 @@ pub fn recent_push_failures(root: &Path, job: &str) -> Result<Vec<PushFailure>> 
 pub fn temp_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
+        .rand_bytes(TEMP_RANDOM)
         .tempfile_in(dir)
 }
 
-/// Whether `name` is one of [`temp_file_in`]'s.
+/// Whether `name` is one of [`temp_file_in`]'s: exactly its prefix and its
+/// random letters and digits, so that cleaning up after a killed process
+/// never takes someone else's file.
 pub fn is_temp(name: &str) -> bool {
-    name.starts_with(TEMP_PREFIX)
+    name.strip_prefix(TEMP_PREFIX).is_some_and(|rest| {
+        rest.len() == TEMP_RANDOM && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
 }
 
 /// Writes `bytes` to `path` whole or not at all: beside it, synced, renamed.
@@ -299,22 +466,138 @@ mod tests {
         assert_eq!(total.trim(), "105");
     }
 
+    /// Sets a file's modification time `age` before now.
+    fn age(path: &Path, age: std::time::Duration) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    }
+
     #[test]
-    fn pushed_entries_hold_a_digest_and_go_stale_after_a_day() {
+    fn pushed_entries_hold_a_digest_and_their_storages_and_go_stale_after_a_day() {
         let root = tempfile::tempdir().unwrap();
         let spool = Spool::open(root.path(), "base").unwrap();
         let sha = "ab".repeat(32);
+        let storages = vec!["disk".to_owned(), "s3".to_owned()];
         assert_eq!(spool.pushed("000000010000000000000003"), None);
-        spool.note_pushed("000000010000000000000003", &sha).unwrap();
-        assert_eq!(spool.pushed("000000010000000000000003"), Some(sha));
-        std::fs::write(spool.fetched("000000010000000000000004"), b"x").unwrap();
+        spool
+            .note_pushed("000000010000000000000003", &sha, &storages)
+            .unwrap();
+        let note = spool.pushed("000000010000000000000003").unwrap();
+        assert_eq!(note.sha256, sha);
+        assert!(note.covers(&["s3".into(), "disk".into()]));
+        assert!(!note.covers(&["disk".into()]));
+        assert!(!note.covers(&["disk".into(), "s3".into(), "blob".into()]));
+        // A bare digest, as an older version noted it, is no note.
+        std::fs::write(
+            spool
+                .dir()
+                .join(PUSHED_DIR)
+                .join("000000010000000000000005"),
+            format!("{sha}\n"),
+        )
+        .unwrap();
+        assert_eq!(spool.pushed("000000010000000000000005"), None);
+
+        let data = tempfile::tempdir().unwrap();
+        let fetched = spool.fetched(data.path()).unwrap();
+        std::fs::write(fetched.path("000000010000000000000004"), b"x").unwrap();
         assert_eq!(spool.remove_stale(Timestamp::now()), 0);
         let tomorrow = Timestamp::now()
             .checked_add(jiff::SignedDuration::from_hours(25))
             .unwrap();
-        assert_eq!(spool.remove_stale(tomorrow), 2);
+        assert_eq!(spool.remove_stale(tomorrow), 3);
         assert_eq!(spool.pushed("000000010000000000000003"), None);
-        assert!(!spool.fetched("000000010000000000000004").exists());
+        assert!(!fetched.path("000000010000000000000004").exists());
+        assert!(
+            !fetched.dir().exists(),
+            "an emptied recovery's directory goes"
+        );
+    }
+
+    #[test]
+    fn each_data_directory_has_its_own_fetched_files() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::open(root.path(), "base").unwrap();
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = spool.fetched(one.path()).unwrap();
+        let b = spool.fetched(two.path()).unwrap();
+        assert_ne!(a.dir(), b.dir());
+        // The same directory, however it is spelled.
+        let again = spool.fetched(&one.path().join(".")).unwrap();
+        assert_eq!(a.dir(), again.dir());
+        assert_eq!(recovery_key(one.path()).len(), 16);
+    }
+
+    #[test]
+    fn only_our_temporary_files_are_cleaned_and_only_once_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = temp_file_in(dir.path())
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
+        let name = ours.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(is_temp(&name), "{name}");
+        let young = temp_file_in(dir.path())
+            .unwrap()
+            .into_temp_path()
+            .keep()
+            .unwrap();
+        let others = [
+            ".tmp-abc",
+            ".tmp-abcdefg",
+            ".tmp-abc.de",
+            "xlogtemp.123",
+            "RECOVERYXLOG",
+        ];
+        for other in others {
+            assert!(!is_temp(other), "{other}");
+            std::fs::write(dir.path().join(other), b"x").unwrap();
+            age(
+                &dir.path().join(other),
+                std::time::Duration::from_secs(3600),
+            );
+        }
+        age(&ours, std::time::Duration::from_secs(11 * 60));
+        assert_eq!(remove_stale_temps(dir.path(), Timestamp::now()), 1);
+        assert!(!ours.exists());
+        assert!(young.exists(), "a temporary file still being written stays");
+        for other in others {
+            assert!(dir.path().join(other).exists(), "{other}");
+        }
+    }
+
+    #[test]
+    fn dropped_segments_are_recorded_and_read_back() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(dropped(root.path(), "base").is_empty());
+        let marker = |file: &str| DroppedMarker {
+            file: file.to_owned(),
+            dropped_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            backlog_bytes: 3 << 24,
+            limit_bytes: 1 << 24,
+        };
+        record_dropped(root.path(), "base", &marker("000000010000000000000009")).unwrap();
+        record_dropped(root.path(), "base", &marker("000000010000000000000004")).unwrap();
+        std::fs::write(root.path().join("base/dropped/junk.json"), b"{").unwrap();
+        assert_eq!(
+            dropped(root.path(), "base"),
+            [
+                marker("000000010000000000000004"),
+                marker("000000010000000000000009")
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                root.path()
+                    .join("base/dropped/000000010000000000000004.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["file"], "000000010000000000000004");
+        assert_eq!(json["limit_bytes"], 1 << 24);
     }
 
     #[test]

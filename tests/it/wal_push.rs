@@ -97,6 +97,37 @@ fn segment_bytes(a: &Archiving, segment: &str) -> Vec<u8> {
     std::fs::read(a.wal_dir().join(segment)).unwrap()
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs `f` with `standby.signal` in the directory the commands run in,
+/// as in a standby's data directory.
+fn as_standby<T>(a: &Archiving, f: impl FnOnce() -> T) -> T {
+    let signal = a.work.join("standby.signal");
+    std::fs::write(&signal, b"").unwrap();
+    let out = f();
+    std::fs::remove_file(&signal).unwrap();
+    out
+}
+
+/// The spool directory of the files fetched ahead for the commands'
+/// working directory: the only recovery of the test.
+fn fetched_dir(a: &Archiving) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(a.spool.join(JOB).join("fetched"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
 /// How many log lines say `segment` went into a storage.
 fn uploads_of(log: &str, segment: &str) -> usize {
     log.lines()
@@ -129,6 +160,33 @@ fn the_same_segment_twice_is_a_no_op_and_other_bytes_under_its_name_are_refused(
         again.all()
     );
     assert_eq!(a.stored_files(), before);
+
+    // A spool note is trusted only for the storages it names.
+    let sha = sha256_hex(&std::fs::read(&copy).unwrap());
+    let note = a.spool.join(JOB).join("pushed").join(&segment);
+    let write_note = |storages: &str| {
+        std::fs::write(
+            &note,
+            format!("{{\"sha256\": \"{sha}\", \"storages\": {storages}}}"),
+        )
+        .unwrap();
+        common::chown_tree_to_postgres(&note);
+    };
+    write_note("[\"elsewhere\"]");
+    let elsewhere = ok(push(&copy));
+    assert!(
+        elsewhere.stderr.contains("was archived already"),
+        "looked at the storage: {}",
+        elsewhere.all()
+    );
+    write_note("[\"disk\"]");
+    let noted = ok(push(&copy));
+    assert!(
+        noted.stderr.contains("was pushed ahead already"),
+        "{}",
+        noted.all()
+    );
+    assert!(!note.exists());
 
     // One byte differs: refused, with what to check, and nothing rewritten.
     let mut bytes = std::fs::read(&copy).unwrap();
@@ -172,6 +230,38 @@ fn the_same_segment_twice_is_a_no_op_and_other_bytes_under_its_name_are_refused(
             .is_ok(),
         "{last}"
     );
+
+    // Another server's copy beside ours, as two pushes racing leave it:
+    // a push refuses, and a fetch trusts neither (126: recovery stops).
+    let theirs = std::fs::read(&copy).unwrap();
+    let their_sha = sha256_hex(&theirs);
+    let dir = a
+        .backups
+        .join(JOB)
+        .join("wal")
+        .join(&object)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::write(
+        dir.join(format!("{segment}-{their_sha}.zst")),
+        zstd::encode_all(&theirs[..], 3).unwrap(),
+    )
+    .unwrap();
+    common::chown_tree_to_postgres(&dir);
+    std::fs::copy(a.wal_dir().join(&segment), &copy).unwrap();
+    let refused = push(&copy);
+    assert_eq!(refused.code, 9, "{}", refused.all());
+    assert!(refused.stderr.contains(&their_sha), "{}", refused.all());
+    let target = target_dir(&a, "restore").join("RECOVERYXLOG");
+    let run = fetch(&a, &segment, &target, &[]);
+    assert_eq!(run.code, 126, "{}", run.all());
+    assert!(
+        run.stderr.contains("two copies") && run.stderr.contains(&their_sha),
+        "{}",
+        run.all()
+    );
+    assert!(!target.exists());
 }
 
 #[test]
@@ -250,7 +340,8 @@ fn a_failing_storage_keeps_the_segments_in_pg_wal_until_it_recovers() {
     // the storage that did not answer may hold it.
     let target = target_dir(&a, "fetched").join("RECOVERYXLOG");
     let unsure = fetch(&a, "0000000100000000000000F0", &target, &env);
-    assert_eq!(unsure.code, 5, "{}", unsure.all());
+    assert_eq!(unsure.code, 126, "{}", unsure.all());
+    assert!(unsure.stderr.contains("storage s3"), "{}", unsure.all());
 
     proxy.set(Faults::default());
     // A switch wakes the archiver at once, instead of its minute's wait.
@@ -389,15 +480,26 @@ fn fetch_returns_archived_bytes_refuses_corrupt_ones_and_serves_prefetched_ones_
     let middle = stored.len() / 2;
     stored[middle] ^= 0x55;
     std::fs::write(&path, &stored).unwrap();
+    // 126: PostgreSQL stops recovery rather than end it here and promote.
     let corrupt = dir.join("corrupt");
     let run = fetch(&a, &segment, &corrupt, &[]);
-    assert_eq!(run.code, 6, "{}", run.all());
+    assert_eq!(run.code, 126, "{}", run.all());
     assert!(
         run.stderr.contains("corrupt") && run.stderr.contains("storage disk"),
         "{}",
         run.all()
     );
     assert!(!corrupt.exists());
+    // A standby hears a failure below 126: it tries streaming and asks again.
+    let run = as_standby(&a, || fetch(&a, &segment, &corrupt, &[]));
+    assert_eq!(run.code, 6, "{}", run.all());
+    assert!(!corrupt.exists());
+    // A job file that does not read, or a command line that does not
+    // parse, is no answer either.
+    let broken = a.backup(&["wal", "fetch", "--job", "nope", &segment, "x"]);
+    assert_eq!(broken.code, 126, "{}", broken.all());
+    let mistyped = a.backup(&["wal", "fetch", "--jbo", JOB, &segment, "x"]);
+    assert_eq!(mistyped.code, 126, "{}", mistyped.all());
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
@@ -408,7 +510,7 @@ fn fetch_returns_archived_bytes_refuses_corrupt_ones_and_serves_prefetched_ones_
     // Prefetch: the next segments land in the spool with the first.
     let next: Vec<String> = (0..3).map(|_| a.switch_and_wait()).collect();
     ok(fetch(&a, &next[0], &target, &[]));
-    let fetched = a.spool.join(JOB).join("fetched");
+    let fetched = fetched_dir(&a);
     for s in &next[1..] {
         assert!(fetched.join(s).is_file(), "{s} fetched ahead");
     }
@@ -438,8 +540,9 @@ fn an_encrypted_archive_fetches_only_with_its_key() {
     assert!(object.ends_with(".zst.age"), "{object}");
     let dir = target_dir(&a, "restore");
     let target = dir.join("RECOVERYXLOG");
+    // Without the key recovery must stop, not end here.
     let without = fetch(&a, &segment, &target, &[]);
-    assert_eq!(without.code, 9, "{}", without.all());
+    assert_eq!(without.code, 126, "{}", without.all());
     assert!(
         without.stderr.contains("BACKUP_AGE_IDENTITY"),
         "{}",

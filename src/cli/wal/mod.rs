@@ -6,6 +6,8 @@ mod check;
 mod fetch;
 mod push;
 
+pub(super) use fetch::{failure_code_here as restore_failure_code, restore_exit_code};
+
 use crate::engine::Engine;
 use crate::error::Result;
 
