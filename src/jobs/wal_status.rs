@@ -460,6 +460,19 @@ pub async fn read(
             }
         }
     }
+    // Drops no storage took a marker for are noted in this host's spool.
+    if let Some((_, wal)) = spec.cluster() {
+        for m in crate::wal::spool::dropped(&wal.spool, job) {
+            if !dropped.iter().any(|d: &Dropped| d.file == m.file) {
+                dropped.push(Dropped {
+                    file: m.file,
+                    dropped_at: Some(m.dropped_at),
+                    backlog_bytes: m.backlog_bytes,
+                    limit_bytes: m.limit_bytes,
+                });
+            }
+        }
+    }
     let mut status = assess(&archive, &histories, bases, dropped);
     // Storages that miss segments another one has: a push that failed
     // half-way, or objects deleted by hand.
