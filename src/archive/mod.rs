@@ -78,6 +78,39 @@ where
     R: Read + Send + 'static,
     F: std::future::Future<Output = Result<()>>,
 {
+    store_checked(
+        source,
+        compression,
+        crypt,
+        destinations,
+        label,
+        on_bytes,
+        source_done,
+        |_| Ok(()),
+    )
+    .await
+}
+
+/// [`store`], with `check` judging the digests once the source is read and
+/// before any writer finishes: bytes that are not those expected (a WAL
+/// file whose name carries its digest) fail the whole store, and nothing
+/// becomes visible.
+#[allow(clippy::too_many_arguments)] // store's, and the check
+pub async fn store_checked<R, F, C>(
+    source: R,
+    compression: Compression,
+    crypt: crypt::Crypt,
+    destinations: Vec<Destination>,
+    label: &str,
+    on_bytes: OnBytes,
+    source_done: F,
+    check: C,
+) -> Result<(ObjectDigest, Vec<Delivery>)>
+where
+    R: Read + Send + 'static,
+    F: std::future::Future<Output = Result<()>>,
+    C: FnOnce(&ObjectDigest) -> Result<()>,
+{
     let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(QUEUE);
     let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
 
@@ -132,7 +165,7 @@ where
             (Err(e), _, _) => Err(e),
             (Ok(()), Err(e), _) => Err(Error::io(Kind::Tool, format!("reading {label}"), e)),
             (Ok(()), Ok(()), Err(e)) => Err(e.context(format!("compressing {label}"))),
-            (Ok(()), Ok(()), Ok(digest)) => Ok(digest),
+            (Ok(()), Ok(()), Ok(digest)) => check(&digest).map(|()| digest),
         }
     };
     let digest = match outcome {

@@ -310,9 +310,7 @@ async fn push_one(
         }
         if !destinations.is_empty() {
             let source = std::fs::File::open(path).map_err(|e| missing_or_unreadable(path, e))?;
-            // A failed check fails the read, and with it every upload.
-            let source = Verified::new(source, path, &sha256, size);
-            let (_, deliveries) = archive::store(
+            let (_, deliveries) = archive::store_checked(
                 source,
                 compression,
                 crypt,
@@ -320,6 +318,7 @@ async fn push_one(
                 &key.to_string(),
                 Arc::new(|_| {}),
                 std::future::ready(Ok(())),
+                unchanged(path, &sha256, size),
             )
             .await?;
             for d in deliveries {
@@ -383,58 +382,30 @@ fn other_copy<'l>(listing: &'l [Archived], file: &WalFile, sha256: &str) -> Opti
         .find(|a| a.file == *file && a.sha256 != sha256)
 }
 
-/// The file being pushed, read through a check that its bytes are those
-/// hashed before: at the end it fails the read (with one of our errors
-/// inside the I/O error, which `store` hands on) when they are not, so
-/// `store` aborts every upload and no object is finished under a name that
-/// lies about its bytes.
-struct Verified<R> {
-    inner: R,
-    path: PathBuf,
-    expected_sha256: String,
-    expected_size: u64,
-    sha: Sha256,
+/// The check that the file pushed is the one hashed before: a digest
+/// other than the name's fails the store before any upload finishes, so no
+/// object is ever finished under a name that lies about its bytes. (The
+/// pipeline hashes the raw bytes anyway; this reads them once less than a
+/// checking reader would.)
+fn unchanged<'a>(
+    path: &'a Path,
+    sha256: &'a str,
     size: u64,
-}
-
-impl<R: Read> Verified<R> {
-    fn new(inner: R, path: &Path, sha256: &str, size: u64) -> Self {
-        Verified {
-            inner,
-            path: path.to_path_buf(),
-            expected_sha256: sha256.to_owned(),
-            expected_size: size,
-            sha: Sha256::new(),
-            size: 0,
+) -> impl FnOnce(&archive::ObjectDigest) -> Result<()> + 'a {
+    move |digest| {
+        if digest.raw_sha256 == sha256 && digest.raw_size == size {
+            return Ok(());
         }
-    }
-}
-
-impl<R: Read> Read for Verified<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n > 0 {
-            self.sha.update(&buf[..n]);
-            self.size += n as u64;
-            return Ok(n);
-        }
-        let sha256 = archive::hex(&self.sha.clone().finalize());
-        if sha256 == self.expected_sha256 && self.size == self.expected_size {
-            return Ok(0);
-        }
-        Err(std::io::Error::other(
-            Error::integrity(format!(
-                "{} changed while it was being archived ({} bytes with sha256 {}, then {} \
-                 bytes with sha256 {sha256}); nothing was stored",
-                self.path.display(),
-                self.expected_size,
-                self.expected_sha256,
-                self.size,
-            ))
-            .with_hint(
-                "PostgreSQL never changes a segment it hands to archive_command: is something \
-                 else writing pg_wal?",
-            ),
+        Err(Error::integrity(format!(
+            "{} changed while it was being archived ({size} bytes with sha256 {sha256}, then {} \
+             bytes with sha256 {}); nothing was stored",
+            path.display(),
+            digest.raw_size,
+            digest.raw_sha256,
+        ))
+        .with_hint(
+            "PostgreSQL never changes a segment it hands to archive_command: is something \
+             else writing pg_wal?",
         ))
     }
 }
@@ -829,12 +800,12 @@ mod tests {
         let mut read = hashed.clone();
         read[2 << 20] = 8;
         let path = Path::new("pg_wal/000000010000000000000003");
-        let source = Verified::new(std::io::Cursor::new(read), path, &sha256, size);
+        let source = std::io::Cursor::new(read);
         let destinations = vec![Destination {
             storage: "mem".into(),
             writer: memory.writer(&key).await.unwrap(),
         }];
-        let e = archive::store(
+        let e = archive::store_checked(
             source,
             Compression::Zstd(3),
             Crypt::None,
@@ -842,6 +813,7 @@ mod tests {
             key.as_str(),
             Arc::new(|_| {}),
             std::future::ready(Ok(())),
+            unchanged(path, &sha256, size),
         )
         .await
         .unwrap_err();
@@ -862,12 +834,12 @@ mod tests {
         );
 
         // The same bytes pass.
-        let source = Verified::new(std::io::Cursor::new(hashed), path, &sha256, size);
+        let source = std::io::Cursor::new(hashed);
         let destinations = vec![Destination {
             storage: "mem".into(),
             writer: memory.writer(&key).await.unwrap(),
         }];
-        let (digest, _) = archive::store(
+        let (digest, _) = archive::store_checked(
             source,
             Compression::Zstd(3),
             Crypt::None,
@@ -875,6 +847,7 @@ mod tests {
             key.as_str(),
             Arc::new(|_| {}),
             std::future::ready(Ok(())),
+            unchanged(path, &sha256, size),
         )
         .await
         .unwrap();
