@@ -164,8 +164,16 @@ where
         match (produced, read, compressed) {
             (Err(e), _, _) => Err(e),
             (Ok(()), Err(e), _) => Err(Error::io(Kind::Tool, format!("reading {label}"), e)),
-            (Ok(()), Ok(()), Err(e)) => Err(e.context(format!("compressing {label}"))),
-            (Ok(()), Ok(()), Ok(digest)) => check(&digest).map(|()| digest),
+            (Ok(()), Ok(_), Err(e)) => Err(e.context(format!("compressing {label}"))),
+            (Ok(()), Ok(raw), Ok(stored)) => {
+                let digest = ObjectDigest {
+                    raw_size: raw.size,
+                    raw_sha256: raw.hex(),
+                    stored_size: stored.size,
+                    stored_sha256: stored.hex(),
+                };
+                check(&digest).map(|()| digest)
+            }
         }
     };
     let digest = match outcome {
@@ -223,10 +231,13 @@ impl Outlet {
     }
 }
 
+/// Reads the source in whole chunks and hashes the raw bytes here, where
+/// the thread mostly waits on its source, not on the compressor's thread.
 fn read_chunks<R: Read>(
     mut source: R,
     tx: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Hashed> {
+    let mut raw = Hashed::default();
     loop {
         let mut chunk = vec![0u8; CHUNK];
         let mut filled = 0;
@@ -240,12 +251,13 @@ fn read_chunks<R: Read>(
             }
         }
         if filled == 0 {
-            return Ok(());
+            return Ok(raw);
         }
         chunk.truncate(filled);
+        raw.update(&chunk);
         if tx.send(Ok(chunk)).is_err() {
             // The compressor stopped (every destination failed): stop reading.
-            return Ok(());
+            return Ok(raw);
         }
     }
 }
@@ -256,8 +268,7 @@ fn compress_chunks(
     crypt: &crypt::Crypt,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     on_bytes: OnBytes,
-) -> Result<ObjectDigest> {
-    let mut raw = Hashed::default();
+) -> Result<Hashed> {
     let mut stored = Hashed::default();
     let mut encoder = Encoder::new(compression).map_err(|e| Error::internal(e.to_string()))?;
     let mut sealer = match crypt {
@@ -273,7 +284,6 @@ fn compress_chunks(
     };
     for chunk in rx {
         let Ok(chunk) = chunk else { break };
-        raw.update(&chunk);
         on_bytes(chunk.len() as u64);
         encoder
             .write_all(&chunk)
@@ -296,12 +306,7 @@ fn compress_chunks(
     if !send(tail, &mut stored) {
         return Err(Error::storage("every storage failed"));
     }
-    Ok(ObjectDigest {
-        raw_size: raw.size,
-        raw_sha256: raw.hex(),
-        stored_size: stored.size,
-        stored_sha256: stored.hex(),
-    })
+    Ok(stored)
 }
 
 /// Reads a stored object from `source`, checks it against `expected` and writes
