@@ -2,9 +2,6 @@
 //! job, as an operator sets it up: `archive_mode = on` and an
 //! `archive_command` that runs the built binary as the server's user.
 
-// Helpers used as the tests of physical jobs grow.
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 

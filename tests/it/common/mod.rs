@@ -100,7 +100,6 @@ impl Cluster {
         Cluster::launch(dir, password_file, run_as, bindir)
     }
 
-    #[allow(dead_code)]
     /// The directory of the cluster's files: `data/`, the log, the socket,
     /// and what a test put there. Owned by the server's user.
     pub fn dir(&self) -> &Path {
@@ -112,62 +111,20 @@ impl Cluster {
     }
 
     /// The server's log so far, for failure messages.
-    #[allow(dead_code)]
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// Stops the server (fast shutdown) and starts it again: settings that
-    /// need a restart take effect.
-    #[allow(dead_code)]
-    pub fn restart(&self) {
-        let data = self.data_dir();
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log");
-        let out = server_output(
-            &self.run_as,
-            &self.bindir,
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "60",
-                "-m",
-                "fast",
-                "restart",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "restart failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-    }
-
     /// Runs a server program (`pg_basebackup`, `pgbench`, `pg_waldump`) as
     /// the server's user.
-    #[allow(dead_code)]
     pub fn server_program(&self, program: &str, args: &[&str]) -> Output {
         server_output(&self.run_as, &self.bindir, program, args)
     }
 
-    #[allow(dead_code)]
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    #[allow(dead_code)]
     pub fn bindir(&self) -> &Path {
         &self.bindir
     }
