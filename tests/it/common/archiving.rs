@@ -202,25 +202,7 @@ impl Archiving {
 
     /// Every file under the `disk` storage, relative to it.
     pub fn stored_files(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut dirs = vec![self.backups.clone()];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    dirs.push(e.path());
-                } else {
-                    out.push(
-                        e.path()
-                            .strip_prefix(&self.backups)
-                            .unwrap()
-                            .display()
-                            .to_string(),
-                    );
-                }
-            }
-        }
-        out.sort();
-        out
+        super::files_under(&self.backups)
     }
 
     /// The archived WAL objects of the job in `disk`, relative to `<job>/wal`.

@@ -709,25 +709,7 @@ impl Setup {
 
     /// Every file under the backup directory, relative to it.
     pub fn stored_files(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut dirs = vec![self.backups.clone()];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    dirs.push(e.path());
-                } else {
-                    out.push(
-                        e.path()
-                            .strip_prefix(&self.backups)
-                            .unwrap()
-                            .display()
-                            .to_string(),
-                    );
-                }
-            }
-        }
-        out.sort();
-        out
+        files_under(&self.backups)
     }
 }
 
@@ -942,4 +924,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Every file under `root`, relative to it, sorted.
+pub fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
 }
