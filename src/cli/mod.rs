@@ -172,10 +172,18 @@ pub fn main() -> ExitCode {
         // Dropped now, not at the end of this block: what its drop starts
         // (aborting uploads, dropping a half-restored copy) is waited for below.
         drop(work);
-        let (uploads, notifications) = tokio::join!(
+        let (uploads, notifications, cancels) = tokio::join!(
             crate::storage::finish_cleanups(CLEANUP_LIMIT),
-            crate::notify::finish(crate::notify::FINISH_LIMIT)
+            crate::notify::finish(crate::notify::FINISH_LIMIT),
+            crate::pg::connect::finish_cancels(CANCEL_LIMIT)
         );
+        if !cancels {
+            tracing::warn!(
+                "a query cancelled on the server had not been told to stop after {}s; \
+                 see pg_stat_activity",
+                CANCEL_LIMIT.as_secs()
+            );
+        }
         if !notifications {
             tracing::warn!("some notifications were still being sent at exit");
         }
@@ -243,6 +251,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
     eprint!("{rendered}");
     ExitCode::from(crate::error::Kind::CheckUnknown.exit_code())
 }
+
+/// How long the process waits at exit for cancel requests to reach the server.
+const CANCEL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long the process waits at exit for unfinished uploads to be aborted.
 const CLEANUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -54,13 +54,31 @@ impl Drop for CancelOnDrop {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             let tls = self.tls.clone();
-            handle.spawn(async move {
-                if let Err(e) = token.cancel_query(tls).await {
-                    tracing::debug!("cancelling a query: {e}");
-                }
-            });
+            CANCELS.spawn_on(
+                async move {
+                    if let Err(e) = token.cancel_query(tls).await {
+                        tracing::debug!("cancelling a query: {e}");
+                    }
+                },
+                &handle,
+            );
         }
     }
+}
+
+/// Cancel requests on their way. A query waiting on the server (a REINDEX
+/// CONCURRENTLY waiting for old snapshots) does not notice its client has
+/// gone, so a command that exits must first see its cancels sent.
+static CANCELS: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// Waits up to `limit` for the cancel requests sent so far; false when some
+/// were still going.
+pub async fn finish_cancels(limit: std::time::Duration) -> bool {
+    CANCELS.close();
+    let done = tokio::time::timeout(limit, CANCELS.wait()).await.is_ok();
+    CANCELS.reopen();
+    done
 }
 
 /// Connects to `dbname` (or the database the url names) of a declared database.
