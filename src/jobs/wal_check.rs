@@ -296,7 +296,7 @@ pub fn judge(job: &str, server: &Server, zone: &jiff::tz::TimeZone) -> Vec<Findi
         }
     };
     match setting("wal_level") {
-        Some(s) if matches!(s.value.as_str(), "replica" | "logical") => out.push(Finding::ok(
+        Some(s) if pg::physical::wal_level_archives(&s.value) => out.push(Finding::ok(
             "wal_level",
             Some(&s.value),
             format!(
@@ -323,7 +323,7 @@ pub fn judge(job: &str, server: &Server, zone: &jiff::tz::TimeZone) -> Vec<Findi
     }
     let mode = setting("archive_mode");
     match mode {
-        Some(s) if matches!(s.value.as_str(), "on" | "always") => out.push(Finding::ok(
+        Some(s) if pg::physical::archive_mode_archives(&s.value) => out.push(Finding::ok(
             "archive_mode",
             Some(&s.value),
             format!("the server archives its WAL{}", restart_note(s)),

@@ -24,7 +24,7 @@ use crate::model::EncryptionSpec;
 use crate::storage::Storage;
 use crate::wal::chain::chain;
 use crate::wal::names::DEFAULT_SEGMENT_SIZE;
-use crate::wal::{Archived, Chain, History, Segment, WalFile, object, wal_prefix};
+use crate::wal::{Archived, Chain, History, Segment, WalFile, object};
 
 /// Objects read at once from one storage.
 const READS_AT_ONCE: usize = 4;
@@ -263,19 +263,6 @@ impl<'a> Keys<'a> {
     }
 }
 
-/// The archive's objects with the time the storage says each was written.
-async fn list_dated(
-    storage: &dyn Storage,
-    job: &str,
-) -> Result<Vec<(Archived, Option<Timestamp>)>> {
-    Ok(storage
-        .list(&wal_prefix(job)?)
-        .await?
-        .into_iter()
-        .filter_map(|o| Archived::parse(&o.key, o.size).map(|a| (a, o.modified)))
-        .collect())
-}
-
 /// How reading one object went: its raw size, or why it did not read.
 type ReadResult = std::result::Result<u64, Error>;
 
@@ -290,7 +277,7 @@ async fn verify_storage(
     storage: &Arc<dyn Storage>,
     keys: &mut Keys<'_>,
 ) -> Result<WalCheck> {
-    let archived = list_dated(storage.as_ref(), job).await?;
+    let archived = object::list_dated(storage.as_ref(), job).await?;
     let crypt = keys.for_objects(&archived)?;
     // The oldest complete base backup: where recovery can start.
     let listing = catalog::list(storage.as_ref(), job).await?;

@@ -40,6 +40,17 @@ pub struct ClusterFacts {
     pub system_identifier: String,
 }
 
+/// Whether WAL written at this `wal_level` serves archive recovery and base
+/// backups. The one rule a base backup and `wal check` both judge by.
+pub fn wal_level_archives(value: &str) -> bool {
+    matches!(value, "replica" | "logical")
+}
+
+/// Whether a server with this `archive_mode` archives its WAL.
+pub fn archive_mode_archives(value: &str) -> bool {
+    matches!(value, "on" | "always")
+}
+
 /// Refuses a cluster a base backup cannot be taken of, or that could not
 /// be restored from it; says which setting and what to change. `job` and
 /// `db` name the job and its `[databases.*]` entry in messages.
@@ -99,7 +110,7 @@ pub async fn check_cluster(
             super::quote_ident(&role)
         )));
     }
-    if !matches!(wal_level.as_str(), "replica" | "logical") {
+    if !wal_level_archives(&wal_level) {
         return Err(Error::database(format!(
             "job {job}: the server has wal_level = {wal_level}, and a base backup needs replica \
              (or logical)"
@@ -108,7 +119,7 @@ pub async fn check_cluster(
             "set wal_level = replica in postgresql.conf and restart the server; {proves}"
         )));
     }
-    if !matches!(archive_mode.as_str(), "on" | "always") {
+    if !archive_mode_archives(&archive_mode) {
         return Err(Error::database(format!(
             "job {job}: the server has archive_mode = {archive_mode}, so the WAL a base backup \
              needs would never reach the archive"

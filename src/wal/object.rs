@@ -16,12 +16,23 @@ const HISTORY_LIMIT: u64 = 1 << 20;
 /// Every archived object of `job` in `storage`, in key order. Objects that
 /// are not ours (a local disk's temporary files) are left out.
 pub async fn list(storage: &dyn Storage, job: &str) -> Result<Vec<Archived>> {
-    let prefix = wal_prefix(job)?;
-    Ok(storage
-        .list(&prefix)
+    Ok(list_dated(storage, job)
         .await?
         .into_iter()
-        .filter_map(|o| Archived::parse(&o.key, o.size))
+        .map(|(a, _)| a)
+        .collect())
+}
+
+/// [`list`], each object with the time the storage says it was written.
+pub async fn list_dated(
+    storage: &dyn Storage,
+    job: &str,
+) -> Result<Vec<(Archived, Option<jiff::Timestamp>)>> {
+    Ok(storage
+        .list(&wal_prefix(job)?)
+        .await?
+        .into_iter()
+        .filter_map(|o| Archived::parse(&o.key, o.size).map(|a| (a, o.modified)))
         .collect())
 }
 
