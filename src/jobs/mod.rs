@@ -7,6 +7,7 @@ pub mod drill;
 pub mod files;
 pub mod maintenance;
 pub mod physical;
+pub mod pitr;
 pub mod proof;
 pub mod prune;
 pub mod restore;
