@@ -80,6 +80,9 @@ struct RunSummary {
     /// The backup a restore test or drill restored.
     #[serde(skip_serializing_if = "Option::is_none")]
     backup_id: Option<String>,
+    /// The moment a physical job's restore test or drill recovered to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered_to: Option<Timestamp>,
     /// How each storage that failed during the run failed, last.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     storage_errors: Vec<crate::storage::health::Failure>,
@@ -96,6 +99,9 @@ impl From<&RunRecord> for RunSummary {
             duration_seconds: r.finished_at.duration_since(r.started_at).as_secs_f64(),
             error: r.error.clone(),
             backup_id: r.details["backup_id"].as_str().map(str::to_owned),
+            recovered_to: r.details["recovered_to"]
+                .as_str()
+                .and_then(|t| t.parse().ok()),
             storage_errors: r.storage_errors.clone(),
         }
     }
@@ -344,10 +350,13 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
         match &s.last_restore_test {
             _ if s.kind != "backup" => {}
             Some(r) => println!(
-                "  restore tested: {} ({}), backup {}",
+                "  restore tested: {} ({}), backup {}{}",
                 show(r.finished_at),
                 age(now, r.finished_at),
-                r.backup_id.as_deref().unwrap_or("?")
+                r.backup_id.as_deref().unwrap_or("?"),
+                r.recovered_to
+                    .map(|at| format!(", recovered to {}", show(at)))
+                    .unwrap_or_default()
             ),
             None => println!("  restore tested: never"),
         }

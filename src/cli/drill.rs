@@ -51,6 +51,9 @@ pub async fn run(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let job = engine.config.job(&args.job)?;
+    if let Some((physical, checks, from)) = physical_of(&engine.config, &args.job) {
+        return drill_pitr(engine, &args, physical, checks, from, json, cancel).await;
+    }
     let selector = match (&args.at, &args.id) {
         (Some(at), _) => Selector::At(time::parse_point(at, &job.timezone)?),
         (None, Some(id)) => Selector::Id(BackupId::parse(id)?),
@@ -74,6 +77,95 @@ pub async fn run(
     let (outcome, recorded) = engine.act(&work, Some(plan.clone()), cancel).await?.split();
     let host = hostname();
     let report = drill::markdown(&plan, &outcome, &host);
+    if let Some(path) = &args.report {
+        write_report(path, &report)?;
+        eprintln!("report written to {}", path.display());
+    }
+    if json {
+        let mut value = outcome.details();
+        value["ok"] = outcome.failure().is_none().into();
+        value["report"] = args.report.as_ref().map(|p| p.display().to_string()).into();
+        super::print_json(&value)?;
+    } else {
+        print!("{report}");
+    }
+    match outcome.failure() {
+        None => recorded,
+        Some(why) => Err(
+            Error::new(outcome.error_kind.unwrap_or(Kind::Integrity), why)
+                .with_hint("the report lists each step and check with what was expected and found"),
+        ),
+    }
+}
+
+/// The physical job a drill of `name` rehearses (`name` itself, or the
+/// backup job of restore-test job `name`), with its checks and where they
+/// come from.
+fn physical_of(
+    config: &crate::model::Config,
+    name: &str,
+) -> Option<(String, Vec<crate::model::Check>, Vec<String>)> {
+    use crate::model::JobKind;
+    let job = config.job(name).ok()?;
+    let (backup_job, checks, from) = match &job.kind {
+        JobKind::RestoreTest(t) => (
+            t.backup_job.clone(),
+            t.checks.clone(),
+            vec![name.to_owned()],
+        ),
+        JobKind::Backup(_) => {
+            let from = config
+                .jobs
+                .values()
+                .filter(|j| matches!(&j.kind, JobKind::RestoreTest(t) if t.backup_job == name))
+                .map(|j| j.name.clone())
+                .collect();
+            (
+                name.to_owned(),
+                crate::engine::checks_of(config, name),
+                from,
+            )
+        }
+        _ => return None,
+    };
+    config.physical_job(&backup_job, "a drill").ok()?;
+    Some((backup_job, checks, from))
+}
+
+/// The drill of a physical job: base backup, WAL replay, proof.
+async fn drill_pitr(
+    engine: &Engine,
+    args: &Args,
+    physical: String,
+    checks: Vec<crate::model::Check>,
+    from: Vec<String>,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    use crate::jobs::pitr::drill::{self as pitr_drill, When};
+    if args.target_url.is_some() || args.id.is_some() || args.jobs.is_some() {
+        return Err(Error::usage(format!(
+            "job {physical} is a physical job: its drill recovers a throwaway cluster to a \
+             moment; --target-url, --id and --jobs are for logical jobs"
+        ))
+        .with_hint("pass --at TIME, or nothing for the newest archived moment"));
+    }
+    let job = engine.config.job(&physical)?;
+    let when = match &args.at {
+        Some(at) => When::At(time::parse_point(at, &job.timezone)?),
+        None => When::Latest,
+    };
+    let work =
+        crate::engine::PitrDrill::new(&engine.config, &physical, when, checks, from, "drill")?;
+    let plan = engine.plan(&work, cancel).await?;
+    if args.dry_run {
+        println!("{plan}");
+        println!("dry run: nothing was changed");
+        return Ok(());
+    }
+    eprintln!("{plan}");
+    let (outcome, recorded) = engine.act(&work, Some(plan.clone()), cancel).await?.split();
+    let report = pitr_drill::markdown(&plan, &outcome, &hostname());
     if let Some(path) = &args.report {
         write_report(path, &report)?;
         eprintln!("report written to {}", path.display());

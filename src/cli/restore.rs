@@ -89,6 +89,25 @@ pub struct Args {
     /// Do not restore privileges (pg_restore --no-acl).
     #[arg(long, conflicts_with = "target_dir")]
     no_acl: bool,
+    /// A physical job: start the server on the restored directory, wait for
+    /// recovery to reach the target, prove the result and leave it running.
+    #[arg(long, requires = "target_dir")]
+    start: bool,
+    /// With --start: the port the restored server listens on.
+    #[arg(long, value_name = "PORT", requires = "start")]
+    port: Option<u16>,
+    /// A physical job: pause at the target instead of promoting, for a look
+    /// before `SELECT pg_wal_replay_resume()`.
+    #[arg(long, requires = "target_dir")]
+    pause: bool,
+    /// A physical job: recover along this timeline [default: the newest].
+    #[arg(long, value_name = "N", requires = "target_dir")]
+    timeline: Option<u32>,
+    /// A physical job: the restored server does not archive WAL
+    /// (archive_mode = off). By default it archives into the job as the
+    /// backed-up server did, on its new timeline.
+    #[arg(long, requires = "target_dir")]
+    no_archive: bool,
 }
 
 pub async fn run(
@@ -98,6 +117,19 @@ pub async fn run(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let job = engine.config.job(&args.job)?;
+    if let crate::model::JobKind::Backup(b) = &job.kind
+        && b.cluster().is_some()
+    {
+        return restore_pitr(engine, &args, json, cancel).await;
+    }
+    if args.start || args.pause || args.timeline.is_some() || args.no_archive {
+        return Err(Error::usage(format!(
+            "job {} is not a physical job: --start, --pause, --timeline and --no-archive are \
+             for point-in-time restores of physical jobs",
+            args.job
+        ))
+        .with_hint("leave them out"));
+    }
     let selector = if let Some(at) = &args.at {
         Selector::At(time::parse_point(at, &job.timezone)?)
     } else if let Some(id) = &args.id {
@@ -257,6 +289,142 @@ async fn restore_dir(
         time::show(b.snapshot_at, &plan.timezone),
         outcome.entries,
     );
+    recorded
+}
+
+/// A physical job: its base backup and WAL, recovered to a moment in a
+/// data directory.
+async fn restore_pitr(
+    engine: &Engine,
+    args: &Args,
+    json: bool,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    use crate::jobs::pitr::{Target, plan::PitrRequest};
+    let job = engine.config.job(&args.job)?;
+    let Some(dir) = args.target_dir.clone() else {
+        return Err(Error::usage(format!(
+            "job {} is a physical job: it restores into a data directory",
+            args.job
+        ))
+        .with_hint("pass --target-dir DIR (and --start to run and prove it)"));
+    };
+    let target = match (&args.at, &args.id) {
+        (Some(at), _) => Target::Time(time::parse_point(at, &job.timezone)?),
+        (None, Some(_)) => {
+            return Err(Error::usage(
+                "--id does not say where recovery stops: a physical job restores to a moment",
+            )
+            .with_hint("pass --at TIME, or --latest for everything archived"));
+        }
+        (None, None) => Target::Latest,
+    };
+    let exe = std::env::current_exe().map_err(|e| {
+        Error::io(
+            crate::error::Kind::Internal,
+            "finding this program's path",
+            e,
+        )
+    })?;
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let request = PitrRequest {
+        target,
+        timeline: args.timeline,
+        storage: args.storage.clone(),
+        dir,
+        force: args.force,
+        pause: args.pause,
+        archive: !args.no_archive,
+        port: args.port,
+        exe,
+        config: engine.config.source.clone(),
+    };
+    let work = crate::engine::PitrRestore::new(&engine.config, &args.job, request, args.start)?;
+    let plan = engine.plan(&work, cancel).await?;
+    if args.dry_run {
+        if json {
+            let mut value = plan.json();
+            value["dry_run"] = true.into();
+            return super::print_json(&value);
+        }
+        println!("{plan}");
+        println!("dry run: nothing was changed");
+        return Ok(());
+    }
+    eprintln!("{plan}");
+    if cancel.is_cancelled() {
+        return Err(Error::interrupted("restore cancelled; nothing was changed"));
+    }
+    if !args.yes && std::io::stdin().is_terminal() {
+        confirm(
+            &format!("directory {}", plan.target_dir.display()),
+            plan.dir.existing > 0,
+        )?;
+    }
+    let (outcome, recorded) = engine.act(&work, Some(plan.clone()), cancel).await?.split();
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let recovered_to = outcome.recovery.as_ref().and_then(|r| r.last_replayed);
+    if json {
+        return super::print_json(&json!({
+            "job": plan.job, "backup": plan.backup.id, "target": plan.target,
+            "target_dir": plan.target_dir, "recovered_to": recovered_to,
+            "recovery": outcome.recovery, "proof": outcome.proof,
+            "started": outcome.running.is_some(),
+            "port": outcome.running.as_ref().map(|r| r.port),
+            "stop_command": outcome.running.as_ref().map(|r| r.stop_command.clone()),
+            "laid": outcome.laid,
+        }))
+        .and(recorded);
+    }
+    println!(
+        "restored base backup {} into {} ({} files, {})",
+        plan.backup.id,
+        plan.target_dir.display(),
+        outcome.laid.files,
+        crate::report::bytes_human(outcome.laid.bytes)
+    );
+    match (&outcome.running, &outcome.recovery) {
+        (Some(running), Some(end)) => {
+            println!(
+                "recovered to {}{}; timeline {}",
+                recovered_to.map_or(
+                    "the base backup (no transaction replayed)".to_owned(),
+                    |at| {
+                        format!(
+                            "{} (last transaction applied)",
+                            time::show(at, &plan.timezone)
+                        )
+                    }
+                ),
+                end.stopped_before
+                    .as_ref()
+                    .map(|s| format!(
+                        ", stopped before transaction {} of {}",
+                        s.xid,
+                        time::show(s.at, &plan.timezone)
+                    ))
+                    .unwrap_or_default(),
+                end.timeline
+            );
+            if let Some(proof) = &outcome.proof {
+                for c in &proof.checks {
+                    println!(
+                        "  {} {}: {}",
+                        if c.passed { "ok  " } else { "FAIL" },
+                        c.check,
+                        c.actual
+                    );
+                }
+            }
+            println!(
+                "the server is running on port {}: stop it with {}",
+                running.port, running.stop_command
+            );
+        }
+        _ => println!("{}", crate::jobs::pitr::run::how_to_start(&plan)),
+    }
     recorded
 }
 

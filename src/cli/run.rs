@@ -92,6 +92,25 @@ async fn dry_run(engine: &Engine, job: &Job, json: bool) -> Result<serde_json::V
             }
             Ok(json!({"job": job.name, "type": "prune", "dry_run": true, "storages": prunes}))
         }
+        JobKind::RestoreTest(t) if engine.config.physical_job(&t.backup_job, "").is_ok() => {
+            let storages = engine.open_all(&t.storages).await?;
+            let plan = crate::jobs::pitr::drill::plan(
+                &engine.config,
+                &t.backup_job,
+                crate::jobs::pitr::drill::When::Recent,
+                t.checks.clone(),
+                vec![job.name.clone()],
+                &storages,
+            )
+            .await?;
+            if !json {
+                println!("{plan}");
+                println!("dry run: nothing was changed");
+            }
+            Ok(
+                json!({"job": job.name, "type": "restore-test", "dry_run": true, "plan": plan.pitr.json()}),
+            )
+        }
         JobKind::RestoreTest(_) => {
             let plan = engine.plan_restore_test(&job.name).await?;
             if !json {
@@ -180,6 +199,43 @@ pub(super) fn print_checks(checks: &[crate::jobs::proof::CheckResult]) {
             c.expected,
             c.actual
         );
+    }
+}
+
+fn print_pitr_test(
+    name: &str,
+    o: &crate::jobs::pitr::drill::PitrDrillOutcome,
+    zone: &jiff::tz::TimeZone,
+) {
+    let show = |at: jiff::Timestamp| crate::time::show(at, zone);
+    println!(
+        "job {name}: point-in-time restore test of job {} from base backup {}: {}; asked for {}, \
+         recovered to {}; RTO {}, {} WAL segments replayed",
+        o.backup_job,
+        o.backup_id,
+        if o.failure().is_none() {
+            "passed"
+        } else {
+            "FAILED"
+        },
+        o.requested_at
+            .map_or("the end of the archive".to_owned(), show),
+        o.recovered_to.map_or("no transaction".to_owned(), show),
+        o.rto_seconds
+            .map_or("not reached".to_owned(), |s| format!("{s:.1}s")),
+        o.wal_segments
+    );
+    for c in &o.proof.checks {
+        println!(
+            "  {} {}: expected {}, found {}",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.check,
+            c.expected,
+            c.actual
+        );
+    }
+    if let Some(e) = &o.error {
+        println!("  error: {e}");
     }
 }
 
@@ -295,6 +351,26 @@ pub async fn run(
                         Error::integrity(format!("job {name}: {failure}")).with_hint(
                             "the run record lists every check with what was expected and found",
                         ),
+                    );
+                }
+            }
+            Ok(Output::PitrTest(outcome)) => {
+                if json {
+                    let mut value = outcome.details();
+                    value["job"] = json!(name);
+                    value["type"] = json!("restore-test");
+                    value["ok"] = json!(outcome.failure().is_none());
+                    report.items.push(value);
+                } else {
+                    print_pitr_test(name, &outcome, &job.timezone);
+                }
+                if let Some(failure) = outcome.failure() {
+                    report.also(
+                        Error::new(
+                            outcome.error_kind.unwrap_or(crate::error::Kind::Integrity),
+                            format!("job {name}: {failure}"),
+                        )
+                        .with_hint("the run record lists every step and check with what was expected and found"),
                     );
                 }
             }

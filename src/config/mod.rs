@@ -76,7 +76,8 @@ pub fn load(path: Option<&Path>) -> Result<Config> {
         .iter()
         .map(|s| parse(s).map(|raw| (s, raw)))
         .collect::<Result<Vec<_>>>()?;
-    let config = validate(parsed, &|name| std::env::var(name).ok())?;
+    let mut config = validate(parsed, &|name| std::env::var(name).ok())?;
+    config.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
     // Files of shared databases and storages are fine in a directory, but
     // one of them must run something: else every command has nothing to do.
     if is_dir && config.jobs.is_empty() {

@@ -71,6 +71,7 @@ pub struct Metrics {
     running: Family<JobTypeLabels, Gauge>,
     next_run: Family<JobLabel, Seconds>,
     restore_test_success: Family<JobLabel, Seconds>,
+    restore_test_moment: Family<JobLabel, Seconds>,
     storage_errors: Family<StorageErrorLabels, Counter>,
     storage_last_error: Family<StorageLabel, Seconds>,
     wal_last_archived: Family<JobLabel, Seconds>,
@@ -98,6 +99,7 @@ impl Default for Metrics {
             running: Family::default(),
             next_run: Family::default(),
             restore_test_success: Family::default(),
+            restore_test_moment: Family::default(),
             storage_errors: Family::default(),
             storage_last_error: Family::default(),
             wal_last_archived: Family::default(),
@@ -142,6 +144,11 @@ impl Default for Metrics {
             "backup_restore_test_last_success_timestamp_seconds",
             "When a restore test of the job's backups last succeeded (Unix time)",
             m.restore_test_success.clone(),
+        );
+        registry.register(
+            "backup_restore_test_recovered_to_timestamp_seconds",
+            "A physical job: the moment its newest passed restore test recovered to (Unix time)",
+            m.restore_test_moment.clone(),
         );
         registry.register(
             "backup_storage_errors",
@@ -223,6 +230,14 @@ impl Metrics {
                 self.restore_test_success
                     .get_or_create(&job(record.dir()))
                     .set(finished);
+                if let Some(moment) = record.details["recovered_to"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                {
+                    self.restore_test_moment
+                        .get_or_create(&job(record.dir()))
+                        .set(unix(moment));
+                }
             }
             if record.kind != "restore-test" || record.job != record.dir() {
                 self.last_success

@@ -15,6 +15,7 @@ use crate::catalog;
 use crate::error::{Error, Result};
 use crate::jobs::backup::{self, BackupOutcome};
 use crate::jobs::maintenance::{self, MaintenanceOutcome};
+use crate::jobs::pitr::drill::PitrDrillOutcome;
 use crate::jobs::restore;
 use crate::jobs::restore_test::{self, RestoreTestOutcome};
 use crate::jobs::{files, physical, prune};
@@ -30,6 +31,8 @@ pub enum Output {
     /// Each storage's prune, and a storage that could not be listed.
     Prune(Vec<prune::StoragePrune>, Option<String>),
     RestoreTest(Box<RestoreTestOutcome>),
+    /// The restore test of a physical job: a drill to a recent moment.
+    PitrTest(Box<PitrDrillOutcome>),
 }
 
 impl Output {
@@ -49,6 +52,7 @@ impl Output {
             )),
             Output::Maintenance(o) => o.failure(),
             Output::RestoreTest(o) => o.failure(),
+            Output::PitrTest(o) => o.failure(),
             Output::Prune(prunes, unreachable) => prune_failure(prunes, unreachable.as_deref()),
         }
     }
@@ -78,6 +82,11 @@ impl Output {
             }
             Output::Prune(prunes, _) => json!({ "storages": prunes }),
             Output::RestoreTest(o) => o.details(),
+            Output::PitrTest(o) => {
+                let mut details = o.details();
+                details["point_in_time"] = true.into();
+                details
+            }
         }
     }
 }
@@ -200,6 +209,39 @@ impl Work for JobRun<'_> {
             JobKind::Maintenance(spec) => maintenance::run(job, spec, clock, &self.journal)
                 .await
                 .map(Output::Maintenance),
+            JobKind::RestoreTest(spec)
+                if engine.config.physical_job(&spec.backup_job, "").is_ok() =>
+            {
+                let (bjob, _) = engine.config.backup_job(&spec.backup_job)?;
+                let storages = engine.open_all(&spec.storages).await?;
+                let drill = crate::jobs::pitr::drill::plan(
+                    &engine.config,
+                    &bjob.name,
+                    crate::jobs::pitr::drill::When::Recent,
+                    spec.checks.clone(),
+                    vec![job.name.clone()],
+                    &storages,
+                )
+                .await?;
+                let storage = restore::named(&storages, &drill.pitr.storage)?;
+                let outcome = crate::jobs::pitr::drill::execute(
+                    &drill,
+                    storage,
+                    engine.progress().clone(),
+                    clock.now(),
+                    &run.request.cancel,
+                )
+                .await;
+                // A failure before the proof (a gap, a server that would not
+                // recover) is the run's error, with its kind: temporary
+                // storage trouble is retried like any run's.
+                match (&outcome.error, outcome.error_kind) {
+                    (Some(e), Some(kind)) if kind != crate::error::Kind::Integrity => {
+                        Err(crate::error::Error::new(kind, e.clone()))
+                    }
+                    _ => Ok(Output::PitrTest(Box::new(outcome))),
+                }
+            }
             JobKind::RestoreTest(spec) => {
                 let backup_job = engine.config.backup_job(&spec.backup_job)?;
                 let plan =

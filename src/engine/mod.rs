@@ -15,6 +15,7 @@
 
 mod commands;
 mod jobs;
+mod pitr;
 pub mod stops;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use crate::catalog::ListedBackup;
 pub use crate::lock::InProcessLocks;
 pub use commands::{Drill, Pin, Restore, RestoreDir, Verify};
 pub use jobs::{JobRun, Output, Prune, PrunePlan};
+pub use pitr::{PitrDrill, PitrRestore, checks_of};
 pub use stops::Stop;
 
 pub struct Engine {

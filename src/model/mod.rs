@@ -51,6 +51,9 @@ pub struct Config {
     pub jobs: BTreeMap<String, Job>,
     pub daemon: DaemonSettings,
     pub notifiers: Vec<Arc<Notifier>>,
+    /// Where it was read from, as an absolute path: what a restored
+    /// server's `restore_command` names. `None` when not read from a file.
+    pub source: Option<std::path::PathBuf>,
 }
 
 impl Config {

@@ -136,6 +136,20 @@ pub fn chain(
     start: Lsn,
     segment_size: u64,
 ) -> Chain {
+    chain_to(archived, histories, from, start, segment_size, None)
+}
+
+/// [`chain`] to the given timeline instead of the newest: `timeline` must
+/// be `from`'s or one whose history descends from it after `start` (else
+/// the path is `from`'s timeline alone, as recovery would refuse it).
+pub fn chain_to(
+    archived: &[Archived],
+    histories: &[History],
+    from: Segment,
+    start: Lsn,
+    segment_size: u64,
+    timeline: Option<u32>,
+) -> Chain {
     let mut held: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     for a in archived {
         if let WalFile::Segment(name) = &a.file
@@ -155,6 +169,7 @@ pub fn chain(
         .filter(|h| {
             h.timeline > from.timeline
                 && h.switch_point(from.timeline).is_some_and(|end| end > start)
+                && timeline.is_none_or(|t| h.timeline == t)
         })
         .max_by_key(|h| h.timeline);
     // (timeline, first segment number, last segment number or open)

@@ -115,7 +115,7 @@ pub fn markdown(plan: &DrillPlan, o: &DrillOutcome, host: &str) -> String {
 }
 
 /// `754.2 s (12 min 34 s)`: exact for the record, readable for people.
-fn seconds(s: f64) -> String {
+pub(crate) fn seconds(s: f64) -> String {
     let exact = format!("{} s", show_number((s * 10.0).round() / 10.0));
     if s < 60.0 {
         return exact;

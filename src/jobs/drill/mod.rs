@@ -30,6 +30,7 @@ use crate::pg::cluster::ServerInstall;
 pub use execute::execute;
 pub use globals::filter_globals;
 pub use markdown::markdown;
+pub(crate) use markdown::seconds;
 pub use plan::{DrillRequest, plan};
 
 /// Where a drill restores.

@@ -15,9 +15,13 @@
 //! - `prove.rs` proves what recovery reached: the moment, every database
 //!   read end to end, `pg_amcheck`, the job's SQL checks.
 
+pub mod drill;
 pub mod lay;
+pub mod plan;
 pub mod prove;
 pub mod recover;
+pub mod run;
+mod scan;
 
 use jiff::Timestamp;
 use serde::Serialize;

@@ -1,0 +1,832 @@
+//! What a point-in-time restore will do, decided before anything is
+//! written: the base backup (the newest whose data is consistent at or
+//! before the moment), the WAL to replay from it across timeline switches,
+//! the recovery window the archive covers, and the target directory; and
+//! the moments it must refuse: before the window, after it, or past a gap.
+//! Its `Display` is what `--dry-run` prints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+
+use super::lay::{self, TargetDir};
+use super::scan::{self, TxEnd};
+use super::{RecoverySettings, Target};
+use crate::archive::crypt::Crypt;
+use crate::catalog::{self, Manifest, Physical};
+use crate::error::{Error, Kind, Result};
+use crate::model::{BackupJob, Database, Job, WalSettings};
+use crate::pg::cluster::ServerInstall;
+use crate::report::bytes_human;
+use crate::storage::Storage;
+use crate::time;
+use crate::wal::chain::{Chain, chain_to};
+use crate::wal::{Archived, History, Segment, WalFile, object};
+
+/// Segments read backwards from the end of the archive for its last
+/// transaction, and forwards from the moment for the first after it.
+const SCAN_LIMIT: usize = 64;
+/// A storage's clock and the database server's may disagree: the scan for
+/// the first transaction after the moment starts at a segment archived
+/// this long before it.
+const CLOCK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct PitrRequest {
+    pub target: Target,
+    /// `--timeline`: recover along this timeline instead of the newest.
+    pub timeline: Option<u32>,
+    pub storage: Option<String>,
+    pub dir: PathBuf,
+    pub force: bool,
+    pub pause: bool,
+    /// `false` (`--no-archive`, drills): the restored server does not archive.
+    pub archive: bool,
+    pub port: Option<u16>,
+    /// How the restored server runs `backup wal fetch`: this binary and
+    /// this configuration, as absolute paths.
+    pub exe: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+/// The recovery window: from the oldest base backup's end to the archive's
+/// last transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub from: Timestamp,
+    pub to: Option<Timestamp>,
+    /// How `to` is known: `"transaction"` (the last commit in the archive,
+    /// read with pg_waldump) or `"archived"` (when the newest segment
+    /// reached the storage: the last transaction is at or before it).
+    pub to_from: &'static str,
+}
+
+/// The WAL a restore replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalRange {
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+    pub bytes: u64,
+    pub timelines: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PitrPlan {
+    pub job: String,
+    pub timezone: TimeZone,
+    pub backup: Manifest,
+    pub storage: String,
+    pub crypt: Crypt,
+    pub target: Target,
+    pub window: Window,
+    pub wal: WalRange,
+    /// The first transaction after the moment: recovery stops before it.
+    pub stops_before: Option<TxEnd>,
+    pub target_dir: PathBuf,
+    pub dir: TargetDir,
+    pub install: ServerInstall,
+    pub settings: RecoverySettings,
+    pub space_needed: u64,
+    pub space_free: Option<u64>,
+    /// What the plan could not establish, said.
+    pub notes: Vec<String>,
+}
+
+impl PitrPlan {
+    pub fn physical(&self) -> Result<&Physical> {
+        self.backup.physical.as_ref().ok_or_else(|| {
+            Error::internal(format!("backup {} is not a base backup", self.backup.id))
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "job": self.job,
+            "backup": self.backup.id,
+            "storage": self.storage,
+            "target": self.target,
+            "window": self.window,
+            "wal": self.wal,
+            "stops_before": self.stops_before,
+            "timeline": self.settings.timeline,
+            "target_dir": self.target_dir,
+            "existing_entries": self.dir.existing,
+            "space_needed": self.space_needed,
+            "space_free": self.space_free,
+            "server": self.install.bindir,
+            "notes": self.notes,
+        })
+    }
+}
+
+impl fmt::Display for PitrPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.backup;
+        let show = |at: Timestamp| time::show(at, &self.timezone);
+        writeln!(f, "point-in-time restore plan for job {}:", self.job)?;
+        match self.target {
+            Target::Time(at) => writeln!(f, "  recover to: {}", show(at))?,
+            Target::Latest => writeln!(f, "  recover to: the end of the archive (--latest)")?,
+        }
+        if let Some(p) = &b.physical {
+            writeln!(
+                f,
+                "  base:       {} from storage {} (consistent at {}, timeline {}, {} raw)",
+                b.id,
+                self.storage,
+                show(p.stop_time),
+                p.timeline,
+                bytes_human(b.raw_size())
+            )?;
+        }
+        writeln!(
+            f,
+            "  wal:        {} .. {} ({} segments, {}{})",
+            self.wal.first,
+            self.wal.last,
+            self.wal.segments,
+            bytes_human(self.wal.bytes),
+            if self.wal.timelines.len() > 1 {
+                format!(
+                    ", timelines {}",
+                    self.wal
+                        .timelines
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" → ")
+                )
+            } else {
+                String::new()
+            }
+        )?;
+        if let Some(tx) = &self.stops_before {
+            writeln!(
+                f,
+                "  stops:      before transaction {} ({} at {})",
+                tx.xid,
+                if tx.abort { "aborted" } else { "committed" },
+                show(tx.at)
+            )?;
+        }
+        writeln!(
+            f,
+            "  window:     {} .. {}",
+            show(self.window.from),
+            match self.window.to {
+                Some(to) if self.window.to_from == "transaction" =>
+                    format!("{} (the archive's last transaction)", show(to)),
+                Some(to) => format!("{} (when its newest segment was archived)", show(to)),
+                None => "unknown".to_owned(),
+            }
+        )?;
+        writeln!(
+            f,
+            "  into:       {} ({}), mode 0700",
+            self.target_dir.display(),
+            match (&self.dir.staging, self.dir.existing) {
+                (_, 0) => "new or empty".to_owned(),
+                (Some(staging), n) => format!(
+                    "holds {n} entries: kept until the restored directory is complete in {}, \
+                     then swapped in and removed",
+                    staging.display()
+                ),
+                (None, n) => format!("holds {n} entries"),
+            }
+        )?;
+        writeln!(
+            f,
+            "  space:      {} needed (the base backup, and WAL fetched a few segments ahead){}",
+            bytes_human(self.space_needed),
+            self.space_free
+                .map(|free| format!(", {} free", bytes_human(free)))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            f,
+            "  server:     {} ({})",
+            self.install.version,
+            self.install.bindir.display()
+        )?;
+        writeln!(
+            f,
+            "  then:       recovery_target_action = {}, {}",
+            if self.settings.pause {
+                "pause"
+            } else {
+                "promote"
+            },
+            if self.settings.archive {
+                "archive_mode as backed up (a promoted server archives its new timeline into \
+                 this job)"
+            } else {
+                "archive_mode = off"
+            }
+        )?;
+        for note in &self.notes {
+            writeln!(f, "  note:       {note}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The job's archive, all storages together: what recovery reads.
+struct Archive {
+    objects: Vec<Archived>,
+    /// Each segment name: the copy to read (from `storage_of`) and the
+    /// earliest time a storage dates it.
+    segments: BTreeMap<String, (usize, Option<Timestamp>)>,
+    histories: Vec<History>,
+    /// What opens its objects.
+    crypt: Crypt,
+}
+
+/// Decides what a point-in-time restore of physical job `job` will do.
+pub async fn plan(
+    job: &Job,
+    spec: &BackupJob,
+    database: &Database,
+    wal: &WalSettings,
+    storages: &[Arc<dyn Storage>],
+    request: &PitrRequest,
+) -> Result<PitrPlan> {
+    // The base backups, from the first storage that answers (or the one named).
+    let selector = match request.target {
+        Target::Time(at) => catalog::Selector::At(at),
+        Target::Latest => catalog::Selector::Latest,
+    };
+    let (chosen, storage_name) =
+        match crate::jobs::restore::choose(job, storages, request.storage.as_deref(), &selector)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) if e.kind() == Kind::NotFound && request.target != Target::Latest => {
+                return Err(before_window(job, storages, request).await.unwrap_or(e));
+            }
+            Err(e) => return Err(e),
+        };
+    let storage = crate::jobs::restore::named(storages, &storage_name)?.clone();
+    let listing = catalog::list(storage.as_ref(), &job.name).await?;
+    let bases: Vec<&Manifest> = listing
+        .backups
+        .iter()
+        .filter(|m| m.physical.is_some())
+        .collect();
+    let oldest = bases
+        .iter()
+        .filter_map(|m| m.physical.as_ref().map(|p| p.stop_time))
+        .min();
+    // The newest base backup consistent at or before the moment: a backup
+    // taken by its id's time may have ended after it.
+    let backup = match request.target {
+        Target::Latest => bases.iter().max_by_key(|m| m.id.clone()).copied(),
+        Target::Time(at) => bases
+            .iter()
+            .filter(|m| m.physical.as_ref().is_some_and(|p| p.stop_time <= at))
+            .max_by_key(|m| m.physical.as_ref().map(|p| p.stop_time))
+            .copied(),
+    };
+    let Some(backup) = backup.cloned() else {
+        if chosen.physical.is_none() {
+            return Err(not_physical(job, &chosen));
+        }
+        let at = request.target.time().unwrap_or_default();
+        return Err(Error::refused(format!(
+            "{} is before the recovery window of job {}, which begins at {} (the end of its \
+             oldest base backup); nothing was written",
+            time::show(at, &job.timezone),
+            job.name,
+            oldest.map_or("?".to_owned(), |o| time::show(o, &job.timezone))
+        ))
+        .with_hint(
+            "choose a later moment; `backup list --job` shows the base backups and `backup \
+             status` the window",
+        ));
+    };
+    let physical = backup
+        .physical
+        .clone()
+        .ok_or_else(|| not_physical(job, &backup))?;
+    let crypt = catalog::opener(storage.as_ref(), &backup, spec.keys()).await?;
+    let major = major_of(&backup.server_version);
+    let install = crate::pg::cluster::find_server(database, major)?;
+    if install.major != major {
+        return Err(Error::tool(format!(
+            "backup {} is of PostgreSQL {major}, and the server found to recover it with is \
+             {} ({}): a base backup starts only with the binaries of its own major version",
+            backup.id,
+            install.version,
+            install.bindir.display()
+        ))
+        .with_hint(format!(
+            "install postgresql-{major}, or set pg_bin_dir to its bin directory"
+        )));
+    }
+    let archive = read_archive(storages, &job.name, &crypt, spec).await?;
+    let size = physical.wal_segment_size;
+    let from = Segment::parse(&physical.wal_start, size)
+        .ok_or_else(|| Error::integrity(format!("backup {} names no first segment", backup.id)))?;
+    let path = chain_to(
+        &archive.objects,
+        &archive.histories,
+        from,
+        physical.start_lsn,
+        size,
+        request.timeline,
+    );
+    if let Some(t) = request.timeline
+        && !path.timelines.contains(&t)
+    {
+        return Err(Error::refused(format!(
+            "timeline {t} does not descend from the timeline of base backup {} ({}) after it \
+             began: recovery from it cannot reach that timeline; nothing was written",
+            backup.id, physical.timeline
+        ))
+        .with_hint("leave out --timeline to follow the newest timeline, or choose another base backup by --at"));
+    }
+    let mut notes = Vec::new();
+    if !path.missing_history.is_empty() {
+        notes.push(format!(
+            "timelines {:?} have segments in the archive and no history file: recovery does not \
+             follow them",
+            path.missing_history
+        ));
+    }
+    let order = path_segments(&path);
+    // The backup itself needs every segment to its end.
+    let stop = Segment::parse(&physical.wal_stop, size)
+        .ok_or_else(|| Error::integrity(format!("backup {} names no last segment", backup.id)))?;
+    let stop_index = order.iter().position(|s| *s == stop).unwrap_or(0);
+    let waldump = install.bindir.join("pg_waldump");
+    let waldump = waldump.is_file().then_some(waldump);
+    if waldump.is_none() {
+        notes.push(format!(
+            "no pg_waldump in {}: the window's end is when the newest segment was archived, and \
+             a moment after the last transaction fails at the end of recovery instead of here",
+            install.bindir.display()
+        ));
+    }
+    let held = |s: &Segment| archive.segments.contains_key(&s.name(size));
+    let reach = order
+        .iter()
+        .position(|s| !held(s))
+        .map_or(order.len(), |i| i);
+    let zone = &job.timezone;
+    let gap_text = |i: usize| {
+        let missing = order[i];
+        let last_held = i.checked_sub(1).map(|j| order[j]);
+        let resumes = order[i..].iter().find(|s| held(s));
+        format!(
+            "segment {} is missing from the archive{}{}",
+            missing.name(size),
+            last_held
+                .and_then(|s| archive.segments.get(&s.name(size)).and_then(|(_, at)| *at))
+                .map(|at| format!(
+                    ": recovery cannot pass the gap after {}",
+                    time::show(at, zone)
+                ))
+                .unwrap_or_default(),
+            resumes
+                .and_then(|s| archive.segments.get(&s.name(size)).and_then(|(_, at)| *at))
+                .map(|at| format!(" (the archive resumes at {})", time::show(at, zone)))
+                .unwrap_or_default()
+        )
+    };
+    if reach <= stop_index {
+        return Err(Error::integrity(format!(
+            "base backup {} of job {} cannot be recovered: {}; nothing was written",
+            backup.id,
+            job.name,
+            gap_text(reach)
+        ))
+        .with_hint("`backup verify --job J --wal` names every gap; choose a later base backup with a later --at"));
+    }
+    // The end of the window: the last transaction on the path, else when
+    // its newest segment was archived.
+    let newest = order[reach - 1];
+    let dated = |s: &Segment| archive.segments.get(&s.name(size)).and_then(|(_, at)| *at);
+    let mut window = Window {
+        from: oldest.unwrap_or(physical.stop_time),
+        to: dated(&newest),
+        to_from: "archived",
+    };
+    if let Some(waldump) = &waldump {
+        let tail = order[stop_index..reach].iter().rev().take(SCAN_LIMIT);
+        let mut later: Option<&Segment> = None;
+        for s in tail {
+            let pair: Vec<&Segment> = std::iter::once(s).chain(later).collect();
+            let scanned = scan_pair(&archive, storages, &pair, size, waldump).await?;
+            if let Some(last) = scanned.ends.iter().map(|t| t.at).max() {
+                window.to = Some(last);
+                window.to_from = "transaction";
+                break;
+            }
+            later = Some(s);
+        }
+    }
+    let (last_index, stops_before) = match request.target {
+        Target::Latest => {
+            if reach < order.len() {
+                return Err(Error::integrity(format!(
+                    "--latest: {}; recovery would stop there, before the newest archived WAL; \
+                     nothing was written",
+                    gap_text(reach)
+                ))
+                .with_hint("restore to a moment before the gap with --at, or restore the missing segment into the archive"));
+            }
+            (reach - 1, None)
+        }
+        Target::Time(at) => {
+            if let Some(to) = window.to
+                && at >= to
+                && (window.to_from == "transaction" || reach == order.len())
+            {
+                return Err(after_window(job, at, &window));
+            }
+            // The first transaction after the moment, searched from a
+            // segment archived well before it.
+            let start = order[stop_index..]
+                .iter()
+                .rposition(|s| dated(s).is_some_and(|d| d < at - CLOCK_MARGIN))
+                .map_or(stop_index, |i| stop_index + i);
+            match &waldump {
+                None => {
+                    let first_after = order[start..]
+                        .iter()
+                        .position(|s| dated(s).is_some_and(|d| d > at))
+                        .map(|i| start + i);
+                    match first_after {
+                        Some(i) if i < reach => (i, None),
+                        Some(i) => return Err(in_gap(job, at, &gap_text(i.min(reach)))),
+                        None if reach < order.len() => {
+                            return Err(in_gap(job, at, &gap_text(reach)));
+                        }
+                        None => return Err(after_window(job, at, &window)),
+                    }
+                }
+                Some(waldump) => {
+                    let mut found = None;
+                    for (i, s) in order.iter().enumerate().skip(start).take(SCAN_LIMIT) {
+                        if !held(s) {
+                            return Err(in_gap(job, at, &gap_text(i)));
+                        }
+                        let next = order.get(i + 1).filter(|n| held(n));
+                        let pair: Vec<&Segment> = std::iter::once(s).chain(next).collect();
+                        let scanned = scan_pair(&archive, storages, &pair, size, waldump).await?;
+                        if let Some(tx) = scanned.ends.into_iter().find(|t| t.at > at) {
+                            found = Some((i + usize::from(next.is_some()), tx));
+                            break;
+                        }
+                    }
+                    match found {
+                        Some((i, tx)) => (i, Some(tx)),
+                        None if reach < order.len() && start + SCAN_LIMIT > reach => {
+                            return Err(in_gap(job, at, &gap_text(reach)));
+                        }
+                        None if start + SCAN_LIMIT >= order.len() => {
+                            return Err(after_window(job, at, &window));
+                        }
+                        None => {
+                            notes.push(format!(
+                                "no transaction ends in the {SCAN_LIMIT} segments after the \
+                                 moment: recovery reads on until it finds one"
+                            ));
+                            (reach - 1, None)
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let replayed = &order[..=last_index];
+    let wal_range = WalRange {
+        first: physical.wal_start.clone(),
+        last: order[last_index].name(size),
+        segments: replayed.len() as u64,
+        bytes: replayed.len() as u64 * size,
+        timelines: {
+            let mut t: Vec<u32> = replayed.iter().map(|s| s.timeline).collect();
+            t.dedup();
+            t
+        },
+    };
+    let dir = lay::check_target(&request.dir, request.force, backup.id.as_str())?;
+    // The base backup lands whole; WAL passes a few segments at a time
+    // (fetched ahead, then recycled by the server).
+    let space_needed = backup.raw_size() + (u64::from(wal.fetch_ahead) + 3) * size;
+    let space_free = free_space(&request.dir);
+    if let Some(free) = space_free
+        && free < space_needed
+    {
+        return Err(Error::refused(format!(
+            "{} has {} free, and the restore needs {}; nothing was written",
+            existing_ancestor(&request.dir).display(),
+            bytes_human(free),
+            bytes_human(space_needed)
+        ))
+        .with_hint("restore into a --target-dir on a file system with room"));
+    }
+    let settings = RecoverySettings {
+        restore_command: restore_command(request, &job.name),
+        target: request.target,
+        pause: request.pause,
+        timeline: request.timeline,
+        port: request.port,
+        archive: request.archive,
+    };
+    Ok(PitrPlan {
+        job: job.name.clone(),
+        timezone: job.timezone.clone(),
+        backup,
+        storage: storage_name,
+        crypt,
+        target: request.target,
+        window,
+        wal: wal_range,
+        stops_before,
+        target_dir: request.dir.clone(),
+        dir,
+        install,
+        settings,
+        space_needed,
+        space_free,
+        notes,
+    })
+}
+
+/// The error for a moment before every base backup, naming the window.
+async fn before_window(
+    job: &Job,
+    storages: &[Arc<dyn Storage>],
+    request: &PitrRequest,
+) -> Option<Error> {
+    let at = request.target.time()?;
+    let bases = crate::jobs::wal_status::base_backups(storages, &job.name)
+        .await
+        .ok()?;
+    let oldest = bases
+        .iter()
+        .filter_map(|m| m.physical.as_ref().map(|p| p.stop_time))
+        .min()?;
+    Some(
+        Error::refused(format!(
+            "{} is before the recovery window of job {}, which begins at {} (the end of its \
+             oldest base backup); nothing was written",
+            time::show(at, &job.timezone),
+            job.name,
+            time::show(oldest, &job.timezone)
+        ))
+        .with_hint("choose a later moment; `backup status` shows the window"),
+    )
+}
+
+fn after_window(job: &Job, at: Timestamp, window: &Window) -> Error {
+    let zone = &job.timezone;
+    Error::refused(format!(
+        "{} is after the recovery window of job {} ({} .. {}{}); nothing was written",
+        time::show(at, zone),
+        job.name,
+        time::show(window.from, zone),
+        window.to.map_or("?".to_owned(), |t| time::show(t, zone)),
+        if window.to_from == "transaction" {
+            ", the archive's last transaction"
+        } else {
+            ", when its newest segment was archived"
+        }
+    ))
+    .with_hint(format!(
+        "WAL written since is not archived until its segment fills: run `backup wal check --job \
+         {}` (it switches WAL and waits for the archive), then restore again; or restore \
+         everything archived with --latest",
+        job.name
+    ))
+}
+
+fn in_gap(job: &Job, at: Timestamp, gap: &str) -> Error {
+    Error::integrity(format!(
+        "{} cannot be reached: {gap}; nothing was written",
+        time::show(at, &job.timezone)
+    ))
+    .with_hint(format!(
+        "choose a moment before the gap, or one after a base backup taken after it; `backup \
+         verify --job {} --wal` names every gap",
+        job.name
+    ))
+}
+
+fn not_physical(job: &Job, backup: &Manifest) -> Error {
+    Error::integrity(format!(
+        "backup {} of job {} is not a base backup",
+        backup.id, job.name
+    ))
+    .with_hint("it was made while the job was a logical one: restore it with --target-db")
+}
+
+/// `15` of `15.4 (Debian 15.4-1)`.
+pub fn major_of(version: &str) -> u32 {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every segment on the path, in the order recovery reads them.
+fn path_segments(path: &Chain) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut first = path.from.number;
+    for (tli, leg_first, last) in &path.legs {
+        for number in (*leg_first).max(first)..=*last {
+            out.push(Segment {
+                timeline: *tli,
+                number,
+            });
+        }
+        first = last + 1;
+    }
+    if out.is_empty() {
+        out.push(path.from);
+    }
+    out
+}
+
+/// The archive as every storage together holds it.
+async fn read_archive(
+    storages: &[Arc<dyn Storage>],
+    job: &str,
+    crypt: &Crypt,
+    spec: &BackupJob,
+) -> Result<Archive> {
+    let mut objects: Vec<Archived> = Vec::new();
+    let mut segments: BTreeMap<String, (usize, Option<Timestamp>)> = BTreeMap::new();
+    let mut history_objects: Vec<(usize, Archived)> = Vec::new();
+    let mut listed = 0;
+    let mut failed = None;
+    for (i, storage) in storages.iter().enumerate() {
+        let dated = match object::list_dated(storage.as_ref(), job).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("storage {}: {e}", storage.name());
+                failed = Some(e);
+                continue;
+            }
+        };
+        listed += 1;
+        for (a, at) in dated {
+            match &a.file {
+                WalFile::Segment(name) => {
+                    let entry = segments.entry(name.clone()).or_insert((i, at));
+                    entry.1 = match (entry.1, at) {
+                        (Some(x), Some(y)) => Some(x.min(y)),
+                        (x, y) => x.or(y),
+                    };
+                }
+                WalFile::History(_) => history_objects.push((i, a.clone())),
+                _ => {}
+            }
+            objects.push(a);
+        }
+    }
+    if listed == 0 {
+        return Err(failed.unwrap_or_else(|| Error::internal("no storage to read")));
+    }
+    let crypt = wal_crypt(crypt, &objects, spec)?;
+    let mut histories: Vec<History> = Vec::new();
+    for (i, a) in &history_objects {
+        let found =
+            object::histories(storages[*i].as_ref(), std::slice::from_ref(a), &crypt).await?;
+        for h in found {
+            if !histories.iter().any(|have| have.timeline == h.timeline) {
+                histories.push(h);
+            }
+        }
+    }
+    Ok(Archive {
+        objects,
+        segments,
+        histories,
+        crypt,
+    })
+}
+
+/// The identities that open the archive's objects: the base backup's, or
+/// the job's when only the WAL is sealed.
+fn wal_crypt(crypt: &Crypt, objects: &[Archived], spec: &BackupJob) -> Result<Crypt> {
+    if matches!(crypt, Crypt::Open(_)) || !objects.iter().any(|a| a.encrypted) {
+        return Ok(crypt.clone());
+    }
+    let keys = spec.keys();
+    let identities = crate::keys::Identities::load(
+        keys.and_then(|e| e.passphrase.as_ref()),
+        keys.and_then(|e| e.identity_file.as_deref()),
+    )?
+    .ok_or_else(|| {
+        Error::refused("the WAL archive is encrypted with age, and no identity to decrypt it is given; nothing was written")
+            .with_hint(format!(
+                "set {} to the secret key (or the path of its file), or identity_file in the job's `encryption`",
+                crate::keys::IDENTITY_ENV
+            ))
+    })?;
+    Ok(Crypt::Open(Arc::new(identities)))
+}
+
+/// Lists the transactions that end in `pair` (a segment and its successor).
+async fn scan_pair(
+    archive: &Archive,
+    storages: &[Arc<dyn Storage>],
+    pair: &[&Segment],
+    size: u64,
+    waldump: &Path,
+) -> Result<scan::Scanned> {
+    let Some(first) = pair.first() else {
+        return Ok(scan::Scanned { ends: Vec::new() });
+    };
+    let name = first.name(size);
+    let Some((storage_index, _)) = archive.segments.get(&name) else {
+        return Ok(scan::Scanned { ends: Vec::new() });
+    };
+    let storage = &storages[*storage_index];
+    let mut chosen: Vec<&Archived> = Vec::new();
+    for s in pair {
+        let n = s.name(size);
+        // The copy in the storage the first segment is read from; a
+        // successor only another storage holds is left out.
+        if let Some(a) = archive.objects.iter().find(|a| {
+            matches!(&a.file, WalFile::Segment(x) if *x == n)
+                && archive
+                    .segments
+                    .get(&n)
+                    .is_some_and(|(i, _)| i == storage_index)
+        }) {
+            chosen.push(a);
+        }
+    }
+    scan::transactions(storage.as_ref(), &chosen, &archive.crypt, waldump).await
+}
+
+/// `'<exe>' --config '<config>' wal fetch --job '<job>' %f %p`, quoted for
+/// the shell PostgreSQL runs it with.
+fn restore_command(request: &PitrRequest, job: &str) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut command = quote(&request.exe.to_string_lossy());
+    if let Some(config) = &request.config {
+        command.push_str(" --config ");
+        command.push_str(&quote(&config.to_string_lossy()));
+    }
+    command.push_str(" wal fetch --job ");
+    command.push_str(&quote(job));
+    command.push_str(" %f %p");
+    command
+}
+
+/// The nearest existing directory at or above `dir`.
+fn existing_ancestor(dir: &Path) -> PathBuf {
+    dir.ancestors()
+        .find(|p| p.is_dir())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Free bytes where `dir` is (or would be created).
+fn free_space(dir: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(&existing_ancestor(dir)).ok()?;
+    Some(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restore_command_survives_the_shell() {
+        let request = PitrRequest {
+            target: Target::Latest,
+            timeline: None,
+            storage: None,
+            dir: "/srv/restore".into(),
+            force: false,
+            pause: false,
+            archive: true,
+            port: None,
+            exe: "/usr/local/bin/backup".into(),
+            config: Some("/etc/backup/it's.toml".into()),
+        };
+        assert_eq!(
+            restore_command(&request, "base"),
+            r"'/usr/local/bin/backup' --config '/etc/backup/it'\''s.toml' wal fetch --job 'base' %f %p"
+        );
+    }
+
+    #[test]
+    fn majors_read_from_versions() {
+        assert_eq!(major_of("15.4 (Debian 15.4-1.pgdg120+1)"), 15);
+        assert_eq!(major_of("18.1"), 18);
+        assert_eq!(major_of("?"), 0);
+    }
+}
