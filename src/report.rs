@@ -418,6 +418,14 @@ pub async fn read_record(storage: &dyn Storage, key: &Key) -> Result<Option<RunR
     })
 }
 
+/// When a backup last passed a restore test or a drill, and for a base
+/// backup the moment that test recovered to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tested {
+    pub at: Timestamp,
+    pub moment: Option<Timestamp>,
+}
+
 /// The backups of a job that passed a restore test or a drill, with when
 /// they last did, read from the records among `keys` (a listing of the job's
 /// `reports/`). A record that cannot be read is an error: callers that delete
@@ -425,8 +433,8 @@ pub async fn read_record(storage: &dyn Storage, key: &Key) -> Result<Option<RunR
 pub async fn tested_backups(
     storage: &dyn Storage,
     keys: &[Key],
-) -> Result<std::collections::BTreeMap<String, Timestamp>> {
-    let mut tested = std::collections::BTreeMap::new();
+) -> Result<std::collections::BTreeMap<String, Tested>> {
+    let mut tested: std::collections::BTreeMap<String, Tested> = std::collections::BTreeMap::new();
     for key in keys.iter().filter(|k| {
         let name = k.file_name();
         name.ends_with("-restore-test.json") || name.ends_with("-drill.json")
@@ -435,8 +443,16 @@ pub async fn tested_backups(
             && r.succeeded
             && let Some(id) = r.details["backup_id"].as_str()
         {
-            let when = tested.entry(id.to_owned()).or_insert(r.finished_at);
-            *when = (*when).max(r.finished_at);
+            let this = Tested {
+                at: r.finished_at,
+                moment: r.details["recovered_to"]
+                    .as_str()
+                    .and_then(|t| t.parse().ok()),
+            };
+            let when = tested.entry(id.to_owned()).or_insert(this);
+            if this.at > when.at {
+                *when = this;
+            }
         }
     }
     Ok(tested)

@@ -128,6 +128,8 @@ pub struct ListedBackup {
     pub pinned: Option<String>,
     /// When it last passed a restore test or a drill.
     pub tested: Option<Timestamp>,
+    /// A base backup: the moment that test recovered to.
+    pub tested_moment: Option<Timestamp>,
 }
 
 /// Every complete backup of `job` in any of `storages`, newest first, with
@@ -157,7 +159,9 @@ pub async fn list_job(storages: &[Arc<dyn Storage>], job: &str) -> Result<Vec<Li
             Default::default()
         });
         for manifest in listing.backups {
-            let tested = tested.get(manifest.id.as_str()).copied();
+            let found = tested.get(manifest.id.as_str()).copied();
+            let tested = found.map(|t| t.at);
+            let tested_moment = found.and_then(|t| t.moment);
             let pinned = if listing.pinned.contains(&manifest.id) {
                 Some(
                     read_pin(storage.as_ref(), job, &manifest.id)
@@ -172,13 +176,17 @@ pub async fn list_job(storages: &[Arc<dyn Storage>], job: &str) -> Result<Vec<Li
                 Some(l) => {
                     l.storages.push(storage.name().to_owned());
                     l.pinned = l.pinned.take().or(pinned);
-                    l.tested = l.tested.max(tested);
+                    if tested > l.tested {
+                        l.tested = tested;
+                        l.tested_moment = tested_moment;
+                    }
                 }
                 None => listed.push(ListedBackup {
                     manifest,
                     storages: vec![storage.name().to_owned()],
                     pinned,
                     tested,
+                    tested_moment,
                 }),
             }
         }

@@ -196,6 +196,16 @@ pub fn run(engine: &Engine, command: Command, json: bool) -> Result<()> {
                 }
             }
             JobKind::Prune(p) => println!("  prunes:      job {} by its retention", p.backup_job),
+            JobKind::RestoreTest(t) if config.physical_job(&t.backup_job, "").is_ok() => {
+                println!(
+                    "  tests:       physical job {}: a throwaway cluster recovered to a moment \
+                     drawn from the last 24 hours of its recovery window",
+                    t.backup_job
+                );
+                for c in &t.checks {
+                    println!("  check:       {}: {}", c.name, c.expected());
+                }
+            }
             JobKind::RestoreTest(t) => {
                 println!(
                     "  tests:       {} backup of job {}, restored into {}",

@@ -32,6 +32,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                         "storages": b.storages, "warnings": m.warnings,
                         "pinned": b.pinned.is_some(), "pin_reason": b.pinned,
                         "restore_tested_at": b.tested,
+                        "restore_tested_moment": b.tested_moment,
                         // A base backup: where it lies in the WAL.
                         "physical": m.physical,
                     })
@@ -65,8 +66,15 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                 bytes_human(m.stored_size()),
                 time::show_duration(m.duration()),
                 b.storages.join(","),
-                b.tested
-                    .map_or_else(String::new, |t| time::show(t, &job.timezone)),
+                match (b.tested, b.tested_moment) {
+                    (None, _) => String::new(),
+                    (Some(t), None) => time::show(t, &job.timezone),
+                    (Some(t), Some(m)) => format!(
+                        "{} (to {})",
+                        time::show(t, &job.timezone),
+                        time::show(m, &job.timezone)
+                    ),
+                },
                 match &b.pinned {
                     Some(r) if r.is_empty() => "pinned".to_owned(),
                     Some(r) => format!("pinned: {r}"),

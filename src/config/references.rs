@@ -85,7 +85,13 @@ pub(super) fn resolve_restore_tests(config: &mut Config) -> Result<()> {
                     .map(|j| &j.name),
             )));
         };
-        let Some(database) = b.database().cloned() else {
+        // A physical job's test is a drill of a throwaway cluster: its
+        // server is the one backed up, and no scratch database is made.
+        let Some(database) = b
+            .database()
+            .or_else(|| b.cluster().map(|(db, _)| db))
+            .cloned()
+        else {
             return Err(Error::config(format!(
                 "{origin}: [jobs.{name}] backup_job = '{target}' is a files job: a restore test restores a database"
             ))

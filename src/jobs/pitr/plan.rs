@@ -34,7 +34,7 @@ const SCAN_LIMIT: usize = 64;
 /// A storage's clock and the database server's may disagree: the scan for
 /// the first transaction after the moment starts at a segment archived
 /// this long before it.
-const CLOCK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+const CLOCK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]
@@ -115,7 +115,9 @@ impl PitrPlan {
             "window": self.window,
             "wal": self.wal,
             "stops_before": self.stops_before,
-            "timeline": self.settings.timeline,
+            // The timeline recovery ends on (before its promotion).
+            "timeline": self.wal.timelines.last(),
+            "requested_timeline": self.settings.timeline,
             "target_dir": self.target_dir,
             "existing_entries": self.dir.existing,
             "space_needed": self.space_needed,
@@ -314,6 +316,8 @@ pub async fn plan(
         .physical
         .clone()
         .ok_or_else(|| not_physical(job, &backup))?;
+    // What is cheap to refuse first: a directory in the way, a key missing.
+    let dir = lay::check_target(&request.dir, request.force, backup.id.as_str())?;
     let crypt = catalog::opener(storage.as_ref(), &backup, spec.keys()).await?;
     let major = major_of(&backup.server_version);
     let install = crate::pg::cluster::find_server(database, major)?;
@@ -495,8 +499,9 @@ pub async fn plan(
                         }
                         None => {
                             notes.push(format!(
-                                "no transaction ends in the {SCAN_LIMIT} segments after the \
-                                 moment: recovery reads on until it finds one"
+                                "no transaction ends in the {SCAN_LIMIT} segments read from {}: \
+                                 recovery reads on until it finds one",
+                                order[start].name(size)
                             ));
                             (reach - 1, None)
                         }
@@ -517,7 +522,6 @@ pub async fn plan(
             t
         },
     };
-    let dir = lay::check_target(&request.dir, request.force, backup.id.as_str())?;
     // The base backup lands whole; WAL passes a few segments at a time
     // (fetched ahead, then recycled by the server).
     let space_needed = backup.raw_size() + (u64::from(wal.fetch_ahead) + 3) * size;
