@@ -2,8 +2,9 @@
 //! job, as an operator sets it up: `archive_mode = on` and an
 //! `archive_command` that runs the built binary as the server's user.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::{Cluster, Run};
 
@@ -216,5 +217,238 @@ impl Archiving {
 
     pub fn wal_dir(&self) -> PathBuf {
         self.cluster.data_dir().join("pg_wal")
+    }
+}
+
+/// A free TCP port of 127.0.0.1, for a server a test starts elsewhere (a
+/// restored one).
+pub fn free_port() -> u16 {
+    super::free_port()
+}
+
+/// Processes whose command line names `path`: the servers still running on
+/// a directory under it.
+pub fn processes_on(path: &Path) -> Vec<String> {
+    let mine = path.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        // A process may end between listing and reading: that is not one left.
+        let bytes = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let line = String::from_utf8_lossy(&bytes).replace('\0', " ");
+        if line.contains(&mine) {
+            found.push(line.trim_end().to_owned());
+        }
+    }
+    found
+}
+
+impl Archiving {
+    /// `<work>/NAME`, made if missing, owned by the server's user: where the
+    /// CLI run as that user may write (its TMPDIR, restore targets).
+    pub fn own_dir(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.work.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        super::chown_tree_to_postgres(&dir);
+        dir
+    }
+
+    /// [`Archiving::backup_with`] with a lock directory and a TMPDIR of this
+    /// test's own (`<work>/locks`, `<work>/tmp`): a physical job's run lock
+    /// is a file of this host and every archiving test names its job `base`;
+    /// what a drill leaves is then this test's to see. A run that outlives
+    /// `limit` is stopped (SIGTERM, then SIGKILL) and fails the test.
+    pub fn run_within(&self, limit: Duration, args: &[&str], env: &[(&str, &str)]) -> Run {
+        use std::io::Read;
+        let (locks, tmp) = (self.own_dir("locks"), self.own_dir("tmp"));
+        let mut all = vec![
+            ("BACKUP_LOCK_DIR", locks.to_str().unwrap()),
+            ("TMPDIR", tmp.to_str().unwrap()),
+        ];
+        all.extend_from_slice(env);
+        let mut child = self
+            .command(args, &all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start backup");
+        // Read as they come: a full pipe would stall the command.
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                let _ = pipe.read_to_end(&mut text);
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("backup's status") {
+                break Some(status);
+            }
+            if started.elapsed() > limit {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let Some(status) = status else {
+            // runuser passes SIGTERM on to the command: it stops itself.
+            let pid = child.id() as libc::pid_t;
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let stopping = Instant::now();
+            while child.try_wait().ok().flatten().is_none()
+                && stopping.elapsed() < Duration::from_secs(15)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "backup {} did not end within {limit:?}:\n--- stdout\n{}\n--- stderr\n{}",
+                args.join(" "),
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
+            );
+        };
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        }
+    }
+
+    /// What the runs of [`Archiving::run_within`] left in their TMPDIR.
+    pub fn temp_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.work.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The stored object of `segment` (a 24-character WAL file name) in `disk`.
+    pub fn wal_object(&self, segment: &str) -> PathBuf {
+        let prefix = format!("{}/{segment}-", &segment[..16]);
+        let found: Vec<String> = self
+            .archived()
+            .into_iter()
+            .filter(|f| f.starts_with(&prefix))
+            .collect();
+        assert_eq!(found.len(), 1, "{segment}: {found:?}");
+        self.backups.join(JOB).join("wal").join(&found[0])
+    }
+
+    /// The archived segments of `timeline` in `disk`, in order, by name.
+    pub fn archived_segments(&self, timeline: u32) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .archived()
+            .into_iter()
+            .filter_map(|f| {
+                let name = f.split('/').nth(1)?;
+                let segment = name.get(..24)?;
+                (segment.len() == 24
+                    && name.as_bytes().get(24) == Some(&b'-')
+                    && u32::from_str_radix(&segment[..8], 16).ok() == Some(timeline))
+                .then(|| segment.to_owned())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The server that a restore with `--start --port PORT` left running on
+    /// `data`: stopped when the guard goes, whatever the test found.
+    pub fn restored(&self, data: &Path, port: u16) -> Restored {
+        Restored {
+            data: data.to_owned(),
+            port,
+            bindir: self.cluster.bindir.clone(),
+        }
+    }
+}
+
+/// Overwrites `len` bytes in the middle of `file` with garbage; returns what
+/// was there, for [`restore_bytes`].
+pub fn corrupt_middle(file: &Path, len: usize) -> Vec<u8> {
+    let original = std::fs::read(file).unwrap();
+    assert!(original.len() > 2 * len, "{} is too small", file.display());
+    let mut bytes = original.clone();
+    let at = bytes.len() / 2;
+    for (i, b) in bytes[at..at + len].iter_mut().enumerate() {
+        *b = !*b ^ (i as u8);
+    }
+    std::fs::write(file, bytes).unwrap();
+    original
+}
+
+/// Puts back what [`corrupt_middle`] changed.
+pub fn restore_bytes(file: &Path, original: &[u8]) {
+    std::fs::write(file, original).unwrap();
+}
+
+/// A server a restore started and left running, reached as an operator
+/// does: TCP on 127.0.0.1 and the port given, with the superuser's password
+/// (the restored cluster's `pg_hba.conf` is the backed-up one's).
+pub struct Restored {
+    pub data: PathBuf,
+    pub port: u16,
+    bindir: PathBuf,
+}
+
+impl Restored {
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgresql://postgres@127.0.0.1:{}/{db}?connect_timeout=10",
+            self.port
+        )
+    }
+
+    /// Runs SQL on `db`; panics on any error; unaligned, tuples only.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.url(db))
+            .args(["-c", sql])
+            .env("PGPASSWORD", super::PASSWORD)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql on the restored server (port {}) failed on {sql:?}: {}",
+            self.port,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Stops the server (fast) and waits; a directory without one is fine.
+    pub fn stop(&self) {
+        let run_as = (unsafe { libc::geteuid() } == 0).then(|| "postgres".to_owned());
+        let _ = super::server_output(
+            &run_as,
+            &self.bindir,
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap_or(""),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+        );
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
