@@ -642,7 +642,7 @@ fn force_keeps_the_old_directory_until_the_new_one_is_complete() {
 
 // TODO(lead): where `status --json` and `list --json` show the moment a
 // physical restore test recovered to; guessed names.
-const STATUS_TESTED_MOMENT: &str = "tested_moment";
+const STATUS_TESTED_MOMENT: &str = "recovered_to";
 const LIST_TESTED_MOMENT: &str = "restore_tested_moment";
 
 #[test]
