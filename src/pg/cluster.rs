@@ -339,7 +339,7 @@ impl Drop for Throwaway {
 }
 
 /// The user the server runs as, when we are root: PostgreSQL refuses root.
-fn server_user() -> Result<Option<(u32, u32)>> {
+pub(crate) fn server_user() -> Result<Option<(u32, u32)>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
