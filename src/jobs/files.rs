@@ -293,7 +293,12 @@ pub async fn plan(
         ));
     }
     let (staging, leftovers) = if existing > 0 && !replace.in_place {
-        let (staging, leftovers) = staging_beside(target, backup.id.as_str())?;
+        let (staging, leftovers) = staging_beside(
+            target,
+            backup.id.as_str(),
+            "pass --force --in-place to write the backup's files into it instead, or restore \
+             into a new --target-dir",
+        )?;
         (Some(staging), leftovers)
     } else {
         (None, Vec::new())
@@ -320,14 +325,17 @@ pub async fn plan(
 /// system, where a rename swaps the two; and the copies of that name that
 /// interrupted restores left there, which are ours to remove. (A copy kept
 /// by `--keep-failed` is renamed `.<name>.failed-<id>`, never removed.)
-/// Refused where a swap cannot work.
-fn staging_beside(target: &Path, id: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
+/// Refused where a swap cannot work, with `otherwise` (what the operator
+/// can do instead) as the hint.
+pub(crate) fn staging_beside(
+    target: &Path,
+    id: &str,
+    otherwise: &str,
+) -> Result<(PathBuf, Vec<PathBuf>)> {
     use std::os::unix::fs::MetadataExt;
     let refuse = |why: String| {
-        Error::refused(format!("{}: {why}; nothing was changed", target.display())).with_hint(
-            "pass --force --in-place to write the backup's files into it instead, or restore \
-             into a new --target-dir",
-        )
+        Error::refused(format!("{}: {why}; nothing was changed", target.display()))
+            .with_hint(otherwise)
     };
     let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
         return Err(refuse(
@@ -508,18 +516,31 @@ pub async fn execute(
 /// Puts the complete copy `staging` in the place of `target`, then removes
 /// the old tree. The copy gets the target directory's own mode and owner.
 fn swap_dirs(target: &Path, staging: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(target)
+        .map_err(|e| Error::io(Kind::Internal, format!("reading {}", target.display()), e))?;
+    std::fs::set_permissions(staging, meta.permissions()).map_err(|e| {
+        Error::io(
+            Kind::Internal,
+            format!("setting the mode of {}", staging.display()),
+            e,
+        )
+    })?;
+    // Only root may give files away; anyone else's copy is already theirs.
+    let _ = std::os::unix::fs::lchown(staging, Some(meta.uid()), Some(meta.gid()));
+    exchange_dirs(target, staging)
+}
+
+/// Puts the complete copy `staging` in the place of `target`, as it is (its
+/// own mode and owner), then removes the old tree, which is only warned
+/// about when it cannot be: the copy is in place by then.
+pub(crate) fn exchange_dirs(target: &Path, staging: &Path) -> Result<()> {
     use nix::errno::Errno;
     use nix::fcntl::{AT_FDCWD, RenameFlags};
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::MetadataExt;
     let io = |what: &str, path: &Path, e: std::io::Error| {
         Error::io(Kind::Internal, format!("{what} {}", path.display()), e)
     };
-    let meta = std::fs::symlink_metadata(target).map_err(|e| io("reading", target, e))?;
-    std::fs::set_permissions(staging, meta.permissions())
-        .map_err(|e| io("setting the mode of", staging, e))?;
-    // Only root may give files away; anyone else's copy is already theirs.
-    let _ = std::os::unix::fs::lchown(staging, Some(meta.uid()), Some(meta.gid()));
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())
             .map_err(|_| Error::internal(format!("{} holds a NUL byte", p.display())))
