@@ -339,7 +339,7 @@ impl Drop for Throwaway {
 }
 
 /// The user the server runs as, when we are root: PostgreSQL refuses root.
-fn server_user() -> Result<Option<(u32, u32)>> {
+pub(crate) fn server_user() -> Result<Option<(u32, u32)>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
@@ -355,7 +355,7 @@ fn server_user() -> Result<Option<(u32, u32)>> {
     Ok(Some((user.uid.as_raw(), user.gid.as_raw())))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::io(crate::error::Kind::Internal, "finding a free port", e))?;
     listener
