@@ -16,6 +16,7 @@ mod local_storage;
 mod maintenance;
 mod parallel_restore;
 mod physical;
+mod pitr_recover;
 mod prune;
 mod regression;
 mod remote_storage;

@@ -20,9 +20,11 @@
 //!
 //! The command line overrides what the directory's configuration says where
 //! reading the log depends on it: messages in English (`lc_messages = C`),
-//! times in UTC (`log_timezone`, and `timezone`, which the recovery messages'
-//! times are written in), the log on stderr into our file
-//! (`logging_collector = off`), at the default level. `hot_standby = on`
+//! the log on stderr into our file (`logging_collector = off`), at the
+//! default level, its lines in UTC (`log_timezone`) and naming the process
+//! that wrote them. The times in the recovery's messages are ISO with a
+//! numeric offset whatever `timezone` is, so the sessions' time zone stays
+//! the cluster's own (the operator's checks may depend on it). `hot_standby = on`
 //! lets us watch a recovery that pauses at its target; `ssl = off` since no
 //! TCP address is listened on.
 //!
@@ -197,7 +199,12 @@ impl RecoveryServer {
         }
         let child = command.spawn().map_err(|e| {
             Error::tool(format!("cannot start {}: {e}", postgres.display())).with_hint(
-                "install the PostgreSQL server of the backup's major version, or set pg_bin_dir",
+                if run_as.is_some() {
+                    "run as root, the server runs as user postgres: it must be able to reach \
+                     $TMPDIR and run the server's programs"
+                } else {
+                    "install the PostgreSQL server of the backup's major version, or set pg_bin_dir"
+                },
             )
         })?;
         let owner = std::fs::metadata(&data)
@@ -621,12 +628,12 @@ impl RecoveryServer {
             return Ok(());
         };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let mut signals = [signal, Signal::SIGQUIT, Signal::SIGKILL]
-            .into_iter()
-            .skip_while(|s| {
-                // Escalate from the signal asked for.
-                *s != signal
-            });
+        // From the signal asked for to ever harder ones.
+        let mut signals = match signal {
+            Signal::SIGINT => vec![signal, Signal::SIGQUIT, Signal::SIGKILL],
+            _ => vec![signal, Signal::SIGKILL],
+        }
+        .into_iter();
         let mut limit = limit;
         let status = loop {
             // Not reaped yet, so the pid is still the postmaster's.
@@ -709,11 +716,11 @@ fn server_args(data: &Path, port: u16, socket_dir: &Path, hba: &Path) -> Vec<OsS
         "hot_standby=on".to_owned(),
         "lc_messages=C".to_owned(),
         "log_timezone=UTC".to_owned(),
-        "timezone=UTC".to_owned(),
         "logging_collector=off".to_owned(),
         "log_destination=stderr".to_owned(),
         "log_min_messages=warning".to_owned(),
-        "log_line_prefix=%m [%p] ".to_owned(),
+        // %b: which process said it, so a session's FATAL is told apart.
+        "log_line_prefix=%m [%p] %b ".to_owned(),
     ];
     for setting in settings {
         args.push("-c".into());
@@ -897,6 +904,14 @@ struct RecoveryLog {
     tail: Vec<String>,
 }
 
+/// What the server says, at LOG level, of a setting it cannot take.
+const CONFIGURATION_ERRORS: [&str; 4] = [
+    "invalid value for parameter",
+    "unrecognized configuration parameter",
+    "syntax error in file",
+    "cannot be changed without restarting",
+];
+
 /// How many problems an error quotes: the last ones.
 const PROBLEMS_QUOTED: usize = 5;
 
@@ -937,6 +952,15 @@ impl RecoveryLog {
                 previous_warned = true;
             }
             if let Some(at) = ["FATAL:  ", "PANIC:  "].iter().find_map(|m| line.find(m)) {
+                // A session's end (ours, refused while the server starts)
+                // is not the server's.
+                if !line[..at].ends_with("client backend ") {
+                    log.problems.push(tidy(&line[at..]));
+                }
+            } else if CONFIGURATION_ERRORS.iter().any(|m| line.contains(m))
+                && let Some(at) = line.find("LOG:  ")
+            {
+                // Said at LOG level before "configuration file … contains errors".
                 log.problems.push(tidy(&line[at..]));
             } else if line.starts_with("error: ") {
                 log.problems.push(line.trim().to_owned());
@@ -1064,7 +1088,8 @@ mod tests {
 2024-01-20 05:29:58.050 UTC [102] LOG:  restored log file \"000000010000000000000003\" from archive
 error: job base: storage disk: reading base/wal/0000000100000000/000000010000000000000004-ab.zst: permission denied
 hint: check the storage's permissions
-2024-01-20 05:29:58.060 UTC [102] FATAL:  could not restore file \"000000010000000000000004\" from archive: child process exited with exit code 126
+2024-01-20 05:29:58.055 UTC [110] client backend FATAL:  the database system is not yet accepting connections
+2024-01-20 05:29:58.060 UTC [102] startup FATAL:  could not restore file \"000000010000000000000004\" from archive: child process exited with exit code 126
 2024-01-20 05:29:58.070 UTC [100] LOG:  startup process (PID 102) exited with exit code 1
 2024-01-20 05:29:58.071 UTC [100] LOG:  aborting startup due to startup process failure
 2024-01-20 05:29:58.080 UTC [100] LOG:  database system is shut down
@@ -1082,6 +1107,17 @@ hint: check the storage's permissions
             Some("000000010000000000000003")
         );
         assert_eq!(log.tail.len(), 3);
+        let settings = RecoveryLog::parse(
+            "2024-01-20 04:53:59.872 UTC [27762] LOG:  invalid value for parameter \"recovery_target_time\": \"2024-01-20T05:30:00Z\"\n\
+             2024-01-20 04:53:59.872 UTC [27762] FATAL:  configuration file \"/d/postgresql.auto.conf\" contains errors\n",
+        );
+        assert_eq!(
+            settings.problems,
+            vec![
+                "LOG: invalid value for parameter \"recovery_target_time\": \"2024-01-20T05:30:00Z\"",
+                "FATAL: configuration file \"/d/postgresql.auto.conf\" contains errors",
+            ]
+        );
         let ended = RecoveryLog::parse(
             "2024-01-20 05:29:58 UTC [9] FATAL:  recovery ended before configured recovery target was reached\n",
         );
@@ -1192,7 +1228,6 @@ x LOG:  checkpoint starting: time
             "hba_file=/tmp/r/pg_hba.conf",
             "lc_messages=C",
             "log_timezone=UTC",
-            "timezone=UTC",
             "logging_collector=off",
             "hot_standby=on",
         ] {
@@ -1202,6 +1237,13 @@ x LOG:  checkpoint starting: time
                 "{setting} in {args:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_recovery_server_can_be_waited_on_from_any_task() {
+        fn shared<T: Send + Sync>() {}
+        shared::<RecoveryServer>();
+        shared::<RecoveryEnd>();
     }
 
     #[test]
