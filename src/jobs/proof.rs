@@ -159,27 +159,39 @@ pub async fn prove(
         });
     }
     if !user_checks.is_empty() {
-        // The checks read; they must not change what they check.
-        conn.client
-            .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            .await
-            .map_err(|e| pg::query_error("making the session read-only for the checks", e))?;
+        read_only(conn).await?;
     }
     for check in user_checks {
-        let (actual, passed) = match pg::single_value(conn, &check.sql).await {
-            Ok(Some(text)) => match text.trim().parse::<f64>() {
-                Ok(n) => (show_number(n), check.accepts(n)),
-                Err(_) => (format!("'{text}' (not a number)"), false),
-            },
-            Ok(None) => ("no value (NULL or no row)".to_owned(), false),
-            Err(e) => (format!("error: {}", e.message()), false),
-        };
-        proof.checks.push(CheckResult {
-            check: check.name.clone(),
-            expected: check.expected(),
-            actual,
-            passed,
-        });
+        proof.checks.push(run_check(conn, check).await);
     }
     Ok(proof)
+}
+
+/// Makes the session read-only: the operator's checks read, and must not
+/// change what they check.
+pub async fn read_only(conn: &Connection) -> crate::error::Result<()> {
+    conn.client
+        .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        .await
+        .map_err(|e| pg::query_error("making the session read-only for the checks", e))
+}
+
+/// Runs one of the operator's checks: its SQL gives one number, which
+/// passes or not. A check that cannot run fails with the server's message
+/// as what was found.
+pub async fn run_check(conn: &Connection, check: &Check) -> CheckResult {
+    let (actual, passed) = match pg::single_value(conn, &check.sql).await {
+        Ok(Some(text)) => match text.trim().parse::<f64>() {
+            Ok(n) => (show_number(n), check.accepts(n)),
+            Err(_) => (format!("'{text}' (not a number)"), false),
+        },
+        Ok(None) => ("no value (NULL or no row)".to_owned(), false),
+        Err(e) => (format!("error: {}", e.message()), false),
+    };
+    CheckResult {
+        check: check.name.clone(),
+        expected: check.expected(),
+        actual,
+        passed,
+    }
 }

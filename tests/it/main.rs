@@ -17,6 +17,7 @@ mod maintenance;
 mod parallel_restore;
 mod physical;
 mod pitr;
+mod pitr_recover;
 mod prune;
 mod regression;
 mod remote_storage;
