@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::common::archiving::{Archiving, Options};
 use crate::common::servers::{self, block_on};
 use crate::common::{self, Cluster, PASSWORD, Run};
 use backup::model::{BackupId, StorageKind, StorageSpec};
@@ -581,6 +582,218 @@ fn shodo_rolls_back_to_a_moment_written_in_jst_and_keeps_the_evidence() {
         "{}",
         verified.all()
     );
+}
+
+/// The rollback of the runbook (データベースロールバック（PITR）) through the
+/// WAL archive: the cluster as it was at the second the operator names, not
+/// the dump before it. PostgreSQL archives into the job file's `cluster` job
+/// through the built binary, as postgres-primary-0 would; every command of
+/// that job runs as the server's user, as its daemon would.
+#[test]
+fn shodo_rolls_the_cluster_back_to_the_second_through_its_wal_archive() {
+    let a = Archiving::with(Options {
+        push_job: Some("cluster"),
+        // archive_command's environment: where the job file puts the storage.
+        env: &[("SHODO_BACKUP_DIR", "@WORK@/backups")],
+        ..Options::default()
+    });
+    // The job file as shipped, where the server's user reads it (a checkout
+    // under a home directory is out of its reach): archive_command names it.
+    std::fs::copy(example("shodo"), &a.config).unwrap();
+    app_database(&a.cluster, "shodo", "shodo");
+    a.cluster.load_fixture("shodo", "shodo.sql");
+    let target = a.work.join("restored");
+    let vars = [
+        ("SHODO_DB_HOST", "127.0.0.1".to_owned()),
+        ("SHODO_DB_PORT", a.cluster.port.to_string()),
+        ("SHODO_BACKUP_DIR", a.backups.display().to_string()),
+        ("SHODO_DB_PASSWORD", PASSWORD.to_owned()),
+        // A physical job's run lock is a file of this host.
+        (
+            "BACKUP_LOCK_DIR",
+            a.work.join("locks").display().to_string(),
+        ),
+    ];
+    let env = env_of(&vars);
+    let backup = |args: &[&str]| {
+        let run = a.backup_with(args, &env);
+        assert!(
+            run.ok(),
+            "backup {args:?}: {}\n{}",
+            run.all(),
+            a.cluster.log()
+        );
+        run
+    };
+    backup(&["config", "check"]);
+
+    // The nightly base backup, then a day's writes.
+    backup(&["run", "cluster"]);
+    let listed = backup(&["--json", "list", "--job", "cluster"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let base_id = listed[0]["id"].as_str().unwrap().to_owned();
+    a.cluster.psql(
+        "shodo",
+        "INSERT INTO audit_logs (actor, action, at) \
+         SELECT 'user:' || i, 'work.submit', now() FROM generate_series(1, 200) AS i; \
+         INSERT INTO evaluations (work_id, model, score, feedback, created_at) \
+         SELECT id, 'shodo-eval-v3', 88, '{\"balance\": 9}', now() FROM works WHERE id <= 300",
+    );
+    let good = a.cluster.table_digests("shodo");
+    let evaluations = a.cluster.psql("shodo", "SELECT count(*) FROM evaluations");
+
+    // The moment on-call writes down, in whole seconds: after every write
+    // above committed, before the bad one.
+    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 1).unwrap();
+    while jiff::Timestamp::now() < at + jiff::SignedDuration::from_secs(1) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A broken cleanup job deletes most evaluations; the service writes on.
+    a.cluster
+        .psql("shodo", "DELETE FROM evaluations WHERE score < 90");
+    a.cluster.psql(
+        "shodo",
+        "INSERT INTO audit_logs (actor, action, at) \
+         SELECT 'user:' || i, 'work.submit.after', now() FROM generate_series(1, 50) AS i; \
+         INSERT INTO users (email, name, created_at) VALUES ('late@shodo.example', '遅筆', now())",
+    );
+    // The segment holding it all reaches the archive (pg_switch_wal()).
+    a.switch_and_wait();
+
+    // pitr-recovery.sh --timestamp="<TIME> JST" --confirm=yes.
+    let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+    let at_jst = format!("{} JST", at.to_zoned(tokyo).strftime("%Y-%m-%d %H:%M:%S"));
+    let dir = target.to_str().unwrap();
+    // The plan first: which base backup, what WAL; nothing written.
+    let plan = backup(&[
+        "restore",
+        "--job",
+        "cluster",
+        "--at",
+        &at_jst,
+        "--target-dir",
+        dir,
+        "--dry-run",
+    ]);
+    assert!(plan.all().contains(&base_id), "{}", plan.all());
+    assert!(!target.exists(), "a dry run wrote {}", target.display());
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let _server = StopOnDrop {
+        cluster: &a.cluster,
+        data: target.clone(),
+    };
+    let restore = backup(&[
+        "--json",
+        "restore",
+        "--job",
+        "cluster",
+        "--at",
+        &at_jst,
+        "--target-dir",
+        dir,
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--yes",
+    ]);
+    let restored: serde_json::Value =
+        serde_json::from_str(&restore.stdout).unwrap_or_else(|e| panic!("{e}: {}", restore.all()));
+    assert_eq!(restored["port"], port, "{restored:#}");
+    assert!(restored.to_string().contains(&base_id), "{restored:#}");
+
+    // The restored server, as the application reaches it: every row written
+    // before the moment, the delete and everything after it not.
+    let restored_db = Remote {
+        bindir: a.cluster.bindir(),
+        url: format!("postgresql://shodo@127.0.0.1:{port}/shodo"),
+    };
+    assert_eq!(restored_db.psql("SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(
+        restored_db.psql("SELECT count(*) FROM evaluations"),
+        evaluations
+    );
+    assert_eq!(
+        restored_db.psql("SELECT count(*) FROM audit_logs WHERE action = 'work.submit.after'"),
+        "0"
+    );
+    assert_eq!(
+        restored_db.table_digests(),
+        good,
+        "the cluster as it was at {at_jst}"
+    );
+
+    // The evidence: a run record under the job naming the backup.
+    let record = newest_record(&a.backups.join("cluster/reports"), "-restore.json");
+    assert_eq!(record["outcome"], "succeeded", "{record:#}");
+    assert!(record.to_string().contains(&base_id), "{record:#}");
+}
+
+/// A server `backup restore --start` left running on a data directory:
+/// stopped at the end of the test, whatever happened.
+struct StopOnDrop<'a> {
+    cluster: &'a Cluster,
+    data: PathBuf,
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.data.join("postmaster.pid").exists() {
+            let data = self.data.to_str().unwrap_or_default();
+            let _ = self
+                .cluster
+                .server_program("pg_ctl", &["-D", data, "-m", "immediate", "-w", "stop"]);
+        }
+    }
+}
+
+/// A database on a server the harness did not start, over TCP with the
+/// harness's password, as an application connects.
+struct Remote<'a> {
+    bindir: &'a Path,
+    url: String,
+}
+
+impl Remote<'_> {
+    fn psql(&self, sql: &str) -> String {
+        let out = std::process::Command::new(self.bindir.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url,
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed on {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// [`Cluster::table_digests`], on this database.
+    fn table_digests(&self) -> std::collections::BTreeMap<String, String> {
+        let tables = self.psql("SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1");
+        tables
+            .lines()
+            .map(|t| {
+                let digest = self.psql(&format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM {t} x"));
+                (t.to_owned(), digest)
+            })
+            .collect()
+    }
 }
 
 #[test]
