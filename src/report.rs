@@ -445,7 +445,7 @@ pub async fn tested_backups(
         {
             let this = Tested {
                 at: r.finished_at,
-                moment: r.details["recovered_to"]
+                moment: r.details["tested_moment"]
                     .as_str()
                     .and_then(|t| t.parse().ok()),
             };

@@ -82,7 +82,7 @@ struct RunSummary {
     backup_id: Option<String>,
     /// The moment a physical job's restore test or drill recovered to.
     #[serde(skip_serializing_if = "Option::is_none")]
-    recovered_to: Option<Timestamp>,
+    tested_moment: Option<Timestamp>,
     /// How each storage that failed during the run failed, last.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     storage_errors: Vec<crate::storage::health::Failure>,
@@ -99,7 +99,7 @@ impl From<&RunRecord> for RunSummary {
             duration_seconds: r.finished_at.duration_since(r.started_at).as_secs_f64(),
             error: r.error.clone(),
             backup_id: r.details["backup_id"].as_str().map(str::to_owned),
-            recovered_to: r.details["recovered_to"]
+            tested_moment: r.details["tested_moment"]
                 .as_str()
                 .and_then(|t| t.parse().ok()),
             storage_errors: r.storage_errors.clone(),
@@ -348,13 +348,13 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
             show_wal(&w.archive, zone, now);
         }
         match &s.last_restore_test {
-            _ if s.kind != "backup" => {}
+            _ if s.kind != "backup" && s.kind != "physical" => {}
             Some(r) => println!(
                 "  restore tested: {} ({}), backup {}{}",
                 show(r.finished_at),
                 age(now, r.finished_at),
                 r.backup_id.as_deref().unwrap_or("?"),
-                r.recovered_to
+                r.tested_moment
                     .map(|at| format!(", recovered to {}", show(at)))
                     .unwrap_or_default()
             ),

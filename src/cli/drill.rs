@@ -157,7 +157,29 @@ async fn drill_pitr(
     };
     let work =
         crate::engine::PitrDrill::new(&engine.config, &physical, when, checks, from, "drill")?;
-    let plan = engine.plan(&work, cancel).await?;
+    let plan = match engine.plan(&work, cancel).await {
+        Ok(plan) => plan,
+        // The archive could not carry a drill (a corrupt or missing
+        // segment): that is what a drill is for, so it is recorded and
+        // reported like a failure of any later step.
+        Err(e) if !args.dry_run && matches!(e.kind(), Kind::Integrity | Kind::Tool) => {
+            let started = engine.clock().now();
+            if let Err(recorded) = engine.act(&work, None, cancel).await {
+                tracing::debug!("recorded: {recorded}");
+            }
+            let report =
+                pitr_drill::markdown_unplanned(&physical, &job.timezone, started, &hostname(), &e);
+            if let Some(path) = &args.report {
+                write_report(path, &report)?;
+                eprintln!("report written to {}", path.display());
+            }
+            if !json {
+                print!("{report}");
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     if args.dry_run {
         println!("{plan}");
         println!("dry run: nothing was changed");

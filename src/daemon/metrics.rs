@@ -230,7 +230,7 @@ impl Metrics {
                 self.restore_test_success
                     .get_or_create(&job(record.dir()))
                     .set(finished);
-                if let Some(moment) = record.details["recovered_to"]
+                if let Some(moment) = record.details["tested_moment"]
                     .as_str()
                     .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 {

@@ -183,6 +183,10 @@ pub struct PitrDrillOutcome {
     pub drawn_at_random: bool,
     /// The last transaction recovery applied.
     pub recovered_to: Option<Timestamp>,
+    /// The moment the drill proved the archive reaches: the one asked
+    /// for, else the last transaction applied. `status`, `list` and
+    /// `/metrics` show it.
+    pub tested_moment: Option<Timestamp>,
     pub recovery: Option<RecoveryEnd>,
     pub started_at: Timestamp,
     pub finished_at: Timestamp,
@@ -192,6 +196,7 @@ pub struct PitrDrillOutcome {
     pub wal_segments: u64,
     pub wal_bytes: u64,
     pub steps: Vec<StepTiming>,
+    #[serde(flatten)]
     pub proof: PitrProof,
     pub error: Option<String>,
     #[serde(skip)]
@@ -263,6 +268,7 @@ pub async fn execute(
         requested_at: p.target.time(),
         drawn_at_random: plan.drawn,
         recovered_to: None,
+        tested_moment: None,
         recovery: None,
         started_at: now,
         finished_at: now,
@@ -395,6 +401,7 @@ async fn run_steps(
         )
         .await?;
         o.recovered_to = end.last_replayed;
+        o.tested_moment = o.requested_at.or(end.last_replayed);
         o.rpo_seconds = end
             .last_replayed
             .map(|at| o.started_at.duration_since(at).as_secs_f64());
@@ -447,6 +454,43 @@ fn make_scratch(dir: &std::path::Path) -> Result<()> {
             .map_err(|e| Error::io(Kind::Internal, format!("chown {}", dir.display()), e))?;
     }
     Ok(())
+}
+
+/// The report of a drill that could not be planned: the archive could not
+/// carry it (a corrupt or missing segment), which is a drill's finding too.
+pub fn markdown_unplanned(
+    job: &str,
+    zone: &jiff::tz::TimeZone,
+    started: Timestamp,
+    host: &str,
+    error: &Error,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Disaster-recovery drill: job {job} (point in time)\n");
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let why = error.to_string().replace('|', "\\|").replace('\n', " ");
+    for (k, v) in [
+        (
+            "Result",
+            format!("**FAILED** before the restore began: {why}"),
+        ),
+        ("Started", time::show(started, zone)),
+        ("Host", host.to_owned()),
+        (
+            "Hint",
+            error
+                .hint()
+                .unwrap_or("`backup verify --job J --wal` reads the whole archive")
+                .replace('|', "\\|"),
+        ),
+        (
+            "RTO",
+            "not reached: the drill failed before the data was proven".to_owned(),
+        ),
+    ] {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    md
 }
 
 /// The drill's report, in Markdown, in the form of a logical drill's.
