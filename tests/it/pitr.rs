@@ -289,7 +289,6 @@ fn a_rollback_from_encrypted_s3_brings_back_every_row_before_time_and_nothing_af
     assert_eq!(v["target_dir"], dir.to_str().unwrap(), "{v:#}");
     assert_eq!(v["started"], true, "{v:#}");
     assert_eq!(v["port"], server.port, "{v:#}");
-    // TODO(lead): `recovered_to` read as a timestamp string (RFC 3339).
     let recovered_to = v["recovered_to"].as_str().expect("recovered_to");
     assert_eq!(
         a.psql(&format!(
@@ -345,7 +344,6 @@ fn a_dry_run_prints_the_plan_and_writes_nothing() {
     assert!(v["wal"]["segments"].as_u64().unwrap_or(0) >= 1, "{v:#}");
     assert!(v["wal"]["bytes"].as_u64().unwrap_or(0) > 0, "{v:#}");
     assert!(v["space_needed"].as_u64().unwrap_or(0) > 0, "{v:#}");
-    // TODO(lead): window ends read as timestamp strings.
     let (from, to) = (
         v["window"]["from"].as_str().expect("window.from"),
         v["window"]["to"].as_str().expect("window.to"),
@@ -545,7 +543,6 @@ fn a_drill_of_a_physical_job_passes_reports_rto_and_rpo_and_leaves_nothing() {
         id,
         "| RTO | ",
         "| RPO | ",
-        // TODO(lead): the step and check names of a physical drill.
         "replay",
         "rows of t",
     ] {
@@ -624,13 +621,12 @@ fn force_keeps_the_old_directory_until_the_new_one_is_complete() {
         assert!(auto.contains(expected), "{expected}:\n{auto}");
     }
     // Not started: it says how.
-    // TODO(lead): the line that tells how to start it names pg_ctl.
     assert!(said(&run).contains("pg_ctl"), "{}", run.all());
     assert_eq!(archiving::processes_on(&dir), Vec::<String>::new());
 }
 
-// TODO(lead): where `status --json` and `list --json` show the moment a
-// physical restore test recovered to; guessed names.
+// Where `status --json` and `list --json` show the moment a physical
+// restore test recovered to.
 const STATUS_TESTED_MOMENT: &str = "tested_moment";
 const LIST_TESTED_MOMENT: &str = "restore_tested_moment";
 
