@@ -103,11 +103,12 @@ pub struct Args {
     /// A physical job: recover along this timeline [default: the newest].
     #[arg(long, value_name = "N", requires = "target_dir")]
     timeline: Option<u32>,
-    /// A physical job: the restored server does not archive WAL
-    /// (archive_mode = off). By default it archives into the job as the
-    /// backed-up server did, on its new timeline.
+    /// A physical job: the restored server archives WAL as the backed-up
+    /// one did, into this job on its new timeline: for a restore that
+    /// becomes the primary. Without it, archive_mode = off, so a copy
+    /// restored beside the primary never pushes a timeline into its archive.
     #[arg(long, requires = "target_dir")]
-    no_archive: bool,
+    archive: bool,
 }
 
 pub async fn run(
@@ -122,9 +123,9 @@ pub async fn run(
     {
         return restore_pitr(engine, &args, json, cancel).await;
     }
-    if args.start || args.pause || args.timeline.is_some() || args.no_archive {
+    if args.start || args.pause || args.timeline.is_some() || args.archive {
         return Err(Error::usage(format!(
-            "job {} is not a physical job: --start, --pause, --timeline and --no-archive are \
+            "job {} is not a physical job: --start, --pause, --timeline and --archive are \
              for point-in-time restores of physical jobs",
             args.job
         ))
@@ -334,7 +335,7 @@ async fn restore_pitr(
         dir,
         force: args.force,
         pause: args.pause,
-        archive: !args.no_archive,
+        archive: args.archive,
         port: args.port,
         exe,
         config: engine.config.source.clone(),

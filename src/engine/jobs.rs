@@ -232,15 +232,9 @@ impl Work for JobRun<'_> {
                     &run.request.cancel,
                 )
                 .await;
-                // A failure before the proof (a gap, a server that would not
-                // recover) is the run's error, with its kind: temporary
-                // storage trouble is retried like any run's.
-                match (&outcome.error, outcome.error_kind) {
-                    (Some(e), Some(kind)) if kind != crate::error::Kind::Integrity => {
-                        Err(crate::error::Error::new(kind, e.clone()))
-                    }
-                    _ => Ok(Output::PitrTest(Box::new(outcome))),
-                }
+                // A failure at any step is in the outcome with the steps
+                // before it: the record keeps them all.
+                Ok(Output::PitrTest(Box::new(outcome)))
             }
             JobKind::RestoreTest(spec) => {
                 let backup_job = engine.config.backup_job(&spec.backup_job)?;

@@ -151,16 +151,24 @@ fn restore_started(
     json: bool,
     env: &[(&str, &str)],
 ) -> (Run, Restored) {
+    restore_started_with(a, at, dir, json, &[], env)
+}
+
+/// [`restore_started`] with more arguments (`--archive`).
+fn restore_started_with(
+    a: &Archiving,
+    at: &str,
+    dir: &Path,
+    json: bool,
+    more: &[&str],
+    env: &[(&str, &str)],
+) -> (Run, Restored) {
     let port = archiving::free_port();
     let server = a.restored(dir, port);
-    let run = restore_as(
-        a,
-        json,
-        at,
-        dir,
-        &["--start", "--port", &port.to_string()],
-        env,
-    );
+    let port = port.to_string();
+    let mut args = vec!["--start", "--port", &port];
+    args.extend_from_slice(more);
+    let run = restore_as(a, json, at, dir, &args, env);
     (run, server)
 }
 
@@ -416,7 +424,15 @@ fn a_restore_across_a_timeline_switch_follows_the_history_file() {
 
     // Restored to TIME1, the server promotes onto timeline 2 and archives
     // it into the same job.
-    let (run, first) = restore_started(&a, &s.time.jst, &restores.join("first"), false, &[]);
+    // It becomes the primary: --archive, so its timeline reaches the archive.
+    let (run, first) = restore_started_with(
+        &a,
+        &s.time.jst,
+        &restores.join("first"),
+        false,
+        &["--archive"],
+        &[],
+    );
     assert!(run.ok(), "{}", run.all());
     assert_rolled_back(&a, &first, &s);
     assert_eq!(timeline(&first), "00000002");

@@ -697,6 +697,8 @@ fn shodo_rolls_the_cluster_back_to_the_second_through_its_wal_archive() {
         "--start",
         "--port",
         &port.to_string(),
+        // The runbook's rollback: the restored cluster becomes the primary.
+        "--archive",
         "--yes",
     ]);
     let restored: serde_json::Value =

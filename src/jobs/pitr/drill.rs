@@ -99,7 +99,9 @@ pub async fn plan(
             )
             .await?;
             match latest.window.to {
-                Some(to) if to > latest.window.from => {
+                // Only a window that ends at a known transaction: a moment
+                // drawn after the last one could not be reached.
+                Some(to) if to > latest.window.from && latest.window.to_from == "transaction" => {
                     let from = latest.window.from.max(to - RECENT);
                     let span = to.duration_since(from).as_millis().max(1) as u64;
                     // Strictly before the last transaction, which recovery
@@ -282,8 +284,12 @@ pub async fn execute(
         error_kind: None,
         warnings: Vec::new(),
     };
+    // Removed when this is dropped: a run cut short by its timeout or a
+    // stop (the future dropped, the teardown below never reached) leaves
+    // nothing either. Declared first, so dropped after the server.
+    let _scratch = Scratch(plan.scratch.clone());
     // The server lands here as soon as it exists: a drill stopped meanwhile
-    // still finds it to stop.
+    // still finds it to stop (and a dropped one stops it on its drop).
     let server: Arc<std::sync::Mutex<Option<RecoveryServer>>> = Arc::default();
     let body = run_steps(plan, storage, progress, &server, &mut o, started, cancel);
     let result = tokio::select! {
@@ -428,7 +434,7 @@ async fn recover_proof(
     server: &RecoveryServer,
     end: &RecoveryEnd,
 ) -> Result<PitrProof> {
-    super::prove::prove(
+    let mut proof = super::prove::prove(
         server.database(),
         &plan.pitr.install,
         &plan.pitr.target,
@@ -436,7 +442,24 @@ async fn recover_proof(
         &plan.start.checks,
         &plan.start.checks_db,
     )
-    .await
+    .await?;
+    proof
+        .checks
+        .extend(super::run::against_plan(&plan.pitr, end));
+    Ok(proof)
+}
+
+/// The drill's directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("removing {}: {e}; remove it by hand", self.0.display()),
+        }
+    }
 }
 
 /// The drill's own directory: private, and the server's when run as root.

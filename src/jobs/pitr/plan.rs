@@ -46,7 +46,8 @@ pub struct PitrRequest {
     pub dir: PathBuf,
     pub force: bool,
     pub pause: bool,
-    /// `false` (`--no-archive`, drills): the restored server does not archive.
+    /// `--archive`: the restored server archives into the job; else (and
+    /// in drills) it does not.
     pub archive: bool,
     pub port: Option<u16>,
     /// How the restored server runs `backup wal fetch`: this binary and
@@ -226,10 +227,10 @@ impl fmt::Display for PitrPlan {
                 "promote"
             },
             if self.settings.archive {
-                "archive_mode as backed up (a promoted server archives its new timeline into \
-                 this job)"
+                "archive_mode as backed up (--archive: once promoted, it archives its new \
+                 timeline into this job)"
             } else {
-                "archive_mode = off"
+                "archive_mode = off (--archive for a restore that becomes the primary)"
             }
         )?;
         for note in &self.notes {
@@ -367,7 +368,14 @@ pub async fn plan(
     // The backup itself needs every segment to its end.
     let stop = Segment::parse(&physical.wal_stop, size)
         .ok_or_else(|| Error::integrity(format!("backup {} names no last segment", backup.id)))?;
-    let stop_index = order.iter().position(|s| *s == stop).unwrap_or(0);
+    let stop_index = order.iter().position(|s| *s == stop).ok_or_else(|| {
+        Error::integrity(format!(
+            "the WAL path from base backup {} does not pass its last segment {}: the archive's \
+             timelines branch before the backup ended",
+            backup.id, physical.wal_stop
+        ))
+        .with_hint("`backup verify --job J --wal` shows the timelines; choose another base backup with --at or --timeline")
+    })?;
     let waldump = install.bindir.join("pg_waldump");
     let waldump = waldump.is_file().then_some(waldump);
     if waldump.is_none() {
@@ -448,15 +456,19 @@ pub async fn plan(
             (reach - 1, None)
         }
         Target::Time(at) => {
+            // At or past the last transaction before a gap, the moment is
+            // beyond the gap; with no gap, beyond the archive.
             if let Some(to) = window.to
                 && at >= to
-                && (window.to_from == "transaction" || reach == order.len())
             {
+                if reach < order.len() {
+                    return Err(in_gap(job, at, &gap_text(reach)));
+                }
                 return Err(after_window(job, at, &window));
             }
             // The first transaction after the moment, searched from a
-            // segment archived well before it.
-            let start = order[stop_index..]
+            // segment archived well before it, never past a gap.
+            let start = order[stop_index..reach]
                 .iter()
                 .rposition(|s| dated(s).is_some_and(|d| d < at - CLOCK_MARGIN))
                 .map_or(stop_index, |i| stop_index + i);
@@ -511,6 +523,14 @@ pub async fn plan(
         }
     };
     let replayed = &order[..=last_index];
+    if replayed.iter().any(|s| s.timeline != physical.timeline) {
+        notes.push(format!(
+            "recovery follows timeline {} after the base backup's timeline {} (--timeline {} stays on it)",
+            replayed.last().map_or(0, |s| s.timeline),
+            physical.timeline,
+            physical.timeline
+        ));
+    }
     let wal_range = WalRange {
         first: physical.wal_start.clone(),
         last: order[last_index].name(size),
@@ -537,11 +557,15 @@ pub async fn plan(
         ))
         .with_hint("restore into a --target-dir on a file system with room"));
     }
+    reachable_by_server(request)?;
     let settings = RecoverySettings {
         restore_command: restore_command(request, &job.name),
         target: request.target,
         pause: request.pause,
-        timeline: request.timeline,
+        // The timeline the plan followed, not 'latest': a history file
+        // written since (a copy restored elsewhere and promoted) must not
+        // send recovery down another branch than the one planned.
+        timeline: request.timeline.or(wal_range.timelines.last().copied()),
         port: request.port,
         archive: request.archive,
     };
@@ -778,7 +802,8 @@ async fn scan_pair(
 /// `'<exe>' --config '<config>' wal fetch --job '<job>' %f %p`, quoted for
 /// the shell PostgreSQL runs it with.
 fn restore_command(request: &PitrRequest, job: &str) -> String {
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    // `%` is PostgreSQL's: a path holding one is written `%%`.
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''").replace('%', "%%"));
     let mut command = quote(&request.exe.to_string_lossy());
     if let Some(config) = &request.config {
         command.push_str(" --config ");
@@ -788,6 +813,40 @@ fn restore_command(request: &PitrRequest, job: &str) -> String {
     command.push_str(&quote(job));
     command.push_str(" %f %p");
     command
+}
+
+/// Run as root, the server runs as `postgres`, and so does its
+/// `restore_command`: that user must be able to run this binary and read
+/// the job file, or recovery fails only after the directory is written.
+fn reachable_by_server(request: &PitrRequest) -> Result<()> {
+    if crate::pg::cluster::server_user()?.is_none() {
+        return Ok(());
+    }
+    let mut test = std::process::Command::new("runuser");
+    test.args(["-u", "postgres", "--", "test", "-x"])
+        .arg(&request.exe);
+    if let Some(config) = &request.config {
+        test.arg("-a").arg("-r").arg(config);
+    }
+    match test.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(_) => Err(Error::refused(format!(
+            "the server's user postgres cannot run {}{}: recovery runs `backup wal fetch` as \
+             that user; nothing was written",
+            request.exe.display(),
+            request
+                .config
+                .as_ref()
+                .map(|c| format!(" or cannot read {}", c.display()))
+                .unwrap_or_default()
+        ))
+        .with_hint(
+            "install backup where postgres can run it (/usr/local/bin) and make the job file \
+             (and the key files it names) readable by postgres, as for `wal push`",
+        )),
+        Err(e) => Err(Error::io(Kind::Tool, "running runuser", e)
+            .with_hint("run as the server's user instead of root")),
+    }
 }
 
 /// The nearest existing directory at or above `dir`.
@@ -819,11 +878,11 @@ mod tests {
             archive: true,
             port: None,
             exe: "/usr/local/bin/backup".into(),
-            config: Some("/etc/backup/it's.toml".into()),
+            config: Some("/etc/backup/it's 100%.toml".into()),
         };
         assert_eq!(
             restore_command(&request, "base"),
-            r"'/usr/local/bin/backup' --config '/etc/backup/it'\''s.toml' wal fetch --job 'base' %f %p"
+            r"'/usr/local/bin/backup' --config '/etc/backup/it'\''s 100%%.toml' wal fetch --job 'base' %f %p"
         );
     }
 

@@ -24,8 +24,8 @@
 //! default level, its lines in UTC (`log_timezone`) and naming the process
 //! that wrote them. The times in the recovery's messages are ISO with a
 //! numeric offset whatever `timezone` is, so the sessions' time zone stays
-//! the cluster's own (the operator's checks may depend on it). `hot_standby = on`
-//! lets us watch a recovery that pauses at its target; `ssl = off` since no
+//! the cluster's own (the operator's checks may depend on it). `hot_standby` is
+//! on only for a recovery that pauses at its target, to watch it there; `ssl = off` since no
 //! TCP address is listened on.
 //!
 //! Who we connect as: `trust` lets in any role that exists, but the name of
@@ -187,7 +187,7 @@ impl RecoveryServer {
             .map_err(|e| Error::io(Kind::Internal, format!("opening {}", log.display()), e))?;
         let mut command = Command::new(&postgres);
         command
-            .args(server_args(&data, port, dir.path(), &hba))
+            .args(server_args(&data, port, dir.path(), &hba, pauses(&data)))
             // Reachable by the server's user, whatever our own directory is.
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -694,9 +694,29 @@ enum State {
     Ended { paused: bool },
 }
 
+/// Whether the directory's recovery settings pause at the target: the last
+/// `recovery_target_action` of its `postgresql.auto.conf` (the one we wrote).
+fn pauses(data: &Path) -> bool {
+    let text = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "recovery_target_action")
+                .then(|| value.trim().trim_matches('\'').to_owned())
+        })
+        .next_back()
+        .is_some_and(|v| v == "pause")
+}
+
 /// The postmaster's arguments: the directory's configuration, overridden
 /// where the recovery needs it (see the module's documentation).
-fn server_args(data: &Path, port: u16, socket_dir: &Path, hba: &Path) -> Vec<OsString> {
+fn server_args(
+    data: &Path,
+    port: u16,
+    socket_dir: &Path,
+    hba: &Path,
+    pause: bool,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "-D".into(),
         data.into(),
@@ -713,7 +733,12 @@ fn server_args(data: &Path, port: u16, socket_dir: &Path, hba: &Path) -> Vec<OsS
         sockets,
         format!("hba_file={}", hba.display()),
         "ssl=off".to_owned(),
-        "hot_standby=on".to_owned(),
+        // On only to watch a recovery that pauses at its target. Off, the
+        // server refuses sessions until it is promoted (the wait retries),
+        // and starts even where max_connections and its kind are below the
+        // primary's, as in a backup whose postgresql.conf stayed in /etc:
+        // a hot standby refuses to start then.
+        format!("hot_standby={}", if pause { "on" } else { "off" }),
         "lc_messages=C".to_owned(),
         "log_timezone=UTC".to_owned(),
         "logging_collector=off".to_owned(),
@@ -1210,12 +1235,33 @@ x LOG:  checkpoint starting: time
     }
 
     #[test]
+    fn only_a_recovery_that_pauses_is_a_hot_standby() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!pauses(dir.path()));
+        std::fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "recovery_target_action = 'pause'\n# ours, later\nrecovery_target_action = 'promote'\n",
+        )
+        .unwrap();
+        assert!(!pauses(dir.path()));
+        std::fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "recovery_target_action='promote'\nrecovery_target_action = 'pause'\n",
+        )
+        .unwrap();
+        assert!(pauses(dir.path()));
+        let args = server_args(dir.path(), 1, dir.path(), dir.path(), false);
+        assert!(args.iter().any(|a| a == "hot_standby=off"));
+    }
+
+    #[test]
     fn the_server_is_told_what_makes_its_log_readable_and_its_socket_private() {
         let args = server_args(
             Path::new("/srv/data"),
             5999,
             Path::new("/tmp/r"),
             Path::new("/tmp/r/pg_hba.conf"),
+            true,
         );
         let args: Vec<String> = args
             .iter()

@@ -15,6 +15,7 @@ use super::plan::PitrPlan;
 use super::prove::{self, PitrProof};
 use super::recover::{HandedOver, RecoveryEnd, RecoveryServer};
 use crate::error::{Error, Result};
+use crate::jobs::proof::CheckResult;
 use crate::model::Check;
 use crate::report::Progress;
 use crate::storage::Storage;
@@ -137,7 +138,46 @@ pub async fn recover_and_prove(
     if proof.seconds == 0.0 {
         proof.seconds = started.elapsed().as_secs_f64();
     }
+    proof.checks.extend(against_plan(plan, &end));
     Ok((end, proof))
+}
+
+/// What recovery did against what the plan read in the archive: the
+/// transaction it stopped before, or for `--latest` the archive's last
+/// transaction applied. A recovery that ended early (WAL that reads as its
+/// end although more was archived) fails here.
+pub fn against_plan(plan: &PitrPlan, end: &RecoveryEnd) -> Vec<CheckResult> {
+    let mut checks = Vec::new();
+    match (plan.target, &plan.stops_before) {
+        (Target::Time(_), Some(tx)) => checks.push(CheckResult {
+            check: "recovery stopped before the transaction the plan found in the archive"
+                .to_owned(),
+            expected: format!("transaction {} at {}", tx.xid, tx.at),
+            actual: end.stopped_before.as_ref().map_or_else(
+                || "recovery did not stop before a transaction".to_owned(),
+                |s| format!("transaction {} at {}", s.xid & 0xffff_ffff, s.at),
+            ),
+            passed: end
+                .stopped_before
+                .as_ref()
+                .is_some_and(|s| s.xid & 0xffff_ffff == u64::from(tx.xid)),
+        }),
+        (Target::Latest, _) if plan.window.to_from == "transaction" => {
+            if let Some(last) = plan.window.to {
+                checks.push(CheckResult {
+                    check: "recovery applied the archive's last transaction".to_owned(),
+                    expected: format!("at {last}"),
+                    actual: end.last_replayed.map_or_else(
+                        || "no transaction replayed".to_owned(),
+                        |at| format!("last applied at {at}"),
+                    ),
+                    passed: end.last_replayed.is_some_and(|at| at >= last),
+                });
+            }
+        }
+        _ => {}
+    }
+    checks
 }
 
 /// How to start a restored directory by hand, for the operator.
