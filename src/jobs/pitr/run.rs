@@ -112,7 +112,18 @@ pub async fn execute(
     outcome.proof = Some(proof);
     let handed = tokio::task::spawn_blocking(move || server.hand_over())
         .await
-        .map_err(|e| Error::internal(format!("restarting the server: {e}")))??;
+        .map_err(|e| Error::internal(format!("restarting the server: {e}")))?
+        .map_err(|e| {
+            let hint = format!(
+                "the directory {} is recovered and proven; only the restart with its own \
+                 configuration failed: a port another server holds (restore with --port P, or \
+                 set port in its postgresql.auto.conf), or a pg_hba.conf that stayed in /etc; \
+                 then {}",
+                plan.target_dir.display(),
+                how_to_start(plan).lines().next().unwrap_or_default()
+            );
+            e.with_hint(hint)
+        })?;
     outcome.running = Some(handed);
     Ok(outcome)
 }
