@@ -75,26 +75,40 @@ pub async fn run(
     }
     eprintln!("{plan}");
     let (outcome, recorded) = engine.act(&work, Some(plan.clone()), cancel).await?.split();
-    let host = hostname();
-    let report = drill::markdown(&plan, &outcome, &host);
+    let report = drill::markdown(&plan, &outcome, &hostname());
+    let ended = Ended {
+        details: outcome.details(),
+        failure: outcome.failure(),
+        kind: outcome.error_kind,
+    };
+    finish(&args, json, &report, ended, recorded)
+}
+
+/// What a drill's end prints and returns, logical or physical alike.
+struct Ended {
+    details: serde_json::Value,
+    failure: Option<String>,
+    kind: Option<Kind>,
+}
+
+/// Writes the report, prints it (or the JSON), and fails with the drill.
+fn finish(args: &Args, json: bool, report: &str, ended: Ended, recorded: Result<()>) -> Result<()> {
     if let Some(path) = &args.report {
-        write_report(path, &report)?;
+        write_report(path, report)?;
         eprintln!("report written to {}", path.display());
     }
     if json {
-        let mut value = outcome.details();
-        value["ok"] = outcome.failure().is_none().into();
+        let mut value = ended.details;
+        value["ok"] = ended.failure.is_none().into();
         value["report"] = args.report.as_ref().map(|p| p.display().to_string()).into();
         super::print_json(&value)?;
     } else {
         print!("{report}");
     }
-    match outcome.failure() {
+    match ended.failure {
         None => recorded,
-        Some(why) => Err(
-            Error::new(outcome.error_kind.unwrap_or(Kind::Integrity), why)
-                .with_hint("the report lists each step and check with what was expected and found"),
-        ),
+        Some(why) => Err(Error::new(ended.kind.unwrap_or(Kind::Integrity), why)
+            .with_hint("the report lists each step and check with what was expected and found")),
     }
 }
 
@@ -188,25 +202,12 @@ async fn drill_pitr(
     eprintln!("{plan}");
     let (outcome, recorded) = engine.act(&work, Some(plan.clone()), cancel).await?.split();
     let report = pitr_drill::markdown(&plan, &outcome, &hostname());
-    if let Some(path) = &args.report {
-        write_report(path, &report)?;
-        eprintln!("report written to {}", path.display());
-    }
-    if json {
-        let mut value = outcome.details();
-        value["ok"] = outcome.failure().is_none().into();
-        value["report"] = args.report.as_ref().map(|p| p.display().to_string()).into();
-        super::print_json(&value)?;
-    } else {
-        print!("{report}");
-    }
-    match outcome.failure() {
-        None => recorded,
-        Some(why) => Err(
-            Error::new(outcome.error_kind.unwrap_or(Kind::Integrity), why)
-                .with_hint("the report lists each step and check with what was expected and found"),
-        ),
-    }
+    let ended = Ended {
+        details: outcome.details(),
+        failure: outcome.failure(),
+        kind: outcome.error_kind,
+    };
+    finish(args, json, &report, ended, recorded)
 }
 
 /// Written whole or not at all: beside the target, then renamed over it.

@@ -19,7 +19,7 @@ use crate::report::{Progress, bytes_human};
 use crate::storage::Storage;
 
 /// Times one step and notes its result.
-async fn step<T>(
+pub(crate) async fn step<T>(
     steps: &mut Vec<StepTiming>,
     name: impl Into<String>,
     work: impl Future<Output = Result<T>>,

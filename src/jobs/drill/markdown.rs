@@ -55,40 +55,7 @@ pub fn markdown(plan: &DrillPlan, o: &DrillOutcome, host: &str) -> String {
             ),
         ),
     ];
-    for (k, v) in rows {
-        let _ = writeln!(md, "| {k} | {} |", v.replace('\n', " "));
-    }
-    let _ = writeln!(md, "\n## Steps\n\n| Step | Time | Result |\n|---|---:|---|");
-    for s in &o.steps {
-        let _ = writeln!(
-            md,
-            "| {} | {:.1} s | {} |",
-            s.step,
-            s.seconds,
-            s.result.replace('|', "\\|").replace('\n', " ")
-        );
-    }
-    let _ = writeln!(md, "\n## Checks\n");
-    if o.proof.checks.is_empty() {
-        let _ = writeln!(md, "No check ran: the drill failed before them.");
-    } else {
-        let passed = o.proof.checks.iter().filter(|c| c.passed).count();
-        let _ = writeln!(
-            md,
-            "{passed} of {} passed.\n\n| Check | Expected | Found | Result |\n|---|---|---|---|",
-            o.proof.checks.len()
-        );
-        for c in &o.proof.checks {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                c.check.replace('|', "\\|"),
-                c.expected.replace('|', "\\|"),
-                c.actual.replace('|', "\\|"),
-                if c.passed { "passed" } else { "**FAILED**" }
-            );
-        }
-    }
+    body(&mut md, &rows, &o.steps, &o.proof.checks);
     if !o.proof.tables.is_empty() {
         let _ = writeln!(
             md,
@@ -112,6 +79,50 @@ pub fn markdown(plan: &DrillPlan, o: &DrillOutcome, host: &str) -> String {
         }
     }
     md
+}
+
+/// The part every drill report shares: the summary table, the steps with
+/// their times, and every check with what was expected and found.
+pub(crate) fn body(
+    md: &mut String,
+    rows: &[(&str, String)],
+    steps: &[super::StepTiming],
+    checks: &[proof::CheckResult],
+) {
+    for (k, v) in rows {
+        let _ = writeln!(md, "| {k} | {} |", v.replace('\n', " "));
+    }
+    let _ = writeln!(md, "\n## Steps\n\n| Step | Time | Result |\n|---|---:|---|");
+    for s in steps {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} s | {} |",
+            s.step,
+            s.seconds,
+            s.result.replace('|', "\\|").replace('\n', " ")
+        );
+    }
+    let _ = writeln!(md, "\n## Checks\n");
+    if checks.is_empty() {
+        let _ = writeln!(md, "No check ran: the drill failed before them.");
+    } else {
+        let passed = checks.iter().filter(|c| c.passed).count();
+        let _ = writeln!(
+            md,
+            "{passed} of {} passed.\n\n| Check | Expected | Found | Result |\n|---|---|---|---|",
+            checks.len()
+        );
+        for c in checks {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                c.check.replace('|', "\\|"),
+                c.expected.replace('|', "\\|"),
+                c.actual.replace('|', "\\|"),
+                if c.passed { "passed" } else { "**FAILED**" }
+            );
+        }
+    }
 }
 
 /// `754.2 s (12 min 34 s)`: exact for the record, readable for people.

@@ -28,9 +28,10 @@ use crate::model::{Check, Database};
 use crate::pg::cluster::ServerInstall;
 
 pub use execute::execute;
+pub(crate) use execute::step;
 pub use globals::filter_globals;
 pub use markdown::markdown;
-pub(crate) use markdown::seconds;
+pub(crate) use markdown::{body as report_body, seconds};
 pub use plan::{DrillRequest, plan};
 
 /// Where a drill restores.

@@ -22,7 +22,7 @@ use super::prove::PitrProof;
 use super::recover::{RecoveryEnd, RecoveryServer};
 use super::run::Start;
 use crate::error::{Error, Kind, Result};
-use crate::jobs::drill::{StepTiming, seconds};
+use crate::jobs::drill::{StepTiming, seconds, step};
 use crate::model::{Check, Config};
 use crate::report::{Progress, bytes_human};
 use crate::storage::Storage;
@@ -222,27 +222,6 @@ impl PitrDrillOutcome {
     pub fn details(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
-}
-
-/// Times one step and notes its result.
-async fn step<T>(
-    steps: &mut Vec<StepTiming>,
-    name: impl Into<String>,
-    work: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    let name = name.into();
-    tracing::info!("drill: {name}");
-    let started = Instant::now();
-    let result = work.await;
-    steps.push(StepTiming {
-        step: name.clone(),
-        seconds: started.elapsed().as_secs_f64(),
-        result: match &result {
-            Ok(_) => "ok".to_owned(),
-            Err(e) => format!("FAILED: {e}"),
-        },
-    });
-    result.map_err(|e| e.context(name))
 }
 
 /// Carries a drill out. Always returns what happened; the teardown runs
@@ -617,40 +596,7 @@ pub fn markdown(plan: &PitrDrillPlan, o: &PitrDrillOutcome, host: &str) -> Strin
             ),
         ),
     ];
-    for (k, v) in rows {
-        let _ = writeln!(md, "| {k} | {} |", v.replace('\n', " "));
-    }
-    let _ = writeln!(md, "\n## Steps\n\n| Step | Time | Result |\n|---|---:|---|");
-    for s in &o.steps {
-        let _ = writeln!(
-            md,
-            "| {} | {:.1} s | {} |",
-            s.step,
-            s.seconds,
-            s.result.replace('|', "\\|").replace('\n', " ")
-        );
-    }
-    let _ = writeln!(md, "\n## Checks\n");
-    if o.proof.checks.is_empty() {
-        let _ = writeln!(md, "No check ran: the drill failed before them.");
-    } else {
-        let passed = o.proof.checks.iter().filter(|c| c.passed).count();
-        let _ = writeln!(
-            md,
-            "{passed} of {} passed.\n\n| Check | Expected | Found | Result |\n|---|---|---|---|",
-            o.proof.checks.len()
-        );
-        for c in &o.proof.checks {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                c.check.replace('|', "\\|"),
-                c.expected.replace('|', "\\|"),
-                c.actual.replace('|', "\\|"),
-                if c.passed { "passed" } else { "**FAILED**" }
-            );
-        }
-    }
+    crate::jobs::drill::report_body(&mut md, &rows, &o.steps, &o.proof.checks);
     if !o.proof.databases.is_empty() {
         let _ = writeln!(
             md,
