@@ -409,6 +409,17 @@ async fn restore_pitr(
                     .unwrap_or_default(),
                 end.timeline
             );
+            println!(
+                "took: base backup laid down {:.1}s; recovery {:.1}s ({} WAL files from the \
+                 archive{}); proof {:.1}s",
+                outcome.laid.seconds,
+                end.seconds,
+                end.segments_restored,
+                end.replayed_bytes
+                    .map(|b| format!(", {} replayed", crate::report::bytes_human(b)))
+                    .unwrap_or_default(),
+                outcome.proof.as_ref().map_or(0.0, |p| p.seconds)
+            );
             if let Some(proof) = &outcome.proof {
                 for c in &proof.checks {
                     println!(
