@@ -368,7 +368,12 @@ impl Laying {
             std::os::unix::fs::lchown(data, Some(uid), Some(gid))
                 .map_err(|e| disk_error(data, "giving away", e))?;
         }
-        settle(data, self.owner)?;
+        // Synced only before a swap, which removes the old content: a new
+        // directory is synced by PostgreSQL itself when it starts on it (a
+        // base backup's pg_control says it was not shut down, so the whole
+        // directory is synced before recovery), and a crash before that is
+        // mended by restoring again.
+        settle(data, self.owner, self.dir.staging.is_some())?;
         Ok(warnings)
     }
 }
@@ -558,10 +563,13 @@ fn make_dir(path: &Path) -> Result<()> {
 }
 
 /// Gives every entry under `dir` (and `dir`'s own entries' links
-/// themselves, never what they point to) to `owner`, and syncs every file
-/// and directory to disk: a swap must not put in place a copy that a crash
-/// could still take back.
-fn settle(dir: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+/// themselves, never what they point to) to `owner`, and with `sync` syncs
+/// every file and directory to disk: a swap must not put in place a copy
+/// that a crash could still take back.
+fn settle(dir: &Path, owner: Option<(u32, u32)>, sync: bool) -> Result<()> {
+    if owner.is_none() && !sync {
+        return Ok(());
+    }
     let entries = fs::read_dir(dir).map_err(|e| disk_error(dir, "reading", e))?;
     for entry in entries {
         let entry = entry.map_err(|e| disk_error(dir, "reading", e))?;
@@ -574,12 +582,15 @@ fn settle(dir: &Path, owner: Option<(u32, u32)>) -> Result<()> {
                 .map_err(|e| disk_error(&path, "giving away", e))?;
         }
         if kind.is_dir() {
-            settle(&path, owner)?;
-        } else if kind.is_file() {
+            settle(&path, owner, sync)?;
+        } else if kind.is_file() && sync {
             sync_path(&path)?;
         }
     }
-    sync_path(dir)
+    if sync {
+        sync_path(dir)?;
+    }
+    Ok(())
 }
 
 /// fsync of a file or directory, opened without following a link.
