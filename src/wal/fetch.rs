@@ -13,11 +13,19 @@
 //! last) to learn where the archive ends. A storage that does not answer
 //! is not that answer: it may hold the file.
 //!
-//! Replay waits on every call, so a call for segment S also fetches the
-//! next `wal_fetch_ahead` segments of its timeline, in parallel, into the
-//! spool (`fetched/<key of the data directory>/`); PostgreSQL's calls for
-//! those are served from there without opening a storage. A temporary file
-//! a killed call left beside the target is removed by a later call.
+//! Replay waits on every call, so the calls do not fetch what comes next
+//! themselves: a call for segment S notes S in the spool
+//! (`fetched/<key of the data directory>/`) and, when one of the next
+//! `wal_fetch_ahead` segments of its timeline is missing there, starts a
+//! process of its own in the background ([`fetch_ahead`], `wal fetch
+//! --ahead-of S`) and returns as soon as S is in place. That process,
+//! alone per data directory (a lock in the spool), fetches the missing ones
+//! in parallel and follows the segment PostgreSQL asked for last until none
+//! is missing, or the archive has no more; PostgreSQL's calls for them are
+//! served from the spool without opening a storage. Every file is written
+//! beside its name and renamed, so a call and the background process
+//! fetching one segment at once never see half of it. A temporary file a
+//! killed call left is removed by a later call.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +37,7 @@ use tokio::sync::OnceCell;
 use super::names::{Archived, DEFAULT_SEGMENT_SIZE, Segment, WalFile};
 use super::object::{list_dir, read};
 use super::push::Storages;
-use super::spool::{self, Spool};
+use super::spool::{self, Fetched, Spool};
 use crate::archive::crypt::Crypt;
 use crate::error::{Error, Kind, Result};
 use crate::model::WalSettings;
@@ -51,6 +59,11 @@ pub enum Source {
     Storage(String),
 }
 
+/// Starts [`fetch_ahead`] in a process of its own, without waiting for it:
+/// `(segment, key)`, the segment asked for and the key of the recovery's
+/// spool directory ([`Fetched::key`]).
+pub type StartAhead<'s> = &'s (dyn Fn(&str, &str) -> Result<()> + Sync);
+
 /// How one `restore_command` call ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -59,8 +72,9 @@ pub enum Outcome {
         file: WalFile,
         size: u64,
         from: Source,
-        /// Segments fetched ahead into the spool.
-        ahead: Vec<String>,
+        /// Whether the call started a background fetch of the segments
+        /// after it.
+        fetching_ahead: bool,
     },
     /// Every storage answered, and none has it.
     NotArchived { file: WalFile },
@@ -69,7 +83,8 @@ pub enum Outcome {
 /// What `restore_command` asks: the archived file `name` at `target`, for
 /// the recovery of `data_dir` (the directory PostgreSQL runs the command
 /// in, which keys the files fetched ahead). `now` ages the spool and the
-/// temporary files killed calls left.
+/// temporary files killed calls left; `start_ahead` starts the background
+/// fetch of the segments after a segment when one of them is missing.
 pub async fn restore_command(
     archive: &Archive<'_>,
     wal: &WalSettings,
@@ -77,6 +92,7 @@ pub async fn restore_command(
     target: &Path,
     data_dir: &Path,
     now: Timestamp,
+    start_ahead: StartAhead<'_>,
 ) -> Result<Outcome> {
     let job = archive.job;
     let file = WalFile::parse(name).ok_or_else(|| {
@@ -109,6 +125,36 @@ pub async fn restore_command(
     });
     if let Some(fetched) = &fetched {
         spool::remove_stale_temps(fetched.dir(), now);
+    }
+    let assumed_size = spool
+        .as_ref()
+        .and_then(Spool::segment_size)
+        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let mut fetching_ahead = false;
+    if let (Some(fetched), WalFile::Segment(segment)) = (&fetched, &file)
+        && wal.fetch_ahead > 0
+    {
+        // Noted before the segment leaves the spool: the background fetch
+        // then never takes it for one still to fetch.
+        if let Err(e) = fetched.note_requested(segment) {
+            tracing::debug!("job {job}: {}", e.message());
+        }
+        let window = following(segment, assumed_size, wal.fetch_ahead);
+        // A background fetch running now reads the note after it looks at
+        // the window, and looks again once it lets its lock go: it follows.
+        if !missing(fetched, &window).is_empty() && !fetched.is_locked() {
+            match start_ahead(segment, fetched.key()) {
+                Ok(()) => fetching_ahead = true,
+                // This call's fetch does not need it.
+                Err(e) => tracing::warn!(
+                    "job {job}: {}; fetching without prefetch{}",
+                    e.message(),
+                    e.hint().map(|h| format!(" ({h})")).unwrap_or_default()
+                ),
+            }
+        }
+    }
+    if let Some(fetched) = &fetched {
         let kept = fetched.path(name);
         if kept.is_file() {
             match install(&kept, target).await? {
@@ -117,7 +163,7 @@ pub async fn restore_command(
                         file,
                         size,
                         from: Source::Spool,
-                        ahead: Vec::new(),
+                        fetching_ahead,
                     });
                 }
                 // Taken since the look, or unreadable: the storages have it.
@@ -125,54 +171,163 @@ pub async fn restore_command(
             }
         }
     }
-    let assumed_size = spool
-        .as_ref()
-        .and_then(Spool::segment_size)
-        .unwrap_or(DEFAULT_SEGMENT_SIZE);
-    let ahead: Vec<(WalFile, PathBuf)> = match (&fetched, &file) {
-        (Some(fetched), WalFile::Segment(s)) if wal.fetch_ahead > 0 => {
-            following(s, assumed_size, wal.fetch_ahead)
-                .into_iter()
-                .map(|n| (WalFile::Segment(n.clone()), fetched.path(&n)))
-                .filter(|(_, kept)| !kept.exists())
-                .collect()
-        }
-        _ => Vec::new(),
-    };
-    let reader = Reader {
-        archive,
-        listings: Mutex::new(HashMap::new()),
-    };
-    let own = reader.fetch_into(&file, target);
-    let reader = &reader;
-    let prefetch = futures::future::join_all(ahead.iter().map(|(f, kept)| async move {
-        match reader.fetch_into(f, kept).await {
-            Ok(Some(_)) => Some(f.name()),
-            Ok(None) => None,
-            // PostgreSQL's own call for it tries again and reports.
-            Err(e) => {
-                tracing::debug!("job {job}: fetching {f} ahead failed: {}", e.message());
-                None
-            }
-        }
-    }));
-    let (own, fetched_ahead) = futures::future::join(own, prefetch).await;
-    let Some((size, storage)) = own? else {
+    let reader = Reader::new(archive);
+    let Some((size, storage)) = reader.fetch_into(&file, target).await? else {
         return Ok(Outcome::NotArchived { file });
     };
-    if let (Some(spool), WalFile::Segment(_)) = (&spool, &file)
-        && spool::is_segment_size(size)
-        && size != assumed_size
-        && let Err(e) = spool.note_segment_size(size)
-    {
-        tracing::debug!("job {job}: {}", e.message());
+    if let (Some(spool), WalFile::Segment(_)) = (&spool, &file) {
+        note_segment_size(spool, job, size, assumed_size);
     }
     Ok(Outcome::Fetched {
         file,
         size,
         from: Source::Storage(storage),
-        ahead: fetched_ahead.into_iter().flatten().collect(),
+        fetching_ahead,
     })
+}
+
+/// Teaches the spool the segment size when a full segment of another size
+/// than `assumed` came in.
+fn note_segment_size(spool: &Spool, job: &str, size: u64, assumed: u64) {
+    if spool::is_segment_size(size)
+        && size != assumed
+        && let Err(e) = spool.note_segment_size(size)
+    {
+        tracing::debug!("job {job}: {}", e.message());
+    }
+}
+
+/// Those of `window` the spool does not hold.
+fn missing<'w>(fetched: &Fetched, window: &'w [String]) -> Vec<&'w String> {
+    window
+        .iter()
+        .filter(|name| !fetched.path(name).exists())
+        .collect()
+}
+
+/// How many segments the background fetch reads at once: enough to keep a
+/// storage's latency out of the way, few enough to leave the CPU that
+/// decompressing takes to replay.
+const AHEAD_PARALLEL: usize = 4;
+
+/// The background half of prefetch, run as `wal fetch --ahead-of SEGMENT`
+/// in a process of its own: keeps the `wal_fetch_ahead` segments after the
+/// one PostgreSQL asked for last (noted in the spool by each call, else
+/// `segment`) in the spool of the recovery keyed `key`, fetching the
+/// missing ones in parallel and following the note while it moves. Returns
+/// the segments it fetched once none is missing, or once the archive lacks
+/// one (not archived yet, or the end of the archive) or a storage fails:
+/// PostgreSQL's own call for it then tries again and says why. Returns at
+/// once when another process holds the lock of that recovery.
+pub async fn fetch_ahead(
+    archive: &Archive<'_>,
+    wal: &WalSettings,
+    segment: &str,
+    key: &str,
+    now: Timestamp,
+) -> Result<Vec<String>> {
+    let job = archive.job;
+    let mut done = Vec::new();
+    if wal.fetch_ahead == 0 {
+        return Ok(done);
+    }
+    if !matches!(WalFile::parse(segment), Some(WalFile::Segment(_))) {
+        return Err(Error::usage(format!(
+            "'{segment}' is not the name of a WAL segment"
+        )));
+    }
+    let spool = Spool::open(&wal.spool, job)?;
+    let fetched = spool.fetched_by_key(key)?;
+    spool::remove_stale_temps(fetched.dir(), now);
+    loop {
+        let Some(lock) = fetched.try_lock()? else {
+            tracing::debug!("job {job}: another process fetches ahead for this recovery");
+            break;
+        };
+        let stopped_at = fill_window(archive, wal, &spool, &fetched, segment, &mut done).await;
+        drop(lock);
+        // A call that looked while the lock was held left the window to
+        // this process: look once more now that it is let go, unless the
+        // archive lacked a segment of the window as it still is.
+        let (at, size) = window_start(&spool, &fetched, segment);
+        if stopped_at.is_some_and(|s| s == at)
+            || missing(&fetched, &following(&at, size, wal.fetch_ahead)).is_empty()
+        {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// Where the window starts (the segment asked for last, else `segment`)
+/// and the segment size its names are counted in.
+fn window_start(spool: &Spool, fetched: &Fetched, segment: &str) -> (String, u64) {
+    let size = spool.segment_size().unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let at = fetched.requested().unwrap_or_else(|| segment.to_owned());
+    (at, size)
+}
+
+/// Fetches the missing segments of the window, round after round while
+/// PostgreSQL's calls move it, into `done`. Returns once none is missing,
+/// or with the segment the window started after when the archive lacked
+/// one of it (or a storage failed): nothing more is there to fetch now.
+async fn fill_window(
+    archive: &Archive<'_>,
+    wal: &WalSettings,
+    spool: &Spool,
+    fetched: &Fetched,
+    segment: &str,
+    done: &mut Vec<String>,
+) -> Option<String> {
+    use futures::StreamExt;
+    let job = archive.job;
+    loop {
+        let (at, size) = window_start(spool, fetched, segment);
+        // Files the calls have gone past: fetched here while a call fetched
+        // the same segment itself.
+        if let Some(at) = Segment::parse(&at, size) {
+            fetched.remove_before(at, size);
+        }
+        let window = following(&at, size, wal.fetch_ahead);
+        let wanted = missing(fetched, &window);
+        if wanted.is_empty() {
+            return None;
+        }
+        // Listed again each round: the archive grows while a standby reads it.
+        let reader = Reader::new(archive);
+        let reader = &reader;
+        let results: Vec<_> = futures::stream::iter(wanted.into_iter().map(|name| async move {
+            let file = WalFile::Segment(name.clone());
+            (
+                name.clone(),
+                reader.fetch_into(&file, &fetched.path(name)).await,
+            )
+        }))
+        .buffered(AHEAD_PARALLEL)
+        .collect()
+        .await;
+        let mut whole = true;
+        for (name, result) in results {
+            match result {
+                Ok(Some((got, _))) => {
+                    note_segment_size(spool, job, got, size);
+                    done.push(name);
+                }
+                Ok(None) => {
+                    tracing::debug!("job {job}: {name} is not archived; fetching ahead stops");
+                    whole = false;
+                }
+                // PostgreSQL's own call for it tries again and reports.
+                Err(e) => {
+                    tracing::debug!("job {job}: fetching {name} ahead failed: {}", e.message());
+                    whole = false;
+                }
+            }
+        }
+        if !whole {
+            return Some(at);
+        }
+    }
 }
 
 /// The `count` segment names after `segment` on its timeline, numbered with
@@ -199,7 +354,14 @@ struct Reader<'r, 'a> {
 /// One directory of one storage, listed by the first read that needs it.
 type Listing = Arc<OnceCell<Vec<Archived>>>;
 
-impl Reader<'_, '_> {
+impl<'r, 'a> Reader<'r, 'a> {
+    fn new(archive: &'r Archive<'a>) -> Self {
+        Reader {
+            archive,
+            listings: Mutex::new(HashMap::new()),
+        }
+    }
+
     async fn listing(&self, index: usize, prefix: &Key) -> Result<Vec<Archived>> {
         let cell = self
             .listings
@@ -389,6 +551,11 @@ mod tests {
 
     const SEGMENT: &str = "000000010000000000000003";
 
+    /// A [`StartAhead`] that starts nothing.
+    fn no_start(_: &str, _: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// A segment-named file of 1 MiB pushed into `storages`; its bytes and key.
     async fn pushed(storages: &[Arc<dyn Storage>], dir: &Path) -> (Vec<u8>, Key) {
         let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
@@ -436,6 +603,7 @@ mod tests {
             &target,
             dir.path(),
             Timestamp::now(),
+            &no_start,
         )
         .await
         .unwrap();
@@ -460,6 +628,7 @@ mod tests {
             &second,
             dir.path(),
             Timestamp::now(),
+            &no_start,
         )
         .await
         .unwrap_err();
@@ -481,6 +650,7 @@ mod tests {
             &second,
             dir.path(),
             Timestamp::now(),
+            &no_start,
         )
         .await
         .unwrap();
@@ -516,6 +686,7 @@ mod tests {
             &target,
             dir.path(),
             Timestamp::now(),
+            &no_start,
         )
         .await
         .unwrap();
@@ -535,6 +706,7 @@ mod tests {
             &target,
             dir.path(),
             Timestamp::now(),
+            &no_start,
         )
         .await
         .unwrap_err();
@@ -594,6 +766,7 @@ mod tests {
             &target,
             dir.path(),
             Timestamp::now(),
+            &no_start,
         )
         .await
         .unwrap();
@@ -604,6 +777,246 @@ mod tests {
             "a killed fetch's temporary file is removed"
         );
         assert!(running.exists(), "a young one stays");
+    }
+
+    /// Segments of 1 MiB named `first`, `first + 1`... pushed into
+    /// `storages`; their bytes, in order.
+    async fn pushed_from(
+        storages: &[Arc<dyn Storage>],
+        dir: &Path,
+        first: &str,
+        count: usize,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut names = vec![first.to_owned()];
+        names.extend(following(first, 1 << 20, count as u32 - 1));
+        let mut out = Vec::new();
+        for (n, name) in names.into_iter().enumerate() {
+            let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 241) as u8 ^ n as u8).collect();
+            let path = dir.join(&name);
+            std::fs::write(&path, &bytes).unwrap();
+            super::super::push::push("base", storages, Compression::Zstd(3), Crypt::None, &path)
+                .await
+                .unwrap();
+            std::fs::remove_file(&path).unwrap();
+            out.push((name, bytes));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_call_returns_with_its_file_and_leaves_the_segments_ahead_to_one_background_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let storages: Vec<Arc<dyn Storage>> = vec![Arc::new(MemoryStorage::new("a"))];
+        let segments = pushed_from(&storages, dir.path(), SEGMENT, 4).await;
+        let archive = Archive {
+            job: "base",
+            crypt: Crypt::None,
+            storages: Storages::opened(&storages),
+        };
+        let wal = WalSettings {
+            spool: dir.path().join("spool"),
+            fetch_ahead: 2,
+            ..WalSettings::default()
+        };
+        let spool = Spool::open(&wal.spool, "base").unwrap();
+        spool.note_segment_size(1 << 20).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let fetched = spool.fetched(&data).unwrap();
+        let started = Mutex::new(Vec::new());
+        let start = |segment: &str, key: &str| {
+            started
+                .lock()
+                .unwrap()
+                .push((segment.to_owned(), key.to_owned()));
+            Ok(())
+        };
+        let call = |name: &str| {
+            let target = data.join("RECOVERYXLOG");
+            let (archive, wal, data, start) = (&archive, &wal, &data, &start);
+            let name = name.to_owned();
+            async move {
+                let outcome =
+                    restore_command(archive, wal, &name, &target, data, Timestamp::now(), start)
+                        .await
+                        .unwrap();
+                (outcome, std::fs::read(&target).ok())
+            }
+        };
+        let name = |i: usize| segments[i].0.clone();
+
+        // A miss: the call fetches its own file and starts the background
+        // fetch of the two after it, without fetching them itself.
+        let (outcome, bytes) = call(&name(0)).await;
+        assert!(
+            matches!(
+                &outcome,
+                Outcome::Fetched {
+                    from: Source::Storage(_),
+                    fetching_ahead: true,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(bytes.unwrap(), segments[0].1);
+        assert_eq!(
+            *started.lock().unwrap(),
+            [(name(0), fetched.key().to_owned())]
+        );
+        assert!(!fetched.path(&name(1)).exists());
+        assert_eq!(fetched.requested(), Some(name(0)));
+
+        // What that process does.
+        let ahead = fetch_ahead(&archive, &wal, &name(0), fetched.key(), Timestamp::now())
+            .await
+            .unwrap();
+        assert_eq!(ahead, [name(1), name(2)]);
+        assert_eq!(
+            std::fs::read(fetched.path(&name(2))).unwrap(),
+            segments[2].1
+        );
+
+        // A hit: from the spool; the window (2 and 3) lacks 3, which is
+        // archived: a background fetch is started again, and gets it.
+        started.lock().unwrap().clear();
+        let (outcome, bytes) = call(&name(1)).await;
+        assert!(
+            matches!(
+                &outcome,
+                Outcome::Fetched {
+                    from: Source::Spool,
+                    fetching_ahead: true,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(bytes.unwrap(), segments[1].1);
+        assert!(!fetched.path(&name(1)).exists(), "taken from the spool");
+        assert_eq!(started.lock().unwrap().len(), 1);
+        let ahead = fetch_ahead(&archive, &wal, &name(1), fetched.key(), Timestamp::now())
+            .await
+            .unwrap();
+        assert_eq!(ahead, [name(3)]);
+
+        // While a background fetch holds the lock, no call starts another,
+        // and one started anyway returns at once: the holder follows the
+        // note.
+        started.lock().unwrap().clear();
+        let lock = fetched.try_lock().unwrap().expect("free");
+        assert!(fetched.is_locked());
+        let (outcome, _) = call(&name(2)).await;
+        assert!(
+            matches!(
+                &outcome,
+                Outcome::Fetched {
+                    from: Source::Spool,
+                    fetching_ahead: false,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(started.lock().unwrap().is_empty());
+        let ahead = fetch_ahead(&archive, &wal, &name(2), fetched.key(), Timestamp::now())
+            .await
+            .unwrap();
+        assert!(ahead.is_empty());
+        drop(lock);
+        assert!(!fetched.is_locked());
+
+        // The note moved past a segment fetched ahead while a call fetched
+        // it itself: the background fetch removes it, and stops where the
+        // archive ends (3 is the last).
+        std::fs::write(fetched.path(&name(1)), &segments[1].1).unwrap();
+        let ahead = fetch_ahead(&archive, &wal, &name(2), fetched.key(), Timestamp::now())
+            .await
+            .unwrap();
+        assert!(ahead.is_empty(), "{ahead:?}");
+        assert!(!fetched.path(&name(1)).exists());
+        assert!(fetched.path(&name(3)).exists());
+
+        // The last: nothing is missing that the archive has, but the window
+        // is not whole, so a call still starts one, which finds nothing.
+        let (outcome, _) = call(&name(3)).await;
+        assert!(matches!(
+            &outcome,
+            Outcome::Fetched {
+                from: Source::Spool,
+                ..
+            }
+        ));
+        let ahead = fetch_ahead(&archive, &wal, &name(3), fetched.key(), Timestamp::now())
+            .await
+            .unwrap();
+        assert!(ahead.is_empty());
+
+        // Without prefetch, or for other files, nothing is started.
+        started.lock().unwrap().clear();
+        let off = WalSettings {
+            fetch_ahead: 0,
+            ..wal.clone()
+        };
+        let target = data.join("RECOVERYXLOG");
+        let outcome = restore_command(
+            &archive,
+            &off,
+            &name(0),
+            &target,
+            &data,
+            Timestamp::now(),
+            &start,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            outcome,
+            Outcome::Fetched {
+                fetching_ahead: false,
+                ..
+            }
+        ));
+        let outcome = restore_command(
+            &archive,
+            &wal,
+            "00000002.history",
+            &target,
+            &data,
+            Timestamp::now(),
+            &start,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, Outcome::NotArchived { .. }));
+        assert!(started.lock().unwrap().is_empty());
+        assert!(
+            fetch_ahead(&archive, &off, &name(0), fetched.key(), Timestamp::now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The hidden flags are checked too.
+        assert_eq!(
+            fetch_ahead(
+                &archive,
+                &wal,
+                "00000002.history",
+                fetched.key(),
+                Timestamp::now()
+            )
+            .await
+            .unwrap_err()
+            .kind(),
+            Kind::Usage
+        );
+        assert_eq!(
+            fetch_ahead(&archive, &wal, &name(0), "../../etc", Timestamp::now())
+                .await
+                .unwrap_err()
+                .kind(),
+            Kind::Usage
+        );
     }
 
     #[test]

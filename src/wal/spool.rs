@@ -8,6 +8,11 @@
 //! <spool>/<job>/fetched/<key>/<file>   fetched ahead for the recovery of one data
 //!                                      directory (<key>: a digest of its path): the
 //!                                      file's bytes, their digest checked
+//! <spool>/<job>/fetched/<key>/prefetch.requested
+//!                                      the segment PostgreSQL asked for last
+//! <spool>/<job>/fetched/<key>/prefetch.lock
+//!                                      held by the one background fetch of that
+//!                                      recovery (an open-file-description lock)
 //! <spool>/<job>/segment-size           the segment size the last full segment fetched had
 //! <spool>/<job>/push-failures.jsonl    the last 100 failed pushes, one JSON object a line:
 //!                                      {"at": RFC 3339, "file": "...", "error": "..."}
@@ -33,6 +38,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
+use super::names::Segment;
 use crate::error::{Error, Kind, Result};
 
 /// Under the job's spool: segments pushed ahead of PostgreSQL's call.
@@ -119,6 +125,20 @@ pub struct Spool {
 #[derive(Debug, Clone)]
 pub struct Fetched {
     dir: PathBuf,
+    key: String,
+}
+
+/// Under `fetched/<key>/`: the segment PostgreSQL asked for last, which
+/// says where the window of segments fetched ahead starts.
+const REQUESTED: &str = "prefetch.requested";
+/// Under `fetched/<key>/`: held by the background fetch of that recovery.
+const AHEAD_LOCK: &str = "prefetch.lock";
+
+/// The lock of the background fetch of one recovery, held until dropped
+/// (or its process dies).
+#[derive(Debug)]
+pub struct AheadLock {
+    _file: std::fs::File,
 }
 
 impl Fetched {
@@ -127,11 +147,114 @@ impl Fetched {
         self.dir.join(name)
     }
 
+    /// The key of the data directory these files are fetched for.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Removes the segments of `segment`'s timeline before it (names at
+    /// `segment_size`): a recovery asks for its segments in order, so these
+    /// were fetched by its calls themselves, and will not be asked for again
+    /// unless it starts over. Returns how many.
+    pub fn remove_before(&self, segment: Segment, segment_size: u64) -> usize {
+        let passed = |name: &str| {
+            Segment::parse(name, segment_size)
+                .is_some_and(|s| s.timeline == segment.timeline && s.number < segment.number)
+        };
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_str().is_some_and(passed)
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Notes `segment` as the one PostgreSQL asks for now. Not synced: the
+    /// note only steers what is fetched ahead, and a recovery started again
+    /// after a crash asks again.
+    pub fn note_requested(&self, segment: &str) -> Result<()> {
+        let path = self.dir.join(REQUESTED);
+        let failed =
+            |e: std::io::Error| Error::io(Kind::Internal, format!("writing {}", path.display()), e);
+        let mut file = temp_file_in(&self.dir).map_err(failed)?;
+        file.write_all(segment.as_bytes()).map_err(failed)?;
+        file.persist(&path).map_err(|e| failed(e.error))?;
+        Ok(())
+    }
+
+    /// The segment noted by [`Fetched::note_requested`], if one reads.
+    pub fn requested(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join(REQUESTED)).ok()?;
+        let name = text.trim();
+        (name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_owned())
+    }
+
+    /// Takes the lock of this recovery's background fetch, or `None` when
+    /// another process holds it. The lock file is rewritten with this
+    /// process's id, which keeps [`Spool::remove_stale`] off it while held.
+    pub fn try_lock(&self) -> Result<Option<AheadLock>> {
+        let path = self.dir.join(AHEAD_LOCK);
+        let failed =
+            |e: std::io::Error| Error::io(Kind::Internal, format!("locking {}", path.display()), e);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(failed)?;
+        match nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_SETLK(&whole_file_lock())) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => return Ok(None),
+            Err(e) => return Err(failed(e.into())),
+        }
+        file.set_len(0).map_err(failed)?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(failed)?;
+        Ok(Some(AheadLock { _file: file }))
+    }
+
+    /// Whether a background fetch holds this recovery's lock now; `false`
+    /// when that cannot be told (a spare process then finds out itself).
+    pub fn is_locked(&self) -> bool {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.join(AHEAD_LOCK))
+        else {
+            return false;
+        };
+        // F_OFD_GETLK fills in the lock asked about with the one that
+        // conflicts with it, if any.
+        let mut lock = whole_file_lock();
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut lock)).is_ok()
+            && lock.l_type != nix::libc::F_UNLCK as nix::libc::c_short
+    }
+
     /// The directory fetched-ahead files are written in (their temporary
     /// files too, so a rename finishes them).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// An exclusive lock on the whole of a file, for `fcntl`'s F_OFD_* commands.
+fn whole_file_lock() -> nix::libc::flock {
+    nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as nix::libc::c_short,
+        l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+/// Whether `key` is what [`recovery_key`] makes: 16 lowercase hex digits.
+pub fn is_recovery_key(key: &str) -> bool {
+    key.len() == 16 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The key of a data directory in `fetched/`: the first 16 hex digits of
@@ -197,7 +320,18 @@ impl Spool {
     /// The fetched-ahead files of the recovery of `data_dir`, the
     /// directory PostgreSQL runs `restore_command` in; made if missing.
     pub fn fetched(&self, data_dir: &Path) -> Result<Fetched> {
-        let dir = self.dir.join(FETCHED_DIR).join(recovery_key(data_dir));
+        self.fetched_by_key(&recovery_key(data_dir))
+    }
+
+    /// [`Spool::fetched`] of the data directory whose key is `key`: what
+    /// the background fetch, which runs elsewhere, is given.
+    pub fn fetched_by_key(&self, key: &str) -> Result<Fetched> {
+        if !is_recovery_key(key) {
+            return Err(Error::usage(format!(
+                "'{key}' is not the key of a recovery (16 hex digits)"
+            )));
+        }
+        let dir = self.dir.join(FETCHED_DIR).join(key);
         std::fs::create_dir_all(&dir).map_err(|e| {
             Error::io(
                 Kind::Config,
@@ -205,7 +339,10 @@ impl Spool {
                 e,
             )
         })?;
-        Ok(Fetched { dir })
+        Ok(Fetched {
+            dir,
+            key: key.to_owned(),
+        })
     }
 
     /// The segment size last seen, if one was noted.

@@ -507,13 +507,16 @@ fn fetch_returns_archived_bytes_refuses_corrupt_ones_and_serves_prefetched_ones_
         .collect();
     assert_eq!(leftovers, vec![std::ffi::OsString::from("RECOVERYXLOG")]);
 
-    // Prefetch: the next segments land in the spool with the first.
+    // Prefetch: the next segments land in the spool shortly after the
+    // first, fetched by a process the call left in the background.
     let next: Vec<String> = (0..3).map(|_| a.switch_and_wait()).collect();
     ok(fetch(&a, &next[0], &target, &[]));
     let fetched = fetched_dir(&a);
-    for s in &next[1..] {
-        assert!(fetched.join(s).is_file(), "{s} fetched ahead");
-    }
+    wait_for(
+        "the next segments fetched ahead",
+        Duration::from_secs(30),
+        || next[1..].iter().all(|s| fetched.join(s).is_file()),
+    );
     // With the storage gone, the spool still answers.
     let moved = a.work.join("backups-away");
     std::fs::rename(&a.backups, &moved).unwrap();
@@ -596,4 +599,158 @@ fn push_and_fetch_go_through_s3_and_azure() {
     let bytes = segment_bytes(&a, &segment);
     assert!(std::fs::read(dir.join("from-s3")).unwrap() == bytes);
     assert!(std::fs::read(dir.join("from-blob")).unwrap() == bytes);
+}
+
+/// The background fetches (`wal fetch --ahead-of`) of this test's job
+/// file still running: their process ids.
+fn fetching_ahead(a: &Archiving) -> Vec<u32> {
+    let config = a.config.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bytes = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let line = String::from_utf8_lossy(&bytes).replace('\0', " ");
+            (line.contains("--ahead-of") && line.contains(&config)).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn recovery_through_fetch_takes_later_segments_from_the_spool_and_leaves_no_process_behind() {
+    let a = Archiving::start();
+    a.psql("CREATE TABLE ahead(v int)");
+    // A copy of the cluster without WAL, as a base backup lays it down.
+    let data = a.cluster.dir().join("restored");
+    let port = a.cluster.port().to_string();
+    let out = a.cluster.server_program(
+        "pg_basebackup",
+        &[
+            "-h",
+            a.cluster.dir().to_str().unwrap(),
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-D",
+            data.to_str().unwrap(),
+            "-X",
+            "none",
+            "--checkpoint=fast",
+            "--no-sync",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Eight segments to replay, each with a row.
+    for v in 0..8 {
+        a.psql(&format!("INSERT INTO ahead VALUES ({v})"));
+        a.psql("SELECT pg_switch_wal()");
+    }
+    a.switch_and_wait();
+
+    // Replay through `wal fetch` (prefetch 4, the default), which says at
+    // debug level where each file came from.
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let restored_port = crate::common::archiving::free_port();
+    let conf = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+    text.push_str(&format!(
+        "\nrestore_command = 'BACKUP_LOG=debug {} --config {} wal fetch --job {JOB} %f %p'\n\
+         recovery_target_action = 'promote'\narchive_mode = off\nport = {restored_port}\n\
+         listen_addresses = ''\nunix_socket_directories = '{}'\n",
+        crate::common::archiving::server_readable_binary().display(),
+        a.config.display(),
+        a.cluster.dir().display()
+    ));
+    std::fs::write(&conf, text).unwrap();
+    common::chown_tree_to_postgres(&data);
+    let log = a.cluster.dir().join("restored.log");
+    let data_arg = data.to_str().unwrap().to_owned();
+    let log_arg = log.to_str().unwrap().to_owned();
+    let started = a
+        .cluster
+        .server_program("pg_ctl", &["-D", &data_arg, "-l", &log_arg, "start"]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let _stop = a.restored(&data, restored_port);
+    // Every background fetch seen during recovery: detached, in `/`.
+    let mut seen = std::collections::BTreeMap::new();
+    let restored_port = restored_port.to_string();
+    let restored_psql = |sql: &str| {
+        let out = a.cluster.server_program(
+            "psql",
+            &[
+                "-h",
+                a.cluster.dir().to_str().unwrap(),
+                "-p",
+                &restored_port,
+                "-U",
+                "postgres",
+                "-XAtc",
+                sql,
+                "postgres",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let in_recovery = || restored_psql("SELECT pg_is_in_recovery()") != "f";
+    let begun = std::time::Instant::now();
+    while in_recovery() {
+        assert!(
+            begun.elapsed() < Duration::from_secs(120),
+            "recovery did not end: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        for pid in fetching_ahead(&a) {
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            let (Ok(cwd), Ok(stat)) = (
+                std::fs::read_link(proc.join("cwd")),
+                std::fs::read_to_string(proc.join("stat")),
+            ) else {
+                continue;
+            };
+            // The process group: the fifth field, after the name's ')'.
+            let group = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok());
+            seen.insert(pid, (cwd, group));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("archive recovery complete"), "{said}");
+    assert_eq!(restored_psql("SELECT count(*) FROM ahead"), "8");
+    // Later segments came from the spool.
+    let from_spool = said
+        .lines()
+        .filter(|l| l.contains("restored") && l.contains("fetched ahead"))
+        .count();
+    let from_storage = said.matches("from storage disk").count();
+    assert!(from_spool >= 4, "{from_spool} from the spool\n{said}");
+    assert!(from_storage >= 1, "{said}");
+    assert!(!seen.is_empty(), "no background fetch was seen\n{said}");
+    for (pid, (cwd, group)) in &seen {
+        assert_eq!(cwd, Path::new("/"), "process {pid}");
+        assert_eq!(*group, Some(*pid), "process {pid} leads its own group");
+    }
+    // None is left once recovery is over, and none holds the directory.
+    wait_for(
+        "the background fetches to end",
+        Duration::from_secs(15),
+        || fetching_ahead(&a).is_empty(),
+    );
+    drop(_stop);
+    assert_eq!(
+        crate::common::archiving::processes_on(&data),
+        Vec::<String>::new()
+    );
 }

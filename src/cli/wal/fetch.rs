@@ -18,6 +18,11 @@
 //!
 //! [`restore_exit_code`] gives these codes; `cli::main` uses it for this
 //! command in place of the usual one.
+//!
+//! With `wal_fetch_ahead`, a call starts this same program in the
+//! background as `wal fetch --job J --ahead-of SEGMENT --recovery KEY`
+//! (hidden flags) to fetch the segments after it into the spool
+//! ([`crate::wal::fetch::fetch_ahead`]); PostgreSQL does not wait for it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,9 +40,23 @@ pub struct Args {
     #[arg(long, value_name = "JOB")]
     job: String,
     /// The file's name, as PostgreSQL passes it (%f: 000000010000000000000001).
-    name: String,
+    #[arg(required_unless_present = "ahead_of")]
+    name: Option<String>,
     /// Where to write it, as PostgreSQL passes it (%p: pg_wal/RECOVERYXLOG).
-    path: PathBuf,
+    #[arg(required_unless_present = "ahead_of")]
+    path: Option<PathBuf>,
+    /// The background fetch a call starts: the segments after SEGMENT into
+    /// the spool of the recovery KEY.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "SEGMENT",
+        requires = "recovery",
+        conflicts_with_all = ["name", "path"]
+    )]
+    ahead_of: Option<String>,
+    #[arg(long, hide = true, value_name = "KEY", requires = "ahead_of")]
+    recovery: Option<String>,
 }
 
 pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
@@ -70,10 +89,27 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
         ),
     };
     let now = engine.clock().now();
+    if let (Some(segment), Some(key)) = (&args.ahead_of, &args.recovery) {
+        let fetched = crate::wal::fetch::fetch_ahead(&archive, wal, segment, key, now).await?;
+        tracing::debug!(
+            "job {}: fetched {} ahead of {segment}",
+            job.name,
+            fetched.len()
+        );
+        return Ok(());
+    }
+    let (Some(name), Some(path)) = (&args.name, &args.path) else {
+        return Err(
+            Error::usage("wal fetch needs the file's name and where to write it")
+                .with_hint("restore_command = 'backup wal fetch --job J %f %p'"),
+        );
+    };
     // PostgreSQL runs restore_command in the data directory.
     let data_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let config = engine.config.source.as_deref();
+    let start_ahead = |segment: &str, key: &str| start_ahead(config, &job.name, segment, key);
     let outcome =
-        crate::wal::fetch::restore_command(&archive, wal, &args.name, &args.path, &data_dir, now)
+        crate::wal::fetch::restore_command(&archive, wal, name, path, &data_dir, now, &start_ahead)
             .await?;
     match outcome {
         Outcome::NotArchived { file } => {
@@ -91,23 +127,23 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             file,
             size,
             from,
-            ahead,
+            fetching_ahead,
         } => {
             let from = match from {
                 Source::Spool => "spool".to_owned(),
                 Source::Storage(s) => s,
             };
+            let ahead = if fetching_ahead {
+                "; fetching the next segments in the background"
+            } else {
+                ""
+            };
             if from == "spool" {
-                tracing::debug!("job {}: restored {file} fetched ahead", job.name);
+                tracing::debug!("job {}: restored {file} fetched ahead{ahead}", job.name);
             } else {
                 tracing::info!(
-                    "job {}: restored {file} ({size} bytes) from storage {from}{}",
+                    "job {}: restored {file} ({size} bytes) from storage {from}{ahead}",
                     job.name,
-                    if ahead.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", and fetched {} ahead", ahead.join(", "))
-                    }
                 );
             }
             if json {
@@ -116,12 +152,44 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                     "file": file.name(),
                     "size": size,
                     "from": from,
-                    "fetched_ahead": ahead,
+                    "fetching_ahead": fetching_ahead,
                 }))?;
             }
             Ok(())
         }
     }
+}
+
+/// Starts `wal fetch --ahead-of SEGMENT` in the background, with the job
+/// file this call read: detached (a process group of its own, so the
+/// signals meant for PostgreSQL's group miss it), nothing on its standard
+/// streams (PostgreSQL, or whoever runs this call, may wait for their
+/// end), and in `/` (it holds no directory that may be removed).
+fn start_ahead(config: Option<&Path>, job: &str, segment: &str, key: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io(Kind::Internal, "finding this program's path", e))?;
+    let mut command = Command::new(&exe);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .args(["wal", "fetch", "--job", job, "--ahead-of", segment])
+        .args(["--recovery", key])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/")
+        .process_group(0);
+    // Not waited for: it outlives this call, and init reaps it.
+    command.spawn().map(drop).map_err(|e| {
+        Error::io(
+            Kind::Internal,
+            format!("starting {} to fetch ahead", exe.display()),
+            e,
+        )
+    })
 }
 
 /// What marks the one error that is an answer: the file is not archived.
