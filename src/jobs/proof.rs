@@ -48,20 +48,7 @@ impl Proof {
 
     /// Why the proof failed, naming each failed check; `None` when it passed.
     pub fn failure(&self) -> Option<String> {
-        let failed = self.failed();
-        if failed.is_empty() {
-            return None;
-        }
-        Some(format!(
-            "{} of {} checks failed: {}",
-            failed.len(),
-            self.checks.len(),
-            failed
-                .iter()
-                .map(|c| format!("{}: expected {}, found {}", c.check, c.expected, c.actual))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
+        failure_of(&self.checks)
     }
 
     /// A record's copy of `outcome`, which flattens a proof: at most
@@ -75,6 +62,24 @@ impl Proof {
         }
         value
     }
+}
+
+/// Why `checks` failed, naming each failed one; `None` when all passed.
+pub fn failure_of(checks: &[CheckResult]) -> Option<String> {
+    let failed: Vec<&CheckResult> = checks.iter().filter(|c| !c.passed).collect();
+    if failed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} of {} checks failed: {}",
+        failed.len(),
+        checks.len(),
+        failed
+            .iter()
+            .map(|c| format!("{}: expected {}, found {}", c.check, c.expected, c.actual))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ))
 }
 
 /// How many tables a record lists one by one.

@@ -47,20 +47,7 @@ pub struct DatabaseRead {
 impl PitrProof {
     /// Why the proof failed, naming each failed check; `None` when it passed.
     pub fn failure(&self) -> Option<String> {
-        let failed: Vec<&CheckResult> = self.checks.iter().filter(|c| !c.passed).collect();
-        if failed.is_empty() {
-            return None;
-        }
-        Some(format!(
-            "{} of {} checks failed: {}",
-            failed.len(),
-            self.checks.len(),
-            failed
-                .iter()
-                .map(|c| format!("{}: expected {}, found {}", c.check, c.expected, c.actual))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
+        crate::jobs::proof::failure_of(&self.checks)
     }
 }
 
