@@ -40,7 +40,7 @@ pub use connect::{
 };
 pub use database::{
     DatabaseProperties, create_database, database_comment, database_exists, databases_with_comment,
-    describe_contents, drop_database, other_sessions,
+    databases_with_comment_null, describe_contents, drop_database, other_sessions,
 };
 pub use snapshot::{
     Extension, ROWS_ONLY, Snapshot, TableRows, count_rows, end_snapshot, export_snapshot,

@@ -262,7 +262,8 @@ fn an_interrupted_restore_leaves_the_target_and_its_copy_is_cleared() {
                 !c.databases().contains(&staging)
             });
         } else {
-            // Killed, it leaves its copy, marked; the next restore drops it.
+            // Killed, it leaves its copy (unmarked if killed before the COMMENT);
+            // the next restore drops it.
             assert!(c.databases().contains(&staging));
         }
     }
@@ -778,5 +779,47 @@ fn a_copy_that_restores_but_fails_its_proof_never_replaces_the_target() {
         run.all()
     );
     assert_eq!(c.table_digests("precious"), before);
+    assert_eq!(restore_leftovers(c), Vec::<String>::new());
+}
+
+#[test]
+fn a_copy_killed_before_it_was_marked_is_dropped_only_while_empty() {
+    // A restore killed between CREATE DATABASE and the COMMENT that marks
+    // its copy leaves an unmarked database under the copy's name.
+    let setup = Setup::new("", "");
+    let id = backup_ok(&setup);
+    let c = &setup.cluster;
+    let staging = format!("fresh__restoring_{}", id.to_lowercase());
+    c.create_db(&staging);
+    c.psql(&staging, "CREATE TABLE mine AS SELECT 1 AS id");
+    let args = [
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "fresh",
+    ];
+    let run = setup.backup(&args);
+    assert_eq!(run.code, 9, "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("database {staging}")),
+        "{}",
+        run.all()
+    );
+    assert!(c.databases().contains(&staging));
+
+    c.psql(&staging, "DROP TABLE mine");
+    let run = setup.backup(&[&args[..], &["--dry-run"]].concat());
+    assert!(
+        run.stdout.contains(&format!(
+            "first:     drop {staging}, left by an interrupted restore"
+        )),
+        "{}",
+        run.all()
+    );
+    let run = setup.backup(&args);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(c.table_digests("fresh"), c.table_digests("app"));
     assert_eq!(restore_leftovers(c), Vec::<String>::new());
 }

@@ -36,7 +36,7 @@ pub async fn execute(
     let Leftovers {
         restoring,
         replaced,
-    } = leftovers(&admin, target).await?;
+    } = leftovers(db, &admin, target).await?;
     for leftover in restoring {
         tracing::info!("dropping {leftover}, left by an interrupted restore into {target}");
         pg::drop_database(&admin, &leftover).await?;

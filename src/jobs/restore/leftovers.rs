@@ -71,14 +71,32 @@ impl Leftovers {
     }
 }
 
-pub(super) async fn leftovers(admin: &pg::Connection, target: &str) -> Result<Leftovers> {
+pub(super) async fn leftovers(
+    db: &crate::model::Database,
+    admin: &pg::Connection,
+    target: &str,
+) -> Result<Leftovers> {
     let named = |what: &'static str| move |name: &String| is_beside(name, target, what);
+    let mut restoring: Vec<String> = pg::databases_with_comment(admin, &restoring_marker(target))
+        .await?
+        .into_iter()
+        .filter(named("restoring"))
+        .collect();
+    // A restore killed between its CREATE DATABASE and the COMMENT that marks
+    // the copy leaves it unmarked. Its name and its emptiness still say what
+    // it is, and dropping an empty database loses nothing.
+    for name in pg::databases_with_comment_null(admin)
+        .await?
+        .into_iter()
+        .filter(named("restoring"))
+    {
+        let conn = pg::connect(db, Some(&name)).await?;
+        if pg::describe_contents(&conn).await?.is_none() {
+            restoring.push(name);
+        }
+    }
     Ok(Leftovers {
-        restoring: pg::databases_with_comment(admin, &restoring_marker(target))
-            .await?
-            .into_iter()
-            .filter(named("restoring"))
-            .collect(),
+        restoring,
         replaced: pg::databases_with_comment(admin, &replaced_marker(target))
             .await?
             .into_iter()

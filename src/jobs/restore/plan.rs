@@ -300,7 +300,7 @@ pub async fn plan(
             ));
         }
     }
-    let leftovers = leftovers(&admin, &target_db).await?;
+    let leftovers = leftovers(target, &admin, &target_db).await?;
     // The names the restore will work under must be free, or its own leftovers.
     let mut names = Vec::new();
     if let Method::Swap { staging, .. } = &method {

@@ -264,6 +264,20 @@ pub async fn databases_with_comment(admin: &Connection, comment: &str) -> Result
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Databases without a comment that take connections, by name.
+pub async fn databases_with_comment_null(admin: &Connection) -> Result<Vec<String>> {
+    let rows = admin
+        .client
+        .query(
+            "SELECT datname::text FROM pg_database \
+             WHERE shobj_description(oid, 'pg_database') IS NULL AND datallowconn ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error("looking for scratch databases", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The comment on database `name`, when it exists: `Some(None)` for none.
 pub async fn database_comment(admin: &Connection, name: &str) -> Result<Option<Option<String>>> {
     let row = admin
