@@ -9,6 +9,7 @@
 //! whatever the size of the stream. Reading the source, compressing and
 //! writing run on separate threads so `pg_dump` never waits on compression.
 
+pub mod chunks;
 mod codec;
 pub mod crypt;
 pub mod tree;
@@ -339,22 +340,20 @@ pub fn unpack(
             crypt::Crypt::Seal(_) => return Err(Error::internal("unpack given recipients")),
             crypt::Crypt::None => Box::new(&mut stored),
         };
-        let decoder = Decoder::new(compression, opened)
+        let mut decoder = Decoder::new(compression, opened)
             .map_err(|e| Error::internal(format!("{label}: {e}")))?;
-        let mut raw = HashingReader {
-            inner: decoder,
-            hashed: Hashed::default(),
-            on_bytes: &|_| {},
-        };
-        let mut buf = vec![0u8; CHUNK];
+        let raw = RawHasher::start()?;
         loop {
-            match raw.read(&mut buf) {
+            let mut buf = raw.buffer();
+            match decoder.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if let Err(e) = sink.write_all(&buf[..n]) {
+                    buf.truncate(n);
+                    if let Err(e) = sink.write_all(&buf) {
                         sink_error = Some(e);
                         break;
                     }
+                    raw.hash(buf)?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -363,7 +362,7 @@ pub fn unpack(
                 }
             }
         }
-        raw.hashed
+        raw.finish()?
     };
     // A storage read error surfaces here as an I/O error of the stored stream.
     std::io::copy(&mut stored, &mut std::io::sink())
@@ -472,6 +471,74 @@ impl Hashed {
 
     fn hex(&self) -> String {
         hex(&self.sha.clone().finalize())
+    }
+}
+
+/// SHA-256 and size of the chunks given to it, computed on a thread of its
+/// own: a restore's one thread otherwise reads, decompresses, hashes and
+/// feeds its consumer in turn, and hashing is a third of that work. Chunks
+/// go back for reuse once hashed; at most [`QUEUE`] wait.
+struct RawHasher {
+    chunks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    spent: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<Hashed>>,
+}
+
+impl RawHasher {
+    fn start() -> Result<Self> {
+        let (chunks, to_hash) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
+        let (give_back, spent) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE + 2);
+        let thread = std::thread::Builder::new()
+            .name("archive-hash".into())
+            .spawn(move || {
+                let mut hashed = Hashed::default();
+                for chunk in to_hash {
+                    hashed.update(&chunk);
+                    // Dropped when the other end is gone or has enough.
+                    let _ = give_back.try_send(chunk);
+                }
+                hashed
+            })
+            .map_err(|e| Error::internal(format!("cannot start a hashing thread: {e}")))?;
+        Ok(RawHasher {
+            chunks: Some(chunks),
+            spent,
+            thread: Some(thread),
+        })
+    }
+
+    /// A chunk to fill: one hashed already, or a new one.
+    fn buffer(&self) -> Vec<u8> {
+        let mut buf = self.spent.try_recv().unwrap_or_default();
+        buf.resize(CHUNK, 0);
+        buf
+    }
+
+    fn hash(&self, chunk: Vec<u8>) -> Result<()> {
+        match self.chunks.as_ref().map(|c| c.send(chunk)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(Error::internal("the hashing thread stopped")),
+        }
+    }
+
+    fn finish(mut self) -> Result<Hashed> {
+        drop(self.chunks.take());
+        self.thread
+            .take()
+            .map(|t| t.join())
+            .and_then(|joined| joined.ok())
+            .ok_or_else(|| Error::internal("the hashing thread panicked"))
+    }
+}
+
+impl Drop for RawHasher {
+    fn drop(&mut self) {
+        // An early return still ends the thread before the stream's owner
+        // goes on.
+        drop(self.chunks.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -302,6 +302,7 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
     archive.set_unpack_xattrs(false);
     let mut unpacked = Unpacked::default();
     let mut pending: Vec<PendingDir> = Vec::new();
+    let syncer = Syncer::start();
     let entries = archive
         .entries()
         .map_err(|e| Error::integrity(format!("the archive of the tree does not read: {e}")))?;
@@ -334,6 +335,7 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
             }
         }
         let is_dir = entry.header().entry_type().is_dir();
+        let is_file = entry.header().entry_type().is_file();
         if is_dir {
             pending.push(PendingDir {
                 path: path.clone(),
@@ -381,6 +383,9 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
                 target.display()
             )));
         }
+        if is_file && entry.header().size().unwrap_or(0) >= SYNCED_WHILE_UNPACKING {
+            syncer.sync(target.join(&path));
+        }
         unpacked.entries += 1;
     }
     while let Some(done) = pending.pop() {
@@ -391,6 +396,60 @@ pub fn unpack(input: impl Read, target: &Path, force: bool) -> Result<Unpacked> 
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
         .map_err(|e| Error::io(Kind::Storage, "reading the end of the tree's archive", e))?;
     Ok(unpacked)
+}
+
+/// Files at least this large are written to disk while the stream goes on.
+const SYNCED_WHILE_UNPACKING: u64 = 1 << 20;
+
+/// Syncs the large restored files on a thread of its own while the rest of
+/// the stream is unpacked: the disk works while the stream is decoded, and
+/// whoever syncs the whole tree later (PostgreSQL syncs a data directory it
+/// starts on after a base backup) finds the bulk of it written. Small files
+/// are left to that sync: one at a time, they would cost a journal commit
+/// each. A failure here changes nothing; that later sync reports it.
+struct Syncer {
+    files: Option<std::sync::mpsc::Sender<PathBuf>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start() -> Syncer {
+        let (files, to_sync) = std::sync::mpsc::channel::<PathBuf>();
+        let thread = std::thread::Builder::new()
+            .name("tree-sync".into())
+            .spawn(move || {
+                for path in to_sync {
+                    if let Ok(file) = fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(nix::libc::O_NOFOLLOW)
+                        .open(&path)
+                    {
+                        let _ = file.sync_data();
+                    }
+                }
+            })
+            .ok();
+        Syncer {
+            files: thread.is_some().then_some(files),
+            thread,
+        }
+    }
+
+    fn sync(&self, path: PathBuf) {
+        if let Some(files) = &self.files {
+            let _ = files.send(path);
+        }
+    }
+}
+
+impl Drop for Syncer {
+    /// Waits for the files sent: they are on disk when the unpack returns.
+    fn drop(&mut self) {
+        drop(self.files.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// A restored directory whose own mode and time wait for its entries.

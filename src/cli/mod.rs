@@ -106,10 +106,15 @@ pub fn main() -> ExitCode {
         Command::Wal(wal::Command::Fetch(_)) => wal::restore_exit_code,
         _ => Error::exit_code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A `restore_command` call runs once per segment while replay waits on
+    // it: without worker threads to start it answers sooner. Its background
+    // fetch (`--ahead-of`) fetches in parallel and keeps them.
+    let one_call = matches!(&cli.command, Command::Wal(wal::Command::Fetch(f)) if !f.is_ahead());
+    let mut builder = match one_call {
+        true => tokio::runtime::Builder::new_current_thread(),
+        false => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let e = Error::internal(format!("cannot start the runtime: {e}"));

@@ -31,7 +31,7 @@ use crate::archive::crypt::Crypt;
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::keys::Identities;
-use crate::wal::fetch::{Archive, Outcome, Source};
+use crate::wal::fetch::{Archive, IN_PG_WAL, Outcome, Source};
 use crate::wal::push::Storages;
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +57,13 @@ pub struct Args {
     ahead_of: Option<String>,
     #[arg(long, hide = true, value_name = "KEY", requires = "ahead_of")]
     recovery: Option<String>,
+}
+
+impl Args {
+    /// Whether this is the background fetch a call starts.
+    pub fn is_ahead(&self) -> bool {
+        self.ahead_of.is_some()
+    }
 }
 
 pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
@@ -128,6 +135,7 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             size,
             from,
             fetching_ahead,
+            in_pg_wal,
         } => {
             let from = match from {
                 Source::Spool => "spool".to_owned(),
@@ -138,13 +146,21 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             } else {
                 ""
             };
-            if from == "spool" {
-                tracing::debug!("job {}: restored {file} fetched ahead{ahead}", job.name);
-            } else {
-                tracing::info!(
+            let source = match from.as_str() {
+                "spool" => "fetched ahead".to_owned(),
+                storage => format!("{size} bytes from storage {storage}"),
+            };
+            match (in_pg_wal, from == "spool") {
+                (true, _) => {
+                    tracing::info!("job {}: {file} {IN_PG_WAL} ({source}){ahead}", job.name,)
+                }
+                (false, true) => {
+                    tracing::debug!("job {}: restored {file} fetched ahead{ahead}", job.name)
+                }
+                (false, false) => tracing::info!(
                     "job {}: restored {file} ({size} bytes) from storage {from}{ahead}",
                     job.name,
-                );
+                ),
             }
             if json {
                 super::super::print_json(&serde_json::json!({
@@ -153,9 +169,20 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                     "size": size,
                     "from": from,
                     "fetching_ahead": fetching_ahead,
+                    "in_pg_wal": in_pg_wal,
                 }))?;
             }
-            Ok(())
+            match in_pg_wal {
+                // The server reads it from pg_wal/ once told the archive
+                // has none: see `hand_to_pg_wal`.
+                true => Err(Error::new(
+                    Kind::NotFound,
+                    format!("job {}: {file} is in pg_wal/", job.name),
+                )
+                .with_source(NotArchived)
+                .reported()),
+                false => Ok(()),
+            }
         }
     }
 }

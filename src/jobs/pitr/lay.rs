@@ -309,8 +309,7 @@ impl Laying {
         progress: &dyn Progress,
     ) -> Result<Summary> {
         let mut checker = Checker::start(self.algorithm)?;
-        let (reader, writer) = std::io::pipe()
-            .map_err(|e| Error::io(Kind::Internal, "making a pipe for the base backup", e))?;
+        let (writer, reader) = archive::chunks::pipe();
         let into = data.to_path_buf();
         let unpacking = std::thread::Builder::new()
             .name("base-unpack".into())
@@ -383,7 +382,7 @@ impl Laying {
 /// by [`archive::unpack`]).
 struct Tee<'a> {
     checker: &'a mut Checker,
-    tree: std::io::PipeWriter,
+    tree: archive::chunks::ChunkWriter,
 }
 
 impl Write for Tee<'_> {
