@@ -268,18 +268,7 @@ fn an_interrupted_restore_leaves_the_target_and_its_copy_is_cleared() {
         }
     }
     std::fs::remove_file(tools.join("hold")).unwrap();
-    let run = setup.backup(&[&args[..], &["--dry-run"]].concat());
-    assert!(
-        run.stdout.contains(&format!(
-            "first:     drop {staging}, left by an interrupted restore"
-        )),
-        "{}",
-        run.all()
-    );
-    let run = setup.backup(&args);
-    assert!(run.ok(), "{}", run.all());
-    assert_eq!(c.table_digests("precious"), c.table_digests("app"));
-    assert_eq!(restore_leftovers(c), Vec::<String>::new());
+    assert_next_restore_drops(&setup, &args, &staging, "precious");
 }
 
 /// The database's own properties, as one comparable line.
@@ -810,7 +799,14 @@ fn a_copy_killed_before_it_was_marked_is_dropped_only_while_empty() {
     assert!(c.databases().contains(&staging));
 
     c.psql(&staging, "DROP TABLE mine");
-    let run = setup.backup(&[&args[..], &["--dry-run"]].concat());
+    assert_next_restore_drops(&setup, &args, &staging, "fresh");
+}
+
+/// The plan says `staging` goes first, and the restore (`args`) drops it,
+/// restores `target` and leaves nothing behind.
+fn assert_next_restore_drops(setup: &Setup, args: &[&str], staging: &str, target: &str) {
+    let c = &setup.cluster;
+    let run = setup.backup(&[args, &["--dry-run"]].concat());
     assert!(
         run.stdout.contains(&format!(
             "first:     drop {staging}, left by an interrupted restore"
@@ -818,8 +814,8 @@ fn a_copy_killed_before_it_was_marked_is_dropped_only_while_empty() {
         "{}",
         run.all()
     );
-    let run = setup.backup(&args);
+    let run = setup.backup(args);
     assert!(run.ok(), "{}", run.all());
-    assert_eq!(c.table_digests("fresh"), c.table_digests("app"));
+    assert_eq!(c.table_digests(target), c.table_digests("app"));
     assert_eq!(restore_leftovers(c), Vec::<String>::new());
 }
