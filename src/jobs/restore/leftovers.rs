@@ -90,8 +90,11 @@ pub(super) async fn leftovers(
         .into_iter()
         .filter(named("restoring"))
     {
-        let conn = pg::connect(db, Some(&name)).await?;
-        if pg::describe_contents(&conn).await?.is_none() {
+        // One this role cannot look into is not taken for ours.
+        let Ok(conn) = pg::connect(db, Some(&name)).await else {
+            continue;
+        };
+        if let Ok(None) = pg::describe_contents(&conn).await {
             restoring.push(name);
         }
     }
