@@ -26,12 +26,6 @@
 //! beside its name and renamed, so a call and the background process
 //! fetching one segment at once never see half of it. A temporary file a
 //! killed call left is removed by a later call.
-//!
-//! In archive recovery, a segment is not handed over at `%p` but put in
-//! `pg_wal/` under its own name, and the call answers "not archived": the
-//! server then reads it there, as it reads the segments a base backup
-//! brings, without the synced rename and the bookkeeping it gives each
-//! restored file ([`hand_to_pg_wal`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,10 +75,6 @@ pub enum Outcome {
         /// Whether the call started a background fetch of the segments
         /// after it.
         fetching_ahead: bool,
-        /// Whether the file was put in `pg_wal/` under its own name, for
-        /// the server to read there ([`hand_to_pg_wal`]); the answer to
-        /// PostgreSQL is then "not archived".
-        in_pg_wal: bool,
     },
     /// Every storage answered, and none has it.
     NotArchived { file: WalFile },
@@ -170,7 +160,6 @@ pub async fn restore_command(
             match install(&kept, target).await? {
                 Some(size) => {
                     return Ok(Outcome::Fetched {
-                        in_pg_wal: hand_to_pg_wal(&file, target, data_dir),
                         file,
                         size,
                         from: Source::Spool,
@@ -183,8 +172,8 @@ pub async fn restore_command(
         }
     }
     let reader = Reader::new(archive);
-    // Not synced: PostgreSQL syncs a restored file it keeps, and one put
-    // in pg_wal/ that a crash tears is fetched again (`hand_to_pg_wal`).
+    // Not synced here: PostgreSQL syncs a restored file it keeps
+    // (`durable_rename`).
     let Some((size, storage)) = reader.fetch_into(&file, target, false).await? else {
         return Ok(Outcome::NotArchived { file });
     };
@@ -192,76 +181,11 @@ pub async fn restore_command(
         note_segment_size(spool, job, size, assumed_size);
     }
     Ok(Outcome::Fetched {
-        in_pg_wal: hand_to_pg_wal(&file, target, data_dir),
         file,
         size,
         from: Source::Storage(storage),
         fetching_ahead,
     })
-}
-
-/// What `wal fetch` logs after a segment's name when it put the segment in
-/// `pg_wal/` ([`hand_to_pg_wal`]): the server's log then has this line in
-/// place of its own "restored log file".
-pub const IN_PG_WAL: &str = "is in pg_wal/ for the server to read";
-
-/// Moves a segment PostgreSQL asked for from `target` (`pg_wal/RECOVERYXLOG`)
-/// to `pg_wal/<its name>`, marked archived (`archive_status/<name>.done`),
-/// so that the server reads it there; returns whether it did.
-///
-/// PostgreSQL's archive recovery asks `restore_command` for each segment
-/// and, told "not archived", opens the one in `pg_wal/` of the same name:
-/// what it does for the segments a base backup brings along. A restored
-/// file costs it more than a read: it is renamed to its name durably (the
-/// file and `pg_wal/` synced) and marked done, one segment at a time while
-/// replay waits, which made replay through any `restore_command` half as
-/// slow again as from `pg_wal/` (BENCHMARKS.md). The file handed over has
-/// passed every check a restored one does. It is not synced: a crash of
-/// the machine can leave it short or zeroed (never someone else's bytes: it
-/// is a new file), which the server, after the crash, either reads as the
-/// end of `pg_wal/` and then asks the archive, or finds already there when
-/// it asks: this function then leaves it, and the server takes `target`.
-///
-/// Only in archive recovery proper (`recovery.signal`, no
-/// `standby.signal`: a standby's WAL receiver writes into `pg_wal/` under
-/// the same names), only where `target` is the data directory's
-/// `pg_wal/RECOVERYXLOG`, and never over a file already there (a recycled
-/// segment, or one the server wrote): then the server is given `target`
-/// as usual.
-fn hand_to_pg_wal(file: &WalFile, target: &Path, data_dir: &Path) -> bool {
-    let WalFile::Segment(_) = file else {
-        return false;
-    };
-    let pg_wal = data_dir.join("pg_wal");
-    let in_data_dir = match target.is_absolute() {
-        true => target.to_path_buf(),
-        false => data_dir.join(target),
-    };
-    if in_data_dir != pg_wal.join("RECOVERYXLOG")
-        || !data_dir.join("recovery.signal").exists()
-        || data_dir.join("standby.signal").exists()
-    {
-        return false;
-    }
-    let name = file.name();
-    let own = pg_wal.join(&name);
-    if let Err(e) = nix::fcntl::renameat2(
-        nix::fcntl::AT_FDCWD,
-        &in_data_dir,
-        nix::fcntl::AT_FDCWD,
-        &own,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    ) {
-        tracing::debug!("{name} stays at {}: {e}", target.display());
-        return false;
-    }
-    // Marked as PostgreSQL marks a restored segment: a promoted server
-    // that archives would otherwise push it to the archive again.
-    let done = pg_wal.join("archive_status").join(format!("{name}.done"));
-    if let Err(e) = std::fs::File::create(&done) {
-        tracing::debug!("marking {name} archived: {e}");
-    }
-    true
 }
 
 /// Teaches the spool the segment size when a full segment of another size
@@ -378,9 +302,9 @@ async fn fill_window(
             let file = WalFile::Segment(name.clone());
             (
                 name.clone(),
-                reader
-                    .fetch_into(&file, &fetched.path(name), fetched.needs_sync())
-                    .await,
+                // Synced here, off replay's path: PostgreSQL's sync of the
+                // file it is given then finds it written.
+                reader.fetch_into(&file, &fetched.path(name), true).await,
             )
         }))
         .buffered(AHEAD_PARALLEL)
@@ -546,11 +470,10 @@ impl<'r, 'a> Reader<'r, 'a> {
 /// digest, syncs it when `sync` and renames it over `target`; returns its
 /// size. Nothing is left at `target` unless every check passed.
 ///
-/// The rename is never synced, and the content only when asked: a file
-/// written into the spool is synced unless the spool is keyed by the boot
-/// ([`spool::boot_id`]), and one written for PostgreSQL never (it syncs a
-/// restored file it keeps itself; see [`hand_to_pg_wal`] for the others).
-/// Syncing 16 MiB a segment while replay runs made it a third slower.
+/// The rename is not synced, and the content only when asked: a file
+/// fetched ahead into the spool is, so that a spool entry is never torn;
+/// one written at `%p` is synced by PostgreSQL when it keeps it
+/// (`durable_rename`: the file, then `pg_wal/`).
 async fn write_checked(
     storage: &dyn Storage,
     archived: &Archived,
@@ -658,72 +581,6 @@ mod tests {
             .key("base", &pushed.sha256, Compression::Zstd(3), false)
             .unwrap();
         (bytes, key)
-    }
-
-    /// A data directory in archive recovery (`recovery.signal`) with
-    /// `pg_wal/archive_status/`, and a fetched file at `pg_wal/RECOVERYXLOG`.
-    fn recovering(dir: &Path) -> PathBuf {
-        std::fs::create_dir_all(dir.join("pg_wal/archive_status")).unwrap();
-        std::fs::write(dir.join("recovery.signal"), "").unwrap();
-        std::fs::write(dir.join("pg_wal/RECOVERYXLOG"), "checked").unwrap();
-        PathBuf::from("pg_wal/RECOVERYXLOG")
-    }
-
-    #[test]
-    fn a_segment_is_handed_to_pg_wal_under_its_name_in_archive_recovery_only() {
-        let segment = WalFile::parse(SEGMENT).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path();
-        let target = recovering(data);
-        assert!(hand_to_pg_wal(&segment, &target, data));
-        assert_eq!(
-            std::fs::read_to_string(data.join("pg_wal").join(SEGMENT)).unwrap(),
-            "checked"
-        );
-        assert!(!data.join("pg_wal/RECOVERYXLOG").exists());
-        assert!(
-            data.join(format!("pg_wal/archive_status/{SEGMENT}.done"))
-                .exists()
-        );
-        // Given as an absolute path, the same.
-        let other = WalFile::parse("000000010000000000000004").unwrap();
-        std::fs::write(data.join("pg_wal/RECOVERYXLOG"), "next").unwrap();
-        assert!(hand_to_pg_wal(&other, &data.join(&target), data));
-
-        // Never over a file of that name: the server gets RECOVERYXLOG.
-        std::fs::write(data.join("pg_wal/RECOVERYXLOG"), "again").unwrap();
-        assert!(!hand_to_pg_wal(&segment, &target, data));
-        assert_eq!(
-            std::fs::read_to_string(data.join("pg_wal/RECOVERYXLOG")).unwrap(),
-            "again"
-        );
-        assert_eq!(
-            std::fs::read_to_string(data.join("pg_wal").join(SEGMENT)).unwrap(),
-            "checked"
-        );
-
-        // Not a segment; not RECOVERYXLOG in this data directory; a standby;
-        // not in archive recovery: each keeps the usual answer.
-        let fresh = WalFile::parse("000000010000000000000009").unwrap();
-        let history = WalFile::parse("00000002.history").unwrap();
-        assert!(!hand_to_pg_wal(&history, &target, data));
-        assert!(!hand_to_pg_wal(
-            &fresh,
-            Path::new("pg_wal/RECOVERYHISTORY"),
-            data
-        ));
-        assert!(!hand_to_pg_wal(
-            &fresh,
-            &dir.path().join("elsewhere/RECOVERYXLOG"),
-            data
-        ));
-        std::fs::write(data.join("standby.signal"), "").unwrap();
-        assert!(!hand_to_pg_wal(&fresh, &target, data));
-        std::fs::remove_file(data.join("standby.signal")).unwrap();
-        std::fs::remove_file(data.join("recovery.signal")).unwrap();
-        assert!(!hand_to_pg_wal(&fresh, &target, data));
-        assert!(data.join("pg_wal/RECOVERYXLOG").exists());
-        assert!(!data.join("pg_wal/000000010000000000000009").exists());
     }
 
     fn corrupt(storage: &MemoryStorage, key: &Key) {

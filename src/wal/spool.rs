@@ -126,8 +126,6 @@ pub struct Spool {
 pub struct Fetched {
     dir: PathBuf,
     key: String,
-    /// Whether the key carries the boot's id: its files need no sync.
-    this_boot: bool,
 }
 
 /// Under `fetched/<key>/`: the segment PostgreSQL asked for last, which
@@ -241,12 +239,6 @@ impl Fetched {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-
-    /// Whether a file fetched ahead must be synced before it is renamed
-    /// into place: only when the key does not carry the boot ([`boot_id`]).
-    pub fn needs_sync(&self) -> bool {
-        !self.this_boot
-    }
 }
 
 /// An exclusive lock on the whole of a file, for `fcntl`'s F_OFD_* commands.
@@ -266,37 +258,12 @@ pub fn is_recovery_key(key: &str) -> bool {
 }
 
 /// The key of a data directory in `fetched/`: the first 16 hex digits of
-/// the SHA-256 of its canonical path (the path as given when it has none)
-/// and of the boot's id, when the kernel gives one ([`boot_id`]).
+/// the SHA-256 of its canonical path (the path as given when it has none).
 pub fn recovery_key(data_dir: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let mut digest = Sha256::new();
-    digest.update(canonical.as_os_str().as_bytes());
-    if let Some(boot) = boot_id() {
-        digest.update(b"\0");
-        digest.update(boot.as_bytes());
-    }
-    crate::archive::hex(&digest.finalize()[..8])
-}
-
-/// This boot's id (Linux's `/proc/sys/kernel/random/boot_id`).
-///
-/// Files fetched ahead are not synced: a file a killed process wrote is
-/// whole in the page cache, and only a crash of the machine can leave one
-/// torn, which a later call would then hand to recovery as a segment the
-/// server reads as the end of the WAL, promoting early. Keyed by the boot,
-/// what a crashed boot fetched is never read again (and goes with the
-/// stale). Without an id, every file is synced as it is written.
-pub fn boot_id() -> Option<String> {
-    static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    BOOT.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .ok()
-            .map(|id| id.trim().to_owned())
-            .filter(|id| !id.is_empty())
-    })
-    .clone()
+    let digest = Sha256::digest(canonical.as_os_str().as_bytes());
+    crate::archive::hex(&digest[..8])
 }
 
 impl Spool {
@@ -375,8 +342,6 @@ impl Spool {
         Ok(Fetched {
             dir,
             key: key.to_owned(),
-            // The key the call made, in this boot (recovery_key).
-            this_boot: boot_id().is_some(),
         })
     }
 
@@ -699,25 +664,6 @@ mod tests {
         let again = spool.fetched(&one.path().join(".")).unwrap();
         assert_eq!(a.dir(), again.dir());
         assert_eq!(recovery_key(one.path()).len(), 16);
-    }
-
-    #[test]
-    fn the_key_carries_the_boot_so_unsynced_files_never_outlive_a_crash() {
-        use std::os::unix::ffi::OsStrExt;
-        let root = tempfile::tempdir().unwrap();
-        let spool = Spool::open(root.path(), "base").unwrap();
-        let data = tempfile::tempdir().unwrap();
-        let path = std::fs::canonicalize(data.path()).unwrap();
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-        let mut digest = Sha256::new();
-        digest.update(path.as_os_str().as_bytes());
-        digest.update(b"\0");
-        digest.update(boot.trim().as_bytes());
-        assert_eq!(
-            recovery_key(data.path()),
-            crate::archive::hex(&digest.finalize()[..8])
-        );
-        assert!(!spool.fetched(data.path()).unwrap().needs_sync());
     }
 
     #[test]

@@ -436,19 +436,9 @@ fn a_restore_across_a_timeline_switch_follows_the_history_file() {
     assert!(run.ok(), "{}", run.all());
     assert_rolled_back(&a, &first, &s);
     assert_eq!(timeline(&first), "00000002");
-    // Replay read the fetched segments in pg_wal/.
-    let log = first.data.join("backup-recovery.log");
-    let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        logged.contains("is in pg_wal/ for the server to read"),
-        "{logged}"
-    );
     insert(|q| first.psql("postgres", q), 2001, 2100, "timeline 2");
     let time2 = note_time(|q| first.psql("postgres", q));
     insert(|q| first.psql("postgres", q), 3001, 3100, "after time 2");
-    // A checkpoint marks for archiving every old segment not marked
-    // archived already; the archiver sends the oldest first.
-    first.psql("postgres", "CHECKPOINT");
     let segment = first.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     assert!(segment.starts_with("00000002"), "{segment}");
     crate::common::wait_for(
@@ -471,15 +461,6 @@ fn a_restore_across_a_timeline_switch_follows_the_history_file() {
         a.archived().iter().any(|f| f.contains("00000002.history")),
         "{:?}",
         a.archived()
-    );
-    // Nothing of timeline 1 went to the archive again (what `wal fetch` put
-    // in pg_wal/ is marked archived, as PostgreSQL marks what it restores).
-    let logged = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !logged
-            .lines()
-            .any(|l| l.contains(": 00000001") && l.contains("was archived already")),
-        "{logged}"
     );
     first.stop();
     drop(first);

@@ -31,7 +31,7 @@ use crate::archive::crypt::Crypt;
 use crate::engine::Engine;
 use crate::error::{Error, Kind, Result};
 use crate::keys::Identities;
-use crate::wal::fetch::{Archive, IN_PG_WAL, Outcome, Source};
+use crate::wal::fetch::{Archive, Outcome, Source};
 use crate::wal::push::Storages;
 
 #[derive(Debug, clap::Args)]
@@ -135,7 +135,6 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             size,
             from,
             fetching_ahead,
-            in_pg_wal,
         } => {
             let from = match from {
                 Source::Spool => "spool".to_owned(),
@@ -146,21 +145,13 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
             } else {
                 ""
             };
-            let source = match from.as_str() {
-                "spool" => "fetched ahead".to_owned(),
-                storage => format!("{size} bytes from storage {storage}"),
-            };
-            match (in_pg_wal, from == "spool") {
-                (true, _) => {
-                    tracing::info!("job {}: {file} {IN_PG_WAL} ({source}){ahead}", job.name,)
-                }
-                (false, true) => {
-                    tracing::debug!("job {}: restored {file} fetched ahead{ahead}", job.name)
-                }
-                (false, false) => tracing::info!(
+            if from == "spool" {
+                tracing::debug!("job {}: restored {file} fetched ahead{ahead}", job.name);
+            } else {
+                tracing::info!(
                     "job {}: restored {file} ({size} bytes) from storage {from}{ahead}",
                     job.name,
-                ),
+                );
             }
             if json {
                 super::super::print_json(&serde_json::json!({
@@ -169,20 +160,9 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
                     "size": size,
                     "from": from,
                     "fetching_ahead": fetching_ahead,
-                    "in_pg_wal": in_pg_wal,
                 }))?;
             }
-            match in_pg_wal {
-                // The server reads it from pg_wal/ once told the archive
-                // has none: see `hand_to_pg_wal`.
-                true => Err(Error::new(
-                    Kind::NotFound,
-                    format!("job {}: {file} is in pg_wal/", job.name),
-                )
-                .with_source(NotArchived)
-                .reported()),
-                false => Ok(()),
-            }
+            Ok(())
         }
     }
 }

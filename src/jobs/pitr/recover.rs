@@ -120,8 +120,7 @@ pub struct RecoveryEnd {
     pub paused: bool,
     /// From [`RecoveryServer::start`] to the end of recovery.
     pub seconds: f64,
-    /// WAL segments restored from the archive ("restored log file" lines,
-    /// and those `wal fetch` put in pg_wal/).
+    /// WAL segments restored from the archive ("restored log file" lines).
     pub segments_restored: u64,
     /// From where redo started to the last record replayed.
     pub replayed_bytes: Option<u64>,
@@ -959,14 +958,6 @@ impl RecoveryLog {
                     log.segments_restored += 1;
                     log.last_restored = Some(name.to_owned());
                 }
-            } else if let Some((before, _)) = line.split_once(crate::wal::fetch::IN_PG_WAL) {
-                // Put in pg_wal/ by `wal fetch`, which PostgreSQL then reads.
-                if let Some(name) = before.split_whitespace().last()
-                    && matches!(WalFile::parse(name), Some(WalFile::Segment(_)))
-                {
-                    log.segments_restored += 1;
-                    log.last_restored = Some(name.to_owned());
-                }
             } else if let Some(rest) = after(line, "redo starts at ") {
                 log.redo_start = first_word(rest).parse().ok();
             } else if let Some(rest) = after(line, "redo done at ") {
@@ -1058,7 +1049,6 @@ mod tests {
 2024-01-20 05:29:58.070 UTC [102] LOG:  consistent recovery state reached at 0/3000100
 2024-01-20 05:29:58.080 UTC [100] LOG:  database system is ready to accept read-only connections
 2024-01-20 05:29:58.120 UTC [102] LOG:  restored log file \"000000010000000000000004\" from archive
-2024-01-20T05:29:58.125000Z  INFO job base: 000000010000000000000005 is in pg_wal/ for the server to read (fetched ahead)
 2024-01-20 05:29:58.130 UTC [102] LOG:  recovery stopping before commit of transaction 741, time 2024-01-20 05:30:01.234567+00
 2024-01-20 05:29:58.131 UTC [102] LOG:  redo done at 0/4000A10 system usage: CPU: user: 0.00 s, system: 0.00 s, elapsed: 0.07 s
 2024-01-20 05:29:58.132 UTC [102] LOG:  last completed transaction was at log time 2024-01-20 05:29:59.5+00
@@ -1079,12 +1069,11 @@ mod tests {
             Some(("commit".to_owned(), 741, ts("2024-01-20T05:30:01.234567Z")))
         );
         assert_eq!(log.last_completed, Some(ts("2024-01-20T05:29:59.5Z")));
-        // The history file is not a segment; one segment `wal fetch` put in
-        // pg_wal/ is.
-        assert_eq!(log.segments_restored, 3);
+        // The history file is not a segment.
+        assert_eq!(log.segments_restored, 2);
         assert_eq!(
             log.last_restored.as_deref(),
-            Some("000000010000000000000005")
+            Some("000000010000000000000004")
         );
         assert_eq!(log.redo_start, Some(Lsn(0x300_0028)));
         assert_eq!(log.redo_done, Some(Lsn(0x400_0A10)));
