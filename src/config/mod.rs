@@ -218,11 +218,15 @@ fn zone_file(name: &str) -> Option<TimeZone> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b))
     };
-    if !name.split('/').all(plain) {
+    // `right/` and `posix/` are copies with other rules that `get` does not list.
+    if !name.split('/').all(plain) || name.starts_with("right/") || name.starts_with("posix/") {
         return None;
     }
-    let dir = std::env::var_os("TZDIR").unwrap_or_else(|| "/usr/share/zoneinfo".into());
-    let bytes = std::fs::read(std::path::Path::new(&dir).join(name)).ok()?;
+    let dir = std::env::var_os("TZDIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_absolute())
+        .unwrap_or_else(|| "/usr/share/zoneinfo".into());
+    let bytes = std::fs::read(dir.join(name)).ok()?;
     TimeZone::tzif(name, &bytes).ok()
 }
 
@@ -333,6 +337,7 @@ mod tests {
             "/etc/localtime",
             "Asia//Tokyo",
             "",
+            "right/Asia/Tokyo",
         ] {
             assert!(zone_file(name).is_none(), "{name}");
         }
