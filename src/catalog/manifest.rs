@@ -232,6 +232,16 @@ fn needed_segments(timeline: u32, start: Lsn, stop: Lsn, segment_size: u64) -> (
 }
 
 impl Manifest {
+    /// The major version of the server the backup was taken from: `15` of
+    /// `15.4 (Debian 15.4-1)`; 0 when it cannot be read.
+    pub fn server_major(&self) -> u32 {
+        self.server_version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn object(&self, role: Role) -> Option<&ManifestObject> {
         self.objects.iter().find(|o| o.role == role)
     }
@@ -449,6 +459,20 @@ mod tests {
     use crate::catalog::fixtures::manifest;
 
     const MIB16: u64 = 16 << 20;
+
+    #[test]
+    fn the_server_major_is_read_from_its_version() {
+        let mut m = manifest("20240120T030000Z", "2024-01-20T03:00:00Z");
+        for (version, major) in [
+            ("15.4 (Debian 15.4-1.pgdg120+1)", 15),
+            ("18.1", 18),
+            ("13.23", 13),
+            ("?", 0),
+        ] {
+            m.server_version = version.into();
+            assert_eq!(m.server_major(), major, "{version}");
+        }
+    }
 
     fn physical() -> Physical {
         Physical::new(

@@ -79,15 +79,56 @@ pub(super) fn validate_database(
         &db.password_env,
         &db.password_file,
     )?;
+    let pg_bin_dirs = bin_dirs(source, name, db)?;
     Ok(Database {
         name: name.to_owned(),
         url: url.clone(),
         password_from: password.as_ref().map(SecretRef::describe),
         password,
         pg_bin_dir: db.pg_bin_dir.as_ref().map(|p| p.get_ref().clone()),
+        pg_bin_dirs,
         // Known once every file is read: `give_databases_secret_env`.
         secret_env: Arc::default(),
     })
+}
+
+/// `pg_bin_dirs`: absolute directories, and not beside `pg_bin_dir`, which
+/// names the one directory to take the programs from and so searches none.
+fn bin_dirs(source: &Source, name: &str, db: &RawDatabase) -> Result<Vec<std::path::PathBuf>> {
+    let Some(dirs) = &db.pg_bin_dirs else {
+        return Ok(Vec::new());
+    };
+    if db.pg_bin_dir.is_some() {
+        return Err(source
+            .error(
+                dirs,
+                format!("[databases.{name}] sets both pg_bin_dir and pg_bin_dirs"),
+            )
+            .with_hint(
+                "keep one: pg_bin_dir is the one directory the client programs are taken from, \
+                 pg_bin_dirs a list searched for the newest that fits the server",
+            ));
+    }
+    dirs.get_ref()
+        .iter()
+        .map(|dir| {
+            if dir.get_ref().is_absolute() {
+                Ok(dir.get_ref().clone())
+            } else {
+                Err(source
+                    .error(
+                        dir,
+                        format!(
+                            "[databases.{name}] pg_bin_dirs: {} is not an absolute path",
+                            dir.get_ref().display()
+                        ),
+                    )
+                    .with_hint(
+                        "write it from /: the daemon does not run in the job file's directory",
+                    ))
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -110,6 +151,31 @@ mod tests {
             "postgresql://app:s3cret@h",
         ));
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn pg_bin_dirs_are_absolute_and_not_beside_pg_bin_dir() {
+        let dirs = r#"password_env = "APP_DB_PASSWORD"
+pg_bin_dirs = ["/opt/pg18/bin", "/usr/local/pgsql/bin"]"#;
+        let text = GOOD.replace(r#"password_env = "APP_DB_PASSWORD""#, dirs);
+        let config = crate::config::testing::check(&text).unwrap();
+        assert_eq!(
+            config.databases["app"].pg_bin_dirs,
+            [
+                std::path::PathBuf::from("/opt/pg18/bin"),
+                "/usr/local/pgsql/bin".into()
+            ]
+        );
+        let err = error_of(&text.replace("/usr/local/pgsql/bin", "pgsql/bin"));
+        assert!(err.contains("pgsql/bin is not an absolute path"), "{err}");
+        assert!(err.contains("jobs/app.toml:7"), "{err}");
+        let err =
+            error_of(&text.replace("pg_bin_dirs", "pg_bin_dir = \"/opt/pg17/bin\"\npg_bin_dirs"));
+        assert!(
+            err.contains("sets both pg_bin_dir and pg_bin_dirs"),
+            "{err}"
+        );
+        assert!(err.contains("hint: keep one"), "{err}");
     }
 
     #[test]

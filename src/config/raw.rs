@@ -54,6 +54,7 @@ pub(super) struct RawDatabase {
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<PathBuf>>,
     pub(super) pg_bin_dir: Option<Spanned<PathBuf>>,
+    pub(super) pg_bin_dirs: Option<Spanned<Vec<Spanned<PathBuf>>>>,
 }
 
 #[derive(Debug, Deserialize)]

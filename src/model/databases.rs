@@ -16,8 +16,13 @@ pub struct Database {
     pub password: Option<SecretRef>,
     /// Where the password comes from, for display: `env APP_DB_PASSWORD`.
     pub password_from: Option<String>,
-    /// Where `pg_dump`, `pg_restore` and `pg_dumpall` are looked up first.
+    /// The one directory the client programs (`pg_dump`, `pg_restore`,
+    /// `pg_dumpall`, `psql`, `pg_basebackup`) are taken from, as it is.
     pub pg_bin_dir: Option<PathBuf>,
+    /// Directories searched for the client programs, beside the usual
+    /// package layouts: the newest program that fits is taken
+    /// ([`crate::pg::tool_path`]).
+    pub pg_bin_dirs: Vec<PathBuf>,
     /// The environment variables the configuration takes secrets from: the
     /// client programs started for this database need none of them, and are
     /// started without them.
@@ -33,6 +38,7 @@ impl Database {
             password: None,
             password_from: None,
             pg_bin_dir: None,
+            pg_bin_dirs: Vec::new(),
             secret_env: Arc::default(),
         }
     }
@@ -46,6 +52,7 @@ impl fmt::Debug for Database {
             .field("password", &self.password)
             .field("password_from", &self.password_from)
             .field("pg_bin_dir", &self.pg_bin_dir)
+            .field("pg_bin_dirs", &self.pg_bin_dirs)
             .field("secret_env", &self.secret_env)
             .finish()
     }
@@ -63,6 +70,7 @@ mod tests {
             password: Some(SecretRef::given("hunter2")),
             password_from: Some("env APP_DB_PASSWORD".into()),
             pg_bin_dir: None,
+            pg_bin_dirs: Vec::new(),
             secret_env: Arc::default(),
         };
         let shown = format!("{db:?} {:?}", crate::secret::Secret::new("hunter2"));

@@ -17,28 +17,80 @@ use super::connect::ServerVersion;
 use crate::error::{Error, Kind, Result};
 use crate::model::Database;
 
-/// Which program to run for `tool` when the server is `server_major`: the
-/// database's `pg_bin_dir`, else Debian's versioned directory of that major
-/// (or the nearest newer one), else whatever `PATH` finds.
-pub fn tool_path(db: &Database, tool: &str, server_major: u32) -> PathBuf {
+/// Which program to run for `tool`, one of the client programs: the
+/// database's `pg_bin_dir` when it is set, as it is; else the newest of
+/// those in `pg_bin_dirs`, the packaged layouts ([`packaged_bindirs`]) and
+/// `PATH`, the first of equals in that order. A client program talks to
+/// every older server and reads what older ones wrote, while an older one
+/// may not (`pg_dump` refuses a newer server, `pg_restore` a newer
+/// archive), so the newest is the one to take: 18's for every server.
+/// Whoever runs it still checks its version against the server's
+/// ([`require_tool_at_least`]); `tool` alone, for `PATH`, when none is found.
+pub fn tool_path(db: &Database, tool: &str) -> PathBuf {
     if let Some(dir) = &db.pg_bin_dir {
         return dir.join(tool);
     }
-    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut found: Vec<(u32, PathBuf)> = Vec::new();
+    for dir in &db.pg_bin_dirs {
+        let path = dir.join(tool);
+        if let Ok((major, _)) = tool_version(&path) {
+            found.push((major, path));
+        }
+    }
+    found.extend(
+        packaged_bindirs()
+            .into_iter()
+            .map(|(major, dir)| (major, dir.join(tool)))
+            .filter(|(_, path)| path.is_file()),
+    );
+    if let Some(path) = on_path(tool)
+        && let Ok((major, _)) = tool_version(&path)
+    {
+        found.push((major, path));
+    }
+    newest(found).unwrap_or_else(|| PathBuf::from(tool))
+}
+
+/// The newest of `found`, the first of equals.
+fn newest(found: Vec<(u32, PathBuf)>) -> Option<PathBuf> {
+    found
+        .into_iter()
+        .min_by_key(|(major, _)| std::cmp::Reverse(*major))
+        .map(|(_, path)| path)
+}
+
+/// The versioned bin directories of the usual packages, each with its
+/// major: Debian's and Ubuntu's `/usr/lib/postgresql/N/bin`, and the
+/// PostgreSQL RPMs' `/usr/pgsql-N/bin`.
+pub fn packaged_bindirs() -> Vec<(u32, PathBuf)> {
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))));
+    let rpm = std::fs::read_dir("/usr")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let major: u32 = e.file_name().to_str()?.parse().ok()?;
-            let path = e.path().join("bin").join(tool);
-            (major >= server_major && path.is_file()).then_some((major, path))
-        })
-        .collect();
-    candidates.sort();
-    candidates
-        .into_iter()
-        .next()
-        .map_or_else(|| PathBuf::from(tool), |(_, p)| p)
+            let major = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("pgsql-")?
+                .parse()
+                .ok()?;
+            Some((major, e.path().join("bin")))
+        });
+    let mut dirs: Vec<(u32, PathBuf)> = debian.chain(rpm).filter(|(_, d)| d.is_dir()).collect();
+    dirs.sort();
+    dirs
+}
+
+/// Where `PATH` finds `tool`.
+fn on_path(tool: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(tool))
+        .find(|path| path.is_file())
 }
 
 /// Gives a program only the environment any program needs (paths, locale,
@@ -89,7 +141,7 @@ pub fn require_tool_at_least(path: &Path, server: &ServerVersion) -> Result<Stri
             server.text
         ))
         .with_hint(format!(
-            "install postgresql-client-{} or point pg_bin_dir at its bin directory",
+            "install postgresql-client-{} (or a newer one), or list its bin directory in pg_bin_dirs",
             server.major
         )));
     }
@@ -306,4 +358,62 @@ fn describe_status(status: ExitStatus) -> String {
 /// Whether a failed child's message says it lacked a privilege.
 pub fn is_permission_error(err: &Error) -> bool {
     err.kind() == Kind::Tool && err.message().contains("permission denied")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A directory holding a `pg_dump` that says it is `version`.
+    fn fake_bindir(root: &Path, name: &str, version: &str) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tool = dir.join("pg_dump");
+        std::fs::write(
+            &tool,
+            format!("#!/bin/sh\necho 'pg_dump (PostgreSQL) {version}'\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn database(pg_bin_dir: Option<PathBuf>, pg_bin_dirs: Vec<PathBuf>) -> Database {
+        Database {
+            pg_bin_dir,
+            pg_bin_dirs,
+            ..Database::unresolved()
+        }
+    }
+
+    #[test]
+    fn the_newest_client_program_listed_is_taken_and_pg_bin_dir_as_it_is() {
+        let root = tempfile::tempdir().unwrap();
+        // Newer than any packaged one, listed after an older one and a
+        // directory without the program.
+        let old = fake_bindir(root.path(), "old", "13.23");
+        let empty = root.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let newest = fake_bindir(root.path(), "newest", "99.1");
+        let twin = fake_bindir(root.path(), "twin", "99.2");
+        let db = database(None, vec![old.clone(), empty, newest.clone(), twin]);
+        assert_eq!(tool_path(&db, "pg_dump"), newest.join("pg_dump"));
+        // pg_bin_dir is the operator's choice, even when older.
+        let db = database(Some(old.clone()), vec![]);
+        assert_eq!(tool_path(&db, "pg_dump"), old.join("pg_dump"));
+    }
+
+    #[test]
+    fn packaged_layouts_give_their_majors() {
+        for (major, dir) in packaged_bindirs() {
+            assert!(dir.is_dir(), "{}", dir.display());
+            let name = dir
+                .parent()
+                .and_then(Path::file_name)
+                .unwrap()
+                .to_string_lossy();
+            assert!(name.ends_with(&major.to_string()), "{}", dir.display());
+        }
+    }
 }

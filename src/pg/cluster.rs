@@ -31,25 +31,46 @@ pub struct ServerInstall {
     /// The secret variables the client programs run against a cluster of
     /// it are started without: those of the database whose backup it takes.
     pub secret_env: Arc<[String]>,
+    /// Where that database's client programs are looked for: its
+    /// `pg_bin_dir`, then its `pg_bin_dirs`.
+    pub searched: Vec<PathBuf>,
+}
+
+impl ServerInstall {
+    /// The directories the client programs run against a cluster of this
+    /// install are searched in ([`super::tool_path`]): its own first, then
+    /// the database's. A server-only install (`initdb`, `pg_ctl`,
+    /// `postgres`) then takes them from another.
+    pub fn client_dirs(&self) -> Vec<PathBuf> {
+        std::iter::once(self.bindir.clone())
+            .chain(self.searched.iter().cloned())
+            .collect()
+    }
 }
 
 /// The server install to restore a backup of `database`, from a `major`
 /// server, into: its `pg_bin_dir` when that has `initdb`, else the nearest
-/// major at least as new under `/usr/lib/postgresql`, else the `initdb` on
-/// `PATH`.
+/// major at least as new among its `pg_bin_dirs` and the packaged layouts
+/// ([`super::packaged_bindirs`]), else the `initdb` on `PATH`.
 pub fn find_server(database: &Database, major: u32) -> Result<ServerInstall> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = &database.pg_bin_dir {
         candidates.push(dir.to_owned());
     }
-    let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-        .filter(|(m, _): &(u32, PathBuf)| *m >= major)
+    let mut versioned: Vec<(u32, PathBuf)> = database
+        .pg_bin_dirs
+        .iter()
+        .filter_map(|dir| {
+            Some((
+                super::tool_version(&dir.join("initdb")).ok()?.0,
+                dir.clone(),
+            ))
+        })
+        .chain(super::packaged_bindirs())
+        .filter(|(m, _)| *m >= major)
         .collect();
-    versioned.sort();
+    // Stable: of one major, a listed directory before a packaged one.
+    versioned.sort_by_key(|(m, _)| *m);
     candidates.extend(versioned.into_iter().map(|(_, p)| p));
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path));
@@ -73,6 +94,12 @@ pub fn find_server(database: &Database, major: u32) -> Result<ServerInstall> {
             // `initdb (PostgreSQL) 15.4 (Debian ...)` names the server's version.
             version: version.replacen("initdb (PostgreSQL)", "PostgreSQL", 1),
             secret_env: database.secret_env.clone(),
+            searched: database
+                .pg_bin_dir
+                .iter()
+                .chain(&database.pg_bin_dirs)
+                .cloned()
+                .collect(),
         });
     }
     Err(Error::tool(format!(
@@ -84,8 +111,8 @@ pub fn find_server(database: &Database, major: u32) -> Result<ServerInstall> {
         }
     ))
     .with_hint(format!(
-        "install postgresql-{major} (its initdb and pg_ctl), set pg_bin_dir, \
-         or restore into a server you provide with --target-url"
+        "install postgresql-{major} (its initdb and pg_ctl), list its bin directory in \
+         pg_bin_dirs, or restore into a server you provide with --target-url"
     )))
 }
 
@@ -151,7 +178,8 @@ impl Throwaway {
                 url: String::new(),
                 password: Some(SecretRef::given(password)),
                 password_from: None,
-                pg_bin_dir: Some(install.bindir.clone()),
+                pg_bin_dir: None,
+                pg_bin_dirs: install.client_dirs(),
                 secret_env: install.secret_env.clone(),
             },
             dir: Some(dir),

@@ -29,6 +29,7 @@ fn install(a: &Archiving) -> ServerInstall {
         bindir,
         major,
         version,
+        searched: Vec::new(),
         secret_env: Arc::from(Vec::<String>::new()),
     }
 }

@@ -181,6 +181,9 @@ async fn run_steps(
         }
     };
     let admin = pg::connect(&db, Some("postgres")).await?;
+    // Before the globals: a server too old for the backup is refused with
+    // nothing written to it.
+    let pg_restore = restore::pg_restore_for(&admin, &db, &plan.backup).await?;
     if plan.has_globals() {
         let applied = step(
             steps,
@@ -190,7 +193,6 @@ async fn run_steps(
         .await?;
         outcome.warnings.extend(applied);
     }
-    let pg_restore = restore::pg_restore_for(&admin, &db, &plan.backup).await?;
     // A throwaway cluster has an empty `postgres` already: a backup of it
     // goes there.
     let exists = matches!(plan.target, DrillTarget::Throwaway(_))

@@ -70,8 +70,7 @@ pub(super) async fn apply_globals(
             kept_roles.join(", ")
         ));
     }
-    let major = pg::command::parse_tool_version(&plan.backup.pg_dump_version).unwrap_or(0);
-    let psql = pg::tool_path(db, "psql", major);
+    let psql = pg::tool_path(db, "psql");
     let args = vec![
         "-X".into(),
         "-q".into(),

@@ -165,15 +165,10 @@ pub async fn plan(
     let dbname = backup.dbname.clone();
     let target = match &request.target_url {
         Some(url) => target_server(url, database, &dbname).await?,
-        None => {
-            let major = backup
-                .server_version
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0);
-            DrillTarget::Throwaway(crate::pg::cluster::find_server(database, major)?)
-        }
+        None => DrillTarget::Throwaway(crate::pg::cluster::find_server(
+            database,
+            backup.server_major(),
+        )?),
     };
     Ok(DrillPlan {
         job: request.backup_job.clone(),
@@ -212,6 +207,7 @@ async fn target_server(
         password: None,
         password_from: None,
         pg_bin_dir: database.pg_bin_dir.clone(),
+        pg_bin_dirs: database.pg_bin_dirs.clone(),
         secret_env: database.secret_env.clone(),
     };
     let admin = crate::pg::connect(&db, Some("postgres")).await?;

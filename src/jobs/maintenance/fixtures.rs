@@ -56,6 +56,7 @@ pub(super) fn job(tasks: &[Task]) -> MaintenanceJob {
             password: None,
             password_from: None,
             pg_bin_dir: None,
+            pg_bin_dirs: Vec::new(),
             secret_env: Default::default(),
         }),
         tasks: tasks.to_vec(),

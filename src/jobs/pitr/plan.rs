@@ -320,7 +320,7 @@ pub async fn plan(
     // What is cheap to refuse first: a directory in the way, a key missing.
     let dir = lay::check_target(&request.dir, request.force, backup.id.as_str())?;
     let crypt = catalog::opener(storage.as_ref(), &backup, spec.keys()).await?;
-    let major = major_of(&backup.server_version);
+    let major = backup.server_major();
     let install = crate::pg::cluster::find_server(database, major)?;
     if install.major != major {
         return Err(Error::tool(format!(
@@ -657,15 +657,6 @@ fn not_physical(job: &Job, backup: &Manifest) -> Error {
     .with_hint("it was made while the job was a logical one: restore it with --target-db")
 }
 
-/// `15` of `15.4 (Debian 15.4-1)`.
-pub fn major_of(version: &str) -> u32 {
-    version
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Every segment on the path, in the order recovery reads them.
 fn path_segments(path: &Chain) -> Vec<Segment> {
     let mut out = Vec::new();
@@ -884,12 +875,5 @@ mod tests {
             restore_command(&request, "base"),
             r"'/usr/local/bin/backup' --config '/etc/backup/it'\''s 100%%.toml' wal fetch --job 'base' %f %p"
         );
-    }
-
-    #[test]
-    fn majors_read_from_versions() {
-        assert_eq!(major_of("15.4 (Debian 15.4-1.pgdg120+1)"), 15);
-        assert_eq!(major_of("18.1"), 18);
-        assert_eq!(major_of("?"), 0);
     }
 }

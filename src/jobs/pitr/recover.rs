@@ -784,7 +784,8 @@ fn socket_database(
         url: socket_url(role, dbname, dir, port),
         password: None,
         password_from: None,
-        pg_bin_dir: Some(install.bindir.clone()),
+        pg_bin_dir: None,
+        pg_bin_dirs: install.client_dirs(),
         secret_env: Arc::clone(&install.secret_env),
     }
 }

@@ -18,14 +18,29 @@ use crate::report::Progress;
 use crate::storage::Storage;
 
 /// The `pg_restore` to use on the server `admin` is connected to: no older
-/// than the server, nor than the `pg_dump` that wrote `backup`.
+/// than the server, nor than the `pg_dump` that wrote `backup`. A server
+/// older than the one `backup` was taken from is refused: what a newer
+/// server dumps (its catalogs' features, its syntax) an older one cannot be
+/// trusted to load. Runs before a restore writes anything.
 pub async fn pg_restore_for(
     admin: &pg::Connection,
     db: &Database,
     backup: &Manifest,
 ) -> Result<std::path::PathBuf> {
     let server = pg::server_version(admin).await?;
-    let pg_restore = pg::tool_path(db, "pg_restore", server.major);
+    let source = backup.server_major();
+    if server.major < source {
+        return Err(Error::refused(format!(
+            "backup {} was taken from PostgreSQL {}; the target server runs {}, an older \
+             major: a dump restores into the same major or a newer one, and nothing was written",
+            backup.id, backup.server_version, server.text
+        ))
+        .with_hint(format!(
+            "restore into a server of PostgreSQL {source} or newer (--target-url, or the \
+             database's url)"
+        )));
+    }
+    let pg_restore = pg::tool_path(db, "pg_restore");
     let version = pg::require_tool_at_least(&pg_restore, &server)?;
     let archive_major = pg::command::parse_tool_version(&backup.pg_dump_version).unwrap_or(0);
     let restore_major = pg::command::parse_tool_version(&version).unwrap_or(0);
