@@ -110,15 +110,17 @@ _pg_major_finish() {
 # by giving others the right to pass (o+x, not to list) through each parent
 # directory that stops it: a checkout in root's home (mode 0700) does.
 _pg_let_postgres_through() {
-    local dir=$1 parent
+    local dir=$1 path='' part parts
     [ "$(id -u)" = 0 ] || return 0
     runuser -u postgres -- test -x "$dir" && return
-    parent=$dir
-    while [ "$parent" != / ]; do
-        parent=$(dirname "$parent")
-        if ! runuser -u postgres -- test -x "$parent"; then
-            echo "letting the postgres user pass through $parent (chmod o+x) to reach the servers under $TOOLS_DIR"
-            chmod o+x "$parent"
+    # From / down: where postgres stops, the directories above let it through,
+    # so it is this one's own mode.
+    IFS=/ read -ra parts <<<"${dir#/}"
+    for part in "${parts[@]}"; do
+        path=$path/$part
+        if ! runuser -u postgres -- test -x "$path"; then
+            echo "letting the postgres user pass through $path (chmod o+x) to reach the servers under $TOOLS_DIR"
+            chmod o+x "$path"
         fi
     done
     runuser -u postgres -- test -x "$dir" \
