@@ -14,6 +14,7 @@ mod encryption;
 mod layers;
 mod local_storage;
 mod maintenance;
+mod majors;
 mod parallel_restore;
 mod physical;
 mod pitr;

@@ -367,6 +367,7 @@ impl Archiving {
             data: data.to_owned(),
             port,
             bindir: self.cluster.bindir.clone(),
+            client_bindir: self.cluster.client_bindir().to_owned(),
         }
     }
 }
@@ -396,7 +397,10 @@ pub fn restore_bytes(file: &Path, original: &[u8]) {
 pub struct Restored {
     pub data: PathBuf,
     pub port: u16,
+    /// The server's programs (`pg_ctl`), and where its `psql` is: see
+    /// [`Cluster::client_bindir`].
     bindir: PathBuf,
+    client_bindir: PathBuf,
 }
 
 impl Restored {
@@ -409,7 +413,7 @@ impl Restored {
 
     /// Runs SQL on `db`; panics on any error; unaligned, tuples only.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(self.bindir.join("psql"))
+        let out = Command::new(self.client_bindir.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(self.url(db))
             .args(["-c", sql])

@@ -6,6 +6,10 @@
 //! socket in the temp dir; it is stopped and removed on drop. Nothing depends
 //! on a server someone left running. As root (CI), the server runs as the
 //! `postgres` user, since PostgreSQL refuses to run as root.
+//!
+//! A cluster is of Debian's PostgreSQL unless a test asks for another major
+//! ([`Cluster::start_major`]); `scripts/test` installs 13 to 18
+//! (`scripts/lib/majors.sh`).
 
 pub mod archiving;
 pub mod proxy;
@@ -25,7 +29,13 @@ pub struct Cluster {
     pub bindir: PathBuf,
     pub password_file: PathBuf,
     run_as: Option<String>,
+    /// See [`Cluster::client_bindir`].
+    client_bindir: PathBuf,
 }
+
+/// Every PostgreSQL major the tests can start a cluster of
+/// ([`Cluster::start_major`]).
+pub const MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
 
 /// The newest server installed under /usr/lib/postgresql, or `PG_BINDIR`.
 pub fn server_bindir() -> PathBuf {
@@ -48,6 +58,41 @@ pub fn server_bindir() -> PathBuf {
         .1
 }
 
+/// The server programs of PostgreSQL `major`: those `scripts/test` installs
+/// and lists in `BACKUP_TEST_PG_BINDIRS` (`13=DIR 14=DIR ...`), or for 15,
+/// Debian's when that is what [`server_bindir`] finds. A test of a major that
+/// is missing fails: it must not pass by testing nothing.
+pub fn server_bindir_of(major: u32) -> PathBuf {
+    let listed = std::env::var("BACKUP_TEST_PG_BINDIRS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|entry| entry.split_once('='))
+        .find(|(m, _)| m.parse() == Ok(major))
+        .map(|(_, dir)| PathBuf::from(dir));
+    let found = listed.or_else(|| {
+        (major == 15)
+            .then(server_bindir)
+            .filter(|dir| major_of(dir) == Some(15))
+    });
+    match found {
+        Some(dir) if dir.join("postgres").is_file() => dir,
+        _ => panic!("PostgreSQL {major} is not installed: run scripts/test, which installs it"),
+    }
+}
+
+/// The major of the server in `bindir`, as `postgres --version` says it
+/// ("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)").
+fn major_of(bindir: &Path) -> Option<u32> {
+    let out = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(2)?;
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
@@ -68,7 +113,21 @@ impl Cluster {
     }
 
     pub fn start_prepared(settings: &str, prepare: impl FnOnce(&Path)) -> Cluster {
-        let bindir = server_bindir();
+        Cluster::start_prepared_with_bindir(server_bindir(), settings, prepare)
+    }
+
+    /// [`Cluster::start_with`] on PostgreSQL `major` (one of [`MAJORS`]).
+    pub fn start_major(major: u32, settings: &str) -> Cluster {
+        Cluster::start_prepared_with_bindir(server_bindir_of(major), settings, |_| {})
+    }
+
+    /// [`Cluster::start_prepared`] with the server programs in `bindir`
+    /// (one of [`server_bindir_of`]'s).
+    pub fn start_prepared_with_bindir(
+        bindir: PathBuf,
+        settings: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("backup-test-pg-")
             .tempdir()
@@ -116,17 +175,37 @@ impl Cluster {
     }
 
     /// Runs a server program (`pg_basebackup`, `pgbench`, `pg_waldump`) as
-    /// the server's user.
+    /// the server's user: the server's own, else the one of
+    /// [`Cluster::client_bindir`].
     pub fn server_program(&self, program: &str, args: &[&str]) -> Output {
-        server_output(&self.run_as, &self.bindir, program, args)
+        let bindir = if self.bindir.join(program).is_file() {
+            &self.bindir
+        } else {
+            &self.client_bindir
+        };
+        server_output(&self.run_as, bindir, program, args)
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The server's programs: `initdb`, `pg_ctl`, `postgres`, and for
+    /// Debian's 15 and PyPI's 18 every other one; npm's builds of 13, 14,
+    /// 16 and 17 have only those three. Client programs are in
+    /// [`Cluster::client_bindir`].
     pub fn bindir(&self) -> &Path {
         &self.bindir
+    }
+
+    /// Where client programs that talk to this server are (`psql`,
+    /// `pg_dump`, `pg_restore`, `pgbench`, `pg_basebackup`,
+    /// `pg_verifybackup`): the server's own [`Cluster::bindir`] when it has
+    /// them, else 18's, which talk to every older server. Programs that read
+    /// a data directory or WAL (`pg_waldump`, `pg_resetwal`,
+    /// `pg_controldata`) must be the server's own major, which 18's are not.
+    pub fn client_bindir(&self) -> &Path {
+        &self.client_bindir
     }
 
     /// A hot standby of this cluster, streaming from it: read-only, in recovery.
@@ -145,7 +224,7 @@ impl Cluster {
         let port = self.port.to_string();
         let out = server_output(
             &self.run_as,
-            &self.bindir,
+            &self.client_bindir,
             "pg_basebackup",
             &[
                 "-h",
@@ -178,6 +257,11 @@ impl Cluster {
         bindir: PathBuf,
     ) -> Cluster {
         let data = dir.path().join("data");
+        let client_bindir = if bindir.join("psql").is_file() {
+            bindir.clone()
+        } else {
+            server_bindir_of(18)
+        };
         let server = |program: &str, args: &[&str]| server_output(&run_as, &bindir, program, args);
         let log = dir.path().join("server.log");
         let mut last_error = String::new();
@@ -210,6 +294,7 @@ impl Cluster {
                     bindir,
                     password_file,
                     run_as,
+                    client_bindir,
                 };
             }
             last_error = format!(
@@ -268,7 +353,7 @@ impl Cluster {
         .unwrap();
         // Over the socket: the new pg_hba.conf may refuse psql's TCP session.
         let local = |sql: &str| {
-            let out = Command::new(self.bindir.join("psql"))
+            let out = Command::new(self.client_bindir.join("psql"))
                 .args(["-X", "-A", "-t", "-h"])
                 .arg(self.dir.path())
                 .args([
@@ -329,7 +414,7 @@ impl Cluster {
 
     /// psql on `db` as the superuser: quiet, unaligned, stopping at the first error.
     fn psql_command(&self, db: &str) -> Command {
-        let mut command = Command::new(self.bindir.join("psql"));
+        let mut command = Command::new(self.client_bindir.join("psql"));
         command
             .args([
                 "-X",
@@ -451,7 +536,7 @@ impl Cluster {
 
     /// The schema as pg_dump prints it, for comparing two databases' definitions.
     pub fn schema_dump(&self, db: &str) -> String {
-        let out = Command::new(self.bindir.join("pg_dump"))
+        let out = Command::new(self.client_bindir.join("pg_dump"))
             .args(["--schema-only", "--no-password", "-d", &self.url(db)])
             .env("PGPASSWORD", PASSWORD)
             .output()
