@@ -261,8 +261,10 @@ impl Work for Restore<'_> {
             "staging_db": plan.method.staging(),
             "replaced": plan.overwrites(),
             "jobs": plan.flags.jobs,
+            "source_server_version": plan.backup.server_version,
         });
         if let Some(o) = outcome {
+            details["target_server_version"] = json!(o.target_server);
             details["tables_checked"] = json!(o.tables_checked);
             details["rows_checked"] = json!(o.rows_checked);
             details["warnings"] = json!(o.warnings);

@@ -32,6 +32,7 @@ pub async fn execute(
     let admin = pg::connect(db, Some(admin_database(target))).await?;
     take_restore_lock(&admin, target).await?;
     let pg_restore = pg_restore_for(&admin, db, &plan.backup).await?;
+    let server = pg::server_version(&admin).await?.text;
     // Read again under the lock: the plan may have waited for a confirmation.
     let Leftovers {
         restoring,
@@ -44,7 +45,11 @@ pub async fn execute(
     let props = plan.properties();
     let mut warnings = Vec::new();
     let Some(staging) = plan.method.staging() else {
-        return in_place(plan, db, &admin, storage, &pg_restore, progress, props).await;
+        let outcome = in_place(plan, db, &admin, storage, &pg_restore, progress, props).await?;
+        return Ok(RestoreOutcome {
+            target_server: server,
+            ..outcome
+        });
     };
 
     still_as_planned(plan, db).await?;
@@ -120,6 +125,7 @@ pub async fn execute(
         tables_checked: plan.backup.tables.len(),
         rows_checked: proof.rows,
         warnings,
+        target_server: server,
     })
 }
 
@@ -261,6 +267,7 @@ async fn in_place(
         tables_checked: plan.backup.tables.len(),
         rows_checked: proof.rows,
         warnings,
+        target_server: String::new(),
     })
 }
 

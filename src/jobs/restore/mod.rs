@@ -64,4 +64,7 @@ pub struct RestoreOutcome {
     /// What could not be kept (a setting this server refuses, a role it
     /// lacks, the old database that could not be dropped), said, not fatal.
     pub warnings: Vec<String>,
+    /// `server_version` of the server restored into, for the record beside
+    /// the backup's: a restore into a newer major is an upgrade.
+    pub target_server: String,
 }
