@@ -74,6 +74,11 @@ pub struct Args {
     /// Keep the restored copy when it fails its proof, for a look.
     #[arg(long)]
     keep_failed: bool,
+    /// Create the backup's roles that the target server lacks, from its
+    /// globals, before restoring (roles that exist are left as they are):
+    /// for a new server, or an upgrade to a newer major.
+    #[arg(long, conflicts_with = "target_dir")]
+    globals: bool,
     /// Parallel pg_restore jobs; above 1 the archive is spooled to a temp file.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with = "target_dir")]
     jobs: u32,
@@ -155,6 +160,7 @@ pub async fn run(
         clean: args.clean,
         in_place: args.in_place,
         keep_failed: args.keep_failed,
+        globals: args.globals,
     };
     let work = Restore::new(&engine.config, &args.job, request)?;
     let plan = engine.plan(&work, cancel).await?;

@@ -29,6 +29,7 @@ mod secrets;
 mod stalled_storage;
 mod storage_conformance;
 mod tls;
+mod upgrade;
 mod wal_check;
 mod wal_push;
 mod wal_retention;

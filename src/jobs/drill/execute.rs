@@ -7,7 +7,6 @@ use std::time::Instant;
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
-use super::globals::apply_globals;
 use super::{DrillOutcome, DrillPlan, DrillTarget, StepTiming};
 use crate::error::{Error, Result};
 use crate::jobs::proof::{self, Proof};
@@ -188,7 +187,17 @@ async fn run_steps(
         let applied = step(
             steps,
             "restore globals (roles)",
-            apply_globals(plan, &db, &admin, storage),
+            restore::apply_globals(
+                restore::Globals {
+                    job: &plan.job,
+                    backup: &plan.backup,
+                    crypt: &plan.crypt,
+                    dbname: "postgres",
+                },
+                &db,
+                &admin,
+                storage,
+            ),
         )
         .await?;
         outcome.warnings.extend(applied);

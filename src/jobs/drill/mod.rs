@@ -14,7 +14,6 @@
 //! the ones there, and `markdown.rs` writes the report.
 
 mod execute;
-mod globals;
 mod markdown;
 mod plan;
 
@@ -29,7 +28,6 @@ use crate::pg::cluster::ServerInstall;
 
 pub use execute::execute;
 pub(crate) use execute::step;
-pub use globals::filter_globals;
 pub use markdown::markdown;
 pub(crate) use markdown::{body as report_body, seconds};
 pub use plan::{DrillRequest, plan};

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use super::leftovers::{kept_marker, leftovers, proven_marker, restoring_marker};
 use super::swap::{replace, still_as_planned};
 use super::{
-    DropGuard, Leftovers, Load, Method, RestoreOutcome, RestorePlan, beside, load, pg_restore_for,
+    DropGuard, Globals, Leftovers, Load, Method, RestoreOutcome, RestorePlan, apply_globals,
+    beside, load, pg_restore_for,
 };
 use crate::error::{Error, Result};
 use crate::jobs::proof;
@@ -44,10 +45,25 @@ pub async fn execute(
     }
     let props = plan.properties();
     let mut warnings = Vec::new();
+    if plan.globals {
+        tracing::info!(
+            "creating the roles of backup {} the server lacks",
+            plan.backup.id
+        );
+        let from = Globals {
+            job: &plan.job,
+            backup: &plan.backup,
+            crypt: &plan.crypt,
+            dbname: admin_database(target),
+        };
+        warnings.extend(apply_globals(from, db, &admin, storage).await?);
+    }
     let Some(staging) = plan.method.staging() else {
-        let outcome = in_place(plan, db, &admin, storage, &pg_restore, progress, props).await?;
+        let mut outcome = in_place(plan, db, &admin, storage, &pg_restore, progress, props).await?;
+        warnings.append(&mut outcome.warnings);
         return Ok(RestoreOutcome {
             target_server: server,
+            warnings,
             ..outcome
         });
     };
@@ -276,8 +292,8 @@ fn cause_hint(e: &Error) -> Option<&'static str> {
     let m = e.message();
     if m.contains("role \"") && m.contains("does not exist") {
         Some(
-            "the backup's roles are missing on this server: create them from the backup's \
-             globals.sql, or pass --no-owner --no-acl",
+            "the backup's roles are missing on this server: restore again with --globals, which \
+             creates them from the backup's globals, or pass --no-owner --no-acl",
         )
     } else if m.contains("permission denied") {
         Some("the role in the url lacks a privilege the backup needs; try --no-owner --no-acl")

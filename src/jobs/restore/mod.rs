@@ -23,6 +23,7 @@
 
 mod choose;
 mod execute;
+mod globals;
 mod guard;
 mod leftovers;
 mod load;
@@ -34,6 +35,7 @@ use crate::pg::command::RestoreFlags;
 
 pub use choose::{choose, named};
 pub use execute::execute;
+pub use globals::{Globals, apply_globals, filter_globals, globals_of};
 pub use guard::DropGuard;
 pub use leftovers::{Leftovers, beside};
 pub use load::{Load, load, pg_restore_for};
@@ -54,6 +56,8 @@ pub struct RestoreRequest {
     pub in_place: bool,
     /// `--keep-failed`: a copy that fails its proof stays for a look.
     pub keep_failed: bool,
+    /// `--globals`: the backup's roles the server lacks are created first.
+    pub globals: bool,
 }
 
 /// What a finished restore proved.

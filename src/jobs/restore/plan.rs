@@ -90,6 +90,8 @@ pub struct RestorePlan {
     /// `--clean`: the target may be replaced whatever it holds.
     pub clean: bool,
     pub keep_failed: bool,
+    /// Create the backup's roles the server lacks before restoring.
+    pub globals: bool,
     pub flags: RestoreFlags,
     /// How the backup's objects open (encrypted ones: checked identities).
     pub crypt: Crypt,
@@ -221,6 +223,13 @@ impl fmt::Display for RestorePlan {
                  grants are the server's defaults"
             )?,
         }
+        if self.globals {
+            writeln!(
+                f,
+                "  roles:     created from the backup's globals where the server lacks them \
+                 (existing roles are left as they are)"
+            )?;
+        }
         write!(
             f,
             "  then:      compare the row counts of {} tables with the manifest{}",
@@ -248,6 +257,9 @@ pub async fn plan(
     // Before the target is even looked at: a key that cannot open the
     // backup ends the restore here.
     let crypt = catalog::opener(named(storages, &storage)?.as_ref(), &backup, spec.keys()).await?;
+    if request.globals {
+        super::globals_of(&backup)?;
+    }
     let target_db = request.target_db.clone();
     let admin = pg::connect(target, Some(admin_database(&target_db))).await?;
     let exists = pg::database_exists(&admin, &target_db).await?;
@@ -342,6 +354,7 @@ pub async fn plan(
         leftovers,
         clean: request.clean,
         keep_failed: request.keep_failed,
+        globals: request.globals,
         flags: request.flags,
         crypt,
     })

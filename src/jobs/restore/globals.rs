@@ -1,35 +1,45 @@
-//! The backup's roles on the drill's target: its `globals.sql` without
-//! tablespaces, and without the roles the target has already.
+//! The backup's roles on a server that lacks them: its `globals.sql`
+//! without tablespaces, and without the roles the server has already. A
+//! drill's target gets them always; a restore with `--globals` (a new
+//! server, an upgrade to a newer major).
 
 use std::process::Stdio;
 use std::sync::Arc;
 
-use super::DrillPlan;
-use crate::catalog::{self, Role};
+use crate::archive::crypt::Crypt;
+use crate::catalog::{self, Manifest, ManifestObject, Role};
 use crate::error::{Error, Result};
 use crate::model::Database;
 use crate::pg;
 use crate::report::bytes_human;
 use crate::storage::Storage;
 
+/// Backup `backup` of job `job`, whose objects `crypt` opens, and the
+/// database `psql` runs its globals in: an existing one, as roles belong to
+/// the cluster (the one the caller's admin connection is in).
+pub struct Globals<'a> {
+    pub job: &'a str,
+    pub backup: &'a Manifest,
+    pub crypt: &'a Crypt,
+    pub dbname: &'a str,
+}
+
 /// The backup's `globals.sql` through `psql`, creating the roles the target
 /// lacks. Roles that exist there are left as they are (their `CREATE` and
-/// `ALTER` lines are skipped: a drill never changes a live role's password or
-/// rights), and tablespaces are not created (the restore puts every table in
-/// the default one). Returns what is worth a warning.
-pub(super) async fn apply_globals(
-    plan: &DrillPlan,
+/// `ALTER` lines are skipped: a live role's password or rights are never
+/// changed), and tablespaces are not created (the restore puts every table
+/// in the default one). Returns what is worth a warning.
+pub async fn apply_globals(
+    from: Globals<'_>,
     db: &Database,
     admin: &pg::Connection,
     storage: &Arc<dyn Storage>,
 ) -> Result<Vec<String>> {
-    let object = plan
-        .backup
-        .object(Role::Globals)
-        .ok_or_else(|| Error::internal("no globals in the backup"))?;
-    let key = catalog::backup_prefix(&plan.job, &plan.backup.id)?.join(&object.key)?;
+    let backup = from.backup;
+    let object = globals_of(backup)?;
+    let key = catalog::backup_prefix(from.job, &backup.id)?.join(&object.key)?;
     let source = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
-    let compression = plan.backup.compression()?;
+    let compression = backup.compression()?;
     let digest = object.digest.clone();
     let label = format!("{key} in storage {}", storage.name());
     if digest.raw_size > GLOBALS_LIMIT {
@@ -38,7 +48,7 @@ pub(super) async fn apply_globals(
             bytes_human(digest.raw_size)
         )));
     }
-    let crypt = plan.crypt.clone();
+    let crypt = from.crypt.clone();
     let sql = tokio::task::spawn_blocking(move || {
         let mut raw = Vec::new();
         crate::archive::unpack(
@@ -77,7 +87,11 @@ pub(super) async fn apply_globals(
         "-v".into(),
         "ON_ERROR_STOP=0".into(),
         "--no-password".into(),
-        format!("--dbname={}", db.url).into(),
+        format!(
+            "--dbname={}",
+            pg::command::with_dbname(&db.url, from.dbname)
+        )
+        .into(),
         "-f".into(),
         "-".into(),
     ];
@@ -112,6 +126,17 @@ pub(super) async fn apply_globals(
         ));
     }
     Ok(warnings)
+}
+
+/// The globals object of `backup`; a backup without one (its job's role
+/// could not read them) is refused.
+pub fn globals_of(backup: &Manifest) -> Result<&ManifestObject> {
+    backup.object(Role::Globals).ok_or_else(|| {
+        Error::refused(format!("backup {} holds no globals (roles)", backup.id)).with_hint(
+            "its job's role could not read them when it ran (see the manifest's warnings): \
+             create the roles by hand, or restore with --no-owner --no-acl",
+        )
+    })
 }
 
 /// The roles and tablespaces of one cluster: anything bigger is not ours.

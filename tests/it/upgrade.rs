@@ -1,0 +1,211 @@
+//! Major upgrades through a logical backup, as an operator does them: back
+//! up on the old server, point the job at a new PostgreSQL 18, and
+//! `restore --globals` there. The data (every row), the extensions and the
+//! roles with their privileges come across, and the restore's record names
+//! both servers. The other way, into an older major, is refused before
+//! anything is written.
+
+use serde_json::Value;
+
+use crate::common::{Cluster, MAJORS, Setup, server_bindir_of};
+
+/// `pg_bin_dirs = [...]` listing every major's programs: the newest client
+/// (18's) is then taken for every server, as an operator's one install of
+/// PostgreSQL 18's client would be.
+fn every_bindir() -> String {
+    let dirs: Vec<String> = MAJORS
+        .iter()
+        .map(|m| format!("\"{}\"", server_bindir_of(*m).display()))
+        .collect();
+    format!("pg_bin_dirs = [{}]", dirs.join(", "))
+}
+
+/// The records of `job`'s restores, oldest first.
+fn restore_records(setup: &Setup, job: &str) -> Vec<Value> {
+    let dir = setup.backups.join(job).join("reports");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("-restore.json"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+fn one_value(cluster: &Cluster, db: &str, sql: &str) -> String {
+    cluster.psql(db, sql).trim().to_owned()
+}
+
+fn upgrade_to_18_from(major: u32) {
+    let old = Cluster::start_major(major, "");
+    old.load_fixtures("app");
+    let setup = Setup::with_cluster(old, &every_bindir(), "");
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    let manifest = setup.manifest(&id);
+    let source_version = manifest["server_version"].as_str().unwrap().to_owned();
+    assert!(
+        source_version.starts_with(&format!("{major}.")),
+        "{manifest:#}"
+    );
+    let rows = setup.cluster.table_digests("app");
+    assert!(rows.len() >= 6, "{rows:?}");
+
+    // The new server: empty, none of the old one's roles.
+    let new = Cluster::start_major(18, "");
+    assert_eq!(
+        one_value(
+            &new,
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'app_reader'"
+        ),
+        "0"
+    );
+    setup.use_url(&new.url("app"));
+    // Without the roles, the restore fails, says why, and leaves nothing.
+    let run = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "app",
+        "--yes",
+    ]);
+    assert!(!run.ok(), "{}", run.all());
+    assert!(
+        run.stderr.contains("restore again with --globals"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        !new.databases().contains(&"app".to_owned()),
+        "{:?}",
+        new.databases()
+    );
+    let plan = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "app",
+        "--globals",
+        "--dry-run",
+    ]);
+    assert!(plan.ok(), "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("roles:     created from the backup's globals"),
+        "{}",
+        plan.stdout
+    );
+    let run = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "app",
+        "--globals",
+        "--yes",
+    ]);
+    assert!(run.ok(), "{}", run.all());
+
+    assert_eq!(new.table_digests("app"), rows, "every row, on 18");
+    assert_eq!(
+        one_value(
+            &new,
+            "app",
+            "SELECT count(*) FROM pg_extension WHERE extname = 'hstore'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        one_value(
+            &new,
+            "app",
+            "SELECT has_table_privilege('app_reader', 'app.users', 'SELECT')"
+        ),
+        "t",
+        "the role came from the globals, and its grants with the dump"
+    );
+    let record = restore_records(&setup, "nightly")
+        .pop()
+        .expect("a restore record");
+    let details = &record["details"];
+    assert_eq!(
+        details["source_server_version"],
+        source_version.as_str(),
+        "{record:#}"
+    );
+    assert!(
+        details["target_server_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("18."),
+        "{record:#}"
+    );
+}
+
+#[test]
+fn a_dump_of_postgresql_13_restores_into_18_with_its_roles_and_extensions() {
+    upgrade_to_18_from(13);
+}
+
+#[test]
+fn a_dump_of_postgresql_15_restores_into_18_with_its_roles_and_extensions() {
+    upgrade_to_18_from(15);
+}
+
+#[test]
+fn a_dump_of_18_is_refused_by_an_older_server_before_anything_is_written() {
+    let new = Cluster::start_major(18, "");
+    new.load_fixtures("app");
+    let setup = Setup::with_cluster(new, &every_bindir(), "");
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+
+    let old = Cluster::start_major(15, "");
+    let databases = old.databases();
+    setup.use_url(&old.url("app"));
+    let run = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "app",
+        "--globals",
+        "--yes",
+    ]);
+    assert_eq!(run.code, 9, "{}", run.all());
+    assert!(
+        run.stderr.contains("was taken from PostgreSQL 18.")
+            && run.stderr.contains("an older major")
+            && run.stderr.contains("nothing was written"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr
+            .contains("hint: restore into a server of PostgreSQL 18 or newer"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(old.databases(), databases, "no database made");
+    assert_eq!(
+        one_value(
+            &old,
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'app_reader'"
+        ),
+        "0",
+        "no role made"
+    );
+}
