@@ -46,7 +46,7 @@ pub async fn run(
     let crypt = seal(spec)?;
     let conn = pg::connect(db, None).await?;
     let server = pg::server_version(&conn).await?;
-    let pg_dump = pg::tool_path(db, "pg_dump");
+    let pg_dump = pg::tool_path(db, "pg_dump", server.major);
     let pg_dump_version = pg::require_tool_at_least(&pg_dump, &server)?;
     // The url names the database; a pooler or a service file could still
     // land the session elsewhere, and then pg_dump would dump that.
@@ -394,7 +394,7 @@ async fn dump_globals(
     let Some(db) = spec.database() else {
         return Ok(None);
     };
-    let pg_dumpall = pg::tool_path(db, "pg_dumpall");
+    let pg_dumpall = pg::tool_path(db, "pg_dumpall", server.major);
     pg::require_tool_at_least(&pg_dumpall, server)?;
     let name = catalog::object_name(Role::Globals, spec.compression, spec.encryption.is_some());
     let key = prefix.join(&name)?;

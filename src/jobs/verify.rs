@@ -130,7 +130,7 @@ fn bad_manifest(storage: &str, id: &str, error: String) -> BackupCheck {
 
 /// The `pg_restore` that can read archives of `pg_dump` `major`.
 pub fn pg_restore_for_archives(db: &Database, major: u32) -> Result<PathBuf> {
-    let path = pg::tool_path(db, "pg_restore");
+    let path = pg::tool_path(db, "pg_restore", major);
     let (found, text) = pg::tool_version(&path)?;
     if found < major {
         return Err(Error::tool(format!(

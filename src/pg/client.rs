@@ -17,16 +17,17 @@ use super::connect::ServerVersion;
 use crate::error::{Error, Kind, Result};
 use crate::model::Database;
 
-/// Which program to run for `tool`, one of the client programs: the
-/// database's `pg_bin_dir` when it is set, as it is; else the newest of
-/// those in `pg_bin_dirs`, the packaged layouts ([`packaged_bindirs`]) and
-/// `PATH`, the first of equals in that order. A client program talks to
-/// every older server and reads what older ones wrote, while an older one
-/// may not (`pg_dump` refuses a newer server, `pg_restore` a newer
-/// archive), so the newest is the one to take: 18's for every server.
-/// Whoever runs it still checks its version against the server's
-/// ([`require_tool_at_least`]); `tool` alone, for `PATH`, when none is found.
-pub fn tool_path(db: &Database, tool: &str) -> PathBuf {
+/// Which program to run for `tool`, one of the client programs, for a
+/// server (or an archive) of major `at_least`: the database's `pg_bin_dir`
+/// when it is set, as it is; else, of those in `pg_bin_dirs`, the packaged
+/// layouts ([`packaged_bindirs`]) and `PATH`, the nearest major at least
+/// `at_least` (the first of equals in that order). Not simply the newest:
+/// an archive of `pg_dump` 17 or later reads only with a `pg_restore` as
+/// new, and those send `SET transaction_timeout`, which servers before 17
+/// refuse; a server's own major keeps its backups restorable with its own
+/// client. When none is new enough, the newest found, for the caller to
+/// refuse naming its version; `tool` alone, for `PATH`, when none is found.
+pub fn tool_path(db: &Database, tool: &str, at_least: u32) -> PathBuf {
     if let Some(dir) = &db.pg_bin_dir {
         return dir.join(tool);
     }
@@ -48,15 +49,22 @@ pub fn tool_path(db: &Database, tool: &str) -> PathBuf {
     {
         found.push((major, path));
     }
-    newest(found).unwrap_or_else(|| PathBuf::from(tool))
+    nearest(found, at_least).unwrap_or_else(|| PathBuf::from(tool))
 }
 
-/// The newest of `found`, the first of equals.
-fn newest(found: Vec<(u32, PathBuf)>) -> Option<PathBuf> {
-    found
-        .into_iter()
-        .min_by_key(|(major, _)| std::cmp::Reverse(*major))
-        .map(|(_, path)| path)
+/// Of `found`, the nearest major at least `at_least`, the first of equals;
+/// else the newest.
+fn nearest(found: Vec<(u32, PathBuf)>, at_least: u32) -> Option<PathBuf> {
+    let fits = found
+        .iter()
+        .filter(|(major, _)| *major >= at_least)
+        .min_by_key(|(major, _)| *major);
+    let newest = || {
+        found
+            .iter()
+            .min_by_key(|(major, _)| std::cmp::Reverse(*major))
+    };
+    fits.or_else(newest).map(|(_, path)| path.clone())
 }
 
 /// The versioned bin directories of the usual packages, each with its
@@ -388,20 +396,24 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_client_program_listed_is_taken_and_pg_bin_dir_as_it_is() {
+    fn the_nearest_client_program_at_least_as_new_is_taken_and_pg_bin_dir_as_it_is() {
         let root = tempfile::tempdir().unwrap();
-        // Newer than any packaged one, listed after an older one and a
-        // directory without the program.
-        let old = fake_bindir(root.path(), "old", "13.23");
+        // Majors no package has, so that the machine's own do not count.
+        let old = fake_bindir(root.path(), "old", "90.1");
         let empty = root.path().join("empty");
         std::fs::create_dir_all(&empty).unwrap();
+        let near = fake_bindir(root.path(), "near", "97.2");
+        let twin = fake_bindir(root.path(), "twin", "97.9");
         let newest = fake_bindir(root.path(), "newest", "99.1");
-        let twin = fake_bindir(root.path(), "twin", "99.2");
-        let db = database(None, vec![old.clone(), empty, newest.clone(), twin]);
-        assert_eq!(tool_path(&db, "pg_dump"), newest.join("pg_dump"));
+        let listed = vec![old.clone(), empty, newest.clone(), near.clone(), twin];
+        let db = database(None, listed);
+        assert_eq!(tool_path(&db, "pg_dump", 95), near.join("pg_dump"));
+        assert_eq!(tool_path(&db, "pg_dump", 98), newest.join("pg_dump"));
+        // None new enough: the newest, for the caller to refuse.
+        assert_eq!(tool_path(&db, "pg_dump", 100), newest.join("pg_dump"));
         // pg_bin_dir is the operator's choice, even when older.
         let db = database(Some(old.clone()), vec![]);
-        assert_eq!(tool_path(&db, "pg_dump"), old.join("pg_dump"));
+        assert_eq!(tool_path(&db, "pg_dump", 95), old.join("pg_dump"));
     }
 
     #[test]

@@ -103,6 +103,37 @@ pub fn pg_restore_args(
     args
 }
 
+/// `pg_restore` writing the archive on its stdin as SQL to its stdout, for
+/// `psql` to run ([`psql_script_args`]): one job, `flags` otherwise as
+/// [`pg_restore_args`] takes them.
+pub fn pg_restore_sql_args(flags: RestoreFlags) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--file=-".into()];
+    if flags.no_owner {
+        args.push("--no-owner".into());
+    }
+    if flags.no_acl {
+        args.push("--no-acl".into());
+    }
+    if flags.no_tablespaces {
+        args.push("--no-tablespaces".into());
+    }
+    args
+}
+
+/// `psql` running the SQL on its stdin in the database of `url`, stopping
+/// at the first error as `pg_restore --exit-on-error` does.
+pub fn psql_script_args(url: &str) -> Vec<OsString> {
+    vec![
+        "-X".into(),
+        "-q".into(),
+        "-v".into(),
+        "ON_ERROR_STOP=1".into(),
+        "--no-password".into(),
+        format!("--dbname={url}").into(),
+        "--file=-".into(),
+    ]
+}
+
 /// `pg_restore --list FILE`: the archive's table of contents, one entry a line.
 pub fn pg_restore_list_args(input: &Path) -> Vec<OsString> {
     vec!["--list".into(), input.as_os_str().to_owned()]

@@ -48,7 +48,7 @@ pub async fn run(
     let conn = pg::connect(db, None).await?;
     let server = pg::server_version(&conn).await?;
     let cluster = pg::physical::check_cluster(&conn, &server, db, &job.name).await?;
-    let pg_basebackup = pg::tool_path(db, "pg_basebackup");
+    let pg_basebackup = pg::tool_path(db, "pg_basebackup", server.major);
     let tool_version = pg::require_tool_at_least(&pg_basebackup, &server)?;
     let dbname = pg::current_database(&conn).await?;
     let ended = pg::physical::end_abandoned(&conn, &job.name).await?;

@@ -331,7 +331,7 @@ pub async fn plan(
             install.bindir.display()
         ))
         .with_hint(format!(
-            "install postgresql-{major}, or set pg_bin_dir to its bin directory"
+            "install postgresql-{major}, or list its bin directory in pg_bin_dirs"
         )));
     }
     let archive = read_archive(storages, &job.name, &crypt, spec).await?;

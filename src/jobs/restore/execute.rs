@@ -3,14 +3,13 @@
 //! or kept, and the error says what became of the target. `--in-place`
 //! restores into the target itself.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::leftovers::{kept_marker, leftovers, proven_marker, restoring_marker};
 use super::swap::{replace, still_as_planned};
 use super::{
-    DropGuard, Globals, Leftovers, Load, Method, RestoreOutcome, RestorePlan, apply_globals,
-    beside, load, pg_restore_for,
+    DropGuard, Globals, Leftovers, Load, Method, RestoreClient, RestoreOutcome, RestorePlan,
+    apply_globals, beside, load, pg_restore_for,
 };
 use crate::error::{Error, Result};
 use crate::jobs::proof;
@@ -216,7 +215,7 @@ async fn load_and_prove(
     db: &Database,
     into: &str,
     storage: &Arc<dyn Storage>,
-    pg_restore: &Path,
+    pg_restore: &RestoreClient,
     progress: Arc<dyn Progress>,
 ) -> Result<proof::Proof> {
     let what = Load {
@@ -243,7 +242,7 @@ async fn in_place(
     db: &Database,
     admin: &pg::Connection,
     storage: &Arc<dyn Storage>,
-    pg_restore: &Path,
+    pg_restore: &RestoreClient,
     progress: Arc<dyn Progress>,
     props: Option<DatabaseProperties>,
 ) -> Result<RestoreOutcome> {

@@ -80,7 +80,8 @@ pub async fn apply_globals(
             kept_roles.join(", ")
         ));
     }
-    let psql = pg::tool_path(db, "psql");
+    let server = pg::server_version(admin).await?;
+    let psql = pg::tool_path(db, "psql", server.major);
     let args = vec![
         "-X".into(),
         "-q".into(),

@@ -2,8 +2,8 @@
 //! decompressed on the way, into `pg_restore`: straight into its stdin for
 //! one job, through a temporary file for parallel ones.
 
-use std::io::Write;
-use std::path::Path;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -17,16 +17,30 @@ use crate::pg::{self, command::RestoreFlags};
 use crate::report::Progress;
 use crate::storage::Storage;
 
-/// The `pg_restore` to use on the server `admin` is connected to: no older
-/// than the server, nor than the `pg_dump` that wrote `backup`. A server
-/// older than the one `backup` was taken from is refused: what a newer
-/// server dumps (its catalogs' features, its syntax) an older one cannot be
-/// trusted to load. Runs before a restore writes anything.
+/// The client programs a restore runs: `pg_restore`, and `psql` when the
+/// SQL must pass through it ([`restore_through_psql`]).
+#[derive(Debug, Clone)]
+pub struct RestoreClient {
+    pub pg_restore: PathBuf,
+    pub through_psql: Option<PathBuf>,
+}
+
+/// The first major whose `pg_restore` opens each session with `SET
+/// transaction_timeout = 0`, a setting servers before it lack.
+const SETS_TRANSACTION_TIMEOUT: u32 = 17;
+
+/// The client to restore `backup` on the server `admin` is connected to:
+/// a `pg_restore` no older than the server, nor than the `pg_dump` that
+/// wrote `backup`. A server older than the one `backup` was taken from is
+/// refused: what a newer server dumps (its catalogs' features, its syntax)
+/// an older one cannot be trusted to load. A `pg_restore` of 17 or later
+/// restoring into a server before 17 goes through `psql`, without the one
+/// setting that server refuses. Runs before a restore writes anything.
 pub async fn pg_restore_for(
     admin: &pg::Connection,
     db: &Database,
     backup: &Manifest,
-) -> Result<std::path::PathBuf> {
+) -> Result<RestoreClient> {
     let server = pg::server_version(admin).await?;
     let source = backup.server_major();
     if server.major < source {
@@ -40,9 +54,9 @@ pub async fn pg_restore_for(
              database's url)"
         )));
     }
-    let pg_restore = pg::tool_path(db, "pg_restore");
-    let version = pg::require_tool_at_least(&pg_restore, &server)?;
     let archive_major = pg::command::parse_tool_version(&backup.pg_dump_version).unwrap_or(0);
+    let pg_restore = pg::tool_path(db, "pg_restore", server.major.max(archive_major));
+    let version = pg::require_tool_at_least(&pg_restore, &server)?;
     let restore_major = pg::command::parse_tool_version(&version).unwrap_or(0);
     if restore_major < archive_major {
         return Err(Error::tool(format!(
@@ -50,9 +64,26 @@ pub async fn pg_restore_for(
             pg_restore.display(),
             backup.id
         ))
-        .with_hint(format!("install postgresql-client-{archive_major} or set pg_bin_dir")));
+        .with_hint(format!(
+            "install postgresql-client-{archive_major}, or list its bin directory in pg_bin_dirs"
+        )));
     }
-    Ok(pg_restore)
+    let through_psql = (restore_major >= SETS_TRANSACTION_TIMEOUT
+        && server.major < SETS_TRANSACTION_TIMEOUT)
+        .then(|| pg_restore.with_file_name("psql"));
+    if let Some(psql) = &through_psql {
+        pg::tool_version(psql).map_err(|e| {
+            e.context(format!(
+                "{} restores into PostgreSQL {} only through the psql beside it",
+                pg_restore.display(),
+                server.major
+            ))
+        })?;
+    }
+    Ok(RestoreClient {
+        pg_restore,
+        through_psql,
+    })
 }
 
 /// What [`load`] restores, and into which database.
@@ -70,7 +101,7 @@ pub async fn load(
     what: Load<'_>,
     db: &Database,
     storage: &Arc<dyn Storage>,
-    pg_restore: &Path,
+    client: &RestoreClient,
     progress: Arc<dyn Progress>,
 ) -> Result<()> {
     let backup = what.backup;
@@ -93,7 +124,18 @@ pub async fn load(
         &format!("restore {}", backup.id),
         Some(object.digest.stored_size),
     );
-    let result = if what.flags.jobs > 1 {
+    let pg_restore = &client.pg_restore;
+    let result = if let Some(psql) = &client.through_psql {
+        if what.flags.jobs > 1 {
+            tracing::warn!(
+                "restoring with one job, not {}: {} restores into this server only through psql",
+                what.flags.jobs,
+                pg_restore.display()
+            );
+        }
+        let programs = (pg_restore.as_path(), psql.as_path());
+        restore_through_psql(stream, what.flags, &url, db, programs, progress.clone()).await
+    } else if what.flags.jobs > 1 {
         restore_spooled(stream, what.flags, &url, db, pg_restore, progress.clone()).await
     } else {
         restore_streamed(stream, what.flags, &url, db, pg_restore, progress.clone()).await
@@ -159,6 +201,103 @@ async fn restore_streamed(
     })
     .await
     .map_err(|e| Error::internal(format!("restore task failed: {e}")))?
+}
+
+/// `pg_restore` writing SQL, `psql` running it, for a server older than
+/// the `pg_restore` that can read the archive: every `pg_restore` from 17
+/// on opens its session with `SET transaction_timeout = 0`, which a server
+/// before 17 refuses (an archive of `pg_dump` 17 or later reads only with a
+/// `pg_restore` as new). That line of the header is left out
+/// ([`without_transaction_timeout`]); psql stops at the first error, as
+/// pg_restore's `--exit-on-error` does. One job: only a `pg_restore`
+/// connected to the server runs several.
+async fn restore_through_psql(
+    stream: Stream,
+    flags: RestoreFlags,
+    url: &str,
+    db: &Database,
+    (pg_restore, psql): (&Path, &Path),
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
+    let args = pg::command::pg_restore_sql_args(flags);
+    let mut restore = pg::spawn(pg_restore, args, db, Stdio::piped(), Stdio::piped())?;
+    let args = pg::command::psql_script_args(url);
+    let mut run = pg::spawn(psql, args, db, Stdio::piped(), Stdio::null())?;
+    let (Some(mut archive_in), Some(sql_out), Some(sql_in)) = (
+        restore.child.stdin.take(),
+        restore.child.stdout.take(),
+        run.child.stdin.take(),
+    ) else {
+        return Err(Error::internal("pg_restore or psql has no pipes"));
+    };
+    let _stop_restore = restore.stop_on_drop();
+    let _stop_psql = run.stop_on_drop();
+    tokio::task::spawn_blocking(move || {
+        let piping = std::thread::spawn(move || {
+            let mut sql_in = std::io::BufWriter::with_capacity(1 << 20, sql_in);
+            without_transaction_timeout(
+                std::io::BufReader::with_capacity(1 << 20, sql_out),
+                &mut sql_in,
+            )
+            .and_then(|()| sql_in.flush())
+        });
+        let streamed = stream.unpack_into(&mut archive_in, progress.as_ref());
+        drop(archive_in);
+        let restored = restore.wait();
+        let piped = piping
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the SQL pipe's thread panicked")));
+        let ran = run.wait();
+        match (streamed, ran, restored, piped) {
+            // A corrupt archive explains the programs' failures.
+            (Err(e), ..) if e.kind() != Kind::Tool => Err(e),
+            // psql names the statement the server refused; pg_restore
+            // then only saw its pipe close.
+            (_, Err(e), ..) => Err(e),
+            (_, _, Err(e), _) => Err(e),
+            (Err(e), ..) => Err(e),
+            (_, _, _, Err(e)) => Err(Error::io(Kind::Tool, "piping pg_restore's SQL to psql", e)),
+            (Ok(()), Ok(()), Ok(()), Ok(())) => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| Error::internal(format!("restore task failed: {e}")))?
+}
+
+/// Copies `pg_restore`'s SQL from `input` to `output` without the line
+/// `SET transaction_timeout = 0;` of its header: the settings it opens with,
+/// before the first statement that is not a setting, a comment or psql's
+/// `\restrict`. Only there: the same text later is data.
+fn without_transaction_timeout(
+    mut input: impl BufRead,
+    output: &mut impl Write,
+) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    let mut in_header = true;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        if in_header {
+            let text = line.trim_ascii();
+            if text == b"SET transaction_timeout = 0;" {
+                continue;
+            }
+            let header = text.is_empty()
+                || text.starts_with(b"--")
+                || text.starts_with(b"SET ")
+                || text.starts_with(b"SELECT pg_catalog.set_config(")
+                || text.starts_with(b"\\restrict ");
+            in_header = header;
+        }
+        output.write_all(&line)?;
+        if !in_header {
+            // The rest goes through as it is, in large pieces.
+            std::io::copy(&mut input, output)?;
+            return Ok(());
+        }
+    }
 }
 
 /// Through a temporary file, because a parallel `pg_restore` must seek. The
@@ -252,4 +391,43 @@ async fn run_client(
     })
     .await
     .map_err(|e| Error::internal(format!("waiting for pg_restore: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_transaction_timeout;
+
+    fn filtered(sql: &str) -> String {
+        let mut out = Vec::new();
+        without_transaction_timeout(sql.as_bytes(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn only_the_headers_transaction_timeout_is_left_out() {
+        let header = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\n\
+            SET statement_timeout = 0;\nSET lock_timeout = 0;\n\
+            SET idle_in_transaction_session_timeout = 0;\nSET transaction_timeout = 0;\n\
+            SET client_encoding = 'UTF8';\n\
+            SELECT pg_catalog.set_config('search_path', '', false);\n\n";
+        let body = "CREATE TABLE public.t (x text);\n\
+            COPY public.t (x) FROM stdin;\nSET transaction_timeout = 0;\n\\.\n";
+        let out = filtered(&format!("{header}{body}"));
+        assert_eq!(
+            out,
+            format!(
+                "{}{body}",
+                header.replace("SET transaction_timeout = 0;\n", "")
+            )
+        );
+        assert!(out.contains("SET lock_timeout = 0;"), "{out}");
+        // Data that reads like the setting, after the header, stays.
+        assert_eq!(
+            out.matches("SET transaction_timeout = 0;").count(),
+            1,
+            "{out}"
+        );
+        assert_eq!(filtered(""), "");
+        assert_eq!(filtered("no newline at the end"), "no newline at the end");
+    }
 }

@@ -38,7 +38,7 @@ pub use execute::execute;
 pub use globals::{Globals, apply_globals, filter_globals, globals_of};
 pub use guard::DropGuard;
 pub use leftovers::{Leftovers, beside};
-pub use load::{Load, load, pg_restore_for};
+pub use load::{Load, RestoreClient, load, pg_restore_for};
 pub use plan::{Method, RestorePlan, plan};
 
 /// What the operator asked for.
