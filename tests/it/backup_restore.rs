@@ -131,7 +131,7 @@ fn writes_during_the_backup_keep_parity_with_the_manifest() {
     c.psql("app", "CREATE TABLE app.ticks (id bigserial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp(), pad text)");
     let script = setup.work.path().join("insert.sql");
     std::fs::write(&script, "INSERT INTO app.ticks (pad) SELECT repeat('x', 200) FROM generate_series(1, 20);\nUPDATE app.users SET bio = md5(random()::text) WHERE id = 1 + (random() * 4999)::int;\n").unwrap();
-    let mut writer = std::process::Command::new(c.bindir.join("pgbench"))
+    let mut writer = std::process::Command::new(c.client_bindir().join("pgbench"))
         .args([
             "-n",
             "-c",
@@ -357,7 +357,7 @@ fn a_killed_pg_dump_fails_the_run_and_leaves_nothing_listed() {
     let cluster = Cluster::start();
     cluster.load_fixtures("app");
     let wrappers = cluster.dir.path().join("wrappers");
-    dying_pg_dump(&wrappers, &cluster.bindir);
+    dying_pg_dump(&wrappers, cluster.client_bindir());
     let setup = Setup::with_cluster(
         cluster,
         &format!("pg_bin_dir = \"{}\"", wrappers.display()),
@@ -433,7 +433,7 @@ fn an_existing_non_empty_target_is_refused_without_clean_and_left_untouched() {
     assert_eq!(c.table_digests("precious"), before);
 
     // A session on the target blocks --clean: dropping under a running app is refused.
-    let mut session = std::process::Command::new(c.bindir.join("psql"))
+    let mut session = std::process::Command::new(c.client_bindir().join("psql"))
         .args(["-X", "-d", &c.url("precious"), "-c", "SELECT pg_sleep(30)"])
         .env("PGPASSWORD", common::PASSWORD)
         .env("PGAPPNAME", "still-running-app")

@@ -107,7 +107,7 @@ fn no_commit_in_a_snapshot_is_dated_after_its_snapshot_at() {
     cluster.psql("app", "CREATE TABLE ticks (at timestamptz NOT NULL)");
     // Commits as fast as one session can, each row stamped just before its
     // commit: a snapshot holding a row stamped after its `at` is dated too early.
-    let mut writer = Command::new(cluster.bindir.join("psql"))
+    let mut writer = Command::new(cluster.client_bindir().join("psql"))
         .args(["-X", "-q", "-d", &cluster.url("app"), "-c"])
         .arg(
             "DO $$ DECLARE deadline timestamptz := clock_timestamp() + interval '60 s'; BEGIN \

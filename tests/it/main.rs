@@ -15,6 +15,7 @@ mod layers;
 mod local_storage;
 mod maintenance;
 mod majors;
+mod matrix;
 mod parallel_restore;
 mod physical;
 mod pitr;

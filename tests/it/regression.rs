@@ -99,7 +99,7 @@ fn build_regression_database(cluster: &Cluster, suite: &Path) {
         .arg(format!("--port={}", cluster.port))
         .arg("--user=postgres")
         .arg("--dbname=regression")
-        .arg(format!("--bindir={}", cluster.bindir.display()))
+        .arg(format!("--bindir={}", cluster.client_bindir().display()))
         .arg(format!("--inputdir={}", suite_dir.display()))
         .arg(format!("--outputdir={}", out_dir.display()))
         .arg(format!("--dlpath={}", work.join("lib").display()))
@@ -139,13 +139,13 @@ fn build_regression_database(cluster: &Cluster, suite: &Path) {
 /// `pg_dump -Fc regression | pg_restore -d target`: the reference.
 fn plain_copy(cluster: &Cluster, target: &str) {
     cluster.create_db(target);
-    let mut dump = Command::new(cluster.bindir.join("pg_dump"))
+    let mut dump = Command::new(cluster.client_bindir().join("pg_dump"))
         .args(["-Fc", "--no-password", "-d", &cluster.url("regression")])
         .env("PGPASSWORD", PASSWORD)
         .stdout(Stdio::piped())
         .spawn()
         .expect("run pg_dump");
-    let restore = Command::new(cluster.bindir.join("pg_restore"))
+    let restore = Command::new(cluster.client_bindir().join("pg_restore"))
         .args(["--no-password", "-d", &cluster.url(target)])
         .env("PGPASSWORD", PASSWORD)
         .stdin(dump.stdout.take().unwrap())

@@ -211,7 +211,7 @@ fn with_held_pg_restore() -> (Setup, std::path::PathBuf) {
     let cluster = Cluster::start();
     cluster.load_fixtures("app");
     let tools = cluster.dir.path().join("tools");
-    held_pg_restore(&tools, &cluster.bindir);
+    held_pg_restore(&tools, cluster.client_bindir());
     let setup = Setup::with_cluster(
         cluster,
         &format!("pg_bin_dir = \"{}\"", tools.display()),

@@ -709,7 +709,7 @@ fn shodo_rolls_the_cluster_back_to_the_second_through_its_wal_archive() {
     // The restored server, as the application reaches it: every row written
     // before the moment, the delete and everything after it not.
     let restored_db = Remote {
-        bindir: a.cluster.bindir(),
+        bindir: a.cluster.client_bindir(),
         url: format!("postgresql://shodo@127.0.0.1:{port}/shodo"),
     };
     assert_eq!(restored_db.psql("SELECT pg_is_in_recovery()"), "f");

@@ -14,7 +14,7 @@ use crate::common::archiving::{Archiving, JOB};
 /// `pg_basebackup -D - -Ft -X none` of the cluster, its stdout in `path`.
 fn base_backup(a: &Archiving, path: &std::path::Path) {
     let out = std::fs::File::create(path).unwrap();
-    let status = Command::new(a.cluster.bindir().join("pg_basebackup"))
+    let status = Command::new(a.cluster.client_bindir().join("pg_basebackup"))
         .args(["-d", &a.cluster.url("postgres")])
         .args(["-D", "-", "-Ft", "-X", "none", "--checkpoint=fast"])
         .env("PGPASSWORD", PASSWORD)
