@@ -209,3 +209,71 @@ fn a_dump_of_18_is_refused_by_an_older_server_before_anything_is_written() {
         "no role made"
     );
 }
+
+/// 16 has no client programs of its own here: its backups are 18's
+/// `pg_dump`, and restores into it go through `psql` (pg_restore 18 would
+/// send `SET transaction_timeout`). A failure there stops at the first
+/// error and names it, as pg_restore's own does, and leaves nothing.
+#[test]
+fn a_restore_into_16_through_psql_stops_at_the_first_error_and_names_it() {
+    let source = Cluster::start_major(16, "");
+    source.load_fixtures("app");
+    let setup = Setup::with_cluster(source, &every_bindir(), "");
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    let dumped_by = setup.manifest(&id)["pg_dump_version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        dumped_by.starts_with("pg_dump (PostgreSQL) 18."),
+        "{dumped_by}"
+    );
+    let rows = setup.cluster.table_digests("app");
+
+    let fresh = Cluster::start_major(16, "");
+    setup.use_url(&fresh.url("app"));
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--job",
+            "nightly",
+            "--latest",
+            "--target-db",
+            "app",
+            "--jobs",
+            "2",
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        setup.backup(&args)
+    };
+    let run = restore(&[]);
+    assert_eq!(run.code, 8, "{}", run.all());
+    assert!(
+        run.stderr.contains("role \"app_reader\" does not exist"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("restore again with --globals"),
+        "{}",
+        run.all()
+    );
+    assert!(!run.stderr.contains("transaction_timeout"), "{}", run.all());
+    assert!(
+        !fresh.databases().iter().any(|d| d.starts_with("app")),
+        "{:?}",
+        fresh.databases()
+    );
+
+    let run = restore(&["--globals"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(
+        run.stderr.contains("restoring with one job, not 2"),
+        "{}",
+        run.all()
+    );
+    assert_eq!(fresh.table_digests("app"), rows);
+}
