@@ -110,15 +110,6 @@ pub fn main() -> ExitCode {
     // it: without worker threads to start it answers sooner. Its background
     // fetch (`--ahead-of`) fetches in parallel and keeps them.
     let one_call = matches!(&cli.command, Command::Wal(wal::Command::Fetch(f)) if !f.is_ahead());
-    // The background fetch yields the CPU to the replay it feeds: replay
-    // waits on each segment, the fetch only has to stay ahead of it
-    // (BENCHMARKS.md, issue 25). Set before the runtime starts its threads,
-    // since a nice value is each thread's own and new threads inherit it.
-    if matches!(&cli.command, Command::Wal(wal::Command::Fetch(f)) if f.is_ahead())
-        && let Err(e) = rustix::process::setpriority_process(None, AHEAD_NICE)
-    {
-        tracing::debug!("lowering the priority of the background fetch: {e}");
-    }
     let mut builder = match one_call {
         true => tokio::runtime::Builder::new_current_thread(),
         false => tokio::runtime::Builder::new_multi_thread(),
@@ -265,10 +256,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
     eprint!("{rendered}");
     ExitCode::from(crate::error::Kind::CheckUnknown.exit_code())
 }
-
-/// The nice value of the background fetch (`wal fetch --ahead-of`): the
-/// lowest priority, so it runs on what the replay leaves of the CPU.
-const AHEAD_NICE: i32 = 19;
 
 /// How long the process waits at exit for cancel requests to reach the server.
 const CANCEL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);

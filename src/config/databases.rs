@@ -106,7 +106,7 @@ fn bin_dirs(source: &Source, name: &str, db: &RawDatabase) -> Result<Vec<std::pa
             )
             .with_hint(
                 "keep one: pg_bin_dir is the one directory the client programs are taken from, \
-                 pg_bin_dirs a list searched for the newest that fits the server",
+                 pg_bin_dirs a list searched for the nearest major that fits the server",
             ));
     }
     dirs.get_ref()

@@ -395,7 +395,6 @@ async fn dump_globals(
         return Ok(None);
     };
     let pg_dumpall = pg::tool_path(db, "pg_dumpall", server.major);
-    pg::require_tool_at_least(&pg_dumpall, server)?;
     let name = catalog::object_name(Role::Globals, spec.compression, spec.encryption.is_some());
     let key = prefix.join(&name)?;
     let mut first_error = None;

@@ -20,7 +20,7 @@ pub struct Database {
     /// `pg_dumpall`, `psql`, `pg_basebackup`) are taken from, as it is.
     pub pg_bin_dir: Option<PathBuf>,
     /// Directories searched for the client programs, beside the usual
-    /// package layouts: the newest program that fits is taken
+    /// package layouts: the nearest major at least the server's is taken
     /// ([`crate::pg::tool_path`]).
     pub pg_bin_dirs: Vec<PathBuf>,
     /// The environment variables the configuration takes secrets from: the

@@ -149,7 +149,8 @@ pub fn require_tool_at_least(path: &Path, server: &ServerVersion) -> Result<Stri
             server.text
         ))
         .with_hint(format!(
-            "install postgresql-client-{} (or a newer one), or list its bin directory in pg_bin_dirs",
+            "install postgresql-client-{} (or a newer one), or list its bin directory in \
+             pg_bin_dirs (or point pg_bin_dir at it)",
             server.major
         )));
     }

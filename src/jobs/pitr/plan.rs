@@ -331,7 +331,8 @@ pub async fn plan(
             install.bindir.display()
         ))
         .with_hint(format!(
-            "install postgresql-{major}, or list its bin directory in pg_bin_dirs"
+            "install postgresql-{major}, or list its bin directory in pg_bin_dirs (or point \
+             pg_bin_dir at it)"
         )));
     }
     let archive = read_archive(storages, &job.name, &crypt, spec).await?;

@@ -180,7 +180,7 @@ fn failed(e: Error, plan: &RestorePlan, copy: &str) -> Error {
     } else {
         format!("database {target} was not created")
     };
-    let cause = cause_hint(&e)
+    let cause = cause_hint(&e, plan.globals)
         .or(e.hint())
         .map_or(String::new(), |h| format!("{h}; "));
     e.context(format!(
@@ -262,7 +262,7 @@ async fn in_place(
         _ => {}
     }
     let untrusted = |e: Error| {
-        let cause = cause_hint(&e).map_or(String::new(), |h| format!("{h}; "));
+        let cause = cause_hint(&e, plan.globals).map_or(String::new(), |h| format!("{h}; "));
         e.context(format!(
             "restore of backup {} into {target}",
             plan.backup.id
@@ -286,10 +286,17 @@ async fn in_place(
     })
 }
 
-/// A fix for the failures of `pg_restore` that have a usual cause.
-fn cause_hint(e: &Error) -> Option<&'static str> {
+/// A fix for the failures of `pg_restore` that have a usual cause;
+/// `globals`: the restore ran with `--globals` already.
+fn cause_hint(e: &Error, globals: bool) -> Option<&'static str> {
     let m = e.message();
-    if m.contains("role \"") && m.contains("does not exist") {
+    if m.contains("role \"") && m.contains("does not exist") && globals {
+        Some(
+            "the backup's roles could not all be created from its globals (the restore's \
+             warnings say which statements failed): the url's role needs CREATEROLE, or create \
+             them by hand, or pass --no-owner --no-acl",
+        )
+    } else if m.contains("role \"") && m.contains("does not exist") {
         Some(
             "the backup's roles are missing on this server: restore again with --globals, which \
              creates them from the backup's globals, or pass --no-owner --no-acl",

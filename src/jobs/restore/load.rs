@@ -65,12 +65,27 @@ pub async fn pg_restore_for(
             backup.id
         ))
         .with_hint(format!(
-            "install postgresql-client-{archive_major}, or list its bin directory in pg_bin_dirs"
+            "install postgresql-client-{archive_major}, or list its bin directory in pg_bin_dirs \
+             (or point pg_bin_dir at it)"
         )));
     }
     let through_psql = (restore_major >= SETS_TRANSACTION_TIMEOUT
         && server.major < SETS_TRANSACTION_TIMEOUT)
         .then(|| pg_restore.with_file_name("psql"));
+    if through_psql.is_some() && !writes_restrict(&version) {
+        return Err(Error::tool(format!(
+            "{} ({version}) restores into PostgreSQL {} only through psql, and without the \
+             \\restrict line of 17.6 and later psql would run any meta-command a crafted dump \
+             carries; nothing was written",
+            pg_restore.display(),
+            server.major
+        ))
+        .with_hint(format!(
+            "update the PostgreSQL client to 17.6 or later, or install postgresql-client-{} \
+             and list its bin directory in pg_bin_dirs",
+            server.major.max(archive_major)
+        )));
+    }
     if let Some(psql) = &through_psql {
         pg::tool_version(psql).map_err(|e| {
             e.context(format!(
@@ -84,6 +99,17 @@ pub async fn pg_restore_for(
         pg_restore,
         through_psql,
     })
+}
+
+/// Whether a `pg_restore` of `version` (`pg_restore (PostgreSQL) 17.6`)
+/// opens its SQL with `\\restrict`, which makes psql refuse meta-commands
+/// in it: 17.6 and later (and 18).
+fn writes_restrict(version: &str) -> bool {
+    let numbers = version.split(')').nth(1).unwrap_or_default().trim_start();
+    let mut parts = numbers.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    (major, minor) >= (17, 6)
 }
 
 /// What [`load`] restores, and into which database.
@@ -401,6 +427,19 @@ mod tests {
         let mut out = Vec::new();
         without_transaction_timeout(sql.as_bytes(), &mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn restrict_is_written_from_17_6() {
+        use super::writes_restrict;
+        assert!(writes_restrict("pg_restore (PostgreSQL) 18.1"));
+        assert!(writes_restrict(
+            "pg_restore (PostgreSQL) 17.6 (Debian 17.6-1.pgdg120+1)"
+        ));
+        assert!(writes_restrict("pg_restore (PostgreSQL) 17.10"));
+        assert!(!writes_restrict("pg_restore (PostgreSQL) 17.5"));
+        assert!(!writes_restrict("pg_restore (PostgreSQL) 17.0"));
+        assert!(!writes_restrict("garbage"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::pg::command::RestoreFlags;
 
 pub use choose::{choose, named};
 pub use execute::execute;
-pub use globals::{Globals, apply_globals, filter_globals, globals_of};
+pub use globals::{Globals, GlobalsPlan, apply_globals, globals_of, plan_globals};
 pub use guard::DropGuard;
 pub use leftovers::{Leftovers, beside};
 pub use load::{Load, RestoreClient, load, pg_restore_for};
