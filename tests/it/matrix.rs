@@ -81,11 +81,7 @@ fn backup_verify_restore_test_drill_maintenance_and_report_on(major: u32) {
     cluster.load_fixtures("app");
     // Every major's programs: the tool takes the nearest client programs
     // among them, and a drill's server of the backup's major.
-    let dirs: Vec<String> = MAJORS
-        .iter()
-        .map(|m| format!("{:?}", server_bindir_of(*m).display().to_string()))
-        .collect();
-    let setup = Setup::with_cluster(cluster, &format!("pg_bin_dirs = [{}]", dirs.join(", ")), "");
+    let setup = Setup::with_cluster(cluster, &common::every_pg_bin_dir(), "");
     setup.append_to_config(JOBS);
     let source = setup.cluster.table_digests("app");
     assert!(source.len() >= 6, "{source:?}");
@@ -131,7 +127,7 @@ fn backup_verify_restore_test_drill_maintenance_and_report_on(major: u32) {
         source,
         "PostgreSQL {major}: the restored tables differ"
     );
-    let record = newest_record(&setup, "restore");
+    let record = setup.newest_record("restore");
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     for key in ["source_server_version", "target_server_version"] {
         let version = record["details"][key].as_str().unwrap_or_default();
@@ -147,7 +143,7 @@ fn backup_verify_restore_test_drill_maintenance_and_report_on(major: u32) {
         "{}",
         run.all()
     );
-    let record = newest_record(&setup, "restore-test");
+    let record = setup.newest_record("restore-test");
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     assert!(
         !setup
@@ -179,7 +175,7 @@ fn backup_verify_restore_test_drill_maintenance_and_report_on(major: u32) {
     ] {
         assert!(run.stdout.contains(expected), "{expected}: {}", run.all());
     }
-    let record = newest_record(&setup, "drill");
+    let record = setup.newest_record("drill");
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     let leftovers: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
     assert!(leftovers.is_empty(), "the drill left {leftovers:?}");
@@ -248,22 +244,6 @@ fn backup_verify_restore_test_drill_maintenance_and_report_on(major: u32) {
 fn major_of(version: &str) -> Option<u32> {
     let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
-}
-
-/// The newest record of `kind` under the backup job's reports.
-fn newest_record(setup: &Setup, kind: &str) -> Value {
-    let dir = setup.backups.join("nightly").join("reports");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(&format!("-{kind}.json")))
-        .collect();
-    names.sort();
-    let name = names
-        .last()
-        .unwrap_or_else(|| panic!("no {kind} record in {dir:?}"));
-    serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
 }
 
 /// A temp dir for the drill that the server's user can reach: as root, the

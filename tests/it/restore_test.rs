@@ -23,22 +23,6 @@ fn setup_with(test_job: &str) -> Setup {
     setup
 }
 
-/// The newest record of `kind` under the backup job's reports.
-fn newest_record(setup: &Setup, kind: &str) -> Value {
-    let dir = setup.backups.join("nightly").join("reports");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(&format!("-{kind}.json")))
-        .collect();
-    names.sort();
-    let name = names
-        .last()
-        .unwrap_or_else(|| panic!("no {kind} record in {dir:?}"));
-    serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
-}
-
 #[test]
 fn a_good_backup_passes_and_leaves_no_scratch_database() {
     let setup = setup_with(TEST_JOB);
@@ -78,7 +62,7 @@ fn a_good_backup_passes_and_leaves_no_scratch_database() {
         "the scratch database is dropped"
     );
 
-    let record = newest_record(&setup, "restore-test");
+    let record = setup.newest_record("restore-test");
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     assert_eq!(record["job"], "weekly-restore-test");
     let d = &record["details"];
@@ -141,7 +125,7 @@ fn a_manifest_that_does_not_match_its_data_fails_naming_the_table() {
     // keep_on_failure leaves it for a look, and the next run clears it.
     let scratch = format!("app_restore_test_{}", id.to_lowercase());
     assert!(setup.cluster.databases().contains(&scratch), "kept");
-    let record = newest_record(&setup, "restore-test");
+    let record = setup.newest_record("restore-test");
     assert_eq!(record["outcome"], "failed");
     assert_eq!(record["details"]["kept"], true);
     assert!(setup.list()[0]["restore_tested_at"].is_null());
@@ -236,7 +220,7 @@ fn verify_passes_a_good_backup_and_names_a_flipped_or_truncated_object() {
         "{}",
         good.all()
     );
-    assert_eq!(newest_record(&setup, "verify")["outcome"], "succeeded");
+    assert_eq!(setup.newest_record("verify")["outcome"], "succeeded");
 
     // One flipped byte in the middle of the stored object.
     let path = data_object(&setup, &id);
@@ -254,7 +238,7 @@ fn verify_passes_a_good_backup_and_names_a_flipped_or_truncated_object() {
         "{}",
         bad.all()
     );
-    let record = newest_record(&setup, "verify");
+    let record = setup.newest_record("verify");
     assert_eq!(record["outcome"], "failed");
     assert!(
         record["error"].as_str().unwrap().contains("data.dump.zst"),
@@ -416,7 +400,7 @@ fn a_drill_from_a_fresh_host_restores_checks_reports_and_leaves_nothing() {
         leftovers(&tmp)
     );
     assert_eq!(drill_servers(&tmp), "", "a server still runs");
-    let record = newest_record(&setup, "drill");
+    let record = setup.newest_record("drill");
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     assert!(record["details"]["rto_seconds"].as_f64().unwrap() > 0.0);
     assert!(record["details"]["rpo_seconds"].as_f64().unwrap() > 0.0);

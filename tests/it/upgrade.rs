@@ -5,36 +5,7 @@
 //! both servers. The other way, into an older major, is refused before
 //! anything is written.
 
-use serde_json::Value;
-
-use crate::common::{Cluster, MAJORS, Setup, server_bindir_of};
-
-/// `pg_bin_dirs = [...]` listing every major's programs: the newest client
-/// (18's) is then taken for every server, as an operator's one install of
-/// PostgreSQL 18's client would be.
-fn every_bindir() -> String {
-    let dirs: Vec<String> = MAJORS
-        .iter()
-        .map(|m| format!("\"{}\"", server_bindir_of(*m).display()))
-        .collect();
-    format!("pg_bin_dirs = [{}]", dirs.join(", "))
-}
-
-/// The records of `job`'s restores, oldest first.
-fn restore_records(setup: &Setup, job: &str) -> Vec<Value> {
-    let dir = setup.backups.join(job).join("reports");
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with("-restore.json"))
-        .collect();
-    names.sort();
-    names
-        .iter()
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
-}
+use crate::common::{Cluster, Setup, every_pg_bin_dir};
 
 fn one_value(cluster: &Cluster, db: &str, sql: &str) -> String {
     cluster.psql(db, sql).trim().to_owned()
@@ -43,7 +14,7 @@ fn one_value(cluster: &Cluster, db: &str, sql: &str) -> String {
 fn upgrade_to_18_from(major: u32) {
     let old = Cluster::start_major(major, "");
     old.load_fixtures("app");
-    let setup = Setup::with_cluster(old, &every_bindir(), "");
+    let setup = Setup::with_cluster(old, &every_pg_bin_dir(), "");
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
     let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
@@ -135,9 +106,7 @@ fn upgrade_to_18_from(major: u32) {
         "t",
         "the role came from the globals, and its grants with the dump"
     );
-    let record = restore_records(&setup, "nightly")
-        .pop()
-        .expect("a restore record");
+    let record = setup.newest_record("restore");
     let details = &record["details"];
     assert_eq!(
         details["source_server_version"],
@@ -167,7 +136,7 @@ fn a_dump_of_postgresql_15_restores_into_18_with_its_roles_and_extensions() {
 fn a_dump_of_18_is_refused_by_an_older_server_before_anything_is_written() {
     let new = Cluster::start_major(18, "");
     new.load_fixtures("app");
-    let setup = Setup::with_cluster(new, &every_bindir(), "");
+    let setup = Setup::with_cluster(new, &every_pg_bin_dir(), "");
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
 
@@ -218,7 +187,7 @@ fn a_dump_of_18_is_refused_by_an_older_server_before_anything_is_written() {
 fn a_restore_into_16_through_psql_stops_at_the_first_error_and_names_it() {
     let source = Cluster::start_major(16, "");
     source.load_fixtures("app");
-    let setup = Setup::with_cluster(source, &every_bindir(), "");
+    let setup = Setup::with_cluster(source, &every_pg_bin_dir(), "");
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
     let id = setup.list()[0]["id"].as_str().unwrap().to_owned();

@@ -1,6 +1,8 @@
 //! A backup's data object streamed out of storage, verified and
 //! decompressed on the way, into `pg_restore`: straight into its stdin for
-//! one job, through a temporary file for parallel ones.
+//! one job, through a temporary file for parallel ones, and with its SQL
+//! through `psql` for a server older than every `pg_restore` that can read
+//! the archive.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

@@ -80,6 +80,17 @@ pub fn server_bindir_of(major: u32) -> PathBuf {
     }
 }
 
+/// `pg_bin_dirs = [...]` listing every major's programs, for a
+/// `[databases.*]` section: the tool then finds the client and the
+/// servers an operator with every version installed would have.
+pub fn every_pg_bin_dir() -> String {
+    let dirs: Vec<String> = MAJORS
+        .iter()
+        .map(|m| format!("{:?}", server_bindir_of(*m).display().to_string()))
+        .collect();
+    format!("pg_bin_dirs = [{}]", dirs.join(", "))
+}
+
 /// The major of the server in `bindir`, as `postgres --version` says it
 /// ("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)").
 fn major_of(bindir: &Path) -> Option<u32> {
@@ -700,6 +711,23 @@ impl Setup {
             config,
             backups,
         }
+    }
+
+    /// The newest record of `kind` (`restore`, `drill`, ...) under the
+    /// reports of job `nightly`.
+    pub fn newest_record(&self, kind: &str) -> serde_json::Value {
+        let dir = self.backups.join("nightly").join("reports");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(&format!("-{kind}.json")))
+            .collect();
+        names.sort();
+        let name = names
+            .last()
+            .unwrap_or_else(|| panic!("no {kind} record in {dir:?}"));
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
     }
 
     /// Adds TOML (more sections, or keys of the last one) to the job file.
