@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::archiving::{self, Archiving, JOB, Options, Restored};
-use crate::common::{Run, servers};
+use crate::common::{self, Run, servers};
 
 /// A refusal, a dry run, a listing.
 const QUICK: Duration = Duration::from_secs(60);
@@ -253,6 +253,75 @@ fn a_rollback_on_local_storage_brings_back_every_row_before_time_and_nothing_aft
     assert_rolled_back(&a, &server, &s);
     server.stop();
     assert_eq!(archiving::processes_on(&dir), Vec::<String>::new());
+}
+
+/// The same rollback on every major 13 to 18. 15 is Debian's; 18 PyPI's
+/// complete install; 13, 14, 16 and 17 npm's server-only builds, whose
+/// backups and proofs take the nearest client programs found through
+/// `pg_bin_dirs`, and whose plans do without `pg_waldump` (a note says so).
+fn a_rollback_on(major: u32) {
+    let a = Archiving::with(Options {
+        major: Some(major),
+        extra_db: &common::every_pg_bin_dir(),
+        ..Default::default()
+    });
+    let s = rollback(&a, &[]);
+    let id = s.backup["id"].as_str().unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(a.backups.join(JOB).join(id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        manifest["server_version"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{major}.")),
+        "{manifest:#}"
+    );
+    let dir = a.own_dir("restores").join("rolled-back");
+    let (run, server) = restore_started(&a, &s.time.jst, &dir, false, &[]);
+    assert!(run.ok(), "PostgreSQL {major}: {}", run.all());
+    assert!(said(&run).contains("recovered to"), "{}", run.all());
+    assert!(
+        said(&run).contains(&format!("PostgreSQL {major}.")),
+        "{}",
+        run.all()
+    );
+    assert_data_dir(&dir);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("PG_VERSION"))
+            .unwrap()
+            .trim(),
+        major.to_string()
+    );
+    assert_rolled_back(&a, &server, &s);
+    server.stop();
+    assert_eq!(archiving::processes_on(&dir), Vec::<String>::new());
+}
+
+macro_rules! rollback_on_every_major {
+    ($($name:ident: $major:literal,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                a_rollback_on($major);
+            }
+        )*
+
+        #[test]
+        fn every_major_has_its_rollback() {
+            assert_eq!([$($major),*], common::MAJORS);
+        }
+    };
+}
+
+rollback_on_every_major! {
+    a_rollback_on_postgresql_13_brings_back_every_row_before_time_and_nothing_after: 13,
+    a_rollback_on_postgresql_14_brings_back_every_row_before_time_and_nothing_after: 14,
+    a_rollback_on_postgresql_15_brings_back_every_row_before_time_and_nothing_after: 15,
+    a_rollback_on_postgresql_16_brings_back_every_row_before_time_and_nothing_after: 16,
+    a_rollback_on_postgresql_17_brings_back_every_row_before_time_and_nothing_after: 17,
+    a_rollback_on_postgresql_18_brings_back_every_row_before_time_and_nothing_after: 18,
 }
 
 #[test]
@@ -685,4 +754,52 @@ fn a_restore_test_of_a_physical_job_is_filed_under_it_and_shown_in_status_and_li
     let rows = list(&a, &[]);
     assert!(rows[0]["restore_tested_at"].is_string(), "{rows:#?}");
     assert!(rows[0][LIST_TESTED_MOMENT].is_string(), "{rows:#?}");
+}
+
+/// A base backup starts only with its own major's server: a 17 backup on a
+/// host with only 18 (and Debian's 15) is refused by the plan, which names
+/// what to install, before anything is written.
+#[test]
+fn a_base_backup_of_17_is_refused_by_a_host_without_a_17_server() {
+    let a = Archiving::with(Options {
+        major: Some(17),
+        extra_db: &common::every_pg_bin_dir(),
+        ..Default::default()
+    });
+    base_backup(&a, &[]);
+    a.switch_and_wait();
+    let text = std::fs::read_to_string(&a.config).unwrap();
+    let only_18 = format!(
+        "pg_bin_dirs = [{:?}]",
+        common::server_bindir_of(18).display().to_string()
+    );
+    let listed = text
+        .lines()
+        .find(|l| l.starts_with("pg_bin_dirs"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(&a.config, text.replace(&listed, &only_18)).unwrap();
+    let parent = a.own_dir("restores");
+    let before = entries(&parent);
+    let target = parent.join("r");
+    let args = [
+        "restore",
+        "--job",
+        JOB,
+        "--latest",
+        "--target-dir",
+        target.to_str().unwrap(),
+        "--yes",
+    ];
+    let run = a.run_within(LONG, &args, &[]);
+    assert_refused(
+        &run,
+        &[
+            "is of PostgreSQL 17",
+            "a base backup starts only with the binaries of its own major version",
+            "hint: install postgresql-17",
+        ],
+        &parent,
+        &before,
+    );
 }

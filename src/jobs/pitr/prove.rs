@@ -226,7 +226,9 @@ async fn xact_status(conn: &Connection, xid: u64) -> Result<(String, bool)> {
 /// `pg_dump -Fc -Z0` of the database `url` names, its output counted and
 /// dropped: the bytes it wrote.
 async fn read_database(install: &ServerInstall, server: &Database, url: &str) -> Result<u64> {
-    let program = install.bindir.join("pg_dump");
+    // A server-only install has none: the client programs come from the
+    // database's search list (`ServerInstall::client_dirs`).
+    let program = pg::tool_path(server, "pg_dump", install.major);
     let mut dump = pg::spawn(
         &program,
         read_args(url),
@@ -263,6 +265,9 @@ fn read_args(url: &str) -> Vec<OsString> {
     ]
 }
 
+/// The first major `pg_amcheck` can check (`amcheck`'s `verify_heapam`).
+const AMCHECK_SINCE: u32 = 14;
+
 enum Amcheck {
     /// `ok`, or what it found.
     Ran(String),
@@ -278,10 +283,19 @@ async fn amcheck(
     name: &str,
     url: &str,
 ) -> Result<Amcheck> {
-    let program = install.bindir.join("pg_amcheck");
+    // Its heap checks call `verify_heapam`, which `amcheck` has from 14 on.
+    if install.major < AMCHECK_SINCE {
+        return Ok(Amcheck::NotAvailable(format!(
+            "pg_amcheck checks PostgreSQL {AMCHECK_SINCE} and newer; this cluster is {}",
+            install.major
+        )));
+    }
+    let program = pg::tool_path(server, "pg_amcheck", install.major);
     if !program.is_file() {
         return Ok(Amcheck::NotAvailable(format!(
-            "no pg_amcheck in {} (PostgreSQL 14 or newer has it)",
+            "no pg_amcheck of PostgreSQL {} or newer found beside {} (PostgreSQL 14 and newer \
+             have it)",
+            install.major,
             install.bindir.display()
         )));
     }

@@ -61,6 +61,11 @@ pub struct Options<'a> {
     pub push_job: Option<&'a str>,
     /// No `archive_mode`/`archive_command` at all.
     pub no_archiving: bool,
+    /// A cluster of this PostgreSQL major ([`super::MAJORS`]); Debian's
+    /// when `None`.
+    pub major: Option<u32>,
+    /// More keys of `[databases.app]` (`pg_bin_dirs`).
+    pub extra_db: &'a str,
 }
 
 impl Archiving {
@@ -89,7 +94,10 @@ impl Archiving {
             s.push_str(o.settings);
             s
         };
-        let cluster = Cluster::start_prepared("", |dir| {
+        let bindir = o
+            .major
+            .map_or_else(super::server_bindir, super::server_bindir_of);
+        let cluster = Cluster::start_prepared_with_bindir(bindir, "", |dir| {
             let work = dir.join("work");
             std::fs::create_dir_all(&work).unwrap();
             let conf = dir.join("data").join("postgresql.conf");
@@ -110,11 +118,12 @@ impl Archiving {
         std::fs::write(
             &config,
             format!(
-                "timezone = \"Asia/Tokyo\"\n\n[databases.app]\nurl = \"{}\"\npassword_file = \"{}\"\n\n\
+                "timezone = \"Asia/Tokyo\"\n\n[databases.app]\nurl = \"{}\"\npassword_file = \"{}\"\n{}\n\n\
                  [storages.disk]\ntype = \"local\"\npath = \"{}\"\n\n{}\n\n\
                  [jobs.{JOB}]\ntype = \"physical\"\ndatabase = \"app\"\nstorages = [{}]\nspool_path = \"{}\"\n{}\n",
                 cluster.url("postgres"),
                 cluster.password_file.display(),
+                o.extra_db,
                 backups.display(),
                 o.extra_storages,
                 names.join(", "),
