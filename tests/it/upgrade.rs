@@ -7,6 +7,20 @@
 
 use crate::common::{Cluster, Setup, every_pg_bin_dir};
 
+/// `restore --job nightly --latest --target-db app EXTRA...`.
+fn restore_into_app(setup: &Setup, extra: &[&str]) -> crate::common::Run {
+    let mut args = vec![
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "app",
+    ];
+    args.extend_from_slice(extra);
+    setup.backup(&args)
+}
+
 fn one_value(cluster: &Cluster, db: &str, sql: &str) -> String {
     cluster.psql(db, sql).trim().to_owned()
 }
@@ -39,15 +53,7 @@ fn upgrade_to_18_from(major: u32) {
     );
     setup.use_url(&new.url("app"));
     // Without the roles, the restore fails, says why, and leaves nothing.
-    let run = setup.backup(&[
-        "restore",
-        "--job",
-        "nightly",
-        "--latest",
-        "--target-db",
-        "app",
-        "--yes",
-    ]);
+    let run = restore_into_app(&setup, &["--yes"]);
     assert!(!run.ok(), "{}", run.all());
     assert!(
         run.stderr.contains("restore again with --globals"),
@@ -59,16 +65,7 @@ fn upgrade_to_18_from(major: u32) {
         "{:?}",
         new.databases()
     );
-    let plan = setup.backup(&[
-        "restore",
-        "--job",
-        "nightly",
-        "--latest",
-        "--target-db",
-        "app",
-        "--globals",
-        "--dry-run",
-    ]);
+    let plan = restore_into_app(&setup, &["--globals", "--dry-run"]);
     assert!(plan.ok(), "{}", plan.all());
     assert!(
         plan.stdout
@@ -76,16 +73,7 @@ fn upgrade_to_18_from(major: u32) {
         "{}",
         plan.stdout
     );
-    let run = setup.backup(&[
-        "restore",
-        "--job",
-        "nightly",
-        "--latest",
-        "--target-db",
-        "app",
-        "--globals",
-        "--yes",
-    ]);
+    let run = restore_into_app(&setup, &["--globals", "--yes"]);
     assert!(run.ok(), "{}", run.all());
 
     assert_eq!(new.table_digests("app"), rows, "every row, on 18");
@@ -143,16 +131,7 @@ fn a_dump_of_18_is_refused_by_an_older_server_before_anything_is_written() {
     let old = Cluster::start_major(15, "");
     let databases = old.databases();
     setup.use_url(&old.url("app"));
-    let run = setup.backup(&[
-        "restore",
-        "--job",
-        "nightly",
-        "--latest",
-        "--target-db",
-        "app",
-        "--globals",
-        "--yes",
-    ]);
+    let run = restore_into_app(&setup, &["--globals", "--yes"]);
     assert_eq!(run.code, 9, "{}", run.all());
     assert!(
         run.stderr.contains("was taken from PostgreSQL 18.")
@@ -203,22 +182,7 @@ fn a_restore_into_16_through_psql_stops_at_the_first_error_and_names_it() {
 
     let fresh = Cluster::start_major(16, "");
     setup.use_url(&fresh.url("app"));
-    let restore = |extra: &[&str]| {
-        let mut args = vec![
-            "restore",
-            "--job",
-            "nightly",
-            "--latest",
-            "--target-db",
-            "app",
-            "--jobs",
-            "2",
-            "--yes",
-        ];
-        args.extend_from_slice(extra);
-        setup.backup(&args)
-    };
-    let run = restore(&[]);
+    let run = restore_into_app(&setup, &["--jobs", "2", "--yes"]);
     assert_eq!(run.code, 8, "{}", run.all());
     assert!(
         run.stderr.contains("role \"app_reader\" does not exist"),
@@ -237,7 +201,7 @@ fn a_restore_into_16_through_psql_stops_at_the_first_error_and_names_it() {
         fresh.databases()
     );
 
-    let run = restore(&["--globals"]);
+    let run = restore_into_app(&setup, &["--jobs", "2", "--yes", "--globals"]);
     assert!(run.ok(), "{}", run.all());
     assert!(
         run.stderr.contains("restoring with one job, not 2"),
