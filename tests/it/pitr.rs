@@ -255,10 +255,11 @@ fn a_rollback_on_local_storage_brings_back_every_row_before_time_and_nothing_aft
     assert_eq!(archiving::processes_on(&dir), Vec::<String>::new());
 }
 
-/// The same rollback on every major 13 to 18. 15 is Debian's; 18 PyPI's
-/// complete install; 13, 14, 16 and 17 npm's server-only builds, whose
-/// backups and proofs take the nearest client programs found through
-/// `pg_bin_dirs`, and whose plans do without `pg_waldump` (a note says so).
+/// The same rollback on every major 13 to 18, then a drill of the job.
+/// 15 is Debian's; 18 PyPI's complete install; 13, 14, 16 and 17 npm's
+/// server-only builds, whose backups and proofs take the nearest client
+/// programs found through `pg_bin_dirs`, and whose plans do without
+/// `pg_waldump` (a note says so).
 fn a_rollback_on(major: u32) {
     let a = Archiving::with(Options {
         major: Some(major),
@@ -297,6 +298,19 @@ fn a_rollback_on(major: u32) {
     assert_rolled_back(&a, &server, &s);
     server.stop();
     assert_eq!(archiving::processes_on(&dir), Vec::<String>::new());
+
+    // The rehearsal of the same: a throwaway server of the same major.
+    let report = a.own_dir("out").join("drill.md");
+    let run = a.run_within(
+        LONG,
+        &["drill", "--job", JOB, "--report", report.to_str().unwrap()],
+        &[],
+    );
+    assert!(run.ok(), "PostgreSQL {major}: drill: {}", run.all());
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("| Result | **PASSED** |"), "{text}");
+    assert!(text.contains(&format!("PostgreSQL {major}.")), "{text}");
+    assert_nothing_left(&a);
 }
 
 macro_rules! rollback_on_every_major {
@@ -316,12 +330,12 @@ macro_rules! rollback_on_every_major {
 }
 
 rollback_on_every_major! {
-    a_rollback_on_postgresql_13_brings_back_every_row_before_time_and_nothing_after: 13,
-    a_rollback_on_postgresql_14_brings_back_every_row_before_time_and_nothing_after: 14,
-    a_rollback_on_postgresql_15_brings_back_every_row_before_time_and_nothing_after: 15,
-    a_rollback_on_postgresql_16_brings_back_every_row_before_time_and_nothing_after: 16,
-    a_rollback_on_postgresql_17_brings_back_every_row_before_time_and_nothing_after: 17,
-    a_rollback_on_postgresql_18_brings_back_every_row_before_time_and_nothing_after: 18,
+    a_rollback_and_a_drill_on_postgresql_13_bring_back_every_row_before_time_and_nothing_after: 13,
+    a_rollback_and_a_drill_on_postgresql_14_bring_back_every_row_before_time_and_nothing_after: 14,
+    a_rollback_and_a_drill_on_postgresql_15_bring_back_every_row_before_time_and_nothing_after: 15,
+    a_rollback_and_a_drill_on_postgresql_16_bring_back_every_row_before_time_and_nothing_after: 16,
+    a_rollback_and_a_drill_on_postgresql_17_bring_back_every_row_before_time_and_nothing_after: 17,
+    a_rollback_and_a_drill_on_postgresql_18_bring_back_every_row_before_time_and_nothing_after: 18,
 }
 
 #[test]
