@@ -31,25 +31,30 @@ pub fn tool_path(db: &Database, tool: &str, at_least: u32) -> PathBuf {
     if let Some(dir) = &db.pg_bin_dir {
         return dir.join(tool);
     }
-    let mut found: Vec<(u32, PathBuf)> = Vec::new();
-    for dir in &db.pg_bin_dirs {
-        let path = dir.join(tool);
-        if let Ok((major, _)) = tool_version(&path) {
-            found.push((major, path));
-        }
-    }
-    found.extend(
-        packaged_bindirs()
-            .into_iter()
-            .map(|(major, dir)| (major, dir.join(tool)))
-            .filter(|(_, path)| path.is_file()),
-    );
+    let mut found: Vec<(u32, PathBuf)> = holding(db, tool)
+        .into_iter()
+        .map(|(major, dir)| (major, dir.join(tool)))
+        .collect();
     if let Some(path) = on_path(tool)
         && let Ok((major, _)) = tool_version(&path)
     {
         found.push((major, path));
     }
     nearest(found, at_least).unwrap_or_else(|| PathBuf::from(tool))
+}
+
+/// The directories of `db`'s `pg_bin_dirs`, then of the packaged layouts,
+/// that hold `program`, each with its major: a listed directory's from
+/// `program --version`, a packaged one's from its path.
+pub fn holding(db: &Database, program: &str) -> Vec<(u32, PathBuf)> {
+    let listed = db
+        .pg_bin_dirs
+        .iter()
+        .filter_map(|dir| Some((tool_version(&dir.join(program)).ok()?.0, dir.clone())));
+    let packaged = packaged_bindirs()
+        .into_iter()
+        .filter(|(_, dir)| dir.join(program).is_file());
+    listed.chain(packaged).collect()
 }
 
 /// Of `found`, the nearest major at least `at_least`, the first of equals;

@@ -51,22 +51,14 @@ impl ServerInstall {
 /// The server install to restore a backup of `database`, from a `major`
 /// server, into: its `pg_bin_dir` when that has `initdb`, else the nearest
 /// major at least as new among its `pg_bin_dirs` and the packaged layouts
-/// ([`super::packaged_bindirs`]), else the `initdb` on `PATH`.
+/// ([`super::holding`]), else the `initdb` on `PATH`.
 pub fn find_server(database: &Database, major: u32) -> Result<ServerInstall> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(dir) = &database.pg_bin_dir {
         candidates.push(dir.to_owned());
     }
-    let mut versioned: Vec<(u32, PathBuf)> = database
-        .pg_bin_dirs
-        .iter()
-        .filter_map(|dir| {
-            Some((
-                super::tool_version(&dir.join("initdb")).ok()?.0,
-                dir.clone(),
-            ))
-        })
-        .chain(super::packaged_bindirs())
+    let mut versioned: Vec<(u32, PathBuf)> = super::holding(database, "initdb")
+        .into_iter()
         .filter(|(m, _)| *m >= major)
         .collect();
     // Stable: of one major, a listed directory before a packaged one.

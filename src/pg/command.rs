@@ -83,15 +83,7 @@ pub fn pg_restore_args(
     if flags.jobs > 1 {
         args.push(format!("--jobs={}", flags.jobs).into());
     }
-    if flags.no_owner {
-        args.push("--no-owner".into());
-    }
-    if flags.no_acl {
-        args.push("--no-acl".into());
-    }
-    if flags.no_tablespaces {
-        args.push("--no-tablespaces".into());
-    }
+    args.extend(left_out(flags));
     if let Some(list) = list {
         let mut arg = OsString::from("--use-list=");
         arg.push(list);
@@ -107,17 +99,22 @@ pub fn pg_restore_args(
 /// `psql` to run ([`psql_script_args`]): one job, `flags` otherwise as
 /// [`pg_restore_args`] takes them.
 pub fn pg_restore_sql_args(flags: RestoreFlags) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec!["--file=-".into()];
-    if flags.no_owner {
-        args.push("--no-owner".into());
-    }
-    if flags.no_acl {
-        args.push("--no-acl".into());
-    }
-    if flags.no_tablespaces {
-        args.push("--no-tablespaces".into());
-    }
+    let mut args: Vec<OsString> = vec!["--file=-".into(), "--exit-on-error".into()];
+    args.extend(left_out(flags));
     args
+}
+
+/// What `flags` tell `pg_restore` to leave out: ownership, privileges,
+/// tablespaces.
+fn left_out(flags: RestoreFlags) -> impl Iterator<Item = OsString> {
+    [
+        (flags.no_owner, "--no-owner"),
+        (flags.no_acl, "--no-acl"),
+        (flags.no_tablespaces, "--no-tablespaces"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, flag)| flag.into())
 }
 
 /// `psql` running the SQL on its stdin in the database of `url`, stopping

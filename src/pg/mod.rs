@@ -31,8 +31,8 @@ pub mod tls;
 pub mod url;
 
 pub use client::{
-    ClientProgram, StopOnDrop, is_permission_error, minimal_env, packaged_bindirs,
-    require_tool_at_least, spawn, tool_path, tool_version,
+    ClientProgram, StopOnDrop, holding, is_permission_error, minimal_env, require_tool_at_least,
+    spawn, tool_path, tool_version,
 };
 pub use connect::{
     CancelOnDrop, Connection, Notices, ServerVersion, connect, connect_with_notices,
