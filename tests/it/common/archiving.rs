@@ -457,6 +457,12 @@ impl Restored {
                 "stop",
             ],
         );
+        // pg_ctl returns once postmaster.pid is gone, which the postmaster
+        // removes just before it exits: on a busy machine it is still seen.
+        let gone_by = Instant::now() + Duration::from_secs(10);
+        while !processes_on(&self.data).is_empty() && Instant::now() < gone_by {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
