@@ -6,6 +6,8 @@
 //! - the newest complete backup is kept;
 //! - the newest backup that passed a restore test is kept;
 //! - pinned backups are kept;
+//! - a backup an incremental one that is kept was taken against is kept, and
+//!   so on back to the full backup: a chain restores only whole;
 //! - if the job's newest run did not succeed, nothing is deleted: a broken
 //!   job must not eat its history.
 //!
@@ -58,6 +60,8 @@ pub struct Candidate {
     pub pinned: Option<String>,
     /// It passed a restore test.
     pub verified: bool,
+    /// An incremental base backup: the backup it was taken against.
+    pub based_on: Option<BackupId>,
 }
 
 /// What retention is asked to judge.
@@ -203,6 +207,28 @@ pub fn plan(history: &History, policy: &Policy, zone: &TimeZone, now: Timestamp)
         }
     }
 
+    // Until nothing changes: a kept link keeps the one before it.
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for i in 0..backups.len() {
+            let Some(parent) = backups[i]
+                .based_on
+                .as_ref()
+                .filter(|_| !reasons[i].is_empty())
+            else {
+                continue;
+            };
+            let why = format!("incremental backup {} was taken against it", backups[i].id);
+            if let Some(p) = backups.iter().position(|c| &c.id == parent)
+                && !reasons[p].contains(&why)
+            {
+                reasons[p].push(why);
+                changed = true;
+            }
+        }
+    }
+
     // Holds, in order: any of them keeps every backup.
     let future = backups
         .iter()
@@ -291,6 +317,7 @@ mod tests {
             complete: true,
             pinned: None,
             verified: false,
+            based_on: None,
         }
     }
 
@@ -325,6 +352,56 @@ mod tests {
         (16..=25)
             .map(|d| backup(&format!("2026-11-{d:02}T03:00:00")))
             .collect()
+    }
+
+    #[test]
+    fn a_full_backup_stays_while_an_incremental_taken_against_it_is_kept() {
+        // Two chains: full 16th, incrementals 17th-19th; full 20th, 21st-25th.
+        let mut backups = dailies();
+        for i in 1..backups.len() {
+            if i != 4 {
+                backups[i].based_on = Some(backups[i - 1].id.clone());
+            }
+        }
+        let policy = Policy {
+            keep_last: 2,
+            ..Policy::default()
+        };
+        let p = plan(&history(backups.clone()), &policy, &tokyo(), at(NOW));
+        // The newest two need the whole of the second chain, and nothing of the first.
+        assert_eq!(
+            kept(&p),
+            [
+                "11-25 03:00",
+                "11-24 03:00",
+                "11-23 03:00",
+                "11-22 03:00",
+                "11-21 03:00",
+                "11-20 03:00"
+            ]
+        );
+        assert_eq!(
+            reasons_of(&p, "2026-11-20T03:00:00"),
+            [format!(
+                "incremental backup {} was taken against it",
+                backups[5].id
+            )]
+        );
+        assert!(
+            p.deletions().all(|e| e.at <= at("2026-11-19T03:00:00")),
+            "{:?}",
+            p.entries
+        );
+        // Keeping only the last of the first chain keeps its full backup too.
+        let mut pinned = backups;
+        pinned[2].pinned = Some("audit".into());
+        let p = plan(&history(pinned), &policy, &tokyo(), at(NOW));
+        assert!(
+            kept(&p).contains(&"11-16 03:00".to_owned()),
+            "{:?}",
+            kept(&p)
+        );
+        assert!(!kept(&p).contains(&"11-19 03:00".to_owned()));
     }
 
     #[test]
@@ -541,6 +618,7 @@ mod tests {
                 complete: true,
                 pinned: None,
                 verified: false,
+                based_on: None,
             })
             .to_vec();
         let policy = Policy {
@@ -585,6 +663,7 @@ mod tests {
                     complete: true,
                     pinned: None,
                     verified: false,
+                    based_on: None,
                 }
             })
             .collect();
@@ -622,6 +701,7 @@ mod tests {
                             complete: complete || minutes % 3 == 0,
                             pinned: (pin == 0).then(|| "kept by hand".to_owned()),
                             verified,
+                            based_on: None,
                         }
                     })
                     .collect()

@@ -32,6 +32,10 @@ pub enum Role {
     /// A physical job's base backup: `pg_basebackup -Ft -D -`, a tar stream
     /// with its `backup_manifest` inside.
     Base,
+    /// A copy of that `backup_manifest`, kept beside the tar so that the next
+    /// incremental backup is taken against it without reading the tar.
+    #[serde(rename = "backup_manifest")]
+    BackupManifest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +121,23 @@ pub struct Physical {
     /// The checksum algorithm of the `backup_manifest` in the tar
     /// (`CRC32C`), which `verify` checks every file against.
     pub manifest_checksums: String,
+    /// An incremental base backup: the backup it holds the changes since.
+    /// It restores only combined with that one and all before it, back to
+    /// a full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental_of: Option<Parent>,
+}
+
+/// The backup an incremental one was taken against, as it was then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    pub backup: BackupId,
+    /// Where the parent starts in the WAL: the incremental holds every
+    /// block changed since (its `backup_label`'s `INCREMENTAL FROM LSN`).
+    pub start_lsn: Lsn,
+    pub timeline: u32,
+    /// The backups a restore combines, the full one and this one counted.
+    pub chain_length: u32,
 }
 
 /// The checksum algorithms a `backup_manifest` may use
@@ -146,6 +167,7 @@ impl Physical {
             wal_start: first.name(wal_segment_size),
             wal_stop: last.name(wal_segment_size),
             manifest_checksums: manifest_checksums.to_owned(),
+            incremental_of: None,
         }
     }
 
@@ -209,6 +231,14 @@ impl Physical {
             return Some(format!(
                 "its WAL range {} to {} is not where {} to {} lies",
                 self.wal_start, self.wal_stop, self.start_lsn, self.stop_lsn
+            ));
+        }
+        if let Some(parent) = &self.incremental_of
+            && (parent.start_lsn >= self.start_lsn || parent.chain_length < 2)
+        {
+            return Some(format!(
+                "it is incremental on backup {} from {}, which is not before its own start {}",
+                parent.backup, parent.start_lsn, self.start_lsn
             ));
         }
         if !MANIFEST_CHECKSUMS.contains(&self.manifest_checksums.as_str()) {
@@ -327,9 +357,14 @@ impl Manifest {
             let Some(physical) = &self.physical else {
                 return Some("it lists a base object but says nothing of its WAL".to_owned());
             };
-            if roles != [Role::Base] || files || self.tree.is_some() {
+            if !matches!(roles[..], [Role::Base] | [Role::Base, Role::BackupManifest])
+                || files
+                || self.tree.is_some()
+            {
                 return Some(
-                    "it is a base backup, which holds one base object and nothing else".to_owned(),
+                    "it is a base backup, which holds one base object (and a copy of its \
+                     backup_manifest) and nothing else"
+                        .to_owned(),
                 );
             }
             if self.dbname.is_empty() {
@@ -353,6 +388,9 @@ impl Manifest {
             }
             if roles.contains(&Role::Files) {
                 return Some("a database backup with a files object".to_owned());
+            }
+            if roles.contains(&Role::BackupManifest) {
+                return Some("a database backup with a backup_manifest object".to_owned());
             }
             if self.dbname.is_empty() {
                 return Some("it names no database".to_owned());
@@ -395,6 +433,7 @@ impl Role {
             Role::Globals => "globals",
             Role::Files => "files",
             Role::Base => "base",
+            Role::BackupManifest => "backup_manifest",
         }
     }
 }
@@ -407,6 +446,7 @@ pub fn object_name(role: Role, compression: Compression, encrypted: bool) -> Str
         Role::Globals => "globals.sql",
         Role::Files => "files.tar",
         Role::Base => "base.tar",
+        Role::BackupManifest => "backup_manifest",
     }
     .to_owned();
     if let Some(ext) = compression.extension() {

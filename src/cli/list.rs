@@ -113,7 +113,13 @@ pub async fn run(engine: &Engine, args: Args, json: bool) -> Result<()> {
 fn source(m: &crate::catalog::Manifest) -> String {
     match (&m.directory, &m.physical) {
         (Some(directory), _) => directory.clone(),
-        (None, Some(_)) => format!("cluster of {}", m.database),
+        (None, Some(p)) => match &p.incremental_of {
+            None => format!("cluster of {}", m.database),
+            Some(parent) => format!(
+                "cluster of {}, incremental on {} (link {} of its chain)",
+                m.database, parent.backup, parent.chain_length
+            ),
+        },
         (None, None) => m.database.clone(),
     }
 }

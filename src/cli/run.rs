@@ -23,6 +23,10 @@ pub struct Args {
     /// of (a new server, a restored copy): once, for a deliberate move.
     #[arg(long)]
     accept_new_source: bool,
+    /// A physical job with `incremental = true`: take a full base backup
+    /// now, starting a new chain.
+    #[arg(long)]
+    full: bool,
 }
 
 /// How many tables a text plan names as left alone before it counts the rest.
@@ -294,6 +298,7 @@ pub async fn run(
         let job = engine.config.job(name)?;
         let request = RunRequest {
             accept_new_source: args.accept_new_source,
+            full: args.full,
             ..RunRequest::manual(cancel)
         };
         let mut unrecorded = None;

@@ -38,6 +38,8 @@ const WAL_KEYS: &[&str] = &[
     "wal_max_age",
     "wal_wait",
     "spool_path",
+    "incremental",
+    "full_every",
 ];
 
 /// The WAL archive settings of a physical job, defaults filled in.
@@ -92,6 +94,36 @@ fn wal_settings(source: &Source, name: &str, job: &RawJob) -> Result<WalSettings
                 ));
         }
         wal.spool = path.clone();
+    }
+    let incremental = job.incremental.as_ref().is_some_and(|b| *b.get_ref());
+    match (&job.full_every, incremental) {
+        (None, true) => wal.incremental = Some(WalSettings::DEFAULT_FULL_EVERY),
+        (None, false) => {}
+        (Some(raw), false) => {
+            return Err(source
+                .error(
+                    raw,
+                    format!("[{section}] full_every applies to incremental base backups only"),
+                )
+                .with_hint("add incremental = true (PostgreSQL 17+), or leave full_every out"));
+        }
+        (Some(raw), true) => {
+            let n = u32::try_from(*raw.get_ref())
+                .ok()
+                .filter(|n| (2..=64).contains(n))
+                .ok_or_else(|| {
+                    source
+                        .error(
+                            raw,
+                            format!("[{section}] full_every = {}: out of range", raw.get_ref()),
+                        )
+                        .with_hint(
+                            "2 (a full, then one incremental) to 64: every restore combines \
+                             the whole chain, and its full backup is kept as long as any of it",
+                        )
+                })?;
+            wal.incremental = Some(n);
+        }
     }
     Ok(wal)
 }

@@ -103,6 +103,8 @@ pub(super) struct RawJob {
     pub(super) wal_max_age: Option<Spanned<String>>,
     pub(super) wal_wait: Option<Spanned<String>>,
     pub(super) spool_path: Option<Spanned<PathBuf>>,
+    pub(super) incremental: Option<Spanned<bool>>,
+    pub(super) full_every: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +170,8 @@ impl RawJob {
             at("wal_max_age", &self.wal_max_age),
             at("wal_wait", &self.wal_wait),
             at("spool_path", &self.spool_path),
+            at("incremental", &self.incremental),
+            at("full_every", &self.full_every),
         ]
         .into_iter()
         .flatten()

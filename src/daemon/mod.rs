@@ -146,6 +146,7 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
                 scheduled_for: Some(fire.at),
                 cancel,
                 accept_new_source: false,
+                full: false,
             };
             if let Err(e) = engine.run(&job, request).await {
                 tracing::error!(job = %job, "{e}");

@@ -190,6 +190,7 @@ impl Work for JobRun<'_> {
                         clock,
                         engine.progress().clone(),
                         run.request.accept_new_source,
+                        run.request.full,
                     )
                     .await
                 }

@@ -79,6 +79,9 @@ pub struct RunRequest {
     /// A backup of another database (or cluster) than the job's previous
     /// backups is taken, not refused: a deliberate move (`--accept-new-source`).
     pub accept_new_source: bool,
+    /// A physical job with incremental backups takes a full one and starts
+    /// a new chain (`--full`).
+    pub full: bool,
 }
 
 impl RunRequest {
@@ -88,6 +91,7 @@ impl RunRequest {
             scheduled_for: None,
             cancel: cancel.clone(),
             accept_new_source: false,
+            full: false,
         }
     }
 }

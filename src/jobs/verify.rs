@@ -214,7 +214,7 @@ async fn verify_object(
         (Role::Data, None) => return Err(Error::internal("no pg_restore to list a dump with")),
         (Role::Files, _) => Some(Box::new(TarList::start()?)),
         (Role::Base, _) => Some(Box::new(BaseList::start(manifest)?)),
-        (Role::Globals, _) => None,
+        (Role::Globals | Role::BackupManifest, _) => None,
     };
     let object_role = object.role;
     progress.begin(&format!("verify {key}"), Some(digest.stored_size));
@@ -531,7 +531,7 @@ pub async fn plan(
     }
     let mut tools: std::collections::BTreeMap<u32, PathBuf> = Default::default();
     for (storage, backups) in listings {
-        let selected: Vec<Manifest> = backups.into_iter().filter(|m| is_wanted(&m.id)).collect();
+        let selected = with_chains(storage.name(), &backups, is_wanted, &mut steps);
         if let Some(id) = &wanted
             && selected.is_empty()
             && !unreadable
@@ -592,6 +592,53 @@ pub async fn plan(
         steps,
         storages: storages.iter().map(|s| s.name().to_owned()).collect(),
     })
+}
+
+/// The backups of one storage a verify reads: those wanted, and for an
+/// incremental one every backup before it back to the full one, each once,
+/// oldest first. A chain that is not whole is a bad backup, said in `steps`.
+fn with_chains(
+    storage: &str,
+    backups: &[Manifest],
+    is_wanted: impl Fn(&crate::model::BackupId) -> bool,
+    steps: &mut Vec<Step>,
+) -> Vec<Manifest> {
+    let bases: Vec<&Manifest> = backups.iter().filter(|m| m.physical.is_some()).collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for m in backups.iter().filter(|m| is_wanted(&m.id)) {
+        if m.physical
+            .as_ref()
+            .and_then(|p| p.incremental_of.as_ref())
+            .is_none()
+        {
+            ids.insert(m.id.clone());
+            continue;
+        }
+        match crate::jobs::pitr::plan::chain_of(m, &bases) {
+            Ok(chain) => {
+                ids.extend(chain.into_iter().map(|c| c.id));
+                ids.insert(m.id.clone());
+            }
+            Err(why) => steps.push(Step::Known(BackupCheck {
+                backup_id: m.id.to_string(),
+                storage: storage.to_owned(),
+                objects: vec![ObjectCheck {
+                    key: "chain".to_owned(),
+                    role: None,
+                    stored_size: 0,
+                    raw_size: 0,
+                    archive_entries: None,
+                    error: Some(format!("{why}: it cannot be restored")),
+                    unread: false,
+                }],
+            })),
+        }
+    }
+    backups
+        .iter()
+        .filter(|m| ids.contains(&m.id))
+        .cloned()
+        .collect()
 }
 
 /// Carries out a plan: each backup read back in turn.

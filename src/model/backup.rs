@@ -128,6 +128,17 @@ pub struct WalSettings {
     /// `spool_path`: where pushed-ahead and fetched-ahead segments are noted;
     /// the job's own directory is made under it.
     pub spool: std::path::PathBuf,
+    /// `incremental = true` (PostgreSQL 17+): a base backup after the first
+    /// holds only the blocks changed since the previous one; `Some(n)`, n
+    /// from `full_every`, is the longest chain: a full backup starts the
+    /// next.
+    pub incremental: Option<u32>,
+}
+
+impl WalSettings {
+    /// A chain's length when `full_every` is not said: a full backup and six
+    /// incrementals, a week of daily backups.
+    pub const DEFAULT_FULL_EVERY: u32 = 7;
 }
 
 impl WalSettings {
@@ -143,6 +154,7 @@ impl Default for WalSettings {
             max_age: std::time::Duration::from_secs(3600),
             wait: std::time::Duration::from_secs(600),
             spool: std::path::PathBuf::from(WalSettings::DEFAULT_SPOOL),
+            incremental: None,
         }
     }
 }

@@ -348,6 +348,10 @@ pub fn points_from_manifest(tail: &str) -> Result<WalPoints> {
 /// How much of the end of the `backup_manifest` is kept: its `WAL-Ranges`
 /// and checksum are its last lines, whatever the number of files before.
 const MANIFEST_TAIL: usize = 64 << 10;
+/// Up to this size the whole `backup_manifest` is kept, to be stored beside
+/// the tar for the next incremental backup (some 300,000 files; a larger
+/// cluster's next backup is a full one, said).
+pub const MANIFEST_KEEP: usize = 64 << 20;
 const BLOCK: usize = 512;
 
 /// What the tar `pg_basebackup` writes holds, read from its headers as the
@@ -361,6 +365,8 @@ pub struct TarScan {
     padding_left: u64,
     in_manifest: bool,
     manifest_tail: Vec<u8>,
+    /// The manifest grew past [`MANIFEST_KEEP`]: only its tail is kept.
+    manifest_cut: bool,
     /// Offset in the stream, and of the header being read, for messages.
     offset: u64,
     header_at: u64,
@@ -379,6 +385,7 @@ impl Default for TarScan {
             padding_left: 0,
             in_manifest: false,
             manifest_tail: Vec::new(),
+            manifest_cut: false,
             offset: 0,
             header_at: 0,
             entries: 0,
@@ -448,13 +455,15 @@ impl TarScan {
             self.has_manifest = true;
             self.in_manifest = true;
             self.manifest_tail.clear();
+            self.manifest_cut = false;
         }
     }
 
     fn keep_manifest(&mut self, bytes: &[u8]) {
         self.manifest_tail.extend_from_slice(bytes);
+        self.manifest_cut |= self.manifest_tail.len() > MANIFEST_KEEP;
         // Cut in large steps: the bytes move once per MANIFEST_TAIL read.
-        if self.manifest_tail.len() > 2 * MANIFEST_TAIL {
+        if self.manifest_cut && self.manifest_tail.len() > 2 * MANIFEST_TAIL {
             let cut = self.manifest_tail.len() - MANIFEST_TAIL;
             self.manifest_tail.drain(..cut);
         }
@@ -462,8 +471,16 @@ impl TarScan {
 
     /// The last bytes of the `backup_manifest`, as text.
     pub fn manifest_tail(&self) -> Option<String> {
-        self.has_manifest
-            .then(|| String::from_utf8_lossy(&self.manifest_tail).into_owned())
+        self.has_manifest.then(|| {
+            let from = self.manifest_tail.len().saturating_sub(MANIFEST_TAIL);
+            String::from_utf8_lossy(&self.manifest_tail[from..]).into_owned()
+        })
+    }
+
+    /// The whole `backup_manifest`, unless it was larger than
+    /// [`MANIFEST_KEEP`].
+    pub fn manifest(&self) -> Option<&[u8]> {
+        (self.has_manifest && !self.manifest_cut).then_some(&self.manifest_tail[..])
     }
 }
 

@@ -11,6 +11,7 @@ mod backup_restore;
 mod backup_source;
 mod daemon;
 mod encryption;
+mod incremental;
 mod layers;
 mod local_storage;
 mod maintenance;

@@ -17,18 +17,18 @@ use crate::common::archiving::{self, Archiving, JOB, Options, Restored};
 use crate::common::{self, Run, servers};
 
 /// A refusal, a dry run, a listing.
-const QUICK: Duration = Duration::from_secs(60);
+pub(crate) const QUICK: Duration = Duration::from_secs(60);
 /// A base backup, or a restore with its replay and proof, or a drill.
-const LONG: Duration = Duration::from_secs(180);
+pub(crate) const LONG: Duration = Duration::from_secs(180);
 
 /// Rows committed before the noted moment.
-const KEPT: i64 = 500;
+pub(crate) const KEPT: i64 = 500;
 
 /// A moment between two commits, to the second, as an operator writes it.
-struct Moment {
+pub(crate) struct Moment {
     /// "2026-12-06 14:30:05 JST"
-    jst: String,
-    epoch: i64,
+    pub(crate) jst: String,
+    pub(crate) epoch: i64,
 }
 
 impl Moment {
@@ -42,7 +42,7 @@ impl Moment {
 /// has passed it. Everything committed before the call committed before
 /// the moment, everything committed after it after: a commit's timestamp
 /// is taken at commit, and the server's clock is the one recovery compares.
-fn note_time(psql: impl Fn(&str) -> String) -> Moment {
+pub(crate) fn note_time(psql: impl Fn(&str) -> String) -> Moment {
     let row = psql(
         "SELECT extract(epoch FROM m)::bigint || '|' \
          || to_char(m AT TIME ZONE 'Asia/Tokyo', 'YYYY-MM-DD HH24:MI:SS') \
@@ -68,21 +68,21 @@ fn moment_from_now(a: &Archiving, shift: &str) -> String {
 }
 
 /// `backup --json list --job base`: the job's backups, newest first.
-fn list(a: &Archiving, env: &[(&str, &str)]) -> Vec<Value> {
+pub(crate) fn list(a: &Archiving, env: &[(&str, &str)]) -> Vec<Value> {
     let run = a.run_within(QUICK, &["--json", "list", "--job", JOB], env);
     assert!(run.ok(), "{}", run.all());
     serde_json::from_str(&run.stdout).expect("list --json prints JSON")
 }
 
 /// A base backup of the cluster now; returns the backup as `list` shows it.
-fn base_backup(a: &Archiving, env: &[(&str, &str)]) -> Value {
+pub(crate) fn base_backup(a: &Archiving, env: &[(&str, &str)]) -> Value {
     let run = a.run_within(LONG, &["run", JOB], env);
     assert!(run.ok(), "{}\n{}", run.all(), a.cluster.log());
     list(a, env).swap_remove(0)
 }
 
 /// Rows `from..=to` of `t`, one commit.
-fn insert(psql: impl Fn(&str) -> String, from: i64, to: i64, note: &str) {
+pub(crate) fn insert(psql: impl Fn(&str) -> String, from: i64, to: i64, note: &str) {
     psql(&format!(
         "INSERT INTO t SELECT g, '{note}' FROM generate_series({from}, {to}) g"
     ));
@@ -91,9 +91,9 @@ fn insert(psql: impl Fn(&str) -> String, from: i64, to: i64, note: &str) {
 /// The runbook's rollback, up to the restore: a base backup, rows
 /// 1..=KEPT in five commits, TIME, the bad `DELETE`, more rows, and the
 /// WAL of all of it archived.
-struct Rollback {
-    backup: Value,
-    time: Moment,
+pub(crate) struct Rollback {
+    pub(crate) backup: Value,
+    pub(crate) time: Moment,
 }
 
 fn rollback(a: &Archiving, env: &[(&str, &str)]) -> Rollback {
@@ -115,7 +115,7 @@ fn rollback(a: &Archiving, env: &[(&str, &str)]) -> Rollback {
 }
 
 /// `[--json] restore --job base --at TIME --target-dir DIR --yes MORE`.
-fn restore_as(
+pub(crate) fn restore_as(
     a: &Archiving,
     json: bool,
     at: &str,
@@ -144,7 +144,7 @@ fn restore(a: &Archiving, at: &str, dir: &Path, more: &[&str], env: &[(&str, &st
 
 /// [`restore_as`] with `--start --port P`, the server guarded: stopped
 /// when the guard goes, whatever the test found.
-fn restore_started(
+pub(crate) fn restore_started(
     a: &Archiving,
     at: &str,
     dir: &Path,
@@ -173,7 +173,7 @@ fn restore_started_with(
 }
 
 /// All a command said, on either stream: where a line goes is not the point.
-fn said(run: &Run) -> String {
+pub(crate) fn said(run: &Run) -> String {
     format!("{}\n{}", run.stdout, run.stderr)
 }
 
@@ -188,7 +188,7 @@ fn timeline(server: &Restored) -> String {
 /// The restored cluster is the one of the noted moment: every row committed
 /// before it, not the delete nor any row after it, promoted, and its last
 /// replayed transaction at or before the moment.
-fn assert_rolled_back(a: &Archiving, server: &Restored, s: &Rollback) {
+pub(crate) fn assert_rolled_back(a: &Archiving, server: &Restored, s: &Rollback) {
     assert_eq!(
         server.psql(
             "postgres",
@@ -207,7 +207,7 @@ fn assert_rolled_back(a: &Archiving, server: &Restored, s: &Rollback) {
 }
 
 /// The data directory a restore wrote: private to the server's user.
-fn assert_data_dir(dir: &Path) {
+pub(crate) fn assert_data_dir(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "{}", dir.display());
@@ -215,7 +215,7 @@ fn assert_data_dir(dir: &Path) {
 }
 
 /// The entries of `dir`, sorted; nothing when it does not exist.
-fn entries(dir: &Path) -> Vec<String> {
+pub(crate) fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -228,7 +228,7 @@ fn entries(dir: &Path) -> Vec<String> {
 
 /// A refusal before anything was written: non-zero, saying `says`, and
 /// `parent` (where the target was to be) as it was.
-fn assert_refused(run: &Run, says: &[&str], parent: &Path, before: &[String]) {
+pub(crate) fn assert_refused(run: &Run, says: &[&str], parent: &Path, before: &[String]) {
     assert_ne!(run.code, 0, "{}", run.all());
     for said in says {
         assert!(run.stderr.contains(said), "{said}: {}", run.all());
@@ -609,7 +609,7 @@ fn newest_record(a: &Archiving, kind: &str) -> Value {
 
 /// Nothing of a drill or test is left: no temp files, no server, and the
 /// throwaway cluster archived nothing into the job (no timeline 2).
-fn assert_nothing_left(a: &Archiving) {
+pub(crate) fn assert_nothing_left(a: &Archiving) {
     assert_eq!(a.temp_files(), Vec::<String>::new(), "temp files left");
     assert_eq!(
         archiving::processes_on(&a.work.join("tmp")),

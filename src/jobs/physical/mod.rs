@@ -8,19 +8,24 @@
 //!    `pg_basebackup` older than the server; end what a stopped run left
 //!    waiting on the server; check the cluster is the one the job's
 //!    previous backups are of;
-//! 2. stream `pg_basebackup` into `<job>/<id>/base.tar.<ext>` in every
+//! 2. with `incremental = true`, decide whether this backup is full or
+//!    incremental and against which ([`incremental`]);
+//! 3. stream `pg_basebackup` into `<job>/<id>/base.tar.<ext>` in every
 //!    storage, its wait for the archive bounded by `wal_wait`
-//!    ([`stream`]);
-//! 3. wait, bounded by `wal_wait` again, until every segment the backup
+//!    ([`stream`]); a copy of the tar's `backup_manifest` beside it, which
+//!    the next incremental backup is taken against;
+//! 4. wait, bounded by `wal_wait` again, until every segment the backup
 //!    needs is archived in each storage that took the tar ([`wal`]);
-//! 4. write `manifest.json`. Only now does the backup exist.
+//! 5. write `manifest.json`. Only now does the backup exist.
 
+pub mod incremental;
 mod stream;
 mod wal;
 
 use std::sync::Arc;
 
 use super::backup::{self, BackupOutcome};
+use crate::archive;
 use crate::catalog::{self, Manifest, ManifestObject, Physical, Role};
 use crate::error::{Error, Result};
 use crate::model::{BackupJob, Clock, Database, Job};
@@ -35,6 +40,7 @@ pub async fn run(
     clock: &dyn Clock,
     progress: Arc<dyn Progress>,
     accept_new_source: bool,
+    full: bool,
 ) -> Result<BackupOutcome> {
     let started_at = clock.now();
     let Some((db, wal_settings)) = spec.cluster() else {
@@ -83,39 +89,123 @@ pub async fn run(
         server.text,
         cluster.system_identifier
     );
+    let mut against = match wal_settings.incremental {
+        Some(full_every) => {
+            incremental::decide(
+                job,
+                spec,
+                full_every,
+                full,
+                &conn,
+                &server,
+                &cluster,
+                &storages,
+                &mut warnings,
+            )
+            .await?
+        }
+        None => None,
+    };
     let base_name = catalog::object_name(Role::Base, spec.compression, spec.encryption.is_some());
     let base_key = prefix.join(&base_name)?;
+    let mut start_time = pg::physical::server_time(&conn).await?;
+    let parent_file = against.as_ref().map(|a| a.file.to_path_buf());
+    let take = |incremental: bool, destinations| stream::Take {
+        job: &job.name,
+        db,
+        pg_basebackup: &pg_basebackup,
+        label: pg::physical::backup_label(&job.name, id.as_str()),
+        compression: spec.compression,
+        crypt: crypt.clone(),
+        destinations,
+        object: base_key.to_string(),
+        wal_wait: wal_settings.wait,
+        incremental: parent_file.as_deref().filter(|_| incremental),
+    };
     let destinations = backup::open_writers(&storages, &base_key).await?;
-    let start_time = pg::physical::server_time(&conn).await?;
-    let taken = stream::take(
-        stream::Take {
-            job: &job.name,
-            db,
-            pg_basebackup: &pg_basebackup,
-            label: pg::physical::backup_label(&job.name, id.as_str()),
-            compression: spec.compression,
-            crypt,
-            destinations,
-            object: base_key.to_string(),
-            wal_wait: wal_settings.wait,
-        },
-        &conn,
-        clock,
-        progress,
-    )
-    .await?;
+    let taken = stream::take(take(true, destinations), &conn, clock, progress.clone()).await;
+    let taken = match (taken, &against) {
+        (Err(e), Some(a)) if incremental::server_refused(&e) => {
+            // Nothing was stored: the server refused before the first file.
+            let warning = format!(
+                "the server could not take an incremental backup against {} ({}): this base                  backup is a full one",
+                a.parent.id,
+                e.message()
+            );
+            tracing::warn!("job {}: {warning}", job.name);
+            warnings.push(warning);
+            against = None;
+            start_time = pg::physical::server_time(&conn).await?;
+            let destinations = backup::open_writers(&storages, &base_key).await?;
+            stream::take(take(false, destinations), &conn, clock, progress).await?
+        }
+        (taken, _) => taken?,
+    };
     // A server clock stepped back meanwhile must not make a backup that
     // stops before it starts.
     let stop_time = pg::physical::server_time(&conn).await?.max(start_time);
     let delivered = backup::keep_delivered(&storages, taken.deliveries, &mut failed);
     let points = taken.points;
-    let physical = Physical::new(
+    let mut physical = Physical::new(
         points.timeline,
         (points.start, points.stop),
         (start_time, stop_time),
         cluster.wal_segment_size,
         pg::physical::MANIFEST_CHECKSUMS,
     );
+    physical.incremental_of = against.map(|a| a.link);
+    let mut objects = vec![ManifestObject {
+        key: base_name,
+        role: Role::Base,
+        digest: taken.digest,
+    }];
+    // The next incremental backup is taken against this copy.
+    let delivered = match &taken.manifest {
+        Some(text) => {
+            let name = catalog::object_name(
+                Role::BackupManifest,
+                spec.compression,
+                spec.encryption.is_some(),
+            );
+            let key = prefix.join(&name)?;
+            let destinations = backup::open_writers(&delivered, &key).await?;
+            let (digest, deliveries) = archive::store(
+                std::io::Cursor::new(text.clone()),
+                spec.compression,
+                crypt.clone(),
+                destinations,
+                &key.to_string(),
+                Arc::new(|_| {}),
+                async { Ok(()) },
+            )
+            .await?;
+            objects.push(ManifestObject {
+                key: name,
+                role: Role::BackupManifest,
+                digest,
+            });
+            let kept = backup::keep_delivered(&delivered, deliveries, &mut failed);
+            for storage in delivered
+                .iter()
+                .filter(|s| !kept.iter().any(|k| k.name() == s.name()))
+            {
+                discard(std::slice::from_ref(storage), storage.name(), &base_key).await;
+            }
+            kept
+        }
+        None => {
+            if wal_settings.incremental.is_some() {
+                let warning = format!(
+                    "its backup_manifest is over {} MiB and is not kept beside the tar: the \
+                     next base backup is a full one",
+                    pg::physical::MANIFEST_KEEP >> 20
+                );
+                tracing::warn!("job {}: {warning}", job.name);
+                warnings.push(warning);
+            }
+            delivered
+        }
+    };
     tracing::info!(
         "job {}: base backup {id} is WAL {} to {} on timeline {} ({} to {}); waiting for it \
          in the archive",
@@ -138,7 +228,9 @@ pub async fn run(
     // A base tar without its WAL restores nothing: it goes, and the
     // storage counts as failed.
     for (name, _) in &lacking {
-        discard(&delivered, name, &base_key).await;
+        for object in &objects {
+            discard(&delivered, name, &prefix.join(&object.key)?).await;
+        }
     }
     let mut lacking = lacking.into_iter();
     if healthy.is_empty()
@@ -165,11 +257,7 @@ pub async fn run(
             .encryption
             .as_ref()
             .map(|_| crate::archive::crypt::AGE.to_owned()),
-        objects: vec![ManifestObject {
-            key: base_name,
-            role: Role::Base,
-            digest: taken.digest,
-        }],
+        objects,
         tables: Vec::new(),
         extensions: Vec::new(),
         warnings,

@@ -35,6 +35,9 @@ pub(super) struct Taken {
     pub digest: ObjectDigest,
     pub deliveries: Vec<Delivery>,
     pub points: WalPoints,
+    /// The tar's `backup_manifest`, whole: `None` when larger than
+    /// [`pgp::MANIFEST_KEEP`].
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// One base backup to take.
@@ -50,6 +53,9 @@ pub(super) struct Take<'a> {
     /// The object, for messages.
     pub object: String,
     pub wal_wait: Duration,
+    /// An incremental backup: the previous backup's `backup_manifest`, in a
+    /// file `pg_basebackup --incremental` reads.
+    pub incremental: Option<&'a Path>,
 }
 
 pub(super) async fn take(
@@ -61,13 +67,13 @@ pub(super) async fn take(
     // Unique on the server, and short: it is cut at 63 bytes.
     let application_name = format!("{} {:016x}", pgp::APPLICATION_NAME, fastrand::u64(..));
     let url = command::with_application_name(&t.db.url, &application_name);
-    let mut child = pg::spawn(
-        t.pg_basebackup,
-        command::pg_basebackup_args(&url, &t.label),
-        t.db,
-        Stdio::null(),
-        Stdio::piped(),
-    )?;
+    let mut args = command::pg_basebackup_args(&url, &t.label);
+    if let Some(parent) = t.incremental {
+        let mut arg = std::ffi::OsString::from("--incremental=");
+        arg.push(parent);
+        args.push(arg);
+    }
+    let mut child = pg::spawn(t.pg_basebackup, args, t.db, Stdio::null(), Stdio::piped())?;
     let stdout = child
         .child
         .stdout
@@ -78,6 +84,7 @@ pub(super) async fn take(
     let waiting = tokio::task::spawn_blocking(move || child.wait_keeping_stderr());
     let ended = tokio::sync::Notify::new();
     let points = Mutex::new(None);
+    let manifest = Mutex::new(None);
     // Awaited by the pipeline once the tar is read, before any storage
     // shows it: whatever is wrong with it leaves nothing behind.
     let finished = async {
@@ -90,6 +97,7 @@ pub(super) async fn take(
         let scan = scan.lock().unwrap_or_else(|p| p.into_inner());
         let found = wal_points(t.job, &scan, &stderr)?;
         *points.lock().unwrap_or_else(|p| p.into_inner()) = Some(found);
+        *manifest.lock().unwrap_or_else(|p| p.into_inner()) = scan.manifest().map(<[u8]>::to_vec);
         Ok(())
     };
     progress.begin("base backup of the cluster", None);
@@ -134,6 +142,7 @@ pub(super) async fn take(
         digest,
         deliveries,
         points,
+        manifest: manifest.into_inner().unwrap_or_else(|p| p.into_inner()),
     })
 }
 

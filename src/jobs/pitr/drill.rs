@@ -344,6 +344,8 @@ async fn run_steps(
                 dir: &p.dir,
                 settings: &p.settings,
                 owner: crate::pg::cluster::server_user()?,
+                chain: &p.chain,
+                combine: p.combine.as_deref(),
             },
             storage,
             progress,

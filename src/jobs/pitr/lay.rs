@@ -19,6 +19,14 @@
 //! `pg_verifybackup -n DIR` can check the directory against it until the
 //! server first starts.
 //!
+//! An incremental base backup is laid down with every backup before it,
+//! back to a full one: each is unpacked and checked the same way into a
+//! spool directory beside the target (`.<name>.combining-<id>`), and
+//! `pg_combinebackup` of the backup's major writes the data directory from
+//! them (with hard links, `--link`, where PostgreSQL 18 has it and the spool
+//! is on the target's file system); the spool goes once it is done, whatever
+//! the outcome.
+//!
 //! Where it is written: a missing or empty target directly; a non-empty
 //! one (`--force`) into a copy beside it, swapped in once complete, the old
 //! content removed only then. A failure removes what it wrote and leaves an
@@ -149,6 +157,10 @@ pub struct LayDown<'a> {
     /// Files owned by this user (run as root: the server's user,
     /// `postgres`); `None` = as written.
     pub owner: Option<(u32, u32)>,
+    /// An incremental `backup`: the backups before it, the full one first,
+    /// and the `pg_combinebackup` that combines them.
+    pub chain: &'a [Manifest],
+    pub combine: Option<&'a Path>,
 }
 
 /// What [`lay_down`] wrote.
@@ -162,6 +174,8 @@ pub struct Laid {
     /// What the operator should know: configuration files the backup did
     /// not hold, a `standby.signal` removed.
     pub warnings: Vec<String>,
+    /// The backups combined into the data directory: 1 for a full one.
+    pub combined: usize,
 }
 
 /// Streams the base backup from `storage` into the target (or its staging
@@ -188,21 +202,26 @@ pub async fn lay_down(
             m.id, m.job
         ))
     };
-    let physical = m.physical.as_ref().ok_or_else(not_physical)?;
-    let algorithm = Algorithm::parse(&physical.manifest_checksums).ok_or_else(|| {
-        Error::integrity(format!(
-            "backup {} of job {}: its manifest names checksum algorithm '{}', which \
-             backup_manifest does not have",
-            m.id, m.job, physical.manifest_checksums
-        ))
-    })?;
-    let object = m.object(Role::Base).ok_or_else(not_physical)?.clone();
-    let key = catalog::backup_prefix(&m.job, &m.id)?.join(&object.key)?;
-    let compression = m.compression()?;
+    m.physical.as_ref().ok_or_else(not_physical)?;
+    let links = what
+        .chain
+        .iter()
+        .chain(std::iter::once(m))
+        .map(|link| Link::of(link, storage.name()))
+        .collect::<Result<Vec<Link>>>()?;
+    let combine = match (what.chain.is_empty(), what.combine) {
+        (true, _) => None,
+        (false, Some(tool)) => Some(tool.to_path_buf()),
+        (false, None) => {
+            return Err(Error::internal(format!(
+                "backup {} is incremental, and no pg_combinebackup was given",
+                m.id
+            )));
+        }
+    };
     // A missing object fails here, before anything is written.
-    let source = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
-
-    let label = format!("{key} in storage {}", storage.name());
+    let source = tokio_util::io::SyncIoBridge::new(storage.reader(&links[0].key).await?);
+    let stored_size = links.iter().map(|l| l.digest.stored_size).sum();
     let comment = format!(
         "added by backup {} for the point-in-time recovery of job {} from base backup {}; \
          these lines override any earlier ones",
@@ -216,15 +235,16 @@ pub async fn lay_down(
         settings: what.settings.clone(),
         owner: what.owner,
         crypt: what.crypt.clone(),
-        compression,
-        digest: object.digest.clone(),
-        algorithm,
-        label,
+        links,
+        combine,
+        storage: storage.clone(),
+        handle: tokio::runtime::Handle::current(),
         comment,
     };
+    let combined = laying.links.len();
     progress.begin(
         &format!("base backup {} into {}", m.id, what.target.display()),
-        Some(object.digest.stored_size),
+        Some(stored_size),
     );
     let laid = tokio::task::spawn_blocking(move || laying.run(source, progress))
         .await
@@ -242,7 +262,48 @@ pub async fn lay_down(
         bytes: summary.bytes,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
+        combined,
     })
+}
+
+/// One base backup's tar, as the laying reads it.
+struct Link {
+    id: String,
+    key: crate::storage::Key,
+    compression: crate::model::Compression,
+    digest: archive::ObjectDigest,
+    algorithm: Algorithm,
+    /// The object, for messages.
+    label: String,
+}
+
+impl Link {
+    fn of(m: &Manifest, storage: &str) -> Result<Link> {
+        let not_physical = || {
+            Error::integrity(format!(
+                "backup {} of job {} is not a physical base backup",
+                m.id, m.job
+            ))
+        };
+        let physical = m.physical.as_ref().ok_or_else(not_physical)?;
+        let algorithm = Algorithm::parse(&physical.manifest_checksums).ok_or_else(|| {
+            Error::integrity(format!(
+                "backup {} of job {}: its manifest names checksum algorithm '{}', which \
+                 backup_manifest does not have",
+                m.id, m.job, physical.manifest_checksums
+            ))
+        })?;
+        let object = m.object(Role::Base).ok_or_else(not_physical)?;
+        let key = catalog::backup_prefix(&m.job, &m.id)?.join(&object.key)?;
+        Ok(Link {
+            id: m.id.to_string(),
+            label: format!("{key} in storage {storage}"),
+            key,
+            compression: m.compression()?,
+            digest: object.digest.clone(),
+            algorithm,
+        })
+    }
 }
 
 /// [`lay_down`]'s work on a blocking thread, with what it needs owned.
@@ -252,11 +313,14 @@ struct Laying {
     settings: RecoverySettings,
     owner: Option<(u32, u32)>,
     crypt: Crypt,
-    compression: crate::model::Compression,
-    digest: archive::ObjectDigest,
-    algorithm: Algorithm,
-    /// The object, for messages.
-    label: String,
+    /// The backup's tar, after those of the backups it needs (the full one
+    /// first) when it is incremental.
+    links: Vec<Link>,
+    /// `pg_combinebackup`, for more than one link.
+    combine: Option<PathBuf>,
+    /// Where the links after the first are read from, on this runtime.
+    storage: Arc<dyn Storage>,
+    handle: tokio::runtime::Handle,
     /// The comment line above the settings.
     comment: String,
 }
@@ -264,7 +328,7 @@ struct Laying {
 impl Laying {
     fn run(
         self,
-        source: impl std::io::Read,
+        source: impl std::io::Read + Send + 'static,
         progress: Arc<dyn Progress>,
     ) -> Result<(Summary, Vec<String>)> {
         let prepared = self
@@ -277,7 +341,10 @@ impl Laying {
                 return Err(e);
             }
         };
-        let checked = self.unpack_checked(source, place.data(), &*progress);
+        let checked = match &self.combine {
+            None => self.unpack_checked(source, place.data(), &*progress, &self.links[0]),
+            Some(tool) => self.combine_chain(Box::new(source), place.data(), &*progress, tool),
+        };
         progress.end();
         let result = checked.and_then(|summary| {
             let warnings = self.finish(place.data())?;
@@ -301,14 +368,100 @@ impl Laying {
         Ok(())
     }
 
+    /// Every link into a spool directory beside the target, checked, then
+    /// `pg_combinebackup` of them into `data`; the spool removed in any case.
+    fn combine_chain(
+        &self,
+        first: Box<dyn std::io::Read + Send>,
+        data: &Path,
+        progress: &dyn Progress,
+        tool: &Path,
+    ) -> Result<Summary> {
+        let spool = combining_spool(&self.target, &self.links[self.links.len() - 1].id)?;
+        remove_tree(&spool).map_err(|e| disk_error(&spool, "removing the leftover", e))?;
+        make_dir(&spool)?;
+        let combined = self.combine_into(first, &spool, data, progress, tool);
+        if let Err(e) = remove_tree(&spool) {
+            tracing::warn!("cannot remove {}: {e}; remove it", spool.display());
+        }
+        combined
+    }
+
+    fn combine_into(
+        &self,
+        first: Box<dyn std::io::Read + Send>,
+        spool: &Path,
+        data: &Path,
+        progress: &dyn Progress,
+        tool: &Path,
+    ) -> Result<Summary> {
+        let mut first = Some(first);
+        let mut dirs = Vec::with_capacity(self.links.len());
+        let mut total: Option<Summary> = None;
+        for (i, link) in self.links.iter().enumerate() {
+            let dir = spool.join(format!("{i}-{}", link.id));
+            make_dir(&dir)?;
+            let source: Box<dyn std::io::Read + Send> = match first.take() {
+                Some(source) => source,
+                None => Box::new(tokio_util::io::SyncIoBridge::new(
+                    self.handle.block_on(self.storage.reader(&link.key))?,
+                )),
+            };
+            let summary = self.unpack_checked(source, &dir, progress, link)?;
+            total = Some(match total {
+                None => summary,
+                Some(mut t) => {
+                    t.files += summary.files;
+                    t.bytes += summary.bytes;
+                    t
+                }
+            });
+            dirs.push(dir);
+        }
+        let mut command = std::process::Command::new(tool);
+        // The server syncs the directory before recovery (see `finish`).
+        command.arg("--no-sync").arg("--output").arg(data);
+        if hard_links_work(spool, data) && combine_links(tool) {
+            command.arg("--link");
+        }
+        command.args(&dirs);
+        let output = command
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                Error::io(Kind::Tool, format!("running {}", tool.display()), e)
+                    .with_hint("pg_combinebackup of the backup's major version must be installed")
+            })?;
+        if !output.status.success() {
+            let said = String::from_utf8_lossy(&output.stderr);
+            return Err(Error::tool(format!(
+                "{} could not combine base backups {} ({}): {}",
+                tool.display(),
+                self.links
+                    .iter()
+                    .map(|l| l.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                output.status,
+                said.trim()
+            ))
+            .with_hint(
+                "`backup verify --job J --id ID` checks every backup of the chain; restore a \
+                 moment before the chain (an older full backup) with --at",
+            ));
+        }
+        total.ok_or_else(|| Error::internal("a chain of no backups"))
+    }
+
     /// The tar, from the stored object, into `data` and the manifest check.
     fn unpack_checked(
         &self,
         source: impl std::io::Read,
         data: &Path,
         progress: &dyn Progress,
+        link: &Link,
     ) -> Result<Summary> {
-        let mut checker = Checker::start(self.algorithm)?;
+        let mut checker = Checker::start(link.algorithm)?;
         let (writer, reader) = archive::chunks::pipe();
         let into = data.to_path_buf();
         let unpacking = std::thread::Builder::new()
@@ -321,11 +474,11 @@ impl Laying {
         };
         let fed = archive::unpack(
             source,
-            self.compression,
+            link.compression,
             &self.crypt,
-            &self.digest,
+            &link.digest,
             &mut tee,
-            &self.label,
+            &link.label,
             &|n| progress.advance(n),
         );
         drop(tee);
@@ -342,7 +495,7 @@ impl Laying {
             (Err(e), Ok(_), _) => Err(e),
             (Ok(()), Ok(_), Err(e)) => Err(Error::integrity(format!(
                 "{}: its digests match, but {}",
-                self.label,
+                link.label,
                 e.message()
                     .replacen("its backup_manifest", "the tar's backup_manifest", 1)
             ))
@@ -532,6 +685,34 @@ impl Place {
         };
         e.with_hint(hint)
     }
+}
+
+/// Where the backups of a chain are unpacked before they are combined:
+/// beside the target, `.<name>.combining-<id>`.
+fn combining_spool(target: &Path, id: &str) -> Result<PathBuf> {
+    let name = target
+        .file_name()
+        .ok_or_else(|| Error::refused(format!("{} names no directory", target.display())))?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok(parent.join(format!(".{}.combining-{id}", name.to_string_lossy())))
+}
+
+/// Whether `a` and `b` are on one file system, where a hard link from one
+/// to the other can be made.
+fn hard_links_work(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+/// Whether this `pg_combinebackup` has `--link` (PostgreSQL 18 on).
+fn combine_links(tool: &Path) -> bool {
+    crate::pg::tool_version(tool).is_ok_and(|(major, _)| major >= 18)
 }
 
 fn remove_tree(path: &Path) -> std::io::Result<()> {
@@ -1102,6 +1283,8 @@ mod tests {
                 dir,
                 settings: &settings(at("2024-01-20T05:30:00Z")),
                 owner,
+                chain: &[],
+                combine: None,
             },
             &storage,
             Arc::new(crate::report::Hidden),

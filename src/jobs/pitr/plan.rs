@@ -93,6 +93,10 @@ pub struct PitrPlan {
     pub target_dir: PathBuf,
     pub dir: TargetDir,
     pub install: ServerInstall,
+    /// An incremental `backup`: the backups it is combined with, the full
+    /// one first, and the `pg_combinebackup` of its major.
+    pub chain: Vec<Manifest>,
+    pub combine: Option<PathBuf>,
     pub settings: RecoverySettings,
     pub space_needed: u64,
     pub space_free: Option<u64>,
@@ -124,6 +128,8 @@ impl PitrPlan {
             "space_needed": self.space_needed,
             "space_free": self.space_free,
             "server": self.install.bindir,
+            "chain": self.chain.iter().map(|m| m.id.to_string()).collect::<Vec<_>>(),
+            "combine": self.combine,
             "notes": self.notes,
         })
     }
@@ -147,6 +153,21 @@ impl fmt::Display for PitrPlan {
                 show(p.stop_time),
                 p.timeline,
                 bytes_human(b.raw_size())
+            )?;
+        }
+        if !self.chain.is_empty() {
+            writeln!(
+                f,
+                "  chain:      incremental on {} ({} raw in all): combined with {}",
+                self.chain
+                    .iter()
+                    .map(|m| m.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                bytes_human(self.chain.iter().map(Manifest::raw_size).sum::<u64>() + b.raw_size()),
+                self.combine
+                    .as_deref()
+                    .map_or("pg_combinebackup".into(), |p| p.display().to_string())
             )?;
         }
         writeln!(
@@ -206,8 +227,14 @@ impl fmt::Display for PitrPlan {
         )?;
         writeln!(
             f,
-            "  space:      {} needed (the base backup, and WAL fetched a few segments ahead){}",
+            "  space:      {} needed ({}, and WAL fetched a few segments ahead){}",
             bytes_human(self.space_needed),
+            if self.chain.is_empty() {
+                "the base backup"
+            } else {
+                "each backup of the chain unpacked beside the target, and the data directory \
+                 combined from them"
+            },
             self.space_free
                 .map(|free| format!(", {} free", bytes_human(free)))
                 .unwrap_or_default()
@@ -286,19 +313,49 @@ pub async fn plan(
         .iter()
         .filter_map(|m| m.physical.as_ref().map(|p| p.stop_time))
         .min();
-    // The newest base backup consistent at or before the moment: a backup
-    // taken by its id's time may have ended after it.
-    let backup = match request.target {
-        Target::Latest => bases.iter().max_by_key(|m| m.id.clone()).copied(),
+    // The newest base backup consistent at or before the moment whose
+    // chain (for an incremental one) is whole: a backup taken by its id's
+    // time may have ended after it.
+    let mut candidates: Vec<&Manifest> = match request.target {
+        Target::Latest => bases.clone(),
         Target::Time(at) => bases
             .iter()
             .filter(|m| m.physical.as_ref().is_some_and(|p| p.stop_time <= at))
-            .max_by_key(|m| m.physical.as_ref().map(|p| p.stop_time))
-            .copied(),
+            .copied()
+            .collect(),
+    };
+    candidates.sort_by_key(|m| {
+        std::cmp::Reverse((m.physical.as_ref().map(|p| p.stop_time), m.id.clone()))
+    });
+    let mut notes = Vec::new();
+    let mut chosen_chain = None;
+    for candidate in candidates {
+        match chain_of(candidate, &bases) {
+            Ok(chain) => {
+                chosen_chain = Some((candidate, chain));
+                break;
+            }
+            Err(why) => notes.push(format!(
+                "base backup {} is passed over: {why}; an older one is used",
+                candidate.id
+            )),
+        }
+    }
+    let (backup, chain) = match chosen_chain {
+        Some((backup, chain)) => (Some(backup), chain),
+        None => (None, Vec::new()),
     };
     let Some(backup) = backup.cloned() else {
         if chosen.physical.is_none() {
             return Err(not_physical(job, &chosen));
+        }
+        if let Some(why) = notes.first() {
+            return Err(Error::integrity(format!(
+                "job {}: no base backup at or before the moment can be restored: {why}; \
+                 nothing was written",
+                job.name
+            ))
+            .with_hint("`backup verify --job J` names what is missing; choose a later moment"));
         }
         let at = request.target.time().unwrap_or_default();
         return Err(Error::refused(format!(
@@ -335,6 +392,11 @@ pub async fn plan(
              pg_bin_dir at it)"
         )));
     }
+    let combine = if chain.is_empty() {
+        None
+    } else {
+        Some(combine_tool(database, &install, major)?)
+    };
     let archive = read_archive(storages, &job.name, &crypt, spec).await?;
     let size = physical.wal_segment_size;
     let from = Segment::parse(&physical.wal_start, size)
@@ -357,7 +419,6 @@ pub async fn plan(
         ))
         .with_hint("leave out --timeline to follow the newest timeline, or choose another base backup by --at"));
     }
-    let mut notes = Vec::new();
     if !path.missing_history.is_empty() {
         notes.push(format!(
             "timelines {:?} have segments in the archive and no history file: recovery does not \
@@ -545,7 +606,15 @@ pub async fn plan(
     };
     // The base backup lands whole; WAL passes a few segments at a time
     // (fetched ahead, then recycled by the server).
-    let space_needed = backup.raw_size() + (u64::from(wal.fetch_ahead) + 3) * size;
+    // A chain is unpacked whole, then combined into a directory about as
+    // large as all of it (less where hard links work, not counted on).
+    let chain_size: u64 = chain.iter().map(Manifest::raw_size).sum::<u64>() + backup.raw_size();
+    let laid_size = if chain.is_empty() {
+        backup.raw_size()
+    } else {
+        2 * chain_size
+    };
+    let space_needed = laid_size + (u64::from(wal.fetch_ahead) + 3) * size;
     let space_free = free_space(&request.dir);
     if let Some(free) = space_free
         && free < space_needed
@@ -583,11 +652,73 @@ pub async fn plan(
         target_dir: request.dir.clone(),
         dir,
         install,
+        chain,
+        combine,
         settings,
         space_needed,
         space_free,
         notes,
     })
+}
+
+/// The backups an incremental `backup` is combined with, the full one first,
+/// from `bases` (one storage's); why not, when one is missing or is not the
+/// one it was taken against.
+pub fn chain_of(
+    backup: &Manifest,
+    bases: &[&Manifest],
+) -> std::result::Result<Vec<Manifest>, String> {
+    let mut chain = Vec::new();
+    let mut at = backup;
+    while let Some(parent) = at.physical.as_ref().and_then(|p| p.incremental_of.as_ref()) {
+        let Some(found) = bases.iter().find(|m| m.id == parent.backup) else {
+            return Err(format!(
+                "it is incremental on backup {}, which is not complete in this storage",
+                parent.backup
+            ));
+        };
+        let matches = found
+            .physical
+            .as_ref()
+            .is_some_and(|p| p.start_lsn == parent.start_lsn && p.timeline == parent.timeline)
+            && found.system_identifier == at.system_identifier;
+        if !matches || chain.len() > 1000 {
+            return Err(format!(
+                "it is incremental on backup {} from {} on timeline {}, and that backup is not \
+                 the one it was taken against",
+                parent.backup, parent.start_lsn, parent.timeline
+            ));
+        }
+        chain.push((*found).clone());
+        at = found;
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// The `pg_combinebackup` of `major`: the server's own, else one in the
+/// client search list of that major exactly (its control file format
+/// changes between majors).
+fn combine_tool(database: &Database, install: &ServerInstall, major: u32) -> Result<PathBuf> {
+    let own = install.bindir.join("pg_combinebackup");
+    if own.is_file() {
+        return Ok(own);
+    }
+    crate::pg::holding(database, "pg_combinebackup")
+        .into_iter()
+        .find(|(m, _)| *m == major)
+        .map(|(_, dir)| dir.join("pg_combinebackup"))
+        .ok_or_else(|| {
+            Error::tool(format!(
+                "the base backup is incremental, and no pg_combinebackup of PostgreSQL {major} \
+                 was found to combine its chain (not in {}); nothing was written",
+                install.bindir.display()
+            ))
+            .with_hint(format!(
+                "install postgresql-{major} (or postgresql{major} on RPM systems), or list its \
+                 bin directory in pg_bin_dirs"
+            ))
+        })
 }
 
 /// The error for a moment before every base backup, naming the window.

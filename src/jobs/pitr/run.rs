@@ -59,6 +59,8 @@ pub async fn execute(
             dir: &plan.dir,
             settings: &plan.settings,
             owner,
+            chain: &plan.chain,
+            combine: plan.combine.as_deref(),
         },
         storage,
         progress,

@@ -145,10 +145,16 @@ async fn history(
     let mut wal_needs = BTreeMap::new();
     let mut unreadable = Vec::new();
     for (id, s) in &stored {
+        let mut based_on = None;
         let at = if s.complete {
             let key = catalog::backup_prefix(&job.name, id)?.join(MANIFEST)?;
             match catalog::read_manifest(storage, &key).await {
                 Ok(m) => {
+                    based_on = m
+                        .physical
+                        .as_ref()
+                        .and_then(|p| p.incremental_of.as_ref())
+                        .map(|p| p.backup.clone());
                     let needs = m
                         .physical
                         .as_ref()
@@ -185,6 +191,7 @@ async fn history(
             complete: s.complete,
             pinned,
             verified: tested.contains(id.as_str()),
+            based_on,
         });
     }
     let history = History {

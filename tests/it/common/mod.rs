@@ -415,6 +415,23 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// `pgbench ARGS` on `db` as the superuser (from the client programs:
+    /// 18's for a server-only build); panics when it fails.
+    pub fn pgbench(&self, db: &str, args: &[&str]) {
+        let out = Command::new(self.client_bindir.join("pgbench"))
+            .args(args)
+            .arg(self.url(db))
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pgbench");
+        assert!(
+            out.status.success(),
+            "pgbench {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn psql_output(&self, db: &str, args: &[&str]) -> Output {
         self.psql_command(db)
             .args(args)
