@@ -62,6 +62,9 @@ pub struct Candidate {
     pub verified: bool,
     /// An incremental base backup: the backup it was taken against.
     pub based_on: Option<BackupId>,
+    /// Kept whatever the policy says, for this reason (a newer backup
+    /// whose manifest does not read may have been taken against it).
+    pub held: Option<String>,
 }
 
 /// What retention is asked to judge.
@@ -155,6 +158,11 @@ pub fn plan(history: &History, policy: &Policy, zone: &TimeZone, now: Timestamp)
             } else {
                 format!("pinned: {why}")
             });
+        }
+    }
+    for &i in &complete {
+        if let Some(why) = &backups[i].held {
+            reasons[i].push(why.clone());
         }
     }
     for &i in complete.iter().take(policy.min_keep as usize) {
@@ -318,6 +326,7 @@ mod tests {
             pinned: None,
             verified: false,
             based_on: None,
+            held: None,
         }
     }
 
@@ -391,6 +400,14 @@ mod tests {
             p.deletions().all(|e| e.at <= at("2026-11-19T03:00:00")),
             "{:?}",
             p.entries
+        );
+        // Held (a newer manifest does not read): kept, saying why.
+        let mut held = backups.clone();
+        held[0].held = Some("backup X's manifest does not read".into());
+        let p = plan(&history(held), &policy, &tokyo(), at(NOW));
+        assert_eq!(
+            reasons_of(&p, "2026-11-16T03:00:00"),
+            ["backup X's manifest does not read"]
         );
         // Keeping only the last of the first chain keeps its full backup too.
         let mut pinned = backups;
@@ -619,6 +636,7 @@ mod tests {
                 pinned: None,
                 verified: false,
                 based_on: None,
+                held: None,
             })
             .to_vec();
         let policy = Policy {
@@ -664,6 +682,7 @@ mod tests {
                     pinned: None,
                     verified: false,
                     based_on: None,
+                    held: None,
                 }
             })
             .collect();
@@ -702,6 +721,7 @@ mod tests {
                             pinned: (pin == 0).then(|| "kept by hand".to_owned()),
                             verified,
                             based_on: None,
+                            held: None,
                         }
                     })
                     .collect()

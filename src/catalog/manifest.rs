@@ -12,8 +12,12 @@ use crate::pg::TableRows;
 use crate::storage::{Key, Storage};
 use crate::wal::{Lsn, Segment};
 
-/// The manifest format this version writes and the newest it reads.
+/// The manifest format this version writes, but for incremental backups.
 pub const FORMAT: u32 = 1;
+/// The format of an incremental base backup's manifest, and the newest this
+/// version reads: a version that reads only 1 would take one for a full
+/// backup, restore it alone and let prune delete what it needs.
+pub const FORMAT_INCREMENTAL: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
 
 /// A manifest larger than this is not one of ours (a table list of millions).
@@ -312,9 +316,9 @@ impl Manifest {
     /// or damaged one must not name objects outside its backup, nor pass for
     /// a backup it is not.
     pub fn problem(&self, job: &str, id: &BackupId) -> Option<String> {
-        if self.format == 0 || self.format > FORMAT {
+        if self.format == 0 || self.format > FORMAT_INCREMENTAL {
             return Some(format!(
-                "it has format {}, this version reads 1 to {FORMAT}",
+                "it has format {}, this version reads 1 to {FORMAT_INCREMENTAL}",
                 self.format
             ));
         }
@@ -376,6 +380,19 @@ impl Manifest {
             if let Some(why) = physical.problem() {
                 return Some(why);
             }
+            if physical.incremental_of.is_some() != (self.format == FORMAT_INCREMENTAL) {
+                return Some(format!(
+                    "it has format {}, and format {FORMAT_INCREMENTAL} is for incremental base \
+                     backups only",
+                    self.format
+                ));
+            }
+        } else if self.format != FORMAT {
+            return Some(format!(
+                "it has format {}, and format {FORMAT_INCREMENTAL} is for incremental base \
+                 backups only",
+                self.format
+            ));
         } else if files {
             if roles != [Role::Files] || self.tree.is_none() {
                 return Some(
@@ -478,9 +495,9 @@ pub async fn read_manifest(storage: &dyn Storage, key: &Key) -> Result<Manifest>
     let id = BackupId::parse(id).map_err(|e| invalid(e.message().to_owned()))?;
     let bytes = crate::storage::read_small(storage, key, MANIFEST_LIMIT).await?;
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    if manifest.format > FORMAT {
+    if manifest.format > FORMAT_INCREMENTAL {
         return Err(Error::integrity(format!(
-            "storage {}: {key} has format {}, this version reads up to {FORMAT}",
+            "storage {}: {key} has format {}, this version reads up to {FORMAT_INCREMENTAL}",
             storage.name(),
             manifest.format
         ))

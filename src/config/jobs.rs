@@ -497,6 +497,49 @@ mod tests {
     }
 
     #[test]
+    fn incremental_base_backups_take_a_chain_length_and_only_physical_jobs_take_them() {
+        const BASE: &str = "\n[jobs.base]\ntype = \"physical\"\ndatabase = \"app\"\n\
+                            storages = [\"disk\"]\n";
+        let wal = |text: &str| {
+            let config = check(&format!("{GOOD}{BASE}{text}")).unwrap();
+            let (_, spec) = config.backup_job("base").unwrap();
+            spec.cluster().unwrap().1.incremental
+        };
+        assert_eq!(wal(""), None);
+        assert_eq!(wal("incremental = false\n"), None);
+        assert_eq!(
+            wal("incremental = true\n"),
+            Some(WalSettings::DEFAULT_FULL_EVERY)
+        );
+        assert_eq!(wal("incremental = true\nfull_every = 2\n"), Some(2));
+        for (text, expected) in [
+            (
+                "full_every = 5\n",
+                "full_every applies to incremental base backups only",
+            ),
+            (
+                "incremental = true\nfull_every = 1\n",
+                "full_every = 1: out of range",
+            ),
+            (
+                "incremental = true\nfull_every = 65\n",
+                "full_every = 65: out of range",
+            ),
+            ("incremental = \"yes\"\n", "expected a boolean"),
+        ] {
+            let e = error_of(&format!("{GOOD}{BASE}{text}"));
+            assert!(e.contains(expected), "{text}: {e}");
+            assert!(e.starts_with("jobs/app.toml:"), "{e}");
+        }
+        let e =
+            error_of(&GOOD.replace("type = \"backup\"", "type = \"backup\"\nincremental = true"));
+        assert!(
+            e.contains("`incremental` does not apply to a backup job"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn files_jobs_take_an_absolute_path_and_are_refused_where_a_database_is_needed() {
         const FILES: &str = "\n[jobs.uploads]\ntype = \"files\"\npath = \"/srv/app/uploads\"\n\
                              storages = [\"disk\"]\nretention = { max_age = \"30d\" }\n";

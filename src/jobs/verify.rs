@@ -533,7 +533,7 @@ pub async fn plan(
     for (storage, backups) in listings {
         let selected = with_chains(storage.name(), &backups, is_wanted, &mut steps);
         if let Some(id) = &wanted
-            && selected.is_empty()
+            && !backups.iter().any(|m| &m.id == id)
             && !unreadable
                 .iter()
                 .any(|(s, u)| s == storage.name() && &u.id == id)

@@ -192,6 +192,51 @@ fn a_chain_of_incremental_base_backups_on_18_restores_to_a_moment_after_the_last
     assert_eq!(crate::pitr::list(&a, &[]).len(), 4);
 }
 
+/// A chain whose full backup is gone (deleted by hand, lost with its
+/// storage): verify names it, a restore refuses it before anything is
+/// written, and the next run does not build on it but takes a full backup.
+#[test]
+fn a_broken_chain_is_named_refused_and_not_built_on() {
+    let a = incremental_job(18, true, "");
+    let full = base_backup(&a, &[]);
+    a.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS g");
+    let incremental = base_backup(&a, &[]);
+    assert!(!manifest(&a, &incremental)["physical"]["incremental_of"].is_null());
+    std::fs::remove_file(a.backups.join(JOB).join(id(&full)).join("manifest.json")).unwrap();
+    a.switch_and_wait();
+
+    let run = a.run_within(LONG, &["verify", "--job", JOB, "--latest"], &[]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(
+        said(&run).contains(&format!("incremental on backup {}", id(&full))),
+        "{}",
+        run.all()
+    );
+    let parent = a.own_dir("restores");
+    let before = entries(&parent);
+    let dir = parent.join("broken");
+    let run = a.run_within(
+        QUICK,
+        &[
+            "restore",
+            "--job",
+            JOB,
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--yes",
+        ],
+        &[],
+    );
+    assert_refused(&run, &["can be restored", id(&full)], &parent, &before);
+
+    let run = a.run_within(LONG, &["run", JOB], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(said(&run).contains("cannot be restored"), "{}", run.all());
+    let newest = crate::pitr::list(&a, &[]).swap_remove(0);
+    assert!(manifest(&a, &newest)["physical"]["incremental_of"].is_null());
+}
+
 /// Without WAL summaries, or before 17, an incremental job takes full
 /// base backups, and says why in the backup's warnings.
 fn full_and_said(major: u32, says: &str) {

@@ -82,10 +82,37 @@ pub(super) async fn decide(
                 .to_owned(),
         );
     }
-    // The previous backup, the same in every storage.
+    // The previous backup, the same in every storage, its own chain whole.
     let mut newest: Vec<(String, Option<Manifest>)> = Vec::new();
+    let mut broken = None;
     for storage in storages {
-        let found = catalog::newest(storage.as_ref(), &job.name).await?;
+        let listing = match catalog::list(storage.as_ref(), &job.name).await {
+            Ok(listing) => listing,
+            Err(e) => {
+                return full_because(format!(
+                    "storage {} could not be listed ({}), and an incremental backup needs its \
+                     previous backup there",
+                    storage.name(),
+                    e.message()
+                ));
+            }
+        };
+        let bases: Vec<&Manifest> = listing
+            .backups
+            .iter()
+            .filter(|m| m.physical.is_some())
+            .collect();
+        let found = listing.backups.iter().max_by_key(|m| m.id.clone()).cloned();
+        if let Some(m) = &found
+            && m.physical.is_some()
+            && let Err(why) = crate::jobs::pitr::plan::chain_of(m, &bases)
+        {
+            broken.get_or_insert(format!(
+                "in storage {}, backup {}: {why}",
+                storage.name(),
+                m.id
+            ));
+        }
         newest.push((storage.name().to_owned(), found));
     }
     let Some((_, Some(parent))) = newest.first().cloned() else {
@@ -107,6 +134,25 @@ pub(super) async fn decide(
                 .map_or("nothing".to_owned(), |m| format!("{}", m.id)),
             newest[0].0,
             parent.id
+        ));
+    }
+    if let Some(why) = broken {
+        return full_because(format!("the previous backup cannot be restored ({why})"));
+    }
+    if parent.encryption.is_some() != spec.encryption.is_some() {
+        return full_because(format!(
+            "the previous backup {} is {}, and the job now {}: a chain restores with one key",
+            parent.id,
+            if parent.encryption.is_some() {
+                "encrypted"
+            } else {
+                "not encrypted"
+            },
+            if spec.encryption.is_some() {
+                "encrypts"
+            } else {
+                "does not"
+            }
         ));
     }
     let Some(physical) = parent.physical.as_ref() else {
@@ -204,19 +250,21 @@ pub(super) async fn decide(
     Ok(Some(Against { parent, link, file }))
 }
 
-/// Whether `pg_basebackup --incremental` failed for want of what the server
-/// needs for it (summaries for the whole range, a manifest it accepts), which
-/// a full backup does not need.
+/// Whether `pg_basebackup --incremental` was refused as it began: the server
+/// would not take the manifest, or not start an incremental backup from it
+/// (no summaries for the whole range, a timeline not in its history, another
+/// system). Nothing was stored then, and a full backup may go on; were the
+/// refusal about something else, the full backup meets it again and fails.
 pub(super) fn server_refused(e: &Error) -> bool {
-    let text = e.message().to_ascii_lowercase();
-    [
-        "wal summar",
-        "incremental",
-        "backup manifest",
-        "manifest requires",
-    ]
-    .iter()
-    .any(|m| text.contains(m))
+    let text = e.message();
+    text.contains("pg_basebackup")
+        && [
+            "could not initiate base backup",
+            "could not upload manifest",
+            "\"UPLOAD_MANIFEST\"",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
 }
 
 /// A sink that refuses more than `left` bytes: a stored manifest is ours and
@@ -234,11 +282,39 @@ impl Write for Limited<'_> {
                 MANIFEST_KEEP >> 20
             )));
         }
-        self.left -= buf.len() as u64;
-        self.inner.write(buf)
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_as_the_backup_begins_turns_it_into_a_full_one() {
+        let refused = |text: &str| server_refused(&Error::tool(text.to_owned()));
+        assert!(refused(
+            "pg_basebackup exited with status 1: pg_basebackup: error: could not initiate base \
+             backup: ERROR:  WAL summaries are required on timeline 1 from 0/2000028 to \
+             0/4000028, but no summaries for that timeline and LSN range exist"
+        ));
+        assert!(refused(
+            "pg_basebackup exited with status 1: pg_basebackup: error: could not upload \
+             manifest: ERROR:  timeline 2 found in manifest, but not in this server's history"
+        ));
+        // A job, an object or a WAL wait that says "incremental" is not the server's refusal.
+        assert!(!refused(
+            "job incremental-wal: the WAL this backup needs was not archived within 10m"
+        ));
+        assert!(!refused(
+            "pg_basebackup exited with status 1: pg_basebackup: error: could not read COPY data: \
+             server closed the connection unexpectedly"
+        ));
     }
 }

@@ -128,7 +128,8 @@ pub async fn run(
         (Err(e), Some(a)) if incremental::server_refused(&e) => {
             // Nothing was stored: the server refused before the first file.
             let warning = format!(
-                "the server could not take an incremental backup against {} ({}): this base                  backup is a full one",
+                "the server could not take an incremental backup against {} ({}): this base \
+                 backup is a full one",
                 a.parent.id,
                 e.message()
             );
@@ -138,6 +139,18 @@ pub async fn run(
             start_time = pg::physical::server_time(&conn).await?;
             let destinations = backup::open_writers(&storages, &base_key).await?;
             stream::take(take(false, destinations), &conn, clock, progress).await?
+        }
+        (Err(e), Some(a)) => {
+            let hint = format!(
+                "`backup run {} --full` takes a full backup, starting a new chain, if the chain \
+                 from {} is the trouble",
+                job.name, a.parent.id
+            );
+            let hint = match e.hint() {
+                Some(h) => format!("{h}; {hint}"),
+                None => hint,
+            };
+            return Err(e.with_hint(hint));
         }
         (taken, _) => taken?,
     };
@@ -241,7 +254,11 @@ pub async fn run(
     failed.extend(lacking);
 
     let manifest = Manifest {
-        format: catalog::FORMAT,
+        format: if physical.incremental_of.is_some() {
+            catalog::FORMAT_INCREMENTAL
+        } else {
+            catalog::FORMAT
+        },
         id,
         job: job.name.clone(),
         database: db.name.clone(),

@@ -339,6 +339,8 @@ mod tests {
     #[test]
     fn the_wal_points_come_from_the_manifest_and_agree_with_stderr() {
         let good = tar(&[("PG_VERSION", b"15\n"), ("backup_manifest", MANIFEST)]);
+        // Kept whole, for the next incremental backup.
+        assert_eq!(good.manifest(), Some(MANIFEST));
         let points = wal_points("base", &good, STDERR).unwrap();
         assert_eq!(
             (points.start, points.stop),

@@ -345,6 +345,7 @@ async fn run_steps(
                 settings: &p.settings,
                 owner: crate::pg::cluster::server_user()?,
                 chain: &p.chain,
+                chain_crypts: &p.chain_crypts,
                 combine: p.combine.as_deref(),
             },
             storage,

@@ -160,6 +160,8 @@ pub struct LayDown<'a> {
     /// An incremental `backup`: the backups before it, the full one first,
     /// and the `pg_combinebackup` that combines them.
     pub chain: &'a [Manifest],
+    /// What opens each of `chain` (`catalog::opener`).
+    pub chain_crypts: &'a [Crypt],
     pub combine: Option<&'a Path>,
 }
 
@@ -203,11 +205,15 @@ pub async fn lay_down(
         ))
     };
     m.physical.as_ref().ok_or_else(not_physical)?;
+    if what.chain_crypts.len() != what.chain.len() {
+        return Err(Error::internal("a chain without a key for each backup"));
+    }
     let links = what
         .chain
         .iter()
-        .chain(std::iter::once(m))
-        .map(|link| Link::of(link, storage.name()))
+        .zip(what.chain_crypts)
+        .chain(std::iter::once((m, what.crypt)))
+        .map(|(link, crypt)| Link::of(link, crypt, storage.name()))
         .collect::<Result<Vec<Link>>>()?;
     let combine = match (what.chain.is_empty(), what.combine) {
         (true, _) => None,
@@ -234,7 +240,6 @@ pub async fn lay_down(
         dir: what.dir.clone(),
         settings: what.settings.clone(),
         owner: what.owner,
-        crypt: what.crypt.clone(),
         links,
         combine,
         storage: storage.clone(),
@@ -273,12 +278,13 @@ struct Link {
     compression: crate::model::Compression,
     digest: archive::ObjectDigest,
     algorithm: Algorithm,
+    crypt: Crypt,
     /// The object, for messages.
     label: String,
 }
 
 impl Link {
-    fn of(m: &Manifest, storage: &str) -> Result<Link> {
+    fn of(m: &Manifest, crypt: &Crypt, storage: &str) -> Result<Link> {
         let not_physical = || {
             Error::integrity(format!(
                 "backup {} of job {} is not a physical base backup",
@@ -302,6 +308,7 @@ impl Link {
             compression: m.compression()?,
             digest: object.digest.clone(),
             algorithm,
+            crypt: crypt.clone(),
         })
     }
 }
@@ -312,7 +319,6 @@ struct Laying {
     dir: TargetDir,
     settings: RecoverySettings,
     owner: Option<(u32, u32)>,
-    crypt: Crypt,
     /// The backup's tar, after those of the backups it needs (the full one
     /// first) when it is incremental.
     links: Vec<Link>,
@@ -378,8 +384,18 @@ impl Laying {
         tool: &Path,
     ) -> Result<Summary> {
         let spool = combining_spool(&self.target, &self.links[self.links.len() - 1].id)?;
-        remove_tree(&spool).map_err(|e| disk_error(&spool, "removing the leftover", e))?;
-        make_dir(&spool)?;
+        for leftover in combining_leftovers(&self.target) {
+            tracing::info!(
+                "removing {}, left by an interrupted restore",
+                leftover.display()
+            );
+            remove_tree(&leftover).map_err(|e| disk_error(&leftover, "removing", e))?;
+        }
+        // Made here, not found: nobody else's directory is unpacked into.
+        fs::DirBuilder::new()
+            .mode(DATA_DIR_MODE)
+            .create(&spool)
+            .map_err(|e| disk_error(&spool, "creating", e))?;
         let combined = self.combine_into(first, &spool, data, progress, tool);
         if let Err(e) = remove_tree(&spool) {
             tracing::warn!("cannot remove {}: {e}; remove it", spool.display());
@@ -475,7 +491,7 @@ impl Laying {
         let fed = archive::unpack(
             source,
             link.compression,
-            &self.crypt,
+            &link.crypt,
             &link.digest,
             &mut tee,
             &link.label,
@@ -689,7 +705,7 @@ impl Place {
 
 /// Where the backups of a chain are unpacked before they are combined:
 /// beside the target, `.<name>.combining-<id>`.
-fn combining_spool(target: &Path, id: &str) -> Result<PathBuf> {
+pub fn combining_spool(target: &Path, id: &str) -> Result<PathBuf> {
     let name = target
         .file_name()
         .ok_or_else(|| Error::refused(format!("{} names no directory", target.display())))?;
@@ -698,6 +714,31 @@ fn combining_spool(target: &Path, id: &str) -> Result<PathBuf> {
         _ => Path::new("."),
     };
     Ok(parent.join(format!(".{}.combining-{id}", name.to_string_lossy())))
+}
+
+/// The spools of interrupted restores into `target`: directories (never
+/// links) named as [`combining_spool`] names them.
+fn combining_leftovers(target: &Path) -> Vec<PathBuf> {
+    let (Some(name), Ok(spool)) = (target.file_name(), combining_spool(target, "")) else {
+        return Vec::new();
+    };
+    let Some(parent) = spool.parent() else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.combining-", name.to_string_lossy());
+    fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|id| crate::model::BackupId::parse(id).is_ok())
+                && e.file_type().is_ok_and(|t| t.is_dir())
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Whether `a` and `b` are on one file system, where a hard link from one
@@ -1284,6 +1325,7 @@ mod tests {
                 settings: &settings(at("2024-01-20T05:30:00Z")),
                 owner,
                 chain: &[],
+                chain_crypts: &[],
                 combine: None,
             },
             &storage,

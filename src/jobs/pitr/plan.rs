@@ -96,6 +96,8 @@ pub struct PitrPlan {
     /// An incremental `backup`: the backups it is combined with, the full
     /// one first, and the `pg_combinebackup` of its major.
     pub chain: Vec<Manifest>,
+    /// What opens each backup of `chain`: a chain may span a key change.
+    pub chain_crypts: Vec<Crypt>,
     pub combine: Option<PathBuf>,
     pub settings: RecoverySettings,
     pub space_needed: u64,
@@ -397,6 +399,10 @@ pub async fn plan(
     } else {
         Some(combine_tool(database, &install, major)?)
     };
+    let mut chain_crypts = Vec::with_capacity(chain.len());
+    for link in &chain {
+        chain_crypts.push(catalog::opener(storage.as_ref(), link, spec.keys()).await?);
+    }
     let archive = read_archive(storages, &job.name, &crypt, spec).await?;
     let size = physical.wal_segment_size;
     let from = Segment::parse(&physical.wal_start, size)
@@ -627,6 +633,25 @@ pub async fn plan(
         ))
         .with_hint("restore into a --target-dir on a file system with room"));
     }
+    // The chain's spool is beside the target: on another file system (the
+    // target a mount point of its own) it needs the chain's size there.
+    if !chain.is_empty() {
+        let spool = lay::combining_spool(&request.dir, backup.id.as_str())?;
+        let spool_fs = existing_ancestor(&spool);
+        if !same_file_system(&spool_fs, &existing_ancestor(&request.dir))
+            && let Some(free) = free_space(&spool_fs)
+            && free < chain_size
+        {
+            return Err(Error::refused(format!(
+                "{} has {} free, and the chain unpacked there before it is combined needs {}; \
+                 nothing was written",
+                spool_fs.display(),
+                bytes_human(free),
+                bytes_human(chain_size)
+            ))
+            .with_hint("make room beside the --target-dir, or restore into another one"));
+        }
+    }
     reachable_by_server(request)?;
     let settings = RecoverySettings {
         restore_command: restore_command(request, &job.name),
@@ -653,6 +678,7 @@ pub async fn plan(
         dir,
         install,
         chain,
+        chain_crypts,
         combine,
         settings,
         space_needed,
@@ -979,6 +1005,14 @@ fn existing_ancestor(dir: &Path) -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+fn same_file_system(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => true,
+    }
+}
+
 /// Free bytes where `dir` is (or would be created).
 fn free_space(dir: &Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(&existing_ancestor(dir)).ok()?;
@@ -988,6 +1022,86 @@ fn free_space(dir: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A base backup started at `start` (its segment number), incremental
+    /// on `parent` (its id and start) when given.
+    fn base(id: &str, start: u64, parent: Option<(&str, u64, u32)>) -> Manifest {
+        let lsn = |segment: u64| format!("0/{:X}", segment << 24 | 0x28);
+        let mut format = 1;
+        let mut physical = serde_json::json!({
+            "timeline": 1, "start_lsn": lsn(start), "stop_lsn": lsn(start + 1),
+            "start_time": "2026-01-01T00:00:00Z", "stop_time": "2026-01-01T00:00:10Z",
+            "wal_segment_size": 16777216,
+            "wal_start": format!("0000000100000000{start:08X}"),
+            "wal_stop": format!("0000000100000000{:08X}", start + 1),
+            "manifest_checksums": "CRC32C"
+        });
+        if let Some((backup, from, chain_length)) = parent {
+            format = 2;
+            physical["incremental_of"] = serde_json::json!({
+                "backup": backup, "start_lsn": lsn(from), "timeline": 1,
+                "chain_length": chain_length
+            });
+        }
+        serde_json::from_value(serde_json::json!({
+            "format": format, "id": id, "job": "base", "database": "app", "dbname": "postgres",
+            "server_version": "18.1", "pg_dump_version": "18.1",
+            "snapshot_at": "2026-01-01T00:00:10Z", "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:10Z", "compression": "none", "encryption": null,
+            "objects": [{ "key": "base.tar", "role": "base", "raw_size": 1,
+                "raw_sha256": "0".repeat(64), "stored_size": 1, "stored_sha256": "0".repeat(64) }],
+            "tables": [], "system_identifier": "7",
+            "physical": physical
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_incremental_backup_is_combined_with_every_backup_back_to_its_full_one() {
+        let full = base("20260101T000000Z", 2, None);
+        let first = base("20260102T000000Z", 4, Some(("20260101T000000Z", 2, 2)));
+        let second = base("20260103T000000Z", 6, Some(("20260102T000000Z", 4, 3)));
+        let all = [&full, &first, &second];
+        for m in all {
+            assert_eq!(m.problem("base", &m.id), None);
+        }
+        let ids = |chain: Vec<Manifest>| -> Vec<String> {
+            chain.into_iter().map(|m| m.id.to_string()).collect()
+        };
+        assert_eq!(ids(chain_of(&full, &all).unwrap()), Vec::<String>::new());
+        assert_eq!(
+            ids(chain_of(&second, &all).unwrap()),
+            ["20260101T000000Z", "20260102T000000Z"]
+        );
+        // A link gone: the backup cannot be restored, and says which.
+        let e = chain_of(&second, &[&full, &second]).unwrap_err();
+        assert!(
+            e.contains("incremental on backup 20260102T000000Z, which is not complete"),
+            "{e}"
+        );
+        // A link that is not the backup it was taken against (another start).
+        let other = base("20260102T000000Z", 5, Some(("20260101T000000Z", 2, 2)));
+        let e = chain_of(&second, &[&full, &other, &second]).unwrap_err();
+        assert!(e.contains("is not the one it was taken against"), "{e}");
+        // The format says which it is: an older version must not read an
+        // incremental backup as a full one.
+        let mut old = second.clone();
+        old.format = 1;
+        assert!(
+            old.problem("base", &old.id)
+                .is_some_and(|w| w.contains("format 2 is for"))
+        );
+        let mut new = full.clone();
+        new.format = 2;
+        assert!(
+            new.problem("base", &new.id)
+                .is_some_and(|w| w.contains("format 2 is for"))
+        );
+        // A parent that does not start before its child is not a manifest we read.
+        let backwards = base("20260104T000000Z", 2, Some(("20260103T000000Z", 6, 4)));
+        let why = backwards.problem("base", &backwards.id);
+        assert!(why.is_some_and(|w| w.contains("not before its own start")));
+    }
 
     #[test]
     fn the_restore_command_survives_the_shell() {

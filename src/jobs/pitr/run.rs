@@ -60,6 +60,7 @@ pub async fn execute(
             settings: &plan.settings,
             owner,
             chain: &plan.chain,
+            chain_crypts: &plan.chain_crypts,
             combine: plan.combine.as_deref(),
         },
         storage,

@@ -192,7 +192,20 @@ async fn history(
             pinned,
             verified: tested.contains(id.as_str()),
             based_on,
+            held: None,
         });
+    }
+    // A base backup whose manifest does not read may be incremental: which
+    // backup it was taken against is not known, so none before it goes.
+    if spec.cluster().is_some()
+        && let Some(newest) = unreadable.iter().max()
+    {
+        for c in backups.iter_mut().filter(|c| c.complete && &c.id < newest) {
+            c.held = Some(format!(
+                "backup {newest}'s manifest does not read: it may be an incremental backup \
+                 taken against this one"
+            ));
+        }
     }
     let history = History {
         backups,
