@@ -136,9 +136,29 @@ fn a_base_backup_taken_while_pgbench_writes_is_complete_once_its_wal_is_archived
         a.psql("SELECT system_identifier FROM pg_control_system()")
     );
     assert_eq!(m["tables"], serde_json::json!([]));
-    assert_eq!(m["objects"].as_array().unwrap().len(), 1);
+    assert_eq!(m["objects"].as_array().unwrap().len(), 2);
     assert_eq!(m["objects"][0]["role"], "base");
     assert_eq!(m["objects"][0]["key"], "base.tar.zst");
+    // A copy of the tar's backup_manifest, which the next incremental
+    // backup is taken against: zstd reads it without backup.
+    assert_eq!(m["objects"][1]["role"], "backup_manifest");
+    assert_eq!(m["objects"][1]["key"], "backup_manifest.zst");
+    let copy = std::process::Command::new("zstd")
+        .args(["-dc", "--"])
+        .arg(a.backups.join(JOB).join(&id).join("backup_manifest.zst"))
+        .output()
+        .unwrap();
+    assert!(copy.status.success());
+    assert!(
+        String::from_utf8_lossy(&copy.stdout)
+            .starts_with("{ \"PostgreSQL-Backup-Manifest-Version\""),
+        "{}",
+        String::from_utf8_lossy(&copy.stdout[..copy.stdout.len().min(200)])
+    );
+    assert_eq!(
+        copy.stdout.len() as u64,
+        m["objects"][1]["raw_size"].as_u64().unwrap()
+    );
     assert_eq!(p["timeline"], 1);
     assert_eq!(p["wal_segment_size"], 16 << 20);
     assert_eq!(p["manifest_checksums"], "CRC32C");
