@@ -156,6 +156,14 @@ fn a_chain_of_incremental_base_backups_on_18_restores_to_a_moment_after_the_last
     assert!(run.ok(), "drill: {}", run.all());
     let text = std::fs::read_to_string(&report).unwrap();
     assert!(text.contains("| Result | **PASSED** |"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "combined with {} + {} by pg_combinebackup",
+            id(&chain[0]),
+            id(&chain[1])
+        )),
+        "{text}"
+    );
     assert_nothing_left(&a);
 
     // keep_last = 1 keeps the newest, and so the whole chain under it.

@@ -331,10 +331,11 @@ async fn run_steps(
     let laid = step(
         &mut o.steps,
         format!(
-            "restore base backup {} ({} stored, {} raw)",
+            "restore base backup {} ({} stored, {} raw){}",
             p.backup.id,
             bytes_human(p.backup.stored_size()),
-            bytes_human(p.backup.raw_size())
+            bytes_human(p.backup.raw_size()),
+            chain_text(&p.chain)
         ),
         super::lay::lay_down(
             super::lay::LayDown {
@@ -521,12 +522,13 @@ pub fn markdown(plan: &PitrDrillPlan, o: &PitrDrillOutcome, host: &str) -> Strin
         (
             "Base backup",
             format!(
-                "{} of job {}: PostgreSQL {}, {} stored, consistent at {}",
+                "{} of job {}: PostgreSQL {}, {} stored, consistent at {}{}",
                 p.backup.id,
                 p.job,
                 p.backup.server_version,
                 bytes_human(p.backup.stored_size()),
-                show(o.base_consistent_at)
+                show(o.base_consistent_at),
+                chain_text(&p.chain)
             ),
         ),
         (
@@ -627,4 +629,19 @@ pub fn markdown(plan: &PitrDrillPlan, o: &PitrDrillOutcome, host: &str) -> Strin
         }
     }
     md
+}
+
+/// ", incremental: combined with FULL + ..." for a chain; nothing for a full backup.
+fn chain_text(chain: &[crate::catalog::Manifest]) -> String {
+    if chain.is_empty() {
+        return String::new();
+    }
+    format!(
+        ", incremental: combined with {} by pg_combinebackup",
+        chain
+            .iter()
+            .map(|m| m.id.to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    )
 }
