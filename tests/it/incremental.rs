@@ -64,6 +64,28 @@ fn action_of<'a>(entries: &'a [Value], backup: &Value) -> (&'a str, String) {
     )
 }
 
+/// `restore --latest` into a new directory is refused saying `says`, and
+/// nothing is written beside it.
+fn assert_latest_refused(a: &Archiving, says: &[&str]) {
+    let parent = a.own_dir("restores");
+    let before = entries(&parent);
+    let dir = parent.join("restored");
+    let run = a.run_within(
+        QUICK,
+        &[
+            "restore",
+            "--job",
+            JOB,
+            "--latest",
+            "--target-dir",
+            dir.to_str().unwrap(),
+            "--yes",
+        ],
+        &[],
+    );
+    assert_refused(&run, says, &parent, &before);
+}
+
 #[test]
 fn a_chain_of_incremental_base_backups_on_18_restores_to_a_moment_after_the_last() {
     let a = incremental_job(18, true, "retention = { keep_last = 1 }");
@@ -220,23 +242,7 @@ fn a_broken_chain_is_named_refused_and_not_built_on() {
         "{}",
         run.all()
     );
-    let parent = a.own_dir("restores");
-    let before = entries(&parent);
-    let dir = parent.join("broken");
-    let run = a.run_within(
-        QUICK,
-        &[
-            "restore",
-            "--job",
-            JOB,
-            "--latest",
-            "--target-dir",
-            dir.to_str().unwrap(),
-            "--yes",
-        ],
-        &[],
-    );
-    assert_refused(&run, &["can be restored", id(&full)], &parent, &before);
+    assert_latest_refused(&a, &["can be restored", id(&full)]);
 
     let run = a.run_within(LONG, &["run", JOB], &[]);
     assert!(run.ok(), "{}", run.all());
@@ -284,26 +290,5 @@ fn a_chain_of_17_is_refused_by_a_host_without_17s_pg_combinebackup() {
         "{incremental:#}"
     );
     a.switch_and_wait();
-    let parent = a.own_dir("restores");
-    let before = entries(&parent);
-    let dir = parent.join("seventeen");
-    let run = a.run_within(
-        QUICK,
-        &[
-            "restore",
-            "--job",
-            JOB,
-            "--latest",
-            "--target-dir",
-            dir.to_str().unwrap(),
-            "--yes",
-        ],
-        &[],
-    );
-    assert_refused(
-        &run,
-        &["no pg_combinebackup of PostgreSQL 17", "pg_bin_dirs"],
-        &parent,
-        &before,
-    );
+    assert_latest_refused(&a, &["no pg_combinebackup of PostgreSQL 17", "pg_bin_dirs"]);
 }
