@@ -1,5 +1,9 @@
 //! Notifications: a failed run, and the first success after failures, are
-//! announced to every `[notifications.NAME]` (optionally every success too).
+//! announced to every `[notifications.NAME]` that follows the job
+//! (optionally every success too): a JSON webhook, Slack, Microsoft Teams
+//! (an Adaptive Card), Discord, e-mail over SMTP, and healthchecks-style
+//! pings, which also hear when a run starts and every success, since a
+//! check that hears nothing is how a silent job is noticed.
 //!
 //! A notifier that fails is retried a few times and then logged; it never
 //! changes the outcome of the run it is about. Nor does one whose url
@@ -9,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::model::{Notifier, NotifierKind};
+use crate::model::{Email, Notifier, NotifierKind, SmtpSecurity};
 use crate::report::{Outcome, RunRecord};
 
 /// How often a notification is tried, and how long each try may take.
@@ -96,7 +100,8 @@ pub async fn announce(
     };
     let wanted: Vec<_> = notifiers
         .iter()
-        .filter(|n| event != Event::Success || n.on_success)
+        .filter(|n| n.follows(&record.job))
+        .filter(|n| event != Event::Success || n.on_success || n.kind == NotifierKind::Ping)
         .collect();
     if wanted.is_empty() {
         return;
@@ -107,6 +112,55 @@ pub async fn announce(
     };
     let sends = wanted.iter().map(|n| send(&client, n, event, record));
     futures::future::join_all(sends).await;
+}
+
+/// One lock per job: a run's start ping holds it until it is delivered
+/// (or given up), and the end's ping waits for it, so a check hears them in
+/// order however short the run.
+fn ping_order(job: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    static ORDER: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    ORDER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(job.to_owned())
+        .or_default()
+        .clone()
+}
+
+/// Tells the pings that follow `job` that a run of it began (`URL/start`),
+/// in the background.
+pub fn spawn_start(notifiers: &[std::sync::Arc<Notifier>], job: &str) {
+    let pings: Vec<_> = notifiers
+        .iter()
+        .filter(|n| n.kind == NotifierKind::Ping && n.follows(job))
+        .cloned()
+        .collect();
+    if pings.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    // Taken now, so the end of a short run cannot overtake its start.
+    let order = ping_order(job).try_lock_owned().ok();
+    let job = job.to_owned();
+    SENDING.spawn_on(
+        async move {
+            let _order = order;
+            let client = match reqwest::Client::builder().timeout(TRY_TIMEOUT).build() {
+                Ok(c) => c,
+                Err(e) => return tracing::warn!("cannot send notifications: {e}"),
+            };
+            let body = format!("backup: job {job} started");
+            let sends = pings
+                .iter()
+                .map(|n| post(&client, n, "start", "/start", "text/plain", body.clone()));
+            futures::future::join_all(sends).await;
+        },
+        &runtime,
+    );
 }
 
 /// The largest `details` a webhook gets whole; a maintenance run of a big
@@ -122,8 +176,9 @@ fn details_to_send(details: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-fn body(kind: NotifierKind, event: Event, record: &RunRecord) -> serde_json::Value {
-    let headline = match event {
+/// What the run's end is, in one line.
+fn headline(event: Event, record: &RunRecord) -> String {
+    match event {
         Event::Failure => format!(
             "backup: job {} {} ({} run {})",
             record.job,
@@ -139,16 +194,79 @@ fn body(kind: NotifierKind, event: Event, record: &RunRecord) -> serde_json::Val
             "backup: job {} succeeded ({} run {})",
             record.job, record.kind, record.run_id
         ),
-    };
+    }
+}
+
+/// The headline, and the error under it for a failure: the chat message.
+fn text(event: Event, record: &RunRecord) -> String {
+    let headline = headline(event, record);
+    match &record.error {
+        Some(error) if event == Event::Failure => format!("{headline}\n> {error}"),
+        _ => headline,
+    }
+}
+
+/// The run's facts, as label and value, for a card or a mail.
+fn facts(record: &RunRecord) -> Vec<(&'static str, String)> {
+    let mut facts = vec![
+        ("Job", record.job.clone()),
+        ("Run", format!("{} ({})", record.run_id, record.kind)),
+        ("Outcome", record.outcome.name().replace('_', " ")),
+        ("Trigger", record.trigger.name().to_owned()),
+        ("Started", record.started_at.to_string()),
+        ("Finished", record.finished_at.to_string()),
+    ];
+    if let Some(error) = &record.error {
+        facts.push(("Error", error.clone()));
+    }
+    facts
+}
+
+/// Discord refuses a message over 2,000 characters.
+const DISCORD_LIMIT: usize = 2000;
+
+fn body(kind: NotifierKind, event: Event, record: &RunRecord) -> serde_json::Value {
+    let headline = headline(event, record);
     match kind {
-        NotifierKind::Slack => {
-            let text = match &record.error {
-                Some(error) if event == Event::Failure => format!("{headline}\n> {error}"),
-                _ => headline,
-            };
-            json!({ "text": text })
+        NotifierKind::Slack => json!({ "text": text(event, record) }),
+        NotifierKind::Discord => {
+            let mut content = text(event, record);
+            if content.chars().count() > DISCORD_LIMIT {
+                content = content.chars().take(DISCORD_LIMIT - 1).collect::<String>() + "…";
+            }
+            // An error text must not ping @everyone.
+            json!({ "content": content, "allowed_mentions": { "parse": [] } })
         }
-        NotifierKind::Webhook => json!({
+        NotifierKind::Teams => {
+            let facts: Vec<serde_json::Value> = facts(record)
+                .into_iter()
+                .map(|(title, value)| json!({ "title": title, "value": value }))
+                .collect();
+            json!({
+                "type": "message",
+                "attachments": [{
+                    "contentType": "application/vnd.microsoft.card.adaptive",
+                    "contentUrl": null,
+                    "content": {
+                        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                        "type": "AdaptiveCard",
+                        "version": "1.4",
+                        "body": [
+                            {
+                                "type": "TextBlock",
+                                "text": headline,
+                                "weight": "Bolder",
+                                "size": "Medium",
+                                "wrap": true,
+                                "color": if event == Event::Failure { "Attention" } else { "Good" },
+                            },
+                            { "type": "FactSet", "facts": facts },
+                        ],
+                    },
+                }],
+            })
+        }
+        NotifierKind::Webhook | NotifierKind::Ping | NotifierKind::Email => json!({
             "event": event.name(),
             "summary": headline,
             "job": record.job,
@@ -164,52 +282,191 @@ fn body(kind: NotifierKind, event: Event, record: &RunRecord) -> serde_json::Val
     }
 }
 
+/// A mail's subject and plain-text body: the chat message's facts.
+fn mail(event: Event, record: &RunRecord) -> (String, String) {
+    let mut body = text(event, record);
+    body.push_str("\n\n");
+    for (label, value) in facts(record) {
+        body.push_str(&format!("{label}: {value}\n"));
+    }
+    body.push_str("\nThe run record holds the rest: `backup status` and `backup list` read it.\n");
+    (headline(event, record), body)
+}
+
 async fn send(client: &reqwest::Client, notifier: &Notifier, event: Event, record: &RunRecord) {
-    // The url is read when there is something to send; one that cannot be
-    // read is a delivery that failed, never a run that failed.
-    let url = match notifier.url.resolve() {
-        Ok(url) => url,
-        Err(e) => {
-            tracing::warn!(
-                "notification {}: {} not sent: {e}{}",
-                notifier.name,
+    match notifier.kind {
+        NotifierKind::Email => {
+            let Some(email) = &notifier.email else {
+                return tracing::warn!("notification {}: no mail settings", notifier.name);
+            };
+            let (subject, body) = mail(event, record);
+            retrying(notifier, event.name(), || send_mail(email, &subject, &body)).await;
+        }
+        NotifierKind::Ping => {
+            let _order = ping_order(&record.job).lock_owned().await;
+            let suffix = if event == Event::Failure { "/fail" } else { "" };
+            post(
+                client,
+                notifier,
                 event.name(),
+                suffix,
+                "text/plain",
+                text(event, record),
+            )
+            .await;
+        }
+        kind => {
+            let body = body(kind, event, record).to_string();
+            post(client, notifier, event.name(), "", "application/json", body).await;
+        }
+    }
+}
+
+/// POSTs `body` to the notifier's URL (with `suffix` after it), tried a few
+/// times. The URL is read only now; one that cannot be read is a delivery
+/// that failed, never a run that failed.
+async fn post(
+    client: &reqwest::Client,
+    notifier: &Notifier,
+    what: &str,
+    suffix: &str,
+    content_type: &str,
+    body: String,
+) {
+    let url = match notifier.url.as_ref().map(|u| u.resolve()) {
+        Some(Ok(url)) => url,
+        Some(Err(e)) => {
+            tracing::warn!(
+                "notification {}: {what} not sent: {e}{}",
+                notifier.name,
                 e.hint().map_or(String::new(), |h| format!(" ({h})"))
             );
             return;
         }
+        None => return tracing::warn!("notification {}: no url", notifier.name),
     };
-    let body = body(notifier.kind, event, record);
-    let mut delay = Duration::from_millis(500);
-    for attempt in 1..=TRIES {
+    let target = if suffix.is_empty() {
+        url.expose().to_owned()
+    } else {
+        format!("{}{suffix}", url.expose().trim_end_matches('/'))
+    };
+    retrying(notifier, what, || async {
         let sent = client
-            .post(url.expose())
-            .header("content-type", "application/json")
-            .body(body.to_string())
+            .post(&target)
+            .header("content-type", content_type)
+            .body(body.clone())
             .send()
             .await;
         // The URL holds a token: reqwest's errors quote it, so say only what failed.
-        let problem = match sent {
-            Ok(response) if response.status().is_success() => {
-                tracing::info!("notification {}: sent {}", notifier.name, event.name());
+        match sent {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!("the receiver answered {}", response.status()).into()),
+            Err(e) if e.is_timeout() => Err("no answer in time".to_owned().into()),
+            Err(e) if e.is_connect() => Err("cannot connect".to_owned().into()),
+            Err(_) => Err("the request failed".to_owned().into()),
+        }
+    })
+    .await;
+}
+
+/// Why a delivery failed, and whether trying again could help.
+struct Undelivered {
+    problem: String,
+    permanent: bool,
+}
+
+impl From<String> for Undelivered {
+    fn from(problem: String) -> Self {
+        Undelivered {
+            problem,
+            permanent: false,
+        }
+    }
+}
+
+/// Runs `attempt` up to [`TRIES`] times, the delay doubling, unless it
+/// fails for good (a password refused); logs the end.
+async fn retrying<F, Fut>(notifier: &Notifier, what: &str, mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), Undelivered>>,
+{
+    let mut delay = Duration::from_millis(500);
+    for tried in 1..=TRIES {
+        let problem = match attempt().await {
+            Ok(()) => {
+                tracing::info!("notification {}: sent {what}", notifier.name);
                 return;
             }
-            Ok(response) => format!("the receiver answered {}", response.status()),
-            Err(e) if e.is_timeout() => "no answer in time".to_owned(),
-            Err(e) if e.is_connect() => "cannot connect".to_owned(),
-            Err(_) => "the request failed".to_owned(),
+            Err(Undelivered {
+                problem,
+                permanent: true,
+            }) => {
+                return tracing::warn!(
+                    "notification {}: {what} not sent: {problem}",
+                    notifier.name
+                );
+            }
+            Err(u) => u.problem,
         };
-        if attempt == TRIES {
+        if tried == TRIES {
             tracing::warn!(
-                "notification {}: {} not sent after {TRIES} tries: {problem}",
-                notifier.name,
-                event.name()
+                "notification {}: {what} not sent after {TRIES} tries: {problem}",
+                notifier.name
             );
             return;
         }
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
+}
+
+/// One mail through the notifier's SMTP server.
+async fn send_mail(
+    email: &Email,
+    subject: &str,
+    body: &str,
+) -> std::result::Result<(), Undelivered> {
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let mut message = Message::builder()
+        .from(email.from.parse().map_err(|e| format!("from: {e}"))?)
+        .subject(subject)
+        .header(lettre::message::header::ContentType::TEXT_PLAIN);
+    for to in &email.to {
+        message = message.to(to.parse().map_err(|e| format!("to {to}: {e}"))?);
+    }
+    let message = message
+        .body(body.to_owned())
+        .map_err(|e| format!("the mail cannot be built: {e}"))?;
+    let tls = TlsParameters::new(email.host.clone()).map_err(|e| format!("TLS: {e}"))?;
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&email.host)
+        .port(email.port)
+        .timeout(Some(TRY_TIMEOUT))
+        .tls(match email.security {
+            SmtpSecurity::Tls => Tls::Wrapper(tls),
+            SmtpSecurity::StartTls => Tls::Required(tls),
+            SmtpSecurity::StartTlsIfOffered => Tls::Opportunistic(tls),
+        });
+    if let (Some(user), Some(password)) = (&email.username, &email.password) {
+        let user = user.resolve().map_err(|e| e.message().to_owned())?;
+        let password = password.resolve().map_err(|e| e.message().to_owned())?;
+        transport = transport.credentials(Credentials::new(
+            user.expose().to_owned(),
+            password.expose().to_owned(),
+        ));
+    }
+    transport
+        .build()
+        .send(message)
+        .await
+        .map(|_| ())
+        .map_err(|e| Undelivered {
+            problem: format!("{}:{}: {e}", email.host, email.port),
+            permanent: e.is_permanent(),
+        })
 }
 
 #[cfg(test)]

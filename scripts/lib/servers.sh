@@ -10,9 +10,11 @@
 
 MOTO_VERSION=5.2.5
 AZURITE_VERSION=3.35.0
+AIOSMTPD_VERSION=1.4.6
 TOOLS_DIR=${TOOLS_DIR:-$PWD/target/tools}
 MOTO_VENV=$TOOLS_DIR/moto-$MOTO_VERSION
 AZURITE_DIR=$TOOLS_DIR/azurite-$AZURITE_VERSION
+AIOSMTPD_VENV=$TOOLS_DIR/aiosmtpd-$AIOSMTPD_VERSION
 _TEST_SERVER_PIDS=()
 
 ensure_moto() {
@@ -25,6 +27,22 @@ ensure_moto() {
     rm -rf "$MOTO_VENV"
     python3 -m venv "$MOTO_VENV"
     "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+}
+
+# aiosmtpd, the SMTP server tests/it/notifiers.rs sends mail to
+# (tests/it/receivers/smtp.py); exports the Python that has it.
+ensure_aiosmtpd() {
+    if [ ! -x "$AIOSMTPD_VENV/bin/python" ] || ! "$AIOSMTPD_VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+        echo "installing aiosmtpd==$AIOSMTPD_VERSION (the SMTP server for tests) into $AIOSMTPD_VENV..."
+        command -v python3 >/dev/null || apt_install python3
+        if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+            apt_install python3-venv
+        fi
+        rm -rf "$AIOSMTPD_VENV"
+        python3 -m venv "$AIOSMTPD_VENV"
+        "$AIOSMTPD_VENV/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+    fi
+    export BACKUP_TEST_SMTPD_PYTHON="$AIOSMTPD_VENV/bin/python"
 }
 
 ensure_azurite() {

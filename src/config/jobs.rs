@@ -484,7 +484,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::testing::{GOOD, check, error_of, line_of};
+    use crate::config::testing::{GOOD, check, error_of, line_of, load_text, test_env};
 
     #[test]
     fn reference_to_an_undeclared_database_names_the_line() {
@@ -656,8 +656,8 @@ mod tests {
             err.contains("listen = 'localhost' is not an address"),
             "{err}"
         );
-        let err = error_of(&format!("{GOOD}\n[notifications.x]\ntype = \"email\"\n"));
-        assert!(err.contains("type 'email' is not supported"), "{err}");
+        let err = error_of(&format!("{GOOD}\n[notifications.x]\ntype = \"pager\"\n"));
+        assert!(err.contains("type 'pager' is not supported"), "{err}");
         let err = error_of(&format!("{GOOD}\n[notifications.x]\ntype = \"webhook\"\n"));
         assert!(err.contains("needs url_env or url_file"), "{err}");
         let err = error_of(&format!(
@@ -671,6 +671,109 @@ mod tests {
             "{GOOD}\n[notifications.x]\ntype = \"slack\"\nurl_file = \"/dev/null\"\n"
         ));
         assert!(err.contains("does not start with https://"), "{err}");
+    }
+
+    #[test]
+    fn notifiers_of_every_kind_read_and_their_mistakes_are_named() {
+        use crate::model::{NotifierKind, SmtpSecurity};
+        const MAIL: &str = "\n[notifications.mail]\ntype = \"email\"\n\
+                            smtp = \"smtp://mail.example.com\"\nfrom = \"backup@example.com\"\n\
+                            to = [\"ops@example.com\", \"dba@example.com\"]\n\
+                            username_env = \"S3_ID\"\npassword_env = \"S3_SECRET\"\n";
+        let text = format!(
+            "{GOOD}{MAIL}\n[notifications.check]\ntype = \"ping\"\nurl_file = \"/dev/null\"\n\
+             jobs = [\"nightly\"]\n"
+        );
+        let config = load_text(&text, &test_env).unwrap();
+        let mail = config.notifiers.iter().find(|n| n.name == "mail").unwrap();
+        assert_eq!(mail.kind, NotifierKind::Email);
+        let email = mail.email.as_ref().unwrap();
+        assert_eq!((email.host.as_str(), email.port), ("mail.example.com", 587));
+        assert_eq!(email.security, SmtpSecurity::StartTls);
+        assert_eq!(email.to.len(), 2);
+        assert_eq!(mail.secrets().count(), 2);
+        assert!(mail.follows("anything"));
+        let ping = config.notifiers.iter().find(|n| n.name == "check").unwrap();
+        assert_eq!(ping.kind, NotifierKind::Ping);
+        assert!(ping.follows("nightly") && !ping.follows("other"));
+        let security = |smtp: &str, more: &str| {
+            let text = format!(
+                "{GOOD}{}{more}",
+                MAIL.replace("smtp://mail.example.com", smtp)
+            );
+            let config = load_text(&text, &test_env).unwrap();
+            let email = config.notifiers[0].email.clone().unwrap();
+            (email.security, email.port)
+        };
+        assert_eq!(
+            security("smtps://mail.example.com", ""),
+            (SmtpSecurity::Tls, 465)
+        );
+        assert_eq!(
+            security("smtp://127.0.0.1:2525", ""),
+            (SmtpSecurity::StartTlsIfOffered, 2525)
+        );
+        assert_eq!(
+            security("smtp://[::1]:25/", ""),
+            (SmtpSecurity::StartTlsIfOffered, 25)
+        );
+        assert_eq!(
+            security("smtp://mail.example.com:25", "insecure = true\n"),
+            (SmtpSecurity::StartTlsIfOffered, 25)
+        );
+        for (from, to, expected) in [
+            (
+                "smtp://mail.example.com",
+                "http://mail.example.com",
+                "not an smtp:// or smtps://",
+            ),
+            (
+                "smtp://mail.example.com",
+                "smtp://me:pw@mail.example.com",
+                "holds a user name or password",
+            ),
+            (
+                "smtp://mail.example.com",
+                "smtp://mail.example.com:0",
+                "no host and port",
+            ),
+            ("smtp://mail.example.com", "smtp://:25", "no host and port"),
+            (
+                "backup@example.com",
+                "backup",
+                "'backup' is not an e-mail address",
+            ),
+            (
+                "to = [\"ops@example.com\", \"dba@example.com\"]",
+                "to = []",
+                "needs to = [...]",
+            ),
+            ("password_env = \"S3_SECRET\"\n", "", "without the other"),
+            (
+                "type = \"email\"",
+                "type = \"email\"\nurl_env = \"X\"",
+                "`url_env` does not apply to a email",
+            ),
+        ] {
+            let e = error_of(&format!("{GOOD}{}", MAIL.replace(from, to)));
+            assert!(e.contains(expected), "{to}: {e}");
+            assert!(e.starts_with("jobs/app.toml:"), "{e}");
+        }
+        let e = error_of(&format!(
+            "{GOOD}\n[notifications.x]\ntype = \"teams\"\nurl_file = \"/dev/null\"\nfrom = \"a@b.c\"\n"
+        ));
+        assert!(
+            e.contains("`from` does not apply to a teams notification"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{GOOD}\n[notifications.x]\ntype = \"discord\"\nurl_file = \"/dev/null\"\njobs = [\"nigthly\"]\n"
+        ));
+        assert!(
+            e.contains("jobs names 'nigthly', which is not a declared job"),
+            "{e}"
+        );
+        assert!(e.contains("declared jobs:"), "{e}");
     }
 
     #[test]

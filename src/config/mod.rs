@@ -46,7 +46,7 @@ mod testing;
 pub use jobs::HEAVY_MAINTENANCE_TIMEOUT;
 
 use crate::error::{Error, Result};
-use crate::model::{Config, Notifier, NotifierKind};
+use crate::model::{Config, Email, Notifier, NotifierKind, SmtpSecurity};
 use crate::secret::Origin;
 use databases::validate_database;
 use jobs::{MAX_JOB_NAME, is_job_name, validate_job};
@@ -54,7 +54,7 @@ use raw::{RawFile, RawNotification};
 use references::{
     give_databases_secret_env, reports_storage, resolve_prune_jobs, resolve_restore_tests,
 };
-use secrets::{http_url, secret_ref};
+use secrets::{http_url, not_empty, secret_ref};
 use sources::{Source, config_files, parse, read_job_file};
 use storage::validate_storage;
 
@@ -182,6 +182,7 @@ fn validate(mut files: Vec<(&Source, RawFile)>, env: EnvLookup) -> Result<Config
             config.jobs.insert(name.clone(), job);
         }
     }
+    check_notified_jobs(&files, &config)?;
     resolve_prune_jobs(&mut config)?;
     resolve_restore_tests(&mut config)?;
     give_databases_secret_env(&mut config);
@@ -282,16 +283,73 @@ fn validate_notification(
     let kind = match n.kind.get_ref().as_str() {
         "webhook" => NotifierKind::Webhook,
         "slack" => NotifierKind::Slack,
+        "teams" => NotifierKind::Teams,
+        "discord" => NotifierKind::Discord,
+        "ping" => NotifierKind::Ping,
+        "email" => NotifierKind::Email,
         other => {
             return Err(source
                 .error(
                     &n.kind,
                     format!("[notifications.{name}] type '{other}' is not supported"),
                 )
-                .with_hint("use \"webhook\" (a JSON POST) or \"slack\" (an incoming webhook)"));
+                .with_hint(
+                    "use \"webhook\" (a JSON POST), \"slack\", \"teams\" or \"discord\" (their \
+                     webhooks), \"ping\" (a healthchecks-style check) or \"email\" (SMTP)",
+                ));
         }
     };
     let section = format!("notifications.{name}");
+    let not_here = |key: &str, at: std::ops::Range<usize>| {
+        Error::config(format!(
+            "{}: [{section}] `{key}` does not apply to a {} notification",
+            source.origin_at(at.start),
+            kind.name()
+        ))
+    };
+    let jobs = n.jobs.as_ref().map(|jobs| {
+        jobs.get_ref()
+            .iter()
+            .map(|j| j.get_ref().clone())
+            .collect::<Vec<_>>()
+    });
+    if kind == NotifierKind::Email {
+        if let Some(url) = n.url_env.as_ref() {
+            return Err(not_here("url_env", url.span()));
+        }
+        if let Some(url) = n.url_file.as_ref() {
+            return Err(not_here("url_file", url.span()));
+        }
+        return Ok(Notifier {
+            name: name.to_owned(),
+            kind,
+            url: None,
+            email: Some(validate_email(source, &section, raw)?),
+            on_success: n.on_success.unwrap_or(false),
+            jobs,
+        });
+    }
+    for (key, at) in [
+        ("smtp", n.smtp.as_ref().map(|v| v.span())),
+        ("from", n.from.as_ref().map(|v| v.span())),
+        ("to", n.to.as_ref().map(|v| v.span())),
+        ("username_env", n.username_env.as_ref().map(|v| v.span())),
+        ("username_file", n.username_file.as_ref().map(|v| v.span())),
+        ("password_env", n.password_env.as_ref().map(|v| v.span())),
+        ("password_file", n.password_file.as_ref().map(|v| v.span())),
+    ] {
+        if let Some(at) = at {
+            return Err(not_here(key, at));
+        }
+    }
+    if n.insecure.is_some() {
+        return Err(source
+            .error(
+                raw,
+                format!("[{section}] `insecure` applies to e-mail only"),
+            )
+            .with_hint("leave it out"));
+    }
     let url = secret_ref(source, &section, "url", &n.url_env, &n.url_file)?.ok_or_else(|| {
         source
             .error(raw, format!("[{section}] needs url_env or url_file"))
@@ -300,9 +358,169 @@ fn validate_notification(
     Ok(Notifier {
         name: name.to_owned(),
         kind,
-        url: url.checked(http_url),
+        url: Some(url.checked(http_url)),
+        email: None,
         on_success: n.on_success.unwrap_or(false),
+        jobs,
     })
+}
+
+/// `type = "email"`: `smtp = "smtp[s]://host[:port]"`, `from`, `to`, and
+/// the credentials from the environment or files.
+fn validate_email(source: &Source, section: &str, raw: &Spanned<RawNotification>) -> Result<Email> {
+    let n = raw.get_ref();
+    let Some(smtp) = &n.smtp else {
+        return Err(source
+            .error(raw, format!("[{section}] needs smtp"))
+            .with_hint(
+                "smtp = \"smtp://mail.example.com:587\" (STARTTLS) or \"smtps://...:465\"",
+            ));
+    };
+    let (security, rest, default_port) = match smtp.get_ref().split_once("://") {
+        Some(("smtp", rest)) => (SmtpSecurity::StartTls, rest, 587),
+        Some(("smtps", rest)) => (SmtpSecurity::Tls, rest, 465),
+        _ => {
+            return Err(source
+                .error(
+                    smtp,
+                    format!("[{section}] smtp is not an smtp:// or smtps:// address"),
+                )
+                .with_hint(
+                    "smtp = \"smtp://mail.example.com:587\" (STARTTLS) or \"smtps://...:465\"",
+                ));
+        }
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('@') {
+        return Err(source
+            .error(
+                smtp,
+                format!("[{section}] smtp holds a user name or password"),
+            )
+            .with_hint(
+                "put them in username_env/password_env (or *_file), never in the job file",
+            ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok()),
+        _ => (rest, Some(default_port)),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (Some(port), false) = (
+        port.filter(|p| *p > 0),
+        host.is_empty() || host.contains('/'),
+    ) else {
+        return Err(source
+            .error(
+                smtp,
+                format!("[{section}] smtp has no host and port that read"),
+            )
+            .with_hint("smtp = \"smtp://mail.example.com:587\""));
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let security = match security {
+        SmtpSecurity::StartTls if loopback || n.insecure == Some(true) => {
+            SmtpSecurity::StartTlsIfOffered
+        }
+        s => s,
+    };
+    let from = n.from.as_ref().ok_or_else(|| {
+        source
+            .error(raw, format!("[{section}] needs from"))
+            .with_hint("from = \"backup@example.com\"")
+    })?;
+    let address = |value: &Spanned<String>| -> Result<String> {
+        value
+            .get_ref()
+            .parse::<lettre::Address>()
+            .map(|_| value.get_ref().clone())
+            .map_err(|e| {
+                source.error(
+                    value,
+                    format!(
+                        "[{section}] '{}' is not an e-mail address: {e}",
+                        value.get_ref()
+                    ),
+                )
+            })
+    };
+    let from = address(from)?;
+    let to = match &n.to {
+        Some(to) if !to.get_ref().is_empty() => to
+            .get_ref()
+            .iter()
+            .map(address)
+            .collect::<Result<Vec<_>>>()?,
+        _ => {
+            return Err(source
+                .error(
+                    raw,
+                    format!("[{section}] needs to = [...], one address or more"),
+                )
+                .with_hint("to = [\"ops@example.com\"]"));
+        }
+    };
+    let username = secret_ref(
+        source,
+        section,
+        "username",
+        &n.username_env,
+        &n.username_file,
+    )?;
+    let password = secret_ref(
+        source,
+        section,
+        "password",
+        &n.password_env,
+        &n.password_file,
+    )?;
+    if username.is_some() != password.is_some() {
+        return Err(source
+            .error(
+                raw,
+                format!("[{section}] sets a user name or a password without the other"),
+            )
+            .with_hint("set both (username_env and password_env), or neither"));
+    }
+    Ok(Email {
+        host: host.to_owned(),
+        port,
+        security,
+        from,
+        to,
+        username: username.map(|u| u.checked(not_empty)),
+        password: password.map(|p| p.checked(not_empty)),
+    })
+}
+
+/// Every `jobs = [...]` of a notification names a declared job.
+fn check_notified_jobs(files: &[(&Source, RawFile)], config: &Config) -> Result<()> {
+    for (source, raw) in files {
+        for (name, notification) in &raw.notifications {
+            let Some(jobs) = &notification.get_ref().jobs else {
+                continue;
+            };
+            if let Some(job) = jobs
+                .get_ref()
+                .iter()
+                .find(|j| !config.jobs.contains_key(j.get_ref()))
+            {
+                return Err(source
+                    .error(
+                        job,
+                        format!(
+                            "[notifications.{name}] jobs names '{}', which is not a declared job",
+                            job.get_ref()
+                        ),
+                    )
+                    .with_hint(declared("jobs", config.jobs.keys())));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A hint naming what is declared: `declared storages: disk, s3`.

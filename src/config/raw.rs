@@ -45,6 +45,15 @@ pub(super) struct RawNotification {
     pub(super) url_env: Option<Spanned<String>>,
     pub(super) url_file: Option<Spanned<PathBuf>>,
     pub(super) on_success: Option<bool>,
+    pub(super) jobs: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) smtp: Option<Spanned<String>>,
+    pub(super) from: Option<Spanned<String>>,
+    pub(super) to: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) username_env: Option<Spanned<String>>,
+    pub(super) username_file: Option<Spanned<PathBuf>>,
+    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<PathBuf>>,
+    pub(super) insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -451,6 +451,9 @@ impl Engine {
             started_at,
         )
         .of_job(job);
+        // Before anything can fail: a check hears the start of every run
+        // whose end it hears.
+        crate::notify::spawn_start(&self.config.notifiers, &job.name);
         let storages = match self.open_all(job.record_storages()).await {
             Ok(s) => s,
             Err(e) => {

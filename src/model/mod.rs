@@ -34,7 +34,7 @@ pub use backup::{
 };
 pub use backup_id::BackupId;
 pub use clock::{Clock, SystemClock};
-pub use daemon::{DaemonSettings, Notifier, NotifierKind};
+pub use daemon::{DaemonSettings, Email, Notifier, NotifierKind, SmtpSecurity};
 pub use databases::Database;
 pub use jobs::{
     CatchUp, Check, Job, JobKind, Overlap, PruneJob, RestoreTestJob, RunPolicy, TestedBackup,
@@ -164,7 +164,7 @@ impl Config {
                 },
             }
         }
-        out.extend(self.notifiers.iter().map(|n| &n.url));
+        out.extend(self.notifiers.iter().flat_map(|n| n.secrets()));
         for job in self.jobs.values() {
             if let JobKind::Backup(b) = &job.kind {
                 out.extend(b.encryption.as_ref().and_then(|e| e.passphrase.as_ref()));

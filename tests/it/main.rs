@@ -17,6 +17,7 @@ mod local_storage;
 mod maintenance;
 mod majors;
 mod matrix;
+mod notifiers;
 mod parallel_restore;
 mod physical;
 mod pitr;
