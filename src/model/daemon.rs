@@ -10,6 +10,9 @@ pub struct DaemonSettings {
     pub listen: Option<std::net::SocketAddr>,
     /// How long running jobs may finish after SIGTERM before they are cancelled.
     pub grace: Option<std::time::Duration>,
+    /// `token_env`: the bearer token `/`, `/health` and `/metrics` require
+    /// when the daemon listens on an address other than loopback.
+    pub token: Option<SecretRef>,
 }
 
 /// `[notifications.NAME]`: where failures and recoveries are announced.
