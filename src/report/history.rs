@@ -130,7 +130,7 @@ impl RunHistory {
             })
         )?;
         let mut all: Vec<RunRecord> = tests.into_iter().chain(drills).collect();
-        all.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        all.sort_by_key(|r| std::cmp::Reverse(r.started_at));
         all.truncate(limit);
         Ok(all)
     }

@@ -43,8 +43,8 @@ code{background:#f2f2f2;padding:0 .2rem}\
 .failed{color:#b00020;font-weight:bold}.ok{color:#17692c;font-weight:bold}\
 .warn{color:#8a5a00;font-weight:bold}.muted{color:#666}\
 section.job{border:1px solid #ccc;border-left:.5rem solid #17692c;padding:.6rem 1rem;margin:1rem 0}\
-section.job.failing{border-left-color:#b00020;background:#fff6f7}\
-section.job.warning{border-left-color:#c98a00}\
+section.job.is-failing{border-left-color:#b00020;background:#fff6f7}\
+section.job.is-warning{border-left-color:#c98a00}\
 dl{display:grid;grid-template-columns:max-content auto;gap:.15rem 1rem;margin:.4rem 0}\
 dt{font-weight:bold}dd{margin:0}\
 .charts{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0}\

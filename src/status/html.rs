@@ -30,7 +30,7 @@ pub enum Standing {
 }
 
 impl Standing {
-    fn class(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Standing::Failing => "failing",
             Standing::Warning => "warning",
@@ -106,12 +106,12 @@ fn render_job(job: &JobPage, page: &Page) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "<section class=\"job {}\" id=\"job-{}\" data-job=\"{}\" data-standing=\"{}\">\n\
+        "<section class=\"job is-{}\" id=\"job-{}\" data-job=\"{}\" data-standing=\"{}\">\n\
          <h2>{} {} <span class=\"muted\">({})</span></h2>\n<dl>",
-        standing.class(),
+        standing.name(),
         escape(&s.job),
         escape(&s.job),
-        standing.class(),
+        standing.name(),
         standing.badge(),
         escape(&s.job),
         escape(s.kind)
@@ -565,6 +565,8 @@ mod tests {
         assert!(bad_at < good_at, "the failed job first");
         assert!(html[bad_at..good_at].contains(">FAILED<"));
         assert!(html.contains("1 FAILED, 0 WARNING, 1 OK"));
+        // The section's class is not the badge's: `.ok` would colour it all.
+        assert!(html.contains("<section class=\"job is-ok\""));
         // Hostile text from the records is inert.
         assert!(!html.contains("<img") && !html.contains("<bad>"));
         assert!(html.contains("&lt;img src=x onerror=alert(1)&gt; broke"));

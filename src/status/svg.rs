@@ -43,9 +43,11 @@ impl Unit {
     fn show(self, v: f64) -> String {
         match self {
             Unit::Bytes => crate::report::bytes_human(v.max(0.0) as u64),
-            Unit::Seconds => crate::time::show_duration(jiff::SignedDuration::from_secs_f64(
-                (v.max(0.0) * 10.0).round() / 10.0,
-            )),
+            // Below a minute show_duration says "under 1s" or whole
+            // seconds: too coarse for an axis of short runs.
+            Unit::Seconds if v < 1.0 => format!("{:.2} s", v.max(0.0)),
+            Unit::Seconds if v < 60.0 => format!("{v:.1} s"),
+            Unit::Seconds => crate::time::show_duration(jiff::SignedDuration::from_secs_f64(v)),
             Unit::Count => crate::model::show_number(v.round()),
         }
     }
