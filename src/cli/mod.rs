@@ -71,7 +71,7 @@ enum Command {
     Pin(pin::PinArgs),
     /// Let retention decide a pinned backup's fate again.
     Unpin(pin::UnpinArgs),
-    /// Run every scheduled job at its times; serve /health/* and /metrics.
+    /// Run every scheduled job at its times; serve the status page, /health/* and /metrics.
     Daemon(daemon::Args),
     /// Jobs, their last and next runs, newest backups.
     Status(check::StatusArgs),

@@ -27,7 +27,7 @@ use crate::report::{self, Progress, RunHistory};
 use metrics::Metrics;
 use scheduler::{Decision, Entry, Fire, Scheduler};
 
-/// Where `/health/*` and `/metrics` are served unless told otherwise.
+/// Where the status page, `/health/*` and `/metrics` are served unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
 /// How long running jobs may finish after SIGTERM, unless told otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);

@@ -6,7 +6,7 @@ use crate::secret::SecretRef;
 /// `[daemon]`: how `backup daemon` serves and stops.
 #[derive(Debug, Clone, Default)]
 pub struct DaemonSettings {
-    /// Where `/health/*` and `/metrics` are served.
+    /// Where the status page, `/health/*` and `/metrics` are served.
     pub listen: Option<std::net::SocketAddr>,
     /// How long running jobs may finish after SIGTERM before they are cancelled.
     pub grace: Option<std::time::Duration>,
