@@ -39,6 +39,7 @@ pub mod report;
 pub mod retention;
 pub mod schedule;
 pub mod secret;
+pub mod status;
 pub mod storage;
 pub mod time;
 pub mod wal;

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::storage::{Key, Storage};
 
 mod history;
+pub mod html;
 pub use history::{Latest, RunHistory};
 
 pub trait Progress: Send + Sync {
@@ -487,6 +488,20 @@ pub async fn newest_records(
     limit: usize,
     wanted: impl Fn(&RunRecord) -> bool,
 ) -> Result<Vec<RunRecord>> {
+    records_since(storage, dir, tag, None, limit, wanted).await
+}
+
+/// [`newest_records`] of runs started at `from` or later. The run id starts
+/// with the start time, so older records are left out by their key, unread.
+pub async fn records_since(
+    storage: &dyn Storage,
+    dir: &str,
+    tag: &str,
+    from: Option<Timestamp>,
+    limit: usize,
+    wanted: impl Fn(&RunRecord) -> bool,
+) -> Result<Vec<RunRecord>> {
+    let oldest = from.map(|t| t.strftime("%Y%m%dT%H%M%S").to_string());
     let prefix = Key::new(format!("{dir}/reports"))?;
     let (exact, longer) = (format!("-{tag}.json"), format!("-{tag}-"));
     let mut keys: Vec<Key> = storage
@@ -496,7 +511,9 @@ pub async fn newest_records(
         .map(|o| o.key)
         .filter(|k| {
             let name = k.file_name();
-            name.ends_with(".json") && (name.ends_with(&exact) || name.contains(&longer))
+            name.ends_with(".json")
+                && (name.ends_with(&exact) || name.contains(&longer))
+                && oldest.as_deref().is_none_or(|o| name >= o)
         })
         .collect();
     keys.sort();

@@ -28,6 +28,14 @@ ensure_promtool() {
     apt_install prometheus
 }
 
+# Headless Chromium, which tests/it/status_page.rs renders the status page
+# with (a screenshot, and the DOM it built).
+ensure_chromium() {
+    if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then return; fi
+    echo "installing headless Chromium (Debian package chromium)..."
+    apt_install chromium
+}
+
 # The PostgreSQL server and client programs, from Debian's packages. Sets PG_BINDIR
 # to the newest installed server's bin directory.
 ensure_postgres() {

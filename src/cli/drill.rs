@@ -22,7 +22,8 @@ pub struct Args {
     /// The backup with this id.
     #[arg(long, value_name = "ID")]
     id: Option<String>,
-    /// Also write the Markdown report to FILE.
+    /// Also write the report to FILE: an HTML page when FILE ends in
+    /// `.html`, else Markdown.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// Restore into this server instead of a throwaway cluster; the database
@@ -210,25 +211,22 @@ async fn drill_pitr(
     finish(args, json, &report, ended, recorded)
 }
 
-/// Written whole or not at all: beside the target, then renamed over it.
-fn write_report(path: &std::path::Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let failed = |e: std::io::Error| {
-        Error::io(
-            Kind::Usage,
-            format!("writing the report {}", path.display()),
-            e,
-        )
-        .with_hint("pass --report a path in a writable directory")
+/// Writes the report: as an HTML page when FILE ends in `.html` (or
+/// `.htm`), else the Markdown. The page is converted from the Markdown, so
+/// both state the same facts.
+fn write_report(path: &std::path::Path, markdown: &str) -> Result<()> {
+    let text = if is_html(path) {
+        crate::report::html::from_markdown(markdown)
+    } else {
+        markdown.to_owned()
     };
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
-    file.write_all(text.as_bytes()).map_err(failed)?;
-    file.persist(path).map_err(|e| failed(e.error))?;
-    Ok(())
+    super::write_whole(path, &text, "--report")
+}
+
+fn is_html(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"))
 }
 
 fn hostname() -> String {

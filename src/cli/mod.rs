@@ -10,6 +10,7 @@ mod drill;
 mod list;
 mod pin;
 mod prune;
+mod report;
 mod restore;
 mod run;
 mod verify;
@@ -70,13 +71,15 @@ enum Command {
     Pin(pin::PinArgs),
     /// Let retention decide a pinned backup's fate again.
     Unpin(pin::UnpinArgs),
-    /// Run every scheduled job at its times; serve /health/* and /metrics.
+    /// Run every scheduled job at its times; serve the status page, /health/* and /metrics.
     Daemon(daemon::Args),
     /// Jobs, their last and next runs, newest backups.
     Status(check::StatusArgs),
     /// For monitors (a Nagios plugin): one line with performance data; exit 0 OK,
     /// 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
     Check(check::CheckArgs),
+    /// The status page (what the daemon serves at /) as one HTML file.
+    Report(report::Args),
     /// Work with the configuration.
     #[command(subcommand)]
     Config(config::Command),
@@ -311,6 +314,7 @@ impl Command {
             | Command::Daemon(_)
             | Command::Status(_)
             | Command::Check(_)
+            | Command::Report(_)
             | Command::Db(_)
             | Command::Wal(_)
             | Command::Verify(_) => Stop::Nothing,
@@ -344,6 +348,7 @@ async fn dispatch(cli: Cli, cancel: tokio_util::sync::CancellationToken) -> Resu
         Command::Daemon(args) => daemon::run(engine, args, cli.config).await,
         Command::Status(args) => check::status(&engine, args, cli.json).await,
         Command::Check(args) => check::check(&engine, args, cli.json).await,
+        Command::Report(args) => report::run(&engine, args, cli.json).await,
         Command::Db(command) => db::run(&engine, command, cli.json).await,
         Command::Wal(command) => wal::run(&engine, command, cli.json).await,
         Command::Prune(args) => prune::run(&engine, args, cli.json, &cancel).await,
@@ -366,6 +371,29 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Writes a file whole or not at all: beside the target, then renamed over
+/// it, so a reader never sees half a report. `flag` names the option that
+/// gave the path, for the hint.
+fn write_whole(path: &std::path::Path, text: &str, flag: &str) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let failed = |e: std::io::Error| {
+        Error::io(
+            crate::error::Kind::Usage,
+            format!("writing {}", path.display()),
+            e,
+        )
+        .with_hint(format!("pass {flag} a path in a writable directory"))
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
+    file.write_all(text.as_bytes()).map_err(failed)?;
+    file.persist(path).map_err(|e| failed(e.error))?;
+    Ok(())
 }
 
 /// Prints a value as pretty JSON on stdout.

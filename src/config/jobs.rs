@@ -628,6 +628,21 @@ mod tests {
     }
 
     #[test]
+    fn the_daemon_token_is_a_secret_read_from_the_environment() {
+        let text = format!("{GOOD}\n[daemon]\ntoken_env = \"BACKUP_PASSPHRASE\"\n");
+        let config = check(&text).unwrap();
+        let token = config.daemon.token.as_ref().unwrap();
+        assert_eq!(token.name(), "[daemon] token_env");
+        assert!(config.secrets().contains(&token));
+        // Too short to protect anything: refused when read, with a hint.
+        let err = error_of(&format!("{GOOD}\n[daemon]\ntoken_env = \"EMPTY\"\n"));
+        assert!(err.contains("shorter than 16 characters"), "{err}");
+        assert!(err.contains("openssl rand"), "{err}");
+        let err = error_of(&format!("{GOOD}\n[daemon]\ntoken_file = \"/t\"\n"));
+        assert!(err.contains("token_file"), "{err}");
+    }
+
+    #[test]
     fn schedule_and_policy_mistakes_name_the_line() {
         for (extra, expect) in [
             (

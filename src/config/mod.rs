@@ -271,6 +271,13 @@ fn validate_daemon(source: &Source, raw: &RawFile, config: &mut Config) -> Resul
         }
         config.daemon.grace = Some(duration_of(source, "daemon", "grace", grace)?);
     }
+    if let Some(var) = &daemon.token_env {
+        if config.daemon.token.is_some() {
+            return Err(source.error(var, "[daemon] token_env is set in two files; keep one"));
+        }
+        config.daemon.token = secret_ref(source, "daemon", "token", &daemon.token_env, &None)?
+            .map(|token| token.checked(secrets::daemon_token));
+    }
     Ok(())
 }
 

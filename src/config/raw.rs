@@ -35,6 +35,9 @@ pub(super) struct RawFile {
 pub(super) struct RawDaemon {
     pub(super) listen: Option<Spanned<String>>,
     pub(super) grace: Option<Spanned<String>>,
+    /// The variable holding the bearer token `/`, `/health` and `/metrics`
+    /// ask for on an address other than loopback.
+    pub(super) token_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -61,6 +61,19 @@ pub(super) fn http_url(value: &str) -> std::result::Result<(), Problem> {
     Ok(())
 }
 
+/// A bearer token guessed in a few tries protects nothing.
+pub(super) fn daemon_token(value: &str) -> std::result::Result<(), Problem> {
+    if value.trim().len() < DAEMON_TOKEN_MIN {
+        return Err(Problem::new(format!(
+            "the token is shorter than {DAEMON_TOKEN_MIN} characters"
+        ))
+        .with_hint("make one with `openssl rand -hex 32`"));
+    }
+    Ok(())
+}
+
+const DAEMON_TOKEN_MIN: usize = 16;
+
 pub(super) fn not_empty(value: &str) -> std::result::Result<(), Problem> {
     if value.is_empty() {
         return Err(Problem::new("the value is empty"));

@@ -1,5 +1,12 @@
-//! What the daemon serves over HTTP (axum): `/health/live`, `/health/ready`,
-//! `/health` (the same checks in JSON) and `/metrics`.
+//! What the daemon serves over HTTP (axum): the status page at `/`,
+//! `/health/live`, `/health/ready`, `/health` (the same checks in JSON) and
+//! `/metrics`.
+//!
+//! On an address other than loopback, `/`, `/health` and `/metrics` ask for
+//! `Authorization: Bearer <token>`: they tell whoever asks which databases
+//! and storages exist and what failed. The probes (`/health/live`,
+//! `/health/ready`) stay open: a kubelet or load balancer has no token, and
+//! they say no more than "ok".
 //!
 //! Readiness means: the job files are loaded, and every storage and database
 //! of the jobs answers. The checks reach real services, so their result is
@@ -9,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -20,6 +28,9 @@ use super::Shared;
 
 /// How long a readiness result is reused.
 const CACHE_FOR: Duration = Duration::from_secs(5);
+/// How long a rendered status page is reused: it reads every job's records
+/// of 90 days, which a page left open and reloaded must not repeat each time.
+const PAGE_CACHE_FOR: Duration = Duration::from_secs(30);
 /// How long one check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -39,13 +50,116 @@ pub struct Health {
     pub checks: Vec<Check>,
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The routes; with a `token`, `/`, `/health` and `/metrics` require it.
+pub fn router(shared: Arc<Shared>, token: Option<crate::secret::Secret>) -> Router {
+    let mut guarded = Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics));
+    if let Some(token) = token {
+        guarded = guarded.route_layer(middleware::from_fn_with_state(
+            Arc::new(token),
+            require_token,
+        ));
+    }
     Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .merge(guarded)
         .with_state(shared)
+}
+
+async fn require_token(
+    State(token): State<Arc<crate::secret::Secret>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer);
+    if given.is_some_and(|given| same_token(given, token.expose().trim())) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this address needs `Authorization: Bearer <token>`, the token of [daemon] token_env\n",
+    )
+        .into_response()
+}
+
+/// The token of an `Authorization` value; the scheme is case-insensitive
+/// (RFC 9110 section 11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares the SHA-256 digests of both, byte by byte without stopping at
+/// the first difference: how long it takes says nothing of how much of a
+/// guess was right, nor of the token's length.
+fn same_token(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+        == 0
+}
+
+/// The status page (see [`crate::status::html`]), from the cache when fresh.
+async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    let mut cache = shared.page.lock().await;
+    let html = match cache.as_ref() {
+        Some((at, html)) if at.elapsed() < PAGE_CACHE_FOR => html.clone(),
+        _ => {
+            let engine = shared.engine();
+            // The reading borrows across awaits in a way the compiler cannot
+            // prove `Send` (higher-ranked lifetimes in `RunHistory::ask`), as
+            // axum wants of a handler's future: it runs on a blocking thread
+            // of its own, which waits on it there.
+            let runtime = tokio::runtime::Handle::current();
+            let rendered = tokio::task::spawn_blocking(move || {
+                let jobs: Vec<&crate::model::Job> = engine.config.jobs.values().collect();
+                let page =
+                    runtime.block_on(crate::status::page(&engine, &jobs, engine.clock().now()));
+                crate::status::html::render(&page)
+            })
+            .await;
+            match rendered {
+                Ok(html) => {
+                    *cache = Some((Instant::now(), html.clone()));
+                    html
+                }
+                Err(e) => {
+                    return (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the status page could not be made: {e}\n"),
+                    )
+                        .into_response();
+                }
+            }
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing on the page is fetched from anywhere; a page that
+            // somehow held a script still could not run it or call out.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
@@ -179,5 +293,23 @@ async fn check(what: String, probe: impl Future<Output = crate::error::Result<()
         what,
         ok: error.is_none(),
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let token = "0123456789abcdef0123";
+        assert_eq!(bearer("Bearer 0123456789abcdef0123"), Some(token));
+        assert_eq!(bearer("bearer   0123456789abcdef0123 "), Some(token));
+        assert_eq!(bearer("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert!(same_token(token, token));
+        assert!(!same_token("0123456789abcdef012", token));
+        assert!(!same_token("", token));
+        assert!(!same_token(&format!("{token}x"), token));
     }
 }

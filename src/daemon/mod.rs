@@ -27,7 +27,7 @@ use crate::report::{self, Progress, RunHistory};
 use metrics::Metrics;
 use scheduler::{Decision, Entry, Fire, Scheduler};
 
-/// Where `/health/*` and `/metrics` are served unless told otherwise.
+/// Where the status page, `/health/*` and `/metrics` are served unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
 /// How long running jobs may finish after SIGTERM, unless told otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
@@ -46,6 +46,8 @@ pub struct Shared {
     engine: RwLock<Arc<Engine>>,
     metrics: Arc<Metrics>,
     health: tokio::sync::Mutex<Option<(std::time::Instant, http::Health)>>,
+    /// The status page last rendered, and when.
+    page: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Shared {
@@ -105,6 +107,7 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
         .grace
         .or(config.daemon.grace)
         .unwrap_or(DEFAULT_GRACE);
+    let token = bearer_token(address, config.daemon.token.as_ref())?;
     warn_of_unreadable_secrets(&config, "");
 
     let metrics = Arc::new(Metrics::default());
@@ -112,19 +115,20 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
         engine: RwLock::new(engine_for(config, clock.clone(), &metrics)),
         metrics: metrics.clone(),
         health: tokio::sync::Mutex::new(None),
+        page: tokio::sync::Mutex::new(None),
     });
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
         Error::config(format!("cannot listen on {address}: {e}"))
             .with_hint("pass --listen ADDR or set listen in [daemon]; is another daemon running?")
     })?;
-    let router = http::router(shared.clone());
+    let router = http::router(shared.clone(), token);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!("the HTTP server stopped: {e}");
         }
     });
     tracing::info!(
-        "daemon started: {} scheduled job(s); /health and /metrics on http://{address}",
+        "daemon started: {} scheduled job(s); the status page, /health and /metrics on http://{address}",
         scheduled.len()
     );
 
@@ -227,6 +231,31 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
     Ok(())
 }
 
+/// The token `/`, `/health` and `/metrics` require: none on loopback (only
+/// this host can connect), else the one `[daemon] token_env` names. Without
+/// one the daemon does not start: the page and the metrics would tell
+/// anyone on the network which databases and storages there are and what
+/// failed. The token is read once, at start.
+fn bearer_token(
+    address: SocketAddr,
+    token: Option<&crate::secret::SecretRef>,
+) -> Result<Option<crate::secret::Secret>> {
+    if address.ip().is_loopback() {
+        return Ok(None);
+    }
+    let Some(token) = token else {
+        return Err(Error::config(format!(
+            "the daemon would serve its status page, /health and /metrics on {address}, \
+             which other hosts can reach, without a token"
+        ))
+        .with_hint(
+            "set token_env = \"BACKUP_DAEMON_TOKEN\" in [daemon] and export that variable \
+             (make one with `openssl rand -hex 32`), or listen on 127.0.0.1",
+        ));
+    };
+    Ok(Some(token.resolve()?.clone()))
+}
+
 /// Secrets are read when a run needs them; a daemon says at once which it
 /// cannot read, rather than at the first run that needs one (which fails).
 fn warn_of_unreadable_secrets(config: &Config, prefix: &str) {
@@ -264,6 +293,9 @@ async fn reload(
     if config.daemon.listen != old.config.daemon.listen {
         tracing::warn!("SIGHUP: [daemon] listen changed; the address changes at the next start");
     }
+    if config.daemon.token != old.config.daemon.token {
+        tracing::warn!("SIGHUP: [daemon] token_env changed; the token changes at the next start");
+    }
     if entries(&config).is_empty() {
         return tracing::error!(
             "SIGHUP: no job in the new files has a schedule, keeping the previous configuration"
@@ -281,6 +313,7 @@ async fn reload(
     *shared.engine.write().unwrap_or_else(|p| p.into_inner()) =
         engine_for(config, clock.clone(), metrics);
     *shared.health.lock().await = None;
+    *shared.page.lock().await = None;
     tracing::info!("SIGHUP: configuration reloaded, {jobs} job(s)");
 }
 

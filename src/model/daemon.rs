@@ -6,10 +6,13 @@ use crate::secret::SecretRef;
 /// `[daemon]`: how `backup daemon` serves and stops.
 #[derive(Debug, Clone, Default)]
 pub struct DaemonSettings {
-    /// Where `/health/*` and `/metrics` are served.
+    /// Where the status page, `/health/*` and `/metrics` are served.
     pub listen: Option<std::net::SocketAddr>,
     /// How long running jobs may finish after SIGTERM before they are cancelled.
     pub grace: Option<std::time::Duration>,
+    /// `token_env`: the bearer token `/`, `/health` and `/metrics` require
+    /// when the daemon listens on an address other than loopback.
+    pub token: Option<SecretRef>,
 }
 
 /// `[notifications.NAME]`: where failures and recoveries are announced.

@@ -165,6 +165,7 @@ impl Config {
             }
         }
         out.extend(self.notifiers.iter().flat_map(|n| n.secrets()));
+        out.extend(self.daemon.token.as_ref());
         for job in self.jobs.values() {
             if let JobKind::Backup(b) = &job.kind {
                 out.extend(b.encryption.as_ref().and_then(|e| e.passphrase.as_ref()));

@@ -37,6 +37,8 @@ pub struct Latest {
 
 /// The kind of a restore test's records.
 const RESTORE_TEST: &str = "restore-test";
+/// The kind of a drill's records.
+const DRILL: &str = "drill";
 
 impl RunHistory {
     /// The records of `job`, a job of `kind` filing them under `dir`'s
@@ -98,6 +100,39 @@ impl RunHistory {
         })
         .await?;
         Ok(found.pop())
+    }
+
+    /// The job's runs started at `from` or later, newest first, at most
+    /// `limit`; skipped fire times are not runs.
+    pub async fn runs_since(&self, from: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        super::records_since(
+            self.storage.as_ref(),
+            &self.dir,
+            &self.tag,
+            Some(from),
+            limit,
+            |r| r.job == self.job && r.kind == self.kind && r.outcome != Outcome::Skipped,
+        )
+        .await
+    }
+
+    /// The restore tests and drills of the backups in this job's records
+    /// directory started at `from` or later, passed or not, newest first:
+    /// what the status page charts of recovery times.
+    pub async fn tests_since(&self, from: Timestamp, limit: usize) -> Result<Vec<RunRecord>> {
+        let storage = self.storage.as_ref();
+        let (tests, drills) = futures::try_join!(
+            super::records_since(storage, &self.dir, RESTORE_TEST, Some(from), limit, |r| {
+                r.kind == RESTORE_TEST
+            }),
+            super::records_since(storage, &self.dir, DRILL, Some(from), limit, |r| {
+                r.kind == DRILL
+            })
+        )?;
+        let mut all: Vec<RunRecord> = tests.into_iter().chain(drills).collect();
+        all.sort_by_key(|r| std::cmp::Reverse(r.started_at));
+        all.truncate(limit);
+        Ok(all)
     }
 
     /// The three at once, from this one storage.

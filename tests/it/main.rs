@@ -30,6 +30,7 @@ mod restore_test;
 mod scenarios;
 mod secrets;
 mod stalled_storage;
+mod status_page;
 mod storage_conformance;
 mod tls;
 mod upgrade;

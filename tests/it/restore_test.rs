@@ -404,6 +404,41 @@ fn a_drill_from_a_fresh_host_restores_checks_reports_and_leaves_nothing() {
     assert_eq!(record["outcome"], "succeeded", "{record:#}");
     assert!(record["details"]["rto_seconds"].as_f64().unwrap() > 0.0);
     assert!(record["details"]["rpo_seconds"].as_f64().unwrap() > 0.0);
+
+    // A report FILE ending in .html is the same report as a page.
+    let run = common::run_backup_in(
+        fresh.path(),
+        &config,
+        &["drill", "--job", "nightly", "--report", "drill-report.html"],
+        &env,
+    );
+    assert!(run.ok(), "{}", run.all());
+    let html = std::fs::read_to_string(fresh.path().join("drill-report.html")).unwrap();
+    for expected in [
+        "<!DOCTYPE html>",
+        "<h1>Disaster-recovery drill: job nightly</h1>",
+        "<tr><th>Result</th><td><strong class=\"ok\">PASSED</strong></td></tr>",
+        "<td>users exist</td><td>&gt;= 1</td><td>5000</td><td>passed</td>",
+        "<td>app.users</td><td class=\"num\">5000</td>",
+    ] {
+        assert!(html.contains(expected), "{expected}:\n{html}");
+    }
+    assert!(!html.contains("<script") && !html.contains("http"));
+    // The status page shows the drill with the RTO and RPO it measured.
+    let run = common::run_backup_in(
+        fresh.path(),
+        &config,
+        &["report", "--html", "status.html", "--job", "nightly"],
+        &env,
+    );
+    assert!(run.ok(), "{}", run.all());
+    let page = std::fs::read_to_string(fresh.path().join("status.html")).unwrap();
+    assert!(
+        page.contains("<dt>Last restore test or drill</dt><dd>drill "),
+        "{page}"
+    );
+    assert!(page.contains("; RTO ") && page.contains("; RPO "), "{page}");
+    assert!(page.contains("id=\"rto-nightly\""), "the RTO chart");
 }
 
 #[test]

@@ -104,7 +104,7 @@ fn major_of(bindir: &Path) -> Option<u32> {
     digits.parse().ok()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }
@@ -910,6 +910,16 @@ impl From<Output> for Run {
 /// takes between choosing and binding it is a reason to try another, never to
 /// fail the test.
 pub fn start_daemon(log: &Path, command: impl Fn(&str) -> Command) -> (std::process::Child, u16) {
+    start_daemon_with(log, &[], command)
+}
+
+/// [`start_daemon`] whose readiness polls send `headers` (a daemon that
+/// asks for a token answers `/metrics` only with it).
+pub fn start_daemon_with(
+    log: &Path,
+    headers: &[(&str, &str)],
+    command: impl Fn(&str) -> Command,
+) -> (std::process::Child, u16) {
     let limit = std::time::Duration::from_secs(30);
     for _ in 0..5 {
         let port = free_port();
@@ -928,7 +938,8 @@ pub fn start_daemon(log: &Path, command: impl Fn(&str) -> Command) -> (std::proc
                 panic!("the daemon exited ({status}) before listening:\n{said}");
             }
             // Once it has read its run records, its metrics are what tests check.
-            let answers = |path| http_get(port, path).is_some_and(|(status, _)| status == 200);
+            let answers =
+                |path| http_get_with(port, path, headers).is_some_and(|a| a.status == 200);
             if answers("/health/live") && answers("/metrics") {
                 return (child, port);
             }
