@@ -234,7 +234,18 @@ fn every_example_job_file_passes_config_check_as_shipped() {
             .filter_map(|l| l.split_once("_env = \""))
             .filter_map(|(_, rest)| rest.split('"').next().map(str::to_owned))
             .collect();
-        let env: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "x")).collect();
+        // A URL must read as one (it is checked); nothing is sent by a check.
+        let env: Vec<(&str, &str)> = names
+            .iter()
+            .map(|n| {
+                let value = if n.ends_with("_URL") {
+                    "https://hooks.example.com/x"
+                } else {
+                    "x"
+                };
+                (n.as_str(), value)
+            })
+            .collect();
         let run = run(&path, &["config", "check"], &env);
         assert!(run.stdout.contains("configuration OK"), "{}", run.all());
         checked += 1;
