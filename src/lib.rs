@@ -17,7 +17,8 @@
 //! 10. `lock`: one run of a job at a time (advisory locks, lock files);
 //! 11. `notify`: announcements of runs;
 //! 12. `config`: job files, read into the model;
-//! 13. `jobs`, then `engine`, then `daemon` and `cli`.
+//! 13. `jobs`, then `engine`, then `status` (what `status`, `check` and the
+//!     status page say of each job), then `daemon` and `cli`.
 
 #![forbid(unsafe_code)]
 

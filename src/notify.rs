@@ -57,10 +57,13 @@ pub const FINISH_LIMIT: Duration = Duration::from_secs(35);
 
 /// Announces the run in the background: a slow or dead receiver must not
 /// hold the job's lock or delay its next run.
+/// `pings`: the run is its job's own (see the engine's `own_run`), which
+/// is all a ping reports.
 pub fn spawn(
     notifiers: Vec<std::sync::Arc<Notifier>>,
     record: RunRecord,
     previous: Option<Outcome>,
+    pings: bool,
 ) {
     if notifiers.is_empty() {
         return;
@@ -68,7 +71,7 @@ pub fn spawn(
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             SENDING.spawn_on(
-                async move { announce(&notifiers, &record, previous).await },
+                async move { announce(&notifiers, &record, previous, pings).await },
                 &runtime,
             );
         }
@@ -94,6 +97,7 @@ pub async fn announce(
     notifiers: &[std::sync::Arc<Notifier>],
     record: &RunRecord,
     previous: Option<Outcome>,
+    pings: bool,
 ) {
     let Some(event) = event_of(record.outcome, previous) else {
         return;
@@ -101,6 +105,7 @@ pub async fn announce(
     let wanted: Vec<_> = notifiers
         .iter()
         .filter(|n| n.follows(&record.job))
+        .filter(|n| pings || n.kind != NotifierKind::Ping)
         .filter(|n| event != Event::Success || n.on_success || n.kind == NotifierKind::Ping)
         .collect();
     if wanted.is_empty() {
@@ -345,10 +350,11 @@ async fn post(
         }
         None => return tracing::warn!("notification {}: no url", notifier.name),
     };
-    let target = if suffix.is_empty() {
-        url.expose().to_owned()
-    } else {
-        format!("{}{suffix}", url.expose().trim_end_matches('/'))
+    let Some(target) = with_path(url.expose(), suffix) else {
+        return tracing::warn!(
+            "notification {}: {what} not sent: its url does not read as one",
+            notifier.name
+        );
     };
     retrying(notifier, what, || async {
         let sent = client
@@ -382,6 +388,17 @@ impl From<String> for Undelivered {
             permanent: false,
         }
     }
+}
+
+/// `url` with `suffix` (`/start`, `/fail`) added to its path, before any
+/// query: `https://hc-ping.com/UUID` → `https://hc-ping.com/UUID/fail`.
+fn with_path(url: &str, suffix: &str) -> Option<String> {
+    let Some(segment) = suffix.strip_prefix('/') else {
+        return Some(url.to_owned());
+    };
+    let mut url = reqwest::Url::parse(url).ok()?;
+    url.path_segments_mut().ok()?.pop_if_empty().push(segment);
+    Some(url.to_string())
 }
 
 /// Runs `attempt` up to [`TRIES`] times, the delay doubling, unless it
@@ -485,6 +502,27 @@ mod tests {
                 .unwrap()
                 .ends_with("bytes: read the run record")
         );
+    }
+
+    #[test]
+    fn a_ping_suffix_goes_into_the_path_never_after_the_query() {
+        assert_eq!(
+            with_path("https://hc-ping.com/abc", "/fail").as_deref(),
+            Some("https://hc-ping.com/abc/fail")
+        );
+        assert_eq!(
+            with_path("https://hc-ping.com/abc/", "/start").as_deref(),
+            Some("https://hc-ping.com/abc/start")
+        );
+        assert_eq!(
+            with_path("https://ping.example/p/abc?rid=1", "/fail").as_deref(),
+            Some("https://ping.example/p/abc/fail?rid=1")
+        );
+        assert_eq!(
+            with_path("https://hc-ping.com/abc?x=1", "").as_deref(),
+            Some("https://hc-ping.com/abc?x=1")
+        );
+        assert_eq!(with_path("not a url", "/fail"), None);
     }
 
     #[test]

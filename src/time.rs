@@ -109,6 +109,15 @@ pub fn show(ts: Timestamp, zone: &TimeZone) -> String {
 }
 
 /// `2h 5m 3s`, `45s`, `3d 4h`: a duration for people, to the second.
+/// [`show_duration`] of a count of seconds read from a record or a server:
+/// `?` for one no duration holds (NaN, 1e300), never a panic.
+pub fn show_seconds(seconds: f64) -> String {
+    match SignedDuration::try_from_secs_f64(seconds) {
+        Ok(d) => show_duration(d),
+        Err(_) => "?".to_owned(),
+    }
+}
+
 pub fn show_duration(d: SignedDuration) -> String {
     let mut secs = d.as_secs().unsigned_abs();
     if secs == 0 {

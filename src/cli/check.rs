@@ -74,7 +74,7 @@ pub async fn status(engine: &Engine, args: StatusArgs, json: bool) -> Result<()>
                 r.outcome,
                 age(now, r.finished_at),
                 r.trigger,
-                show_duration(SignedDuration::from_secs_f64(r.duration_seconds)),
+                crate::time::show_seconds(r.duration_seconds),
                 r.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
             ),
             None => println!("  last run:       none recorded"),

@@ -2,7 +2,7 @@
 //! sizes, bloat, dead tuples, transaction-ID age, sessions and long queries.
 //! The queries are [`stats::database_report`]'s; this module shows them.
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::json;
 
 use crate::engine::Engine;
@@ -247,10 +247,9 @@ fn print_long_queries(queries: &[LongQuery], longer_than: std::time::Duration) {
             q.user.clone(),
             q.database.clone(),
             q.state.clone(),
-            show_duration(SignedDuration::from_secs_f64(q.running_seconds)),
-            q.transaction_seconds.map_or("-".to_owned(), |s| {
-                show_duration(SignedDuration::from_secs_f64(s))
-            }),
+            crate::time::show_seconds(q.running_seconds),
+            q.transaction_seconds
+                .map_or("-".to_owned(), crate::time::show_seconds),
             one_line(&q.query, 80),
         ]);
     }

@@ -392,6 +392,14 @@ fn write_whole(path: &std::path::Path, text: &str, flag: &str) -> Result<()> {
     };
     let mut file = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
     file.write_all(text.as_bytes()).map_err(failed)?;
+    // A report is for reading (a web server, an auditor); the temporary
+    // file's 0600 would keep it from them.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(failed)?;
+    }
     file.persist(path).map_err(|e| failed(e.error))?;
     Ok(())
 }

@@ -732,8 +732,14 @@ mod tests {
             security("smtp://[::1]:25/", ""),
             (SmtpSecurity::StartTlsIfOffered, 25)
         );
+        let no_login = MAIL
+            .replace("username_env = \"S3_ID\"\n", "")
+            .replace("password_env = \"S3_SECRET\"\n", "")
+            .replace("mail.example.com\"", "mail.example.com:25\"");
+        let config = load_text(&format!("{GOOD}{no_login}insecure = true\n"), &test_env).unwrap();
+        let email = config.notifiers[0].email.clone().unwrap();
         assert_eq!(
-            security("smtp://mail.example.com:25", "insecure = true\n"),
+            (email.security, email.port),
             (SmtpSecurity::StartTlsIfOffered, 25)
         );
         for (from, to, expected) in [
@@ -774,6 +780,23 @@ mod tests {
             assert!(e.contains(expected), "{to}: {e}");
             assert!(e.starts_with("jobs/app.toml:"), "{e}");
         }
+        let e = error_of(&format!(
+            "{GOOD}{}insecure = true\n",
+            MAIL.replace("mail.example.com\"", "mail.example.com:25\"")
+        ));
+        assert!(
+            e.contains("the password could cross the network in plain text"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{GOOD}{}insecure = true\n",
+            MAIL.replace("smtp://", "smtps://")
+        ));
+        assert!(e.contains("insecure applies to smtp:// only"), "{e}");
+        let e = error_of(&format!(
+            "{GOOD}\n[notifications.x]\ntype = \"ping\"\nurl_file = \"/dev/null\"\njobs = []\n"
+        ));
+        assert!(e.contains("jobs = [] follows no job"), "{e}");
         let e = error_of(&format!(
             "{GOOD}\n[notifications.x]\ntype = \"teams\"\nurl_file = \"/dev/null\"\nfrom = \"a@b.c\"\n"
         ));

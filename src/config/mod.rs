@@ -428,12 +428,32 @@ fn validate_email(source: &Source, section: &str, raw: &Spanned<RawNotification>
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
+    if security == SmtpSecurity::Tls && n.insecure.is_some() {
+        return Err(source
+            .error(
+                smtp,
+                format!("[{section}] insecure applies to smtp:// only"),
+            )
+            .with_hint("smtps:// is TLS from the start: leave insecure out"));
+    }
     let security = match security {
         SmtpSecurity::StartTls if loopback || n.insecure == Some(true) => {
             SmtpSecurity::StartTlsIfOffered
         }
         s => s,
     };
+    let credentials = n.username_env.is_some() || n.username_file.is_some();
+    if security == SmtpSecurity::StartTlsIfOffered && !loopback && credentials {
+        return Err(source
+            .error(
+                smtp,
+                format!(
+                    "[{section}] insecure = true with a login: the password could cross the \
+                     network in plain text"
+                ),
+            )
+            .with_hint("use a server that offers STARTTLS (leave insecure out), or no login"));
+    }
     let from = n.from.as_ref().ok_or_else(|| {
         source
             .error(raw, format!("[{section}] needs from"))
@@ -510,6 +530,14 @@ fn check_notified_jobs(files: &[(&Source, RawFile)], config: &Config) -> Result<
             let Some(jobs) = &notification.get_ref().jobs else {
                 continue;
             };
+            if jobs.get_ref().is_empty() {
+                return Err(source
+                    .error(
+                        jobs,
+                        format!("[notifications.{name}] jobs = [] follows no job"),
+                    )
+                    .with_hint("name the jobs it is for, or leave jobs out for every job"));
+            }
             if let Some(job) = jobs
                 .get_ref()
                 .iter()

@@ -56,17 +56,50 @@ pub fn router(shared: Arc<Shared>, token: Option<crate::secret::Secret>) -> Rout
         .route("/", get(page))
         .route("/health", get(health))
         .route("/metrics", get(metrics));
-    if let Some(token) = token {
-        guarded = guarded.route_layer(middleware::from_fn_with_state(
-            Arc::new(token),
-            require_token,
-        ));
+    let terse = token.is_some();
+    match token {
+        Some(token) => {
+            guarded = guarded.route_layer(middleware::from_fn_with_state(
+                Arc::new(token),
+                require_token,
+            ));
+        }
+        None => guarded = guarded.route_layer(middleware::from_fn(local_host_only)),
     }
     Router::new()
         .route("/health/live", get(|| async { "ok\n" }))
-        .route("/health/ready", get(ready))
+        .route("/health/ready", get(move |state| ready(state, terse)))
         .merge(guarded)
         .with_state(shared)
+}
+
+/// Without a token the daemon listens on loopback only; a browser page from
+/// elsewhere can still reach it through DNS rebinding, with its own host
+/// name in `Host`: only this host's names are answered.
+async fn local_host_only(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if is_local_host(host) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "this daemon answers to localhost, 127.0.0.1 and [::1] only; set [daemon] token_env \
+         to serve other names\n",
+    )
+        .into_response()
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]`, with or without a port.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().map(|ip| format!("[{ip}]")),
+        None => host.split(':').next().map(str::to_owned),
+    };
+    matches!(name.as_deref(), Some("localhost" | "127.0.0.1" | "[::1]"))
 }
 
 async fn require_token(
@@ -113,6 +146,9 @@ fn same_token(given: &str, expected: &str) -> bool {
 }
 
 /// The status page (see [`crate::status::html`]), from the cache when fresh.
+/// How long the page may take to read from storage.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn page(State(shared): State<Arc<Shared>>) -> Response {
     let mut cache = shared.page.lock().await;
     let html = match cache.as_ref() {
@@ -126,20 +162,42 @@ async fn page(State(shared): State<Arc<Shared>>) -> Response {
             let runtime = tokio::runtime::Handle::current();
             let rendered = tokio::task::spawn_blocking(move || {
                 let jobs: Vec<&crate::model::Job> = engine.config.jobs.values().collect();
-                let page =
-                    runtime.block_on(crate::status::page(&engine, &jobs, engine.clock().now()));
-                crate::status::html::render(&page)
+                // Bounded: a storage that hangs must not hold the page (and
+                // its lock) for ever.
+                let page = runtime
+                    .block_on(async {
+                        tokio::time::timeout(
+                            PAGE_TIMEOUT,
+                            crate::status::page(&engine, &jobs, engine.clock().now()),
+                        )
+                        .await
+                    })
+                    .ok()?;
+                Some(crate::status::html::render(&page))
             })
             .await;
             match rendered {
-                Ok(html) => {
+                Ok(Some(html)) => {
                     *cache = Some((Instant::now(), html.clone()));
                     html
                 }
+                Ok(None) => {
+                    tracing::warn!(
+                        "the status page was not made within {}s: a storage is slow",
+                        PAGE_TIMEOUT.as_secs()
+                    );
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the status page could not be read from storage in time; try again\n",
+                    )
+                        .into_response();
+                }
                 Err(e) => {
+                    // The cause is logged; the page says nothing of the process.
+                    tracing::error!("the status page could not be made: {e}");
                     return (
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("the status page could not be made: {e}\n"),
+                        "the status page could not be made; the daemon's log says why\n",
                     )
                         .into_response();
                 }
@@ -162,10 +220,14 @@ async fn page(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+/// `terse`: the probe is open on an address others reach, so it names no
+/// storage, database nor error.
+async fn ready(State(shared): State<Arc<Shared>>, terse: bool) -> Response {
     let health = checked(&shared).await;
     if health.ready {
         (StatusCode::OK, "ready\n").into_response()
+    } else if terse {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     } else {
         let failed: Vec<String> = health
             .checks
@@ -299,6 +361,28 @@ async fn check(what: String, probe: impl Future<Output = crate::error::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_token_only_this_hosts_names_are_answered() {
+        for host in [
+            "localhost",
+            "localhost:9187",
+            "127.0.0.1:9187",
+            "[::1]:9187",
+            "[::1]",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "127.0.0.1.evil.example:9187",
+            "[::2]:1",
+            "localhost.evil",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn only_the_exact_bearer_token_passes() {

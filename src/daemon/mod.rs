@@ -231,29 +231,30 @@ pub async fn run(options: Options, config: Config, clock: Arc<dyn Clock>) -> Res
     Ok(())
 }
 
-/// The token `/`, `/health` and `/metrics` require: none on loopback (only
-/// this host can connect), else the one `[daemon] token_env` names. Without
-/// one the daemon does not start: the page and the metrics would tell
-/// anyone on the network which databases and storages there are and what
-/// failed. The token is read once, at start.
+/// The token `/`, `/health` and `/metrics` require: the one `[daemon]
+/// token_env` names, wherever the daemon listens (a proxy on this host may
+/// forward to loopback); none on loopback without it (only this host can
+/// connect, and the router then refuses requests for other host names, as
+/// a page opened through DNS rebinding would send). Elsewhere without one
+/// the daemon does not start: the page and the metrics would tell anyone on
+/// the network which databases and storages there are and what failed. The
+/// token is read once, at start.
 fn bearer_token(
     address: SocketAddr,
     token: Option<&crate::secret::SecretRef>,
 ) -> Result<Option<crate::secret::Secret>> {
-    if address.ip().is_loopback() {
-        return Ok(None);
-    }
-    let Some(token) = token else {
-        return Err(Error::config(format!(
+    match token {
+        Some(token) => Ok(Some(token.resolve()?.clone())),
+        None if address.ip().is_loopback() => Ok(None),
+        None => Err(Error::config(format!(
             "the daemon would serve its status page, /health and /metrics on {address}, \
              which other hosts can reach, without a token"
         ))
         .with_hint(
             "set token_env = \"BACKUP_DAEMON_TOKEN\" in [daemon] and export that variable \
              (make one with `openssl rand -hex 32`), or listen on 127.0.0.1",
-        ));
-    };
-    Ok(Some(token.resolve()?.clone()))
+        )),
+    }
 }
 
 /// Secrets are read when a run needs them; a daemon says at once which it

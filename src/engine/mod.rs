@@ -129,6 +129,14 @@ impl<T> Recorded<T> {
     }
 }
 
+/// Whether `work` is a run of its job's own kind (a backup job's backup, a
+/// maintenance job's maintenance), not a command on it (verify, drill,
+/// restore, pin) nor the prune after a backup: what a healthchecks-style
+/// ping reports, whose check must not turn green on a verify.
+fn own_run<W: Work>(work: &W) -> bool {
+    work.kind() == work.job().kind.name()
+}
+
 /// One kind of work the engine runs. The engine gives it storages, a lock,
 /// a time limit and retries; the work plans and executes, and says what its
 /// record keeps.
@@ -451,9 +459,6 @@ impl Engine {
             started_at,
         )
         .of_job(job);
-        // Before anything can fail: a check hears the start of every run
-        // whose end it hears.
-        crate::notify::spawn_start(&self.config.notifiers, &job.name);
         let storages = match self.open_all(job.record_storages()).await {
             Ok(s) => s,
             Err(e) => {
@@ -592,7 +597,7 @@ impl Engine {
     ) -> Result<Step<W::Made>> {
         let job = work.job();
         let Some(mode) = work.locking() else {
-            self.observer.started(&job.name, work.kind());
+            self.started(work);
             return work.execute(plan, run).await.map(Step::Ran);
         };
         // A lock whose session the server ended (a restart, a failover) is
@@ -622,7 +627,7 @@ impl Engine {
                     "this fire time was already run by another replica",
                 ));
             }
-            self.observer.started(&job.name, work.kind());
+            self.started(work);
             *lock = Some(taken);
         }
         let Some(lock) = lock.as_ref() else {
@@ -719,13 +724,30 @@ impl Engine {
         let asked_to_stop =
             record.outcome == Outcome::Interrupted && record.trigger == Trigger::Manual;
         if !routine && !asked_to_stop {
-            crate::notify::spawn(self.config.notifiers.clone(), record.clone(), previous);
+            crate::notify::spawn(
+                self.config.notifiers.clone(),
+                record.clone(),
+                previous,
+                own_run(work),
+            );
         }
         RunEnd::Done(Box::new(Finished {
             record,
             result,
             unrecorded,
         }))
+    }
+
+    /// A run begins its work, holding the job's lock: the metrics, and for
+    /// the job's own runs the pings that follow it (a check hears the start
+    /// only of what it will hear the end of, never of a run another replica
+    /// took).
+    fn started<W: Work>(&self, work: &W) {
+        let job = work.job();
+        self.observer.started(&job.name, work.kind());
+        if own_run(work) {
+            crate::notify::spawn_start(&self.config.notifiers, &job.name);
+        }
     }
 
     /// Records a fire time that was not run because the job was still running.

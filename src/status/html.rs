@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 
 use super::svg::{self, Point, Series, Unit};
 use super::{JobPage, PAGE_DAYS, Page};
@@ -148,7 +148,7 @@ fn render_job(job: &JobPage, page: &Page) -> String {
                 outcome_badge(r.outcome),
                 ago(r.finished_at),
                 escape(r.trigger),
-                show_duration(SignedDuration::from_secs_f64(r.duration_seconds)),
+                crate::time::show_seconds(r.duration_seconds),
                 r.error
                     .as_ref()
                     .map(|e| format!(": {}", escape(e)))
@@ -471,6 +471,7 @@ mod tests {
     use super::*;
     use crate::report::Trigger;
     use crate::status::{BackupSummary, JobState, RunSummary};
+    use jiff::SignedDuration;
 
     fn at(hours: i64) -> Timestamp {
         "2026-12-01T00:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_hours(hours)

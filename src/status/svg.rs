@@ -47,7 +47,7 @@ impl Unit {
             // seconds: too coarse for an axis of short runs.
             Unit::Seconds if v < 1.0 => format!("{:.2} s", v.max(0.0)),
             Unit::Seconds if v < 60.0 => format!("{v:.1} s"),
-            Unit::Seconds => crate::time::show_duration(jiff::SignedDuration::from_secs_f64(v)),
+            Unit::Seconds => crate::time::show_seconds(v),
             Unit::Count => crate::model::show_number(v.round()),
         }
     }

@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["jobs"],
     &["engine"],
+    &["status"],
     &["daemon"],
     &["cli"],
 ];

@@ -131,6 +131,5 @@ pub(crate) fn seconds(s: f64) -> String {
     if s < 60.0 {
         return exact;
     }
-    let d = jiff::SignedDuration::from_secs_f64(s);
-    format!("{exact} ({})", time::show_duration(d))
+    format!("{exact} ({})", time::show_seconds(s))
 }

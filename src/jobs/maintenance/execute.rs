@@ -451,9 +451,7 @@ async fn lock_holders(conn: &Connection, step: &Step, concurrently: bool) -> Vec
                 format!(
                     "pid {} ({app}, user {user}, {state} for {}, {mode})",
                     pid.map_or("-".to_owned(), |p| p.to_string()),
-                    crate::time::show_duration(jiff::SignedDuration::from_secs_f64(
-                        seconds.unwrap_or(0.0).max(0.0)
-                    ))
+                    crate::time::show_seconds(seconds.unwrap_or(0.0).max(0.0))
                 )
             })
             .collect(),

@@ -435,6 +435,9 @@ impl Laying {
             dirs.push(dir);
         }
         let mut command = std::process::Command::new(tool);
+        // No secret of this process (a notifier's password, the daemon's
+        // token) reaches a child that needs none.
+        crate::pg::minimal_env(&mut command);
         // The server syncs the directory before recovery (see `finish`).
         command.arg("--no-sync").arg("--output").arg(data);
         if hard_links_work(spool, data) && combine_links(tool) {
