@@ -20,13 +20,7 @@ _TEST_SERVER_PIDS=()
 ensure_moto() {
     if [ -x "$MOTO_VENV/bin/moto_server" ]; then return; fi
     echo "installing moto[server]==$MOTO_VERSION (the S3 server for tests) into $MOTO_VENV..."
-    command -v python3 >/dev/null || apt_install python3
-    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-        apt_install python3-venv
-    fi
-    rm -rf "$MOTO_VENV"
-    python3 -m venv "$MOTO_VENV"
-    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    _pip_venv "$MOTO_VENV" "moto[server]==$MOTO_VERSION"
 }
 
 # aiosmtpd, the SMTP server tests/it/notifiers.rs sends mail to
@@ -34,15 +28,21 @@ ensure_moto() {
 ensure_aiosmtpd() {
     if [ ! -x "$AIOSMTPD_VENV/bin/python" ] || ! "$AIOSMTPD_VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
         echo "installing aiosmtpd==$AIOSMTPD_VERSION (the SMTP server for tests) into $AIOSMTPD_VENV..."
-        command -v python3 >/dev/null || apt_install python3
-        if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-            apt_install python3-venv
-        fi
-        rm -rf "$AIOSMTPD_VENV"
-        python3 -m venv "$AIOSMTPD_VENV"
-        "$AIOSMTPD_VENV/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+        _pip_venv "$AIOSMTPD_VENV" "aiosmtpd==$AIOSMTPD_VERSION"
     fi
     export BACKUP_TEST_SMTPD_PYTHON="$AIOSMTPD_VENV/bin/python"
+}
+
+# _pip_venv DIR REQUIREMENT: a new Python virtual environment in DIR with
+# REQUIREMENT installed (Debian's python3-venv first, if missing).
+_pip_venv() {
+    command -v python3 >/dev/null || apt_install python3
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        apt_install python3-venv
+    fi
+    rm -rf "$1"
+    python3 -m venv "$1"
+    "$1/bin/pip" install --quiet --disable-pip-version-check "$2"
 }
 
 ensure_azurite() {
