@@ -12,6 +12,7 @@
 pub mod chunks;
 mod codec;
 pub mod crypt;
+pub mod dump;
 pub mod tree;
 
 use std::io::{Read, Write};
