@@ -198,11 +198,12 @@ pub async fn run(
                 digest,
             });
             let kept = backup::keep_delivered(&delivered, deliveries, &mut failed);
-            for storage in delivered
+            // A tar without its copy of the manifest is not kept either.
+            for lost in delivered
                 .iter()
                 .filter(|s| !kept.iter().any(|k| k.name() == s.name()))
             {
-                discard(std::slice::from_ref(storage), storage.name(), &base_key).await;
+                discard(&delivered, lost.name(), &base_key).await;
             }
             kept
         }
