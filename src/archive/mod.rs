@@ -113,13 +113,91 @@ where
     F: std::future::Future<Output = Result<()>>,
     C: FnOnce(&ObjectDigest) -> Result<()>,
 {
+    let (digest, deliveries, ()) = pipeline(
+        source,
+        compression,
+        crypt,
+        destinations,
+        label,
+        on_bytes,
+        source_done,
+        check,
+        (),
+    )
+    .await?;
+    Ok((digest, deliveries))
+}
+
+/// [`store`] of a `pg_dump -Fc -Z0` archive, counting the rows of each
+/// table as the raw bytes pass, beside their digest: the counts are of the
+/// bytes stored. The counter says itself whether it could read the archive.
+pub async fn store_dump<R, F>(
+    source: R,
+    compression: Compression,
+    crypt: crypt::Crypt,
+    destinations: Vec<Destination>,
+    label: &str,
+    on_bytes: OnBytes,
+    source_done: F,
+) -> Result<(ObjectDigest, Vec<Delivery>, dump::DumpRows)>
+where
+    R: Read + Send + 'static,
+    F: std::future::Future<Output = Result<()>>,
+{
+    pipeline(
+        source,
+        compression,
+        crypt,
+        destinations,
+        label,
+        on_bytes,
+        source_done,
+        |_| Ok(()),
+        dump::DumpRows::default(),
+    )
+    .await
+}
+
+/// What sees every raw byte in stage 1, beside the raw digest.
+trait Tap: Send + 'static {
+    fn see(&mut self, bytes: &[u8]);
+}
+
+impl Tap for () {
+    fn see(&mut self, _: &[u8]) {}
+}
+
+impl Tap for dump::DumpRows {
+    fn see(&mut self, bytes: &[u8]) {
+        self.feed(bytes);
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // store_checked's, and the tap
+async fn pipeline<R, F, C, T>(
+    source: R,
+    compression: Compression,
+    crypt: crypt::Crypt,
+    destinations: Vec<Destination>,
+    label: &str,
+    on_bytes: OnBytes,
+    source_done: F,
+    check: C,
+    tap: T,
+) -> Result<(ObjectDigest, Vec<Delivery>, T)>
+where
+    R: Read + Send + 'static,
+    F: std::future::Future<Output = Result<()>>,
+    C: FnOnce(&ObjectDigest) -> Result<()>,
+    T: Tap,
+{
     let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(QUEUE);
     let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
 
     // Stage 1: drain the source as fast as it produces.
     let reader = std::thread::Builder::new()
         .name("archive-read".into())
-        .spawn(move || read_chunks(source, raw_tx))
+        .spawn(move || read_chunks(source, raw_tx, tap))
         .map_err(|e| Error::internal(format!("cannot start a reader thread: {e}")))?;
 
     // Stage 2: hash, compress, hash.
@@ -167,19 +245,19 @@ where
             (Err(e), _, _) => Err(e),
             (Ok(()), Err(e), _) => Err(Error::io(Kind::Tool, format!("reading {label}"), e)),
             (Ok(()), Ok(_), Err(e)) => Err(e.context(format!("compressing {label}"))),
-            (Ok(()), Ok(raw), Ok(stored)) => {
+            (Ok(()), Ok((raw, tap)), Ok(stored)) => {
                 let digest = ObjectDigest {
                     raw_size: raw.size,
                     raw_sha256: raw.hex(),
                     stored_size: stored.size,
                     stored_sha256: stored.hex(),
                 };
-                check(&digest).map(|()| digest)
+                check(&digest).map(|()| (digest, tap))
             }
         }
     };
-    let digest = match outcome {
-        Ok(digest) => digest,
+    let (digest, tap) = match outcome {
+        Ok(done) => done,
         Err(e) => {
             for outlet in outlets {
                 if let Some(w) = outlet.writer {
@@ -209,7 +287,7 @@ where
             result,
         });
     }
-    Ok((digest, deliveries))
+    Ok((digest, deliveries, tap))
 }
 
 /// One destination while the stream runs: a writer until it fails, then its error.
@@ -233,12 +311,14 @@ impl Outlet {
     }
 }
 
-/// Reads the source in whole chunks and hashes the raw bytes here, where
-/// the thread mostly waits on its source, not on the compressor's thread.
-fn read_chunks<R: Read>(
+/// Reads the source in whole chunks and hashes (and taps) the raw bytes
+/// here, where the thread mostly waits on its source, not on the
+/// compressor's thread.
+fn read_chunks<R: Read, T: Tap>(
     mut source: R,
     tx: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
-) -> std::io::Result<Hashed> {
+    mut tap: T,
+) -> std::io::Result<(Hashed, T)> {
     let mut raw = Hashed::default();
     loop {
         let mut chunk = vec![0u8; CHUNK];
@@ -253,13 +333,14 @@ fn read_chunks<R: Read>(
             }
         }
         if filled == 0 {
-            return Ok(raw);
+            return Ok((raw, tap));
         }
         chunk.truncate(filled);
         raw.update(&chunk);
+        tap.see(&chunk);
         if tx.send(Ok(chunk)).is_err() {
             // The compressor stopped (every destination failed): stop reading.
-            return Ok(raw);
+            return Ok((raw, tap));
         }
     }
 }
@@ -652,6 +733,39 @@ mod tests {
                 .unwrap();
                 assert_eq!(out, data, "{c}");
             }
+        });
+    }
+
+    #[test]
+    fn a_dump_is_stored_whole_and_its_rows_counted_on_the_way() {
+        runtime().block_on(async {
+            let archive = include_bytes!("fixtures/rows-18.dump").to_vec();
+            let storage = MemoryStorage::new("mem");
+            let key = Key::new("j/i/data.dump.zst").unwrap();
+            let writer = storage.writer(&key).await.unwrap();
+            let (digest, deliveries, rows) = store_dump(
+                std::io::Cursor::new(archive.clone()),
+                Compression::Zstd(3),
+                crypt::Crypt::None,
+                vec![Destination {
+                    storage: "mem".into(),
+                    writer,
+                }],
+                "dump",
+                Arc::new(|_| {}),
+                async { Ok(()) },
+            )
+            .await
+            .unwrap();
+            assert!(deliveries.iter().all(|d| d.result.is_ok()));
+            assert_eq!(digest.raw_sha256, sha256_hex(&archive));
+            let rows = rows.finish().unwrap();
+            let wide = dump::Table {
+                schema: "public".into(),
+                name: "wide".into(),
+            };
+            assert_eq!(rows.get(&wide), Some(&2000));
+            assert_eq!(rows.values().sum::<u64>(), 2013);
         });
     }
 

@@ -40,6 +40,7 @@ pub(super) fn manifest(id: &str, snapshot: &str) -> Manifest {
         system_identifier: None,
         database_properties: None,
         row_counts: None,
+        rows_from: None,
         physical: None,
     }
 }

@@ -19,6 +19,8 @@ pub const FORMAT: u32 = 1;
 /// backup, restore it alone and let prune delete what it needs.
 pub const FORMAT_INCREMENTAL: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
+/// A manifest's `rows_from` when the rows were counted in the archive.
+pub const ROWS_FROM_ARCHIVE: &str = "archive";
 
 /// A manifest larger than this is not one of ours (a table list of millions).
 const MANIFEST_LIMIT: u64 = 64 << 20;
@@ -100,6 +102,11 @@ pub struct Manifest {
     /// children's rows too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_counts: Option<String>,
+    /// Where `tables[].rows` came from: `archive`, counted in the stored
+    /// dump as it streamed, which `verify` counts again. Absent when they
+    /// were counted by `count(*)` in the dump's snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_from: Option<String>,
     /// A physical job's base backup: where it lies in the WAL. `None` for
     /// a logical or files backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,6 +307,11 @@ impl Manifest {
         self.objects.iter().map(|o| o.digest.stored_size).sum()
     }
 
+    /// Whether the row counts were taken from the stored archive itself.
+    pub fn rows_from_archive(&self) -> bool {
+        self.rows_from.as_deref() == Some(ROWS_FROM_ARCHIVE)
+    }
+
     /// Whether the row counts are each table's own (`ONLY`).
     pub fn rows_only(&self) -> bool {
         self.row_counts.as_deref() == Some(crate::pg::ROWS_ONLY)
@@ -430,6 +442,15 @@ impl Manifest {
         {
             return Some(format!(
                 "its rows are counted as '{other}', which this version does not know"
+            ));
+        }
+        if let Some(other) = self
+            .rows_from
+            .as_deref()
+            .filter(|f| *f != ROWS_FROM_ARCHIVE)
+        {
+            return Some(format!(
+                "its rows are counted from '{other}', which this version does not know"
             ));
         }
         if let Some(why) = self.database_properties.as_ref().and_then(|p| p.problem()) {

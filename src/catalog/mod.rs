@@ -37,8 +37,8 @@ pub use listing::{
     ListedBackup, Listing, StoredBackup, Unreadable, list, list_job, list_stored, newest,
 };
 pub use manifest::{
-    FORMAT, FORMAT_INCREMENTAL, MANIFEST, Manifest, ManifestObject, Parent, Physical, Role,
-    object_name, read_manifest,
+    FORMAT, FORMAT_INCREMENTAL, MANIFEST, Manifest, ManifestObject, Parent, Physical,
+    ROWS_FROM_ARCHIVE, Role, object_name, read_manifest,
 };
 pub use opener::opener;
 pub use pins::{PIN, Pin, pin_key, read_pin};

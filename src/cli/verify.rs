@@ -70,15 +70,19 @@ pub async fn run(
             for o in &b.objects {
                 match &o.error {
                     None => println!(
-                        "  ok   {}: {} stored, {} raw, digests match{}",
+                        "  ok   {}: {} stored, {} raw, digests match{}{}",
                         o.key,
                         bytes_human(o.stored_size),
                         bytes_human(o.raw_size),
                         o.archive_entries.map_or(String::new(), |n| match o.role {
                             Some(Role::Base) =>
                                 format!("; {n} files match the tar's backup_manifest"),
+                            Some(Role::Files) => format!("; a tar of {n} entries"),
                             _ => format!("; a pg_dump archive of {n} entries"),
-                        })
+                        }),
+                        o.rows.map_or(String::new(), |n| format!(
+                            "; its {n} rows are the manifest's, table by table"
+                        ))
                     ),
                     Some(e) if o.unread => println!("  UNREAD  {}: {e}", o.key),
                     Some(e) => println!("  BAD  {}: {e}", o.key),

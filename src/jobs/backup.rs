@@ -4,8 +4,9 @@
 //! The whole story, in order:
 //! 1. connect, check `pg_dump` is not older than the server;
 //! 2. export a `REPEATABLE READ` snapshot and note when it began (`snapshot_at`);
-//! 3. stream `pg_dump --snapshot` into the storages while counting every table's
-//!    rows in the same snapshot;
+//! 3. stream `pg_dump --snapshot` into the storages, counting every table's
+//!    rows in the archive as it passes (one read of each table, and the very
+//!    rows `pg_restore` will load);
 //! 4. store roles and tablespaces (`pg_dumpall --globals-only`);
 //! 5. write `manifest.json`. Only now does the backup exist.
 
@@ -127,12 +128,11 @@ pub async fn run(
         .stdout
         .take()
         .ok_or_else(|| Error::internal("pg_dump has no stdout"))?;
-    // A cancelled run (timeout, SIGTERM) drops this future: the dump and the
-    // row counts must stop with it, here and on the server.
+    // A cancelled run (timeout, SIGTERM) drops this future: the dump must
+    // stop with it.
     let _stop_dump = child.stop_on_drop();
     // Waited for from now on, whatever happens next, so it is always reaped.
     let waiting = tokio::task::spawn_blocking(move || child.wait());
-    let cancel_counts = pg::CancelOnDrop::new(&conn);
     let destinations = open_writers(storages, &prefix.join(&data_name)?).await?;
     let label = format!("{}/{data_name}", prefix);
     progress.begin(&format!("dump {}", conn.dbname), None);
@@ -145,22 +145,50 @@ pub async fn run(
             .await
             .map_err(|e| Error::internal(format!("waiting for pg_dump: {e}")))?
     };
-    let (stored, tables) = tokio::join!(
-        archive::store(
-            stdout,
-            spec.compression,
-            crypt,
-            destinations,
-            &label,
-            on_bytes,
-            dumped
-        ),
-        pg::row_counts(&conn),
-    );
+    let stored = archive::store_dump(
+        stdout,
+        spec.compression,
+        crypt,
+        destinations,
+        &label,
+        on_bytes,
+        dumped,
+    )
+    .await;
     progress.end();
-    cancel_counts.disarm();
-    let (data_digest, deliveries) = stored?;
-    let tables = tables?;
+    let (data_digest, deliveries, counted) = stored?;
+    // Still in the dump's snapshot: the tables are those pg_dump saw.
+    let (tables, rows_from) = match counted.finish() {
+        Ok(counted) => {
+            let listed = pg::user_tables(&conn).await?;
+            let (tables, missing) = tables_in_archive(listed, &counted);
+            if !missing.is_empty() {
+                let warning = format!(
+                    "pg_dump wrote no rows for {} table(s), which restore empty (unlogged \
+                     tables on a standby): {}",
+                    missing.len(),
+                    missing.join(", ")
+                );
+                tracing::warn!("job {}: {warning}", job.name);
+                warnings.push(warning);
+            }
+            (tables, Some(catalog::ROWS_FROM_ARCHIVE.to_owned()))
+        }
+        Err(why) => {
+            // A pg_dump newer than this reader: the counts come from the
+            // snapshot instead, at the cost of a second read of each table.
+            let warning = format!(
+                "the rows were counted with count(*) in the dump's snapshot, because the \
+                 archive could not be read for them: {why}"
+            );
+            tracing::warn!("job {}: {warning}", job.name);
+            warnings.push(warning);
+            let cancel_counts = pg::CancelOnDrop::new(&conn);
+            let tables = pg::row_counts(&conn).await?;
+            cancel_counts.disarm();
+            (tables, None)
+        }
+    };
     let extensions = pg::extensions(&conn).await?;
     pg::end_snapshot(&conn).await?;
 
@@ -203,9 +231,39 @@ pub async fn run(
         system_identifier: source.system_identifier,
         database_properties: Some(properties),
         row_counts: Some(pg::ROWS_ONLY.to_owned()),
+        rows_from,
         physical: None,
     };
     conclude(&healthy, &prefix, manifest, failed).await
+}
+
+/// The manifest's tables: every user table pg_dump saw, with the rows the
+/// archive holds for it. Also the tables it holds no rows for (pg_dump
+/// leaves out unlogged tables' data on a standby), which restore empty.
+fn tables_in_archive(
+    listed: Vec<(String, String)>,
+    counted: &std::collections::BTreeMap<archive::dump::Table, u64>,
+) -> (Vec<pg::TableRows>, Vec<String>) {
+    let mut missing = Vec::new();
+    let tables = listed
+        .into_iter()
+        .map(|(schema, name)| {
+            let key = archive::dump::Table { schema, name };
+            let rows = match counted.get(&key) {
+                Some(rows) => i64::try_from(*rows).unwrap_or(i64::MAX),
+                None => {
+                    missing.push(format!("{}.{}", key.schema, key.name));
+                    0
+                }
+            };
+            pg::TableRows {
+                schema: key.schema,
+                name: key.name,
+                rows,
+            }
+        })
+        .collect();
+    (tables, missing)
 }
 
 /// Which database a backup is of: its name and its cluster's identifier.
@@ -458,4 +516,38 @@ async fn dump_globals(
 /// The encryption stage of the job's objects.
 pub(super) fn seal(spec: &BackupJob) -> Result<archive::crypt::Crypt> {
     archive::crypt::sealing(spec.encryption.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_table_gets_the_archives_rows_and_one_without_any_is_named() {
+        let counted = [
+            ("public", "a", 3u64),
+            ("public", "b", 0),
+            ("ext", "config", 9),
+        ]
+        .into_iter()
+        .map(|(schema, name, n)| {
+            (
+                archive::dump::Table {
+                    schema: schema.into(),
+                    name: name.into(),
+                },
+                n,
+            )
+        })
+        .collect();
+        let listed = [("public", "a"), ("public", "b"), ("public", "scratch")]
+            .iter()
+            .map(|(s, n)| ((*s).to_owned(), (*n).to_owned()))
+            .collect();
+        let (tables, missing) = tables_in_archive(listed, &counted);
+        let rows: Vec<(&str, i64)> = tables.iter().map(|t| (t.name.as_str(), t.rows)).collect();
+        // An extension's table pg_dump wrote rows for is not the database's own.
+        assert_eq!(rows, [("a", 3), ("b", 0), ("scratch", 0)]);
+        assert_eq!(missing, ["public.scratch"]);
+    }
 }

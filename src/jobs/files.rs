@@ -154,6 +154,7 @@ pub async fn run(
         system_identifier: None,
         database_properties: None,
         row_counts: None,
+        rows_from: None,
         physical: None,
     };
     backup::conclude(&healthy, &prefix, manifest, failed).await

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::archive::dump::DumpRows;
 use crate::catalog::{self, Manifest, ManifestObject, Role};
 use crate::error::{Error, Result};
 use crate::model::Database;
@@ -30,6 +31,10 @@ pub struct ObjectCheck {
     /// Entries in the archive's table of contents, or in a files tar; for a
     /// base backup, the files checked against its `backup_manifest`.
     pub archive_entries: Option<usize>,
+    /// A dump's rows, counted again from the archive, table by table as
+    /// many as the manifest says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
     /// Why the object is bad; `None` when it is good.
     pub error: Option<String>,
     /// The storage failed while the object was read (it stopped answering,
@@ -122,6 +127,7 @@ fn bad_manifest(storage: &str, id: &str, error: String) -> BackupCheck {
             stored_size: 0,
             raw_size: 0,
             archive_entries: None,
+            rows: None,
             error: Some(error),
             unread: false,
         }],
@@ -170,10 +176,10 @@ pub async fn verify_backup(
             }
             Err(e) => Err(Error::new(e.kind(), e.message())),
         };
-        let (archive_entries, error, unread) = match result {
-            Ok(entries) => (entries, None, false),
+        let (read, error, unread) = match result {
+            Ok(read) => (read, None, false),
             Err(e) => (
-                None,
+                Read::default(),
                 Some(e.message().to_owned()),
                 e.kind() == crate::error::Kind::Storage,
             ),
@@ -183,7 +189,8 @@ pub async fn verify_backup(
             role: Some(object.role),
             stored_size: object.digest.stored_size,
             raw_size: object.digest.raw_size,
-            archive_entries,
+            archive_entries: read.entries,
+            rows: read.rows,
             error,
             unread,
         });
@@ -195,6 +202,15 @@ pub async fn verify_backup(
     }
 }
 
+/// What reading an object found in it, beyond its digests.
+#[derive(Debug, Default)]
+struct Read {
+    /// Entries of its archive, tar or `backup_manifest`.
+    entries: Option<usize>,
+    /// The rows of a dump, counted again and found as in the manifest.
+    rows: Option<u64>,
+}
+
 async fn verify_object(
     storage: &Arc<dyn Storage>,
     manifest: &Manifest,
@@ -202,7 +218,7 @@ async fn verify_object(
     crypt: &crate::archive::crypt::Crypt,
     pg_restore: Option<&Path>,
     progress: Arc<dyn Progress>,
-) -> Result<Option<usize>> {
+) -> Result<Read> {
     let crypt = crypt.clone();
     let key = catalog::backup_prefix(&manifest.job, &manifest.id)?.join(&object.key)?;
     let source = tokio_util::io::SyncIoBridge::new(storage.reader(&key).await?);
@@ -217,13 +233,33 @@ async fn verify_object(
         (Role::Globals | Role::BackupManifest, _) => None,
     };
     let object_role = object.role;
+    // Counts written as each table's own rows can be counted again from
+    // the archive; older ones held inheritance children's rows too.
+    let rows = (object.role == Role::Data && manifest.rows_only()).then(|| Rows {
+        counter: DumpRows::default(),
+        expected: manifest.tables.clone(),
+        from_archive: manifest.rows_from_archive(),
+    });
     progress.begin(&format!("verify {key}"), Some(digest.stored_size));
     let result = tokio::task::spawn_blocking(move || {
         let on_bytes = |n| progress.advance(n);
         let mut lister = lister;
+        let mut rows = rows;
         let unpacked = match &mut lister {
             Some(l) => {
-                crate::archive::unpack(source, compression, &crypt, &digest, l, &label, &on_bytes)
+                let mut tee = Tee {
+                    first: l,
+                    second: rows.as_mut().map(|r| &mut r.counter),
+                };
+                crate::archive::unpack(
+                    source,
+                    compression,
+                    &crypt,
+                    &digest,
+                    &mut tee,
+                    &label,
+                    &on_bytes,
+                )
             }
             None => crate::archive::unpack(
                 source,
@@ -239,7 +275,7 @@ async fn verify_object(
         // The digests first: a corrupt object explains pg_restore's complaint.
         let listed = lister.map(|l| l.finish()).transpose();
         unpacked?;
-        listed.map_err(|e| match object_role {
+        let entries = listed.map_err(|e| match object_role {
             Role::Base => Error::integrity(format!(
                 "its digests match, but {}",
                 e.message()
@@ -254,7 +290,9 @@ async fn verify_object(
                 },
                 e.message()
             )),
-        })
+        })?;
+        let rows = rows.map(Rows::check).transpose()?.flatten();
+        Ok::<_, Error>(Read { entries, rows })
     })
     .await
     .map_err(|e| Error::internal(format!("verify task failed: {e}")))?;
@@ -267,6 +305,84 @@ async fn verify_object(
             .replacen(&format!("{label} "), "", 1);
         Error::new(e.kind(), message)
     })
+}
+
+/// A dump's rows counted again as its raw bytes pass, for the manifest's.
+struct Rows {
+    counter: DumpRows,
+    expected: Vec<pg::TableRows>,
+    /// The manifest's counts came from the archive: one that cannot be
+    /// counted again is bad. Counts taken by query are checked when the
+    /// archive reads, and otherwise left to restore tests.
+    from_archive: bool,
+}
+
+impl Rows {
+    /// The rows found, all as the manifest says; `None` when the archive
+    /// could not be counted and the manifest's counts did not come from it.
+    fn check(self) -> Result<Option<u64>> {
+        let counted = match self.counter.finish() {
+            Ok(counted) => counted,
+            Err(why) if self.from_archive => {
+                return Err(Error::integrity(format!(
+                    "its digests match, but its rows cannot be counted again: {why}"
+                )));
+            }
+            Err(why) => {
+                tracing::debug!("rows not counted again: {why}");
+                return Ok(None);
+            }
+        };
+        let mut differ = Vec::new();
+        let mut total = 0u64;
+        for table in &self.expected {
+            // A table without data in the archive restores empty.
+            let found = counted
+                .get(&crate::archive::dump::Table {
+                    schema: table.schema.clone(),
+                    name: table.name.clone(),
+                })
+                .copied()
+                .unwrap_or(0);
+            total += found;
+            if u64::try_from(table.rows).ok() != Some(found) {
+                differ.push(format!(
+                    "table {}.{}: {} rows in the manifest, {found} in the archive",
+                    table.schema, table.name, table.rows
+                ));
+            }
+        }
+        if differ.is_empty() {
+            return Ok(Some(total));
+        }
+        let shown = differ.len().min(10);
+        Err(Error::integrity(format!(
+            "its digests match, but {} table(s) do not hold the rows the manifest says: {}{}",
+            differ.len(),
+            differ[..shown].join("; "),
+            if differ.len() > shown { "; ..." } else { "" }
+        )))
+    }
+}
+
+/// Bytes to a lister and, beside it, to a row counter.
+struct Tee<'a> {
+    first: &'a mut Box<dyn Lister>,
+    second: Option<&'a mut DumpRows>,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(rows) = self.second.as_mut() {
+            rows.feed(buf);
+        }
+        self.first.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.first.flush()
+    }
 }
 
 /// Where a data object's raw bytes go to be read as what they claim to be;
@@ -556,6 +672,7 @@ pub async fn plan(
                             stored_size: object.digest.stored_size,
                             raw_size: object.digest.raw_size,
                             archive_entries: None,
+                            rows: None,
                             error: Some(format!(
                                 "a pg_dump archive in files job {name}: not verified; \
                                  the job was a database backup when it was made"
@@ -628,6 +745,7 @@ fn with_chains(
                     stored_size: 0,
                     raw_size: 0,
                     archive_entries: None,
+                    rows: None,
                     error: Some(format!("{why}: it cannot be restored")),
                     unread: false,
                 }],
@@ -673,6 +791,70 @@ pub async fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn table(schema: &str, name: &str, rows: i64) -> pg::TableRows {
+        pg::TableRows {
+            schema: schema.into(),
+            name: name.into(),
+            rows,
+        }
+    }
+
+    /// The rows of `fixtures/rows-15.dump` counted again against `expected`.
+    fn recount(
+        archive: &[u8],
+        expected: Vec<pg::TableRows>,
+        from_archive: bool,
+    ) -> Result<Option<u64>> {
+        let mut counter = DumpRows::default();
+        counter.feed(archive);
+        Rows {
+            counter,
+            expected,
+            from_archive,
+        }
+        .check()
+    }
+
+    #[test]
+    fn rows_counted_again_are_the_manifests_or_each_differing_table_is_named() {
+        let archive = include_bytes!("../archive/fixtures/rows-15.dump");
+        let good = vec![
+            table("public", "t", 5),
+            table("public", "wide", 2000),
+            table("s p", "\"Odd\" name", 2),
+        ];
+        assert_eq!(recount(archive, good.clone(), true).unwrap(), Some(2007));
+        let mut edited = good;
+        edited[1].rows = 1999;
+        edited[2].rows = 3;
+        let e = recount(archive, edited, true).unwrap_err();
+        assert_eq!(e.kind(), crate::error::Kind::Integrity);
+        assert!(
+            e.message().contains("2 table(s)")
+                && e.message()
+                    .contains("table public.wide: 1999 rows in the manifest, 2000 in the archive")
+                && e.message()
+                    .contains("table s p.\"Odd\" name: 3 rows in the manifest, 2 in the archive"),
+            "{e}"
+        );
+        // A table the archive holds no rows for restores empty: 0 is right.
+        assert_eq!(
+            recount(archive, vec![table("public", "gone", 0)], true).unwrap(),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn an_archive_that_cannot_be_counted_fails_only_counts_that_came_from_it() {
+        let cut = &include_bytes!("../archive/fixtures/rows-15.dump")[..5000];
+        let e = recount(cut, vec![table("public", "t", 5)], true).unwrap_err();
+        assert!(e.message().contains("cannot be counted again"), "{e}");
+        assert_eq!(
+            recount(cut, vec![table("public", "t", 5)], false).unwrap(),
+            None
+        );
+    }
     use crate::pg::basebackup::samples;
     use crate::storage::MemoryStorage;
 

@@ -335,6 +335,7 @@ mod tests {
             system_identifier: None,
             database_properties: None,
             row_counts: None,
+            rows_from: None,
             physical: None,
         }
     }

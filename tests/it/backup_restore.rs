@@ -160,6 +160,7 @@ fn writes_during_the_backup_keep_parity_with_the_manifest() {
     assert!(run.ok(), "{}", run.all());
     let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
     let manifest = setup.manifest(&id);
+    assert_eq!(manifest["rows_from"], "archive", "{manifest:#}");
     let in_manifest = manifest["tables"]
         .as_array()
         .unwrap()

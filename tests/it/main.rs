@@ -7,6 +7,7 @@
 
 mod common;
 
+mod archive_rows;
 mod backup_restore;
 mod backup_source;
 mod daemon;

@@ -284,6 +284,7 @@ pub async fn run(
         system_identifier: Some(cluster.system_identifier),
         database_properties: None,
         row_counts: None,
+        rows_from: None,
         physical: Some(physical),
     };
     backup::conclude(&healthy, &prefix, manifest, failed).await
