@@ -132,7 +132,7 @@ struct Counter {
 
 impl Counter {
     fn add(&mut self, data: &[u8]) {
-        self.newlines += data.iter().filter(|b| **b == b'\n').count() as u64;
+        self.newlines += memchr::memchr_iter(b'\n', data).count() as u64;
         let keep = END_OF_COPY.len();
         if data.len() >= keep {
             self.tail.copy_from_slice(&data[data.len() - keep..]);
@@ -197,28 +197,24 @@ impl DumpRows {
     /// Takes the next bytes of the archive.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && self.error.is_none() {
-            // Data passes through without being copied.
-            if let State::Chunk { block, id, left } = self.state
-                && self.pending.is_empty()
-            {
-                let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                if let Block::Data { counted: true } = block {
-                    self.count(&bytes[..n]);
+            if self.pending.is_empty() {
+                // Parsed where they lie: rows are not copied.
+                let used = self.parse(bytes);
+                if self.error.is_none() {
+                    // An item cut short by this read, to finish with the next.
+                    self.pending.extend_from_slice(&bytes[used..]);
                 }
-                bytes = &bytes[n..];
-                let left = left - n as u64;
-                self.state = if left == 0 {
-                    State::ChunkLength { block, id }
-                } else {
-                    State::Chunk { block, id, left }
-                };
-                continue;
+                return;
             }
-            // Everything else is small: parsed from `pending`.
+            // An item cut short before: more bytes, and read it again.
             let take = bytes.len().min(64 << 10);
             self.pending.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
-            self.parse_pending();
+            let pending = std::mem::take(&mut self.pending);
+            let used = self.parse(&pending);
+            let mut pending = pending;
+            pending.drain(..used);
+            self.pending = pending;
         }
     }
 
@@ -235,47 +231,36 @@ impl DumpRows {
         self.state = State::Failed;
     }
 
-    /// Parses what `pending` holds, leaving a cut-off item in it.
-    fn parse_pending(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
+    /// Parses as much of `input` as makes whole items, and says how much:
+    /// the rest is an item cut short, or nothing.
+    fn parse(&mut self, input: &[u8]) -> usize {
         let mut at = 0;
         loop {
             if let State::Chunk { block, id, left } = self.state {
-                let rest = &pending[at..];
+                let rest = &input[at..];
                 let n = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                 if let Block::Data { counted: true } = block {
                     self.count(&rest[..n]);
                 }
                 at += n;
                 let left = left - n as u64;
-                self.state = if left == 0 {
-                    State::ChunkLength { block, id }
-                } else {
-                    State::Chunk { block, id, left }
-                };
                 if left > 0 {
-                    break;
+                    self.state = State::Chunk { block, id, left };
+                    return at;
                 }
+                self.state = State::ChunkLength { block, id };
                 continue;
             }
             let mut cursor = Cursor {
-                bytes: &pending,
+                bytes: input,
                 at,
                 int_size: self.int_size,
             };
             match self.step(&mut cursor) {
-                Ok(true) => at = cursor.at,
-                Ok(false) | Err(More) => break,
-            }
-            if self.error.is_some() {
-                return;
+                Ok(true) if self.error.is_none() => at = cursor.at,
+                Ok(_) | Err(More) => return at,
             }
         }
-        // Most reads leave nothing, or a whole cut-off item to read again
-        // with more bytes: no copy then.
-        let mut pending = pending;
-        pending.drain(..at);
-        self.pending = pending;
     }
 
     /// One item; `Ok(false)` when nothing more can be read.

@@ -321,21 +321,13 @@ fn read_chunks<R: Read, T: Tap>(
 ) -> std::io::Result<(Hashed, T)> {
     let mut raw = Hashed::default();
     loop {
-        let mut chunk = vec![0u8; CHUNK];
-        let mut filled = 0;
-        // Fill whole chunks: a pipe hands out at most 64 KiB per read.
-        while filled < CHUNK {
-            match source.read(&mut chunk[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        if filled == 0 {
+        // Whole chunks (a pipe hands out at most 64 KiB per read), read
+        // into memory that is not zeroed first.
+        let mut chunk = Vec::with_capacity(CHUNK);
+        (&mut source).take(CHUNK as u64).read_to_end(&mut chunk)?;
+        if chunk.is_empty() {
             return Ok((raw, tap));
         }
-        chunk.truncate(filled);
         raw.update(&chunk);
         tap.see(&chunk);
         if tx.send(Ok(chunk)).is_err() {
