@@ -11,24 +11,32 @@
 //!   1.15, an algorithm byte from 1.15: only "none" is read here), a
 //!   timestamp of seven ints and three strings;
 //! - the table of contents: a count, then per entry its dump id, whether
-//!   it has data, its tag, `desc`, `copyStmt` and namespace among strings,
-//!   `relkind` from 1.16, dependencies, and an offset (unset in a pipe);
+//!   it has data, its catalog id (the table's oid for `TABLE DATA`), tag,
+//!   `desc`, `copyStmt` and namespace among strings, `relkind` from 1.16,
+//!   dependencies, and an offset (unset in a pipe);
 //! - one block per entry with data, in TOC order: type 1 (data) or 3
 //!   (large objects), the dump id, then chunks of length and bytes ended by
 //!   a zero length (large objects: an oid before each object's chunks, oid
 //!   0 at the end). No trailer.
 //!
-//! A `TABLE DATA` entry whose `copyStmt` is a `COPY` holds COPY text: one
-//! line per row (a newline inside a value is written `\n`), then `\.` and
-//! two empty lines. A chunk is not a row (pg_dump may cut anywhere), so
-//! the payload is read as one stream. Anything else this reader does not
-//! know (a version, a compression, a block type, a table without its end
-//! marker) is an error naming it, never a count.
+//! A `TABLE DATA` entry holds COPY text: one line per row (a newline
+//! inside a value is written `\n`), then `\.` and two empty lines. A
+//! chunk is not a row (pg_dump may cut anywhere), so the payload is read
+//! as one stream. Anything else this reader does not know (a version, a
+//! compression, a block type, table data that is not COPY, a table without
+//! its end marker, an entry without its block) is an error naming it,
+//! never a count.
 //!
-//! Memory: the table of contents (names and definitions) and a few bytes
-//! of state; data passes through uncopied.
+//! Names are in the database's encoding (the archive's `ENCODING` entry),
+//! so a backup matches tables by oid; by name, only where names compare
+//! as bytes with UTF-8 ones ([`Counted::rows_of`]).
+//!
+//! Memory: per entry with data, its names; a table-of-contents entry cut
+//! by a read is held whole until it reads (at most [`ENTRY_LIMIT`]).
+//! Strings not needed are skipped where they lie; data passes through
+//! uncopied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// The archive versions pg_dump 13 to 18 write.
 const VERSIONS: [(u8, u8); 3] = [(1, 14), (1, 15), (1, 16)];
@@ -36,21 +44,104 @@ const VERSIONS: [(u8, u8); 3] = [(1, 14), (1, 15), (1, 16)];
 const END_OF_COPY: &[u8] = b"\\.\n\n\n";
 /// Newlines in [`END_OF_COPY`]: not rows.
 const END_NEWLINES: u64 = 3;
-/// A string in the TOC larger than this is not one pg_dump wrote (a
-/// function body of a gigabyte).
-const STRING_LIMIT: i64 = 1 << 30;
+/// A table-of-contents entry larger than this is not one this reader
+/// holds in memory to parse (pg_dump writes function bodies and view
+/// definitions there; none of this size).
+pub const ENTRY_LIMIT: usize = 256 << 20;
+/// Bytes added at a time to an entry cut by a read.
+const WINDOW: usize = 4 << 10;
 
-/// A table whose rows were counted.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// A table whose rows were counted, its names as the archive has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    pub schema: String,
-    pub name: String,
+    /// The table's `pg_class` oid, from the entry's catalog id.
+    pub oid: Option<u32>,
+    pub schema: Vec<u8>,
+    pub name: Vec<u8>,
+    pub rows: u64,
+}
+
+/// What [`DumpRows::finish`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Counted {
+    /// The archive's encoding (`UTF8`, `LATIN1`, ...), from its `ENCODING`
+    /// entry.
+    pub encoding: Option<String>,
+    pub tables: Vec<Table>,
+}
+
+/// Where a table named in UTF-8 stands in an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    Rows(u64),
+    /// No data of that table in the archive.
+    Absent,
+    /// Its name is not ASCII and the archive's encoding is not UTF-8: the
+    /// bytes cannot be compared.
+    Incomparable,
+}
+
+impl Counted {
+    /// The tables by oid and by name, for many lookups.
+    pub fn lookup(&self) -> Lookup<'_> {
+        Lookup {
+            utf8: matches!(self.encoding.as_deref(), Some("UTF8" | "SQL_ASCII")),
+            by_oid: self
+                .tables
+                .iter()
+                .filter_map(|t| Some((t.oid?, t.rows)))
+                .collect(),
+            by_name: self
+                .tables
+                .iter()
+                .map(|t| ((t.schema.as_slice(), t.name.as_slice()), t.rows))
+                .collect(),
+        }
+    }
+
+    /// The table's name for messages.
+    pub fn name(table: &Table) -> String {
+        format!(
+            "{}.{}",
+            String::from_utf8_lossy(&table.schema),
+            String::from_utf8_lossy(&table.name)
+        )
+    }
+}
+
+/// [`Counted`]'s tables, indexed.
+pub struct Lookup<'a> {
+    utf8: bool,
+    by_oid: HashMap<u32, u64>,
+    by_name: HashMap<(&'a [u8], &'a [u8]), u64>,
+}
+
+impl Lookup<'_> {
+    /// The rows of the table whose `pg_class` oid is `oid`.
+    pub fn rows_of_oid(&self, oid: u32) -> Option<u64> {
+        self.by_oid.get(&oid).copied()
+    }
+
+    /// The rows of table `schema.name` (UTF-8, as a manifest names it).
+    /// ASCII is the same in every server encoding; other names compare
+    /// only in a UTF-8 archive.
+    pub fn rows_of(&self, schema: &str, name: &str) -> Found {
+        if !self.utf8 && !(schema.is_ascii() && name.is_ascii()) {
+            return Found::Incomparable;
+        }
+        self.by_name
+            .get(&(schema.as_bytes(), name.as_bytes()))
+            .map_or(Found::Absent, |rows| Found::Rows(*rows))
+    }
 }
 
 /// One TOC entry with data: what it is, for the blocks that follow.
 #[derive(Debug, Clone)]
 struct Entry {
-    table: Option<Table>,
+    /// A table's COPY data: oid, schema and name.
+    table: Option<(Option<u32>, Vec<u8>, Vec<u8>)>,
+    /// Its block was read (every entry with data has one).
+    seen: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +189,7 @@ pub struct DumpRows {
     int_size: usize,
     off_size: usize,
     version: (u8, u8),
+    encoding: Option<String>,
     entries: HashMap<i64, Entry>,
     /// The COPY table whose data block is streaming now.
     current: Option<Counter>,
@@ -114,6 +206,7 @@ impl Default for DumpRows {
             int_size: 4,
             off_size: 8,
             version: (0, 0),
+            encoding: None,
             entries: HashMap::new(),
             current: None,
             counted: HashMap::new(),
@@ -153,8 +246,8 @@ struct Cursor<'a> {
     int_size: usize,
 }
 
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], More> {
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], More> {
         let end = self.at.checked_add(n).ok_or(More)?;
         let slice = self.bytes.get(self.at..end).ok_or(More)?;
         self.at = end;
@@ -177,19 +270,19 @@ impl Cursor<'_> {
         Ok(if negative { -value } else { value })
     }
 
-    /// `ReadStr`: an int length (-1 for NULL), then the bytes.
-    fn string(&mut self) -> Result<Result<Option<String>, String>, More> {
+    /// `ReadStr`: an int length (-1 for NULL), then the bytes, where they
+    /// lie. A length past [`ENTRY_LIMIT`] is an error.
+    fn string(&mut self) -> Result<Result<Option<&'a [u8]>, String>, More> {
         let length = self.int()?;
         if length < 0 {
             return Ok(Ok(None));
         }
-        if length > STRING_LIMIT {
-            return Ok(Err(format!(
+        match usize::try_from(length) {
+            Ok(n) if n <= ENTRY_LIMIT => Ok(Ok(Some(self.take(n)?))),
+            _ => Ok(Err(format!(
                 "a string of {length} bytes in its table of contents"
-            )));
+            ))),
         }
-        let bytes = self.take(length as usize)?;
-        Ok(Ok(Some(String::from_utf8_lossy(bytes).into_owned())))
     }
 }
 
@@ -202,20 +295,42 @@ impl DumpRows {
                 let used = self.parse(bytes);
                 if self.error.is_none() {
                     // An item cut short by this read, to finish with the next.
-                    self.pending.extend_from_slice(&bytes[used..]);
+                    self.hold(&bytes[used..]);
                 }
                 return;
             }
-            // An item cut short before: more bytes, and read it again.
-            let take = bytes.len().min(64 << 10);
-            self.pending.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
+            // An item cut short before: a few more bytes, and read it
+            // again. Once it reads, the rest is parsed where it lies.
+            let held = self.pending.len();
+            let take = bytes.len().min(WINDOW);
+            self.hold(&bytes[..take]);
+            if self.error.is_some() {
+                return;
+            }
             let pending = std::mem::take(&mut self.pending);
             let used = self.parse(&pending);
-            let mut pending = pending;
-            pending.drain(..used);
-            self.pending = pending;
+            if used >= held {
+                // The held item read: drop the window, parse from `bytes`.
+                bytes = &bytes[used - held..];
+            } else {
+                let mut pending = pending;
+                pending.drain(..used);
+                self.pending = pending;
+                bytes = &bytes[take..];
+            }
         }
+    }
+
+    /// Keeps `bytes` of an item cut short, within [`ENTRY_LIMIT`].
+    fn hold(&mut self, bytes: &[u8]) {
+        if self.pending.len() + bytes.len() > ENTRY_LIMIT {
+            self.fail(format!(
+                "an entry of its table of contents is over {} MiB",
+                ENTRY_LIMIT >> 20
+            ));
+            return;
+        }
+        self.pending.extend_from_slice(bytes);
     }
 
     /// Counts `data` of the block streaming now. With `-Z0`, pg_dump writes
@@ -323,64 +438,16 @@ impl DumpRows {
                 self.state = State::BlockType;
                 Ok(true)
             }
-            State::Toc { left } => {
-                let id = c.int()?;
-                let had_dumper = c.int()? != 0;
-                let mut strings = Vec::with_capacity(10);
-                // tableoid, oid, tag, desc; section; defn, dropStmt,
-                // copyStmt, namespace, tablespace, tableam.
-                for i in 0..11 {
-                    if i == 4 {
-                        c.int()?;
-                        continue;
-                    }
-                    match c.string()? {
-                        Ok(s) => strings.push(s),
-                        Err(why) => {
-                            self.fail(why);
-                            return Ok(false);
-                        }
-                    }
+            State::Toc { left } => match self.toc_entry(c)? {
+                Ok(()) => {
+                    self.state = State::Toc { left: left - 1 };
+                    Ok(true)
                 }
-                if self.version >= (1, 16) {
-                    c.int()?; // relkind
+                Err(why) => {
+                    self.fail(why);
+                    Ok(false)
                 }
-                for _ in 0..2 {
-                    // owner, "false" (the old withOids)
-                    if let Err(why) = c.string()? {
-                        self.fail(why);
-                        return Ok(false);
-                    }
-                }
-                loop {
-                    match c.string()? {
-                        Ok(None) => break,
-                        Ok(Some(_)) => {}
-                        Err(why) => {
-                            self.fail(why);
-                            return Ok(false);
-                        }
-                    }
-                }
-                c.byte()?;
-                c.take(self.off_size)?;
-                if had_dumper {
-                    // strings: tableoid, oid, tag, desc, defn, dropStmt,
-                    // copyStmt, namespace, tablespace, tableam
-                    let tag = strings[2].clone().unwrap_or_default();
-                    let desc = strings[3].as_deref().unwrap_or("");
-                    let copy = strings[6]
-                        .as_deref()
-                        .is_some_and(|s| s.starts_with("COPY "));
-                    let table = (desc == "TABLE DATA" && copy).then(|| Table {
-                        schema: strings[7].clone().unwrap_or_default(),
-                        name: tag,
-                    });
-                    self.entries.insert(id, Entry { table });
-                }
-                self.state = State::Toc { left: left - 1 };
-                Ok(true)
-            }
+            },
             State::BlockType => {
                 let kind = c.byte()?;
                 if kind != 1 && kind != 3 {
@@ -394,21 +461,22 @@ impl DumpRows {
             }
             State::BlockId { kind } => {
                 let id = c.int()?;
-                let Some(entry) = self.entries.get(&id) else {
+                let Some(entry) = self.entries.get_mut(&id) else {
                     self.fail(format!(
                         "a data block for entry {id}, which its table of contents lacks"
                     ));
                     return Ok(false);
                 };
+                if entry.seen {
+                    self.fail(format!("two data blocks for entry {id}"));
+                    return Ok(false);
+                }
+                entry.seen = true;
+                let counted = entry.table.is_some();
                 self.state = if kind == 3 {
                     State::ObjectOid { id }
                 } else {
-                    let counted = entry.table.is_some();
                     if counted {
-                        if self.counted.contains_key(&id) {
-                            self.fail(format!("two data blocks for entry {id}"));
-                            return Ok(false);
-                        }
                         self.current = Some(Counter::default());
                     }
                     State::ChunkLength {
@@ -456,9 +524,75 @@ impl DumpRows {
         }
     }
 
+    /// One entry of the table of contents: kept when it has data.
+    fn toc_entry(&mut self, c: &mut Cursor<'_>) -> Result<Result<(), String>, More> {
+        let id = c.int()?;
+        let had_dumper = c.int()? != 0;
+        // tableoid, oid, tag, desc; section; defn, dropStmt, copyStmt,
+        // namespace, tablespace, tableam.
+        let mut fields: [Option<&[u8]>; 11] = [None; 11];
+        for (i, field) in fields.iter_mut().enumerate() {
+            if i == 4 {
+                c.int()?;
+                continue;
+            }
+            match c.string()? {
+                Ok(s) => *field = s,
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        if self.version >= (1, 16) {
+            c.int()?; // relkind
+        }
+        // owner, "false" (the old withOids), then dependencies to a NULL.
+        for _ in 0..2 {
+            if let Err(why) = c.string()? {
+                return Ok(Err(why));
+            }
+        }
+        loop {
+            match c.string()? {
+                Ok(None) => break,
+                Ok(Some(_)) => {}
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        c.byte()?;
+        c.take(self.off_size)?;
+        let [_, oid, tag, desc, _, defn, _, copy, namespace, _, _] = fields;
+        let desc = desc.unwrap_or_default();
+        if desc == b"ENCODING" {
+            // "SET client_encoding = 'UTF8';"
+            self.encoding = defn
+                .map(String::from_utf8_lossy)
+                .and_then(|d| d.split('\'').nth(1).map(str::to_owned));
+        }
+        if !had_dumper {
+            return Ok(Ok(()));
+        }
+        let table = if desc == b"TABLE DATA" {
+            let tag = tag.unwrap_or_default();
+            let namespace = namespace.unwrap_or_default();
+            if !copy.is_some_and(|s| s.starts_with(b"COPY ")) {
+                return Ok(Err(format!(
+                    "the data of table {}.{} is not COPY text",
+                    String::from_utf8_lossy(namespace),
+                    String::from_utf8_lossy(tag)
+                )));
+            }
+            let oid = oid.and_then(|o| std::str::from_utf8(o).ok()?.parse().ok());
+            Some((oid, namespace.to_vec(), tag.to_vec()))
+        } else {
+            None
+        };
+        self.entries.insert(id, Entry { table, seen: false });
+        Ok(Ok(()))
+    }
+
     /// The rows of every table, once the whole archive went through; an
-    /// error naming what did not read, or a table whose data did not end.
-    pub fn finish(self) -> Result<BTreeMap<Table, u64>, String> {
+    /// error naming what did not read, a table whose data did not end, or
+    /// an entry whose data never came.
+    pub fn finish(self) -> Result<Counted, String> {
         if let Some(why) = self.error {
             return Err(why);
         }
@@ -467,26 +601,46 @@ impl DumpRows {
             State::Toc { left: 0 } if self.pending.is_empty() => {}
             _ => return Err("it ends in the middle of an item: the archive is cut short".into()),
         }
-        let mut rows = BTreeMap::new();
-        for (id, entry) in &self.entries {
-            let Some(table) = &entry.table else {
-                continue;
-            };
-            let Some(Counter { newlines, tail }) = self.counted.get(id) else {
+        let mut ids: Vec<&i64> = self.entries.keys().collect();
+        ids.sort();
+        let mut tables = Vec::new();
+        for id in ids {
+            let entry = &self.entries[id];
+            if !entry.seen {
                 return Err(format!(
-                    "table {}.{} has no data block (entry {id})",
-                    table.schema, table.name
-                ));
-            };
-            if tail != END_OF_COPY || *newlines < END_NEWLINES {
-                return Err(format!(
-                    "the data of table {}.{} does not end as pg_dump ends COPY data",
-                    table.schema, table.name
+                    "entry {id} has no data block: the archive is cut short"
                 ));
             }
-            rows.insert(table.clone(), newlines - END_NEWLINES);
+            let Some((oid, schema, name)) = &entry.table else {
+                continue;
+            };
+            let table = Table {
+                oid: *oid,
+                schema: schema.clone(),
+                name: name.clone(),
+                rows: 0,
+            };
+            match self.counted.get(id) {
+                Some(Counter { newlines, tail })
+                    if tail == END_OF_COPY && *newlines >= END_NEWLINES =>
+                {
+                    tables.push(Table {
+                        rows: newlines - END_NEWLINES,
+                        ..table
+                    });
+                }
+                _ => {
+                    return Err(format!(
+                        "the data of table {} does not end as pg_dump ends COPY data",
+                        Counted::name(&table)
+                    ));
+                }
+            }
         }
-        Ok(rows)
+        Ok(Counted {
+            encoding: self.encoding,
+            tables,
+        })
     }
 }
 
@@ -510,11 +664,72 @@ mod tests {
         for chunk in archive.chunks(piece) {
             rows.feed(chunk);
         }
-        Ok(rows
+        let mut rows: Vec<(String, u64)> = rows
             .finish()?
-            .into_iter()
-            .map(|(t, n)| (format!("{}.{}", t.schema, t.name), n))
-            .collect())
+            .tables
+            .iter()
+            .map(|t| (Counted::name(t), t.rows))
+            .collect();
+        rows.sort();
+        Ok(rows)
+    }
+
+    #[test]
+    fn tables_carry_their_oid_and_names_compare_as_the_archives_encoding_allows() {
+        let mut rows = DumpRows::default();
+        rows.feed(include_bytes!("fixtures/rows-18.dump"));
+        let finished = rows.finish().unwrap();
+        assert_eq!(finished.encoding.as_deref(), Some("UTF8"));
+        let counted = finished.lookup();
+        assert!(
+            finished
+                .tables
+                .iter()
+                .all(|t| t.oid.is_some_and(|o| o >= 16384))
+        );
+        let wide = finished.tables.iter().find(|t| t.name == b"wide").unwrap();
+        assert_eq!(counted.rows_of_oid(wide.oid.unwrap()), Some(2000));
+        assert_eq!(counted.rows_of("public", "wide"), Found::Rows(2000));
+        assert_eq!(counted.rows_of("s p", "\"Odd\" name"), Found::Rows(2));
+        assert_eq!(counted.rows_of("public", "gone"), Found::Absent);
+
+        let latin1_tables = Counted {
+            encoding: Some("LATIN1".into()),
+            tables: vec![
+                Table {
+                    oid: Some(16385),
+                    schema: b"public".to_vec(),
+                    name: b"caf\xe9".to_vec(),
+                    rows: 4,
+                },
+                Table {
+                    oid: Some(16386),
+                    schema: b"public".to_vec(),
+                    name: b"plain".to_vec(),
+                    rows: 1,
+                },
+            ],
+        };
+        let latin1 = latin1_tables.lookup();
+        assert_eq!(latin1.rows_of("public", "café"), Found::Incomparable);
+        assert_eq!(latin1.rows_of("public", "plain"), Found::Rows(1));
+        assert_eq!(latin1.rows_of_oid(16385), Some(4));
+    }
+
+    #[test]
+    fn any_cut_or_flipped_byte_is_an_error_or_a_count_never_a_panic() {
+        let archive = include_bytes!("fixtures/rows-16.dump");
+        for cut in (0..archive.len()).step_by(97) {
+            assert!(counts(&archive[..cut], 4096).is_err(), "cut at {cut}");
+        }
+        let mut flipped = archive.to_vec();
+        for at in (0..archive.len()).step_by(61) {
+            for bit in [0x01, 0x80] {
+                flipped[at] ^= bit;
+                let _ = counts(&flipped, 1000);
+                flipped[at] ^= bit;
+            }
+        }
     }
 
     #[test]

@@ -752,12 +752,11 @@ mod tests {
             assert!(deliveries.iter().all(|d| d.result.is_ok()));
             assert_eq!(digest.raw_sha256, sha256_hex(&archive));
             let rows = rows.finish().unwrap();
-            let wide = dump::Table {
-                schema: "public".into(),
-                name: "wide".into(),
-            };
-            assert_eq!(rows.get(&wide), Some(&2000));
-            assert_eq!(rows.values().sum::<u64>(), 2013);
+            assert_eq!(
+                rows.lookup().rows_of("public", "wide"),
+                dump::Found::Rows(2000)
+            );
+            assert_eq!(rows.tables.iter().map(|t| t.rows).sum::<u64>(), 2013);
         });
     }
 

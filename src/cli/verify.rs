@@ -81,7 +81,14 @@ pub async fn run(
                             _ => format!("; a pg_dump archive of {n} entries"),
                         }),
                         o.rows.map_or(String::new(), |n| format!(
-                            "; its {n} rows are the manifest's, table by table"
+                            "; its {n} rows are the manifest's, table by table{}",
+                            match o.tables_not_recounted {
+                                0 => String::new(),
+                                k => format!(
+                                    " ({k} table(s) named outside ASCII in an archive not \
+                                     in UTF-8 not counted again)"
+                                ),
+                            }
                         ))
                     ),
                     Some(e) if o.unread => println!("  UNREAD  {}: {e}", o.key),

@@ -115,6 +115,8 @@ pub async fn run(
     );
 
     let snapshot = pg::export_snapshot(&conn).await?;
+    // In the snapshot pg_dump will dump: the tables it will see.
+    let listed = pg::dumped_tables(&conn).await?;
     let data_name = catalog::object_name(Role::Data, spec.compression, spec.encryption.is_some());
     let mut child = pg::spawn(
         &pg_dump,
@@ -157,18 +159,11 @@ pub async fn run(
     .await;
     progress.end();
     let (data_digest, deliveries, counted) = stored?;
-    // Still in the dump's snapshot: the tables are those pg_dump saw.
     let (tables, rows_from) = match counted.finish() {
         Ok(counted) => {
-            let listed = pg::user_tables(&conn).await?;
-            let (tables, missing) = tables_in_archive(listed, &counted);
+            let (tables, missing) = tables_in_archive(&listed, &counted);
             if !missing.is_empty() {
-                let warning = format!(
-                    "pg_dump wrote no rows for {} table(s), which restore empty (unlogged \
-                     tables on a standby): {}",
-                    missing.len(),
-                    missing.join(", ")
-                );
+                let warning = without_data(&conn, &missing).await?;
                 tracing::warn!("job {}: {warning}", job.name);
                 warnings.push(warning);
             }
@@ -238,32 +233,54 @@ pub async fn run(
 }
 
 /// The manifest's tables: every user table pg_dump saw, with the rows the
-/// archive holds for it. Also the tables it holds no rows for (pg_dump
-/// leaves out unlogged tables' data on a standby), which restore empty.
-fn tables_in_archive(
-    listed: Vec<(String, String)>,
-    counted: &std::collections::BTreeMap<archive::dump::Table, u64>,
-) -> (Vec<pg::TableRows>, Vec<String>) {
+/// archive holds for it (matched by oid: the archive's names are in the
+/// database's encoding), and the tables it holds no data for, at 0 rows.
+fn tables_in_archive<'a>(
+    listed: &'a [pg::DumpedTable],
+    counted: &archive::dump::Counted,
+) -> (Vec<pg::TableRows>, Vec<&'a pg::DumpedTable>) {
+    let counted = counted.lookup();
     let mut missing = Vec::new();
     let tables = listed
-        .into_iter()
-        .map(|(schema, name)| {
-            let key = archive::dump::Table { schema, name };
-            let rows = match counted.get(&key) {
-                Some(rows) => i64::try_from(*rows).unwrap_or(i64::MAX),
+        .iter()
+        .map(|t| pg::TableRows {
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+            rows: match counted.rows_of_oid(t.oid) {
+                Some(rows) => i64::try_from(rows).unwrap_or(i64::MAX),
                 None => {
-                    missing.push(format!("{}.{}", key.schema, key.name));
+                    missing.push(t);
                     0
                 }
-            };
-            pg::TableRows {
-                schema: key.schema,
-                name: key.name,
-                rows,
-            }
+            },
         })
         .collect();
     (tables, missing)
+}
+
+/// The warning for tables the archive holds no data for, when that is
+/// what pg_dump does (a standby's unlogged tables, which it cannot read);
+/// otherwise an error: the archive would restore them empty.
+async fn without_data(conn: &pg::Connection, missing: &[&pg::DumpedTable]) -> Result<String> {
+    let named: Vec<String> = missing
+        .iter()
+        .map(|t| format!("{}.{}", t.schema, t.name))
+        .collect();
+    if missing.iter().all(|t| t.unlogged) && pg::stats::in_recovery(conn).await? {
+        return Ok(format!(
+            "pg_dump writes no rows for unlogged tables on a standby: {} table(s) restore \
+             empty: {}",
+            named.len(),
+            named.join(", ")
+        ));
+    }
+    Err(Error::tool(format!(
+        "pg_dump wrote no data for {} table(s) of the database: {}; the archive would \
+         restore them empty, so it is not kept as a backup",
+        named.len(),
+        named.join(", ")
+    ))
+    .with_hint("run the backup again; if it fails the same way, report it with the tables named"))
 }
 
 /// Which database a backup is of: its name and its cluster's identifier.
@@ -523,31 +540,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_listed_table_gets_the_archives_rows_and_one_without_any_is_named() {
-        let counted = [
-            ("public", "a", 3u64),
-            ("public", "b", 0),
-            ("ext", "config", 9),
-        ]
-        .into_iter()
-        .map(|(schema, name, n)| {
-            (
-                archive::dump::Table {
-                    schema: schema.into(),
-                    name: name.into(),
-                },
-                n,
-            )
-        })
-        .collect();
-        let listed = [("public", "a"), ("public", "b"), ("public", "scratch")]
+    fn every_listed_table_gets_the_archives_rows_by_oid_and_one_without_any_is_named() {
+        let table = |oid: u32, name: &str, rows: u64| archive::dump::Table {
+            oid: Some(oid),
+            schema: b"public".to_vec(),
+            // The archive's names are in the database's encoding.
+            name: format!("{name} in latin1").into_bytes(),
+            rows,
+        };
+        let counted = archive::dump::Counted {
+            encoding: Some("LATIN1".into()),
+            tables: vec![
+                table(16385, "a", 3),
+                table(16386, "b", 0),
+                table(17000, "config", 9),
+            ],
+        };
+        let listed: Vec<pg::DumpedTable> = [(16385, "a"), (16386, "b"), (16390, "scratch")]
             .iter()
-            .map(|(s, n)| ((*s).to_owned(), (*n).to_owned()))
+            .map(|(oid, name)| pg::DumpedTable {
+                oid: *oid,
+                schema: "public".into(),
+                name: (*name).into(),
+                unlogged: *name == "scratch",
+            })
             .collect();
-        let (tables, missing) = tables_in_archive(listed, &counted);
+        let (tables, missing) = tables_in_archive(&listed, &counted);
         let rows: Vec<(&str, i64)> = tables.iter().map(|t| (t.name.as_str(), t.rows)).collect();
         // An extension's table pg_dump wrote rows for is not the database's own.
         assert_eq!(rows, [("a", 3), ("b", 0), ("scratch", 0)]);
-        assert_eq!(missing, ["public.scratch"]);
+        assert_eq!(missing, [&listed[2]]);
     }
 }

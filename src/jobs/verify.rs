@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::archive::dump::DumpRows;
+use crate::archive::dump::{DumpRows, Found};
 use crate::catalog::{self, Manifest, ManifestObject, Role};
 use crate::error::{Error, Result};
 use crate::model::Database;
@@ -35,6 +35,10 @@ pub struct ObjectCheck {
     /// many as the manifest says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// Tables whose rows were not counted again: their names are neither
+    /// ASCII nor in a UTF-8 archive, so they cannot be found by name.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tables_not_recounted: usize,
     /// Why the object is bad; `None` when it is good.
     pub error: Option<String>,
     /// The storage failed while the object was read (it stopped answering,
@@ -128,6 +132,7 @@ fn bad_manifest(storage: &str, id: &str, error: String) -> BackupCheck {
             raw_size: 0,
             archive_entries: None,
             rows: None,
+            tables_not_recounted: 0,
             error: Some(error),
             unread: false,
         }],
@@ -190,7 +195,8 @@ pub async fn verify_backup(
             stored_size: object.digest.stored_size,
             raw_size: object.digest.raw_size,
             archive_entries: read.entries,
-            rows: read.rows,
+            rows: read.rows.as_ref().map(|r| r.rows),
+            tables_not_recounted: read.rows.as_ref().map_or(0, |r| r.incomparable),
             error,
             unread,
         });
@@ -202,13 +208,17 @@ pub async fn verify_backup(
     }
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// What reading an object found in it, beyond its digests.
 #[derive(Debug, Default)]
 struct Read {
     /// Entries of its archive, tar or `backup_manifest`.
     entries: Option<usize>,
     /// The rows of a dump, counted again and found as in the manifest.
-    rows: Option<u64>,
+    rows: Option<Recounted>,
 }
 
 async fn verify_object(
@@ -317,10 +327,19 @@ struct Rows {
     from_archive: bool,
 }
 
+/// What counting a dump's rows again found, all as the manifest says.
+#[derive(Debug, Default)]
+struct Recounted {
+    rows: u64,
+    /// Tables whose names could not be compared with the archive's
+    /// (neither ASCII nor UTF-8 there): not counted again.
+    incomparable: usize,
+}
+
 impl Rows {
-    /// The rows found, all as the manifest says; `None` when the archive
+    /// What was found, all as the manifest says; `None` when the archive
     /// could not be counted and the manifest's counts did not come from it.
-    fn check(self) -> Result<Option<u64>> {
+    fn check(self) -> Result<Option<Recounted>> {
         let counted = match self.counter.finish() {
             Ok(counted) => counted,
             Err(why) if self.from_archive => {
@@ -333,27 +352,29 @@ impl Rows {
                 return Ok(None);
             }
         };
+        let counted = counted.lookup();
         let mut differ = Vec::new();
-        let mut total = 0u64;
+        let mut found = Recounted::default();
         for table in &self.expected {
-            // A table without data in the archive restores empty.
-            let found = counted
-                .get(&crate::archive::dump::Table {
-                    schema: table.schema.clone(),
-                    name: table.name.clone(),
-                })
-                .copied()
-                .unwrap_or(0);
-            total += found;
-            if u64::try_from(table.rows).ok() != Some(found) {
+            let rows = match counted.rows_of(&table.schema, &table.name) {
+                Found::Rows(rows) => rows,
+                // A table without data in the archive restores empty.
+                Found::Absent => 0,
+                Found::Incomparable => {
+                    found.incomparable += 1;
+                    continue;
+                }
+            };
+            found.rows += rows;
+            if u64::try_from(table.rows).ok() != Some(rows) {
                 differ.push(format!(
-                    "table {}.{}: {} rows in the manifest, {found} in the archive",
+                    "table {}.{}: {} rows in the manifest, {rows} in the archive",
                     table.schema, table.name, table.rows
                 ));
             }
         }
         if differ.is_empty() {
-            return Ok(Some(total));
+            return Ok(Some(found));
         }
         let shown = differ.len().min(10);
         Err(Error::integrity(format!(
@@ -673,6 +694,7 @@ pub async fn plan(
                             raw_size: object.digest.raw_size,
                             archive_entries: None,
                             rows: None,
+                            tables_not_recounted: 0,
                             error: Some(format!(
                                 "a pg_dump archive in files job {name}: not verified; \
                                  the job was a database backup when it was made"
@@ -746,6 +768,7 @@ fn with_chains(
                     raw_size: 0,
                     archive_entries: None,
                     rows: None,
+                    tables_not_recounted: 0,
                     error: Some(format!("{why}: it cannot be restored")),
                     unread: false,
                 }],
@@ -808,12 +831,13 @@ mod tests {
     ) -> Result<Option<u64>> {
         let mut counter = DumpRows::default();
         counter.feed(archive);
-        Rows {
+        Ok(Rows {
             counter,
             expected,
             from_archive,
         }
-        .check()
+        .check()?
+        .map(|r| r.rows))
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub use database::{
     databases_with_comment_null, describe_contents, drop_database, other_sessions,
 };
 pub use snapshot::{
-    Extension, ROWS_ONLY, Snapshot, TableRows, count_rows, end_snapshot, export_snapshot,
-    extensions, row_counts, user_tables,
+    DumpedTable, Extension, ROWS_ONLY, Snapshot, TableRows, count_rows, dumped_tables,
+    end_snapshot, export_snapshot, extensions, row_counts, user_tables,
 };
 
 /// A string literal that means `value` whatever `standard_conforming_strings`

@@ -1,6 +1,6 @@
 //! What a dump reads in one snapshot: the exported snapshot `pg_dump` shares,
-//! and, in that same snapshot, the user tables with their exact row counts
-//! and the extensions a manifest records.
+//! and, in that same snapshot, the user tables (counted with `count(*)` only
+//! when the archive itself cannot be) and the extensions a manifest records.
 
 use jiff::Timestamp;
 
@@ -34,8 +34,13 @@ pub struct Snapshot {
 /// Opens the transaction whose snapshot `pg_dump` will share. The transaction
 /// must stay open until `pg_dump` has imported it; [`end_snapshot`] closes it.
 pub async fn export_snapshot(conn: &Connection) -> Result<Snapshot> {
+    // The session waits, idle in its transaction, while pg_dump reads: a
+    // timeout set for the role or database must not end it half way.
     conn.client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+             SET LOCAL idle_in_transaction_session_timeout = 0",
+        )
         .await
         .map_err(|e| query_error("starting the snapshot transaction", e))?;
     let row = conn
@@ -67,7 +72,7 @@ pub async fn end_snapshot(conn: &Connection) -> Result<()> {
 /// The user tables `pg_dump` dumps the data of: ordinary and partitioned tables
 /// outside the system schemas, not owned by an extension.
 const USER_TABLES: &str = "\
-SELECT n.nspname, c.relname, c.relkind = 'p' \
+SELECT n.nspname, c.relname, c.relkind = 'p', c.oid, c.relpersistence = 'u' \
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
 WHERE c.relkind IN ('r', 'p') \
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
@@ -101,8 +106,18 @@ pub async fn row_counts(conn: &Connection) -> Result<Vec<TableRows>> {
     Ok(out)
 }
 
-/// The tables [`row_counts`] counts: user tables that are not partitioned parents.
-pub async fn user_tables(conn: &Connection) -> Result<Vec<(String, String)>> {
+/// A table whose rows a dump holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpedTable {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub unlogged: bool,
+}
+
+/// The tables [`row_counts`] counts: user tables that are not partitioned
+/// parents, with what a backup matches them in its archive by.
+pub async fn dumped_tables(conn: &Connection) -> Result<Vec<DumpedTable>> {
     let rows = conn
         .client
         .query(USER_TABLES, &[])
@@ -111,7 +126,21 @@ pub async fn user_tables(conn: &Connection) -> Result<Vec<(String, String)>> {
     Ok(rows
         .iter()
         .filter(|r| !r.get::<_, bool>(2))
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| DumpedTable {
+            schema: r.get(0),
+            name: r.get(1),
+            oid: r.get(3),
+            unlogged: r.get(4),
+        })
+        .collect())
+}
+
+/// [`dumped_tables`] by name.
+pub async fn user_tables(conn: &Connection) -> Result<Vec<(String, String)>> {
+    Ok(dumped_tables(conn)
+        .await?
+        .into_iter()
+        .map(|t| (t.schema, t.name))
         .collect())
 }
 

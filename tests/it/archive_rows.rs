@@ -153,6 +153,33 @@ fn a_manifest_whose_count_of_one_table_was_edited_fails_verify_naming_it() {
         bad.all()
     );
     assert!(bad.stdout.contains("BAD  data.dump.zst"), "{}", bad.all());
+
+    // A manifest written before the counts came from the archive (no
+    // rows_from; count(*) in the snapshot) is held to the archive too.
+    manifest.as_object_mut().unwrap().remove("rows_from");
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let bad = setup.backup(&["verify", "--job", "nightly"]);
+    assert_eq!(bad.code, 6, "{}", bad.all());
+    assert!(
+        bad.stderr.contains(&format!("table {name}: ")),
+        "{}",
+        bad.all()
+    );
+    let tables = manifest["tables"].as_array_mut().unwrap();
+    let edited = tables
+        .iter_mut()
+        .find(|t| {
+            format!(
+                "{}.{}",
+                t["schema"].as_str().unwrap(),
+                t["name"].as_str().unwrap()
+            ) == name
+        })
+        .unwrap();
+    edited["rows"] = rows.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let good = setup.backup(&["verify", "--job", "nightly"]);
+    assert!(good.ok(), "{}", good.all());
 }
 
 /// A `pg_dump` whose archives claim version 1.99, which no reader knows.
@@ -240,9 +267,9 @@ fn a_backup_of_a_standby_says_which_unlogged_tables_restore_empty() {
     let rows = manifest_rows(&manifest);
     assert_eq!(rows.get("public.scratch"), Some(&0), "{manifest:#}");
     assert!(
-        manifest["warnings"]
-            .to_string()
-            .contains("which restore empty (unlogged tables on a standby): public.scratch"),
+        manifest["warnings"].to_string().contains(
+            "no rows for unlogged tables on a standby: 1 table(s) restore empty: public.scratch"
+        ),
         "{manifest:#}"
     );
     // Restored on the primary, the table is there, empty, as the manifest says.
@@ -262,4 +289,113 @@ fn a_backup_of_a_standby_says_which_unlogged_tables_restore_empty() {
             .psql("restored", "SELECT count(*) FROM public.scratch"),
         "0"
     );
+}
+
+#[test]
+fn tables_named_in_a_latin1_database_are_counted_by_oid_and_verify_says_what_it_could_not_compare()
+{
+    let setup = Setup::new("", "");
+    let c = &setup.cluster;
+    c.psql(
+        "postgres",
+        "CREATE DATABASE lat TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'",
+    );
+    c.psql(
+        "lat",
+        "DO $$ BEGIN \
+           EXECUTE format('CREATE TABLE %I (x int)', 'caf' || chr(233)); \
+           EXECUTE format('INSERT INTO %I SELECT generate_series(1, 4)', 'caf' || chr(233)); \
+         END $$; \
+         CREATE TABLE plain (x int); INSERT INTO plain VALUES (1)",
+    );
+    setup.use_url(&c.url("lat"));
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    let manifest = setup.manifest(&id);
+    let rows = manifest_rows(&manifest);
+    assert_eq!(rows.get("public.café"), Some(&4), "{manifest:#}");
+    assert_eq!(rows.get("public.plain"), Some(&1), "{manifest:#}");
+    assert_eq!(manifest["warnings"], Value::Array(vec![]), "{manifest:#}");
+
+    let verify = setup.backup(&["--json", "verify", "--job", "nightly"]);
+    assert!(verify.ok(), "{}", verify.all());
+    let json: Value = serde_json::from_str(&verify.stdout).unwrap();
+    let data = &json["backups"][0]["objects"][0];
+    assert_eq!(data["rows"], 1, "{json:#}");
+    assert_eq!(data["tables_not_recounted"], 1, "{json:#}");
+    let text = setup.backup(&["verify", "--job", "nightly"]);
+    assert!(
+        text.stdout.contains("1 table(s) named outside ASCII"),
+        "{}",
+        text.all()
+    );
+}
+
+/// A `pg_dump` that runs `before` first, then the real one with `args`
+/// added.
+fn wrapped_pg_dump(dir: &Path, bindir: &Path, before: &str, args: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n{before}\nexec {real} {args} \"$@\"\n",
+        real = bindir.join("pg_dump").display()
+    );
+    let path = dir.join("pg_dump");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for tool in ["pg_dumpall", "pg_restore"] {
+        std::os::unix::fs::symlink(bindir.join(tool), dir.join(tool)).unwrap();
+    }
+}
+
+#[test]
+fn the_snapshot_session_outlives_an_idle_in_transaction_timeout_set_for_the_database() {
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    cluster.psql(
+        "postgres",
+        "ALTER DATABASE app SET idle_in_transaction_session_timeout = '1s'",
+    );
+    let wrappers = cluster.dir.path().join("wrappers");
+    wrapped_pg_dump(&wrappers, cluster.client_bindir(), "sleep 3", "");
+    let setup = Setup::with_cluster(
+        cluster,
+        &format!("pg_bin_dir = \"{}\"", wrappers.display()),
+        "",
+    );
+    let run = setup.backup(&["run", "nightly"]);
+    assert!(run.ok(), "{}", run.all());
+    let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(setup.manifest(&id)["rows_from"], "archive");
+}
+
+#[test]
+fn a_table_pg_dump_left_without_data_fails_the_backup_naming_it() {
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    cluster.psql(
+        "app",
+        "CREATE TABLE public.kept AS SELECT g FROM generate_series(1, 10) g",
+    );
+    let wrappers = cluster.dir.path().join("wrappers");
+    wrapped_pg_dump(
+        &wrappers,
+        cluster.client_bindir(),
+        "",
+        "--exclude-table-data=public.kept",
+    );
+    let setup = Setup::with_cluster(
+        cluster,
+        &format!("pg_bin_dir = \"{}\"", wrappers.display()),
+        "",
+    );
+    let run = setup.backup(&["run", "nightly"]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("pg_dump wrote no data for 1 table(s) of the database: public.kept"),
+        "{}",
+        run.all()
+    );
+    assert!(setup.list().is_empty());
 }
