@@ -126,7 +126,8 @@ impl Lookup<'_> {
     /// ASCII is the same in every server encoding; other names compare
     /// only in a UTF-8 archive.
     pub fn rows_of(&self, schema: &str, name: &str) -> Found {
-        if !self.utf8 && !(schema.is_ascii() && name.is_ascii()) {
+        let comparable = self.utf8 || (schema.is_ascii() && name.is_ascii());
+        if !comparable {
             return Found::Incomparable;
         }
         self.by_name
