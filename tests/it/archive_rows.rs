@@ -3,13 +3,12 @@
 //! database.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Cluster, Setup};
+use crate::common::{self, Cluster, Setup};
 
 /// `seq_scan + idx_scan` of every user table of `app`, by `schema.name`.
 fn scans(setup: &Setup) -> BTreeMap<String, i64> {
@@ -47,6 +46,22 @@ fn manifest_rows(manifest: &Value) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// Each table's own rows in `app` are what `rows` says.
+fn assert_counts_are_the_databases(setup: &Setup, rows: &BTreeMap<String, i64>) {
+    for (table, n) in rows {
+        let (schema, name) = table.split_once('.').unwrap();
+        let counted: i64 = setup
+            .cluster
+            .psql(
+                "app",
+                &format!("SELECT count(*) FROM ONLY \"{schema}\".\"{name}\""),
+            )
+            .parse()
+            .unwrap();
+        assert_eq!(*n, counted, "{table}");
+    }
+}
+
 #[test]
 fn a_backup_reads_each_table_once_and_takes_its_counts_from_the_archive() {
     let setup = Setup::new("", "");
@@ -81,18 +96,7 @@ fn a_backup_reads_each_table_once_and_takes_its_counts_from_the_archive() {
     }
 
     // The counts are the tables' own rows, as a count in the database says.
-    for (table, n) in &rows {
-        let (schema, name) = table.split_once('.').unwrap();
-        let counted: i64 = setup
-            .cluster
-            .psql(
-                "app",
-                &format!("SELECT count(*) FROM ONLY \"{schema}\".\"{name}\""),
-            )
-            .parse()
-            .unwrap();
-        assert_eq!(*n, counted, "{table}");
-    }
+    assert_counts_are_the_databases(&setup, &rows);
 
     // verify counts them again from the stored archive.
     let good = setup.backup(&["--json", "verify", "--job", "nightly"]);
@@ -183,9 +187,8 @@ fn a_manifest_whose_count_of_one_table_was_edited_fails_verify_naming_it() {
 }
 
 /// A `pg_dump` whose archives claim version 1.99, which no reader knows.
-fn future_pg_dump(dir: &Path, bindir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let script = format!(
+fn future_pg_dump(bindir: &Path) -> String {
+    format!(
         "#!/usr/bin/python3\n\
          import subprocess, sys\n\
          real = {real:?}\n\
@@ -205,26 +208,30 @@ fn future_pg_dump(dir: &Path, bindir: &Path) {
          out.flush()\n\
          sys.exit(dump.wait())\n",
         real = bindir.join("pg_dump").display().to_string()
-    );
-    let path = dir.join("pg_dump");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for tool in ["pg_dumpall", "pg_restore"] {
-        std::os::unix::fs::symlink(bindir.join(tool), dir.join(tool)).unwrap();
+    )
+}
+
+/// A cluster with the fixtures in `app`, and a job `nightly` whose
+/// `pg_dump` is `script(real pg_dump's bindir)`.
+fn setup_with_pg_dump(prepare: &str, script: impl FnOnce(&Path) -> String) -> Setup {
+    let cluster = Cluster::start();
+    cluster.load_fixtures("app");
+    if !prepare.is_empty() {
+        cluster.psql("app", prepare);
     }
+    let wrappers = cluster.dir.path().join("wrappers");
+    let bindir = cluster.client_bindir().to_owned();
+    common::fake_pg_dump(&wrappers, &bindir, &script(&bindir));
+    Setup::with_cluster(
+        cluster,
+        &format!("pg_bin_dir = \"{}\"", wrappers.display()),
+        "",
+    )
 }
 
 #[test]
 fn an_archive_this_reader_does_not_know_is_counted_in_the_snapshot_and_said() {
-    let cluster = Cluster::start();
-    cluster.load_fixtures("app");
-    let wrappers = cluster.dir.path().join("wrappers");
-    future_pg_dump(&wrappers, cluster.client_bindir());
-    let setup = Setup::with_cluster(
-        cluster,
-        &format!("pg_bin_dir = \"{}\"", wrappers.display()),
-        "",
-    );
+    let setup = setup_with_pg_dump("", future_pg_dump);
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
     let id = setup.list()[0]["id"].as_str().unwrap().to_owned();
@@ -235,18 +242,7 @@ fn an_archive_this_reader_does_not_know_is_counted_in_the_snapshot_and_said() {
         warnings.contains("counted with count(*)") && warnings.contains("version 1.99"),
         "{manifest:#}"
     );
-    for (table, n) in manifest_rows(&manifest) {
-        let (schema, name) = table.split_once('.').unwrap();
-        let counted: i64 = setup
-            .cluster
-            .psql(
-                "app",
-                &format!("SELECT count(*) FROM ONLY \"{schema}\".\"{name}\""),
-            )
-            .parse()
-            .unwrap();
-        assert_eq!(n, counted, "{table}");
-    }
+    assert_counts_are_the_databases(&setup, &manifest_rows(&manifest));
 }
 
 #[test]
@@ -334,34 +330,22 @@ fn tables_named_in_a_latin1_database_are_counted_by_oid_and_verify_says_what_it_
 
 /// A `pg_dump` that runs `before` first, then the real one with `args`
 /// added.
-fn wrapped_pg_dump(dir: &Path, bindir: &Path, before: &str, args: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n{before}\nexec {real} {args} \"$@\"\n",
-        real = bindir.join("pg_dump").display()
-    );
-    let path = dir.join("pg_dump");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for tool in ["pg_dumpall", "pg_restore"] {
-        std::os::unix::fs::symlink(bindir.join(tool), dir.join(tool)).unwrap();
+fn wrapped_pg_dump(before: &str, args: &str) -> impl FnOnce(&Path) -> String {
+    let (before, args) = (before.to_owned(), args.to_owned());
+    move |bindir| {
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n{before}\nexec {real} {args} \"$@\"\n",
+            real = bindir.join("pg_dump").display()
+        )
     }
 }
 
 #[test]
 fn the_snapshot_session_outlives_an_idle_in_transaction_timeout_set_for_the_database() {
-    let cluster = Cluster::start();
-    cluster.load_fixtures("app");
-    cluster.psql(
+    let setup = setup_with_pg_dump("", wrapped_pg_dump("sleep 3", ""));
+    setup.cluster.psql(
         "postgres",
         "ALTER DATABASE app SET idle_in_transaction_session_timeout = '1s'",
-    );
-    let wrappers = cluster.dir.path().join("wrappers");
-    wrapped_pg_dump(&wrappers, cluster.client_bindir(), "sleep 3", "");
-    let setup = Setup::with_cluster(
-        cluster,
-        &format!("pg_bin_dir = \"{}\"", wrappers.display()),
-        "",
     );
     let run = setup.backup(&["run", "nightly"]);
     assert!(run.ok(), "{}", run.all());
@@ -371,23 +355,9 @@ fn the_snapshot_session_outlives_an_idle_in_transaction_timeout_set_for_the_data
 
 #[test]
 fn a_table_pg_dump_left_without_data_fails_the_backup_naming_it() {
-    let cluster = Cluster::start();
-    cluster.load_fixtures("app");
-    cluster.psql(
-        "app",
+    let setup = setup_with_pg_dump(
         "CREATE TABLE public.kept AS SELECT g FROM generate_series(1, 10) g",
-    );
-    let wrappers = cluster.dir.path().join("wrappers");
-    wrapped_pg_dump(
-        &wrappers,
-        cluster.client_bindir(),
-        "",
-        "--exclude-table-data=public.kept",
-    );
-    let setup = Setup::with_cluster(
-        cluster,
-        &format!("pg_bin_dir = \"{}\"", wrappers.display()),
-        "",
+        wrapped_pg_dump("", "--exclude-table-data=public.kept"),
     );
     let run = setup.backup(&["run", "nightly"]);
     assert_ne!(run.code, 0, "{}", run.all());

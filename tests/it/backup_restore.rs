@@ -340,17 +340,11 @@ fn a_flipped_byte_in_the_archive_fails_the_restore_and_names_the_object() {
 
 /// A `pg_dump` that streams part of a dump and is then killed.
 fn dying_pg_dump(dir: &Path, bindir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
     let script = format!(
         "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n{real} \"$@\" | head -c 200000\nkill -9 $$\n",
         real = bindir.join("pg_dump").display()
     );
-    let path = dir.join("pg_dump");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for tool in ["pg_dumpall", "pg_restore"] {
-        std::os::unix::fs::symlink(bindir.join(tool), dir.join(tool)).unwrap();
-    }
+    common::fake_pg_dump(dir, bindir, &script);
 }
 
 #[test]

@@ -104,6 +104,20 @@ fn major_of(bindir: &Path) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// A `pg_dump` of a test's own in `dir`: `script` (with its `#!` line),
+/// beside links to the real `pg_dumpall` and `pg_restore` of `bindir`, for a
+/// job whose `pg_bin_dir` is `dir`.
+pub fn fake_pg_dump(dir: &Path, bindir: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("pg_dump");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for tool in ["pg_dumpall", "pg_restore"] {
+        std::os::unix::fs::symlink(bindir.join(tool), dir.join(tool)).unwrap();
+    }
+}
+
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
