@@ -268,6 +268,24 @@ fn a_backup_of_a_standby_says_which_unlogged_tables_restore_empty() {
         ),
         "{manifest:#}"
     );
+    // Not onto the standby, which is read-only: said so.
+    let refused = setup.backup(&[
+        "restore",
+        "--job",
+        "nightly",
+        "--latest",
+        "--target-db",
+        "restored",
+        "--yes",
+    ]);
+    assert_ne!(refused.code, 0, "{}", refused.all());
+    assert!(
+        refused
+            .stderr
+            .contains("the server is read-only (a standby"),
+        "{}",
+        refused.all()
+    );
     // Restored on the primary, the table is there, empty, as the manifest says.
     setup.use_url(&setup.cluster.url("app"));
     let restored = setup.backup(&[

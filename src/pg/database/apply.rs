@@ -43,11 +43,8 @@ pub async fn create_like(
                     .to_owned(),
             ),
             Err(e) => {
-                return Err(
-                    query_error(&format!("creating database {name}"), e).with_hint(
-                        "the role in the url needs CREATEDB (or create the database first)",
-                    ),
-                );
+                let hint = super::create_failed_hint(&e);
+                return Err(query_error(&format!("creating database {name}"), e).with_hint(hint));
             }
         }
     }

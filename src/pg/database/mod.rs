@@ -147,9 +147,19 @@ pub async fn create_database(conn: &Connection, name: &str) -> Result<()> {
         ))
         .await
         .map_err(|e| {
-            query_error(&format!("creating database {name}"), e)
-                .with_hint("the role in the url needs CREATEDB, or create the database first")
+            let hint = create_failed_hint(&e);
+            query_error(&format!("creating database {name}"), e).with_hint(hint)
         })
+}
+
+/// What to do when `CREATE DATABASE` failed with `e`.
+pub(crate) fn create_failed_hint(e: &tokio_postgres::Error) -> &'static str {
+    if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+        "the server is read-only (a standby, or default_transaction_read_only = on): \
+         restore into the primary or another writable server"
+    } else {
+        "the role in the url needs CREATEDB (or create the database first)"
+    }
 }
 
 /// Sets (or, with `None`, removes) the comment on database `name`.
