@@ -47,7 +47,7 @@ const END_NEWLINES: u64 = 3;
 /// A table-of-contents entry larger than this is not one this reader
 /// holds in memory to parse (pg_dump writes function bodies and view
 /// definitions there; none of this size).
-pub const ENTRY_LIMIT: usize = 256 << 20;
+const ENTRY_LIMIT: usize = 256 << 20;
 /// Bytes added at a time to an entry cut by a read.
 const WINDOW: usize = 4 << 10;
 

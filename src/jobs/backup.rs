@@ -179,7 +179,7 @@ pub async fn run(
             tracing::warn!("job {}: {warning}", job.name);
             warnings.push(warning);
             let cancel_counts = pg::CancelOnDrop::new(&conn);
-            let tables = pg::row_counts(&conn).await?;
+            let tables = pg::row_counts(&conn, &listed).await?;
             cancel_counts.disarm();
             (tables, None)
         }

@@ -85,23 +85,16 @@ ORDER BY 1, 2";
 /// own rows.
 pub const ROWS_ONLY: &str = "only";
 
-/// Exact row counts of every user table, in the connection's current snapshot.
-/// A partitioned parent is skipped: its partitions are counted themselves.
-pub async fn row_counts(conn: &Connection) -> Result<Vec<TableRows>> {
-    let tables = conn
-        .client
-        .query(USER_TABLES, &[])
-        .await
-        .map_err(|e| query_error(&format!("listing the tables of {}", conn.dbname), e))?;
+/// Exact row counts of `tables` ([`dumped_tables`]), in the connection's
+/// current snapshot: the fallback when the archive cannot be counted.
+pub async fn row_counts(conn: &Connection, tables: &[DumpedTable]) -> Result<Vec<TableRows>> {
     let mut out = Vec::with_capacity(tables.len());
-    for row in tables {
-        let (schema, name, partitioned): (String, String, bool) =
-            (row.get(0), row.get(1), row.get(2));
-        if partitioned {
-            continue;
-        }
-        let rows = count_rows(conn, &schema, &name, true).await?;
-        out.push(TableRows { schema, name, rows });
+    for t in tables {
+        out.push(TableRows {
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+            rows: count_rows(conn, &t.schema, &t.name, true).await?,
+        });
     }
     Ok(out)
 }
@@ -115,8 +108,8 @@ pub struct DumpedTable {
     pub unlogged: bool,
 }
 
-/// The tables [`row_counts`] counts: user tables that are not partitioned
-/// parents, with what a backup matches them in its archive by.
+/// The tables a dump holds the rows of: user tables that are not
+/// partitioned parents, with what a backup matches them in its archive by.
 pub async fn dumped_tables(conn: &Connection) -> Result<Vec<DumpedTable>> {
     let rows = conn
         .client
